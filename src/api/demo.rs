@@ -1,0 +1,137 @@
+//! The demo: a page that plays a brand site, and a pixel receiver that shows what fired.
+//!
+//! It exists so a newcomer sees the whole loop in a minute without writing a line: queue a pixel, watch the
+//! snippet receive it, fire it, and the receiver record the hit. It only ever touches the `demo` brand and
+//! only queues pixels that point back at this hub, so leaving it on exposes nothing else; production
+//! deployments still turn it off (`PIXELHUB_DEMO=false`).
+
+use std::collections::VecDeque;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use axum::extract::{Query, State};
+use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{Html, IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use super::extract::{ApiPath, JsonBody};
+use super::{ApiError, AppState};
+use crate::ids::{BrandId, PlayerId, PlayerKey};
+use crate::pixel::{NewPixel, PixelBody};
+use crate::store::now_ms;
+
+/// The brand the demo page plays.
+pub const DEMO_BRAND: &str = "demo";
+const DEMO_HTML: &str = include_str!("../../static/demo.html");
+/// Hits remembered for the page to show.
+const HIT_LOG: usize = 200;
+/// A transparent 1×1 GIF: the body an image pixel receiver answers with.
+const PIXEL_GIF: [u8; 43] = [
+    0x47, 0x49, 0x46, 0x38, 0x39, 0x61, 0x01, 0x00, 0x01, 0x00, 0x80, 0x00, 0x00, 0x00, 0x00, 0x00, 0xff, 0xff, 0xff,
+    0x21, 0xf9, 0x04, 0x01, 0x00, 0x00, 0x00, 0x00, 0x2c, 0x00, 0x00, 0x00, 0x00, 0x01, 0x00, 0x01, 0x00, 0x00, 0x02,
+    0x02, 0x44, 0x01, 0x00, 0x3b,
+];
+
+/// What the demo receiver saw, newest last.
+#[derive(Default)]
+pub struct DemoLog {
+    hits: Mutex<VecDeque<Hit>>,
+    counter: AtomicU64,
+}
+
+#[derive(Clone, Serialize, Deserialize)]
+struct Hit {
+    player: String,
+    n: u64,
+    kind: String,
+    at_ms: u64,
+}
+
+pub(super) fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/", get(|| async { Redirect::temporary("/demo") }))
+        .route("/demo", get(|| async { Html(DEMO_HTML) }))
+        .route("/demo/api/pixels", post(queue_demo_pixel))
+        .route("/demo/api/players/{player_id}", get(player_view))
+        .route("/demo/hit", get(hit))
+}
+
+#[derive(Deserialize)]
+struct PlayerPath {
+    player_id: PlayerId,
+}
+
+fn demo_key(player: PlayerId) -> PlayerKey {
+    PlayerKey::new(BrandId::parse(DEMO_BRAND).expect("a valid literal id"), player)
+}
+
+/// Queues one pixel of the asked kind for a demo player; the pixel reports back to [`hit`].
+async fn queue_demo_pixel(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    JsonBody(body): JsonBody,
+) -> Result<impl IntoResponse, ApiError> {
+    let invalid = |message: &str| ApiError::Invalid { code: "invalid_demo_request", message: message.into() };
+    let player = body.get("player_id").and_then(Value::as_str).ok_or_else(|| invalid("player_id is required"))?;
+    let player = PlayerId::parse(player)?;
+    let kind = body.get("kind").and_then(Value::as_str).unwrap_or("image");
+    let n = state.demo.counter.fetch_add(1, Ordering::Relaxed) + 1;
+
+    let host = headers.get("host").and_then(|h| h.to_str().ok()).unwrap_or("127.0.0.1:8080");
+    let scheme = match headers.get("x-forwarded-proto").and_then(|h| h.to_str().ok()) {
+        Some("https") => "https",
+        _ => "http",
+    };
+    let hit_url = |kind: &str| format!("{scheme}://{host}/demo/hit?player={player}&n={n}&kind={kind}");
+    let body = match kind {
+        "image" => PixelBody::Image { url: hit_url("image") },
+        "iframe" => PixelBody::Iframe { url: hit_url("iframe") },
+        "js" => PixelBody::Js { code: format!("(new Image()).src = {};", json!(hit_url("js"))) },
+        _ => return Err(invalid("kind must be image, iframe or js")),
+    };
+    let pixel = NewPixel { id: None, trigger: Some("demo".into()), ttl_seconds: Some(24 * 3600), body };
+    let queued = state.store.enqueue(&demo_key(player), vec![pixel]).await?;
+    Ok((StatusCode::ACCEPTED, Json(json!({ "pixels": queued, "n": n }))))
+}
+
+/// The player's pending queue and the receiver's hits for that player, for the page to poll.
+async fn player_view(
+    State(state): State<AppState>,
+    ApiPath(path): ApiPath<PlayerPath>,
+) -> Result<Json<Value>, ApiError> {
+    let player = path.player_id.to_string();
+    let pending = state.store.pending(&demo_key(path.player_id)).await?;
+    let hits: Vec<Hit> = state.demo.hits.lock().map_err(|_| ApiError::Internal("demo log poisoned".into()))?
+        .iter()
+        .filter(|h| h.player == player)
+        .cloned()
+        .collect();
+    Ok(Json(json!({ "pending": pending, "hits": hits })))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct HitQuery {
+    player: String,
+    n: u64,
+    kind: String,
+}
+
+/// The demo's affiliate pixel server: records the hit and answers like a real one.
+async fn hit(State(state): State<AppState>, Query(q): Query<HitQuery>) -> Response {
+    if let Ok(mut hits) = state.demo.hits.lock() {
+        if hits.len() == HIT_LOG {
+            hits.pop_front();
+        }
+        hits.push_back(Hit { player: q.player, n: q.n, kind: q.kind.clone(), at_ms: now_ms() });
+    }
+    let no_store = (CACHE_CONTROL, "no-store");
+    match q.kind.as_str() {
+        "iframe" => ([no_store], Html("<!doctype html><title>pixel</title>")).into_response(),
+        _ => ([no_store, (CONTENT_TYPE, "image/gif")], PIXEL_GIF).into_response(),
+    }
+}

@@ -1,0 +1,121 @@
+//! Every HTTP error the hub can answer, and the one place that maps them to a status and a body.
+//!
+//! Bodies are always `{"error":{"code":"<snake_case>","message":"<human sentence>"}}`. Codes are stable and
+//! documented; messages may improve. 5xx bodies stay opaque: the cause goes to the log, not to the caller.
+
+use axum::Json;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use crate::ids::InvalidId;
+use crate::pixel::PixelError;
+use crate::store::StoreError;
+
+/// An error answer of the HTTP API.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// No or wrong `Authorization: Bearer` token.
+    #[error("a valid admin token is required: send Authorization: Bearer <token>")]
+    Unauthorized,
+    /// The body is not JSON.
+    #[error("the body is not valid JSON: {0}")]
+    InvalidJson(String),
+    /// A path segment is not a valid id.
+    #[error("{0}")]
+    InvalidId(String),
+    /// A pixel in the body is invalid.
+    #[error("{0}")]
+    InvalidPixel(#[from] PixelError),
+    /// Another body field is invalid; `code` names the problem.
+    #[error("{message}")]
+    Invalid {
+        /// Stable code.
+        code: &'static str,
+        /// Human sentence naming the field.
+        message: String,
+    },
+    /// The body is over the configured limit.
+    #[error("the request body is larger than {limit} bytes")]
+    PayloadTooLarge {
+        /// The configured limit.
+        limit: u64,
+    },
+    /// The brand in the path was never registered.
+    #[error("brand {0} does not exist; create it with PUT /api/v1/brands/{0}")]
+    UnknownBrand(String),
+    /// The pixel in the path is unknown for that player.
+    #[error("pixel {0} is not known for this player")]
+    UnknownPixel(String),
+    /// The request conflicts with the resource's state.
+    #[error("{message}")]
+    Conflict {
+        /// Stable code.
+        code: &'static str,
+        /// Human sentence.
+        message: String,
+    },
+    /// No route matches.
+    #[error("no route for {0}")]
+    NoRoute(String),
+    /// The route exists, the method does not.
+    #[error("method not allowed for this route")]
+    MethodNotAllowed,
+    /// The store is closing; the request was not carried out.
+    #[error("the hub is shutting down; retry shortly")]
+    Unavailable,
+    /// Anything else; the caller sees only that it failed.
+    #[error("internal error")]
+    Internal(String),
+}
+
+impl ApiError {
+    fn parts(&self) -> (StatusCode, &'static str) {
+        match self {
+            ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            ApiError::InvalidJson(_) => (StatusCode::BAD_REQUEST, "invalid_json"),
+            ApiError::InvalidId(_) => (StatusCode::BAD_REQUEST, "invalid_id"),
+            ApiError::InvalidPixel(e) => (StatusCode::UNPROCESSABLE_ENTITY, e.code),
+            ApiError::Invalid { code, .. } => (StatusCode::UNPROCESSABLE_ENTITY, code),
+            ApiError::PayloadTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
+            ApiError::UnknownBrand(_) => (StatusCode::NOT_FOUND, "brand_not_found"),
+            ApiError::UnknownPixel(_) => (StatusCode::NOT_FOUND, "pixel_not_found"),
+            ApiError::Conflict { code, .. } => (StatusCode::CONFLICT, code),
+            ApiError::NoRoute(_) => (StatusCode::NOT_FOUND, "not_found"),
+            ApiError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
+            ApiError::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        }
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::UnknownBrand(brand) => ApiError::UnknownBrand(brand.to_string()),
+            StoreError::Closed => ApiError::Unavailable,
+            StoreError::Backend(cause) => ApiError::Internal(cause),
+        }
+    }
+}
+
+impl From<InvalidId> for ApiError {
+    fn from(e: InvalidId) -> Self {
+        ApiError::InvalidId(e.to_string())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code) = self.parts();
+        if let ApiError::Internal(cause) = &self {
+            tracing::error!(%cause, "request failed");
+        }
+        let body = json!({ "error": { "code": code, "message": self.to_string() } });
+        let mut response = (status, Json(body)).into_response();
+        if status == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        response
+    }
+}

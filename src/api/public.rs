@@ -1,0 +1,77 @@
+//! Routes the browser and load balancers use: no authentication.
+
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::sync::LazyLock;
+
+use axum::Json;
+use axum::extract::State;
+use axum::extract::ws::WebSocketUpgrade;
+use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE, ETAG, IF_NONE_MATCH, ORIGIN};
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+
+use super::{ApiError, AppState};
+use crate::session::{self, SessionContext, SessionLimits};
+
+/// The browser client, served as written: readable, no build step.
+pub const CLIENT_JS: &str = include_str!("../../js-client/aff-client-pixel.js");
+
+/// Read buffer per WebSocket. Client frames are small (hello, acks, pongs); tungstenite's default of
+/// 128 KiB per connection would cost 2.4 GiB at 19,000 sessions.
+const WS_READ_BUFFER: usize = 4 * 1024;
+
+static CLIENT_ETAG: LazyLock<String> = LazyLock::new(|| {
+    let mut hasher = DefaultHasher::new();
+    CLIENT_JS.hash(&mut hasher);
+    format!("\"{}-{:016x}\"", env!("CARGO_PKG_VERSION"), hasher.finish())
+});
+
+pub(super) async fn healthz() -> Json<Value> {
+    Json(json!({ "status": "ok" }))
+}
+
+/// Serves `aff-client-pixel.js` with a short public cache and an ETag, so brand pages revalidate cheaply
+/// and pick up a new client within minutes of a deploy.
+pub(super) async fn client_script(headers: HeaderMap) -> Response {
+    let etag = CLIENT_ETAG.as_str();
+    let cache = [(CACHE_CONTROL, "public, max-age=300"), (ETAG, etag)];
+    let fresh = headers.get(IF_NONE_MATCH).and_then(|v| v.to_str().ok()).is_some_and(|v| v.split(',').any(|t| t.trim() == etag));
+    if fresh {
+        return (StatusCode::NOT_MODIFIED, cache).into_response();
+    }
+    (cache, [(CONTENT_TYPE, "application/javascript; charset=utf-8")], CLIENT_JS).into_response()
+}
+
+pub(super) async fn websocket(State(state): State<AppState>, headers: HeaderMap, upgrade: WebSocketUpgrade) -> Response {
+    let config = &state.config;
+    let ctx = SessionContext {
+        store: state.store.clone(),
+        hub: state.hub.clone(),
+        shutdown: state.shutdown.clone(),
+        limits: SessionLimits {
+            hello_timeout: config.hello_timeout(),
+            write_timeout: config.write_timeout(),
+            window: config.delivery_window as usize,
+            heartbeat: config.heartbeat(),
+        },
+        origin: headers.get(ORIGIN).and_then(|v| v.to_str().ok()).map(str::to_owned),
+    };
+    let max_message = config.ws_max_message_bytes as usize;
+    let sessions = state.sessions.clone();
+    upgrade
+        .read_buffer_size(WS_READ_BUFFER)
+        // Write each frame straight through instead of collecting 128 KiB first.
+        .write_buffer_size(0)
+        .max_message_size(max_message)
+        .max_frame_size(max_message)
+        .on_upgrade(move |socket| sessions.track_future(session::run(socket, ctx)))
+}
+
+pub(super) async fn no_route(method: Method, uri: Uri) -> ApiError {
+    ApiError::NoRoute(format!("{method} {}", uri.path()))
+}
+
+pub(super) async fn method_not_allowed() -> ApiError {
+    ApiError::MethodNotAllowed
+}

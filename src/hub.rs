@@ -1,0 +1,241 @@
+//! The registry of this process's live sessions, and the wake-ups that reach them.
+//!
+//! The hub knows nothing durable and decides nothing about delivery: the store's lease decides which
+//! session may send a player's pixels. The hub only answers "which sessions of player P are connected to
+//! *this* process?" and wakes them when the store announces that P may have something deliverable, or when
+//! a heartbeat is due. Several hub processes can share one store; each sees only its own sessions.
+//!
+//! To stay at a few KiB per session with ~19,000 sessions, a session owns no timer and no extra task:
+//! one hub-wide ticker raises a heartbeat flag on every session, and one task turns store announcements into
+//! pokes. A session's wake-up is an `Arc<Signal>`: a `Notify` plus flag bits, coalescing any number of
+//! wake-ups into one.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use dashmap::DashMap;
+use serde::Serialize;
+use tokio::sync::{Notify, broadcast};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::ids::{BrandId, PlayerKey, SessionId};
+use crate::store::Store;
+
+/// Wake-up reasons, as bits in [`Signal`]'s flags.
+pub mod wake {
+    /// The player's queue may have something to deliver.
+    pub const POKE: u8 = 1;
+    /// A heartbeat interval passed.
+    pub const HEARTBEAT: u8 = 2;
+}
+
+/// How the hub wakes one session.
+#[derive(Debug)]
+pub struct Signal {
+    /// The session this signal belongs to.
+    pub session: SessionId,
+    notify: Notify,
+    flags: AtomicU8,
+}
+
+impl Signal {
+    fn raise(&self, flag: u8) {
+        self.flags.fetch_or(flag, Ordering::Release);
+        self.notify.notify_one();
+    }
+
+    /// Waits until something was raised since the last [`Signal::take`]; cancel-safe.
+    pub async fn notified(&self) {
+        self.notify.notified().await
+    }
+
+    /// Returns and clears the raised flags.
+    pub fn take(&self) -> u8 {
+        self.flags.swap(0, Ordering::Acquire)
+    }
+}
+
+/// Live sessions of one brand in this process.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct BrandSessions {
+    /// Connections.
+    pub sessions: usize,
+    /// Distinct players with at least one connection.
+    pub players_online: usize,
+}
+
+/// Cheap-to-clone handle to the registry.
+#[derive(Clone, Default)]
+pub struct Hub {
+    shared: Arc<Shared>,
+}
+
+#[derive(Default)]
+struct Shared {
+    /// Sessions per player. A player rarely has more than a few, so a Vec is the right size.
+    players: DashMap<PlayerKey, Vec<Arc<Signal>>>,
+    sessions: AtomicUsize,
+}
+
+/// A session's place in the hub; dropping it unregisters the session.
+pub struct Registration {
+    hub: Hub,
+    key: PlayerKey,
+    signal: Arc<Signal>,
+}
+
+impl Registration {
+    /// The signal the session waits on.
+    pub fn signal(&self) -> &Signal {
+        &self.signal
+    }
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        let players = &self.hub.shared.players;
+        if let dashmap::Entry::Occupied(mut entry) = players.entry(self.key.clone()) {
+            entry.get_mut().retain(|s| !Arc::ptr_eq(s, &self.signal));
+            if entry.get().is_empty() {
+                entry.remove();
+            }
+        }
+        self.hub.shared.sessions.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Hub {
+    /// Adds a session for `key`. The returned registration is born with a poke raised, so the session's
+    /// first wake-up looks at the queue.
+    pub fn register(&self, key: PlayerKey, session: SessionId) -> Registration {
+        let signal = Arc::new(Signal { session, notify: Notify::new(), flags: AtomicU8::new(0) });
+        signal.raise(wake::POKE);
+        self.shared.players.entry(key.clone()).or_default().push(Arc::clone(&signal));
+        self.shared.sessions.fetch_add(1, Ordering::Relaxed);
+        Registration { hub: self.clone(), key, signal }
+    }
+
+    /// Wakes every session of the player in this process. Only the lease holder (or, if none holds it, the
+    /// first to ask) will get pixels; the others find nothing, which costs one store lookup each.
+    pub fn poke(&self, key: &PlayerKey) {
+        if let Some(sessions) = self.shared.players.get(key) {
+            sessions.iter().for_each(|s| s.raise(wake::POKE));
+        }
+    }
+
+    /// Wakes every session, e.g. after missing store announcements.
+    pub fn poke_all(&self) {
+        self.raise_all(wake::POKE);
+    }
+
+    fn raise_all(&self, flag: u8) {
+        for entry in self.shared.players.iter() {
+            entry.value().iter().for_each(|s| s.raise(flag));
+        }
+    }
+
+    /// Live connections in this process.
+    pub fn session_count(&self) -> usize {
+        self.shared.sessions.load(Ordering::Relaxed)
+    }
+
+    /// Sessions and players online per brand, in this process.
+    pub fn brand_sessions(&self) -> BTreeMap<BrandId, BrandSessions> {
+        let mut out: BTreeMap<BrandId, BrandSessions> = BTreeMap::new();
+        for entry in self.shared.players.iter() {
+            let stats = out.entry(entry.key().brand.clone()).or_default();
+            stats.sessions += entry.value().len();
+            stats.players_online += 1;
+        }
+        out
+    }
+
+    /// Starts the hub's two background tasks: store announcements to pokes, and the heartbeat ticker.
+    /// Both stop when `shutdown` is cancelled.
+    pub fn spawn_background(
+        &self,
+        store: &dyn Store,
+        heartbeat: Duration,
+        shutdown: CancellationToken,
+        tracker: &TaskTracker,
+    ) {
+        let mut announcements = store.subscribe();
+        let hub = self.clone();
+        let stop = shutdown.clone();
+        tracker.spawn(async move {
+            loop {
+                let key = tokio::select! {
+                    _ = stop.cancelled() => return,
+                    key = announcements.recv() => key,
+                };
+                match key {
+                    Ok(key) => hub.poke(&key),
+                    Err(broadcast::error::RecvError::Lagged(missed)) => {
+                        tracing::warn!(missed, "fell behind store announcements; waking every session");
+                        hub.poke_all();
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return,
+                }
+            }
+        });
+
+        let hub = self.clone();
+        tracker.spawn(async move {
+            let mut ticker = tokio::time::interval(heartbeat);
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            ticker.tick().await; // the first tick is immediate; sessions were just greeted
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = ticker.tick() => hub.raise_all(wake::HEARTBEAT),
+                }
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ids::{PlayerId, SessionId};
+
+    fn key(brand: &str, player: &str) -> PlayerKey {
+        PlayerKey::new(BrandId::parse(brand).unwrap(), PlayerId::parse(player).unwrap())
+    }
+
+    #[test]
+    fn counts_sessions_and_players_per_brand_and_forgets_dropped_ones() {
+        let hub = Hub::default();
+        let a1 = hub.register(key("b1", "a"), SessionId::generate());
+        let a2 = hub.register(key("b1", "a"), SessionId::generate());
+        let _c = hub.register(key("b2", "c"), SessionId::generate());
+
+        let stats = hub.brand_sessions();
+        assert_eq!(stats[&BrandId::parse("b1").unwrap()], BrandSessions { sessions: 2, players_online: 1 });
+        assert_eq!(hub.session_count(), 3);
+
+        drop(a1);
+        drop(a2);
+        assert!(!hub.brand_sessions().contains_key(&BrandId::parse("b1").unwrap()));
+        assert_eq!(hub.session_count(), 1);
+    }
+
+    #[test]
+    fn pokes_reach_only_the_players_sessions_and_coalesce() {
+        let hub = Hub::default();
+        let a = hub.register(key("b", "a"), SessionId::generate());
+        let other = hub.register(key("b", "z"), SessionId::generate());
+        assert_eq!(a.signal().take(), wake::POKE, "born with a poke");
+        other.signal().take();
+
+        hub.poke(&key("b", "a"));
+        hub.poke(&key("b", "a"));
+        hub.raise_all(wake::HEARTBEAT);
+        assert_eq!(a.signal().take(), wake::POKE | wake::HEARTBEAT);
+        assert_eq!(other.signal().take(), wake::HEARTBEAT);
+        assert_eq!(a.signal().take(), 0);
+    }
+}

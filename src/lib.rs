@@ -1,0 +1,33 @@
+//! pixelhub delivers affiliate conversion pixels to players' browsers, exactly once.
+//!
+//! A brand's back end (or its affiliate system) queues pixels for a player over HTTP; the queue is durable
+//! before the call is answered. A small script on the brand's pages keeps a WebSocket open to the hub, which
+//! pushes each pending pixel the moment the player is online: now, or at the next visit. The browser fires
+//! the pixel, remembers that it did, and acknowledges it; only the acknowledgement removes it from the queue.
+//!
+//! # Layout
+//! - [`config`]: every setting, from flags and environment, with its default.
+//! - [`ids`]: validated brand, player, pixel and session ids.
+//! - [`pixel`]: what a pixel is, and turning a caller's JSON into one.
+//! - [`store`]: the durable queues behind the [`store::Store`] trait (sled now, Redis next), with group commit
+//!   and the per-player delivery lease. The source of truth.
+//! - [`hub`]: this process's live sessions, and the wake-ups (store announcements, heartbeats) that reach them.
+//! - [`session`]: one WebSocket connection, from hello to close.
+//! - [`protocol`]: the wire messages and close codes (see `docs/protocol.md`).
+//! - [`api`]: the HTTP routes: admin API, client script, WebSocket upgrade, demo.
+//! - [`server`]: start-up and orderly shutdown.
+//!
+//! The browser side lives in `js-client/aff-client-pixel.js`; the demo page in `static/`.
+
+pub mod api;
+pub mod config;
+pub mod hub;
+pub mod ids;
+pub mod pixel;
+pub mod protocol;
+pub mod server;
+pub mod session;
+pub mod store;
+
+pub use config::Config;
+pub use server::{Application, StartError};

@@ -1,0 +1,341 @@
+//! What a pixel is, and the one place where a caller's JSON becomes one.
+//!
+//! Validation happens here, before anything touches the store, so a batch is refused whole with the path of
+//! the first bad field (`pixels[3].url`) and nothing half-written. What is stored and what is sent to the
+//! browser is the validated, normalised form.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::ids::{PixelId, is_valid_id};
+
+/// Largest `js` pixel, in bytes of source.
+pub const MAX_JS_BYTES: usize = 64 * 1024;
+/// Largest batch one request may queue.
+pub const MAX_BATCH: usize = 1000;
+/// Longest URL accepted for image and iframe pixels; browsers and proxies start failing beyond this.
+pub const MAX_URL_BYTES: usize = 8 * 1024;
+/// Longest TTL a caller may ask for: a year. A conversion older than that is no longer worth paying.
+pub const MAX_TTL_SECONDS: u64 = 365 * 24 * 3600;
+
+/// What the browser does with a pixel. The `kind` tag and field names are the HTTP API's and the wire
+/// protocol's, so one serde shape serves the store, the API and the WebSocket.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum PixelBody {
+    /// Loaded with `new Image()`; load or error both mean the request went out.
+    Image {
+        /// Absolute http(s) URL, normalised.
+        url: String,
+    },
+    /// Loaded in a hidden 1×1 iframe that is removed after load.
+    Iframe {
+        /// Absolute http(s) URL, normalised.
+        url: String,
+    },
+    /// JavaScript run in the brand's page.
+    Js {
+        /// Source, at most [`MAX_JS_BYTES`].
+        code: String,
+    },
+    /// A Meta (Facebook) pixel event, tracked through `fbq` or its image fallback.
+    Facebook {
+        /// Meta's numeric pixel id.
+        pixel_id: String,
+        /// Standard or custom event name, e.g. `Purchase`.
+        event: String,
+        /// Event parameters such as `value` and `currency`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        params: Option<Map<String, Value>>,
+        /// Deduplication key shared with Meta's Conversions API; the pixel's own id when not given.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        event_id: Option<String>,
+    },
+}
+
+impl PixelBody {
+    /// The `kind` tag, for logs and stats.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            PixelBody::Image { .. } => "image",
+            PixelBody::Iframe { .. } => "iframe",
+            PixelBody::Js { .. } => "js",
+            PixelBody::Facebook { .. } => "facebook",
+        }
+    }
+
+    /// Fills defaults that depend on the pixel's final id: a Facebook `event_id` defaults to the pixel id, so
+    /// Meta can deduplicate it against the same conversion sent through the Conversions API.
+    pub fn with_defaults(mut self, id: &PixelId) -> Self {
+        if let PixelBody::Facebook { event_id: event_id @ None, .. } = &mut self {
+            *event_id = Some(id.to_string());
+        }
+        self
+    }
+}
+
+/// A validated pixel a caller asked to queue.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NewPixel {
+    /// The caller's idempotency key, if any.
+    pub id: Option<PixelId>,
+    /// Free label such as `ftd`.
+    pub trigger: Option<String>,
+    /// Time to live; `None` takes the configured default.
+    pub ttl_seconds: Option<u64>,
+    /// What to fire.
+    pub body: PixelBody,
+}
+
+/// A pixel in a player's queue, as stored and as listed by the API.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct QueuedPixel {
+    /// Unique within the player's queue.
+    pub id: PixelId,
+    /// What to fire.
+    #[serde(flatten)]
+    pub body: PixelBody,
+    /// The caller's label, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trigger: Option<String>,
+    /// Unix milliseconds when the pixel became durable.
+    pub queued_at_ms: u64,
+    /// Unix milliseconds after which the pixel is dropped instead of fired.
+    pub expires_at_ms: u64,
+}
+
+/// The first problem found in a request body, with where it is.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{path}: {message}")]
+pub struct PixelError {
+    /// Stable, snake_case error code for the API.
+    pub code: &'static str,
+    /// JSON path of the offending value, e.g. `pixels[2].url`.
+    pub path: String,
+    /// Human sentence.
+    pub message: String,
+}
+
+impl PixelError {
+    fn new(code: &'static str, path: impl Into<String>, message: impl Into<String>) -> Self {
+        Self { code, path: path.into(), message: message.into() }
+    }
+}
+
+/// Parses a request body: one pixel object, or an array of 1 to [`MAX_BATCH`] of them.
+pub fn parse_batch(body: Value) -> Result<Vec<NewPixel>, PixelError> {
+    match body {
+        Value::Array(items) => {
+            if items.is_empty() {
+                return Err(PixelError::new("empty_batch", "pixels", "the array holds no pixel"));
+            }
+            if items.len() > MAX_BATCH {
+                return Err(PixelError::new(
+                    "batch_too_large",
+                    "pixels",
+                    format!("at most {MAX_BATCH} pixels per request, got {}", items.len()),
+                ));
+            }
+            items.into_iter().enumerate().map(|(i, item)| parse_one(item, &format!("pixels[{i}]"))).collect()
+        }
+        other => Ok(vec![parse_one(other, "pixel")?]),
+    }
+}
+
+fn parse_one(value: Value, path: &str) -> Result<NewPixel, PixelError> {
+    let Value::Object(mut obj) = value else {
+        return Err(PixelError::new("invalid_pixel", path, "a pixel must be a JSON object"));
+    };
+    let mut fields = Fields { obj: &mut obj, path };
+
+    let kind = fields.required_str("kind")?;
+    let id = fields
+        .optional_str("id")?
+        .map(|id| {
+            if is_valid_id(&id) {
+                Ok(PixelId::parse(&id).expect("validated just above"))
+            } else {
+                Err(fields.error("invalid_field", "id", "must be 1 to 128 characters of A-Z a-z 0-9 . _ : @ -"))
+            }
+        })
+        .transpose()?;
+    let trigger = fields.optional_str("trigger")?;
+    if let Some(trigger) = &trigger {
+        fields.check_label("trigger", trigger, 64)?;
+    }
+    let ttl_seconds = match fields.obj.remove("ttl_seconds") {
+        None | Some(Value::Null) => None,
+        Some(v) => match v.as_u64() {
+            Some(n) if (1..=MAX_TTL_SECONDS).contains(&n) => Some(n),
+            _ => {
+                return Err(fields.error(
+                    "invalid_field",
+                    "ttl_seconds",
+                    format!("must be a whole number of seconds from 1 to {MAX_TTL_SECONDS}"),
+                ));
+            }
+        },
+    };
+
+    let body = match kind.as_str() {
+        "image" => PixelBody::Image { url: fields.url("url")? },
+        "iframe" => PixelBody::Iframe { url: fields.url("url")? },
+        "js" => {
+            let code = fields.required_str("code")?;
+            if code.trim().is_empty() {
+                return Err(fields.error("invalid_field", "code", "must not be empty"));
+            }
+            if code.len() > MAX_JS_BYTES {
+                return Err(fields.error(
+                    "code_too_large",
+                    "code",
+                    format!("is {} bytes; at most {MAX_JS_BYTES} are allowed", code.len()),
+                ));
+            }
+            PixelBody::Js { code }
+        }
+        "facebook" => {
+            let pixel_id = fields.required_str("pixel_id")?;
+            if pixel_id.is_empty() || pixel_id.len() > 32 || !pixel_id.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(fields.error("invalid_field", "pixel_id", "must be Meta's numeric pixel id"));
+            }
+            let event = fields.required_str("event")?;
+            fields.check_label("event", &event, 100)?;
+            let params = match fields.obj.remove("params") {
+                None | Some(Value::Null) => None,
+                Some(Value::Object(map)) => Some(map),
+                Some(_) => return Err(fields.error("invalid_field", "params", "must be a JSON object")),
+            };
+            let event_id = fields.optional_str("event_id")?;
+            if let Some(event_id) = &event_id {
+                fields.check_label("event_id", event_id, 128)?;
+            }
+            PixelBody::Facebook { pixel_id, event, params, event_id }
+        }
+        other => {
+            return Err(fields.error(
+                "unknown_kind",
+                "kind",
+                format!("{other:?} is not a pixel kind; use image, iframe, js or facebook"),
+            ));
+        }
+    };
+
+    if let Some(extra) = fields.obj.keys().next() {
+        return Err(fields.error("unknown_field", extra, format!("is not a field of a {kind} pixel")));
+    }
+    Ok(NewPixel { id, trigger, ttl_seconds, body })
+}
+
+/// Takes fields out of one pixel object, so whatever is left at the end is an unknown field.
+struct Fields<'a> {
+    obj: &'a mut Map<String, Value>,
+    path: &'a str,
+}
+
+impl Fields<'_> {
+    fn error(&self, code: &'static str, field: &str, message: impl Into<String>) -> PixelError {
+        PixelError::new(code, format!("{}.{field}", self.path), message)
+    }
+
+    fn optional_str(&mut self, field: &str) -> Result<Option<String>, PixelError> {
+        match self.obj.remove(field) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s)),
+            Some(_) => Err(self.error("invalid_field", field, "must be a string")),
+        }
+    }
+
+    fn required_str(&mut self, field: &str) -> Result<String, PixelError> {
+        self.optional_str(field)?.ok_or_else(|| self.error("missing_field", field, "is required"))
+    }
+
+    fn check_label(&self, field: &str, value: &str, max: usize) -> Result<(), PixelError> {
+        if value.is_empty() || value.chars().count() > max || value.chars().any(char::is_control) {
+            return Err(self.error(
+                "invalid_field",
+                field,
+                format!("must be 1 to {max} characters without control characters"),
+            ));
+        }
+        Ok(())
+    }
+
+    fn url(&mut self, field: &str) -> Result<String, PixelError> {
+        let raw = self.required_str(field)?;
+        if raw.len() > MAX_URL_BYTES {
+            return Err(self.error("invalid_url", field, format!("is longer than {MAX_URL_BYTES} bytes")));
+        }
+        match url::Url::parse(&raw) {
+            Ok(url) if matches!(url.scheme(), "http" | "https") && url.has_host() => Ok(url.into()),
+            Ok(url) => Err(self.error(
+                "invalid_url",
+                field,
+                format!("must be an absolute http(s) URL, not {}:", url.scheme()),
+            )),
+            Err(e) => Err(self.error("invalid_url", field, format!("must be an absolute http(s) URL ({e})"))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn err(v: Value) -> PixelError {
+        parse_batch(v).unwrap_err()
+    }
+
+    #[test]
+    fn parses_every_kind_with_its_options() {
+        let pixels = parse_batch(json!([
+            {"kind": "image", "url": "https://a.example/p?x=1 2", "id": "ftd-1", "trigger": "ftd", "ttl_seconds": 60},
+            {"kind": "iframe", "url": "http://b.example/"},
+            {"kind": "js", "code": "window.x = 1"},
+            {"kind": "facebook", "pixel_id": "123", "event": "Purchase", "params": {"value": 50}},
+        ]))
+        .unwrap();
+
+        assert_eq!(pixels[0].body, PixelBody::Image { url: "https://a.example/p?x=1%202".into() });
+        assert_eq!(pixels[0].id.as_ref().map(|i| i.as_str()), Some("ftd-1"));
+        assert_eq!(pixels[0].trigger.as_deref(), Some("ftd"));
+        assert_eq!(pixels[0].ttl_seconds, Some(60));
+        assert_eq!(pixels[2].body.kind(), "js");
+        let id = PixelId::parse("px1").unwrap();
+        match pixels[3].body.clone().with_defaults(&id) {
+            PixelBody::Facebook { event_id, .. } => assert_eq!(event_id.as_deref(), Some("px1")),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_single_object_is_a_batch_of_one() {
+        assert_eq!(parse_batch(json!({"kind": "js", "code": "1"})).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn refuses_bad_input_with_the_path_of_the_problem() {
+        let e = err(json!([{"kind": "image", "url": "https://ok.example/"}, {"kind": "image", "url": "javascript:alert(1)"}]));
+        assert_eq!((e.code, e.path.as_str()), ("invalid_url", "pixels[1].url"));
+
+        assert_eq!(err(json!({"kind": "gif", "url": "https://a.example/"})).code, "unknown_kind");
+        assert_eq!(err(json!({"url": "https://a.example/"})).code, "missing_field");
+        assert_eq!(err(json!({"kind": "image"})).path, "pixel.url");
+        assert_eq!(err(json!({"kind": "image", "url": "/relative"})).code, "invalid_url");
+        assert_eq!(err(json!({"kind": "image", "url": "ftp://a.example/"})).code, "invalid_url");
+        assert_eq!(err(json!({"kind": "image", "url": "https://a.example/", "colour": 1})).code, "unknown_field");
+        assert_eq!(err(json!({"kind": "image", "url": 5})).code, "invalid_field");
+        assert_eq!(err(json!({"kind": "js", "code": "x".repeat(MAX_JS_BYTES + 1)})).code, "code_too_large");
+        assert_eq!(err(json!({"kind": "js", "code": "  "})).code, "invalid_field");
+        assert_eq!(err(json!({"kind": "facebook", "pixel_id": "12a", "event": "Purchase"})).path, "pixel.pixel_id");
+        assert_eq!(err(json!({"kind": "facebook", "pixel_id": "1", "event": "P", "params": [1]})).path, "pixel.params");
+        assert_eq!(err(json!({"kind": "js", "code": "1", "id": "has space"})).path, "pixel.id");
+        assert_eq!(err(json!({"kind": "js", "code": "1", "ttl_seconds": 0})).path, "pixel.ttl_seconds");
+        assert_eq!(err(json!({"kind": "js", "code": "1", "ttl_seconds": -5})).path, "pixel.ttl_seconds");
+        assert_eq!(err(json!("image")).code, "invalid_pixel");
+        assert_eq!(err(json!([])).code, "empty_batch");
+        let too_many: Vec<Value> = (0..=MAX_BATCH).map(|_| json!({"kind": "js", "code": "1"})).collect();
+        assert_eq!(err(Value::Array(too_many)).code, "batch_too_large");
+    }
+}

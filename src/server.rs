@@ -1,0 +1,205 @@
+//! Start-up and shutdown: from a [`Config`] to a running hub, and back to a closed store.
+//!
+//! [`Application::build`] binds the listener (port 0 works, for tests) and opens the store;
+//! [`Application::run_until`] serves until a signal, then shuts down in order: stop accepting, tell every
+//! session to reconnect elsewhere (close code 4000), wait for sessions and background tasks, flush the
+//! store. axum's graceful shutdown does not wait for upgraded WebSockets, so sessions are tracked here.
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::api::{self, AppState, DemoLog};
+use crate::config::{Config, MIN_ADMIN_TOKEN_LEN};
+use crate::hub::Hub;
+use crate::ids::BrandId;
+use crate::store::{BrandSettings, SledOptions, SledStore, Store, StoreError};
+
+/// Longest wait for sessions to close at shutdown before the store is flushed anyway.
+const SESSION_DRAIN: Duration = Duration::from_secs(10);
+
+/// Why the hub could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A setting is invalid; the message names it.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    /// The data directory or the admin token file could not be used.
+    #[error("cannot use {path}: {source}")]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// What went wrong.
+        source: io::Error,
+    },
+    /// The store could not be opened (for sled: another hub may be using the same data dir).
+    #[error("cannot open the store: {0}")]
+    Store(#[from] StoreError),
+    /// The listen address is taken or not ours.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The configured address.
+        addr: SocketAddr,
+        /// What went wrong.
+        source: io::Error,
+    },
+}
+
+/// A hub ready to serve.
+pub struct Application {
+    listener: TcpListener,
+    state: AppState,
+    background: TaskTracker,
+}
+
+impl Application {
+    /// Validates the config, prepares the data dir and admin token, opens the store and binds.
+    pub async fn build(config: Config) -> Result<Self, StartError> {
+        config.validate().map_err(StartError::Config)?;
+        let io_err = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| StartError::Io { path, source }
+        };
+        std::fs::create_dir_all(&config.data_dir).map_err(io_err(&config.data_dir))?;
+        let admin_token = match &config.admin_token {
+            Some(token) => token.clone(),
+            None => {
+                let path = config.data_dir.join("admin-token");
+                load_or_create_token(&path).map_err(io_err(&path))?
+            }
+        };
+
+        let store = SledStore::open(
+            &config.data_dir.join("sled"),
+            SledOptions { default_ttl: Duration::from_secs(config.default_ttl_seconds) },
+        )?;
+        let store: Arc<dyn Store> = Arc::new(store);
+        if config.demo {
+            let demo = BrandId::parse(api::DEMO_BRAND).expect("a valid literal id");
+            if store.get_brand(&demo).await?.is_none() {
+                let settings = BrandSettings { name: Some("Demo casino".into()), allowed_origins: Vec::new() };
+                store.put_brand(&demo, settings).await?;
+            }
+        }
+
+        let listener =
+            TcpListener::bind(config.listen).await.map_err(|source| StartError::Bind { addr: config.listen, source })?;
+        let shutdown = CancellationToken::new();
+        let background = TaskTracker::new();
+        let hub = Hub::default();
+        hub.spawn_background(store.as_ref(), config.heartbeat(), shutdown.clone(), &background);
+
+        let state = AppState {
+            store,
+            hub,
+            config: Arc::new(config),
+            admin_token: Arc::from(admin_token),
+            shutdown,
+            sessions: TaskTracker::new(),
+            demo: Arc::new(DemoLog::default()),
+        };
+        Ok(Self { listener, state, background })
+    }
+
+    /// The bound address (the real port when the config asked for port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener.local_addr().expect("a bound TCP listener has an address")
+    }
+
+    /// The admin token in force, for the embedding code (tests, tools); never logged.
+    pub fn admin_token(&self) -> &str {
+        &self.state.admin_token
+    }
+
+    /// Serves until `signal` completes, then shuts down cleanly; returns when the store is flushed and
+    /// closed, so the same data dir can be opened again at once.
+    pub async fn run_until(self, signal: impl Future<Output = ()> + Send + 'static) -> io::Result<()> {
+        let Application { listener, state, background } = self;
+        let shutdown = state.shutdown.clone();
+        let trigger = shutdown.clone();
+        let router = api::router(state.clone());
+        let served = axum::serve(listener, router)
+            .with_graceful_shutdown(async move {
+                tokio::select! {
+                    _ = signal => {}
+                    _ = trigger.cancelled() => {}
+                }
+                trigger.cancel();
+            })
+            .await;
+
+        shutdown.cancel();
+        state.sessions.close();
+        if tokio::time::timeout(SESSION_DRAIN, state.sessions.wait()).await.is_err() {
+            tracing::warn!(left = state.sessions.len(), "sessions did not close in time; flushing anyway");
+        }
+        background.close();
+        background.wait().await;
+        if let Err(e) = state.store.close().await {
+            tracing::error!(error = %e, "closing the store failed");
+        }
+        tracing::info!("stopped");
+        served
+    }
+}
+
+/// Reads the generated admin token, or creates it with mode 0600 on first start.
+fn load_or_create_token(path: &Path) -> io::Result<String> {
+    match std::fs::read_to_string(path) {
+        Ok(token) => {
+            let token = token.trim().to_owned();
+            if token.len() < MIN_ADMIN_TOKEN_LEN {
+                return Err(io::Error::new(io::ErrorKind::InvalidData, "the admin token file holds no valid token"));
+            }
+            tracing::info!(path = %path.display(), "admin token read from file");
+            Ok(token)
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            let mut bytes = [0u8; 32];
+            getrandom::fill(&mut bytes).map_err(|e| io::Error::other(e.to_string()))?;
+            let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+            write_private(path, &token)?;
+            tracing::info!(path = %path.display(), "admin token generated and stored in file (mode 0600)");
+            Ok(token)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+fn write_private(path: &Path, contents: &str) -> io::Result<()> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options.open(path)?;
+    file.write_all(contents.as_bytes())?;
+    file.write_all(b"\n")?;
+    file.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_generated_token_is_private_and_stable() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("admin-token");
+        let first = load_or_create_token(&path).unwrap();
+        assert_eq!(first.len(), 64);
+        assert_eq!(load_or_create_token(&path).unwrap(), first);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        }
+    }
+}

@@ -1,0 +1,256 @@
+//! One WebSocket connection: hello, then deliver and take acks until it ends.
+//!
+//! A session moves through three states, each a function below: *connecting* ([`handshake`]: only a
+//! hello is accepted, within the hello timeout), *live* ([`live`]: pixels out, acks and pongs in), and
+//! *closed* (one place, [`run`], sends the close frame and releases the player's lease). The session never
+//! buffers pixels: it asks the store for at most `window` unacknowledged ones, so a client that stops
+//! reading holds a bounded amount of memory until the write timeout closes it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ws::{CloseFrame, Message, WebSocket};
+use tokio_tungstenite::tungstenite;
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, field};
+
+use crate::hub::{Hub, Registration, wake};
+use crate::ids::{PixelId, PlayerId, PlayerKey, SessionId};
+use crate::protocol::{CloseReason, ClientMessage, MAX_ACK_IDS, PROTOCOL_VERSION, ServerMessage, WirePixel};
+use crate::store::{Store, StoreError};
+
+/// What a session needs from the process; built once per connection by the HTTP layer.
+#[derive(Clone)]
+pub struct SessionContext {
+    /// The durable queues.
+    pub store: Arc<dyn Store>,
+    /// This process's registry.
+    pub hub: Hub,
+    /// Cancelled when the process shuts down.
+    pub shutdown: CancellationToken,
+    /// Timing and window settings.
+    pub limits: SessionLimits,
+    /// The upgrade request's `Origin` header, checked against the brand's allowlist after the hello.
+    pub origin: Option<String>,
+}
+
+/// Per-session limits, from the configuration.
+#[derive(Clone, Copy, Debug)]
+pub struct SessionLimits {
+    /// Time allowed between upgrade and hello.
+    pub hello_timeout: Duration,
+    /// Time allowed for the client to accept one frame.
+    pub write_timeout: Duration,
+    /// Most unacknowledged pixels in flight.
+    pub window: usize,
+    /// Server ping interval, announced in the welcome.
+    pub heartbeat: Duration,
+}
+
+/// How a session ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum End {
+    /// We close, telling the client why.
+    Close(CloseReason),
+    /// The client closed or the connection broke; there is nobody to tell.
+    Gone,
+}
+
+impl From<CloseReason> for End {
+    fn from(reason: CloseReason) -> Self {
+        End::Close(reason)
+    }
+}
+
+impl From<StoreError> for End {
+    fn from(e: StoreError) -> Self {
+        tracing::error!(error = %e, "store call failed in session");
+        End::Close(match e {
+            StoreError::Closed => CloseReason::Shutdown,
+            _ => CloseReason::InternalError,
+        })
+    }
+}
+
+/// Serves one upgraded connection to its end.
+pub async fn run(socket: WebSocket, ctx: SessionContext) {
+    let id = SessionId::generate();
+    let span = tracing::debug_span!("session", session_id = %id, brand = field::Empty, player = field::Empty);
+    async move {
+        let mut conn = Conn { socket, write_timeout: ctx.limits.write_timeout };
+        let end = match handshake(&mut conn, &ctx).await {
+            Ok(key) => {
+                let span = tracing::Span::current();
+                span.record("brand", key.brand.as_str());
+                span.record("player", key.player.as_str());
+                let registration = ctx.hub.register(key.clone(), id);
+                let end = live(&mut conn, &ctx, &key, &registration).await;
+                drop(registration);
+                if let Err(e) = ctx.store.release(&key, id).await {
+                    tracing::error!(error = %e, "could not release the lease; it frees when the store restarts");
+                }
+                end
+            }
+            Err(end) => end,
+        };
+        match end {
+            End::Close(reason) => {
+                tracing::debug!(code = reason.code(), reason = reason.as_str(), "closing session");
+                conn.close(reason).await;
+            }
+            End::Gone => tracing::debug!("client went away"),
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+/// The WebSocket plus the write timeout every send obeys.
+struct Conn {
+    socket: WebSocket,
+    write_timeout: Duration,
+}
+
+impl Conn {
+    async fn send(&mut self, text: String) -> Result<(), End> {
+        match tokio::time::timeout(self.write_timeout, self.socket.send(Message::text(text))).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(End::Gone),
+            Err(_) => Err(End::Close(CloseReason::SlowClient)),
+        }
+    }
+
+    /// Reads the next frame, mapping transport outcomes to how the session ends.
+    async fn recv(&mut self) -> Result<Message, End> {
+        match self.socket.recv().await {
+            Some(Ok(Message::Close(_))) | None => Err(End::Gone),
+            Some(Ok(Message::Binary(_))) => Err(End::Close(CloseReason::BadMessage)),
+            Some(Ok(message)) => Ok(message),
+            Some(Err(e)) => {
+                let too_big = e
+                    .into_inner()
+                    .downcast::<tungstenite::Error>()
+                    .is_ok_and(|e| matches!(*e, tungstenite::Error::Capacity(_)));
+                Err(if too_big { End::Close(CloseReason::MessageTooBig) } else { End::Gone })
+            }
+        }
+    }
+
+    async fn close(mut self, reason: CloseReason) {
+        let frame = CloseFrame { code: reason.code(), reason: reason.as_str().into() };
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.socket.send(Message::Close(Some(frame)))).await;
+    }
+}
+
+/// Connecting: waits for a valid hello for an existing brand, from an allowed origin.
+async fn handshake(conn: &mut Conn, ctx: &SessionContext) -> Result<PlayerKey, End> {
+    let deadline = tokio::time::sleep(ctx.limits.hello_timeout);
+    tokio::pin!(deadline);
+    let message = loop {
+        let message = tokio::select! {
+            _ = ctx.shutdown.cancelled() => return Err(CloseReason::Shutdown.into()),
+            _ = &mut deadline => return Err(CloseReason::HelloTimeout.into()),
+            message = conn.recv() => message?,
+        };
+        if let Message::Text(text) = message {
+            break ClientMessage::parse(text.as_str())?;
+        }
+        // Protocol-level ping/pong frames are answered by the WebSocket layer.
+    };
+    let ClientMessage::Hello { v, brand_id, player_id } = message else {
+        return Err(CloseReason::UnexpectedMessage.into());
+    };
+    if v != PROTOCOL_VERSION {
+        return Err(CloseReason::UnsupportedVersion.into());
+    }
+    let brand = brand_id.to_brand_id().map_err(|_| CloseReason::InvalidHello)?;
+    let player = PlayerId::parse(&player_id).map_err(|_| CloseReason::InvalidHello)?;
+    let Some(settings) = ctx.store.get_brand(&brand).await? else {
+        return Err(CloseReason::UnknownBrand.into());
+    };
+    if !settings.allowed_origins.is_empty() {
+        let allowed = ctx
+            .origin
+            .as_deref()
+            .is_some_and(|origin| settings.allowed_origins.iter().any(|a| a.eq_ignore_ascii_case(origin)));
+        if !allowed {
+            return Err(CloseReason::OriginNotAllowed.into());
+        }
+    }
+    Ok(PlayerKey::new(brand, player))
+}
+
+/// Live: sends what the store leases to this session, takes acks, keeps the heartbeat.
+async fn live(conn: &mut Conn, ctx: &SessionContext, key: &PlayerKey, registration: &Registration) -> End {
+    let signal = registration.signal();
+    let welcome = ServerMessage::Welcome {
+        v: PROTOCOL_VERSION,
+        session_id: signal.session,
+        heartbeat_ms: ctx.limits.heartbeat.as_millis() as u64,
+    };
+    if let Err(end) = conn.send(welcome.to_json()).await {
+        return end;
+    }
+    // Heartbeat ticks seen since the client last said anything.
+    let mut silent_ticks = 0u8;
+    loop {
+        let step = tokio::select! {
+            _ = ctx.shutdown.cancelled() => Err(CloseReason::Shutdown.into()),
+            // Whatever woke us, the queue is looked at below, so a heartbeat also retries what a lost poke missed.
+            _ = signal.notified() => {
+                if signal.take() & wake::HEARTBEAT == 0 {
+                    Ok(())
+                } else {
+                    // Closed after two full intervals of silence: the third tick without a word.
+                    silent_ticks += 1;
+                    if silent_ticks > 2 {
+                        return CloseReason::HeartbeatTimeout.into();
+                    }
+                    conn.send(ServerMessage::Ping.to_json()).await
+                }
+            }
+            message = conn.recv() => {
+                silent_ticks = 0;
+                match message {
+                    Ok(Message::Text(text)) => on_message(ctx, key, text.as_str()).await,
+                    Ok(_) => Ok(()),
+                    Err(end) => Err(end),
+                }
+            }
+        };
+        if let Err(end) = step {
+            return end;
+        }
+        if let Err(end) = pump(conn, ctx, key, signal.session).await {
+            return end;
+        }
+    }
+}
+
+async fn on_message(ctx: &SessionContext, key: &PlayerKey, text: &str) -> Result<(), End> {
+    match ClientMessage::parse(text)? {
+        ClientMessage::Ack { ids } => {
+            if ids.len() > MAX_ACK_IDS {
+                return Err(CloseReason::UnexpectedMessage.into());
+            }
+            let ids: Vec<PixelId> =
+                ids.iter().map(|id| PixelId::parse(id)).collect::<Result<_, _>>().map_err(|_| CloseReason::BadMessage)?;
+            let removed = ctx.store.ack(key, &ids).await?;
+            tracing::debug!(acked = ids.len(), removed, "ack");
+            Ok(())
+        }
+        ClientMessage::Pong => Ok(()),
+        ClientMessage::Hello { .. } => Err(CloseReason::UnexpectedMessage.into()),
+    }
+}
+
+/// Sends the next pixels the store leases to this session, if any.
+async fn pump(conn: &mut Conn, ctx: &SessionContext, key: &PlayerKey, session: SessionId) -> Result<(), End> {
+    let pixels = ctx.store.lease(key, session, ctx.limits.window).await?;
+    if pixels.is_empty() {
+        return Ok(());
+    }
+    tracing::debug!(count = pixels.len(), "delivering");
+    let message = ServerMessage::Deliver { pixels: pixels.iter().map(WirePixel::from).collect() };
+    conn.send(message.to_json()).await
+}

@@ -1,0 +1,189 @@
+//! The durable side of the hub: brands and per-player pixel queues.
+//!
+//! The store is the source of truth. Everything that must survive a crash lives here, and everything that
+//! must hold across processes (which connection may deliver a player's pixels right now) is decided here,
+//! so that a Redis engine can later replace the embedded one behind the same [`Store`] trait without the
+//! hub, sessions or API changing. The contract every engine must honour is written on the trait's methods
+//! and checked by the shared contract test in `contract.rs`.
+
+use std::collections::BTreeMap;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use tokio::sync::broadcast;
+
+use crate::ids::{BrandId, PixelId, PlayerKey, SessionId};
+use crate::pixel::{NewPixel, QueuedPixel};
+
+mod commit;
+#[cfg(test)]
+mod contract;
+mod sled;
+
+pub use self::sled::{SledOptions, SledStore, TOMBSTONE_RETENTION_MS};
+
+/// A brand's settings, as stored and as returned by the API.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Brand {
+    /// The brand's id.
+    pub id: BrandId,
+    /// Display name for people.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Page origins (`https://casino.example`) allowed to open sessions for this brand; empty allows any.
+    #[serde(default)]
+    pub allowed_origins: Vec<String>,
+    /// Unix milliseconds of creation.
+    pub created_at_ms: u64,
+    /// Unix milliseconds of the last update.
+    pub updated_at_ms: u64,
+}
+
+/// What a caller may set on a brand; a `PUT` replaces all of it.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct BrandSettings {
+    /// See [`Brand::name`].
+    pub name: Option<String>,
+    /// See [`Brand::allowed_origins`].
+    pub allowed_origins: Vec<String>,
+}
+
+/// Where a pixel is in its life. `Queued` is the only state in which it can still fire.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PixelStatus {
+    /// Waiting in the player's queue (possibly sent to a browser and not yet acknowledged).
+    Queued,
+    /// The browser acknowledged that it fired; gone from the queue.
+    Fired,
+    /// Cancelled through the API before it fired.
+    Cancelled,
+    /// Its TTL ran out before any browser of the player came online; dropped, never fired.
+    Expired,
+}
+
+/// The answer for one pixel of an enqueue batch.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Enqueued {
+    /// The pixel's id (generated, or the caller's).
+    pub id: PixelId,
+    /// `queued` for a new pixel; for a repeated caller id, the status of the pixel that id already names.
+    pub status: PixelStatus,
+    /// True when the caller's id named an existing pixel and nothing new was queued.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub duplicate: bool,
+}
+
+/// A queued pixel as the API lists it.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct PendingPixel {
+    /// The pixel itself.
+    #[serde(flatten)]
+    pub pixel: QueuedPixel,
+    /// Sent to a live connection and awaiting its acknowledgement.
+    pub in_flight: bool,
+}
+
+/// Result of a cancel request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CancelOutcome {
+    /// Removed from the queue; it will not fire.
+    Cancelled,
+    /// No pixel with that id is known for this player.
+    NotFound,
+    /// Already sent to a browser, which may be firing it right now; it cannot be recalled.
+    InFlight,
+    /// Already in a final state (fired, cancelled or expired).
+    AlreadyFinal(PixelStatus),
+}
+
+/// Queue figures for ops.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct StoreStats {
+    /// Pending pixels over all brands.
+    pub queue_depth: u64,
+    /// Pending pixels per registered brand (zero included).
+    pub brands: BTreeMap<BrandId, u64>,
+    /// Pixels dropped because their TTL ran out, since this process started.
+    pub expired_total: u64,
+}
+
+/// Everything that can go wrong in a store call.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The brand was never registered.
+    #[error("brand {0} does not exist")]
+    UnknownBrand(BrandId),
+    /// The engine failed (I/O, corruption, connection). The caller must treat the operation as not done.
+    #[error("storage engine failure: {0}")]
+    Backend(String),
+    /// The store was closed; the process is shutting down.
+    #[error("the store is closed")]
+    Closed,
+}
+
+/// A durable set of brands and per-player pixel queues, shared by every hub process that uses it.
+///
+/// Delivery uses an **exclusive lease per player queue**: at any time at most one live session (anywhere)
+/// may hold a player's queue, and only it receives that player's pixels, in queue order, at most
+/// `max_in_flight` unacknowledged at once. This is what makes "each pixel on exactly one connection" and
+/// "in the order queued" hold across tabs, devices and processes. Leases are not durable: a restart (or, for
+/// shared engines, the lease holder's death) frees them, and unacknowledged pixels are delivered again; the
+/// browser's fired-id memory turns that redelivery into an ack without a second fire.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Creates or replaces a brand's settings. Durable when it returns. Returns the brand and whether it was
+    /// created by this call.
+    async fn put_brand(&self, id: &BrandId, settings: BrandSettings) -> Result<(Brand, bool), StoreError>;
+
+    /// Reads a brand.
+    async fn get_brand(&self, id: &BrandId) -> Result<Option<Brand>, StoreError>;
+
+    /// Appends pixels to a player's queue, all or nothing, and returns only once they are durable (fsync'd,
+    /// with concurrent callers sharing one flush). A pixel whose caller id already names a pixel of this
+    /// player (in any state, for as long as the id is remembered) is not queued again; its entry in the
+    /// answer says `duplicate`. Afterwards, sessions interested in the player are told through
+    /// [`Store::subscribe`]. Fails with [`StoreError::UnknownBrand`] when the brand does not exist.
+    async fn enqueue(&self, key: &PlayerKey, pixels: Vec<NewPixel>) -> Result<Vec<Enqueued>, StoreError>;
+
+    /// The player's pending pixels in queue order; expired ones are left out.
+    async fn pending(&self, key: &PlayerKey) -> Result<Vec<PendingPixel>, StoreError>;
+
+    /// Cancels one pending pixel that no connection holds in flight. Durable when it returns.
+    async fn cancel(&self, key: &PlayerKey, id: &PixelId) -> Result<CancelOutcome, StoreError>;
+
+    /// Takes (or keeps) the player's lease for `session` and returns the next pixels to send: those after
+    /// the ones it already has in flight, in queue order, so that at most `max_in_flight` are unacknowledged.
+    /// Returns nothing when another session holds the lease. Expired pixels met on the way are dropped.
+    async fn lease(
+        &self,
+        key: &PlayerKey,
+        session: SessionId,
+        max_in_flight: usize,
+    ) -> Result<Vec<QueuedPixel>, StoreError>;
+
+    /// Records that the browser fired these pixels and removes them from the queue; durable when it returns.
+    /// Accepted from any session of the player (the pixel fired, whoever holds the lease now). Ids that are
+    /// unknown or already final are ignored. Returns how many pixels this call removed.
+    async fn ack(&self, key: &PlayerKey, ids: &[PixelId]) -> Result<usize, StoreError>;
+
+    /// Gives up `session`'s lease on the player's queue, if it holds it. Unacknowledged pixels become
+    /// deliverable again, and if any pixel is pending, sessions are told through [`Store::subscribe`].
+    async fn release(&self, key: &PlayerKey, session: SessionId) -> Result<(), StoreError>;
+
+    /// Queue depth per brand: exact, not estimated.
+    async fn stats(&self) -> Result<StoreStats, StoreError>;
+
+    /// Announcements of players whose queue may have something deliverable (after an enqueue or a release,
+    /// from any process). A lagging receiver must assume every player may have pending pixels.
+    fn subscribe(&self) -> broadcast::Receiver<PlayerKey>;
+
+    /// Flushes and stops background work. Later calls fail with [`StoreError::Closed`].
+    async fn close(&self) -> Result<(), StoreError>;
+}
+
+/// Milliseconds since the Unix epoch: the store's only clock.
+pub fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}

@@ -1,0 +1,646 @@
+//! The embedded engine: one sled tree, group-committed.
+//!
+//! # Layout of the `data` tree
+//! Everything lives in one tree so that a change touching a queue entry, its id index and its expiry entry
+//! is a single atomic `apply_batch`. Keys start with a one-byte table tag; ids never contain NUL (see
+//! [`crate::ids`]), so NUL separates them:
+//!
+//! | key | value |
+//! |---|---|
+//! | `b` brand | [`Brand`] JSON |
+//! | `q` brand NUL player NUL seq(u64 BE) | [`QueuedPixel`] JSON: the queue, in order |
+//! | `i` brand NUL player NUL pixel-id | [`IndexRecord`] JSON: id → seq and status, kept as a tombstone after the pixel leaves the queue |
+//! | `x` due(u64 BE ms) brand NUL player NUL seq | pixel id: when the pixel expires, or when its tombstone is forgotten |
+//!
+//! `seq` comes from sled's persistent monotonic id generator, so queue order survives restarts.
+//!
+//! # Concurrency
+//! sled is single-process (it locks its directory), so process-local locks are enough here: every change
+//! to one player's queue happens under that player's stripe lock, which makes "check the id index, then
+//! write" atomic. The lock is never held across an `.await`; the fsync wait happens after it is released.
+//! Leases live in memory: they die with the process, exactly as the trait allows.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasher, RandomState};
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use ::sled::{Batch, Db, IVec, Tree};
+use async_trait::async_trait;
+use dashmap::DashMap;
+use serde::{Deserialize, Serialize};
+use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
+
+use super::commit::GroupCommit;
+use super::{
+    Brand, BrandSettings, CancelOutcome, Enqueued, PendingPixel, PixelStatus, Store, StoreError, StoreStats,
+    now_ms,
+};
+use crate::ids::{BrandId, PixelId, PlayerId, PlayerKey, SessionId};
+use crate::pixel::{NewPixel, QueuedPixel};
+
+/// Lock stripes for per-player serialisation; enough that unrelated players rarely share one.
+const STRIPES: usize = 1024;
+/// How long an id is remembered after its pixel fired, was cancelled or expired, so that a retried
+/// enqueue with the same id is recognised instead of queued again.
+pub const TOMBSTONE_RETENTION_MS: u64 = 7 * 24 * 3600 * 1000;
+/// How often due expiry entries are swept.
+const SWEEP_EVERY: Duration = Duration::from_secs(5);
+/// Most expiry entries handled per sweep step, so one sweep never holds up writers for long.
+const SWEEP_CHUNK: usize = 1000;
+/// Announcements buffered per subscriber before it lags (and then resynchronises).
+const ANNOUNCE_CAPACITY: usize = 16 * 1024;
+
+/// Options of the embedded engine.
+#[derive(Clone, Debug)]
+pub struct SledOptions {
+    /// TTL of a pixel queued without `ttl_seconds`.
+    pub default_ttl: Duration,
+}
+
+/// The embedded, single-process [`Store`]. Cheap to clone.
+#[derive(Clone)]
+pub struct SledStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    data: Tree,
+    db: Db,
+    commit: GroupCommit,
+    stripes: Box<[Mutex<()>]>,
+    stripe_hasher: RandomState,
+    /// Serialises brand create-or-update so `created` is exact.
+    brand_lock: Mutex<()>,
+    leases: DashMap<PlayerKey, Lease>,
+    /// Exact queue depth per brand, rebuilt from the queue at open and changed only under a stripe lock
+    /// after the batch that changed the queue was applied.
+    depth: DashMap<BrandId, u64>,
+    expired_total: AtomicU64,
+    announce: broadcast::Sender<PlayerKey>,
+    default_ttl_ms: u64,
+    stop: CancellationToken,
+    sweeper: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+/// Which session holds a player's queue, and which queue entries it has been sent but not acknowledged.
+struct Lease {
+    session: SessionId,
+    /// Sequence numbers in flight; never more than the session's window, so a Vec beats a set.
+    in_flight: Vec<u64>,
+}
+
+/// The id index entry: where the pixel is in the queue while queued, and its final status afterwards.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize)]
+struct IndexRecord {
+    seq: u64,
+    status: PixelStatus,
+    expires_at_ms: u64,
+    /// When the status last changed.
+    at_ms: u64,
+}
+
+fn backend(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Backend(e.to_string())
+}
+
+fn lock(m: &Mutex<()>) -> MutexGuard<'_, ()> {
+    // The mutexes guard no data, only ordering; a panic elsewhere cannot leave anything inconsistent.
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl SledStore {
+    /// Opens (or creates) the store in `dir` and starts its group-commit and expiry tasks. Must be called
+    /// inside a tokio runtime.
+    pub fn open(dir: &Path, options: SledOptions) -> Result<Self, StoreError> {
+        let db = ::sled::Config::new().path(dir).open().map_err(backend)?;
+        let data = db.open_tree("data").map_err(backend)?;
+
+        let depth = DashMap::new();
+        for entry in data.scan_prefix(b"q") {
+            let (key, _) = entry.map_err(backend)?;
+            let (player_key, _) = keys::parse_queue(&key).ok_or_else(|| backend("corrupt queue key"))?;
+            *depth.entry(player_key.brand).or_insert(0u64) += 1;
+        }
+
+        let inner = Arc::new(Inner {
+            commit: GroupCommit::start(db.clone()),
+            data,
+            db,
+            stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
+            stripe_hasher: RandomState::new(),
+            brand_lock: Mutex::new(()),
+            leases: DashMap::new(),
+            depth,
+            expired_total: AtomicU64::new(0),
+            announce: broadcast::channel(ANNOUNCE_CAPACITY).0,
+            default_ttl_ms: options.default_ttl.as_millis() as u64,
+            stop: CancellationToken::new(),
+            sweeper: Mutex::new(None),
+        });
+        let sweeper = tokio::spawn(sweep_forever(Arc::downgrade(&inner), inner.stop.clone()));
+        *inner.sweeper.lock().unwrap_or_else(|p| p.into_inner()) = Some(sweeper);
+        Ok(Self { inner })
+    }
+
+    /// Drops expired pixels and forgets old tombstones that are due at `now`. Runs by itself every few
+    /// seconds; public so tests and tools can force it.
+    pub fn sweep(&self, now: u64) -> Result<usize, StoreError> {
+        self.inner.sweep(now)
+    }
+}
+
+impl Inner {
+    fn stripe(&self, key: &PlayerKey) -> &Mutex<()> {
+        &self.stripes[(self.stripe_hasher.hash_one(key) as usize) % STRIPES]
+    }
+
+    fn record(&self, key: &PlayerKey, id: &PixelId) -> Result<Option<IndexRecord>, StoreError> {
+        match self.data.get(keys::index(key, id)).map_err(backend)? {
+            Some(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(backend),
+            None => Ok(None),
+        }
+    }
+
+    /// Moves a queued pixel to a final status within `batch`: out of the queue, its expiry entry replaced
+    /// by one that forgets the tombstone later. The caller applies the batch and adjusts the depth.
+    fn finalize(&self, batch: &mut Batch, key: &PlayerKey, id: &PixelId, rec: IndexRecord, status: PixelStatus, now: u64) {
+        batch.remove(keys::queue(key, rec.seq));
+        batch.remove(keys::expiry(rec.expires_at_ms, key, rec.seq));
+        let tombstone = IndexRecord { status, at_ms: now, ..rec };
+        batch.insert(keys::index(key, id), json(&tombstone));
+        batch.insert(keys::expiry(now + TOMBSTONE_RETENTION_MS, key, rec.seq), id.as_str().as_bytes());
+    }
+
+    fn sub_depth(&self, brand: &BrandId, n: u64) {
+        if n > 0 {
+            if let Some(mut d) = self.depth.get_mut(brand) {
+                *d = d.saturating_sub(n);
+            }
+        }
+    }
+
+    fn in_flight(&self, key: &PlayerKey, seq: u64) -> bool {
+        self.leases.get(key).is_some_and(|l| l.in_flight.contains(&seq))
+    }
+
+    fn sweep(&self, now: u64) -> Result<usize, StoreError> {
+        let mut handled = 0;
+        let end = keys::expiry_bound(now);
+        // A cursor, not a restart from the top: entries that must stay (in flight) are passed over.
+        let mut from = b"x".to_vec();
+        loop {
+            let due: Vec<(IVec, IVec)> = self
+                .data
+                .range(from.as_slice()..end.as_slice())
+                .take(SWEEP_CHUNK)
+                .collect::<Result<_, _>>()
+                .map_err(backend)?;
+            let Some((last, _)) = due.last() else { return Ok(handled) };
+            from = [last.as_ref(), &[0]].concat();
+            for (x_key, id) in due {
+                let (key, _seq) = keys::parse_expiry(&x_key).ok_or_else(|| backend("corrupt expiry key"))?;
+                let id = std::str::from_utf8(&id).ok().and_then(|s| PixelId::parse(s).ok());
+                let _guard = lock(self.stripe(&key));
+                let mut batch = Batch::default();
+                batch.remove(x_key.clone());
+                let mut expired = 0;
+                if let Some(id) = id {
+                    match self.record(&key, &id)? {
+                        Some(rec) if rec.status == PixelStatus::Queued => {
+                            if self.in_flight(&key, rec.seq) {
+                                // Sent already: the browser may be firing it. Let its ack or release decide.
+                                continue;
+                            }
+                            self.finalize(&mut batch, &key, &id, rec, PixelStatus::Expired, now);
+                            expired = 1;
+                        }
+                        Some(_) => batch.remove(keys::index(&key, &id)),
+                        None => {}
+                    }
+                }
+                self.data.apply_batch(batch).map_err(backend)?;
+                self.sub_depth(&key.brand, expired);
+                self.expired_total.fetch_add(expired, Ordering::Relaxed);
+                handled += 1;
+            }
+        }
+    }
+}
+
+async fn sweep_forever(inner: std::sync::Weak<Inner>, stop: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(SWEEP_EVERY) => {}
+        }
+        let Some(inner) = inner.upgrade() else { return };
+        if let Err(e) = inner.sweep(now_ms()) {
+            tracing::error!(error = %e, "expiry sweep failed");
+        }
+    }
+}
+
+fn json<T: Serialize>(value: &T) -> Vec<u8> {
+    serde_json::to_vec(value).expect("our stored types serialise infallibly")
+}
+
+#[async_trait]
+impl Store for SledStore {
+    async fn put_brand(&self, id: &BrandId, settings: BrandSettings) -> Result<(Brand, bool), StoreError> {
+        let inner = &self.inner;
+        let (brand, created) = {
+            let _guard = lock(&inner.brand_lock);
+            let key = keys::brand(id);
+            let existing: Option<Brand> = match inner.data.get(&key).map_err(backend)? {
+                Some(bytes) => Some(serde_json::from_slice(&bytes).map_err(backend)?),
+                None => None,
+            };
+            let now = now_ms();
+            let brand = Brand {
+                id: id.clone(),
+                name: settings.name,
+                allowed_origins: settings.allowed_origins,
+                created_at_ms: existing.as_ref().map_or(now, |b| b.created_at_ms),
+                updated_at_ms: now,
+            };
+            inner.data.insert(key, json(&brand)).map_err(backend)?;
+            inner.depth.entry(id.clone()).or_insert(0);
+            (brand, existing.is_none())
+        };
+        inner.commit.wait().await?;
+        Ok((brand, created))
+    }
+
+    async fn get_brand(&self, id: &BrandId) -> Result<Option<Brand>, StoreError> {
+        match self.inner.data.get(keys::brand(id)).map_err(backend)? {
+            Some(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(backend),
+            None => Ok(None),
+        }
+    }
+
+    async fn enqueue(&self, key: &PlayerKey, pixels: Vec<NewPixel>) -> Result<Vec<Enqueued>, StoreError> {
+        let inner = &self.inner;
+        let (answers, added) = {
+            let _guard = lock(inner.stripe(key));
+            if !inner.data.contains_key(keys::brand(&key.brand)).map_err(backend)? {
+                return Err(StoreError::UnknownBrand(key.brand.clone()));
+            }
+            let now = now_ms();
+            let mut batch = Batch::default();
+            let mut answers: Vec<Enqueued> = Vec::with_capacity(pixels.len());
+            let mut seen_in_batch: HashMap<PixelId, usize> = HashMap::new();
+            let mut added = 0u64;
+            for pixel in pixels {
+                if let Some(id) = &pixel.id {
+                    if let Some(&first) = seen_in_batch.get(id) {
+                        answers.push(Enqueued { duplicate: true, ..answers[first].clone() });
+                        continue;
+                    }
+                    if let Some(rec) = inner.record(key, id)? {
+                        seen_in_batch.insert(id.clone(), answers.len());
+                        answers.push(Enqueued { id: id.clone(), status: rec.status, duplicate: true });
+                        continue;
+                    }
+                }
+                let id = pixel.id.unwrap_or_else(PixelId::generate);
+                let seq = inner.db.generate_id().map_err(backend)?;
+                let ttl_ms = pixel.ttl_seconds.map_or(inner.default_ttl_ms, |s| s * 1000);
+                let queued = QueuedPixel {
+                    body: pixel.body.with_defaults(&id),
+                    id: id.clone(),
+                    trigger: pixel.trigger,
+                    queued_at_ms: now,
+                    expires_at_ms: now + ttl_ms,
+                };
+                let rec = IndexRecord { seq, status: PixelStatus::Queued, expires_at_ms: queued.expires_at_ms, at_ms: now };
+                batch.insert(keys::queue(key, seq), json(&queued));
+                batch.insert(keys::index(key, &id), json(&rec));
+                batch.insert(keys::expiry(rec.expires_at_ms, key, seq), id.as_str().as_bytes());
+                seen_in_batch.insert(id.clone(), answers.len());
+                answers.push(Enqueued { id, status: PixelStatus::Queued, duplicate: false });
+                added += 1;
+            }
+            inner.data.apply_batch(batch).map_err(backend)?;
+            *inner.depth.entry(key.brand.clone()).or_insert(0) += added;
+            (answers, added)
+        };
+        inner.commit.wait().await?;
+        if added > 0 {
+            // No receiver is fine: nobody online for now, the pixels wait.
+            let _ = inner.announce.send(key.clone());
+        }
+        Ok(answers)
+    }
+
+    async fn pending(&self, key: &PlayerKey) -> Result<Vec<PendingPixel>, StoreError> {
+        let now = now_ms();
+        let mut out = Vec::new();
+        for entry in self.inner.data.scan_prefix(keys::queue_prefix(key)) {
+            let (k, v) = entry.map_err(backend)?;
+            let pixel: QueuedPixel = serde_json::from_slice(&v).map_err(backend)?;
+            if pixel.expires_at_ms <= now {
+                continue;
+            }
+            let seq = keys::parse_queue(&k).map(|(_, seq)| seq).ok_or_else(|| backend("corrupt queue key"))?;
+            out.push(PendingPixel { in_flight: self.inner.in_flight(key, seq), pixel });
+        }
+        Ok(out)
+    }
+
+    async fn cancel(&self, key: &PlayerKey, id: &PixelId) -> Result<CancelOutcome, StoreError> {
+        let inner = &self.inner;
+        {
+            let _guard = lock(inner.stripe(key));
+            let Some(rec) = inner.record(key, id)? else { return Ok(CancelOutcome::NotFound) };
+            if rec.status != PixelStatus::Queued {
+                return Ok(CancelOutcome::AlreadyFinal(rec.status));
+            }
+            if inner.in_flight(key, rec.seq) {
+                return Ok(CancelOutcome::InFlight);
+            }
+            let now = now_ms();
+            let status = if rec.expires_at_ms <= now { PixelStatus::Expired } else { PixelStatus::Cancelled };
+            let mut batch = Batch::default();
+            inner.finalize(&mut batch, key, id, rec, status, now);
+            inner.data.apply_batch(batch).map_err(backend)?;
+            inner.sub_depth(&key.brand, 1);
+            if status == PixelStatus::Expired {
+                inner.expired_total.fetch_add(1, Ordering::Relaxed);
+                return Ok(CancelOutcome::AlreadyFinal(PixelStatus::Expired));
+            }
+        }
+        inner.commit.wait().await?;
+        Ok(CancelOutcome::Cancelled)
+    }
+
+    async fn lease(
+        &self,
+        key: &PlayerKey,
+        session: SessionId,
+        max_in_flight: usize,
+    ) -> Result<Vec<QueuedPixel>, StoreError> {
+        let inner = &self.inner;
+        let _guard = lock(inner.stripe(key));
+        let held: Vec<u64> = match inner.leases.get(key) {
+            Some(lease) if lease.session != session => return Ok(Vec::new()),
+            Some(lease) => lease.in_flight.clone(),
+            None => Vec::new(),
+        };
+        if held.len() >= max_in_flight {
+            return Ok(Vec::new());
+        }
+        let now = now_ms();
+        let mut batch = Batch::default();
+        let mut expired = 0;
+        let mut out = Vec::new();
+        let mut seqs = Vec::new();
+        for entry in inner.data.scan_prefix(keys::queue_prefix(key)) {
+            let (k, v) = entry.map_err(backend)?;
+            let seq = keys::parse_queue(&k).map(|(_, seq)| seq).ok_or_else(|| backend("corrupt queue key"))?;
+            if held.contains(&seq) {
+                continue;
+            }
+            let pixel: QueuedPixel = serde_json::from_slice(&v).map_err(backend)?;
+            if pixel.expires_at_ms <= now {
+                let rec = IndexRecord { seq, status: PixelStatus::Queued, expires_at_ms: pixel.expires_at_ms, at_ms: now };
+                inner.finalize(&mut batch, key, &pixel.id, rec, PixelStatus::Expired, now);
+                expired += 1;
+                continue;
+            }
+            seqs.push(seq);
+            out.push(pixel);
+            if held.len() + out.len() >= max_in_flight {
+                break;
+            }
+        }
+        if expired > 0 {
+            // Not waited on: losing this write in a crash only means the pixels are found expired again.
+            inner.data.apply_batch(batch).map_err(backend)?;
+            inner.sub_depth(&key.brand, expired);
+            inner.expired_total.fetch_add(expired, Ordering::Relaxed);
+        }
+        if !out.is_empty() {
+            inner
+                .leases
+                .entry(key.clone())
+                .or_insert_with(|| Lease { session, in_flight: Vec::new() })
+                .in_flight
+                .extend(seqs);
+        }
+        Ok(out)
+    }
+
+    async fn ack(&self, key: &PlayerKey, ids: &[PixelId]) -> Result<usize, StoreError> {
+        let inner = &self.inner;
+        let removed = {
+            let _guard = lock(inner.stripe(key));
+            let now = now_ms();
+            let mut batch = Batch::default();
+            let mut removed_seqs = Vec::new();
+            let mut distinct: Vec<&PixelId> = ids.iter().collect();
+            distinct.sort();
+            distinct.dedup();
+            for id in distinct {
+                if let Some(rec) = inner.record(key, id)? {
+                    if rec.status == PixelStatus::Queued {
+                        inner.finalize(&mut batch, key, id, rec, PixelStatus::Fired, now);
+                        removed_seqs.push(rec.seq);
+                    }
+                }
+            }
+            if removed_seqs.is_empty() {
+                return Ok(0);
+            }
+            inner.data.apply_batch(batch).map_err(backend)?;
+            inner.sub_depth(&key.brand, removed_seqs.len() as u64);
+            if let Some(mut lease) = inner.leases.get_mut(key) {
+                lease.in_flight.retain(|seq| !removed_seqs.contains(seq));
+            }
+            removed_seqs.len()
+        };
+        inner.commit.wait().await?;
+        Ok(removed)
+    }
+
+    async fn release(&self, key: &PlayerKey, session: SessionId) -> Result<(), StoreError> {
+        let inner = &self.inner;
+        let _guard = lock(inner.stripe(key));
+        if inner.leases.remove_if(key, |_, lease| lease.session == session).is_some() {
+            let pending = inner.data.scan_prefix(keys::queue_prefix(key)).next().is_some();
+            if pending {
+                let _ = inner.announce.send(key.clone());
+            }
+        }
+        Ok(())
+    }
+
+    async fn stats(&self) -> Result<StoreStats, StoreError> {
+        let inner = &self.inner;
+        let mut stats = StoreStats { expired_total: inner.expired_total.load(Ordering::Relaxed), ..Default::default() };
+        for entry in inner.data.scan_prefix(b"b") {
+            let (k, _) = entry.map_err(backend)?;
+            let brand = keys::parse_brand(&k).ok_or_else(|| backend("corrupt brand key"))?;
+            let depth = inner.depth.get(&brand).map_or(0, |d| *d);
+            stats.queue_depth += depth;
+            stats.brands.insert(brand, depth);
+        }
+        Ok(stats)
+    }
+
+    fn subscribe(&self) -> broadcast::Receiver<PlayerKey> {
+        self.inner.announce.subscribe()
+    }
+
+    async fn close(&self) -> Result<(), StoreError> {
+        self.inner.stop.cancel();
+        let sweeper = self.inner.sweeper.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(sweeper) = sweeper {
+            let _ = sweeper.await;
+        }
+        self.inner.commit.close().await;
+        Ok(())
+    }
+}
+
+/// Key encoding for the `data` tree (see the module docs).
+mod keys {
+    use super::*;
+
+    fn push_player(out: &mut Vec<u8>, key: &PlayerKey) {
+        out.extend_from_slice(key.brand.as_str().as_bytes());
+        out.push(0);
+        out.extend_from_slice(key.player.as_str().as_bytes());
+        out.push(0);
+    }
+
+    pub fn brand(brand: &BrandId) -> Vec<u8> {
+        [b"b".as_slice(), brand.as_str().as_bytes()].concat()
+    }
+
+    pub fn parse_brand(k: &[u8]) -> Option<BrandId> {
+        BrandId::parse(std::str::from_utf8(k.strip_prefix(b"b")?).ok()?).ok()
+    }
+
+    pub fn queue_prefix(key: &PlayerKey) -> Vec<u8> {
+        let mut k = vec![b'q'];
+        push_player(&mut k, key);
+        k
+    }
+
+    pub fn queue(key: &PlayerKey, seq: u64) -> Vec<u8> {
+        let mut k = queue_prefix(key);
+        k.extend_from_slice(&seq.to_be_bytes());
+        k
+    }
+
+    pub fn index(key: &PlayerKey, id: &PixelId) -> Vec<u8> {
+        let mut k = vec![b'i'];
+        push_player(&mut k, key);
+        k.extend_from_slice(id.as_str().as_bytes());
+        k
+    }
+
+    pub fn expiry(due_ms: u64, key: &PlayerKey, seq: u64) -> Vec<u8> {
+        let mut k = vec![b'x'];
+        k.extend_from_slice(&due_ms.to_be_bytes());
+        push_player(&mut k, key);
+        k.extend_from_slice(&seq.to_be_bytes());
+        k
+    }
+
+    /// First expiry key that is not yet due at `now`.
+    pub fn expiry_bound(now: u64) -> Vec<u8> {
+        let mut k = vec![b'x'];
+        k.extend_from_slice(&(now + 1).to_be_bytes());
+        k
+    }
+
+    /// Splits `brand NUL player NUL seq(8)`.
+    fn parse_player_seq(rest: &[u8]) -> Option<(PlayerKey, u64)> {
+        let (ids, seq) = rest.split_at_checked(rest.len().checked_sub(8)?)?;
+        let ids = ids.strip_suffix(&[0])?;
+        let nul = ids.iter().position(|&b| b == 0)?;
+        let brand = BrandId::parse(std::str::from_utf8(&ids[..nul]).ok()?).ok()?;
+        let player = PlayerId::parse(std::str::from_utf8(&ids[nul + 1..]).ok()?).ok()?;
+        Some((PlayerKey::new(brand, player), u64::from_be_bytes(seq.try_into().ok()?)))
+    }
+
+    pub fn parse_queue(k: &[u8]) -> Option<(PlayerKey, u64)> {
+        parse_player_seq(k.strip_prefix(b"q")?)
+    }
+
+    pub fn parse_expiry(k: &[u8]) -> Option<(PlayerKey, u64)> {
+        parse_player_seq(k.strip_prefix(b"x")?.get(8..)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::contract::{self, store_contract};
+    use super::*;
+
+    /// A fresh temporary directory; every `open` opens the same database in it.
+    struct SledHarness {
+        dir: tempfile::TempDir,
+    }
+
+    impl SledHarness {
+        fn new() -> Self {
+            Self { dir: tempfile::tempdir().expect("a temp dir") }
+        }
+    }
+
+    impl contract::Harness for SledHarness {
+        async fn open(&self) -> Arc<dyn Store> {
+            let options = SledOptions { default_ttl: Duration::from_secs(3600) };
+            Arc::new(SledStore::open(self.dir.path(), options).expect("the store opens"))
+        }
+    }
+
+    store_contract!(SledHarness::new());
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_writers_share_one_flush() {
+        let harness = SledHarness::new();
+        let options = SledOptions { default_ttl: Duration::from_secs(3600) };
+        let store = SledStore::open(harness.dir.path(), options).unwrap();
+        let brand = BrandId::parse("b").unwrap();
+        store.put_brand(&brand, BrandSettings::default()).await.unwrap();
+        let before = store.inner.commit.counters().flushes.load(Ordering::Relaxed);
+
+        let writers: Vec<_> = (0..200)
+            .map(|i| {
+                let store = store.clone();
+                let key = PlayerKey::new(brand.clone(), PlayerId::parse(&format!("p{i}")).unwrap());
+                let pixel = NewPixel { id: None, trigger: None, ttl_seconds: None, body: crate::pixel::PixelBody::Js { code: "1".into() } };
+                tokio::spawn(async move { store.enqueue(&key, vec![pixel]).await.unwrap() })
+            })
+            .collect();
+        for w in writers {
+            w.await.unwrap();
+        }
+        let flushes = store.inner.commit.counters().flushes.load(Ordering::Relaxed) - before;
+        assert!(flushes < 200, "200 concurrent writers needed {flushes} flushes: group commit is not grouping");
+    }
+
+    #[test]
+    fn keys_round_trip_even_when_the_sequence_holds_nul_bytes() {
+        let key = PlayerKey::new(BrandId::parse("b-1").unwrap(), PlayerId::parse("p:1@x").unwrap());
+        for seq in [0, 1, 256, u64::MAX] {
+            assert_eq!(keys::parse_queue(&keys::queue(&key, seq)), Some((key.clone(), seq)));
+            assert_eq!(keys::parse_expiry(&keys::expiry(12345, &key, seq)), Some((key.clone(), seq)));
+        }
+        assert_eq!(keys::parse_brand(&keys::brand(&key.brand)), Some(key.brand.clone()));
+    }
+
+    #[test]
+    fn a_player_prefix_never_matches_another_player_that_extends_it() {
+        let a = PlayerKey::new(BrandId::parse("b").unwrap(), PlayerId::parse("p").unwrap());
+        let b = PlayerKey::new(BrandId::parse("b").unwrap(), PlayerId::parse("p2").unwrap());
+        assert!(!keys::queue(&b, 1).starts_with(&keys::queue_prefix(&a)));
+    }
+}
