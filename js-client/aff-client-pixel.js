@@ -1,0 +1,279 @@
+/*! aff-client-pixel.js: fires affiliate conversion pixels pushed by a pixelhub server, each exactly once.
+ *
+ * Start it with the snippet from the README (it queues init() calls until this file has loaded):
+ *   _sm_aff_client_pixel.init({ server: 'wss://hub.example/websocket', brandId: 12345, playerId: 'p-42' });
+ * Options: server, brandId, playerId (required); nonce (for pages with a CSP, applied to js pixels);
+ * onEvent(type, detail) (optional observer: 'waiting', 'open', 'welcome', 'fire', 'skip', 'ack', 'close', 'final').
+ *
+ * Guarantees, with the server's help (protocol: docs/protocol.md):
+ * - one tab per browser and player holds the connection (Web Locks); another takes over when it closes;
+ * - a pixel id is written to localStorage *before* it fires and is never fired again from this browser,
+ *   so a redelivery after a lost ack, a reload or a server restart is acknowledged without firing twice;
+ * - reconnects back off exponentially with full jitter (capped at 30 s), so a restart causes no herd;
+ * - a connection silent for 2.5 heartbeats is treated as dead and replaced.
+ */
+(function (window, document) {
+  'use strict';
+
+  var PROTOCOL = 1;
+  var FIRED_MAX = 500;            // fired ids remembered per brand and player
+  var BACKOFF_BASE = 1000;        // ms
+  var BACKOFF_CAP = 30000;        // ms
+  var FIRE_TIMEOUT = 15000;       // ms: a pixel whose load never finishes still counts as sent
+  var IFRAME_LINGER = 5000;       // ms an iframe pixel stays after load, for its own scripts
+  var FB_SCRIPT = 'https://connect.facebook.net/en_US/fbevents.js';
+  var FB_IMAGE = 'https://www.facebook.com/tr';
+
+  var current = null;             // the running client, if any
+
+  function Client(opts) {
+    this.opts = opts;
+    this.key = '_sm_aff_px:' + opts.brandId + ':' + opts.playerId;
+    this.memory = [];             // fired ids when localStorage is unavailable
+    this.acks = [];
+    this.attempt = 0;
+    this.heartbeat = 25000;
+    this.stopped = false;
+  }
+
+  Client.prototype.emit = function (type, detail) {
+    if (typeof this.opts.onEvent === 'function') {
+      try { this.opts.onEvent(type, detail); } catch (e) { /* an observer must not break delivery */ }
+    }
+  };
+
+  // --- which pixels this browser already fired -------------------------------------------------------
+  Client.prototype.firedIds = function () {
+    try { return JSON.parse(window.localStorage.getItem(this.key)) || []; } catch (e) { return this.memory; }
+  };
+  Client.prototype.remember = function (id) {
+    var ids = this.firedIds();
+    ids.push(id);
+    if (ids.length > FIRED_MAX) ids = ids.slice(ids.length - FIRED_MAX);
+    this.memory = ids;
+    try { window.localStorage.setItem(this.key, JSON.stringify(ids)); } catch (e) { /* memory only */ }
+  };
+
+  // --- connection ------------------------------------------------------------------------------------
+  Client.prototype.start = function () {
+    var self = this;
+    var locks = window.navigator && window.navigator.locks;
+    if (!locks || typeof locks.request !== 'function') return this.connect();
+    var name = 'aff-client-pixel|' + this.opts.server + '|' + this.opts.brandId + '|' + this.opts.playerId;
+    locks.request(name, { ifAvailable: true }, function (lock) {
+      if (!lock) self.emit('waiting');
+      return lock ? self.holdLock() : locks.request(name, function () { return self.holdLock(); });
+    }).catch(function () { self.connect(); });
+  };
+
+  // Keeps the lock (and so the connection) until this client stops or the tab goes away.
+  Client.prototype.holdLock = function () {
+    var self = this;
+    if (this.stopped) return null;
+    return new Promise(function (release) { self.releaseLock = release; self.connect(); });
+  };
+
+  Client.prototype.connect = function () {
+    var self = this;
+    if (this.stopped) return;
+    var ws;
+    try { ws = new WebSocket(this.opts.server); } catch (e) { return this.retry(); }
+    this.ws = ws;
+    ws.onopen = function () {
+      self.emit('open');
+      ws.send(JSON.stringify({ type: 'hello', v: PROTOCOL, brand_id: self.opts.brandId, player_id: String(self.opts.playerId) }));
+      self.watch();
+    };
+    ws.onmessage = function (event) {
+      if (ws !== self.ws) return;
+      self.watch();
+      var msg;
+      try { msg = JSON.parse(event.data); } catch (e) { return; }
+      if (msg.type === 'welcome') {
+        self.attempt = 0;
+        self.heartbeat = msg.heartbeat_ms || self.heartbeat;
+        self.emit('welcome', msg);
+      } else if (msg.type === 'ping') {
+        ws.send('{"type":"pong"}');
+      } else if (msg.type === 'deliver') {
+        for (var i = 0; i < msg.pixels.length; i++) self.handle(msg.pixels[i]);
+      }
+    };
+    ws.onclose = function (event) {
+      if (ws !== self.ws) return;
+      clearTimeout(self.watchdog);
+      self.ws = null;
+      self.emit('close', { code: event.code, reason: event.reason });
+      if (event.code >= 4500 && event.code <= 4999) {
+        self.emit('final', { code: event.code, reason: event.reason });
+        if (window.console) console.warn('aff-client-pixel: server refused the session (' + event.code + ' ' + event.reason + ')');
+        return self.stop();
+      }
+      self.retry();
+    };
+  };
+
+  // Full jitter: a random delay in [0, min(cap, base * 2^attempt)).
+  Client.prototype.retry = function () {
+    var self = this;
+    if (this.stopped) return;
+    var delay = Math.random() * Math.min(BACKOFF_CAP, BACKOFF_BASE * Math.pow(2, this.attempt++));
+    this.timer = setTimeout(function () { self.connect(); }, delay);
+  };
+
+  // Any message proves the connection alive; silence for 2.5 heartbeats means it is dead.
+  Client.prototype.watch = function () {
+    var self = this, ws = this.ws;
+    clearTimeout(this.watchdog);
+    this.watchdog = setTimeout(function () { if (ws === self.ws) { ws.close(); ws.onclose({ code: 1006, reason: 'heartbeat' }); } }, this.heartbeat * 2.5);
+  };
+
+  Client.prototype.stop = function () {
+    this.stopped = true;
+    clearTimeout(this.timer);
+    clearTimeout(this.watchdog);
+    var ws = this.ws;
+    this.ws = null;
+    if (ws) ws.close(1000);
+    if (this.releaseLock) this.releaseLock();
+  };
+
+  // --- delivery --------------------------------------------------------------------------------------
+  Client.prototype.handle = function (pixel) {
+    var self = this;
+    if (this.firedIds().indexOf(pixel.id) !== -1) {
+      this.emit('skip', pixel);
+      return this.ack(pixel.id);
+    }
+    this.remember(pixel.id);     // before firing: a crash now loses this pixel rather than doubling it
+    var fire = FIRE[pixel.kind];
+    var finished = false;
+    var done = function () { if (!finished) { finished = true; self.ack(pixel.id); } };
+    this.emit('fire', pixel);
+    try { fire ? fire(pixel, this.opts, done) : done(); } catch (e) { done(); }
+    setTimeout(done, FIRE_TIMEOUT);
+  };
+
+  Client.prototype.ack = function (id) {
+    var self = this;
+    this.acks.push(id);
+    if (this.acks.length === 1) {
+      setTimeout(function () {
+        var ids = self.acks.splice(0, 256);
+        if (self.ws && self.ws.readyState === 1) {
+          self.ws.send(JSON.stringify({ type: 'ack', ids: ids }));
+          self.emit('ack', ids);
+        }
+        if (self.acks.length) { var rest = self.acks.splice(0); for (var i = 0; i < rest.length; i++) self.ack(rest[i]); }
+      }, 0);
+    }
+  };
+
+  function onBody(fn) {
+    if (document.body) return fn(document.body);
+    document.addEventListener('DOMContentLoaded', function () { fn(document.body); });
+  }
+
+  function image(url, done) {
+    var img = new Image(1, 1);
+    img.onload = img.onerror = function () { done(); };  // either way, the request went out
+    img.src = url;
+  }
+
+  var fb = { state: 'idle', waiting: [], inited: {} };
+
+  function fbImage(p, done) {
+    var url = FB_IMAGE + '?id=' + encodeURIComponent(p.pixel_id) + '&ev=' + encodeURIComponent(p.event) +
+      '&noscript=1&eid=' + encodeURIComponent(p.event_id || p.id);
+    var params = p.params || {};
+    for (var k in params) {
+      if (Object.prototype.hasOwnProperty.call(params, k)) {
+        var v = params[k];
+        url += '&cd[' + encodeURIComponent(k) + ']=' + encodeURIComponent(typeof v === 'object' ? JSON.stringify(v) : v);
+      }
+    }
+    image(url, done);
+  }
+
+  // The queueing stub fbevents.js expects to find, for when the page has no Meta pixel of its own.
+  function fbStub() {
+    var q = function () { if (q.callMethod) q.callMethod.apply(q, arguments); else q.queue.push(arguments); };
+    q.push = q; q.loaded = true; q.version = '2.0'; q.queue = [];
+    window.fbq = q;
+    if (!window._fbq) window._fbq = q;
+  }
+
+  function fbLoaded(ok) {
+    fb.state = ok ? 'ready' : 'failed';
+    var waiting = fb.waiting.splice(0);
+    for (var i = 0; i < waiting.length; i++) ok ? waiting[i].done() : fbImage(waiting[i].p, waiting[i].done);
+  }
+
+  var FIRE = {
+    image: function (p, opts, done) { image(p.url, done); },
+
+    iframe: function (p, opts, done) {
+      onBody(function (body) {
+        var f = document.createElement('iframe');
+        f.width = f.height = '1';
+        f.setAttribute('aria-hidden', 'true');
+        f.tabIndex = -1;
+        f.style.cssText = 'position:absolute;width:1px;height:1px;border:0;left:-10px;top:-10px;visibility:hidden';
+        var gone = function () { if (f.parentNode) f.parentNode.removeChild(f); };
+        f.onload = function () { done(); setTimeout(gone, IFRAME_LINGER); };
+        setTimeout(gone, FIRE_TIMEOUT + IFRAME_LINGER);
+        f.src = p.url;
+        body.appendChild(f);
+      });
+    },
+
+    js: function (p, opts, done) {
+      var s = document.createElement('script');
+      if (opts.nonce) s.nonce = opts.nonce;
+      s.text = p.code;
+      (document.head || document.documentElement).appendChild(s);  // inline scripts run on insertion
+      s.parentNode.removeChild(s);
+      done();
+    },
+
+    facebook: function (p, opts, done) {
+      if (fb.state === 'failed') return fbImage(p, done);
+      if (!window.fbq && fb.state === 'idle') {
+        fbStub();
+        fb.state = 'loading';
+        var s = document.createElement('script');
+        s.async = true;
+        s.src = FB_SCRIPT;
+        s.onload = function () { fbLoaded(true); };
+        s.onerror = function () { fbLoaded(false); };
+        (document.head || document.documentElement).appendChild(s);
+      }
+      if (!fb.inited[p.pixel_id]) { window.fbq('init', p.pixel_id); fb.inited[p.pixel_id] = true; }
+      window.fbq('track', p.event, p.params || {}, { eventID: p.event_id || p.id });
+      if (fb.state === 'loading') fb.waiting.push({ p: p, done: done }); else done();
+    }
+  };
+
+  // --- public API ------------------------------------------------------------------------------------
+  function init(opts) {
+    if (!opts || !opts.server || opts.brandId == null || opts.playerId == null || opts.playerId === '') {
+      if (window.console) console.error('aff-client-pixel: init needs server, brandId and playerId');
+      return;
+    }
+    if (current) {
+      var o = current.opts;
+      if (o.server === opts.server && String(o.brandId) === String(opts.brandId) && String(o.playerId) === String(opts.playerId)) return;
+      current.stop();
+    }
+    current = new Client(opts);
+    current.start();
+  }
+
+  var queued = (window._sm_aff_client_pixel && window._sm_aff_client_pixel.q) || [];
+  window._sm_aff_client_pixel = {
+    init: init,
+    stop: function () { if (current) { current.stop(); current = null; } },
+    version: '1.0.0'
+  };
+  for (var i = 0; i < queued.length; i++) init(queued[i]);
+})(window, document);

@@ -161,6 +161,7 @@ pub(super) async fn stats(State(state): State<AppState>) -> Result<Json<Value>, 
         "queue_depth": store.queue_depth,
         "sessions": state.hub.session_count(),
         "expired_total": store.expired_total,
+        "store": { "flushes": store.flushes, "flushed_writes": store.flushed_writes },
         "brands": brands,
     })))
 }

@@ -107,6 +107,11 @@ pub struct StoreStats {
     pub brands: BTreeMap<BrandId, u64>,
     /// Pixels dropped because their TTL ran out, since this process started.
     pub expired_total: u64,
+    /// Group commit since this process started: fsyncs run, and writes they made durable. Their ratio is
+    /// the average batch; near 1 under load means writers are not being grouped.
+    pub flushes: u64,
+    /// See [`StoreStats::flushes`].
+    pub flushed_writes: u64,
 }
 
 /// Everything that can go wrong in a store call.

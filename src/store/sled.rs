@@ -480,7 +480,13 @@ impl Store for SledStore {
 
     async fn stats(&self) -> Result<StoreStats, StoreError> {
         let inner = &self.inner;
-        let mut stats = StoreStats { expired_total: inner.expired_total.load(Ordering::Relaxed), ..Default::default() };
+        let commits = inner.commit.counters();
+        let mut stats = StoreStats {
+            expired_total: inner.expired_total.load(Ordering::Relaxed),
+            flushes: commits.flushes.load(Ordering::Relaxed),
+            flushed_writes: commits.waiters.load(Ordering::Relaxed),
+            ..Default::default()
+        };
         for entry in inner.data.scan_prefix(b"b") {
             let (k, _) = entry.map_err(backend)?;
             let brand = keys::parse_brand(&k).ok_or_else(|| backend("corrupt brand key"))?;

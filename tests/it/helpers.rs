@@ -1,0 +1,239 @@
+//! `TestApp`: the real hub on port 0 with a temp data dir, and typed helpers to talk to it over real HTTP
+//! and real WebSocket. Logs are silent unless `TEST_LOG` is set.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Once};
+use std::time::Duration;
+
+use futures::{SinkExt, StreamExt};
+use pixelhub::{Application, Config};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use tempfile::TempDir;
+use tokio::net::TcpStream;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+pub const TOKEN: &str = "test-admin-token-0123456789";
+/// How long a test waits for something that should happen within milliseconds.
+pub const PATIENCE: Duration = Duration::from_secs(5);
+
+static TRACING: Once = Once::new();
+
+fn init_tracing() {
+    TRACING.call_once(|| {
+        if std::env::var_os("TEST_LOG").is_some() {
+            tracing_subscriber::fmt().with_env_filter("debug").with_test_writer().init();
+        }
+    });
+}
+
+/// A running hub. Dropping it stops the server task.
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub http: reqwest::Client,
+    pub config: Config,
+    dir: Arc<TempDir>,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<std::io::Result<()>>>,
+}
+
+impl TestApp {
+    /// A hub with default settings, the test admin token, and brand `b1` registered.
+    pub async fn spawn() -> Self {
+        Self::spawn_with(|_| {}).await
+    }
+
+    /// A hub whose config the test adjusts first; brand `b1` registered.
+    pub async fn spawn_with(adjust: impl FnOnce(&mut Config)) -> Self {
+        let dir = Arc::new(tempfile::tempdir().expect("a temp dir"));
+        let mut config = Config::for_data_dir(dir.path());
+        config.admin_token = Some(TOKEN.into());
+        config.demo = false;
+        adjust(&mut config);
+        let app = Self::start(config, dir).await;
+        assert_eq!(app.put_brand("b1", json!({})).await.status(), StatusCode::CREATED);
+        app
+    }
+
+    async fn start(config: Config, dir: Arc<TempDir>) -> Self {
+        init_tracing();
+        let application = Application::build(config.clone()).await.expect("the hub starts");
+        let addr = application.local_addr();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(application.run_until(async {
+            let _ = stopped.await;
+        }));
+        let http = reqwest::Client::builder().timeout(PATIENCE * 2).build().unwrap();
+        Self { addr, http, config, dir, stop: Some(stop), task: Some(task) }
+    }
+
+    /// Stops the hub the way SIGTERM does and waits until its store is closed.
+    pub async fn stop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await.expect("the server task does not panic").expect("the server stops cleanly");
+        }
+    }
+
+    /// Stops the hub and starts it again on the same data dir and the same port.
+    pub async fn restart(mut self) -> Self {
+        self.stop().await;
+        let mut config = self.config.clone();
+        config.listen = self.addr;
+        Self::start(config, Arc::clone(&self.dir)).await
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    pub fn ws_url(&self) -> String {
+        format!("ws://{}/websocket", self.addr)
+    }
+
+    pub async fn put_brand(&self, brand: &str, body: Value) -> reqwest::Response {
+        self.http.put(self.url(&format!("/api/v1/brands/{brand}"))).bearer_auth(TOKEN).json(&body).send().await.unwrap()
+    }
+
+    pub async fn enqueue(&self, brand: &str, player: &str, body: Value) -> reqwest::Response {
+        self.http
+            .post(self.url(&format!("/api/v1/brands/{brand}/players/{player}/pixels")))
+            .bearer_auth(TOKEN)
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// Queues pixels for `b1`, asserts 202, returns their ids in order.
+    pub async fn queue(&self, player: &str, body: Value) -> Vec<String> {
+        let response = self.enqueue("b1", player, body).await;
+        assert_eq!(response.status(), StatusCode::ACCEPTED);
+        let body: Value = response.json().await.unwrap();
+        body["pixels"].as_array().unwrap().iter().map(|p| p["id"].as_str().unwrap().to_owned()).collect()
+    }
+
+    /// The ids pending for a `b1` player, in queue order.
+    pub async fn pending_ids(&self, player: &str) -> Vec<String> {
+        let body = self.get_json(&format!("/api/v1/brands/b1/players/{player}/pixels")).await;
+        body["pixels"].as_array().unwrap().iter().map(|p| p["id"].as_str().unwrap().to_owned()).collect()
+    }
+
+    pub async fn get_json(&self, path: &str) -> Value {
+        let response = self.http.get(self.url(path)).bearer_auth(TOKEN).send().await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK, "GET {path}");
+        response.json().await.unwrap()
+    }
+
+    /// Polls until the player's queue is empty (the browser acked everything).
+    pub async fn wait_until_drained(&self, player: &str) {
+        let deadline = tokio::time::Instant::now() + PATIENCE * 2;
+        loop {
+            let pending = self.pending_ids(player).await;
+            if pending.is_empty() {
+                return;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "still pending for {player}: {pending:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// A raw WebSocket to the hub, before any hello.
+    pub async fn connect(&self) -> WsClient {
+        let (ws, _) = tokio_tungstenite::connect_async(self.ws_url()).await.expect("the upgrade succeeds");
+        WsClient { ws }
+    }
+
+    /// A session of a `b1` player, past the welcome.
+    pub async fn session(&self, player: &str) -> WsClient {
+        let mut ws = self.connect().await;
+        ws.send(json!({"type": "hello", "v": 1, "brand_id": "b1", "player_id": player})).await;
+        let welcome = ws.recv().await;
+        assert_eq!(welcome["type"], "welcome", "{welcome}");
+        ws
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// A client of the wire protocol, as js-client speaks it.
+pub struct WsClient {
+    pub ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+}
+
+impl WsClient {
+    pub async fn send(&mut self, message: Value) {
+        self.send_text(&message.to_string()).await;
+    }
+
+    pub async fn send_text(&mut self, text: &str) {
+        self.ws.send(Message::text(text)).await.expect("the frame is sent");
+    }
+
+    /// The next JSON message, skipping pings (answered); fails after [`PATIENCE`].
+    pub async fn recv(&mut self) -> Value {
+        loop {
+            let frame = tokio::time::timeout(PATIENCE, self.ws.next()).await.expect("a message in time");
+            match frame.expect("the connection is open").expect("a valid frame") {
+                Message::Text(text) => {
+                    let value: Value = serde_json::from_str(&text).unwrap();
+                    if value["type"] == "ping" {
+                        self.send(json!({"type": "pong"})).await;
+                        continue;
+                    }
+                    return value;
+                }
+                Message::Close(frame) => panic!("closed while waiting for a message: {frame:?}"),
+                _ => continue,
+            }
+        }
+    }
+
+    /// The ids of the next `deliver` message.
+    pub async fn delivered(&mut self) -> Vec<String> {
+        let message = self.recv().await;
+        assert_eq!(message["type"], "deliver", "{message}");
+        message["pixels"].as_array().unwrap().iter().map(|p| p["id"].as_str().unwrap().to_owned()).collect()
+    }
+
+    pub async fn ack(&mut self, ids: &[String]) {
+        self.send(json!({"type": "ack", "ids": ids})).await;
+    }
+
+    /// Asserts nothing but pings arrives for `quiet`.
+    pub async fn expect_nothing(&mut self, quiet: Duration) {
+        if let Ok(frame) = tokio::time::timeout(quiet, self.recv()).await {
+            panic!("expected silence, got {frame}");
+        }
+    }
+
+    /// Waits for the server's close frame and returns its code and reason.
+    pub async fn closed(&mut self) -> (u16, String) {
+        loop {
+            let frame = tokio::time::timeout(PATIENCE, self.ws.next()).await.expect("a close in time");
+            match frame {
+                Some(Ok(Message::Close(Some(CloseFrame { code, reason })))) => return (code.into(), reason.to_string()),
+                Some(Ok(Message::Close(None))) | None => panic!("closed without a close frame"),
+                Some(Err(e)) => panic!("connection failed instead of closing: {e}"),
+                Some(Ok(_)) => continue,
+            }
+        }
+    }
+
+    /// Drops the TCP connection without a close handshake, as a crashed tab or lost network does.
+    pub fn vanish(self) {
+        drop(self);
+    }
+}

@@ -1,0 +1,9 @@
+//! The one integration-test binary: the real hub over real HTTP and WebSocket, and real headless Chromium.
+
+mod api;
+mod browser;
+mod cdp;
+mod delivery;
+mod helpers;
+mod process;
+mod websocket;
