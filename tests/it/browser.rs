@@ -1,0 +1,327 @@
+//! End to end in real headless Chromium: a brand site embeds the README's snippet, the hub pushes pixels,
+//! the browser fires them. A local server plays both the brand site and the affiliate's pixel server and
+//! records every hit; Facebook's hosts are stubbed by intercepting their requests inside the browser.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::{Query, State};
+use axum::http::Uri;
+use axum::response::{Html, IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::cdp::{Browser, Stub};
+use crate::helpers::TestApp;
+
+const README: &str = include_str!("../../README.md");
+
+/// The brand snippet exactly as the README documents it.
+fn readme_snippet() -> &'static str {
+    let start = README.find("<!-- snippet:start -->").expect("the README marks its snippet") + "<!-- snippet:start -->".len();
+    let end = README.find("<!-- snippet:end -->").unwrap();
+    let block = &README[start..end];
+    let html_start = block.find("<script>").unwrap();
+    let html_end = block.rfind("</script>").unwrap() + "</script>".len();
+    &block[html_start..html_end]
+}
+
+/// The brand site and the affiliate's pixel server, on one loopback port.
+struct Site {
+    addr: SocketAddr,
+    hits: Arc<Mutex<Vec<String>>>,
+}
+
+#[derive(Clone)]
+struct SiteState {
+    hub: SocketAddr,
+    hits: Arc<Mutex<Vec<String>>>,
+}
+
+#[derive(Deserialize)]
+struct PageQuery {
+    player: String,
+    /// Drop acks on their way out, as a lost ack would.
+    #[serde(default)]
+    drop_acks: bool,
+    /// The README snippet with nothing added (no observer).
+    #[serde(default)]
+    plain: bool,
+}
+
+async fn brand_page(State(site): State<SiteState>, Query(q): Query<PageQuery>) -> Html<String> {
+    let hub = site.hub;
+    let mut snippet = readme_snippet()
+        .replace("https://hub.example", &format!("http://{hub}"))
+        .replace("wss://hub.example", &format!("ws://{hub}"));
+    let player = format!("playerId: '{}'", q.player);
+    snippet = if q.plain {
+        snippet.replace("playerId: 'p-42'", &player)
+    } else {
+        snippet.replace("playerId: 'p-42'", &format!("{player}, onEvent: function (t, d) {{ window.__events.push([t, d && (d.id || d.code)]); }}"))
+    };
+    Html(format!(
+        r#"<!doctype html><html><head><meta charset="utf-8"><title>Casino</title>
+<script>
+  window.__events = [];
+  window.__dropAcks = {drop};
+  (function () {{
+    var send = WebSocket.prototype.send;
+    WebSocket.prototype.send = function (data) {{
+      if (window.__dropAcks && String(data).indexOf('"ack"') !== -1) return;
+      return send.call(this, data);
+    }};
+  }})();
+</script>
+{snippet}
+</head><body><h1>Casino</h1></body></html>"#,
+        drop = q.drop_acks
+    ))
+}
+
+async fn pixel_server(State(site): State<SiteState>, uri: Uri) -> Response {
+    site.hits.lock().unwrap().push(uri.to_string());
+    if uri.path().starts_with("/frame") {
+        Html("<!doctype html><title>frame pixel</title>").into_response()
+    } else {
+        ([("content-type", "image/gif")], b"GIF89a\x01\x00\x01\x00\x80\x00\x00\x00\x00\x00\xff\xff\xff\x21\xf9\x04\x01\x00\x00\x00\x00\x2c\x00\x00\x00\x00\x01\x00\x01\x00\x00\x02\x02\x44\x01\x00\x3b".to_vec()).into_response()
+    }
+}
+
+impl Site {
+    async fn start(hub: SocketAddr) -> Site {
+        let hits = Arc::new(Mutex::new(Vec::new()));
+        let state = SiteState { hub, hits: Arc::clone(&hits) };
+        let router = axum::Router::new().route("/page", axum::routing::get(brand_page)).fallback(pixel_server).with_state(state);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, router).await });
+        Site { addr, hits }
+    }
+
+    fn page(&self, player: &str) -> String {
+        format!("http://{}/page?player={player}", self.addr)
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    fn count(&self, needle: &str) -> usize {
+        self.hits.lock().unwrap().iter().filter(|h| h.contains(needle)).count()
+    }
+
+    async fn wait_for_hit(&self, needle: &str) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+        while self.count(needle) == 0 {
+            assert!(tokio::time::Instant::now() < deadline, "no hit for {needle}; hits: {:?}", self.hits.lock().unwrap());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// A hub with the README's brand `12345`, a site, and a browser.
+async fn setup() -> (TestApp, Site, Browser) {
+    let app = TestApp::spawn().await;
+    assert!(app.put_brand("12345", json!({"name": "Casino"})).await.status().is_success());
+    let site = Site::start(app.addr).await;
+    (app, site, Browser::launch().await)
+}
+
+async fn queue(app: &TestApp, player: &str, body: Value) -> Vec<String> {
+    let response = app.enqueue("12345", player, body).await;
+    assert_eq!(response.status(), 202);
+    let body: Value = response.json().await.unwrap();
+    body["pixels"].as_array().unwrap().iter().map(|p| p["id"].as_str().unwrap().to_owned()).collect()
+}
+
+async fn wait_drained(app: &TestApp, player: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let listed = app.get_json(&format!("/api/v1/brands/12345/players/{player}/pixels")).await;
+        if listed["pixels"].as_array().unwrap().is_empty() {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never acked: {listed}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A stand-in for Meta's fbevents.js: it takes over the queueing stub the way the real one does and
+/// records every call in `window.__fbCalls`.
+const FAKE_FBEVENTS: &str = r#"(function () {
+  var f = window.fbq; window.__fbCalls = window.__fbCalls || [];
+  f.callMethod = function () { window.__fbCalls.push(Array.prototype.slice.call(arguments)); };
+  var queued = f.queue; f.queue = [];
+  for (var i = 0; i < queued.length; i++) f.callMethod.apply(f, queued[i]);
+})();"#;
+
+#[tokio::test]
+async fn every_pixel_kind_fires_in_the_browser_and_is_acked() {
+    let (app, site, browser) = setup().await;
+    let ids = queue(&app, "p1", json!([
+        {"kind": "image", "url": site.url("/px/image?click=abc")},
+        {"kind": "iframe", "url": site.url("/frame/ftd")},
+        {"kind": "js", "code": "window.__jsPixel = (window.__jsPixel || 0) + 1;"},
+        {"kind": "facebook", "pixel_id": "777", "event": "Purchase", "params": {"value": 50, "currency": "EUR"}},
+        {"kind": "facebook", "pixel_id": "777", "event": "Lead", "event_id": "lead-1"},
+    ]))
+    .await;
+
+    let tab = browser.tab().await;
+    let stubbed = tab
+        .intercept(&["*://connect.facebook.net/*", "*://www.facebook.com/*"], |url| {
+            if url.contains("fbevents.js") { Stub::Fulfill("application/javascript", FAKE_FBEVENTS.into()) } else { Stub::Fail }
+        })
+        .await;
+    tab.goto(&site.page("p1")).await;
+
+    site.wait_for_hit("/px/image?click=abc").await;
+    site.wait_for_hit("/frame/ftd").await;
+    tab.wait_for("window.__jsPixel === 1", "the js pixel to run").await;
+    let calls = tab.wait_for("window.__fbCalls && window.__fbCalls.length === 3 && window.__fbCalls", "three fbq calls").await;
+    assert_eq!(
+        calls,
+        json!([
+            ["init", "777"],
+            ["track", "Purchase", {"value": 50, "currency": "EUR"}, {"eventID": ids[3]}],
+            ["track", "Lead", {}, {"eventID": "lead-1"}],
+        ]),
+        "init once per pixel id; track with the event id for deduplication"
+    );
+    assert!(stubbed.lock().unwrap().iter().all(|u| u.contains("fbevents.js")), "no fallback image when fbq loads");
+    wait_drained(&app, "p1").await;
+    tab.wait_for("document.querySelectorAll('iframe').length === 0", "the iframe pixel to be removed after load").await;
+    assert_eq!((site.count("/px/image"), site.count("/frame/ftd")), (1, 1));
+}
+
+#[tokio::test]
+async fn facebook_falls_back_to_the_image_when_fbevents_cannot_load() {
+    let (app, site, browser) = setup().await;
+    queue(&app, "p1", json!({"kind": "facebook", "pixel_id": "777", "event": "Purchase", "params": {"value": 50, "currency": "EUR"}, "event_id": "evt-1"})).await;
+
+    let tab = browser.tab().await;
+    let stubbed = tab
+        .intercept(&["*://connect.facebook.net/*", "*://www.facebook.com/*"], |url| {
+            if url.contains("fbevents.js") { Stub::Fail } else { Stub::Fulfill("image/gif", String::new()) }
+        })
+        .await;
+    tab.goto(&site.page("p1")).await;
+    wait_drained(&app, "p1").await;
+
+    let urls = stubbed.lock().unwrap().clone();
+    let image = urls.iter().find(|u| u.contains("/tr?")).unwrap_or_else(|| panic!("no fallback image in {urls:?}"));
+    let image = image.replace("%5B", "[").replace("%5D", "]");
+    assert!(image.starts_with("https://www.facebook.com/tr?id=777&ev=Purchase&noscript=1&eid=evt-1"), "{image}");
+    assert!(image.contains("&cd[value]=50") && image.contains("&cd[currency]=EUR"), "{image}");
+}
+
+#[tokio::test]
+async fn a_player_who_was_offline_fires_on_the_next_visit() {
+    let (app, site, browser) = setup().await;
+    queue(&app, "later", json!({"kind": "image", "url": site.url("/px/offline")})).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(site.count("/px/offline"), 0);
+
+    let tab = browser.tab().await;
+    tab.goto(&site.page("later")).await;
+    site.wait_for_hit("/px/offline").await;
+    wait_drained(&app, "later").await;
+    assert_eq!(site.count("/px/offline"), 1);
+}
+
+#[tokio::test]
+async fn the_readme_snippet_works_as_pasted() {
+    let (app, site, browser) = setup().await;
+    let tab = browser.tab().await;
+    tab.goto(&format!("{}&plain=true", site.page("pasted"))).await;
+    queue(&app, "pasted", json!({"kind": "image", "url": site.url("/px/pasted")})).await;
+    site.wait_for_hit("/px/pasted").await;
+    wait_drained(&app, "pasted").await;
+    assert_eq!(tab.eval("typeof window._sm_aff_client_pixel.stop").await, "function", "the library replaced the stub");
+}
+
+/// Which of the tabs holds the connection (got a welcome).
+async fn holder(tabs: &[crate::cdp::Tab]) -> usize {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        for (i, tab) in tabs.iter().enumerate() {
+            if tab.eval("window.__events.some(function (e) { return e[0] === 'welcome'; })").await == json!(true) {
+                return i;
+            }
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no tab connected");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn three_tabs_of_one_player_fire_each_pixel_once_and_hand_over() {
+    let (app, site, browser) = setup().await;
+    let mut tabs = Vec::new();
+    for _ in 0..3 {
+        let tab = browser.tab().await;
+        tab.goto(&site.page("tabs")).await;
+        tabs.push(tab);
+    }
+    let first = holder(&tabs).await;
+    for (i, tab) in tabs.iter().enumerate().filter(|(i, _)| *i != first) {
+        tab.wait_for("window.__events.some(function (e) { return e[0] === 'waiting'; })", &format!("tab {i} to stand by")).await;
+    }
+    assert_eq!(app.get_json("/api/v1/stats").await["brands"]["12345"]["sessions"], 1, "one connection for three tabs");
+
+    queue(&app, "tabs", json!({"kind": "image", "url": site.url("/px/tabs-1")})).await;
+    site.wait_for_hit("/px/tabs-1").await;
+    wait_drained(&app, "tabs").await;
+
+    // The holder closes; a waiting tab takes over the connection and fires the next pixel.
+    tabs.remove(first).close().await;
+    holder(&tabs).await;
+    queue(&app, "tabs", json!({"kind": "image", "url": site.url("/px/tabs-2")})).await;
+    site.wait_for_hit("/px/tabs-2").await;
+    wait_drained(&app, "tabs").await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!((site.count("/px/tabs-1"), site.count("/px/tabs-2")), (1, 1), "each pixel fired once over all tabs");
+}
+
+#[tokio::test]
+async fn a_reload_never_refires_even_when_the_ack_was_lost() {
+    let (app, site, browser) = setup().await;
+    let ids = queue(&app, "reload", json!({"kind": "image", "url": site.url("/px/reload")})).await;
+    let tab = browser.tab().await;
+    tab.goto(&format!("{}&drop_acks=true", site.page("reload"))).await;
+    site.wait_for_hit("/px/reload").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let listed = app.get_json("/api/v1/brands/12345/players/reload/pixels").await;
+    assert_eq!(listed["pixels"][0]["in_flight"], true, "the ack was lost, so the hub still holds the pixel");
+
+    // The reload closes the connection; the hub sends the pixel again; the page acks it without firing.
+    tab.goto(&site.page("reload")).await;
+    tab.wait_for(&format!("window.__events.some(function (e) {{ return e[0] === 'skip' && e[1] === '{}'; }})", ids[0]), "the redelivered pixel to be skipped").await;
+    wait_drained(&app, "reload").await;
+    assert_eq!(site.count("/px/reload"), 1, "fired once");
+}
+
+#[tokio::test]
+async fn a_hub_restart_loses_nothing_and_fires_nothing_twice() {
+    let (app, site, browser) = setup().await;
+    let tab = browser.tab().await;
+    tab.goto(&format!("{}&drop_acks=true", site.page("restart"))).await;
+    holder(std::slice::from_ref(&tab)).await;
+    queue(&app, "restart", json!({"kind": "image", "url": site.url("/px/before-restart")})).await;
+    site.wait_for_hit("/px/before-restart").await;
+    tab.eval("window.__dropAcks = false").await;
+
+    // The hub restarts with the pixel un-acked; the browser reconnects by itself (with backoff).
+    let app = app.restart().await;
+    tab.wait_for("window.__events.filter(function (e) { return e[0] === 'welcome'; }).length >= 2", "the reconnect").await;
+    wait_drained(&app, "restart").await;
+    queue(&app, "restart", json!({"kind": "image", "url": site.url("/px/after-restart")})).await;
+    site.wait_for_hit("/px/after-restart").await;
+    wait_drained(&app, "restart").await;
+    assert_eq!((site.count("/px/before-restart"), site.count("/px/after-restart")), (1, 1));
+    // Retries while the hub was down may add 1006 closes; the first close is the hub's documented 4000.
+    let first_close = tab.eval("window.__events.filter(function (e) { return e[0] === 'close'; })[0][1]").await;
+    assert_eq!(first_close, 4000, "the hub told the page to reconnect");
+}
