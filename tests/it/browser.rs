@@ -83,9 +83,9 @@ async fn brand_page(State(site): State<SiteState>, Query(q): Query<PageQuery>) -
 async fn pixel_server(State(site): State<SiteState>, uri: Uri) -> Response {
     site.hits.lock().unwrap().push(uri.to_string());
     if uri.path().starts_with("/frame") {
-        Html("<!doctype html><title>frame pixel</title>").into_response()
+        ([("cache-control", "no-store")], Html("<!doctype html><title>frame pixel</title>")).into_response()
     } else {
-        ([("content-type", "image/gif")], b"GIF89a\x01\x00\x01\x00\x80\x00\x00\x00\x00\x00\xff\xff\xff\x21\xf9\x04\x01\x00\x00\x00\x00\x2c\x00\x00\x00\x00\x01\x00\x01\x00\x00\x02\x02\x44\x01\x00\x3b".to_vec()).into_response()
+        ([("content-type", "image/gif"), ("cache-control", "no-store")], b"GIF89a\x01\x00\x01\x00\x80\x00\x00\x00\x00\x00\xff\xff\xff\x21\xf9\x04\x01\x00\x00\x00\x00\x2c\x00\x00\x00\x00\x01\x00\x01\x00\x00\x02\x02\x44\x01\x00\x3b".to_vec()).into_response()
     }
 }
 
@@ -321,6 +321,10 @@ async fn a_hub_restart_loses_nothing_and_fires_nothing_twice() {
     site.wait_for_hit("/px/after-restart").await;
     wait_drained(&app, "restart").await;
     assert_eq!((site.count("/px/before-restart"), site.count("/px/after-restart")), (1, 1));
+    // A browser may answer a repeated image URL from its memory cache, so count fires in the client too.
+    let fires = tab.eval("window.__events.filter(function (e) { return e[0] === 'fire'; }).length").await;
+    let skips = tab.eval("window.__events.filter(function (e) { return e[0] === 'skip'; }).length").await;
+    assert_eq!((fires, skips), (json!(2), json!(1)), "the redelivered pixel was acked, not fired again");
     // Retries while the hub was down may add 1006 closes; the first close is the hub's documented 4000.
     let first_close = tab.eval("window.__events.filter(function (e) { return e[0] === 'close'; })[0][1]").await;
     assert_eq!(first_close, 4000, "the hub told the page to reconnect");
