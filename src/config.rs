@@ -12,7 +12,11 @@ use clap::Parser;
 
 /// How the hub is configured.
 #[derive(Clone, Debug, Parser)]
-#[command(name = "pixelhub", version, about = "Delivers affiliate conversion pixels to players' browsers, exactly once.")]
+#[command(
+    name = "pixelhub",
+    version,
+    about = "Delivers affiliate conversion pixels to players' browsers, exactly once."
+)]
 pub struct Config {
     /// Address to serve HTTP and WebSocket on.
     #[arg(long, env = "PIXELHUB_LISTEN", default_value = "127.0.0.1:8080")]
@@ -76,7 +80,9 @@ impl Config {
     /// Reads flags and environment variables, exiting with a message naming the setting on a bad value.
     pub fn from_env_and_args() -> Self {
         let mut config = Config::parse();
-        config.admin_token = std::env::var("PIXELHUB_ADMIN_TOKEN").ok().filter(|t| !t.is_empty());
+        config.admin_token = std::env::var("PIXELHUB_ADMIN_TOKEN")
+            .ok()
+            .filter(|t| !t.is_empty());
         config
     }
 
@@ -91,7 +97,9 @@ impl Config {
     /// Checks what clap cannot: relations between settings and the admin token's strength.
     pub fn validate(&self) -> Result<(), String> {
         if let Some(token) = &self.admin_token {
-            if token.len() < MIN_ADMIN_TOKEN_LEN || token.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            if token.len() < MIN_ADMIN_TOKEN_LEN
+                || token.chars().any(|c| c.is_whitespace() || c.is_control())
+            {
                 return Err(format!(
                     "PIXELHUB_ADMIN_TOKEN must be at least {MIN_ADMIN_TOKEN_LEN} characters without spaces"
                 ));
@@ -142,7 +150,9 @@ mod tests {
 
     #[test]
     fn out_of_range_values_name_the_flag() {
-        let e = Config::try_parse_from(["pixelhub", "--delivery-window", "0"]).unwrap_err().to_string();
+        let e = Config::try_parse_from(["pixelhub", "--delivery-window", "0"])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("--delivery-window"), "{e}");
     }
 }

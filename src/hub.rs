@@ -111,11 +111,23 @@ impl Hub {
     /// Adds a session for `key`. The returned registration is born with a poke raised, so the session's
     /// first wake-up looks at the queue.
     pub fn register(&self, key: PlayerKey, session: SessionId) -> Registration {
-        let signal = Arc::new(Signal { session, notify: Notify::new(), flags: AtomicU8::new(0) });
+        let signal = Arc::new(Signal {
+            session,
+            notify: Notify::new(),
+            flags: AtomicU8::new(0),
+        });
         signal.raise(wake::POKE);
-        self.shared.players.entry(key.clone()).or_default().push(Arc::clone(&signal));
+        self.shared
+            .players
+            .entry(key.clone())
+            .or_default()
+            .push(Arc::clone(&signal));
         self.shared.sessions.fetch_add(1, Ordering::Relaxed);
-        Registration { hub: self.clone(), key, signal }
+        Registration {
+            hub: self.clone(),
+            key,
+            signal,
+        }
     }
 
     /// Wakes every session of the player in this process. Only the lease holder (or, if none holds it, the
@@ -174,7 +186,10 @@ impl Hub {
                 match key {
                     Ok(key) => hub.poke(&key),
                     Err(broadcast::error::RecvError::Lagged(missed)) => {
-                        tracing::warn!(missed, "fell behind store announcements; waking every session");
+                        tracing::warn!(
+                            missed,
+                            "fell behind store announcements; waking every session"
+                        );
                         hub.poke_all();
                     }
                     Err(broadcast::error::RecvError::Closed) => return,
@@ -203,7 +218,10 @@ mod tests {
     use crate::ids::{PlayerId, SessionId};
 
     fn key(brand: &str, player: &str) -> PlayerKey {
-        PlayerKey::new(BrandId::parse(brand).unwrap(), PlayerId::parse(player).unwrap())
+        PlayerKey::new(
+            BrandId::parse(brand).unwrap(),
+            PlayerId::parse(player).unwrap(),
+        )
     }
 
     #[test]
@@ -214,12 +232,21 @@ mod tests {
         let _c = hub.register(key("b2", "c"), SessionId::generate());
 
         let stats = hub.brand_sessions();
-        assert_eq!(stats[&BrandId::parse("b1").unwrap()], BrandSessions { sessions: 2, players_online: 1 });
+        assert_eq!(
+            stats[&BrandId::parse("b1").unwrap()],
+            BrandSessions {
+                sessions: 2,
+                players_online: 1
+            }
+        );
         assert_eq!(hub.session_count(), 3);
 
         drop(a1);
         drop(a2);
-        assert!(!hub.brand_sessions().contains_key(&BrandId::parse("b1").unwrap()));
+        assert!(
+            !hub.brand_sessions()
+                .contains_key(&BrandId::parse("b1").unwrap())
+        );
         assert_eq!(hub.session_count(), 1);
     }
 

@@ -40,14 +40,18 @@ pub struct InvalidId {
 pub fn is_valid_id(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= MAX_ID_LEN
-        && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'@' | b'-'))
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'@' | b'-'))
 }
 
 impl<K: IdKind> Id<K> {
     /// Validates `s`; the only way to build an id from outside input.
     pub fn parse(s: &str) -> Result<Self, InvalidId> {
         if is_valid_id(s) {
-            Ok(Self { value: Arc::from(s), _kind: PhantomData })
+            Ok(Self {
+                value: Arc::from(s),
+                _kind: PhantomData,
+            })
         } else {
             Err(InvalidId { field: K::FIELD })
         }
@@ -61,7 +65,10 @@ impl<K: IdKind> Id<K> {
 
 impl<K> Clone for Id<K> {
     fn clone(&self) -> Self {
-        Self { value: Arc::clone(&self.value), _kind: PhantomData }
+        Self {
+            value: Arc::clone(&self.value),
+            _kind: PhantomData,
+        }
     }
 }
 impl<K> PartialEq for Id<K> {
@@ -138,7 +145,10 @@ impl PixelId {
     /// and reports roughly in queue order.
     pub fn generate() -> Self {
         let id = uuid::Uuid::now_v7().simple().to_string();
-        Self { value: Arc::from(id.as_str()), _kind: PhantomData }
+        Self {
+            value: Arc::from(id.as_str()),
+            _kind: PhantomData,
+        }
     }
 }
 
@@ -204,7 +214,11 @@ mod tests {
         assert!(PlayerId::parse(&"a".repeat(128)).is_ok());
 
         for bad in ["", " ", "a b", "a/b", "a\0b", "é", "a?b", "a#b", "a%20"] {
-            assert_eq!(PlayerId::parse(bad).unwrap_err(), InvalidId { field: "player_id" }, "{bad:?}");
+            assert_eq!(
+                PlayerId::parse(bad).unwrap_err(),
+                InvalidId { field: "player_id" },
+                "{bad:?}"
+            );
         }
         assert!(PlayerId::parse(&"a".repeat(129)).is_err());
     }

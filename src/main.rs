@@ -10,17 +10,23 @@ use tracing_subscriber::EnvFilter;
 async fn main() -> anyhow::Result<()> {
     let config = Config::from_env_and_args();
     tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_env("PIXELHUB_LOG").unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_env_filter(
+            EnvFilter::try_from_env("PIXELHUB_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
+        )
         .with_ansi(std::io::stdout().is_terminal())
         .init();
 
-    let app = Application::build(config.clone()).await.context("pixelhub could not start")?;
+    let app = Application::build(config.clone())
+        .await
+        .context("pixelhub could not start")?;
     let addr = app.local_addr();
     tracing::info!(%addr, data_dir = %config.data_dir.display(), "listening");
     if config.demo {
         tracing::info!("demo brand site: http://{addr}/demo");
     }
-    app.run_until(shutdown_signal()).await.context("serving failed")
+    app.run_until(shutdown_signal())
+        .await
+        .context("serving failed")
 }
 
 /// Completes on SIGINT (Ctrl-C) or SIGTERM.

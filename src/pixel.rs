@@ -67,7 +67,11 @@ impl PixelBody {
     /// Fills defaults that depend on the pixel's final id: a Facebook `event_id` defaults to the pixel id, so
     /// Meta can deduplicate it against the same conversion sent through the Conversions API.
     pub fn with_defaults(mut self, id: &PixelId) -> Self {
-        if let PixelBody::Facebook { event_id: event_id @ None, .. } = &mut self {
+        if let PixelBody::Facebook {
+            event_id: event_id @ None,
+            ..
+        } = &mut self
+        {
             *event_id = Some(id.to_string());
         }
         self
@@ -118,7 +122,11 @@ pub struct PixelError {
 
 impl PixelError {
     fn new(code: &'static str, path: impl Into<String>, message: impl Into<String>) -> Self {
-        Self { code, path: path.into(), message: message.into() }
+        Self {
+            code,
+            path: path.into(),
+            message: message.into(),
+        }
     }
 }
 
@@ -127,16 +135,27 @@ pub fn parse_batch(body: Value) -> Result<Vec<NewPixel>, PixelError> {
     match body {
         Value::Array(items) => {
             if items.is_empty() {
-                return Err(PixelError::new("empty_batch", "pixels", "the array holds no pixel"));
+                return Err(PixelError::new(
+                    "empty_batch",
+                    "pixels",
+                    "the array holds no pixel",
+                ));
             }
             if items.len() > MAX_BATCH {
                 return Err(PixelError::new(
                     "batch_too_large",
                     "pixels",
-                    format!("at most {MAX_BATCH} pixels per request, got {}", items.len()),
+                    format!(
+                        "at most {MAX_BATCH} pixels per request, got {}",
+                        items.len()
+                    ),
                 ));
             }
-            items.into_iter().enumerate().map(|(i, item)| parse_one(item, &format!("pixels[{i}]"))).collect()
+            items
+                .into_iter()
+                .enumerate()
+                .map(|(i, item)| parse_one(item, &format!("pixels[{i}]")))
+                .collect()
         }
         other => Ok(vec![parse_one(other, "pixel")?]),
     }
@@ -144,9 +163,16 @@ pub fn parse_batch(body: Value) -> Result<Vec<NewPixel>, PixelError> {
 
 fn parse_one(value: Value, path: &str) -> Result<NewPixel, PixelError> {
     let Value::Object(mut obj) = value else {
-        return Err(PixelError::new("invalid_pixel", path, "a pixel must be a JSON object"));
+        return Err(PixelError::new(
+            "invalid_pixel",
+            path,
+            "a pixel must be a JSON object",
+        ));
     };
-    let mut fields = Fields { obj: &mut obj, path };
+    let mut fields = Fields {
+        obj: &mut obj,
+        path,
+    };
 
     let kind = fields.required_str("kind")?;
     let id = fields
@@ -155,7 +181,11 @@ fn parse_one(value: Value, path: &str) -> Result<NewPixel, PixelError> {
             if is_valid_id(&id) {
                 Ok(PixelId::parse(&id).expect("validated just above"))
             } else {
-                Err(fields.error("invalid_field", "id", "must be 1 to 128 characters of A-Z a-z 0-9 . _ : @ -"))
+                Err(fields.error(
+                    "invalid_field",
+                    "id",
+                    "must be 1 to 128 characters of A-Z a-z 0-9 . _ : @ -",
+                ))
             }
         })
         .transpose()?;
@@ -178,8 +208,12 @@ fn parse_one(value: Value, path: &str) -> Result<NewPixel, PixelError> {
     };
 
     let body = match kind.as_str() {
-        "image" => PixelBody::Image { url: fields.url("url")? },
-        "iframe" => PixelBody::Iframe { url: fields.url("url")? },
+        "image" => PixelBody::Image {
+            url: fields.url("url")?,
+        },
+        "iframe" => PixelBody::Iframe {
+            url: fields.url("url")?,
+        },
         "js" => {
             let code = fields.required_str("code")?;
             if code.trim().is_empty() {
@@ -189,28 +223,45 @@ fn parse_one(value: Value, path: &str) -> Result<NewPixel, PixelError> {
                 return Err(fields.error(
                     "code_too_large",
                     "code",
-                    format!("is {} bytes; at most {MAX_JS_BYTES} are allowed", code.len()),
+                    format!(
+                        "is {} bytes; at most {MAX_JS_BYTES} are allowed",
+                        code.len()
+                    ),
                 ));
             }
             PixelBody::Js { code }
         }
         "facebook" => {
             let pixel_id = fields.required_str("pixel_id")?;
-            if pixel_id.is_empty() || pixel_id.len() > 32 || !pixel_id.bytes().all(|b| b.is_ascii_digit()) {
-                return Err(fields.error("invalid_field", "pixel_id", "must be Meta's numeric pixel id"));
+            if pixel_id.is_empty()
+                || pixel_id.len() > 32
+                || !pixel_id.bytes().all(|b| b.is_ascii_digit())
+            {
+                return Err(fields.error(
+                    "invalid_field",
+                    "pixel_id",
+                    "must be Meta's numeric pixel id",
+                ));
             }
             let event = fields.required_str("event")?;
             fields.check_label("event", &event, 100)?;
             let params = match fields.obj.remove("params") {
                 None | Some(Value::Null) => None,
                 Some(Value::Object(map)) => Some(map),
-                Some(_) => return Err(fields.error("invalid_field", "params", "must be a JSON object")),
+                Some(_) => {
+                    return Err(fields.error("invalid_field", "params", "must be a JSON object"));
+                }
             };
             let event_id = fields.optional_str("event_id")?;
             if let Some(event_id) = &event_id {
                 fields.check_label("event_id", event_id, 128)?;
             }
-            PixelBody::Facebook { pixel_id, event, params, event_id }
+            PixelBody::Facebook {
+                pixel_id,
+                event,
+                params,
+                event_id,
+            }
         }
         other => {
             return Err(fields.error(
@@ -222,9 +273,18 @@ fn parse_one(value: Value, path: &str) -> Result<NewPixel, PixelError> {
     };
 
     if let Some(extra) = fields.obj.keys().next() {
-        return Err(fields.error("unknown_field", extra, format!("is not a field of a {kind} pixel")));
+        return Err(fields.error(
+            "unknown_field",
+            extra,
+            format!("is not a field of a {kind} pixel"),
+        ));
     }
-    Ok(NewPixel { id, trigger, ttl_seconds, body })
+    Ok(NewPixel {
+        id,
+        trigger,
+        ttl_seconds,
+        body,
+    })
 }
 
 /// Takes fields out of one pixel object, so whatever is left at the end is an unknown field.
@@ -247,7 +307,8 @@ impl Fields<'_> {
     }
 
     fn required_str(&mut self, field: &str) -> Result<String, PixelError> {
-        self.optional_str(field)?.ok_or_else(|| self.error("missing_field", field, "is required"))
+        self.optional_str(field)?
+            .ok_or_else(|| self.error("missing_field", field, "is required"))
     }
 
     fn check_label(&self, field: &str, value: &str, max: usize) -> Result<(), PixelError> {
@@ -264,7 +325,11 @@ impl Fields<'_> {
     fn url(&mut self, field: &str) -> Result<String, PixelError> {
         let raw = self.required_str(field)?;
         if raw.len() > MAX_URL_BYTES {
-            return Err(self.error("invalid_url", field, format!("is longer than {MAX_URL_BYTES} bytes")));
+            return Err(self.error(
+                "invalid_url",
+                field,
+                format!("is longer than {MAX_URL_BYTES} bytes"),
+            ));
         }
         match url::Url::parse(&raw) {
             Ok(url) if matches!(url.scheme(), "http" | "https") && url.has_host() => Ok(url.into()),
@@ -273,7 +338,11 @@ impl Fields<'_> {
                 field,
                 format!("must be an absolute http(s) URL, not {}:", url.scheme()),
             )),
-            Err(e) => Err(self.error("invalid_url", field, format!("must be an absolute http(s) URL ({e})"))),
+            Err(e) => Err(self.error(
+                "invalid_url",
+                field,
+                format!("must be an absolute http(s) URL ({e})"),
+            )),
         }
     }
 }
@@ -297,7 +366,12 @@ mod tests {
         ]))
         .unwrap();
 
-        assert_eq!(pixels[0].body, PixelBody::Image { url: "https://a.example/p?x=1%202".into() });
+        assert_eq!(
+            pixels[0].body,
+            PixelBody::Image {
+                url: "https://a.example/p?x=1%202".into()
+            }
+        );
         assert_eq!(pixels[0].id.as_ref().map(|i| i.as_str()), Some("ftd-1"));
         assert_eq!(pixels[0].trigger.as_deref(), Some("ftd"));
         assert_eq!(pixels[0].ttl_seconds, Some(60));
@@ -311,31 +385,79 @@ mod tests {
 
     #[test]
     fn a_single_object_is_a_batch_of_one() {
-        assert_eq!(parse_batch(json!({"kind": "js", "code": "1"})).unwrap().len(), 1);
+        assert_eq!(
+            parse_batch(json!({"kind": "js", "code": "1"}))
+                .unwrap()
+                .len(),
+            1
+        );
     }
 
     #[test]
     fn refuses_bad_input_with_the_path_of_the_problem() {
-        let e = err(json!([{"kind": "image", "url": "https://ok.example/"}, {"kind": "image", "url": "javascript:alert(1)"}]));
+        let e = err(
+            json!([{"kind": "image", "url": "https://ok.example/"}, {"kind": "image", "url": "javascript:alert(1)"}]),
+        );
         assert_eq!((e.code, e.path.as_str()), ("invalid_url", "pixels[1].url"));
 
-        assert_eq!(err(json!({"kind": "gif", "url": "https://a.example/"})).code, "unknown_kind");
-        assert_eq!(err(json!({"url": "https://a.example/"})).code, "missing_field");
+        assert_eq!(
+            err(json!({"kind": "gif", "url": "https://a.example/"})).code,
+            "unknown_kind"
+        );
+        assert_eq!(
+            err(json!({"url": "https://a.example/"})).code,
+            "missing_field"
+        );
         assert_eq!(err(json!({"kind": "image"})).path, "pixel.url");
-        assert_eq!(err(json!({"kind": "image", "url": "/relative"})).code, "invalid_url");
-        assert_eq!(err(json!({"kind": "image", "url": "ftp://a.example/"})).code, "invalid_url");
-        assert_eq!(err(json!({"kind": "image", "url": "https://a.example/", "colour": 1})).code, "unknown_field");
-        assert_eq!(err(json!({"kind": "image", "url": 5})).code, "invalid_field");
-        assert_eq!(err(json!({"kind": "js", "code": "x".repeat(MAX_JS_BYTES + 1)})).code, "code_too_large");
-        assert_eq!(err(json!({"kind": "js", "code": "  "})).code, "invalid_field");
-        assert_eq!(err(json!({"kind": "facebook", "pixel_id": "12a", "event": "Purchase"})).path, "pixel.pixel_id");
-        assert_eq!(err(json!({"kind": "facebook", "pixel_id": "1", "event": "P", "params": [1]})).path, "pixel.params");
-        assert_eq!(err(json!({"kind": "js", "code": "1", "id": "has space"})).path, "pixel.id");
-        assert_eq!(err(json!({"kind": "js", "code": "1", "ttl_seconds": 0})).path, "pixel.ttl_seconds");
-        assert_eq!(err(json!({"kind": "js", "code": "1", "ttl_seconds": -5})).path, "pixel.ttl_seconds");
+        assert_eq!(
+            err(json!({"kind": "image", "url": "/relative"})).code,
+            "invalid_url"
+        );
+        assert_eq!(
+            err(json!({"kind": "image", "url": "ftp://a.example/"})).code,
+            "invalid_url"
+        );
+        assert_eq!(
+            err(json!({"kind": "image", "url": "https://a.example/", "colour": 1})).code,
+            "unknown_field"
+        );
+        assert_eq!(
+            err(json!({"kind": "image", "url": 5})).code,
+            "invalid_field"
+        );
+        assert_eq!(
+            err(json!({"kind": "js", "code": "x".repeat(MAX_JS_BYTES + 1)})).code,
+            "code_too_large"
+        );
+        assert_eq!(
+            err(json!({"kind": "js", "code": "  "})).code,
+            "invalid_field"
+        );
+        assert_eq!(
+            err(json!({"kind": "facebook", "pixel_id": "12a", "event": "Purchase"})).path,
+            "pixel.pixel_id"
+        );
+        assert_eq!(
+            err(json!({"kind": "facebook", "pixel_id": "1", "event": "P", "params": [1]})).path,
+            "pixel.params"
+        );
+        assert_eq!(
+            err(json!({"kind": "js", "code": "1", "id": "has space"})).path,
+            "pixel.id"
+        );
+        assert_eq!(
+            err(json!({"kind": "js", "code": "1", "ttl_seconds": 0})).path,
+            "pixel.ttl_seconds"
+        );
+        assert_eq!(
+            err(json!({"kind": "js", "code": "1", "ttl_seconds": -5})).path,
+            "pixel.ttl_seconds"
+        );
         assert_eq!(err(json!("image")).code, "invalid_pixel");
         assert_eq!(err(json!([])).code, "empty_batch");
-        let too_many: Vec<Value> = (0..=MAX_BATCH).map(|_| json!({"kind": "js", "code": "1"})).collect();
+        let too_many: Vec<Value> = (0..=MAX_BATCH)
+            .map(|_| json!({"kind": "js", "code": "1"}))
+            .collect();
         assert_eq!(err(Value::Array(too_many)).code, "batch_too_large");
     }
 }

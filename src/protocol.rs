@@ -70,7 +70,9 @@ impl ClientMessage {
     /// Parses one text frame, mapping every failure to the close reason the client gets.
     pub fn parse(text: &str) -> Result<Self, CloseReason> {
         serde_json::from_str(text).map_err(|e| match e.classify() {
-            serde_json::error::Category::Syntax | serde_json::error::Category::Eof => CloseReason::BadMessage,
+            serde_json::error::Category::Syntax | serde_json::error::Category::Eof => {
+                CloseReason::BadMessage
+            }
             _ if text.contains("\"hello\"") => CloseReason::InvalidHello,
             _ => CloseReason::BadMessage,
         })
@@ -118,7 +120,10 @@ pub struct WirePixel<'a> {
 
 impl<'a> From<&'a QueuedPixel> for WirePixel<'a> {
     fn from(p: &'a QueuedPixel) -> Self {
-        Self { id: &p.id, body: &p.body }
+        Self {
+            id: &p.id,
+            body: &p.body,
+        }
     }
 }
 
@@ -217,22 +222,47 @@ mod tests {
 
     #[test]
     fn parses_hello_with_a_numeric_or_text_brand() {
-        let m = ClientMessage::parse(r#"{"type":"hello","v":1,"brand_id":12345,"player_id":"p1","extra":true}"#);
-        let Ok(ClientMessage::Hello { brand_id, .. }) = m else { panic!("{m:?}") };
+        let m = ClientMessage::parse(
+            r#"{"type":"hello","v":1,"brand_id":12345,"player_id":"p1","extra":true}"#,
+        );
+        let Ok(ClientMessage::Hello { brand_id, .. }) = m else {
+            panic!("{m:?}")
+        };
         assert_eq!(brand_id.to_brand_id().unwrap().as_str(), "12345");
-        let m = ClientMessage::parse(r#"{"type":"hello","v":1,"brand_id":"12345","player_id":"p1"}"#);
-        let Ok(ClientMessage::Hello { brand_id, .. }) = m else { panic!("{m:?}") };
+        let m =
+            ClientMessage::parse(r#"{"type":"hello","v":1,"brand_id":"12345","player_id":"p1"}"#);
+        let Ok(ClientMessage::Hello { brand_id, .. }) = m else {
+            panic!("{m:?}")
+        };
         assert_eq!(brand_id.to_brand_id().unwrap().as_str(), "12345");
     }
 
     #[test]
     fn maps_bad_frames_to_their_close_reason() {
-        assert_eq!(ClientMessage::parse("{not json"), Err(CloseReason::BadMessage));
-        assert_eq!(ClientMessage::parse(r#"{"type":"subscribe"}"#), Err(CloseReason::BadMessage));
-        assert_eq!(ClientMessage::parse(r#"{"type":"hello","v":1,"brand_id":-1,"player_id":"p"}"#), Err(CloseReason::InvalidHello));
-        assert_eq!(ClientMessage::parse(r#"{"type":"hello","v":1,"player_id":"p"}"#), Err(CloseReason::InvalidHello));
-        assert_eq!(ClientMessage::parse(r#"{"type":"ack","ids":"x"}"#), Err(CloseReason::BadMessage));
-        assert_eq!(ClientMessage::parse(r#"{"type":"pong"}"#), Ok(ClientMessage::Pong));
+        assert_eq!(
+            ClientMessage::parse("{not json"),
+            Err(CloseReason::BadMessage)
+        );
+        assert_eq!(
+            ClientMessage::parse(r#"{"type":"subscribe"}"#),
+            Err(CloseReason::BadMessage)
+        );
+        assert_eq!(
+            ClientMessage::parse(r#"{"type":"hello","v":1,"brand_id":-1,"player_id":"p"}"#),
+            Err(CloseReason::InvalidHello)
+        );
+        assert_eq!(
+            ClientMessage::parse(r#"{"type":"hello","v":1,"player_id":"p"}"#),
+            Err(CloseReason::InvalidHello)
+        );
+        assert_eq!(
+            ClientMessage::parse(r#"{"type":"ack","ids":"x"}"#),
+            Err(CloseReason::BadMessage)
+        );
+        assert_eq!(
+            ClientMessage::parse(r#"{"type":"pong"}"#),
+            Ok(ClientMessage::Pong)
+        );
     }
 
     #[test]
@@ -244,7 +274,16 @@ mod tests {
         assert_eq!(codes.len(), CloseReason::ALL.len());
         for reason in CloseReason::ALL {
             assert!((4000..5000).contains(&reason.code()));
-            let row = format!("| {} | `{}` | {} |", reason.code(), reason.as_str(), if reason.should_reconnect() { "reconnect" } else { "final" });
+            let row = format!(
+                "| {} | `{}` | {} |",
+                reason.code(),
+                reason.as_str(),
+                if reason.should_reconnect() {
+                    "reconnect"
+                } else {
+                    "final"
+                }
+            );
             assert!(doc.contains(&row), "docs/protocol.md lacks the row: {row}");
         }
     }
@@ -252,8 +291,19 @@ mod tests {
     #[test]
     fn deliver_frames_carry_the_id_and_the_pixel_fields_only() {
         let id = PixelId::parse("px1").unwrap();
-        let body = PixelBody::Image { url: "https://a.example/".into() };
-        let json = ServerMessage::Deliver { pixels: vec![WirePixel { id: &id, body: &body }] }.to_json();
-        assert_eq!(json, r#"{"type":"deliver","pixels":[{"id":"px1","kind":"image","url":"https://a.example/"}]}"#);
+        let body = PixelBody::Image {
+            url: "https://a.example/".into(),
+        };
+        let json = ServerMessage::Deliver {
+            pixels: vec![WirePixel {
+                id: &id,
+                body: &body,
+            }],
+        }
+        .to_json();
+        assert_eq!(
+            json,
+            r#"{"type":"deliver","pixels":[{"id":"px1","kind":"image","url":"https://a.example/"}]}"#
+        );
     }
 }

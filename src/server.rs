@@ -78,23 +78,38 @@ impl Application {
 
         let store = SledStore::open(
             &config.data_dir.join("sled"),
-            SledOptions { default_ttl: Duration::from_secs(config.default_ttl_seconds) },
+            SledOptions {
+                default_ttl: Duration::from_secs(config.default_ttl_seconds),
+            },
         )?;
         let store: Arc<dyn Store> = Arc::new(store);
         if config.demo {
             let demo = BrandId::parse(api::DEMO_BRAND).expect("a valid literal id");
             if store.get_brand(&demo).await?.is_none() {
-                let settings = BrandSettings { name: Some("Demo casino".into()), allowed_origins: Vec::new() };
+                let settings = BrandSettings {
+                    name: Some("Demo casino".into()),
+                    allowed_origins: Vec::new(),
+                };
                 store.put_brand(&demo, settings).await?;
             }
         }
 
         let listener =
-            TcpListener::bind(config.listen).await.map_err(|source| StartError::Bind { addr: config.listen, source })?;
+            TcpListener::bind(config.listen)
+                .await
+                .map_err(|source| StartError::Bind {
+                    addr: config.listen,
+                    source,
+                })?;
         let shutdown = CancellationToken::new();
         let background = TaskTracker::new();
         let hub = Hub::default();
-        hub.spawn_background(store.as_ref(), config.heartbeat(), shutdown.clone(), &background);
+        hub.spawn_background(
+            store.as_ref(),
+            config.heartbeat(),
+            shutdown.clone(),
+            &background,
+        );
 
         let state = AppState {
             store,
@@ -105,12 +120,18 @@ impl Application {
             sessions: TaskTracker::new(),
             demo: Arc::new(DemoLog::default()),
         };
-        Ok(Self { listener, state, background })
+        Ok(Self {
+            listener,
+            state,
+            background,
+        })
     }
 
     /// The bound address (the real port when the config asked for port 0).
     pub fn local_addr(&self) -> SocketAddr {
-        self.listener.local_addr().expect("a bound TCP listener has an address")
+        self.listener
+            .local_addr()
+            .expect("a bound TCP listener has an address")
     }
 
     /// The admin token in force, for the embedding code (tests, tools); never logged.
@@ -120,8 +141,15 @@ impl Application {
 
     /// Serves until `signal` completes, then shuts down cleanly; returns when the store is flushed and
     /// closed, so the same data dir can be opened again at once.
-    pub async fn run_until(self, signal: impl Future<Output = ()> + Send + 'static) -> io::Result<()> {
-        let Application { listener, state, background } = self;
+    pub async fn run_until(
+        self,
+        signal: impl Future<Output = ()> + Send + 'static,
+    ) -> io::Result<()> {
+        let Application {
+            listener,
+            state,
+            background,
+        } = self;
         let shutdown = state.shutdown.clone();
         let trigger = shutdown.clone();
         let router = api::router(state.clone());
@@ -137,8 +165,14 @@ impl Application {
 
         shutdown.cancel();
         state.sessions.close();
-        if tokio::time::timeout(SESSION_DRAIN, state.sessions.wait()).await.is_err() {
-            tracing::warn!(left = state.sessions.len(), "sessions did not close in time; flushing anyway");
+        if tokio::time::timeout(SESSION_DRAIN, state.sessions.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                left = state.sessions.len(),
+                "sessions did not close in time; flushing anyway"
+            );
         }
         background.close();
         background.wait().await;
@@ -156,7 +190,10 @@ fn load_or_create_token(path: &Path) -> io::Result<String> {
         Ok(token) => {
             let token = token.trim().to_owned();
             if token.len() < MIN_ADMIN_TOKEN_LEN {
-                return Err(io::Error::new(io::ErrorKind::InvalidData, "the admin token file holds no valid token"));
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "the admin token file holds no valid token",
+                ));
             }
             tracing::info!(path = %path.display(), "admin token read from file");
             Ok(token)
@@ -199,7 +236,10 @@ mod tests {
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+            assert_eq!(
+                std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+                0o600
+            );
         }
     }
 }

@@ -16,7 +16,9 @@ use tracing::{Instrument, field};
 
 use crate::hub::{Hub, Registration, wake};
 use crate::ids::{PixelId, PlayerId, PlayerKey, SessionId};
-use crate::protocol::{CloseReason, ClientMessage, MAX_ACK_IDS, PROTOCOL_VERSION, ServerMessage, WirePixel};
+use crate::protocol::{
+    ClientMessage, CloseReason, MAX_ACK_IDS, PROTOCOL_VERSION, ServerMessage, WirePixel,
+};
 use crate::store::{Store, StoreError};
 
 /// What a session needs from the process; built once per connection by the HTTP layer.
@@ -113,7 +115,8 @@ struct Conn {
 
 impl Conn {
     async fn send(&mut self, text: String) -> Result<(), End> {
-        match tokio::time::timeout(self.write_timeout, self.socket.send(Message::text(text))).await {
+        match tokio::time::timeout(self.write_timeout, self.socket.send(Message::text(text))).await
+        {
             Ok(Ok(())) => Ok(()),
             Ok(Err(_)) => Err(End::Gone),
             Err(_) => Err(End::Close(CloseReason::SlowClient)),
@@ -131,14 +134,25 @@ impl Conn {
                     .into_inner()
                     .downcast::<tungstenite::Error>()
                     .is_ok_and(|e| matches!(*e, tungstenite::Error::Capacity(_)));
-                Err(if too_big { End::Close(CloseReason::MessageTooBig) } else { End::Gone })
+                Err(if too_big {
+                    End::Close(CloseReason::MessageTooBig)
+                } else {
+                    End::Gone
+                })
             }
         }
     }
 
     async fn close(mut self, reason: CloseReason) {
-        let frame = CloseFrame { code: reason.code(), reason: reason.as_str().into() };
-        let _ = tokio::time::timeout(Duration::from_secs(1), self.socket.send(Message::Close(Some(frame)))).await;
+        let frame = CloseFrame {
+            code: reason.code(),
+            reason: reason.as_str().into(),
+        };
+        let _ = tokio::time::timeout(
+            Duration::from_secs(1),
+            self.socket.send(Message::Close(Some(frame))),
+        )
+        .await;
     }
 }
 
@@ -157,22 +171,31 @@ async fn handshake(conn: &mut Conn, ctx: &SessionContext) -> Result<PlayerKey, E
         }
         // Protocol-level ping/pong frames are answered by the WebSocket layer.
     };
-    let ClientMessage::Hello { v, brand_id, player_id } = message else {
+    let ClientMessage::Hello {
+        v,
+        brand_id,
+        player_id,
+    } = message
+    else {
         return Err(CloseReason::UnexpectedMessage.into());
     };
     if v != PROTOCOL_VERSION {
         return Err(CloseReason::UnsupportedVersion.into());
     }
-    let brand = brand_id.to_brand_id().map_err(|_| CloseReason::InvalidHello)?;
+    let brand = brand_id
+        .to_brand_id()
+        .map_err(|_| CloseReason::InvalidHello)?;
     let player = PlayerId::parse(&player_id).map_err(|_| CloseReason::InvalidHello)?;
     let Some(settings) = ctx.store.get_brand(&brand).await? else {
         return Err(CloseReason::UnknownBrand.into());
     };
     if !settings.allowed_origins.is_empty() {
-        let allowed = ctx
-            .origin
-            .as_deref()
-            .is_some_and(|origin| settings.allowed_origins.iter().any(|a| a.eq_ignore_ascii_case(origin)));
+        let allowed = ctx.origin.as_deref().is_some_and(|origin| {
+            settings
+                .allowed_origins
+                .iter()
+                .any(|a| a.eq_ignore_ascii_case(origin))
+        });
         if !allowed {
             return Err(CloseReason::OriginNotAllowed.into());
         }
@@ -181,7 +204,12 @@ async fn handshake(conn: &mut Conn, ctx: &SessionContext) -> Result<PlayerKey, E
 }
 
 /// Live: sends what the store leases to this session, takes acks, keeps the heartbeat.
-async fn live(conn: &mut Conn, ctx: &SessionContext, key: &PlayerKey, registration: &Registration) -> End {
+async fn live(
+    conn: &mut Conn,
+    ctx: &SessionContext,
+    key: &PlayerKey,
+    registration: &Registration,
+) -> End {
     let signal = registration.signal();
     let welcome = ServerMessage::Welcome {
         v: PROTOCOL_VERSION,
@@ -233,8 +261,11 @@ async fn on_message(ctx: &SessionContext, key: &PlayerKey, text: &str) -> Result
             if ids.len() > MAX_ACK_IDS {
                 return Err(CloseReason::UnexpectedMessage.into());
             }
-            let ids: Vec<PixelId> =
-                ids.iter().map(|id| PixelId::parse(id)).collect::<Result<_, _>>().map_err(|_| CloseReason::BadMessage)?;
+            let ids: Vec<PixelId> = ids
+                .iter()
+                .map(|id| PixelId::parse(id))
+                .collect::<Result<_, _>>()
+                .map_err(|_| CloseReason::BadMessage)?;
             let removed = ctx.store.ack(key, &ids).await?;
             tracing::debug!(acked = ids.len(), removed, "ack");
             Ok(())
@@ -245,12 +276,19 @@ async fn on_message(ctx: &SessionContext, key: &PlayerKey, text: &str) -> Result
 }
 
 /// Sends the next pixels the store leases to this session, if any.
-async fn pump(conn: &mut Conn, ctx: &SessionContext, key: &PlayerKey, session: SessionId) -> Result<(), End> {
+async fn pump(
+    conn: &mut Conn,
+    ctx: &SessionContext,
+    key: &PlayerKey,
+    session: SessionId,
+) -> Result<(), End> {
     let pixels = ctx.store.lease(key, session, ctx.limits.window).await?;
     if pixels.is_empty() {
         return Ok(());
     }
     tracing::debug!(count = pixels.len(), "delivering");
-    let message = ServerMessage::Deliver { pixels: pixels.iter().map(WirePixel::from).collect() };
+    let message = ServerMessage::Deliver {
+        pixels: pixels.iter().map(WirePixel::from).collect(),
+    };
     conn.send(message.to_json()).await
 }

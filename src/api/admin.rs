@@ -51,28 +51,44 @@ struct BrandBody {
 }
 
 fn brand_settings(body: Value) -> Result<BrandSettings, ApiError> {
-    let invalid = |message: String| ApiError::Invalid { code: "invalid_brand", message };
+    let invalid = |message: String| ApiError::Invalid {
+        code: "invalid_brand",
+        message,
+    };
     let body: BrandBody = serde_json::from_value(body).map_err(|e| invalid(e.to_string()))?;
     if let Some(name) = &body.name {
-        if name.trim().is_empty() || name.chars().count() > 200 || name.chars().any(char::is_control) {
-            return Err(invalid("name must be 1 to 200 characters without control characters".into()));
+        if name.trim().is_empty()
+            || name.chars().count() > 200
+            || name.chars().any(char::is_control)
+        {
+            return Err(invalid(
+                "name must be 1 to 200 characters without control characters".into(),
+            ));
         }
     }
     let mut origins = Vec::with_capacity(body.allowed_origins.len());
     for origin in &body.allowed_origins {
         origins.push(normalise_origin(origin).ok_or_else(|| {
-            invalid(format!("allowed_origins: {origin:?} is not an origin like https://casino.example"))
+            invalid(format!(
+                "allowed_origins: {origin:?} is not an origin like https://casino.example"
+            ))
         })?);
     }
     origins.dedup();
-    Ok(BrandSettings { name: body.name, allowed_origins: origins })
+    Ok(BrandSettings {
+        name: body.name,
+        allowed_origins: origins,
+    })
 }
 
 /// `https://Casino.example:443/` → `https://casino.example`, the form browsers send in `Origin`.
 fn normalise_origin(origin: &str) -> Option<String> {
     let url = url::Url::parse(origin).ok()?;
     let bare = matches!(url.path(), "" | "/") && url.query().is_none() && url.fragment().is_none();
-    let ok = matches!(url.scheme(), "http" | "https") && url.has_host() && bare && url.username().is_empty();
+    let ok = matches!(url.scheme(), "http" | "https")
+        && url.has_host()
+        && bare
+        && url.username().is_empty();
     ok.then(|| url.origin().ascii_serialization())
 }
 
@@ -83,7 +99,11 @@ pub(super) async fn put_brand(
 ) -> Result<impl IntoResponse, ApiError> {
     let settings = brand_settings(body)?;
     let (brand, created) = state.store.put_brand(&path.brand_id, settings).await?;
-    let status = if created { StatusCode::CREATED } else { StatusCode::OK };
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
     Ok((status, Json(brand)))
 }
 
@@ -95,7 +115,11 @@ pub(super) async fn get_brand(
 }
 
 async fn require_brand(state: &AppState, brand: &BrandId) -> Result<Brand, ApiError> {
-    state.store.get_brand(brand).await?.ok_or_else(|| ApiError::UnknownBrand(brand.to_string()))
+    state
+        .store
+        .get_brand(brand)
+        .await?
+        .ok_or_else(|| ApiError::UnknownBrand(brand.to_string()))
 }
 
 pub(super) async fn enqueue(
@@ -124,7 +148,10 @@ pub(super) async fn cancel(
     require_brand(&state, &path.brand_id).await?;
     let key = PlayerKey::new(path.brand_id, path.player_id);
     let id = path.pixel_id;
-    let conflict = |code, message: &str| ApiError::Conflict { code, message: format!("pixel {id} {message}") };
+    let conflict = |code, message: &str| ApiError::Conflict {
+        code,
+        message: format!("pixel {id} {message}"),
+    };
     match state.store.cancel(&key, &id).await? {
         CancelOutcome::Cancelled | CancelOutcome::AlreadyFinal(PixelStatus::Cancelled) => {
             Ok(Json(json!({ "id": id, "status": PixelStatus::Cancelled })))
@@ -134,7 +161,9 @@ pub(super) async fn cancel(
             "pixel_in_flight",
             "was already sent to the player's browser and may be firing; it can no longer be cancelled",
         )),
-        CancelOutcome::AlreadyFinal(PixelStatus::Expired) => Err(conflict("pixel_expired", "expired before it fired")),
+        CancelOutcome::AlreadyFinal(PixelStatus::Expired) => {
+            Err(conflict("pixel_expired", "expired before it fired"))
+        }
         CancelOutcome::AlreadyFinal(_) => Err(conflict("pixel_already_fired", "has already fired")),
     }
 }
@@ -154,7 +183,13 @@ pub(super) async fn stats(State(state): State<AppState>) -> Result<Json<Value>, 
         .into_iter()
         .map(|(brand, queue_depth)| {
             let sessions = online.remove(&brand).unwrap_or_default();
-            (brand, BrandStats { queue_depth, sessions })
+            (
+                brand,
+                BrandStats {
+                    queue_depth,
+                    sessions,
+                },
+            )
         })
         .collect();
     Ok(Json(json!({
@@ -172,8 +207,14 @@ mod tests {
 
     #[test]
     fn origins_are_normalised_the_way_browsers_send_them() {
-        assert_eq!(normalise_origin("https://Casino.example:443/").as_deref(), Some("https://casino.example"));
-        assert_eq!(normalise_origin("http://localhost:8080").as_deref(), Some("http://localhost:8080"));
+        assert_eq!(
+            normalise_origin("https://Casino.example:443/").as_deref(),
+            Some("https://casino.example")
+        );
+        assert_eq!(
+            normalise_origin("http://localhost:8080").as_deref(),
+            Some("http://localhost:8080")
+        );
         assert_eq!(normalise_origin("https://casino.example/path"), None);
         assert_eq!(normalise_origin("casino.example"), None);
         assert_eq!(normalise_origin("file:///etc"), None);

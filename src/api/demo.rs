@@ -31,9 +31,9 @@ const DEMO_HTML: &str = include_str!("../../static/demo.html");
 const HIT_LOG: usize = 200;
 /// A transparent 1×1 GIF: the body an image pixel receiver answers with.
 const PIXEL_GIF: [u8; 43] = [
-    0x47, 0x49, 0x46, 0x38, 0x39, 0x61, 0x01, 0x00, 0x01, 0x00, 0x80, 0x00, 0x00, 0x00, 0x00, 0x00, 0xff, 0xff, 0xff,
-    0x21, 0xf9, 0x04, 0x01, 0x00, 0x00, 0x00, 0x00, 0x2c, 0x00, 0x00, 0x00, 0x00, 0x01, 0x00, 0x01, 0x00, 0x00, 0x02,
-    0x02, 0x44, 0x01, 0x00, 0x3b,
+    0x47, 0x49, 0x46, 0x38, 0x39, 0x61, 0x01, 0x00, 0x01, 0x00, 0x80, 0x00, 0x00, 0x00, 0x00, 0x00,
+    0xff, 0xff, 0xff, 0x21, 0xf9, 0x04, 0x01, 0x00, 0x00, 0x00, 0x00, 0x2c, 0x00, 0x00, 0x00, 0x00,
+    0x01, 0x00, 0x01, 0x00, 0x00, 0x02, 0x02, 0x44, 0x01, 0x00, 0x3b,
 ];
 
 /// What the demo receiver saw, newest last.
@@ -66,7 +66,10 @@ struct PlayerPath {
 }
 
 fn demo_key(player: PlayerId) -> PlayerKey {
-    PlayerKey::new(BrandId::parse(DEMO_BRAND).expect("a valid literal id"), player)
+    PlayerKey::new(
+        BrandId::parse(DEMO_BRAND).expect("a valid literal id"),
+        player,
+    )
 }
 
 /// Queues one pixel of the asked kind for a demo player; the pixel reports back to [`hit`].
@@ -75,27 +78,54 @@ async fn queue_demo_pixel(
     headers: HeaderMap,
     JsonBody(body): JsonBody,
 ) -> Result<impl IntoResponse, ApiError> {
-    let invalid = |message: &str| ApiError::Invalid { code: "invalid_demo_request", message: message.into() };
-    let player = body.get("player_id").and_then(Value::as_str).ok_or_else(|| invalid("player_id is required"))?;
+    let invalid = |message: &str| ApiError::Invalid {
+        code: "invalid_demo_request",
+        message: message.into(),
+    };
+    let player = body
+        .get("player_id")
+        .and_then(Value::as_str)
+        .ok_or_else(|| invalid("player_id is required"))?;
     let player = PlayerId::parse(player)?;
     let kind = body.get("kind").and_then(Value::as_str).unwrap_or("image");
     let n = state.demo.counter.fetch_add(1, Ordering::Relaxed) + 1;
 
-    let host = headers.get("host").and_then(|h| h.to_str().ok()).unwrap_or("127.0.0.1:8080");
-    let scheme = match headers.get("x-forwarded-proto").and_then(|h| h.to_str().ok()) {
+    let host = headers
+        .get("host")
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("127.0.0.1:8080");
+    let scheme = match headers
+        .get("x-forwarded-proto")
+        .and_then(|h| h.to_str().ok())
+    {
         Some("https") => "https",
         _ => "http",
     };
-    let hit_url = |kind: &str| format!("{scheme}://{host}/demo/hit?player={player}&n={n}&kind={kind}");
+    let hit_url =
+        |kind: &str| format!("{scheme}://{host}/demo/hit?player={player}&n={n}&kind={kind}");
     let body = match kind {
-        "image" => PixelBody::Image { url: hit_url("image") },
-        "iframe" => PixelBody::Iframe { url: hit_url("iframe") },
-        "js" => PixelBody::Js { code: format!("(new Image()).src = {};", json!(hit_url("js"))) },
+        "image" => PixelBody::Image {
+            url: hit_url("image"),
+        },
+        "iframe" => PixelBody::Iframe {
+            url: hit_url("iframe"),
+        },
+        "js" => PixelBody::Js {
+            code: format!("(new Image()).src = {};", json!(hit_url("js"))),
+        },
         _ => return Err(invalid("kind must be image, iframe or js")),
     };
-    let pixel = NewPixel { id: None, trigger: Some("demo".into()), ttl_seconds: Some(24 * 3600), body };
+    let pixel = NewPixel {
+        id: None,
+        trigger: Some("demo".into()),
+        ttl_seconds: Some(24 * 3600),
+        body,
+    };
     let queued = state.store.enqueue(&demo_key(player), vec![pixel]).await?;
-    Ok((StatusCode::ACCEPTED, Json(json!({ "pixels": queued, "n": n }))))
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({ "pixels": queued, "n": n })),
+    ))
 }
 
 /// The player's pending queue and the receiver's hits for that player, for the page to poll.
@@ -105,7 +135,11 @@ async fn player_view(
 ) -> Result<Json<Value>, ApiError> {
     let player = path.player_id.to_string();
     let pending = state.store.pending(&demo_key(path.player_id)).await?;
-    let hits: Vec<Hit> = state.demo.hits.lock().map_err(|_| ApiError::Internal("demo log poisoned".into()))?
+    let hits: Vec<Hit> = state
+        .demo
+        .hits
+        .lock()
+        .map_err(|_| ApiError::Internal("demo log poisoned".into()))?
         .iter()
         .filter(|h| h.player == player)
         .cloned()
@@ -127,7 +161,12 @@ async fn hit(State(state): State<AppState>, Query(q): Query<HitQuery>) -> Respon
         if hits.len() == HIT_LOG {
             hits.pop_front();
         }
-        hits.push_back(Hit { player: q.player, n: q.n, kind: q.kind.clone(), at_ms: now_ms() });
+        hits.push_back(Hit {
+            player: q.player,
+            n: q.n,
+            kind: q.kind.clone(),
+            at_ms: now_ms(),
+        });
     }
     let no_store = (CACHE_CONTROL, "no-store");
     match q.kind.as_str() {

@@ -77,7 +77,9 @@ impl ApiError {
             ApiError::InvalidId(_) => (StatusCode::BAD_REQUEST, "invalid_id"),
             ApiError::InvalidPixel(e) => (StatusCode::UNPROCESSABLE_ENTITY, e.code),
             ApiError::Invalid { code, .. } => (StatusCode::UNPROCESSABLE_ENTITY, code),
-            ApiError::PayloadTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
+            ApiError::PayloadTooLarge { .. } => {
+                (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large")
+            }
             ApiError::UnknownBrand(_) => (StatusCode::NOT_FOUND, "brand_not_found"),
             ApiError::UnknownPixel(_) => (StatusCode::NOT_FOUND, "pixel_not_found"),
             ApiError::Conflict { code, .. } => (StatusCode::CONFLICT, code),
@@ -114,7 +116,9 @@ impl IntoResponse for ApiError {
         let body = json!({ "error": { "code": code, "message": self.to_string() } });
         let mut response = (status, Json(body)).into_response();
         if status == StatusCode::UNAUTHORIZED {
-            response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
         response
     }

@@ -26,8 +26,8 @@ mod error;
 mod extract;
 mod public;
 
-pub use error::ApiError;
 pub use demo::{DEMO_BRAND, DemoLog};
+pub use error::ApiError;
 
 /// What every handler may use. Cheap to clone: all handles.
 #[derive(Clone)]
@@ -51,9 +51,18 @@ pub struct AppState {
 /// The whole application's routes, shared by the binary and the tests.
 pub fn router(state: AppState) -> Router {
     let admin = Router::new()
-        .route("/brands/{brand_id}", put(admin::put_brand).get(admin::get_brand))
-        .route("/brands/{brand_id}/players/{player_id}/pixels", get(admin::list_pixels).post(admin::enqueue))
-        .route("/brands/{brand_id}/players/{player_id}/pixels/{pixel_id}", axum::routing::delete(admin::cancel))
+        .route(
+            "/brands/{brand_id}",
+            put(admin::put_brand).get(admin::get_brand),
+        )
+        .route(
+            "/brands/{brand_id}/players/{player_id}/pixels",
+            get(admin::list_pixels).post(admin::enqueue),
+        )
+        .route(
+            "/brands/{brand_id}/players/{player_id}/pixels/{pixel_id}",
+            axum::routing::delete(admin::cancel),
+        )
         .route("/stats", get(admin::stats))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_admin));
 
@@ -65,11 +74,17 @@ pub fn router(state: AppState) -> Router {
     if state.config.demo {
         app = app.merge(demo::routes());
     }
-    app.fallback(public::no_route).method_not_allowed_fallback(public::method_not_allowed).with_state(state)
+    app.fallback(public::no_route)
+        .method_not_allowed_fallback(public::method_not_allowed)
+        .with_state(state)
 }
 
 /// Lets a request through only with `Authorization: Bearer <admin token>`, compared in constant time.
-async fn require_admin(State(state): State<AppState>, request: Request, next: Next) -> Result<Response, ApiError> {
+async fn require_admin(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
     let presented = request
         .headers()
         .get(AUTHORIZATION)
@@ -77,7 +92,9 @@ async fn require_admin(State(state): State<AppState>, request: Request, next: Ne
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim);
     match presented {
-        Some(token) if bool::from(token.as_bytes().ct_eq(state.admin_token.as_bytes())) => Ok(next.run(request).await),
+        Some(token) if bool::from(token.as_bytes().ct_eq(state.admin_token.as_bytes())) => {
+            Ok(next.run(request).await)
+        }
         _ => Err(ApiError::Unauthorized),
     }
 }

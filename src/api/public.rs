@@ -36,14 +36,26 @@ pub(super) async fn healthz() -> Json<Value> {
 pub(super) async fn client_script(headers: HeaderMap) -> Response {
     let etag = CLIENT_ETAG.as_str();
     let cache = [(CACHE_CONTROL, "public, max-age=300"), (ETAG, etag)];
-    let fresh = headers.get(IF_NONE_MATCH).and_then(|v| v.to_str().ok()).is_some_and(|v| v.split(',').any(|t| t.trim() == etag));
+    let fresh = headers
+        .get(IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|t| t.trim() == etag));
     if fresh {
         return (StatusCode::NOT_MODIFIED, cache).into_response();
     }
-    (cache, [(CONTENT_TYPE, "application/javascript; charset=utf-8")], CLIENT_JS).into_response()
+    (
+        cache,
+        [(CONTENT_TYPE, "application/javascript; charset=utf-8")],
+        CLIENT_JS,
+    )
+        .into_response()
 }
 
-pub(super) async fn websocket(State(state): State<AppState>, headers: HeaderMap, upgrade: WebSocketUpgrade) -> Response {
+pub(super) async fn websocket(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    upgrade: WebSocketUpgrade,
+) -> Response {
     let config = &state.config;
     let ctx = SessionContext {
         store: state.store.clone(),
@@ -55,7 +67,10 @@ pub(super) async fn websocket(State(state): State<AppState>, headers: HeaderMap,
             window: config.delivery_window as usize,
             heartbeat: config.heartbeat(),
         },
-        origin: headers.get(ORIGIN).and_then(|v| v.to_str().ok()).map(str::to_owned),
+        origin: headers
+            .get(ORIGIN)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned),
     };
     let max_message = config.ws_max_message_bytes as usize;
     let sessions = state.sessions.clone();

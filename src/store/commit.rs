@@ -43,13 +43,19 @@ impl GroupCommit {
         let (requests, rx) = mpsc::unbounded_channel();
         let counters = Arc::new(Counters::default());
         let task = tokio::spawn(flusher(db, rx, Arc::clone(&counters)));
-        Self { requests, task: std::sync::Mutex::new(Some(task)), counters }
+        Self {
+            requests,
+            task: std::sync::Mutex::new(Some(task)),
+            counters,
+        }
     }
 
     /// Returns once everything applied before this call is on stable storage.
     pub(super) async fn wait(&self) -> Result<(), StoreError> {
         let (tx, rx) = oneshot::channel();
-        self.requests.send(Request::Wait(tx)).map_err(|_| StoreError::Closed)?;
+        self.requests
+            .send(Request::Wait(tx))
+            .map_err(|_| StoreError::Closed)?;
         rx.await.map_err(|_| StoreError::Closed)?
     }
 
@@ -59,7 +65,11 @@ impl GroupCommit {
         if self.requests.send(Request::Close(tx)).is_ok() {
             let _ = rx.await;
         }
-        let task = self.task.lock().expect("the lock guards no invariant that a panic could break").take();
+        let task = self
+            .task
+            .lock()
+            .expect("the lock guards no invariant that a panic could break")
+            .take();
         if let Some(task) = task {
             let _ = task.await;
         }
@@ -70,7 +80,11 @@ impl GroupCommit {
     }
 }
 
-async fn flusher(db: ::sled::Db, mut rx: mpsc::UnboundedReceiver<Request>, counters: Arc<Counters>) {
+async fn flusher(
+    db: ::sled::Db,
+    mut rx: mpsc::UnboundedReceiver<Request>,
+    counters: Arc<Counters>,
+) {
     let mut waiters: Vec<Reply> = Vec::new();
     while let Some(first) = rx.recv().await {
         let mut close = None;
@@ -83,9 +97,16 @@ async fn flusher(db: ::sled::Db, mut rx: mpsc::UnboundedReceiver<Request>, count
         if !waiters.is_empty() || close.is_some() {
             let result = flush(&db).await;
             counters.flushes.fetch_add(1, Ordering::Relaxed);
-            counters.waiters.fetch_add(waiters.len() as u64, Ordering::Relaxed);
+            counters
+                .waiters
+                .fetch_add(waiters.len() as u64, Ordering::Relaxed);
             for reply in waiters.drain(..) {
-                let _ = reply.send(result.as_ref().map(|_| ()).map_err(|e| StoreError::Backend(e.clone())));
+                let _ = reply.send(
+                    result
+                        .as_ref()
+                        .map(|_| ())
+                        .map_err(|e| StoreError::Backend(e.clone())),
+                );
             }
         }
         if let Some(done) = close {

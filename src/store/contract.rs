@@ -16,20 +16,36 @@ pub(super) trait Harness {
 }
 
 fn key(player: &str) -> PlayerKey {
-    PlayerKey::new(BrandId::parse("brand-1").unwrap(), PlayerId::parse(player).unwrap())
+    PlayerKey::new(
+        BrandId::parse("brand-1").unwrap(),
+        PlayerId::parse(player).unwrap(),
+    )
 }
 
 fn image(n: u32) -> NewPixel {
-    NewPixel { id: None, trigger: None, ttl_seconds: None, body: PixelBody::Image { url: format!("https://px.example/{n}") } }
+    NewPixel {
+        id: None,
+        trigger: None,
+        ttl_seconds: None,
+        body: PixelBody::Image {
+            url: format!("https://px.example/{n}"),
+        },
+    }
 }
 
 fn with_id(id: &str, n: u32) -> NewPixel {
-    NewPixel { id: Some(PixelId::parse(id).unwrap()), ..image(n) }
+    NewPixel {
+        id: Some(PixelId::parse(id).unwrap()),
+        ..image(n)
+    }
 }
 
 async fn store_with_brand(h: &impl Harness) -> Arc<dyn Store> {
     let store = h.open().await;
-    store.put_brand(&key("x").brand, BrandSettings::default()).await.unwrap();
+    store
+        .put_brand(&key("x").brand, BrandSettings::default())
+        .await
+        .unwrap();
     store
 }
 
@@ -56,40 +72,92 @@ pub(super) async fn unknown_brands_are_refused(h: &impl Harness) {
 pub(super) async fn brands_are_created_then_updated(h: &impl Harness) {
     let store = h.open().await;
     let id = key("x").brand;
-    let (first, created) = store.put_brand(&id, BrandSettings { name: Some("A".into()), ..Default::default() }).await.unwrap();
+    let (first, created) = store
+        .put_brand(
+            &id,
+            BrandSettings {
+                name: Some("A".into()),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
     assert!(created);
-    let (second, created) = store.put_brand(&id, BrandSettings { name: Some("B".into()), ..Default::default() }).await.unwrap();
+    let (second, created) = store
+        .put_brand(
+            &id,
+            BrandSettings {
+                name: Some("B".into()),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
     assert!(!created);
     assert_eq!(second.created_at_ms, first.created_at_ms);
-    assert_eq!(store.get_brand(&id).await.unwrap().unwrap().name.as_deref(), Some("B"));
+    assert_eq!(
+        store.get_brand(&id).await.unwrap().unwrap().name.as_deref(),
+        Some("B")
+    );
 }
 
 pub(super) async fn the_queue_keeps_order_and_ids_are_idempotent(h: &impl Harness) {
     let store = store_with_brand(h).await;
     let k = key("p");
-    let first = store.enqueue(&k, vec![image(1), with_id("ftd-1", 2), with_id("ftd-1", 99)]).await.unwrap();
+    let first = store
+        .enqueue(
+            &k,
+            vec![image(1), with_id("ftd-1", 2), with_id("ftd-1", 99)],
+        )
+        .await
+        .unwrap();
     assert_eq!(first[1].status, PixelStatus::Queued);
     assert!(!first[1].duplicate);
-    assert!(first[2].duplicate, "the same id twice in one batch is one pixel");
-    let again = store.enqueue(&k, vec![with_id("ftd-1", 3), image(4)]).await.unwrap();
+    assert!(
+        first[2].duplicate,
+        "the same id twice in one batch is one pixel"
+    );
+    let again = store
+        .enqueue(&k, vec![with_id("ftd-1", 3), image(4)])
+        .await
+        .unwrap();
     assert_eq!((again[0].id.as_str(), again[0].duplicate), ("ftd-1", true));
 
     let pending = store.pending(&k).await.unwrap();
     let pending: Vec<QueuedPixel> = pending.into_iter().map(|p| p.pixel).collect();
-    assert_eq!(urls(&pending), ["https://px.example/1", "https://px.example/2", "https://px.example/4"]);
+    assert_eq!(
+        urls(&pending),
+        [
+            "https://px.example/1",
+            "https://px.example/2",
+            "https://px.example/4"
+        ]
+    );
     assert_eq!(store.stats().await.unwrap().brands[&k.brand], 3);
 }
 
 pub(super) async fn one_session_holds_a_player_at_a_time(h: &impl Harness) {
     let store = store_with_brand(h).await;
     let k = key("p");
-    store.enqueue(&k, (1..=5).map(image).collect()).await.unwrap();
+    store
+        .enqueue(&k, (1..=5).map(image).collect())
+        .await
+        .unwrap();
     let (a, b) = (SessionId::generate(), SessionId::generate());
 
     let sent = store.lease(&k, a, 2).await.unwrap();
-    assert_eq!(urls(&sent), ["https://px.example/1", "https://px.example/2"]);
-    assert!(store.lease(&k, b, 10).await.unwrap().is_empty(), "another session must get nothing, whatever its window");
-    assert!(store.lease(&k, a, 2).await.unwrap().is_empty(), "the window is full");
+    assert_eq!(
+        urls(&sent),
+        ["https://px.example/1", "https://px.example/2"]
+    );
+    assert!(
+        store.lease(&k, b, 10).await.unwrap().is_empty(),
+        "another session must get nothing, whatever its window"
+    );
+    assert!(
+        store.lease(&k, a, 2).await.unwrap().is_empty(),
+        "the window is full"
+    );
 
     assert_eq!(store.ack(&k, &ids(&sent[..1])).await.unwrap(), 1);
     let next = store.lease(&k, a, 2).await.unwrap();
@@ -98,7 +166,15 @@ pub(super) async fn one_session_holds_a_player_at_a_time(h: &impl Harness) {
     // A drops without acking 2 and 3: they go, in order, to the next session.
     store.release(&k, a).await.unwrap();
     let taken_over = store.lease(&k, b, 10).await.unwrap();
-    assert_eq!(urls(&taken_over), ["https://px.example/2", "https://px.example/3", "https://px.example/4", "https://px.example/5"]);
+    assert_eq!(
+        urls(&taken_over),
+        [
+            "https://px.example/2",
+            "https://px.example/3",
+            "https://px.example/4",
+            "https://px.example/5"
+        ]
+    );
 }
 
 pub(super) async fn acks_are_final_and_remembered(h: &impl Harness) {
@@ -107,43 +183,92 @@ pub(super) async fn acks_are_final_and_remembered(h: &impl Harness) {
     store.enqueue(&k, vec![with_id("reg-1", 1)]).await.unwrap();
     let s = SessionId::generate();
     let sent = store.lease(&k, s, 10).await.unwrap();
-    assert_eq!(store.ack(&k, &[ids(&sent), ids(&sent)].concat()).await.unwrap(), 1, "a repeated id counts once");
-    assert_eq!(store.ack(&k, &ids(&sent)).await.unwrap(), 0, "a second ack is a no-op");
+    assert_eq!(
+        store
+            .ack(&k, &[ids(&sent), ids(&sent)].concat())
+            .await
+            .unwrap(),
+        1,
+        "a repeated id counts once"
+    );
+    assert_eq!(
+        store.ack(&k, &ids(&sent)).await.unwrap(),
+        0,
+        "a second ack is a no-op"
+    );
     assert!(store.pending(&k).await.unwrap().is_empty());
     assert_eq!(store.stats().await.unwrap().queue_depth, 0);
 
     let again = store.enqueue(&k, vec![with_id("reg-1", 1)]).await.unwrap();
-    assert_eq!((again[0].status, again[0].duplicate), (PixelStatus::Fired, true));
+    assert_eq!(
+        (again[0].status, again[0].duplicate),
+        (PixelStatus::Fired, true)
+    );
     assert!(store.lease(&k, s, 10).await.unwrap().is_empty());
 }
 
 pub(super) async fn cancel_covers_every_state(h: &impl Harness) {
     let store = store_with_brand(h).await;
     let k = key("p");
-    store.enqueue(&k, vec![with_id("a", 1), with_id("b", 2)]).await.unwrap();
+    store
+        .enqueue(&k, vec![with_id("a", 1), with_id("b", 2)])
+        .await
+        .unwrap();
     let a = PixelId::parse("a").unwrap();
     let b = PixelId::parse("b").unwrap();
     let s = SessionId::generate();
 
     store.lease(&k, s, 1).await.unwrap();
     assert_eq!(store.cancel(&k, &a).await.unwrap(), CancelOutcome::InFlight);
-    assert_eq!(store.cancel(&k, &b).await.unwrap(), CancelOutcome::Cancelled);
-    assert_eq!(store.cancel(&k, &b).await.unwrap(), CancelOutcome::AlreadyFinal(PixelStatus::Cancelled));
-    assert_eq!(store.cancel(&k, &PixelId::parse("nope").unwrap()).await.unwrap(), CancelOutcome::NotFound);
-    store.ack(&k, &[a.clone()]).await.unwrap();
-    assert_eq!(store.cancel(&k, &a).await.unwrap(), CancelOutcome::AlreadyFinal(PixelStatus::Fired));
-    assert!(store.lease(&k, s, 10).await.unwrap().is_empty(), "a cancelled pixel is never delivered");
+    assert_eq!(
+        store.cancel(&k, &b).await.unwrap(),
+        CancelOutcome::Cancelled
+    );
+    assert_eq!(
+        store.cancel(&k, &b).await.unwrap(),
+        CancelOutcome::AlreadyFinal(PixelStatus::Cancelled)
+    );
+    assert_eq!(
+        store
+            .cancel(&k, &PixelId::parse("nope").unwrap())
+            .await
+            .unwrap(),
+        CancelOutcome::NotFound
+    );
+    store.ack(&k, std::slice::from_ref(&a)).await.unwrap();
+    assert_eq!(
+        store.cancel(&k, &a).await.unwrap(),
+        CancelOutcome::AlreadyFinal(PixelStatus::Fired)
+    );
+    assert!(
+        store.lease(&k, s, 10).await.unwrap().is_empty(),
+        "a cancelled pixel is never delivered"
+    );
     assert_eq!(store.stats().await.unwrap().queue_depth, 0);
 }
 
 pub(super) async fn expired_pixels_are_dropped_and_counted(h: &impl Harness) {
     let store = store_with_brand(h).await;
     let k = key("p");
-    let short = NewPixel { ttl_seconds: Some(1), ..with_id("short", 1) };
+    let short = NewPixel {
+        ttl_seconds: Some(1),
+        ..with_id("short", 1)
+    };
     store.enqueue(&k, vec![short, image(2)]).await.unwrap();
     tokio::time::sleep(Duration::from_millis(1100)).await;
 
-    assert_eq!(urls(&store.pending(&k).await.unwrap().into_iter().map(|p| p.pixel).collect::<Vec<_>>()), ["https://px.example/2"]);
+    assert_eq!(
+        urls(
+            &store
+                .pending(&k)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|p| p.pixel)
+                .collect::<Vec<_>>()
+        ),
+        ["https://px.example/2"]
+    );
     let sent = store.lease(&k, SessionId::generate(), 10).await.unwrap();
     assert_eq!(urls(&sent), ["https://px.example/2"]);
     let stats = store.stats().await.unwrap();
@@ -162,14 +287,21 @@ pub(super) async fn sessions_hear_of_new_and_released_work(h: &impl Harness) {
     let s = SessionId::generate();
     store.lease(&k, s, 10).await.unwrap();
     store.release(&k, s).await.unwrap();
-    assert_eq!(heard.recv().await.unwrap(), k, "released pixels are announced for another session");
+    assert_eq!(
+        heard.recv().await.unwrap(),
+        k,
+        "released pixels are announced for another session"
+    );
 }
 
 pub(super) async fn everything_survives_a_reopen(h: &impl Harness) {
     let k = key("p");
     {
         let store = store_with_brand(h).await;
-        store.enqueue(&k, vec![image(1), with_id("two", 2)]).await.unwrap();
+        store
+            .enqueue(&k, vec![image(1), with_id("two", 2)])
+            .await
+            .unwrap();
         let s = SessionId::generate();
         let sent = store.lease(&k, s, 1).await.unwrap();
         store.ack(&k, &ids(&sent)).await.unwrap();
@@ -177,12 +309,30 @@ pub(super) async fn everything_survives_a_reopen(h: &impl Harness) {
         store.close().await.unwrap();
     }
     let store = h.open().await;
-    let pending: Vec<QueuedPixel> = store.pending(&k).await.unwrap().into_iter().map(|p| p.pixel).collect();
-    assert_eq!(urls(&pending), ["https://px.example/2"], "leases die with the process; acks do not");
+    let pending: Vec<QueuedPixel> = store
+        .pending(&k)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|p| p.pixel)
+        .collect();
+    assert_eq!(
+        urls(&pending),
+        ["https://px.example/2"],
+        "leases die with the process; acks do not"
+    );
     store.enqueue(&k, vec![image(3)]).await.unwrap();
     let sent = store.lease(&k, SessionId::generate(), 10).await.unwrap();
-    assert_eq!(urls(&sent), ["https://px.example/2", "https://px.example/3"], "order continues after a restart");
-    assert_eq!(store.stats().await.unwrap().queue_depth, 2, "the depth is rebuilt exactly");
+    assert_eq!(
+        urls(&sent),
+        ["https://px.example/2", "https://px.example/3"],
+        "order continues after a restart"
+    );
+    assert_eq!(
+        store.stats().await.unwrap().queue_depth,
+        2,
+        "the depth is rebuilt exactly"
+    );
     let again = store.enqueue(&k, vec![with_id("two", 2)]).await.unwrap();
     assert!(again[0].duplicate);
 }
@@ -192,7 +342,12 @@ pub(super) async fn concurrent_enqueues_share_flushes_and_lose_nothing(h: &impl 
     let tasks: Vec<_> = (0..200)
         .map(|i| {
             let store = Arc::clone(&store);
-            tokio::spawn(async move { store.enqueue(&key(&format!("p{}", i % 20)), vec![image(i)]).await.unwrap() })
+            tokio::spawn(async move {
+                store
+                    .enqueue(&key(&format!("p{}", i % 20)), vec![image(i)])
+                    .await
+                    .unwrap()
+            })
         })
         .collect();
     for task in tasks {

@@ -140,7 +140,11 @@ pub enum StoreError {
 pub trait Store: Send + Sync + 'static {
     /// Creates or replaces a brand's settings. Durable when it returns. Returns the brand and whether it was
     /// created by this call.
-    async fn put_brand(&self, id: &BrandId, settings: BrandSettings) -> Result<(Brand, bool), StoreError>;
+    async fn put_brand(
+        &self,
+        id: &BrandId,
+        settings: BrandSettings,
+    ) -> Result<(Brand, bool), StoreError>;
 
     /// Reads a brand.
     async fn get_brand(&self, id: &BrandId) -> Result<Option<Brand>, StoreError>;
@@ -150,7 +154,11 @@ pub trait Store: Send + Sync + 'static {
     /// player (in any state, for as long as the id is remembered) is not queued again; its entry in the
     /// answer says `duplicate`. Afterwards, sessions interested in the player are told through
     /// [`Store::subscribe`]. Fails with [`StoreError::UnknownBrand`] when the brand does not exist.
-    async fn enqueue(&self, key: &PlayerKey, pixels: Vec<NewPixel>) -> Result<Vec<Enqueued>, StoreError>;
+    async fn enqueue(
+        &self,
+        key: &PlayerKey,
+        pixels: Vec<NewPixel>,
+    ) -> Result<Vec<Enqueued>, StoreError>;
 
     /// The player's pending pixels in queue order; expired ones are left out.
     async fn pending(&self, key: &PlayerKey) -> Result<Vec<PendingPixel>, StoreError>;
@@ -190,5 +198,8 @@ pub trait Store: Send + Sync + 'static {
 
 /// Milliseconds since the Unix epoch: the store's only clock.
 pub fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }

@@ -36,8 +36,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::commit::GroupCommit;
 use super::{
-    Brand, BrandSettings, CancelOutcome, Enqueued, PendingPixel, PixelStatus, Store, StoreError, StoreStats,
-    now_ms,
+    Brand, BrandSettings, CancelOutcome, Enqueued, PendingPixel, PixelStatus, Store, StoreError,
+    StoreStats, now_ms,
 };
 use crate::ids::{BrandId, PixelId, PlayerId, PlayerKey, SessionId};
 use crate::pixel::{NewPixel, QueuedPixel};
@@ -122,7 +122,8 @@ impl SledStore {
         let depth = DashMap::new();
         for entry in data.scan_prefix(b"q") {
             let (key, _) = entry.map_err(backend)?;
-            let (player_key, _) = keys::parse_queue(&key).ok_or_else(|| backend("corrupt queue key"))?;
+            let (player_key, _) =
+                keys::parse_queue(&key).ok_or_else(|| backend("corrupt queue key"))?;
             *depth.entry(player_key.brand).or_insert(0u64) += 1;
         }
 
@@ -167,12 +168,27 @@ impl Inner {
 
     /// Moves a queued pixel to a final status within `batch`: out of the queue, its expiry entry replaced
     /// by one that forgets the tombstone later. The caller applies the batch and adjusts the depth.
-    fn finalize(&self, batch: &mut Batch, key: &PlayerKey, id: &PixelId, rec: IndexRecord, status: PixelStatus, now: u64) {
+    fn finalize(
+        &self,
+        batch: &mut Batch,
+        key: &PlayerKey,
+        id: &PixelId,
+        rec: IndexRecord,
+        status: PixelStatus,
+        now: u64,
+    ) {
         batch.remove(keys::queue(key, rec.seq));
         batch.remove(keys::expiry(rec.expires_at_ms, key, rec.seq));
-        let tombstone = IndexRecord { status, at_ms: now, ..rec };
+        let tombstone = IndexRecord {
+            status,
+            at_ms: now,
+            ..rec
+        };
         batch.insert(keys::index(key, id), json(&tombstone));
-        batch.insert(keys::expiry(now + TOMBSTONE_RETENTION_MS, key, rec.seq), id.as_str().as_bytes());
+        batch.insert(
+            keys::expiry(now + TOMBSTONE_RETENTION_MS, key, rec.seq),
+            id.as_str().as_bytes(),
+        );
     }
 
     fn sub_depth(&self, brand: &BrandId, n: u64) {
@@ -184,7 +200,9 @@ impl Inner {
     }
 
     fn in_flight(&self, key: &PlayerKey, seq: u64) -> bool {
-        self.leases.get(key).is_some_and(|l| l.in_flight.contains(&seq))
+        self.leases
+            .get(key)
+            .is_some_and(|l| l.in_flight.contains(&seq))
     }
 
     fn sweep(&self, now: u64) -> Result<usize, StoreError> {
@@ -199,11 +217,16 @@ impl Inner {
                 .take(SWEEP_CHUNK)
                 .collect::<Result<_, _>>()
                 .map_err(backend)?;
-            let Some((last, _)) = due.last() else { return Ok(handled) };
+            let Some((last, _)) = due.last() else {
+                return Ok(handled);
+            };
             from = [last.as_ref(), &[0]].concat();
             for (x_key, id) in due {
-                let (key, _seq) = keys::parse_expiry(&x_key).ok_or_else(|| backend("corrupt expiry key"))?;
-                let id = std::str::from_utf8(&id).ok().and_then(|s| PixelId::parse(s).ok());
+                let (key, _seq) =
+                    keys::parse_expiry(&x_key).ok_or_else(|| backend("corrupt expiry key"))?;
+                let id = std::str::from_utf8(&id)
+                    .ok()
+                    .and_then(|s| PixelId::parse(s).ok());
                 let _guard = lock(self.stripe(&key));
                 let mut batch = Batch::default();
                 batch.remove(x_key.clone());
@@ -250,7 +273,11 @@ fn json<T: Serialize>(value: &T) -> Vec<u8> {
 
 #[async_trait]
 impl Store for SledStore {
-    async fn put_brand(&self, id: &BrandId, settings: BrandSettings) -> Result<(Brand, bool), StoreError> {
+    async fn put_brand(
+        &self,
+        id: &BrandId,
+        settings: BrandSettings,
+    ) -> Result<(Brand, bool), StoreError> {
         let inner = &self.inner;
         let (brand, created) = {
             let _guard = lock(&inner.brand_lock);
@@ -282,11 +309,19 @@ impl Store for SledStore {
         }
     }
 
-    async fn enqueue(&self, key: &PlayerKey, pixels: Vec<NewPixel>) -> Result<Vec<Enqueued>, StoreError> {
+    async fn enqueue(
+        &self,
+        key: &PlayerKey,
+        pixels: Vec<NewPixel>,
+    ) -> Result<Vec<Enqueued>, StoreError> {
         let inner = &self.inner;
         let (answers, added) = {
             let _guard = lock(inner.stripe(key));
-            if !inner.data.contains_key(keys::brand(&key.brand)).map_err(backend)? {
+            if !inner
+                .data
+                .contains_key(keys::brand(&key.brand))
+                .map_err(backend)?
+            {
                 return Err(StoreError::UnknownBrand(key.brand.clone()));
             }
             let now = now_ms();
@@ -297,12 +332,19 @@ impl Store for SledStore {
             for pixel in pixels {
                 if let Some(id) = &pixel.id {
                     if let Some(&first) = seen_in_batch.get(id) {
-                        answers.push(Enqueued { duplicate: true, ..answers[first].clone() });
+                        answers.push(Enqueued {
+                            duplicate: true,
+                            ..answers[first].clone()
+                        });
                         continue;
                     }
                     if let Some(rec) = inner.record(key, id)? {
                         seen_in_batch.insert(id.clone(), answers.len());
-                        answers.push(Enqueued { id: id.clone(), status: rec.status, duplicate: true });
+                        answers.push(Enqueued {
+                            id: id.clone(),
+                            status: rec.status,
+                            duplicate: true,
+                        });
                         continue;
                     }
                 }
@@ -316,12 +358,24 @@ impl Store for SledStore {
                     queued_at_ms: now,
                     expires_at_ms: now + ttl_ms,
                 };
-                let rec = IndexRecord { seq, status: PixelStatus::Queued, expires_at_ms: queued.expires_at_ms, at_ms: now };
+                let rec = IndexRecord {
+                    seq,
+                    status: PixelStatus::Queued,
+                    expires_at_ms: queued.expires_at_ms,
+                    at_ms: now,
+                };
                 batch.insert(keys::queue(key, seq), json(&queued));
                 batch.insert(keys::index(key, &id), json(&rec));
-                batch.insert(keys::expiry(rec.expires_at_ms, key, seq), id.as_str().as_bytes());
+                batch.insert(
+                    keys::expiry(rec.expires_at_ms, key, seq),
+                    id.as_str().as_bytes(),
+                );
                 seen_in_batch.insert(id.clone(), answers.len());
-                answers.push(Enqueued { id, status: PixelStatus::Queued, duplicate: false });
+                answers.push(Enqueued {
+                    id,
+                    status: PixelStatus::Queued,
+                    duplicate: false,
+                });
                 added += 1;
             }
             inner.data.apply_batch(batch).map_err(backend)?;
@@ -345,8 +399,13 @@ impl Store for SledStore {
             if pixel.expires_at_ms <= now {
                 continue;
             }
-            let seq = keys::parse_queue(&k).map(|(_, seq)| seq).ok_or_else(|| backend("corrupt queue key"))?;
-            out.push(PendingPixel { in_flight: self.inner.in_flight(key, seq), pixel });
+            let seq = keys::parse_queue(&k)
+                .map(|(_, seq)| seq)
+                .ok_or_else(|| backend("corrupt queue key"))?;
+            out.push(PendingPixel {
+                in_flight: self.inner.in_flight(key, seq),
+                pixel,
+            });
         }
         Ok(out)
     }
@@ -355,7 +414,9 @@ impl Store for SledStore {
         let inner = &self.inner;
         {
             let _guard = lock(inner.stripe(key));
-            let Some(rec) = inner.record(key, id)? else { return Ok(CancelOutcome::NotFound) };
+            let Some(rec) = inner.record(key, id)? else {
+                return Ok(CancelOutcome::NotFound);
+            };
             if rec.status != PixelStatus::Queued {
                 return Ok(CancelOutcome::AlreadyFinal(rec.status));
             }
@@ -363,7 +424,11 @@ impl Store for SledStore {
                 return Ok(CancelOutcome::InFlight);
             }
             let now = now_ms();
-            let status = if rec.expires_at_ms <= now { PixelStatus::Expired } else { PixelStatus::Cancelled };
+            let status = if rec.expires_at_ms <= now {
+                PixelStatus::Expired
+            } else {
+                PixelStatus::Cancelled
+            };
             let mut batch = Batch::default();
             inner.finalize(&mut batch, key, id, rec, status, now);
             inner.data.apply_batch(batch).map_err(backend)?;
@@ -400,13 +465,20 @@ impl Store for SledStore {
         let mut seqs = Vec::new();
         for entry in inner.data.scan_prefix(keys::queue_prefix(key)) {
             let (k, v) = entry.map_err(backend)?;
-            let seq = keys::parse_queue(&k).map(|(_, seq)| seq).ok_or_else(|| backend("corrupt queue key"))?;
+            let seq = keys::parse_queue(&k)
+                .map(|(_, seq)| seq)
+                .ok_or_else(|| backend("corrupt queue key"))?;
             if held.contains(&seq) {
                 continue;
             }
             let pixel: QueuedPixel = serde_json::from_slice(&v).map_err(backend)?;
             if pixel.expires_at_ms <= now {
-                let rec = IndexRecord { seq, status: PixelStatus::Queued, expires_at_ms: pixel.expires_at_ms, at_ms: now };
+                let rec = IndexRecord {
+                    seq,
+                    status: PixelStatus::Queued,
+                    expires_at_ms: pixel.expires_at_ms,
+                    at_ms: now,
+                };
                 inner.finalize(&mut batch, key, &pixel.id, rec, PixelStatus::Expired, now);
                 expired += 1;
                 continue;
@@ -427,7 +499,10 @@ impl Store for SledStore {
             inner
                 .leases
                 .entry(key.clone())
-                .or_insert_with(|| Lease { session, in_flight: Vec::new() })
+                .or_insert_with(|| Lease {
+                    session,
+                    in_flight: Vec::new(),
+                })
                 .in_flight
                 .extend(seqs);
         }
@@ -469,8 +544,16 @@ impl Store for SledStore {
     async fn release(&self, key: &PlayerKey, session: SessionId) -> Result<(), StoreError> {
         let inner = &self.inner;
         let _guard = lock(inner.stripe(key));
-        if inner.leases.remove_if(key, |_, lease| lease.session == session).is_some() {
-            let pending = inner.data.scan_prefix(keys::queue_prefix(key)).next().is_some();
+        if inner
+            .leases
+            .remove_if(key, |_, lease| lease.session == session)
+            .is_some()
+        {
+            let pending = inner
+                .data
+                .scan_prefix(keys::queue_prefix(key))
+                .next()
+                .is_some();
             if pending {
                 let _ = inner.announce.send(key.clone());
             }
@@ -503,7 +586,12 @@ impl Store for SledStore {
 
     async fn close(&self) -> Result<(), StoreError> {
         self.inner.stop.cancel();
-        let sweeper = self.inner.sweeper.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let sweeper = self
+            .inner
+            .sweeper
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
         if let Some(sweeper) = sweeper {
             let _ = sweeper.await;
         }
@@ -572,7 +660,10 @@ mod keys {
         let nul = ids.iter().position(|&b| b == 0)?;
         let brand = BrandId::parse(std::str::from_utf8(&ids[..nul]).ok()?).ok()?;
         let player = PlayerId::parse(std::str::from_utf8(&ids[nul + 1..]).ok()?).ok()?;
-        Some((PlayerKey::new(brand, player), u64::from_be_bytes(seq.try_into().ok()?)))
+        Some((
+            PlayerKey::new(brand, player),
+            u64::from_be_bytes(seq.try_into().ok()?),
+        ))
     }
 
     pub fn parse_queue(k: &[u8]) -> Option<(PlayerKey, u64)> {
@@ -596,13 +687,17 @@ mod tests {
 
     impl SledHarness {
         fn new() -> Self {
-            Self { dir: tempfile::tempdir().expect("a temp dir") }
+            Self {
+                dir: tempfile::tempdir().expect("a temp dir"),
+            }
         }
     }
 
     impl contract::Harness for SledHarness {
         async fn open(&self) -> Arc<dyn Store> {
-            let options = SledOptions { default_ttl: Duration::from_secs(3600) };
+            let options = SledOptions {
+                default_ttl: Duration::from_secs(3600),
+            };
             Arc::new(SledStore::open(self.dir.path(), options).expect("the store opens"))
         }
     }
@@ -612,35 +707,71 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_writers_share_one_flush() {
         let harness = SledHarness::new();
-        let options = SledOptions { default_ttl: Duration::from_secs(3600) };
+        let options = SledOptions {
+            default_ttl: Duration::from_secs(3600),
+        };
         let store = SledStore::open(harness.dir.path(), options).unwrap();
         let brand = BrandId::parse("b").unwrap();
-        store.put_brand(&brand, BrandSettings::default()).await.unwrap();
-        let before = store.inner.commit.counters().flushes.load(Ordering::Relaxed);
+        store
+            .put_brand(&brand, BrandSettings::default())
+            .await
+            .unwrap();
+        let before = store
+            .inner
+            .commit
+            .counters()
+            .flushes
+            .load(Ordering::Relaxed);
 
         let writers: Vec<_> = (0..200)
             .map(|i| {
                 let store = store.clone();
                 let key = PlayerKey::new(brand.clone(), PlayerId::parse(&format!("p{i}")).unwrap());
-                let pixel = NewPixel { id: None, trigger: None, ttl_seconds: None, body: crate::pixel::PixelBody::Js { code: "1".into() } };
+                let pixel = NewPixel {
+                    id: None,
+                    trigger: None,
+                    ttl_seconds: None,
+                    body: crate::pixel::PixelBody::Js { code: "1".into() },
+                };
                 tokio::spawn(async move { store.enqueue(&key, vec![pixel]).await.unwrap() })
             })
             .collect();
         for w in writers {
             w.await.unwrap();
         }
-        let flushes = store.inner.commit.counters().flushes.load(Ordering::Relaxed) - before;
-        assert!(flushes < 200, "200 concurrent writers needed {flushes} flushes: group commit is not grouping");
+        let flushes = store
+            .inner
+            .commit
+            .counters()
+            .flushes
+            .load(Ordering::Relaxed)
+            - before;
+        assert!(
+            flushes < 200,
+            "200 concurrent writers needed {flushes} flushes: group commit is not grouping"
+        );
     }
 
     #[test]
     fn keys_round_trip_even_when_the_sequence_holds_nul_bytes() {
-        let key = PlayerKey::new(BrandId::parse("b-1").unwrap(), PlayerId::parse("p:1@x").unwrap());
+        let key = PlayerKey::new(
+            BrandId::parse("b-1").unwrap(),
+            PlayerId::parse("p:1@x").unwrap(),
+        );
         for seq in [0, 1, 256, u64::MAX] {
-            assert_eq!(keys::parse_queue(&keys::queue(&key, seq)), Some((key.clone(), seq)));
-            assert_eq!(keys::parse_expiry(&keys::expiry(12345, &key, seq)), Some((key.clone(), seq)));
+            assert_eq!(
+                keys::parse_queue(&keys::queue(&key, seq)),
+                Some((key.clone(), seq))
+            );
+            assert_eq!(
+                keys::parse_expiry(&keys::expiry(12345, &key, seq)),
+                Some((key.clone(), seq))
+            );
         }
-        assert_eq!(keys::parse_brand(&keys::brand(&key.brand)), Some(key.brand.clone()));
+        assert_eq!(
+            keys::parse_brand(&keys::brand(&key.brand)),
+            Some(key.brand.clone())
+        );
     }
 
     #[test]

@@ -23,19 +23,54 @@ async fn the_admin_api_needs_the_admin_token() {
     let missing = app.http.get(&url).send().await.unwrap();
     assert_eq!(missing.headers()["www-authenticate"], "Bearer");
     assert_error(missing, StatusCode::UNAUTHORIZED, "unauthorized").await;
-    let wrong = app.http.get(&url).bearer_auth("test-admin-token-0123456788").send().await.unwrap();
+    let wrong = app
+        .http
+        .get(&url)
+        .bearer_auth("test-admin-token-0123456788")
+        .send()
+        .await
+        .unwrap();
     assert_error(wrong, StatusCode::UNAUTHORIZED, "unauthorized").await;
-    let basic = app.http.get(&url).header("authorization", format!("Basic {TOKEN}")).send().await.unwrap();
+    let basic = app
+        .http
+        .get(&url)
+        .header("authorization", format!("Basic {TOKEN}"))
+        .send()
+        .await
+        .unwrap();
     assert_error(basic, StatusCode::UNAUTHORIZED, "unauthorized").await;
 
-    assert_eq!(app.http.get(&url).bearer_auth(TOKEN).send().await.unwrap().status(), StatusCode::OK);
-    assert_eq!(app.http.get(app.url("/healthz")).send().await.unwrap().status(), StatusCode::OK, "healthz is public");
+    assert_eq!(
+        app.http
+            .get(&url)
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::OK
+    );
+    assert_eq!(
+        app.http
+            .get(app.url("/healthz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::OK,
+        "healthz is public"
+    );
 }
 
 #[tokio::test]
 async fn brands_are_created_updated_and_read() {
     let app = TestApp::spawn().await;
-    let created = app.put_brand("12345", json!({"name": "Casino X", "allowed_origins": ["https://Casino.example/"]})).await;
+    let created = app
+        .put_brand(
+            "12345",
+            json!({"name": "Casino X", "allowed_origins": ["https://Casino.example/"]}),
+        )
+        .await;
     assert_eq!(created.status(), StatusCode::CREATED);
     let updated = app.put_brand("12345", json!({"name": "Casino Y"})).await;
     assert_eq!(updated.status(), StatusCode::OK);
@@ -43,28 +78,89 @@ async fn brands_are_created_updated_and_read() {
     let brand = app.get_json("/api/v1/brands/12345").await;
     assert_eq!(brand["id"], "12345");
     assert_eq!(brand["name"], "Casino Y");
-    assert_eq!(brand["allowed_origins"], json!([]), "PUT replaces the settings");
+    assert_eq!(
+        brand["allowed_origins"],
+        json!([]),
+        "PUT replaces the settings"
+    );
 
-    let empty_body = app.http.put(app.url("/api/v1/brands/empty-body")).bearer_auth(TOKEN).send().await.unwrap();
-    assert_eq!(empty_body.status(), StatusCode::CREATED, "a PUT without a body means defaults");
+    let empty_body = app
+        .http
+        .put(app.url("/api/v1/brands/empty-body"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        empty_body.status(),
+        StatusCode::CREATED,
+        "a PUT without a body means defaults"
+    );
 
-    let origins = app.put_brand("o", json!({"allowed_origins": ["https://Casino.example:443/"]})).await;
+    let origins = app
+        .put_brand(
+            "o",
+            json!({"allowed_origins": ["https://Casino.example:443/"]}),
+        )
+        .await;
     let origins: Value = origins.json().await.unwrap();
-    assert_eq!(origins["allowed_origins"], json!(["https://casino.example"]));
+    assert_eq!(
+        origins["allowed_origins"],
+        json!(["https://casino.example"])
+    );
 }
 
 #[tokio::test]
 async fn bad_brand_requests_are_refused_with_their_reason() {
     let app = TestApp::spawn().await;
-    assert_error(app.put_brand("a b", json!({})).await, StatusCode::BAD_REQUEST, "invalid_id").await;
-    assert_error(app.put_brand(&"x".repeat(129), json!({})).await, StatusCode::BAD_REQUEST, "invalid_id").await;
-    let message = assert_error(app.put_brand("b", json!({"nmae": "typo"})).await, StatusCode::UNPROCESSABLE_ENTITY, "invalid_brand").await;
+    assert_error(
+        app.put_brand("a b", json!({})).await,
+        StatusCode::BAD_REQUEST,
+        "invalid_id",
+    )
+    .await;
+    assert_error(
+        app.put_brand(&"x".repeat(129), json!({})).await,
+        StatusCode::BAD_REQUEST,
+        "invalid_id",
+    )
+    .await;
+    let message = assert_error(
+        app.put_brand("b", json!({"nmae": "typo"})).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid_brand",
+    )
+    .await;
     assert!(message.contains("nmae"), "{message}");
-    assert_error(app.put_brand("b", json!({"allowed_origins": ["casino.example"]})).await, StatusCode::UNPROCESSABLE_ENTITY, "invalid_brand").await;
-    assert_error(app.put_brand("b", json!({"name": 5})).await, StatusCode::UNPROCESSABLE_ENTITY, "invalid_brand").await;
-    let not_json = app.http.put(app.url("/api/v1/brands/b")).bearer_auth(TOKEN).body("{oops").send().await.unwrap();
+    assert_error(
+        app.put_brand("b", json!({"allowed_origins": ["casino.example"]}))
+            .await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid_brand",
+    )
+    .await;
+    assert_error(
+        app.put_brand("b", json!({"name": 5})).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid_brand",
+    )
+    .await;
+    let not_json = app
+        .http
+        .put(app.url("/api/v1/brands/b"))
+        .bearer_auth(TOKEN)
+        .body("{oops")
+        .send()
+        .await
+        .unwrap();
     assert_error(not_json, StatusCode::BAD_REQUEST, "invalid_json").await;
-    let unknown = app.http.get(app.url("/api/v1/brands/nope")).bearer_auth(TOKEN).send().await.unwrap();
+    let unknown = app
+        .http
+        .get(app.url("/api/v1/brands/nope"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
     assert_error(unknown, StatusCode::NOT_FOUND, "brand_not_found").await;
 }
 
@@ -83,7 +179,11 @@ async fn enqueue_answers_202_with_ids_and_lists_the_queue_in_order() {
     let body: Value = response.json().await.unwrap();
     let answers = body["pixels"].as_array().unwrap();
     assert_eq!(answers.len(), 4);
-    assert!(answers.iter().all(|p| p["status"] == "queued" && p["id"].as_str().is_some_and(|id| !id.is_empty())));
+    assert!(
+        answers
+            .iter()
+            .all(|p| p["status"] == "queued" && p["id"].as_str().is_some_and(|id| !id.is_empty()))
+    );
 
     let listed = app.get_json("/api/v1/brands/b1/players/p1/pixels").await;
     let listed = listed["pixels"].as_array().unwrap();
@@ -91,23 +191,46 @@ async fn enqueue_answers_202_with_ids_and_lists_the_queue_in_order() {
     assert_eq!(kinds, ["image", "iframe", "js", "facebook"]);
     assert_eq!(listed[0]["trigger"], "ftd");
     assert_eq!(listed[0]["in_flight"], false);
-    assert_eq!(listed[3]["event_id"], answers[3]["id"], "a facebook event_id defaults to the pixel id");
-    assert!(listed[0]["expires_at_ms"].as_u64().unwrap() > listed[0]["queued_at_ms"].as_u64().unwrap());
+    assert_eq!(
+        listed[3]["event_id"], answers[3]["id"],
+        "a facebook event_id defaults to the pixel id"
+    );
+    assert!(
+        listed[0]["expires_at_ms"].as_u64().unwrap() > listed[0]["queued_at_ms"].as_u64().unwrap()
+    );
 
-    let one = app.enqueue("b1", "p1", json!({"kind": "image", "url": "https://aff.example/single"})).await;
-    assert_eq!(one.status(), StatusCode::ACCEPTED, "a single object is accepted too");
+    let one = app
+        .enqueue(
+            "b1",
+            "p1",
+            json!({"kind": "image", "url": "https://aff.example/single"}),
+        )
+        .await;
+    assert_eq!(
+        one.status(),
+        StatusCode::ACCEPTED,
+        "a single object is accepted too"
+    );
 }
 
 #[tokio::test]
 async fn a_repeated_id_returns_the_existing_pixel_never_a_second_one() {
     let app = TestApp::spawn().await;
     let pixel = json!({"kind": "image", "url": "https://aff.example/ftd", "id": "ftd-p1"});
-    let first: Value = app.enqueue("b1", "p1", pixel.clone()).await.json().await.unwrap();
+    let first: Value = app
+        .enqueue("b1", "p1", pixel.clone())
+        .await
+        .json()
+        .await
+        .unwrap();
     let second = app.enqueue("b1", "p1", pixel.clone()).await;
     assert_eq!(second.status(), StatusCode::ACCEPTED);
     let second: Value = second.json().await.unwrap();
     assert_eq!(first["pixels"][0]["id"], "ftd-p1");
-    assert_eq!(second["pixels"][0], json!({"id": "ftd-p1", "status": "queued", "duplicate": true}));
+    assert_eq!(
+        second["pixels"][0],
+        json!({"id": "ftd-p1", "status": "queued", "duplicate": true})
+    );
     assert_eq!(app.pending_ids("p1").await, ["ftd-p1"]);
 
     // The same id for another player is another pixel.
@@ -119,44 +242,113 @@ async fn a_repeated_id_returns_the_existing_pixel_never_a_second_one() {
 async fn every_bad_pixel_is_refused_and_a_batch_is_all_or_nothing() {
     let app = TestApp::spawn().await;
     let cases = [
-        (json!({"kind": "gif", "url": "https://a.example/"}), "unknown_kind"),
+        (
+            json!({"kind": "gif", "url": "https://a.example/"}),
+            "unknown_kind",
+        ),
         (json!({"url": "https://a.example/"}), "missing_field"),
         (json!({"kind": "image"}), "missing_field"),
-        (json!({"kind": "image", "url": "javascript:alert(1)"}), "invalid_url"),
-        (json!({"kind": "iframe", "url": "//relative.example/"}), "invalid_url"),
-        (json!({"kind": "image", "url": "https://a.example/", "extra": 1}), "unknown_field"),
-        (json!({"kind": "js", "code": "x".repeat(64 * 1024 + 1)}), "code_too_large"),
-        (json!({"kind": "facebook", "pixel_id": "abc", "event": "Purchase"}), "invalid_field"),
-        (json!({"kind": "image", "url": "https://a.example/", "ttl_seconds": 0}), "invalid_field"),
-        (json!({"kind": "image", "url": "https://a.example/", "id": "no spaces"}), "invalid_field"),
+        (
+            json!({"kind": "image", "url": "javascript:alert(1)"}),
+            "invalid_url",
+        ),
+        (
+            json!({"kind": "iframe", "url": "//relative.example/"}),
+            "invalid_url",
+        ),
+        (
+            json!({"kind": "image", "url": "https://a.example/", "extra": 1}),
+            "unknown_field",
+        ),
+        (
+            json!({"kind": "js", "code": "x".repeat(64 * 1024 + 1)}),
+            "code_too_large",
+        ),
+        (
+            json!({"kind": "facebook", "pixel_id": "abc", "event": "Purchase"}),
+            "invalid_field",
+        ),
+        (
+            json!({"kind": "image", "url": "https://a.example/", "ttl_seconds": 0}),
+            "invalid_field",
+        ),
+        (
+            json!({"kind": "image", "url": "https://a.example/", "id": "no spaces"}),
+            "invalid_field",
+        ),
         (json!([]), "empty_batch"),
         (json!(42), "invalid_pixel"),
     ];
     for (body, code) in cases {
-        assert_error(app.enqueue("b1", "p1", body).await, StatusCode::UNPROCESSABLE_ENTITY, code).await;
+        assert_error(
+            app.enqueue("b1", "p1", body).await,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            code,
+        )
+        .await;
     }
 
     let mixed = json!([{"kind": "image", "url": "https://a.example/ok"}, {"kind": "image", "url": "ftp://a.example/"}]);
-    let message = assert_error(app.enqueue("b1", "p1", mixed).await, StatusCode::UNPROCESSABLE_ENTITY, "invalid_url").await;
+    let message = assert_error(
+        app.enqueue("b1", "p1", mixed).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid_url",
+    )
+    .await;
     assert!(message.starts_with("pixels[1].url"), "{message}");
-    let too_many: Vec<Value> = (0..1001).map(|i| json!({"kind": "image", "url": format!("https://a.example/{i}")})).collect();
-    assert_error(app.enqueue("b1", "p1", Value::Array(too_many)).await, StatusCode::UNPROCESSABLE_ENTITY, "batch_too_large").await;
-    assert!(app.pending_ids("p1").await.is_empty(), "nothing of a refused batch was queued");
+    let too_many: Vec<Value> = (0..1001)
+        .map(|i| json!({"kind": "image", "url": format!("https://a.example/{i}")}))
+        .collect();
+    assert_error(
+        app.enqueue("b1", "p1", Value::Array(too_many)).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "batch_too_large",
+    )
+    .await;
+    assert!(
+        app.pending_ids("p1").await.is_empty(),
+        "nothing of a refused batch was queued"
+    );
 
-    let not_json = app.http.post(app.url("/api/v1/brands/b1/players/p1/pixels")).bearer_auth(TOKEN).body("[{").send().await.unwrap();
+    let not_json = app
+        .http
+        .post(app.url("/api/v1/brands/b1/players/p1/pixels"))
+        .bearer_auth(TOKEN)
+        .body("[{")
+        .send()
+        .await
+        .unwrap();
     assert_error(not_json, StatusCode::BAD_REQUEST, "invalid_json").await;
-    assert_error(app.enqueue("nope", "p1", json!({"kind": "js", "code": "1"})).await, StatusCode::NOT_FOUND, "brand_not_found").await;
-    assert_error(app.enqueue("b1", "p%201", json!({"kind": "js", "code": "1"})).await, StatusCode::BAD_REQUEST, "invalid_id").await;
+    assert_error(
+        app.enqueue("nope", "p1", json!({"kind": "js", "code": "1"}))
+            .await,
+        StatusCode::NOT_FOUND,
+        "brand_not_found",
+    )
+    .await;
+    assert_error(
+        app.enqueue("b1", "p%201", json!({"kind": "js", "code": "1"}))
+            .await,
+        StatusCode::BAD_REQUEST,
+        "invalid_id",
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn oversized_bodies_get_413() {
     let app = TestApp::spawn_with(|c| c.max_body_bytes = 4096).await;
     let big = json!({"kind": "js", "code": "x".repeat(5000)});
-    assert_error(app.enqueue("b1", "p1", big).await, StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large").await;
+    assert_error(
+        app.enqueue("b1", "p1", big).await,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "payload_too_large",
+    )
+    .await;
 
     // Without Content-Length (chunked), the limit holds while reading.
-    let chunks: Vec<Result<String, std::io::Error>> = vec![Ok("[".into()), Ok(" ".repeat(8000)), Ok("]".into())];
+    let chunks: Vec<Result<String, std::io::Error>> =
+        vec![Ok("[".into()), Ok(" ".repeat(8000)), Ok("]".into())];
     let streamed = app
         .http
         .post(app.url("/api/v1/brands/b1/players/p1/pixels"))
@@ -171,30 +363,66 @@ async fn oversized_bodies_get_413() {
 #[tokio::test]
 async fn pending_pixels_can_be_cancelled_once() {
     let app = TestApp::spawn().await;
-    let ids = app.queue("p1", json!([{"kind": "js", "code": "1"}, {"kind": "js", "code": "2", "id": "keep"}])).await;
-    let cancel = |id: &str| app.http.delete(app.url(&format!("/api/v1/brands/b1/players/p1/pixels/{id}"))).bearer_auth(TOKEN).send();
+    let ids = app
+        .queue(
+            "p1",
+            json!([{"kind": "js", "code": "1"}, {"kind": "js", "code": "2", "id": "keep"}]),
+        )
+        .await;
+    let cancel = |id: &str| {
+        app.http
+            .delete(app.url(&format!("/api/v1/brands/b1/players/p1/pixels/{id}")))
+            .bearer_auth(TOKEN)
+            .send()
+    };
 
     let first = cancel(&ids[0]).await.unwrap();
     assert_eq!(first.status(), StatusCode::OK);
-    assert_eq!(first.json::<Value>().await.unwrap(), json!({"id": ids[0], "status": "cancelled"}));
-    assert_eq!(cancel(&ids[0]).await.unwrap().status(), StatusCode::OK, "cancelling again is idempotent");
+    assert_eq!(
+        first.json::<Value>().await.unwrap(),
+        json!({"id": ids[0], "status": "cancelled"})
+    );
+    assert_eq!(
+        cancel(&ids[0]).await.unwrap().status(),
+        StatusCode::OK,
+        "cancelling again is idempotent"
+    );
     assert_eq!(app.pending_ids("p1").await, ["keep"]);
-    assert_error(cancel("unknown").await.unwrap(), StatusCode::NOT_FOUND, "pixel_not_found").await;
+    assert_error(
+        cancel("unknown").await.unwrap(),
+        StatusCode::NOT_FOUND,
+        "pixel_not_found",
+    )
+    .await;
 
     // Once sent to a browser it can no longer be recalled; once fired, it is final.
     let mut ws = app.session("p1").await;
     let sent = ws.delivered().await;
-    assert_error(cancel("keep").await.unwrap(), StatusCode::CONFLICT, "pixel_in_flight").await;
+    assert_error(
+        cancel("keep").await.unwrap(),
+        StatusCode::CONFLICT,
+        "pixel_in_flight",
+    )
+    .await;
     ws.ack(&sent).await;
     app.wait_until_drained("p1").await;
-    assert_error(cancel("keep").await.unwrap(), StatusCode::CONFLICT, "pixel_already_fired").await;
+    assert_error(
+        cancel("keep").await.unwrap(),
+        StatusCode::CONFLICT,
+        "pixel_already_fired",
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn stats_show_exact_depth_and_live_sessions_per_brand() {
     let app = TestApp::spawn().await;
     app.put_brand("b2", json!({})).await;
-    app.queue("p1", json!([{"kind": "js", "code": "1"}, {"kind": "js", "code": "2"}])).await;
+    app.queue(
+        "p1",
+        json!([{"kind": "js", "code": "1"}, {"kind": "js", "code": "2"}]),
+    )
+    .await;
     app.queue("p2", json!({"kind": "js", "code": "3"})).await;
     let _a = app.session("p1").await;
     let _b = app.session("p1").await;
@@ -203,28 +431,77 @@ async fn stats_show_exact_depth_and_live_sessions_per_brand() {
     let stats = app.get_json("/api/v1/stats").await;
     assert_eq!(stats["queue_depth"], 3);
     assert_eq!(stats["sessions"], 3);
-    assert_eq!(stats["brands"]["b1"], json!({"queue_depth": 3, "sessions": 3, "players_online": 2}));
-    assert_eq!(stats["brands"]["b2"], json!({"queue_depth": 0, "sessions": 0, "players_online": 0}));
+    assert_eq!(
+        stats["brands"]["b1"],
+        json!({"queue_depth": 3, "sessions": 3, "players_online": 2})
+    );
+    assert_eq!(
+        stats["brands"]["b2"],
+        json!({"queue_depth": 0, "sessions": 0, "players_online": 0})
+    );
 }
 
 #[tokio::test]
 async fn the_client_script_is_public_and_cacheable() {
     let app = TestApp::spawn().await;
-    let response = app.http.get(app.url("/aff-client-pixel.js")).send().await.unwrap();
+    let response = app
+        .http
+        .get(app.url("/aff-client-pixel.js"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status(), StatusCode::OK);
-    assert!(response.headers()["content-type"].to_str().unwrap().starts_with("application/javascript"));
-    assert!(response.headers()["cache-control"].to_str().unwrap().contains("public"));
+    assert!(
+        response.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("application/javascript")
+    );
+    assert!(
+        response.headers()["cache-control"]
+            .to_str()
+            .unwrap()
+            .contains("public")
+    );
     let etag = response.headers()["etag"].clone();
-    assert!(response.text().await.unwrap().contains("_sm_aff_client_pixel"));
+    assert!(
+        response
+            .text()
+            .await
+            .unwrap()
+            .contains("_sm_aff_client_pixel")
+    );
 
-    let again = app.http.get(app.url("/aff-client-pixel.js")).header("if-none-match", etag).send().await.unwrap();
+    let again = app
+        .http
+        .get(app.url("/aff-client-pixel.js"))
+        .header("if-none-match", etag)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(again.status(), StatusCode::NOT_MODIFIED);
 }
 
 #[tokio::test]
 async fn unknown_routes_and_methods_answer_json_errors() {
     let app = TestApp::spawn().await;
-    assert_error(app.http.get(app.url("/nope")).send().await.unwrap(), StatusCode::NOT_FOUND, "not_found").await;
-    let wrong_method = app.http.patch(app.url("/api/v1/brands/b1")).bearer_auth(TOKEN).send().await.unwrap();
-    assert_error(wrong_method, StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed").await;
+    assert_error(
+        app.http.get(app.url("/nope")).send().await.unwrap(),
+        StatusCode::NOT_FOUND,
+        "not_found",
+    )
+    .await;
+    let wrong_method = app
+        .http
+        .patch(app.url("/api/v1/brands/b1"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_error(
+        wrong_method,
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+    )
+    .await;
 }

@@ -19,7 +19,10 @@ const README: &str = include_str!("../../README.md");
 
 /// The brand snippet exactly as the README documents it.
 fn readme_snippet() -> &'static str {
-    let start = README.find("<!-- snippet:start -->").expect("the README marks its snippet") + "<!-- snippet:start -->".len();
+    let start = README
+        .find("<!-- snippet:start -->")
+        .expect("the README marks its snippet")
+        + "<!-- snippet:start -->".len();
     let end = README.find("<!-- snippet:end -->").unwrap();
     let block = &README[start..end];
     let html_start = block.find("<script>").unwrap();
@@ -83,7 +86,11 @@ async fn brand_page(State(site): State<SiteState>, Query(q): Query<PageQuery>) -
 async fn pixel_server(State(site): State<SiteState>, uri: Uri) -> Response {
     site.hits.lock().unwrap().push(uri.to_string());
     if uri.path().starts_with("/frame") {
-        ([("cache-control", "no-store")], Html("<!doctype html><title>frame pixel</title>")).into_response()
+        (
+            [("cache-control", "no-store")],
+            Html("<!doctype html><title>frame pixel</title>"),
+        )
+            .into_response()
     } else {
         ([("content-type", "image/gif"), ("cache-control", "no-store")], b"GIF89a\x01\x00\x01\x00\x80\x00\x00\x00\x00\x00\xff\xff\xff\x21\xf9\x04\x01\x00\x00\x00\x00\x2c\x00\x00\x00\x00\x01\x00\x01\x00\x00\x02\x02\x44\x01\x00\x3b".to_vec()).into_response()
     }
@@ -92,8 +99,14 @@ async fn pixel_server(State(site): State<SiteState>, uri: Uri) -> Response {
 impl Site {
     async fn start(hub: SocketAddr) -> Site {
         let hits = Arc::new(Mutex::new(Vec::new()));
-        let state = SiteState { hub, hits: Arc::clone(&hits) };
-        let router = axum::Router::new().route("/page", axum::routing::get(brand_page)).fallback(pixel_server).with_state(state);
+        let state = SiteState {
+            hub,
+            hits: Arc::clone(&hits),
+        };
+        let router = axum::Router::new()
+            .route("/page", axum::routing::get(brand_page))
+            .fallback(pixel_server)
+            .with_state(state);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(async move { axum::serve(listener, router).await });
@@ -109,13 +122,22 @@ impl Site {
     }
 
     fn count(&self, needle: &str) -> usize {
-        self.hits.lock().unwrap().iter().filter(|h| h.contains(needle)).count()
+        self.hits
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|h| h.contains(needle))
+            .count()
     }
 
     async fn wait_for_hit(&self, needle: &str) {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
         while self.count(needle) == 0 {
-            assert!(tokio::time::Instant::now() < deadline, "no hit for {needle}; hits: {:?}", self.hits.lock().unwrap());
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no hit for {needle}; hits: {:?}",
+                self.hits.lock().unwrap()
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -124,7 +146,12 @@ impl Site {
 /// A hub with the README's brand `12345`, a site, and a browser.
 async fn setup() -> (TestApp, Site, Browser) {
     let app = TestApp::spawn().await;
-    assert!(app.put_brand("12345", json!({"name": "Casino"})).await.status().is_success());
+    assert!(
+        app.put_brand("12345", json!({"name": "Casino"}))
+            .await
+            .status()
+            .is_success()
+    );
     let site = Site::start(app.addr).await;
     (app, site, Browser::launch().await)
 }
@@ -133,19 +160,16 @@ async fn queue(app: &TestApp, player: &str, body: Value) -> Vec<String> {
     let response = app.enqueue("12345", player, body).await;
     assert_eq!(response.status(), 202);
     let body: Value = response.json().await.unwrap();
-    body["pixels"].as_array().unwrap().iter().map(|p| p["id"].as_str().unwrap().to_owned()).collect()
+    body["pixels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["id"].as_str().unwrap().to_owned())
+        .collect()
 }
 
 async fn wait_drained(app: &TestApp, player: &str) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-    loop {
-        let listed = app.get_json(&format!("/api/v1/brands/12345/players/{player}/pixels")).await;
-        if listed["pixels"].as_array().unwrap().is_empty() {
-            return;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "never acked: {listed}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    app.wait_for_queue("12345", player, &[]).await;
 }
 
 /// A stand-in for Meta's fbevents.js: it takes over the queueing stub the way the real one does and
@@ -171,16 +195,29 @@ async fn every_pixel_kind_fires_in_the_browser_and_is_acked() {
 
     let tab = browser.tab().await;
     let stubbed = tab
-        .intercept(&["*://connect.facebook.net/*", "*://www.facebook.com/*"], |url| {
-            if url.contains("fbevents.js") { Stub::Fulfill("application/javascript", FAKE_FBEVENTS.into()) } else { Stub::Fail }
-        })
+        .intercept(
+            &["*://connect.facebook.net/*", "*://www.facebook.com/*"],
+            |url| {
+                if url.contains("fbevents.js") {
+                    Stub::Fulfill("application/javascript", FAKE_FBEVENTS.into())
+                } else {
+                    Stub::Fail
+                }
+            },
+        )
         .await;
     tab.goto(&site.page("p1")).await;
 
     site.wait_for_hit("/px/image?click=abc").await;
     site.wait_for_hit("/frame/ftd").await;
-    tab.wait_for("window.__jsPixel === 1", "the js pixel to run").await;
-    let calls = tab.wait_for("window.__fbCalls && window.__fbCalls.length === 3 && window.__fbCalls", "three fbq calls").await;
+    tab.wait_for("window.__jsPixel === 1", "the js pixel to run")
+        .await;
+    let calls = tab
+        .wait_for(
+            "window.__fbCalls && window.__fbCalls.length === 3 && window.__fbCalls",
+            "three fbq calls",
+        )
+        .await;
     assert_eq!(
         calls,
         json!([
@@ -190,9 +227,20 @@ async fn every_pixel_kind_fires_in_the_browser_and_is_acked() {
         ]),
         "init once per pixel id; track with the event id for deduplication"
     );
-    assert!(stubbed.lock().unwrap().iter().all(|u| u.contains("fbevents.js")), "no fallback image when fbq loads");
+    assert!(
+        stubbed
+            .lock()
+            .unwrap()
+            .iter()
+            .all(|u| u.contains("fbevents.js")),
+        "no fallback image when fbq loads"
+    );
     wait_drained(&app, "p1").await;
-    tab.wait_for("document.querySelectorAll('iframe').length === 0", "the iframe pixel to be removed after load").await;
+    tab.wait_for(
+        "document.querySelectorAll('iframe').length === 0",
+        "the iframe pixel to be removed after load",
+    )
+    .await;
     assert_eq!((site.count("/px/image"), site.count("/frame/ftd")), (1, 1));
 }
 
@@ -203,24 +251,45 @@ async fn facebook_falls_back_to_the_image_when_fbevents_cannot_load() {
 
     let tab = browser.tab().await;
     let stubbed = tab
-        .intercept(&["*://connect.facebook.net/*", "*://www.facebook.com/*"], |url| {
-            if url.contains("fbevents.js") { Stub::Fail } else { Stub::Fulfill("image/gif", String::new()) }
-        })
+        .intercept(
+            &["*://connect.facebook.net/*", "*://www.facebook.com/*"],
+            |url| {
+                if url.contains("fbevents.js") {
+                    Stub::Fail
+                } else {
+                    Stub::Fulfill("image/gif", String::new())
+                }
+            },
+        )
         .await;
     tab.goto(&site.page("p1")).await;
     wait_drained(&app, "p1").await;
 
     let urls = stubbed.lock().unwrap().clone();
-    let image = urls.iter().find(|u| u.contains("/tr?")).unwrap_or_else(|| panic!("no fallback image in {urls:?}"));
+    let image = urls
+        .iter()
+        .find(|u| u.contains("/tr?"))
+        .unwrap_or_else(|| panic!("no fallback image in {urls:?}"));
     let image = image.replace("%5B", "[").replace("%5D", "]");
-    assert!(image.starts_with("https://www.facebook.com/tr?id=777&ev=Purchase&noscript=1&eid=evt-1"), "{image}");
-    assert!(image.contains("&cd[value]=50") && image.contains("&cd[currency]=EUR"), "{image}");
+    assert!(
+        image.starts_with("https://www.facebook.com/tr?id=777&ev=Purchase&noscript=1&eid=evt-1"),
+        "{image}"
+    );
+    assert!(
+        image.contains("&cd[value]=50") && image.contains("&cd[currency]=EUR"),
+        "{image}"
+    );
 }
 
 #[tokio::test]
 async fn a_player_who_was_offline_fires_on_the_next_visit() {
     let (app, site, browser) = setup().await;
-    queue(&app, "later", json!({"kind": "image", "url": site.url("/px/offline")})).await;
+    queue(
+        &app,
+        "later",
+        json!({"kind": "image", "url": site.url("/px/offline")}),
+    )
+    .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(site.count("/px/offline"), 0);
 
@@ -235,11 +304,21 @@ async fn a_player_who_was_offline_fires_on_the_next_visit() {
 async fn the_readme_snippet_works_as_pasted() {
     let (app, site, browser) = setup().await;
     let tab = browser.tab().await;
-    tab.goto(&format!("{}&plain=true", site.page("pasted"))).await;
-    queue(&app, "pasted", json!({"kind": "image", "url": site.url("/px/pasted")})).await;
+    tab.goto(&format!("{}&plain=true", site.page("pasted")))
+        .await;
+    queue(
+        &app,
+        "pasted",
+        json!({"kind": "image", "url": site.url("/px/pasted")}),
+    )
+    .await;
     site.wait_for_hit("/px/pasted").await;
     wait_drained(&app, "pasted").await;
-    assert_eq!(tab.eval("typeof window._sm_aff_client_pixel.stop").await, "function", "the library replaced the stub");
+    assert_eq!(
+        tab.eval("typeof window._sm_aff_client_pixel.stop").await,
+        "function",
+        "the library replaced the stub"
+    );
 }
 
 /// Which of the tabs holds the connection (got a welcome).
@@ -247,7 +326,11 @@ async fn holder(tabs: &[crate::cdp::Tab]) -> usize {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
     loop {
         for (i, tab) in tabs.iter().enumerate() {
-            if tab.eval("window.__events.some(function (e) { return e[0] === 'welcome'; })").await == json!(true) {
+            if tab
+                .eval("window.__events.some(function (e) { return e[0] === 'welcome'; })")
+                .await
+                == json!(true)
+            {
                 return i;
             }
         }
@@ -267,38 +350,78 @@ async fn three_tabs_of_one_player_fire_each_pixel_once_and_hand_over() {
     }
     let first = holder(&tabs).await;
     for (i, tab) in tabs.iter().enumerate().filter(|(i, _)| *i != first) {
-        tab.wait_for("window.__events.some(function (e) { return e[0] === 'waiting'; })", &format!("tab {i} to stand by")).await;
+        tab.wait_for(
+            "window.__events.some(function (e) { return e[0] === 'waiting'; })",
+            &format!("tab {i} to stand by"),
+        )
+        .await;
     }
-    assert_eq!(app.get_json("/api/v1/stats").await["brands"]["12345"]["sessions"], 1, "one connection for three tabs");
+    assert_eq!(
+        app.get_json("/api/v1/stats").await["brands"]["12345"]["sessions"],
+        1,
+        "one connection for three tabs"
+    );
 
-    queue(&app, "tabs", json!({"kind": "image", "url": site.url("/px/tabs-1")})).await;
+    queue(
+        &app,
+        "tabs",
+        json!({"kind": "image", "url": site.url("/px/tabs-1")}),
+    )
+    .await;
     site.wait_for_hit("/px/tabs-1").await;
     wait_drained(&app, "tabs").await;
 
     // The holder closes; a waiting tab takes over the connection and fires the next pixel.
     tabs.remove(first).close().await;
     holder(&tabs).await;
-    queue(&app, "tabs", json!({"kind": "image", "url": site.url("/px/tabs-2")})).await;
+    queue(
+        &app,
+        "tabs",
+        json!({"kind": "image", "url": site.url("/px/tabs-2")}),
+    )
+    .await;
     site.wait_for_hit("/px/tabs-2").await;
     wait_drained(&app, "tabs").await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!((site.count("/px/tabs-1"), site.count("/px/tabs-2")), (1, 1), "each pixel fired once over all tabs");
+    assert_eq!(
+        (site.count("/px/tabs-1"), site.count("/px/tabs-2")),
+        (1, 1),
+        "each pixel fired once over all tabs"
+    );
 }
 
 #[tokio::test]
 async fn a_reload_never_refires_even_when_the_ack_was_lost() {
     let (app, site, browser) = setup().await;
-    let ids = queue(&app, "reload", json!({"kind": "image", "url": site.url("/px/reload")})).await;
+    let ids = queue(
+        &app,
+        "reload",
+        json!({"kind": "image", "url": site.url("/px/reload")}),
+    )
+    .await;
     let tab = browser.tab().await;
-    tab.goto(&format!("{}&drop_acks=true", site.page("reload"))).await;
+    tab.goto(&format!("{}&drop_acks=true", site.page("reload")))
+        .await;
     site.wait_for_hit("/px/reload").await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let listed = app.get_json("/api/v1/brands/12345/players/reload/pixels").await;
-    assert_eq!(listed["pixels"][0]["in_flight"], true, "the ack was lost, so the hub still holds the pixel");
+    let listed = app
+        .get_json("/api/v1/brands/12345/players/reload/pixels")
+        .await;
+    assert_eq!(
+        listed["pixels"][0]["in_flight"], true,
+        "the ack was lost, so the hub still holds the pixel"
+    );
 
     // The reload closes the connection; the hub sends the pixel again; the page acks it without firing.
     tab.goto(&site.page("reload")).await;
-    tab.wait_for(&format!("window.__events.some(function (e) {{ return e[0] === 'skip' && e[1] === '{}'; }})", ids[0]), "the redelivered pixel to be skipped").await;
+    tab.wait_for(
+        &format!(
+            "window.__events.some(function (e) {{ return e[0] === 'skip' && e[1] === '{}'; }})",
+            ids[0]
+        ),
+        "the redelivered pixel to be skipped",
+    )
+    .await;
     wait_drained(&app, "reload").await;
     assert_eq!(site.count("/px/reload"), 1, "fired once");
 }
@@ -307,25 +430,56 @@ async fn a_reload_never_refires_even_when_the_ack_was_lost() {
 async fn a_hub_restart_loses_nothing_and_fires_nothing_twice() {
     let (app, site, browser) = setup().await;
     let tab = browser.tab().await;
-    tab.goto(&format!("{}&drop_acks=true", site.page("restart"))).await;
+    tab.goto(&format!("{}&drop_acks=true", site.page("restart")))
+        .await;
     holder(std::slice::from_ref(&tab)).await;
-    queue(&app, "restart", json!({"kind": "image", "url": site.url("/px/before-restart")})).await;
+    queue(
+        &app,
+        "restart",
+        json!({"kind": "image", "url": site.url("/px/before-restart")}),
+    )
+    .await;
     site.wait_for_hit("/px/before-restart").await;
     tab.eval("window.__dropAcks = false").await;
 
     // The hub restarts with the pixel un-acked; the browser reconnects by itself (with backoff).
     let app = app.restart().await;
-    tab.wait_for("window.__events.filter(function (e) { return e[0] === 'welcome'; }).length >= 2", "the reconnect").await;
+    tab.wait_for(
+        "window.__events.filter(function (e) { return e[0] === 'welcome'; }).length >= 2",
+        "the reconnect",
+    )
+    .await;
     wait_drained(&app, "restart").await;
-    queue(&app, "restart", json!({"kind": "image", "url": site.url("/px/after-restart")})).await;
+    queue(
+        &app,
+        "restart",
+        json!({"kind": "image", "url": site.url("/px/after-restart")}),
+    )
+    .await;
     site.wait_for_hit("/px/after-restart").await;
     wait_drained(&app, "restart").await;
-    assert_eq!((site.count("/px/before-restart"), site.count("/px/after-restart")), (1, 1));
+    assert_eq!(
+        (
+            site.count("/px/before-restart"),
+            site.count("/px/after-restart")
+        ),
+        (1, 1)
+    );
     // A browser may answer a repeated image URL from its memory cache, so count fires in the client too.
-    let fires = tab.eval("window.__events.filter(function (e) { return e[0] === 'fire'; }).length").await;
-    let skips = tab.eval("window.__events.filter(function (e) { return e[0] === 'skip'; }).length").await;
-    assert_eq!((fires, skips), (json!(2), json!(1)), "the redelivered pixel was acked, not fired again");
+    let fires = tab
+        .eval("window.__events.filter(function (e) { return e[0] === 'fire'; }).length")
+        .await;
+    let skips = tab
+        .eval("window.__events.filter(function (e) { return e[0] === 'skip'; }).length")
+        .await;
+    assert_eq!(
+        (fires, skips),
+        (json!(2), json!(1)),
+        "the redelivered pixel was acked, not fired again"
+    );
     // Retries while the hub was down may add 1006 closes; the first close is the hub's documented 4000.
-    let first_close = tab.eval("window.__events.filter(function (e) { return e[0] === 'close'; })[0][1]").await;
+    let first_close = tab
+        .eval("window.__events.filter(function (e) { return e[0] === 'close'; })[0][1]")
+        .await;
     assert_eq!(first_close, 4000, "the hub told the page to reconnect");
 }

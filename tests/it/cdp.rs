@@ -40,8 +40,13 @@ impl Cdp {
         if let Some(session) = session {
             message["sessionId"] = json!(session);
         }
-        self.out.send(message.to_string()).expect("the browser connection is open");
-        let reply = tokio::time::timeout(Duration::from_secs(20), rx).await.unwrap_or_else(|_| panic!("{method} timed out")).unwrap();
+        self.out
+            .send(message.to_string())
+            .expect("the browser connection is open");
+        let reply = tokio::time::timeout(Duration::from_secs(20), rx)
+            .await
+            .unwrap_or_else(|_| panic!("{method} timed out"))
+            .unwrap();
         if let Some(error) = reply.get("error") {
             panic!("{method} failed: {error}");
         }
@@ -88,8 +93,12 @@ impl Browser {
                 }
             }
         });
-        let url = url.recv_timeout(Duration::from_secs(30)).expect("Chromium announces its DevTools endpoint");
-        let (socket, _) = tokio_tungstenite::connect_async(url.as_str()).await.expect("DevTools connects");
+        let url = url
+            .recv_timeout(Duration::from_secs(30))
+            .expect("Chromium announces its DevTools endpoint");
+        let (socket, _) = tokio_tungstenite::connect_async(url.as_str())
+            .await
+            .expect("DevTools connects");
         let (mut sink, mut stream) = socket.split();
 
         let (out, mut outgoing) = mpsc::unbounded_channel::<String>();
@@ -118,16 +127,39 @@ impl Browser {
                 }
             }
         });
-        Browser { child, cdp: Cdp { out, replies, events, next_id: Arc::new(AtomicU64::new(1)) }, _profile: profile }
+        Browser {
+            child,
+            cdp: Cdp {
+                out,
+                replies,
+                events,
+                next_id: Arc::new(AtomicU64::new(1)),
+            },
+            _profile: profile,
+        }
     }
 
     /// A new tab (same profile: tabs share localStorage and Web Locks, as in a real browser).
     pub async fn tab(&self) -> Tab {
-        let target = self.cdp.call(None, "Target.createTarget", json!({"url": "about:blank"})).await;
+        let target = self
+            .cdp
+            .call(None, "Target.createTarget", json!({"url": "about:blank"}))
+            .await;
         let target = target["targetId"].as_str().unwrap().to_owned();
-        let attached = self.cdp.call(None, "Target.attachToTarget", json!({"targetId": target, "flatten": true})).await;
+        let attached = self
+            .cdp
+            .call(
+                None,
+                "Target.attachToTarget",
+                json!({"targetId": target, "flatten": true}),
+            )
+            .await;
         let session = attached["sessionId"].as_str().unwrap().to_owned();
-        let tab = Tab { cdp: self.cdp.clone(), session, target };
+        let tab = Tab {
+            cdp: self.cdp.clone(),
+            session,
+            target,
+        };
         tab.call("Page.enable", json!({})).await;
         tab.call("Runtime.enable", json!({})).await;
         tab
@@ -184,7 +216,10 @@ impl Tab {
     /// Evaluates an expression (awaiting promises) and returns its JSON value.
     pub async fn eval(&self, expression: &str) -> Value {
         let result = self
-            .call("Runtime.evaluate", json!({"expression": expression, "returnByValue": true, "awaitPromise": true}))
+            .call(
+                "Runtime.evaluate",
+                json!({"expression": expression, "returnByValue": true, "awaitPromise": true}),
+            )
             .await;
         if let Some(exception) = result.get("exceptionDetails") {
             panic!("{expression} threw: {exception}");
@@ -197,26 +232,42 @@ impl Tab {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
         loop {
             let value = self.eval(expression).await;
-            if !(value.is_null() || value == json!(false) || value == json!(0) || value == json!("")) {
+            if !(value.is_null()
+                || value == json!(false)
+                || value == json!(0)
+                || value == json!(""))
+            {
                 return value;
             }
-            assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "timed out waiting for {what}"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 
     /// Answers requests whose URL matches one of `patterns` (CDP wildcards) with `stub(url)`; returns the
     /// list of intercepted URLs, which fills as requests arrive.
-    pub async fn intercept(&self, patterns: &[&str], stub: impl Fn(&str) -> Stub + Send + 'static) -> Arc<Mutex<Vec<String>>> {
+    pub async fn intercept(
+        &self,
+        patterns: &[&str],
+        stub: impl Fn(&str) -> Stub + Send + 'static,
+    ) -> Arc<Mutex<Vec<String>>> {
         let seen = Arc::new(Mutex::new(Vec::new()));
         let mut events = self.cdp.events.subscribe();
         let (cdp, session, record) = (self.cdp.clone(), self.session.clone(), Arc::clone(&seen));
         tokio::spawn(async move {
             while let Ok(event) = events.recv().await {
-                if event["method"] != "Fetch.requestPaused" || event["sessionId"] != session.as_str() {
+                if event["method"] != "Fetch.requestPaused"
+                    || event["sessionId"] != session.as_str()
+                {
                     continue;
                 }
-                let url = event["params"]["request"]["url"].as_str().unwrap().to_owned();
+                let url = event["params"]["request"]["url"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned();
                 let request_id = event["params"]["requestId"].clone();
                 record.lock().unwrap().push(url.clone());
                 let (method, params) = match stub(&url) {
@@ -229,7 +280,10 @@ impl Tab {
                             "body": base64::engine::general_purpose::STANDARD.encode(body),
                         }),
                     ),
-                    Stub::Fail => ("Fetch.failRequest", json!({"requestId": request_id, "errorReason": "NameNotResolved"})),
+                    Stub::Fail => (
+                        "Fetch.failRequest",
+                        json!({"requestId": request_id, "errorReason": "NameNotResolved"}),
+                    ),
                 };
                 let cdp = cdp.clone();
                 let session = session.clone();
@@ -237,12 +291,15 @@ impl Tab {
             }
         });
         let patterns: Vec<Value> = patterns.iter().map(|p| json!({"urlPattern": p})).collect();
-        self.call("Fetch.enable", json!({"patterns": patterns})).await;
+        self.call("Fetch.enable", json!({"patterns": patterns}))
+            .await;
         seen
     }
 
     /// Closes the tab, as a player closing it would.
     pub async fn close(self) {
-        self.cdp.call(None, "Target.closeTarget", json!({"targetId": self.target})).await;
+        self.cdp
+            .call(None, "Target.closeTarget", json!({"targetId": self.target}))
+            .await;
     }
 }

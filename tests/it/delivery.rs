@@ -7,7 +7,11 @@ use serde_json::{Value, json};
 use crate::helpers::TestApp;
 
 fn images(n: usize) -> Value {
-    Value::Array((0..n).map(|i| json!({"kind": "image", "url": format!("https://aff.example/{i}")})).collect())
+    Value::Array(
+        (0..n)
+            .map(|i| json!({"kind": "image", "url": format!("https://aff.example/{i}")}))
+            .collect(),
+    )
 }
 
 #[tokio::test]
@@ -29,7 +33,11 @@ async fn an_online_player_receives_a_new_pixel_at_once() {
     let ids = app.queue("p1", json!({"kind": "js", "code": "1"})).await;
     assert_eq!(ws.delivered().await, ids);
     // Not a speed target (see the benchmark tool), only a guard against a missing wake-up (a poll would take seconds).
-    assert!(started.elapsed() < Duration::from_secs(2), "took {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "took {:?}",
+        started.elapsed()
+    );
 }
 
 #[tokio::test]
@@ -40,15 +48,16 @@ async fn an_ack_deletes_and_only_an_ack_deletes() {
     assert_eq!(ws.delivered().await, ids);
 
     let pending = app.get_json("/api/v1/brands/b1/players/p1/pixels").await;
-    assert!(pending["pixels"].as_array().unwrap().iter().all(|p| p["in_flight"] == true), "sent, not deleted");
+    assert!(
+        pending["pixels"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|p| p["in_flight"] == true),
+        "sent, not deleted"
+    );
     ws.ack(&ids[..1]).await;
-    tokio::time::timeout(Duration::from_secs(5), async {
-        while app.pending_ids("p1").await != ids[1..] {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await
-    .expect("the acked pixel disappears");
+    app.wait_for_queue("b1", "p1", &ids[1..]).await;
     ws.ack(&ids[1..]).await;
     app.wait_until_drained("p1").await;
     assert_eq!(app.get_json("/api/v1/stats").await["queue_depth"], 0);
@@ -83,7 +92,11 @@ async fn a_waiting_connection_takes_over_when_the_holder_drops() {
     };
     standby.expect_nothing(Duration::from_millis(300)).await;
     holder.vanish();
-    assert_eq!(standby.delivered().await, ids, "redelivered to the other connection");
+    assert_eq!(
+        standby.delivered().await,
+        ids,
+        "redelivered to the other connection"
+    );
 }
 
 #[tokio::test]
@@ -138,22 +151,36 @@ async fn a_repeated_id_is_delivered_once_even_after_it_fired() {
     app.wait_until_drained("p1").await;
 
     let again: Value = app.enqueue("b1", "p1", pixel).await.json().await.unwrap();
-    assert_eq!(again["pixels"][0], json!({"id": "ftd-1", "status": "fired", "duplicate": true}));
+    assert_eq!(
+        again["pixels"][0],
+        json!({"id": "ftd-1", "status": "fired", "duplicate": true})
+    );
     ws.expect_nothing(Duration::from_millis(300)).await;
 }
 
 #[tokio::test]
 async fn an_expired_pixel_is_dropped_counted_and_never_sent() {
     let app = TestApp::spawn().await;
-    app.queue("p1", json!([{"kind": "js", "code": "1", "ttl_seconds": 1}])).await;
+    app.queue("p1", json!([{"kind": "js", "code": "1", "ttl_seconds": 1}]))
+        .await;
     let keep = app.queue("p1", json!({"kind": "js", "code": "2"})).await;
     tokio::time::sleep(Duration::from_millis(1100)).await;
 
-    assert_eq!(app.pending_ids("p1").await, keep, "expired pixels are not listed");
+    assert_eq!(
+        app.pending_ids("p1").await,
+        keep,
+        "expired pixels are not listed"
+    );
     let mut ws = app.session("p1").await;
     assert_eq!(ws.delivered().await, keep);
     let stats = app.get_json("/api/v1/stats").await;
-    assert_eq!((stats["queue_depth"].as_u64(), stats["expired_total"].as_u64()), (Some(1), Some(1)));
+    assert_eq!(
+        (
+            stats["queue_depth"].as_u64(),
+            stats["expired_total"].as_u64()
+        ),
+        (Some(1), Some(1))
+    );
 }
 
 #[tokio::test]
@@ -163,13 +190,21 @@ async fn a_restart_keeps_the_queue_and_redelivers_what_was_not_acked() {
     let mut ws = app.session("p1").await;
     assert_eq!(ws.delivered().await, ids);
     ws.ack(&ids[..1]).await;
-    app.wait_until_pending("p1", &ids[1..]).await;
+    app.wait_for_queue("b1", "p1", &ids[1..]).await;
 
     let app = app.restart().await;
-    assert_eq!(ws.closed().await, (4000, "shutdown".into()), "sessions are told to reconnect");
+    assert_eq!(
+        ws.closed().await,
+        (4000, "shutdown".into()),
+        "sessions are told to reconnect"
+    );
     assert_eq!(app.pending_ids("p1").await, ids[1..]);
     let mut ws = app.session("p1").await;
-    assert_eq!(ws.delivered().await, ids[1..], "unacked pixels come again; the acked one never does");
+    assert_eq!(
+        ws.delivered().await,
+        ids[1..],
+        "unacked pixels come again; the acked one never does"
+    );
 }
 
 #[tokio::test]
@@ -187,16 +222,4 @@ async fn heartbeats_keep_live_sessions_and_close_silent_ones() {
     assert_eq!(silent.closed().await, (4001, "heartbeat_timeout".into()));
     let ids = app.queue("p1", json!({"kind": "js", "code": "1"})).await;
     assert_eq!(live.delivered().await, ids);
-}
-
-impl TestApp {
-    async fn wait_until_pending(&self, player: &str, expected: &[String]) {
-        tokio::time::timeout(Duration::from_secs(5), async {
-            while self.pending_ids(player).await != expected {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        })
-        .await
-        .expect("the queue reaches the expected state");
-    }
 }

@@ -26,7 +26,10 @@ static TRACING: Once = Once::new();
 fn init_tracing() {
     TRACING.call_once(|| {
         if std::env::var_os("TEST_LOG").is_some() {
-            tracing_subscriber::fmt().with_env_filter("debug").with_test_writer().init();
+            tracing_subscriber::fmt()
+                .with_env_filter("debug")
+                .with_test_writer()
+                .init();
         }
     });
 }
@@ -55,20 +58,35 @@ impl TestApp {
         config.demo = false;
         adjust(&mut config);
         let app = Self::start(config, dir).await;
-        assert_eq!(app.put_brand("b1", json!({})).await.status(), StatusCode::CREATED);
+        assert_eq!(
+            app.put_brand("b1", json!({})).await.status(),
+            StatusCode::CREATED
+        );
         app
     }
 
     async fn start(config: Config, dir: Arc<TempDir>) -> Self {
         init_tracing();
-        let application = Application::build(config.clone()).await.expect("the hub starts");
+        let application = Application::build(config.clone())
+            .await
+            .expect("the hub starts");
         let addr = application.local_addr();
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(application.run_until(async {
             let _ = stopped.await;
         }));
-        let http = reqwest::Client::builder().timeout(PATIENCE * 2).build().unwrap();
-        Self { addr, http, config, dir, stop: Some(stop), task: Some(task) }
+        let http = reqwest::Client::builder()
+            .timeout(PATIENCE * 2)
+            .build()
+            .unwrap();
+        Self {
+            addr,
+            http,
+            config,
+            dir,
+            stop: Some(stop),
+            task: Some(task),
+        }
     }
 
     /// Stops the hub the way SIGTERM does and waits until its store is closed.
@@ -77,7 +95,9 @@ impl TestApp {
             let _ = stop.send(());
         }
         if let Some(task) = self.task.take() {
-            task.await.expect("the server task does not panic").expect("the server stops cleanly");
+            task.await
+                .expect("the server task does not panic")
+                .expect("the server stops cleanly");
         }
     }
 
@@ -98,7 +118,13 @@ impl TestApp {
     }
 
     pub async fn put_brand(&self, brand: &str, body: Value) -> reqwest::Response {
-        self.http.put(self.url(&format!("/api/v1/brands/{brand}"))).bearer_auth(TOKEN).json(&body).send().await.unwrap()
+        self.http
+            .put(self.url(&format!("/api/v1/brands/{brand}")))
+            .bearer_auth(TOKEN)
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
     }
 
     pub async fn enqueue(&self, brand: &str, player: &str, body: Value) -> reqwest::Response {
@@ -116,44 +142,77 @@ impl TestApp {
         let response = self.enqueue("b1", player, body).await;
         assert_eq!(response.status(), StatusCode::ACCEPTED);
         let body: Value = response.json().await.unwrap();
-        body["pixels"].as_array().unwrap().iter().map(|p| p["id"].as_str().unwrap().to_owned()).collect()
+        body["pixels"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["id"].as_str().unwrap().to_owned())
+            .collect()
     }
 
     /// The ids pending for a `b1` player, in queue order.
     pub async fn pending_ids(&self, player: &str) -> Vec<String> {
-        let body = self.get_json(&format!("/api/v1/brands/b1/players/{player}/pixels")).await;
-        body["pixels"].as_array().unwrap().iter().map(|p| p["id"].as_str().unwrap().to_owned()).collect()
+        self.pending_ids_of("b1", player).await
+    }
+
+    pub async fn pending_ids_of(&self, brand: &str, player: &str) -> Vec<String> {
+        let body = self
+            .get_json(&format!("/api/v1/brands/{brand}/players/{player}/pixels"))
+            .await;
+        body["pixels"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["id"].as_str().unwrap().to_owned())
+            .collect()
     }
 
     pub async fn get_json(&self, path: &str) -> Value {
-        let response = self.http.get(self.url(path)).bearer_auth(TOKEN).send().await.unwrap();
+        let response = self
+            .http
+            .get(self.url(path))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .unwrap();
         assert_eq!(response.status(), StatusCode::OK, "GET {path}");
         response.json().await.unwrap()
     }
 
-    /// Polls until the player's queue is empty (the browser acked everything).
-    pub async fn wait_until_drained(&self, player: &str) {
-        let deadline = tokio::time::Instant::now() + PATIENCE * 2;
+    /// Polls until the player's pending ids are exactly `expected` (acks are processed asynchronously).
+    pub async fn wait_for_queue(&self, brand: &str, player: &str, expected: &[String]) {
+        let deadline = tokio::time::Instant::now() + PATIENCE * 3;
         loop {
-            let pending = self.pending_ids(player).await;
-            if pending.is_empty() {
+            let pending = self.pending_ids_of(brand, player).await;
+            if pending == expected {
                 return;
             }
-            assert!(tokio::time::Instant::now() < deadline, "still pending for {player}: {pending:?}");
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{brand}/{player} has {pending:?}, expected {expected:?}"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 
+    /// Polls until a `b1` player's queue is empty (the browser acked everything).
+    pub async fn wait_until_drained(&self, player: &str) {
+        self.wait_for_queue("b1", player, &[]).await;
+    }
+
     /// A raw WebSocket to the hub, before any hello.
     pub async fn connect(&self) -> WsClient {
-        let (ws, _) = tokio_tungstenite::connect_async(self.ws_url()).await.expect("the upgrade succeeds");
+        let (ws, _) = tokio_tungstenite::connect_async(self.ws_url())
+            .await
+            .expect("the upgrade succeeds");
         WsClient { ws }
     }
 
     /// A session of a `b1` player, past the welcome.
     pub async fn session(&self, player: &str) -> WsClient {
         let mut ws = self.connect().await;
-        ws.send(json!({"type": "hello", "v": 1, "brand_id": "b1", "player_id": player})).await;
+        ws.send(json!({"type": "hello", "v": 1, "brand_id": "b1", "player_id": player}))
+            .await;
         let welcome = ws.recv().await;
         assert_eq!(welcome["type"], "welcome", "{welcome}");
         ws
@@ -179,14 +238,22 @@ impl WsClient {
     }
 
     pub async fn send_text(&mut self, text: &str) {
-        self.ws.send(Message::text(text)).await.expect("the frame is sent");
+        self.ws
+            .send(Message::text(text))
+            .await
+            .expect("the frame is sent");
     }
 
     /// The next JSON message, skipping pings (answered); fails after [`PATIENCE`].
     pub async fn recv(&mut self) -> Value {
         loop {
-            let frame = tokio::time::timeout(PATIENCE, self.ws.next()).await.expect("a message in time");
-            match frame.expect("the connection is open").expect("a valid frame") {
+            let frame = tokio::time::timeout(PATIENCE, self.ws.next())
+                .await
+                .expect("a message in time");
+            match frame
+                .expect("the connection is open")
+                .expect("a valid frame")
+            {
                 Message::Text(text) => {
                     let value: Value = serde_json::from_str(&text).unwrap();
                     if value["type"] == "ping" {
@@ -205,7 +272,12 @@ impl WsClient {
     pub async fn delivered(&mut self) -> Vec<String> {
         let message = self.recv().await;
         assert_eq!(message["type"], "deliver", "{message}");
-        message["pixels"].as_array().unwrap().iter().map(|p| p["id"].as_str().unwrap().to_owned()).collect()
+        message["pixels"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["id"].as_str().unwrap().to_owned())
+            .collect()
     }
 
     pub async fn ack(&mut self, ids: &[String]) {
@@ -222,9 +294,13 @@ impl WsClient {
     /// Waits for the server's close frame and returns its code and reason.
     pub async fn closed(&mut self) -> (u16, String) {
         loop {
-            let frame = tokio::time::timeout(PATIENCE, self.ws.next()).await.expect("a close in time");
+            let frame = tokio::time::timeout(PATIENCE, self.ws.next())
+                .await
+                .expect("a close in time");
             match frame {
-                Some(Ok(Message::Close(Some(CloseFrame { code, reason })))) => return (code.into(), reason.to_string()),
+                Some(Ok(Message::Close(Some(CloseFrame { code, reason })))) => {
+                    return (code.into(), reason.to_string());
+                }
                 Some(Ok(Message::Close(None))) | None => panic!("closed without a close frame"),
                 Some(Err(e)) => panic!("connection failed instead of closing: {e}"),
                 Some(Ok(_)) => continue,

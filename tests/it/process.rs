@@ -33,7 +33,10 @@ impl HubProcess {
         }
         let mut child = command.spawn().expect("the binary starts");
         let (tx, log) = mpsc::channel();
-        for stream in [Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>, Box::new(child.stderr.take().unwrap())] {
+        for stream in [
+            Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
+            Box::new(child.stderr.take().unwrap()),
+        ] {
             let tx = tx.clone();
             std::thread::spawn(move || {
                 for line in BufReader::new(stream).lines().map_while(Result::ok) {
@@ -41,16 +44,28 @@ impl HubProcess {
                 }
             });
         }
-        let mut hub = HubProcess { child, base: String::new(), log, seen: Vec::new() };
+        let mut hub = HubProcess {
+            child,
+            base: String::new(),
+            log,
+            seen: Vec::new(),
+        };
         let line = hub.wait_for_line("listening");
-        let addr = line.split("addr=").nth(1).and_then(|s| s.split_whitespace().next()).expect("the address is logged");
+        let addr = line
+            .split("addr=")
+            .nth(1)
+            .and_then(|s| s.split_whitespace().next())
+            .expect("the address is logged");
         hub.base = format!("http://{addr}");
         hub
     }
 
     fn wait_for_line(&mut self, needle: &str) -> String {
         loop {
-            let line = self.log.recv_timeout(Duration::from_secs(20)).unwrap_or_else(|_| panic!("no log line with {needle:?}; saw {:?}", self.seen));
+            let line = self
+                .log
+                .recv_timeout(Duration::from_secs(20))
+                .unwrap_or_else(|_| panic!("no log line with {needle:?}; saw {:?}", self.seen));
             self.seen.push(line.clone());
             if line.contains(needle) {
                 return line;
@@ -76,23 +91,46 @@ async fn without_a_configured_token_one_is_generated_kept_private_and_never_logg
     let dir = tempfile::tempdir().unwrap();
     let mut hub = HubProcess::start(dir.path(), None, true);
     let token_file = dir.path().join("admin-token");
-    let token = std::fs::read_to_string(&token_file).unwrap().trim().to_owned();
+    let token = std::fs::read_to_string(&token_file)
+        .unwrap()
+        .trim()
+        .to_owned();
     assert!(token.len() >= 32);
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        assert_eq!(std::fs::metadata(&token_file).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            std::fs::metadata(&token_file).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
     }
     hub.wait_for_line("demo brand site");
-    assert!(hub.seen.iter().any(|l| l.contains("admin-token")), "the log says where the token is: {:?}", hub.seen);
-    assert!(hub.seen.iter().all(|l| !l.contains(&token)), "the token itself is never logged");
+    assert!(
+        hub.seen.iter().any(|l| l.contains("admin-token")),
+        "the log says where the token is: {:?}",
+        hub.seen
+    );
+    assert!(
+        hub.seen.iter().all(|l| !l.contains(&token)),
+        "the token itself is never logged"
+    );
 
     let http = reqwest::Client::new();
-    let stats = http.get(format!("{}/api/v1/stats", hub.base)).bearer_auth(&token).send().await.unwrap();
+    let stats = http
+        .get(format!("{}/api/v1/stats", hub.base))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(stats.status(), StatusCode::OK);
     let demo = http.get(format!("{}/demo", hub.base)).send().await.unwrap();
     assert_eq!(demo.status(), StatusCode::OK);
-    assert!(demo.text().await.unwrap().contains("_sm_aff_client_pixel.init("));
+    assert!(
+        demo.text()
+            .await
+            .unwrap()
+            .contains("_sm_aff_client_pixel.init(")
+    );
 }
 
 #[tokio::test]
@@ -101,7 +139,13 @@ async fn kill_9_loses_no_pixel_that_was_answered_202() {
     let token = "kill-nine-token-0123456789";
     let hub = HubProcess::start(dir.path(), Some(token), false);
     let http = reqwest::Client::new();
-    let put = http.put(format!("{}/api/v1/brands/b1", hub.base)).bearer_auth(token).json(&json!({})).send().await.unwrap();
+    let put = http
+        .put(format!("{}/api/v1/brands/b1", hub.base))
+        .bearer_auth(token)
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
     assert!(put.status().is_success());
 
     let requests = (0..50).map(|i| {
@@ -113,14 +157,20 @@ async fn kill_9_loses_no_pixel_that_was_answered_202() {
         async move { request.await.unwrap().status() }
     });
     let statuses = futures::future::join_all(requests).await;
-    assert!(statuses.iter().all(|s| *s == StatusCode::ACCEPTED), "{statuses:?}");
+    assert!(
+        statuses.iter().all(|s| *s == StatusCode::ACCEPTED),
+        "{statuses:?}"
+    );
     hub.kill_9();
 
     let hub = HubProcess::start(dir.path(), Some(token), false);
     let mut total = 0;
     for player in 0..5 {
         let listed: Value = http
-            .get(format!("{}/api/v1/brands/b1/players/p{player}/pixels", hub.base))
+            .get(format!(
+                "{}/api/v1/brands/b1/players/p{player}/pixels",
+                hub.base
+            ))
             .bearer_auth(token)
             .send()
             .await
@@ -131,6 +181,14 @@ async fn kill_9_loses_no_pixel_that_was_answered_202() {
         total += listed["pixels"].as_array().unwrap().len();
     }
     assert_eq!(total, 50, "every 202 survived kill -9");
-    let stats: Value = http.get(format!("{}/api/v1/stats", hub.base)).bearer_auth(token).send().await.unwrap().json().await.unwrap();
+    let stats: Value = http
+        .get(format!("{}/api/v1/stats", hub.base))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(stats["queue_depth"], 50);
 }

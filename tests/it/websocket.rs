@@ -20,16 +20,51 @@ async fn bad_hellos_and_bad_frames_get_their_documented_close_codes() {
     let cases: [(&[&str], u16, &str); 9] = [
         (&["{not json"], 4500, "bad_message"),
         (&[r#"{"type":"subscribe"}"#], 4500, "bad_message"),
-        (&[r#"{"type":"hello","v":2,"brand_id":"b1","player_id":"p"}"#], 4501, "unsupported_version"),
-        (&[r#"{"type":"hello","v":1,"brand_id":"b1","player_id":"has space"}"#], 4502, "invalid_hello"),
-        (&[r#"{"type":"hello","v":1,"brand_id":-3,"player_id":"p"}"#], 4502, "invalid_hello"),
-        (&[r#"{"type":"hello","v":1,"player_id":"p"}"#], 4502, "invalid_hello"),
-        (&[r#"{"type":"hello","v":1,"brand_id":"nope","player_id":"p"}"#], 4503, "unknown_brand"),
-        (&[r#"{"type":"ack","ids":["x"]}"#], 4505, "unexpected_message"),
-        (&[r#"{"type":"hello","v":1,"brand_id":"b1","player_id":"p"}"#, r#"{"type":"hello","v":1,"brand_id":"b1","player_id":"p"}"#], 4505, "unexpected_message"),
+        (
+            &[r#"{"type":"hello","v":2,"brand_id":"b1","player_id":"p"}"#],
+            4501,
+            "unsupported_version",
+        ),
+        (
+            &[r#"{"type":"hello","v":1,"brand_id":"b1","player_id":"has space"}"#],
+            4502,
+            "invalid_hello",
+        ),
+        (
+            &[r#"{"type":"hello","v":1,"brand_id":-3,"player_id":"p"}"#],
+            4502,
+            "invalid_hello",
+        ),
+        (
+            &[r#"{"type":"hello","v":1,"player_id":"p"}"#],
+            4502,
+            "invalid_hello",
+        ),
+        (
+            &[r#"{"type":"hello","v":1,"brand_id":"nope","player_id":"p"}"#],
+            4503,
+            "unknown_brand",
+        ),
+        (
+            &[r#"{"type":"ack","ids":["x"]}"#],
+            4505,
+            "unexpected_message",
+        ),
+        (
+            &[
+                r#"{"type":"hello","v":1,"brand_id":"b1","player_id":"p"}"#,
+                r#"{"type":"hello","v":1,"brand_id":"b1","player_id":"p"}"#,
+            ],
+            4505,
+            "unexpected_message",
+        ),
     ];
     for (frames, code, reason) in cases {
-        assert_eq!(close_after(&app, frames).await, (code, reason.to_owned()), "{frames:?}");
+        assert_eq!(
+            close_after(&app, frames).await,
+            (code, reason.to_owned()),
+            "{frames:?}"
+        );
     }
     let ok = app.http.get(app.url("/healthz")).send().await.unwrap();
     assert!(ok.status().is_success(), "the hub stays healthy");
@@ -42,10 +77,13 @@ async fn bad_hellos_and_bad_frames_get_their_documented_close_codes() {
 async fn a_numeric_brand_id_names_the_same_brand_as_its_decimal_string() {
     let app = TestApp::spawn().await;
     app.put_brand("12345", json!({})).await;
-    let ids = app.enqueue("12345", "p", json!({"kind": "js", "code": "1"})).await;
+    let ids = app
+        .enqueue("12345", "p", json!({"kind": "js", "code": "1"}))
+        .await;
     assert_eq!(ids.status(), 202);
     let mut ws = app.connect().await;
-    ws.send(json!({"type": "hello", "v": 1, "brand_id": 12345, "player_id": "p"})).await;
+    ws.send(json!({"type": "hello", "v": 1, "brand_id": 12345, "player_id": "p"}))
+        .await;
     assert_eq!(ws.recv().await["type"], "welcome");
     assert_eq!(ws.delivered().await.len(), 1);
 }
@@ -59,14 +97,23 @@ async fn oversized_and_binary_frames_close_the_session() {
     assert_eq!(ws.closed().await, (4504, "message_too_big".into()));
 
     let mut ws = app.session("p").await;
-    futures::SinkExt::send(&mut ws.ws, tokio_tungstenite::tungstenite::Message::binary(vec![1, 2, 3])).await.unwrap();
+    futures::SinkExt::send(
+        &mut ws.ws,
+        tokio_tungstenite::tungstenite::Message::binary(vec![1, 2, 3]),
+    )
+    .await
+    .unwrap();
     assert_eq!(ws.closed().await, (4500, "bad_message".into()));
 
     let app = TestApp::spawn().await;
     let mut ws = app.session("p").await;
     let ids: Vec<String> = (0..257).map(|i| format!("i{i}")).collect();
     ws.ack(&ids).await;
-    assert_eq!(ws.closed().await, (4505, "unexpected_message".into()), "too many ids in one ack");
+    assert_eq!(
+        ws.closed().await,
+        (4505, "unexpected_message".into()),
+        "too many ids in one ack"
+    );
 }
 
 #[tokio::test]
@@ -81,19 +128,39 @@ async fn a_client_that_never_says_hello_is_closed() {
 #[tokio::test]
 async fn origins_outside_the_brands_allowlist_are_refused() {
     let app = TestApp::spawn().await;
-    app.put_brand("locked", json!({"allowed_origins": ["https://casino.example"]})).await;
-    let hello = json!({"type": "hello", "v": 1, "brand_id": "locked", "player_id": "p"}).to_string();
+    app.put_brand(
+        "locked",
+        json!({"allowed_origins": ["https://casino.example"]}),
+    )
+    .await;
+    let hello =
+        json!({"type": "hello", "v": 1, "brand_id": "locked", "player_id": "p"}).to_string();
 
-    for (origin, expected) in [(Some("https://evil.example"), Some((4506, "origin_not_allowed"))), (None, Some((4506, "origin_not_allowed"))), (Some("https://casino.example"), None)] {
-        let mut request = tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(app.ws_url()).unwrap();
+    for (origin, expected) in [
+        (
+            Some("https://evil.example"),
+            Some((4506, "origin_not_allowed")),
+        ),
+        (None, Some((4506, "origin_not_allowed"))),
+        (Some("https://casino.example"), None),
+    ] {
+        let mut request =
+            tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(
+                app.ws_url(),
+            )
+            .unwrap();
         if let Some(origin) = origin {
-            request.headers_mut().insert("origin", origin.parse().unwrap());
+            request
+                .headers_mut()
+                .insert("origin", origin.parse().unwrap());
         }
         let (ws, _) = tokio_tungstenite::connect_async(request).await.unwrap();
         let mut ws = crate::helpers::WsClient { ws };
         ws.send_text(&hello).await;
         match expected {
-            Some((code, reason)) => assert_eq!(ws.closed().await, (code, reason.to_owned()), "{origin:?}"),
+            Some((code, reason)) => {
+                assert_eq!(ws.closed().await, (code, reason.to_owned()), "{origin:?}")
+            }
             None => assert_eq!(ws.recv().await["type"], "welcome"),
         }
     }
