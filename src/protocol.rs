@@ -7,7 +7,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::ids::{BrandId, InvalidId, PixelId, PlayerId, SessionId};
+use crate::ids::{BrandId, InvalidId, PixelId, SessionId};
 use crate::pixel::{PixelBody, QueuedPixel};
 
 /// The protocol version this server speaks.
@@ -55,15 +55,6 @@ impl BrandRef {
             BrandRef::Number(n) => BrandId::parse(&n.to_string()),
         }
     }
-}
-
-/// A validated hello.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Hello {
-    /// The brand.
-    pub brand: BrandId,
-    /// The player.
-    pub player: PlayerId,
 }
 
 impl ClientMessage {

@@ -26,6 +26,8 @@ mod error;
 mod extract;
 mod public;
 
+pub use public::CLIENT_JS;
+
 pub use demo::{DEMO_BRAND, DemoLog};
 pub use error::ApiError;
 

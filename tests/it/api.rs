@@ -480,6 +480,28 @@ async fn the_client_script_is_public_and_cacheable() {
         .await
         .unwrap();
     assert_eq!(again.status(), StatusCode::NOT_MODIFIED);
+
+    let gzipped = app
+        .http
+        .get(app.url("/aff-client-pixel.js"))
+        .header("accept-encoding", "br, gzip")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(gzipped.headers()["content-encoding"], "gzip");
+    let compressed = gzipped.bytes().await.unwrap();
+    let mut source = String::new();
+    std::io::Read::read_to_string(
+        &mut flate2::read::GzDecoder::new(&compressed[..]),
+        &mut source,
+    )
+    .unwrap();
+    assert_eq!(source, pixelhub::api::CLIENT_JS);
+    assert!(
+        compressed.len() < 4096,
+        "the client is {} bytes gzipped",
+        compressed.len()
+    );
 }
 
 #[tokio::test]
