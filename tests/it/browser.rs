@@ -51,7 +51,13 @@ struct PageQuery {
     /// The README snippet with nothing added (no observer).
     #[serde(default)]
     plain: bool,
+    /// Serve the page under a Content Security Policy that allows inline scripts only with a nonce;
+    /// `pass` gives the client that nonce, `withhold` does not.
+    #[serde(default)]
+    csp: Option<String>,
 }
+
+const NONCE: &str = "n0nce-7f3a";
 
 async fn brand_page(State(site): State<SiteState>, Query(q): Query<PageQuery>) -> Html<String> {
     let hub = site.hub;
@@ -64,9 +70,19 @@ async fn brand_page(State(site): State<SiteState>, Query(q): Query<PageQuery>) -
     } else {
         snippet.replace("playerId: 'p-42'", &format!("{player}, onEvent: function (t, d) {{ window.__events.push([t, d && (d.id || d.code)]); }}"))
     };
+    let mut head = String::new();
+    if let Some(csp) = &q.csp {
+        head = format!(
+            r#"<meta http-equiv="Content-Security-Policy" content="script-src 'nonce-{NONCE}' http://{hub}">"#
+        );
+        snippet = snippet.replace("<script>", &format!(r#"<script nonce="{NONCE}">"#));
+        if csp == "pass" {
+            snippet = snippet.replace("onEvent:", &format!("nonce: '{NONCE}', onEvent:"));
+        }
+    }
     Html(format!(
-        r#"<!doctype html><html><head><meta charset="utf-8"><title>Casino</title>
-<script>
+        r#"<!doctype html><html><head><meta charset="utf-8"><title>Casino</title>{head}
+<script nonce="{NONCE}">
   window.__events = [];
   window.__dropAcks = {drop};
   (function () {{
@@ -79,7 +95,7 @@ async fn brand_page(State(site): State<SiteState>, Query(q): Query<PageQuery>) -
 </script>
 {snippet}
 </head><body><h1>Casino</h1></body></html>"#,
-        drop = q.drop_acks
+        drop = q.drop_acks,
     ))
 }
 
@@ -482,4 +498,22 @@ async fn a_hub_restart_loses_nothing_and_fires_nothing_twice() {
         .eval("window.__events.filter(function (e) { return e[0] === 'close'; })[0][1]")
         .await;
     assert_eq!(first_close, 4000, "the hub told the page to reconnect");
+}
+
+#[tokio::test]
+async fn js_pixels_run_on_pages_with_a_csp_when_given_the_nonce() {
+    let (app, site, browser) = setup().await;
+    let code = "window.__cspPixel = 'ran';";
+    for (player, csp, expected) in [
+        ("csp-pass", "pass", json!("ran")),
+        ("csp-withhold", "withhold", Value::Null),
+    ] {
+        queue(&app, player, json!({"kind": "js", "code": code})).await;
+        let tab = browser.tab().await;
+        tab.goto(&format!("{}&csp={csp}", site.page(player))).await;
+        wait_drained(&app, player).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        // The control case shows the policy really blocks inline scripts without the nonce.
+        assert_eq!(tab.eval("window.__cspPixel").await, expected, "csp={csp}");
+    }
 }
