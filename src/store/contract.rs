@@ -356,6 +356,25 @@ pub(super) async fn concurrent_enqueues_share_flushes_and_lose_nothing(h: &impl 
     assert_eq!(store.stats().await.unwrap().queue_depth, 200);
 }
 
+pub(super) async fn a_closed_store_refuses_changes(h: &impl Harness) {
+    let store = store_with_brand(h).await;
+    let k = key("p");
+    store.close().await.unwrap();
+    assert!(matches!(
+        store.enqueue(&k, vec![image(1)]).await,
+        Err(StoreError::Closed)
+    ));
+    assert!(matches!(
+        store.lease(&k, SessionId::generate(), 1).await,
+        Err(StoreError::Closed)
+    ));
+    assert!(matches!(store.ack(&k, &[]).await, Err(StoreError::Closed)));
+    assert!(matches!(
+        store.cancel(&k, &PixelId::parse("x").unwrap()).await,
+        Err(StoreError::Closed)
+    ));
+}
+
 /// Instantiates every contract check as a test for one engine; `$harness` builds a fresh [`Harness`].
 macro_rules! store_contract {
     ($harness:expr) => {
@@ -398,6 +417,10 @@ macro_rules! store_contract {
             #[tokio::test]
             async fn everything_survives_a_reopen() {
                 contract::everything_survives_a_reopen(&$harness).await
+            }
+            #[tokio::test]
+            async fn a_closed_store_refuses_changes() {
+                contract::a_closed_store_refuses_changes(&$harness).await
             }
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn concurrent_enqueues_share_flushes_and_lose_nothing() {

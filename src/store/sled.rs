@@ -23,7 +23,7 @@
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -82,6 +82,12 @@ struct Inner {
     expired_total: AtomicU64,
     announce: broadcast::Sender<PlayerKey>,
     default_ttl_ms: u64,
+    /// Sequence ranges per player that are written but not yet flushed. `lease` never hands out a pixel
+    /// at or after one of them: a browser must not fire what a crash could still erase (the caller, who
+    /// got no 202, would queue it again).
+    unflushed: DashMap<PlayerKey, Vec<(u64, u64)>>,
+    /// Set by `close`; every later change is refused.
+    closed: AtomicBool,
     stop: CancellationToken,
     sweeper: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
@@ -137,6 +143,8 @@ impl SledStore {
             leases: DashMap::new(),
             depth,
             expired_total: AtomicU64::new(0),
+            unflushed: DashMap::new(),
+            closed: AtomicBool::new(false),
             announce: broadcast::channel(ANNOUNCE_CAPACITY).0,
             default_ttl_ms: options.default_ttl.as_millis() as u64,
             stop: CancellationToken::new(),
@@ -191,6 +199,24 @@ impl Inner {
         );
     }
 
+    fn check_open(&self) -> Result<(), StoreError> {
+        if self.closed.load(Ordering::Acquire) {
+            Err(StoreError::Closed)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Lifts the delivery barrier of a batch once its flush has finished (successfully or not).
+    fn flushed(&self, key: &PlayerKey, range: (u64, u64)) {
+        if let dashmap::Entry::Occupied(mut entry) = self.unflushed.entry(key.clone()) {
+            entry.get_mut().retain(|r| *r != range);
+            if entry.get().is_empty() {
+                entry.remove();
+            }
+        }
+    }
+
     fn sub_depth(&self, brand: &BrandId, n: u64) {
         if n > 0 {
             if let Some(mut d) = self.depth.get_mut(brand) {
@@ -222,17 +248,23 @@ impl Inner {
             };
             from = [last.as_ref(), &[0]].concat();
             for (x_key, id) in due {
-                let (key, _seq) =
+                let (key, seq) =
                     keys::parse_expiry(&x_key).ok_or_else(|| backend("corrupt expiry key"))?;
                 let id = std::str::from_utf8(&id)
                     .ok()
                     .and_then(|s| PixelId::parse(s).ok());
                 let _guard = lock(self.stripe(&key));
+                // The snapshot was read without the lock: an ack, cancel or lease may have moved this
+                // entry since. Only an entry still present describes the record's current state.
+                if !self.data.contains_key(&x_key).map_err(backend)? {
+                    continue;
+                }
                 let mut batch = Batch::default();
                 batch.remove(x_key.clone());
                 let mut expired = 0;
                 if let Some(id) = id {
                     match self.record(&key, &id)? {
+                        Some(rec) if rec.seq != seq => {} // a stale entry of an older pixel
                         Some(rec) if rec.status == PixelStatus::Queued => {
                             if self.in_flight(&key, rec.seq) {
                                 // Sent already: the browser may be firing it. Let its ack or release decide.
@@ -279,6 +311,7 @@ impl Store for SledStore {
         settings: BrandSettings,
     ) -> Result<(Brand, bool), StoreError> {
         let inner = &self.inner;
+        inner.check_open()?;
         let (brand, created) = {
             let _guard = lock(&inner.brand_lock);
             let key = keys::brand(id);
@@ -315,7 +348,8 @@ impl Store for SledStore {
         pixels: Vec<NewPixel>,
     ) -> Result<Vec<Enqueued>, StoreError> {
         let inner = &self.inner;
-        let (answers, added) = {
+        inner.check_open()?;
+        let (answers, added, range) = {
             let _guard = lock(inner.stripe(key));
             if !inner
                 .data
@@ -329,6 +363,7 @@ impl Store for SledStore {
             let mut answers: Vec<Enqueued> = Vec::with_capacity(pixels.len());
             let mut seen_in_batch: HashMap<PixelId, usize> = HashMap::new();
             let mut added = 0u64;
+            let mut range: Option<(u64, u64)> = None;
             for pixel in pixels {
                 if let Some(id) = &pixel.id {
                     if let Some(&first) = seen_in_batch.get(id) {
@@ -350,6 +385,7 @@ impl Store for SledStore {
                 }
                 let id = pixel.id.unwrap_or_else(PixelId::generate);
                 let seq = inner.db.generate_id().map_err(backend)?;
+                range = Some((range.map_or(seq, |r| r.0), seq));
                 let ttl_ms = pixel.ttl_seconds.map_or(inner.default_ttl_ms, |s| s * 1000);
                 let queued = QueuedPixel {
                     body: pixel.body.with_defaults(&id),
@@ -380,9 +416,16 @@ impl Store for SledStore {
             }
             inner.data.apply_batch(batch).map_err(backend)?;
             *inner.depth.entry(key.brand.clone()).or_insert(0) += added;
-            (answers, added)
+            if let Some(range) = range {
+                inner.unflushed.entry(key.clone()).or_default().push(range);
+            }
+            (answers, added, range)
         };
-        inner.commit.wait().await?;
+        let flushed = inner.commit.wait().await;
+        if let Some(range) = range {
+            inner.flushed(key, range);
+        }
+        flushed?;
         if added > 0 {
             // No receiver is fine: nobody online for now, the pixels wait.
             let _ = inner.announce.send(key.clone());
@@ -412,16 +455,17 @@ impl Store for SledStore {
 
     async fn cancel(&self, key: &PlayerKey, id: &PixelId) -> Result<CancelOutcome, StoreError> {
         let inner = &self.inner;
-        {
+        inner.check_open()?;
+        let outcome = 'locked: {
             let _guard = lock(inner.stripe(key));
             let Some(rec) = inner.record(key, id)? else {
-                return Ok(CancelOutcome::NotFound);
+                break 'locked CancelOutcome::NotFound;
             };
             if rec.status != PixelStatus::Queued {
-                return Ok(CancelOutcome::AlreadyFinal(rec.status));
+                break 'locked CancelOutcome::AlreadyFinal(rec.status);
             }
             if inner.in_flight(key, rec.seq) {
-                return Ok(CancelOutcome::InFlight);
+                break 'locked CancelOutcome::InFlight;
             }
             let now = now_ms();
             let status = if rec.expires_at_ms <= now {
@@ -435,11 +479,13 @@ impl Store for SledStore {
             inner.sub_depth(&key.brand, 1);
             if status == PixelStatus::Expired {
                 inner.expired_total.fetch_add(1, Ordering::Relaxed);
-                return Ok(CancelOutcome::AlreadyFinal(PixelStatus::Expired));
+                break 'locked CancelOutcome::AlreadyFinal(PixelStatus::Expired);
             }
-        }
+            CancelOutcome::Cancelled
+        };
+        // Also when nothing changed here: the state we report may be another call's unflushed write.
         inner.commit.wait().await?;
-        Ok(CancelOutcome::Cancelled)
+        Ok(outcome)
     }
 
     async fn lease(
@@ -449,6 +495,7 @@ impl Store for SledStore {
         max_in_flight: usize,
     ) -> Result<Vec<QueuedPixel>, StoreError> {
         let inner = &self.inner;
+        inner.check_open()?;
         let _guard = lock(inner.stripe(key));
         let held: Vec<u64> = match inner.leases.get(key) {
             Some(lease) if lease.session != session => return Ok(Vec::new()),
@@ -458,6 +505,10 @@ impl Store for SledStore {
         if held.len() >= max_in_flight {
             return Ok(Vec::new());
         }
+        let barrier = inner
+            .unflushed
+            .get(key)
+            .and_then(|r| r.iter().map(|r| r.0).min());
         let now = now_ms();
         let mut batch = Batch::default();
         let mut expired = 0;
@@ -468,6 +519,9 @@ impl Store for SledStore {
             let seq = keys::parse_queue(&k)
                 .map(|(_, seq)| seq)
                 .ok_or_else(|| backend("corrupt queue key"))?;
+            if barrier.is_some_and(|first_unflushed| seq >= first_unflushed) {
+                break; // not durable yet; its enqueue announces it once it is
+            }
             if held.contains(&seq) {
                 continue;
             }
@@ -511,6 +565,7 @@ impl Store for SledStore {
 
     async fn ack(&self, key: &PlayerKey, ids: &[PixelId]) -> Result<usize, StoreError> {
         let inner = &self.inner;
+        inner.check_open()?;
         let removed = {
             let _guard = lock(inner.stripe(key));
             let now = now_ms();
@@ -585,6 +640,7 @@ impl Store for SledStore {
     }
 
     async fn close(&self) -> Result<(), StoreError> {
+        self.inner.closed.store(true, Ordering::Release);
         self.inner.stop.cancel();
         let sweeper = self
             .inner
@@ -703,6 +759,111 @@ mod tests {
     }
 
     store_contract!(SledHarness::new());
+
+    fn open(harness: &SledHarness) -> SledStore {
+        let options = SledOptions {
+            default_ttl: Duration::from_secs(3600),
+        };
+        SledStore::open(harness.dir.path(), options).unwrap()
+    }
+
+    async fn with_brand(store: &SledStore) -> PlayerKey {
+        let brand = BrandId::parse("b").unwrap();
+        store
+            .put_brand(&brand, BrandSettings::default())
+            .await
+            .unwrap();
+        PlayerKey::new(brand, PlayerId::parse("p").unwrap())
+    }
+
+    fn js(id: &str, ttl_seconds: Option<u64>) -> NewPixel {
+        NewPixel {
+            id: Some(PixelId::parse(id).unwrap()),
+            trigger: None,
+            ttl_seconds,
+            body: crate::pixel::PixelBody::Js { code: "1".into() },
+        }
+    }
+
+    #[tokio::test]
+    async fn nothing_written_but_not_yet_flushed_is_leased() {
+        let harness = SledHarness::new();
+        let store = open(&harness);
+        let key = with_brand(&store).await;
+        store
+            .enqueue(&key, vec![js("a", None), js("b", None)])
+            .await
+            .unwrap();
+        let seq_b = store
+            .inner
+            .record(&key, &PixelId::parse("b").unwrap())
+            .unwrap()
+            .unwrap()
+            .seq;
+
+        // As if `b` belonged to a batch whose fsync is still running.
+        store
+            .inner
+            .unflushed
+            .entry(key.clone())
+            .or_default()
+            .push((seq_b, seq_b));
+        let session = SessionId::generate();
+        let first = store.lease(&key, session, 10).await.unwrap();
+        assert_eq!(
+            first.iter().map(|p| p.id.as_str()).collect::<Vec<_>>(),
+            ["a"],
+            "stops before the unflushed"
+        );
+
+        store.inner.flushed(&key, (seq_b, seq_b));
+        let rest = store.lease(&key, session, 10).await.unwrap();
+        assert_eq!(
+            rest.iter().map(|p| p.id.as_str()).collect::<Vec<_>>(),
+            ["b"]
+        );
+    }
+
+    #[tokio::test]
+    async fn the_sweeper_expires_pixels_and_later_forgets_their_ids() {
+        let harness = SledHarness::new();
+        let store = open(&harness);
+        let key = with_brand(&store).await;
+        store
+            .enqueue(&key, vec![js("short", Some(60)), js("fired", None)])
+            .await
+            .unwrap();
+        store
+            .ack(&key, &[PixelId::parse("fired").unwrap()])
+            .await
+            .unwrap();
+        let now = now_ms();
+
+        assert_eq!(store.sweep(now).unwrap(), 0, "nothing is due yet");
+        store.sweep(now + 61_000).unwrap();
+        let stats = store.stats().await.unwrap();
+        assert_eq!((stats.queue_depth, stats.expired_total), (0, 1));
+        let again = store
+            .enqueue(&key, vec![js("short", None), js("fired", None)])
+            .await
+            .unwrap();
+        assert!(
+            again.iter().all(|e| e.duplicate),
+            "ids are remembered after the pixels are gone"
+        );
+
+        store.sweep(now + 61_000 + TOMBSTONE_RETENTION_MS).unwrap();
+        let later = store
+            .enqueue(&key, vec![js("short", None), js("fired", None)])
+            .await
+            .unwrap();
+        assert!(
+            later
+                .iter()
+                .all(|e| !e.duplicate && e.status == PixelStatus::Queued),
+            "and forgotten after retention"
+        );
+    }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_writers_share_one_flush() {
