@@ -21,6 +21,7 @@
   var BACKOFF_CAP = 30000;        // ms
   var FIRE_TIMEOUT = 15000;       // ms: a pixel whose load never finishes still counts as sent
   var IFRAME_LINGER = 5000;       // ms an iframe pixel stays after load, for its own scripts
+  var FB_WAIT = 10000;             // ms to wait for fbevents.js before falling back to the image
   var FB_SCRIPT = 'https://connect.facebook.net/en_US/fbevents.js';
   var FB_IMAGE = 'https://www.facebook.com/tr';
 
@@ -29,7 +30,7 @@
   function Client(opts) {
     this.opts = opts;
     this.key = '_sm_aff_px:' + opts.brandId + ':' + opts.playerId;
-    this.memory = [];             // fired ids when localStorage is unavailable
+    this.memory = [];             // ids fired by this page, in case localStorage cannot keep them
     this.acks = [];
     this.attempt = 0;
     this.heartbeat = 25000;
@@ -43,15 +44,20 @@
   };
 
   // --- which pixels this browser already fired -------------------------------------------------------
-  Client.prototype.firedIds = function () {
-    try { return JSON.parse(window.localStorage.getItem(this.key)) || []; } catch (e) { return this.memory; }
+  // Stored ids plus this page's own: storage may be readable but full, or absent (private modes).
+  Client.prototype.stored = function () {
+    try { return JSON.parse(window.localStorage.getItem(this.key)) || []; } catch (e) { return []; }
+  };
+  Client.prototype.fired = function (id) {
+    return this.memory.indexOf(id) !== -1 || this.stored().indexOf(id) !== -1;
   };
   Client.prototype.remember = function (id) {
-    var ids = this.firedIds();
+    this.memory.push(id);
+    if (this.memory.length > FIRED_MAX) this.memory.shift();
+    var ids = this.stored();
     ids.push(id);
     if (ids.length > FIRED_MAX) ids = ids.slice(ids.length - FIRED_MAX);
-    this.memory = ids;
-    try { window.localStorage.setItem(this.key, JSON.stringify(ids)); } catch (e) { /* memory only */ }
+    try { window.localStorage.setItem(this.key, JSON.stringify(ids)); } catch (e) { /* memory keeps it */ }
   };
 
   // --- connection ------------------------------------------------------------------------------------
@@ -90,10 +96,11 @@
       var msg;
       try { msg = JSON.parse(event.data); } catch (e) { return; }
       if (msg.type === 'welcome') {
-        self.attempt = 0;
         self.heartbeat = msg.heartbeat_ms || self.heartbeat;
         self.emit('welcome', msg);
+        self.flushAcks();          // acks that could not be sent on the previous connection
       } else if (msg.type === 'ping') {
+        self.attempt = 0;          // a connection that lived a heartbeat is healthy: back off from scratch
         ws.send('{"type":"pong"}');
       } else if (msg.type === 'deliver') {
         for (var i = 0; i < msg.pixels.length; i++) self.handle(msg.pixels[i]);
@@ -141,7 +148,7 @@
   // --- delivery --------------------------------------------------------------------------------------
   Client.prototype.handle = function (pixel) {
     var self = this;
-    if (this.firedIds().indexOf(pixel.id) !== -1) {
+    if (this.fired(pixel.id)) {
       this.emit('skip', pixel);
       return this.ack(pixel.id);
     }
@@ -154,19 +161,23 @@
     setTimeout(done, FIRE_TIMEOUT);
   };
 
+  // Acks leave in batches, once the current task is done; an ack that cannot be sent now waits for the
+  // next connection instead of being dropped, so a fired pixel is not offered to another device.
   Client.prototype.ack = function (id) {
-    var self = this;
     this.acks.push(id);
-    if (this.acks.length === 1) {
-      setTimeout(function () {
+    this.flushAcks();
+  };
+  Client.prototype.flushAcks = function () {
+    var self = this;
+    if (this.ackTimer || !this.acks.length) return;
+    this.ackTimer = setTimeout(function () {
+      self.ackTimer = null;
+      while (self.acks.length && self.ws && self.ws.readyState === 1) {
         var ids = self.acks.splice(0, 256);
-        if (self.ws && self.ws.readyState === 1) {
-          self.ws.send(JSON.stringify({ type: 'ack', ids: ids }));
-          self.emit('ack', ids);
-        }
-        if (self.acks.length) { var rest = self.acks.splice(0); for (var i = 0; i < rest.length; i++) self.ack(rest[i]); }
-      }, 0);
-    }
+        self.ws.send(JSON.stringify({ type: 'ack', ids: ids }));
+        self.emit('ack', ids);
+      }
+    }, 0);
   };
 
   function onBody(fn) {
@@ -180,7 +191,21 @@
     img.src = url;
   }
 
-  var fb = { state: 'idle', waiting: [], inited: {} };
+  // Facebook: send through a live fbq (fbevents.js loaded, by the page or by us); while it loads, hold
+  // the pixels; if it cannot load, send each as Meta's image beacon instead. Never queue into a stub, so an
+  // event can never go out both ways.
+  var FB_STANDARD = ('AddPaymentInfo AddToCart AddToWishlist CompleteRegistration Contact CustomizeProduct Donate ' +
+    'FindLocation InitiateCheckout Lead PageView Purchase Schedule Search StartTrial SubmitApplication Subscribe ViewContent').split(' ');
+  var fb = { state: 'idle', waiting: [], inited: {}, timer: null };
+
+  function fbLive() { return typeof window.fbq === 'function' && !!window.fbq.callMethod; }
+
+  // trackSingle: only this pixel id gets the event, not the brand's own Meta pixels on the same page.
+  function fbSend(p) {
+    if (!fb.inited[p.pixel_id]) { window.fbq('init', p.pixel_id); fb.inited[p.pixel_id] = true; }
+    var method = FB_STANDARD.indexOf(p.event) === -1 ? 'trackSingleCustom' : 'trackSingle';
+    window.fbq(method, p.pixel_id, p.event, p.params || {}, { eventID: p.event_id || p.id });
+  }
 
   function fbImage(p, done) {
     var url = FB_IMAGE + '?id=' + encodeURIComponent(p.pixel_id) + '&ev=' + encodeURIComponent(p.event) +
@@ -203,10 +228,32 @@
     if (!window._fbq) window._fbq = q;
   }
 
-  function fbLoaded(ok) {
-    fb.state = ok ? 'ready' : 'failed';
+  function fbSettle() {
+    clearInterval(fb.timer);
+    var live = fbLive();
+    fb.state = live ? 'idle' : 'failed';
     var waiting = fb.waiting.splice(0);
-    for (var i = 0; i < waiting.length; i++) ok ? waiting[i].done() : fbImage(waiting[i].p, waiting[i].done);
+    for (var i = 0; i < waiting.length; i++) {
+      if (live) { fbSend(waiting[i].p); waiting[i].done(); } else fbImage(waiting[i].p, waiting[i].done);
+    }
+  }
+
+  function fbLoad() {
+    fb.state = 'loading';
+    if (!window.fbq) {
+      fbStub();
+      var s = document.createElement('script');
+      s.async = true;
+      s.src = FB_SCRIPT;
+      s.onload = s.onerror = fbSettle;
+      (document.head || document.documentElement).appendChild(s);
+    }
+    // The page's own fbq may be a stub still loading (or blocked): wait for it, within FB_WAIT.
+    var waited = 0;
+    fb.timer = setInterval(function () {
+      waited += 100;
+      if (fbLive() || waited >= FB_WAIT) fbSettle();
+    }, 100);
   }
 
   var FIRE = {
@@ -237,20 +284,10 @@
     },
 
     facebook: function (p, opts, done) {
+      if (fbLive()) { fbSend(p); return done(); }
       if (fb.state === 'failed') return fbImage(p, done);
-      if (!window.fbq && fb.state === 'idle') {
-        fbStub();
-        fb.state = 'loading';
-        var s = document.createElement('script');
-        s.async = true;
-        s.src = FB_SCRIPT;
-        s.onload = function () { fbLoaded(true); };
-        s.onerror = function () { fbLoaded(false); };
-        (document.head || document.documentElement).appendChild(s);
-      }
-      if (!fb.inited[p.pixel_id]) { window.fbq('init', p.pixel_id); fb.inited[p.pixel_id] = true; }
-      window.fbq('track', p.event, p.params || {}, { eventID: p.event_id || p.id });
-      if (fb.state === 'loading') fb.waiting.push({ p: p, done: done }); else done();
+      fb.waiting.push({ p: p, done: done });
+      if (fb.state === 'idle') fbLoad();
     }
   };
 

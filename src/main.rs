@@ -23,6 +23,11 @@ async fn main() -> anyhow::Result<()> {
     tracing::info!(%addr, data_dir = %config.data_dir.display(), "listening");
     if config.demo {
         tracing::info!("demo brand site: http://{addr}/demo");
+        if !addr.ip().is_loopback() {
+            tracing::warn!(
+                "the demo is reachable from the network; set PIXELHUB_DEMO=false in production"
+            );
+        }
     }
     app.run_until(shutdown_signal())
         .await

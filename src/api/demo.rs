@@ -1,9 +1,11 @@
 //! The demo: a page that plays a brand site, and a pixel receiver that shows what fired.
 //!
 //! It exists so a newcomer sees the whole loop in a minute without writing a line: queue a pixel, watch the
-//! snippet receive it, fire it, and the receiver record the hit. It only ever touches the `demo` brand and
-//! only queues pixels that point back at this hub, so leaving it on exposes nothing else; production
-//! deployments still turn it off (`PIXELHUB_DEMO=false`).
+//! snippet receive it, fire it, and the receiver record the hit. It only ever touches the `demo` brand, and
+//! its pixels point back at the address the page was loaded from. On a hub listening on loopback (the
+//! default) that address must be a loopback one, so nobody can make demo pages request another host; on
+//! any other address the hub warns at start-up, and production deployments turn the demo off
+//! (`PIXELHUB_DEMO=false`).
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
@@ -88,12 +90,7 @@ async fn queue_demo_pixel(
         .ok_or_else(|| invalid("player_id is required"))?;
     let player = PlayerId::parse(player)?;
     let kind = body.get("kind").and_then(Value::as_str).unwrap_or("image");
-    let n = state.demo.counter.fetch_add(1, Ordering::Relaxed) + 1;
 
-    let host = headers
-        .get("host")
-        .and_then(|h| h.to_str().ok())
-        .unwrap_or("127.0.0.1:8080");
     let scheme = match headers
         .get("x-forwarded-proto")
         .and_then(|h| h.to_str().ok())
@@ -101,8 +98,21 @@ async fn queue_demo_pixel(
         Some("https") => "https",
         _ => "http",
     };
-    let hit_url =
-        |kind: &str| format!("{scheme}://{host}/demo/hit?player={player}&n={n}&kind={kind}");
+    let host = headers
+        .get("host")
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or_default();
+    let base = url::Url::parse(&format!("{scheme}://{host}/"))
+        .ok()
+        .filter(|url| url.path() == "/" && url.username().is_empty() && url.host_str().is_some())
+        .ok_or_else(|| invalid("the Host header is not a host[:port]"))?;
+    if state.config.listen.ip().is_loopback() && !is_loopback(&base) {
+        return Err(invalid(
+            "this hub listens on loopback; the demo only queues pixels for loopback hosts",
+        ));
+    }
+    let n = state.demo.counter.fetch_add(1, Ordering::Relaxed) + 1;
+    let hit_url = |kind: &str| format!("{base}demo/hit?player={player}&n={n}&kind={kind}");
     let body = match kind {
         "image" => PixelBody::Image {
             url: hit_url("image"),
@@ -126,6 +136,15 @@ async fn queue_demo_pixel(
         StatusCode::ACCEPTED,
         Json(json!({ "pixels": queued, "n": n })),
     ))
+}
+
+fn is_loopback(url: &url::Url) -> bool {
+    match url.host() {
+        Some(url::Host::Domain(name)) => name == "localhost",
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
+    }
 }
 
 /// The player's pending queue and the receiver's hits for that player, for the page to poll.

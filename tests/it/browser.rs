@@ -55,6 +55,9 @@ struct PageQuery {
     /// `pass` gives the client that nonce, `withhold` does not.
     #[serde(default)]
     csp: Option<String>,
+    /// localStorage reads work but every write throws, as when its quota is used up.
+    #[serde(default)]
+    storage_full: bool,
 }
 
 const NONCE: &str = "n0nce-7f3a";
@@ -85,9 +88,11 @@ async fn brand_page(State(site): State<SiteState>, Query(q): Query<PageQuery>) -
 <script nonce="{NONCE}">
   window.__events = [];
   window.__dropAcks = {drop};
+  if ({storage_full}) Storage.prototype.setItem = function () {{ throw new DOMException('full', 'QuotaExceededError'); }};
   (function () {{
     var send = WebSocket.prototype.send;
     WebSocket.prototype.send = function (data) {{
+      window.__ws = this;
       if (window.__dropAcks && String(data).indexOf('"ack"') !== -1) return;
       return send.call(this, data);
     }};
@@ -96,6 +101,7 @@ async fn brand_page(State(site): State<SiteState>, Query(q): Query<PageQuery>) -
 {snippet}
 </head><body><h1>Casino</h1></body></html>"#,
         drop = q.drop_acks,
+        storage_full = q.storage_full,
     ))
 }
 
@@ -205,7 +211,7 @@ async fn every_pixel_kind_fires_in_the_browser_and_is_acked() {
         {"kind": "iframe", "url": site.url("/frame/ftd")},
         {"kind": "js", "code": "window.__jsPixel = (window.__jsPixel || 0) + 1;"},
         {"kind": "facebook", "pixel_id": "777", "event": "Purchase", "params": {"value": 50, "currency": "EUR"}},
-        {"kind": "facebook", "pixel_id": "777", "event": "Lead", "event_id": "lead-1"},
+        {"kind": "facebook", "pixel_id": "777", "event": "FirstDeposit", "event_id": "dep-1"},
     ]))
     .await;
 
@@ -238,10 +244,10 @@ async fn every_pixel_kind_fires_in_the_browser_and_is_acked() {
         calls,
         json!([
             ["init", "777"],
-            ["track", "Purchase", {"value": 50, "currency": "EUR"}, {"eventID": ids[3]}],
-            ["track", "Lead", {}, {"eventID": "lead-1"}],
+            ["trackSingle", "777", "Purchase", {"value": 50, "currency": "EUR"}, {"eventID": ids[3]}],
+            ["trackSingleCustom", "777", "FirstDeposit", {}, {"eventID": "dep-1"}],
         ]),
-        "init once per pixel id; track with the event id for deduplication"
+        "init once per pixel id; only that pixel gets the event, with its id for deduplication"
     );
     assert!(
         stubbed
@@ -516,4 +522,39 @@ async fn js_pixels_run_on_pages_with_a_csp_when_given_the_nonce() {
         // The control case shows the policy really blocks inline scripts without the nonce.
         assert_eq!(tab.eval("window.__cspPixel").await, expected, "csp={csp}");
     }
+}
+
+#[tokio::test]
+async fn a_page_whose_storage_is_full_still_never_fires_twice() {
+    let (app, site, browser) = setup().await;
+    let tab = browser.tab().await;
+    tab.goto(&format!(
+        "{}&drop_acks=true&storage_full=true",
+        site.page("full")
+    ))
+    .await;
+    holder(std::slice::from_ref(&tab)).await;
+    let ids = queue(
+        &app,
+        "full",
+        json!({"kind": "image", "url": site.url("/px/full")}),
+    )
+    .await;
+    site.wait_for_hit("/px/full").await;
+
+    // The ack was lost; the connection drops; the hub sends the pixel again to the same page.
+    tab.eval("window.__dropAcks = false; window.__ws.close(); true")
+        .await;
+    let skipped = format!(
+        "window.__events.some(function (e) {{ return e[0] === 'skip' && e[1] === '{}'; }})",
+        ids[0]
+    );
+    tab.wait_for(&skipped, "the redelivered pixel to be recognised")
+        .await;
+    wait_drained(&app, "full").await;
+    assert_eq!(
+        tab.eval("window.__events.filter(function (e) { return e[0] === 'fire'; }).length")
+            .await,
+        1
+    );
 }
