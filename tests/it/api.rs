@@ -1,6 +1,6 @@
 //! The HTTP API contract: auth, brands, enqueue, listing, cancel, stats, and every bad input.
 
-use reqwest::StatusCode;
+use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
 use crate::helpers::{TOKEN, TestApp};
@@ -85,9 +85,7 @@ async fn brands_are_created_updated_and_read() {
     );
 
     let empty_body = app
-        .http
-        .put(app.url("/api/v1/brands/empty-body"))
-        .bearer_auth(TOKEN)
+        .admin(Method::PUT, "/api/v1/brands/empty-body")
         .send()
         .await
         .unwrap();
@@ -146,18 +144,14 @@ async fn bad_brand_requests_are_refused_with_their_reason() {
     )
     .await;
     let not_json = app
-        .http
-        .put(app.url("/api/v1/brands/b"))
-        .bearer_auth(TOKEN)
+        .admin(Method::PUT, "/api/v1/brands/b")
         .body("{oops")
         .send()
         .await
         .unwrap();
     assert_error(not_json, StatusCode::BAD_REQUEST, "invalid_json").await;
     let unknown = app
-        .http
-        .get(app.url("/api/v1/brands/nope"))
-        .bearer_auth(TOKEN)
+        .admin(Method::GET, "/api/v1/brands/nope")
         .send()
         .await
         .unwrap();
@@ -311,9 +305,7 @@ async fn every_bad_pixel_is_refused_and_a_batch_is_all_or_nothing() {
     );
 
     let not_json = app
-        .http
-        .post(app.url("/api/v1/brands/b1/players/p1/pixels"))
-        .bearer_auth(TOKEN)
+        .admin(Method::POST, "/api/v1/brands/b1/players/p1/pixels")
         .body("[{")
         .send()
         .await
@@ -350,9 +342,7 @@ async fn oversized_bodies_get_413() {
     let chunks: Vec<Result<String, std::io::Error>> =
         vec![Ok("[".into()), Ok(" ".repeat(8000)), Ok("]".into())];
     let streamed = app
-        .http
-        .post(app.url("/api/v1/brands/b1/players/p1/pixels"))
-        .bearer_auth(TOKEN)
+        .admin(Method::POST, "/api/v1/brands/b1/players/p1/pixels")
         .body(reqwest::Body::wrap_stream(futures::stream::iter(chunks)))
         .send()
         .await
@@ -370,10 +360,11 @@ async fn pending_pixels_can_be_cancelled_once() {
         )
         .await;
     let cancel = |id: &str| {
-        app.http
-            .delete(app.url(&format!("/api/v1/brands/b1/players/p1/pixels/{id}")))
-            .bearer_auth(TOKEN)
-            .send()
+        app.admin(
+            Method::DELETE,
+            &format!("/api/v1/brands/b1/players/p1/pixels/{id}"),
+        )
+        .send()
     };
 
     let first = cancel(&ids[0]).await.unwrap();
@@ -516,9 +507,7 @@ async fn unknown_routes_and_methods_answer_json_errors() {
     )
     .await;
     let wrong_method = app
-        .http
-        .patch(app.url("/api/v1/brands/b1"))
-        .bearer_auth(TOKEN)
+        .admin(Method::PATCH, "/api/v1/brands/b1")
         .send()
         .await
         .unwrap();

@@ -178,18 +178,6 @@ async fn setup() -> (TestApp, Site, Browser) {
     (app, site, Browser::launch().await)
 }
 
-async fn queue(app: &TestApp, player: &str, body: Value) -> Vec<String> {
-    let response = app.enqueue("12345", player, body).await;
-    assert_eq!(response.status(), 202);
-    let body: Value = response.json().await.unwrap();
-    body["pixels"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| p["id"].as_str().unwrap().to_owned())
-        .collect()
-}
-
 async fn wait_drained(app: &TestApp, player: &str) {
     app.wait_for_queue("12345", player, &[]).await;
 }
@@ -206,7 +194,7 @@ const FAKE_FBEVENTS: &str = r#"(function () {
 #[tokio::test]
 async fn every_pixel_kind_fires_in_the_browser_and_is_acked() {
     let (app, site, browser) = setup().await;
-    let ids = queue(&app, "p1", json!([
+    let ids = app.queue_for("12345", "p1", json!([
         {"kind": "image", "url": site.url("/px/image?click=abc")},
         {"kind": "iframe", "url": site.url("/frame/ftd")},
         {"kind": "js", "code": "window.__jsPixel = (window.__jsPixel || 0) + 1;"},
@@ -269,7 +257,7 @@ async fn every_pixel_kind_fires_in_the_browser_and_is_acked() {
 #[tokio::test]
 async fn facebook_falls_back_to_the_image_when_fbevents_cannot_load() {
     let (app, site, browser) = setup().await;
-    queue(&app, "p1", json!({"kind": "facebook", "pixel_id": "777", "event": "Purchase", "params": {"value": 50, "currency": "EUR"}, "event_id": "evt-1"})).await;
+    app.queue_for("12345", "p1", json!({"kind": "facebook", "pixel_id": "777", "event": "Purchase", "params": {"value": 50, "currency": "EUR"}, "event_id": "evt-1"})).await;
 
     let tab = browser.tab().await;
     let stubbed = tab
@@ -306,8 +294,8 @@ async fn facebook_falls_back_to_the_image_when_fbevents_cannot_load() {
 #[tokio::test]
 async fn a_player_who_was_offline_fires_on_the_next_visit() {
     let (app, site, browser) = setup().await;
-    queue(
-        &app,
+    app.queue_for(
+        "12345",
         "later",
         json!({"kind": "image", "url": site.url("/px/offline")}),
     )
@@ -328,8 +316,8 @@ async fn the_readme_snippet_works_as_pasted() {
     let tab = browser.tab().await;
     tab.goto(&format!("{}&plain=true", site.page("pasted")))
         .await;
-    queue(
-        &app,
+    app.queue_for(
+        "12345",
         "pasted",
         json!({"kind": "image", "url": site.url("/px/pasted")}),
     )
@@ -384,8 +372,8 @@ async fn three_tabs_of_one_player_fire_each_pixel_once_and_hand_over() {
         "one connection for three tabs"
     );
 
-    queue(
-        &app,
+    app.queue_for(
+        "12345",
         "tabs",
         json!({"kind": "image", "url": site.url("/px/tabs-1")}),
     )
@@ -396,8 +384,8 @@ async fn three_tabs_of_one_player_fire_each_pixel_once_and_hand_over() {
     // The holder closes; a waiting tab takes over the connection and fires the next pixel.
     tabs.remove(first).close().await;
     holder(&tabs).await;
-    queue(
-        &app,
+    app.queue_for(
+        "12345",
         "tabs",
         json!({"kind": "image", "url": site.url("/px/tabs-2")}),
     )
@@ -415,12 +403,13 @@ async fn three_tabs_of_one_player_fire_each_pixel_once_and_hand_over() {
 #[tokio::test]
 async fn a_reload_never_refires_even_when_the_ack_was_lost() {
     let (app, site, browser) = setup().await;
-    let ids = queue(
-        &app,
-        "reload",
-        json!({"kind": "image", "url": site.url("/px/reload")}),
-    )
-    .await;
+    let ids = app
+        .queue_for(
+            "12345",
+            "reload",
+            json!({"kind": "image", "url": site.url("/px/reload")}),
+        )
+        .await;
     let tab = browser.tab().await;
     tab.goto(&format!("{}&drop_acks=true", site.page("reload")))
         .await;
@@ -455,8 +444,8 @@ async fn a_hub_restart_loses_nothing_and_fires_nothing_twice() {
     tab.goto(&format!("{}&drop_acks=true", site.page("restart")))
         .await;
     holder(std::slice::from_ref(&tab)).await;
-    queue(
-        &app,
+    app.queue_for(
+        "12345",
         "restart",
         json!({"kind": "image", "url": site.url("/px/before-restart")}),
     )
@@ -472,8 +461,8 @@ async fn a_hub_restart_loses_nothing_and_fires_nothing_twice() {
     )
     .await;
     wait_drained(&app, "restart").await;
-    queue(
-        &app,
+    app.queue_for(
+        "12345",
         "restart",
         json!({"kind": "image", "url": site.url("/px/after-restart")}),
     )
@@ -514,7 +503,8 @@ async fn js_pixels_run_on_pages_with_a_csp_when_given_the_nonce() {
         ("csp-pass", "pass", json!("ran")),
         ("csp-withhold", "withhold", Value::Null),
     ] {
-        queue(&app, player, json!({"kind": "js", "code": code})).await;
+        app.queue_for("12345", player, json!({"kind": "js", "code": code}))
+            .await;
         let tab = browser.tab().await;
         tab.goto(&format!("{}&csp={csp}", site.page(player))).await;
         wait_drained(&app, player).await;
@@ -534,12 +524,13 @@ async fn a_page_whose_storage_is_full_still_never_fires_twice() {
     ))
     .await;
     holder(std::slice::from_ref(&tab)).await;
-    let ids = queue(
-        &app,
-        "full",
-        json!({"kind": "image", "url": site.url("/px/full")}),
-    )
-    .await;
+    let ids = app
+        .queue_for(
+            "12345",
+            "full",
+            json!({"kind": "image", "url": site.url("/px/full")}),
+        )
+        .await;
     site.wait_for_hit("/px/full").await;
 
     // The ack was lost; the connection drops; the hub sends the pixel again to the same page.

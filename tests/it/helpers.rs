@@ -17,6 +17,15 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
+/// The `id` of every pixel in a JSON array of pixels (an API answer, a listing or a `deliver` frame).
+pub fn ids_of(pixels: &Value) -> Vec<String> {
+    let pixels = pixels.as_array().expect("an array of pixels");
+    pixels
+        .iter()
+        .map(|p| p["id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
 pub const TOKEN: &str = "test-admin-token-0123456789";
 /// How long a test waits for something that should happen within milliseconds.
 pub const PATIENCE: Duration = Duration::from_secs(5);
@@ -118,9 +127,7 @@ impl TestApp {
     }
 
     pub async fn put_brand(&self, brand: &str, body: Value) -> reqwest::Response {
-        self.http
-            .put(self.url(&format!("/api/v1/brands/{brand}")))
-            .bearer_auth(TOKEN)
+        self.admin(reqwest::Method::PUT, &format!("/api/v1/brands/{brand}"))
             .json(&body)
             .send()
             .await
@@ -128,26 +135,30 @@ impl TestApp {
     }
 
     pub async fn enqueue(&self, brand: &str, player: &str, body: Value) -> reqwest::Response {
-        self.http
-            .post(self.url(&format!("/api/v1/brands/{brand}/players/{player}/pixels")))
-            .bearer_auth(TOKEN)
-            .json(&body)
-            .send()
-            .await
-            .unwrap()
+        self.admin(
+            reqwest::Method::POST,
+            &format!("/api/v1/brands/{brand}/players/{player}/pixels"),
+        )
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+    }
+
+    /// An admin API request with the bearer token.
+    pub fn admin(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        self.http.request(method, self.url(path)).bearer_auth(TOKEN)
     }
 
     /// Queues pixels for `b1`, asserts 202, returns their ids in order.
     pub async fn queue(&self, player: &str, body: Value) -> Vec<String> {
-        let response = self.enqueue("b1", player, body).await;
+        self.queue_for("b1", player, body).await
+    }
+
+    pub async fn queue_for(&self, brand: &str, player: &str, body: Value) -> Vec<String> {
+        let response = self.enqueue(brand, player, body).await;
         assert_eq!(response.status(), StatusCode::ACCEPTED);
-        let body: Value = response.json().await.unwrap();
-        body["pixels"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|p| p["id"].as_str().unwrap().to_owned())
-            .collect()
+        ids_of(&response.json::<Value>().await.unwrap()["pixels"])
     }
 
     /// The ids pending for a `b1` player, in queue order.
@@ -156,25 +167,15 @@ impl TestApp {
     }
 
     pub async fn pending_ids_of(&self, brand: &str, player: &str) -> Vec<String> {
-        let body = self
-            .get_json(&format!("/api/v1/brands/{brand}/players/{player}/pixels"))
-            .await;
-        body["pixels"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|p| p["id"].as_str().unwrap().to_owned())
-            .collect()
+        ids_of(
+            &self
+                .get_json(&format!("/api/v1/brands/{brand}/players/{player}/pixels"))
+                .await["pixels"],
+        )
     }
 
     pub async fn get_json(&self, path: &str) -> Value {
-        let response = self
-            .http
-            .get(self.url(path))
-            .bearer_auth(TOKEN)
-            .send()
-            .await
-            .unwrap();
+        let response = self.admin(reqwest::Method::GET, path).send().await.unwrap();
         assert_eq!(response.status(), StatusCode::OK, "GET {path}");
         response.json().await.unwrap()
     }
@@ -272,12 +273,7 @@ impl WsClient {
     pub async fn delivered(&mut self) -> Vec<String> {
         let message = self.recv().await;
         assert_eq!(message["type"], "deliver", "{message}");
-        message["pixels"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|p| p["id"].as_str().unwrap().to_owned())
-            .collect()
+        ids_of(&message["pixels"])
     }
 
     pub async fn ack(&mut self, ids: &[String]) {
