@@ -178,6 +178,14 @@ async fn setup() -> (TestApp, Site, Browser) {
     (app, site, Browser::launch().await)
 }
 
+/// Queues an image pixel for `path` on the site; returns once the browser requested it and acked it.
+async fn fire_image(app: &TestApp, site: &Site, player: &str, path: &str) {
+    let pixel = json!({"kind": "image", "url": site.url(path)});
+    app.queue_for("12345", player, pixel).await;
+    site.wait_for_hit(path).await;
+    wait_drained(app, player).await;
+}
+
 async fn wait_drained(app: &TestApp, player: &str) {
     app.wait_for_queue("12345", player, &[]).await;
 }
@@ -316,14 +324,7 @@ async fn the_readme_snippet_works_as_pasted() {
     let tab = browser.tab().await;
     tab.goto(&format!("{}&plain=true", site.page("pasted")))
         .await;
-    app.queue_for(
-        "12345",
-        "pasted",
-        json!({"kind": "image", "url": site.url("/px/pasted")}),
-    )
-    .await;
-    site.wait_for_hit("/px/pasted").await;
-    wait_drained(&app, "pasted").await;
+    fire_image(&app, &site, "pasted", "/px/pasted").await;
     assert_eq!(
         tab.eval("typeof window._sm_aff_client_pixel.stop").await,
         "function",
@@ -372,26 +373,12 @@ async fn three_tabs_of_one_player_fire_each_pixel_once_and_hand_over() {
         "one connection for three tabs"
     );
 
-    app.queue_for(
-        "12345",
-        "tabs",
-        json!({"kind": "image", "url": site.url("/px/tabs-1")}),
-    )
-    .await;
-    site.wait_for_hit("/px/tabs-1").await;
-    wait_drained(&app, "tabs").await;
+    fire_image(&app, &site, "tabs", "/px/tabs-1").await;
 
     // The holder closes; a waiting tab takes over the connection and fires the next pixel.
     tabs.remove(first).close().await;
     holder(&tabs).await;
-    app.queue_for(
-        "12345",
-        "tabs",
-        json!({"kind": "image", "url": site.url("/px/tabs-2")}),
-    )
-    .await;
-    site.wait_for_hit("/px/tabs-2").await;
-    wait_drained(&app, "tabs").await;
+    fire_image(&app, &site, "tabs", "/px/tabs-2").await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(
         (site.count("/px/tabs-1"), site.count("/px/tabs-2")),
@@ -461,14 +448,7 @@ async fn a_hub_restart_loses_nothing_and_fires_nothing_twice() {
     )
     .await;
     wait_drained(&app, "restart").await;
-    app.queue_for(
-        "12345",
-        "restart",
-        json!({"kind": "image", "url": site.url("/px/after-restart")}),
-    )
-    .await;
-    site.wait_for_hit("/px/after-restart").await;
-    wait_drained(&app, "restart").await;
+    fire_image(&app, &site, "restart", "/px/after-restart").await;
     assert_eq!(
         (
             site.count("/px/before-restart"),
