@@ -210,15 +210,15 @@ async fn a_restart_keeps_the_queue_and_redelivers_what_was_not_acked() {
 #[tokio::test]
 async fn heartbeats_keep_live_sessions_and_close_silent_ones() {
     let app = TestApp::spawn_with(|c| {
-        c.heartbeat_ms = 150;
-        c.hello_timeout_ms = 300;
+        c.heartbeat_ms = 300;
+        c.hello_timeout_ms = 600;
     })
     .await;
     let mut live = app.session("p1").await;
     let mut silent = app.session("p2").await;
 
     // `live` answers pings (recv does), `silent` never reads.
-    live.expect_nothing(Duration::from_millis(700)).await;
+    live.expect_nothing(Duration::from_millis(1500)).await;
     assert_eq!(silent.closed().await, (4001, "heartbeat_timeout".into()));
     let ids = app.queue("p1", json!({"kind": "js", "code": "1"})).await;
     assert_eq!(live.delivered().await, ids);
