@@ -15,7 +15,11 @@ use clap::Parser;
 #[command(
     name = "pixelhub",
     version,
-    about = "Delivers affiliate conversion pixels to players' browsers, exactly once."
+    about = "Delivers affiliate conversion pixels to players' browsers, exactly once.",
+    after_help = "Environment only:\n  \
+        PIXELHUB_ADMIN_TOKEN  bearer token of the /api/v1 admin API, at least 16 characters; when unset, one is\n                        \
+        generated once and kept in <data-dir>/admin-token (mode 0600)\n  \
+        PIXELHUB_LOG          log filter, e.g. info (default), debug, pixelhub=debug,info"
 )]
 pub struct Config {
     /// Address to serve HTTP and WebSocket on.
