@@ -14,6 +14,7 @@ use serde_json::{Value, json};
 
 use crate::cdp::{Browser, Stub};
 use crate::helpers::TestApp;
+use crate::process::HubProcess;
 
 const README: &str = include_str!("../../README.md");
 
@@ -528,4 +529,78 @@ async fn a_page_whose_storage_is_full_still_never_fires_twice() {
             .await,
         1
     );
+}
+
+#[tokio::test]
+async fn kill_9_of_the_real_binary_fires_nothing_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let token = "kill-nine-browser-0123456789";
+    let hub = HubProcess::start(dir.path(), Some(token), false);
+    let http = reqwest::Client::new();
+    let admin = |method: reqwest::Method, path: &str| {
+        http.request(method, format!("{}{path}", hub.base))
+            .bearer_auth(token)
+    };
+    let put = admin(reqwest::Method::PUT, "/api/v1/brands/12345")
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert!(put.status().is_success());
+    let (base, addr) = (hub.base.clone(), hub.addr);
+    let site = Site::start(addr).await;
+    let browser = Browser::launch().await;
+    let tab = browser.tab().await;
+    tab.goto(&format!("{}&drop_acks=true", site.page("k9")))
+        .await;
+    holder(std::slice::from_ref(&tab)).await;
+
+    let queued = admin(
+        reqwest::Method::POST,
+        "/api/v1/brands/12345/players/k9/pixels",
+    )
+    .json(&json!({"kind": "image", "url": site.url("/px/k9")}))
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(queued.status(), 202);
+    site.wait_for_hit("/px/k9").await;
+    tab.eval("window.__dropAcks = false").await;
+
+    // SIGKILL with the pixel fired but un-acked, then the same binary on the same port and data.
+    hub.kill_9();
+    let hub = HubProcess::start_on(&addr.to_string(), dir.path(), Some(token), false);
+    assert_eq!(hub.base, base);
+    let http = reqwest::Client::new(); // the old pool's connections died with the process
+    let pending = || {
+        let request = http
+            .get(format!("{base}/api/v1/brands/12345/players/k9/pixels"))
+            .bearer_auth(token)
+            .send();
+        async move {
+            request.await.unwrap().json::<Value>().await.unwrap()["pixels"]
+                .as_array()
+                .unwrap()
+                .len()
+        }
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while pending().await > 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the browser never acked the redelivered pixel"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let count = |event: &str| {
+        format!("window.__events.filter(function (e) {{ return e[0] === '{event}'; }}).length")
+    };
+    assert_eq!(
+        (
+            tab.eval(&count("fire")).await,
+            tab.eval(&count("skip")).await
+        ),
+        (json!(1), json!(1))
+    );
+    assert_eq!(site.count("/px/k9"), 1, "fired once across kill -9");
 }

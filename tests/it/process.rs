@@ -10,18 +10,24 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 /// A hub process and everything it logged so far.
-struct HubProcess {
+pub struct HubProcess {
     child: Child,
-    base: String,
+    pub base: String,
+    pub addr: std::net::SocketAddr,
     log: mpsc::Receiver<String>,
     seen: Vec<String>,
 }
 
 impl HubProcess {
-    fn start(data_dir: &Path, token: Option<&str>, demo: bool) -> Self {
+    pub fn start(data_dir: &Path, token: Option<&str>, demo: bool) -> Self {
+        Self::start_on("127.0.0.1:0", data_dir, token, demo)
+    }
+
+    /// Starts the binary listening on `listen` (a fixed address, to restart where browsers reconnect).
+    pub fn start_on(listen: &str, data_dir: &Path, token: Option<&str>, demo: bool) -> Self {
         let mut command = Command::new(env!("CARGO_BIN_EXE_pixelhub"));
         command
-            .args(["--listen", "127.0.0.1:0", "--data-dir"])
+            .args(["--listen", listen, "--data-dir"])
             .arg(data_dir)
             .env_remove("PIXELHUB_ADMIN_TOKEN")
             .env("PIXELHUB_DEMO", demo.to_string())
@@ -47,6 +53,7 @@ impl HubProcess {
         let mut hub = HubProcess {
             child,
             base: String::new(),
+            addr: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
             log,
             seen: Vec::new(),
         };
@@ -57,6 +64,7 @@ impl HubProcess {
             .and_then(|s| s.split_whitespace().next())
             .expect("the address is logged");
         hub.base = format!("http://{addr}");
+        hub.addr = addr.parse().expect("a socket address");
         hub
     }
 
@@ -73,7 +81,7 @@ impl HubProcess {
         }
     }
 
-    fn kill_9(mut self) {
+    pub fn kill_9(mut self) {
         self.child.kill().unwrap(); // SIGKILL on Unix: no shutdown code runs
         self.child.wait().unwrap();
     }
