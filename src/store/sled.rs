@@ -349,7 +349,7 @@ impl Store for SledStore {
     ) -> Result<Vec<Enqueued>, StoreError> {
         let inner = &self.inner;
         inner.check_open()?;
-        let (answers, added, range) = {
+        let (answers, range) = {
             let _guard = lock(inner.stripe(key));
             if !inner
                 .data
@@ -363,6 +363,7 @@ impl Store for SledStore {
             let mut answers: Vec<Enqueued> = Vec::with_capacity(pixels.len());
             let mut seen_in_batch: HashMap<PixelId, usize> = HashMap::new();
             let mut added = 0u64;
+            // The batch's first and last sequence numbers; `None` when every pixel was a duplicate.
             let mut range: Option<(u64, u64)> = None;
             for pixel in pixels {
                 if let Some(id) = &pixel.id {
@@ -419,14 +420,14 @@ impl Store for SledStore {
             if let Some(range) = range {
                 inner.unflushed.entry(key.clone()).or_default().push(range);
             }
-            (answers, added, range)
+            (answers, range)
         };
         let flushed = inner.commit.wait().await;
         if let Some(range) = range {
             inner.flushed(key, range);
         }
         flushed?;
-        if added > 0 {
+        if range.is_some() {
             // No receiver is fine: nobody online for now, the pixels wait.
             let _ = inner.announce.send(key.clone());
         }
