@@ -3,7 +3,7 @@
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
-use crate::helpers::{TOKEN, TestApp};
+use crate::helpers::{TOKEN, TestApp, json_of};
 
 /// Asserts an error answer: status, `error.code`, and a non-empty human message.
 async fn assert_error(response: reqwest::Response, status: StatusCode, code: &str) -> String {
@@ -539,15 +539,7 @@ async fn the_demo_queues_pixels_for_its_own_host_only() {
 
     let host: &'static str = Box::leak(app.addr.to_string().into_boxed_str());
     assert_eq!(queue(host).await.unwrap().status(), StatusCode::ACCEPTED);
-    let view: Value = app
-        .http
-        .get(app.url("/demo/api/players/d1"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let view = json_of(app.http.get(app.url("/demo/api/players/d1"))).await;
     let url = view["pending"][0]["url"].as_str().unwrap().to_owned();
     assert!(
         url.starts_with(&format!("http://{host}/demo/hit?player=d1&n=1&kind=image")),
@@ -556,15 +548,7 @@ async fn the_demo_queues_pixels_for_its_own_host_only() {
 
     let hit = app.http.get(&url).send().await.unwrap();
     assert_eq!(hit.headers()["content-type"], "image/gif");
-    let view: Value = app
-        .http
-        .get(app.url("/demo/api/players/d1"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let view = json_of(app.http.get(app.url("/demo/api/players/d1"))).await;
     assert_eq!(
         (
             view["hits"][0]["kind"].as_str(),

@@ -26,6 +26,17 @@ pub fn ids_of(pixels: &Value) -> Vec<String> {
         .collect()
 }
 
+/// Sends a request and reads its JSON answer, whatever the status.
+pub async fn json_of(request: reqwest::RequestBuilder) -> Value {
+    request
+        .send()
+        .await
+        .expect("the request is answered")
+        .json()
+        .await
+        .expect("a JSON body")
+}
+
 pub const TOKEN: &str = "test-admin-token-0123456789";
 /// How long a test waits for something that should happen within milliseconds.
 pub const PATIENCE: Duration = Duration::from_secs(5);

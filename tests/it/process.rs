@@ -7,7 +7,9 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use reqwest::StatusCode;
-use serde_json::{Value, json};
+use serde_json::json;
+
+use crate::helpers::json_of;
 
 /// A hub process and everything it logged so far.
 pub struct HubProcess {
@@ -174,29 +176,15 @@ async fn kill_9_loses_no_pixel_that_was_answered_202() {
     let hub = HubProcess::start(dir.path(), Some(token), false);
     let mut total = 0;
     for player in 0..5 {
-        let listed: Value = http
-            .get(format!(
-                "{}/api/v1/brands/b1/players/p{player}/pixels",
-                hub.base
-            ))
-            .bearer_auth(token)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let url = format!("{}/api/v1/brands/b1/players/p{player}/pixels", hub.base);
+        let listed = json_of(http.get(url).bearer_auth(token)).await;
         total += listed["pixels"].as_array().unwrap().len();
     }
     assert_eq!(total, 50, "every 202 survived kill -9");
-    let stats: Value = http
-        .get(format!("{}/api/v1/stats", hub.base))
-        .bearer_auth(token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let stats = json_of(
+        http.get(format!("{}/api/v1/stats", hub.base))
+            .bearer_auth(token),
+    )
+    .await;
     assert_eq!(stats["queue_depth"], 50);
 }
