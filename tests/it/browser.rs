@@ -179,10 +179,26 @@ async fn setup() -> (TestApp, Site, Browser) {
     (app, site, Browser::launch().await)
 }
 
+/// Queues, for brand `12345`, an image pixel pointing at `path` on the site; returns the pixel ids.
+async fn queue_image(app: &TestApp, site: &Site, player: &str, path: &str) -> Vec<String> {
+    app.queue_for(
+        "12345",
+        player,
+        json!({"kind": "image", "url": site.url(path)}),
+    )
+    .await
+}
+
+/// How many client events of this type the tab's observer recorded.
+async fn events(tab: &crate::cdp::Tab, kind: &str) -> Value {
+    let count =
+        format!("window.__events.filter(function (e) {{ return e[0] === '{kind}'; }}).length");
+    tab.eval(&count).await
+}
+
 /// Queues an image pixel for `path` on the site; returns once the browser requested it and acked it.
 async fn fire_image(app: &TestApp, site: &Site, player: &str, path: &str) {
-    let pixel = json!({"kind": "image", "url": site.url(path)});
-    app.queue_for("12345", player, pixel).await;
+    queue_image(app, site, player, path).await;
     site.wait_for_hit(path).await;
     wait_drained(app, player).await;
 }
@@ -303,12 +319,7 @@ async fn facebook_falls_back_to_the_image_when_fbevents_cannot_load() {
 #[tokio::test]
 async fn a_player_who_was_offline_fires_on_the_next_visit() {
     let (app, site, browser) = setup().await;
-    app.queue_for(
-        "12345",
-        "later",
-        json!({"kind": "image", "url": site.url("/px/offline")}),
-    )
-    .await;
+    queue_image(&app, &site, "later", "/px/offline").await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(site.count("/px/offline"), 0);
 
@@ -391,13 +402,7 @@ async fn three_tabs_of_one_player_fire_each_pixel_once_and_hand_over() {
 #[tokio::test]
 async fn a_reload_never_refires_even_when_the_ack_was_lost() {
     let (app, site, browser) = setup().await;
-    let ids = app
-        .queue_for(
-            "12345",
-            "reload",
-            json!({"kind": "image", "url": site.url("/px/reload")}),
-        )
-        .await;
+    let ids = queue_image(&app, &site, "reload", "/px/reload").await;
     let tab = browser.tab().await;
     tab.goto(&format!("{}&drop_acks=true", site.page("reload")))
         .await;
@@ -432,12 +437,7 @@ async fn a_hub_restart_loses_nothing_and_fires_nothing_twice() {
     tab.goto(&format!("{}&drop_acks=true", site.page("restart")))
         .await;
     holder(std::slice::from_ref(&tab)).await;
-    app.queue_for(
-        "12345",
-        "restart",
-        json!({"kind": "image", "url": site.url("/px/before-restart")}),
-    )
-    .await;
+    queue_image(&app, &site, "restart", "/px/before-restart").await;
     site.wait_for_hit("/px/before-restart").await;
     tab.eval("window.__dropAcks = false").await;
 
@@ -458,12 +458,8 @@ async fn a_hub_restart_loses_nothing_and_fires_nothing_twice() {
         (1, 1)
     );
     // A browser may answer a repeated image URL from its memory cache, so count fires in the client too.
-    let fires = tab
-        .eval("window.__events.filter(function (e) { return e[0] === 'fire'; }).length")
-        .await;
-    let skips = tab
-        .eval("window.__events.filter(function (e) { return e[0] === 'skip'; }).length")
-        .await;
+    let fires = events(&tab, "fire").await;
+    let skips = events(&tab, "skip").await;
     assert_eq!(
         (fires, skips),
         (json!(2), json!(1)),
@@ -505,13 +501,7 @@ async fn a_page_whose_storage_is_full_still_never_fires_twice() {
     ))
     .await;
     holder(std::slice::from_ref(&tab)).await;
-    let ids = app
-        .queue_for(
-            "12345",
-            "full",
-            json!({"kind": "image", "url": site.url("/px/full")}),
-        )
-        .await;
+    let ids = queue_image(&app, &site, "full", "/px/full").await;
     site.wait_for_hit("/px/full").await;
 
     // The ack was lost; the connection drops; the hub sends the pixel again to the same page.
@@ -524,11 +514,7 @@ async fn a_page_whose_storage_is_full_still_never_fires_twice() {
     tab.wait_for(&skipped, "the redelivered pixel to be recognised")
         .await;
     wait_drained(&app, "full").await;
-    assert_eq!(
-        tab.eval("window.__events.filter(function (e) { return e[0] === 'fire'; }).length")
-            .await,
-        1
-    );
+    assert_eq!(events(&tab, "fire").await, 1);
 }
 
 #[tokio::test]
@@ -592,14 +578,8 @@ async fn kill_9_of_the_real_binary_fires_nothing_twice() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let count = |event: &str| {
-        format!("window.__events.filter(function (e) {{ return e[0] === '{event}'; }}).length")
-    };
     assert_eq!(
-        (
-            tab.eval(&count("fire")).await,
-            tab.eval(&count("skip")).await
-        ),
+        (events(&tab, "fire").await, events(&tab, "skip").await),
         (json!(1), json!(1))
     );
     assert_eq!(site.count("/px/k9"), 1, "fired once across kill -9");
