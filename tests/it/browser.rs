@@ -207,6 +207,9 @@ async fn wait_drained(app: &TestApp, player: &str) {
     app.wait_for_queue("12345", player, &[]).await;
 }
 
+/// Meta's hosts, which the Facebook tests answer from inside the browser (there is no internet).
+const FACEBOOK_HOSTS: &[&str] = &["*://connect.facebook.net/*", "*://www.facebook.com/*"];
+
 /// A stand-in for Meta's fbevents.js: it takes over the queueing stub the way the real one does and
 /// records every call in `window.__fbCalls`.
 const FAKE_FBEVENTS: &str = r#"(function () {
@@ -230,16 +233,13 @@ async fn every_pixel_kind_fires_in_the_browser_and_is_acked() {
 
     let tab = browser.tab().await;
     let stubbed = tab
-        .intercept(
-            &["*://connect.facebook.net/*", "*://www.facebook.com/*"],
-            |url| {
-                if url.contains("fbevents.js") {
-                    Stub::Fulfill("application/javascript", FAKE_FBEVENTS.into())
-                } else {
-                    Stub::Fail
-                }
-            },
-        )
+        .intercept(FACEBOOK_HOSTS, |url| {
+            if url.contains("fbevents.js") {
+                Stub::Fulfill("application/javascript", FAKE_FBEVENTS.into())
+            } else {
+                Stub::Fail
+            }
+        })
         .await;
     tab.goto(&site.page("p1")).await;
 
@@ -286,16 +286,13 @@ async fn facebook_falls_back_to_the_image_when_fbevents_cannot_load() {
 
     let tab = browser.tab().await;
     let stubbed = tab
-        .intercept(
-            &["*://connect.facebook.net/*", "*://www.facebook.com/*"],
-            |url| {
-                if url.contains("fbevents.js") {
-                    Stub::Fail
-                } else {
-                    Stub::Fulfill("image/gif", String::new())
-                }
-            },
-        )
+        .intercept(FACEBOOK_HOSTS, |url| {
+            if url.contains("fbevents.js") {
+                Stub::Fail
+            } else {
+                Stub::Fulfill("image/gif", String::new())
+            }
+        })
         .await;
     tab.goto(&site.page("p1")).await;
     wait_drained(&app, "p1").await;
