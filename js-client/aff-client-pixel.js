@@ -274,6 +274,16 @@
       });
     },
 
+    // An external conversion tag: load or error both mean the request went out; the element goes after.
+    script: function (p, opts, done) {
+      var s = document.createElement('script');
+      if (opts.nonce) s.nonce = opts.nonce;
+      s.async = true;
+      s.onload = s.onerror = function () { if (s.parentNode) s.parentNode.removeChild(s); done(); };
+      s.src = p.url;
+      (document.head || document.documentElement).appendChild(s);
+    },
+
     js: function (p, opts, done) {
       var s = document.createElement('script');
       if (opts.nonce) s.nonce = opts.nonce;

@@ -1,4 +1,4 @@
-//! Identifiers that cross the wire: brands, players, pixels and sessions.
+//! Identifiers that cross the wire: brands, players, pixels, definitions, events and sessions.
 //!
 //! Brand, player and pixel ids arrive from strangers (URL paths, JSON bodies, WebSocket hellos) and end up in
 //! storage keys, log fields and metric labels. They are validated once, here, into types that cannot hold
@@ -140,9 +140,18 @@ id_kind!(
     PixelId, PixelTag, "id"
 );
 
-impl PixelId {
-    /// A fresh id for a pixel the caller did not name. UUIDv7 sorts by creation time, which keeps ids in logs
-    /// and reports roughly in queue order.
+id_kind!(
+    /// A pixel definition of a brand: the rule that turns events into pixels.
+    DefinitionId, DefinitionTag, "definition_id"
+);
+id_kind!(
+    /// An event the brand reported; its idempotency key, unique within the brand.
+    EventId, EventTag, "event_id"
+);
+
+impl<K: IdKind> Id<K> {
+    /// A fresh id for something the caller did not name. UUIDv7 sorts by creation time, which keeps ids in
+    /// logs and reports roughly in creation order.
     pub fn generate() -> Self {
         let id = uuid::Uuid::now_v7().simple().to_string();
         Self {

@@ -8,7 +8,11 @@
 //! # Layout
 //! - [`config`]: every setting, from flags and environment, with its default.
 //! - [`ids`]: validated brand, player, pixel and session ids.
+//! - [`input`]: the field reader and error shared by every JSON body the API validates.
 //! - [`pixel`]: what a pixel is, and turning a caller's JSON into one.
+//! - [`template`]: macro templates in the four syntaxes affiliates use, escaped for URLs, JavaScript or text.
+//! - [`definition`]: a brand's pixel definitions (trigger, scope, conditions, template), validated when saved.
+//! - [`event`]: reported events, and [`event::plan`], the pure rule that turns one into pixels and postbacks.
 //! - [`store`]: the durable queues behind the [`store::Store`] trait (sled now, Redis next), with group commit
 //!   and the per-player delivery lease. The source of truth.
 //! - [`hub`]: this process's live sessions, and the wake-ups (store announcements, heartbeats) that reach them.
@@ -21,13 +25,17 @@
 
 pub mod api;
 pub mod config;
+pub mod definition;
+pub mod event;
 pub mod hub;
 pub mod ids;
+pub mod input;
 pub mod pixel;
 pub mod protocol;
 pub mod server;
 pub mod session;
 pub mod store;
+pub mod template;
 
 pub use config::Config;
 pub use server::{Application, StartError};

@@ -8,13 +8,12 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::ids::{PixelId, is_valid_id};
+use crate::input::{Fields, InputError};
 
 /// Largest `js` pixel, in bytes of source.
 pub const MAX_JS_BYTES: usize = 64 * 1024;
 /// Largest batch one request may queue.
 pub const MAX_BATCH: usize = 1000;
-/// Longest URL accepted for image and iframe pixels; browsers and proxies start failing beyond this.
-pub const MAX_URL_BYTES: usize = 8 * 1024;
 /// Longest TTL a caller may ask for: a year. A conversion older than that is no longer worth paying.
 pub const MAX_TTL_SECONDS: u64 = 365 * 24 * 3600;
 
@@ -30,6 +29,11 @@ pub enum PixelBody {
     },
     /// Loaded in a hidden 1×1 iframe that is removed after load.
     Iframe {
+        /// Absolute http(s) URL, normalised.
+        url: String,
+    },
+    /// An external script (`<script src>`), the conversion tag some DSPs issue; loaded once, not kept.
+    Script {
         /// Absolute http(s) URL, normalised.
         url: String,
     },
@@ -59,6 +63,7 @@ impl PixelBody {
         match self {
             PixelBody::Image { .. } => "image",
             PixelBody::Iframe { .. } => "iframe",
+            PixelBody::Script { .. } => "script",
             PixelBody::Js { .. } => "js",
             PixelBody::Facebook { .. } => "facebook",
         }
@@ -108,41 +113,19 @@ pub struct QueuedPixel {
     pub expires_at_ms: u64,
 }
 
-/// The first problem found in a request body, with where it is.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{path}: {message}")]
-pub struct PixelError {
-    /// Stable, snake_case error code for the API.
-    pub code: &'static str,
-    /// JSON path of the offending value, e.g. `pixels[2].url`.
-    pub path: String,
-    /// Human sentence.
-    pub message: String,
-}
-
-impl PixelError {
-    fn new(code: &'static str, path: impl Into<String>, message: impl Into<String>) -> Self {
-        Self {
-            code,
-            path: path.into(),
-            message: message.into(),
-        }
-    }
-}
-
 /// Parses a request body: one pixel object, or an array of 1 to [`MAX_BATCH`] of them.
-pub fn parse_batch(body: Value) -> Result<Vec<NewPixel>, PixelError> {
+pub fn parse_batch(body: Value) -> Result<Vec<NewPixel>, InputError> {
     match body {
         Value::Array(items) => {
             if items.is_empty() {
-                return Err(PixelError::new(
+                return Err(InputError::new(
                     "empty_batch",
                     "pixels",
                     "the array holds no pixel",
                 ));
             }
             if items.len() > MAX_BATCH {
-                return Err(PixelError::new(
+                return Err(InputError::new(
                     "batch_too_large",
                     "pixels",
                     format!(
@@ -154,25 +137,24 @@ pub fn parse_batch(body: Value) -> Result<Vec<NewPixel>, PixelError> {
             items
                 .into_iter()
                 .enumerate()
-                .map(|(i, item)| parse_one(item, &format!("pixels[{i}]")))
+                .map(|(i, item)| parse_pixel(item, &format!("pixels[{i}]")))
                 .collect()
         }
-        other => Ok(vec![parse_one(other, "pixel")?]),
+        other => Ok(vec![parse_pixel(other, "pixel")?]),
     }
 }
 
-fn parse_one(value: Value, path: &str) -> Result<NewPixel, PixelError> {
+/// Parses one pixel object found at `path`. Pixels rendered from definitions go through here too, so a
+/// rendered pixel meets exactly the rules of one queued by hand.
+pub fn parse_pixel(value: Value, path: &str) -> Result<NewPixel, InputError> {
     let Value::Object(mut obj) = value else {
-        return Err(PixelError::new(
+        return Err(InputError::new(
             "invalid_pixel",
             path,
             "a pixel must be a JSON object",
         ));
     };
-    let mut fields = Fields {
-        obj: &mut obj,
-        path,
-    };
+    let mut fields = Fields::new(&mut obj, path);
 
     let kind = fields.required_str("kind")?;
     let id = fields
@@ -193,25 +175,16 @@ fn parse_one(value: Value, path: &str) -> Result<NewPixel, PixelError> {
     if let Some(trigger) = &trigger {
         fields.check_label("trigger", trigger, 64)?;
     }
-    let ttl_seconds = match fields.obj.remove("ttl_seconds") {
-        None | Some(Value::Null) => None,
-        Some(v) => match v.as_u64() {
-            Some(n) if (1..=MAX_TTL_SECONDS).contains(&n) => Some(n),
-            _ => {
-                return Err(fields.error(
-                    "invalid_field",
-                    "ttl_seconds",
-                    format!("must be a whole number of seconds from 1 to {MAX_TTL_SECONDS}"),
-                ));
-            }
-        },
-    };
+    let ttl_seconds = fields.optional_u64("ttl_seconds", 1..=MAX_TTL_SECONDS, "seconds")?;
 
     let body = match kind.as_str() {
         "image" => PixelBody::Image {
             url: fields.url("url")?,
         },
         "iframe" => PixelBody::Iframe {
+            url: fields.url("url")?,
+        },
+        "script" => PixelBody::Script {
             url: fields.url("url")?,
         },
         "js" => {
@@ -267,18 +240,12 @@ fn parse_one(value: Value, path: &str) -> Result<NewPixel, PixelError> {
             return Err(fields.error(
                 "unknown_kind",
                 "kind",
-                format!("{other:?} is not a pixel kind; use image, iframe, js or facebook"),
+                format!("{other:?} is not a pixel kind; use image, iframe, script, js or facebook"),
             ));
         }
     };
 
-    if let Some(extra) = fields.obj.keys().next() {
-        return Err(fields.error(
-            "unknown_field",
-            extra,
-            format!("is not a field of a {kind} pixel"),
-        ));
-    }
+    fields.finish(&format!("a {kind} pixel"))?;
     Ok(NewPixel {
         id,
         trigger,
@@ -287,72 +254,12 @@ fn parse_one(value: Value, path: &str) -> Result<NewPixel, PixelError> {
     })
 }
 
-/// Takes fields out of one pixel object, so whatever is left at the end is an unknown field.
-struct Fields<'a> {
-    obj: &'a mut Map<String, Value>,
-    path: &'a str,
-}
-
-impl Fields<'_> {
-    fn error(&self, code: &'static str, field: &str, message: impl Into<String>) -> PixelError {
-        PixelError::new(code, format!("{}.{field}", self.path), message)
-    }
-
-    fn optional_str(&mut self, field: &str) -> Result<Option<String>, PixelError> {
-        match self.obj.remove(field) {
-            None | Some(Value::Null) => Ok(None),
-            Some(Value::String(s)) => Ok(Some(s)),
-            Some(_) => Err(self.error("invalid_field", field, "must be a string")),
-        }
-    }
-
-    fn required_str(&mut self, field: &str) -> Result<String, PixelError> {
-        self.optional_str(field)?
-            .ok_or_else(|| self.error("missing_field", field, "is required"))
-    }
-
-    fn check_label(&self, field: &str, value: &str, max: usize) -> Result<(), PixelError> {
-        if value.is_empty() || value.chars().count() > max || value.chars().any(char::is_control) {
-            return Err(self.error(
-                "invalid_field",
-                field,
-                format!("must be 1 to {max} characters without control characters"),
-            ));
-        }
-        Ok(())
-    }
-
-    fn url(&mut self, field: &str) -> Result<String, PixelError> {
-        let raw = self.required_str(field)?;
-        if raw.len() > MAX_URL_BYTES {
-            return Err(self.error(
-                "invalid_url",
-                field,
-                format!("is longer than {MAX_URL_BYTES} bytes"),
-            ));
-        }
-        match url::Url::parse(&raw) {
-            Ok(url) if matches!(url.scheme(), "http" | "https") && url.has_host() => Ok(url.into()),
-            Ok(url) => Err(self.error(
-                "invalid_url",
-                field,
-                format!("must be an absolute http(s) URL, not {}:", url.scheme()),
-            )),
-            Err(e) => Err(self.error(
-                "invalid_url",
-                field,
-                format!("must be an absolute http(s) URL ({e})"),
-            )),
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
 
-    fn err(v: Value) -> PixelError {
+    fn err(v: Value) -> InputError {
         parse_batch(v).unwrap_err()
     }
 
@@ -361,6 +268,7 @@ mod tests {
         let pixels = parse_batch(json!([
             {"kind": "image", "url": "https://a.example/p?x=1 2", "id": "ftd-1", "trigger": "ftd", "ttl_seconds": 60},
             {"kind": "iframe", "url": "http://b.example/"},
+            {"kind": "script", "url": "https://dsp.example/conv.js?c=1"},
             {"kind": "js", "code": "window.x = 1"},
             {"kind": "facebook", "pixel_id": "123", "event": "Purchase", "params": {"value": 50}},
         ]))
@@ -375,9 +283,10 @@ mod tests {
         assert_eq!(pixels[0].id.as_ref().map(|i| i.as_str()), Some("ftd-1"));
         assert_eq!(pixels[0].trigger.as_deref(), Some("ftd"));
         assert_eq!(pixels[0].ttl_seconds, Some(60));
-        assert_eq!(pixels[2].body.kind(), "js");
+        assert_eq!(pixels[2].body.kind(), "script");
+        assert_eq!(pixels[3].body.kind(), "js");
         let id = PixelId::parse("px1").unwrap();
-        match pixels[3].body.clone().with_defaults(&id) {
+        match pixels[4].body.clone().with_defaults(&id) {
             PixelBody::Facebook { event_id, .. } => assert_eq!(event_id.as_deref(), Some("px1")),
             other => panic!("{other:?}"),
         }

@@ -18,17 +18,17 @@ use crate::store::{Brand, BrandSettings, CancelOutcome, PixelStatus};
 
 #[derive(Deserialize)]
 pub(super) struct BrandPath {
-    brand_id: BrandId,
+    pub(super) brand_id: BrandId,
 }
 
 #[derive(Deserialize)]
 pub(super) struct PlayerPath {
-    brand_id: BrandId,
-    player_id: PlayerId,
+    pub(super) brand_id: BrandId,
+    pub(super) player_id: PlayerId,
 }
 
 impl PlayerPath {
-    fn key(self) -> PlayerKey {
+    pub(super) fn key(self) -> PlayerKey {
         PlayerKey::new(self.brand_id, self.player_id)
     }
 }
@@ -114,7 +114,7 @@ pub(super) async fn get_brand(
     require_brand(&state, &path.brand_id).await.map(Json)
 }
 
-async fn require_brand(state: &AppState, brand: &BrandId) -> Result<Brand, ApiError> {
+pub(super) async fn require_brand(state: &AppState, brand: &BrandId) -> Result<Brand, ApiError> {
     state
         .store
         .get_brand(brand)

@@ -9,7 +9,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
 use crate::ids::InvalidId;
-use crate::pixel::PixelError;
+use crate::input::InputError;
 use crate::store::StoreError;
 
 /// An error answer of the HTTP API.
@@ -24,9 +24,9 @@ pub enum ApiError {
     /// A path segment is not a valid id.
     #[error("{0}")]
     InvalidId(String),
-    /// A pixel in the body is invalid.
+    /// A field of the body (pixel, definition, event) is invalid.
     #[error("{0}")]
-    InvalidPixel(#[from] PixelError),
+    InvalidInput(#[from] InputError),
     /// Another body field is invalid; `code` names the problem.
     #[error("{message}")]
     Invalid {
@@ -44,6 +44,12 @@ pub enum ApiError {
     /// The brand in the path was never registered.
     #[error("brand {0} does not exist; create it with PUT /api/v1/brands/{0}")]
     UnknownBrand(String),
+    /// The definition in the path is unknown for that brand.
+    #[error("pixel definition {0} does not exist for this brand")]
+    UnknownDefinition(String),
+    /// The event in the path was never reported to that brand (or its record is gone).
+    #[error("event {0} is not known for this brand")]
+    UnknownEvent(String),
     /// The pixel in the path is unknown for that player.
     #[error("pixel {0} is not known for this player")]
     UnknownPixel(String),
@@ -75,13 +81,15 @@ impl ApiError {
             ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
             ApiError::InvalidJson(_) => (StatusCode::BAD_REQUEST, "invalid_json"),
             ApiError::InvalidId(_) => (StatusCode::BAD_REQUEST, "invalid_id"),
-            ApiError::InvalidPixel(e) => (StatusCode::UNPROCESSABLE_ENTITY, e.code),
+            ApiError::InvalidInput(e) => (StatusCode::UNPROCESSABLE_ENTITY, e.code),
             ApiError::Invalid { code, .. } => (StatusCode::UNPROCESSABLE_ENTITY, code),
             ApiError::PayloadTooLarge { .. } => {
                 (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large")
             }
             ApiError::UnknownBrand(_) => (StatusCode::NOT_FOUND, "brand_not_found"),
             ApiError::UnknownPixel(_) => (StatusCode::NOT_FOUND, "pixel_not_found"),
+            ApiError::UnknownDefinition(_) => (StatusCode::NOT_FOUND, "definition_not_found"),
+            ApiError::UnknownEvent(_) => (StatusCode::NOT_FOUND, "event_not_found"),
             ApiError::Conflict { code, .. } => (StatusCode::CONFLICT, code),
             ApiError::NoRoute(_) => (StatusCode::NOT_FOUND, "not_found"),
             ApiError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
@@ -95,6 +103,13 @@ impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::UnknownBrand(brand) => ApiError::UnknownBrand(brand.to_string()),
+            StoreError::UnknownDefinition(id) => ApiError::UnknownDefinition(id.to_string()),
+            StoreError::DefinitionExists(id) => ApiError::Conflict {
+                code: "definition_exists",
+                message: format!(
+                    "pixel definition {id} already exists; change it with PUT, or leave out the id"
+                ),
+            },
             StoreError::Closed => ApiError::Unavailable,
             StoreError::Backend(cause) => ApiError::Internal(cause),
         }

@@ -11,7 +11,7 @@ use axum::extract::{Request, State};
 use axum::http::header::AUTHORIZATION;
 use axum::middleware::{self, Next};
 use axum::response::Response;
-use axum::routing::{get, put};
+use axum::routing::{get, post, put};
 use subtle::ConstantTimeEq;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -21,6 +21,7 @@ use crate::hub::Hub;
 use crate::store::Store;
 
 mod admin;
+mod definitions;
 mod demo;
 mod error;
 mod extract;
@@ -64,6 +65,33 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/brands/{brand_id}/players/{player_id}/pixels/{pixel_id}",
             axum::routing::delete(admin::cancel),
+        )
+        .route(
+            "/brands/{brand_id}/players/{player_id}/attribution",
+            get(definitions::attribution),
+        )
+        .route(
+            "/brands/{brand_id}/pixel-definitions",
+            get(definitions::list).post(definitions::create),
+        )
+        .route(
+            "/brands/{brand_id}/pixel-definitions/{definition_id}",
+            get(definitions::get)
+                .put(definitions::replace)
+                .delete(definitions::delete),
+        )
+        .route(
+            "/brands/{brand_id}/pixel-definitions/{definition_id}/preview",
+            post(definitions::preview),
+        )
+        .route(
+            "/brands/{brand_id}/pixel-definitions/{definition_id}/test",
+            post(definitions::test),
+        )
+        .route("/brands/{brand_id}/events", post(definitions::ingest))
+        .route(
+            "/brands/{brand_id}/events/{event_id}",
+            get(definitions::get_event),
         )
         .route("/stats", get(admin::stats))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_admin));

@@ -7,6 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::*;
+use crate::definition::parse_definition;
+use crate::event::parse_events;
 use crate::ids::{PlayerId, SessionId};
 use crate::pixel::{NewPixel, PixelBody};
 
@@ -376,6 +378,201 @@ pub(super) async fn a_closed_store_refuses_changes(h: &impl Harness) {
 }
 
 /// Instantiates every contract check as a test for one engine; `$harness` builds a fresh [`Harness`].
+fn definition_input(body: serde_json::Value) -> DefinitionInput {
+    parse_definition(body, true).expect("a valid definition")
+}
+
+fn events(body: serde_json::Value) -> Vec<crate::event::Event> {
+    parse_events(body).expect("valid events")
+}
+
+pub(super) async fn definitions_are_created_replaced_and_deleted(h: &impl Harness) {
+    let store = store_with_brand(h).await;
+    let brand = key("x").brand;
+    let body = serde_json::json!({"id": "ftd-img", "name": "FTD", "trigger": "ftd", "kind": "image", "url": "https://px.example/"});
+    let created = store
+        .create_definition(&brand, definition_input(body.clone()))
+        .await
+        .unwrap();
+    assert_eq!(created.id.as_str(), "ftd-img");
+    assert!(matches!(
+        store
+            .create_definition(&brand, definition_input(body))
+            .await,
+        Err(StoreError::DefinitionExists(_))
+    ));
+    let generated = store
+        .create_definition(
+            &brand,
+            definition_input(serde_json::json!({"name": "S2S", "trigger": "registration", "kind": "s2s", "url": "https://pb.example/"})),
+        )
+        .await
+        .unwrap();
+
+    let replaced = store
+        .replace_definition(
+            &brand,
+            &created.id,
+            definition_input(serde_json::json!({"name": "FTD v2", "trigger": "ftd", "enabled": false, "kind": "image", "url": "https://px.example/2"})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            replaced.name.as_str(),
+            replaced.enabled,
+            replaced.created_at_ms
+        ),
+        ("FTD v2", false, created.created_at_ms)
+    );
+    let missing = DefinitionId::parse("nope").unwrap();
+    assert!(matches!(
+        store
+            .replace_definition(
+                &brand,
+                &missing,
+                definition_input(
+                    serde_json::json!({"name": "n", "trigger": "ftd", "kind": "js", "code": "1"})
+                )
+            )
+            .await,
+        Err(StoreError::UnknownDefinition(_))
+    ));
+    let listed: Vec<String> = store
+        .definitions(&brand)
+        .await
+        .unwrap()
+        .iter()
+        .map(|d| d.id.to_string())
+        .collect();
+    let mut expected = vec![created.id.to_string(), generated.id.to_string()];
+    expected.sort();
+    assert_eq!(listed, expected);
+
+    assert!(store.delete_definition(&brand, &created.id).await.unwrap());
+    assert!(!store.delete_definition(&brand, &created.id).await.unwrap());
+    assert_eq!(store.definition(&brand, &created.id).await.unwrap(), None);
+    let other = BrandId::parse("other").unwrap();
+    assert!(matches!(
+        store.definitions(&other).await,
+        Err(StoreError::UnknownBrand(_))
+    ));
+}
+
+pub(super) async fn events_queue_pixels_once_even_after_a_reopen(h: &impl Harness) {
+    let store = store_with_brand(h).await;
+    let brand = key("x").brand;
+    for body in [
+        serde_json::json!({"name": "FTD", "trigger": "ftd", "kind": "image", "url": "https://px.example/?c={{afp}}&lead={{registration_id}}"}),
+        serde_json::json!({"name": "PB", "trigger": "deposit", "kind": "s2s", "url": "https://pb.example/?c={{afp}}&a={{amount}}"}),
+    ] {
+        store
+            .create_definition(&brand, definition_input(body))
+            .await
+            .unwrap();
+    }
+    let reg = serde_json::json!({"event_id": "reg-1", "type": "registration", "player_id": "p", "params": {"afp": "xyz"}});
+    let dep = serde_json::json!({"event_id": "dep-1", "type": "deposit", "player_id": "p", "params": {"amount": 50}});
+
+    let first = store
+        .ingest(&brand, events(serde_json::json!([reg, dep, dep])))
+        .await
+        .unwrap();
+    assert_eq!(first[1].raised, ["ftd"]);
+    assert_eq!(first[1].pixels.len(), 2, "a postback and the FTD image");
+    assert!(
+        first[2].duplicate,
+        "the same id twice in a batch counts once"
+    );
+    assert_eq!(first[2].pixels, first[1].pixels);
+    let queued = store.pending(&key("p")).await.unwrap();
+    assert_eq!(queued.len(), 1);
+    match &queued[0].pixel.body {
+        PixelBody::Image { url } => assert_eq!(url, "https://px.example/?c=xyz&lead=p"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(queued[0].pixel.trigger.as_deref(), Some("ftd"));
+
+    store.close().await.unwrap();
+    drop(store);
+    let store = h.open().await;
+    let again = store
+        .ingest(&brand, events(serde_json::json!([dep])))
+        .await
+        .unwrap();
+    assert!(again[0].duplicate);
+    assert_eq!(again[0].pixels, first[1].pixels);
+    assert_eq!(store.pending(&key("p")).await.unwrap().len(), 1);
+    let context = store.player_context(&key("p")).await.unwrap();
+    assert_eq!(context.params["afp"], serde_json::json!("xyz"));
+    assert_eq!(
+        context.ftd_event_id.as_ref().map(|e| e.as_str()),
+        Some("dep-1")
+    );
+
+    // The record follows the pixel to its final state.
+    store
+        .ack(&key("p"), &[queued[0].pixel.id.clone()])
+        .await
+        .unwrap();
+    let record = store
+        .event(&brand, &EventId::parse("dep-1").unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    let statuses: Vec<&str> = record.pixels.iter().map(|p| p.status.as_str()).collect();
+    assert_eq!(statuses, ["pending", "fired"]);
+
+    let later = store
+        .ingest(&brand, events(serde_json::json!({"event_id": "dep-2", "type": "deposit", "player_id": "p", "params": {"amount": 20}})))
+        .await
+        .unwrap();
+    assert!(later[0].raised.is_empty(), "FTD once per player");
+    assert_eq!(later[0].pixels.len(), 1);
+    assert!(matches!(
+        store
+            .ingest(
+                &BrandId::parse("other").unwrap(),
+                events(serde_json::json!({"event_id": "e", "type": "ftd", "player_id": "p"}))
+            )
+            .await,
+        Err(StoreError::UnknownBrand(_))
+    ));
+}
+
+pub(super) async fn concurrent_event_batches_with_one_id_produce_once(h: &impl Harness) {
+    let store = store_with_brand(h).await;
+    let brand = key("x").brand;
+    store
+        .create_definition(
+            &brand,
+            definition_input(serde_json::json!({"name": "FTD", "trigger": "ftd", "kind": "js", "code": "f({{player_id}})"})),
+        )
+        .await
+        .unwrap();
+    // The same event id for two different players: only one may win.
+    let tasks: Vec<_> = (0..16)
+        .map(|i| {
+            let store = Arc::clone(&store);
+            let brand = brand.clone();
+            tokio::spawn(async move {
+                let body = serde_json::json!({"event_id": "once", "type": "ftd", "player_id": format!("p{i}")});
+                store.ingest(&brand, events(body)).await.unwrap()
+            })
+        })
+        .collect();
+    let mut produced = 0;
+    for task in tasks {
+        let outcome = task.await.unwrap();
+        if !outcome[0].duplicate {
+            produced += 1;
+        }
+    }
+    assert_eq!(produced, 1);
+    let depth = store.stats().await.unwrap().queue_depth;
+    assert_eq!(depth, 1);
+}
+
 macro_rules! store_contract {
     ($harness:expr) => {
         mod contract_tests {
@@ -421,6 +618,18 @@ macro_rules! store_contract {
             #[tokio::test]
             async fn a_closed_store_refuses_changes() {
                 contract::a_closed_store_refuses_changes(&$harness).await
+            }
+            #[tokio::test]
+            async fn definitions_are_created_replaced_and_deleted() {
+                contract::definitions_are_created_replaced_and_deleted(&$harness).await
+            }
+            #[tokio::test]
+            async fn events_queue_pixels_once_even_after_a_reopen() {
+                contract::events_queue_pixels_once_even_after_a_reopen(&$harness).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn concurrent_event_batches_with_one_id_produce_once() {
+                contract::concurrent_event_batches_with_one_id_produce_once(&$harness).await
             }
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn concurrent_enqueues_share_flushes_and_lose_nothing() {

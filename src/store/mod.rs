@@ -13,7 +13,9 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
-use crate::ids::{BrandId, PixelId, PlayerKey, SessionId};
+use crate::definition::{Definition, DefinitionInput};
+use crate::event::{Event, EventOutcome, PlayerContext};
+use crate::ids::{BrandId, DefinitionId, EventId, PixelId, PlayerKey, SessionId};
 use crate::pixel::{NewPixel, QueuedPixel};
 
 mod commit;
@@ -123,6 +125,12 @@ pub enum StoreError {
     /// The engine failed (I/O, corruption, connection). The caller must treat the operation as not done.
     #[error("storage engine failure: {0}")]
     Backend(String),
+    /// No definition with this id exists for the brand.
+    #[error("pixel definition {0} does not exist")]
+    UnknownDefinition(DefinitionId),
+    /// A definition with this id already exists for the brand.
+    #[error("pixel definition {0} already exists")]
+    DefinitionExists(DefinitionId),
     /// The store was closed; the process is shutting down.
     #[error("the store is closed")]
     Closed,
@@ -184,6 +192,63 @@ pub trait Store: Send + Sync + 'static {
     /// Gives up `session`'s lease on the player's queue, if it holds it. Unacknowledged pixels become
     /// deliverable again, and if any pixel is pending, sessions are told through [`Store::subscribe`].
     async fn release(&self, key: &PlayerKey, session: SessionId) -> Result<(), StoreError>;
+
+    /// Saves a new definition under the caller's id or a generated one; durable when it returns. Fails
+    /// with [`StoreError::DefinitionExists`] when the id is taken.
+    async fn create_definition(
+        &self,
+        brand: &BrandId,
+        input: DefinitionInput,
+    ) -> Result<Definition, StoreError>;
+
+    /// Replaces a definition whole, keeping its id and creation time; durable when it returns. Fails with
+    /// [`StoreError::UnknownDefinition`] when there is none.
+    async fn replace_definition(
+        &self,
+        brand: &BrandId,
+        id: &DefinitionId,
+        input: DefinitionInput,
+    ) -> Result<Definition, StoreError>;
+
+    /// Deletes a definition; durable when it returns. False when there was none. Pixels it already
+    /// produced stay queued.
+    async fn delete_definition(
+        &self,
+        brand: &BrandId,
+        id: &DefinitionId,
+    ) -> Result<bool, StoreError>;
+
+    /// The brand's definitions, in id order.
+    async fn definitions(&self, brand: &BrandId) -> Result<Vec<Definition>, StoreError>;
+
+    /// One definition.
+    async fn definition(
+        &self,
+        brand: &BrandId,
+        id: &DefinitionId,
+    ) -> Result<Option<Definition>, StoreError>;
+
+    /// What the hub remembers of a player between events (empty for a player never seen).
+    async fn player_context(&self, key: &PlayerKey) -> Result<PlayerContext, StoreError>;
+
+    /// Processes a batch of events, all or nothing, and returns once everything is durable: each new event
+    /// is planned with [`crate::event::plan`] against the player's context (as changed by earlier events of
+    /// the batch) and the brand's definitions, and its pixels, postbacks, new context and record are
+    /// committed together. An event whose id the brand already used (in this batch, an earlier one, or
+    /// before a restart) changes nothing; its answer is the recorded one, with current pixel statuses and
+    /// `duplicate` set. Players with new pixels are announced as by [`Store::enqueue`].
+    async fn ingest(
+        &self,
+        brand: &BrandId,
+        events: Vec<Event>,
+    ) -> Result<Vec<EventOutcome>, StoreError>;
+
+    /// The record of an event, with current pixel statuses.
+    async fn event(
+        &self,
+        brand: &BrandId,
+        id: &EventId,
+    ) -> Result<Option<EventOutcome>, StoreError>;
 
     /// Queue depth per brand: exact, not estimated.
     async fn stats(&self) -> Result<StoreStats, StoreError>;

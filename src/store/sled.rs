@@ -11,13 +11,18 @@
 //! | `q` brand NUL player NUL seq(u64 BE) | [`QueuedPixel`] JSON: the queue, in order |
 //! | `i` brand NUL player NUL pixel-id | [`IndexRecord`] JSON: id → seq and status, kept as a tombstone after the pixel leaves the queue |
 //! | `x` due(u64 BE ms) brand NUL player NUL seq | pixel id: when the pixel expires, or when its tombstone is forgotten |
+//! | `d` brand NUL definition-id | [`Definition`] JSON |
+//! | `c` brand NUL player | [`PlayerContext`] JSON: attribution and first-deposit marker |
+//! | `e` brand NUL event-id | [`EventOutcome`] JSON: what the event produced, kept as its idempotency record |
+//! | `o` brand NUL postback-id | [`Postback`](crate::event::Postback) JSON: the S2S outbox, in creation order |
 //!
 //! `seq` comes from sled's persistent monotonic id generator, so queue order survives restarts.
 //!
 //! # Concurrency
 //! sled is single-process (it locks its directory), so process-local locks are enough here: every change
 //! to one player's queue happens under that player's stripe lock, which makes "check the id index, then
-//! write" atomic. The lock is never held across an `.await`; the fsync wait happens after it is released.
+//! write" atomic. An event batch takes the stripes of all its players and event ids, in ascending order
+//! (every other path holds one stripe at most, so no cycle can form). The lock is never held across an `.await`; the fsync wait happens after it is released.
 //! Leases live in memory: they die with the process, exactly as the trait allows.
 
 use std::collections::HashMap;
@@ -39,7 +44,9 @@ use super::{
     Brand, BrandSettings, CancelOutcome, Enqueued, PendingPixel, PixelStatus, Store, StoreError,
     StoreStats, now_ms,
 };
-use crate::ids::{BrandId, PixelId, PlayerId, PlayerKey, SessionId};
+use crate::definition::{Definition, DefinitionInput};
+use crate::event::{self, Event, EventOutcome, PlayerContext, ProducedOutput};
+use crate::ids::{BrandId, DefinitionId, EventId, PixelId, PlayerId, PlayerKey, SessionId};
 use crate::pixel::{NewPixel, QueuedPixel};
 
 /// Lock stripes for per-player serialisation; enough that unrelated players rarely share one.
@@ -164,7 +171,126 @@ impl SledStore {
 
 impl Inner {
     fn stripe(&self, key: &PlayerKey) -> &Mutex<()> {
-        &self.stripes[(self.stripe_hasher.hash_one(key) as usize) % STRIPES]
+        &self.stripes[self.stripe_index(key)]
+    }
+
+    fn stripe_index(&self, what: impl std::hash::Hash) -> usize {
+        (self.stripe_hasher.hash_one(what) as usize) % STRIPES
+    }
+
+    fn read<T: serde::de::DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, StoreError> {
+        match self.data.get(key).map_err(backend)? {
+            Some(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(backend),
+            None => Ok(None),
+        }
+    }
+
+    fn brand_exists(&self, brand: &BrandId) -> Result<(), StoreError> {
+        if self
+            .data
+            .contains_key(keys::brand(brand))
+            .map_err(backend)?
+        {
+            Ok(())
+        } else {
+            Err(StoreError::UnknownBrand(brand.clone()))
+        }
+    }
+
+    fn definitions(&self, brand: &BrandId) -> Result<Vec<Definition>, StoreError> {
+        self.data
+            .scan_prefix(keys::definition_prefix(brand))
+            .map(|entry| {
+                let (_, v) = entry.map_err(backend)?;
+                serde_json::from_slice(&v).map_err(backend)
+            })
+            .collect()
+    }
+
+    /// Stages a new pixel of `key` in `batch`: its queue entry, id index and expiry entry. Returns its
+    /// sequence number; the caller applies the batch and adjusts the depth.
+    fn stage_pixel(
+        &self,
+        batch: &mut Batch,
+        key: &PlayerKey,
+        id: &PixelId,
+        pixel: NewPixel,
+        now: u64,
+    ) -> Result<u64, StoreError> {
+        let seq = self.db.generate_id().map_err(backend)?;
+        let ttl_ms = pixel.ttl_seconds.map_or(self.default_ttl_ms, |s| s * 1000);
+        let queued = QueuedPixel {
+            body: pixel.body.with_defaults(id),
+            id: id.clone(),
+            trigger: pixel.trigger,
+            queued_at_ms: now,
+            expires_at_ms: now + ttl_ms,
+        };
+        let rec = IndexRecord {
+            seq,
+            status: PixelStatus::Queued,
+            expires_at_ms: queued.expires_at_ms,
+            at_ms: now,
+        };
+        batch.insert(keys::queue(key, seq), json(&queued));
+        batch.insert(keys::index(key, id), json(&rec));
+        batch.insert(
+            keys::expiry(rec.expires_at_ms, key, seq),
+            id.as_str().as_bytes(),
+        );
+        Ok(seq)
+    }
+
+    /// Reads an event's record and brings its client pixels' statuses up to date.
+    fn event_record(
+        &self,
+        brand: &BrandId,
+        id: &EventId,
+    ) -> Result<Option<EventOutcome>, StoreError> {
+        let Some(mut outcome) = self.read::<EventOutcome>(&keys::event(brand, id))? else {
+            return Ok(None);
+        };
+        let key = PlayerKey::new(brand.clone(), outcome.player_id.clone());
+        for produced in &mut outcome.pixels {
+            if let ProducedOutput::Client(_) = produced.output {
+                if let Some(rec) = self.record(&key, &produced.id)? {
+                    produced.status = serde_json::to_value(rec.status)
+                        .ok()
+                        .and_then(|v| v.as_str().map(str::to_owned))
+                        .unwrap_or_else(|| produced.status.clone());
+                }
+            }
+        }
+        Ok(Some(outcome))
+    }
+
+    /// Saves a definition under the brand lock: `replace` names the one it must replace.
+    fn save_definition(
+        &self,
+        brand: &BrandId,
+        input: DefinitionInput,
+        replace: Option<&DefinitionId>,
+    ) -> Result<Definition, StoreError> {
+        self.check_open()?;
+        let _guard = lock(&self.brand_lock);
+        self.brand_exists(brand)?;
+        let id = match (replace, &input.id) {
+            (Some(id), _) => id.clone(),
+            (None, Some(id)) => id.clone(),
+            (None, None) => DefinitionId::generate(),
+        };
+        let key = keys::definition(brand, &id);
+        let existing: Option<Definition> = self.read(&key)?;
+        let now = now_ms();
+        let created_at = match (replace, existing) {
+            (Some(_), Some(old)) => old.created_at_ms,
+            (Some(_), None) => return Err(StoreError::UnknownDefinition(id)),
+            (None, Some(_)) => return Err(StoreError::DefinitionExists(id)),
+            (None, None) => now,
+        };
+        let definition = input.into_definition(id, created_at, now);
+        self.data.insert(key, json(&definition)).map_err(backend)?;
+        Ok(definition)
     }
 
     fn record(&self, key: &PlayerKey, id: &PixelId) -> Result<Option<IndexRecord>, StoreError> {
@@ -351,13 +477,7 @@ impl Store for SledStore {
         inner.check_open()?;
         let (answers, range) = {
             let _guard = lock(inner.stripe(key));
-            if !inner
-                .data
-                .contains_key(keys::brand(&key.brand))
-                .map_err(backend)?
-            {
-                return Err(StoreError::UnknownBrand(key.brand.clone()));
-            }
+            inner.brand_exists(&key.brand)?;
             let now = now_ms();
             let mut batch = Batch::default();
             let mut answers: Vec<Enqueued> = Vec::with_capacity(pixels.len());
@@ -384,29 +504,9 @@ impl Store for SledStore {
                         continue;
                     }
                 }
-                let id = pixel.id.unwrap_or_else(PixelId::generate);
-                let seq = inner.db.generate_id().map_err(backend)?;
+                let id = pixel.id.clone().unwrap_or_else(PixelId::generate);
+                let seq = inner.stage_pixel(&mut batch, key, &id, pixel, now)?;
                 range = Some((range.map_or(seq, |r| r.0), seq));
-                let ttl_ms = pixel.ttl_seconds.map_or(inner.default_ttl_ms, |s| s * 1000);
-                let queued = QueuedPixel {
-                    body: pixel.body.with_defaults(&id),
-                    id: id.clone(),
-                    trigger: pixel.trigger,
-                    queued_at_ms: now,
-                    expires_at_ms: now + ttl_ms,
-                };
-                let rec = IndexRecord {
-                    seq,
-                    status: PixelStatus::Queued,
-                    expires_at_ms: queued.expires_at_ms,
-                    at_ms: now,
-                };
-                batch.insert(keys::queue(key, seq), json(&queued));
-                batch.insert(keys::index(key, &id), json(&rec));
-                batch.insert(
-                    keys::expiry(rec.expires_at_ms, key, seq),
-                    id.as_str().as_bytes(),
-                );
                 seen_in_batch.insert(id.clone(), answers.len());
                 answers.push(Enqueued {
                     id,
@@ -617,6 +717,167 @@ impl Store for SledStore {
         Ok(())
     }
 
+    async fn create_definition(
+        &self,
+        brand: &BrandId,
+        input: DefinitionInput,
+    ) -> Result<Definition, StoreError> {
+        let definition = self.inner.save_definition(brand, input, None)?;
+        self.inner.commit.wait().await?;
+        Ok(definition)
+    }
+
+    async fn replace_definition(
+        &self,
+        brand: &BrandId,
+        id: &DefinitionId,
+        input: DefinitionInput,
+    ) -> Result<Definition, StoreError> {
+        let definition = self.inner.save_definition(brand, input, Some(id))?;
+        self.inner.commit.wait().await?;
+        Ok(definition)
+    }
+
+    async fn delete_definition(
+        &self,
+        brand: &BrandId,
+        id: &DefinitionId,
+    ) -> Result<bool, StoreError> {
+        let inner = &self.inner;
+        inner.check_open()?;
+        let existed = {
+            let _guard = lock(&inner.brand_lock);
+            inner.brand_exists(brand)?;
+            inner
+                .data
+                .remove(keys::definition(brand, id))
+                .map_err(backend)?
+                .is_some()
+        };
+        inner.commit.wait().await?;
+        Ok(existed)
+    }
+
+    async fn definitions(&self, brand: &BrandId) -> Result<Vec<Definition>, StoreError> {
+        self.inner.brand_exists(brand)?;
+        self.inner.definitions(brand)
+    }
+
+    async fn definition(
+        &self,
+        brand: &BrandId,
+        id: &DefinitionId,
+    ) -> Result<Option<Definition>, StoreError> {
+        self.inner.brand_exists(brand)?;
+        self.inner.read(&keys::definition(brand, id))
+    }
+
+    async fn player_context(&self, key: &PlayerKey) -> Result<PlayerContext, StoreError> {
+        self.inner.brand_exists(&key.brand)?;
+        Ok(self.inner.read(&keys::context(key))?.unwrap_or_default())
+    }
+
+    async fn ingest(
+        &self,
+        brand: &BrandId,
+        events: Vec<Event>,
+    ) -> Result<Vec<EventOutcome>, StoreError> {
+        let inner = &self.inner;
+        inner.check_open()?;
+        let (outcomes, ranges) = {
+            let mut stripes: Vec<usize> = events
+                .iter()
+                .flat_map(|e| {
+                    [
+                        inner.stripe_index(PlayerKey::new(brand.clone(), e.player_id.clone())),
+                        inner.stripe_index((brand, &e.event_id)),
+                    ]
+                })
+                .collect();
+            stripes.sort_unstable();
+            stripes.dedup();
+            let _guards: Vec<_> = stripes.iter().map(|&i| lock(&inner.stripes[i])).collect();
+            inner.brand_exists(brand)?;
+            let definitions = inner.definitions(brand)?;
+            let now = now_ms();
+            let mut batch = Batch::default();
+            let mut contexts: HashMap<PlayerId, PlayerContext> = HashMap::new();
+            let mut answered: HashMap<EventId, usize> = HashMap::new();
+            let mut outcomes: Vec<EventOutcome> = Vec::with_capacity(events.len());
+            // Per player, the first and last sequence numbers this batch adds.
+            let mut ranges: HashMap<PlayerKey, (u64, u64)> = HashMap::new();
+            let mut added = 0u64;
+            for event in &events {
+                if let Some(&first) = answered.get(&event.event_id) {
+                    let again = EventOutcome {
+                        duplicate: true,
+                        ..outcomes[first].clone()
+                    };
+                    outcomes.push(again);
+                    continue;
+                }
+                answered.insert(event.event_id.clone(), outcomes.len());
+                if let Some(recorded) = inner.event_record(brand, &event.event_id)? {
+                    outcomes.push(EventOutcome {
+                        duplicate: true,
+                        ..recorded
+                    });
+                    continue;
+                }
+                let key = PlayerKey::new(brand.clone(), event.player_id.clone());
+                let context = match contexts.entry(event.player_id.clone()) {
+                    std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                    std::collections::hash_map::Entry::Vacant(e) => {
+                        e.insert(inner.read(&keys::context(&key))?.unwrap_or_default())
+                    }
+                };
+                let plan = event::plan(brand, event, context, &definitions, now);
+                for pixel in plan.pixels {
+                    let id = pixel.id.clone().expect("planned pixels carry their ids");
+                    let seq = inner.stage_pixel(&mut batch, &key, &id, pixel, now)?;
+                    let range = ranges.entry(key.clone()).or_insert((seq, seq));
+                    range.1 = seq;
+                    added += 1;
+                }
+                for postback in &plan.postbacks {
+                    batch.insert(keys::postback(brand, &postback.id), json(postback));
+                }
+                if let Some(changed) = plan.context {
+                    batch.insert(keys::context(&key), json(&changed));
+                    *context = changed;
+                }
+                batch.insert(keys::event(brand, &event.event_id), json(&plan.outcome));
+                outcomes.push(plan.outcome);
+            }
+            inner.data.apply_batch(batch).map_err(backend)?;
+            *inner.depth.entry(brand.clone()).or_insert(0) += added;
+            for (key, range) in &ranges {
+                inner.unflushed.entry(key.clone()).or_default().push(*range);
+            }
+            (outcomes, ranges)
+        };
+        // Also when every event was a duplicate: the record we answer with may be another call's
+        // unflushed write.
+        let flushed = inner.commit.wait().await;
+        for (key, range) in &ranges {
+            inner.flushed(key, *range);
+        }
+        flushed?;
+        for key in ranges.into_keys() {
+            let _ = inner.announce.send(key);
+        }
+        Ok(outcomes)
+    }
+
+    async fn event(
+        &self,
+        brand: &BrandId,
+        id: &EventId,
+    ) -> Result<Option<EventOutcome>, StoreError> {
+        self.inner.brand_exists(brand)?;
+        self.inner.event_record(brand, id)
+    }
+
     async fn stats(&self) -> Result<StoreStats, StoreError> {
         let inner = &self.inner;
         let commits = inner.commit.counters();
@@ -674,6 +935,36 @@ mod keys {
 
     pub fn parse_brand(k: &[u8]) -> Option<BrandId> {
         BrandId::parse(std::str::from_utf8(k.strip_prefix(b"b")?).ok()?).ok()
+    }
+
+    /// `tag brand NUL`: the start of every key of that table for the brand.
+    fn brand_table(tag: u8, brand: &BrandId) -> Vec<u8> {
+        let mut k = vec![tag];
+        k.extend_from_slice(brand.as_str().as_bytes());
+        k.push(0);
+        k
+    }
+
+    pub fn definition_prefix(brand: &BrandId) -> Vec<u8> {
+        brand_table(b'd', brand)
+    }
+
+    pub fn definition(brand: &BrandId, id: &DefinitionId) -> Vec<u8> {
+        [definition_prefix(brand), id.as_str().as_bytes().to_vec()].concat()
+    }
+
+    pub fn event(brand: &BrandId, id: &EventId) -> Vec<u8> {
+        [brand_table(b'e', brand), id.as_str().as_bytes().to_vec()].concat()
+    }
+
+    pub fn postback(brand: &BrandId, id: &PixelId) -> Vec<u8> {
+        [brand_table(b'o', brand), id.as_str().as_bytes().to_vec()].concat()
+    }
+
+    pub fn context(key: &PlayerKey) -> Vec<u8> {
+        let mut k = vec![b'c'];
+        push_player(&mut k, key);
+        k
     }
 
     pub fn queue_prefix(key: &PlayerKey) -> Vec<u8> {

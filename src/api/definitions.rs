@@ -1,0 +1,258 @@
+//! `/api/v1/brands/{brand_id}/pixel-definitions`, `…/events` and a player's attribution: the brand says
+//! once which events fire which pixels, then only reports events.
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use super::admin::{BrandPath, PlayerPath};
+use super::extract::{ApiPath, JsonBody};
+use super::{ApiError, AppState};
+use crate::definition::{Action, Definition, Output, parse_definition};
+use crate::event::{Event, macro_values, parse_event, parse_events};
+use crate::ids::{BrandId, DefinitionId, EventId, PixelId, PlayerKey};
+use crate::input::InputError;
+use crate::pixel::NewPixel;
+use crate::store::now_ms;
+
+#[derive(Deserialize)]
+pub(super) struct DefinitionPath {
+    brand_id: BrandId,
+    definition_id: DefinitionId,
+}
+
+#[derive(Deserialize)]
+pub(super) struct EventPath {
+    brand_id: BrandId,
+    event_id: EventId,
+}
+
+pub(super) async fn create(
+    State(state): State<AppState>,
+    ApiPath(path): ApiPath<BrandPath>,
+    JsonBody(body): JsonBody,
+) -> Result<impl IntoResponse, ApiError> {
+    let input = parse_definition(body, true)?;
+    let definition = state.store.create_definition(&path.brand_id, input).await?;
+    let location = format!(
+        "/api/v1/brands/{}/pixel-definitions/{}",
+        path.brand_id, definition.id
+    );
+    Ok((
+        StatusCode::CREATED,
+        [(header::LOCATION, location)],
+        Json(definition),
+    ))
+}
+
+pub(super) async fn list(
+    State(state): State<AppState>,
+    ApiPath(path): ApiPath<BrandPath>,
+) -> Result<Json<Value>, ApiError> {
+    let definitions = state.store.definitions(&path.brand_id).await?;
+    Ok(Json(json!({ "definitions": definitions })))
+}
+
+pub(super) async fn get(
+    State(state): State<AppState>,
+    ApiPath(path): ApiPath<DefinitionPath>,
+) -> Result<Json<Definition>, ApiError> {
+    find(&state, &path).await.map(Json)
+}
+
+pub(super) async fn replace(
+    State(state): State<AppState>,
+    ApiPath(path): ApiPath<DefinitionPath>,
+    JsonBody(body): JsonBody,
+) -> Result<Json<Definition>, ApiError> {
+    let input = parse_definition(body, false)?;
+    let definition = state
+        .store
+        .replace_definition(&path.brand_id, &path.definition_id, input)
+        .await?;
+    Ok(Json(definition))
+}
+
+pub(super) async fn delete(
+    State(state): State<AppState>,
+    ApiPath(path): ApiPath<DefinitionPath>,
+) -> Result<StatusCode, ApiError> {
+    if state
+        .store
+        .delete_definition(&path.brand_id, &path.definition_id)
+        .await?
+    {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::UnknownDefinition(path.definition_id.to_string()))
+    }
+}
+
+async fn find(state: &AppState, path: &DefinitionPath) -> Result<Definition, ApiError> {
+    state
+        .store
+        .definition(&path.brand_id, &path.definition_id)
+        .await?
+        .ok_or_else(|| ApiError::UnknownDefinition(path.definition_id.to_string()))
+}
+
+/// One condition of a preview, and whether the sample event meets it.
+#[derive(Serialize)]
+struct ConditionCheck {
+    condition: String,
+    holds: bool,
+}
+
+/// Renders a definition for a sample event without queuing anything. The body is an event without its
+/// id (all optional): `type` defaults to the definition's trigger, `player_id` to `preview-player`; a
+/// given player's attribution context is used as a real event would use it.
+pub(super) async fn preview(
+    State(state): State<AppState>,
+    ApiPath(path): ApiPath<DefinitionPath>,
+    JsonBody(body): JsonBody,
+) -> Result<Json<Value>, ApiError> {
+    let definition = find(&state, &path).await?;
+    let event = sample_event(&definition, body, "preview", Some("preview-player"))?;
+    let key = PlayerKey::new(path.brand_id.clone(), event.player_id.clone());
+    let context = state.store.player_context(&key).await?;
+    let values = macro_values(&path.brand_id, &event, &context, &event.kind, now_ms());
+    let deal = event.deal_id.as_ref().or(context.deal_id.as_ref());
+    let affiliate = event
+        .affiliate_id
+        .as_ref()
+        .or(context.affiliate_id.as_ref());
+    let conditions: Vec<ConditionCheck> = definition
+        .conditions
+        .iter()
+        .map(|c| ConditionCheck {
+            condition: c.to_string(),
+            holds: c.holds(&values),
+        })
+        .collect();
+    let would_fire = definition.matches(
+        &event.kind,
+        deal.map(String::as_str),
+        affiliate.map(String::as_str),
+    ) && conditions.iter().all(|c| c.holds);
+    let (pixel, missing, error) = match definition.render(&values) {
+        Ok(rendered) => (output_json(rendered.output), rendered.missing, None),
+        Err(error) => (Value::Null, Vec::new(), Some(error)),
+    };
+    Ok(Json(json!({
+        "definition_id": definition.id,
+        "would_fire": would_fire,
+        "conditions": conditions,
+        "pixel": pixel,
+        "missing": missing,
+        "error": error,
+    })))
+}
+
+/// Queues a definition's pixel, rendered for a sample event, to a test player: the brand logs in as that
+/// player and watches it fire. Nothing is recorded as an event and no attribution changes.
+pub(super) async fn test(
+    State(state): State<AppState>,
+    ApiPath(path): ApiPath<DefinitionPath>,
+    JsonBody(body): JsonBody,
+) -> Result<impl IntoResponse, ApiError> {
+    let definition = find(&state, &path).await?;
+    if let Action::S2s { .. } = definition.action {
+        return Err(ApiError::Invalid {
+            code: "not_a_client_pixel",
+            message: "test queues pixels for a browser; an s2s postback is sent by the hub itself. Use preview to see its URL".into(),
+        });
+    }
+    let event = sample_event(&definition, body, "test", None)?;
+    let key = PlayerKey::new(path.brand_id.clone(), event.player_id.clone());
+    let context = state.store.player_context(&key).await?;
+    let values = macro_values(&path.brand_id, &event, &context, &event.kind, now_ms());
+    let rendered = definition
+        .render(&values)
+        .map_err(|message| ApiError::Invalid {
+            code: "render_failed",
+            message: format!("the sample values do not make a valid pixel: {message}"),
+        })?;
+    let Output::Client(body) = rendered.output else {
+        unreachable!("s2s definitions were turned away above");
+    };
+    let id = PixelId::generate();
+    let pixel = NewPixel {
+        id: Some(id.clone()),
+        trigger: Some(definition.trigger.clone()),
+        ttl_seconds: definition.ttl_seconds,
+        body: body.with_defaults(&id),
+    };
+    let queued = state.store.enqueue(&key, vec![pixel.clone()]).await?;
+    let mut answer = output_json(Output::Client(pixel.body));
+    answer["id"] = json!(id);
+    answer["status"] = json!(queued[0].status);
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({ "pixel": answer, "player_id": event.player_id, "missing": rendered.missing })),
+    ))
+}
+
+/// The event a preview or test renders: the body's fields, with the definition's trigger as the type and,
+/// when the body names no player, `default_player` (a test must name one).
+fn sample_event(
+    definition: &Definition,
+    body: Value,
+    path: &str,
+    default_player: Option<&str>,
+) -> Result<Event, ApiError> {
+    let Value::Object(mut obj) = body else {
+        return Err(InputError::new("invalid_event", path, "must be a JSON object").into());
+    };
+    obj.entry("event_id").or_insert_with(|| json!(path));
+    obj.entry("type")
+        .or_insert_with(|| json!(definition.trigger));
+    if let Some(player) = default_player {
+        obj.entry("player_id").or_insert_with(|| json!(player));
+    }
+    Ok(parse_event(Value::Object(obj), path)?)
+}
+
+fn output_json(output: Output) -> Value {
+    match output {
+        Output::Client(body) => serde_json::to_value(body).expect("pixels serialise"),
+        Output::S2s { url } => json!({ "kind": "s2s", "url": url }),
+    }
+}
+
+pub(super) async fn ingest(
+    State(state): State<AppState>,
+    ApiPath(path): ApiPath<BrandPath>,
+    JsonBody(body): JsonBody,
+) -> Result<impl IntoResponse, ApiError> {
+    let events = parse_events(body)?;
+    let outcomes = state.store.ingest(&path.brand_id, events).await?;
+    Ok((StatusCode::ACCEPTED, Json(json!({ "events": outcomes }))))
+}
+
+pub(super) async fn get_event(
+    State(state): State<AppState>,
+    ApiPath(path): ApiPath<EventPath>,
+) -> Result<impl IntoResponse, ApiError> {
+    match state.store.event(&path.brand_id, &path.event_id).await? {
+        Some(outcome) => Ok(Json(outcome)),
+        None => Err(ApiError::UnknownEvent(path.event_id.to_string())),
+    }
+}
+
+pub(super) async fn attribution(
+    State(state): State<AppState>,
+    ApiPath(path): ApiPath<PlayerPath>,
+) -> Result<Json<Value>, ApiError> {
+    let key = path.key();
+    let context = state.store.player_context(&key).await?;
+    Ok(Json(json!({
+        "player_id": key.player,
+        "affiliate_id": context.affiliate_id,
+        "deal_id": context.deal_id,
+        "params": context.params,
+        "ftd_event_id": context.ftd_event_id,
+    })))
+}

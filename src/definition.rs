@@ -1,0 +1,1002 @@
+//! Pixel definitions: a brand's standing rules for which events fire which pixels.
+//!
+//! A definition names a trigger (an event type), an optional scope (deal, affiliate), optional
+//! conditions on the event's values, and a template for one pixel. It is validated whole when it is saved,
+//! by parsing its templates and rendering them once with sample values through the same checks a
+//! hand-queued pixel meets, so an event can only fail to render a definition because of its own values.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde_json::{Map, Value};
+
+use crate::ids::{DefinitionId, is_valid_id};
+use crate::input::{Fields, InputError, MAX_URL_BYTES, http_url};
+use crate::pixel::{MAX_JS_BYTES, MAX_TTL_SECONDS, PixelBody, parse_pixel};
+use crate::template::{Context, Rendered, Template};
+
+/// Event types the affiliate world agrees on. Any other name of the same shape is a custom trigger.
+pub const STANDARD_TRIGGERS: [&str; 6] = [
+    "registration",
+    "qualified_registration",
+    "ftd",
+    "qftd",
+    "deposit",
+    "sale",
+];
+/// Most conditions on one definition.
+const MAX_CONDITIONS: usize = 32;
+
+/// A saved definition, as stored and as the API returns it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Definition {
+    /// Unique within the brand.
+    pub id: DefinitionId,
+    /// For people: shown in reports and in event answers.
+    pub name: String,
+    /// The event type that fires it, lower-case.
+    pub trigger: String,
+    /// Only events of this deal; any deal when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deal_id: Option<String>,
+    /// Only events of this affiliate; any affiliate when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub affiliate_id: Option<String>,
+    /// What to produce, with its templates.
+    #[serde(flatten)]
+    pub action: Action,
+    /// All must hold for the definition to fire.
+    #[serde(default)]
+    pub conditions: Vec<Condition>,
+    /// A disabled definition is kept but never fires.
+    pub enabled: bool,
+    /// TTL of the pixels it queues; the hub's default when absent. Client kinds only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl_seconds: Option<u64>,
+    /// Unix milliseconds of creation.
+    pub created_at_ms: u64,
+    /// Unix milliseconds of the last change.
+    pub updated_at_ms: u64,
+}
+
+/// The pixel a definition produces, with its templates as the brand wrote them.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Action {
+    /// A server-to-server postback: the hub itself requests the URL.
+    S2s {
+        /// URL template.
+        url: String,
+    },
+    /// See [`PixelBody::Image`].
+    Image {
+        /// URL template.
+        url: String,
+    },
+    /// See [`PixelBody::Iframe`].
+    Iframe {
+        /// URL template.
+        url: String,
+    },
+    /// See [`PixelBody::Script`].
+    Script {
+        /// URL template.
+        url: String,
+    },
+    /// See [`PixelBody::Js`].
+    Js {
+        /// JavaScript template; macros become string literals.
+        code: String,
+    },
+    /// See [`PixelBody::Facebook`].
+    Facebook {
+        /// Meta pixel id (a text template).
+        pixel_id: String,
+        /// Event name (a text template).
+        event: String,
+        /// Event parameters; string values are text templates.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        params: Option<Map<String, Value>>,
+    },
+}
+
+impl Action {
+    /// The `kind` tag.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Action::S2s { .. } => "s2s",
+            Action::Image { .. } => "image",
+            Action::Iframe { .. } => "iframe",
+            Action::Script { .. } => "script",
+            Action::Js { .. } => "js",
+            Action::Facebook { .. } => "facebook",
+        }
+    }
+}
+
+/// What rendering a definition for one event gives.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Output {
+    /// A pixel for the player's browser.
+    Client(PixelBody),
+    /// A postback for the hub to send.
+    S2s {
+        /// The final URL.
+        url: String,
+    },
+}
+
+/// A rendered definition: its output and the macros that had no value.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RenderedPixel {
+    /// What to queue or send.
+    pub output: Output,
+    /// Lower-cased names of macros rendered empty for want of a value.
+    pub missing: Vec<String>,
+}
+
+impl Definition {
+    /// Whether an event of `trigger` with this deal and affiliate falls in the definition's scope.
+    pub fn matches(
+        &self,
+        trigger: &str,
+        deal_id: Option<&str>,
+        affiliate_id: Option<&str>,
+    ) -> bool {
+        let scoped = |mine: &Option<String>, theirs: Option<&str>| {
+            mine.as_deref().is_none_or(|mine| Some(mine) == theirs)
+        };
+        self.enabled
+            && self.trigger == trigger
+            && scoped(&self.deal_id, deal_id)
+            && scoped(&self.affiliate_id, affiliate_id)
+    }
+
+    /// Whether every condition holds for these macro values.
+    pub fn conditions_hold(&self, values: &BTreeMap<String, Value>) -> bool {
+        self.conditions.iter().all(|c| c.holds(values))
+    }
+
+    /// Renders the pixel for `values`. Fails only when the values make an invalid pixel (say, a raw value
+    /// that breaks the URL, or a Meta pixel id that is not a number); the message says which field.
+    pub fn render(&self, values: &BTreeMap<String, Value>) -> Result<RenderedPixel, String> {
+        let mut missing = Vec::new();
+        let mut text = |source: &str, context: Context| -> Result<String, String> {
+            let template = Template::parse(source, context)
+                .map_err(|e| format!("the saved template no longer parses: {e}"))?;
+            let Rendered { text, missing: m } = template.render(values);
+            for name in m {
+                if !missing.contains(&name) {
+                    missing.push(name);
+                }
+            }
+            Ok(text)
+        };
+        let pixel = match &self.action {
+            Action::S2s { url } => {
+                let url = http_url(&text(url, Context::Url)?).map_err(|e| format!("url {e}"))?;
+                return Ok(RenderedPixel {
+                    output: Output::S2s { url },
+                    missing,
+                });
+            }
+            Action::Image { url } | Action::Iframe { url } | Action::Script { url } => {
+                serde_json::json!({"kind": self.action.kind(), "url": text(url, Context::Url)?})
+            }
+            Action::Js { code } => {
+                serde_json::json!({"kind": "js", "code": text(code, Context::Js)?})
+            }
+            Action::Facebook {
+                pixel_id,
+                event,
+                params,
+            } => {
+                let mut out = Map::new();
+                for (key, value) in params.iter().flatten() {
+                    let rendered = match value {
+                        Value::String(source) => {
+                            let template = Template::parse(source, Context::Text)
+                                .map_err(|e| format!("params.{key}: {e}"))?;
+                            match template.sole_macro().and_then(|name| values.get(name)) {
+                                Some(typed @ (Value::Number(_) | Value::Bool(_))) => typed.clone(),
+                                _ => Value::String(text(source, Context::Text)?),
+                            }
+                        }
+                        other => other.clone(),
+                    };
+                    out.insert(key.clone(), rendered);
+                }
+                serde_json::json!({
+                    "kind": "facebook",
+                    "pixel_id": text(pixel_id, Context::Text)?,
+                    "event": text(event, Context::Text)?,
+                    "params": out,
+                })
+            }
+        };
+        let pixel = parse_pixel(pixel, "pixel").map_err(|e| {
+            let field = e.path.strip_prefix("pixel.").unwrap_or(&e.path);
+            format!("{field} {}", e.message)
+        })?;
+        Ok(RenderedPixel {
+            output: Output::Client(pixel.body),
+            missing,
+        })
+    }
+}
+
+/// A definition as a caller sent it, validated; the store adds the id (when new) and the timestamps.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DefinitionInput {
+    /// The caller's id, on create; generated when absent.
+    pub id: Option<DefinitionId>,
+    /// See [`Definition::name`].
+    pub name: String,
+    /// See [`Definition::trigger`].
+    pub trigger: String,
+    /// See [`Definition::deal_id`].
+    pub deal_id: Option<String>,
+    /// See [`Definition::affiliate_id`].
+    pub affiliate_id: Option<String>,
+    /// See [`Definition::action`].
+    pub action: Action,
+    /// See [`Definition::conditions`].
+    pub conditions: Vec<Condition>,
+    /// See [`Definition::enabled`]; true when absent.
+    pub enabled: bool,
+    /// See [`Definition::ttl_seconds`].
+    pub ttl_seconds: Option<u64>,
+}
+
+impl DefinitionInput {
+    /// The definition to store under `id`, created at `created_at_ms`, changed `now`.
+    pub fn into_definition(self, id: DefinitionId, created_at_ms: u64, now: u64) -> Definition {
+        Definition {
+            id,
+            name: self.name,
+            trigger: self.trigger,
+            deal_id: self.deal_id,
+            affiliate_id: self.affiliate_id,
+            action: self.action,
+            conditions: self.conditions,
+            enabled: self.enabled,
+            ttl_seconds: self.ttl_seconds,
+            created_at_ms,
+            updated_at_ms: now,
+        }
+    }
+}
+
+/// Whether `name` may be an event type or trigger: 1 to 64 of `a-z 0-9 _ . : -` once lower-cased.
+pub fn valid_trigger(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'-'))
+}
+
+/// Parses and validates a definition body (`POST` or `PUT`). `allow_id` is false for `PUT`, whose id is
+/// in the path.
+pub fn parse_definition(body: Value, allow_id: bool) -> Result<DefinitionInput, InputError> {
+    const PATH: &str = "definition";
+    let Value::Object(mut obj) = body else {
+        return Err(InputError::new(
+            "invalid_definition",
+            PATH,
+            "a definition must be a JSON object",
+        ));
+    };
+    let mut fields = Fields::new(&mut obj, PATH);
+
+    let id = match fields.optional_str("id")? {
+        Some(_) if !allow_id => {
+            return Err(fields.error(
+                "invalid_field",
+                "id",
+                "cannot be changed; the id is the one in the path",
+            ));
+        }
+        Some(id) if is_valid_id(&id) => Some(DefinitionId::parse(&id).expect("validated")),
+        Some(_) => {
+            return Err(fields.error(
+                "invalid_field",
+                "id",
+                "must be 1 to 128 characters of A-Z a-z 0-9 . _ : @ -",
+            ));
+        }
+        None => None,
+    };
+    let name = fields.required_str("name")?;
+    fields.check_label("name", &name, 200)?;
+    let trigger = fields.required_str("trigger")?.to_ascii_lowercase();
+    if !valid_trigger(&trigger) {
+        return Err(fields.error(
+            "invalid_field",
+            "trigger",
+            format!(
+                "must be one of {} or a custom event name of 1 to 64 characters a-z 0-9 _ . : -",
+                STANDARD_TRIGGERS.join(", ")
+            ),
+        ));
+    }
+    let deal_id = fields.optional_label("deal_id", 128)?;
+    let affiliate_id = fields.optional_label("affiliate_id", 128)?;
+    let enabled = fields.optional_bool("enabled")?.unwrap_or(true);
+    let ttl_seconds = fields.optional_u64("ttl_seconds", 1..=MAX_TTL_SECONDS, "seconds")?;
+    let conditions = match fields.obj.remove("conditions") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::Array(items)) if items.len() <= MAX_CONDITIONS => items
+            .iter()
+            .enumerate()
+            .map(|(i, item)| {
+                let path = format!("conditions[{i}]");
+                match item {
+                    Value::String(s) => {
+                        Condition::parse(s).map_err(|m| fields.error("invalid_condition", &path, m))
+                    }
+                    _ => Err(fields.error(
+                        "invalid_condition",
+                        &path,
+                        "must be a string such as \"amount >= 20\"",
+                    )),
+                }
+            })
+            .collect::<Result<_, _>>()?,
+        Some(_) => {
+            return Err(fields.error(
+                "invalid_field",
+                "conditions",
+                format!("must be an array of at most {MAX_CONDITIONS} condition strings"),
+            ));
+        }
+    };
+
+    let kind = fields.required_str("kind")?;
+    let action = match kind.as_str() {
+        "s2s" | "image" | "iframe" | "script" => {
+            let url = fields.required_str("url")?;
+            if url.len() > MAX_URL_BYTES {
+                return Err(fields.error(
+                    "invalid_url",
+                    "url",
+                    format!("is longer than {MAX_URL_BYTES} bytes"),
+                ));
+            }
+            template(&fields, "url", &url, Context::Url)?;
+            match kind.as_str() {
+                "s2s" => Action::S2s { url },
+                "image" => Action::Image { url },
+                "iframe" => Action::Iframe { url },
+                _ => Action::Script { url },
+            }
+        }
+        "js" => {
+            let code = fields.required_str("code")?;
+            if code.trim().is_empty() || code.len() > MAX_JS_BYTES {
+                return Err(fields.error(
+                    "invalid_field",
+                    "code",
+                    format!("must be 1 to {MAX_JS_BYTES} bytes of JavaScript"),
+                ));
+            }
+            template(&fields, "code", &code, Context::Js)?;
+            Action::Js { code }
+        }
+        "facebook" => {
+            let pixel_id = fields.required_str("pixel_id")?;
+            template(&fields, "pixel_id", &pixel_id, Context::Text)?;
+            let event = fields.required_str("event")?;
+            template(&fields, "event", &event, Context::Text)?;
+            let params = match fields.obj.remove("params") {
+                None | Some(Value::Null) => None,
+                Some(Value::Object(map)) => {
+                    for (key, value) in &map {
+                        if let Value::String(source) = value {
+                            template(&fields, &format!("params.{key}"), source, Context::Text)?;
+                        }
+                    }
+                    Some(map)
+                }
+                Some(_) => {
+                    return Err(fields.error("invalid_field", "params", "must be a JSON object"));
+                }
+            };
+            Action::Facebook {
+                pixel_id,
+                event,
+                params,
+            }
+        }
+        other => {
+            return Err(fields.error(
+                "unknown_kind",
+                "kind",
+                format!("{other:?} is not a definition kind; use s2s, image, iframe, script, js or facebook"),
+            ));
+        }
+    };
+    if ttl_seconds.is_some() && matches!(action, Action::S2s { .. }) {
+        return Err(fields.error(
+            "invalid_field",
+            "ttl_seconds",
+            "applies to pixels queued for browsers, not to s2s postbacks",
+        ));
+    }
+    fields.finish(&format!("a {kind} definition"))?;
+
+    let input = DefinitionInput {
+        id,
+        name,
+        trigger,
+        deal_id,
+        affiliate_id,
+        action,
+        conditions,
+        enabled,
+        ttl_seconds,
+    };
+    // Rendered once with every macro set, through the checks a queued pixel meets: a template whose
+    // literal parts can never make a valid pixel is refused now, not at each event.
+    let probe = input
+        .clone()
+        .into_definition(DefinitionId::generate(), 0, 0);
+    let samples: BTreeMap<String, Value> = probe
+        .templates()
+        .flat_map(|t| t.macros().map(str::to_owned).collect::<Vec<_>>())
+        .map(|name| (name, Value::String("1".into())))
+        .collect();
+    probe.render(&samples).map_err(|message| {
+        let (field, rest) = message.split_once(' ').unwrap_or(("definition", &message));
+        InputError::new(
+            "invalid_template",
+            format!("{PATH}.{field}"),
+            format!("{rest} (rendered with every macro set to 1)"),
+        )
+    })?;
+    Ok(input)
+}
+
+impl Definition {
+    /// Every template of the definition, parsed (they were validated when saved).
+    fn templates(&self) -> impl Iterator<Item = Template> + '_ {
+        let sources: Vec<(&str, Context)> = match &self.action {
+            Action::S2s { url }
+            | Action::Image { url }
+            | Action::Iframe { url }
+            | Action::Script { url } => vec![(url, Context::Url)],
+            Action::Js { code } => vec![(code, Context::Js)],
+            Action::Facebook {
+                pixel_id,
+                event,
+                params,
+            } => {
+                let mut v = vec![(pixel_id.as_str(), Context::Text), (event, Context::Text)];
+                v.extend(
+                    params
+                        .iter()
+                        .flatten()
+                        .filter_map(|(_, value)| value.as_str().map(|s| (s, Context::Text))),
+                );
+                v
+            }
+        };
+        sources
+            .into_iter()
+            .filter_map(|(source, context)| Template::parse(source, context).ok())
+    }
+}
+
+fn template(
+    fields: &Fields<'_>,
+    field: &str,
+    source: &str,
+    context: Context,
+) -> Result<Template, InputError> {
+    Template::parse(source, context)
+        .map_err(|e| fields.error("invalid_template", field, e.to_string()))
+}
+
+/// One condition on an event's values, such as `amount >= 20` or `currency in [EUR, USD]`.
+///
+/// A condition on a value the event does not have never holds. Comparisons are numeric when both sides are
+/// numbers, and otherwise compare text without regard to case (`eur` equals `EUR`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Condition {
+    /// The macro name it reads, lower-cased.
+    pub field: String,
+    /// How it compares.
+    pub op: Op,
+    /// The right-hand side; one value except for `in` and `not in`.
+    pub values: Vec<String>,
+}
+
+/// A condition's operator.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Op {
+    /// `==` (or `=`)
+    Eq,
+    /// `!=`
+    Ne,
+    /// `>`
+    Gt,
+    /// `>=`
+    Ge,
+    /// `<`
+    Lt,
+    /// `<=`
+    Le,
+    /// `in [a, b]`
+    In,
+    /// `not in [a, b]`
+    NotIn,
+}
+
+impl Op {
+    const ALL: [(&'static str, Op); 9] = [
+        ("==", Op::Eq),
+        ("!=", Op::Ne),
+        (">=", Op::Ge),
+        ("<=", Op::Le),
+        (">", Op::Gt),
+        ("<", Op::Lt),
+        ("=", Op::Eq),
+        ("not in", Op::NotIn),
+        ("in", Op::In),
+    ];
+
+    fn symbol(self) -> &'static str {
+        Op::ALL
+            .iter()
+            .find(|(_, op)| *op == self)
+            .map(|(s, _)| *s)
+            .expect("every operator has a symbol")
+    }
+
+    fn numeric(self) -> bool {
+        matches!(self, Op::Gt | Op::Ge | Op::Lt | Op::Le)
+    }
+}
+
+impl Condition {
+    /// Parses `field op value` or `field [not] in [v1, v2]`; values may be bare or quoted.
+    pub fn parse(source: &str) -> Result<Condition, String> {
+        let s = source.trim();
+        let name_len = s
+            .find(|c: char| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-')))
+            .unwrap_or(s.len());
+        let (field, rest) = s.split_at(name_len);
+        if field.is_empty() || !field.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_') {
+            return Err(format!(
+                "{source:?} must start with a macro name, as in \"amount >= 20\""
+            ));
+        }
+        let rest = rest.trim_start();
+        let lower = rest.to_ascii_lowercase();
+        let Some((symbol, op)) = Op::ALL.iter().find(|(symbol, op)| {
+            lower.starts_with(symbol)
+                && (!matches!(op, Op::In | Op::NotIn)
+                    || lower[symbol.len()..].starts_with([' ', '[']))
+        }) else {
+            let token: String = rest.chars().take_while(|c| !c.is_whitespace()).collect();
+            return Err(format!(
+                "unknown operator {token:?} in {source:?}; use ==, !=, >, >=, <, <=, in or not in"
+            ));
+        };
+        let operand = rest[symbol.len()..].trim();
+        let values = if matches!(op, Op::In | Op::NotIn) {
+            let inner = operand
+                .strip_prefix('[')
+                .and_then(|o| o.strip_suffix(']'))
+                .ok_or_else(|| {
+                    format!("`{symbol}` needs a list such as [EUR, USD] in {source:?}")
+                })?;
+            let values: Vec<String> = inner
+                .split(',')
+                .map(unquote)
+                .filter(|v| !v.is_empty())
+                .collect();
+            if values.is_empty() {
+                return Err(format!("the list in {source:?} is empty"));
+            }
+            values
+        } else {
+            let value = unquote(operand);
+            if value.is_empty() {
+                return Err(format!("{source:?} has no value to compare with"));
+            }
+            if op.numeric() && value.parse::<f64>().is_err() {
+                return Err(format!(
+                    "`{symbol}` compares numbers, and {value:?} is not one, in {source:?}"
+                ));
+            }
+            vec![value]
+        };
+        Ok(Condition {
+            field: field.to_ascii_lowercase(),
+            op: *op,
+            values,
+        })
+    }
+
+    /// Whether it holds for these values (keyed by lower-cased name).
+    pub fn holds(&self, values: &BTreeMap<String, Value>) -> bool {
+        let Some(value) = values.get(&self.field) else {
+            return false;
+        };
+        let text = match value {
+            Value::String(s) => s.clone(),
+            Value::Null => return false,
+            other => other.to_string(),
+        };
+        let number = text.trim().parse::<f64>().ok();
+        let equals = |other: &String| match (number, other.parse::<f64>().ok()) {
+            (Some(a), Some(b)) => a == b,
+            _ => text.eq_ignore_ascii_case(other),
+        };
+        let compare = |want: fn(std::cmp::Ordering) -> bool| match (
+            number,
+            self.values[0].parse::<f64>().ok(),
+        ) {
+            (Some(a), Some(b)) => a.partial_cmp(&b).is_some_and(want),
+            _ => false,
+        };
+        match self.op {
+            Op::Eq => equals(&self.values[0]),
+            Op::Ne => !equals(&self.values[0]),
+            Op::In => self.values.iter().any(equals),
+            Op::NotIn => !self.values.iter().any(equals),
+            Op::Gt => compare(std::cmp::Ordering::is_gt),
+            Op::Ge => compare(std::cmp::Ordering::is_ge),
+            Op::Lt => compare(std::cmp::Ordering::is_lt),
+            Op::Le => compare(std::cmp::Ordering::is_le),
+        }
+    }
+}
+
+fn unquote(s: &str) -> String {
+    let s = s.trim();
+    for quote in ['"', '\''] {
+        if let Some(inner) = s.strip_prefix(quote).and_then(|s| s.strip_suffix(quote)) {
+            return inner.to_string();
+        }
+    }
+    s.to_string()
+}
+
+impl fmt::Display for Condition {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let quote = |v: &String| {
+            if v.is_empty() || v.contains([',', ' ', '[', ']', '"']) {
+                format!("'{v}'")
+            } else {
+                v.clone()
+            }
+        };
+        match self.op {
+            Op::In | Op::NotIn => {
+                let list: Vec<String> = self.values.iter().map(quote).collect();
+                write!(
+                    f,
+                    "{} {} [{}]",
+                    self.field,
+                    self.op.symbol(),
+                    list.join(", ")
+                )
+            }
+            op => write!(
+                f,
+                "{} {} {}",
+                self.field,
+                op.symbol(),
+                quote(&self.values[0])
+            ),
+        }
+    }
+}
+
+impl Serialize for Condition {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Condition {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(deserializer)?;
+        Condition::parse(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn values(v: Value) -> BTreeMap<String, Value> {
+        v.as_object()
+            .unwrap()
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    }
+
+    fn definition(body: Value) -> Definition {
+        parse_definition(body, true).unwrap().into_definition(
+            DefinitionId::parse("d").unwrap(),
+            1,
+            1,
+        )
+    }
+
+    fn refused(body: Value) -> InputError {
+        parse_definition(body, true).unwrap_err()
+    }
+
+    #[test]
+    fn conditions_compare_numbers_and_text() {
+        let cases = [
+            ("amount >= 20", json!({"amount": 20}), true),
+            ("amount >= 20", json!({"amount": 19.99}), false),
+            ("amount > 20", json!({"amount": "25"}), true),
+            ("amount < 20", json!({"amount": "n/a"}), false),
+            ("amount<=20", json!({"amount": 20}), true),
+            ("currency in [EUR, USD]", json!({"currency": "eur"}), true),
+            (
+                "currency in ['EUR', \"USD\"]",
+                json!({"currency": "GBP"}),
+                false,
+            ),
+            ("country not in [RU, BY]", json!({"country": "de"}), true),
+            ("country not in [RU, BY]", json!({"country": "ru"}), false),
+            ("country NOT IN [RU]", json!({"country": "de"}), true),
+            ("amount == 50", json!({"amount": 50.0}), true),
+            ("amount = 50", json!({"amount": 50}), true),
+            ("vip != true", json!({"vip": true}), false),
+            ("vip != true", json!({"vip": false}), true),
+            ("amount >= 20", json!({}), false),
+            ("country not in [RU]", json!({}), false),
+        ];
+        for (source, vals, expected) in cases {
+            let c = Condition::parse(source).unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(
+                c.holds(&values(vals.clone())),
+                expected,
+                "{source} on {vals}"
+            );
+        }
+    }
+
+    #[test]
+    fn conditions_round_trip_through_their_text() {
+        for (source, canonical) in [
+            ("Amount>=20", "amount >= 20"),
+            ("currency in [EUR,USD]", "currency in [EUR, USD]"),
+            ("name = 'a b'", "name == 'a b'"),
+            ("index in [a]", "index in [a]"),
+        ] {
+            let c = Condition::parse(source).unwrap();
+            assert_eq!(c.to_string(), canonical);
+            assert_eq!(Condition::parse(canonical).unwrap(), c);
+        }
+    }
+
+    #[test]
+    fn bad_conditions_say_what_is_wrong() {
+        for (source, message) in [
+            ("amount ~= 20", "unknown operator \"~=\""),
+            ("amount between 1 and 2", "unknown operator \"between\""),
+            ("amount >= twenty", "compares numbers"),
+            ("currency in EUR", "needs a list"),
+            ("currency in []", "empty"),
+            ("amount >=", "no value"),
+            (">= 20", "must start with a macro name"),
+        ] {
+            let e = Condition::parse(source).unwrap_err();
+            assert!(e.contains(message), "{source}: {e}");
+        }
+    }
+
+    #[test]
+    fn matching_honours_trigger_scope_and_enabled() {
+        let global = definition(
+            json!({"name": "g", "trigger": "FTD", "kind": "image", "url": "https://t.example/"}),
+        );
+        let deal = definition(
+            json!({"name": "d", "trigger": "ftd", "deal_id": 7, "kind": "image", "url": "https://t.example/"}),
+        );
+        let both = definition(
+            json!({"name": "b", "trigger": "ftd", "deal_id": "7", "affiliate_id": "a9", "kind": "image", "url": "https://t.example/"}),
+        );
+        let custom = definition(
+            json!({"name": "c", "trigger": "level_up", "kind": "image", "url": "https://t.example/"}),
+        );
+        let off = definition(
+            json!({"name": "o", "trigger": "ftd", "enabled": false, "kind": "image", "url": "https://t.example/"}),
+        );
+
+        assert!(global.matches("ftd", None, None));
+        assert!(global.matches("ftd", Some("1"), Some("a1")));
+        assert!(!global.matches("deposit", None, None));
+        assert!(deal.matches("ftd", Some("7"), None));
+        assert!(!deal.matches("ftd", Some("8"), None));
+        assert!(
+            !deal.matches("ftd", None, None),
+            "a deal scope needs the deal"
+        );
+        assert!(both.matches("ftd", Some("7"), Some("a9")));
+        assert!(!both.matches("ftd", Some("7"), Some("a1")));
+        assert!(custom.matches("level_up", None, None));
+        assert!(!off.matches("ftd", None, None));
+    }
+
+    #[test]
+    fn every_kind_renders_its_pixel() {
+        let vals = values(json!({"afp": "x y", "amount": 50, "currency": "EUR", "pid": "123"}));
+        let image = definition(
+            json!({"name": "i", "trigger": "ftd", "kind": "image", "url": "https://t.example/?c={{afp}}&a=[AMOUNT]&m={{sub1}}"}),
+        );
+        let r = image.render(&vals).unwrap();
+        assert_eq!(
+            r.output,
+            Output::Client(PixelBody::Image {
+                url: "https://t.example/?c=x%20y&a=50&m=".into()
+            })
+        );
+        assert_eq!(r.missing, ["sub1"]);
+
+        let s2s = definition(
+            json!({"name": "s", "trigger": "ftd", "kind": "s2s", "url": "https://t.example/pb?c={afp}"}),
+        );
+        assert_eq!(
+            s2s.render(&vals).unwrap().output,
+            Output::S2s {
+                url: "https://t.example/pb?c=x%20y".into()
+            }
+        );
+
+        let js = definition(
+            json!({"name": "j", "trigger": "ftd", "kind": "js", "code": "track({{afp}})"}),
+        );
+        assert_eq!(
+            js.render(&vals).unwrap().output,
+            Output::Client(PixelBody::Js {
+                code: "track(\"x y\")".into()
+            })
+        );
+
+        let fb = definition(
+            json!({"name": "f", "trigger": "ftd", "kind": "facebook", "pixel_id": "{{pid}}", "event": "Purchase",
+            "params": {"value": "{{amount}}", "currency": "%%CURRENCY%%", "label": "dep {{amount}}", "n": 1}}),
+        );
+        match fb.render(&vals).unwrap().output {
+            Output::Client(PixelBody::Facebook {
+                pixel_id, params, ..
+            }) => {
+                assert_eq!(pixel_id, "123");
+                assert_eq!(
+                    Value::Object(params.unwrap()),
+                    json!({"value": 50, "currency": "EUR", "label": "dep 50", "n": 1})
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        let bad_pixel_id = values(json!({"pid": "abc"}));
+        assert!(
+            fb.render(&bad_pixel_id)
+                .unwrap_err()
+                .starts_with("pixel_id")
+        );
+    }
+
+    #[test]
+    fn definitions_are_refused_with_where_the_problem_is() {
+        let base = |extra: Value| {
+            let mut body = json!({"name": "n", "trigger": "ftd", "kind": "image", "url": "https://t.example/"});
+            body.as_object_mut()
+                .unwrap()
+                .extend(extra.as_object().unwrap().clone());
+            body
+        };
+        let cases = [
+            (
+                base(json!({"url": "https://t.example/?c={{afp}"})),
+                "invalid_template",
+                "definition.url",
+            ),
+            (
+                base(json!({"url": "{{landing}}"})),
+                "invalid_template",
+                "definition.url",
+            ),
+            (
+                base(json!({"url": "javascript:alert(1)"})),
+                "invalid_template",
+                "definition.url",
+            ),
+            (
+                base(json!({"conditions": ["amount ~ 5"]})),
+                "invalid_condition",
+                "definition.conditions[0]",
+            ),
+            (
+                base(json!({"conditions": "amount > 5"})),
+                "invalid_field",
+                "definition.conditions",
+            ),
+            (
+                base(json!({"trigger": "first deposit"})),
+                "invalid_field",
+                "definition.trigger",
+            ),
+            (
+                base(json!({"kind": "gif"})),
+                "unknown_kind",
+                "definition.kind",
+            ),
+            (
+                base(json!({"colour": 1})),
+                "unknown_field",
+                "definition.colour",
+            ),
+            (
+                base(json!({"enabled": "yes"})),
+                "invalid_field",
+                "definition.enabled",
+            ),
+            (
+                json!({"name": "n", "trigger": "ftd", "kind": "s2s", "url": "https://t.example/", "ttl_seconds": 5}),
+                "invalid_field",
+                "definition.ttl_seconds",
+            ),
+            (
+                json!({"name": "n", "trigger": "ftd", "kind": "js", "code": "f({{a|raw}})"}),
+                "invalid_template",
+                "definition.code",
+            ),
+            (
+                json!({"name": "n", "trigger": "ftd", "kind": "facebook", "pixel_id": "abc", "event": "Purchase"}),
+                "invalid_template",
+                "definition.pixel_id",
+            ),
+            (
+                json!({"name": "n", "trigger": "ftd", "kind": "facebook", "pixel_id": "1", "event": "P", "params": {"v": "{x"}}),
+                "invalid_template",
+                "definition.params.v",
+            ),
+            (
+                json!({"trigger": "ftd", "kind": "image", "url": "https://t.example/"}),
+                "missing_field",
+                "definition.name",
+            ),
+            (json!([]), "invalid_definition", "definition"),
+        ];
+        for (body, code, path) in cases {
+            let e = refused(body.clone());
+            assert_eq!((e.code, e.path.as_str()), (code, path), "{body}: {e}");
+        }
+    }
+
+    #[test]
+    fn put_bodies_cannot_rename() {
+        let e = parse_definition(
+            json!({"id": "x", "name": "n", "trigger": "ftd", "kind": "js", "code": "1"}),
+            false,
+        )
+        .unwrap_err();
+        assert_eq!(e.path, "definition.id");
+    }
+
+    #[test]
+    fn stored_form_round_trips() {
+        let d = definition(
+            json!({"name": "n", "trigger": "ftd", "kind": "image", "url": "https://t.example/?a={{afp}}",
+            "conditions": ["amount >= 20", "currency in [EUR, USD]"], "deal_id": "d1"}),
+        );
+        let text = serde_json::to_value(&d).unwrap();
+        assert_eq!(text["kind"], "image");
+        assert_eq!(text["conditions"][1], "currency in [EUR, USD]");
+        assert_eq!(serde_json::from_value::<Definition>(text).unwrap(), d);
+    }
+}

@@ -1,0 +1,872 @@
+//! Events the brand reports, and the rules that turn one event into pixels.
+//!
+//! Planning is a pure function of the event, the player's attribution context and the brand's
+//! definitions ([`plan`]). The store calls it under the player's lock and writes what it returns, the
+//! pixels, the postbacks, the new context and the event's record, in one atomic commit; an engine that
+//! must retry (Redis, under optimistic locking) can simply call it again.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+use crate::definition::{Definition, Output, valid_trigger};
+use crate::ids::{BrandId, DefinitionId, EventId, PixelId, PlayerId, is_valid_id};
+use crate::input::{Fields, InputError};
+use crate::pixel::{NewPixel, PixelBody};
+
+/// Most events one request may carry.
+pub const MAX_EVENTS: usize = 1000;
+/// Most params one event may carry.
+const MAX_PARAMS: usize = 100;
+/// Longest text param value.
+const MAX_PARAM_BYTES: usize = 2048;
+/// Event types whose params become the player's attribution context.
+const REGISTRATION_STAGE: [&str; 2] = ["registration", "qualified_registration"];
+/// Macros the hub fills itself; an event param cannot take their names.
+const RESERVED: [&str; 7] = [
+    "brand_id",
+    "player_id",
+    "event",
+    "event_id",
+    "timestamp",
+    "iso_time",
+    "random",
+];
+
+/// A validated event.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Event {
+    /// Idempotency key within the brand.
+    pub event_id: EventId,
+    /// Lower-cased type: a standard trigger or a custom one.
+    pub kind: String,
+    /// Whose event it is.
+    pub player_id: PlayerId,
+    /// The affiliate credited, when the report says.
+    pub affiliate_id: Option<String>,
+    /// The deal, when the report says.
+    pub deal_id: Option<String>,
+    /// When it happened (Unix milliseconds); when it was received if not given.
+    pub occurred_at_ms: Option<u64>,
+    /// Params keyed by lower-cased name; values are strings, numbers or booleans.
+    pub params: BTreeMap<String, Value>,
+}
+
+/// What the hub keeps per player between events: the attribution that arrived with the registration, and
+/// whether the first deposit was seen.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct PlayerContext {
+    /// Params of registration-stage events, later values overriding earlier ones per key.
+    #[serde(default)]
+    pub params: BTreeMap<String, Value>,
+    /// Affiliate of the registration.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub affiliate_id: Option<String>,
+    /// Deal of the registration.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deal_id: Option<String>,
+    /// The event that raised or reported the player's FTD; FTD fires once per player.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ftd_event_id: Option<EventId>,
+}
+
+/// One pixel or postback an event produced, as the API answers and as the event record keeps it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Produced {
+    /// The queued pixel's id, or the postback's.
+    pub id: PixelId,
+    /// Which definition produced it.
+    pub definition_id: DefinitionId,
+    /// That definition's name at the time.
+    pub definition_name: String,
+    /// The trigger it fired on: the event's type, or `ftd` raised by a first deposit.
+    pub trigger: String,
+    /// `queued` for a client pixel (and later its current status), `pending` for a postback not sent yet.
+    pub status: String,
+    /// What was rendered: a client pixel's body, or `{"kind":"s2s","url":…}`.
+    #[serde(flatten)]
+    pub output: ProducedOutput,
+    /// Macros rendered empty for want of a value.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub missing: Vec<String>,
+}
+
+/// The rendered output of a [`Produced`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum ProducedOutput {
+    /// A postback URL.
+    S2s {
+        /// Always `s2s`.
+        kind: S2sKind,
+        /// The final URL.
+        url: String,
+    },
+    /// A client pixel.
+    Client(PixelBody),
+}
+
+/// The `kind` tag of a postback.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum S2sKind {
+    /// Server to server.
+    S2s,
+}
+
+/// A definition that matched but could not render for this event's values.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RenderFailure {
+    /// Which definition.
+    pub definition_id: DefinitionId,
+    /// Its name.
+    pub definition_name: String,
+    /// The trigger it matched.
+    pub trigger: String,
+    /// What was wrong with the rendered pixel.
+    pub error: String,
+}
+
+/// What one event did: the API's answer for it, and the record kept under its id.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EventOutcome {
+    /// The event's id.
+    pub event_id: EventId,
+    /// Its type.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Its player.
+    pub player_id: PlayerId,
+    /// True when this id had been seen before and nothing new was done.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub duplicate: bool,
+    /// Triggers the event raised besides its own type (`ftd` for a first deposit).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub raised: Vec<String>,
+    /// Set when an `ftd` was reported for a player whose FTD was already recorded: it fired nothing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ftd_already_recorded_by: Option<EventId>,
+    /// Pixels and postbacks produced.
+    pub pixels: Vec<Produced>,
+    /// Definitions that matched but could not render.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failed: Vec<RenderFailure>,
+    /// Unix milliseconds when the hub processed it.
+    pub processed_at_ms: u64,
+}
+
+/// A postback to send, recorded durably with its event.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Postback {
+    /// Its id, as in the event's answer.
+    pub id: PixelId,
+    /// The event that produced it.
+    pub event_id: EventId,
+    /// The player.
+    pub player_id: PlayerId,
+    /// The definition that produced it.
+    pub definition_id: DefinitionId,
+    /// The final URL.
+    pub url: String,
+    /// Unix milliseconds of creation.
+    pub created_at_ms: u64,
+}
+
+/// Everything one event changes, for the store to write atomically.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Plan {
+    /// The answer and the record.
+    pub outcome: EventOutcome,
+    /// Client pixels to queue for the player, ids set.
+    pub pixels: Vec<NewPixel>,
+    /// Postbacks to record.
+    pub postbacks: Vec<Postback>,
+    /// The player's new context, when it changed.
+    pub context: Option<PlayerContext>,
+}
+
+/// Decides what `event` produces for a player whose context is `context`, given the brand's definitions.
+pub fn plan(
+    brand: &BrandId,
+    event: &Event,
+    context: &PlayerContext,
+    definitions: &[Definition],
+    now_ms: u64,
+) -> Plan {
+    let mut new_context = context.clone();
+    if REGISTRATION_STAGE.contains(&event.kind.as_str()) {
+        new_context
+            .params
+            .extend(event.params.iter().map(|(k, v)| (k.clone(), v.clone())));
+        if event.affiliate_id.is_some() {
+            new_context.affiliate_id.clone_from(&event.affiliate_id);
+        }
+        if event.deal_id.is_some() {
+            new_context.deal_id.clone_from(&event.deal_id);
+        }
+    }
+
+    let mut outcome = EventOutcome {
+        event_id: event.event_id.clone(),
+        kind: event.kind.clone(),
+        player_id: event.player_id.clone(),
+        duplicate: false,
+        raised: Vec::new(),
+        ftd_already_recorded_by: None,
+        pixels: Vec::new(),
+        failed: Vec::new(),
+        processed_at_ms: now_ms,
+    };
+    let mut triggers = vec![event.kind.as_str()];
+    match (event.kind.as_str(), &context.ftd_event_id) {
+        ("ftd", Some(first)) => {
+            outcome.ftd_already_recorded_by = Some(first.clone());
+            triggers.clear();
+        }
+        ("ftd", None) => new_context.ftd_event_id = Some(event.event_id.clone()),
+        ("deposit", None) => {
+            new_context.ftd_event_id = Some(event.event_id.clone());
+            outcome.raised.push("ftd".into());
+            triggers.push("ftd");
+        }
+        _ => {}
+    }
+
+    let deal_id = event.deal_id.as_ref().or(context.deal_id.as_ref());
+    let affiliate_id = event
+        .affiliate_id
+        .as_ref()
+        .or(context.affiliate_id.as_ref());
+    let mut pixels = Vec::new();
+    let mut postbacks = Vec::new();
+    for trigger in triggers {
+        let mut values = macro_values(brand, event, context, trigger, now_ms);
+        for definition in definitions {
+            if !definition.matches(
+                trigger,
+                deal_id.map(String::as_str),
+                affiliate_id.map(String::as_str),
+            ) || !definition.conditions_hold(&values)
+            {
+                continue;
+            }
+            values.insert("random".into(), Value::from(random_u32()));
+            let rendered = match definition.render(&values) {
+                Ok(rendered) => rendered,
+                Err(error) => {
+                    outcome.failed.push(RenderFailure {
+                        definition_id: definition.id.clone(),
+                        definition_name: definition.name.clone(),
+                        trigger: trigger.into(),
+                        error,
+                    });
+                    continue;
+                }
+            };
+            let id = PixelId::generate();
+            let (status, output) = match rendered.output {
+                Output::Client(body) => {
+                    let body = body.with_defaults(&id);
+                    pixels.push(NewPixel {
+                        id: Some(id.clone()),
+                        trigger: Some(trigger.into()),
+                        ttl_seconds: definition.ttl_seconds,
+                        body: body.clone(),
+                    });
+                    ("queued", ProducedOutput::Client(body))
+                }
+                Output::S2s { url } => {
+                    postbacks.push(Postback {
+                        id: id.clone(),
+                        event_id: event.event_id.clone(),
+                        player_id: event.player_id.clone(),
+                        definition_id: definition.id.clone(),
+                        url: url.clone(),
+                        created_at_ms: now_ms,
+                    });
+                    (
+                        "pending",
+                        ProducedOutput::S2s {
+                            kind: S2sKind::S2s,
+                            url,
+                        },
+                    )
+                }
+            };
+            outcome.pixels.push(Produced {
+                id,
+                definition_id: definition.id.clone(),
+                definition_name: definition.name.clone(),
+                trigger: trigger.into(),
+                status: status.into(),
+                output,
+                missing: rendered.missing,
+            });
+        }
+    }
+    Plan {
+        outcome,
+        pixels,
+        postbacks,
+        context: (new_context != *context).then_some(new_context),
+    }
+}
+
+/// The values macros read for `event` firing `trigger`: the player's attribution context, overridden by
+/// the event's own params, then the built-ins. Keys are lower-cased.
+pub fn macro_values(
+    brand: &BrandId,
+    event: &Event,
+    context: &PlayerContext,
+    trigger: &str,
+    now_ms: u64,
+) -> BTreeMap<String, Value> {
+    let mut values = context.params.clone();
+    values.extend(event.params.iter().map(|(k, v)| (k.clone(), v.clone())));
+    let text = |s: &str| Value::String(s.to_owned());
+    let at_ms = event.occurred_at_ms.unwrap_or(now_ms);
+    let at = OffsetDateTime::from_unix_timestamp((at_ms / 1000) as i64)
+        .unwrap_or(OffsetDateTime::UNIX_EPOCH);
+    values.insert("brand_id".into(), text(brand.as_str()));
+    values.insert("player_id".into(), text(event.player_id.as_str()));
+    values.insert("event".into(), text(trigger));
+    values.insert("event_id".into(), text(event.event_id.as_str()));
+    values.insert("timestamp".into(), Value::from(at_ms / 1000));
+    values.insert(
+        "iso_time".into(),
+        text(&at.format(&Rfc3339).unwrap_or_default()),
+    );
+    values.insert("random".into(), Value::from(random_u32()));
+    values
+        .entry("registration_id".into())
+        .or_insert_with(|| text(event.player_id.as_str()));
+    for (name, value) in [
+        (
+            "deal_id",
+            event.deal_id.as_ref().or(context.deal_id.as_ref()),
+        ),
+        (
+            "affiliate_id",
+            event
+                .affiliate_id
+                .as_ref()
+                .or(context.affiliate_id.as_ref()),
+        ),
+    ] {
+        if let Some(value) = value {
+            values.insert(name.into(), text(value));
+        }
+    }
+    values
+}
+
+fn random_u32() -> u32 {
+    let mut bytes = [0u8; 4];
+    // A cache-buster, not a secret: should the OS source fail, zero still renders.
+    let _ = getrandom::fill(&mut bytes);
+    u32::from_le_bytes(bytes)
+}
+
+/// Parses a request body: one event object, or an array of 1 to [`MAX_EVENTS`] of them.
+pub fn parse_events(body: Value) -> Result<Vec<Event>, InputError> {
+    match body {
+        Value::Array(items) => {
+            if items.is_empty() || items.len() > MAX_EVENTS {
+                return Err(InputError::new(
+                    if items.is_empty() {
+                        "empty_batch"
+                    } else {
+                        "batch_too_large"
+                    },
+                    "events",
+                    format!("send 1 to {MAX_EVENTS} events, got {}", items.len()),
+                ));
+            }
+            items
+                .into_iter()
+                .enumerate()
+                .map(|(i, item)| parse_event(item, &format!("events[{i}]")))
+                .collect()
+        }
+        other => Ok(vec![parse_event(other, "event")?]),
+    }
+}
+
+/// Parses one event object found at `path`.
+pub fn parse_event(value: Value, path: &str) -> Result<Event, InputError> {
+    let Value::Object(mut obj) = value else {
+        return Err(InputError::new(
+            "invalid_event",
+            path,
+            "an event must be a JSON object",
+        ));
+    };
+    let mut fields = Fields::new(&mut obj, path);
+    let id_field = |fields: &mut Fields<'_>, name: &str| -> Result<String, InputError> {
+        let value = fields
+            .optional_label(name, 128)?
+            .ok_or_else(|| fields.error("missing_field", name, "is required"))?;
+        if !is_valid_id(&value) {
+            return Err(fields.error(
+                "invalid_field",
+                name,
+                "must be 1 to 128 characters of A-Z a-z 0-9 . _ : @ -",
+            ));
+        }
+        Ok(value)
+    };
+    let event_id = EventId::parse(&id_field(&mut fields, "event_id")?).expect("validated");
+    let kind = fields
+        .optional_str("type")?
+        .ok_or_else(|| fields.error("missing_field", "type", "is required"))?
+        .to_ascii_lowercase();
+    if !valid_trigger(&kind) {
+        return Err(fields.error(
+            "invalid_field",
+            "type",
+            "must be a standard event type (registration, qualified_registration, ftd, qftd, deposit, sale) or a custom name of 1 to 64 characters a-z 0-9 _ . : -",
+        ));
+    }
+    let player_id = PlayerId::parse(&id_field(&mut fields, "player_id")?).expect("validated");
+    let affiliate_id = fields.optional_label("affiliate_id", 128)?;
+    let deal_id = fields.optional_label("deal_id", 128)?;
+    let occurred_at_ms =
+        match fields.optional_str("occurred_at")? {
+            None => None,
+            Some(text) => {
+                let at = OffsetDateTime::parse(&text, &Rfc3339).map_err(|_| {
+                    fields.error(
+                        "invalid_field",
+                        "occurred_at",
+                        format!("{text:?} is not an RFC 3339 time such as 2026-11-22T10:15:00Z"),
+                    )
+                })?;
+                let ms = at.unix_timestamp_nanos() / 1_000_000;
+                Some(u64::try_from(ms).map_err(|_| {
+                    fields.error("invalid_field", "occurred_at", "must be after 1970")
+                })?)
+            }
+        };
+    let params = match fields.obj.remove("params") {
+        None | Some(Value::Null) => BTreeMap::new(),
+        Some(Value::Object(map)) => parse_params(map, &fields.path_of("params"))?,
+        Some(_) => {
+            return Err(fields.error("invalid_field", "params", "must be a JSON object"));
+        }
+    };
+    fields.finish("an event")?;
+    Ok(Event {
+        event_id,
+        kind,
+        player_id,
+        affiliate_id,
+        deal_id,
+        occurred_at_ms,
+        params,
+    })
+}
+
+fn parse_params(
+    map: serde_json::Map<String, Value>,
+    path: &str,
+) -> Result<BTreeMap<String, Value>, InputError> {
+    if map.len() > MAX_PARAMS {
+        return Err(InputError::new(
+            "invalid_field",
+            path,
+            format!("at most {MAX_PARAMS} params per event"),
+        ));
+    }
+    let mut params = BTreeMap::new();
+    let mut original: BTreeMap<String, String> = BTreeMap::new();
+    for (key, value) in map {
+        let at = format!("{path}.{key}");
+        let name = key.to_ascii_lowercase();
+        let valid_name = name.len() <= 64
+            && name.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
+        if !valid_name {
+            return Err(InputError::new(
+                "invalid_field",
+                at,
+                "a param name is up to 64 letters, digits, _ . -, starting with a letter or _, so that a macro can name it",
+            ));
+        }
+        if RESERVED.contains(&name.as_str()) {
+            return Err(InputError::new(
+                "invalid_field",
+                at,
+                format!("{name} is filled by the hub; it cannot be a param"),
+            ));
+        }
+        if let Some(first) = original.get(&name) {
+            return Err(InputError::new(
+                "invalid_field",
+                at,
+                format!("repeats {first} (param names are case-insensitive)"),
+            ));
+        }
+        match &value {
+            Value::Null => continue, // "no value": it neither renders nor overrides an earlier one
+            Value::Number(_) | Value::Bool(_) => {}
+            Value::String(s) if s.len() <= MAX_PARAM_BYTES => {}
+            Value::String(_) => {
+                return Err(InputError::new(
+                    "invalid_field",
+                    at,
+                    format!("is longer than {MAX_PARAM_BYTES} bytes"),
+                ));
+            }
+            _ => {
+                return Err(InputError::new(
+                    "invalid_field",
+                    at,
+                    "must be a string, a number or a boolean",
+                ));
+            }
+        }
+        if name == "amount" && !value.is_number() {
+            return Err(InputError::new(
+                "invalid_field",
+                at,
+                "must be a JSON number such as 50 or 19.99",
+            ));
+        }
+        if name == "currency" && !value.is_string() {
+            return Err(InputError::new(
+                "invalid_field",
+                at,
+                "must be a currency code string such as \"EUR\"",
+            ));
+        }
+        original.insert(name.clone(), key);
+        params.insert(name, value);
+    }
+    Ok(params)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::definition::parse_definition;
+    use serde_json::json;
+
+    fn brand() -> BrandId {
+        BrandId::parse("b1").unwrap()
+    }
+
+    fn event(v: Value) -> Event {
+        parse_event(v, "event").unwrap()
+    }
+
+    fn definitions(bodies: Value) -> Vec<Definition> {
+        bodies
+            .as_array()
+            .unwrap()
+            .iter()
+            .enumerate()
+            .map(|(i, body)| {
+                parse_definition(body.clone(), true)
+                    .unwrap()
+                    .into_definition(DefinitionId::parse(&format!("d{i}")).unwrap(), 1, 1)
+            })
+            .collect()
+    }
+
+    fn urls(plan: &Plan) -> Vec<String> {
+        plan.outcome
+            .pixels
+            .iter()
+            .map(|p| match &p.output {
+                ProducedOutput::Client(PixelBody::Image { url }) => url.clone(),
+                ProducedOutput::S2s { url, .. } => format!("s2s {url}"),
+                other => format!("{other:?}"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn registration_params_render_in_the_later_deposit() {
+        let defs = definitions(json!([
+            {"name": "ftd", "trigger": "ftd", "kind": "image", "url": "https://px.example/?click_id={{afp}}&lead_id={{registration_id}}&a={{amount}}"},
+            {"name": "dep", "trigger": "deposit", "kind": "s2s", "url": "https://pb.example/?c={afp}&sum=[AMOUNT]&cur=%%CURRENCY%%"},
+        ]));
+        let registration = event(
+            json!({"event_id": "r1", "type": "registration", "player_id": "p 1".replace(' ', "-"),
+            "affiliate_id": "a9", "params": {"AFP": "xyz", "sub1": "s"}}),
+        );
+        let reg = plan(
+            &brand(),
+            &registration,
+            &PlayerContext::default(),
+            &defs,
+            1000,
+        );
+        assert!(reg.outcome.pixels.is_empty());
+        let context = reg.context.expect("the registration is remembered");
+        assert_eq!(context.params["afp"], json!("xyz"));
+        assert_eq!(context.affiliate_id.as_deref(), Some("a9"));
+
+        let deposit = event(
+            json!({"event_id": "d1", "type": "deposit", "player_id": "p-1", "params": {"amount": 50, "currency": "EUR"}}),
+        );
+        let dep = plan(&brand(), &deposit, &context, &defs, 2000);
+        assert_eq!(dep.outcome.raised, ["ftd"]);
+        assert_eq!(
+            urls(&dep),
+            [
+                "s2s https://pb.example/?c=xyz&sum=50&cur=EUR",
+                "https://px.example/?click_id=xyz&lead_id=p-1&a=50",
+            ]
+        );
+        assert_eq!(dep.pixels.len(), 1);
+        assert_eq!(dep.postbacks.len(), 1);
+        assert_eq!(dep.outcome.pixels[1].trigger, "ftd");
+        let after = dep.context.expect("the first deposit is remembered");
+        assert_eq!(after.ftd_event_id.as_ref().map(|e| e.as_str()), Some("d1"));
+        assert_eq!(
+            after.params, context.params,
+            "a deposit does not rewrite attribution"
+        );
+
+        let second = event(
+            json!({"event_id": "d2", "type": "deposit", "player_id": "p-1", "params": {"amount": 20}}),
+        );
+        let dep2 = plan(&brand(), &second, &after, &defs, 3000);
+        assert!(dep2.outcome.raised.is_empty(), "FTD is raised once");
+        assert_eq!(urls(&dep2), ["s2s https://pb.example/?c=xyz&sum=20&cur="]);
+        assert_eq!(dep2.outcome.pixels[0].missing, ["currency"]);
+        assert_eq!(dep2.context, None);
+    }
+
+    #[test]
+    fn later_registration_values_override_per_key() {
+        let first = event(
+            json!({"event_id": "r1", "type": "registration", "player_id": "p", "deal_id": "d1", "params": {"afp": "a", "sub1": "s"}}),
+        );
+        let ctx = plan(&brand(), &first, &PlayerContext::default(), &[], 0)
+            .context
+            .unwrap();
+        let second = event(
+            json!({"event_id": "q1", "type": "qualified_registration", "player_id": "p", "params": {"afp": "b"}}),
+        );
+        let ctx = plan(&brand(), &second, &ctx, &[], 0).context.unwrap();
+        assert_eq!(ctx.params["afp"], json!("b"));
+        assert_eq!(ctx.params["sub1"], json!("s"));
+        assert_eq!(ctx.deal_id.as_deref(), Some("d1"));
+    }
+
+    #[test]
+    fn a_reported_ftd_fires_once_and_stops_the_derived_one() {
+        let defs = definitions(
+            json!([{"name": "f", "trigger": "ftd", "kind": "js", "code": "f({{event_id}})"}]),
+        );
+        let ftd = event(json!({"event_id": "f1", "type": "ftd", "player_id": "p"}));
+        let first = plan(&brand(), &ftd, &PlayerContext::default(), &defs, 0);
+        assert_eq!(first.outcome.pixels.len(), 1);
+        let ctx = first.context.unwrap();
+
+        let deposit = event(
+            json!({"event_id": "d1", "type": "deposit", "player_id": "p", "params": {"amount": 5}}),
+        );
+        assert!(
+            plan(&brand(), &deposit, &ctx, &defs, 0)
+                .outcome
+                .pixels
+                .is_empty()
+        );
+        let again = event(json!({"event_id": "f2", "type": "ftd", "player_id": "p"}));
+        let second = plan(&brand(), &again, &ctx, &defs, 0);
+        assert!(second.outcome.pixels.is_empty());
+        assert_eq!(
+            second
+                .outcome
+                .ftd_already_recorded_by
+                .as_ref()
+                .map(|e| e.as_str()),
+            Some("f1")
+        );
+    }
+
+    #[test]
+    fn scope_and_conditions_pick_the_definitions() {
+        let defs = definitions(json!([
+            {"name": "global", "trigger": "ftd", "kind": "image", "url": "https://t.example/global"},
+            {"name": "deal d1", "trigger": "ftd", "deal_id": "d1", "kind": "image", "url": "https://t.example/d1"},
+            {"name": "deal d2", "trigger": "ftd", "deal_id": "d2", "kind": "image", "url": "https://t.example/d2"},
+            {"name": "big", "trigger": "ftd", "conditions": ["amount >= 20", "currency in [EUR, USD]"], "kind": "image", "url": "https://t.example/big"},
+            {"name": "off", "trigger": "ftd", "enabled": false, "kind": "image", "url": "https://t.example/off"},
+            {"name": "custom", "trigger": "Level_Up", "kind": "image", "url": "https://t.example/level"},
+        ]));
+        let ctx = PlayerContext {
+            deal_id: Some("d1".into()),
+            ..Default::default()
+        };
+        let small = event(
+            json!({"event_id": "e1", "type": "ftd", "player_id": "p", "params": {"amount": 10, "currency": "EUR"}}),
+        );
+        assert_eq!(
+            urls(&plan(&brand(), &small, &ctx, &defs, 0)),
+            ["https://t.example/global", "https://t.example/d1"],
+            "the deal comes from the registration when the event has none"
+        );
+        let big = event(
+            json!({"event_id": "e2", "type": "ftd", "player_id": "p", "deal_id": "d2", "params": {"amount": 20, "currency": "usd"}}),
+        );
+        assert_eq!(
+            urls(&plan(&brand(), &big, &PlayerContext::default(), &defs, 0)),
+            [
+                "https://t.example/global",
+                "https://t.example/d2",
+                "https://t.example/big"
+            ]
+        );
+        let custom = event(json!({"event_id": "e3", "type": "LEVEL_UP", "player_id": "p"}));
+        assert_eq!(
+            urls(&plan(
+                &brand(),
+                &custom,
+                &PlayerContext::default(),
+                &defs,
+                0
+            )),
+            ["https://t.example/level"]
+        );
+    }
+
+    #[test]
+    fn built_in_macros_are_filled() {
+        let e = event(
+            json!({"event_id": "e1", "type": "sale", "player_id": "p1", "affiliate_id": 9, "deal_id": "d",
+            "occurred_at": "2026-11-22T10:15:00+01:00", "params": {"registration_id": "r-7"}}),
+        );
+        let v = macro_values(&brand(), &e, &PlayerContext::default(), "sale", 0);
+        assert_eq!(v["brand_id"], json!("b1"));
+        assert_eq!(v["player_id"], json!("p1"));
+        assert_eq!(v["event"], json!("sale"));
+        assert_eq!(v["event_id"], json!("e1"));
+        assert_eq!(v["registration_id"], json!("r-7"));
+        assert_eq!(v["affiliate_id"], json!("9"));
+        assert_eq!(v["deal_id"], json!("d"));
+        assert_eq!(v["timestamp"], json!(1_795_338_900u64));
+        assert_eq!(v["iso_time"], json!("2026-11-22T09:15:00Z"));
+        assert!(v["random"].is_u64());
+        let plain = event(json!({"event_id": "e2", "type": "sale", "player_id": "p1"}));
+        assert_eq!(
+            macro_values(&brand(), &plain, &PlayerContext::default(), "sale", 5000)["registration_id"],
+            json!("p1"),
+            "registration_id is the player id unless given"
+        );
+    }
+
+    #[test]
+    fn a_definition_that_cannot_render_is_reported_not_fatal() {
+        let defs = definitions(json!([
+            {"name": "fb", "trigger": "ftd", "kind": "facebook", "pixel_id": "{{fb_pixel}}", "event": "Purchase"},
+            {"name": "img", "trigger": "ftd", "kind": "image", "url": "https://t.example/"},
+        ]));
+        let e = event(
+            json!({"event_id": "e1", "type": "ftd", "player_id": "p", "params": {"fb_pixel": "not-a-number"}}),
+        );
+        let p = plan(&brand(), &e, &PlayerContext::default(), &defs, 0);
+        assert_eq!(p.outcome.pixels.len(), 1);
+        assert_eq!(p.outcome.failed.len(), 1);
+        assert!(p.outcome.failed[0].error.starts_with("pixel_id"));
+    }
+
+    #[test]
+    fn invalid_events_name_the_field() {
+        let cases = [
+            (
+                json!({"type": "ftd", "player_id": "p"}),
+                "missing_field",
+                "event.event_id",
+            ),
+            (
+                json!({"event_id": "e", "player_id": "p"}),
+                "missing_field",
+                "event.type",
+            ),
+            (
+                json!({"event_id": "e", "type": "ftd"}),
+                "missing_field",
+                "event.player_id",
+            ),
+            (
+                json!({"event_id": "e 1", "type": "ftd", "player_id": "p"}),
+                "invalid_field",
+                "event.event_id",
+            ),
+            (
+                json!({"event_id": "e", "type": "first deposit", "player_id": "p"}),
+                "invalid_field",
+                "event.type",
+            ),
+            (
+                json!({"event_id": "e", "type": "ftd", "player_id": "p", "occurred_at": "yesterday"}),
+                "invalid_field",
+                "event.occurred_at",
+            ),
+            (
+                json!({"event_id": "e", "type": "ftd", "player_id": "p", "params": []}),
+                "invalid_field",
+                "event.params",
+            ),
+            (
+                json!({"event_id": "e", "type": "ftd", "player_id": "p", "params": {"amount": "50"}}),
+                "invalid_field",
+                "event.params.amount",
+            ),
+            (
+                json!({"event_id": "e", "type": "ftd", "player_id": "p", "params": {"x": {"y": 1}}}),
+                "invalid_field",
+                "event.params.x",
+            ),
+            (
+                json!({"event_id": "e", "type": "ftd", "player_id": "p", "params": {"click id": "c"}}),
+                "invalid_field",
+                "event.params.click id",
+            ),
+            (
+                json!({"event_id": "e", "type": "ftd", "player_id": "p", "params": {"player_id": "x"}}),
+                "invalid_field",
+                "event.params.player_id",
+            ),
+            (
+                json!({"event_id": "e", "type": "ftd", "player_id": "p", "params": {"afp": "a", "AFP": "b"}}),
+                "invalid_field",
+                "event.params.afp",
+            ),
+            (
+                json!({"event_id": "e", "type": "ftd", "player_id": "p", "colour": 1}),
+                "unknown_field",
+                "event.colour",
+            ),
+            (json!("ftd"), "invalid_event", "event"),
+        ];
+        for (body, code, path) in cases {
+            let e = parse_event(body.clone(), "event").unwrap_err();
+            assert_eq!((e.code, e.path.as_str()), (code, path), "{body}: {e}");
+        }
+        let batch = parse_events(json!([
+            {"event_id": "e1", "type": "ftd", "player_id": "p"},
+            {"event_id": "e2", "type": "ftd"},
+        ]))
+        .unwrap_err();
+        assert_eq!(batch.path, "events[1].player_id");
+        assert_eq!(parse_events(json!([])).unwrap_err().code, "empty_batch");
+    }
+
+    #[test]
+    fn null_params_neither_render_nor_override() {
+        let e = event(
+            json!({"event_id": "e", "type": "registration", "player_id": "p", "params": {"afp": null, "sub": "s"}}),
+        );
+        assert_eq!(e.params.keys().collect::<Vec<_>>(), ["sub"]);
+    }
+}
