@@ -11,7 +11,7 @@ use std::collections::VecDeque;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use axum::extract::{Query, State};
+use axum::extract::{Query, RawQuery, State};
 use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{Html, IntoResponse, Redirect, Response};
@@ -50,6 +50,8 @@ struct Hit {
     player: String,
     n: u64,
     kind: String,
+    /// The whole query string, so a pixel rendered from a definition shows its filled-in macros.
+    query: String,
     at_ms: u64,
 }
 
@@ -175,7 +177,11 @@ struct HitQuery {
 }
 
 /// The demo's affiliate pixel server: records the hit and answers like a real one.
-async fn hit(State(state): State<AppState>, Query(q): Query<HitQuery>) -> Response {
+async fn hit(
+    State(state): State<AppState>,
+    Query(q): Query<HitQuery>,
+    RawQuery(query): RawQuery,
+) -> Response {
     if let Ok(mut hits) = state.demo.hits.lock() {
         if hits.len() == HIT_LOG {
             hits.pop_front();
@@ -184,6 +190,7 @@ async fn hit(State(state): State<AppState>, Query(q): Query<HitQuery>) -> Respon
             player: q.player,
             n: q.n,
             kind: q.kind.clone(),
+            query: query.unwrap_or_default(),
             at_ms: now_ms(),
         });
     }

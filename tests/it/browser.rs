@@ -108,7 +108,16 @@ async fn brand_page(State(site): State<SiteState>, Query(q): Query<PageQuery>) -
 
 async fn pixel_server(State(site): State<SiteState>, uri: Uri) -> Response {
     site.hits.lock().unwrap().push(uri.to_string());
-    if uri.path().starts_with("/frame") {
+    if uri.path().starts_with("/script") {
+        (
+            [
+                ("content-type", "application/javascript"),
+                ("cache-control", "no-store"),
+            ],
+            "window.__scriptPixel = (window.__scriptPixel || 0) + 1;",
+        )
+            .into_response()
+    } else if uri.path().starts_with("/frame") {
         (
             [("cache-control", "no-store")],
             Html("<!doctype html><title>frame pixel</title>"),
@@ -228,6 +237,7 @@ async fn every_pixel_kind_fires_in_the_browser_and_is_acked() {
         {"kind": "js", "code": "window.__jsPixel = (window.__jsPixel || 0) + 1;"},
         {"kind": "facebook", "pixel_id": "777", "event": "Purchase", "params": {"value": 50, "currency": "EUR"}},
         {"kind": "facebook", "pixel_id": "777", "event": "FirstDeposit", "event_id": "dep-1"},
+        {"kind": "script", "url": site.url("/script/conv.js?c=1")},
     ]))
     .await;
 
@@ -246,6 +256,8 @@ async fn every_pixel_kind_fires_in_the_browser_and_is_acked() {
     site.wait_for_hit("/px/image?click=abc").await;
     site.wait_for_hit("/frame/ftd").await;
     tab.wait_for("window.__jsPixel === 1", "the js pixel to run")
+        .await;
+    tab.wait_for("window.__scriptPixel === 1", "the script pixel to load")
         .await;
     let calls = tab
         .wait_for(
@@ -276,7 +288,55 @@ async fn every_pixel_kind_fires_in_the_browser_and_is_acked() {
         "the iframe pixel to be removed after load",
     )
     .await;
-    assert_eq!((site.count("/px/image"), site.count("/frame/ftd")), (1, 1));
+    tab.wait_for(
+        "document.querySelectorAll('script[src*=\"/script/\"]').length === 0",
+        "the script pixel's element to be removed after load",
+    )
+    .await;
+    assert_eq!(
+        (
+            site.count("/px/image"),
+            site.count("/frame/ftd"),
+            site.count("/script/conv.js?c=1")
+        ),
+        (1, 1, 1)
+    );
+}
+
+/// The issue's acceptance path, as a new user follows the README: an FTD image definition, a registration
+/// carrying `afp`, a deposit; the player's browser requests the rendered URL exactly once, even across a
+/// reload. The affiliate's pixel server is stubbed inside the browser (there is no internet).
+#[tokio::test]
+async fn an_ftd_definition_fires_its_rendered_url_once_in_the_players_browser() {
+    let (app, site, browser) = setup().await;
+    app.define(
+        "12345",
+        json!({"name": "FTD pixel", "trigger": "ftd", "kind": "image",
+               "url": "https://pixelserver.example/?click_id={{afp}}&lead_id={{registration_id}}"}),
+    )
+    .await;
+    app.report(
+        "12345",
+        json!({"event_id": "reg-77", "type": "registration", "player_id": "p-77", "params": {"afp": "xyz 1&2"}}),
+    )
+    .await;
+    let deposit = json!({"event_id": "dep-77", "type": "deposit", "player_id": "p-77", "params": {"amount": 50, "currency": "EUR"}});
+    let answer = app.report("12345", deposit.clone()).await;
+    let rendered = "https://pixelserver.example/?click_id=xyz%201%262&lead_id=p-77";
+    assert_eq!(answer[0]["pixels"][0]["url"], rendered);
+
+    let tab = browser.tab().await;
+    let requested = tab
+        .intercept(&["*://pixelserver.example/*"], |_| {
+            Stub::Fulfill("image/gif", String::new())
+        })
+        .await;
+    tab.goto(&site.page("p-77")).await;
+    wait_drained(&app, "p-77").await;
+    app.report("12345", deposit).await; // the brand's retry
+    tab.goto(&site.page("p-77")).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(*requested.lock().unwrap(), [rendered]);
 }
 
 #[tokio::test]

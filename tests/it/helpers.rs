@@ -156,6 +156,31 @@ impl TestApp {
         .unwrap()
     }
 
+    /// Saves a pixel definition for `brand`, asserts 201, returns it.
+    pub async fn define(&self, brand: &str, body: Value) -> Value {
+        let path = format!("/api/v1/brands/{brand}/pixel-definitions");
+        self.post_expecting(&path, body, StatusCode::CREATED).await
+    }
+
+    /// Reports events to `brand`, asserts 202, returns the per-event answers.
+    pub async fn report(&self, brand: &str, body: Value) -> Vec<Value> {
+        let path = format!("/api/v1/brands/{brand}/events");
+        let answer = self.post_expecting(&path, body, StatusCode::ACCEPTED).await;
+        answer["events"].as_array().unwrap().clone()
+    }
+
+    /// POSTs `body` to an admin path, asserts the status, returns the JSON answer.
+    pub async fn post_expecting(&self, path: &str, body: Value, status: StatusCode) -> Value {
+        let response = self
+            .admin(reqwest::Method::POST, path)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), status, "POST {path} {body}");
+        response.json().await.unwrap()
+    }
+
     /// An admin API request with the bearer token.
     pub fn admin(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
         self.http.request(method, self.url(path)).bearer_auth(TOKEN)

@@ -4,6 +4,7 @@ mod api;
 mod browser;
 mod cdp;
 mod delivery;
+mod events;
 mod helpers;
 mod process;
 mod websocket;
