@@ -551,7 +551,7 @@ pub(super) async fn concurrent_event_batches_with_one_id_produce_once(h: &impl H
         .await
         .unwrap();
     // The same event id for two different players: only one may win.
-    let tasks: Vec<_> = (0..16)
+    let tasks: Vec<_> = (0..64)
         .map(|i| {
             let store = Arc::clone(&store);
             let brand = brand.clone();
