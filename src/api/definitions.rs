@@ -229,7 +229,12 @@ pub(super) async fn ingest(
 ) -> Result<impl IntoResponse, ApiError> {
     let events = parse_events(body)?;
     let outcomes = state.store.ingest(&path.brand_id, events).await?;
-    Ok((StatusCode::ACCEPTED, Json(json!({ "events": outcomes }))))
+    // Typed, not `json!`, so each answer keeps its documented field order.
+    #[derive(Serialize)]
+    struct Answer {
+        events: Vec<crate::event::EventOutcome>,
+    }
+    Ok((StatusCode::ACCEPTED, Json(Answer { events: outcomes })))
 }
 
 pub(super) async fn get_event(
