@@ -14,7 +14,7 @@ use time::format_description::well_known::Rfc3339;
 
 use crate::definition::{Definition, Output, valid_trigger};
 use crate::ids::{BrandId, DefinitionId, EventId, PixelId, PlayerId, is_valid_id};
-use crate::input::{Fields, InputError};
+use crate::input::{Fields, InputError, one_or_many};
 use crate::pixel::{NewPixel, PixelBody};
 
 /// Most events one request may carry.
@@ -372,27 +372,7 @@ fn random_u32() -> u32 {
 
 /// Parses a request body: one event object, or an array of 1 to [`MAX_EVENTS`] of them.
 pub fn parse_events(body: Value) -> Result<Vec<Event>, InputError> {
-    match body {
-        Value::Array(items) => {
-            if items.is_empty() || items.len() > MAX_EVENTS {
-                return Err(InputError::new(
-                    if items.is_empty() {
-                        "empty_batch"
-                    } else {
-                        "batch_too_large"
-                    },
-                    "events",
-                    format!("send 1 to {MAX_EVENTS} events, got {}", items.len()),
-                ));
-            }
-            items
-                .into_iter()
-                .enumerate()
-                .map(|(i, item)| parse_event(item, &format!("events[{i}]")))
-                .collect()
-        }
-        other => Ok(vec![parse_event(other, "event")?]),
-    }
+    one_or_many(body, MAX_EVENTS, ("event", "events"), parse_event)
 }
 
 /// Parses one event object found at `path`.

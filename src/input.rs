@@ -156,6 +156,36 @@ impl<'a> Fields<'a> {
     }
 }
 
+/// Parses a request body that holds one object or an array of 1 to `max` of them, each with `parse_one`
+/// at its path: `{singular}` for a lone object, `{plural}[i]` in an array. One bad item refuses the batch.
+pub fn one_or_many<T>(
+    body: Value,
+    max: usize,
+    (singular, plural): (&str, &str),
+    parse_one: impl Fn(Value, &str) -> Result<T, InputError>,
+) -> Result<Vec<T>, InputError> {
+    let Value::Array(items) = body else {
+        return Ok(vec![parse_one(body, singular)?]);
+    };
+    if items.is_empty() || items.len() > max {
+        let code = if items.is_empty() {
+            "empty_batch"
+        } else {
+            "batch_too_large"
+        };
+        return Err(InputError::new(
+            code,
+            plural,
+            format!("send 1 to {max} {plural} per request, got {}", items.len()),
+        ));
+    }
+    items
+        .into_iter()
+        .enumerate()
+        .map(|(i, item)| parse_one(item, &format!("{plural}[{i}]")))
+        .collect()
+}
+
 /// Parses and normalises an absolute http(s) URL with a host, or says in a sentence why it is not one.
 /// Used both for URLs callers send and for URLs the hub renders from templates.
 pub fn http_url(raw: &str) -> Result<String, String> {

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::ids::{PixelId, is_valid_id};
-use crate::input::{Fields, InputError};
+use crate::input::{Fields, InputError, one_or_many};
 
 /// Largest `js` pixel, in bytes of source.
 pub const MAX_JS_BYTES: usize = 64 * 1024;
@@ -115,33 +115,7 @@ pub struct QueuedPixel {
 
 /// Parses a request body: one pixel object, or an array of 1 to [`MAX_BATCH`] of them.
 pub fn parse_batch(body: Value) -> Result<Vec<NewPixel>, InputError> {
-    match body {
-        Value::Array(items) => {
-            if items.is_empty() {
-                return Err(InputError::new(
-                    "empty_batch",
-                    "pixels",
-                    "the array holds no pixel",
-                ));
-            }
-            if items.len() > MAX_BATCH {
-                return Err(InputError::new(
-                    "batch_too_large",
-                    "pixels",
-                    format!(
-                        "at most {MAX_BATCH} pixels per request, got {}",
-                        items.len()
-                    ),
-                ));
-            }
-            items
-                .into_iter()
-                .enumerate()
-                .map(|(i, item)| parse_pixel(item, &format!("pixels[{i}]")))
-                .collect()
-        }
-        other => Ok(vec![parse_pixel(other, "pixel")?]),
-    }
+    one_or_many(body, MAX_BATCH, ("pixel", "pixels"), parse_pixel)
 }
 
 /// Parses one pixel object found at `path`. Pixels rendered from definitions go through here too, so a
