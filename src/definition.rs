@@ -11,7 +11,7 @@ use std::fmt;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::{Map, Value};
 
-use crate::ids::{DefinitionId, is_valid_id};
+use crate::ids::DefinitionId;
 use crate::input::{Fields, InputError, MAX_URL_BYTES, http_url};
 use crate::pixel::{MAX_JS_BYTES, MAX_TTL_SECONDS, PixelBody, parse_pixel};
 use crate::template::{Context, Rendered, Template};
@@ -162,30 +162,33 @@ impl Definition {
     /// that breaks the URL, or a Meta pixel id that is not a number); the message says which field.
     pub fn render(&self, values: &BTreeMap<String, Value>) -> Result<RenderedPixel, String> {
         let mut missing = Vec::new();
-        let mut text = |source: &str, context: Context| -> Result<String, String> {
-            let template = Template::parse(source, context)
-                .map_err(|e| format!("the saved template no longer parses: {e}"))?;
+        let parse = |source: &str, context: Context| {
+            Template::parse(source, context)
+                .map_err(|e| format!("the saved template no longer parses: {e}"))
+        };
+        let mut fill = |template: &Template| -> String {
             let Rendered { text, missing: m } = template.render(values);
             for name in m {
                 if !missing.contains(&name) {
                     missing.push(name);
                 }
             }
-            Ok(text)
+            text
         };
         let pixel = match &self.action {
             Action::S2s { url } => {
-                let url = http_url(&text(url, Context::Url)?).map_err(|e| format!("url {e}"))?;
+                let url =
+                    http_url(&fill(&parse(url, Context::Url)?)).map_err(|e| format!("url {e}"))?;
                 return Ok(RenderedPixel {
                     output: Output::S2s { url },
                     missing,
                 });
             }
             Action::Image { url } | Action::Iframe { url } | Action::Script { url } => {
-                serde_json::json!({"kind": self.action.kind(), "url": text(url, Context::Url)?})
+                serde_json::json!({"kind": self.action.kind(), "url": fill(&parse(url, Context::Url)?)})
             }
             Action::Js { code } => {
-                serde_json::json!({"kind": "js", "code": text(code, Context::Js)?})
+                serde_json::json!({"kind": "js", "code": fill(&parse(code, Context::Js)?)})
             }
             Action::Facebook {
                 pixel_id,
@@ -200,7 +203,7 @@ impl Definition {
                                 .map_err(|e| format!("params.{key}: {e}"))?;
                             match template.sole_macro().and_then(|name| values.get(name)) {
                                 Some(typed @ (Value::Number(_) | Value::Bool(_))) => typed.clone(),
-                                _ => Value::String(text(source, Context::Text)?),
+                                _ => Value::String(fill(&template)),
                             }
                         }
                         other => other.clone(),
@@ -209,8 +212,8 @@ impl Definition {
                 }
                 serde_json::json!({
                     "kind": "facebook",
-                    "pixel_id": text(pixel_id, Context::Text)?,
-                    "event": text(event, Context::Text)?,
+                    "pixel_id": fill(&parse(pixel_id, Context::Text)?),
+                    "event": fill(&parse(event, Context::Text)?),
                     "params": out,
                 })
             }
@@ -298,14 +301,7 @@ pub fn parse_definition(body: Value, allow_id: bool) -> Result<DefinitionInput, 
                 "cannot be changed; the id is the one in the path",
             ));
         }
-        Some(id) if is_valid_id(&id) => Some(DefinitionId::parse(&id).expect("validated")),
-        Some(_) => {
-            return Err(fields.error(
-                "invalid_field",
-                "id",
-                "must be 1 to 128 characters of A-Z a-z 0-9 . _ : @ -",
-            ));
-        }
+        Some(id) => Some(fields.id("id", &id)?),
         None => None,
     };
     let name = fields.required_str("name")?;

@@ -13,7 +13,7 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 use crate::definition::{Definition, Output, valid_trigger};
-use crate::ids::{BrandId, DefinitionId, EventId, PixelId, PlayerId, is_valid_id};
+use crate::ids::{BrandId, DefinitionId, EventId, Id, IdKind, PixelId, PlayerId};
 use crate::input::{Fields, InputError, one_or_many};
 use crate::pixel::{NewPixel, PixelBody};
 
@@ -385,20 +385,14 @@ pub fn parse_event(value: Value, path: &str) -> Result<Event, InputError> {
         ));
     };
     let mut fields = Fields::new(&mut obj, path);
-    let id_field = |fields: &mut Fields<'_>, name: &str| -> Result<String, InputError> {
+    // Ids as strings or whole numbers: back ends send numeric player ids both ways.
+    fn id_field<K: IdKind>(fields: &mut Fields<'_>, name: &str) -> Result<Id<K>, InputError> {
         let value = fields
             .optional_label(name, 128)?
             .ok_or_else(|| fields.error("missing_field", name, "is required"))?;
-        if !is_valid_id(&value) {
-            return Err(fields.error(
-                "invalid_field",
-                name,
-                "must be 1 to 128 characters of A-Z a-z 0-9 . _ : @ -",
-            ));
-        }
-        Ok(value)
-    };
-    let event_id = EventId::parse(&id_field(&mut fields, "event_id")?).expect("validated");
+        fields.id(name, &value)
+    }
+    let event_id: EventId = id_field(&mut fields, "event_id")?;
     let kind = fields
         .optional_str("type")?
         .ok_or_else(|| fields.error("missing_field", "type", "is required"))?
@@ -410,7 +404,7 @@ pub fn parse_event(value: Value, path: &str) -> Result<Event, InputError> {
             "must be a standard event type (registration, qualified_registration, ftd, qftd, deposit, sale) or a custom name of 1 to 64 characters a-z 0-9 _ . : -",
         ));
     }
-    let player_id = PlayerId::parse(&id_field(&mut fields, "player_id")?).expect("validated");
+    let player_id: PlayerId = id_field(&mut fields, "player_id")?;
     let affiliate_id = fields.optional_label("affiliate_id", 128)?;
     let deal_id = fields.optional_label("deal_id", 128)?;
     let occurred_at_ms =

@@ -28,9 +28,12 @@ pub struct Id<K> {
     _kind: PhantomData<fn() -> K>,
 }
 
+/// The id rule, as error messages state it.
+pub const ID_RULE: &str = "must be 1 to 128 characters of A-Z a-z 0-9 . _ : @ -";
+
 /// Why a string was refused as an id; the message names the field and the rule.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{field} must be 1 to 128 characters of A-Z a-z 0-9 . _ : @ -")]
+#[error("{field} {}", ID_RULE)]
 pub struct InvalidId {
     /// Which field was wrong, e.g. `player_id`.
     pub field: &'static str,

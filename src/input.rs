@@ -7,6 +7,8 @@
 
 use serde_json::{Map, Value};
 
+use crate::ids::{ID_RULE, Id, IdKind};
+
 /// Longest URL accepted anywhere; browsers and proxies start failing beyond this.
 pub const MAX_URL_BYTES: usize = 8 * 1024;
 
@@ -92,6 +94,11 @@ impl<'a> Fields<'a> {
         };
         self.check_label(field, &value, max)?;
         Ok(Some(value))
+    }
+
+    /// Turns a value already read from `field` into an id, or the `invalid_field` error stating the rule.
+    pub fn id<K: IdKind>(&self, field: &str, value: &str) -> Result<Id<K>, InputError> {
+        Id::parse(value).map_err(|_| self.error("invalid_field", field, ID_RULE))
     }
 
     /// A boolean field; absent and `null` are `None`.

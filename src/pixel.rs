@@ -7,7 +7,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::ids::{PixelId, is_valid_id};
+use crate::ids::{PixelId, PixelTag};
 use crate::input::{Fields, InputError, one_or_many};
 
 /// Largest `js` pixel, in bytes of source.
@@ -133,17 +133,7 @@ pub fn parse_pixel(value: Value, path: &str) -> Result<NewPixel, InputError> {
     let kind = fields.required_str("kind")?;
     let id = fields
         .optional_str("id")?
-        .map(|id| {
-            if is_valid_id(&id) {
-                Ok(PixelId::parse(&id).expect("validated just above"))
-            } else {
-                Err(fields.error(
-                    "invalid_field",
-                    "id",
-                    "must be 1 to 128 characters of A-Z a-z 0-9 . _ : @ -",
-                ))
-            }
-        })
+        .map(|id| fields.id::<PixelTag>("id", &id))
         .transpose()?;
     let trigger = fields.optional_str("trigger")?;
     if let Some(trigger) = &trigger {

@@ -294,10 +294,7 @@ impl Inner {
     }
 
     fn record(&self, key: &PlayerKey, id: &PixelId) -> Result<Option<IndexRecord>, StoreError> {
-        match self.data.get(keys::index(key, id)).map_err(backend)? {
-            Some(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(backend),
-            None => Ok(None),
-        }
+        self.read(&keys::index(key, id))
     }
 
     /// Moves a queued pixel to a final status within `batch`: out of the queue, its expiry entry replaced
@@ -441,10 +438,7 @@ impl Store for SledStore {
         let (brand, created) = {
             let _guard = lock(&inner.brand_lock);
             let key = keys::brand(id);
-            let existing: Option<Brand> = match inner.data.get(&key).map_err(backend)? {
-                Some(bytes) => Some(serde_json::from_slice(&bytes).map_err(backend)?),
-                None => None,
-            };
+            let existing: Option<Brand> = inner.read(&key)?;
             let now = now_ms();
             let brand = Brand {
                 id: id.clone(),
@@ -462,10 +456,7 @@ impl Store for SledStore {
     }
 
     async fn get_brand(&self, id: &BrandId) -> Result<Option<Brand>, StoreError> {
-        match self.inner.data.get(keys::brand(id)).map_err(backend)? {
-            Some(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(backend),
-            None => Ok(None),
-        }
+        self.inner.read(&keys::brand(id))
     }
 
     async fn enqueue(
