@@ -11,6 +11,7 @@ use std::fmt;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::{Map, Value};
 
+use crate::delivery::PostBody;
 use crate::ids::DefinitionId;
 use crate::input::{Fields, InputError, MAX_URL_BYTES, http_url};
 use crate::pixel::{MAX_JS_BYTES, MAX_TTL_SECONDS, PixelBody, parse_pixel};
@@ -51,6 +52,9 @@ pub struct Definition {
     pub conditions: Vec<Condition>,
     /// A disabled definition is kept but never fires.
     pub enabled: bool,
+    /// Why the hub turned it off by itself (its postbacks kept failing); cleared by the next save.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disabled_reason: Option<String>,
     /// TTL of the pixels it queues; the hub's default when absent. Client kinds only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ttl_seconds: Option<u64>,
@@ -68,6 +72,9 @@ pub enum Action {
     S2s {
         /// URL template.
         url: String,
+        /// `POST` with a body when set; a `GET` of the URL otherwise.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        post: Option<PostTemplate>,
     },
     /// See [`PixelBody::Image`].
     Image {
@@ -101,7 +108,61 @@ pub enum Action {
     },
 }
 
+/// How a postback is sent as `POST`: the body template and its format.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PostTemplate {
+    /// `form` (`application/x-www-form-urlencoded`, values percent-encoded) or `json` (values become
+    /// JSON literals).
+    pub format: BodyFormat,
+    /// The body template.
+    pub body: String,
+}
+
+/// The format of a postback body, which decides how macro values are escaped in it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BodyFormat {
+    /// `application/x-www-form-urlencoded`.
+    Form,
+    /// `application/json`.
+    Json,
+}
+
+impl BodyFormat {
+    fn context(self) -> Context {
+        match self {
+            BodyFormat::Form => Context::Form,
+            BodyFormat::Json => Context::Json,
+        }
+    }
+
+    fn content_type(self) -> &'static str {
+        match self {
+            BodyFormat::Form => "application/x-www-form-urlencoded",
+            BodyFormat::Json => "application/json",
+        }
+    }
+}
+
 impl Action {
+    /// The templates as one text, for the delivery report: what the brand wrote, before values.
+    pub fn template_text(&self) -> String {
+        match self {
+            Action::S2s { url, post: None }
+            | Action::Image { url }
+            | Action::Iframe { url }
+            | Action::Script { url } => url.clone(),
+            Action::S2s {
+                url,
+                post: Some(post),
+            } => format!("POST {url}\n{}", post.body),
+            Action::Js { code } => code.clone(),
+            Action::Facebook {
+                pixel_id, event, ..
+            } => format!("fbq trackSingle {pixel_id} {event}"),
+        }
+    }
+
     /// The `kind` tag.
     pub fn kind(&self) -> &'static str {
         match self {
@@ -124,6 +185,8 @@ pub enum Output {
     S2s {
         /// The final URL.
         url: String,
+        /// The rendered body, when it is sent as `POST`.
+        post: Option<PostBody>,
     },
 }
 
@@ -176,11 +239,26 @@ impl Definition {
             text
         };
         let pixel = match &self.action {
-            Action::S2s { url } => {
+            Action::S2s { url, post } => {
                 let url =
                     http_url(&fill(&parse(url, Context::Url)?)).map_err(|e| format!("url {e}"))?;
+                let post = match post {
+                    None => None,
+                    Some(post) => {
+                        let body = fill(&parse(&post.body, post.format.context())?);
+                        if post.format == BodyFormat::Json
+                            && serde_json::from_str::<Value>(&body).is_err()
+                        {
+                            return Err("post.body does not render as JSON".into());
+                        }
+                        Some(PostBody {
+                            content_type: post.format.content_type().into(),
+                            body,
+                        })
+                    }
+                };
                 return Ok(RenderedPixel {
-                    output: Output::S2s { url },
+                    output: Output::S2s { url, post },
                     missing,
                 });
             }
@@ -264,6 +342,7 @@ impl DefinitionInput {
             action: self.action,
             conditions: self.conditions,
             enabled: self.enabled,
+            disabled_reason: None,
             ttl_seconds: self.ttl_seconds,
             created_at_ms,
             updated_at_ms: now,
@@ -362,7 +441,10 @@ pub fn parse_definition(body: Value, allow_id: bool) -> Result<DefinitionInput, 
             }
             template(&fields, "url", &url, Context::Url)?;
             match kind.as_str() {
-                "s2s" => Action::S2s { url },
+                "s2s" => Action::S2s {
+                    url,
+                    post: post_template(&mut fields)?,
+                },
                 "image" => Action::Image { url },
                 "iframe" => Action::Iframe { url },
                 _ => Action::Script { url },
@@ -458,10 +540,14 @@ impl Definition {
     /// Every template of the definition, parsed (they were validated when saved).
     fn templates(&self) -> impl Iterator<Item = Template> + '_ {
         let sources: Vec<(&str, Context)> = match &self.action {
-            Action::S2s { url }
-            | Action::Image { url }
-            | Action::Iframe { url }
-            | Action::Script { url } => vec![(url, Context::Url)],
+            Action::S2s { url, post } => {
+                let mut v = vec![(url.as_str(), Context::Url)];
+                v.extend(post.iter().map(|p| (p.body.as_str(), p.format.context())));
+                v
+            }
+            Action::Image { url } | Action::Iframe { url } | Action::Script { url } => {
+                vec![(url, Context::Url)]
+            }
             Action::Js { code } => vec![(code, Context::Js)],
             Action::Facebook {
                 pixel_id,
@@ -482,6 +568,48 @@ impl Definition {
             .into_iter()
             .filter_map(|(source, context)| Template::parse(source, context).ok())
     }
+}
+
+/// Largest postback body template.
+const MAX_POST_BODY_BYTES: usize = 16 * 1024;
+
+/// The optional `post` object of an s2s definition: `{"format": "form" | "json", "body": "…"}`.
+fn post_template(fields: &mut Fields<'_>) -> Result<Option<PostTemplate>, InputError> {
+    let mut obj = match fields.obj.remove("post") {
+        None | Some(Value::Null) => return Ok(None),
+        Some(Value::Object(obj)) => obj,
+        Some(_) => {
+            return Err(fields.error(
+                "invalid_field",
+                "post",
+                "must be an object such as {\"format\": \"form\", \"body\": \"a={afp}\"}",
+            ));
+        }
+    };
+    let path = fields.path_of("post");
+    let mut post = Fields::new(&mut obj, &path);
+    let format = match post.optional_str("format")?.as_deref() {
+        None | Some("form") => BodyFormat::Form,
+        Some("json") => BodyFormat::Json,
+        Some(other) => {
+            return Err(post.error(
+                "invalid_field",
+                "format",
+                format!("{other:?} is not a body format; use form or json"),
+            ));
+        }
+    };
+    let body = post.required_str("body")?;
+    if body.len() > MAX_POST_BODY_BYTES {
+        return Err(post.error(
+            "invalid_field",
+            "body",
+            format!("is longer than {MAX_POST_BODY_BYTES} bytes"),
+        ));
+    }
+    template(&post, "body", &body, format.context())?;
+    post.finish("a post object")?;
+    Ok(Some(PostTemplate { format, body }))
 }
 
 fn template(
@@ -848,7 +976,8 @@ mod tests {
         assert_eq!(
             s2s.render(&vals).unwrap().output,
             Output::S2s {
-                url: "https://t.example/pb?c=x%20y".into()
+                url: "https://t.example/pb?c=x%20y".into(),
+                post: None,
             }
         );
 

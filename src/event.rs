@@ -13,6 +13,7 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 use crate::definition::{Definition, Output, valid_trigger};
+use crate::delivery::{CLICK_ID_PARAMS, Origin, PixelStatus, PostBody};
 use crate::ids::{BrandId, DefinitionId, EventId, Id, IdKind, PixelId, PlayerId};
 use crate::input::{Fields, InputError, one_or_many};
 use crate::pixel::{NewPixel, PixelBody};
@@ -84,8 +85,8 @@ pub struct Produced {
     pub definition_name: String,
     /// The trigger it fired on: the event's type, or `ftd` raised by a first deposit.
     pub trigger: String,
-    /// `queued` for a client pixel (and later its current status), `pending` for a postback not sent yet.
-    pub status: String,
+    /// `queued` when produced; its current [`PixelStatus`] when the record is read later.
+    pub status: PixelStatus,
     /// What was rendered: a client pixel's body, or `{"kind":"s2s","url":…}`.
     #[serde(flatten)]
     pub output: ProducedOutput,
@@ -158,21 +159,19 @@ pub struct EventOutcome {
     pub processed_at_ms: u64,
 }
 
-/// A postback to send, recorded durably with its event.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Postback {
+/// A postback for the hub to send, recorded durably with its event.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NewPostback {
     /// Its id, as in the event's answer.
     pub id: PixelId,
-    /// The event that produced it.
-    pub event_id: EventId,
-    /// The player.
-    pub player_id: PlayerId,
-    /// The definition that produced it.
-    pub definition_id: DefinitionId,
+    /// The trigger it fired on.
+    pub trigger: String,
     /// The final URL.
     pub url: String,
-    /// Unix milliseconds of creation.
-    pub created_at_ms: u64,
+    /// The body, when it is sent as `POST`.
+    pub post: Option<PostBody>,
+    /// Event, definition and template, for the report.
+    pub origin: Origin,
 }
 
 /// Everything one event changes, for the store to write atomically.
@@ -182,8 +181,8 @@ pub struct Plan {
     pub outcome: EventOutcome,
     /// Client pixels to queue for the player, ids set.
     pub pixels: Vec<NewPixel>,
-    /// Postbacks to record.
-    pub postbacks: Vec<Postback>,
+    /// Postbacks to record in the outbox.
+    pub postbacks: Vec<NewPostback>,
     /// The player's new context, when it changed.
     pub context: Option<PlayerContext>,
 }
@@ -267,7 +266,15 @@ pub fn plan(
                 }
             };
             let id = PixelId::generate();
-            let (status, output) = match rendered.output {
+            let origin = Origin {
+                event_id: Some(event.event_id.clone()),
+                definition_id: Some(definition.id.clone()),
+                definition_name: Some(definition.name.clone()),
+                template: Some(definition.action.template_text()),
+                click_id: click_id(&values),
+                missing: rendered.missing.clone(),
+            };
+            let output = match rendered.output {
                 Output::Client(body) => {
                     let body = body.with_defaults(&id);
                     pixels.push(NewPixel {
@@ -275,25 +282,22 @@ pub fn plan(
                         trigger: Some(trigger.into()),
                         ttl_seconds: definition.ttl_seconds,
                         body: body.clone(),
+                        origin: Some(origin),
                     });
-                    ("queued", ProducedOutput::Client(body))
+                    ProducedOutput::Client(body)
                 }
-                Output::S2s { url } => {
-                    postbacks.push(Postback {
+                Output::S2s { url, post } => {
+                    postbacks.push(NewPostback {
                         id: id.clone(),
-                        event_id: event.event_id.clone(),
-                        player_id: event.player_id.clone(),
-                        definition_id: definition.id.clone(),
+                        trigger: trigger.into(),
                         url: url.clone(),
-                        created_at_ms: now_ms,
+                        post,
+                        origin,
                     });
-                    (
-                        "pending",
-                        ProducedOutput::S2s {
-                            kind: S2sKind::S2s,
-                            url,
-                        },
-                    )
+                    ProducedOutput::S2s {
+                        kind: S2sKind::S2s,
+                        url,
+                    }
                 }
             };
             outcome.pixels.push(Produced {
@@ -301,7 +305,7 @@ pub fn plan(
                 definition_id: definition.id.clone(),
                 definition_name: definition.name.clone(),
                 trigger: trigger.into(),
-                status: status.into(),
+                status: PixelStatus::Queued,
                 output,
                 missing: rendered.missing,
             });
@@ -361,6 +365,17 @@ pub fn macro_values(
         }
     }
     values
+}
+
+/// The affiliate's click id among the values, under the first of [`CLICK_ID_PARAMS`] that has one.
+fn click_id(values: &BTreeMap<String, Value>) -> Option<String> {
+    CLICK_ID_PARAMS
+        .iter()
+        .find_map(|name| match values.get(*name)? {
+            Value::String(s) if !s.is_empty() => Some(s.clone()),
+            Value::Number(n) => Some(n.to_string()),
+            _ => None,
+        })
 }
 
 fn random_u32() -> u32 {

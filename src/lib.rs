@@ -12,25 +12,37 @@
 //! - [`pixel`]: what a pixel is, and turning a caller's JSON into one.
 //! - [`template`]: macro templates in the four syntaxes affiliates use, escaped for URLs, JavaScript or text.
 //! - [`definition`]: a brand's pixel definitions (trigger, scope, conditions, template), validated when saved.
+//! - [`delivery`]: the delivery report's record of every pixel and postback: status, final URL, attempts.
 //! - [`event`]: reported events, and [`event::plan`], the pure rule that turns one into pixels and postbacks.
+//! - [`flat`]: events from flat name/value records (a query string, a CSV row), validated as JSON events are.
+//! - [`inbound`]: events from an inbound GET postback URL, typed by its path or by Routy-style counters.
+//! - [`import`]: events from uploaded Registrations and Sales CSV files, streamed row by row.
 //! - [`store`]: the durable queues behind the [`store::Store`] trait (sled now, Redis next), with group commit
 //!   and the per-player delivery lease. The source of truth.
+//! - [`postback`]: the S2S sender: takes due postbacks from the store's outbox, sends, retries, records.
 //! - [`hub`]: this process's live sessions, and the wake-ups (store announcements, heartbeats) that reach them.
 //! - [`session`]: one WebSocket connection, from hello to close.
 //! - [`protocol`]: the wire messages and close codes (see `docs/protocol.md`).
 //! - [`api`]: the HTTP routes: admin API, client script, WebSocket upgrade, demo.
 //! - [`server`]: start-up and orderly shutdown.
+//! - [`cli`]: the binary's tools besides serving (`pixelhub import`), which talk to a hub over its API.
 //!
 //! The browser side lives in `js-client/aff-client-pixel.js`; the demo page in `static/`.
 
 pub mod api;
+pub mod cli;
 pub mod config;
 pub mod definition;
+pub mod delivery;
 pub mod event;
+pub mod flat;
 pub mod hub;
 pub mod ids;
+pub mod import;
+pub mod inbound;
 pub mod input;
 pub mod pixel;
+pub mod postback;
 pub mod protocol;
 pub mod server;
 pub mod session;

@@ -1,14 +1,24 @@
-//! The `pixelhub` binary: parses settings, sets up logging, runs the hub until SIGINT or SIGTERM.
+//! The `pixelhub` binary: parses settings, sets up logging, runs the hub until SIGINT or SIGTERM (or runs
+//! one of its tools, such as `pixelhub import`).
 
 use std::io::IsTerminal;
+use std::process::ExitCode;
 
 use anyhow::Context;
+use pixelhub::config::{Cli, Command};
 use pixelhub::{Application, Config};
 use tracing_subscriber::EnvFilter;
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let config = Config::from_env_and_args();
+async fn main() -> anyhow::Result<ExitCode> {
+    let cli = Cli::from_env_and_args();
+    match cli.command {
+        Some(Command::Import(args)) => pixelhub::cli::import(args).await,
+        None => serve(cli.config).await.map(|()| ExitCode::SUCCESS),
+    }
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_env("PIXELHUB_LOG").unwrap_or_else(|_| EnvFilter::new("info")),

@@ -94,6 +94,8 @@ pub struct NewPixel {
     pub ttl_seconds: Option<u64>,
     /// What to fire.
     pub body: PixelBody,
+    /// Event and definition it came from, for the delivery report; `None` when queued by hand.
+    pub origin: Option<crate::delivery::Origin>,
 }
 
 /// A pixel in a player's queue, as stored and as listed by the API.
@@ -211,6 +213,7 @@ pub fn parse_pixel(value: Value, path: &str) -> Result<NewPixel, InputError> {
 
     fields.finish(&format!("a {kind} pixel"))?;
     Ok(NewPixel {
+        origin: None,
         id,
         trigger,
         ttl_seconds,

@@ -20,6 +20,7 @@ use crate::api::{self, AppState, DemoLog};
 use crate::config::{Config, MIN_ADMIN_TOKEN_LEN};
 use crate::hub::Hub;
 use crate::ids::BrandId;
+use crate::postback::{self, Policy, SenderStats};
 use crate::store::{BrandSettings, SledOptions, SledStore, Store, StoreError};
 
 /// Longest wait for sessions to close at shutdown before the store is flushed anyway.
@@ -80,6 +81,7 @@ impl Application {
             &config.data_dir.join("sled"),
             SledOptions {
                 default_ttl: Duration::from_secs(config.default_ttl_seconds),
+                retention: Duration::from_secs(config.report_retention_days * 24 * 3600),
             },
         )?;
         let store: Arc<dyn Store> = Arc::new(store);
@@ -111,6 +113,16 @@ impl Application {
             &background,
         );
 
+        let postbacks = Arc::new(SenderStats::default());
+        postback::spawn(
+            Arc::clone(&store),
+            Policy::from_config(&config),
+            Arc::clone(&postbacks),
+            shutdown.clone(),
+            &background,
+        )
+        .map_err(|e| StartError::Config(format!("the S2S HTTP client cannot start: {e}")))?;
+
         let state = AppState {
             store,
             hub,
@@ -119,6 +131,7 @@ impl Application {
             shutdown,
             sessions: TaskTracker::new(),
             demo: Arc::new(DemoLog::default()),
+            postbacks,
         };
         Ok(Self {
             listener,

@@ -41,6 +41,19 @@ pub enum Context {
     Js,
     /// A plain value handed to a client API as data.
     Text,
+    /// An `application/x-www-form-urlencoded` POST body: values are percent-encoded like URL values.
+    Form,
+    /// A JSON POST body: a value becomes one JSON literal (a quoted, escaped string, a number, a boolean,
+    /// or `null` when missing), so it can never add a key or end the document. As in JavaScript, only
+    /// `{{name}}` and `%%NAME%%` are macros: braces and brackets are JSON's own.
+    Json,
+}
+
+impl Context {
+    /// Whether `{x}` and `[x]` are syntax of the language itself rather than macros.
+    fn is_code(self) -> bool {
+        matches!(self, Context::Js | Context::Json)
+    }
 }
 
 /// A parsed template, ready to render any number of times.
@@ -127,10 +140,15 @@ impl Template {
                     }
                     let value = value.unwrap_or_default();
                     match (self.context, raw) {
-                        (Context::Url, false) => {
+                        (Context::Url | Context::Form, false) => {
                             out.text.extend(utf8_percent_encode(&value, URL_VALUE))
                         }
                         (Context::Js, _) => out.text.push_str(&js_string(&value)),
+                        (Context::Json, _) => out.text.push_str(
+                            &values
+                                .get(name)
+                                .map_or_else(|| "null".to_owned(), Value::to_string),
+                        ),
                         _ => out.text.push_str(&value),
                     }
                 }
@@ -204,7 +222,7 @@ struct Scanner<'a> {
 
 impl Scanner<'_> {
     fn strict(&self) -> bool {
-        self.context != Context::Js
+        !self.context.is_code()
     }
 
     fn error(&self, at_byte: usize, message: impl Into<String>) -> TemplateError {
@@ -224,12 +242,12 @@ impl Scanner<'_> {
                 self.double_brace(start)?
             } else if rest.starts_with("%%") {
                 self.delimited(start, "%%", "%%", "%%NAME%%")?
-            } else if c == '{' && self.context != Context::Js {
+            } else if c == '{' && !self.context.is_code() {
                 match self.delimited(start, "{", "}", "{name}")? {
                     Some(found) => Some(found),
                     None => return Err(self.error(start, "unbalanced `{`: a macro is {name} or {{name}}; write a literal brace as %7B")),
                 }
-            } else if c == '[' && self.context != Context::Js {
+            } else if c == '[' && !self.context.is_code() {
                 self.delimited(start, "[", "]", "[NAME]")?
             } else {
                 None
@@ -265,7 +283,7 @@ impl Scanner<'_> {
                 "`${…}` is not a macro syntax; write {{name}}, {name}, [NAME] or %%NAME%%",
             ));
         }
-        if c == '%' && self.context == Context::Url {
+        if c == '%' && matches!(self.context, Context::Url | Context::Form) {
             let escape = rest.as_bytes().get(1..3);
             if !escape.is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit)) {
                 return Err(self.error(
@@ -365,10 +383,10 @@ impl Scanner<'_> {
         }
         let raw = match modifier.map(str::to_ascii_lowercase).as_deref() {
             None => false,
-            Some("raw") if self.context == Context::Js => {
+            Some("raw") if self.context.is_code() => {
                 return Err(self.error(
                     at,
-                    "`|raw` is not allowed in JavaScript: values are always inserted as string literals",
+                    "`|raw` is not allowed in JavaScript or JSON: values are always inserted as literals",
                 ));
             }
             Some("raw") => true,

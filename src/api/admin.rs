@@ -197,6 +197,7 @@ pub(super) async fn stats(State(state): State<AppState>) -> Result<Json<Value>, 
         "sessions": state.hub.session_count(),
         "expired_total": store.expired_total,
         "store": { "flushes": store.flushes, "flushed_writes": store.flushed_writes },
+        "s2s": state.postbacks.snapshot(),
         "brands": brands,
     })))
 }

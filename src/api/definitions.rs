@@ -12,11 +12,12 @@ use super::admin::{BrandPath, PlayerPath};
 use super::extract::{ApiPath, JsonBody};
 use super::{ApiError, AppState};
 use crate::definition::{Action, Definition, Output, parse_definition};
+use crate::delivery::Origin;
 use crate::event::{Event, macro_values, parse_event, parse_events};
 use crate::ids::{BrandId, DefinitionId, EventId, PixelId, PlayerKey};
 use crate::input::InputError;
 use crate::pixel::NewPixel;
-use crate::store::now_ms;
+use crate::store::{DefinitionHealth, now_ms};
 
 #[derive(Deserialize)]
 pub(super) struct DefinitionPath {
@@ -53,14 +54,44 @@ pub(super) async fn list(
     ApiPath(path): ApiPath<BrandPath>,
 ) -> Result<Json<Value>, ApiError> {
     let definitions = state.store.definitions(&path.brand_id).await?;
-    Ok(Json(json!({ "definitions": definitions })))
+    let health = state.store.definition_health(&path.brand_id).await?;
+    let threshold = state.config.s2s_failure_threshold;
+    let listed: Vec<Value> = definitions
+        .into_iter()
+        .map(|d| {
+            let h = health.get(&d.id);
+            with_health(d, h, threshold)
+        })
+        .collect();
+    Ok(Json(json!({ "definitions": listed })))
 }
 
 pub(super) async fn get(
     State(state): State<AppState>,
     ApiPath(path): ApiPath<DefinitionPath>,
-) -> Result<Json<Definition>, ApiError> {
-    find(&state, &path).await.map(Json)
+) -> Result<Json<Value>, ApiError> {
+    let definition = find(&state, &path).await?;
+    let health = state.store.definition_health(&path.brand_id).await?;
+    let h = health.get(&definition.id);
+    Ok(Json(with_health(
+        definition,
+        h,
+        state.config.s2s_failure_threshold,
+    )))
+}
+
+/// A definition as the API shows it: an s2s one with its postback `health`, `flagged` once its attempts
+/// failed `threshold` times in a row.
+fn with_health(definition: Definition, health: Option<&DefinitionHealth>, threshold: u64) -> Value {
+    let s2s = matches!(definition.action, Action::S2s { .. });
+    let mut value = serde_json::to_value(definition).expect("a definition serialises");
+    if s2s {
+        let health = health.cloned().unwrap_or_default();
+        let mut shown = serde_json::to_value(&health).expect("health serialises");
+        shown["flagged"] = json!(u64::from(health.consecutive_failures) >= threshold);
+        value["health"] = shown;
+    }
+    value
 }
 
 pub(super) async fn replace(
@@ -184,6 +215,13 @@ pub(super) async fn test(
         trigger: Some(definition.trigger.clone()),
         ttl_seconds: definition.ttl_seconds,
         body: body.with_defaults(&id),
+        origin: Some(Origin {
+            definition_id: Some(definition.id.clone()),
+            definition_name: Some(definition.name.clone()),
+            template: Some(definition.action.template_text()),
+            missing: rendered.missing.clone(),
+            ..Origin::default()
+        }),
     };
     let queued = state.store.enqueue(&key, vec![pixel.clone()]).await?;
     let mut answer = output_json(Output::Client(pixel.body));
@@ -218,7 +256,14 @@ fn sample_event(
 fn output_json(output: Output) -> Value {
     match output {
         Output::Client(body) => serde_json::to_value(body).expect("pixels serialise"),
-        Output::S2s { url } => json!({ "kind": "s2s", "url": url }),
+        Output::S2s { url, post: None } => json!({ "kind": "s2s", "method": "GET", "url": url }),
+        Output::S2s {
+            url,
+            post: Some(post),
+        } => json!({
+            "kind": "s2s", "method": "POST", "url": url,
+            "content_type": post.content_type, "body": post.body,
+        }),
     }
 }
 

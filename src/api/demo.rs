@@ -132,6 +132,7 @@ async fn queue_demo_pixel(
         trigger: Some("demo".into()),
         ttl_seconds: Some(24 * 3600),
         body,
+        origin: None,
     };
     let queued = state.store.enqueue(&demo_key(player), vec![pixel]).await?;
     Ok((

@@ -18,6 +18,11 @@ pub enum ApiError {
     /// No or wrong `Authorization: Bearer` token.
     #[error("a valid admin token is required: send Authorization: Bearer <token>")]
     Unauthorized,
+    /// An inbound postback URL whose brand or token is wrong.
+    #[error(
+        "this postback URL's token is not valid for the brand; copy the URL from GET /api/v1/brands/{{brand_id}}/inbound"
+    )]
+    InvalidInboundToken,
     /// The body is not JSON.
     #[error("the body is not valid JSON: {0}")]
     InvalidJson(String),
@@ -79,6 +84,7 @@ impl ApiError {
     fn parts(&self) -> (StatusCode, &'static str) {
         match self {
             ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            ApiError::InvalidInboundToken => (StatusCode::UNAUTHORIZED, "invalid_token"),
             ApiError::InvalidJson(_) => (StatusCode::BAD_REQUEST, "invalid_json"),
             ApiError::InvalidId(_) => (StatusCode::BAD_REQUEST, "invalid_id"),
             ApiError::InvalidInput(e) => (StatusCode::UNPROCESSABLE_ENTITY, e.code),

@@ -18,13 +18,17 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
 use crate::hub::Hub;
+use crate::postback::SenderStats;
 use crate::store::Store;
 
 mod admin;
 mod definitions;
+mod deliveries;
 mod demo;
 mod error;
 mod extract;
+mod imports;
+mod inbound;
 mod public;
 
 pub use public::CLIENT_JS;
@@ -49,6 +53,8 @@ pub struct AppState {
     pub sessions: TaskTracker,
     /// Pixel hits seen by the demo receiver.
     pub demo: Arc<DemoLog>,
+    /// This process's S2S sender counters.
+    pub postbacks: Arc<SenderStats>,
 }
 
 /// The whole application's routes, shared by the binary and the tests.
@@ -93,12 +99,21 @@ pub fn router(state: AppState) -> Router {
             "/brands/{brand_id}/events/{event_id}",
             get(definitions::get_event),
         )
+        .route("/brands/{brand_id}/deliveries", get(deliveries::list))
+        .route("/brands/{brand_id}/imports", post(imports::import))
+        .route("/brands/{brand_id}/inbound", get(inbound::show))
+        .route("/brands/{brand_id}/inbound/rotate", post(inbound::rotate))
         .route("/stats", get(admin::stats))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_admin));
 
     let mut app = Router::new()
         .nest("/api/v1", admin)
         .route("/healthz", get(public::healthz))
+        .route("/postback/{brand_id}/{token}", get(inbound::receive))
+        .route(
+            "/postback/{brand_id}/{token}/{event_type}",
+            get(inbound::receive),
+        )
         .route("/aff-client-pixel.js", get(public::client_script))
         .route("/websocket", get(public::websocket));
     if state.config.demo {

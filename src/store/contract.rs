@@ -8,8 +8,9 @@ use std::time::Duration;
 
 use super::*;
 use crate::definition::parse_definition;
+use crate::delivery::Attempt;
 use crate::event::parse_events;
-use crate::ids::{PlayerId, SessionId};
+use crate::ids::{DefinitionId, PlayerId, SessionId};
 use crate::pixel::{NewPixel, PixelBody};
 
 /// Opens an engine instance; opening again after `close` must see the same durable data.
@@ -32,6 +33,7 @@ fn image(n: u32) -> NewPixel {
         body: PixelBody::Image {
             url: format!("https://px.example/{n}"),
         },
+        origin: None,
     }
 }
 
@@ -521,7 +523,7 @@ pub(super) async fn events_queue_pixels_once_even_after_a_reopen(h: &impl Harnes
         .unwrap()
         .unwrap();
     let statuses: Vec<&str> = record.pixels.iter().map(|p| p.status.as_str()).collect();
-    assert_eq!(statuses, ["pending", "fired"]);
+    assert_eq!(statuses, ["queued", "fired"]);
 
     let later = store
         .ingest(&brand, events(serde_json::json!({"event_id": "dep-2", "type": "deposit", "player_id": "p", "params": {"amount": 20}})))
@@ -573,12 +575,387 @@ pub(super) async fn concurrent_event_batches_with_one_id_produce_once(h: &impl H
     assert_eq!(depth, 1);
 }
 
+async fn define(store: &Arc<dyn Store>, body: serde_json::Value) {
+    store
+        .create_definition(&key("x").brand, parse_definition(body, true).unwrap())
+        .await
+        .unwrap();
+}
+
+fn statuses(page: &DeliveryPage) -> Vec<(&str, &str, PixelStatus)> {
+    page.rows
+        .iter()
+        .map(|d| (d.player_id.as_str(), d.kind.as_str(), d.status))
+        .collect()
+}
+
+pub(super) async fn the_report_follows_every_pixel_and_postback(h: &impl Harness) {
+    let store = store_with_brand(h).await;
+    let brand = key("x").brand;
+    define(&store, serde_json::json!({"id": "img", "name": "FTD image", "trigger": "ftd", "kind": "image", "url": "https://px.example/?c={{afp}}&s={{sub}}"})).await;
+    define(&store, serde_json::json!({"id": "pb", "name": "FTD postback", "trigger": "ftd", "kind": "s2s", "url": "https://pb.example/?c={{afp}}"})).await;
+    store
+        .ingest(&brand, events(serde_json::json!([
+            {"event_id": "r1", "type": "registration", "player_id": "p", "params": {"afp": "click-9"}},
+            {"event_id": "d1", "type": "deposit", "player_id": "p", "params": {"amount": 10}},
+        ])))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(2)).await; // a later queued_at for the next rows
+    store
+        .enqueue(&key("q"), vec![image(1), image(2)])
+        .await
+        .unwrap();
+    let session = SessionId::generate();
+    let sent = store.lease(&key("q"), session, 1).await.unwrap();
+    store.ack(&key("p"), &[]).await.unwrap();
+
+    let all = DeliveryQuery {
+        limit: 100,
+        ..Default::default()
+    };
+    let page = store.deliveries(&brand, &all).await.unwrap();
+    assert_eq!(page.next, None);
+    assert_eq!(page.rows.len(), 4);
+    let mut seen = statuses(&page);
+    seen.sort_by_key(|(p, k, s)| (p.to_string(), k.to_string(), s.as_str()));
+    assert_eq!(
+        seen,
+        [
+            ("p", "image", PixelStatus::Queued),
+            ("p", "s2s", PixelStatus::Queued),
+            ("q", "image", PixelStatus::Delivered),
+            ("q", "image", PixelStatus::Queued),
+        ]
+    );
+    assert!(
+        page.rows
+            .windows(2)
+            .all(|w| w[0].queued_at_ms >= w[1].queued_at_ms),
+        "newest first"
+    );
+    let image_row = page
+        .rows
+        .iter()
+        .find(|d| d.kind == "image" && d.player_id.as_str() == "p")
+        .unwrap();
+    assert_eq!(
+        image_row.final_url.as_deref(),
+        Some("https://px.example/?c=click-9&s=")
+    );
+    assert_eq!(
+        image_row.template.as_deref(),
+        Some("https://px.example/?c={{afp}}&s={{sub}}")
+    );
+    assert_eq!(image_row.definition_name.as_deref(), Some("FTD image"));
+    assert_eq!(image_row.event_id.as_ref().map(|e| e.as_str()), Some("d1"));
+    assert_eq!(image_row.trigger.as_deref(), Some("ftd"));
+    assert_eq!(image_row.click_id.as_deref(), Some("click-9"));
+    assert_eq!(image_row.missing, ["sub"]);
+    let delivered = page
+        .rows
+        .iter()
+        .find(|d| d.status == PixelStatus::Delivered)
+        .unwrap();
+    assert_eq!(delivered.id, sent[0].id);
+    assert_eq!(delivered.attempts, 1);
+    assert!(delivered.sent_at_ms.is_some());
+
+    store.ack(&key("q"), &[sent[0].id.clone()]).await.unwrap();
+    let fired = DeliveryQuery {
+        status: Some(PixelStatus::Fired),
+        ..all.clone()
+    };
+    let page = store.deliveries(&brand, &fired).await.unwrap();
+    assert_eq!(statuses(&page), [("q", "image", PixelStatus::Fired)]);
+    assert!(page.rows[0].fired_at_ms.is_some());
+
+    let of_p = DeliveryQuery {
+        player: Some(PlayerId::parse("p").unwrap()),
+        ..all.clone()
+    };
+    assert_eq!(store.deliveries(&brand, &of_p).await.unwrap().rows.len(), 2);
+    let by_trigger = DeliveryQuery {
+        trigger: Some("ftd".into()),
+        ..all.clone()
+    };
+    assert_eq!(
+        store
+            .deliveries(&brand, &by_trigger)
+            .await
+            .unwrap()
+            .rows
+            .len(),
+        2
+    );
+    let window = DeliveryQuery {
+        from_ms: Some(image_row.queued_at_ms),
+        to_ms: Some(image_row.queued_at_ms + 1),
+        ..all.clone()
+    };
+    assert_eq!(
+        store.deliveries(&brand, &window).await.unwrap().rows.len(),
+        2
+    );
+
+    // Pages of one row walk the same rows in the same order, for the brand and for one player.
+    for query in [all.clone(), of_p.clone()] {
+        let whole = store.deliveries(&brand, &query).await.unwrap().rows;
+        let mut walked = Vec::new();
+        let mut after = None;
+        loop {
+            let page = store
+                .deliveries(
+                    &brand,
+                    &DeliveryQuery {
+                        limit: 1,
+                        after: after.clone(),
+                        ..query.clone()
+                    },
+                )
+                .await
+                .unwrap();
+            walked.extend(page.rows);
+            match page.next {
+                Some(next) => after = Some(next),
+                None => break,
+            }
+        }
+        assert_eq!(walked, whole);
+    }
+}
+
+pub(super) async fn postbacks_are_claimed_retried_and_recorded(h: &impl Harness) {
+    let store = store_with_brand(h).await;
+    let brand = key("x").brand;
+    define(&store, serde_json::json!({"id": "pb", "name": "PB", "trigger": "sale", "kind": "s2s", "url": "https://pb.example/?e={{event_id}}"})).await;
+    let sale =
+        |id: &str| events(serde_json::json!({"event_id": id, "type": "sale", "player_id": "p"}));
+    store.ingest(&brand, sale("s1")).await.unwrap();
+    let now = now_ms();
+    let due = store.due_postbacks(now, 10).await.unwrap();
+    assert_eq!(due.len(), 1);
+    let first = due[0].clone();
+    assert_eq!(first.url, "https://pb.example/?e=s1");
+    assert_eq!(
+        (
+            first.attempts,
+            first.definition_id.as_ref().map(|d| d.as_str())
+        ),
+        (0, Some("pb"))
+    );
+
+    let until = now + 60_000;
+    assert!(store.claim_postback(&first, until).await.unwrap());
+    assert!(
+        !store.claim_postback(&first, until).await.unwrap(),
+        "claimed once"
+    );
+    assert!(
+        store.due_postbacks(now, 10).await.unwrap().is_empty(),
+        "not due while claimed"
+    );
+    assert_eq!(
+        store.due_postbacks(until, 10).await.unwrap().len(),
+        1,
+        "due again if the sender dies"
+    );
+
+    let failed_attempt = Attempt {
+        at_ms: now,
+        duration_ms: 3,
+        http_status: Some(503),
+        error: None,
+        response: Some("busy".into()),
+    };
+    let health = store
+        .record_attempt(
+            &first,
+            until,
+            failed_attempt.clone(),
+            Verdict::Retry { at_ms: now + 1000 },
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (health.consecutive_failures, health.last_error.as_deref()),
+        (1, Some("HTTP 503"))
+    );
+    assert!(store.due_postbacks(now + 999, 10).await.unwrap().is_empty());
+    let retry = store.due_postbacks(now + 1000, 10).await.unwrap();
+    assert_eq!((retry.len(), retry[0].attempts), (1, 1));
+    let record = store
+        .event(&brand, &EventId::parse("s1").unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(record.pixels[0].status, PixelStatus::PendingRetry);
+
+    assert!(store.claim_postback(&retry[0], until).await.unwrap());
+    let ok = Attempt {
+        http_status: Some(204),
+        response: None,
+        ..failed_attempt.clone()
+    };
+    let health = store
+        .record_attempt(&retry[0], until, ok, Verdict::Fired)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(health.consecutive_failures, 0);
+    assert!(
+        store.due_postbacks(u64::MAX, 10).await.unwrap().is_empty(),
+        "never sent again"
+    );
+    let row = &store
+        .deliveries(
+            &brand,
+            &DeliveryQuery {
+                limit: 10,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap()
+        .rows[0];
+    assert_eq!(
+        (row.status, row.attempts, row.http_status),
+        (PixelStatus::Fired, 2, Some(204))
+    );
+    assert_eq!(row.attempt_log.len(), 2);
+    assert_eq!(row.attempt_log[0].response.as_deref(), Some("busy"));
+
+    // A refusal ends it; a cancel takes it out of the outbox, but not while an attempt runs.
+    store.ingest(&brand, sale("s2")).await.unwrap();
+    store.ingest(&brand, sale("s3")).await.unwrap();
+    let due = store.due_postbacks(now_ms(), 10).await.unwrap();
+    assert_eq!(due.len(), 2);
+    let (s2, s3) = if due[0].url.ends_with("s2") {
+        (&due[0], &due[1])
+    } else {
+        (&due[1], &due[0])
+    };
+    assert!(store.claim_postback(s2, until).await.unwrap());
+    assert_eq!(
+        store.cancel(&s2.key, &s2.id).await.unwrap(),
+        CancelOutcome::InFlight
+    );
+    let refused = Attempt {
+        http_status: Some(404),
+        ..failed_attempt
+    };
+    store
+        .record_attempt(s2, until, refused, Verdict::Failed)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.cancel(&s2.key, &s2.id).await.unwrap(),
+        CancelOutcome::AlreadyFinal(PixelStatus::Failed)
+    );
+    assert_eq!(
+        store.cancel(&s3.key, &s3.id).await.unwrap(),
+        CancelOutcome::Cancelled
+    );
+    assert!(store.due_postbacks(u64::MAX, 10).await.unwrap().is_empty());
+    assert!(
+        !store.claim_postback(s3, until).await.unwrap(),
+        "a cancelled postback cannot be claimed"
+    );
+
+    let health = store.definition_health(&brand).await.unwrap();
+    assert_eq!(
+        health[&DefinitionId::parse("pb").unwrap()].consecutive_failures,
+        1
+    );
+
+    // A claim survives a reopen as a due time: the postback is sent again, never lost.
+    store.ingest(&brand, sale("s4")).await.unwrap();
+    let s4 = store.due_postbacks(now_ms(), 10).await.unwrap().remove(0);
+    assert!(store.claim_postback(&s4, until).await.unwrap());
+    store.close().await.unwrap();
+    drop(store);
+    let store = h.open().await;
+    assert!(store.due_postbacks(until - 1, 10).await.unwrap().is_empty());
+    assert_eq!(store.due_postbacks(until, 10).await.unwrap()[0].id, s4.id);
+
+    assert!(
+        store
+            .disable_definition(
+                &brand,
+                &DefinitionId::parse("pb").unwrap(),
+                "failing".into()
+            )
+            .await
+            .unwrap()
+    );
+    let pb = store
+        .definition(&brand, &DefinitionId::parse("pb").unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (pb.enabled, pb.disabled_reason.as_deref()),
+        (false, Some("failing"))
+    );
+}
+
+pub(super) async fn inbound_tokens_rotate_with_a_grace_period(h: &impl Harness) {
+    let store = store_with_brand(h).await;
+    let brand = key("x").brand;
+    let first = store.inbound_tokens(&brand).await.unwrap();
+    assert!(first.current.len() >= 32);
+    let now = now_ms();
+    assert!(first.accepts(&first.current, now));
+    assert!(!first.accepts("guess", now));
+    let (again, _) = store
+        .put_brand(&brand, BrandSettings::default())
+        .await
+        .unwrap();
+    assert_eq!(again.id, brand);
+    assert_eq!(
+        store.inbound_tokens(&brand).await.unwrap(),
+        first,
+        "an update keeps the token"
+    );
+
+    let second = store.rotate_inbound_token(&brand, 60_000).await.unwrap();
+    assert_ne!(second.current, first.current);
+    assert!(second.accepts(&second.current, now));
+    assert!(
+        second.accepts(&first.current, now),
+        "the old one during the grace period"
+    );
+    assert!(
+        !second.accepts(&first.current, now + 61_000),
+        "and not after it"
+    );
+    let third = store.rotate_inbound_token(&brand, 0).await.unwrap();
+    assert!(!third.accepts(&second.current, now));
+    assert!(matches!(
+        store.inbound_tokens(&BrandId::parse("nope").unwrap()).await,
+        Err(StoreError::UnknownBrand(_))
+    ));
+}
+
 macro_rules! store_contract {
     ($harness:expr) => {
         mod contract_tests {
             use super::*;
             use $crate::store::contract;
 
+            #[tokio::test]
+            async fn the_report_follows_every_pixel_and_postback() {
+                contract::the_report_follows_every_pixel_and_postback(&$harness).await
+            }
+            #[tokio::test]
+            async fn postbacks_are_claimed_retried_and_recorded() {
+                contract::postbacks_are_claimed_retried_and_recorded(&$harness).await
+            }
+            #[tokio::test]
+            async fn inbound_tokens_rotate_with_a_grace_period() {
+                contract::inbound_tokens_rotate_with_a_grace_period(&$harness).await
+            }
             #[tokio::test]
             async fn unknown_brands_are_refused() {
                 contract::unknown_brands_are_refused(&$harness).await

@@ -14,8 +14,10 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
 use crate::definition::{Definition, DefinitionInput};
+pub use crate::delivery::PixelStatus;
+use crate::delivery::{Attempt, Delivery, PostBody};
 use crate::event::{Event, EventOutcome, PlayerContext};
-use crate::ids::{BrandId, DefinitionId, EventId, PixelId, PlayerKey, SessionId};
+use crate::ids::{BrandId, DefinitionId, EventId, PixelId, PlayerId, PlayerKey, SessionId};
 use crate::pixel::{NewPixel, QueuedPixel};
 
 mod commit;
@@ -23,7 +25,7 @@ mod commit;
 mod contract;
 mod sled;
 
-pub use self::sled::{SledOptions, SledStore, TOMBSTONE_RETENTION_MS};
+pub use self::sled::{SledOptions, SledStore};
 
 /// A brand's settings, as stored and as returned by the API.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -49,20 +51,6 @@ pub struct BrandSettings {
     pub name: Option<String>,
     /// See [`Brand::allowed_origins`].
     pub allowed_origins: Vec<String>,
-}
-
-/// Where a pixel is in its life. `Queued` is the only state in which it can still fire.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum PixelStatus {
-    /// Waiting in the player's queue (possibly sent to a browser and not yet acknowledged).
-    Queued,
-    /// The browser acknowledged that it fired; gone from the queue.
-    Fired,
-    /// Cancelled through the API before it fired.
-    Cancelled,
-    /// Its TTL ran out before any browser of the player came online; dropped, never fired.
-    Expired,
 }
 
 /// The answer for one pixel of an enqueue batch.
@@ -114,6 +102,147 @@ pub struct StoreStats {
     pub flushes: u64,
     /// See [`StoreStats::flushes`].
     pub flushed_writes: u64,
+}
+
+/// A postback whose next attempt is due, with what the sender needs to make it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DuePostback {
+    /// Whose postback it is.
+    pub key: PlayerKey,
+    /// Its id.
+    pub id: PixelId,
+    /// When the attempt was due; with the id, names its place in the schedule.
+    pub due_ms: u64,
+    /// The final URL.
+    pub url: String,
+    /// The body, when it is sent as `POST`.
+    pub post: Option<PostBody>,
+    /// The definition that produced it, whose health the attempt counts towards.
+    pub definition_id: Option<DefinitionId>,
+    /// Attempts made before this one.
+    pub attempts: u32,
+}
+
+/// Where a postback goes after an attempt; the sender decides from the answer and its retry policy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// The endpoint answered 2xx: never send it again.
+    Fired,
+    /// Try again at this Unix millisecond.
+    Retry {
+        /// When.
+        at_ms: u64,
+    },
+    /// Give up: no attempt left, or an answer that retrying cannot change.
+    Failed,
+}
+
+/// How a definition's postbacks have been doing lately: what flags a dead endpoint.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct DefinitionHealth {
+    /// Failed attempts since the last success.
+    pub consecutive_failures: u32,
+    /// Unix milliseconds of the last failed attempt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_failure_at_ms: Option<u64>,
+    /// What the last failed attempt got.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    /// Unix milliseconds of the last 2xx.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_success_at_ms: Option<u64>,
+}
+
+/// Which report rows to list. Rows come newest first (by `queued_at_ms`, then player and id).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct DeliveryQuery {
+    /// Only this player's.
+    pub player: Option<PlayerId>,
+    /// Only rows in this status.
+    pub status: Option<PixelStatus>,
+    /// Only rows of this trigger.
+    pub trigger: Option<String>,
+    /// Queued at or after this Unix millisecond.
+    pub from_ms: Option<u64>,
+    /// Queued before this Unix millisecond.
+    pub to_ms: Option<u64>,
+    /// Most rows to return.
+    pub limit: usize,
+    /// Continue after this row (from the previous page's `next`).
+    pub after: Option<Cursor>,
+}
+
+/// A place in the report's order, to continue a listing from.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Cursor {
+    /// The row's `queued_at_ms`.
+    pub queued_at_ms: u64,
+    /// Its player.
+    pub player: PlayerId,
+    /// Its id.
+    pub id: PixelId,
+}
+
+impl std::fmt::Display for Cursor {
+    /// `<ms>~<player>~<id>`: ids never contain `~`, so it reads back unambiguously.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}~{}~{}", self.queued_at_ms, self.player, self.id)
+    }
+}
+
+impl std::str::FromStr for Cursor {
+    type Err = ();
+
+    fn from_str(s: &str) -> Result<Self, ()> {
+        let mut parts = s.splitn(3, '~');
+        let (Some(ms), Some(player), Some(id)) = (parts.next(), parts.next(), parts.next()) else {
+            return Err(());
+        };
+        Ok(Cursor {
+            queued_at_ms: ms.parse().map_err(|_| ())?,
+            player: PlayerId::parse(player).map_err(|_| ())?,
+            id: PixelId::parse(id).map_err(|_| ())?,
+        })
+    }
+}
+
+/// One page of the report.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct DeliveryPage {
+    /// The rows, newest first.
+    pub rows: Vec<Delivery>,
+    /// Where the next page starts; `None` when the listing is complete. A page may hold fewer rows than
+    /// asked and still have a next one: each page looks at a bounded number of records, so a filter that
+    /// matches rarely cannot make one request scan the whole brand.
+    pub next: Option<Cursor>,
+}
+
+/// A brand's secret for its inbound postback URLs, and the one it replaced while that is still honoured.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct InboundTokens {
+    /// The token to put in URLs now.
+    pub current: String,
+    /// The previous token, accepted until `previous_valid_until_ms` so back ends can be moved over.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous: Option<String>,
+    /// See [`InboundTokens::previous`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_valid_until_ms: Option<u64>,
+    /// Unix milliseconds of the last rotation (or creation).
+    pub rotated_at_ms: u64,
+}
+
+impl InboundTokens {
+    /// Whether `presented` is a token the brand accepts at `now`, compared in constant time.
+    pub fn accepts(&self, presented: &str, now: u64) -> bool {
+        use subtle::ConstantTimeEq;
+        let equal = |token: &str| bool::from(token.as_bytes().ct_eq(presented.as_bytes()));
+        let previous_ok = match (&self.previous, self.previous_valid_until_ms) {
+            (Some(previous), Some(until)) => now < until && equal(previous),
+            _ => false,
+        };
+        equal(&self.current) | previous_ok
+    }
 }
 
 /// Everything that can go wrong in a store call.
@@ -250,8 +379,65 @@ pub trait Store: Send + Sync + 'static {
         id: &EventId,
     ) -> Result<Option<EventOutcome>, StoreError>;
 
+    /// A page of the brand's delivery report (see [`DeliveryQuery`]).
+    async fn deliveries(
+        &self,
+        brand: &BrandId,
+        query: &DeliveryQuery,
+    ) -> Result<DeliveryPage, StoreError>;
+
+    /// Postbacks whose next attempt is due at `now`, earliest first, at most `limit`. Nothing is claimed:
+    /// the sender picks those it has capacity for and claims each with [`Store::claim_postback`].
+    async fn due_postbacks(&self, now: u64, limit: usize) -> Result<Vec<DuePostback>, StoreError>;
+
+    /// Takes a due postback for one attempt, moving its schedule entry to `until`: if the sender dies
+    /// mid-attempt, the postback is due again then, so a crash can never lose it. False when it is no
+    /// longer where `due` says (another sender claimed it, or it was cancelled).
+    async fn claim_postback(&self, due: &DuePostback, until: u64) -> Result<bool, StoreError>;
+
+    /// Records an attempt of a postback claimed until `claimed_until`, and where it goes next; durable
+    /// when it returns, so a postback recorded `fired` is never sent again. Counts towards its
+    /// definition's [`DefinitionHealth`], which it returns. An attempt of a postback cancelled meanwhile
+    /// changes nothing.
+    async fn record_attempt(
+        &self,
+        due: &DuePostback,
+        claimed_until: u64,
+        attempt: Attempt,
+        verdict: Verdict,
+    ) -> Result<Option<DefinitionHealth>, StoreError>;
+
+    /// The postback health of the brand's definitions that have sent any.
+    async fn definition_health(
+        &self,
+        brand: &BrandId,
+    ) -> Result<BTreeMap<DefinitionId, DefinitionHealth>, StoreError>;
+
+    /// Turns a definition off, saying why (shown with the definition); false when there is none.
+    async fn disable_definition(
+        &self,
+        brand: &BrandId,
+        id: &DefinitionId,
+        reason: String,
+    ) -> Result<bool, StoreError>;
+
+    /// The brand's inbound postback tokens (created with the brand).
+    async fn inbound_tokens(&self, brand: &BrandId) -> Result<InboundTokens, StoreError>;
+
+    /// Replaces the brand's inbound token with a new random one; the old one is still accepted for
+    /// `grace_ms`. Durable when it returns.
+    async fn rotate_inbound_token(
+        &self,
+        brand: &BrandId,
+        grace_ms: u64,
+    ) -> Result<InboundTokens, StoreError>;
+
     /// Queue depth per brand: exact, not estimated.
     async fn stats(&self) -> Result<StoreStats, StoreError>;
+
+    /// Completes when postbacks may have been added since the last call (by this process; by any, for
+    /// shared engines), so the sender need not wait for its next poll. Spurious wake-ups are allowed.
+    async fn postbacks_added(&self);
 
     /// Announcements of players whose queue may have something deliverable (after an enqueue or a release,
     /// from any process). A lagging receiver must assume every player may have pending pixels.

@@ -9,14 +9,20 @@
 //! |---|---|
 //! | `b` brand | [`Brand`] JSON |
 //! | `q` brand NUL player NUL seq(u64 BE) | [`QueuedPixel`] JSON: the queue, in order |
-//! | `i` brand NUL player NUL pixel-id | [`IndexRecord`] JSON: id → seq and status, kept as a tombstone after the pixel leaves the queue |
-//! | `x` due(u64 BE ms) brand NUL player NUL seq | pixel id: when the pixel expires, or when its tombstone is forgotten |
+//! | `i` brand NUL player NUL pixel-id | [`Record`] JSON: the pixel's or postback's [`Delivery`] record (status, report row, idempotency entry) and queue seq |
+//! | `r` brand NUL queued-at(u64 BE ms) player NUL pixel-id | empty: the report's time index over `i` |
+//! | `x` due(u64 BE ms) brand NUL player NUL seq | pixel id: when the pixel expires, or when its final record is forgotten |
+//! | `s` due(u64 BE ms) brand NUL player NUL postback-id | empty: the S2S outbox, by next attempt (or end of claim) |
 //! | `d` brand NUL definition-id | [`Definition`] JSON |
+//! | `h` brand NUL definition-id | [`DefinitionHealth`] JSON: the definition's postback failures in a row |
 //! | `c` brand NUL player | [`PlayerContext`] JSON: attribution and first-deposit marker |
 //! | `e` brand NUL event-id | [`EventOutcome`] JSON: what the event produced, kept as its idempotency record |
-//! | `o` brand NUL postback-id | [`Postback`](crate::event::Postback) JSON: the S2S outbox, in creation order |
+//! | `y` due(u64 BE ms) brand NUL event-id | empty: when the event's record is forgotten |
+//! | `t` brand | [`InboundTokens`] JSON: the secret of the brand's inbound postback URLs |
 //!
-//! `seq` comes from sled's persistent monotonic id generator, so queue order survives restarts.
+//! `seq` comes from sled's persistent monotonic id generator, so queue order survives restarts. A record
+//! (`i`, `r`) and an event record (`e`) are forgotten a retention period after they can no longer change,
+//! and never while a pixel they describe could still fire: that is what keeps retries idempotent.
 //!
 //! # Concurrency
 //! sled is single-process (it locks its directory), so process-local locks are enough here: every change
@@ -25,7 +31,7 @@
 //! (every other path holds one stripe at most, so no cycle can form). The lock is never held across an `.await`; the fsync wait happens after it is released.
 //! Leases live in memory: they die with the process, exactly as the trait allows.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::hash::{BuildHasher, RandomState};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -36,28 +42,29 @@ use ::sled::{Batch, Db, IVec, Tree};
 use async_trait::async_trait;
 use dashmap::DashMap;
 use serde::{Deserialize, Serialize};
-use tokio::sync::broadcast;
+use tokio::sync::{Notify, broadcast};
 use tokio_util::sync::CancellationToken;
 
 use super::commit::GroupCommit;
 use super::{
-    Brand, BrandSettings, CancelOutcome, Enqueued, PendingPixel, PixelStatus, Store, StoreError,
-    StoreStats, now_ms,
+    Brand, BrandSettings, CancelOutcome, Cursor, DefinitionHealth, DeliveryPage, DeliveryQuery,
+    DuePostback, Enqueued, InboundTokens, PendingPixel, PixelStatus, Store, StoreError, StoreStats,
+    Verdict, now_ms,
 };
 use crate::definition::{Definition, DefinitionInput};
-use crate::event::{self, Event, EventOutcome, PlayerContext, ProducedOutput};
+use crate::delivery::{Attempt, Delivery, PostBody, Target};
+use crate::event::{self, Event, EventOutcome, NewPostback, PlayerContext};
 use crate::ids::{BrandId, DefinitionId, EventId, PixelId, PlayerId, PlayerKey, SessionId};
 use crate::pixel::{NewPixel, QueuedPixel};
 
 /// Lock stripes for per-player serialisation; enough that unrelated players rarely share one.
 const STRIPES: usize = 1024;
-/// How long an id is remembered after its pixel fired, was cancelled or expired, so that a retried
-/// enqueue with the same id is recognised instead of queued again.
-pub const TOMBSTONE_RETENTION_MS: u64 = 7 * 24 * 3600 * 1000;
 /// How often due expiry entries are swept.
 const SWEEP_EVERY: Duration = Duration::from_secs(5);
 /// Most expiry entries handled per sweep step, so one sweep never holds up writers for long.
 const SWEEP_CHUNK: usize = 1000;
+/// Most report index entries one page looks at, so a rare filter cannot make one request scan a brand.
+const REPORT_SCAN_BUDGET: usize = 20_000;
 /// Announcements buffered per subscriber before it lags (and then resynchronises).
 const ANNOUNCE_CAPACITY: usize = 16 * 1024;
 
@@ -66,6 +73,9 @@ const ANNOUNCE_CAPACITY: usize = 16 * 1024;
 pub struct SledOptions {
     /// TTL of a pixel queued without `ttl_seconds`.
     pub default_ttl: Duration,
+    /// How long a pixel's or postback's record (its report row and idempotency entry) and an event's
+    /// record are kept once they can no longer change.
+    pub retention: Duration,
 }
 
 /// The embedded, single-process [`Store`]. Cheap to clone.
@@ -88,7 +98,10 @@ struct Inner {
     depth: DashMap<BrandId, u64>,
     expired_total: AtomicU64,
     announce: broadcast::Sender<PlayerKey>,
+    /// Woken when an ingest adds postbacks, so the sender does not wait for its next poll.
+    outbox: Notify,
     default_ttl_ms: u64,
+    retention_ms: u64,
     /// Sequence ranges per player that are written but not yet flushed. `lease` never hands out a pixel
     /// at or after one of them: a browser must not fire what a crash could still erase (the caller, who
     /// got no 202, would queue it again).
@@ -106,14 +119,15 @@ struct Lease {
     in_flight: Vec<u64>,
 }
 
-/// The id index entry: where the pixel is in the queue while queued, and its final status afterwards.
-#[derive(Clone, Copy, Debug, Serialize, Deserialize)]
-struct IndexRecord {
+/// What is kept under a pixel's or postback's id: its delivery record, and what the store needs besides.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct Record {
+    /// Client pixels: the queue position. Postbacks: a unique number, so stale `x` entries are told apart.
     seq: u64,
-    status: PixelStatus,
-    expires_at_ms: u64,
-    /// When the status last changed.
-    at_ms: u64,
+    /// Postbacks sent as `POST`: the body.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    post: Option<PostBody>,
+    delivery: Delivery,
 }
 
 fn backend(e: impl std::fmt::Display) -> StoreError {
@@ -153,7 +167,9 @@ impl SledStore {
             unflushed: DashMap::new(),
             closed: AtomicBool::new(false),
             announce: broadcast::channel(ANNOUNCE_CAPACITY).0,
+            outbox: Notify::new(),
             default_ttl_ms: options.default_ttl.as_millis() as u64,
+            retention_ms: options.retention.as_millis() as u64,
             stop: CancellationToken::new(),
             sweeper: Mutex::new(None),
         });
@@ -207,8 +223,8 @@ impl Inner {
             .collect()
     }
 
-    /// Stages a new pixel of `key` in `batch`: its queue entry, id index and expiry entry. Returns its
-    /// sequence number; the caller applies the batch and adjusts the depth.
+    /// Stages a new pixel of `key` in `batch`: its queue entry, record, report index and expiry entry.
+    /// Returns its sequence number and expiry; the caller applies the batch and adjusts the depth.
     fn stage_pixel(
         &self,
         batch: &mut Batch,
@@ -216,7 +232,7 @@ impl Inner {
         id: &PixelId,
         pixel: NewPixel,
         now: u64,
-    ) -> Result<u64, StoreError> {
+    ) -> Result<(u64, u64), StoreError> {
         let seq = self.db.generate_id().map_err(backend)?;
         let ttl_ms = pixel.ttl_seconds.map_or(self.default_ttl_ms, |s| s * 1000);
         let queued = QueuedPixel {
@@ -226,22 +242,74 @@ impl Inner {
             queued_at_ms: now,
             expires_at_ms: now + ttl_ms,
         };
-        let rec = IndexRecord {
-            seq,
-            status: PixelStatus::Queued,
-            expires_at_ms: queued.expires_at_ms,
-            at_ms: now,
-        };
+        let mut delivery = Delivery::new(
+            id.clone(),
+            key.player.clone(),
+            Target::Client(&queued.body),
+            queued.trigger.clone(),
+            pixel.origin,
+            now,
+        );
+        delivery.expires_at_ms = Some(queued.expires_at_ms);
         batch.insert(keys::queue(key, seq), json(&queued));
-        batch.insert(keys::index(key, id), json(&rec));
         batch.insert(
-            keys::expiry(rec.expires_at_ms, key, seq),
+            keys::expiry(queued.expires_at_ms, key, seq),
             id.as_str().as_bytes(),
         );
-        Ok(seq)
+        self.stage_record(
+            batch,
+            key,
+            &Record {
+                seq,
+                post: None,
+                delivery,
+            },
+        );
+        Ok((seq, queued.expires_at_ms))
     }
 
-    /// Reads an event's record and brings its client pixels' statuses up to date.
+    /// Stages a new postback of `key` in `batch`: its record, report index and outbox entry, due now.
+    fn stage_postback(
+        &self,
+        batch: &mut Batch,
+        key: &PlayerKey,
+        postback: NewPostback,
+        now: u64,
+    ) -> Result<(), StoreError> {
+        let seq = self.db.generate_id().map_err(backend)?;
+        let mut delivery = Delivery::new(
+            postback.id.clone(),
+            key.player.clone(),
+            Target::S2s {
+                url: &postback.url,
+                post: postback.post.is_some(),
+            },
+            Some(postback.trigger),
+            Some(postback.origin),
+            now,
+        );
+        delivery.next_attempt_at_ms = Some(now);
+        batch.insert(keys::schedule(now, key, &postback.id), &[]);
+        self.stage_record(
+            batch,
+            key,
+            &Record {
+                seq,
+                post: postback.post,
+                delivery,
+            },
+        );
+        Ok(())
+    }
+
+    /// Stages a record and its report index entry.
+    fn stage_record(&self, batch: &mut Batch, key: &PlayerKey, record: &Record) {
+        let d = &record.delivery;
+        batch.insert(keys::index(key, &d.id), json(record));
+        batch.insert(keys::report(key, d.queued_at_ms, &d.id), &[]);
+    }
+
+    /// Reads an event's record and brings its pixels' and postbacks' statuses up to date.
     fn event_record(
         &self,
         brand: &BrandId,
@@ -252,13 +320,8 @@ impl Inner {
         };
         let key = PlayerKey::new(brand.clone(), outcome.player_id.clone());
         for produced in &mut outcome.pixels {
-            if let ProducedOutput::Client(_) = produced.output {
-                if let Some(rec) = self.record(&key, &produced.id)? {
-                    produced.status = serde_json::to_value(rec.status)
-                        .ok()
-                        .and_then(|v| v.as_str().map(str::to_owned))
-                        .unwrap_or_else(|| produced.status.clone());
-                }
+            if let Some(rec) = self.record(&key, &produced.id)? {
+                produced.status = rec.delivery.status;
             }
         }
         Ok(Some(outcome))
@@ -289,37 +352,46 @@ impl Inner {
             (None, None) => now,
         };
         let definition = input.into_definition(id, created_at, now);
-        self.data.insert(key, json(&definition)).map_err(backend)?;
+        // A saved definition starts its postback health afresh: the brand has looked at it.
+        let mut batch = Batch::default();
+        batch.insert(key, json(&definition));
+        batch.remove(keys::health(brand, &definition.id));
+        self.data.apply_batch(batch).map_err(backend)?;
         Ok(definition)
     }
 
-    fn record(&self, key: &PlayerKey, id: &PixelId) -> Result<Option<IndexRecord>, StoreError> {
+    fn record(&self, key: &PlayerKey, id: &PixelId) -> Result<Option<Record>, StoreError> {
         self.read(&keys::index(key, id))
     }
 
-    /// Moves a queued pixel to a final status within `batch`: out of the queue, its expiry entry replaced
-    /// by one that forgets the tombstone later. The caller applies the batch and adjusts the depth.
+    /// Moves a pending pixel or postback to a final status within `batch`: a client pixel leaves the queue
+    /// and its expiry entry; either way an entry is added that forgets the record after the retention.
+    /// The caller applies the batch and adjusts the depth (client pixels) or the outbox (postbacks).
     fn finalize(
         &self,
         batch: &mut Batch,
         key: &PlayerKey,
-        id: &PixelId,
-        rec: IndexRecord,
+        mut rec: Record,
         status: PixelStatus,
         now: u64,
     ) {
-        batch.remove(keys::queue(key, rec.seq));
-        batch.remove(keys::expiry(rec.expires_at_ms, key, rec.seq));
-        let tombstone = IndexRecord {
-            status,
-            at_ms: now,
-            ..rec
-        };
-        batch.insert(keys::index(key, id), json(&tombstone));
+        if let Some(expires_at_ms) = rec.delivery.expires_at_ms {
+            batch.remove(keys::queue(key, rec.seq));
+            batch.remove(keys::expiry(expires_at_ms, key, rec.seq));
+        }
+        rec.delivery.set_status(status, now);
         batch.insert(
-            keys::expiry(now + TOMBSTONE_RETENTION_MS, key, rec.seq),
-            id.as_str().as_bytes(),
+            keys::expiry(now + self.retention_ms, key, rec.seq),
+            rec.delivery.id.as_str().as_bytes(),
         );
+        batch.insert(keys::index(key, &rec.delivery.id), json(&rec));
+    }
+
+    /// Forgets a final record within `batch`: the record and its report index entry.
+    fn forget(&self, batch: &mut Batch, key: &PlayerKey, rec: &Record) {
+        let d = &rec.delivery;
+        batch.remove(keys::index(key, &d.id));
+        batch.remove(keys::report(key, d.queued_at_ms, &d.id));
     }
 
     fn check_open(&self) -> Result<(), StoreError> {
@@ -355,8 +427,40 @@ impl Inner {
     }
 
     fn sweep(&self, now: u64) -> Result<usize, StoreError> {
+        Ok(self.sweep_pixels(now)? + self.sweep_events(now)?)
+    }
+
+    /// Forgets event records whose retention ran out, in chunks so writers are never held up for long.
+    fn sweep_events(&self, now: u64) -> Result<usize, StoreError> {
         let mut handled = 0;
-        let end = keys::expiry_bound(now);
+        loop {
+            let due: Vec<IVec> = self
+                .data
+                .range(b"y".as_slice()..keys::due_bound(b'y', now).as_slice())
+                .keys()
+                .take(SWEEP_CHUNK)
+                .collect::<Result<_, _>>()
+                .map_err(backend)?;
+            if due.is_empty() {
+                return Ok(handled);
+            }
+            for y_key in due {
+                let (brand, event_id) =
+                    keys::parse_forget_event(&y_key).ok_or_else(|| backend("corrupt event key"))?;
+                let _guard = lock(&self.stripes[self.stripe_index((&brand, &event_id))]);
+                let mut batch = Batch::default();
+                batch.remove(y_key);
+                batch.remove(keys::event(&brand, &event_id));
+                self.data.apply_batch(batch).map_err(backend)?;
+                handled += 1;
+            }
+        }
+    }
+
+    /// Expires pixels whose TTL ran out and forgets final records whose retention did.
+    fn sweep_pixels(&self, now: u64) -> Result<usize, StoreError> {
+        let mut handled = 0;
+        let end = keys::due_bound(b'x', now);
         // A cursor, not a restart from the top: entries that must stay (in flight) are passed over.
         let mut from = b"x".to_vec();
         loop {
@@ -388,15 +492,17 @@ impl Inner {
                 if let Some(id) = id {
                     match self.record(&key, &id)? {
                         Some(rec) if rec.seq != seq => {} // a stale entry of an older pixel
-                        Some(rec) if rec.status == PixelStatus::Queued => {
-                            if self.in_flight(&key, rec.seq) {
-                                // Sent already: the browser may be firing it. Let its ack or release decide.
+                        Some(rec) if rec.delivery.status.is_pending() => {
+                            if rec.delivery.expires_at_ms.is_none() || self.in_flight(&key, rec.seq)
+                            {
+                                // A postback ends by its attempts, not by time; a pixel sent already
+                                // may be firing right now: its ack or release decides.
                                 continue;
                             }
-                            self.finalize(&mut batch, &key, &id, rec, PixelStatus::Expired, now);
+                            self.finalize(&mut batch, &key, rec, PixelStatus::Expired, now);
                             expired = 1;
                         }
-                        Some(_) => batch.remove(keys::index(&key, &id)),
+                        Some(rec) => self.forget(&mut batch, &key, &rec),
                         None => {}
                     }
                 }
@@ -419,6 +525,19 @@ async fn sweep_forever(inner: std::sync::Weak<Inner>, stop: CancellationToken) {
         if let Err(e) = inner.sweep(now_ms()) {
             tracing::error!(error = %e, "expiry sweep failed");
         }
+    }
+}
+
+/// A fresh random inbound token, keeping `previous` (token, valid until) when given.
+fn new_tokens(previous: Option<(String, u64)>, now: u64) -> InboundTokens {
+    let mut bytes = [0u8; 24];
+    getrandom::fill(&mut bytes).expect("the OS random source works");
+    let (previous, previous_valid_until_ms) = previous.unzip();
+    InboundTokens {
+        current: bytes.iter().map(|b| format!("{b:02x}")).collect(),
+        previous,
+        previous_valid_until_ms,
+        rotated_at_ms: now,
     }
 }
 
@@ -447,7 +566,12 @@ impl Store for SledStore {
                 created_at_ms: existing.as_ref().map_or(now, |b| b.created_at_ms),
                 updated_at_ms: now,
             };
-            inner.data.insert(key, json(&brand)).map_err(backend)?;
+            let mut batch = Batch::default();
+            batch.insert(key, json(&brand));
+            if inner.read::<InboundTokens>(&keys::tokens(id))?.is_none() {
+                batch.insert(keys::tokens(id), json(&new_tokens(None, now)));
+            }
+            inner.data.apply_batch(batch).map_err(backend)?;
             inner.depth.entry(id.clone()).or_insert(0);
             (brand, existing.is_none())
         };
@@ -489,14 +613,14 @@ impl Store for SledStore {
                         seen_in_batch.insert(id.clone(), answers.len());
                         answers.push(Enqueued {
                             id: id.clone(),
-                            status: rec.status,
+                            status: rec.delivery.status,
                             duplicate: true,
                         });
                         continue;
                     }
                 }
                 let id = pixel.id.clone().unwrap_or_else(PixelId::generate);
-                let seq = inner.stage_pixel(&mut batch, key, &id, pixel, now)?;
+                let (seq, _) = inner.stage_pixel(&mut batch, key, &id, pixel, now)?;
                 range = Some((range.map_or(seq, |r| r.0), seq));
                 seen_in_batch.insert(id.clone(), answers.len());
                 answers.push(Enqueued {
@@ -553,20 +677,37 @@ impl Store for SledStore {
             let Some(rec) = inner.record(key, id)? else {
                 break 'locked CancelOutcome::NotFound;
             };
-            if rec.status != PixelStatus::Queued {
-                break 'locked CancelOutcome::AlreadyFinal(rec.status);
+            if !rec.delivery.status.is_pending() {
+                break 'locked CancelOutcome::AlreadyFinal(rec.delivery.status);
             }
+            let now = now_ms();
+            let mut batch = Batch::default();
+            let Some(expires_at_ms) = rec.delivery.expires_at_ms else {
+                // A postback: cancellable while it waits in the outbox, not while an attempt runs (its
+                // outbox entry is then at the end of the claim, not at its next attempt).
+                let waiting = rec
+                    .delivery
+                    .next_attempt_at_ms
+                    .map(|due| keys::schedule(due, key, id));
+                match waiting {
+                    Some(entry) if inner.data.contains_key(&entry).map_err(backend)? => {
+                        batch.remove(entry);
+                    }
+                    _ => break 'locked CancelOutcome::InFlight,
+                }
+                inner.finalize(&mut batch, key, rec, PixelStatus::Cancelled, now);
+                inner.data.apply_batch(batch).map_err(backend)?;
+                break 'locked CancelOutcome::Cancelled;
+            };
             if inner.in_flight(key, rec.seq) {
                 break 'locked CancelOutcome::InFlight;
             }
-            let now = now_ms();
-            let status = if rec.expires_at_ms <= now {
+            let status = if expires_at_ms <= now {
                 PixelStatus::Expired
             } else {
                 PixelStatus::Cancelled
             };
-            let mut batch = Batch::default();
-            inner.finalize(&mut batch, key, id, rec, status, now);
+            inner.finalize(&mut batch, key, rec, status, now);
             inner.data.apply_batch(batch).map_err(backend)?;
             inner.sub_depth(&key.brand, 1);
             if status == PixelStatus::Expired {
@@ -618,25 +759,25 @@ impl Store for SledStore {
                 continue;
             }
             let pixel: QueuedPixel = serde_json::from_slice(&v).map_err(backend)?;
+            let mut rec = inner
+                .record(key, &pixel.id)?
+                .ok_or_else(|| backend("a queued pixel without its record"))?;
             if pixel.expires_at_ms <= now {
-                let rec = IndexRecord {
-                    seq,
-                    status: PixelStatus::Queued,
-                    expires_at_ms: pixel.expires_at_ms,
-                    at_ms: now,
-                };
-                inner.finalize(&mut batch, key, &pixel.id, rec, PixelStatus::Expired, now);
+                inner.finalize(&mut batch, key, rec, PixelStatus::Expired, now);
                 expired += 1;
                 continue;
             }
+            rec.delivery.note_sent(now);
+            batch.insert(keys::index(key, &pixel.id), json(&rec));
             seqs.push(seq);
             out.push(pixel);
             if held.len() + out.len() >= max_in_flight {
                 break;
             }
         }
-        if expired > 0 {
-            // Not waited on: losing this write in a crash only means the pixels are found expired again.
+        if expired > 0 || !out.is_empty() {
+            // Not waited on: losing this write in a crash only loses a report timestamp, or means the
+            // pixels are found expired again.
             inner.data.apply_batch(batch).map_err(backend)?;
             inner.sub_depth(&key.brand, expired);
             inner.expired_total.fetch_add(expired, Ordering::Relaxed);
@@ -668,9 +809,10 @@ impl Store for SledStore {
             distinct.dedup();
             for id in distinct {
                 if let Some(rec) = inner.record(key, id)? {
-                    if rec.status == PixelStatus::Queued {
-                        inner.finalize(&mut batch, key, id, rec, PixelStatus::Fired, now);
+                    // Only client pixels: a browser cannot acknowledge a postback.
+                    if rec.delivery.status.is_pending() && rec.delivery.expires_at_ms.is_some() {
                         removed_seqs.push(rec.seq);
+                        inner.finalize(&mut batch, key, rec, PixelStatus::Fired, now);
                     }
                 }
             }
@@ -775,7 +917,7 @@ impl Store for SledStore {
     ) -> Result<Vec<EventOutcome>, StoreError> {
         let inner = &self.inner;
         inner.check_open()?;
-        let (outcomes, ranges) = {
+        let (outcomes, ranges, postbacks) = {
             let mut stripes: Vec<usize> = events
                 .iter()
                 .flat_map(|e| {
@@ -798,6 +940,7 @@ impl Store for SledStore {
             // Per player, the first and last sequence numbers this batch adds.
             let mut ranges: HashMap<PlayerKey, (u64, u64)> = HashMap::new();
             let mut added = 0u64;
+            let mut postbacks = false;
             for event in &events {
                 if let Some(&first) = answered.get(&event.event_id) {
                     let again = EventOutcome {
@@ -823,16 +966,21 @@ impl Store for SledStore {
                     }
                 };
                 let plan = event::plan(brand, event, context, &definitions, now);
+                // The event's id must be remembered while any pixel it queued can still fire.
+                let mut forget_at = now + inner.retention_ms;
                 for pixel in plan.pixels {
                     let id = pixel.id.clone().expect("planned pixels carry their ids");
-                    let seq = inner.stage_pixel(&mut batch, &key, &id, pixel, now)?;
+                    let (seq, expires_at) = inner.stage_pixel(&mut batch, &key, &id, pixel, now)?;
+                    forget_at = forget_at.max(expires_at);
                     let range = ranges.entry(key.clone()).or_insert((seq, seq));
                     range.1 = seq;
                     added += 1;
                 }
-                for postback in &plan.postbacks {
-                    batch.insert(keys::postback(brand, &postback.id), json(postback));
+                postbacks |= !plan.postbacks.is_empty();
+                for postback in plan.postbacks {
+                    inner.stage_postback(&mut batch, &key, postback, now)?;
                 }
+                batch.insert(keys::forget_event(forget_at, brand, &event.event_id), &[]);
                 if let Some(changed) = plan.context {
                     batch.insert(keys::context(&key), json(&changed));
                     *context = changed;
@@ -845,7 +993,7 @@ impl Store for SledStore {
             for (key, range) in &ranges {
                 inner.unflushed.entry(key.clone()).or_default().push(*range);
             }
-            (outcomes, ranges)
+            (outcomes, ranges, postbacks)
         };
         // Also when every event was a duplicate: the record we answer with may be another call's
         // unflushed write.
@@ -856,6 +1004,9 @@ impl Store for SledStore {
         flushed?;
         for key in ranges.into_keys() {
             let _ = inner.announce.send(key);
+        }
+        if postbacks {
+            inner.outbox.notify_one();
         }
         Ok(outcomes)
     }
@@ -886,6 +1037,285 @@ impl Store for SledStore {
             stats.brands.insert(brand, depth);
         }
         Ok(stats)
+    }
+
+    async fn deliveries(
+        &self,
+        brand: &BrandId,
+        query: &DeliveryQuery,
+    ) -> Result<DeliveryPage, StoreError> {
+        let inner = &self.inner;
+        inner.brand_exists(brand)?;
+        let wanted = |d: &Delivery| {
+            query.status.is_none_or(|s| s == d.status)
+                && query
+                    .trigger
+                    .as_ref()
+                    .is_none_or(|t| d.trigger.as_ref() == Some(t))
+                && query.from_ms.is_none_or(|from| d.queued_at_ms >= from)
+                && query.to_ms.is_none_or(|to| d.queued_at_ms < to)
+        };
+        let cursor_of = |d: &Delivery| Cursor {
+            queued_at_ms: d.queued_at_ms,
+            player: d.player_id.clone(),
+            id: d.id.clone(),
+        };
+        let before_cursor = |c: &Cursor| query.after.as_ref().is_none_or(|after| c < after);
+        let mut page = DeliveryPage::default();
+        if let Some(player) = &query.player {
+            // One player's records are few: read them all, then order them like the time index.
+            let key = PlayerKey::new(brand.clone(), player.clone());
+            let mut rows: Vec<Delivery> = Vec::new();
+            for entry in inner.data.scan_prefix(keys::index_prefix(&key)) {
+                let (_, v) = entry.map_err(backend)?;
+                let rec: Record = serde_json::from_slice(&v).map_err(backend)?;
+                if wanted(&rec.delivery) && before_cursor(&cursor_of(&rec.delivery)) {
+                    rows.push(rec.delivery);
+                }
+            }
+            rows.sort_by_key(|d| std::cmp::Reverse(cursor_of(d)));
+            if rows.len() > query.limit {
+                rows.truncate(query.limit);
+                page.next = rows.last().map(cursor_of);
+            }
+            page.rows = rows;
+            return Ok(page);
+        }
+        let prefix = keys::report_prefix(brand);
+        let low = [prefix.as_slice(), &query.from_ms.unwrap_or(0).to_be_bytes()].concat();
+        let high = match (&query.after, query.to_ms) {
+            (Some(after), _) => keys::report(
+                &PlayerKey::new(brand.clone(), after.player.clone()),
+                after.queued_at_ms,
+                &after.id,
+            ),
+            (None, Some(to)) => [prefix.as_slice(), &to.to_be_bytes()].concat(),
+            (None, None) => [prefix.as_slice(), &[0xff; 9]].concat(),
+        };
+        let mut scanned = 0;
+        for entry in inner.data.range(low..high).keys().rev() {
+            let r_key = entry.map_err(backend)?;
+            let (key, _, id) =
+                keys::parse_report(&r_key).ok_or_else(|| backend("corrupt report key"))?;
+            scanned += 1;
+            if let Some(rec) = inner.record(&key, &id)? {
+                if wanted(&rec.delivery) {
+                    page.rows.push(rec.delivery);
+                    if page.rows.len() == query.limit {
+                        page.next = page.rows.last().map(cursor_of);
+                        break;
+                    }
+                }
+            }
+            if scanned == REPORT_SCAN_BUDGET {
+                if let Some((ms, key, id)) =
+                    keys::parse_report(&r_key).map(|(k, ms, id)| (ms, k, id))
+                {
+                    page.next = Some(Cursor {
+                        queued_at_ms: ms,
+                        player: key.player,
+                        id,
+                    });
+                }
+                break;
+            }
+        }
+        Ok(page)
+    }
+
+    async fn due_postbacks(&self, now: u64, limit: usize) -> Result<Vec<DuePostback>, StoreError> {
+        let inner = &self.inner;
+        let mut out = Vec::new();
+        let end = keys::due_bound(b's', now);
+        for entry in inner.data.range(b"s".as_slice()..end.as_slice()).keys() {
+            if out.len() == limit {
+                break;
+            }
+            let s_key = entry.map_err(backend)?;
+            let (due_ms, key, id) =
+                keys::parse_schedule(&s_key).ok_or_else(|| backend("corrupt outbox key"))?;
+            let Some(rec) = inner.record(&key, &id)? else {
+                continue;
+            };
+            let Some(url) = rec.delivery.final_url else {
+                continue;
+            };
+            out.push(DuePostback {
+                key,
+                id,
+                due_ms,
+                url,
+                post: rec.post,
+                definition_id: rec.delivery.definition_id,
+                attempts: rec.delivery.attempts,
+            });
+        }
+        Ok(out)
+    }
+
+    async fn claim_postback(&self, due: &DuePostback, until: u64) -> Result<bool, StoreError> {
+        let inner = &self.inner;
+        inner.check_open()?;
+        let _guard = lock(inner.stripe(&due.key));
+        let entry = keys::schedule(due.due_ms, &due.key, &due.id);
+        if !inner.data.contains_key(&entry).map_err(backend)? {
+            return Ok(false);
+        }
+        // Not waited on: if this move is lost in a crash, the postback is simply due where it was.
+        let mut batch = Batch::default();
+        batch.remove(entry);
+        batch.insert(keys::schedule(until, &due.key, &due.id), &[]);
+        inner.data.apply_batch(batch).map_err(backend)?;
+        Ok(true)
+    }
+
+    async fn record_attempt(
+        &self,
+        due: &DuePostback,
+        claimed_until: u64,
+        attempt: Attempt,
+        verdict: Verdict,
+    ) -> Result<Option<DefinitionHealth>, StoreError> {
+        let inner = &self.inner;
+        inner.check_open()?;
+        let health = 'locked: {
+            let _guard = lock(inner.stripe(&due.key));
+            let mut batch = Batch::default();
+            batch.remove(keys::schedule(claimed_until, &due.key, &due.id));
+            let Some(mut rec) = inner.record(&due.key, &due.id)? else {
+                inner.data.apply_batch(batch).map_err(backend)?;
+                break 'locked None;
+            };
+            if !rec.delivery.status.is_pending() {
+                inner.data.apply_batch(batch).map_err(backend)?;
+                break 'locked None;
+            }
+            let now = attempt.at_ms + attempt.duration_ms;
+            let failed = verdict != Verdict::Fired;
+            let error = attempt
+                .http_status
+                .map(|s| format!("HTTP {s}"))
+                .or_else(|| attempt.error.clone());
+            let (status, next_at) = match verdict {
+                Verdict::Fired => (PixelStatus::Fired, None),
+                Verdict::Failed => (PixelStatus::Failed, None),
+                Verdict::Retry { at_ms } => (PixelStatus::PendingRetry, Some(at_ms)),
+            };
+            rec.delivery.note_attempt(attempt, status, next_at);
+            match next_at {
+                Some(at) => {
+                    batch.insert(keys::schedule(at, &due.key, &due.id), &[]);
+                    batch.insert(keys::index(&due.key, &due.id), json(&rec));
+                }
+                None => {
+                    let status = rec.delivery.status;
+                    inner.finalize(&mut batch, &due.key, rec, status, now);
+                }
+            }
+            let health = match &due.definition_id {
+                Some(definition) => {
+                    let h_key = keys::health(&due.key.brand, definition);
+                    let mut health: DefinitionHealth = inner.read(&h_key)?.unwrap_or_default();
+                    if failed {
+                        health.consecutive_failures += 1;
+                        health.last_failure_at_ms = Some(now);
+                        health.last_error = error;
+                    } else {
+                        health.consecutive_failures = 0;
+                        health.last_success_at_ms = Some(now);
+                    }
+                    batch.insert(h_key, json(&health));
+                    Some(health)
+                }
+                None => None,
+            };
+            inner.data.apply_batch(batch).map_err(backend)?;
+            health
+        };
+        inner.commit.wait().await?;
+        Ok(health)
+    }
+
+    async fn definition_health(
+        &self,
+        brand: &BrandId,
+    ) -> Result<BTreeMap<DefinitionId, DefinitionHealth>, StoreError> {
+        let inner = &self.inner;
+        inner.brand_exists(brand)?;
+        let prefix = keys::health_prefix(brand);
+        let mut out = BTreeMap::new();
+        for entry in inner.data.scan_prefix(&prefix) {
+            let (k, v) = entry.map_err(backend)?;
+            let id = std::str::from_utf8(&k[prefix.len()..])
+                .ok()
+                .and_then(|s| DefinitionId::parse(s).ok())
+                .ok_or_else(|| backend("corrupt health key"))?;
+            out.insert(id, serde_json::from_slice(&v).map_err(backend)?);
+        }
+        Ok(out)
+    }
+
+    async fn disable_definition(
+        &self,
+        brand: &BrandId,
+        id: &DefinitionId,
+        reason: String,
+    ) -> Result<bool, StoreError> {
+        let inner = &self.inner;
+        inner.check_open()?;
+        let found = {
+            let _guard = lock(&inner.brand_lock);
+            let key = keys::definition(brand, id);
+            match inner.read::<Definition>(&key)? {
+                Some(mut definition) => {
+                    definition.enabled = false;
+                    definition.disabled_reason = Some(reason);
+                    definition.updated_at_ms = now_ms();
+                    inner.data.insert(key, json(&definition)).map_err(backend)?;
+                    true
+                }
+                None => false,
+            }
+        };
+        inner.commit.wait().await?;
+        Ok(found)
+    }
+
+    async fn inbound_tokens(&self, brand: &BrandId) -> Result<InboundTokens, StoreError> {
+        self.inner.brand_exists(brand)?;
+        self.inner
+            .read(&keys::tokens(brand))?
+            .ok_or_else(|| backend("a brand without inbound tokens"))
+    }
+
+    async fn rotate_inbound_token(
+        &self,
+        brand: &BrandId,
+        grace_ms: u64,
+    ) -> Result<InboundTokens, StoreError> {
+        let inner = &self.inner;
+        inner.check_open()?;
+        let tokens = {
+            let _guard = lock(&inner.brand_lock);
+            inner.brand_exists(brand)?;
+            let old: Option<InboundTokens> = inner.read(&keys::tokens(brand))?;
+            let now = now_ms();
+            let previous = old
+                .filter(|_| grace_ms > 0)
+                .map(|old| (old.current, now + grace_ms));
+            let tokens = new_tokens(previous, now);
+            inner
+                .data
+                .insert(keys::tokens(brand), json(&tokens))
+                .map_err(backend)?;
+            tokens
+        };
+        inner.commit.wait().await?;
+        Ok(tokens)
+    }
+
+    async fn postbacks_added(&self) {
+        self.inner.outbox.notified().await;
     }
 
     fn subscribe(&self) -> broadcast::Receiver<PlayerKey> {
@@ -948,8 +1378,86 @@ mod keys {
         [brand_table(b'e', brand), id.as_str().as_bytes().to_vec()].concat()
     }
 
-    pub fn postback(brand: &BrandId, id: &PixelId) -> Vec<u8> {
-        [brand_table(b'o', brand), id.as_str().as_bytes().to_vec()].concat()
+    pub fn health_prefix(brand: &BrandId) -> Vec<u8> {
+        brand_table(b'h', brand)
+    }
+
+    pub fn health(brand: &BrandId, id: &DefinitionId) -> Vec<u8> {
+        [health_prefix(brand), id.as_str().as_bytes().to_vec()].concat()
+    }
+
+    pub fn tokens(brand: &BrandId) -> Vec<u8> {
+        [b"t".as_slice(), brand.as_str().as_bytes()].concat()
+    }
+
+    pub fn forget_event(due_ms: u64, brand: &BrandId, id: &EventId) -> Vec<u8> {
+        let mut k = vec![b'y'];
+        k.extend_from_slice(&due_ms.to_be_bytes());
+        k.extend_from_slice(&brand_table(b'y', brand)[1..]);
+        k.extend_from_slice(id.as_str().as_bytes());
+        k
+    }
+
+    pub fn parse_forget_event(k: &[u8]) -> Option<(BrandId, EventId)> {
+        let rest = k.strip_prefix(b"y")?.get(8..)?;
+        let nul = rest.iter().position(|&b| b == 0)?;
+        let brand = BrandId::parse(std::str::from_utf8(&rest[..nul]).ok()?).ok()?;
+        let id = EventId::parse(std::str::from_utf8(&rest[nul + 1..]).ok()?).ok()?;
+        Some((brand, id))
+    }
+
+    pub fn index_prefix(key: &PlayerKey) -> Vec<u8> {
+        let mut k = vec![b'i'];
+        push_player(&mut k, key);
+        k
+    }
+
+    pub fn report_prefix(brand: &BrandId) -> Vec<u8> {
+        brand_table(b'r', brand)
+    }
+
+    pub fn report(key: &PlayerKey, queued_at_ms: u64, id: &PixelId) -> Vec<u8> {
+        let mut k = report_prefix(&key.brand);
+        k.extend_from_slice(&queued_at_ms.to_be_bytes());
+        k.extend_from_slice(key.player.as_str().as_bytes());
+        k.push(0);
+        k.extend_from_slice(id.as_str().as_bytes());
+        k
+    }
+
+    /// Splits `brand NUL player NUL id`.
+    fn parse_player_id(rest: &[u8]) -> Option<(PlayerKey, PixelId)> {
+        let mut parts = rest.splitn(3, |&b| b == 0);
+        let brand = BrandId::parse(std::str::from_utf8(parts.next()?).ok()?).ok()?;
+        let player = PlayerId::parse(std::str::from_utf8(parts.next()?).ok()?).ok()?;
+        let id = PixelId::parse(std::str::from_utf8(parts.next()?).ok()?).ok()?;
+        Some((PlayerKey::new(brand, player), id))
+    }
+
+    /// Splits a report index key into player, queued-at and id.
+    pub fn parse_report(k: &[u8]) -> Option<(PlayerKey, u64, PixelId)> {
+        let rest = k.strip_prefix(b"r")?;
+        let nul = rest.iter().position(|&b| b == 0)?;
+        let (brand, rest) = (&rest[..nul], &rest[nul + 1..]);
+        let (at, rest) = rest.split_at_checked(8)?;
+        let at = u64::from_be_bytes(at.try_into().ok()?);
+        let (key, id) = parse_player_id(&[brand, &[0], rest].concat())?;
+        Some((key, at, id))
+    }
+
+    pub fn schedule(due_ms: u64, key: &PlayerKey, id: &PixelId) -> Vec<u8> {
+        let mut k = vec![b's'];
+        k.extend_from_slice(&due_ms.to_be_bytes());
+        push_player(&mut k, key);
+        k.extend_from_slice(id.as_str().as_bytes());
+        k
+    }
+
+    pub fn parse_schedule(k: &[u8]) -> Option<(u64, PlayerKey, PixelId)> {
+        let rest = k.strip_prefix(b"s")?;
+        let (due, rest) = rest.split_at_checked(8)?;
+        let (key, id) = parse_player_id(rest)?;
+        Some((u64::from_be_bytes(due.try_into().ok()?), key, id))
     }
 
     pub fn context(key: &PlayerKey) -> Vec<u8> {
@@ -985,10 +1493,10 @@ mod keys {
         k
     }
 
-    /// First expiry key that is not yet due at `now`.
-    pub fn expiry_bound(now: u64) -> Vec<u8> {
-        let mut k = vec![b'x'];
-        k.extend_from_slice(&(now + 1).to_be_bytes());
+    /// First key of the due-ordered table `tag` that is not yet due at `now`.
+    pub fn due_bound(tag: u8, now: u64) -> Vec<u8> {
+        let mut k = vec![tag];
+        k.extend_from_slice(&now.saturating_add(1).to_be_bytes());
         k
     }
 
@@ -1018,6 +1526,17 @@ mod keys {
 mod tests {
     use super::super::contract::{self, store_contract};
     use super::*;
+    use crate::store::DeliveryQuery;
+
+    /// How long final records are kept in these tests.
+    const RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
+
+    fn options() -> SledOptions {
+        SledOptions {
+            default_ttl: Duration::from_secs(3600),
+            retention: RETENTION,
+        }
+    }
 
     /// A fresh temporary directory; every `open` opens the same database in it.
     struct SledHarness {
@@ -1034,9 +1553,7 @@ mod tests {
 
     impl contract::Harness for SledHarness {
         async fn open(&self) -> Arc<dyn Store> {
-            let options = SledOptions {
-                default_ttl: Duration::from_secs(3600),
-            };
+            let options = options();
             Arc::new(SledStore::open(self.dir.path(), options).expect("the store opens"))
         }
     }
@@ -1044,9 +1561,7 @@ mod tests {
     store_contract!(SledHarness::new());
 
     fn open(harness: &SledHarness) -> SledStore {
-        let options = SledOptions {
-            default_ttl: Duration::from_secs(3600),
-        };
+        let options = options();
         SledStore::open(harness.dir.path(), options).unwrap()
     }
 
@@ -1065,6 +1580,7 @@ mod tests {
             trigger: None,
             ttl_seconds,
             body: crate::pixel::PixelBody::Js { code: "1".into() },
+            origin: None,
         }
     }
 
@@ -1135,7 +1651,9 @@ mod tests {
             "ids are remembered after the pixels are gone"
         );
 
-        store.sweep(now + 61_000 + TOMBSTONE_RETENTION_MS).unwrap();
+        store
+            .sweep(now + 61_000 + RETENTION.as_millis() as u64)
+            .unwrap();
         let later = store
             .enqueue(&key, vec![js("short", None), js("fired", None)])
             .await
@@ -1148,12 +1666,67 @@ mod tests {
         );
     }
 
+    #[tokio::test]
+    async fn reports_and_event_records_are_forgotten_after_the_retention() {
+        let harness = SledHarness::new();
+        let store = open(&harness);
+        let key = with_brand(&store).await;
+        let definition = crate::definition::parse_definition(
+            serde_json::json!({"name": "n", "trigger": "sale", "kind": "image", "url": "https://t.example/", "ttl_seconds": 600}),
+            false,
+        )
+        .unwrap();
+        store
+            .create_definition(&key.brand, definition)
+            .await
+            .unwrap();
+        let sale = crate::event::parse_events(
+            serde_json::json!({"event_id": "e1", "type": "sale", "player_id": "p"}),
+        )
+        .unwrap();
+        let produced = store.ingest(&key.brand, sale.clone()).await.unwrap();
+        let now = now_ms();
+        let event_id = EventId::parse("e1").unwrap();
+        let all = DeliveryQuery {
+            limit: 10,
+            ..Default::default()
+        };
+        let retention = RETENTION.as_millis() as u64;
+
+        store.sweep(now + 599_000).unwrap();
+        assert_eq!(
+            store.deliveries(&key.brand, &all).await.unwrap().rows.len(),
+            1
+        );
+        store.sweep(now + 601_000).unwrap();
+        let rows = store.deliveries(&key.brand, &all).await.unwrap().rows;
+        assert_eq!(rows[0].status, PixelStatus::Expired, "kept as expired");
+
+        store.sweep(now + retention - 1000).unwrap();
+        assert!(store.event(&key.brand, &event_id).await.unwrap().is_some());
+        store.sweep(now + 601_000 + retention + 1000).unwrap();
+        assert!(
+            store
+                .deliveries(&key.brand, &all)
+                .await
+                .unwrap()
+                .rows
+                .is_empty()
+        );
+        assert!(store.event(&key.brand, &event_id).await.unwrap().is_none());
+        assert!(
+            store.inner.data.scan_prefix(b"r").next().is_none(),
+            "no index entry left"
+        );
+        assert!(store.inner.data.scan_prefix(b"y").next().is_none());
+        assert!(store.inner.data.scan_prefix(b"i").next().is_none());
+        assert_eq!(produced[0].pixels.len(), 1);
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_writers_share_one_flush() {
         let harness = SledHarness::new();
-        let options = SledOptions {
-            default_ttl: Duration::from_secs(3600),
-        };
+        let options = options();
         let store = SledStore::open(harness.dir.path(), options).unwrap();
         let brand = BrandId::parse("b").unwrap();
         store
@@ -1176,6 +1749,7 @@ mod tests {
                     trigger: None,
                     ttl_seconds: None,
                     body: crate::pixel::PixelBody::Js { code: "1".into() },
+                    origin: None,
                 };
                 tokio::spawn(async move { store.enqueue(&key, vec![pixel]).await.unwrap() })
             })

@@ -97,6 +97,16 @@ async fn a_reported_event_reaches_the_players_websocket() {
     );
 }
 
+/// Produced pixels without their status, which is current when read again (a postback to an
+/// unreachable host is being retried meanwhile).
+fn without_status(pixels: &Value) -> Value {
+    let mut pixels = pixels.clone();
+    for p in pixels.as_array_mut().unwrap() {
+        p.as_object_mut().unwrap().remove("status");
+    }
+    pixels
+}
+
 #[tokio::test]
 async fn the_same_event_queues_once_across_requests_batches_and_restarts() {
     let app = TestApp::spawn().await;
@@ -118,8 +128,8 @@ async fn the_same_event_queues_once_across_requests_batches_and_restarts() {
         ]
     );
     assert_eq!(
-        first[0]["pixels"][0]["status"], "pending",
-        "S2S is recorded for the sender"
+        first[0]["pixels"][0]["status"], "queued",
+        "S2S is in the outbox for the sender"
     );
     let queued = app.pending_ids("p1").await;
     assert_eq!(queued.len(), 1);
@@ -132,7 +142,10 @@ async fn the_same_event_queues_once_across_requests_batches_and_restarts() {
         .await;
     for answer in &again {
         assert_eq!(answer["duplicate"], true);
-        assert_eq!(answer["pixels"], first[0]["pixels"]);
+        assert_eq!(
+            without_status(&answer["pixels"]),
+            without_status(&first[0]["pixels"])
+        );
     }
     let app = app.restart().await;
     let after_restart = app.report("b1", deposit("dep-1", "p1", 50)).await;
@@ -144,7 +157,10 @@ async fn the_same_event_queues_once_across_requests_batches_and_restarts() {
     );
 
     let record = app.get_json("/api/v1/brands/b1/events/dep-1").await;
-    assert_eq!(record["pixels"], first[0]["pixels"]);
+    assert_eq!(
+        without_status(&record["pixels"]),
+        without_status(&first[0]["pixels"])
+    );
     let (status, body) =
         status_and_body(app.admin(Method::GET, "/api/v1/brands/b1/events/never")).await;
     assert_eq!(

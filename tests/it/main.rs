@@ -6,5 +6,8 @@ mod cdp;
 mod delivery;
 mod events;
 mod helpers;
+mod inbound;
+mod postbacks;
 mod process;
+mod receiver;
 mod websocket;

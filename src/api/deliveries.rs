@@ -1,0 +1,258 @@
+//! `GET /api/v1/brands/{brand_id}/deliveries`: the delivery report, as JSON pages or as one CSV stream.
+//!
+//! Both formats are made from the same rows: a CSV line is the JSON row's fields, in [`COLUMNS`] order,
+//! with `missing` joined by spaces (the per-attempt log is JSON only; its last attempt is in the columns).
+//! So the two can never disagree.
+
+use std::collections::HashMap;
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::{RawQuery, State};
+use axum::http::{HeaderMap, HeaderValue, header};
+use axum::response::{IntoResponse, Response};
+use futures::StreamExt;
+use serde_json::{Value, json};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+use super::admin::BrandPath;
+use super::extract::ApiPath;
+use super::{ApiError, AppState};
+use crate::delivery::{Delivery, PixelStatus};
+use crate::ids::PlayerId;
+use crate::store::{Cursor, DeliveryQuery};
+
+/// Rows per JSON page unless `limit` says otherwise.
+const DEFAULT_LIMIT: usize = 100;
+/// Most rows per JSON page.
+const MAX_LIMIT: usize = 1000;
+/// Rows fetched per store call while streaming CSV.
+const CSV_PAGE: usize = 1000;
+
+/// The report's columns, in CSV order; each is a field of the JSON row.
+pub const COLUMNS: [&str; 24] = [
+    "id",
+    "player_id",
+    "kind",
+    "status",
+    "trigger",
+    "event_id",
+    "definition_id",
+    "definition_name",
+    "template",
+    "final_url",
+    "code_digest",
+    "click_id",
+    "missing",
+    "method",
+    "queued_at_ms",
+    "sent_at_ms",
+    "fired_at_ms",
+    "updated_at_ms",
+    "expires_at_ms",
+    "attempts",
+    "http_status",
+    "response",
+    "error",
+    "next_attempt_at_ms",
+];
+
+pub(super) async fn list(
+    State(state): State<AppState>,
+    ApiPath(path): ApiPath<BrandPath>,
+    RawQuery(raw): RawQuery,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let params = Params::read(raw.as_deref())?;
+    let csv = match params.take("format").as_deref() {
+        Some("csv") => true,
+        Some("json") => false,
+        Some(other) => {
+            return Err(invalid(format!(
+                "format: {other:?} is not a format; use json or csv"
+            )));
+        }
+        None => headers
+            .get(header::ACCEPT)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|accept| accept.contains("text/csv")),
+    };
+    let limit = match params.take("limit") {
+        None => None,
+        Some(text) => Some(
+            text.parse::<usize>()
+                .ok()
+                .filter(|n| (1..=MAX_LIMIT).contains(n) || (csv && *n > 0))
+                .ok_or_else(|| {
+                    invalid(format!(
+                        "limit: must be a whole number from 1 to {MAX_LIMIT}"
+                    ))
+                })?,
+        ),
+    };
+    let query = DeliveryQuery {
+        player: params
+            .take("player_id")
+            .map(|p| PlayerId::parse(&p).map_err(|e| invalid(e.to_string())))
+            .transpose()?,
+        status: params
+            .take("status")
+            .map(|s| {
+                PixelStatus::parse(&s).ok_or_else(|| {
+                    let all: Vec<&str> = PixelStatus::ALL.iter().map(|s| s.as_str()).collect();
+                    invalid(format!(
+                        "status: {s:?} is not a status; use one of {}",
+                        all.join(", ")
+                    ))
+                })
+            })
+            .transpose()?,
+        trigger: params.take("trigger").map(|t| t.to_ascii_lowercase()),
+        from_ms: params
+            .take("from")
+            .map(|t| time_ms("from", &t))
+            .transpose()?,
+        to_ms: params.take("to").map(|t| time_ms("to", &t)).transpose()?,
+        limit: limit.unwrap_or(if csv { usize::MAX } else { DEFAULT_LIMIT }),
+        after: params
+            .take("cursor")
+            .map(|c| {
+                c.parse::<Cursor>().map_err(|()| {
+                    invalid("cursor: not a cursor this report gave out (use next_cursor as it is)")
+                })
+            })
+            .transpose()?,
+    };
+    params.finish()?;
+    let brand = path.brand_id;
+    if !csv {
+        let page = state.store.deliveries(&brand, &query).await?;
+        let next = page.next.map(|c| c.to_string());
+        return Ok(Json(json!({ "deliveries": page.rows, "next_cursor": next })).into_response());
+    }
+    // Fail before the 200 when the brand is unknown; later failures can only end the stream early.
+    state
+        .store
+        .get_brand(&brand)
+        .await?
+        .ok_or_else(|| ApiError::UnknownBrand(brand.to_string()))?;
+    let header_line = csv_line(COLUMNS.iter().map(|c| c.to_string()));
+    let store = state.store.clone();
+    let pages = futures::stream::unfold((Some(query), store), move |(query, store)| {
+        let brand = brand.clone();
+        async move {
+            let mut query = query?;
+            let left = query.limit;
+            query.limit = left.min(CSV_PAGE);
+            let page = match store.deliveries(&brand, &query).await {
+                Ok(page) => page,
+                Err(e) => {
+                    tracing::error!(error = %e, "streaming the delivery report failed");
+                    return Some((Err(std::io::Error::other(e.to_string())), (None, store)));
+                }
+            };
+            let mut chunk = String::new();
+            for row in &page.rows {
+                chunk.push_str(&csv_row(row));
+            }
+            let next = match page.next {
+                Some(cursor) if left > page.rows.len() => Some(DeliveryQuery {
+                    after: Some(cursor),
+                    limit: left - page.rows.len(),
+                    ..query
+                }),
+                _ => None,
+            };
+            Some((Ok(chunk), (next, store)))
+        }
+    });
+    let body = futures::stream::once(async move { Ok(header_line) }).chain(pages);
+    let mut response = Body::from_stream(body).into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/csv; charset=utf-8"),
+    );
+    response.headers_mut().insert(
+        header::CONTENT_DISPOSITION,
+        HeaderValue::from_static("attachment; filename=\"deliveries.csv\""),
+    );
+    Ok(response)
+}
+
+/// One report row as a CSV line, from its JSON form.
+pub fn csv_row(row: &Delivery) -> String {
+    let value = serde_json::to_value(row).expect("a delivery serialises");
+    csv_line(COLUMNS.iter().map(|column| {
+        match &value[*column] {
+            Value::Null => String::new(),
+            Value::String(s) => s.clone(),
+            Value::Array(items) => items
+                .iter()
+                .filter_map(Value::as_str)
+                .collect::<Vec<_>>()
+                .join(" "),
+            other => other.to_string(),
+        }
+    }))
+}
+
+fn csv_line(fields: impl Iterator<Item = String>) -> String {
+    let mut writer = csv::Writer::from_writer(Vec::new());
+    writer
+        .write_record(fields.collect::<Vec<_>>())
+        .expect("writing to memory cannot fail");
+    String::from_utf8(writer.into_inner().expect("writing to memory cannot fail"))
+        .expect("fields were UTF-8")
+}
+
+/// A time bound: RFC 3339, or Unix milliseconds.
+fn time_ms(name: &str, text: &str) -> Result<u64, ApiError> {
+    if let Ok(ms) = text.parse::<u64>() {
+        return Ok(ms);
+    }
+    OffsetDateTime::parse(text, &Rfc3339)
+        .ok()
+        .and_then(|t| u64::try_from(t.unix_timestamp_nanos() / 1_000_000).ok())
+        .ok_or_else(|| {
+            invalid(format!(
+                "{name}: {text:?} is neither an RFC 3339 time (2026-11-22T10:00:00Z) nor Unix milliseconds"
+            ))
+        })
+}
+
+fn invalid(message: impl Into<String>) -> ApiError {
+    ApiError::Invalid {
+        code: "invalid_query",
+        message: message.into(),
+    }
+}
+
+/// Query parameters, taken one by one so that whatever is left over is refused by name.
+pub(super) struct Params(std::cell::RefCell<HashMap<String, String>>);
+
+impl Params {
+    /// Reads a raw query string; a parameter given twice is refused, since only one value could count.
+    pub(super) fn read(raw: Option<&str>) -> Result<Self, ApiError> {
+        let mut map = HashMap::new();
+        for (name, value) in url::form_urlencoded::parse(raw.unwrap_or("").as_bytes()) {
+            if map.insert(name.to_string(), value.into_owned()).is_some() {
+                return Err(invalid(format!("{name}: given more than once")));
+            }
+        }
+        Ok(Params(std::cell::RefCell::new(map)))
+    }
+
+    /// The parameter's value; an empty one counts as absent.
+    pub(super) fn take(&self, name: &str) -> Option<String> {
+        self.0.borrow_mut().remove(name).filter(|v| !v.is_empty())
+    }
+
+    /// Fails on the first parameter nobody took.
+    pub(super) fn finish(self) -> Result<(), ApiError> {
+        match self.0.into_inner().into_keys().next() {
+            Some(extra) => Err(invalid(format!("{extra}: not a parameter of this route"))),
+            None => Ok(()),
+        }
+    }
+}

@@ -1,0 +1,439 @@
+//! The delivery report: one record per pixel and per postback, from the moment it is queued.
+//!
+//! "Did my pixel fire, and with which URL?" is the question affiliate managers ask most, so every pixel
+//! and postback carries its own record: where it came from (event, definition, template), what exactly was
+//! fired (the final URL, or a digest of the code), and what happened to it (status, timestamps, attempts).
+//! The record is also the pixel's idempotency entry, so there is one place for its state, never two that
+//! could disagree. It is kept for the report retention after the pixel reaches a final state.
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::ids::{DefinitionId, EventId, PixelId, PlayerId};
+use crate::pixel::PixelBody;
+
+/// Longest response excerpt kept per postback attempt.
+pub const RESPONSE_EXCERPT_BYTES: usize = 256;
+/// Event params that hold the affiliate's click id, in the order they are looked for.
+pub const CLICK_ID_PARAMS: [&str; 6] = ["click_id", "clickid", "affclickid", "afp", "cid", "btag"];
+
+/// Where a pixel or postback is in its life.
+///
+/// Client pixels go `queued` → `delivered` (sent to a browser, not yet acknowledged) → `fired`, or end
+/// `cancelled` or `expired`. Postbacks go `queued` → `pending_retry` (an attempt failed and another is
+/// scheduled) → `fired` (the endpoint answered 2xx) or `failed` (no attempt left, or an answer that retrying
+/// cannot change). Only `queued`, `delivered` and `pending_retry` can still change.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PixelStatus {
+    /// Waiting: in the player's queue, or in the postback outbox before its first attempt.
+    Queued,
+    /// Sent to a browser of the player at least once and not yet acknowledged; still in the queue.
+    Delivered,
+    /// The browser acknowledged firing it, or the postback endpoint answered 2xx.
+    Fired,
+    /// The postback ran out of attempts, or was refused with a status retrying cannot change.
+    Failed,
+    /// Its TTL ran out before any browser of the player came online; never fired.
+    Expired,
+    /// Cancelled through the API before it fired.
+    Cancelled,
+    /// A postback attempt failed; the next one is scheduled.
+    PendingRetry,
+}
+
+impl PixelStatus {
+    /// Every status, in the order of the docs.
+    pub const ALL: [PixelStatus; 7] = [
+        PixelStatus::Queued,
+        PixelStatus::Delivered,
+        PixelStatus::Fired,
+        PixelStatus::Failed,
+        PixelStatus::Expired,
+        PixelStatus::Cancelled,
+        PixelStatus::PendingRetry,
+    ];
+
+    /// The snake_case name used by the API and CSV.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PixelStatus::Queued => "queued",
+            PixelStatus::Delivered => "delivered",
+            PixelStatus::Fired => "fired",
+            PixelStatus::Failed => "failed",
+            PixelStatus::Expired => "expired",
+            PixelStatus::Cancelled => "cancelled",
+            PixelStatus::PendingRetry => "pending_retry",
+        }
+    }
+
+    /// Reads a name as [`PixelStatus::as_str`] writes it.
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|s| s.as_str() == name)
+    }
+
+    /// Whether it can still fire (and so still change).
+    pub fn is_pending(self) -> bool {
+        matches!(
+            self,
+            PixelStatus::Queued | PixelStatus::Delivered | PixelStatus::PendingRetry
+        )
+    }
+}
+
+/// Where a pixel produced by a definition came from; absent for pixels queued by hand.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Origin {
+    /// The event that produced it.
+    pub event_id: Option<EventId>,
+    /// The definition that produced it.
+    pub definition_id: Option<DefinitionId>,
+    /// That definition's name at the time.
+    pub definition_name: Option<String>,
+    /// The template as the definition held it at the time (URL, code, or Meta pixel id and event).
+    pub template: Option<String>,
+    /// The affiliate's click id, when the event or the registration carried one.
+    pub click_id: Option<String>,
+    /// Macros rendered empty for want of a value.
+    pub missing: Vec<String>,
+}
+
+/// One attempt to send a postback.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Attempt {
+    /// Unix milliseconds when it started.
+    pub at_ms: u64,
+    /// How long it took, until the answer's head (or the failure).
+    pub duration_ms: u64,
+    /// The HTTP status, when an answer came.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_status: Option<u16>,
+    /// What went wrong without an answer (connection refused, timeout, bad redirect).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// The first bytes of the answer's body, as text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response: Option<String>,
+}
+
+/// The body of a postback sent as `POST`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PostBody {
+    /// `application/x-www-form-urlencoded` or `application/json`.
+    pub content_type: String,
+    /// The rendered body.
+    pub body: String,
+}
+
+/// A row of the delivery report: one pixel or postback and everything known about it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Delivery {
+    /// The pixel's or postback's id.
+    pub id: PixelId,
+    /// Whose it is.
+    pub player_id: PlayerId,
+    /// `image`, `iframe`, `script`, `js`, `facebook` or `s2s`.
+    pub kind: String,
+    /// See [`PixelStatus`].
+    pub status: PixelStatus,
+    /// What fired it: the event type or a caller's label.
+    pub trigger: Option<String>,
+    /// See [`Origin::event_id`].
+    pub event_id: Option<EventId>,
+    /// See [`Origin::definition_id`].
+    pub definition_id: Option<DefinitionId>,
+    /// See [`Origin::definition_name`].
+    pub definition_name: Option<String>,
+    /// See [`Origin::template`].
+    pub template: Option<String>,
+    /// The URL requested, filled in: by the browser (image, iframe, script; Meta's pixel request for
+    /// `facebook`) or by the hub (s2s).
+    pub final_url: Option<String>,
+    /// For `js` pixels, `sha256:` and the first 16 hex digits of the code's digest: enough to tell two
+    /// renderings apart without storing code twice.
+    pub code_digest: Option<String>,
+    /// See [`Origin::click_id`].
+    pub click_id: Option<String>,
+    /// See [`Origin::missing`].
+    pub missing: Vec<String>,
+    /// `GET` or `POST`, for postbacks.
+    pub method: Option<String>,
+    /// Unix milliseconds when it was queued (durable).
+    pub queued_at_ms: u64,
+    /// First time it was sent to a browser, or the first postback attempt.
+    pub sent_at_ms: Option<u64>,
+    /// When the browser acknowledged it, or the postback endpoint answered 2xx.
+    pub fired_at_ms: Option<u64>,
+    /// When anything about it last changed.
+    pub updated_at_ms: u64,
+    /// Client pixels: when it expires unless fired.
+    pub expires_at_ms: Option<u64>,
+    /// Times sent to a browser, or postback attempts made.
+    pub attempts: u32,
+    /// Postbacks: the last attempt's HTTP status.
+    pub http_status: Option<u16>,
+    /// Postbacks: the first bytes of the last answer's body.
+    pub response: Option<String>,
+    /// Postbacks: the last attempt's error, when no answer came.
+    pub error: Option<String>,
+    /// Postbacks: when the next attempt is due.
+    pub next_attempt_at_ms: Option<u64>,
+    /// Postbacks: every attempt, oldest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attempt_log: Vec<Attempt>,
+}
+
+impl Delivery {
+    /// A new record for a client pixel or postback queued at `now`.
+    pub fn new(
+        id: PixelId,
+        player_id: PlayerId,
+        target: Target<'_>,
+        trigger: Option<String>,
+        origin: Option<Origin>,
+        now: u64,
+    ) -> Self {
+        let origin = origin.unwrap_or_default();
+        let (kind, final_url, code_digest, method) = match target {
+            Target::Client(body) => {
+                let (url, digest) = match body {
+                    PixelBody::Image { url }
+                    | PixelBody::Iframe { url }
+                    | PixelBody::Script { url } => (Some(url.clone()), None),
+                    PixelBody::Js { code } => (None, Some(code_digest(code))),
+                    PixelBody::Facebook {
+                        pixel_id,
+                        event,
+                        event_id,
+                        ..
+                    } => (
+                        Some(facebook_url(pixel_id, event, event_id.as_deref())),
+                        None,
+                    ),
+                };
+                (body.kind(), url, digest, None)
+            }
+            Target::S2s { url, post } => (
+                "s2s",
+                Some(url.to_owned()),
+                None,
+                Some(if post { "POST" } else { "GET" }.to_owned()),
+            ),
+        };
+        Delivery {
+            id,
+            player_id,
+            kind: kind.to_owned(),
+            status: PixelStatus::Queued,
+            trigger,
+            event_id: origin.event_id,
+            definition_id: origin.definition_id,
+            definition_name: origin.definition_name,
+            template: origin.template,
+            final_url,
+            code_digest,
+            click_id: origin.click_id,
+            missing: origin.missing,
+            method,
+            queued_at_ms: now,
+            sent_at_ms: None,
+            fired_at_ms: None,
+            updated_at_ms: now,
+            expires_at_ms: None,
+            attempts: 0,
+            http_status: None,
+            response: None,
+            error: None,
+            next_attempt_at_ms: None,
+            attempt_log: Vec::new(),
+        }
+    }
+
+    /// Moves it to `status` at `now`, stamping `fired_at_ms` when it fired.
+    pub fn set_status(&mut self, status: PixelStatus, now: u64) {
+        self.status = status;
+        self.updated_at_ms = now;
+        if status == PixelStatus::Fired {
+            self.fired_at_ms = Some(now);
+        }
+        if !status.is_pending() {
+            self.next_attempt_at_ms = None;
+        }
+    }
+
+    /// Notes one more send to a browser (client pixels) at `now`.
+    pub fn note_sent(&mut self, now: u64) {
+        self.sent_at_ms.get_or_insert(now);
+        self.attempts += 1;
+        self.updated_at_ms = now;
+        if self.status == PixelStatus::Queued {
+            self.status = PixelStatus::Delivered;
+        }
+    }
+
+    /// Adds a postback attempt and the state it leads to: `next_at` when another attempt is scheduled.
+    pub fn note_attempt(&mut self, attempt: Attempt, status: PixelStatus, next_at: Option<u64>) {
+        let end = attempt.at_ms + attempt.duration_ms;
+        self.sent_at_ms.get_or_insert(attempt.at_ms);
+        self.attempts += 1;
+        self.http_status = attempt.http_status;
+        self.response.clone_from(&attempt.response);
+        self.error.clone_from(&attempt.error);
+        self.attempt_log.push(attempt);
+        self.set_status(status, end);
+        self.next_attempt_at_ms = next_at;
+    }
+}
+
+/// What a record is about: a client pixel's body, or a postback's request.
+#[derive(Clone, Copy, Debug)]
+pub enum Target<'a> {
+    /// A pixel for the browser.
+    Client(&'a PixelBody),
+    /// A postback the hub sends.
+    S2s {
+        /// Its final URL.
+        url: &'a str,
+        /// Whether it is sent as `POST` with a body.
+        post: bool,
+    },
+}
+
+/// `sha256:` and 16 hex digits of `code`'s SHA-256.
+pub fn code_digest(code: &str) -> String {
+    let digest = Sha256::digest(code.as_bytes());
+    let hex: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+    format!("sha256:{hex}")
+}
+
+/// The request Meta's pixel makes for this event (the client's image fallback makes exactly this one).
+fn facebook_url(pixel_id: &str, event: &str, event_id: Option<&str>) -> String {
+    let mut url = url::Url::parse("https://www.facebook.com/tr").expect("a literal URL parses");
+    url.query_pairs_mut()
+        .append_pair("id", pixel_id)
+        .append_pair("ev", event);
+    if let Some(event_id) = event_id {
+        url.query_pairs_mut().append_pair("eid", event_id);
+    }
+    url.into()
+}
+
+/// The first bytes of an answer's body as text, cut at a character boundary.
+pub fn excerpt(bytes: &[u8]) -> String {
+    let cut = &bytes[..bytes.len().min(RESPONSE_EXCERPT_BYTES)];
+    let text = String::from_utf8_lossy(cut);
+    text.trim_end_matches('\u{FFFD}').to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(target: Target<'_>) -> Delivery {
+        Delivery::new(
+            PixelId::parse("p1").unwrap(),
+            PlayerId::parse("pl").unwrap(),
+            target,
+            Some("ftd".into()),
+            None,
+            100,
+        )
+    }
+
+    #[test]
+    fn statuses_round_trip_through_their_names() {
+        for status in PixelStatus::ALL {
+            assert_eq!(PixelStatus::parse(status.as_str()), Some(status));
+            assert_eq!(
+                serde_json::to_value(status).unwrap(),
+                serde_json::json!(status.as_str())
+            );
+        }
+        assert_eq!(PixelStatus::parse("sent"), None);
+    }
+
+    #[test]
+    fn each_kind_reports_what_actually_fires() {
+        let image = PixelBody::Image {
+            url: "https://t.example/?a=1".into(),
+        };
+        assert_eq!(
+            record(Target::Client(&image)).final_url.as_deref(),
+            Some("https://t.example/?a=1")
+        );
+        let js = PixelBody::Js { code: "f()".into() };
+        let js_record = record(Target::Client(&js));
+        assert_eq!(js_record.final_url, None);
+        assert_eq!(
+            js_record.code_digest.as_deref(),
+            Some("sha256:19c1041342240f32")
+        );
+        let fb = PixelBody::Facebook {
+            pixel_id: "123".into(),
+            event: "Purchase".into(),
+            params: None,
+            event_id: Some("p1".into()),
+        };
+        assert_eq!(
+            record(Target::Client(&fb)).final_url.as_deref(),
+            Some("https://www.facebook.com/tr?id=123&ev=Purchase&eid=p1")
+        );
+        let s2s = record(Target::S2s {
+            url: "https://a.example/pb",
+            post: true,
+        });
+        assert_eq!(
+            (s2s.kind.as_str(), s2s.method.as_deref()),
+            ("s2s", Some("POST"))
+        );
+    }
+
+    #[test]
+    fn attempts_keep_the_last_answer_and_the_whole_log() {
+        let mut r = record(Target::S2s {
+            url: "https://a.example/pb",
+            post: false,
+        });
+        r.note_attempt(
+            Attempt {
+                at_ms: 200,
+                duration_ms: 5,
+                http_status: Some(500),
+                error: None,
+                response: Some("oops".into()),
+            },
+            PixelStatus::PendingRetry,
+            Some(1000),
+        );
+        r.note_attempt(
+            Attempt {
+                at_ms: 1000,
+                duration_ms: 7,
+                http_status: Some(200),
+                error: None,
+                response: Some("OK".into()),
+            },
+            PixelStatus::Fired,
+            None,
+        );
+        assert_eq!(r.status, PixelStatus::Fired);
+        assert_eq!(
+            (r.attempts, r.sent_at_ms, r.fired_at_ms),
+            (2, Some(200), Some(1007))
+        );
+        assert_eq!(
+            (r.http_status, r.response.as_deref()),
+            (Some(200), Some("OK"))
+        );
+        assert_eq!(r.next_attempt_at_ms, None);
+        assert_eq!(r.attempt_log.len(), 2);
+    }
+
+    #[test]
+    fn excerpts_stop_at_a_character_boundary() {
+        let long = "é".repeat(200);
+        let cut = excerpt(long.as_bytes());
+        assert!(cut.len() <= RESPONSE_EXCERPT_BYTES);
+        assert!(cut.chars().all(|c| c == 'é'));
+    }
+}

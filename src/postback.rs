@@ -1,0 +1,502 @@
+//! The S2S sender: sends the postbacks in the store's outbox to affiliates' endpoints, and retries them.
+//!
+//! A postback is written to the outbox in the same atomic, fsync'd commit as the event that produced it,
+//! so once a brand has its `202` the postback cannot be lost. This task takes due postbacks from the
+//! outbox, claims each for one attempt (if the process dies mid-attempt the claim runs out and the
+//! postback is due again), sends it, and records the attempt durably: a 2xx marks it `fired` and it is
+//! never sent again; connection errors, timeouts, 429 and 5xx are retried with exponential backoff and
+//! jitter (or after the endpoint's `Retry-After`); any other answer, a bad redirect, or the last attempt
+//! marks it `failed`.
+//!
+//! One slow or dead endpoint must not hold up the others, so concurrency is bounded twice: overall, and
+//! per target host. A postback whose host is busy is simply left due and picked up when a slot frees.
+//! Exactly once is "once per recorded success": a crash after the endpoint answered 2xx but before the
+//! answer was recorded sends it again, which no sender can avoid without the endpoint's help.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use reqwest::header::{CONTENT_TYPE, RETRY_AFTER};
+use serde::Serialize;
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::Config;
+use crate::delivery::{Attempt, RESPONSE_EXCERPT_BYTES, excerpt};
+use crate::store::{DuePostback, Store, Verdict, now_ms};
+
+/// Most due postbacks looked at per pass; those beyond wait for the next pass.
+const SCAN_LIMIT: usize = 2_000;
+/// Longest sleep between passes when nothing wakes the sender earlier.
+const POLL: Duration = Duration::from_secs(1);
+/// How long after its attempt's timeout a claimed postback becomes due again, should the sender die.
+const CLAIM_MARGIN: Duration = Duration::from_secs(30);
+/// Longest wait a `Retry-After` may ask for; a longer one is cut to this.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(24 * 3600);
+/// Each retry waits this many times longer than the one before.
+const BACKOFF_FACTOR: u64 = 3;
+
+/// How the sender behaves; from [`Config`].
+#[derive(Clone, Debug)]
+pub struct Policy {
+    /// Per attempt, connection to the end of the response excerpt.
+    pub timeout: Duration,
+    /// Attempts per postback, the first included.
+    pub max_attempts: u32,
+    /// Wait before the first retry; multiplied by [`BACKOFF_FACTOR`] for each later one.
+    pub retry_base: Duration,
+    /// Attempts in flight at once, overall.
+    pub concurrency: usize,
+    /// Attempts in flight at once to one host.
+    pub per_host: usize,
+    /// Redirects followed per attempt.
+    pub max_redirects: usize,
+    /// Failed attempts in a row that flag a definition.
+    pub failure_threshold: u32,
+    /// Disable a definition when it is flagged.
+    pub auto_disable: bool,
+}
+
+impl Policy {
+    /// The policy the settings describe.
+    pub fn from_config(config: &Config) -> Self {
+        Policy {
+            timeout: Duration::from_millis(config.s2s_timeout_ms),
+            max_attempts: config.s2s_max_attempts as u32,
+            retry_base: Duration::from_millis(config.s2s_retry_base_ms),
+            concurrency: config.s2s_concurrency as usize,
+            per_host: config.s2s_per_host as usize,
+            max_redirects: config.s2s_max_redirects as usize,
+            failure_threshold: config.s2s_failure_threshold as u32,
+            auto_disable: config.s2s_auto_disable,
+        }
+    }
+
+    /// The wait before the attempt after `attempts_made`, before jitter.
+    fn backoff(&self, attempts_made: u32) -> Duration {
+        let factor = BACKOFF_FACTOR.saturating_pow(attempts_made.saturating_sub(1));
+        self.retry_base
+            .saturating_mul(u32::try_from(factor).unwrap_or(u32::MAX))
+            .min(MAX_RETRY_AFTER)
+    }
+}
+
+/// Counters of this process's sender, for `/api/v1/stats`.
+#[derive(Debug, Default)]
+pub struct SenderStats {
+    fired: AtomicU64,
+    retried: AtomicU64,
+    failed: AtomicU64,
+    in_flight: AtomicU64,
+}
+
+/// A snapshot of [`SenderStats`].
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct SenderSnapshot {
+    /// Attempts answered 2xx.
+    pub fired: u64,
+    /// Failed attempts with another scheduled.
+    pub retried: u64,
+    /// Failed attempts that ended their postback.
+    pub failed: u64,
+    /// Attempts running now.
+    pub in_flight: u64,
+}
+
+impl SenderStats {
+    /// The counters now.
+    pub fn snapshot(&self) -> SenderSnapshot {
+        SenderSnapshot {
+            fired: self.fired.load(Ordering::Relaxed),
+            retried: self.retried.load(Ordering::Relaxed),
+            failed: self.failed.load(Ordering::Relaxed),
+            in_flight: self.in_flight.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// What the dispatcher and its attempts share.
+struct Shared {
+    store: Arc<dyn Store>,
+    client: reqwest::Client,
+    policy: Policy,
+    /// Attempts in flight per host; an entry is removed when it drops to zero.
+    hosts: Mutex<HashMap<String, usize>>,
+    /// Woken when an attempt ends, freeing a slot.
+    freed: Notify,
+    stats: Arc<SenderStats>,
+}
+
+/// Starts the sender on `tracker`; it stops taking new postbacks when `stop` is cancelled and returns
+/// once the attempts under way are recorded, so the store can then be closed.
+pub fn spawn(
+    store: Arc<dyn Store>,
+    policy: Policy,
+    stats: Arc<SenderStats>,
+    stop: CancellationToken,
+    tracker: &TaskTracker,
+) -> Result<(), reqwest::Error> {
+    let max_redirects = policy.max_redirects;
+    let client = reqwest::Client::builder()
+        .timeout(policy.timeout)
+        .user_agent(concat!("pixelhub/", env!("CARGO_PKG_VERSION")))
+        .redirect(reqwest::redirect::Policy::custom(move |attempt| {
+            if !matches!(attempt.url().scheme(), "http" | "https") {
+                let refused = format!(
+                    "redirect to a non-http(s) URL ({}:)",
+                    attempt.url().scheme()
+                );
+                attempt.error(refused)
+            } else if attempt.previous().len() > max_redirects {
+                attempt.error(format!("more than {max_redirects} redirects"))
+            } else {
+                attempt.follow()
+            }
+        }))
+        .build()?;
+    let shared = Arc::new(Shared {
+        store,
+        client,
+        policy,
+        hosts: Mutex::new(HashMap::new()),
+        freed: Notify::new(),
+        stats,
+    });
+    tracker.spawn(run(shared, stop));
+    Ok(())
+}
+
+async fn run(shared: Arc<Shared>, stop: CancellationToken) {
+    let slots = Arc::new(Semaphore::new(shared.policy.concurrency));
+    let attempts = TaskTracker::new();
+    while !stop.is_cancelled() {
+        let wait = match dispatch(&shared, &slots, &attempts).await {
+            Ok(wait) => wait,
+            Err(e) => {
+                tracing::error!(error = %e, "reading the postback outbox failed");
+                POLL
+            }
+        };
+        tokio::select! {
+            _ = stop.cancelled() => {}
+            _ = shared.store.postbacks_added() => {}
+            _ = shared.freed.notified() => {}
+            _ = tokio::time::sleep(wait) => {}
+        }
+    }
+    attempts.close();
+    attempts.wait().await;
+}
+
+/// One pass: starts an attempt for every due postback there is a slot for. Returns how long to sleep
+/// if nothing wakes the sender earlier.
+async fn dispatch(
+    shared: &Arc<Shared>,
+    slots: &Arc<Semaphore>,
+    attempts: &TaskTracker,
+) -> Result<Duration, crate::store::StoreError> {
+    let now = now_ms();
+    let due = shared.store.due_postbacks(now, SCAN_LIMIT).await?;
+    if due.is_empty() {
+        // Sleep until the earliest scheduled one, if that is sooner than the next poll.
+        let next = shared.store.due_postbacks(u64::MAX, 1).await?;
+        let wait = next.first().map_or(POLL, |p| {
+            Duration::from_millis(p.due_ms.saturating_sub(now))
+        });
+        return Ok(wait.min(POLL));
+    }
+    for postback in due {
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            break; // every slot busy: an ending attempt wakes us
+        };
+        let host = host_of(&postback.url);
+        if !shared.take_host(&host) {
+            continue;
+        }
+        let until = now_ms() + ms(shared.policy.timeout + CLAIM_MARGIN);
+        match shared.store.claim_postback(&postback, until).await {
+            Ok(true) => {
+                let shared = Arc::clone(shared);
+                attempts.spawn(async move {
+                    shared.attempt(postback, until, slot).await;
+                    shared.release_host(&host);
+                    shared.freed.notify_one();
+                });
+            }
+            Ok(false) => shared.release_host(&host),
+            Err(e) => {
+                shared.release_host(&host);
+                return Err(e);
+            }
+        }
+    }
+    Ok(POLL)
+}
+
+impl Shared {
+    fn take_host(&self, host: &str) -> bool {
+        let mut hosts = self.hosts.lock().unwrap_or_else(|p| p.into_inner());
+        let busy = hosts.entry(host.to_owned()).or_insert(0);
+        if *busy >= self.policy.per_host {
+            return false;
+        }
+        *busy += 1;
+        true
+    }
+
+    fn release_host(&self, host: &str) {
+        let mut hosts = self.hosts.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(busy) = hosts.get_mut(host) {
+            *busy -= 1;
+            if *busy == 0 {
+                hosts.remove(host);
+            }
+        }
+    }
+
+    /// Sends one postback and records the attempt; `_slot` is held until it is recorded.
+    async fn attempt(&self, postback: DuePostback, until: u64, _slot: OwnedSemaphorePermit) {
+        self.stats.in_flight.fetch_add(1, Ordering::Relaxed);
+        let (attempt, verdict) = self.send(&postback).await;
+        self.stats.in_flight.fetch_sub(1, Ordering::Relaxed);
+        let counter = match verdict {
+            Verdict::Fired => &self.stats.fired,
+            Verdict::Retry { .. } => &self.stats.retried,
+            Verdict::Failed => &self.stats.failed,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(
+            brand = %postback.key.brand, postback = %postback.id, status = ?attempt.http_status,
+            error = ?attempt.error, ?verdict, "postback attempt"
+        );
+        let health = match self
+            .store
+            .record_attempt(&postback, until, attempt, verdict)
+            .await
+        {
+            Ok(health) => health,
+            Err(e) => {
+                // The claim runs out and the postback is due again: nothing is lost.
+                tracing::error!(error = %e, postback = %postback.id, "recording a postback attempt failed");
+                return;
+            }
+        };
+        let (Some(health), Some(definition)) = (health, &postback.definition_id) else {
+            return;
+        };
+        if health.consecutive_failures != self.policy.failure_threshold {
+            return;
+        }
+        tracing::warn!(
+            brand = %postback.key.brand, %definition, failures = health.consecutive_failures,
+            "postbacks of this definition keep failing"
+        );
+        if self.policy.auto_disable {
+            let reason = format!(
+                "disabled by the hub after {} failed postback attempts in a row (last: {})",
+                health.consecutive_failures,
+                health.last_error.as_deref().unwrap_or("unknown")
+            );
+            if let Err(e) = self
+                .store
+                .disable_definition(&postback.key.brand, definition, reason)
+                .await
+            {
+                tracing::error!(error = %e, %definition, "disabling a failing definition failed");
+            }
+        }
+    }
+
+    /// Makes the request and decides what it means.
+    async fn send(&self, postback: &DuePostback) -> (Attempt, Verdict) {
+        let at_ms = now_ms();
+        let started = Instant::now();
+        let request = match &postback.post {
+            None => self.client.get(&postback.url),
+            Some(post) => self
+                .client
+                .post(&postback.url)
+                .header(CONTENT_TYPE, &post.content_type)
+                .body(post.body.clone()),
+        };
+        let made = postback.attempts + 1;
+        let mut attempt = Attempt {
+            at_ms,
+            duration_ms: 0,
+            http_status: None,
+            error: None,
+            response: None,
+        };
+        let retryable = match request.send().await {
+            Ok(mut response) => {
+                let status = response.status();
+                attempt.http_status = Some(status.as_u16());
+                let retry_after = response
+                    .headers()
+                    .get(RETRY_AFTER)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(parse_retry_after);
+                let mut body = Vec::new();
+                while body.len() < RESPONSE_EXCERPT_BYTES {
+                    match response.chunk().await {
+                        Ok(Some(chunk)) => body.extend_from_slice(&chunk),
+                        // The status is what counts; a body cut short still leaves its first bytes.
+                        Ok(None) | Err(_) => break,
+                    }
+                }
+                if !body.is_empty() {
+                    attempt.response = Some(excerpt(&body));
+                }
+                if status.is_success() {
+                    attempt.duration_ms = ms(started.elapsed());
+                    return (attempt, Verdict::Fired);
+                }
+                let retry = status.as_u16() == 429 || status.is_server_error();
+                retry.then_some(retry_after)
+            }
+            Err(e) => {
+                attempt.error = Some(describe(&e));
+                // A refused redirect means the URL leads somewhere it must not: retrying cannot help.
+                (!e.is_redirect()).then_some(None)
+            }
+        };
+        attempt.duration_ms = ms(started.elapsed());
+        let verdict = match retryable {
+            Some(retry_after) if made < self.policy.max_attempts => {
+                let wait = retry_after.unwrap_or_else(|| jitter(self.policy.backoff(made)));
+                Verdict::Retry {
+                    at_ms: now_ms() + ms(wait),
+                }
+            }
+            _ => Verdict::Failed,
+        };
+        (attempt, verdict)
+    }
+}
+
+/// `host:port` of a URL: the unit of per-host concurrency.
+fn host_of(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(url) => format!(
+            "{}:{}",
+            url.host_str().unwrap_or(""),
+            url.port_or_known_default().unwrap_or(0)
+        ),
+        Err(_) => String::new(),
+    }
+}
+
+/// A `Retry-After` value: delay seconds, or an HTTP date; capped at [`MAX_RETRY_AFTER`].
+fn parse_retry_after(value: &str) -> Option<Duration> {
+    let value = value.trim();
+    let wait = match value.parse::<u64>() {
+        Ok(seconds) => Duration::from_secs(seconds),
+        Err(_) => {
+            let at = httpdate::parse_http_date(value).ok()?;
+            at.duration_since(SystemTime::now())
+                .unwrap_or(Duration::ZERO)
+        }
+    };
+    Some(wait.min(MAX_RETRY_AFTER))
+}
+
+/// Between half and all of `wait`, at random, so postbacks that failed together do not retry together.
+fn jitter(wait: Duration) -> Duration {
+    let mut bytes = [0u8; 8];
+    let _ = getrandom::fill(&mut bytes); // zero is still a valid wait
+    let fraction = (u64::from_le_bytes(bytes) >> 11) as f64 / (1u64 << 53) as f64;
+    wait.mul_f64(0.5 + fraction / 2.0)
+}
+
+/// What went wrong, for the report: the kind, then the innermost cause (which names the real problem).
+fn describe(e: &reqwest::Error) -> String {
+    let mut cause: &dyn std::error::Error = e;
+    while let Some(inner) = cause.source() {
+        cause = inner;
+    }
+    let kind = if e.is_timeout() {
+        "timed out"
+    } else if e.is_redirect() {
+        "redirect refused"
+    } else if e.is_connect() {
+        "connection failed"
+    } else {
+        "request failed"
+    };
+    if e.is_timeout() {
+        kind.to_owned()
+    } else {
+        format!("{kind}: {cause}")
+    }
+}
+
+fn ms(d: Duration) -> u64 {
+    d.as_millis() as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy() -> Policy {
+        Policy {
+            timeout: Duration::from_secs(10),
+            max_attempts: 8,
+            retry_base: Duration::from_secs(100),
+            concurrency: 64,
+            per_host: 4,
+            max_redirects: 5,
+            failure_threshold: 20,
+            auto_disable: false,
+        }
+    }
+
+    #[test]
+    fn the_default_backoff_spreads_eight_attempts_over_about_a_day() {
+        let p = policy();
+        let waits: Vec<u64> = (1..8).map(|n| p.backoff(n).as_secs()).collect();
+        assert_eq!(waits, [100, 300, 900, 2_700, 8_100, 24_300, 72_900]);
+        let total: u64 = waits.iter().sum();
+        // With jitter each wait is between half and all of this: 15 to 30 hours in all.
+        assert_eq!(total, 109_300);
+        assert_eq!(p.backoff(40), MAX_RETRY_AFTER, "capped, never overflowing");
+    }
+
+    #[test]
+    fn jitter_stays_between_half_and_all() {
+        for _ in 0..1000 {
+            let j = jitter(Duration::from_secs(100));
+            assert!(
+                j >= Duration::from_secs(50) && j <= Duration::from_secs(100),
+                "{j:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn retry_after_reads_seconds_and_dates() {
+        assert_eq!(parse_retry_after("120"), Some(Duration::from_secs(120)));
+        assert_eq!(parse_retry_after("9999999"), Some(MAX_RETRY_AFTER));
+        let in_a_minute = SystemTime::now() + Duration::from_secs(60);
+        let wait = parse_retry_after(&httpdate::fmt_http_date(in_a_minute)).unwrap();
+        assert!(
+            wait > Duration::from_secs(55) && wait <= Duration::from_secs(60),
+            "{wait:?}"
+        );
+        assert_eq!(
+            parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"),
+            Some(Duration::ZERO),
+            "a date in the past means now"
+        );
+        assert_eq!(parse_retry_after("soon"), None);
+    }
+
+    #[test]
+    fn hosts_include_the_port() {
+        assert_eq!(host_of("https://a.example/pb?x=1"), "a.example:443");
+        assert_eq!(host_of("http://127.0.0.1:8081/pb"), "127.0.0.1:8081");
+    }
+}
