@@ -6,7 +6,8 @@ use std::time::{Duration, Instant};
 use pixelhub::Config;
 use serde_json::{Value, json};
 
-use crate::helpers::{PATIENCE, TestApp};
+use crate::helpers::{PATIENCE, TOKEN, TestApp};
+use crate::process::HubProcess;
 use crate::receiver::{Receiver, Reply};
 
 /// Retries within a test's patience: 200 ms, then 600 ms; three attempts in all.
@@ -375,4 +376,79 @@ async fn a_restart_while_the_endpoint_is_down_loses_and_doubles_nothing() {
     let mut expected: Vec<String> = (0..20).map(|i| format!("e=s-{i}")).collect();
     expected.sort();
     assert_eq!(seen, expected, "each postback exactly once");
+}
+
+#[tokio::test]
+async fn kill_9_while_the_endpoint_is_down_loses_and_doubles_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = Receiver::down().await;
+    let settings = [
+        ("PIXELHUB_S2S_RETRY_BASE_MS", "300"),
+        ("PIXELHUB_S2S_MAX_ATTEMPTS", "50"),
+    ];
+    let hub = HubProcess::start_with("127.0.0.1:0", dir.path(), Some(TOKEN), false, &settings);
+    // No kept-alive connections: the second hub listens where the killed one did.
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap();
+    let admin = |method: reqwest::Method, path: &str| {
+        http.request(method, format!("{}{path}", hub.base))
+            .bearer_auth(TOKEN)
+    };
+    admin(reqwest::Method::PUT, "/api/v1/brands/b1")
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    admin(reqwest::Method::POST, "/api/v1/brands/b1/pixel-definitions")
+        .json(&s2s("pb", format!("http://{port}/pb?e={{event_id}}")))
+        .send()
+        .await
+        .unwrap();
+    let sales: Vec<Value> = (0..20)
+        .map(|i| sale(&format!("s-{i}"), &format!("p{i}")))
+        .collect();
+    let answer = admin(reqwest::Method::POST, "/api/v1/brands/b1/events")
+        .json(&sales)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), reqwest::StatusCode::ACCEPTED);
+    tokio::time::sleep(Duration::from_millis(400)).await; // some attempts fail and are recorded
+    let addr = hub.addr;
+    hub.kill_9();
+
+    let receiver = Receiver::start_on(port).await;
+    let hub = HubProcess::start_with(&addr.to_string(), dir.path(), Some(TOKEN), false, &settings);
+    let started = Instant::now();
+    loop {
+        let page: Value = http
+            .get(format!(
+                "{}/api/v1/brands/b1/deliveries?status=fired&limit=1000",
+                hub.base
+            ))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if page["deliveries"].as_array().unwrap().len() == 20 {
+            break;
+        }
+        assert!(
+            started.elapsed() < PATIENCE * 6,
+            "postbacks were lost: {page}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let mut seen: Vec<String> = receiver.hits().into_iter().map(|h| h.query).collect();
+    seen.sort();
+    let mut expected: Vec<String> = (0..20).map(|i| format!("e=s-{i}")).collect();
+    expected.sort();
+    assert_eq!(seen, expected, "each postback exactly once");
+    drop(hub);
 }

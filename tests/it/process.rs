@@ -27,7 +27,19 @@ impl HubProcess {
 
     /// Starts the binary listening on `listen` (a fixed address, to restart where browsers reconnect).
     pub fn start_on(listen: &str, data_dir: &Path, token: Option<&str>, demo: bool) -> Self {
+        Self::start_with(listen, data_dir, token, demo, &[])
+    }
+
+    /// As [`HubProcess::start_on`], with more settings as environment variables.
+    pub fn start_with(
+        listen: &str,
+        data_dir: &Path,
+        token: Option<&str>,
+        demo: bool,
+        settings: &[(&str, &str)],
+    ) -> Self {
         let mut command = Command::new(env!("CARGO_BIN_EXE_pixelhub"));
+        command.envs(settings.iter().copied());
         command
             .args(["--listen", listen, "--data-dir"])
             .arg(data_dir)
