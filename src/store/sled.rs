@@ -63,6 +63,10 @@ const STRIPES: usize = 1024;
 const SWEEP_EVERY: Duration = Duration::from_secs(5);
 /// Most expiry entries handled per sweep step, so one sweep never holds up writers for long.
 const SWEEP_CHUNK: usize = 1000;
+/// How long `open` waits for a directory lock held by a store closing in this process.
+const LOCK_PATIENCE: Duration = Duration::from_secs(2);
+/// Between two tries of the lock.
+const LOCK_RETRY: Duration = Duration::from_millis(20);
 /// Most report index entries one page looks at, so a rare filter cannot make one request scan a brand.
 const REPORT_SCAN_BUDGET: usize = 20_000;
 /// Announcements buffered per subscriber before it lags (and then resynchronises).
@@ -143,7 +147,7 @@ impl SledStore {
     /// Opens (or creates) the store in `dir` and starts its group-commit and expiry tasks. Must be called
     /// inside a tokio runtime.
     pub fn open(dir: &Path, options: SledOptions) -> Result<Self, StoreError> {
-        let db = ::sled::Config::new().path(dir).open().map_err(backend)?;
+        let db = open_db(dir)?;
         let data = db.open_tree("data").map_err(backend)?;
 
         let depth = DashMap::new();
@@ -511,6 +515,26 @@ impl Inner {
                 self.expired_total.fetch_add(expired, Ordering::Relaxed);
                 handled += 1;
             }
+        }
+    }
+}
+
+/// Opens the database in `dir`. A store closed a moment ago in this process (a restart in place) may
+/// still hold the directory lock while sled's own background thread winds down, so a held lock is
+/// retried for a short while before it is reported; another live process would still hold it then.
+fn open_db(dir: &Path) -> Result<Db, StoreError> {
+    let mut waited = Duration::ZERO;
+    loop {
+        match ::sled::Config::new().path(dir).open() {
+            // sled reports a held lock only in its message (its error kind is `Other`).
+            Err(::sled::Error::Io(e))
+                if e.to_string().starts_with("could not acquire lock")
+                    && waited < LOCK_PATIENCE =>
+            {
+                std::thread::sleep(LOCK_RETRY);
+                waited += LOCK_RETRY;
+            }
+            result => return result.map_err(backend),
         }
     }
 }
