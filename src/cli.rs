@@ -66,7 +66,7 @@ pub async fn import(args: ImportArgs) -> anyhow::Result<ExitCode> {
             "{failed} of {} rows were refused; see errors (by line)",
             answer["rows"]
         );
-        return Ok(ExitCode::from(2));
+        return Ok(ExitCode::from(3));
     }
     Ok(ExitCode::SUCCESS)
 }

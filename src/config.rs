@@ -35,7 +35,7 @@ pub struct Cli {
 #[derive(Clone, Debug, Subcommand)]
 pub enum Command {
     /// Uploads a Registrations or Sales CSV file to a running hub, streaming it, and prints the summary
-    /// (exit 0: every row imported; 2: some rows were refused, listed by line; 1: the upload failed).
+    /// (exit 0: every row imported; 3: some rows were refused, listed by line; 1: the upload failed).
     Import(ImportArgs),
 }
 
@@ -101,7 +101,7 @@ pub struct Config {
           value_parser = clap::value_parser!(u64).range(1..=3650))]
     pub report_retention_days: u64,
 
-    /// Milliseconds an S2S postback attempt may take, connection to last header, before it counts as failed.
+    /// Milliseconds an S2S postback attempt may take, from connecting to the answer's status and first bytes.
     #[arg(long, env = "PIXELHUB_S2S_TIMEOUT_MS", default_value_t = 10_000,
           value_parser = clap::value_parser!(u64).range(100..=120_000))]
     pub s2s_timeout_ms: u64,

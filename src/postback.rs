@@ -287,13 +287,16 @@ impl Shared {
         let (Some(health), Some(definition)) = (health, &postback.definition_id) else {
             return;
         };
-        if health.consecutive_failures != self.policy.failure_threshold {
+        if health.consecutive_failures < self.policy.failure_threshold {
             return;
         }
-        tracing::warn!(
-            brand = %postback.key.brand, %definition, failures = health.consecutive_failures,
-            "postbacks of this definition keep failing"
-        );
+        if health.consecutive_failures == self.policy.failure_threshold {
+            tracing::warn!(
+                brand = %postback.key.brand, %definition, failures = health.consecutive_failures,
+                "postbacks of this definition keep failing"
+            );
+        }
+        // At or past the threshold (the setting may have been lowered, or just turned on).
         if self.policy.auto_disable {
             let reason = format!(
                 "disabled by the hub after {} failed postback attempts in a row (last: {})",

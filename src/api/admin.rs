@@ -159,7 +159,11 @@ pub(super) async fn cancel(
         CancelOutcome::NotFound => Err(ApiError::UnknownPixel(id.to_string())),
         CancelOutcome::InFlight => Err(conflict(
             "pixel_in_flight",
-            "was already sent to the player's browser and may be firing; it can no longer be cancelled",
+            "was already sent (to the player's browser, or for a postback an attempt is running) and may be firing; it can no longer be cancelled",
+        )),
+        CancelOutcome::AlreadyFinal(PixelStatus::Failed) => Err(conflict(
+            "postback_failed",
+            "is a postback that already failed for good",
         )),
         CancelOutcome::AlreadyFinal(PixelStatus::Expired) => {
             Err(conflict("pixel_expired", "expired before it fired"))

@@ -108,7 +108,7 @@ pub(super) async fn list(
                 })
             })
             .transpose()?,
-        trigger: params.take("trigger").map(|t| t.to_ascii_lowercase()),
+        trigger: params.take("trigger"),
         from_ms: params
             .take("from")
             .map(|t| time_ms("from", &t))

@@ -63,6 +63,9 @@ const STRIPES: usize = 1024;
 const SWEEP_EVERY: Duration = Duration::from_secs(5);
 /// Most expiry entries handled per sweep step, so one sweep never holds up writers for long.
 const SWEEP_CHUNK: usize = 1000;
+/// Longest a postback can keep being retried: the most attempts the settings allow, each wait capped
+/// at a day. An event's record is kept at least this long past its retention when it has postbacks.
+const POSTBACK_LIFETIME_MS: u64 = 50 * 24 * 3600 * 1000;
 /// How long `open` waits for a directory lock held by a store closing in this process.
 const LOCK_PATIENCE: Duration = Duration::from_secs(2);
 /// Between two tries of the lock.
@@ -384,8 +387,10 @@ impl Inner {
             batch.remove(keys::expiry(expires_at_ms, key, rec.seq));
         }
         rec.delivery.set_status(status, now);
+        // Never before the pixel's own expiry: its event's record is kept that long and reads it.
+        let forget_at = (now + self.retention_ms).max(rec.delivery.expires_at_ms.unwrap_or(0));
         batch.insert(
-            keys::expiry(now + self.retention_ms, key, rec.seq),
+            keys::expiry(forget_at, key, rec.seq),
             rec.delivery.id.as_str().as_bytes(),
         );
         batch.insert(keys::index(key, &rec.delivery.id), json(&rec));
@@ -905,11 +910,15 @@ impl Store for SledStore {
         let existed = {
             let _guard = lock(&inner.brand_lock);
             inner.brand_exists(brand)?;
-            inner
+            let mut batch = Batch::default();
+            batch.remove(keys::definition(brand, id));
+            batch.remove(keys::health(brand, id));
+            let existed = inner
                 .data
-                .remove(keys::definition(brand, id))
-                .map_err(backend)?
-                .is_some()
+                .contains_key(keys::definition(brand, id))
+                .map_err(backend)?;
+            inner.data.apply_batch(batch).map_err(backend)?;
+            existed
         };
         inner.commit.wait().await?;
         Ok(existed)
@@ -1000,7 +1009,11 @@ impl Store for SledStore {
                     range.1 = seq;
                     added += 1;
                 }
-                postbacks |= !plan.postbacks.is_empty();
+                if !plan.postbacks.is_empty() {
+                    // And while its postbacks may still be retried.
+                    forget_at = forget_at.max(now + inner.retention_ms + POSTBACK_LIFETIME_MS);
+                    postbacks = true;
+                }
                 for postback in plan.postbacks {
                     inner.stage_postback(&mut batch, &key, postback, now)?;
                 }
@@ -1291,6 +1304,7 @@ impl Store for SledStore {
             let _guard = lock(&inner.brand_lock);
             let key = keys::definition(brand, id);
             match inner.read::<Definition>(&key)? {
+                Some(definition) if !definition.enabled => false,
                 Some(mut definition) => {
                     definition.enabled = false;
                     definition.disabled_reason = Some(reason);

@@ -340,7 +340,7 @@ async fn the_import_command_uploads_a_file_and_reports_refused_rows() {
         tokio::task::spawn_blocking(move || command.output().unwrap())
     };
     let output = import(TOKEN).await.unwrap();
-    assert_eq!(output.status.code(), Some(2), "some rows were refused");
+    assert_eq!(output.status.code(), Some(3), "some rows were refused");
     let summary: Value = serde_json::from_slice(&output.stdout).unwrap();
     assert_eq!(
         (summary["imported"].clone(), summary["failed"].clone()),
