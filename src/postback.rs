@@ -342,16 +342,27 @@ impl Shared {
                     .get(RETRY_AFTER)
                     .and_then(|v| v.to_str().ok())
                     .and_then(parse_retry_after);
-                let mut body = Vec::new();
-                while body.len() < RESPONSE_EXCERPT_BYTES {
-                    match response.chunk().await {
-                        Ok(Some(chunk)) => body.extend_from_slice(&chunk),
-                        // The status is what counts; a body cut short still leaves its first bytes.
-                        Ok(None) | Err(_) => break,
+                let media = response
+                    .headers()
+                    .get(CONTENT_TYPE)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned);
+                match media.as_deref().filter(|m| !is_text(m)) {
+                    // A tracking GIF's bytes tell nobody anything; its type does.
+                    Some(binary) => attempt.response = Some(format!("({binary} body)")),
+                    None => {
+                        let mut body = Vec::new();
+                        while body.len() < RESPONSE_EXCERPT_BYTES {
+                            match response.chunk().await {
+                                Ok(Some(chunk)) => body.extend_from_slice(&chunk),
+                                // The status is what counts; a body cut short keeps its first bytes.
+                                Ok(None) | Err(_) => break,
+                            }
+                        }
+                        if !body.is_empty() {
+                            attempt.response = Some(excerpt(&body));
+                        }
                     }
-                }
-                if !body.is_empty() {
-                    attempt.response = Some(excerpt(&body));
                 }
                 if status.is_success() {
                     attempt.duration_ms = ms(started.elapsed());
@@ -378,6 +389,15 @@ impl Shared {
         };
         (attempt, verdict)
     }
+}
+
+/// Whether a response of this media type reads as text in a report.
+fn is_text(media_type: &str) -> bool {
+    let media_type = media_type.to_ascii_lowercase();
+    media_type.starts_with("text/")
+        || ["json", "xml", "javascript", "x-www-form-urlencoded"]
+            .iter()
+            .any(|t| media_type.contains(t))
 }
 
 /// `host:port` of a URL: the unit of per-host concurrency.
@@ -495,6 +515,15 @@ mod tests {
             "a date in the past means now"
         );
         assert_eq!(parse_retry_after("soon"), None);
+    }
+
+    #[test]
+    fn only_text_answers_are_quoted() {
+        assert!(is_text("text/plain; charset=utf-8"));
+        assert!(is_text("application/json"));
+        assert!(is_text("Application/XML"));
+        assert!(!is_text("image/gif"));
+        assert!(!is_text("application/octet-stream"));
     }
 
     #[test]
