@@ -95,6 +95,11 @@ pub struct Config {
           value_parser = clap::value_parser!(u64).range(1..=crate::pixel::MAX_TTL_SECONDS))]
     pub default_ttl_seconds: u64,
 
+    /// Megabytes of the embedded store's page cache, most of the hub's memory once its data outgrows it.
+    #[arg(long, env = "PIXELHUB_STORE_CACHE_MB", default_value_t = 256,
+          value_parser = clap::value_parser!(u64).range(8..=65_536))]
+    pub store_cache_mb: u64,
+
     /// Days a pixel's or postback's delivery record (report row and idempotency entry) and an event's
     /// record are kept after they stop changing; an event's record is also kept while its pixels can fire.
     #[arg(long, env = "PIXELHUB_REPORT_RETENTION_DAYS", default_value_t = 90,

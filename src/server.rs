@@ -82,6 +82,7 @@ impl Application {
             SledOptions {
                 default_ttl: Duration::from_secs(config.default_ttl_seconds),
                 retention: Duration::from_secs(config.report_retention_days * 24 * 3600),
+                cache_bytes: config.store_cache_mb << 20,
             },
         )?;
         let store: Arc<dyn Store> = Arc::new(store);

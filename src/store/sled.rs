@@ -83,6 +83,8 @@ pub struct SledOptions {
     /// How long a pixel's or postback's record (its report row and idempotency entry) and an event's
     /// record are kept once they can no longer change.
     pub retention: Duration,
+    /// Bytes of sled's page cache: most of the hub's memory under a large data set.
+    pub cache_bytes: u64,
 }
 
 /// The embedded, single-process [`Store`]. Cheap to clone.
@@ -150,7 +152,7 @@ impl SledStore {
     /// Opens (or creates) the store in `dir` and starts its group-commit and expiry tasks. Must be called
     /// inside a tokio runtime.
     pub fn open(dir: &Path, options: SledOptions) -> Result<Self, StoreError> {
-        let db = open_db(dir)?;
+        let db = open_db(dir, options.cache_bytes)?;
         let data = db.open_tree("data").map_err(backend)?;
 
         let depth = DashMap::new();
@@ -527,10 +529,14 @@ impl Inner {
 /// Opens the database in `dir`. A store closed a moment ago in this process (a restart in place) may
 /// still hold the directory lock while sled's own background thread winds down, so a held lock is
 /// retried for a short while before it is reported; another live process would still hold it then.
-fn open_db(dir: &Path) -> Result<Db, StoreError> {
+fn open_db(dir: &Path, cache_bytes: u64) -> Result<Db, StoreError> {
     let mut waited = Duration::ZERO;
     loop {
-        match ::sled::Config::new().path(dir).open() {
+        match ::sled::Config::new()
+            .path(dir)
+            .cache_capacity(cache_bytes)
+            .open()
+        {
             // sled reports a held lock only in its message (its error kind is `Other`).
             Err(::sled::Error::Io(e))
                 if e.to_string().starts_with("could not acquire lock")
@@ -1573,6 +1579,7 @@ mod tests {
         SledOptions {
             default_ttl: Duration::from_secs(3600),
             retention: RETENTION,
+            cache_bytes: 16 << 20,
         }
     }
 
