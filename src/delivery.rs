@@ -302,8 +302,7 @@ pub enum Target<'a> {
 /// `sha256:` and 16 hex digits of `code`'s SHA-256.
 pub fn code_digest(code: &str) -> String {
     let digest = Sha256::digest(code.as_bytes());
-    let hex: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
-    format!("sha256:{hex}")
+    format!("sha256:{}", crate::ids::hex(&digest[..8]))
 }
 
 /// The request Meta's pixel makes for this event (the client's image fallback makes exactly this one).

@@ -443,10 +443,7 @@ impl Record {
             feed(name.as_bytes());
             feed(value.as_bytes());
         }
-        hasher.finalize()[..16]
-            .iter()
-            .map(|byte| format!("{byte:02x}"))
-            .collect()
+        crate::ids::hex(&hasher.finalize()[..16])
     }
 
     /// Rewrites the path of an error from [`parse_event`] (`record.params.click id`) to the name the caller

@@ -31,6 +31,18 @@ pub struct Id<K> {
 /// The id rule, as error messages state it.
 pub const ID_RULE: &str = "must be 1 to 128 characters of A-Z a-z 0-9 . _ : @ -";
 
+/// Lower-case hex of `bytes`: how tokens and digests are shown to people and put in URLs.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A secret of `len` random bytes from the OS, as hex (admin and inbound tokens).
+pub fn random_hex(len: usize) -> Result<String, getrandom::Error> {
+    let mut bytes = vec![0u8; len];
+    getrandom::fill(&mut bytes)?;
+    Ok(hex(&bytes))
+}
+
 /// Why a string was refused as an id; the message names the field and the rule.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{field} {}", ID_RULE)]

@@ -19,7 +19,7 @@ use tokio_util::task::TaskTracker;
 use crate::api::{self, AppState, DemoLog};
 use crate::config::{Config, MIN_ADMIN_TOKEN_LEN};
 use crate::hub::Hub;
-use crate::ids::BrandId;
+use crate::ids::{BrandId, random_hex};
 use crate::postback::{self, Policy, SenderStats};
 use crate::store::{BrandSettings, SledOptions, SledStore, Store, StoreError};
 
@@ -213,9 +213,7 @@ fn load_or_create_token(path: &Path) -> io::Result<String> {
             Ok(token)
         }
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            let mut bytes = [0u8; 32];
-            getrandom::fill(&mut bytes).map_err(|e| io::Error::other(e.to_string()))?;
-            let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+            let token = random_hex(32).map_err(|e| io::Error::other(e.to_string()))?;
             write_private(path, &token)?;
             tracing::info!(path = %path.display(), "admin token generated and stored in file (mode 0600)");
             Ok(token)

@@ -565,11 +565,9 @@ async fn sweep_forever(inner: std::sync::Weak<Inner>, stop: CancellationToken) {
 
 /// A fresh random inbound token, keeping `previous` (token, valid until) when given.
 fn new_tokens(previous: Option<(String, u64)>, now: u64) -> InboundTokens {
-    let mut bytes = [0u8; 24];
-    getrandom::fill(&mut bytes).expect("the OS random source works");
     let (previous, previous_valid_until_ms) = previous.unzip();
     InboundTokens {
-        current: bytes.iter().map(|b| format!("{b:02x}")).collect(),
+        current: crate::ids::random_hex(24).expect("the OS random source works"),
         previous,
         previous_valid_until_ms,
         rotated_at_ms: now,

@@ -66,6 +66,15 @@ impl TestApp {
     }
 }
 
+/// The receiver saw the postbacks of sales `s-0` … `s-{n-1}` exactly once each.
+fn assert_each_sale_once(receiver: &Receiver, n: usize) {
+    let mut seen: Vec<String> = receiver.hits().into_iter().map(|h| h.query).collect();
+    seen.sort();
+    let mut expected: Vec<String> = (0..n).map(|i| format!("e=s-{i}")).collect();
+    expected.sort();
+    assert_eq!(seen, expected, "each postback exactly once");
+}
+
 fn status_is(status: &'static str) -> impl Fn(&Value) -> bool {
     move |row| row["status"] == status
 }
@@ -371,11 +380,7 @@ async fn a_restart_while_the_endpoint_is_down_loses_and_doubles_nothing() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     tokio::time::sleep(Duration::from_millis(1000)).await;
-    let mut seen: Vec<String> = receiver.hits().into_iter().map(|h| h.query).collect();
-    seen.sort();
-    let mut expected: Vec<String> = (0..20).map(|i| format!("e=s-{i}")).collect();
-    expected.sort();
-    assert_eq!(seen, expected, "each postback exactly once");
+    assert_each_sale_once(&receiver, 20);
 }
 
 #[tokio::test]
@@ -445,10 +450,6 @@ async fn kill_9_while_the_endpoint_is_down_loses_and_doubles_nothing() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     tokio::time::sleep(Duration::from_millis(1000)).await;
-    let mut seen: Vec<String> = receiver.hits().into_iter().map(|h| h.query).collect();
-    seen.sort();
-    let mut expected: Vec<String> = (0..20).map(|i| format!("e=s-{i}")).collect();
-    expected.sort();
-    assert_eq!(seen, expected, "each postback exactly once");
+    assert_each_sale_once(&receiver, 20);
     drop(hub);
 }
