@@ -177,25 +177,26 @@ struct BrandStats {
     queue_depth: u64,
     #[serde(flatten)]
     sessions: BrandSessions,
+    /// Definitions whose postbacks failed the threshold's number of times in a row.
+    flagged_definitions: usize,
 }
 
 pub(super) async fn stats(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
     let store = state.store.stats().await?;
     let mut online = state.hub.brand_sessions();
-    let brands: BTreeMap<BrandId, BrandStats> = store
-        .brands
-        .into_iter()
-        .map(|(brand, queue_depth)| {
-            let sessions = online.remove(&brand).unwrap_or_default();
-            (
-                brand,
-                BrandStats {
-                    queue_depth,
-                    sessions,
-                },
-            )
-        })
-        .collect();
+    let mut brands: BTreeMap<BrandId, BrandStats> = BTreeMap::new();
+    for (brand, queue_depth) in store.brands {
+        let sessions = online.remove(&brand).unwrap_or_default();
+        let flagged_definitions = super::deliveries::flagged(&state, &brand).await?.len();
+        brands.insert(
+            brand,
+            BrandStats {
+                queue_depth,
+                sessions,
+                flagged_definitions,
+            },
+        );
+    }
     Ok(Json(json!({
         "queue_depth": store.queue_depth,
         "sessions": state.hub.session_count(),

@@ -129,7 +129,13 @@ pub(super) async fn list(
     if !csv {
         let page = state.store.deliveries(&brand, &query).await?;
         let next = page.next.map(|c| c.to_string());
-        return Ok(Json(json!({ "deliveries": page.rows, "next_cursor": next })).into_response());
+        let flagged = flagged(&state, &brand).await?;
+        return Ok(Json(json!({
+            "deliveries": page.rows,
+            "next_cursor": next,
+            "flagged_definitions": flagged,
+        }))
+        .into_response());
     }
     // Fail before the 200 when the brand is unknown; later failures can only end the stream early.
     state
@@ -178,6 +184,27 @@ pub(super) async fn list(
         HeaderValue::from_static("attachment; filename=\"deliveries.csv\""),
     );
     Ok(response)
+}
+
+/// The brand's definitions whose postbacks failed `--s2s-failure-threshold` times in a row, with their
+/// health: shown with every report page and counted in the stats, so a dead endpoint is noticed.
+pub(super) async fn flagged(
+    state: &AppState,
+    brand: &crate::ids::BrandId,
+) -> Result<Vec<Value>, ApiError> {
+    let threshold = state.config.s2s_failure_threshold;
+    Ok(state
+        .store
+        .definition_health(brand)
+        .await?
+        .into_iter()
+        .filter(|(_, h)| u64::from(h.consecutive_failures) >= threshold)
+        .map(|(id, health)| {
+            let mut row = serde_json::to_value(health).expect("health serialises");
+            row["definition_id"] = json!(id);
+            row
+        })
+        .collect())
 }
 
 /// One report row as a CSV line, from its JSON form.

@@ -102,11 +102,19 @@ async fn answers_decide_between_fired_retry_and_failed() {
         }],
     );
     receiver.script("/gone", [Reply::status(404)]);
+    receiver.script(
+        "/stalls",
+        [Reply {
+            delay: Some(Duration::from_secs(3)),
+            ..Reply::status(200)
+        }],
+    );
     for (id, url) in [
         ("ok", receiver.url("/ok?e={event_id}")),
         ("flaky", receiver.url("/flaky")),
         ("throttled", receiver.url("/throttled")),
         ("gone", receiver.url("/gone")),
+        ("stalls", receiver.url("/stalls")),
         ("dead", format!("http://{dead}/pb")),
     ] {
         app.define("b1", s2s(id, url)).await;
@@ -133,6 +141,11 @@ async fn answers_decide_between_fired_retry_and_failed() {
         hits[1].at - hits[0].at >= Duration::from_millis(950),
         "Retry-After: 1 is respected over the 200 ms backoff"
     );
+
+    let stalls = app.postback_row("stalls", status_is("fired")).await;
+    assert_eq!(stalls["attempts"], 2, "{stalls}");
+    assert_eq!(stalls["attempt_log"][0]["error"], "timed out");
+    assert_eq!(stalls["attempt_log"][0]["http_status"], Value::Null);
 
     let gone = app.postback_row("gone", status_is("failed")).await;
     assert_eq!(
@@ -176,6 +189,7 @@ async fn answers_decide_between_fired_retry_and_failed() {
             ("flaky", "fired"),
             ("gone", "failed"),
             ("ok", "fired"),
+            ("stalls", "fired"),
             ("throttled", "fired")
         ],
         "the event's record shows where each postback ended"
@@ -223,6 +237,10 @@ async fn a_definition_that_keeps_failing_is_flagged_and_can_be_disabled() {
     );
     let listed = app.get_json("/api/v1/brands/b1/pixel-definitions").await;
     assert_eq!(listed["definitions"][0]["health"]["flagged"], true);
+    let report = app.get_json("/api/v1/brands/b1/deliveries").await;
+    assert_eq!(report["flagged_definitions"][0]["definition_id"], "dead");
+    let stats = app.get_json("/api/v1/stats").await;
+    assert_eq!(stats["brands"]["b1"]["flagged_definitions"], 1);
 
     // Disabled: a new sale produces no postback.
     let outcome = app.report("b1", sale("s-3", "p3")).await;
