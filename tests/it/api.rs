@@ -424,11 +424,11 @@ async fn stats_show_exact_depth_and_live_sessions_per_brand() {
     assert_eq!(stats["sessions"], 3);
     assert_eq!(
         stats["brands"]["b1"],
-        json!({"queue_depth": 3, "sessions": 3, "players_online": 2})
+        json!({"queue_depth": 3, "sessions": 3, "players_online": 2, "flagged_definitions": 0})
     );
     assert_eq!(
         stats["brands"]["b2"],
-        json!({"queue_depth": 0, "sessions": 0, "players_online": 0})
+        json!({"queue_depth": 0, "sessions": 0, "players_online": 0, "flagged_definitions": 0})
     );
 }
 
