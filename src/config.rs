@@ -1,14 +1,24 @@
-//! Settings, from flags or environment variables; `pixelhub --help` lists each with its default.
+//! Settings, from flags, environment variables or a TOML file; `pixelhub --help` lists each with its
+//! default.
+//!
+//! One model, three sources: every setting is a field of [`Config`] with a flag (`--heartbeat-ms`), an
+//! environment variable (`PIXELHUB_HEARTBEAT_MS`) and a key of the `--config` file (`heartbeat_ms`).
+//! A flag wins over the environment, which wins over the file, which wins over the default. The file's
+//! values go through the same parsers as flags, so they are checked the same way.
 //!
 //! Everything has a default that works on a laptop, so `cargo run --release` with no arguments starts a hub
 //! that a newcomer can use. Values are checked here, at start-up, with a message naming the setting, so a
 //! typo never turns into a mysterious failure later.
 
+use std::ffi::OsString;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand};
+use clap::parser::ValueSource;
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
+
+use crate::store::OnFull;
 
 /// The command line: the hub's settings, or a tool such as `import` that talks to a running hub.
 #[derive(Clone, Debug, Parser)]
@@ -17,10 +27,12 @@ use clap::{Args, Parser, Subcommand};
     version,
     about = "Delivers affiliate conversion pixels to players' browsers, exactly once.",
     args_conflicts_with_subcommands = true,
-    after_help = "Environment only:\n  \
-        PIXELHUB_ADMIN_TOKEN  bearer token of the /api/v1 admin API, at least 16 characters; when unset, one is\n                        \
-        generated once and kept in <data-dir>/admin-token (mode 0600)\n  \
-        PIXELHUB_LOG          log filter, e.g. info (default), debug, pixelhub=debug,info"
+    after_help = "Every setting can also be a key of the --config TOML file, named like its flag with \
+        underscores (heartbeat_ms = 25000). A flag wins over its environment variable, which wins over the \
+        file, which wins over the default.\n\n\
+        Environment or file only:\n  \
+        PIXELHUB_ADMIN_TOKEN  (file key admin_token) bearer token of the /api/v1 admin API and /dashboard, at\n                        \
+        least 16 characters; when unset, one is generated once and kept in <data-dir>/admin-token (mode 0600)"
 )]
 pub struct Cli {
     /// Settings of the hub, when no command is given.
@@ -63,19 +75,114 @@ pub struct ImportArgs {
 }
 
 impl Cli {
-    /// Reads flags and environment variables, exiting with a message naming the setting on a bad value.
+    /// Reads flags, environment variables and the `--config` file, exiting with a message naming the
+    /// setting on a bad value.
     pub fn from_env_and_args() -> Self {
-        let mut cli = Cli::parse();
+        Self::load(std::env::args_os()).unwrap_or_else(|e| e.exit())
+    }
+
+    /// [`Cli::from_env_and_args`] without exiting, for tests and embedding.
+    pub fn load(args: impl IntoIterator<Item = impl Into<OsString>>) -> Result<Self, clap::Error> {
+        let args: Vec<OsString> = args.into_iter().map(Into::into).collect();
+        let matches = Cli::command().try_get_matches_from(&args)?;
+        let mut cli = Cli::from_arg_matches(&matches)?;
+        let mut file_token = None;
+        if let (Some(path), None) = (&cli.config.config, &cli.command) {
+            let (extra, token) = file_settings(path, &matches)?;
+            file_token = token;
+            if !extra.is_empty() {
+                cli = Cli::try_parse_from(args.iter().cloned().chain(extra))?;
+            }
+        }
         cli.config.admin_token = std::env::var("PIXELHUB_ADMIN_TOKEN")
             .ok()
-            .filter(|t| !t.is_empty());
-        cli
+            .filter(|t| !t.is_empty())
+            .or(file_token);
+        Ok(cli)
     }
+}
+
+/// Reads the TOML file into flags for the settings that neither a flag nor the environment gave, each
+/// checked on its own so an error names the file and the key. Returns them and the file's admin token.
+fn file_settings(
+    path: &Path,
+    matches: &clap::ArgMatches,
+) -> Result<(Vec<OsString>, Option<String>), clap::Error> {
+    let fail = |message: String| {
+        Cli::command().error(
+            clap::error::ErrorKind::InvalidValue,
+            format!("config file {}: {message}", path.display()),
+        )
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| fail(e.to_string()))?;
+    let table: toml::Table = text
+        .parse()
+        .map_err(|e: toml::de::Error| fail(e.to_string()))?;
+    let command = Cli::command();
+    let mut flags = Vec::new();
+    let mut token = None;
+    for (key, value) in table {
+        let text = match value {
+            toml::Value::String(s) => s,
+            toml::Value::Integer(i) => i.to_string(),
+            toml::Value::Float(f) => f.to_string(),
+            toml::Value::Boolean(b) => b.to_string(),
+            other => {
+                return Err(fail(format!(
+                    "{key}: expected a string, number or boolean, found {}",
+                    other.type_str()
+                )));
+            }
+        };
+        if key == "admin_token" {
+            token = Some(text);
+            continue;
+        }
+        let arg = command
+            .get_arguments()
+            .find(|a| a.get_id() == key.as_str() && a.get_long().is_some() && key != "config")
+            .ok_or_else(|| fail(format!("unknown setting `{key}` (see pixelhub --help)")))?;
+        if matches.value_source(&key) != Some(ValueSource::DefaultValue) {
+            continue; // a flag or the environment gave it
+        }
+        let flag = format!("--{}={text}", arg.get_long().expect("checked above"));
+        Cli::try_parse_from(["pixelhub", flag.as_str()])
+            .map_err(|e| fail(format!("{key}: {}", first_line(&e))))?;
+        flags.push(flag.into());
+    }
+    Ok((flags, token))
+}
+
+/// How logs are written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// One readable line per event.
+    Text,
+    /// One JSON object per line, with the span fields (session, brand, player, request), for log shippers.
+    Json,
+}
+
+/// clap's message without its usage footer: the first line, after `error: `.
+fn first_line(e: &clap::Error) -> String {
+    let rendered = e.render().to_string();
+    let first = rendered.lines().next().unwrap_or_default();
+    first.trim_start_matches("error: ").to_owned()
+}
+
+fn log_filter(value: &str) -> Result<String, String> {
+    tracing_subscriber::EnvFilter::builder()
+        .parse(value)
+        .map(|_| value.to_owned())
+        .map_err(|e| format!("not a log filter ({e}); e.g. info, debug, pixelhub=debug,info"))
 }
 
 /// How the hub is configured.
 #[derive(Clone, Debug, Args)]
 pub struct Config {
+    /// TOML file of settings, keys named like the flags with underscores (see below).
+    #[arg(long, env = "PIXELHUB_CONFIG")]
+    pub config: Option<PathBuf>,
+
     /// Address to serve HTTP and WebSocket on.
     #[arg(long, env = "PIXELHUB_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
@@ -94,6 +201,16 @@ pub struct Config {
     #[arg(long, env = "PIXELHUB_DEFAULT_TTL_SECONDS", default_value_t = 30 * 24 * 3600,
           value_parser = clap::value_parser!(u64).range(1..=crate::pixel::MAX_TTL_SECONDS))]
     pub default_ttl_seconds: u64,
+
+    /// Most pending client pixels per player; what happens beyond is --queue-full.
+    #[arg(long, env = "PIXELHUB_MAX_QUEUE_PER_PLAYER", default_value_t = 1000,
+          value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub max_queue_per_player: u64,
+
+    /// At the per-player cap: `reject` refuses the batch (HTTP 429 queue_full, nothing written);
+    /// `drop-oldest` drops the player's oldest pixels no browser holds, reported as `dropped`.
+    #[arg(long, env = "PIXELHUB_QUEUE_FULL", value_enum, default_value_t = OnFull::Reject)]
+    pub queue_full: OnFull,
 
     /// Megabytes of the embedded store's page cache, most of the hub's memory once its data outgrows it.
     #[arg(long, env = "PIXELHUB_STORE_CACHE_MB", default_value_t = 256,
@@ -176,6 +293,32 @@ pub struct Config {
           value_parser = clap::value_parser!(u64).range(1..=1000))]
     pub delivery_window: u64,
 
+    /// Milliseconds a shutdown (SIGTERM, SIGINT) may take: sessions are told to reconnect elsewhere (4000),
+    /// requests in flight finish, the store is flushed; past this bound the hub stops waiting and exits.
+    #[arg(long, env = "PIXELHUB_SHUTDOWN_TIMEOUT_MS", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u64).range(100..=600_000))]
+    pub shutdown_timeout_ms: u64,
+
+    /// Milliseconds to keep serving after the signal with /readyz answering 503 and new WebSockets
+    /// refused, before sessions are closed: time for a load balancer to take the hub out of rotation.
+    #[arg(long, env = "PIXELHUB_SHUTDOWN_DELAY_MS", default_value_t = 0,
+          value_parser = clap::value_parser!(u64).range(0..=300_000))]
+    pub shutdown_delay_ms: u64,
+
+    /// Log filter: a level (error, warn, info, debug, trace) or per-module directives such as
+    /// pixelhub=debug,info.
+    #[arg(long, env = "PIXELHUB_LOG_LEVEL", default_value = "info", value_parser = log_filter)]
+    pub log_level: String,
+
+    /// Log format: `text` for people, `json` (one object per line) for log shippers.
+    #[arg(long, env = "PIXELHUB_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
+    /// Serve /metrics without the admin token, for a Prometheus on a private network. Off by default:
+    /// the metrics name brands and their volumes.
+    #[arg(long, env = "PIXELHUB_PUBLIC_METRICS", default_value_t = false, action = clap::ArgAction::Set)]
+    pub public_metrics: bool,
+
     /// Serve the demo brand site at /demo and let it queue pixels for the `demo` brand without a token.
     /// Turn off in production.
     #[arg(long, env = "PIXELHUB_DEMO", default_value_t = true, action = clap::ArgAction::Set)]
@@ -205,6 +348,12 @@ impl Config {
                 ));
             }
         }
+        if self.shutdown_delay_ms >= self.shutdown_timeout_ms {
+            return Err(
+                "PIXELHUB_SHUTDOWN_DELAY_MS must be shorter than PIXELHUB_SHUTDOWN_TIMEOUT_MS"
+                    .into(),
+            );
+        }
         if self.hello_timeout_ms > self.heartbeat_ms * 2 {
             return Err("PIXELHUB_HELLO_TIMEOUT_MS must not exceed two heartbeat intervals".into());
         }
@@ -224,6 +373,19 @@ impl Config {
     /// See [`Config::write_timeout_ms`].
     pub fn write_timeout(&self) -> Duration {
         Duration::from_millis(self.write_timeout_ms)
+    }
+
+    /// See [`Config::shutdown_timeout_ms`].
+    pub fn shutdown_timeout(&self) -> Duration {
+        Duration::from_millis(self.shutdown_timeout_ms)
+    }
+
+    /// See [`Config::max_queue_per_player`].
+    pub fn queue_cap(&self) -> crate::store::QueueCap {
+        crate::store::QueueCap {
+            max_per_player: self.max_queue_per_player,
+            on_full: self.queue_full,
+        }
     }
 }
 
@@ -254,5 +416,57 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("--delivery-window"), "{e}");
+    }
+
+    fn with_file(toml: &str, args: &[&str]) -> Result<Config, String> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pixelhub.toml");
+        std::fs::write(&path, toml).unwrap();
+        let mut argv = vec![
+            "pixelhub".to_owned(),
+            format!("--config={}", path.display()),
+        ];
+        argv.extend(args.iter().map(|a| a.to_string()));
+        Cli::load(argv)
+            .map(|cli| cli.config)
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn a_file_sets_what_flags_leave_at_the_default() {
+        let c = with_file(
+            "heartbeat_ms = 30000\nqueue_full = \"drop-oldest\"\ndemo = false\nlisten = \"127.0.0.1:9000\"\n",
+            &["--heartbeat-ms", "40000"],
+        )
+        .unwrap();
+        assert_eq!(c.heartbeat_ms, 40_000, "the flag wins over the file");
+        assert_eq!(c.queue_full, OnFull::DropOldest);
+        assert!(!c.demo);
+        assert_eq!(c.listen.to_string(), "127.0.0.1:9000");
+    }
+
+    #[test]
+    fn a_bad_file_value_names_the_file_and_the_key() {
+        let e = with_file("heartbeat_ms = 0\n", &[]).unwrap_err();
+        assert!(
+            e.contains("pixelhub.toml") && e.contains("heartbeat_ms"),
+            "{e}"
+        );
+        let e = with_file("heartbeat = 5\n", &[]).unwrap_err();
+        assert!(e.contains("unknown setting `heartbeat`"), "{e}");
+        let e = with_file("log_format = \"xml\"\n", &[]).unwrap_err();
+        assert!(e.contains("log_format"), "{e}");
+        let e = with_file("heartbeat_ms = [1]\n", &[]).unwrap_err();
+        assert!(e.contains("heartbeat_ms: expected"), "{e}");
+        let e = with_file("heartbeat_ms = \n", &[]).unwrap_err();
+        assert!(e.contains("pixelhub.toml"), "{e}");
+    }
+
+    #[test]
+    fn a_bad_log_filter_is_refused_by_name() {
+        let e = Cli::try_parse_from(["pixelhub", "--log-level", "pixelhub=loud"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--log-level"), "{e}");
     }
 }

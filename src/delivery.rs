@@ -20,7 +20,7 @@ pub const CLICK_ID_PARAMS: [&str; 6] = ["click_id", "clickid", "affclickid", "af
 /// Where a pixel or postback is in its life.
 ///
 /// Client pixels go `queued` → `delivered` (sent to a browser, not yet acknowledged) → `fired`, or end
-/// `cancelled` or `expired`. Postbacks go `queued` → `pending_retry` (an attempt failed and another is
+/// `cancelled`, `expired` or `dropped` (the queue cap). Postbacks go `queued` → `pending_retry` (an attempt failed and another is
 /// scheduled) → `fired` (the endpoint answered 2xx) or `failed` (no attempt left, or an answer that retrying
 /// cannot change). Only `queued`, `delivered` and `pending_retry` can still change.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -40,11 +40,13 @@ pub enum PixelStatus {
     Cancelled,
     /// A postback attempt failed; the next one is scheduled.
     PendingRetry,
+    /// Removed unfired to keep the player's queue under its cap (policy `drop-oldest`).
+    Dropped,
 }
 
 impl PixelStatus {
     /// Every status, in the order of the docs.
-    pub const ALL: [PixelStatus; 7] = [
+    pub const ALL: [PixelStatus; 8] = [
         PixelStatus::Queued,
         PixelStatus::Delivered,
         PixelStatus::Fired,
@@ -52,6 +54,7 @@ impl PixelStatus {
         PixelStatus::Expired,
         PixelStatus::Cancelled,
         PixelStatus::PendingRetry,
+        PixelStatus::Dropped,
     ];
 
     /// The snake_case name used by the API and CSV.
@@ -64,6 +67,7 @@ impl PixelStatus {
             PixelStatus::Expired => "expired",
             PixelStatus::Cancelled => "cancelled",
             PixelStatus::PendingRetry => "pending_retry",
+            PixelStatus::Dropped => "dropped",
         }
     }
 

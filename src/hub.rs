@@ -32,6 +32,19 @@ pub mod wake {
     pub const HEARTBEAT: u8 = 2;
 }
 
+/// What ops see of a live session: enough to tell a player's tabs and devices apart.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct SessionInfo {
+    /// The session id, as sent in its welcome.
+    pub session_id: SessionId,
+    /// Unix milliseconds of its hello.
+    pub connected_since_ms: u64,
+    /// The upgrade request's `User-Agent`, cut to 256 bytes.
+    pub user_agent: Option<String>,
+    /// The upgrade request's `Origin`: the page that opened it.
+    pub origin: Option<String>,
+}
+
 /// How the hub wakes one session.
 #[derive(Debug)]
 pub struct Signal {
@@ -39,6 +52,7 @@ pub struct Signal {
     pub session: SessionId,
     notify: Notify,
     flags: AtomicU8,
+    info: SessionInfo,
 }
 
 impl Signal {
@@ -110,11 +124,12 @@ impl Drop for Registration {
 impl Hub {
     /// Adds a session for `key`. The returned registration is born with a poke raised, so the session's
     /// first wake-up looks at the queue.
-    pub fn register(&self, key: PlayerKey, session: SessionId) -> Registration {
+    pub fn register(&self, key: PlayerKey, info: SessionInfo) -> Registration {
         let signal = Arc::new(Signal {
-            session,
+            session: info.session_id,
             notify: Notify::new(),
             flags: AtomicU8::new(0),
+            info,
         });
         signal.raise(wake::POKE);
         self.shared
@@ -152,6 +167,18 @@ impl Hub {
     /// Live connections in this process.
     pub fn session_count(&self) -> usize {
         self.shared.sessions.load(Ordering::Relaxed)
+    }
+
+    /// The player's sessions in this process, oldest first.
+    pub fn sessions_of(&self, key: &PlayerKey) -> Vec<SessionInfo> {
+        let mut out: Vec<SessionInfo> = self
+            .shared
+            .players
+            .get(key)
+            .map(|sessions| sessions.iter().map(|s| s.info.clone()).collect())
+            .unwrap_or_default();
+        out.sort_by_key(|s| s.connected_since_ms);
+        out
     }
 
     /// Sessions and players online per brand, in this process.
@@ -217,6 +244,15 @@ mod tests {
     use super::*;
     use crate::ids::{PlayerId, SessionId};
 
+    fn info() -> SessionInfo {
+        SessionInfo {
+            session_id: SessionId::generate(),
+            connected_since_ms: 1,
+            user_agent: None,
+            origin: None,
+        }
+    }
+
     fn key(brand: &str, player: &str) -> PlayerKey {
         PlayerKey::new(
             BrandId::parse(brand).unwrap(),
@@ -227,9 +263,9 @@ mod tests {
     #[test]
     fn counts_sessions_and_players_per_brand_and_forgets_dropped_ones() {
         let hub = Hub::default();
-        let a1 = hub.register(key("b1", "a"), SessionId::generate());
-        let a2 = hub.register(key("b1", "a"), SessionId::generate());
-        let _c = hub.register(key("b2", "c"), SessionId::generate());
+        let a1 = hub.register(key("b1", "a"), info());
+        let a2 = hub.register(key("b1", "a"), info());
+        let _c = hub.register(key("b2", "c"), info());
 
         let stats = hub.brand_sessions();
         assert_eq!(
@@ -253,8 +289,8 @@ mod tests {
     #[test]
     fn pokes_reach_only_the_players_sessions_and_coalesce() {
         let hub = Hub::default();
-        let a = hub.register(key("b", "a"), SessionId::generate());
-        let other = hub.register(key("b", "z"), SessionId::generate());
+        let a = hub.register(key("b", "a"), info());
+        let other = hub.register(key("b", "z"), info());
         assert_eq!(a.signal().take(), wake::POKE, "born with a poke");
         other.signal().take();
 

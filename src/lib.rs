@@ -41,6 +41,7 @@ pub mod ids;
 pub mod import;
 pub mod inbound;
 pub mod input;
+pub mod metrics;
 pub mod pixel;
 pub mod postback;
 pub mod protocol;

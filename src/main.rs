@@ -5,7 +5,7 @@ use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use pixelhub::config::{Cli, Command};
+use pixelhub::config::{Cli, Command, LogFormat};
 use pixelhub::{Application, Config};
 use tracing_subscriber::EnvFilter;
 
@@ -19,12 +19,13 @@ async fn main() -> anyhow::Result<ExitCode> {
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_env("PIXELHUB_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .with_ansi(std::io::stdout().is_terminal())
-        .init();
+    // The filter was checked when the settings were read.
+    let filter = EnvFilter::new(&config.log_level);
+    let logs = tracing_subscriber::fmt().with_env_filter(filter);
+    match config.log_format {
+        LogFormat::Text => logs.with_ansi(std::io::stdout().is_terminal()).init(),
+        LogFormat::Json => logs.json().with_current_span(false).init(),
+    }
 
     let app = Application::build(config.clone())
         .await

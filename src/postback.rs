@@ -26,6 +26,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
 use crate::delivery::{Attempt, RESPONSE_EXCERPT_BYTES, excerpt};
+use crate::metrics::{AttemptResult, Metrics};
 use crate::store::{DuePostback, Store, Verdict, now_ms};
 
 /// Most due postbacks looked at per pass; those beyond wait for the next pass.
@@ -128,6 +129,7 @@ struct Shared {
     /// Woken when an attempt ends, freeing a slot.
     freed: Notify,
     stats: Arc<SenderStats>,
+    metrics: Arc<Metrics>,
 }
 
 /// Starts the sender on `tracker`; it stops taking new postbacks when `stop` is cancelled and returns
@@ -136,6 +138,7 @@ pub fn spawn(
     store: Arc<dyn Store>,
     policy: Policy,
     stats: Arc<SenderStats>,
+    metrics: Arc<Metrics>,
     stop: CancellationToken,
     tracker: &TaskTracker,
 ) -> Result<(), reqwest::Error> {
@@ -164,6 +167,7 @@ pub fn spawn(
         hosts: Mutex::new(HashMap::new()),
         freed: Notify::new(),
         stats,
+        metrics,
     });
     tracker.spawn(run(shared, stop));
     Ok(())
@@ -262,12 +266,14 @@ impl Shared {
         self.stats.in_flight.fetch_add(1, Ordering::Relaxed);
         let (attempt, verdict) = self.send(&postback).await;
         self.stats.in_flight.fetch_sub(1, Ordering::Relaxed);
-        let counter = match verdict {
-            Verdict::Fired => &self.stats.fired,
-            Verdict::Retry { .. } => &self.stats.retried,
-            Verdict::Failed => &self.stats.failed,
+        let (counter, result) = match verdict {
+            Verdict::Fired => (&self.stats.fired, AttemptResult::Fired),
+            Verdict::Retry { .. } => (&self.stats.retried, AttemptResult::Retry),
+            Verdict::Failed => (&self.stats.failed, AttemptResult::Failed),
         };
         counter.fetch_add(1, Ordering::Relaxed);
+        let took = Duration::from_millis(attempt.duration_ms);
+        self.metrics.s2s_attempt(result, outcome_of(&attempt), took);
         tracing::debug!(
             brand = %postback.key.brand, postback = %postback.id, status = ?attempt.http_status,
             error = ?attempt.error, ?verdict, "postback attempt"
@@ -432,6 +438,22 @@ fn jitter(wait: Duration) -> Duration {
     let _ = getrandom::fill(&mut bytes); // zero is still a valid wait
     let fraction = (u64::from_le_bytes(bytes) >> 11) as f64 / (1u64 << 53) as f64;
     wait.mul_f64(0.5 + fraction / 2.0)
+}
+
+/// A bounded word for what an attempt got, for the attempts metric.
+fn outcome_of(attempt: &Attempt) -> &'static str {
+    match (attempt.http_status, attempt.error.as_deref()) {
+        (Some(status), _) => match status / 100 {
+            2 => "http_2xx",
+            3 => "http_3xx",
+            4 => "http_4xx",
+            _ => "http_5xx",
+        },
+        (None, Some(e)) if e.starts_with("timed out") => "timeout",
+        (None, Some(e)) if e.starts_with("redirect refused") => "redirect_refused",
+        (None, Some(e)) if e.starts_with("connection failed") => "connection_failed",
+        _ => "request_failed",
+    }
 }
 
 /// What went wrong, for the report: the kind, then the innermost cause (which names the real problem).

@@ -1,9 +1,11 @@
 //! Start-up and shutdown: from a [`Config`] to a running hub, and back to a closed store.
 //!
 //! [`Application::build`] binds the listener (port 0 works, for tests) and opens the store;
-//! [`Application::run_until`] serves until a signal, then shuts down in order: stop accepting, tell every
-//! session to reconnect elsewhere (close code 4000), wait for sessions and background tasks, flush the
-//! store. axum's graceful shutdown does not wait for upgraded WebSockets, so sessions are tracked here.
+//! [`Application::run_until`] serves until a signal, then drains in order, within the shutdown timeout:
+//! `/readyz` answers 503 and new WebSockets are refused (for `--shutdown-delay-ms`, so a load balancer
+//! notices while the hub still serves), then the listener stops, every session is told to reconnect
+//! elsewhere (close code 4000), requests in flight finish, background tasks stop and the store is
+//! flushed. axum's graceful shutdown does not wait for upgraded WebSockets, so sessions are tracked here.
 
 use std::future::Future;
 use std::io;
@@ -16,15 +18,15 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::api::{self, AppState, DemoLog};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use crate::api::{self, AppState, DemoLog, History};
 use crate::config::{Config, MIN_ADMIN_TOKEN_LEN};
 use crate::hub::Hub;
 use crate::ids::{BrandId, random_hex};
+use crate::metrics::Metrics;
 use crate::postback::{self, Policy, SenderStats};
 use crate::store::{BrandSettings, SledOptions, SledStore, Store, StoreError};
-
-/// Longest wait for sessions to close at shutdown before the store is flushed anyway.
-const SESSION_DRAIN: Duration = Duration::from_secs(10);
 
 /// Why the hub could not start.
 #[derive(Debug, thiserror::Error)]
@@ -77,12 +79,15 @@ impl Application {
             }
         };
 
+        let metrics = Arc::new(Metrics::new());
         let store = SledStore::open(
             &config.data_dir.join("sled"),
             SledOptions {
                 default_ttl: Duration::from_secs(config.default_ttl_seconds),
                 retention: Duration::from_secs(config.report_retention_days * 24 * 3600),
                 cache_bytes: config.store_cache_mb << 20,
+                queue_cap: config.queue_cap(),
+                metrics: Arc::clone(&metrics),
             },
         )?;
         let store: Arc<dyn Store> = Arc::new(store);
@@ -119,6 +124,7 @@ impl Application {
             Arc::clone(&store),
             Policy::from_config(&config),
             Arc::clone(&postbacks),
+            Arc::clone(&metrics),
             shutdown.clone(),
             &background,
         )
@@ -130,10 +136,15 @@ impl Application {
             config: Arc::new(config),
             admin_token: Arc::from(admin_token),
             shutdown,
+            draining: Arc::new(AtomicBool::new(false)),
             sessions: TaskTracker::new(),
             demo: Arc::new(DemoLog::default()),
             postbacks,
+            metrics,
+            history: Arc::new(History::default()),
+            metrics_scrape: Arc::default(),
         };
+        api::spawn_sampler(state.clone(), &background);
         Ok(Self {
             listener,
             state,
@@ -165,21 +176,44 @@ impl Application {
             background,
         } = self;
         let shutdown = state.shutdown.clone();
-        let trigger = shutdown.clone();
         let router = api::router(state.clone());
-        let served = axum::serve(listener, router)
-            .with_graceful_shutdown(async move {
-                tokio::select! {
-                    _ = signal => {}
-                    _ = trigger.cancelled() => {}
-                }
-                trigger.cancel();
-            })
-            .await;
+        let stop_serving = shutdown.clone().cancelled_owned();
+        let mut server = tokio::spawn(async move {
+            axum::serve(listener, router)
+                .with_graceful_shutdown(stop_serving)
+                .await
+        });
 
+        tokio::select! {
+            _ = signal => {}
+            _ = shutdown.cancelled() => {}
+            // The server can only end by itself on an accept error; shut down the rest all the same.
+            _ = &mut server => {}
+        }
+        let config = &state.config;
+        let deadline = tokio::time::Instant::now() + config.shutdown_timeout();
+        state.draining.store(true, Ordering::Release);
+        tracing::info!(
+            sessions = state.hub.session_count(),
+            delay_ms = config.shutdown_delay_ms,
+            "draining: readyz answers 503, new sessions are refused"
+        );
+        let delay = Duration::from_millis(config.shutdown_delay_ms);
+        tokio::time::sleep_until((tokio::time::Instant::now() + delay).min(deadline)).await;
+
+        // Stops the listener, and tells every session to reconnect elsewhere (4000).
         shutdown.cancel();
+        let served = match tokio::time::timeout_at(deadline, &mut server).await {
+            Ok(Ok(served)) => served,
+            Ok(Err(e)) => Err(io::Error::other(e)),
+            Err(_) => {
+                tracing::warn!("requests still running at the shutdown timeout; cutting them off");
+                server.abort();
+                Ok(())
+            }
+        };
         state.sessions.close();
-        if tokio::time::timeout(SESSION_DRAIN, state.sessions.wait())
+        if tokio::time::timeout_at(deadline, state.sessions.wait())
             .await
             .is_err()
         {
@@ -189,7 +223,16 @@ impl Application {
             );
         }
         background.close();
-        background.wait().await;
+        if tokio::time::timeout_at(deadline, background.wait())
+            .await
+            .is_err()
+        {
+            // Postback attempts still running are not recorded: their claims run out and they are
+            // sent again after the restart. Nothing is lost.
+            tracing::warn!(
+                "background work still running at the shutdown timeout; flushing anyway"
+            );
+        }
         if let Err(e) = state.store.close().await {
             tracing::error!(error = %e, "closing the store failed");
         }

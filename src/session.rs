@@ -14,12 +14,13 @@ use tokio_tungstenite::tungstenite;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, field};
 
-use crate::hub::{Hub, Registration, wake};
+use crate::hub::{Hub, Registration, SessionInfo, wake};
 use crate::ids::{PixelId, PlayerId, PlayerKey, SessionId};
+use crate::metrics::Metrics;
 use crate::protocol::{
     ClientMessage, CloseReason, MAX_ACK_IDS, PROTOCOL_VERSION, ServerMessage, WirePixel,
 };
-use crate::store::{Store, StoreError};
+use crate::store::{Store, StoreError, now_ms};
 
 /// What a session needs from the process; built once per connection by the HTTP layer.
 #[derive(Clone)]
@@ -34,6 +35,10 @@ pub struct SessionContext {
     pub limits: SessionLimits,
     /// The upgrade request's `Origin` header, checked against the brand's allowlist after the hello.
     pub origin: Option<String>,
+    /// The upgrade request's `User-Agent`, shown to ops with the session.
+    pub user_agent: Option<String>,
+    /// Where connects and closes are counted.
+    pub metrics: Arc<Metrics>,
 }
 
 /// Per-session limits, from the configuration.
@@ -77,7 +82,7 @@ impl From<StoreError> for End {
 /// Serves one upgraded connection to its end.
 pub async fn run(socket: WebSocket, ctx: SessionContext) {
     let id = SessionId::generate();
-    let span = tracing::debug_span!("session", session_id = %id, brand = field::Empty, player = field::Empty);
+    let span = tracing::info_span!("session", session_id = %id, brand = field::Empty, player = field::Empty);
     async move {
         let mut conn = Conn { socket, write_timeout: ctx.limits.write_timeout };
         let end = match handshake(&mut conn, &ctx).await {
@@ -85,7 +90,13 @@ pub async fn run(socket: WebSocket, ctx: SessionContext) {
                 let span = tracing::Span::current();
                 span.record("brand", key.brand.as_str());
                 span.record("player", key.player.as_str());
-                let registration = ctx.hub.register(key.clone(), id);
+                let info = SessionInfo {
+                    session_id: id,
+                    connected_since_ms: now_ms(),
+                    user_agent: ctx.user_agent.clone(),
+                    origin: ctx.origin.clone(),
+                };
+                let registration = ctx.hub.register(key.clone(), info);
                 let end = live(&mut conn, &ctx, &key, &registration).await;
                 drop(registration);
                 if let Err(e) = ctx.store.release(&key, id).await {
@@ -98,9 +109,13 @@ pub async fn run(socket: WebSocket, ctx: SessionContext) {
         match end {
             End::Close(reason) => {
                 tracing::debug!(code = reason.code(), reason = reason.as_str(), "closing session");
+                ctx.metrics.ws_closed(reason.as_str());
                 conn.close(reason).await;
             }
-            End::Gone => tracing::debug!("client went away"),
+            End::Gone => {
+                tracing::debug!("client went away");
+                ctx.metrics.ws_closed("client_gone");
+            }
         }
     }
     .instrument(span)

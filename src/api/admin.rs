@@ -1,17 +1,14 @@
 //! `/api/v1`: brands, player queues and stats, for the affiliate system and for ops.
 
-use std::collections::BTreeMap;
-
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::extract::{ApiPath, JsonBody};
 use super::{ApiError, AppState};
-use crate::hub::BrandSessions;
 use crate::ids::{BrandId, PixelId, PlayerId, PlayerKey};
 use crate::pixel::parse_batch;
 use crate::store::{Brand, BrandSettings, CancelOutcome, PixelStatus};
@@ -129,7 +126,7 @@ pub(super) async fn enqueue(
 ) -> Result<impl IntoResponse, ApiError> {
     let pixels = parse_batch(body)?;
     let queued = state.store.enqueue(&path.key(), pixels).await?;
-    Ok((StatusCode::ACCEPTED, Json(json!({ "pixels": queued }))))
+    Ok((StatusCode::ACCEPTED, Json(queued)))
 }
 
 pub(super) async fn list_pixels(
@@ -170,41 +167,6 @@ pub(super) async fn cancel(
         }
         CancelOutcome::AlreadyFinal(_) => Err(conflict("pixel_already_fired", "has already fired")),
     }
-}
-
-#[derive(Serialize)]
-struct BrandStats {
-    queue_depth: u64,
-    #[serde(flatten)]
-    sessions: BrandSessions,
-    /// Definitions whose postbacks failed the threshold's number of times in a row.
-    flagged_definitions: usize,
-}
-
-pub(super) async fn stats(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
-    let store = state.store.stats().await?;
-    let mut online = state.hub.brand_sessions();
-    let mut brands: BTreeMap<BrandId, BrandStats> = BTreeMap::new();
-    for (brand, queue_depth) in store.brands {
-        let sessions = online.remove(&brand).unwrap_or_default();
-        let flagged_definitions = super::deliveries::flagged(&state, &brand).await?.len();
-        brands.insert(
-            brand,
-            BrandStats {
-                queue_depth,
-                sessions,
-                flagged_definitions,
-            },
-        );
-    }
-    Ok(Json(json!({
-        "queue_depth": store.queue_depth,
-        "sessions": state.hub.session_count(),
-        "expired_total": store.expired_total,
-        "store": { "flushes": store.flushes, "flushed_writes": store.flushed_writes },
-        "s2s": state.postbacks.snapshot(),
-        "brands": brands,
-    })))
 }
 
 #[cfg(test)]

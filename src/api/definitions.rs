@@ -226,7 +226,7 @@ pub(super) async fn test(
     let queued = state.store.enqueue(&key, vec![pixel.clone()]).await?;
     let mut answer = output_json(Output::Client(pixel.body));
     answer["id"] = json!(id);
-    answer["status"] = json!(queued[0].status);
+    answer["status"] = json!(queued.pixels[0].status);
     Ok((
         StatusCode::ACCEPTED,
         Json(json!({ "pixel": answer, "player_id": event.player_id, "missing": rendered.missing })),

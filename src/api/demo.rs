@@ -137,7 +137,7 @@ async fn queue_demo_pixel(
     let queued = state.store.enqueue(&demo_key(player), vec![pixel]).await?;
     Ok((
         StatusCode::ACCEPTED,
-        Json(json!({ "pixels": queued, "n": n })),
+        Json(json!({ "pixels": queued.pixels, "n": n })),
     ))
 }
 

@@ -12,11 +12,17 @@ use crate::ids::InvalidId;
 use crate::input::InputError;
 use crate::store::StoreError;
 
+/// The `WWW-Authenticate` of a 401: Bearer for API clients; Basic so a browser asks for the token (as the
+/// password) when someone opens the dashboard.
+const CHALLENGE: &str = "Bearer realm=\"pixelhub\", Basic realm=\"pixelhub\", charset=\"UTF-8\"";
+
 /// An error answer of the HTTP API.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
     /// No or wrong `Authorization: Bearer` token.
-    #[error("a valid admin token is required: send Authorization: Bearer <token>")]
+    #[error(
+        "a valid admin token is required: send Authorization: Bearer <token> (a browser may send it as the Basic password, for GET)"
+    )]
     Unauthorized,
     /// An inbound postback URL whose brand or token is wrong.
     #[error(
@@ -72,6 +78,21 @@ pub enum ApiError {
     /// The route exists, the method does not.
     #[error("method not allowed for this route")]
     MethodNotAllowed,
+    /// The player's queue is at its cap and the policy is to refuse.
+    #[error(
+        "the queue of player {player} holds {pending} pixels and its cap is {cap}; nothing was queued. Wait for the player's browser to fire them, or purge the queue"
+    )]
+    QueueFull {
+        /// The player.
+        player: String,
+        /// Pixels pending.
+        pending: u64,
+        /// The cap.
+        cap: u64,
+    },
+    /// The hub is draining for shutdown and takes no new sessions.
+    #[error("the hub is shutting down; connect to another instance or retry shortly")]
+    Draining,
     /// The store is closing; the request was not carried out.
     #[error("the hub is shutting down; retry shortly")]
     Unavailable,
@@ -99,6 +120,8 @@ impl ApiError {
             ApiError::Conflict { code, .. } => (StatusCode::CONFLICT, code),
             ApiError::NoRoute(_) => (StatusCode::NOT_FOUND, "not_found"),
             ApiError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
+            ApiError::QueueFull { .. } => (StatusCode::TOO_MANY_REQUESTS, "queue_full"),
+            ApiError::Draining => (StatusCode::SERVICE_UNAVAILABLE, "draining"),
             ApiError::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
@@ -115,6 +138,15 @@ impl From<StoreError> for ApiError {
                 message: format!(
                     "pixel definition {id} already exists; change it with PUT, or leave out the id"
                 ),
+            },
+            StoreError::QueueFull {
+                player,
+                pending,
+                cap,
+            } => ApiError::QueueFull {
+                player: player.to_string(),
+                pending,
+                cap,
             },
             StoreError::Closed => ApiError::Unavailable,
             StoreError::Backend(cause) => ApiError::Internal(cause),
@@ -137,9 +169,10 @@ impl IntoResponse for ApiError {
         let body = json!({ "error": { "code": code, "message": self.to_string() } });
         let mut response = (status, Json(body)).into_response();
         if status == StatusCode::UNAUTHORIZED {
-            response
-                .headers_mut()
-                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static(CHALLENGE),
+            );
         }
         response
     }

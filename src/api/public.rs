@@ -1,14 +1,14 @@
 //! Routes the browser and load balancers use: no authentication.
 
 use std::hash::{DefaultHasher, Hash, Hasher};
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock};
 
 use axum::Json;
 use axum::extract::State;
 use axum::extract::ws::WebSocketUpgrade;
 use axum::http::header::{
     ACCEPT_ENCODING, CACHE_CONTROL, CONTENT_ENCODING, CONTENT_TYPE, ETAG, IF_NONE_MATCH, ORIGIN,
-    VARY,
+    USER_AGENT, VARY,
 };
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
@@ -71,12 +71,33 @@ pub(super) async fn client_script(headers: HeaderMap) -> Response {
     (cache, [javascript], CLIENT_JS).into_response()
 }
 
+/// Longest `User-Agent` kept with a session.
+const MAX_USER_AGENT: usize = 256;
+
 pub(super) async fn websocket(
     State(state): State<AppState>,
     headers: HeaderMap,
     upgrade: WebSocketUpgrade,
 ) -> Response {
+    if state.draining.load(std::sync::atomic::Ordering::Acquire) {
+        // The client's backoff brings it back, through the load balancer, to an instance that serves.
+        return ApiError::Draining.into_response();
+    }
     let config = &state.config;
+    let header = |name| {
+        headers
+            .get(name)
+            .and_then(|v: &axum::http::HeaderValue| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    let mut user_agent = header(USER_AGENT);
+    if let Some(ua) = &mut user_agent {
+        let mut end = ua.len().min(MAX_USER_AGENT);
+        while !ua.is_char_boundary(end) {
+            end -= 1;
+        }
+        ua.truncate(end);
+    }
     let ctx = SessionContext {
         store: state.store.clone(),
         hub: state.hub.clone(),
@@ -87,10 +108,9 @@ pub(super) async fn websocket(
             window: config.delivery_window as usize,
             heartbeat: config.heartbeat(),
         },
-        origin: headers
-            .get(ORIGIN)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned),
+        origin: header(ORIGIN),
+        user_agent,
+        metrics: Arc::clone(&state.metrics),
     };
     let max_message = config.ws_max_message_bytes as usize;
     let sessions = state.sessions.clone();
@@ -100,7 +120,10 @@ pub(super) async fn websocket(
         .write_buffer_size(0)
         .max_message_size(max_message)
         .max_frame_size(max_message)
-        .on_upgrade(move |socket| sessions.track_future(session::run(socket, ctx)))
+        .on_upgrade(move |socket| {
+            ctx.metrics.ws_connected();
+            sessions.track_future(session::run(socket, ctx))
+        })
 }
 
 pub(super) async fn no_route(method: Method, uri: Uri) -> ApiError {

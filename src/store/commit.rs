@@ -9,10 +9,13 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use std::time::Instant;
+
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use super::StoreError;
+use crate::metrics::Metrics;
 
 type Reply = oneshot::Sender<Result<(), StoreError>>;
 
@@ -39,10 +42,10 @@ pub(super) struct Counters {
 
 impl GroupCommit {
     /// Starts the flusher for `db`. Must be called inside a tokio runtime.
-    pub(super) fn start(db: ::sled::Db) -> Self {
+    pub(super) fn start(db: ::sled::Db, metrics: Arc<Metrics>) -> Self {
         let (requests, rx) = mpsc::unbounded_channel();
         let counters = Arc::new(Counters::default());
-        let task = tokio::spawn(flusher(db, rx, Arc::clone(&counters)));
+        let task = tokio::spawn(flusher(db, rx, Arc::clone(&counters), metrics));
         Self {
             requests,
             task: std::sync::Mutex::new(Some(task)),
@@ -84,6 +87,7 @@ async fn flusher(
     db: ::sled::Db,
     mut rx: mpsc::UnboundedReceiver<Request>,
     counters: Arc<Counters>,
+    metrics: Arc<Metrics>,
 ) {
     let mut waiters: Vec<Reply> = Vec::new();
     while let Some(first) = rx.recv().await {
@@ -95,7 +99,9 @@ async fn flusher(
             }
         }
         if !waiters.is_empty() || close.is_some() {
+            let started = Instant::now();
             let result = flush(&db).await;
+            metrics.flushed(started.elapsed(), waiters.len());
             counters.flushes.fetch_add(1, Ordering::Relaxed);
             counters
                 .waiters

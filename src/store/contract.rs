@@ -18,6 +18,9 @@ pub(super) trait Harness {
     async fn open(&self) -> Arc<dyn Store>;
 }
 
+/// The per-player cap the harness must open engines with (policy [`OnFull::Reject`]).
+pub(super) const QUEUE_CAP: u64 = 50;
+
 fn key(player: &str) -> PlayerKey {
     PlayerKey::new(
         BrandId::parse("brand-1").unwrap(),
@@ -114,7 +117,8 @@ pub(super) async fn the_queue_keeps_order_and_ids_are_idempotent(h: &impl Harnes
             vec![image(1), with_id("ftd-1", 2), with_id("ftd-1", 99)],
         )
         .await
-        .unwrap();
+        .unwrap()
+        .pixels;
     assert_eq!(first[1].status, PixelStatus::Queued);
     assert!(!first[1].duplicate);
     assert!(
@@ -124,7 +128,8 @@ pub(super) async fn the_queue_keeps_order_and_ids_are_idempotent(h: &impl Harnes
     let again = store
         .enqueue(&k, vec![with_id("ftd-1", 3), image(4)])
         .await
-        .unwrap();
+        .unwrap()
+        .pixels;
     assert_eq!((again[0].id.as_str(), again[0].duplicate), ("ftd-1", true));
 
     let pending = store.pending(&k).await.unwrap();
@@ -137,7 +142,7 @@ pub(super) async fn the_queue_keeps_order_and_ids_are_idempotent(h: &impl Harnes
             "https://px.example/4"
         ]
     );
-    assert_eq!(store.stats().await.unwrap().brands[&k.brand], 3);
+    assert_eq!(store.stats().await.unwrap().brands[&k.brand].queue_depth, 3);
 }
 
 pub(super) async fn one_session_holds_a_player_at_a_time(h: &impl Harness) {
@@ -203,7 +208,11 @@ pub(super) async fn acks_are_final_and_remembered(h: &impl Harness) {
     assert!(store.pending(&k).await.unwrap().is_empty());
     assert_eq!(store.stats().await.unwrap().queue_depth, 0);
 
-    let again = store.enqueue(&k, vec![with_id("reg-1", 1)]).await.unwrap();
+    let again = store
+        .enqueue(&k, vec![with_id("reg-1", 1)])
+        .await
+        .unwrap()
+        .pixels;
     assert_eq!(
         (again[0].status, again[0].duplicate),
         (PixelStatus::Fired, true)
@@ -277,7 +286,11 @@ pub(super) async fn expired_pixels_are_dropped_and_counted(h: &impl Harness) {
     assert_eq!(urls(&sent), ["https://px.example/2"]);
     let stats = store.stats().await.unwrap();
     assert_eq!((stats.queue_depth, stats.expired_total), (1, 1));
-    let again = store.enqueue(&k, vec![with_id("short", 1)]).await.unwrap();
+    let again = store
+        .enqueue(&k, vec![with_id("short", 1)])
+        .await
+        .unwrap()
+        .pixels;
     assert_eq!(again[0].status, PixelStatus::Expired);
 }
 
@@ -337,7 +350,11 @@ pub(super) async fn everything_survives_a_reopen(h: &impl Harness) {
         2,
         "the depth is rebuilt exactly"
     );
-    let again = store.enqueue(&k, vec![with_id("two", 2)]).await.unwrap();
+    let again = store
+        .enqueue(&k, vec![with_id("two", 2)])
+        .await
+        .unwrap()
+        .pixels;
     assert!(again[0].duplicate);
 }
 
@@ -938,6 +955,113 @@ pub(super) async fn inbound_tokens_rotate_with_a_grace_period(h: &impl Harness) 
     ));
 }
 
+pub(super) async fn backlogs_oldest_pixels_and_the_cap_are_exact(h: &impl Harness) {
+    let store = store_with_brand(h).await;
+    let (a, b, c) = (key("a"), key("b"), key("c"));
+    assert_eq!(
+        store.stats().await.unwrap().brands[&a.brand],
+        BrandQueue::default()
+    );
+    store.enqueue(&b, vec![image(1)]).await.unwrap();
+    let oldest = store.stats().await.unwrap().brands[&a.brand].oldest_queued_at_ms;
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    store
+        .enqueue(&a, (1..=3).map(image).collect())
+        .await
+        .unwrap();
+    store
+        .enqueue(&c, (1..=2).map(image).collect())
+        .await
+        .unwrap();
+    let queue = store.stats().await.unwrap().brands[&a.brand];
+    assert_eq!(queue.queue_depth, 6);
+    assert!(oldest.is_some());
+    assert_eq!(queue.oldest_queued_at_ms, oldest, "b's pixel is the oldest");
+
+    let ranking = |backlogs: Vec<Backlog>| -> Vec<(String, u64)> {
+        backlogs
+            .into_iter()
+            .map(|b| (b.player_id.to_string(), b.pending))
+            .collect()
+    };
+    let top = store.backlogs(Some(&a.brand), 2).await.unwrap();
+    assert_eq!(ranking(top), [("a".into(), 3), ("c".into(), 2)]);
+
+    // A fire, a cancel and an expiry all move the ranking; an emptied queue leaves it.
+    let s = SessionId::generate();
+    let sent = store.lease(&b, s, 10).await.unwrap();
+    store.ack(&b, &ids(&sent)).await.unwrap();
+    let first = store.pending(&a).await.unwrap()[0].pixel.id.clone();
+    store.cancel(&a, &first).await.unwrap();
+    let all = store.backlogs(None, 10).await.unwrap();
+    assert_eq!(ranking(all), [("a".into(), 2), ("c".into(), 2)]);
+    let queue = store.stats().await.unwrap().brands[&a.brand];
+    assert_eq!(queue.queue_depth, 4);
+    assert!(
+        queue.oldest_queued_at_ms > oldest,
+        "b's fired pixel no longer counts"
+    );
+
+    // Purge keeps what a browser holds.
+    let held = store.lease(&c, s, 1).await.unwrap();
+    assert_eq!(
+        store.purge(&c).await.unwrap(),
+        Purged {
+            cancelled: 1,
+            in_flight: 1
+        }
+    );
+    assert_eq!(
+        ids(&store
+            .pending(&c)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|p| p.pixel)
+            .collect::<Vec<_>>()),
+        ids(&held)
+    );
+    let all = store.backlogs(None, 10).await.unwrap();
+    assert_eq!(ranking(all), [("a".into(), 2), ("c".into(), 1)]);
+
+    // The cap refuses a whole batch that would go over it, and writes none of it.
+    let room = QUEUE_CAP - 2;
+    store
+        .enqueue(&a, (0..room as u32).map(image).collect())
+        .await
+        .unwrap();
+    let err = store
+        .enqueue(&a, vec![image(9), image(10)])
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, StoreError::QueueFull { pending, cap, .. } if pending == QUEUE_CAP && cap == QUEUE_CAP),
+        "{err:?}"
+    );
+    assert_eq!(store.pending(&a).await.unwrap().len() as u64, QUEUE_CAP);
+    assert_eq!(
+        store.backlogs(Some(&a.brand), 1).await.unwrap()[0].pending,
+        QUEUE_CAP
+    );
+    // Another player is not affected.
+    store.enqueue(&b, vec![image(1)]).await.unwrap();
+
+    // Everything is rebuilt the same after a reopen.
+    store.close().await.unwrap();
+    drop(store);
+    let store = h.open().await;
+    let all = store.backlogs(None, 10).await.unwrap();
+    assert_eq!(
+        ranking(all),
+        [("a".into(), QUEUE_CAP), ("b".into(), 1), ("c".into(), 1)]
+    );
+    assert_eq!(
+        store.stats().await.unwrap().brands[&a.brand].queue_depth,
+        QUEUE_CAP + 2
+    );
+    store.check_writable().await.unwrap();
+}
+
 macro_rules! store_contract {
     ($harness:expr) => {
         mod contract_tests {
@@ -955,6 +1079,10 @@ macro_rules! store_contract {
             #[tokio::test]
             async fn inbound_tokens_rotate_with_a_grace_period() {
                 contract::inbound_tokens_rotate_with_a_grace_period(&$harness).await
+            }
+            #[tokio::test]
+            async fn backlogs_oldest_pixels_and_the_cap_are_exact() {
+                contract::backlogs_oldest_pixels_and_the_cap_are_exact(&$harness).await
             }
             #[tokio::test]
             async fn unknown_brands_are_refused() {

@@ -65,6 +65,65 @@ pub struct Enqueued {
     pub duplicate: bool,
 }
 
+/// The answer to an enqueue: one entry per pixel asked for, and what the queue cap pushed out.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct EnqueueOutcome {
+    /// One per pixel of the batch, in order.
+    pub pixels: Vec<Enqueued>,
+    /// Older pixels of the player dropped unfired to make room (policy [`OnFull::DropOldest`]).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub dropped: Vec<PixelId>,
+}
+
+/// What happens when a batch would take a player's queue over its cap.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum OnFull {
+    /// Refuse the whole batch ([`StoreError::QueueFull`]; the API answers 429).
+    Reject,
+    /// Drop the player's oldest pending pixels that no browser holds, recording them `dropped`.
+    DropOldest,
+}
+
+/// The per-player queue cap, which keeps one runaway integration from filling the disk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct QueueCap {
+    /// Most pending client pixels per player.
+    pub max_per_player: u64,
+    /// What happens at the cap.
+    pub on_full: OnFull,
+}
+
+/// One player's backlog, for ops.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Backlog {
+    /// The brand.
+    pub brand_id: BrandId,
+    /// The player.
+    pub player_id: PlayerId,
+    /// Pending client pixels.
+    pub pending: u64,
+    /// Unix milliseconds when the oldest of them was queued.
+    pub oldest_queued_at_ms: Option<u64>,
+}
+
+/// What a purge of a player's queue did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Purged {
+    /// Pixels removed unfired (recorded `cancelled`).
+    pub cancelled: u64,
+    /// Pixels kept because a browser holds them and may be firing them right now.
+    pub in_flight: u64,
+}
+
+/// A brand's queue, for ops.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct BrandQueue {
+    /// Pending client pixels, exact.
+    pub queue_depth: u64,
+    /// Unix milliseconds when the oldest of them was queued; `None` when the queue is empty.
+    pub oldest_queued_at_ms: Option<u64>,
+}
+
 /// A queued pixel as the API lists it.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct PendingPixel {
@@ -93,8 +152,8 @@ pub enum CancelOutcome {
 pub struct StoreStats {
     /// Pending pixels over all brands.
     pub queue_depth: u64,
-    /// Pending pixels per registered brand (zero included).
-    pub brands: BTreeMap<BrandId, u64>,
+    /// Queue of every registered brand (empty ones included).
+    pub brands: BTreeMap<BrandId, BrandQueue>,
     /// Pixels dropped because their TTL ran out, since this process started.
     pub expired_total: u64,
     /// Group commit since this process started: fsyncs run, and writes they made durable. Their ratio is
@@ -260,6 +319,17 @@ pub enum StoreError {
     /// A definition with this id already exists for the brand.
     #[error("pixel definition {0} already exists")]
     DefinitionExists(DefinitionId),
+    /// The batch would take the player's queue over its cap, and the policy is to refuse it (or nothing
+    /// could be dropped to make room: every pending pixel is in flight).
+    #[error("the queue of player {player} holds {pending} pixels; its cap is {cap}")]
+    QueueFull {
+        /// Whose queue.
+        player: PlayerId,
+        /// Pending now.
+        pending: u64,
+        /// The cap.
+        cap: u64,
+    },
     /// The store was closed; the process is shutting down.
     #[error("the store is closed")]
     Closed,
@@ -291,11 +361,14 @@ pub trait Store: Send + Sync + 'static {
     /// player (in any state, for as long as the id is remembered) is not queued again; its entry in the
     /// answer says `duplicate`. Afterwards, sessions interested in the player are told through
     /// [`Store::subscribe`]. Fails with [`StoreError::UnknownBrand`] when the brand does not exist.
+    ///
+    /// The player's queue is capped ([`QueueCap`]): a batch that would go over refuses with
+    /// [`StoreError::QueueFull`], or drops the oldest pending pixels no browser holds, listed in the answer.
     async fn enqueue(
         &self,
         key: &PlayerKey,
         pixels: Vec<NewPixel>,
-    ) -> Result<Vec<Enqueued>, StoreError>;
+    ) -> Result<EnqueueOutcome, StoreError>;
 
     /// The player's pending pixels in queue order; expired ones are left out.
     async fn pending(&self, key: &PlayerKey) -> Result<Vec<PendingPixel>, StoreError>;
@@ -434,6 +507,19 @@ pub trait Store: Send + Sync + 'static {
 
     /// Queue depth per brand: exact, not estimated.
     async fn stats(&self) -> Result<StoreStats, StoreError>;
+
+    /// The players with the most pending client pixels, biggest first: of one brand, or of all.
+    async fn backlogs(
+        &self,
+        brand: Option<&BrandId>,
+        limit: usize,
+    ) -> Result<Vec<Backlog>, StoreError>;
+
+    /// Cancels every pending client pixel of the player that no browser holds; durable when it returns.
+    async fn purge(&self, key: &PlayerKey) -> Result<Purged, StoreError>;
+
+    /// Writes and flushes a probe: the readiness check, failing when the store cannot take writes.
+    async fn check_writable(&self) -> Result<(), StoreError>;
 
     /// Completes when postbacks may have been added since the last call (by this process; by any, for
     /// shared engines), so the sender need not wait for its next poll. Spurious wake-ups are allowed.

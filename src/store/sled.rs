@@ -19,6 +19,13 @@
 //! | `e` brand NUL event-id | [`EventOutcome`] JSON: what the event produced, kept as its idempotency record |
 //! | `y` due(u64 BE ms) brand NUL event-id | empty: when the event's record is forgotten |
 //! | `t` brand | [`InboundTokens`] JSON: the secret of the brand's inbound postback URLs |
+//! | `p` brand NUL queued-at(u64 BE ms) player NUL seq | empty: pending client pixels by age; the first is the brand's oldest |
+//! | `n` brand NUL player NUL | pending client pixels of the player (u64 BE): the queue cap's count |
+//! | `k` brand NUL (u64::MAX - pending)(u64 BE) player | empty: the brand's players by backlog, biggest first |
+//! | `m` name | engine metadata, e.g. which derived tables have been built |
+//!
+//! `p`, `n` and `k` are derived from `q`. Every change to a queue goes through [`Changes`], which keeps them
+//! in step in the same atomic batch; a data dir written before they existed gets them built at open.
 //!
 //! `seq` comes from sled's persistent monotonic id generator, so queue order survives restarts. A record
 //! (`i`, `r`) and an event record (`e`) are forgotten a retention period after they can no longer change,
@@ -47,14 +54,15 @@ use tokio_util::sync::CancellationToken;
 
 use super::commit::GroupCommit;
 use super::{
-    Brand, BrandSettings, CancelOutcome, Cursor, DefinitionHealth, DeliveryPage, DeliveryQuery,
-    DuePostback, Enqueued, InboundTokens, PendingPixel, PixelStatus, Store, StoreError, StoreStats,
-    Verdict, now_ms,
+    Backlog, Brand, BrandQueue, BrandSettings, CancelOutcome, Cursor, DefinitionHealth,
+    DeliveryPage, DeliveryQuery, DuePostback, EnqueueOutcome, Enqueued, InboundTokens, OnFull,
+    PendingPixel, PixelStatus, Purged, QueueCap, Store, StoreError, StoreStats, Verdict, now_ms,
 };
 use crate::definition::{Definition, DefinitionInput};
 use crate::delivery::{Attempt, Delivery, PostBody, Target};
 use crate::event::{self, Event, EventOutcome, NewPostback, PlayerContext};
 use crate::ids::{BrandId, DefinitionId, EventId, PixelId, PlayerId, PlayerKey, SessionId};
+use crate::metrics::{Metrics, PixelEvent, Upkeep};
 use crate::pixel::{NewPixel, QueuedPixel};
 
 /// Lock stripes for per-player serialisation; enough that unrelated players rarely share one.
@@ -85,6 +93,10 @@ pub struct SledOptions {
     pub retention: Duration,
     /// Bytes of sled's page cache: most of the hub's memory under a large data set.
     pub cache_bytes: u64,
+    /// The per-player queue cap.
+    pub queue_cap: QueueCap,
+    /// Where pixel transitions, flushes and upkeep are counted.
+    pub metrics: Arc<Metrics>,
 }
 
 /// The embedded, single-process [`Store`]. Cheap to clone.
@@ -111,6 +123,8 @@ struct Inner {
     outbox: Notify,
     default_ttl_ms: u64,
     retention_ms: u64,
+    queue_cap: QueueCap,
+    metrics: Arc<Metrics>,
     /// Sequence ranges per player that are written but not yet flushed. `lease` never hands out a pixel
     /// at or after one of them: a browser must not fire what a crash could still erase (the caller, who
     /// got no 202, would queue it again).
@@ -139,6 +153,34 @@ struct Record {
     delivery: Delivery,
 }
 
+/// A batch of changes and what it does to queues, applied together by [`Inner::apply`]: the pending
+/// counts and backlog ranking (`n`, `k`), the brand depth and the metrics all follow from it, so no path
+/// can change a queue and forget one of them.
+#[derive(Default)]
+struct Changes {
+    batch: Batch,
+    /// Per player, how many client pixels the batch adds (positive) or finalizes (negative).
+    pending: HashMap<PlayerKey, i64>,
+    /// Transitions to count once the batch is applied: brand, kind, what, how many.
+    counted: Vec<(BrandId, String, PixelEvent)>,
+    /// Client pixels that expired in this batch.
+    expired: u64,
+}
+
+impl Changes {
+    fn insert(&mut self, key: impl Into<IVec>, value: impl Into<IVec>) {
+        self.batch.insert(key, value);
+    }
+
+    fn remove(&mut self, key: impl Into<IVec>) {
+        self.batch.remove(key);
+    }
+
+    fn count(&mut self, brand: &BrandId, kind: &str, event: PixelEvent) {
+        self.counted.push((brand.clone(), kind.to_owned(), event));
+    }
+}
+
 fn backend(e: impl std::fmt::Display) -> StoreError {
     StoreError::Backend(e.to_string())
 }
@@ -162,9 +204,10 @@ impl SledStore {
                 keys::parse_queue(&key).ok_or_else(|| backend("corrupt queue key"))?;
             *depth.entry(player_key.brand).or_insert(0u64) += 1;
         }
+        build_backlog_tables(&data)?;
 
         let inner = Arc::new(Inner {
-            commit: GroupCommit::start(db.clone()),
+            commit: GroupCommit::start(db.clone(), Arc::clone(&options.metrics)),
             data,
             db,
             stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
@@ -179,6 +222,8 @@ impl SledStore {
             outbox: Notify::new(),
             default_ttl_ms: options.default_ttl.as_millis() as u64,
             retention_ms: options.retention.as_millis() as u64,
+            queue_cap: options.queue_cap,
+            metrics: options.metrics,
             stop: CancellationToken::new(),
             sweeper: Mutex::new(None),
         });
@@ -232,11 +277,11 @@ impl Inner {
             .collect()
     }
 
-    /// Stages a new pixel of `key` in `batch`: its queue entry, record, report index and expiry entry.
-    /// Returns its sequence number and expiry; the caller applies the batch and adjusts the depth.
+    /// Stages a new pixel of `key`: its queue entry, record, report index, expiry and age entries.
+    /// Returns its sequence number and expiry.
     fn stage_pixel(
         &self,
-        batch: &mut Batch,
+        batch: &mut Changes,
         key: &PlayerKey,
         id: &PixelId,
         pixel: NewPixel,
@@ -265,6 +310,9 @@ impl Inner {
             keys::expiry(queued.expires_at_ms, key, seq),
             id.as_str().as_bytes(),
         );
+        batch.insert(keys::pending(key, now, seq), &[]);
+        *batch.pending.entry(key.clone()).or_insert(0) += 1;
+        batch.count(&key.brand, &delivery.kind, PixelEvent::Queued);
         self.stage_record(
             batch,
             key,
@@ -277,10 +325,10 @@ impl Inner {
         Ok((seq, queued.expires_at_ms))
     }
 
-    /// Stages a new postback of `key` in `batch`: its record, report index and outbox entry, due now.
+    /// Stages a new postback of `key`: its record, report index and outbox entry, due now.
     fn stage_postback(
         &self,
-        batch: &mut Batch,
+        batch: &mut Changes,
         key: &PlayerKey,
         postback: NewPostback,
         now: u64,
@@ -299,6 +347,7 @@ impl Inner {
         );
         delivery.next_attempt_at_ms = Some(now);
         batch.insert(keys::schedule(now, key, &postback.id), &[]);
+        batch.count(&key.brand, &delivery.kind, PixelEvent::Queued);
         self.stage_record(
             batch,
             key,
@@ -312,7 +361,7 @@ impl Inner {
     }
 
     /// Stages a record and its report index entry.
-    fn stage_record(&self, batch: &mut Batch, key: &PlayerKey, record: &Record) {
+    fn stage_record(&self, batch: &mut Changes, key: &PlayerKey, record: &Record) {
         let d = &record.delivery;
         batch.insert(keys::index(key, &d.id), json(record));
         batch.insert(keys::report(key, d.queued_at_ms, &d.id), &[]);
@@ -373,12 +422,12 @@ impl Inner {
         self.read(&keys::index(key, id))
     }
 
-    /// Moves a pending pixel or postback to a final status within `batch`: a client pixel leaves the queue
-    /// and its expiry entry; either way an entry is added that forgets the record after the retention.
-    /// The caller applies the batch and adjusts the depth (client pixels) or the outbox (postbacks).
+    /// Moves a pending pixel or postback to a final status: a client pixel leaves the queue and its
+    /// expiry and age entries; either way an entry is added that forgets the record after the retention.
+    /// The caller removes a postback's outbox entry.
     fn finalize(
         &self,
-        batch: &mut Batch,
+        batch: &mut Changes,
         key: &PlayerKey,
         mut rec: Record,
         status: PixelStatus,
@@ -387,6 +436,24 @@ impl Inner {
         if let Some(expires_at_ms) = rec.delivery.expires_at_ms {
             batch.remove(keys::queue(key, rec.seq));
             batch.remove(keys::expiry(expires_at_ms, key, rec.seq));
+            batch.remove(keys::pending(key, rec.delivery.queued_at_ms, rec.seq));
+            *batch.pending.entry(key.clone()).or_insert(0) -= 1;
+            if status == PixelStatus::Expired {
+                batch.expired += 1;
+            }
+        }
+        let event = match status {
+            PixelStatus::Fired => Some(PixelEvent::Fired(Duration::from_millis(
+                now.saturating_sub(rec.delivery.queued_at_ms),
+            ))),
+            PixelStatus::Expired => Some(PixelEvent::Expired),
+            PixelStatus::Cancelled => Some(PixelEvent::Cancelled),
+            PixelStatus::Dropped => Some(PixelEvent::Dropped),
+            PixelStatus::Failed => Some(PixelEvent::Failed),
+            PixelStatus::Queued | PixelStatus::Delivered | PixelStatus::PendingRetry => None,
+        };
+        if let Some(event) = event {
+            batch.count(&key.brand, &rec.delivery.kind, event);
         }
         rec.delivery.set_status(status, now);
         // Never before the pixel's own expiry: its event's record is kept that long and reads it.
@@ -398,11 +465,159 @@ impl Inner {
         batch.insert(keys::index(key, &rec.delivery.id), json(&rec));
     }
 
-    /// Forgets a final record within `batch`: the record and its report index entry.
-    fn forget(&self, batch: &mut Batch, key: &PlayerKey, rec: &Record) {
+    /// Forgets a final record: the record and its report index entry.
+    fn forget(&self, batch: &mut Changes, key: &PlayerKey, rec: &Record) {
         let d = &rec.delivery;
         batch.remove(keys::index(key, &d.id));
         batch.remove(keys::report(key, d.queued_at_ms, &d.id));
+    }
+
+    /// Applies `changes` atomically, with the pending counts and backlog ranking of every player they
+    /// touch; then adjusts the brand depths and counts the transitions. Call under the stripe locks of
+    /// those players (the counts are read, then written).
+    fn apply(&self, mut changes: Changes) -> Result<(), StoreError> {
+        let deltas: Vec<(PlayerKey, i64)> = changes
+            .pending
+            .drain()
+            .filter(|(_, delta)| *delta != 0)
+            .collect();
+        for (key, delta) in &deltas {
+            let before = self.pending_count(key)?;
+            let after = before.saturating_add_signed(*delta);
+            if before > 0 {
+                changes.batch.remove(keys::backlog(key, before));
+            }
+            if after > 0 {
+                changes
+                    .batch
+                    .insert(keys::count(key), after.to_be_bytes().as_slice());
+                changes.batch.insert(keys::backlog(key, after), &[]);
+            } else {
+                changes.batch.remove(keys::count(key));
+            }
+        }
+        self.data.apply_batch(changes.batch).map_err(backend)?;
+        for (key, delta) in deltas {
+            let mut depth = self.depth.entry(key.brand).or_insert(0);
+            *depth = depth.saturating_add_signed(delta);
+        }
+        self.expired_total
+            .fetch_add(changes.expired, Ordering::Relaxed);
+        for (brand, kind, event) in changes.counted {
+            self.metrics.pixels(&brand, &kind, event, 1);
+        }
+        Ok(())
+    }
+
+    /// When the brand's oldest pending client pixel was queued, from the first `p` entry.
+    fn oldest_pending(&self, brand: &BrandId) -> Result<Option<u64>, StoreError> {
+        let prefix = keys::pending_prefix(brand);
+        match self.data.scan_prefix(&prefix).keys().next() {
+            Some(k) => {
+                let k = k.map_err(backend)?;
+                let at = k
+                    .get(prefix.len()..prefix.len() + 8)
+                    .and_then(|b| <[u8; 8]>::try_from(b).ok())
+                    .ok_or_else(|| backend("corrupt pending key"))?;
+                Ok(Some(u64::from_be_bytes(at)))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// The brand's biggest backlogs, from the start of its `k` ranking.
+    fn backlogs(&self, brand: &BrandId, limit: usize) -> Result<Vec<Backlog>, StoreError> {
+        let mut out = Vec::new();
+        for k in self.data.scan_prefix(keys::backlog_prefix(brand)).keys() {
+            if out.len() == limit {
+                break;
+            }
+            let k = k.map_err(backend)?;
+            let (key, pending) =
+                keys::parse_backlog(&k).ok_or_else(|| backend("corrupt backlog key"))?;
+            let oldest = match self
+                .data
+                .scan_prefix(keys::queue_prefix(&key))
+                .values()
+                .next()
+            {
+                Some(v) => {
+                    let pixel: QueuedPixel =
+                        serde_json::from_slice(&v.map_err(backend)?).map_err(backend)?;
+                    Some(pixel.queued_at_ms)
+                }
+                None => None,
+            };
+            out.push(Backlog {
+                brand_id: key.brand,
+                player_id: key.player,
+                pending,
+                oldest_queued_at_ms: oldest,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Pending client pixels of a player, from `n`.
+    fn pending_count(&self, key: &PlayerKey) -> Result<u64, StoreError> {
+        let stored = self.data.get(keys::count(key)).map_err(backend)?;
+        Ok(stored
+            .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
+            .map_or(0, u64::from_be_bytes))
+    }
+
+    /// Makes room for `added` new pixels of `key` under the queue cap, staging the drop of the oldest
+    /// pending pixels no browser holds when the policy allows it; returns the ids dropped. Fails with
+    /// [`StoreError::QueueFull`] when the batch must be refused.
+    fn make_room(
+        &self,
+        changes: &mut Changes,
+        key: &PlayerKey,
+        added: u64,
+        now: u64,
+    ) -> Result<Vec<PixelId>, StoreError> {
+        let cap = self.queue_cap.max_per_player;
+        let pending = self.pending_count(key)?;
+        if pending + added <= cap {
+            return Ok(Vec::new());
+        }
+        let full = || StoreError::QueueFull {
+            player: key.player.clone(),
+            pending,
+            cap,
+        };
+        if self.queue_cap.on_full == OnFull::Reject || added > cap {
+            return Err(full());
+        }
+        let mut need = pending + added - cap;
+        let mut dropped = Vec::new();
+        for entry in self.data.scan_prefix(keys::queue_prefix(key)) {
+            if need == 0 {
+                break;
+            }
+            let (k, v) = entry.map_err(backend)?;
+            let seq = keys::parse_queue(&k)
+                .map(|(_, seq)| seq)
+                .ok_or_else(|| backend("corrupt queue key"))?;
+            if self.in_flight(key, seq) {
+                continue; // a browser may be firing it right now
+            }
+            let pixel: QueuedPixel = serde_json::from_slice(&v).map_err(backend)?;
+            let rec = self
+                .record(key, &pixel.id)?
+                .ok_or_else(|| backend("a queued pixel without its record"))?;
+            if pixel.expires_at_ms <= now {
+                self.finalize(changes, key, rec, PixelStatus::Expired, now);
+            } else {
+                self.finalize(changes, key, rec, PixelStatus::Dropped, now);
+                dropped.push(pixel.id);
+            }
+            need -= 1;
+        }
+        if need > 0 {
+            return Err(full());
+        }
+        Ok(dropped)
     }
 
     fn check_open(&self) -> Result<(), StoreError> {
@@ -419,14 +634,6 @@ impl Inner {
             entry.get_mut().retain(|r| *r != range);
             if entry.get().is_empty() {
                 entry.remove();
-            }
-        }
-    }
-
-    fn sub_depth(&self, brand: &BrandId, n: u64) {
-        if n > 0 {
-            if let Some(mut d) = self.depth.get_mut(brand) {
-                *d = d.saturating_sub(n);
             }
         }
     }
@@ -463,6 +670,7 @@ impl Inner {
                 batch.remove(y_key);
                 batch.remove(keys::event(&brand, &event_id));
                 self.data.apply_batch(batch).map_err(backend)?;
+                self.metrics.upkeep(Upkeep::EventsForgotten, 1);
                 handled += 1;
             }
         }
@@ -497,9 +705,9 @@ impl Inner {
                 if !self.data.contains_key(&x_key).map_err(backend)? {
                     continue;
                 }
-                let mut batch = Batch::default();
+                let mut batch = Changes::default();
                 batch.remove(x_key.clone());
-                let mut expired = 0;
+                let mut forgotten = 0;
                 if let Some(id) = id {
                     match self.record(&key, &id)? {
                         Some(rec) if rec.seq != seq => {} // a stale entry of an older pixel
@@ -511,15 +719,18 @@ impl Inner {
                                 continue;
                             }
                             self.finalize(&mut batch, &key, rec, PixelStatus::Expired, now);
-                            expired = 1;
                         }
-                        Some(rec) => self.forget(&mut batch, &key, &rec),
+                        Some(rec) => {
+                            self.forget(&mut batch, &key, &rec);
+                            forgotten = 1;
+                        }
                         None => {}
                     }
                 }
-                self.data.apply_batch(batch).map_err(backend)?;
-                self.sub_depth(&key.brand, expired);
-                self.expired_total.fetch_add(expired, Ordering::Relaxed);
+                let expired = batch.expired;
+                self.apply(batch)?;
+                self.metrics.upkeep(Upkeep::Expired, expired);
+                self.metrics.upkeep(Upkeep::RecordsForgotten, forgotten);
                 handled += 1;
             }
         }
@@ -550,6 +761,7 @@ fn open_db(dir: &Path, cache_bytes: u64) -> Result<Db, StoreError> {
     }
 }
 
+/// The upkeep loop: expiry and retention, off the async workers so a long pass never holds up sessions.
 async fn sweep_forever(inner: std::sync::Weak<Inner>, stop: CancellationToken) {
     loop {
         tokio::select! {
@@ -557,10 +769,45 @@ async fn sweep_forever(inner: std::sync::Weak<Inner>, stop: CancellationToken) {
             _ = tokio::time::sleep(SWEEP_EVERY) => {}
         }
         let Some(inner) = inner.upgrade() else { return };
-        if let Err(e) = inner.sweep(now_ms()) {
-            tracing::error!(error = %e, "expiry sweep failed");
-        }
+        let metrics = Arc::clone(&inner.metrics);
+        let started = std::time::Instant::now();
+        let result = tokio::task::spawn_blocking(move || inner.sweep(now_ms())).await;
+        let ok = match result {
+            Ok(Ok(_)) => true,
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "upkeep pass failed; the next one retries");
+                false
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "upkeep pass panicked; the next one retries");
+                false
+            }
+        };
+        metrics.upkeep_pass(started.elapsed(), ok);
     }
+}
+
+/// Builds the derived tables `p`, `n` and `k` from the queues of a data dir written before they existed.
+fn build_backlog_tables(data: &Tree) -> Result<(), StoreError> {
+    const BUILT: &[u8] = b"mbacklog-tables-v1";
+    if data.contains_key(BUILT).map_err(backend)? {
+        return Ok(());
+    }
+    let mut batch = Batch::default();
+    let mut counts: HashMap<PlayerKey, u64> = HashMap::new();
+    for entry in data.scan_prefix(b"q") {
+        let (k, v) = entry.map_err(backend)?;
+        let (key, seq) = keys::parse_queue(&k).ok_or_else(|| backend("corrupt queue key"))?;
+        let pixel: QueuedPixel = serde_json::from_slice(&v).map_err(backend)?;
+        batch.insert(keys::pending(&key, pixel.queued_at_ms, seq), &[]);
+        *counts.entry(key).or_insert(0) += 1;
+    }
+    for (key, count) in counts {
+        batch.insert(keys::count(&key), count.to_be_bytes().as_slice());
+        batch.insert(keys::backlog(&key, count), &[]);
+    }
+    batch.insert(BUILT, &[]);
+    data.apply_batch(batch).map_err(backend)
 }
 
 /// A fresh random inbound token, keeping `previous` (token, valid until) when given.
@@ -620,14 +867,14 @@ impl Store for SledStore {
         &self,
         key: &PlayerKey,
         pixels: Vec<NewPixel>,
-    ) -> Result<Vec<Enqueued>, StoreError> {
+    ) -> Result<EnqueueOutcome, StoreError> {
         let inner = &self.inner;
         inner.check_open()?;
-        let (answers, range) = {
+        let (answers, dropped, range) = {
             let _guard = lock(inner.stripe(key));
             inner.brand_exists(&key.brand)?;
             let now = now_ms();
-            let mut batch = Batch::default();
+            let mut batch = Changes::default();
             let mut answers: Vec<Enqueued> = Vec::with_capacity(pixels.len());
             let mut seen_in_batch: HashMap<PixelId, usize> = HashMap::new();
             let mut added = 0u64;
@@ -663,12 +910,12 @@ impl Store for SledStore {
                 });
                 added += 1;
             }
-            inner.data.apply_batch(batch).map_err(backend)?;
-            *inner.depth.entry(key.brand.clone()).or_insert(0) += added;
+            let dropped = inner.make_room(&mut batch, key, added, now)?;
+            inner.apply(batch)?;
             if let Some(range) = range {
                 inner.unflushed.entry(key.clone()).or_default().push(range);
             }
-            (answers, range)
+            (answers, dropped, range)
         };
         let flushed = inner.commit.wait().await;
         if let Some(range) = range {
@@ -679,7 +926,13 @@ impl Store for SledStore {
             // No receiver is fine: nobody online for now, the pixels wait.
             let _ = inner.announce.send(key.clone());
         }
-        Ok(answers)
+        if !dropped.is_empty() {
+            tracing::info!(player = %key.player, dropped = dropped.len(), "queue cap reached: oldest pixels dropped");
+        }
+        Ok(EnqueueOutcome {
+            pixels: answers,
+            dropped,
+        })
     }
 
     async fn pending(&self, key: &PlayerKey) -> Result<Vec<PendingPixel>, StoreError> {
@@ -714,7 +967,7 @@ impl Store for SledStore {
                 break 'locked CancelOutcome::AlreadyFinal(rec.delivery.status);
             }
             let now = now_ms();
-            let mut batch = Batch::default();
+            let mut batch = Changes::default();
             let Some(expires_at_ms) = rec.delivery.expires_at_ms else {
                 // A postback: cancellable while it waits in the outbox, not while an attempt runs (its
                 // outbox entry is then at the end of the claim, not at its next attempt).
@@ -729,7 +982,7 @@ impl Store for SledStore {
                     _ => break 'locked CancelOutcome::InFlight,
                 }
                 inner.finalize(&mut batch, key, rec, PixelStatus::Cancelled, now);
-                inner.data.apply_batch(batch).map_err(backend)?;
+                inner.apply(batch)?;
                 break 'locked CancelOutcome::Cancelled;
             };
             if inner.in_flight(key, rec.seq) {
@@ -741,10 +994,8 @@ impl Store for SledStore {
                 PixelStatus::Cancelled
             };
             inner.finalize(&mut batch, key, rec, status, now);
-            inner.data.apply_batch(batch).map_err(backend)?;
-            inner.sub_depth(&key.brand, 1);
+            inner.apply(batch)?;
             if status == PixelStatus::Expired {
-                inner.expired_total.fetch_add(1, Ordering::Relaxed);
                 break 'locked CancelOutcome::AlreadyFinal(PixelStatus::Expired);
             }
             CancelOutcome::Cancelled
@@ -776,8 +1027,7 @@ impl Store for SledStore {
             .get(key)
             .and_then(|r| r.iter().map(|r| r.0).min());
         let now = now_ms();
-        let mut batch = Batch::default();
-        let mut expired = 0;
+        let mut batch = Changes::default();
         let mut out = Vec::new();
         let mut seqs = Vec::new();
         for entry in inner.data.scan_prefix(keys::queue_prefix(key)) {
@@ -797,9 +1047,15 @@ impl Store for SledStore {
                 .ok_or_else(|| backend("a queued pixel without its record"))?;
             if pixel.expires_at_ms <= now {
                 inner.finalize(&mut batch, key, rec, PixelStatus::Expired, now);
-                expired += 1;
                 continue;
             }
+            let again = rec.delivery.sent_at_ms.is_some();
+            let event = if again {
+                PixelEvent::Redelivered
+            } else {
+                PixelEvent::Delivered
+            };
+            batch.count(&key.brand, &rec.delivery.kind, event);
             rec.delivery.note_sent(now);
             batch.insert(keys::index(key, &pixel.id), json(&rec));
             seqs.push(seq);
@@ -808,12 +1064,10 @@ impl Store for SledStore {
                 break;
             }
         }
-        if expired > 0 || !out.is_empty() {
+        if batch.expired > 0 || !out.is_empty() {
             // Not waited on: losing this write in a crash only loses a report timestamp, or means the
             // pixels are found expired again.
-            inner.data.apply_batch(batch).map_err(backend)?;
-            inner.sub_depth(&key.brand, expired);
-            inner.expired_total.fetch_add(expired, Ordering::Relaxed);
+            inner.apply(batch)?;
         }
         if !out.is_empty() {
             inner
@@ -835,7 +1089,7 @@ impl Store for SledStore {
         let removed = {
             let _guard = lock(inner.stripe(key));
             let now = now_ms();
-            let mut batch = Batch::default();
+            let mut batch = Changes::default();
             let mut removed_seqs = Vec::new();
             let mut distinct: Vec<&PixelId> = ids.iter().collect();
             distinct.sort();
@@ -852,8 +1106,7 @@ impl Store for SledStore {
             if removed_seqs.is_empty() {
                 return Ok(0);
             }
-            inner.data.apply_batch(batch).map_err(backend)?;
-            inner.sub_depth(&key.brand, removed_seqs.len() as u64);
+            inner.apply(batch)?;
             if let Some(mut lease) = inner.leases.get_mut(key) {
                 lease.in_flight.retain(|seq| !removed_seqs.contains(seq));
             }
@@ -970,14 +1223,15 @@ impl Store for SledStore {
             inner.brand_exists(brand)?;
             let definitions = inner.definitions(brand)?;
             let now = now_ms();
-            let mut batch = Batch::default();
+            let mut batch = Changes::default();
             let mut contexts: HashMap<PlayerId, PlayerContext> = HashMap::new();
             let mut answered: HashMap<EventId, usize> = HashMap::new();
             let mut outcomes: Vec<EventOutcome> = Vec::with_capacity(events.len());
             // Per player, the first and last sequence numbers this batch adds.
             let mut ranges: HashMap<PlayerKey, (u64, u64)> = HashMap::new();
-            let mut added = 0u64;
+            let mut added: HashMap<PlayerKey, u64> = HashMap::new();
             let mut postbacks = false;
+            let mut duplicates = 0u64;
             for event in &events {
                 if let Some(&first) = answered.get(&event.event_id) {
                     let again = EventOutcome {
@@ -985,6 +1239,7 @@ impl Store for SledStore {
                         ..outcomes[first].clone()
                     };
                     outcomes.push(again);
+                    duplicates += 1;
                     continue;
                 }
                 answered.insert(event.event_id.clone(), outcomes.len());
@@ -993,6 +1248,7 @@ impl Store for SledStore {
                         duplicate: true,
                         ..recorded
                     });
+                    duplicates += 1;
                     continue;
                 }
                 let key = PlayerKey::new(brand.clone(), event.player_id.clone());
@@ -1011,7 +1267,7 @@ impl Store for SledStore {
                     forget_at = forget_at.max(expires_at);
                     let range = ranges.entry(key.clone()).or_insert((seq, seq));
                     range.1 = seq;
-                    added += 1;
+                    *added.entry(key.clone()).or_insert(0) += 1;
                 }
                 if !plan.postbacks.is_empty() {
                     // And while its postbacks may still be retried.
@@ -1029,8 +1285,16 @@ impl Store for SledStore {
                 batch.insert(keys::event(brand, &event.event_id), json(&plan.outcome));
                 outcomes.push(plan.outcome);
             }
-            inner.data.apply_batch(batch).map_err(backend)?;
-            *inner.depth.entry(brand.clone()).or_insert(0) += added;
+            let mut dropped = 0;
+            for (key, added) in &added {
+                dropped += inner.make_room(&mut batch, key, *added, now)?.len();
+            }
+            inner.apply(batch)?;
+            let total = outcomes.len() as u64;
+            inner.metrics.events(brand, total - duplicates, duplicates);
+            if dropped > 0 {
+                tracing::info!(%brand, dropped, "queue cap reached: oldest pixels dropped");
+            }
             for (key, range) in &ranges {
                 inner.unflushed.entry(key.clone()).or_default().push(*range);
             }
@@ -1073,11 +1337,87 @@ impl Store for SledStore {
         for entry in inner.data.scan_prefix(b"b") {
             let (k, _) = entry.map_err(backend)?;
             let brand = keys::parse_brand(&k).ok_or_else(|| backend("corrupt brand key"))?;
-            let depth = inner.depth.get(&brand).map_or(0, |d| *d);
-            stats.queue_depth += depth;
-            stats.brands.insert(brand, depth);
+            let queue_depth = inner.depth.get(&brand).map_or(0, |d| *d);
+            stats.queue_depth += queue_depth;
+            let oldest_queued_at_ms = inner.oldest_pending(&brand)?;
+            stats.brands.insert(
+                brand,
+                BrandQueue {
+                    queue_depth,
+                    oldest_queued_at_ms,
+                },
+            );
         }
         Ok(stats)
+    }
+
+    async fn backlogs(
+        &self,
+        brand: Option<&BrandId>,
+        limit: usize,
+    ) -> Result<Vec<Backlog>, StoreError> {
+        let inner = &self.inner;
+        let Some(brand) = brand else {
+            // Every brand's top `limit`, merged: the overall top is among them.
+            let mut all = Vec::new();
+            for entry in inner.data.scan_prefix(b"b").keys() {
+                let k = entry.map_err(backend)?;
+                let brand = keys::parse_brand(&k).ok_or_else(|| backend("corrupt brand key"))?;
+                all.extend(inner.backlogs(&brand, limit)?);
+            }
+            all.sort_by_key(|b| std::cmp::Reverse(b.pending));
+            all.truncate(limit);
+            return Ok(all);
+        };
+        inner.brand_exists(brand)?;
+        inner.backlogs(brand, limit)
+    }
+
+    async fn purge(&self, key: &PlayerKey) -> Result<Purged, StoreError> {
+        let inner = &self.inner;
+        inner.check_open()?;
+        let purged = {
+            let _guard = lock(inner.stripe(key));
+            inner.brand_exists(&key.brand)?;
+            let now = now_ms();
+            let mut batch = Changes::default();
+            let mut purged = Purged::default();
+            for entry in inner.data.scan_prefix(keys::queue_prefix(key)) {
+                let (k, v) = entry.map_err(backend)?;
+                let seq = keys::parse_queue(&k)
+                    .map(|(_, seq)| seq)
+                    .ok_or_else(|| backend("corrupt queue key"))?;
+                if inner.in_flight(key, seq) {
+                    purged.in_flight += 1;
+                    continue;
+                }
+                let pixel: QueuedPixel = serde_json::from_slice(&v).map_err(backend)?;
+                let rec = inner
+                    .record(key, &pixel.id)?
+                    .ok_or_else(|| backend("a queued pixel without its record"))?;
+                let status = if pixel.expires_at_ms <= now {
+                    PixelStatus::Expired
+                } else {
+                    purged.cancelled += 1;
+                    PixelStatus::Cancelled
+                };
+                inner.finalize(&mut batch, key, rec, status, now);
+            }
+            inner.apply(batch)?;
+            purged
+        };
+        inner.commit.wait().await?;
+        Ok(purged)
+    }
+
+    async fn check_writable(&self) -> Result<(), StoreError> {
+        let inner = &self.inner;
+        inner.check_open()?;
+        inner
+            .data
+            .insert(b"mreadiness-probe", now_ms().to_be_bytes().as_slice())
+            .map_err(backend)?;
+        inner.commit.wait().await
     }
 
     async fn deliveries(
@@ -1221,14 +1561,14 @@ impl Store for SledStore {
         inner.check_open()?;
         let health = 'locked: {
             let _guard = lock(inner.stripe(&due.key));
-            let mut batch = Batch::default();
+            let mut batch = Changes::default();
             batch.remove(keys::schedule(claimed_until, &due.key, &due.id));
             let Some(mut rec) = inner.record(&due.key, &due.id)? else {
-                inner.data.apply_batch(batch).map_err(backend)?;
+                inner.apply(batch)?;
                 break 'locked None;
             };
             if !rec.delivery.status.is_pending() {
-                inner.data.apply_batch(batch).map_err(backend)?;
+                inner.apply(batch)?;
                 break 'locked None;
             }
             let now = attempt.at_ms + attempt.duration_ms;
@@ -1270,7 +1610,7 @@ impl Store for SledStore {
                 }
                 None => None,
             };
-            inner.data.apply_batch(batch).map_err(backend)?;
+            inner.apply(batch)?;
             health
         };
         inner.commit.wait().await?;
@@ -1448,6 +1788,49 @@ mod keys {
         Some((brand, id))
     }
 
+    /// `n`: a player's pending count.
+    pub fn count(key: &PlayerKey) -> Vec<u8> {
+        let mut k = vec![b'n'];
+        push_player(&mut k, key);
+        k
+    }
+
+    pub fn backlog_prefix(brand: &BrandId) -> Vec<u8> {
+        brand_table(b'k', brand)
+    }
+
+    /// `k`: inverted so that a forward scan meets the biggest backlog first.
+    pub fn backlog(key: &PlayerKey, pending: u64) -> Vec<u8> {
+        let mut k = backlog_prefix(&key.brand);
+        k.extend_from_slice(&(u64::MAX - pending).to_be_bytes());
+        k.extend_from_slice(key.player.as_str().as_bytes());
+        k
+    }
+
+    pub fn parse_backlog(k: &[u8]) -> Option<(PlayerKey, u64)> {
+        let rest = k.strip_prefix(b"k")?;
+        let nul = rest.iter().position(|&b| b == 0)?;
+        let brand = BrandId::parse(std::str::from_utf8(&rest[..nul]).ok()?).ok()?;
+        let (inverted, player) = rest[nul + 1..].split_at_checked(8)?;
+        let pending = u64::MAX - u64::from_be_bytes(inverted.try_into().ok()?);
+        let player = PlayerId::parse(std::str::from_utf8(player).ok()?).ok()?;
+        Some((PlayerKey::new(brand, player), pending))
+    }
+
+    pub fn pending_prefix(brand: &BrandId) -> Vec<u8> {
+        brand_table(b'p', brand)
+    }
+
+    /// `p`: a pending client pixel by the time it was queued.
+    pub fn pending(key: &PlayerKey, queued_at_ms: u64, seq: u64) -> Vec<u8> {
+        let mut k = pending_prefix(&key.brand);
+        k.extend_from_slice(&queued_at_ms.to_be_bytes());
+        k.extend_from_slice(key.player.as_str().as_bytes());
+        k.push(0);
+        k.extend_from_slice(&seq.to_be_bytes());
+        k
+    }
+
     pub fn index_prefix(key: &PlayerKey) -> Vec<u8> {
         let mut k = vec![b'i'];
         push_player(&mut k, key);
@@ -1578,6 +1961,11 @@ mod tests {
             default_ttl: Duration::from_secs(3600),
             retention: RETENTION,
             cache_bytes: 16 << 20,
+            queue_cap: QueueCap {
+                max_per_player: contract::QUEUE_CAP,
+                on_full: OnFull::Reject,
+            },
+            metrics: Arc::new(Metrics::new()),
         }
     }
 
@@ -1625,6 +2013,107 @@ mod tests {
             body: crate::pixel::PixelBody::Js { code: "1".into() },
             origin: None,
         }
+    }
+
+    #[tokio::test]
+    async fn drop_oldest_makes_room_but_never_drops_what_a_browser_holds() {
+        let harness = SledHarness::new();
+        let metrics = Arc::new(Metrics::new());
+        let store = SledStore::open(
+            harness.dir.path(),
+            SledOptions {
+                queue_cap: QueueCap {
+                    max_per_player: 3,
+                    on_full: OnFull::DropOldest,
+                },
+                metrics: Arc::clone(&metrics),
+                ..options()
+            },
+        )
+        .unwrap();
+        let key = with_brand(&store).await;
+        store
+            .enqueue(&key, vec![js("a", None), js("b", None), js("c", None)])
+            .await
+            .unwrap();
+        let held = store.lease(&key, SessionId::generate(), 1).await.unwrap();
+        assert_eq!(held[0].id.as_str(), "a");
+
+        let outcome = store
+            .enqueue(&key, vec![js("d", None), js("e", None)])
+            .await
+            .unwrap();
+        let dropped: Vec<&str> = outcome.dropped.iter().map(PixelId::as_str).collect();
+        assert_eq!(dropped, ["b", "c"], "the oldest not in flight");
+        let pending: Vec<String> = store
+            .pending(&key)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|p| p.pixel.id.to_string())
+            .collect();
+        assert_eq!(pending, ["a", "d", "e"]);
+        let b = store
+            .inner
+            .record(&key, &PixelId::parse("b").unwrap())
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            b.delivery.status,
+            PixelStatus::Dropped,
+            "reported as dropped"
+        );
+        assert!(
+            metrics
+                .encode()
+                .contains("pixelhub_pixels_dropped_total{brand=\"b\",kind=\"js\"} 2")
+        );
+
+        // Only "a" is held: two more cannot fit, one can.
+        let err = store
+            .enqueue(
+                &key,
+                vec![js("f", None), js("g", None), js("h", None), js("i", None)],
+            )
+            .await
+            .unwrap_err();
+        assert!(matches!(err, StoreError::QueueFull { .. }), "{err:?}");
+        assert_eq!(
+            store.pending(&key).await.unwrap().len(),
+            3,
+            "nothing written"
+        );
+        let outcome = store.enqueue(&key, vec![js("f", None)]).await.unwrap();
+        assert_eq!(outcome.dropped, [PixelId::parse("d").unwrap()]);
+        store.close().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_data_dir_from_before_the_backlog_tables_gets_them_at_open() {
+        let harness = SledHarness::new();
+        let store = open(&harness);
+        let key = with_brand(&store).await;
+        store
+            .enqueue(&key, vec![js("a", None), js("b", None)])
+            .await
+            .unwrap();
+        let oldest = store.stats().await.unwrap().brands[&key.brand].oldest_queued_at_ms;
+        // Take the derived tables away, as a data dir written by an older hub lacks them.
+        let data = &store.inner.data;
+        for tag in [b"p", b"n", b"k", b"m"] {
+            for k in data.scan_prefix(tag).keys() {
+                data.remove(k.unwrap()).unwrap();
+            }
+        }
+        store.close().await.unwrap();
+        drop(store);
+
+        let store = open(&harness);
+        let queue = store.stats().await.unwrap().brands[&key.brand];
+        assert_eq!((queue.queue_depth, queue.oldest_queued_at_ms), (2, oldest));
+        let top = store.backlogs(None, 5).await.unwrap();
+        assert_eq!((top.len(), top[0].pending), (1, 2));
+        store.close().await.unwrap();
     }
 
     #[tokio::test]
@@ -1688,7 +2177,8 @@ mod tests {
         let again = store
             .enqueue(&key, vec![js("short", None), js("fired", None)])
             .await
-            .unwrap();
+            .unwrap()
+            .pixels;
         assert!(
             again.iter().all(|e| e.duplicate),
             "ids are remembered after the pixels are gone"
@@ -1700,7 +2190,8 @@ mod tests {
         let later = store
             .enqueue(&key, vec![js("short", None), js("fired", None)])
             .await
-            .unwrap();
+            .unwrap()
+            .pixels;
         assert!(
             later
                 .iter()

@@ -21,7 +21,11 @@ async fn the_admin_api_needs_the_admin_token() {
     let url = app.url("/api/v1/stats");
 
     let missing = app.http.get(&url).send().await.unwrap();
-    assert_eq!(missing.headers()["www-authenticate"], "Bearer");
+    let challenge = missing.headers()["www-authenticate"].to_str().unwrap();
+    assert!(
+        challenge.starts_with("Bearer") && challenge.contains("Basic realm=\"pixelhub\""),
+        "{challenge}"
+    );
     assert_error(missing, StatusCode::UNAUTHORIZED, "unauthorized").await;
     let wrong = app
         .http
@@ -39,6 +43,33 @@ async fn the_admin_api_needs_the_admin_token() {
         .await
         .unwrap();
     assert_error(basic, StatusCode::UNAUTHORIZED, "unauthorized").await;
+
+    // A browser sends the token as the Basic password: good for reading, never for changing.
+    let basic = |method, path: &str, password: &str| {
+        app.http
+            .request(method, app.url(path))
+            .basic_auth("ops", Some(password))
+    };
+    let read = basic(reqwest::Method::GET, "/api/v1/stats", TOKEN);
+    assert_eq!(read.send().await.unwrap().status(), StatusCode::OK);
+    let wrong = basic(
+        reqwest::Method::GET,
+        "/api/v1/stats",
+        "not-the-token-0123456789",
+    );
+    assert_error(
+        wrong.send().await.unwrap(),
+        StatusCode::UNAUTHORIZED,
+        "unauthorized",
+    )
+    .await;
+    let change = basic(reqwest::Method::PUT, "/api/v1/brands/b9", TOKEN).json(&json!({}));
+    assert_error(
+        change.send().await.unwrap(),
+        StatusCode::UNAUTHORIZED,
+        "unauthorized",
+    )
+    .await;
 
     assert_eq!(
         app.http
@@ -422,13 +453,19 @@ async fn stats_show_exact_depth_and_live_sessions_per_brand() {
     let stats = app.get_json("/api/v1/stats").await;
     assert_eq!(stats["queue_depth"], 3);
     assert_eq!(stats["sessions"], 3);
+    assert_eq!(stats["players_online"], 2);
+    assert_eq!(stats["draining"], false);
+    let b1 = &stats["brands"]["b1"];
+    let oldest = b1["oldest_queued_at_ms"].as_u64().expect("b1 has pixels");
     assert_eq!(
-        stats["brands"]["b1"],
-        json!({"queue_depth": 3, "sessions": 3, "players_online": 2, "flagged_definitions": 0})
+        *b1,
+        json!({"queue_depth": 3, "oldest_queued_at_ms": oldest, "sessions": 3, "players_online": 2,
+               "flagged_definitions": 0, "fired_total": 0})
     );
     assert_eq!(
         stats["brands"]["b2"],
-        json!({"queue_depth": 0, "sessions": 0, "players_online": 0, "flagged_definitions": 0})
+        json!({"queue_depth": 0, "oldest_queued_at_ms": null, "sessions": 0, "players_online": 0,
+               "flagged_definitions": 0, "fired_total": 0})
     );
 }
 

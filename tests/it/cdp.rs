@@ -206,6 +206,27 @@ impl Tab {
         .unwrap_or_else(|_| panic!("no {method}"));
     }
 
+    /// Sends these headers with every request of the tab (e.g. a page's credentials).
+    pub async fn set_headers(&self, headers: Value) {
+        self.call("Network.enable", json!({})).await;
+        self.call("Network.setExtraHTTPHeaders", json!({"headers": headers}))
+            .await;
+    }
+
+    /// A PNG of the tab's viewport at `width`×`height`.
+    pub async fn screenshot(&self, width: u32, height: u32) -> Vec<u8> {
+        let metrics =
+            json!({"width": width, "height": height, "deviceScaleFactor": 1, "mobile": false});
+        self.call("Emulation.setDeviceMetricsOverride", metrics)
+            .await;
+        let shot = self
+            .call("Page.captureScreenshot", json!({"format": "png"}))
+            .await;
+        base64::engine::general_purpose::STANDARD
+            .decode(shot["data"].as_str().expect("a screenshot"))
+            .expect("base64 PNG")
+    }
+
     /// Navigates and waits for the load event.
     pub async fn goto(&self, url: &str) {
         let events = self.cdp.events.subscribe();

@@ -109,11 +109,16 @@ impl TestApp {
         }
     }
 
-    /// Stops the hub the way SIGTERM does and waits until its store is closed.
-    pub async fn stop(&mut self) {
+    /// Sends the hub the stop signal (what SIGTERM does) without waiting for it to finish.
+    pub fn signal_stop(&mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
+    }
+
+    /// Stops the hub the way SIGTERM does and waits until its store is closed.
+    pub async fn stop(&mut self) {
+        self.signal_stop();
         if let Some(task) = self.task.take() {
             task.await
                 .expect("the server task does not panic")

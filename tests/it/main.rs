@@ -7,6 +7,7 @@ mod delivery;
 mod events;
 mod helpers;
 mod inbound;
+mod ops;
 mod postbacks;
 mod process;
 mod receiver;

@@ -39,18 +39,18 @@ impl HubProcess {
         settings: &[(&str, &str)],
     ) -> Self {
         let mut command = Command::new(env!("CARGO_BIN_EXE_pixelhub"));
-        command.envs(settings.iter().copied());
         command
             .args(["--listen", listen, "--data-dir"])
             .arg(data_dir)
             .env_remove("PIXELHUB_ADMIN_TOKEN")
             .env("PIXELHUB_DEMO", demo.to_string())
-            .env("PIXELHUB_LOG", "info")
+            .env("PIXELHUB_LOG_LEVEL", "info")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         if let Some(token) = token {
             command.env("PIXELHUB_ADMIN_TOKEN", token);
         }
+        command.envs(settings.iter().copied());
         let mut child = command.spawn().expect("the binary starts");
         let (tx, log) = mpsc::channel();
         for stream in [
@@ -72,11 +72,15 @@ impl HubProcess {
             seen: Vec::new(),
         };
         let line = hub.wait_for_line("listening");
-        let addr = line
-            .split("addr=")
-            .nth(1)
-            .and_then(|s| s.split_whitespace().next())
-            .expect("the address is logged");
+        let addr = match serde_json::from_str::<serde_json::Value>(&line) {
+            Ok(json) => json["fields"]["addr"].as_str().map(str::to_owned),
+            Err(_) => line
+                .split("addr=")
+                .nth(1)
+                .and_then(|s| s.split_whitespace().next())
+                .map(str::to_owned),
+        }
+        .expect("the address is logged");
         hub.base = format!("http://{addr}");
         hub.addr = addr.parse().expect("a socket address");
         hub
@@ -93,6 +97,24 @@ impl HubProcess {
                 return line;
             }
         }
+    }
+
+    /// Sends SIGTERM and waits for the process to exit; returns its status and how long it took.
+    pub fn terminate(&mut self) -> (std::process::ExitStatus, Duration) {
+        let started = std::time::Instant::now();
+        // SAFETY: kill(2) with a pid we own and a valid signal number has no memory effects.
+        let sent = unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
+        assert_eq!(sent, 0, "SIGTERM could not be sent");
+        let status = self.child.wait().unwrap();
+        (status, started.elapsed())
+    }
+
+    /// Every line logged until now and until the process ended (after [`HubProcess::terminate`]).
+    pub fn lines(&mut self) -> Vec<String> {
+        while let Ok(line) = self.log.recv_timeout(Duration::from_millis(200)) {
+            self.seen.push(line);
+        }
+        self.seen.clone()
     }
 
     pub fn kill_9(mut self) {
@@ -199,4 +221,128 @@ async fn kill_9_loses_no_pixel_that_was_answered_202() {
     )
     .await;
     assert_eq!(stats["queue_depth"], 50);
+}
+
+#[tokio::test]
+async fn sigterm_sends_sessions_elsewhere_and_exits_0_with_json_logs_free_of_secrets() {
+    let dir = tempfile::tempdir().unwrap();
+    let token = "sigterm-admin-token-0123456789";
+    let settings = [
+        ("PIXELHUB_LOG_FORMAT", "json"),
+        ("PIXELHUB_LOG_LEVEL", "debug"),
+        ("PIXELHUB_SHUTDOWN_TIMEOUT_MS", "4000"),
+    ];
+    let mut hub = HubProcess::start_with("127.0.0.1:0", dir.path(), Some(token), false, &settings);
+    let http = reqwest::Client::new();
+    let admin = |method: reqwest::Method, path: &str| {
+        http.request(method, format!("{}{path}", hub.base))
+            .bearer_auth(token)
+    };
+    let put = admin(reqwest::Method::PUT, "/api/v1/brands/b1").json(&json!({}));
+    assert!(put.send().await.unwrap().status().is_success());
+    let inbound = json_of(admin(reqwest::Method::GET, "/api/v1/brands/b1/inbound")).await;
+    let inbound_token = inbound["token"].as_str().unwrap().to_owned();
+    let received = http
+        .get(format!(
+            "{}/postback/b1/{inbound_token}?player_id=p-term&type=registration",
+            hub.base
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(received.status(), StatusCode::OK);
+
+    let (ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/websocket", hub.addr))
+        .await
+        .unwrap();
+    let mut ws = crate::helpers::WsClient { ws };
+    ws.send(json!({"type": "hello", "v": 1, "brand_id": "b1", "player_id": "p-term"}))
+        .await;
+    assert_eq!(ws.recv().await["type"], "welcome");
+
+    let (status, took) = hub.terminate();
+    assert!(status.success(), "exit status {status:?}");
+    assert!(took < Duration::from_secs(5), "stopped in {took:?}");
+    assert_eq!(ws.closed().await, (4000, "shutdown".to_owned()));
+
+    let lines = hub.lines();
+    let logs: Vec<serde_json::Value> = lines
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|_| panic!("not a JSON log line: {l}")))
+        .collect();
+    let in_span = |name: &str, field: &str, value: &str| {
+        logs.iter().any(|l| {
+            l["spans"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|s| s["name"] == name && s[field] == value)
+        })
+    };
+    assert!(
+        in_span("session", "player", "p-term"),
+        "a session span with its player: {lines:#?}"
+    );
+    assert!(in_span("session", "brand", "b1"));
+    assert!(in_span("request", "route", "/postback/{brand_id}/{token}"));
+    assert!(logs.iter().any(|l| l["fields"]["message"] == "stopped"));
+    for secret in [token, inbound_token.as_str()] {
+        assert!(
+            lines.iter().all(|l| !l.contains(secret)),
+            "a secret was logged"
+        );
+    }
+}
+
+#[test]
+fn help_documents_every_setting_and_bad_config_names_the_setting() {
+    let run = |args: &[&str], env: &[(&str, &str)]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_pixelhub"))
+            .args(args)
+            .envs(env.iter().copied())
+            .output()
+            .unwrap()
+    };
+    let help = run(&["--help"], &[]);
+    assert!(help.status.success());
+    let help = String::from_utf8(help.stdout).unwrap();
+    for setting in [
+        "--config",
+        "--listen",
+        "--data-dir",
+        "--default-ttl-seconds",
+        "--max-queue-per-player",
+        "--queue-full",
+        "--ws-max-message-bytes",
+        "--hello-timeout-ms",
+        "--heartbeat-ms",
+        "--log-level",
+        "--log-format",
+        "--s2s-max-attempts",
+        "--s2s-retry-base-ms",
+        "--report-retention-days",
+        "--shutdown-timeout-ms",
+        "--shutdown-delay-ms",
+        "--public-metrics",
+        "PIXELHUB_ADMIN_TOKEN",
+    ] {
+        assert!(help.contains(setting), "--help lacks {setting}");
+    }
+    assert!(help.contains("[default: reject]") && help.contains("[env: PIXELHUB_QUEUE_FULL="));
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("hub.toml");
+    std::fs::write(&file, "heartbeat_ms = 25000\nqueue_full = \"sometimes\"\n").unwrap();
+    let bad = run(&["--config", file.to_str().unwrap()], &[]);
+    assert_eq!(bad.status.code(), Some(2));
+    let stderr = String::from_utf8(bad.stderr).unwrap();
+    assert!(
+        stderr.contains("hub.toml") && stderr.contains("queue_full"),
+        "{stderr}"
+    );
+
+    let bad = run(&[], &[("PIXELHUB_LOG_FORMAT", "xml")]);
+    assert_eq!(bad.status.code(), Some(2));
+    let stderr = String::from_utf8(bad.stderr).unwrap();
+    assert!(stderr.contains("--log-format"), "{stderr}");
 }

@@ -1,0 +1,389 @@
+//! What ops look at: stats and their recent history, backlogs, live sessions, `/metrics`, `/readyz`,
+//! and the dashboard that shows them.
+//!
+//! Queue figures come from the store (shared by every process, exact); session figures and counters are
+//! this process's. One function, [`overview`], reads both, so `/api/v1/stats`, the dashboard's history
+//! and the Prometheus gauges can never tell different stories.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Mutex;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE};
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use tokio_util::task::TaskTracker;
+
+use super::admin::{BrandPath, PlayerPath, require_brand};
+use super::extract::{ApiPath, ApiQuery};
+use super::{ApiError, AppState};
+use crate::hub::BrandSessions;
+use crate::ids::BrandId;
+use crate::metrics::{self, BrandGauges};
+use crate::store::{BrandQueue, now_ms};
+
+/// How often the dashboard's history is sampled.
+const SAMPLE_EVERY: Duration = Duration::from_secs(2);
+/// How much history is kept: the dashboard's chart window.
+const HISTORY_WINDOW: Duration = Duration::from_secs(15 * 60);
+/// Longest a readiness probe waits for the store's write and flush.
+const READY_PROBE: Duration = Duration::from_secs(2);
+/// Most backlogs one request lists.
+const MAX_BACKLOGS: usize = 1000;
+
+/// One brand in [`Overview`].
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct BrandOverview {
+    /// Its queue (from the store).
+    #[serde(flatten)]
+    pub queue: BrandQueue,
+    /// Its sessions here.
+    #[serde(flatten)]
+    pub sessions: BrandSessions,
+    /// Pixels and postbacks of the brand fired in this process since it started.
+    pub fired_total: u64,
+}
+
+/// The hub at a glance.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct Overview {
+    /// Pending client pixels over all brands.
+    pub queue_depth: u64,
+    /// Sessions in this process.
+    pub sessions: usize,
+    /// Players with a session in this process.
+    pub players_online: usize,
+    /// Every registered brand.
+    pub brands: BTreeMap<BrandId, BrandOverview>,
+}
+
+/// Reads the overview from the store and this process.
+async fn overview(state: &AppState) -> Result<(Overview, crate::store::StoreStats), ApiError> {
+    let mut stats = state.store.stats().await?;
+    let mut online = state.hub.brand_sessions();
+    let fired = state.metrics.fired_per_brand();
+    let brands: BTreeMap<BrandId, BrandOverview> = std::mem::take(&mut stats.brands)
+        .into_iter()
+        .map(|(brand, queue)| {
+            let overview = BrandOverview {
+                queue,
+                sessions: online.remove(&brand).unwrap_or_default(),
+                fired_total: fired.get(brand.as_str()).copied().unwrap_or(0),
+            };
+            (brand, overview)
+        })
+        .collect();
+    let overview = Overview {
+        queue_depth: stats.queue_depth,
+        sessions: state.hub.session_count(),
+        players_online: brands.values().map(|b| b.sessions.players_online).sum(),
+        brands,
+    };
+    Ok((overview, stats))
+}
+
+fn draining(state: &AppState) -> bool {
+    state.draining.load(Ordering::Acquire)
+}
+
+/// `GET /api/v1/stats`.
+pub(super) async fn stats(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+    let (overview, store) = overview(&state).await?;
+    let mut brands = serde_json::Map::new();
+    for (brand, figures) in &overview.brands {
+        let mut value = serde_json::to_value(figures).expect("figures serialise");
+        let flagged = super::deliveries::flagged(&state, brand).await?.len();
+        value["flagged_definitions"] = json!(flagged);
+        brands.insert(brand.to_string(), value);
+    }
+    Ok(Json(json!({
+        "queue_depth": overview.queue_depth,
+        "sessions": overview.sessions,
+        "players_online": overview.players_online,
+        "draining": draining(&state),
+        "now_ms": now_ms(),
+        "expired_total": store.expired_total,
+        "store": { "flushes": store.flushes, "flushed_writes": store.flushed_writes },
+        "s2s": state.postbacks.snapshot(),
+        "brands": brands,
+    })))
+}
+
+/// One brand in a [`Sample`].
+#[derive(Clone, Debug, PartialEq, Serialize)]
+struct BrandSample {
+    queue_depth: u64,
+    sessions: usize,
+    fired_total: u64,
+}
+
+/// The hub at one moment, for the dashboard's chart and rates.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+struct Sample {
+    at_ms: u64,
+    queue_depth: u64,
+    sessions: usize,
+    fired_total: u64,
+    s2s_failed_total: u64,
+    brands: BTreeMap<BrandId, BrandSample>,
+}
+
+/// The last minutes of samples, oldest first; kept in memory (a restart starts a fresh chart).
+#[derive(Debug, Default)]
+pub struct History {
+    samples: Mutex<VecDeque<Sample>>,
+}
+
+impl History {
+    fn push(&self, sample: Sample) {
+        let mut samples = self.samples.lock().unwrap_or_else(|p| p.into_inner());
+        let oldest_kept = sample
+            .at_ms
+            .saturating_sub(HISTORY_WINDOW.as_millis() as u64);
+        while samples.front().is_some_and(|s| s.at_ms < oldest_kept) {
+            samples.pop_front();
+        }
+        samples.push_back(sample);
+    }
+
+    fn since(&self, since_ms: u64) -> Vec<Sample> {
+        let samples = self.samples.lock().unwrap_or_else(|p| p.into_inner());
+        samples
+            .iter()
+            .filter(|s| s.at_ms > since_ms)
+            .cloned()
+            .collect()
+    }
+}
+
+async fn sample(state: &AppState) -> Result<Sample, ApiError> {
+    let (overview, _) = overview(state).await?;
+    let brands: BTreeMap<BrandId, BrandSample> = overview
+        .brands
+        .into_iter()
+        .map(|(brand, b)| {
+            let sample = BrandSample {
+                queue_depth: b.queue.queue_depth,
+                sessions: b.sessions.sessions,
+                fired_total: b.fired_total,
+            };
+            (brand, sample)
+        })
+        .collect();
+    Ok(Sample {
+        at_ms: now_ms(),
+        queue_depth: overview.queue_depth,
+        sessions: overview.sessions,
+        fired_total: brands.values().map(|b| b.fired_total).sum(),
+        s2s_failed_total: state.postbacks.snapshot().failed,
+        brands,
+    })
+}
+
+/// Starts the sampler that feeds the dashboard's history, on `tracker`, until shutdown.
+pub fn spawn_sampler(state: AppState, tracker: &TaskTracker) {
+    tracker.spawn(async move {
+        let mut ticker = tokio::time::interval(SAMPLE_EVERY);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = state.shutdown.cancelled() => return,
+                _ = ticker.tick() => {}
+            }
+            match sample(&state).await {
+                Ok(sample) => state.history.push(sample),
+                Err(e) => tracing::warn!(error = ?e, "could not sample the stats"),
+            }
+        }
+    });
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct HistoryQuery {
+    since_ms: Option<u64>,
+}
+
+/// `GET /api/v1/stats/history`.
+pub(super) async fn history(
+    State(state): State<AppState>,
+    ApiQuery(query): ApiQuery<HistoryQuery>,
+) -> Result<Json<Value>, ApiError> {
+    Ok(Json(json!({
+        "interval_ms": SAMPLE_EVERY.as_millis() as u64,
+        "window_ms": HISTORY_WINDOW.as_millis() as u64,
+        "now_ms": now_ms(),
+        "samples": state.history.since(query.since_ms.unwrap_or(0)),
+    })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct BacklogQuery {
+    brand: Option<BrandId>,
+    limit: Option<usize>,
+}
+
+fn limit_of(limit: Option<usize>) -> Result<usize, ApiError> {
+    match limit.unwrap_or(20) {
+        n @ 1..=MAX_BACKLOGS => Ok(n),
+        _ => Err(ApiError::Invalid {
+            code: "invalid_query",
+            message: format!("limit must be 1 to {MAX_BACKLOGS}"),
+        }),
+    }
+}
+
+/// `GET /api/v1/backlogs`: the players with the most pending pixels, over all brands or one.
+pub(super) async fn backlogs(
+    State(state): State<AppState>,
+    ApiQuery(query): ApiQuery<BacklogQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let limit = limit_of(query.limit)?;
+    let players = state.store.backlogs(query.brand.as_ref(), limit).await?;
+    Ok(Json(json!({ "players": players })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct LimitQuery {
+    limit: Option<usize>,
+}
+
+/// `GET /api/v1/brands/{brand_id}/queue`: depth, oldest pixel, sessions and biggest backlogs of a brand.
+pub(super) async fn brand_queue(
+    State(state): State<AppState>,
+    ApiPath(path): ApiPath<BrandPath>,
+    ApiQuery(query): ApiQuery<LimitQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let limit = limit_of(query.limit)?;
+    require_brand(&state, &path.brand_id).await?;
+    let (overview, _) = overview(&state).await?;
+    let figures = overview
+        .brands
+        .get(&path.brand_id)
+        .cloned()
+        .unwrap_or_default();
+    let backlogs = state.store.backlogs(Some(&path.brand_id), limit).await?;
+    let mut value = serde_json::to_value(&figures).expect("figures serialise");
+    value["brand_id"] = json!(path.brand_id);
+    value["oldest_age_ms"] = json!(
+        figures
+            .queue
+            .oldest_queued_at_ms
+            .map(|at| now_ms().saturating_sub(at))
+    );
+    value["biggest_backlogs"] = json!(backlogs);
+    Ok(Json(value))
+}
+
+/// `GET /api/v1/brands/{brand_id}/players/{player_id}/sessions`: the player's live sessions in the
+/// process that answers.
+pub(super) async fn player_sessions(
+    State(state): State<AppState>,
+    ApiPath(path): ApiPath<PlayerPath>,
+) -> Result<Json<Value>, ApiError> {
+    require_brand(&state, &path.brand_id).await?;
+    let sessions = state.hub.sessions_of(&path.key());
+    Ok(Json(json!({ "sessions": sessions })))
+}
+
+/// `DELETE /api/v1/brands/{brand_id}/players/{player_id}/pixels`: cancels the player's whole queue,
+/// except pixels a browser holds right now.
+pub(super) async fn purge(
+    State(state): State<AppState>,
+    ApiPath(path): ApiPath<PlayerPath>,
+) -> Result<Json<Value>, ApiError> {
+    let key = path.key();
+    let purged = state.store.purge(&key).await?;
+    tracing::info!(player = %key.player, cancelled = purged.cancelled, in_flight = purged.in_flight, "queue purged");
+    Ok(Json(json!(purged)))
+}
+
+/// `GET /metrics`: counters as they are, gauges read from the store and hub now.
+pub(super) async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
+    let (overview, _) = overview(&state).await?;
+    let now = now_ms();
+    let gauges = overview.brands.iter().map(|(brand, b)| {
+        let oldest_age = b
+            .queue
+            .oldest_queued_at_ms
+            .map_or(0, |at| now.saturating_sub(at));
+        let figures = BrandGauges {
+            queue_depth: b.queue.queue_depth,
+            oldest_age: Duration::from_millis(oldest_age),
+            sessions: b.sessions.sessions as u64,
+            players_online: b.sessions.players_online as u64,
+        };
+        (brand, figures)
+    });
+    // One scrape at a time: the gauges are cleared and set, then encoded.
+    let text = {
+        let _one = state.metrics_scrape.lock().await;
+        state.metrics.set_gauges(
+            gauges,
+            state.postbacks.snapshot().in_flight,
+            draining(&state),
+        );
+        state.metrics.encode()
+    };
+    Ok(([(CONTENT_TYPE, metrics::CONTENT_TYPE)], text).into_response())
+}
+
+/// `GET /readyz`: 200 while the hub takes traffic; 503 while it drains or when the store cannot write.
+pub(super) async fn readyz(State(state): State<AppState>) -> Response {
+    let unready = |code: &str, message: &str| {
+        let body = json!({ "error": { "code": code, "message": message } });
+        (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
+    };
+    if draining(&state) {
+        return unready(
+            "draining",
+            "the hub is shutting down; send traffic elsewhere",
+        );
+    }
+    match tokio::time::timeout(READY_PROBE, state.store.check_writable()).await {
+        Ok(Ok(())) => Json(json!({ "status": "ready" })).into_response(),
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "readiness probe: the store cannot write");
+            unready("store_unavailable", "the store cannot take writes")
+        }
+        Err(_) => unready(
+            "store_unavailable",
+            "the store did not confirm a write in time",
+        ),
+    }
+}
+
+/// The dashboard's files, served as written.
+const DASHBOARD_HTML: &str = include_str!("../../static/dashboard.html");
+const DASHBOARD_JS: &str = include_str!("../../static/dashboard.js");
+const DASHBOARD_CSS: &str = include_str!("../../static/dashboard.css");
+
+fn static_file(content_type: &'static str, body: &'static str) -> Response {
+    (
+        [(CONTENT_TYPE, content_type), (CACHE_CONTROL, "no-cache")],
+        body,
+    )
+        .into_response()
+}
+
+/// `GET /dashboard`.
+pub(super) async fn dashboard() -> Response {
+    static_file("text/html; charset=utf-8", DASHBOARD_HTML)
+}
+
+/// `GET /dashboard/dashboard.js`.
+pub(super) async fn dashboard_js() -> Response {
+    static_file("application/javascript; charset=utf-8", DASHBOARD_JS)
+}
+
+/// `GET /dashboard/dashboard.css`.
+pub(super) async fn dashboard_css() -> Response {
+    static_file("text/css; charset=utf-8", DASHBOARD_CSS)
+}

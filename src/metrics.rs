@@ -1,0 +1,571 @@
+//! Prometheus metrics: what ops graph and alert on, served at `GET /metrics`.
+//!
+//! Every metric is named `pixelhub_<subsystem>_<name>` and documented in `docs/metrics.md`; the test
+//! `every_metric_is_documented` keeps the two in step. Labels are bounded on purpose: a brand (created
+//! by the admin API), a pixel kind, a close reason, a route template, a status; never a player, a pixel
+//! or anything a client can choose freely.
+//!
+//! Counters and histograms are updated where things happen (store, sessions, sender, HTTP layer). Gauges
+//! that describe shared state (queue depth, oldest pending pixel, sessions online) are set from the
+//! source of truth at scrape time by [`Metrics::set_gauges`], so they are exact and can never drift.
+
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::{Registry, Unit};
+
+use crate::ids::BrandId;
+
+/// The exposition's content type: OpenMetrics text, which Prometheus reads natively.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Label set of per-brand gauges.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BrandLabel {
+    /// The brand id.
+    pub brand: String,
+}
+
+/// Label set of pixel counters.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PixelLabels {
+    /// The brand id.
+    pub brand: String,
+    /// `image`, `iframe`, `script`, `js`, `facebook` or `s2s`.
+    pub kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabel {
+    kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabel {
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AttemptLabels {
+    result: &'static str,
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteLabels {
+    route: String,
+    method: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    route: String,
+    method: String,
+    status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ActionLabel {
+    action: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EventLabels {
+    brand: String,
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct VersionLabel {
+    version: &'static str,
+}
+
+/// What happened to a pixel or postback, as the pixel counters count it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PixelEvent {
+    /// Written to a player's queue or to the postback outbox.
+    Queued,
+    /// Sent to a browser for the first time.
+    Delivered,
+    /// Sent to a browser again (the session that had it ended without an ack).
+    Redelivered,
+    /// Acknowledged by a browser, or answered 2xx by a postback endpoint; with the time since it was queued.
+    Fired(Duration),
+    /// Its TTL ran out.
+    Expired,
+    /// Cancelled or purged through the API.
+    Cancelled,
+    /// Removed unfired to keep the player's queue under its cap.
+    Dropped,
+    /// A postback that ran out of attempts or was refused for good.
+    Failed,
+}
+
+/// How a postback attempt ended, for `pixelhub_s2s_attempts_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttemptResult {
+    /// 2xx.
+    Fired,
+    /// Another attempt is scheduled.
+    Retry,
+    /// No further attempt.
+    Failed,
+}
+
+/// The upkeep work counted in `pixelhub_upkeep_items_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Upkeep {
+    /// Pixels whose TTL ran out, dropped from their queue.
+    Expired,
+    /// Final pixel and postback records forgotten after the report retention.
+    RecordsForgotten,
+    /// Event records forgotten after the report retention.
+    EventsForgotten,
+}
+
+/// Scrape-time figures of one brand, from the store and this process's hub.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct BrandGauges {
+    /// Pending client pixels, exact.
+    pub queue_depth: u64,
+    /// Age of the oldest pending client pixel; zero when the queue is empty.
+    pub oldest_age: Duration,
+    /// This process's sessions of the brand.
+    pub sessions: u64,
+    /// This process's distinct players of the brand online.
+    pub players_online: u64,
+}
+
+/// The process's metrics. One per [`crate::Application`], so tests running several hubs in one process
+/// see only their own.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    queue_depth: Family<BrandLabel, Gauge>,
+    queue_oldest_age: Family<BrandLabel, Gauge<f64, AtomicU64>>,
+    sessions_online: Family<BrandLabel, Gauge>,
+    players_online: Family<BrandLabel, Gauge>,
+    draining: Gauge,
+    pixels_queued: Family<PixelLabels, Counter>,
+    pixels_delivered: Family<PixelLabels, Counter>,
+    pixels_redelivered: Family<PixelLabels, Counter>,
+    pixels_fired: Family<PixelLabels, Counter>,
+    pixels_expired: Family<PixelLabels, Counter>,
+    pixels_cancelled: Family<PixelLabels, Counter>,
+    pixels_dropped: Family<PixelLabels, Counter>,
+    pixels_failed: Family<PixelLabels, Counter>,
+    fire_latency: Family<KindLabel, Histogram>,
+    events: Family<EventLabels, Counter>,
+    ws_connects: Counter,
+    ws_closes: Family<ReasonLabel, Counter>,
+    s2s_attempts: Family<AttemptLabels, Counter>,
+    s2s_duration: Histogram,
+    s2s_in_flight: Gauge,
+    http_requests: Family<RequestLabels, Counter>,
+    http_duration: Family<RouteLabels, Histogram>,
+    fsync_duration: Histogram,
+    commit_batch: Histogram,
+    upkeep_runs: Counter,
+    upkeep_failures: Counter,
+    upkeep_duration: Histogram,
+    upkeep_items: Family<ActionLabel, Counter>,
+    /// The fired counter again, per brand only: a Family cannot be read back.
+    fired_by_brand: dashmap::DashMap<String, u64>,
+}
+
+/// Buckets of request, attempt and fsync durations: 0.1 ms to ~52 s.
+fn duration_buckets() -> impl Iterator<Item = f64> {
+    exponential_buckets(0.0001, 4.0, 10)
+}
+
+/// Buckets of enqueue-to-fire latency: from a player online now (under a second) to one who comes back
+/// weeks later.
+const FIRE_LATENCY_BUCKETS: [f64; 14] = [
+    0.05,
+    0.25,
+    1.0,
+    5.0,
+    30.0,
+    120.0,
+    600.0,
+    1800.0,
+    3600.0,
+    4.0 * 3600.0,
+    12.0 * 3600.0,
+    86_400.0,
+    7.0 * 86_400.0,
+    30.0 * 86_400.0,
+];
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Creates and registers every metric.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("pixelhub");
+        let m = Metrics {
+            queue_depth: Family::default(),
+            queue_oldest_age: Family::default(),
+            sessions_online: Family::default(),
+            players_online: Family::default(),
+            draining: Gauge::default(),
+            pixels_queued: Family::default(),
+            pixels_delivered: Family::default(),
+            pixels_redelivered: Family::default(),
+            pixels_fired: Family::default(),
+            pixels_expired: Family::default(),
+            pixels_cancelled: Family::default(),
+            pixels_dropped: Family::default(),
+            pixels_failed: Family::default(),
+            fire_latency: Family::new_with_constructor(|| {
+                Histogram::new(FIRE_LATENCY_BUCKETS.iter().copied())
+            }),
+            events: Family::default(),
+            ws_connects: Counter::default(),
+            ws_closes: Family::default(),
+            s2s_attempts: Family::default(),
+            s2s_duration: Histogram::new(duration_buckets()),
+            s2s_in_flight: Gauge::default(),
+            http_requests: Family::default(),
+            http_duration: Family::new_with_constructor(|| Histogram::new(duration_buckets())),
+            fsync_duration: Histogram::new(duration_buckets()),
+            commit_batch: Histogram::new(exponential_buckets(1.0, 2.0, 12)),
+            upkeep_runs: Counter::default(),
+            upkeep_failures: Counter::default(),
+            upkeep_duration: Histogram::new(duration_buckets()),
+            upkeep_items: Family::default(),
+            fired_by_brand: dashmap::DashMap::new(),
+            registry: Registry::default(),
+        };
+        let r = &mut registry;
+        r.register(
+            "queue_depth",
+            "Pending client pixels per brand (exact, read from the store at scrape time).",
+            m.queue_depth.clone(),
+        );
+        r.register_with_unit(
+            "queue_oldest_pending_age",
+            "Age of the oldest pending client pixel per brand; 0 when the queue is empty.",
+            Unit::Seconds,
+            m.queue_oldest_age.clone(),
+        );
+        r.register(
+            "sessions_online",
+            "WebSocket sessions past their hello, per brand, in this process.",
+            m.sessions_online.clone(),
+        );
+        r.register(
+            "sessions_players_online",
+            "Distinct players with at least one session, per brand, in this process.",
+            m.players_online.clone(),
+        );
+        r.register(
+            "lifecycle_draining",
+            "1 while the process drains for shutdown (readyz answers 503), else 0.",
+            m.draining.clone(),
+        );
+        let pixel_counters = [
+            (
+                "pixels_queued",
+                "Pixels and postbacks written to a queue or the outbox.",
+                &m.pixels_queued,
+            ),
+            (
+                "pixels_delivered",
+                "Client pixels sent to a browser for the first time.",
+                &m.pixels_delivered,
+            ),
+            (
+                "pixels_redelivered",
+                "Client pixels sent to a browser again after an unacknowledged delivery.",
+                &m.pixels_redelivered,
+            ),
+            (
+                "pixels_fired",
+                "Pixels acknowledged by a browser, and postbacks answered 2xx.",
+                &m.pixels_fired,
+            ),
+            (
+                "pixels_expired",
+                "Client pixels whose TTL ran out before they fired.",
+                &m.pixels_expired,
+            ),
+            (
+                "pixels_cancelled",
+                "Pixels and postbacks cancelled or purged through the API.",
+                &m.pixels_cancelled,
+            ),
+            (
+                "pixels_dropped",
+                "Client pixels removed unfired to keep a player's queue under its cap (policy drop-oldest).",
+                &m.pixels_dropped,
+            ),
+            (
+                "pixels_failed",
+                "Postbacks that ran out of attempts or were refused for good.",
+                &m.pixels_failed,
+            ),
+        ];
+        for (name, help, family) in pixel_counters {
+            r.register(name, help, family.clone());
+        }
+        r.register_with_unit(
+            "pixels_fire_latency",
+            "Time from queueing to firing (browser ack, or postback 2xx), per kind.",
+            Unit::Seconds,
+            m.fire_latency.clone(),
+        );
+        r.register(
+            "events_ingested",
+            "Events taken in per brand; result is new or duplicate.",
+            m.events.clone(),
+        );
+        r.register(
+            "websocket_connects",
+            "WebSocket upgrades accepted.",
+            m.ws_connects.clone(),
+        );
+        r.register(
+            "websocket_closes",
+            "WebSocket sessions ended, by close reason (client_gone when the client closed or vanished).",
+            m.ws_closes.clone(),
+        );
+        r.register(
+            "s2s_attempts",
+            "Postback attempts; result is fired, retry or failed, outcome what the endpoint did.",
+            m.s2s_attempts.clone(),
+        );
+        r.register_with_unit(
+            "s2s_attempt_duration",
+            "Time of a postback attempt until the answer's head or the failure.",
+            Unit::Seconds,
+            m.s2s_duration.clone(),
+        );
+        r.register(
+            "s2s_in_flight",
+            "Postback attempts running now in this process.",
+            m.s2s_in_flight.clone(),
+        );
+        r.register(
+            "http_requests",
+            "HTTP requests answered, by route template, method and status.",
+            m.http_requests.clone(),
+        );
+        r.register_with_unit(
+            "http_request_duration",
+            "Time to answer an HTTP request (to the response head), by route template and method.",
+            Unit::Seconds,
+            m.http_duration.clone(),
+        );
+        r.register_with_unit(
+            "store_fsync_duration",
+            "Duration of one group-commit flush (fsync).",
+            Unit::Seconds,
+            m.fsync_duration.clone(),
+        );
+        r.register(
+            "store_commit_batch_size",
+            "Writers made durable by one flush: the group-commit batch.",
+            m.commit_batch.clone(),
+        );
+        r.register(
+            "upkeep_runs",
+            "Background upkeep passes (TTL expiry, report retention).",
+            m.upkeep_runs.clone(),
+        );
+        r.register(
+            "upkeep_failures",
+            "Upkeep passes that failed (the next pass retries).",
+            m.upkeep_failures.clone(),
+        );
+        r.register_with_unit(
+            "upkeep_duration",
+            "Duration of one upkeep pass.",
+            Unit::Seconds,
+            m.upkeep_duration.clone(),
+        );
+        r.register(
+            "upkeep_items",
+            "Entries handled by upkeep: expired pixels, forgotten records, forgotten events.",
+            m.upkeep_items.clone(),
+        );
+        let build = Family::<VersionLabel, Gauge>::default();
+        build
+            .get_or_create(&VersionLabel {
+                version: env!("CARGO_PKG_VERSION"),
+            })
+            .set(1);
+        r.register("build_info", "Always 1; the version is the label.", build);
+        Metrics { registry, ..m }
+    }
+
+    /// The exposition, in OpenMetrics text.
+    pub fn encode(&self) -> String {
+        let mut out = String::with_capacity(16 * 1024);
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String cannot fail");
+        out
+    }
+
+    /// Sets the scrape-time gauges from the source of truth; brands not listed are removed.
+    pub fn set_gauges<'a>(
+        &self,
+        brands: impl IntoIterator<Item = (&'a BrandId, BrandGauges)>,
+        s2s_in_flight: u64,
+        draining: bool,
+    ) {
+        self.queue_depth.clear();
+        self.queue_oldest_age.clear();
+        self.sessions_online.clear();
+        self.players_online.clear();
+        for (brand, g) in brands {
+            let label = BrandLabel {
+                brand: brand.to_string(),
+            };
+            self.queue_depth
+                .get_or_create(&label)
+                .set(g.queue_depth as i64);
+            self.queue_oldest_age
+                .get_or_create(&label)
+                .set(g.oldest_age.as_secs_f64());
+            self.sessions_online
+                .get_or_create(&label)
+                .set(g.sessions as i64);
+            self.players_online
+                .get_or_create(&label)
+                .set(g.players_online as i64);
+        }
+        self.s2s_in_flight.set(s2s_in_flight as i64);
+        self.draining.set(i64::from(draining));
+    }
+
+    /// Counts `n` pixels or postbacks of one brand and kind that went through `event`.
+    pub fn pixels(&self, brand: &BrandId, kind: &str, event: PixelEvent, n: u64) {
+        if n == 0 {
+            return;
+        }
+        let family = match event {
+            PixelEvent::Queued => &self.pixels_queued,
+            PixelEvent::Delivered => &self.pixels_delivered,
+            PixelEvent::Redelivered => &self.pixels_redelivered,
+            PixelEvent::Fired(latency) => {
+                *self.fired_by_brand.entry(brand.to_string()).or_insert(0) += n;
+                self.fire_latency
+                    .get_or_create(&KindLabel { kind: kind.into() })
+                    .observe(latency.as_secs_f64());
+                &self.pixels_fired
+            }
+            PixelEvent::Expired => &self.pixels_expired,
+            PixelEvent::Cancelled => &self.pixels_cancelled,
+            PixelEvent::Dropped => &self.pixels_dropped,
+            PixelEvent::Failed => &self.pixels_failed,
+        };
+        family
+            .get_or_create(&PixelLabels {
+                brand: brand.to_string(),
+                kind: kind.into(),
+            })
+            .inc_by(n);
+    }
+
+    /// Pixels and postbacks fired in this process since it started, per brand: the dashboard's fired/min.
+    pub fn fired_per_brand(&self) -> std::collections::BTreeMap<String, u64> {
+        self.fired_by_brand
+            .iter()
+            .map(|e| (e.key().clone(), *e.value()))
+            .collect()
+    }
+
+    /// Counts an event batch's events of one brand.
+    pub fn events(&self, brand: &BrandId, new: u64, duplicate: u64) {
+        for (result, n) in [("new", new), ("duplicate", duplicate)] {
+            if n > 0 {
+                self.events
+                    .get_or_create(&EventLabels {
+                        brand: brand.to_string(),
+                        result,
+                    })
+                    .inc_by(n);
+            }
+        }
+    }
+
+    /// Counts an accepted WebSocket upgrade.
+    pub fn ws_connected(&self) {
+        self.ws_connects.inc();
+    }
+
+    /// Counts a session's end by its close reason (`client_gone` when the client left first).
+    pub fn ws_closed(&self, reason: &'static str) {
+        self.ws_closes.get_or_create(&ReasonLabel { reason }).inc();
+    }
+
+    /// Counts a postback attempt; `outcome` is a bounded word such as `http_2xx` or `timeout`.
+    pub fn s2s_attempt(&self, result: AttemptResult, outcome: &'static str, took: Duration) {
+        let result = match result {
+            AttemptResult::Fired => "fired",
+            AttemptResult::Retry => "retry",
+            AttemptResult::Failed => "failed",
+        };
+        self.s2s_attempts
+            .get_or_create(&AttemptLabels { result, outcome })
+            .inc();
+        self.s2s_duration.observe(took.as_secs_f64());
+    }
+
+    /// Counts an answered HTTP request; `route` must be a route template, never a concrete path.
+    pub fn http_request(&self, route: &str, method: &str, status: u16, took: Duration) {
+        self.http_requests
+            .get_or_create(&RequestLabels {
+                route: route.into(),
+                method: method.into(),
+                status,
+            })
+            .inc();
+        self.http_duration
+            .get_or_create(&RouteLabels {
+                route: route.into(),
+                method: method.into(),
+            })
+            .observe(took.as_secs_f64());
+    }
+
+    /// Records one group-commit flush and the writers it made durable.
+    pub fn flushed(&self, took: Duration, writers: usize) {
+        self.fsync_duration.observe(took.as_secs_f64());
+        self.commit_batch.observe(writers as f64);
+    }
+
+    /// Records one upkeep pass.
+    pub fn upkeep_pass(&self, took: Duration, ok: bool) {
+        self.upkeep_runs.inc();
+        if !ok {
+            self.upkeep_failures.inc();
+        }
+        self.upkeep_duration.observe(took.as_secs_f64());
+    }
+
+    /// Counts upkeep work.
+    pub fn upkeep(&self, what: Upkeep, n: u64) {
+        if n == 0 {
+            return;
+        }
+        let action = match what {
+            Upkeep::Expired => "expired",
+            Upkeep::RecordsForgotten => "records_forgotten",
+            Upkeep::EventsForgotten => "events_forgotten",
+        };
+        self.upkeep_items
+            .get_or_create(&ActionLabel { action })
+            .inc_by(n);
+    }
+}
