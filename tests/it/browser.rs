@@ -641,3 +641,63 @@ async fn kill_9_of_the_real_binary_fires_nothing_twice() {
     );
     assert_eq!(site.count("/px/k9"), 1, "fired once across kill -9");
 }
+
+#[tokio::test]
+async fn sigterm_sends_the_page_to_reconnect_and_it_finishes_on_the_restarted_hub() {
+    let dir = tempfile::tempdir().unwrap();
+    let token = "sigterm-browser-0123456789";
+    let mut hub = HubProcess::start(dir.path(), Some(token), false);
+    let (base, addr) = (hub.base.clone(), hub.addr);
+    let queue = |n: &str, site_url: String| {
+        let http = reqwest::Client::new(); // a fresh pool: the old one's connections die with the hub
+        let request = http
+            .post(format!("{base}/api/v1/brands/12345/players/term/pixels"))
+            .bearer_auth(token)
+            .json(&json!({"id": n, "kind": "image", "url": site_url}))
+            .send();
+        async move { assert_eq!(request.await.unwrap().status(), 202) }
+    };
+    let put = reqwest::Client::new()
+        .put(format!("{base}/api/v1/brands/12345"))
+        .bearer_auth(token)
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert!(put.status().is_success());
+    let site = Site::start(addr).await;
+    let browser = Browser::launch().await;
+    let tab = browser.tab().await;
+    tab.goto(&site.page("term")).await;
+    holder(std::slice::from_ref(&tab)).await;
+    queue("before", site.url("/px/term-before")).await;
+    site.wait_for_hit("/px/term-before").await;
+
+    // SIGTERM: the page hears 4000 (reconnect elsewhere) and the process exits 0 within its bound.
+    let (status, took) = hub.terminate();
+    assert!(status.success(), "{status:?}");
+    assert!(took < Duration::from_secs(11), "{took:?}");
+    tab.wait_for(
+        "window.__events.some(function (e) { return e[0] === 'close'; })",
+        "the close",
+    )
+    .await;
+    let first_close = tab
+        .eval("window.__events.filter(function (e) { return e[0] === 'close'; })[0][1]")
+        .await;
+    assert_eq!(first_close, 4000);
+
+    // The restarted hub gets the page back by itself, and the page finishes what is queued next.
+    let _hub = HubProcess::start_on(&addr.to_string(), dir.path(), Some(token), false);
+    tab.wait_for(
+        "window.__events.filter(function (e) { return e[0] === 'welcome'; }).length >= 2",
+        "the reconnect",
+    )
+    .await;
+    queue("after", site.url("/px/term-after")).await;
+    site.wait_for_hit("/px/term-after").await;
+    assert_eq!(
+        (site.count("/px/term-before"), site.count("/px/term-after")),
+        (1, 1)
+    );
+}
