@@ -178,7 +178,7 @@ pub struct Metrics {
     fired_by_brand: dashmap::DashMap<String, u64>,
 }
 
-/// Buckets of request, attempt and fsync durations: 0.1 ms to ~52 s.
+/// Buckets of request, attempt and fsync durations: 0.1 ms to ~26 s, ×4 apart.
 fn duration_buckets() -> impl Iterator<Item = f64> {
     exponential_buckets(0.0001, 4.0, 10)
 }
@@ -249,69 +249,69 @@ impl Metrics {
         let r = &mut registry;
         r.register(
             "queue_depth",
-            "Pending client pixels per brand (exact, read from the store at scrape time).",
+            "Pending client pixels per brand (exact, read from the store at scrape time)",
             m.queue_depth.clone(),
         );
         r.register_with_unit(
             "queue_oldest_pending_age",
-            "Age of the oldest pending client pixel per brand; 0 when the queue is empty.",
+            "Age of the oldest pending client pixel per brand; 0 when the queue is empty",
             Unit::Seconds,
             m.queue_oldest_age.clone(),
         );
         r.register(
             "sessions_online",
-            "WebSocket sessions past their hello, per brand, in this process.",
+            "WebSocket sessions past their hello, per brand, in this process",
             m.sessions_online.clone(),
         );
         r.register(
             "sessions_players_online",
-            "Distinct players with at least one session, per brand, in this process.",
+            "Distinct players with at least one session, per brand, in this process",
             m.players_online.clone(),
         );
         r.register(
             "lifecycle_draining",
-            "1 while the process drains for shutdown (readyz answers 503), else 0.",
+            "1 while the process drains for shutdown (readyz answers 503), else 0",
             m.draining.clone(),
         );
         let pixel_counters = [
             (
                 "pixels_queued",
-                "Pixels and postbacks written to a queue or the outbox.",
+                "Pixels and postbacks written to a queue or the outbox",
                 &m.pixels_queued,
             ),
             (
                 "pixels_delivered",
-                "Client pixels sent to a browser for the first time.",
+                "Client pixels sent to a browser for the first time",
                 &m.pixels_delivered,
             ),
             (
                 "pixels_redelivered",
-                "Client pixels sent to a browser again after an unacknowledged delivery.",
+                "Client pixels sent to a browser again after an unacknowledged delivery",
                 &m.pixels_redelivered,
             ),
             (
                 "pixels_fired",
-                "Pixels acknowledged by a browser, and postbacks answered 2xx.",
+                "Pixels acknowledged by a browser, and postbacks answered 2xx",
                 &m.pixels_fired,
             ),
             (
                 "pixels_expired",
-                "Client pixels whose TTL ran out before they fired.",
+                "Client pixels whose TTL ran out before they fired",
                 &m.pixels_expired,
             ),
             (
                 "pixels_cancelled",
-                "Pixels and postbacks cancelled or purged through the API.",
+                "Pixels and postbacks cancelled or purged through the API",
                 &m.pixels_cancelled,
             ),
             (
                 "pixels_dropped",
-                "Client pixels removed unfired to keep a player's queue under its cap (policy drop-oldest).",
+                "Client pixels removed unfired to keep a player's queue under its cap (policy drop-oldest)",
                 &m.pixels_dropped,
             ),
             (
                 "pixels_failed",
-                "Postbacks that ran out of attempts or were refused for good.",
+                "Postbacks that ran out of attempts or were refused for good",
                 &m.pixels_failed,
             ),
         ];
@@ -320,82 +320,82 @@ impl Metrics {
         }
         r.register_with_unit(
             "pixels_fire_latency",
-            "Time from queueing to firing (browser ack, or postback 2xx), per kind.",
+            "Time from queueing to firing (browser ack, or postback 2xx), per kind",
             Unit::Seconds,
             m.fire_latency.clone(),
         );
         r.register(
             "events_ingested",
-            "Events taken in per brand; result is new or duplicate.",
+            "Events taken in per brand; result is new or duplicate",
             m.events.clone(),
         );
         r.register(
             "websocket_connects",
-            "WebSocket upgrades accepted.",
+            "WebSocket upgrades accepted",
             m.ws_connects.clone(),
         );
         r.register(
             "websocket_closes",
-            "WebSocket sessions ended, by close reason (client_gone when the client closed or vanished).",
+            "WebSocket connections ended (with or without a hello), by close reason; client_gone when the client closed or vanished",
             m.ws_closes.clone(),
         );
         r.register(
             "s2s_attempts",
-            "Postback attempts; result is fired, retry or failed, outcome what the endpoint did.",
+            "Postback attempts; result is fired, retry or failed, outcome what the endpoint did",
             m.s2s_attempts.clone(),
         );
         r.register_with_unit(
             "s2s_attempt_duration",
-            "Time of a postback attempt until the answer's head or the failure.",
+            "Time of a postback attempt: until its status and the first bytes of a text answer, or the failure",
             Unit::Seconds,
             m.s2s_duration.clone(),
         );
         r.register(
             "s2s_in_flight",
-            "Postback attempts running now in this process.",
+            "Postback attempts running now in this process",
             m.s2s_in_flight.clone(),
         );
         r.register(
             "http_requests",
-            "HTTP requests answered, by route template, method and status.",
+            "HTTP requests answered, by route template, method and status",
             m.http_requests.clone(),
         );
         r.register_with_unit(
             "http_request_duration",
-            "Time to answer an HTTP request (to the response head), by route template and method.",
+            "Time to answer an HTTP request (to the response head), by route template and method",
             Unit::Seconds,
             m.http_duration.clone(),
         );
         r.register_with_unit(
             "store_fsync_duration",
-            "Duration of one group-commit flush (fsync).",
+            "Duration of one group-commit flush (fsync)",
             Unit::Seconds,
             m.fsync_duration.clone(),
         );
         r.register(
             "store_commit_batch_size",
-            "Writers made durable by one flush: the group-commit batch.",
+            "Writers made durable by one flush: the group-commit batch",
             m.commit_batch.clone(),
         );
         r.register(
             "upkeep_runs",
-            "Background upkeep passes (TTL expiry, report retention).",
+            "Background upkeep passes (TTL expiry, report retention)",
             m.upkeep_runs.clone(),
         );
         r.register(
             "upkeep_failures",
-            "Upkeep passes that failed (the next pass retries).",
+            "Upkeep passes that failed (the next pass retries)",
             m.upkeep_failures.clone(),
         );
         r.register_with_unit(
             "upkeep_duration",
-            "Duration of one upkeep pass.",
+            "Duration of one upkeep pass",
             Unit::Seconds,
             m.upkeep_duration.clone(),
         );
         r.register(
             "upkeep_items",
-            "Entries handled by upkeep: expired pixels, forgotten records, forgotten events.",
+            "Entries handled by upkeep: expired pixels, forgotten records, forgotten events",
             m.upkeep_items.clone(),
         );
         let build = Family::<VersionLabel, Gauge>::default();
@@ -404,7 +404,7 @@ impl Metrics {
                 version: env!("CARGO_PKG_VERSION"),
             })
             .set(1);
-        r.register("build_info", "Always 1; the version is the label.", build);
+        r.register("build_info", "Always 1; the version is the label", build);
         Metrics { registry, ..m }
     }
 
@@ -522,8 +522,17 @@ impl Metrics {
         self.s2s_duration.observe(took.as_secs_f64());
     }
 
-    /// Counts an answered HTTP request; `route` must be a route template, never a concrete path.
+    /// Counts an answered HTTP request; `route` must be a route template, never a concrete path. A
+    /// method outside the standard ones is counted as `other`, so a client cannot mint series.
     pub fn http_request(&self, route: &str, method: &str, status: u16, took: Duration) {
+        const STANDARD: [&str; 9] = [
+            "GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE",
+        ];
+        let method = if STANDARD.contains(&method) {
+            method
+        } else {
+            "other"
+        };
         self.http_requests
             .get_or_create(&RequestLabels {
                 route: route.into(),
@@ -567,5 +576,67 @@ impl Metrics {
         self.upkeep_items
             .get_or_create(&ActionLabel { action })
             .inc_by(n);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every family, with one series each, so the exposition lists them all.
+    fn exercised() -> Metrics {
+        let m = Metrics::new();
+        let brand = BrandId::parse("b").unwrap();
+        m.set_gauges([(&brand, BrandGauges::default())], 0, false);
+        for event in [
+            PixelEvent::Queued,
+            PixelEvent::Delivered,
+            PixelEvent::Redelivered,
+            PixelEvent::Fired(Duration::from_secs(1)),
+            PixelEvent::Expired,
+            PixelEvent::Cancelled,
+            PixelEvent::Dropped,
+            PixelEvent::Failed,
+        ] {
+            m.pixels(&brand, "image", event, 1);
+        }
+        m.events(&brand, 1, 1);
+        m.ws_connected();
+        m.ws_closed("shutdown");
+        m.s2s_attempt(AttemptResult::Fired, "http_2xx", Duration::ZERO);
+        m.http_request("/healthz", "GET", 200, Duration::ZERO);
+        m.flushed(Duration::ZERO, 1);
+        m.upkeep_pass(Duration::ZERO, true);
+        m.upkeep(Upkeep::Expired, 1);
+        m
+    }
+
+    #[test]
+    fn every_metric_is_documented() {
+        let docs = include_str!("../docs/metrics.md");
+        let text = exercised().encode();
+        let names: Vec<&str> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("# HELP "))
+            .filter_map(|l| l.split_whitespace().next())
+            .collect();
+        assert!(names.len() >= 29, "{names:?}");
+        for name in names {
+            assert!(name.starts_with("pixelhub_"), "{name}");
+            let counter = format!("`{name}_total`");
+            assert!(
+                docs.contains(&format!("`{name}`")) || docs.contains(&counter),
+                "{name} is not in docs/metrics.md"
+            );
+        }
+    }
+
+    #[test]
+    fn clients_cannot_mint_label_values() {
+        let m = Metrics::new();
+        m.http_request("unmatched", "FOOBAR", 405, Duration::ZERO);
+        let text = m.encode();
+        assert!(!text.contains("FOOBAR"));
+        assert!(text.contains("method=\"other\""));
     }
 }
