@@ -344,7 +344,7 @@ impl Config {
                 || token.chars().any(|c| c.is_whitespace() || c.is_control())
             {
                 return Err(format!(
-                    "PIXELHUB_ADMIN_TOKEN must be at least {MIN_ADMIN_TOKEN_LEN} characters without spaces"
+                    "PIXELHUB_ADMIN_TOKEN (or admin_token in the config file) must be at least {MIN_ADMIN_TOKEN_LEN} characters without spaces"
                 ));
             }
         }

@@ -184,12 +184,12 @@ impl Application {
                 .await
         });
 
-        tokio::select! {
-            _ = signal => {}
-            _ = shutdown.cancelled() => {}
-            // The server can only end by itself on an accept error; shut down the rest all the same.
-            _ = &mut server => {}
-        }
+        // The server ends by itself only if its task fails; shut down the rest all the same.
+        let ended_early = tokio::select! {
+            _ = signal => None,
+            _ = shutdown.cancelled() => None,
+            ended = &mut server => Some(ended),
+        };
         let config = &state.config;
         let deadline = tokio::time::Instant::now() + config.shutdown_timeout();
         state.draining.store(true, Ordering::Release);
@@ -203,7 +203,11 @@ impl Application {
 
         // Stops the listener, and tells every session to reconnect elsewhere (4000).
         shutdown.cancel();
-        let served = match tokio::time::timeout_at(deadline, &mut server).await {
+        let ended = match ended_early {
+            Some(ended) => Ok(ended),
+            None => tokio::time::timeout_at(deadline, &mut server).await,
+        };
+        let served = match ended {
             Ok(Ok(served)) => served,
             Ok(Err(e)) => Err(io::Error::other(e)),
             Err(_) => {

@@ -577,6 +577,10 @@ impl Inner {
         now: u64,
     ) -> Result<Vec<PixelId>, StoreError> {
         let cap = self.queue_cap.max_per_player;
+        if added == 0 {
+            // Nothing new (all duplicates): never refuse or drop, even over a cap lowered since.
+            return Ok(Vec::new());
+        }
         let pending = self.pending_count(key)?;
         if pending + added <= cap {
             return Ok(Vec::new());
@@ -659,7 +663,7 @@ impl Inner {
                 .take(SWEEP_CHUNK)
                 .collect::<Result<_, _>>()
                 .map_err(backend)?;
-            if due.is_empty() {
+            if due.is_empty() || self.stop.is_cancelled() {
                 return Ok(handled);
             }
             for y_key in due {
@@ -692,6 +696,9 @@ impl Inner {
             let Some((last, _)) = due.last() else {
                 return Ok(handled);
             };
+            if self.stop.is_cancelled() {
+                return Ok(handled); // shutting down: the next start carries on
+            }
             from = [last.as_ref(), &[0]].concat();
             for (x_key, id) in due {
                 let (key, seq) =
@@ -2086,6 +2093,36 @@ mod tests {
         let outcome = store.enqueue(&key, vec![js("f", None)]).await.unwrap();
         assert_eq!(outcome.dropped, [PixelId::parse("d").unwrap()]);
         store.close().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_retry_of_queued_ids_is_answered_even_over_a_lowered_cap() {
+        let harness = SledHarness::new();
+        let store = open(&harness);
+        let key = with_brand(&store).await;
+        let three = || vec![js("a", None), js("b", None), js("c", None)];
+        store.enqueue(&key, three()).await.unwrap();
+        store.close().await.unwrap();
+        drop(store);
+
+        for on_full in [OnFull::Reject, OnFull::DropOldest] {
+            let store = SledStore::open(
+                harness.dir.path(),
+                SledOptions {
+                    queue_cap: QueueCap {
+                        max_per_player: 2,
+                        on_full,
+                    },
+                    ..options()
+                },
+            )
+            .unwrap();
+            let again = store.enqueue(&key, three()).await.unwrap();
+            assert!(again.pixels.iter().all(|p| p.duplicate), "{on_full:?}");
+            assert!(again.dropped.is_empty(), "{on_full:?}");
+            assert_eq!(store.pending(&key).await.unwrap().len(), 3);
+            store.close().await.unwrap();
+        }
     }
 
     #[tokio::test]
