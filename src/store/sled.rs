@@ -558,6 +558,18 @@ impl Inner {
         Ok(out)
     }
 
+    /// The player's queue in order: each entry's sequence number and pixel.
+    fn queue_entries(
+        &self,
+        key: &PlayerKey,
+    ) -> impl Iterator<Item = Result<(u64, QueuedPixel), StoreError>> + '_ {
+        self.data.scan_prefix(keys::queue_prefix(key)).map(|entry| {
+            let (k, v) = entry.map_err(backend)?;
+            let (_, seq) = keys::parse_queue(&k).ok_or_else(|| backend("corrupt queue key"))?;
+            Ok((seq, serde_json::from_slice(&v).map_err(backend)?))
+        })
+    }
+
     /// Pending client pixels of a player, from `n`.
     fn pending_count(&self, key: &PlayerKey) -> Result<u64, StoreError> {
         let stored = self.data.get(keys::count(key)).map_err(backend)?;
@@ -595,18 +607,14 @@ impl Inner {
         }
         let mut need = pending + added - cap;
         let mut dropped = Vec::new();
-        for entry in self.data.scan_prefix(keys::queue_prefix(key)) {
+        for entry in self.queue_entries(key) {
             if need == 0 {
                 break;
             }
-            let (k, v) = entry.map_err(backend)?;
-            let seq = keys::parse_queue(&k)
-                .map(|(_, seq)| seq)
-                .ok_or_else(|| backend("corrupt queue key"))?;
+            let (seq, pixel) = entry?;
             if self.in_flight(key, seq) {
                 continue; // a browser may be firing it right now
             }
-            let pixel: QueuedPixel = serde_json::from_slice(&v).map_err(backend)?;
             let rec = self
                 .record(key, &pixel.id)?
                 .ok_or_else(|| backend("a queued pixel without its record"))?;
@@ -1389,16 +1397,12 @@ impl Store for SledStore {
             let now = now_ms();
             let mut batch = Changes::default();
             let mut purged = Purged::default();
-            for entry in inner.data.scan_prefix(keys::queue_prefix(key)) {
-                let (k, v) = entry.map_err(backend)?;
-                let seq = keys::parse_queue(&k)
-                    .map(|(_, seq)| seq)
-                    .ok_or_else(|| backend("corrupt queue key"))?;
+            for entry in inner.queue_entries(key) {
+                let (seq, pixel) = entry?;
                 if inner.in_flight(key, seq) {
                     purged.in_flight += 1;
                     continue;
                 }
-                let pixel: QueuedPixel = serde_json::from_slice(&v).map_err(backend)?;
                 let rec = inner
                     .record(key, &pixel.id)?
                     .ok_or_else(|| backend("a queued pixel without its record"))?;
