@@ -2007,6 +2007,25 @@ mod tests {
         SledStore::open(harness.dir.path(), options).unwrap()
     }
 
+    /// Opens the harness's store with another queue cap, counting into `metrics`.
+    fn open_capped(
+        harness: &SledHarness,
+        max_per_player: u64,
+        on_full: OnFull,
+        metrics: Arc<Metrics>,
+    ) -> SledStore {
+        let queue_cap = QueueCap {
+            max_per_player,
+            on_full,
+        };
+        let options = SledOptions {
+            queue_cap,
+            metrics,
+            ..options()
+        };
+        SledStore::open(harness.dir.path(), options).unwrap()
+    }
+
     async fn with_brand(store: &SledStore) -> PlayerKey {
         let brand = BrandId::parse("b").unwrap();
         store
@@ -2030,18 +2049,7 @@ mod tests {
     async fn drop_oldest_makes_room_but_never_drops_what_a_browser_holds() {
         let harness = SledHarness::new();
         let metrics = Arc::new(Metrics::new());
-        let store = SledStore::open(
-            harness.dir.path(),
-            SledOptions {
-                queue_cap: QueueCap {
-                    max_per_player: 3,
-                    on_full: OnFull::DropOldest,
-                },
-                metrics: Arc::clone(&metrics),
-                ..options()
-            },
-        )
-        .unwrap();
+        let store = open_capped(&harness, 3, OnFull::DropOldest, Arc::clone(&metrics));
         let key = with_brand(&store).await;
         store
             .enqueue(&key, vec![js("a", None), js("b", None), js("c", None)])
@@ -2110,17 +2118,7 @@ mod tests {
         drop(store);
 
         for on_full in [OnFull::Reject, OnFull::DropOldest] {
-            let store = SledStore::open(
-                harness.dir.path(),
-                SledOptions {
-                    queue_cap: QueueCap {
-                        max_per_player: 2,
-                        on_full,
-                    },
-                    ..options()
-                },
-            )
-            .unwrap();
+            let store = open_capped(&harness, 2, on_full, Arc::new(Metrics::new()));
             let again = store.enqueue(&key, three()).await.unwrap();
             assert!(again.pixels.iter().all(|p| p.duplicate), "{on_full:?}");
             assert!(again.dropped.is_empty(), "{on_full:?}");
