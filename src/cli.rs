@@ -31,35 +31,35 @@ pub async fn import(args: ImportArgs) -> anyhow::Result<ExitCode> {
             .with_context(|| format!("cannot open {}", args.file.display()))?;
         reqwest::Body::wrap_stream(ReaderStream::new(file))
     };
-    let url = format!(
-        "{}/api/v1/brands/{}/imports",
+    let brand_url = format!(
+        "{}/api/v1/brands/{}",
         args.hub.trim_end_matches('/'),
         args.brand
     );
+    let client = reqwest::Client::new();
+    // Token and brand first: a hub refusing them answers before reading the body and closes, which
+    // a client still streaming a large file would only see as a broken connection.
+    let check = client.get(&brand_url).bearer_auth(&token).send();
+    let (status, answer) = answer_of(check, &args.hub).await?;
+    if !status.is_success() {
+        return refused(status, &answer);
+    }
     let mut query = vec![("type", args.kind.as_str())];
     if let Some(map) = &args.map {
         query.push(("map", map));
     }
-    let response = reqwest::Client::new()
-        .post(&url)
+    let upload = client
+        .post(format!("{brand_url}/imports"))
         .query(&query)
         .bearer_auth(token)
         .header(reqwest::header::CONTENT_TYPE, "text/csv")
         .body(body)
-        .send()
-        .await
-        .with_context(|| format!("cannot reach the hub at {}", args.hub))?;
-    let status = response.status();
-    let text = response.text().await.context("the hub's answer was cut")?;
-    let answer: Value = serde_json::from_str(&text).with_context(|| {
-        format!("the hub answered {status} with something else than JSON: {text}")
-    })?;
-    println!("{}", serde_json::to_string_pretty(&answer)?);
+        .send();
+    let (status, answer) = answer_of(upload, &args.hub).await?;
     if !status.is_success() {
-        let message = answer["error"]["message"].as_str().unwrap_or("no message");
-        eprintln!("import failed ({status}): {message}");
-        return Ok(ExitCode::from(1));
+        return refused(status, &answer);
     }
+    println!("{}", serde_json::to_string_pretty(&answer)?);
     let failed = answer["failed"].as_u64().unwrap_or(0);
     if failed > 0 {
         eprintln!(
@@ -69,4 +69,28 @@ pub async fn import(args: ImportArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::from(3));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The hub's JSON answer to a request.
+async fn answer_of(
+    request: impl std::future::Future<Output = reqwest::Result<reqwest::Response>>,
+    hub: &str,
+) -> anyhow::Result<(reqwest::StatusCode, Value)> {
+    let response = request
+        .await
+        .with_context(|| format!("cannot reach the hub at {hub}"))?;
+    let status = response.status();
+    let text = response.text().await.context("the hub's answer was cut")?;
+    let answer = serde_json::from_str(&text).with_context(|| {
+        format!("the hub answered {status} with something else than JSON: {text}")
+    })?;
+    Ok((status, answer))
+}
+
+/// Prints a refusal (the answer on stdout, a sentence on stderr); exit code 1.
+fn refused(status: reqwest::StatusCode, answer: &Value) -> anyhow::Result<ExitCode> {
+    println!("{}", serde_json::to_string_pretty(answer)?);
+    let message = answer["error"]["message"].as_str().unwrap_or("no message");
+    eprintln!("import failed ({status}): {message}");
+    Ok(ExitCode::from(1))
 }
