@@ -339,14 +339,13 @@ impl Config {
 
     /// Checks what clap cannot: relations between settings and the admin token's strength.
     pub fn validate(&self) -> Result<(), String> {
-        if let Some(token) = &self.admin_token {
-            if token.len() < MIN_ADMIN_TOKEN_LEN
-                || token.chars().any(|c| c.is_whitespace() || c.is_control())
-            {
-                return Err(format!(
-                    "PIXELHUB_ADMIN_TOKEN (or admin_token in the config file) must be at least {MIN_ADMIN_TOKEN_LEN} characters without spaces"
-                ));
-            }
+        if let Some(token) = &self.admin_token
+            && (token.len() < MIN_ADMIN_TOKEN_LEN
+                || token.chars().any(|c| c.is_whitespace() || c.is_control()))
+        {
+            return Err(format!(
+                "PIXELHUB_ADMIN_TOKEN (or admin_token in the config file) must be at least {MIN_ADMIN_TOKEN_LEN} characters without spaces"
+            ));
         }
         if self.shutdown_delay_ms >= self.shutdown_timeout_ms {
             return Err(

@@ -23,7 +23,7 @@ pub const CLICK_ID_PARAMS: [&str; 6] = ["click_id", "clickid", "affclickid", "af
 /// `cancelled`, `expired` or `dropped` (the queue cap). Postbacks go `queued` → `pending_retry` (an attempt failed and another is
 /// scheduled) → `fired` (the endpoint answered 2xx) or `failed` (no attempt left, or an answer that retrying
 /// cannot change). Only `queued`, `delivered` and `pending_retry` can still change.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum PixelStatus {
     /// Waiting: in the player's queue, or in the postback outbox before its first attempt.

@@ -33,9 +33,10 @@ pub mod wake {
 }
 
 /// What ops see of a live session: enough to tell a player's tabs and devices apart.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct SessionInfo {
     /// The session id, as sent in its welcome.
+    #[schema(value_type = String)]
     pub session_id: SessionId,
     /// Unix milliseconds of its hello.
     pub connected_since_ms: u64,

@@ -17,6 +17,8 @@ pub const MAX_ID_LEN: usize = 128;
 pub trait IdKind: 'static {
     /// The field name used in error messages, e.g. `brand_id`.
     const FIELD: &'static str;
+    /// The schema name in the OpenAPI document, e.g. `BrandId`.
+    const SCHEMA: &'static str;
 }
 
 /// A validated id: 1–128 characters of `[A-Za-z0-9._:@-]`.
@@ -129,6 +131,28 @@ impl<'de, K: IdKind> Deserialize<'de> for Id<K> {
     }
 }
 
+/// Ids are documented in the OpenAPI document with the rule [`Id::parse`] enforces, so a client generated
+/// from it can validate before calling.
+impl<K: IdKind> utoipa::PartialSchema for Id<K> {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::Type::String)
+            .min_length(Some(1))
+            .max_length(Some(MAX_ID_LEN))
+            .pattern(Some(ID_PATTERN))
+            .description(Some(format!("An id; {ID_RULE}.")))
+            .into()
+    }
+}
+impl<K: IdKind> utoipa::ToSchema for Id<K> {
+    fn name() -> std::borrow::Cow<'static, str> {
+        K::SCHEMA.into()
+    }
+}
+
+/// [`is_valid_id`] as a regular expression, for the OpenAPI document.
+pub const ID_PATTERN: &str = "^[A-Za-z0-9._:@-]+$";
+
 macro_rules! id_kind {
     ($(#[$doc:meta])* $alias:ident, $tag:ident, $field:literal) => {
         #[doc(hidden)]
@@ -136,6 +160,7 @@ macro_rules! id_kind {
         pub enum $tag {}
         impl IdKind for $tag {
             const FIELD: &'static str = $field;
+            const SCHEMA: &'static str = stringify!($alias);
         }
         $(#[$doc])*
         pub type $alias = Id<$tag>;

@@ -6,21 +6,27 @@ use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use serde::Deserialize;
 use serde_json::{Value, json};
+use utoipa::{IntoParams, ToSchema};
 
 use super::extract::{ApiPath, JsonBody};
-use super::{ApiError, AppState};
+use super::{ApiError, AppState, ErrorBody};
 use crate::ids::{BrandId, PixelId, PlayerId, PlayerKey};
 use crate::pixel::parse_batch;
-use crate::store::{Brand, BrandSettings, CancelOutcome, PixelStatus};
+use crate::store::{Brand, BrandSettings, CancelOutcome, EnqueueOutcome, PixelStatus};
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
 pub(super) struct BrandPath {
+    /// The brand.
     pub(super) brand_id: BrandId,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
 pub(super) struct PlayerPath {
+    /// The brand.
     pub(super) brand_id: BrandId,
+    /// The player, as the brand knows them.
     pub(super) player_id: PlayerId,
 }
 
@@ -30,19 +36,26 @@ impl PlayerPath {
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
 pub(super) struct PixelPath {
+    /// The brand.
     brand_id: BrandId,
+    /// The player.
     player_id: PlayerId,
+    /// The pixel: the id the enqueue answered, or the caller's own.
     pixel_id: PixelId,
 }
 
 /// The settings a `PUT` may carry; anything else is refused so a typo never silently does nothing.
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct BrandBody {
+pub(super) struct BrandBody {
+    /// Display name for people, 1 to 200 characters.
     #[serde(default)]
+    #[schema(example = "Casino Example")]
     name: Option<String>,
+    /// Page origins allowed to open sessions for this brand (`https://casino.example`); empty allows any.
     #[serde(default)]
     allowed_origins: Vec<String>,
 }
@@ -53,15 +66,14 @@ fn brand_settings(body: Value) -> Result<BrandSettings, ApiError> {
         message,
     };
     let body: BrandBody = serde_json::from_value(body).map_err(|e| invalid(e.to_string()))?;
-    if let Some(name) = &body.name {
-        if name.trim().is_empty()
+    if let Some(name) = &body.name
+        && (name.trim().is_empty()
             || name.chars().count() > 200
-            || name.chars().any(char::is_control)
-        {
-            return Err(invalid(
-                "name must be 1 to 200 characters without control characters".into(),
-            ));
-        }
+            || name.chars().any(char::is_control))
+    {
+        return Err(invalid(
+            "name must be 1 to 200 characters without control characters".into(),
+        ));
     }
     let mut origins = Vec::with_capacity(body.allowed_origins.len());
     for origin in &body.allowed_origins {
@@ -89,6 +101,22 @@ fn normalise_origin(origin: &str) -> Option<String> {
     ok.then(|| url.origin().ascii_serialization())
 }
 
+/// Create or replace a brand
+///
+/// Creates the brand (201) or replaces its settings (200). An empty body means the defaults.
+#[utoipa::path(
+    put,
+    path = "/brands/{brand_id}",
+    tag = "brands",
+    params(BrandPath),
+    request_body(content = BrandBody, example = json!({"name": "Casino Example", "allowed_origins": ["https://casino.example"]})),
+    responses(
+        (status = 201, description = "Created.", body = Brand),
+        (status = 200, description = "Replaced.", body = Brand),
+        (status = 400, description = "Not JSON (`invalid_json`) or a bad id (`invalid_id`).", body = ErrorBody),
+        (status = 422, description = "A bad setting (`invalid_brand`).", body = ErrorBody),
+    )
+)]
 pub(super) async fn put_brand(
     State(state): State<AppState>,
     ApiPath(path): ApiPath<BrandPath>,
@@ -104,6 +132,18 @@ pub(super) async fn put_brand(
     Ok((status, Json(brand)))
 }
 
+/// A brand
+#[utoipa::path(
+    get,
+    path = "/brands/{brand_id}",
+    tag = "brands",
+    params(BrandPath),
+    responses(
+        (status = 200, description = "The brand.", body = Brand),
+        (status = 400, description = "A bad id (`invalid_id`).", body = ErrorBody),
+        (status = 404, description = "No such brand (`brand_not_found`).", body = ErrorBody),
+    )
+)]
 pub(super) async fn get_brand(
     State(state): State<AppState>,
     ApiPath(path): ApiPath<BrandPath>,
@@ -119,6 +159,29 @@ pub(super) async fn require_brand(state: &AppState, brand: &BrandId) -> Result<B
         .ok_or_else(|| ApiError::UnknownBrand(brand.to_string()))
 }
 
+/// Queue pixels for a player
+///
+/// One pixel object, or an array of up to 1000, made durable (fsync'd) before the 202. A pixel's own `id`
+/// makes the call idempotent: a repeated id queues nothing and answers that pixel's status.
+#[utoipa::path(
+    post,
+    path = "/brands/{brand_id}/players/{player_id}/pixels",
+    tag = "queues",
+    params(PlayerPath),
+    request_body(
+        content = Object,
+        description = "A pixel (`kind`: `image`, `iframe` or `script` with `url`; `js` with `code`; `facebook` with `pixel_id`, `event` and optional `params`), plus optional `id`, `trigger` and `ttl_seconds`; or an array of them. See the README.",
+        example = json!({"id": "ftd-p-42", "kind": "image", "url": "https://affiliate.example/px?click=abc", "trigger": "ftd", "ttl_seconds": 604800})
+    ),
+    responses(
+        (status = 202, description = "Durable; one entry per pixel, and what the queue cap dropped.", body = EnqueueOutcome),
+        (status = 400, description = "Not JSON, or a bad id.", body = ErrorBody),
+        (status = 404, description = "No such brand (`brand_not_found`).", body = ErrorBody),
+        (status = 413, description = "Body over `--max-body-bytes` (`payload_too_large`).", body = ErrorBody),
+        (status = 422, description = "A bad pixel; the message names the field.", body = ErrorBody),
+        (status = 429, description = "The player's queue is at its cap and the policy is `reject` (`queue_full`); nothing was queued.", body = ErrorBody),
+    )
+)]
 pub(super) async fn enqueue(
     State(state): State<AppState>,
     ApiPath(path): ApiPath<PlayerPath>,
@@ -129,6 +192,20 @@ pub(super) async fn enqueue(
     Ok((StatusCode::ACCEPTED, Json(queued)))
 }
 
+/// A player's pending pixels
+///
+/// Oldest first, each with `in_flight` (sent to a browser, awaiting its acknowledgement).
+#[utoipa::path(
+    get,
+    path = "/brands/{brand_id}/players/{player_id}/pixels",
+    tag = "queues",
+    params(PlayerPath),
+    responses(
+        (status = 200, description = "`{\"pixels\": [...]}`.", body = Object),
+        (status = 400, description = "A bad id (`invalid_id`).", body = ErrorBody),
+        (status = 404, description = "No such brand (`brand_not_found`).", body = ErrorBody),
+    )
+)]
 pub(super) async fn list_pixels(
     State(state): State<AppState>,
     ApiPath(path): ApiPath<PlayerPath>,
@@ -138,6 +215,21 @@ pub(super) async fn list_pixels(
     Ok(Json(json!({ "pixels": pending })))
 }
 
+/// Cancel one pixel
+///
+/// A pixel not yet sent to a browser is removed and recorded `cancelled`; one in flight cannot be recalled.
+#[utoipa::path(
+    delete,
+    path = "/brands/{brand_id}/players/{player_id}/pixels/{pixel_id}",
+    tag = "queues",
+    params(PixelPath),
+    responses(
+        (status = 200, description = "Cancelled (again): `{\"id\", \"status\": \"cancelled\"}`.", body = Object),
+        (status = 400, description = "A bad id (`invalid_id`).", body = ErrorBody),
+        (status = 404, description = "No such brand or pixel (`brand_not_found`, `pixel_not_found`).", body = ErrorBody),
+        (status = 409, description = "Too late: `pixel_in_flight`, `pixel_already_fired`, `pixel_expired`, `postback_failed`.", body = ErrorBody),
+    )
+)]
 pub(super) async fn cancel(
     State(state): State<AppState>,
     ApiPath(path): ApiPath<PixelPath>,

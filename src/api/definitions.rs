@@ -7,10 +7,11 @@ use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
+use utoipa::IntoParams;
 
 use super::admin::{BrandPath, PlayerPath};
 use super::extract::{ApiPath, JsonBody};
-use super::{ApiError, AppState};
+use super::{ApiError, AppState, ErrorBody};
 use crate::definition::{Action, Definition, Output, parse_definition};
 use crate::delivery::Origin;
 use crate::event::{Event, macro_values, parse_event, parse_events};
@@ -19,18 +20,43 @@ use crate::input::InputError;
 use crate::pixel::NewPixel;
 use crate::store::{DefinitionHealth, now_ms};
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
 pub(super) struct DefinitionPath {
+    /// The brand.
     brand_id: BrandId,
+    /// The definition.
     definition_id: DefinitionId,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
 pub(super) struct EventPath {
+    /// The brand.
     brand_id: BrandId,
+    /// The event's id, as reported.
     event_id: EventId,
 }
 
+/// Create a pixel definition
+///
+/// A rule: when an event of type `trigger` (and its `conditions`) arrives, queue this pixel with its macros
+/// filled in, or send this S2S postback. See docs/definitions.md.
+#[utoipa::path(
+    post,
+    path = "/brands/{brand_id}/pixel-definitions",
+    tag = "definitions",
+    params(BrandPath),
+    request_body(content = Object, description = "A definition; `id` optional. See docs/definitions.md.", example = json!({"id": "ftd-image", "name": "FTD image", "trigger": "ftd", "kind": "image", "url": "https://affiliate.example/px?click={{afp}}&lead={{registration_id}}", "conditions": ["amount >= 20"]})),
+    responses(
+        (status = 201, description = "Created; `Location` names it.", body = Object),
+        (status = 400, description = "Not JSON, or a bad id.", body = ErrorBody),
+        (status = 404, description = "No such brand (`brand_not_found`).", body = ErrorBody),
+        (status = 409, description = "That id exists (`definition_exists`).", body = ErrorBody),
+        (status = 413, description = "Body too large (`payload_too_large`).", body = ErrorBody),
+        (status = 422, description = "A bad field; the message names it.", body = ErrorBody),
+    )
+)]
 pub(super) async fn create(
     State(state): State<AppState>,
     ApiPath(path): ApiPath<BrandPath>,
@@ -49,6 +75,20 @@ pub(super) async fn create(
     ))
 }
 
+/// A brand's pixel definitions
+///
+/// S2S definitions carry their postback `health`, `flagged` after `--s2s-failure-threshold` failures in a row.
+#[utoipa::path(
+    get,
+    path = "/brands/{brand_id}/pixel-definitions",
+    tag = "definitions",
+    params(BrandPath),
+    responses(
+        (status = 200, description = "`{\"definitions\": [...]}`.", body = Object),
+        (status = 400, description = "A bad id (`invalid_id`).", body = ErrorBody),
+        (status = 404, description = "No such brand (`brand_not_found`).", body = ErrorBody),
+    )
+)]
 pub(super) async fn list(
     State(state): State<AppState>,
     ApiPath(path): ApiPath<BrandPath>,
@@ -66,6 +106,18 @@ pub(super) async fn list(
     Ok(Json(json!({ "definitions": listed })))
 }
 
+/// A pixel definition
+#[utoipa::path(
+    get,
+    path = "/brands/{brand_id}/pixel-definitions/{definition_id}",
+    tag = "definitions",
+    params(DefinitionPath),
+    responses(
+        (status = 200, description = "The definition (with `health` for S2S).", body = Object),
+        (status = 400, description = "A bad id (`invalid_id`).", body = ErrorBody),
+        (status = 404, description = "No such brand or definition.", body = ErrorBody),
+    )
+)]
 pub(super) async fn get(
     State(state): State<AppState>,
     ApiPath(path): ApiPath<DefinitionPath>,
@@ -94,6 +146,23 @@ fn with_health(definition: Definition, health: Option<&DefinitionHealth>, thresh
     value
 }
 
+/// Replace a pixel definition
+///
+/// Pixels already queued keep the URL they were rendered with.
+#[utoipa::path(
+    put,
+    path = "/brands/{brand_id}/pixel-definitions/{definition_id}",
+    tag = "definitions",
+    params(DefinitionPath),
+    request_body(content = Object, description = "The whole definition, without `id`.", example = json!({"name": "FTD image", "trigger": "ftd", "kind": "image", "url": "https://affiliate.example/px?click={{afp}}", "conditions": ["amount >= 20"]})),
+    responses(
+        (status = 200, description = "The new definition.", body = Object),
+        (status = 400, description = "Not JSON, or a bad id.", body = ErrorBody),
+        (status = 404, description = "No such brand or definition.", body = ErrorBody),
+        (status = 413, description = "Body too large (`payload_too_large`).", body = ErrorBody),
+        (status = 422, description = "A bad field; the message names it.", body = ErrorBody),
+    )
+)]
 pub(super) async fn replace(
     State(state): State<AppState>,
     ApiPath(path): ApiPath<DefinitionPath>,
@@ -107,6 +176,20 @@ pub(super) async fn replace(
     Ok(Json(definition))
 }
 
+/// Delete a pixel definition
+///
+/// Pixels it already queued stay queued.
+#[utoipa::path(
+    delete,
+    path = "/brands/{brand_id}/pixel-definitions/{definition_id}",
+    tag = "definitions",
+    params(DefinitionPath),
+    responses(
+        (status = 204, description = "Deleted."),
+        (status = 400, description = "A bad id (`invalid_id`).", body = ErrorBody),
+        (status = 404, description = "No such brand or definition.", body = ErrorBody),
+    )
+)]
 pub(super) async fn delete(
     State(state): State<AppState>,
     ApiPath(path): ApiPath<DefinitionPath>,
@@ -137,9 +220,24 @@ struct ConditionCheck {
     holds: bool,
 }
 
+/// Preview a definition
+///
 /// Renders a definition for a sample event without queuing anything. The body is an event without its
 /// id (all optional): `type` defaults to the definition's trigger, `player_id` to `preview-player`; a
 /// given player's attribution context is used as a real event would use it.
+#[utoipa::path(
+    post,
+    path = "/brands/{brand_id}/pixel-definitions/{definition_id}/preview",
+    tag = "definitions",
+    params(DefinitionPath),
+    request_body(content = Object, description = "A sample event, all fields optional.", example = json!({"player_id": "p-42", "params": {"amount": 50, "currency": "EUR"}})),
+    responses(
+        (status = 200, description = "The rendered pixel or postback, the macros left empty, and each condition's verdict.", body = Object),
+        (status = 400, description = "Not JSON, or a bad id.", body = ErrorBody),
+        (status = 404, description = "No such brand or definition.", body = ErrorBody),
+        (status = 422, description = "A bad sample event.", body = ErrorBody),
+    )
+)]
 pub(super) async fn preview(
     State(state): State<AppState>,
     ApiPath(path): ApiPath<DefinitionPath>,
@@ -182,8 +280,24 @@ pub(super) async fn preview(
     })))
 }
 
+/// Fire a definition at a test player
+///
 /// Queues a definition's pixel, rendered for a sample event, to a test player: the brand logs in as that
 /// player and watches it fire. Nothing is recorded as an event and no attribution changes.
+#[utoipa::path(
+    post,
+    path = "/brands/{brand_id}/pixel-definitions/{definition_id}/test",
+    tag = "definitions",
+    params(DefinitionPath),
+    request_body(content = Object, description = "A sample event; `player_id` is the test player.", example = json!({"player_id": "test-player", "params": {"amount": 50, "afp": "test-click"}})),
+    responses(
+        (status = 202, description = "Queued to the test player: `{\"pixel\", \"player_id\", \"missing\"}`.", body = Object),
+        (status = 400, description = "Not JSON, or a bad id.", body = ErrorBody),
+        (status = 404, description = "No such brand or definition.", body = ErrorBody),
+        (status = 422, description = "A bad sample event, or an S2S definition (`not_a_client_pixel`).", body = ErrorBody),
+        (status = 429, description = "The test player's queue is full (`queue_full`).", body = ErrorBody),
+    )
+)]
 pub(super) async fn test(
     State(state): State<AppState>,
     ApiPath(path): ApiPath<DefinitionPath>,
@@ -267,6 +381,25 @@ fn output_json(output: Output) -> Value {
     }
 }
 
+/// Report events
+///
+/// One event or an array of up to 1000. Each is matched to the brand's definitions; the pixels and postbacks
+/// they produce are durable (fsync'd) before the 202. An event's `event_id` makes the call idempotent.
+#[utoipa::path(
+    post,
+    path = "/brands/{brand_id}/events",
+    tag = "events",
+    params(BrandPath),
+    request_body(content = Object, description = "An event (`event_id`, `type`, `player_id`, and optional `affiliate_id`, `deal_id`, `occurred_at`, `params` such as `amount`, `currency`, `afp`) or an array of up to 1000. See docs/definitions.md.", example = json!({"event_id": "dep-1001", "type": "deposit", "player_id": "p-42", "affiliate_id": "a9", "params": {"amount": 50, "currency": "EUR", "afp": "xyz"}})),
+    responses(
+        (status = 202, description = "Durable: `{\"events\": [...]}`, per event what it raised and queued.", body = Object),
+        (status = 400, description = "Not JSON, or a bad id.", body = ErrorBody),
+        (status = 404, description = "No such brand (`brand_not_found`).", body = ErrorBody),
+        (status = 413, description = "Body too large (`payload_too_large`).", body = ErrorBody),
+        (status = 422, description = "A bad event; the message names its index and field.", body = ErrorBody),
+        (status = 429, description = "A player's queue is at its cap (`queue_full`); nothing of the batch was recorded.", body = ErrorBody),
+    )
+)]
 pub(super) async fn ingest(
     State(state): State<AppState>,
     ApiPath(path): ApiPath<BrandPath>,
@@ -282,6 +415,18 @@ pub(super) async fn ingest(
     Ok((StatusCode::ACCEPTED, Json(Answer { events: outcomes })))
 }
 
+/// An event and what it produced
+#[utoipa::path(
+    get,
+    path = "/brands/{brand_id}/events/{event_id}",
+    tag = "events",
+    params(EventPath),
+    responses(
+        (status = 200, description = "The event's outcome, with the live status of each pixel it produced.", body = Object),
+        (status = 400, description = "A bad id (`invalid_id`).", body = ErrorBody),
+        (status = 404, description = "No such brand or event.", body = ErrorBody),
+    )
+)]
 pub(super) async fn get_event(
     State(state): State<AppState>,
     ApiPath(path): ApiPath<EventPath>,
@@ -292,6 +437,20 @@ pub(super) async fn get_event(
     }
 }
 
+/// A player's attribution
+///
+/// The affiliate, deal and click parameters the player registered with, which fill later events' macros.
+#[utoipa::path(
+    get,
+    path = "/brands/{brand_id}/players/{player_id}/attribution",
+    tag = "events",
+    params(PlayerPath),
+    responses(
+        (status = 200, description = "`{\"player_id\", \"affiliate_id\", \"deal_id\", \"params\", \"ftd_event_id\"}`.", body = Object),
+        (status = 400, description = "A bad id (`invalid_id`).", body = ErrorBody),
+        (status = 404, description = "No such brand (`brand_not_found`).", body = ErrorBody),
+    )
+)]
 pub(super) async fn attribution(
     State(state): State<AppState>,
     ApiPath(path): ApiPath<PlayerPath>,

@@ -18,7 +18,7 @@ use time::format_description::well_known::Rfc3339;
 
 use super::admin::BrandPath;
 use super::extract::ApiPath;
-use super::{ApiError, AppState};
+use super::{ApiError, AppState, ErrorBody};
 use crate::delivery::{Delivery, PixelStatus};
 use crate::ids::PlayerId;
 use crate::store::{Cursor, DeliveryQuery};
@@ -58,6 +58,35 @@ pub const COLUMNS: [&str; 24] = [
     "next_attempt_at_ms",
 ];
 
+/// The delivery report
+///
+/// Every pixel and postback of the brand, newest first, with its status, final URL, timings and attempts:
+/// JSON pages (`next_cursor`), or the whole report as one CSV stream (`format=csv` or `Accept: text/csv`).
+#[utoipa::path(
+    get,
+    path = "/brands/{brand_id}/deliveries",
+    tag = "deliveries",
+    params(
+        BrandPath,
+        ("format" = Option<String>, Query, description = "`json` (default) or `csv`."),
+        ("player_id" = Option<String>, Query, description = "Only this player's rows."),
+        ("status" = Option<PixelStatus>, Query, description = "Only rows in this status."),
+        ("trigger" = Option<String>, Query, description = "Only rows of this trigger (`ftd`, `registration`…)."),
+        ("from" = Option<String>, Query, description = "Queued at or after: RFC 3339 or Unix milliseconds."),
+        ("to" = Option<String>, Query, description = "Queued before: RFC 3339 or Unix milliseconds."),
+        ("limit" = Option<usize>, Query, description = "Rows per JSON page, 1 to 1000 (default 100); for CSV, the most rows."),
+        ("cursor" = Option<String>, Query, description = "The `next_cursor` of the previous page."),
+    ),
+    responses(
+        (status = 200, description = "`{\"deliveries\": [...], \"next_cursor\", \"flagged_definitions\"}`, or CSV: a header line, then one line per row with the JSON row's fields.", content(
+            (Object = "application/json"),
+            (String = "text/csv"),
+        )),
+        (status = 400, description = "A bad id (`invalid_id`).", body = ErrorBody),
+        (status = 404, description = "No such brand (`brand_not_found`).", body = ErrorBody),
+        (status = 422, description = "A bad query parameter (`invalid_query`); the message names it.", body = ErrorBody),
+    )
+)]
 pub(super) async fn list(
     State(state): State<AppState>,
     ApiPath(path): ApiPath<BrandPath>,

@@ -6,7 +6,8 @@
 use axum::Json;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde_json::json;
+use serde::Serialize;
+use utoipa::ToSchema;
 
 use crate::ids::InvalidId;
 use crate::input::InputError;
@@ -15,6 +16,23 @@ use crate::store::StoreError;
 /// The `WWW-Authenticate` of a 401: Bearer for API clients; Basic so a browser asks for the token (as the
 /// password) when someone opens the dashboard.
 const CHALLENGE: &str = "Bearer realm=\"pixelhub\", Basic realm=\"pixelhub\", charset=\"UTF-8\"";
+
+/// The body of every error answer, named in the OpenAPI document so clients can rely on its shape.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorBody {
+    /// What went wrong.
+    pub error: ErrorDetail,
+}
+
+/// One error: a stable code for programs, a sentence for people.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorDetail {
+    /// Stable snake_case code, e.g. `brand_not_found`; the README lists them all.
+    #[schema(example = "brand_not_found")]
+    pub code: &'static str,
+    /// A sentence naming the field or resource at fault; wording may improve between releases.
+    pub message: String,
+}
 
 /// An error answer of the HTTP API.
 #[derive(Debug, thiserror::Error)]
@@ -166,7 +184,12 @@ impl IntoResponse for ApiError {
         if let ApiError::Internal(cause) = &self {
             tracing::error!(%cause, "request failed");
         }
-        let body = json!({ "error": { "code": code, "message": self.to_string() } });
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code,
+                message: self.to_string(),
+            },
+        };
         let mut response = (status, Json(body)).into_response();
         if status == StatusCode::UNAUTHORIZED {
             response.headers_mut().insert(

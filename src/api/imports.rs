@@ -17,11 +17,12 @@ use serde::Serialize;
 use serde_json::Value;
 use tokio::sync::mpsc;
 use tokio_util::io::{StreamReader, SyncIoBridge};
+use utoipa::ToSchema;
 
 use super::admin::BrandPath;
 use super::deliveries::Params;
 use super::extract::ApiPath;
-use super::{ApiError, AppState};
+use super::{ApiError, AppState, ErrorBody};
 use crate::event::Event;
 use crate::import::{ColumnMap, ImportType, Row, Rows};
 use crate::input::InputError;
@@ -36,10 +37,11 @@ const MAX_ERRORS_LISTED: usize = 1000;
 pub const MAX_IMPORT_BYTES: u64 = 4 << 30;
 
 /// What an import did.
-#[derive(Debug, Default, Serialize)]
-struct Summary {
+#[derive(Debug, Default, Serialize, ToSchema)]
+pub(super) struct Summary {
     /// `registrations` or `sales`.
     #[serde(rename = "type")]
+    #[schema(example = "registrations")]
     kind: &'static str,
     /// Data rows read (blank ones are skipped).
     rows: u64,
@@ -55,6 +57,29 @@ struct Summary {
     errors: Vec<Value>,
 }
 
+/// Import a Registrations or Sales file
+///
+/// A CSV file (or JSON lines), streamed: each good row becomes an event, reported in durable batches of
+/// 500. Row ids derive from their content, so uploading the same file again imports nothing twice.
+#[utoipa::path(
+    post,
+    path = "/brands/{brand_id}/imports",
+    tag = "imports",
+    params(
+        BrandPath,
+        ("type" = String, Query, description = "`registrations` or `sales`."),
+        ("map" = Option<String>, Query, description = "Column renames, `our_name:their_header,…`."),
+    ),
+    request_body(content = String, description = "The file, up to 4 GiB; the header row names the columns.", content_type = "text/csv"),
+    responses(
+        (status = 200, description = "What the import did; refused rows are listed with their line.", body = Summary),
+        (status = 400, description = "A bad id (`invalid_id`).", body = ErrorBody),
+        (status = 404, description = "No such brand (`brand_not_found`).", body = ErrorBody),
+        (status = 413, description = "Over 4 GiB (`payload_too_large`).", body = ErrorBody),
+        (status = 422, description = "A bad `type` or `map`, or a header without a required column.", body = ErrorBody),
+        (status = 429, description = "A player's queue is at its cap (`queue_full`); batches before it are in, re-running is safe.", body = ErrorBody),
+    )
+)]
 pub(super) async fn import(
     State(state): State<AppState>,
     ApiPath(path): ApiPath<BrandPath>,

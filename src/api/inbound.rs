@@ -11,10 +11,11 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::IntoResponse;
 use serde::Deserialize;
 use serde_json::{Value, json};
+use utoipa::IntoParams;
 
 use super::admin::BrandPath;
 use super::extract::{ApiPath, JsonBody};
-use super::{ApiError, AppState};
+use super::{ApiError, AppState, ErrorBody};
 use crate::ids::BrandId;
 use crate::inbound::{COUNTERS, events_from_query};
 use crate::input::Fields;
@@ -23,32 +24,94 @@ use crate::store::{InboundTokens, StoreError, now_ms};
 /// Longest grace period a rotation may give the old token: 30 days.
 const MAX_GRACE_SECONDS: u64 = 30 * 24 * 3600;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
 pub(super) struct PostbackPath {
+    /// The brand.
     brand_id: String,
+    /// The brand's inbound token (not the admin token), from `GET /api/v1/brands/{brand_id}/inbound`.
     token: String,
-    #[serde(default)]
-    event_type: Option<String>,
 }
 
-/// `GET /postback/{brand_id}/{token}[/{event_type}]`: one event (or one per counter), durable before the
-/// `200 OK`.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+pub(super) struct TypedPostbackPath {
+    /// The brand.
+    brand_id: String,
+    /// The brand's inbound token.
+    token: String,
+    /// The event type (`registration`, `deposit`, `ftd`…); the query's `type` may say it instead.
+    event_type: String,
+}
+
+/// Report events by URL
+///
+/// For back ends and affiliate platforms that can only call a URL: the query is the event
+/// (`player_id`, `event_id`, `type`, `amount`…), or counters (`signups=1`) that each become one. Durable
+/// before the `200 OK`. Copy the URLs from `GET /api/v1/brands/{brand_id}/inbound`.
+#[utoipa::path(
+    get,
+    path = "/postback/{brand_id}/{token}",
+    tag = "inbound",
+    params(PostbackPath),
+    responses(
+        (status = 200, description = "Recorded: `OK`.", body = String, content_type = "text/plain"),
+        (status = 401, description = "Unknown brand or wrong token, alike (`invalid_token`).", body = ErrorBody),
+        (status = 422, description = "A bad query; the message names the parameter.", body = ErrorBody),
+        (status = 429, description = "The player's queue is at its cap (`queue_full`).", body = ErrorBody),
+    )
+)]
 pub(super) async fn receive(
     State(state): State<AppState>,
     axum::extract::Path(path): axum::extract::Path<PostbackPath>,
     RawQuery(query): RawQuery,
 ) -> Result<impl IntoResponse, ApiError> {
+    accept(&state, &path.brand_id, &path.token, None, query).await
+}
+
+/// Report an event of one type by URL
+///
+/// As `/postback/{brand_id}/{token}`, with the event type in the path.
+#[utoipa::path(
+    get,
+    path = "/postback/{brand_id}/{token}/{event_type}",
+    tag = "inbound",
+    params(TypedPostbackPath),
+    responses(
+        (status = 200, description = "Recorded: `OK`.", body = String, content_type = "text/plain"),
+        (status = 401, description = "Unknown brand or wrong token, alike (`invalid_token`).", body = ErrorBody),
+        (status = 422, description = "A bad query; the message names the parameter.", body = ErrorBody),
+        (status = 429, description = "The player's queue is at its cap (`queue_full`).", body = ErrorBody),
+    )
+)]
+pub(super) async fn receive_typed(
+    State(state): State<AppState>,
+    axum::extract::Path(path): axum::extract::Path<TypedPostbackPath>,
+    RawQuery(query): RawQuery,
+) -> Result<impl IntoResponse, ApiError> {
+    let event_type = Some(path.event_type.as_str());
+    accept(&state, &path.brand_id, &path.token, event_type, query).await
+}
+
+/// Both postback routes: one event (or one per counter), durable before the `200 OK`.
+async fn accept(
+    state: &AppState,
+    brand_id: &str,
+    token: &str,
+    event_type: Option<&str>,
+    query: Option<String>,
+) -> Result<impl IntoResponse + use<>, ApiError> {
     // An unknown brand and a wrong token look alike, so the URL cannot be used to probe for brands.
-    let brand = BrandId::parse(&path.brand_id).map_err(|_| ApiError::InvalidInboundToken)?;
+    let brand = BrandId::parse(brand_id).map_err(|_| ApiError::InvalidInboundToken)?;
     let tokens = match state.store.inbound_tokens(&brand).await {
         Ok(tokens) => tokens,
         Err(StoreError::UnknownBrand(_)) => return Err(ApiError::InvalidInboundToken),
         Err(e) => return Err(e.into()),
     };
-    if !tokens.accepts(&path.token, now_ms()) {
+    if !tokens.accepts(token, now_ms()) {
         return Err(ApiError::InvalidInboundToken);
     }
-    let events = events_from_query(path.event_type.as_deref(), query.as_deref())?;
+    let events = events_from_query(event_type, query.as_deref())?;
     state.store.ingest(&brand, events).await?;
     Ok((
         StatusCode::OK,
@@ -57,7 +120,21 @@ pub(super) async fn receive(
     ))
 }
 
-/// `GET /api/v1/brands/{brand_id}/inbound`: the brand's inbound URLs, ready to paste into a back end.
+/// A brand's inbound postback URLs
+///
+/// The brand's inbound token and the postback URLs built on it, one per event type, ready to paste into a
+/// back end.
+#[utoipa::path(
+    get,
+    path = "/brands/{brand_id}/inbound",
+    tag = "inbound",
+    params(BrandPath),
+    responses(
+        (status = 200, description = "`{\"brand_id\", \"token\", \"urls\", \"counter_url\", \"counters\", …}`.", body = Object),
+        (status = 400, description = "A bad id (`invalid_id`).", body = ErrorBody),
+        (status = 404, description = "No such brand (`brand_not_found`).", body = ErrorBody),
+    )
+)]
 pub(super) async fn show(
     State(state): State<AppState>,
     ApiPath(path): ApiPath<BrandPath>,
@@ -67,8 +144,23 @@ pub(super) async fn show(
     Ok(Json(describe(&path.brand_id, &tokens, &headers)))
 }
 
-/// `POST /api/v1/brands/{brand_id}/inbound/rotate` with `{"grace_seconds": N}` (default 0): a new token;
-/// the old one keeps working for the grace period.
+/// Rotate the inbound token
+///
+/// A new token; the old one keeps working for `grace_seconds` (default 0, at most 30 days) while back
+/// ends move over.
+#[utoipa::path(
+    post,
+    path = "/brands/{brand_id}/inbound/rotate",
+    tag = "inbound",
+    params(BrandPath),
+    request_body(content = Object, description = "`{\"grace_seconds\": N}`; empty means 0.", example = json!({"grace_seconds": 86400})),
+    responses(
+        (status = 200, description = "The new token and URLs, as `GET …/inbound`.", body = Object),
+        (status = 400, description = "Not JSON, or a bad id.", body = ErrorBody),
+        (status = 404, description = "No such brand (`brand_not_found`).", body = ErrorBody),
+        (status = 422, description = "A bad `grace_seconds` (`invalid_body`, or the field's code).", body = ErrorBody),
+    )
+)]
 pub(super) async fn rotate(
     State(state): State<AppState>,
     ApiPath(path): ApiPath<BrandPath>,

@@ -14,15 +14,18 @@ use axum::http::Method;
 use axum::http::header::AUTHORIZATION;
 use axum::middleware::{self, Next};
 use axum::response::Response;
-use axum::routing::{get, post, put};
 use base64::Engine;
 use subtle::ConstantTimeEq;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::config::Config;
 use crate::hub::Hub;
+use crate::ids::{BrandId, DefinitionId, EventId, PixelId, PlayerId};
 use crate::metrics::Metrics;
 use crate::postback::SenderStats;
 use crate::store::Store;
@@ -41,7 +44,7 @@ mod public;
 pub use public::CLIENT_JS;
 
 pub use demo::{DEMO_BRAND, DemoLog};
-pub use error::ApiError;
+pub use error::{ApiError, ErrorBody, ErrorDetail};
 pub use ops::{History, spawn_sampler};
 
 /// What every handler may use. Cheap to clone: all handles.
@@ -75,85 +78,7 @@ pub struct AppState {
 
 /// The whole application's routes, shared by the binary and the tests.
 pub fn router(state: AppState) -> Router {
-    let admin = Router::new()
-        .route(
-            "/brands/{brand_id}",
-            put(admin::put_brand).get(admin::get_brand),
-        )
-        .route(
-            "/brands/{brand_id}/players/{player_id}/pixels",
-            get(admin::list_pixels)
-                .post(admin::enqueue)
-                .delete(ops::purge),
-        )
-        .route(
-            "/brands/{brand_id}/players/{player_id}/sessions",
-            get(ops::player_sessions),
-        )
-        .route("/brands/{brand_id}/queue", get(ops::brand_queue))
-        .route("/backlogs", get(ops::backlogs))
-        .route("/stats/history", get(ops::history))
-        .route(
-            "/brands/{brand_id}/players/{player_id}/pixels/{pixel_id}",
-            axum::routing::delete(admin::cancel),
-        )
-        .route(
-            "/brands/{brand_id}/players/{player_id}/attribution",
-            get(definitions::attribution),
-        )
-        .route(
-            "/brands/{brand_id}/pixel-definitions",
-            get(definitions::list).post(definitions::create),
-        )
-        .route(
-            "/brands/{brand_id}/pixel-definitions/{definition_id}",
-            get(definitions::get)
-                .put(definitions::replace)
-                .delete(definitions::delete),
-        )
-        .route(
-            "/brands/{brand_id}/pixel-definitions/{definition_id}/preview",
-            post(definitions::preview),
-        )
-        .route(
-            "/brands/{brand_id}/pixel-definitions/{definition_id}/test",
-            post(definitions::test),
-        )
-        .route("/brands/{brand_id}/events", post(definitions::ingest))
-        .route(
-            "/brands/{brand_id}/events/{event_id}",
-            get(definitions::get_event),
-        )
-        .route("/brands/{brand_id}/deliveries", get(deliveries::list))
-        .route("/brands/{brand_id}/imports", post(imports::import))
-        .route("/brands/{brand_id}/inbound", get(inbound::show))
-        .route("/brands/{brand_id}/inbound/rotate", post(inbound::rotate))
-        .route("/stats", get(ops::stats))
-        .route_layer(middleware::from_fn_with_state(state.clone(), require_admin));
-
-    let dashboard = Router::new()
-        .route("/dashboard", get(ops::dashboard))
-        .route("/dashboard/dashboard.js", get(ops::dashboard_js))
-        .route("/dashboard/dashboard.css", get(ops::dashboard_css))
-        .route_layer(middleware::from_fn_with_state(state.clone(), require_admin));
-    let mut metrics = Router::new().route("/metrics", get(ops::metrics));
-    if !state.config.public_metrics {
-        metrics = metrics.route_layer(middleware::from_fn_with_state(state.clone(), require_admin));
-    }
-
-    let mut app = Router::new()
-        .nest("/api/v1", admin)
-        .merge(dashboard)
-        .merge(metrics)
-        .route("/healthz", get(public::healthz))
-        .route("/readyz", get(ops::readyz))
-        .route("/postback/{brand_id}/{token}", get(inbound::receive))
-        .route(
-            "/postback/{brand_id}/{token}/{event_type}",
-            get(inbound::receive),
-        )
-        .route("/aff-client-pixel.js", get(public::client_script))
-        .route("/websocket", get(public::websocket));
+    let (mut app, _) = documented_routes(&state).split_for_parts();
     if state.config.demo {
         app = app.merge(demo::routes());
     }
@@ -161,6 +86,142 @@ pub fn router(state: AppState) -> Router {
         .method_not_allowed_fallback(public::method_not_allowed)
         .layer(middleware::from_fn_with_state(state.clone(), observe))
         .with_state(state)
+}
+
+/// The OpenAPI document of the HTTP API, served at `/api/v1/openapi.json`. It is built from the very
+/// routes the server runs, so a route cannot exist without its documentation, nor the other way round.
+pub fn openapi(state: &AppState) -> utoipa::openapi::OpenApi {
+    documented_routes(state).into_openapi()
+}
+
+/// The document's frame; its paths come from [`documented_routes`].
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(
+        title = "pixelhub",
+        description = "Delivers affiliate conversion pixels to players' browsers, exactly once, over \
+WebSocket. The admin API (`/api/v1`) takes the admin token as `Authorization: Bearer <token>`; reads \
+also accept it as the HTTP Basic password. Errors are `{\"error\":{\"code\",\"message\"}}`. The \
+WebSocket protocol is in docs/protocol.md."
+    ),
+    // Ids that only path parameters name are not collected from the routes; they are listed here.
+    components(schemas(ErrorBody, BrandId, PlayerId, PixelId, DefinitionId, EventId)),
+    tags(
+        (name = "brands", description = "Brands and their settings."),
+        (name = "queues", description = "Pixels queued by hand, a player's queue, its sessions."),
+        (name = "definitions", description = "Pixel definitions: which events fire which pixels."),
+        (name = "events", description = "Events the brand reports, and a player's attribution."),
+        (name = "deliveries", description = "The delivery report: every pixel and postback and what became of it."),
+        (name = "imports", description = "Bulk upload of events as CSV or JSON lines."),
+        (name = "inbound", description = "Events reported by GET postback URLs."),
+        (name = "ops", description = "Queue figures, backlogs, metrics, health and the dashboard."),
+        (name = "browser", description = "What a brand's page loads: the client script and its WebSocket."),
+    )
+)]
+struct ApiDoc;
+
+/// Every route but the demo's, each with its OpenAPI operation (`routes!` reads both from the handler's
+/// `#[utoipa::path]`), and the admin token required where the API says so.
+fn documented_routes(state: &AppState) -> OpenApiRouter<AppState> {
+    let admin = OpenApiRouter::new()
+        .routes(routes!(admin::put_brand, admin::get_brand))
+        .routes(routes!(admin::list_pixels, admin::enqueue, ops::purge))
+        .routes(routes!(admin::cancel))
+        .routes(routes!(ops::player_sessions))
+        .routes(routes!(ops::brand_queue))
+        .routes(routes!(ops::backlogs))
+        .routes(routes!(ops::stats))
+        .routes(routes!(ops::history))
+        .routes(routes!(definitions::attribution))
+        .routes(routes!(definitions::list, definitions::create))
+        .routes(routes!(
+            definitions::get,
+            definitions::replace,
+            definitions::delete
+        ))
+        .routes(routes!(definitions::preview))
+        .routes(routes!(definitions::test))
+        .routes(routes!(definitions::ingest))
+        .routes(routes!(definitions::get_event))
+        .routes(routes!(deliveries::list))
+        .routes(routes!(imports::import))
+        .routes(routes!(inbound::show))
+        .routes(routes!(inbound::rotate));
+    let dashboard = OpenApiRouter::new()
+        .routes(routes!(ops::dashboard))
+        .routes(routes!(ops::dashboard_js))
+        .routes(routes!(ops::dashboard_css));
+    let mut metrics = OpenApiRouter::new().routes(routes!(ops::metrics));
+    if !state.config.public_metrics {
+        metrics = admin_only(metrics, state);
+    }
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .nest("/api/v1", admin_only(admin, state))
+        .merge(admin_only(dashboard, state))
+        .merge(metrics)
+        .routes(routes!(public::openapi_json))
+        .routes(routes!(public::healthz))
+        .routes(routes!(ops::readyz))
+        .routes(routes!(inbound::receive))
+        .routes(routes!(inbound::receive_typed))
+        .routes(routes!(public::client_script))
+        .routes(routes!(public::websocket))
+}
+
+/// Puts `routes` behind [`require_admin`], and says so in their documentation: each operation gets the
+/// security schemes it accepts and its 401 answer.
+fn admin_only(routes: OpenApiRouter<AppState>, state: &AppState) -> OpenApiRouter<AppState> {
+    use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityRequirement, SecurityScheme};
+    use utoipa::openapi::{RefOr, ResponseBuilder, content::ContentBuilder};
+
+    let mut routes =
+        routes.route_layer(middleware::from_fn_with_state(state.clone(), require_admin));
+    let doc = routes.get_openapi_mut();
+    let schemes = doc.components.get_or_insert_with(Default::default);
+    schemes.add_security_scheme(
+        "admin_token",
+        SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
+    );
+    schemes.add_security_scheme(
+        "admin_basic",
+        SecurityScheme::Http(Http::new(HttpAuthScheme::Basic)),
+    );
+    let unauthorized: RefOr<utoipa::openapi::Response> = ResponseBuilder::new()
+        .description("No admin token, or a wrong one (`unauthorized`).")
+        .content(
+            "application/json",
+            ContentBuilder::new()
+                .schema(Some(utoipa::openapi::Ref::from_schema_name("ErrorBody")))
+                .build(),
+        )
+        .build()
+        .into();
+    let bearer = || SecurityRequirement::new("admin_token", Vec::<String>::new());
+    let basic = || SecurityRequirement::new("admin_basic", Vec::<String>::new());
+    for item in doc.paths.paths.values_mut() {
+        let operations = [
+            (true, &mut item.get),
+            (true, &mut item.head),
+            (false, &mut item.put),
+            (false, &mut item.post),
+            (false, &mut item.delete),
+            (false, &mut item.patch),
+        ];
+        for (read, operation) in operations {
+            let Some(operation) = operation else { continue };
+            // Basic only for reads, as `require_admin` enforces.
+            operation.security = Some(if read {
+                vec![bearer(), basic()]
+            } else {
+                vec![bearer()]
+            });
+            operation
+                .responses
+                .responses
+                .insert("401".into(), unauthorized.clone());
+        }
+    }
+    routes
 }
 
 /// Wraps every request in a span named by its route template, and counts it with its latency. The

@@ -18,14 +18,16 @@ use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tokio_util::task::TaskTracker;
+use utoipa::{IntoParams, ToSchema};
 
 use super::admin::{BrandPath, PlayerPath, require_brand};
 use super::extract::{ApiPath, ApiQuery};
-use super::{ApiError, AppState};
+use super::{ApiError, AppState, ErrorBody, ErrorDetail};
 use crate::hub::BrandSessions;
+use crate::hub::SessionInfo;
 use crate::ids::BrandId;
 use crate::metrics::{self, BrandGauges};
-use crate::store::{BrandQueue, now_ms};
+use crate::store::{Backlog, BrandQueue, Purged, now_ms};
 
 /// How often the dashboard's history is sampled.
 const SAMPLE_EVERY: Duration = Duration::from_secs(2);
@@ -91,7 +93,16 @@ fn draining(state: &AppState) -> bool {
     state.draining.load(Ordering::Acquire)
 }
 
-/// `GET /api/v1/stats`.
+/// Queue figures
+///
+/// Pending pixels over all brands and per brand (exact, from the store), the oldest pending pixel, this
+/// process's sessions and fired counts, S2S sender figures and whether the hub is draining.
+#[utoipa::path(
+    get,
+    path = "/stats",
+    tag = "ops",
+    responses((status = 200, description = "`{\"queue_depth\", \"brands\": {…}, \"sessions\", \"players_online\", \"postbacks\", \"draining\", \"now_ms\", …}`.", body = Object))
+)]
 pub(super) async fn stats(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
     let (overview, store) = overview(&state).await?;
     let mut brands = serde_json::Map::new();
@@ -203,13 +214,27 @@ pub fn spawn_sampler(state: AppState, tracker: &TaskTracker) {
     });
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub(super) struct HistoryQuery {
+    /// Only samples taken after this Unix millisecond, to poll for what is new.
     since_ms: Option<u64>,
 }
 
-/// `GET /api/v1/stats/history`.
+/// Queue figures over the last 15 minutes
+///
+/// A sample every 2 s, kept by this process (the dashboard's chart).
+#[utoipa::path(
+    get,
+    path = "/stats/history",
+    tag = "ops",
+    params(HistoryQuery),
+    responses(
+        (status = 200, description = "`{\"interval_ms\", \"window_ms\", \"now_ms\", \"samples\": [...]}`.", body = Object),
+        (status = 422, description = "An unknown or bad query parameter (`invalid_query`).", body = ErrorBody),
+    )
+)]
 pub(super) async fn history(
     State(state): State<AppState>,
     ApiQuery(query): ApiQuery<HistoryQuery>,
@@ -222,10 +247,13 @@ pub(super) async fn history(
     })))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub(super) struct BacklogQuery {
+    /// Only this brand's players.
     brand: Option<BrandId>,
+    /// How many, 1 to 1000 (default 20).
     limit: Option<usize>,
 }
 
@@ -239,23 +267,58 @@ fn limit_of(limit: Option<usize>) -> Result<usize, ApiError> {
     }
 }
 
-/// `GET /api/v1/backlogs`: the players with the most pending pixels, over all brands or one.
+/// The biggest backlogs
+///
+/// The players with the most pending pixels, over all brands or one, biggest first.
+#[utoipa::path(
+    get,
+    path = "/backlogs",
+    tag = "ops",
+    params(BacklogQuery),
+    responses(
+        (status = 200, description = "`{\"players\": [...]}`.", body = inline(BacklogsAnswer)),
+        (status = 422, description = "An unknown or bad query parameter (`invalid_query`).", body = ErrorBody),
+    )
+)]
 pub(super) async fn backlogs(
     State(state): State<AppState>,
     ApiQuery(query): ApiQuery<BacklogQuery>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<BacklogsAnswer>, ApiError> {
     let limit = limit_of(query.limit)?;
     let players = state.store.backlogs(query.brand.as_ref(), limit).await?;
-    Ok(Json(json!({ "players": players })))
+    Ok(Json(BacklogsAnswer { players }))
 }
 
-#[derive(Deserialize)]
+/// The answer of [`backlogs`].
+#[derive(Serialize, ToSchema)]
+pub(super) struct BacklogsAnswer {
+    /// Biggest first.
+    players: Vec<Backlog>,
+}
+
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub(super) struct LimitQuery {
+    /// How many backlogs, 1 to 1000 (default 20).
     limit: Option<usize>,
 }
 
-/// `GET /api/v1/brands/{brand_id}/queue`: depth, oldest pixel, sessions and biggest backlogs of a brand.
+/// A brand's queue
+///
+/// Depth, oldest pending pixel, sessions and the biggest backlogs of one brand.
+#[utoipa::path(
+    get,
+    path = "/brands/{brand_id}/queue",
+    tag = "ops",
+    params(BrandPath, LimitQuery),
+    responses(
+        (status = 200, description = "`{\"brand_id\", \"queue_depth\", \"oldest_queued_at_ms\", \"oldest_age_ms\", \"sessions\", \"players_online\", \"fired_total\", \"biggest_backlogs\"}`.", body = Object),
+        (status = 400, description = "A bad id (`invalid_id`).", body = ErrorBody),
+        (status = 404, description = "No such brand (`brand_not_found`).", body = ErrorBody),
+        (status = 422, description = "An unknown or bad query parameter (`invalid_query`).", body = ErrorBody),
+    )
+)]
 pub(super) async fn brand_queue(
     State(state): State<AppState>,
     ApiPath(path): ApiPath<BrandPath>,
@@ -282,30 +345,72 @@ pub(super) async fn brand_queue(
     Ok(Json(value))
 }
 
-/// `GET /api/v1/brands/{brand_id}/players/{player_id}/sessions`: the player's live sessions in the
-/// process that answers.
+/// A player's live sessions
+///
+/// The player's sessions in the process that answers: tabs and devices, each with its user agent, origin
+/// and when it connected.
+#[utoipa::path(
+    get,
+    path = "/brands/{brand_id}/players/{player_id}/sessions",
+    tag = "queues",
+    params(PlayerPath),
+    responses(
+        (status = 200, description = "`{\"sessions\": [...]}`.", body = inline(SessionsAnswer)),
+        (status = 400, description = "A bad id (`invalid_id`).", body = ErrorBody),
+        (status = 404, description = "No such brand (`brand_not_found`).", body = ErrorBody),
+    )
+)]
 pub(super) async fn player_sessions(
     State(state): State<AppState>,
     ApiPath(path): ApiPath<PlayerPath>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<SessionsAnswer>, ApiError> {
     require_brand(&state, &path.brand_id).await?;
     let sessions = state.hub.sessions_of(&path.key());
-    Ok(Json(json!({ "sessions": sessions })))
+    Ok(Json(SessionsAnswer { sessions }))
 }
 
-/// `DELETE /api/v1/brands/{brand_id}/players/{player_id}/pixels`: cancels the player's whole queue,
-/// except pixels a browser holds right now.
+/// The answer of [`player_sessions`].
+#[derive(Serialize, ToSchema)]
+pub(super) struct SessionsAnswer {
+    /// Oldest first.
+    sessions: Vec<SessionInfo>,
+}
+
+/// Purge a player's queue
+///
+/// Cancels the player's whole queue (recorded `cancelled`), except pixels a browser holds right now,
+/// which may be firing.
+#[utoipa::path(
+    delete,
+    path = "/brands/{brand_id}/players/{player_id}/pixels",
+    tag = "queues",
+    params(PlayerPath),
+    responses(
+        (status = 200, description = "How many were cancelled, and kept because in flight.", body = Purged),
+        (status = 400, description = "A bad id (`invalid_id`).", body = ErrorBody),
+        (status = 404, description = "No such brand (`brand_not_found`).", body = ErrorBody),
+    )
+)]
 pub(super) async fn purge(
     State(state): State<AppState>,
     ApiPath(path): ApiPath<PlayerPath>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Purged>, ApiError> {
     let key = path.key();
     let purged = state.store.purge(&key).await?;
     tracing::info!(player = %key.player, cancelled = purged.cancelled, in_flight = purged.in_flight, "queue purged");
-    Ok(Json(json!(purged)))
+    Ok(Json(purged))
 }
 
-/// `GET /metrics`: counters as they are, gauges read from the store and hub now.
+/// Prometheus metrics
+///
+/// OpenMetrics text: counters as they are, gauges read from the store and hub now. Every metric is in
+/// docs/metrics.md. Needs the admin token unless the hub runs with `--public-metrics true`.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "ops",
+    responses((status = 200, description = "The exposition.", body = String, content_type = "application/openmetrics-text"))
+)]
 pub(super) async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
     let (overview, _) = overview(&state).await?;
     let now = now_ms();
@@ -335,10 +440,26 @@ pub(super) async fn metrics(State(state): State<AppState>) -> Result<Response, A
     Ok(([(CONTENT_TYPE, metrics::CONTENT_TYPE)], text).into_response())
 }
 
-/// `GET /readyz`: 200 while the hub takes traffic; 503 while it drains or when the store cannot write.
+/// Readiness
+///
+/// 200 while the hub takes traffic; 503 while it drains for shutdown, or when the store cannot write.
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = "ops",
+    responses(
+        (status = 200, description = "`{\"status\": \"ready\"}`.", body = Object),
+        (status = 503, description = "`draining` or `store_unavailable`.", body = ErrorBody),
+    )
+)]
 pub(super) async fn readyz(State(state): State<AppState>) -> Response {
-    let unready = |code: &str, message: &str| {
-        let body = json!({ "error": { "code": code, "message": message } });
+    let unready = |code: &'static str, message: &str| {
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code,
+                message: message.to_owned(),
+            },
+        };
         (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
     };
     if draining(&state) {
@@ -373,17 +494,23 @@ fn static_file(content_type: &'static str, body: &'static str) -> Response {
         .into_response()
 }
 
-/// `GET /dashboard`.
+/// The ops dashboard
+///
+/// Live queue depth per brand, sessions, fired/min, backlogs and a brand drill-down. A browser sends the
+/// admin token as the Basic password.
+#[utoipa::path(get, path = "/dashboard", tag = "ops", responses((status = 200, description = "The page.", body = String, content_type = "text/html")))]
 pub(super) async fn dashboard() -> Response {
     static_file("text/html; charset=utf-8", DASHBOARD_HTML)
 }
 
-/// `GET /dashboard/dashboard.js`.
+/// The dashboard's script
+#[utoipa::path(get, path = "/dashboard/dashboard.js", tag = "ops", responses((status = 200, description = "The script.", body = String, content_type = "application/javascript")))]
 pub(super) async fn dashboard_js() -> Response {
     static_file("application/javascript; charset=utf-8", DASHBOARD_JS)
 }
 
-/// `GET /dashboard/dashboard.css`.
+/// The dashboard's style sheet
+#[utoipa::path(get, path = "/dashboard/dashboard.css", tag = "ops", responses((status = 200, description = "The style sheet.", body = String, content_type = "text/css")))]
 pub(super) async fn dashboard_css() -> Response {
     static_file("text/css; charset=utf-8", DASHBOARD_CSS)
 }

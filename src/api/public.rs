@@ -14,7 +14,7 @@ use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
-use super::{ApiError, AppState};
+use super::{ApiError, AppState, ErrorBody};
 use crate::session::{self, SessionContext, SessionLimits};
 
 /// The browser client, served as written: readable, no build step.
@@ -40,12 +40,34 @@ static CLIENT_JS_GZIP: LazyLock<Vec<u8>> = LazyLock::new(|| {
     encoder.finish().expect("writing to a Vec cannot fail")
 });
 
+/// Liveness
+///
+/// 200 while the process runs, draining or not; readiness is `/readyz`.
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "ops",
+    responses((status = 200, description = "`{\"status\": \"ok\"}`.", body = Object))
+)]
 pub(super) async fn healthz() -> Json<Value> {
     Json(json!({ "status": "ok" }))
 }
 
-/// Serves `aff-client-pixel.js` with a short public cache and an ETag, so brand pages revalidate cheaply
-/// and pick up a new client within minutes of a deploy; gzip-compressed when the browser accepts it.
+/// The browser client
+///
+/// `aff-client-pixel.js`, which brand pages load and start with `_sm_aff_client_pixel.init({…})`.
+///
+/// Served with a short public cache and an ETag, so brand pages revalidate cheaply and pick up a new
+/// client within minutes of a deploy; gzip-compressed when the browser accepts it.
+#[utoipa::path(
+    get,
+    path = "/aff-client-pixel.js",
+    tag = "browser",
+    responses(
+        (status = 200, description = "The script.", body = String, content_type = "application/javascript"),
+        (status = 304, description = "Unchanged since the `If-None-Match` ETag."),
+    )
+)]
 pub(super) async fn client_script(headers: HeaderMap) -> Response {
     let etag = CLIENT_ETAG.as_str();
     let cache = [
@@ -74,6 +96,20 @@ pub(super) async fn client_script(headers: HeaderMap) -> Response {
 /// Longest `User-Agent` kept with a session.
 const MAX_USER_AGENT: usize = 256;
 
+/// The players' WebSocket
+///
+/// Upgrade to the pixel protocol: the page says hello (brand and player), the hub pushes that player's
+/// pending pixels, the page fires and acknowledges each. Close codes and messages: docs/protocol.md.
+#[utoipa::path(
+    get,
+    path = "/websocket",
+    tag = "browser",
+    responses(
+        (status = 101, description = "Switched to the WebSocket protocol."),
+        (status = 400, description = "Not a WebSocket upgrade request.", body = String, content_type = "text/plain"),
+        (status = 503, description = "The hub is draining for shutdown (`draining`); reconnect elsewhere.", body = ErrorBody),
+    )
+)]
 pub(super) async fn websocket(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -124,6 +160,19 @@ pub(super) async fn websocket(
             ctx.metrics.ws_connected();
             sessions.track_future(session::run(socket, ctx))
         })
+}
+
+/// This document
+///
+/// The OpenAPI 3.1 description of the whole HTTP API, generated from the routes the hub runs.
+#[utoipa::path(
+    get,
+    path = "/api/v1/openapi.json",
+    tag = "ops",
+    responses((status = 200, description = "The document.", body = Object))
+)]
+pub(super) async fn openapi_json(State(state): State<AppState>) -> Json<utoipa::openapi::OpenApi> {
+    Json(super::openapi(&state))
 }
 
 pub(super) async fn no_route(method: Method, uri: Uri) -> ApiError {

@@ -28,7 +28,7 @@ mod sled;
 pub use self::sled::{SledOptions, SledStore};
 
 /// A brand's settings, as stored and as returned by the API.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Brand {
     /// The brand's id.
     pub id: BrandId,
@@ -54,7 +54,7 @@ pub struct BrandSettings {
 }
 
 /// The answer for one pixel of an enqueue batch.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Enqueued {
     /// The pixel's id (generated, or the caller's).
     pub id: PixelId,
@@ -66,7 +66,7 @@ pub struct Enqueued {
 }
 
 /// The answer to an enqueue: one entry per pixel asked for, and what the queue cap pushed out.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct EnqueueOutcome {
     /// One per pixel of the batch, in order.
     pub pixels: Vec<Enqueued>,
@@ -94,7 +94,7 @@ pub struct QueueCap {
 }
 
 /// One player's backlog, for ops.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Backlog {
     /// The brand.
     pub brand_id: BrandId,
@@ -107,7 +107,7 @@ pub struct Backlog {
 }
 
 /// What a purge of a player's queue did.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Purged {
     /// Pixels removed unfired (recorded `cancelled`).
     pub cancelled: u64,
@@ -116,7 +116,7 @@ pub struct Purged {
 }
 
 /// A brand's queue, for ops.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct BrandQueue {
     /// Pending client pixels, exact.
     pub queue_depth: u64,

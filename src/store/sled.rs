@@ -1490,13 +1490,13 @@ impl Store for SledStore {
             let (key, _, id) =
                 keys::parse_report(&r_key).ok_or_else(|| backend("corrupt report key"))?;
             scanned += 1;
-            if let Some(rec) = inner.record(&key, &id)? {
-                if wanted(&rec.delivery) {
-                    page.rows.push(rec.delivery);
-                    if page.rows.len() == query.limit {
-                        page.next = page.rows.last().map(cursor_of);
-                        break;
-                    }
+            if let Some(rec) = inner.record(&key, &id)?
+                && wanted(&rec.delivery)
+            {
+                page.rows.push(rec.delivery);
+                if page.rows.len() == query.limit {
+                    page.next = page.rows.last().map(cursor_of);
+                    break;
                 }
             }
             if scanned == REPORT_SCAN_BUDGET {

@@ -7,6 +7,7 @@ mod delivery;
 mod events;
 mod helpers;
 mod inbound;
+mod openapi;
 mod ops;
 mod postbacks;
 mod process;

@@ -1,0 +1,168 @@
+//! `/api/v1/openapi.json`: the document is generated from the routes the hub runs, and this test holds it to
+//! them from the outside: every operation it lists answers, with a status it documents, and every request
+//! example it shows works as written.
+
+use std::collections::BTreeSet;
+
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+use crate::helpers::TestApp;
+
+/// Every `$ref` in `value`.
+fn refs(value: &Value, out: &mut BTreeSet<String>) {
+    match value {
+        Value::Object(map) => {
+            for (key, inner) in map {
+                match (key.as_str(), inner) {
+                    ("$ref", Value::String(target)) => {
+                        out.insert(target.clone());
+                    }
+                    _ => refs(inner, out),
+                }
+            }
+        }
+        Value::Array(items) => items.iter().for_each(|item| refs(item, out)),
+        _ => {}
+    }
+}
+
+/// The order that lets each operation find what it needs: the brand first, then what creates things,
+/// then changes and reads, and deletions last (one pixel before the whole queue).
+fn rank(method: &str, path: &str) -> (u8, std::cmp::Reverse<usize>, usize) {
+    let step = match method {
+        "put" if path == "/api/v1/brands/{brand_id}" => 0,
+        "post" => 1,
+        "put" => 2,
+        "get" => 3,
+        _ => 4,
+    };
+    let depth = path.matches('/').count();
+    if step == 4 {
+        (step, std::cmp::Reverse(depth), 0)
+    } else {
+        (step, std::cmp::Reverse(0), depth)
+    }
+}
+
+#[tokio::test]
+async fn every_documented_operation_answers_as_documented_and_its_examples_work() {
+    let app = TestApp::spawn().await;
+    let response = app
+        .http
+        .get(app.url("/api/v1/openapi.json"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK, "the document is public");
+    let doc: Value = response.json().await.unwrap();
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3.1"));
+
+    let mut targets = BTreeSet::new();
+    refs(&doc, &mut targets);
+    for target in &targets {
+        let name = target.strip_prefix("#/components/schemas/").unwrap();
+        assert!(
+            doc["components"]["schemas"][name].is_object(),
+            "{target} is named but not defined"
+        );
+    }
+    for scheme in ["admin_token", "admin_basic"] {
+        assert!(doc["components"]["securitySchemes"][scheme].is_object());
+    }
+
+    let mut operations = Vec::new();
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for (method, operation) in item.as_object().unwrap() {
+            operations.push((path.clone(), method.clone(), operation.clone()));
+        }
+    }
+    assert!(operations.len() >= 35, "{} operations", operations.len());
+    operations.sort_by_key(|(path, method, _)| rank(method, path));
+
+    let mut answered = Vec::new();
+    for (template, method, operation) in &operations {
+        let context = format!("{} {template}", method.to_uppercase());
+        assert!(
+            operation["summary"].as_str().is_some_and(|s| !s.is_empty()),
+            "{context} has no summary"
+        );
+        assert!(operation["tags"][0].is_string(), "{context} has no tag");
+        let documented: BTreeSet<u16> = operation["responses"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(|status| status.parse().unwrap())
+            .collect();
+        let token = match template.contains("{token}") {
+            true => app.get_json("/api/v1/brands/oa/inbound").await["token"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+            false => String::new(),
+        };
+        let path = template
+            .replace("{brand_id}", "oa")
+            .replace("{player_id}", "p-42")
+            .replace("{pixel_id}", "ftd-p-42")
+            .replace("{definition_id}", "ftd-image")
+            .replace("{event_id}", "dep-1001")
+            .replace("{event_type}", "deposit")
+            .replace("{token}", &token);
+        let verb = Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
+        let mut request = app.admin(verb.clone(), &path);
+        let body = &operation["requestBody"]["content"];
+        if let Some(example) = body["application/json"].get("example") {
+            request = request.json(example);
+        } else if body["text/csv"].is_object() {
+            request = request
+                .query(&[("type", "registrations")])
+                .header("content-type", "text/csv")
+                .body("player_id,affid\np-7,a9\n");
+        } else if template.starts_with("/postback/") {
+            request = request.query(&[("player_id", "p-9"), ("event_id", "e-9")]);
+            if !template.contains("{event_type}") {
+                request = request.query(&[("type", "registration")]);
+            }
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status();
+        let text = response.text().await.unwrap();
+        assert!(
+            documented.contains(&status.as_u16()),
+            "{context} answered {status}, which it does not document: {text}"
+        );
+        if template != "/websocket" {
+            assert!(
+                status.is_success(),
+                "{context} with its documented example answered {status}: {text}"
+            );
+        }
+
+        let secured = operation["security"].is_array();
+        assert_eq!(
+            secured,
+            documented.contains(&401) && !template.starts_with("/postback/"),
+            "{context}: 401 is documented exactly where a token is required"
+        );
+        if secured {
+            let refused = app.http.request(verb, app.url(&path)).send().await.unwrap();
+            assert_eq!(
+                refused.status(),
+                StatusCode::UNAUTHORIZED,
+                "{context} without a token"
+            );
+        }
+        answered.push(context);
+    }
+
+    // Spot checks that the walk really reached the handlers.
+    let event = app.get_json("/api/v1/brands/oa/events/dep-1001").await;
+    assert_eq!(event["event_id"], "dep-1001");
+    assert_eq!(
+        app.get_json("/api/v1/brands/oa/players/p-42/pixels").await["pixels"],
+        json!([]),
+        "the purge, documented last, emptied the queue"
+    );
+    assert!(answered.iter().any(|c| c == "GET /api/v1/openapi.json"));
+}
