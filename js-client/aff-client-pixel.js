@@ -2,8 +2,8 @@
  *
  * Start it with the snippet from the README (it queues init() calls until this file has loaded):
  *   _sm_aff_client_pixel.init({ server: 'wss://hub.example/websocket', brandId: 12345, playerId: 'p-42' });
- * Options: server, brandId, playerId (required); nonce (for pages with a CSP, applied to js pixels);
- * onEvent(type, detail) (optional observer: 'waiting', 'open', 'welcome', 'fire', 'skip', 'ack', 'close', 'final').
+ * Options (README): server, brandId, playerId; token (string, or function giving one or its Promise);
+ * nonce (CSP); onEvent(type, detail).
  *
  * Guarantees, with the server's help (protocol: docs/protocol.md):
  * - one tab per browser and player holds the connection (Web Locks); another takes over when it closes;
@@ -35,6 +35,8 @@
     this.attempt = 0;
     this.heartbeat = 25000;
     this.stopped = false;
+    this.sandbox = 'allow-scripts allow-same-origin';  // the brand's, from the welcome
+    this.referrer = 'strict-origin-when-cross-origin';
   }
 
   Client.prototype.emit = function (type, detail) {
@@ -79,15 +81,35 @@
     return new Promise(function (release) { self.releaseLock = release; self.connect(); });
   };
 
+  // A token function is asked afresh at every connect.
+  Client.prototype.withToken = function (then) {
+    var self = this, token = this.opts.token;
+    if (typeof token !== 'function') return then(token);
+    try {
+      Promise.resolve(token()).then(then, function () { self.retry(); });
+    } catch (e) { this.retry(); }
+  };
+
   Client.prototype.connect = function () {
     var self = this;
     if (this.stopped) return;
+    this.withToken(function (token) { self.open(token); });
+  };
+
+  Client.prototype.open = function (token) {
+    var self = this;
+    if (this.stopped) return;
+    // With the brand in the URL, the hub checks the page's origin before the upgrade.
+    var server = this.opts.server;
+    var url = server + (server.indexOf('?') === -1 ? '?' : '&') + 'brand_id=' + encodeURIComponent(this.opts.brandId);
     var ws;
-    try { ws = new WebSocket(this.opts.server); } catch (e) { return this.retry(); }
+    try { ws = new WebSocket(url); } catch (e) { return this.retry(); }
     this.ws = ws;
     ws.onopen = function () {
       self.emit('open');
-      ws.send(JSON.stringify({ type: 'hello', v: PROTOCOL, brand_id: self.opts.brandId, player_id: String(self.opts.playerId) }));
+      var hello = { type: 'hello', v: PROTOCOL, brand_id: self.opts.brandId, player_id: String(self.opts.playerId) };
+      if (typeof token === 'string' && token) hello.token = token;
+      ws.send(JSON.stringify(hello));
       self.watch();
     };
     ws.onmessage = function (event) {
@@ -97,6 +119,8 @@
       try { msg = JSON.parse(event.data); } catch (e) { return; }
       if (msg.type === 'welcome') {
         self.heartbeat = msg.heartbeat_ms || self.heartbeat;
+        if (typeof msg.iframe_sandbox === 'string') self.sandbox = msg.iframe_sandbox;
+        if (typeof msg.referrer_policy === 'string') self.referrer = msg.referrer_policy;
         self.emit('welcome', msg);
         self.flushAcks();          // acks that could not be sent on the previous connection
       } else if (msg.type === 'ping') {
@@ -111,7 +135,9 @@
       clearTimeout(self.watchdog);
       self.ws = null;
       self.emit('close', { code: event.code, reason: event.reason });
-      if (event.code >= 4500 && event.code <= 4999) {
+      // An expired token is final, unless a token function can fetch a fresh one.
+      var renewable = event.code === 4508 && typeof self.opts.token === 'function';
+      if (event.code >= 4500 && event.code <= 4999 && !renewable) {
         self.emit('final', { code: event.code, reason: event.reason });
         if (window.console) console.warn('aff-client-pixel: server refused the session (' + event.code + ' ' + event.reason + ')');
         return self.stop();
@@ -157,7 +183,7 @@
     var finished = false;
     var done = function () { if (!finished) { finished = true; self.ack(pixel.id); } };
     this.emit('fire', pixel);
-    try { fire ? fire(pixel, this.opts, done) : done(); } catch (e) { done(); }
+    try { fire ? fire(pixel, this, done) : done(); } catch (e) { done(); }
     setTimeout(done, FIRE_TIMEOUT);
   };
 
@@ -185,9 +211,10 @@
     document.addEventListener('DOMContentLoaded', function () { fn(document.body); });
   }
 
-  function image(url, done) {
+  function image(url, done, referrer) {
     var img = new Image(1, 1);
     img.onload = img.onerror = function () { done(); };  // either way, the request went out
+    if (referrer) img.referrerPolicy = referrer;
     img.src = url;
   }
 
@@ -257,11 +284,13 @@
   }
 
   var FIRE = {
-    image: function (p, opts, done) { image(p.url, done); },
+    image: function (p, client, done) { image(p.url, done, client.referrer); },
 
-    iframe: function (p, opts, done) {
+    iframe: function (p, client, done) {
       onBody(function (body) {
         var f = document.createElement('iframe');
+        f.setAttribute('sandbox', client.sandbox);
+        f.referrerPolicy = client.referrer;
         f.width = f.height = '1';
         f.setAttribute('aria-hidden', 'true');
         f.tabIndex = -1;
@@ -275,25 +304,26 @@
     },
 
     // An external conversion tag: load or error both mean the request went out; the element goes after.
-    script: function (p, opts, done) {
+    script: function (p, client, done) {
       var s = document.createElement('script');
-      if (opts.nonce) s.nonce = opts.nonce;
+      if (client.opts.nonce) s.nonce = client.opts.nonce;
+      s.referrerPolicy = client.referrer;
       s.async = true;
       s.onload = s.onerror = function () { if (s.parentNode) s.parentNode.removeChild(s); done(); };
       s.src = p.url;
       (document.head || document.documentElement).appendChild(s);
     },
 
-    js: function (p, opts, done) {
+    js: function (p, client, done) {
       var s = document.createElement('script');
-      if (opts.nonce) s.nonce = opts.nonce;
+      if (client.opts.nonce) s.nonce = client.opts.nonce;
       s.text = p.code;
       (document.head || document.documentElement).appendChild(s);  // inline scripts run on insertion
       s.parentNode.removeChild(s);
       done();
     },
 
-    facebook: function (p, opts, done) {
+    facebook: function (p, client, done) {
       if (fbLive()) { fbSend(p); return done(); }
       if (fb.state === 'failed') return fbImage(p, done);
       fb.waiting.push({ p: p, done: done });
@@ -309,7 +339,7 @@
     }
     if (current) {
       var o = current.opts;
-      if (o.server === opts.server && String(o.brandId) === String(opts.brandId) && String(o.playerId) === String(opts.playerId)) return;
+      if (o.server === opts.server && String(o.brandId) === String(opts.brandId) && String(o.playerId) === String(opts.playerId) && o.token === opts.token) return;
       current.stop();
     }
     current = new Client(opts);

@@ -13,8 +13,10 @@ use serde_json::{Map, Value};
 
 use crate::delivery::PostBody;
 use crate::ids::DefinitionId;
-use crate::input::{Fields, InputError, MAX_URL_BYTES, http_url};
-use crate::pixel::{MAX_JS_BYTES, MAX_TTL_SECONDS, PixelBody, parse_pixel};
+use crate::input::{Fields, InputError, MAX_URL_BYTES};
+use crate::pixel::{
+    MAX_JS_BYTES, MAX_TTL_SECONDS, PixelBody, PixelKind, PixelPolicy, PolicyRefusal, parse_pixel,
+};
 use crate::template::{Context, Rendered, Template};
 
 /// Event types the affiliate world agrees on. Any other name of the same shape is a custom trigger.
@@ -164,6 +166,22 @@ impl Action {
     }
 
     /// The `kind` tag.
+    /// Whether a brand with `policy` may save this action: its kind allowed, its URL https when the
+    /// brand says so. Checked when the definition is saved, and each pixel again after rendering.
+    pub fn check(&self, policy: PixelPolicy<'_>) -> Result<(), PolicyRefusal> {
+        let (kind, url) = match self {
+            Action::S2s { .. } => return Ok(()),
+            Action::Image { url } => (PixelKind::Image, Some(url)),
+            Action::Iframe { url } => (PixelKind::Iframe, Some(url)),
+            Action::Script { url } => (PixelKind::Script, Some(url)),
+            Action::Js { .. } => (PixelKind::Js, None),
+            Action::Facebook { .. } => (PixelKind::Facebook, None),
+        };
+        policy.check_kind(kind)?;
+        // A URL template's scheme is written out (see `Template::parse`), so its head tells.
+        url.map_or(Ok(()), |url| policy.check_url(url))
+    }
+
     pub fn kind(&self) -> &'static str {
         match self {
             Action::S2s { .. } => "s2s",
@@ -221,6 +239,22 @@ impl Definition {
         self.conditions.iter().all(|c| c.holds(values))
     }
 
+    /// [`Definition::render`], then the brand's `policy` on the result: the kind may have been turned off
+    /// since the definition was saved, and a URL is checked as rendered, not only as written.
+    pub fn render_checked(
+        &self,
+        values: &BTreeMap<String, Value>,
+        policy: PixelPolicy<'_>,
+    ) -> Result<RenderedPixel, String> {
+        let rendered = self.render(values)?;
+        if let Output::Client(body) = &rendered.output {
+            policy
+                .check(body)
+                .map_err(|refusal| format!("{}: {}", refusal.field, refusal.message))?;
+        }
+        Ok(rendered)
+    }
+
     /// Renders the pixel for `values`. Fails only when the values make an invalid pixel (say, a raw value
     /// that breaks the URL, or a Meta pixel id that is not a number); the message says which field.
     pub fn render(&self, values: &BTreeMap<String, Value>) -> Result<RenderedPixel, String> {
@@ -229,8 +263,7 @@ impl Definition {
             Template::parse(source, context)
                 .map_err(|e| format!("the saved template no longer parses: {e}"))
         };
-        let mut fill = |template: &Template| -> String {
-            let Rendered { text, missing: m } = template.render(values);
+        let mut keep = |Rendered { text, missing: m }: Rendered| -> String {
             for name in m {
                 if !missing.contains(&name) {
                     missing.push(name);
@@ -240,12 +273,11 @@ impl Definition {
         };
         let pixel = match &self.action {
             Action::S2s { url, post } => {
-                let url =
-                    http_url(&fill(&parse(url, Context::Url)?)).map_err(|e| format!("url {e}"))?;
+                let url = keep(parse(url, Context::Url)?.render_url(values)?);
                 let post = match post {
                     None => None,
                     Some(post) => {
-                        let body = fill(&parse(&post.body, post.format.context())?);
+                        let body = keep(parse(&post.body, post.format.context())?.render(values));
                         if post.format == BodyFormat::Json
                             && serde_json::from_str::<Value>(&body).is_err()
                         {
@@ -263,10 +295,11 @@ impl Definition {
                 });
             }
             Action::Image { url } | Action::Iframe { url } | Action::Script { url } => {
-                serde_json::json!({"kind": self.action.kind(), "url": fill(&parse(url, Context::Url)?)})
+                let url = keep(parse(url, Context::Url)?.render_url(values)?);
+                serde_json::json!({"kind": self.action.kind(), "url": url})
             }
             Action::Js { code } => {
-                serde_json::json!({"kind": "js", "code": fill(&parse(code, Context::Js)?)})
+                serde_json::json!({"kind": "js", "code": keep(parse(code, Context::Js)?.render(values))})
             }
             Action::Facebook {
                 pixel_id,
@@ -281,7 +314,7 @@ impl Definition {
                                 .map_err(|e| format!("params.{key}: {e}"))?;
                             match template.sole_macro().and_then(|name| values.get(name)) {
                                 Some(typed @ (Value::Number(_) | Value::Bool(_))) => typed.clone(),
-                                _ => Value::String(fill(&template)),
+                                _ => Value::String(keep(template.render(values))),
                             }
                         }
                         other => other.clone(),
@@ -290,8 +323,8 @@ impl Definition {
                 }
                 serde_json::json!({
                     "kind": "facebook",
-                    "pixel_id": fill(&parse(pixel_id, Context::Text)?),
-                    "event": fill(&parse(event, Context::Text)?),
+                    "pixel_id": keep(parse(pixel_id, Context::Text)?.render(values)),
+                    "event": keep(parse(event, Context::Text)?.render(values)),
                     "params": out,
                 })
             }

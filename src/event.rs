@@ -16,7 +16,7 @@ use crate::definition::{Definition, Output, valid_trigger};
 use crate::delivery::{CLICK_ID_PARAMS, Origin, PixelStatus, PostBody};
 use crate::ids::{BrandId, DefinitionId, EventId, Id, IdKind, PixelId, PlayerId};
 use crate::input::{Fields, InputError, one_or_many};
-use crate::pixel::{NewPixel, PixelBody};
+use crate::pixel::{NewPixel, PixelBody, PixelPolicy};
 
 /// Most events one request may carry.
 pub const MAX_EVENTS: usize = 1000;
@@ -190,6 +190,7 @@ pub struct Plan {
 /// Decides what `event` produces for a player whose context is `context`, given the brand's definitions.
 pub fn plan(
     brand: &BrandId,
+    policy: PixelPolicy<'_>,
     event: &Event,
     context: &PlayerContext,
     definitions: &[Definition],
@@ -253,7 +254,7 @@ pub fn plan(
                 continue;
             }
             values.insert("random".into(), Value::from(random_u32()));
-            let rendered = match definition.render(&values) {
+            let rendered = match definition.render_checked(&values, policy) {
                 Ok(rendered) => rendered,
                 Err(error) => {
                     outcome.failed.push(RenderFailure {
@@ -591,6 +592,7 @@ mod tests {
         );
         let reg = plan(
             &brand(),
+            PixelPolicy::ANY,
             &registration,
             &PlayerContext::default(),
             &defs,
@@ -604,7 +606,7 @@ mod tests {
         let deposit = event(
             json!({"event_id": "d1", "type": "deposit", "player_id": "p-1", "params": {"amount": 50, "currency": "EUR"}}),
         );
-        let dep = plan(&brand(), &deposit, &context, &defs, 2000);
+        let dep = plan(&brand(), PixelPolicy::ANY, &deposit, &context, &defs, 2000);
         assert_eq!(dep.outcome.raised, ["ftd"]);
         assert_eq!(
             urls(&dep),
@@ -626,7 +628,7 @@ mod tests {
         let second = event(
             json!({"event_id": "d2", "type": "deposit", "player_id": "p-1", "params": {"amount": 20}}),
         );
-        let dep2 = plan(&brand(), &second, &after, &defs, 3000);
+        let dep2 = plan(&brand(), PixelPolicy::ANY, &second, &after, &defs, 3000);
         assert!(dep2.outcome.raised.is_empty(), "FTD is raised once");
         assert_eq!(urls(&dep2), ["s2s https://pb.example/?c=xyz&sum=20&cur="]);
         assert_eq!(dep2.outcome.pixels[0].missing, ["currency"]);
@@ -638,13 +640,22 @@ mod tests {
         let first = event(
             json!({"event_id": "r1", "type": "registration", "player_id": "p", "deal_id": "d1", "params": {"afp": "a", "sub1": "s"}}),
         );
-        let ctx = plan(&brand(), &first, &PlayerContext::default(), &[], 0)
-            .context
-            .unwrap();
+        let ctx = plan(
+            &brand(),
+            PixelPolicy::ANY,
+            &first,
+            &PlayerContext::default(),
+            &[],
+            0,
+        )
+        .context
+        .unwrap();
         let second = event(
             json!({"event_id": "q1", "type": "qualified_registration", "player_id": "p", "params": {"afp": "b"}}),
         );
-        let ctx = plan(&brand(), &second, &ctx, &[], 0).context.unwrap();
+        let ctx = plan(&brand(), PixelPolicy::ANY, &second, &ctx, &[], 0)
+            .context
+            .unwrap();
         assert_eq!(ctx.params["afp"], json!("b"));
         assert_eq!(ctx.params["sub1"], json!("s"));
         assert_eq!(ctx.deal_id.as_deref(), Some("d1"));
@@ -656,7 +667,14 @@ mod tests {
             json!([{"name": "f", "trigger": "ftd", "kind": "js", "code": "f({{event_id}})"}]),
         );
         let ftd = event(json!({"event_id": "f1", "type": "ftd", "player_id": "p"}));
-        let first = plan(&brand(), &ftd, &PlayerContext::default(), &defs, 0);
+        let first = plan(
+            &brand(),
+            PixelPolicy::ANY,
+            &ftd,
+            &PlayerContext::default(),
+            &defs,
+            0,
+        );
         assert_eq!(first.outcome.pixels.len(), 1);
         let ctx = first.context.unwrap();
 
@@ -664,13 +682,13 @@ mod tests {
             json!({"event_id": "d1", "type": "deposit", "player_id": "p", "params": {"amount": 5}}),
         );
         assert!(
-            plan(&brand(), &deposit, &ctx, &defs, 0)
+            plan(&brand(), PixelPolicy::ANY, &deposit, &ctx, &defs, 0)
                 .outcome
                 .pixels
                 .is_empty()
         );
         let again = event(json!({"event_id": "f2", "type": "ftd", "player_id": "p"}));
-        let second = plan(&brand(), &again, &ctx, &defs, 0);
+        let second = plan(&brand(), PixelPolicy::ANY, &again, &ctx, &defs, 0);
         assert!(second.outcome.pixels.is_empty());
         assert_eq!(
             second
@@ -700,7 +718,7 @@ mod tests {
             json!({"event_id": "e1", "type": "ftd", "player_id": "p", "params": {"amount": 10, "currency": "EUR"}}),
         );
         assert_eq!(
-            urls(&plan(&brand(), &small, &ctx, &defs, 0)),
+            urls(&plan(&brand(), PixelPolicy::ANY, &small, &ctx, &defs, 0)),
             ["https://t.example/global", "https://t.example/d1"],
             "the deal comes from the registration when the event has none"
         );
@@ -708,7 +726,14 @@ mod tests {
             json!({"event_id": "e2", "type": "ftd", "player_id": "p", "deal_id": "d2", "params": {"amount": 20, "currency": "usd"}}),
         );
         assert_eq!(
-            urls(&plan(&brand(), &big, &PlayerContext::default(), &defs, 0)),
+            urls(&plan(
+                &brand(),
+                PixelPolicy::ANY,
+                &big,
+                &PlayerContext::default(),
+                &defs,
+                0
+            )),
             [
                 "https://t.example/global",
                 "https://t.example/d2",
@@ -719,6 +744,7 @@ mod tests {
         assert_eq!(
             urls(&plan(
                 &brand(),
+                PixelPolicy::ANY,
                 &custom,
                 &PlayerContext::default(),
                 &defs,
@@ -762,7 +788,14 @@ mod tests {
         let e = event(
             json!({"event_id": "e1", "type": "ftd", "player_id": "p", "params": {"fb_pixel": "not-a-number"}}),
         );
-        let p = plan(&brand(), &e, &PlayerContext::default(), &defs, 0);
+        let p = plan(
+            &brand(),
+            PixelPolicy::ANY,
+            &e,
+            &PlayerContext::default(),
+            &defs,
+            0,
+        );
         assert_eq!(p.outcome.pixels.len(), 1);
         assert_eq!(p.outcome.failed.len(), 1);
         assert!(p.outcome.failed[0].error.starts_with("pixel_id"));

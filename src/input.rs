@@ -101,6 +101,24 @@ impl<'a> Fields<'a> {
         Id::parse(value).map_err(|_| self.error("invalid_field", field, ID_RULE))
     }
 
+    /// An array of strings; absent and `null` are `None`.
+    pub fn optional_strings(&mut self, field: &str) -> Result<Option<Vec<String>>, InputError> {
+        let not_strings =
+            |fields: &Self| fields.error("invalid_field", field, "must be an array of strings");
+        match self.obj.remove(field) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::Array(items)) => items
+                .into_iter()
+                .map(|item| match item {
+                    Value::String(s) => Ok(s),
+                    _ => Err(not_strings(self)),
+                })
+                .collect::<Result<_, _>>()
+                .map(Some),
+            Some(_) => Err(not_strings(self)),
+        }
+    }
+
     /// A boolean field; absent and `null` are `None`.
     pub fn optional_bool(&mut self, field: &str) -> Result<Option<bool>, InputError> {
         match self.obj.remove(field) {

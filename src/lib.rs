@@ -6,6 +6,8 @@
 //! the pixel, remembers that it did, and acknowledges it; only the acknowledgement removes it from the queue.
 //!
 //! # Layout
+//! - [`player_token`]: the brand-signed proof that a page belongs to a player, checked at the hello.
+//! - [`api_key`]: brand API keys, which act for one brand only; stored as hashes.
 //! - [`config`]: every setting, from flags and environment, with its default.
 //! - [`ids`]: validated brand, player, pixel and session ids.
 //! - [`input`]: the field reader and error shared by every JSON body the API validates.
@@ -30,6 +32,7 @@
 //! The browser side lives in `js-client/aff-client-pixel.js`; the demo page in `static/`.
 
 pub mod api;
+pub mod api_key;
 pub mod cli;
 pub mod config;
 pub mod definition;
@@ -43,6 +46,7 @@ pub mod inbound;
 pub mod input;
 pub mod metrics;
 pub mod pixel;
+pub mod player_token;
 pub mod postback;
 pub mod protocol;
 pub mod server;

@@ -51,6 +51,12 @@ struct ReasonLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TokenLabels {
+    reason: &'static str,
+    enforced: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct AttemptLabels {
     result: &'static str,
     outcome: &'static str,
@@ -163,6 +169,7 @@ pub struct Metrics {
     events: Family<EventLabels, Counter>,
     ws_connects: Counter,
     ws_closes: Family<ReasonLabel, Counter>,
+    tokens_refused: Family<TokenLabels, Counter>,
     s2s_attempts: Family<AttemptLabels, Counter>,
     s2s_duration: Histogram,
     s2s_in_flight: Gauge,
@@ -232,6 +239,7 @@ impl Metrics {
             events: Family::default(),
             ws_connects: Counter::default(),
             ws_closes: Family::default(),
+            tokens_refused: Family::default(),
             s2s_attempts: Family::default(),
             s2s_duration: Histogram::new(duration_buckets()),
             s2s_in_flight: Gauge::default(),
@@ -338,6 +346,11 @@ impl Metrics {
             "websocket_closes",
             "WebSocket connections ended (with or without a hello), by close reason; client_gone when the client closed or vanished",
             m.ws_closes.clone(),
+        );
+        r.register(
+            "websocket_player_tokens_refused",
+            "Hellos whose player token failed (reason missing, malformed, bad_signature or expired); enforced=false when the brand does not require tokens yet and the session went on",
+            m.tokens_refused.clone(),
         );
         r.register(
             "s2s_attempts",
@@ -507,6 +520,14 @@ impl Metrics {
     /// Counts a session's end by its close reason (`client_gone` when the client left first).
     pub fn ws_closed(&self, reason: &'static str) {
         self.ws_closes.get_or_create(&ReasonLabel { reason }).inc();
+    }
+
+    /// Counts a hello whose player token failed; `enforced` says whether the session was refused for it.
+    pub fn player_token_refused(&self, reason: &'static str, enforced: bool) {
+        let enforced = if enforced { "true" } else { "false" };
+        self.tokens_refused
+            .get_or_create(&TokenLabels { reason, enforced })
+            .inc();
     }
 
     /// Counts a postback attempt; `outcome` is a bounded word such as `http_2xx` or `timeout`.

@@ -57,15 +57,158 @@ pub enum PixelBody {
     },
 }
 
+/// A pixel's kind without its fields: what a brand allows, and the `kind` label of metrics.
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    utoipa::ToSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum PixelKind {
+    /// See [`PixelBody::Image`].
+    Image,
+    /// See [`PixelBody::Iframe`].
+    Iframe,
+    /// See [`PixelBody::Script`].
+    Script,
+    /// See [`PixelBody::Js`].
+    Js,
+    /// See [`PixelBody::Facebook`].
+    Facebook,
+}
+
+impl PixelKind {
+    /// Every kind.
+    pub const ALL: [PixelKind; 5] = [
+        PixelKind::Image,
+        PixelKind::Iframe,
+        PixelKind::Script,
+        PixelKind::Js,
+        PixelKind::Facebook,
+    ];
+
+    /// What a new brand allows: everything but the kinds that run code of the pixel's author in the brand's
+    /// page (`script`, `js`), which a brand must turn on knowingly.
+    pub const SAFE: [PixelKind; 3] = [PixelKind::Image, PixelKind::Iframe, PixelKind::Facebook];
+
+    /// The `kind` tag.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PixelKind::Image => "image",
+            PixelKind::Iframe => "iframe",
+            PixelKind::Script => "script",
+            PixelKind::Js => "js",
+            PixelKind::Facebook => "facebook",
+        }
+    }
+
+    /// The kind named `tag`, if any.
+    pub fn parse(tag: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.as_str() == tag)
+    }
+}
+
+/// What a brand lets pixels do in its pages, checked on every pixel before it is queued: by hand, or
+/// rendered from a definition (after rendering, so no macro value can get round it).
+#[derive(Clone, Copy, Debug)]
+pub struct PixelPolicy<'a> {
+    /// Kinds the brand accepts.
+    pub allowed_kinds: &'a [PixelKind],
+    /// Whether image, iframe and script URLs must be `https`.
+    pub https_only: bool,
+}
+
+/// A pixel the brand's [`PixelPolicy`] refuses.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PolicyRefusal {
+    /// Stable error code: `kind_not_allowed` or `https_required`.
+    pub code: &'static str,
+    /// The field at fault: `kind` or `url`.
+    pub field: &'static str,
+    /// Human sentence.
+    pub message: String,
+}
+
+impl PixelPolicy<'static> {
+    /// Every kind, any http(s) URL: for tests, and for pixels a brand does not send (the demo's).
+    pub const ANY: PixelPolicy<'static> = PixelPolicy {
+        allowed_kinds: &PixelKind::ALL,
+        https_only: false,
+    };
+}
+
+impl PixelPolicy<'_> {
+    /// Whether the brand accepts `body`.
+    pub fn check(&self, body: &PixelBody) -> Result<(), PolicyRefusal> {
+        self.check_kind(body.kind_of())?;
+        body.url().map_or(Ok(()), |url| self.check_url(url))
+    }
+
+    /// Whether the brand accepts pixels of `kind`.
+    pub fn check_kind(&self, kind: PixelKind) -> Result<(), PolicyRefusal> {
+        if self.allowed_kinds.contains(&kind) {
+            return Ok(());
+        }
+        let allowed: Vec<&str> = self.allowed_kinds.iter().map(|k| k.as_str()).collect();
+        Err(PolicyRefusal {
+            code: "kind_not_allowed",
+            field: "kind",
+            message: format!(
+                "{} pixels are not allowed for this brand (allowed_kinds: {}); they would run in the brand's pages, so the brand must allow them first",
+                kind.as_str(),
+                allowed.join(", ")
+            ),
+        })
+    }
+
+    /// Whether the brand accepts a pixel loading `url` (already checked to be http or https).
+    pub fn check_url(&self, url: &str) -> Result<(), PolicyRefusal> {
+        let https = url
+            .get(..8)
+            .is_some_and(|head| head.eq_ignore_ascii_case("https://"));
+        if self.https_only && !https {
+            return Err(PolicyRefusal {
+                code: "https_required",
+                field: "url",
+                message: "must be an https URL: this brand is https_only".into(),
+            });
+        }
+        Ok(())
+    }
+}
+
 impl PixelBody {
     /// The `kind` tag, for logs and stats.
     pub fn kind(&self) -> &'static str {
+        self.kind_of().as_str()
+    }
+
+    /// The kind, for policies.
+    pub fn kind_of(&self) -> PixelKind {
         match self {
-            PixelBody::Image { .. } => "image",
-            PixelBody::Iframe { .. } => "iframe",
-            PixelBody::Script { .. } => "script",
-            PixelBody::Js { .. } => "js",
-            PixelBody::Facebook { .. } => "facebook",
+            PixelBody::Image { .. } => PixelKind::Image,
+            PixelBody::Iframe { .. } => PixelKind::Iframe,
+            PixelBody::Script { .. } => PixelKind::Script,
+            PixelBody::Js { .. } => PixelKind::Js,
+            PixelBody::Facebook { .. } => PixelKind::Facebook,
+        }
+    }
+
+    /// The URL the browser loads, for the kinds that load one.
+    pub fn url(&self) -> Option<&str> {
+        match self {
+            PixelBody::Image { url } | PixelBody::Iframe { url } | PixelBody::Script { url } => {
+                Some(url)
+            }
+            PixelBody::Js { .. } | PixelBody::Facebook { .. } => None,
         }
     }
 

@@ -27,6 +27,9 @@ pub enum ClientMessage {
         brand_id: BrandRef,
         /// The player.
         player_id: String,
+        /// The brand's signed player token (see [`crate::player_token`]); required when the brand says so.
+        #[serde(default)]
+        token: Option<String>,
     },
     /// Pixels that fired in the browser, or that it had already fired before (redelivery).
     Ack {
@@ -82,6 +85,10 @@ pub enum ServerMessage<'a> {
         session_id: SessionId,
         /// How often the server pings; a client that hears nothing for about twice this should reconnect.
         heartbeat_ms: u64,
+        /// The `sandbox` attribute the brand gives its iframe pixels.
+        iframe_sandbox: &'a str,
+        /// The `referrerpolicy` the brand gives its image, iframe and script pixels.
+        referrer_policy: &'a str,
     },
     /// Pixels to fire, in queue order.
     Deliver {
@@ -146,11 +153,16 @@ pub enum CloseReason {
     UnexpectedMessage,
     /// The page's Origin is not in the brand's `allowed_origins`.
     OriginNotAllowed,
+    /// The brand requires a player token and the hello's is missing, malformed or not signed for this
+    /// brand and player.
+    InvalidToken,
+    /// The hello's player token is genuine but expired; the page needs a fresh one.
+    TokenExpired,
 }
 
 impl CloseReason {
     /// Every reason, for documentation checks and metrics.
-    pub const ALL: [CloseReason; 12] = [
+    pub const ALL: [CloseReason; 14] = [
         CloseReason::Shutdown,
         CloseReason::HeartbeatTimeout,
         CloseReason::HelloTimeout,
@@ -163,6 +175,8 @@ impl CloseReason {
         CloseReason::MessageTooBig,
         CloseReason::UnexpectedMessage,
         CloseReason::OriginNotAllowed,
+        CloseReason::InvalidToken,
+        CloseReason::TokenExpired,
     ];
 
     /// The WebSocket close code.
@@ -180,6 +194,8 @@ impl CloseReason {
             CloseReason::MessageTooBig => 4504,
             CloseReason::UnexpectedMessage => 4505,
             CloseReason::OriginNotAllowed => 4506,
+            CloseReason::InvalidToken => 4507,
+            CloseReason::TokenExpired => 4508,
         }
     }
 
@@ -198,6 +214,8 @@ impl CloseReason {
             CloseReason::MessageTooBig => "message_too_big",
             CloseReason::UnexpectedMessage => "unexpected_message",
             CloseReason::OriginNotAllowed => "origin_not_allowed",
+            CloseReason::InvalidToken => "invalid_token",
+            CloseReason::TokenExpired => "token_expired",
         }
     }
 

@@ -25,6 +25,7 @@ use crate::config::{Config, MIN_ADMIN_TOKEN_LEN};
 use crate::hub::Hub;
 use crate::ids::{BrandId, random_hex};
 use crate::metrics::Metrics;
+use crate::pixel::PixelKind;
 use crate::postback::{self, Policy, SenderStats};
 use crate::store::{BrandSettings, SledOptions, SledStore, Store, StoreError};
 
@@ -94,9 +95,11 @@ impl Application {
         if config.demo {
             let demo = BrandId::parse(api::DEMO_BRAND).expect("a valid literal id");
             if store.get_brand(&demo).await?.is_none() {
+                // The demo's buttons queue every kind, `js` included: it is a playground on loopback.
                 let settings = BrandSettings {
                     name: Some("Demo casino".into()),
-                    allowed_origins: Vec::new(),
+                    allowed_kinds: PixelKind::ALL.to_vec(),
+                    ..BrandSettings::default()
                 };
                 store.put_brand(&demo, settings).await?;
             }

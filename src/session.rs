@@ -15,12 +15,13 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, field};
 
 use crate::hub::{Hub, Registration, SessionInfo, wake};
-use crate::ids::{PixelId, PlayerId, PlayerKey, SessionId};
+use crate::ids::{BrandId, PixelId, PlayerId, PlayerKey, SessionId};
 use crate::metrics::Metrics;
+use crate::player_token::{self, TokenError};
 use crate::protocol::{
     ClientMessage, CloseReason, MAX_ACK_IDS, PROTOCOL_VERSION, ServerMessage, WirePixel,
 };
-use crate::store::{Store, StoreError, now_ms};
+use crate::store::{Brand, Store, StoreError, now_ms};
 
 /// What a session needs from the process; built once per connection by the HTTP layer.
 #[derive(Clone)]
@@ -35,6 +36,9 @@ pub struct SessionContext {
     pub limits: SessionLimits,
     /// The upgrade request's `Origin` header, checked against the brand's allowlist after the hello.
     pub origin: Option<String>,
+    /// The brand the upgrade URL named (`/websocket?brand_id=…`), whose origin allowlist was checked
+    /// before the upgrade; the hello must name the same brand.
+    pub url_brand: Option<BrandId>,
     /// The upgrade request's `User-Agent`, shown to ops with the session.
     pub user_agent: Option<String>,
     /// Where connects and closes are counted.
@@ -86,7 +90,7 @@ pub async fn run(socket: WebSocket, ctx: SessionContext) {
     async move {
         let mut conn = Conn { socket, write_timeout: ctx.limits.write_timeout };
         let end = match handshake(&mut conn, &ctx).await {
-            Ok(key) => {
+            Ok((key, brand)) => {
                 let span = tracing::Span::current();
                 span.record("brand", key.brand.as_str());
                 span.record("player", key.player.as_str());
@@ -97,7 +101,7 @@ pub async fn run(socket: WebSocket, ctx: SessionContext) {
                     origin: ctx.origin.clone(),
                 };
                 let registration = ctx.hub.register(key.clone(), info);
-                let end = live(&mut conn, &ctx, &key, &registration).await;
+                let end = live(&mut conn, &ctx, &key, &brand, &registration).await;
                 drop(registration);
                 if let Err(e) = ctx.store.release(&key, id).await {
                     tracing::error!(error = %e, "could not release the lease; it frees when the store restarts");
@@ -171,8 +175,9 @@ impl Conn {
     }
 }
 
-/// Connecting: waits for a valid hello for an existing brand, from an allowed origin.
-async fn handshake(conn: &mut Conn, ctx: &SessionContext) -> Result<PlayerKey, End> {
+/// Connecting: waits for a valid hello for an existing brand, from an allowed origin, with the player
+/// token the brand requires.
+async fn handshake(conn: &mut Conn, ctx: &SessionContext) -> Result<(PlayerKey, Brand), End> {
     let deadline = tokio::time::sleep(ctx.limits.hello_timeout);
     tokio::pin!(deadline);
     let message = loop {
@@ -190,6 +195,7 @@ async fn handshake(conn: &mut Conn, ctx: &SessionContext) -> Result<PlayerKey, E
         v,
         brand_id,
         player_id,
+        token,
     } = message
     else {
         return Err(CloseReason::UnexpectedMessage.into());
@@ -200,22 +206,53 @@ async fn handshake(conn: &mut Conn, ctx: &SessionContext) -> Result<PlayerKey, E
     let brand = brand_id
         .to_brand_id()
         .map_err(|_| CloseReason::InvalidHello)?;
+    if ctx.url_brand.as_ref().is_some_and(|url| *url != brand) {
+        return Err(CloseReason::InvalidHello.into());
+    }
     let player = PlayerId::parse(&player_id).map_err(|_| CloseReason::InvalidHello)?;
     let Some(settings) = ctx.store.get_brand(&brand).await? else {
         return Err(CloseReason::UnknownBrand.into());
     };
-    if !settings.allowed_origins.is_empty() {
-        let allowed = ctx.origin.as_deref().is_some_and(|origin| {
-            settings
-                .allowed_origins
-                .iter()
-                .any(|a| a.eq_ignore_ascii_case(origin))
-        });
-        if !allowed {
-            return Err(CloseReason::OriginNotAllowed.into());
+    if !origin_allowed(&settings.settings.allowed_origins, ctx.origin.as_deref()) {
+        return Err(CloseReason::OriginNotAllowed.into());
+    }
+    let required = settings.settings.require_player_token;
+    if required || token.is_some() {
+        let secret = ctx
+            .store
+            .secret(&brand, crate::store::SecretKind::Signing)
+            .await?;
+        let now = now_ms() / 1000;
+        let checked = match token.as_deref() {
+            None => Err(TokenError::Missing),
+            Some(token) => {
+                player_token::verify(token, &brand, &player, secret.active(now_ms()), now)
+            }
+        };
+        if let Err(e) = checked {
+            ctx.metrics.player_token_refused(e.as_str(), required);
+            if required {
+                tracing::info!(reason = e.as_str(), "player token refused");
+                return Err(match e {
+                    TokenError::Expired => CloseReason::TokenExpired,
+                    _ => CloseReason::InvalidToken,
+                }
+                .into());
+            }
+            // Not required yet: the brand is trying tokens out; it sees the failures in the metrics.
+            tracing::info!(
+                reason = e.as_str(),
+                "player token would be refused; the brand does not require one yet"
+            );
         }
     }
-    Ok(PlayerKey::new(brand, player))
+    Ok((PlayerKey::new(brand, player), settings))
+}
+
+/// Whether a page from `origin` may open sessions for a brand with this allowlist (empty allows any).
+pub fn origin_allowed(allowed: &[String], origin: Option<&str>) -> bool {
+    allowed.is_empty()
+        || origin.is_some_and(|origin| allowed.iter().any(|a| a.eq_ignore_ascii_case(origin)))
 }
 
 /// Live: sends what the store leases to this session, takes acks, keeps the heartbeat.
@@ -223,6 +260,7 @@ async fn live(
     conn: &mut Conn,
     ctx: &SessionContext,
     key: &PlayerKey,
+    brand: &Brand,
     registration: &Registration,
 ) -> End {
     let signal = registration.signal();
@@ -230,6 +268,8 @@ async fn live(
         v: PROTOCOL_VERSION,
         session_id: signal.session,
         heartbeat_ms: ctx.limits.heartbeat.as_millis() as u64,
+        iframe_sandbox: &brand.settings.iframe_sandbox,
+        referrer_policy: &brand.settings.referrer_policy,
     };
     if let Err(end) = conn.send(welcome.to_json()).await {
         return end;

@@ -157,6 +157,36 @@ impl Template {
         out
     }
 
+    /// Renders a URL template and checks the result: an absolute http(s) URL whose scheme, host and port
+    /// are the ones the template writes out. [`Template::parse`] already makes that so for every value;
+    /// this checks the output itself, so no value (`|raw` ones included) and no parsing corner can send
+    /// a pixel elsewhere.
+    pub fn render_url(&self, values: &BTreeMap<String, Value>) -> Result<Rendered, String> {
+        let rendered = self.render(values);
+        let url = crate::input::http_url(&rendered.text).map_err(|e| format!("url {e}"))?;
+        let origin = |text: &str| url::Url::parse(text).ok().map(|u| u.origin());
+        let head = match self.parts.first() {
+            Some(Part::Literal(text)) => text.as_str(),
+            _ => "",
+        };
+        let written = head
+            .find("://")
+            .map(|scheme| {
+                let rest = &head[scheme + 3..];
+                &head[..scheme + 3 + rest.find(['/', '?', '#']).unwrap_or(rest.len())]
+            })
+            .and_then(origin);
+        if written.is_none() || written != origin(&url) {
+            return Err(
+                "url: a macro value changed the scheme or host the template writes out".into(),
+            );
+        }
+        Ok(Rendered {
+            text: url,
+            missing: rendered.missing,
+        })
+    }
+
     /// A URL template must name its scheme and host in its first literal, so no value can choose them.
     fn check_url_head(&self) -> Result<(), TemplateError> {
         let head = match self.parts.first() {
@@ -662,5 +692,58 @@ mod tests {
             let url = url::Url::parse(&out).unwrap();
             assert_eq!(url.host_str(), Some("t.example"), "{v} → {out}");
         }
+    }
+
+    #[test]
+    fn rendered_urls_keep_the_written_scheme_and_host_whatever_the_values() {
+        let t = Template::parse(
+            "https://aff.example/px?click={{v}}&to={{w|raw}}",
+            Context::Url,
+        )
+        .unwrap();
+        for v in [
+            "x&evil=1",
+            "@evil.example",
+            "//evil.example",
+            "javascript:alert(1)",
+            "\\evil",
+        ] {
+            let out = t
+                .render_url(&values(&[("v", json!(v)), ("w", json!(v))]))
+                .unwrap()
+                .text;
+            let url = url::Url::parse(&out).unwrap();
+            assert_eq!(
+                (url.scheme(), url.host_str()),
+                ("https", Some("aff.example")),
+                "{v} → {out}"
+            );
+            assert_eq!(
+                url.query_pairs()
+                    .next()
+                    .map(|(k, v)| (k.into_owned(), v.into_owned())),
+                Some(("click".to_owned(), v.to_owned())),
+                "a value stays inside its parameter"
+            );
+        }
+        // The check stands on its own: a template that parsing would have refused (a raw value right
+        // after the host) cannot move the pixel either.
+        let unchecked = Template {
+            context: Context::Url,
+            parts: vec![
+                Part::Literal("https://aff.example".into()),
+                Part::Macro {
+                    name: "v".into(),
+                    raw: true,
+                },
+            ],
+        };
+        assert!(
+            unchecked
+                .render_url(&values(&[("v", json!("/ok"))]))
+                .is_ok()
+        );
+        let moved = unchecked.render_url(&values(&[("v", json!(".evil.example/"))]));
+        assert!(moved.unwrap_err().contains("changed the scheme or host"));
     }
 }

@@ -11,7 +11,8 @@ use utoipa::{IntoParams, ToSchema};
 use super::extract::{ApiPath, JsonBody};
 use super::{ApiError, AppState, ErrorBody};
 use crate::ids::{BrandId, PixelId, PlayerId, PlayerKey};
-use crate::pixel::parse_batch;
+use crate::input::{Fields, InputError};
+use crate::pixel::{PixelKind, parse_batch};
 use crate::store::{Brand, BrandSettings, CancelOutcome, EnqueueOutcome, PixelStatus};
 
 #[derive(Deserialize, IntoParams)]
@@ -47,9 +48,10 @@ pub(super) struct PixelPath {
     pixel_id: PixelId,
 }
 
-/// The settings a `PUT` may carry; anything else is refused so a typo never silently does nothing.
-#[derive(Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
+/// The settings a `PUT` may carry; anything else is refused so a typo never silently does nothing. A
+/// setting left out takes its default. The body is read by [`brand_settings`]; this type documents it.
+#[derive(ToSchema)]
+#[allow(dead_code)]
 pub(super) struct BrandBody {
     /// Display name for people, 1 to 200 characters.
     #[serde(default)]
@@ -58,15 +60,70 @@ pub(super) struct BrandBody {
     /// Page origins allowed to open sessions for this brand (`https://casino.example`); empty allows any.
     #[serde(default)]
     allowed_origins: Vec<String>,
+    /// Refuse sessions without a valid player token signed with the brand's signing secret (default
+    /// false: anyone who knows a player id can receive that player's pixels).
+    #[serde(default)]
+    require_player_token: bool,
+    /// Pixel kinds the brand accepts (default `image`, `iframe`, `facebook`); `script` and `js` run
+    /// their author's code in the brand's pages.
+    #[serde(default)]
+    #[schema(value_type = Option<Vec<PixelKind>>)]
+    allowed_kinds: Option<Vec<String>>,
+    /// Image, iframe and script URLs must be https (default false).
+    #[serde(default)]
+    https_only: bool,
+    /// `sandbox` of iframe pixels: space-separated `allow-*` tokens, empty for the strictest (default
+    /// `allow-scripts allow-same-origin`).
+    #[serde(default)]
+    iframe_sandbox: Option<String>,
+    /// `referrerpolicy` of image, iframe and script pixels (default `strict-origin-when-cross-origin`).
+    #[serde(default)]
+    referrer_policy: Option<String>,
 }
+
+/// The tokens of the HTML `sandbox` attribute.
+const SANDBOX_TOKENS: [&str; 13] = [
+    "allow-downloads",
+    "allow-forms",
+    "allow-modals",
+    "allow-orientation-lock",
+    "allow-pointer-lock",
+    "allow-popups",
+    "allow-popups-to-escape-sandbox",
+    "allow-presentation",
+    "allow-same-origin",
+    "allow-scripts",
+    "allow-storage-access-by-user-activation",
+    "allow-top-navigation",
+    "allow-top-navigation-by-user-activation",
+];
+
+/// The values of the HTML `referrerpolicy` attribute.
+const REFERRER_POLICIES: [&str; 8] = [
+    "no-referrer",
+    "no-referrer-when-downgrade",
+    "origin",
+    "origin-when-cross-origin",
+    "same-origin",
+    "strict-origin",
+    "strict-origin-when-cross-origin",
+    "unsafe-url",
+];
 
 fn brand_settings(body: Value) -> Result<BrandSettings, ApiError> {
     let invalid = |message: String| ApiError::Invalid {
         code: "invalid_brand",
         message,
     };
-    let body: BrandBody = serde_json::from_value(body).map_err(|e| invalid(e.to_string()))?;
-    if let Some(name) = &body.name
+    let field_error = |e: InputError| invalid(e.to_string());
+    let Value::Object(mut obj) = body else {
+        return Err(invalid(
+            "the body must be a JSON object of brand settings".into(),
+        ));
+    };
+    let mut fields = Fields::new(&mut obj, "brand");
+    let name = fields.optional_str("name").map_err(field_error)?;
+    if let Some(name) = &name
         && (name.trim().is_empty()
             || name.chars().count() > 200
             || name.chars().any(char::is_control))
@@ -75,19 +132,84 @@ fn brand_settings(body: Value) -> Result<BrandSettings, ApiError> {
             "name must be 1 to 200 characters without control characters".into(),
         ));
     }
-    let mut origins = Vec::with_capacity(body.allowed_origins.len());
-    for origin in &body.allowed_origins {
-        origins.push(normalise_origin(origin).ok_or_else(|| {
+    let defaults = BrandSettings::default();
+    let mut origins = Vec::new();
+    for origin in fields
+        .optional_strings("allowed_origins")
+        .map_err(field_error)?
+        .unwrap_or_default()
+    {
+        origins.push(normalise_origin(&origin).ok_or_else(|| {
             invalid(format!(
                 "allowed_origins: {origin:?} is not an origin like https://casino.example"
             ))
         })?);
     }
     origins.dedup();
-    Ok(BrandSettings {
-        name: body.name,
+    let allowed_kinds = match fields
+        .optional_strings("allowed_kinds")
+        .map_err(field_error)?
+    {
+        None => defaults.allowed_kinds,
+        Some(kinds) => {
+            let mut parsed = kinds
+                .iter()
+                .map(|k| {
+                    PixelKind::parse(k).ok_or_else(|| {
+                        invalid(format!(
+                            "allowed_kinds: {k:?} is not a pixel kind; use image, iframe, script, js or facebook"
+                        ))
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            parsed.sort();
+            parsed.dedup();
+            parsed
+        }
+    };
+    let iframe_sandbox = match fields.optional_str("iframe_sandbox").map_err(field_error)? {
+        None => defaults.iframe_sandbox,
+        Some(sandbox) => {
+            let tokens: Vec<&str> = sandbox.split_ascii_whitespace().collect();
+            if let Some(bad) = tokens.iter().find(|t| !SANDBOX_TOKENS.contains(t)) {
+                return Err(invalid(format!(
+                    "iframe_sandbox: {bad:?} is not a sandbox token; use {}",
+                    SANDBOX_TOKENS.join(", ")
+                )));
+            }
+            tokens.join(" ")
+        }
+    };
+    let referrer_policy = match fields
+        .optional_str("referrer_policy")
+        .map_err(field_error)?
+    {
+        None => defaults.referrer_policy,
+        Some(policy) if REFERRER_POLICIES.contains(&policy.as_str()) => policy,
+        Some(policy) => {
+            return Err(invalid(format!(
+                "referrer_policy: {policy:?} is not a referrer policy; use {}",
+                REFERRER_POLICIES.join(", ")
+            )));
+        }
+    };
+    let settings = BrandSettings {
+        name,
         allowed_origins: origins,
-    })
+        require_player_token: fields
+            .optional_bool("require_player_token")
+            .map_err(field_error)?
+            .unwrap_or(false),
+        allowed_kinds,
+        https_only: fields
+            .optional_bool("https_only")
+            .map_err(field_error)?
+            .unwrap_or(false),
+        iframe_sandbox,
+        referrer_policy,
+    };
+    fields.finish("a brand's settings").map_err(field_error)?;
+    Ok(settings)
 }
 
 /// `https://Casino.example:443/` → `https://casino.example`, the form browsers send in `Origin`.
@@ -109,7 +231,7 @@ fn normalise_origin(origin: &str) -> Option<String> {
     path = "/brands/{brand_id}",
     tag = "brands",
     params(BrandPath),
-    request_body(content = BrandBody, example = json!({"name": "Casino Example", "allowed_origins": ["https://casino.example"]})),
+    request_body(content = BrandBody, example = json!({"name": "Casino Example", "allowed_origins": ["https://casino.example"], "require_player_token": true, "allowed_kinds": ["image", "iframe", "facebook"], "https_only": true})),
     responses(
         (status = 201, description = "Created.", body = Brand),
         (status = 200, description = "Replaced.", body = Brand),
@@ -178,7 +300,7 @@ pub(super) async fn require_brand(state: &AppState, brand: &BrandId) -> Result<B
         (status = 400, description = "Not JSON, or a bad id.", body = ErrorBody),
         (status = 404, description = "No such brand (`brand_not_found`).", body = ErrorBody),
         (status = 413, description = "Body over `--max-body-bytes` (`payload_too_large`).", body = ErrorBody),
-        (status = 422, description = "A bad pixel; the message names the field.", body = ErrorBody),
+        (status = 422, description = "A bad pixel; the message names the field. A kind the brand does not allow (`kind_not_allowed`), or an http URL for an `https_only` brand (`https_required`).", body = ErrorBody),
         (status = 429, description = "The player's queue is at its cap and the policy is `reject` (`queue_full`); nothing was queued.", body = ErrorBody),
     )
 )]
@@ -188,6 +310,23 @@ pub(super) async fn enqueue(
     JsonBody(body): JsonBody,
 ) -> Result<impl IntoResponse, ApiError> {
     let pixels = parse_batch(body)?;
+    let brand = require_brand(&state, &path.brand_id).await?;
+    let policy = brand.settings.pixel_policy();
+    let single = pixels.len() == 1;
+    for (i, pixel) in pixels.iter().enumerate() {
+        policy.check(&pixel.body).map_err(|refusal| {
+            let at = if single {
+                "pixel".to_owned()
+            } else {
+                format!("pixels[{i}]")
+            };
+            InputError::new(
+                refusal.code,
+                format!("{at}.{}", refusal.field),
+                refusal.message,
+            )
+        })?;
+    }
     let queued = state.store.enqueue(&path.key(), pixels).await?;
     Ok((StatusCode::ACCEPTED, Json(queued)))
 }

@@ -63,6 +63,7 @@ pub(super) async fn create(
     JsonBody(body): JsonBody,
 ) -> Result<impl IntoResponse, ApiError> {
     let input = parse_definition(body, true)?;
+    allowed_for_brand(&state, &path.brand_id, &input.action).await?;
     let definition = state.store.create_definition(&path.brand_id, input).await?;
     let location = format!(
         "/api/v1/brands/{}/pixel-definitions/{}",
@@ -73,6 +74,25 @@ pub(super) async fn create(
         [(header::LOCATION, location)],
         Json(definition),
     ))
+}
+
+/// Refuses a definition whose kind or URL the brand's pixel policy does not allow.
+async fn allowed_for_brand(
+    state: &AppState,
+    brand: &BrandId,
+    action: &Action,
+) -> Result<(), ApiError> {
+    let brand = super::admin::require_brand(state, brand).await?;
+    action
+        .check(brand.settings.pixel_policy())
+        .map_err(|refusal| {
+            InputError::new(
+                refusal.code,
+                format!("definition.{}", refusal.field),
+                refusal.message,
+            )
+            .into()
+        })
 }
 
 /// A brand's pixel definitions
@@ -169,6 +189,7 @@ pub(super) async fn replace(
     JsonBody(body): JsonBody,
 ) -> Result<Json<Definition>, ApiError> {
     let input = parse_definition(body, false)?;
+    allowed_for_brand(&state, &path.brand_id, &input.action).await?;
     let definition = state
         .store
         .replace_definition(&path.brand_id, &path.definition_id, input)
@@ -266,10 +287,12 @@ pub(super) async fn preview(
         deal.map(String::as_str),
         affiliate.map(String::as_str),
     ) && conditions.iter().all(|c| c.holds);
-    let (pixel, missing, error) = match definition.render(&values) {
-        Ok(rendered) => (output_json(rendered.output), rendered.missing, None),
-        Err(error) => (Value::Null, Vec::new(), Some(error)),
-    };
+    let brand = super::admin::require_brand(&state, &path.brand_id).await?;
+    let (pixel, missing, error) =
+        match definition.render_checked(&values, brand.settings.pixel_policy()) {
+            Ok(rendered) => (output_json(rendered.output), rendered.missing, None),
+            Err(error) => (Value::Null, Vec::new(), Some(error)),
+        };
     Ok(Json(json!({
         "definition_id": definition.id,
         "would_fire": would_fire,
@@ -314,8 +337,9 @@ pub(super) async fn test(
     let key = PlayerKey::new(path.brand_id.clone(), event.player_id.clone());
     let context = state.store.player_context(&key).await?;
     let values = macro_values(&path.brand_id, &event, &context, &event.kind, now_ms());
+    let brand = super::admin::require_brand(&state, &path.brand_id).await?;
     let rendered = definition
-        .render(&values)
+        .render_checked(&values, brand.settings.pixel_policy())
         .map_err(|message| ApiError::Invalid {
             code: "render_failed",
             message: format!("the sample values do not make a valid pixel: {message}"),

@@ -39,9 +39,17 @@ pub struct ErrorDetail {
 pub enum ApiError {
     /// No or wrong `Authorization: Bearer` token.
     #[error(
-        "a valid admin token is required: send Authorization: Bearer <token> (a browser may send it as the Basic password, for GET)"
+        "a valid admin token or brand API key is required: send Authorization: Bearer <token> (a browser may send the admin token as the Basic password, for GET)"
     )]
     Unauthorized,
+    /// A valid brand API key, used on another brand or on a route only the admin token may use.
+    #[error("{0}")]
+    Forbidden(String),
+    /// A WebSocket upgrade from a page outside the brand's `allowed_origins`.
+    #[error(
+        "this page's Origin is not in the brand's allowed_origins; add it with PUT /api/v1/brands/{{brand_id}}"
+    )]
+    OriginNotAllowed,
     /// An inbound postback URL whose brand or token is wrong.
     #[error(
         "this postback URL's token is not valid for the brand; copy the URL from GET /api/v1/brands/{{brand_id}}/inbound"
@@ -82,6 +90,14 @@ pub enum ApiError {
     /// The pixel in the path is unknown for that player.
     #[error("pixel {0} is not known for this player")]
     UnknownPixel(String),
+    /// Another resource in the path does not exist; `code` names which.
+    #[error("{message}")]
+    NotFound {
+        /// Stable code.
+        code: &'static str,
+        /// Human sentence.
+        message: String,
+    },
     /// The request conflicts with the resource's state.
     #[error("{message}")]
     Conflict {
@@ -124,6 +140,8 @@ impl ApiError {
         match self {
             ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
             ApiError::InvalidInboundToken => (StatusCode::UNAUTHORIZED, "invalid_token"),
+            ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
+            ApiError::OriginNotAllowed => (StatusCode::FORBIDDEN, "origin_not_allowed"),
             ApiError::InvalidJson(_) => (StatusCode::BAD_REQUEST, "invalid_json"),
             ApiError::InvalidId(_) => (StatusCode::BAD_REQUEST, "invalid_id"),
             ApiError::InvalidInput(e) => (StatusCode::UNPROCESSABLE_ENTITY, e.code),
@@ -135,6 +153,7 @@ impl ApiError {
             ApiError::UnknownPixel(_) => (StatusCode::NOT_FOUND, "pixel_not_found"),
             ApiError::UnknownDefinition(_) => (StatusCode::NOT_FOUND, "definition_not_found"),
             ApiError::UnknownEvent(_) => (StatusCode::NOT_FOUND, "event_not_found"),
+            ApiError::NotFound { code, .. } => (StatusCode::NOT_FOUND, code),
             ApiError::Conflict { code, .. } => (StatusCode::CONFLICT, code),
             ApiError::NoRoute(_) => (StatusCode::NOT_FOUND, "not_found"),
             ApiError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),

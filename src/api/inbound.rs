@@ -19,7 +19,7 @@ use super::{ApiError, AppState, ErrorBody};
 use crate::ids::BrandId;
 use crate::inbound::{COUNTERS, events_from_query};
 use crate::input::Fields;
-use crate::store::{InboundTokens, StoreError, now_ms};
+use crate::store::{BrandSecret, SecretKind, StoreError, now_ms};
 
 /// Longest grace period a rotation may give the old token: 30 days.
 const MAX_GRACE_SECONDS: u64 = 30 * 24 * 3600;
@@ -103,7 +103,7 @@ async fn accept(
 ) -> Result<impl IntoResponse + use<>, ApiError> {
     // An unknown brand and a wrong token look alike, so the URL cannot be used to probe for brands.
     let brand = BrandId::parse(brand_id).map_err(|_| ApiError::InvalidInboundToken)?;
-    let tokens = match state.store.inbound_tokens(&brand).await {
+    let tokens = match state.store.secret(&brand, SecretKind::Inbound).await {
         Ok(tokens) => tokens,
         Err(StoreError::UnknownBrand(_)) => return Err(ApiError::InvalidInboundToken),
         Err(e) => return Err(e.into()),
@@ -140,7 +140,10 @@ pub(super) async fn show(
     ApiPath(path): ApiPath<BrandPath>,
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
-    let tokens = state.store.inbound_tokens(&path.brand_id).await?;
+    let tokens = state
+        .store
+        .secret(&path.brand_id, SecretKind::Inbound)
+        .await?;
     Ok(Json(describe(&path.brand_id, &tokens, &headers)))
 }
 
@@ -167,6 +170,16 @@ pub(super) async fn rotate(
     headers: HeaderMap,
     JsonBody(body): JsonBody,
 ) -> Result<Json<Value>, ApiError> {
+    let grace = rotation_grace(body, 0)?;
+    let tokens = state
+        .store
+        .rotate_secret(&path.brand_id, SecretKind::Inbound, grace * 1000)
+        .await?;
+    Ok(Json(describe(&path.brand_id, &tokens, &headers)))
+}
+
+/// The `grace_seconds` of a rotation's body (`default` when absent): how long the old secret still works.
+pub(super) fn rotation_grace(body: Value, default: u64) -> Result<u64, ApiError> {
     let Value::Object(mut obj) = body else {
         return Err(ApiError::Invalid {
             code: "invalid_body",
@@ -176,17 +189,13 @@ pub(super) async fn rotate(
     let mut fields = Fields::new(&mut obj, "body");
     let grace = fields
         .optional_u64("grace_seconds", 0..=MAX_GRACE_SECONDS, "seconds")?
-        .unwrap_or(0);
+        .unwrap_or(default);
     fields.finish("a rotation")?;
-    let tokens = state
-        .store
-        .rotate_inbound_token(&path.brand_id, grace * 1000)
-        .await?;
-    Ok(Json(describe(&path.brand_id, &tokens, &headers)))
+    Ok(grace)
 }
 
 /// The answer of both admin routes: the token, and URLs built on the address the caller used.
-fn describe(brand: &BrandId, tokens: &InboundTokens, headers: &HeaderMap) -> Value {
+fn describe(brand: &BrandId, tokens: &BrandSecret, headers: &HeaderMap) -> Value {
     let host = headers
         .get(header::HOST)
         .and_then(|v| v.to_str().ok())

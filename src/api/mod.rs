@@ -9,7 +9,7 @@ use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
 use axum::Router;
-use axum::extract::{MatchedPath, Request, State};
+use axum::extract::{MatchedPath, RawPathParams, Request, State};
 use axum::http::Method;
 use axum::http::header::AUTHORIZATION;
 use axum::middleware::{self, Next};
@@ -40,6 +40,7 @@ mod imports;
 mod inbound;
 mod ops;
 mod public;
+mod security;
 
 pub use public::CLIENT_JS;
 
@@ -100,8 +101,8 @@ pub fn openapi(state: &AppState) -> utoipa::openapi::OpenApi {
     info(
         title = "pixelhub",
         description = "Delivers affiliate conversion pixels to players' browsers, exactly once, over \
-WebSocket. The admin API (`/api/v1`) takes the admin token as `Authorization: Bearer <token>`; reads \
-also accept it as the HTTP Basic password. Errors are `{\"error\":{\"code\",\"message\"}}`. The \
+WebSocket. The admin API (`/api/v1`) takes the admin token as `Authorization: Bearer <token>` (reads \
+also accept it as the HTTP Basic password), or a brand API key, which acts for its own brand only. Errors are `{\"error\":{\"code\",\"message\"}}`. The \
 WebSocket protocol is in docs/protocol.md."
     ),
     // Ids that only path parameters name are not collected from the routes; they are listed here.
@@ -146,18 +147,22 @@ fn documented_routes(state: &AppState) -> OpenApiRouter<AppState> {
         .routes(routes!(deliveries::list))
         .routes(routes!(imports::import))
         .routes(routes!(inbound::show))
-        .routes(routes!(inbound::rotate));
+        .routes(routes!(inbound::rotate))
+        .routes(routes!(security::create_key, security::list_keys))
+        .routes(routes!(security::revoke_key))
+        .routes(routes!(security::signing_secret))
+        .routes(routes!(security::rotate_signing_secret));
     let dashboard = OpenApiRouter::new()
         .routes(routes!(ops::dashboard))
         .routes(routes!(ops::dashboard_js))
         .routes(routes!(ops::dashboard_css));
     let mut metrics = OpenApiRouter::new().routes(routes!(ops::metrics));
     if !state.config.public_metrics {
-        metrics = admin_only(metrics, state);
+        metrics = secured(metrics, state);
     }
     OpenApiRouter::with_openapi(ApiDoc::openapi())
-        .nest("/api/v1", admin_only(admin, state))
-        .merge(admin_only(dashboard, state))
+        .nest("/api/v1", secured(admin, state))
+        .merge(secured(dashboard, state))
         .merge(metrics)
         .routes(routes!(public::openapi_json))
         .routes(routes!(public::healthz))
@@ -168,14 +173,24 @@ fn documented_routes(state: &AppState) -> OpenApiRouter<AppState> {
         .routes(routes!(public::websocket))
 }
 
-/// Puts `routes` behind [`require_admin`], and says so in their documentation: each operation gets the
-/// security schemes it accepts and its 401 answer.
-fn admin_only(routes: OpenApiRouter<AppState>, state: &AppState) -> OpenApiRouter<AppState> {
+/// Whether a brand API key may use the route `path` (relative to `/api/v1`) with `method`: the routes
+/// of its own brand (checked by [`authorize`]), except changing the brand's settings and managing keys,
+/// which need the admin token. Everything else (stats, backlogs over all brands, metrics, the dashboard)
+/// is the admin's.
+fn brand_key_may(method: &Method, path: &str) -> bool {
+    let Some(rest) = path.strip_prefix("/brands/{brand_id}") else {
+        return false;
+    };
+    !(rest.starts_with("/api-keys") || (rest.is_empty() && *method == Method::PUT))
+}
+
+/// Puts `routes` behind [`authorize`], and says so in their documentation: each operation gets the
+/// security schemes it accepts (`brand_key` where [`brand_key_may`]) and its 401 and 403 answers.
+fn secured(routes: OpenApiRouter<AppState>, state: &AppState) -> OpenApiRouter<AppState> {
     use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityRequirement, SecurityScheme};
     use utoipa::openapi::{RefOr, ResponseBuilder, content::ContentBuilder};
 
-    let mut routes =
-        routes.route_layer(middleware::from_fn_with_state(state.clone(), require_admin));
+    let mut routes = routes.route_layer(middleware::from_fn_with_state(state.clone(), authorize));
     let doc = routes.get_openapi_mut();
     let schemes = doc.components.get_or_insert_with(Default::default);
     schemes.add_security_scheme(
@@ -186,39 +201,50 @@ fn admin_only(routes: OpenApiRouter<AppState>, state: &AppState) -> OpenApiRoute
         "admin_basic",
         SecurityScheme::Http(Http::new(HttpAuthScheme::Basic)),
     );
-    let unauthorized: RefOr<utoipa::openapi::Response> = ResponseBuilder::new()
-        .description("No admin token, or a wrong one (`unauthorized`).")
-        .content(
-            "application/json",
-            ContentBuilder::new()
-                .schema(Some(utoipa::openapi::Ref::from_schema_name("ErrorBody")))
-                .build(),
-        )
-        .build()
-        .into();
-    let bearer = || SecurityRequirement::new("admin_token", Vec::<String>::new());
-    let basic = || SecurityRequirement::new("admin_basic", Vec::<String>::new());
-    for item in doc.paths.paths.values_mut() {
+    schemes.add_security_scheme(
+        "brand_key",
+        SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
+    );
+    let answer = |description: &str| -> RefOr<utoipa::openapi::Response> {
+        ResponseBuilder::new()
+            .description(description)
+            .content(
+                "application/json",
+                ContentBuilder::new()
+                    .schema(Some(utoipa::openapi::Ref::from_schema_name("ErrorBody")))
+                    .build(),
+            )
+            .build()
+            .into()
+    };
+    let unauthorized = answer("No admin token or brand API key, or a wrong one (`unauthorized`).");
+    let forbidden = answer(
+        "A brand API key of another brand, or on a route that needs the admin token (`forbidden`).",
+    );
+    let scheme = |name: &str| SecurityRequirement::new(name, Vec::<String>::new());
+    for (path, item) in doc.paths.paths.iter_mut() {
         let operations = [
-            (true, &mut item.get),
-            (true, &mut item.head),
-            (false, &mut item.put),
-            (false, &mut item.post),
-            (false, &mut item.delete),
-            (false, &mut item.patch),
+            (Method::GET, &mut item.get),
+            (Method::HEAD, &mut item.head),
+            (Method::PUT, &mut item.put),
+            (Method::POST, &mut item.post),
+            (Method::DELETE, &mut item.delete),
+            (Method::PATCH, &mut item.patch),
         ];
-        for (read, operation) in operations {
+        for (method, operation) in operations {
             let Some(operation) = operation else { continue };
-            // Basic only for reads, as `require_admin` enforces.
-            operation.security = Some(if read {
-                vec![bearer(), basic()]
-            } else {
-                vec![bearer()]
-            });
-            operation
-                .responses
-                .responses
-                .insert("401".into(), unauthorized.clone());
+            let mut security = vec![scheme("admin_token")];
+            // Basic only for reads, as `authorize` enforces.
+            if matches!(method, Method::GET | Method::HEAD) {
+                security.push(scheme("admin_basic"));
+            }
+            let responses = &mut operation.responses.responses;
+            responses.insert("401".into(), unauthorized.clone());
+            responses.insert("403".into(), forbidden.clone());
+            if brand_key_may(&method, path) {
+                security.push(scheme("brand_key"));
+            }
+            operation.security = Some(security);
         }
     }
     routes
@@ -247,12 +273,15 @@ async fn observe(State(state): State<AppState>, request: Request, next: Next) ->
     response
 }
 
-/// Lets a request through only with the admin token, compared in constant time: as
-/// `Authorization: Bearer <token>`, or, for reads only, as the password of HTTP Basic (any user name), which
-/// is how a browser opening the dashboard sends it. Basic is refused for changes, so a page elsewhere
-/// cannot ride on a browser's remembered credentials to change anything.
-async fn require_admin(
+/// Lets a request through with the admin token, or with an API key of the brand in the path where
+/// [`brand_key_may`] allows one. Secrets are compared in constant time and never logged.
+///
+/// The admin token comes as `Authorization: Bearer <token>` or, for reads only, as the password of HTTP
+/// Basic (any user name), which is how a browser opening the dashboard sends it. Basic is refused for
+/// changes, so a page elsewhere cannot ride on a browser's remembered credentials to change anything.
+async fn authorize(
     State(state): State<AppState>,
+    params: Result<RawPathParams, axum::extract::rejection::RawPathParamsRejection>,
     request: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
@@ -262,21 +291,51 @@ async fn require_admin(
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default();
     let read_only = matches!(*request.method(), Method::GET | Method::HEAD);
-    let presented = match header.split_once(' ') {
+    let (presented, basic) = match header.split_once(' ') {
         Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => {
-            Some(token.trim().to_owned())
+            (Some(token.trim().to_owned()), false)
         }
         Some((scheme, encoded)) if scheme.eq_ignore_ascii_case("basic") && read_only => {
-            basic_password(encoded.trim())
+            (basic_password(encoded.trim()), true)
         }
+        _ => (None, false),
+    };
+    let Some(presented) = presented else {
+        return Err(ApiError::Unauthorized);
+    };
+    if bool::from(presented.as_bytes().ct_eq(state.admin_token.as_bytes())) {
+        return Ok(next.run(request).await);
+    }
+    let key = match crate::api_key::id_of(&presented) {
+        Some(id) if !basic => state.store.api_key(id).await?,
         _ => None,
     };
-    match presented {
-        Some(token) if bool::from(token.as_bytes().ct_eq(state.admin_token.as_bytes())) => {
-            Ok(next.run(request).await)
-        }
-        _ => Err(ApiError::Unauthorized),
+    let Some(key) = key.filter(|key| crate::api_key::matches(key, &presented)) else {
+        return Err(ApiError::Unauthorized);
+    };
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("", MatchedPath::as_str);
+    let route = route.strip_prefix("/api/v1").unwrap_or(route);
+    if !brand_key_may(request.method(), route) {
+        return Err(ApiError::Forbidden(
+            "brand API keys cannot use this route; it needs the admin token".into(),
+        ));
     }
+    // A path that is not UTF-8 names no brand, so no key may use it.
+    let path_brand = params.as_ref().ok().and_then(|params| {
+        params
+            .iter()
+            .find_map(|(name, value)| (name == "brand_id").then_some(value))
+    });
+    if path_brand != Some(key.brand_id.as_str()) {
+        return Err(ApiError::Forbidden(format!(
+            "this API key acts for brand {} only",
+            key.brand_id
+        )));
+    }
+    Ok(next.run(request).await)
 }
 
 /// The password of an HTTP Basic credential (`base64(user:password)`).

@@ -14,7 +14,9 @@ use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
+use super::extract::ApiQuery;
 use super::{ApiError, AppState, ErrorBody};
+use crate::ids::BrandId;
 use crate::session::{self, SessionContext, SessionLimits};
 
 /// The browser client, served as written: readable, no build step.
@@ -104,20 +106,36 @@ const MAX_USER_AGENT: usize = 256;
     get,
     path = "/websocket",
     tag = "browser",
+    params(WebSocketQuery),
     responses(
         (status = 101, description = "Switched to the WebSocket protocol."),
         (status = 400, description = "Not a WebSocket upgrade request.", body = String, content_type = "text/plain"),
+        (status = 403, description = "The page's Origin is not in the brand's `allowed_origins` (`origin_not_allowed`).", body = ErrorBody),
+        (status = 422, description = "An unknown query parameter or a bad `brand_id` (`invalid_query`).", body = ErrorBody),
         (status = 503, description = "The hub is draining for shutdown (`draining`); reconnect elsewhere.", body = ErrorBody),
     )
 )]
 pub(super) async fn websocket(
     State(state): State<AppState>,
+    ApiQuery(query): ApiQuery<WebSocketQuery>,
     headers: HeaderMap,
     upgrade: WebSocketUpgrade,
-) -> Response {
+) -> Result<Response, ApiError> {
     if state.draining.load(std::sync::atomic::Ordering::Acquire) {
         // The client's backoff brings it back, through the load balancer, to an instance that serves.
-        return ApiError::Draining.into_response();
+        return Err(ApiError::Draining);
+    }
+    let origin = headers
+        .get(ORIGIN)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    if let Some(brand) = &query.brand_id {
+        // A brand that does not exist is the hello's to refuse (4503), like one named only there.
+        if let Some(brand) = state.store.get_brand(brand).await?
+            && !session::origin_allowed(&brand.settings.allowed_origins, origin.as_deref())
+        {
+            return Err(ApiError::OriginNotAllowed);
+        }
     }
     let config = &state.config;
     let header = |name| {
@@ -144,13 +162,14 @@ pub(super) async fn websocket(
             window: config.delivery_window as usize,
             heartbeat: config.heartbeat(),
         },
-        origin: header(ORIGIN),
+        origin,
+        url_brand: query.brand_id,
         user_agent,
         metrics: Arc::clone(&state.metrics),
     };
     let max_message = config.ws_max_message_bytes as usize;
     let sessions = state.sessions.clone();
-    upgrade
+    Ok(upgrade
         .read_buffer_size(WS_READ_BUFFER)
         // Write each frame straight through instead of collecting 128 KiB first.
         .write_buffer_size(0)
@@ -159,7 +178,18 @@ pub(super) async fn websocket(
         .on_upgrade(move |socket| {
             ctx.metrics.ws_connected();
             sessions.track_future(session::run(socket, ctx))
-        })
+        }))
+}
+
+/// The WebSocket URL's optional query.
+#[derive(serde::Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub(super) struct WebSocketQuery {
+    /// The brand the page belongs to. When given, a page from an Origin outside the brand's
+    /// `allowed_origins` is refused here, before the upgrade (403), and the hello must name this brand.
+    /// The browser client always sends it.
+    brand_id: Option<BrandId>,
 }
 
 /// This document

@@ -103,7 +103,14 @@ pub(super) async fn brands_are_created_then_updated(h: &impl Harness) {
     assert!(!created);
     assert_eq!(second.created_at_ms, first.created_at_ms);
     assert_eq!(
-        store.get_brand(&id).await.unwrap().unwrap().name.as_deref(),
+        store
+            .get_brand(&id)
+            .await
+            .unwrap()
+            .unwrap()
+            .settings
+            .name
+            .as_deref(),
         Some("B")
     );
 }
@@ -565,7 +572,7 @@ pub(super) async fn concurrent_event_batches_with_one_id_produce_once(h: &impl H
     store
         .create_definition(
             &brand,
-            definition_input(serde_json::json!({"name": "FTD", "trigger": "ftd", "kind": "js", "code": "f({{player_id}})"})),
+            definition_input(serde_json::json!({"name": "FTD", "trigger": "ftd", "kind": "image", "url": "https://a.example/?p={{player_id}}"})),
         )
         .await
         .unwrap();
@@ -917,42 +924,117 @@ pub(super) async fn postbacks_are_claimed_retried_and_recorded(h: &impl Harness)
     );
 }
 
-pub(super) async fn inbound_tokens_rotate_with_a_grace_period(h: &impl Harness) {
+pub(super) async fn brand_secrets_rotate_with_a_grace_period(h: &impl Harness) {
     let store = store_with_brand(h).await;
     let brand = key("x").brand;
-    let first = store.inbound_tokens(&brand).await.unwrap();
-    assert!(first.current.len() >= 32);
     let now = now_ms();
-    assert!(first.accepts(&first.current, now));
-    assert!(!first.accepts("guess", now));
-    let (again, _) = store
-        .put_brand(&brand, BrandSettings::default())
+    let inbound = store.secret(&brand, SecretKind::Inbound).await.unwrap();
+    let signing = store.secret(&brand, SecretKind::Signing).await.unwrap();
+    assert_ne!(inbound.current, signing.current, "each kind has its own");
+    store
+        .rotate_secret(&brand, SecretKind::Inbound, 0)
         .await
         .unwrap();
-    assert_eq!(again.id, brand);
     assert_eq!(
-        store.inbound_tokens(&brand).await.unwrap(),
-        first,
-        "an update keeps the token"
+        store.secret(&brand, SecretKind::Signing).await.unwrap(),
+        signing,
+        "rotating one kind leaves the other alone"
     );
+    for kind in [SecretKind::Inbound, SecretKind::Signing] {
+        let first = store.secret(&brand, kind).await.unwrap();
+        assert!(first.current.len() >= 32);
+        assert!(first.accepts(&first.current, now));
+        assert!(!first.accepts("guess", now));
+        assert_eq!(
+            first.active(now).collect::<Vec<_>>(),
+            [first.current.as_str()]
+        );
+        let (again, _) = store
+            .put_brand(&brand, BrandSettings::default())
+            .await
+            .unwrap();
+        assert_eq!(again.id, brand);
+        assert_eq!(
+            store.secret(&brand, kind).await.unwrap(),
+            first,
+            "an update keeps the secret"
+        );
 
-    let second = store.rotate_inbound_token(&brand, 60_000).await.unwrap();
-    assert_ne!(second.current, first.current);
-    assert!(second.accepts(&second.current, now));
-    assert!(
-        second.accepts(&first.current, now),
-        "the old one during the grace period"
-    );
-    assert!(
-        !second.accepts(&first.current, now + 61_000),
-        "and not after it"
-    );
-    let third = store.rotate_inbound_token(&brand, 0).await.unwrap();
-    assert!(!third.accepts(&second.current, now));
+        let second = store.rotate_secret(&brand, kind, 60_000).await.unwrap();
+        assert_ne!(second.current, first.current);
+        assert!(second.accepts(&second.current, now));
+        assert!(
+            second.accepts(&first.current, now),
+            "the old one during the grace period"
+        );
+        assert_eq!(
+            second.active(now).collect::<Vec<_>>(),
+            [second.current.as_str(), first.current.as_str()]
+        );
+        assert!(
+            !second.accepts(&first.current, now + 61_000),
+            "and not after it"
+        );
+        assert_eq!(second.active(now + 61_000).count(), 1);
+        let third = store.rotate_secret(&brand, kind, 0).await.unwrap();
+        assert!(!third.accepts(&second.current, now));
+        assert!(matches!(
+            store.secret(&BrandId::parse("nope").unwrap(), kind).await,
+            Err(StoreError::UnknownBrand(_))
+        ));
+    }
+}
+
+pub(super) async fn api_keys_are_kept_by_hash_listed_and_revoked(h: &impl Harness) {
+    let store = store_with_brand(h).await;
+    let brand = key("x").brand;
+    let other = BrandId::parse("other").unwrap();
+    store
+        .put_brand(&other, BrandSettings::default())
+        .await
+        .unwrap();
+    let record = |id: &str, brand: &BrandId, at: u64| ApiKeyRecord {
+        id: id.into(),
+        brand_id: brand.clone(),
+        name: Some(format!("key {id}")),
+        created_at_ms: at,
+        hash: format!("hash-{id}"),
+    };
+    store.create_api_key(record("k2", &brand, 2)).await.unwrap();
+    store.create_api_key(record("k1", &brand, 1)).await.unwrap();
+    store.create_api_key(record("k3", &other, 3)).await.unwrap();
     assert!(matches!(
-        store.inbound_tokens(&BrandId::parse("nope").unwrap()).await,
+        store
+            .create_api_key(record("k4", &BrandId::parse("nope").unwrap(), 4))
+            .await,
         Err(StoreError::UnknownBrand(_))
     ));
+
+    assert_eq!(
+        store.api_key("k2").await.unwrap(),
+        Some(record("k2", &brand, 2))
+    );
+    assert_eq!(store.api_key("k4").await.unwrap(), None);
+    let ids = |keys: Vec<ApiKeyRecord>| keys.into_iter().map(|k| k.id).collect::<Vec<_>>();
+    assert_eq!(
+        ids(store.api_keys(&brand).await.unwrap()),
+        ["k1", "k2"],
+        "oldest first"
+    );
+    assert_eq!(ids(store.api_keys(&other).await.unwrap()), ["k3"]);
+
+    assert!(
+        !store.revoke_api_key(&brand, "k3").await.unwrap(),
+        "not this brand's key"
+    );
+    assert!(store.api_key("k3").await.unwrap().is_some());
+    assert!(store.revoke_api_key(&brand, "k1").await.unwrap());
+    assert!(
+        !store.revoke_api_key(&brand, "k1").await.unwrap(),
+        "already gone"
+    );
+    assert_eq!(store.api_key("k1").await.unwrap(), None);
+    assert_eq!(ids(store.api_keys(&brand).await.unwrap()), ["k2"]);
 }
 
 pub(super) async fn backlogs_oldest_pixels_and_the_cap_are_exact(h: &impl Harness) {
@@ -1077,8 +1159,12 @@ macro_rules! store_contract {
                 contract::postbacks_are_claimed_retried_and_recorded(&$harness).await
             }
             #[tokio::test]
-            async fn inbound_tokens_rotate_with_a_grace_period() {
-                contract::inbound_tokens_rotate_with_a_grace_period(&$harness).await
+            async fn brand_secrets_rotate_with_a_grace_period() {
+                contract::brand_secrets_rotate_with_a_grace_period(&$harness).await
+            }
+            #[tokio::test]
+            async fn api_keys_are_kept_by_hash_listed_and_revoked() {
+                contract::api_keys_are_kept_by_hash_listed_and_revoked(&$harness).await
             }
             #[tokio::test]
             async fn backlogs_oldest_pixels_and_the_cap_are_exact() {

@@ -18,7 +18,7 @@ pub use crate::delivery::PixelStatus;
 use crate::delivery::{Attempt, Delivery, PostBody};
 use crate::event::{Event, EventOutcome, PlayerContext};
 use crate::ids::{BrandId, DefinitionId, EventId, PixelId, PlayerId, PlayerKey, SessionId};
-use crate::pixel::{NewPixel, QueuedPixel};
+use crate::pixel::{NewPixel, PixelKind, PixelPolicy, QueuedPixel};
 
 mod commit;
 #[cfg(test)]
@@ -27,30 +27,100 @@ mod sled;
 
 pub use self::sled::{SledOptions, SledStore};
 
-/// A brand's settings, as stored and as returned by the API.
+/// A brand, as stored and as returned by the API.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Brand {
     /// The brand's id.
     pub id: BrandId,
-    /// Display name for people.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub name: Option<String>,
-    /// Page origins (`https://casino.example`) allowed to open sessions for this brand; empty allows any.
-    #[serde(default)]
-    pub allowed_origins: Vec<String>,
+    /// What the brand's operator set.
+    #[serde(flatten)]
+    pub settings: BrandSettings,
     /// Unix milliseconds of creation.
     pub created_at_ms: u64,
     /// Unix milliseconds of the last update.
     pub updated_at_ms: u64,
 }
 
-/// What a caller may set on a brand; a `PUT` replaces all of it.
-#[derive(Clone, Debug, Default, PartialEq)]
+/// What an operator sets on a brand; a `PUT` replaces all of it. Every field has a default, so a brand
+/// stored by an older version reads with the defaults of what it lacks.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(default)]
 pub struct BrandSettings {
-    /// See [`Brand::name`].
+    /// Display name for people.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
-    /// See [`Brand::allowed_origins`].
+    /// Page origins (`https://casino.example`) allowed to open sessions for this brand; empty allows any.
     pub allowed_origins: Vec<String>,
+    /// Whether a session must present a player token signed with the brand's signing secret. Off, anyone
+    /// who knows a player id can receive (and so use up) that player's pixels.
+    pub require_player_token: bool,
+    /// Pixel kinds the brand accepts. `script` and `js` run their author's code in the brand's pages, so
+    /// they are off until the brand turns them on.
+    pub allowed_kinds: Vec<PixelKind>,
+    /// Whether image, iframe and script URLs must be `https`.
+    pub https_only: bool,
+    /// The `sandbox` attribute of iframe pixels: space-separated `allow-*` tokens, or empty for the
+    /// strictest sandbox.
+    pub iframe_sandbox: String,
+    /// The `referrerpolicy` of image, iframe and script pixels: how much of the brand's page URL the
+    /// affiliate sees.
+    pub referrer_policy: String,
+}
+
+/// The iframe sandbox of a new brand: the pixel's scripts run (most iframe pixels need them) in the pixel's
+/// own origin, but it cannot navigate the brand's page, open windows or submit forms.
+pub const DEFAULT_IFRAME_SANDBOX: &str = "allow-scripts allow-same-origin";
+/// The referrer policy of a new brand: affiliates see the brand's origin, never the page's path or query,
+/// where player data often sits.
+pub const DEFAULT_REFERRER_POLICY: &str = "strict-origin-when-cross-origin";
+
+impl Default for BrandSettings {
+    fn default() -> Self {
+        Self {
+            name: None,
+            allowed_origins: Vec::new(),
+            require_player_token: false,
+            allowed_kinds: PixelKind::SAFE.to_vec(),
+            https_only: false,
+            iframe_sandbox: DEFAULT_IFRAME_SANDBOX.into(),
+            referrer_policy: DEFAULT_REFERRER_POLICY.into(),
+        }
+    }
+}
+
+impl BrandSettings {
+    /// The rules every pixel of the brand must meet.
+    pub fn pixel_policy(&self) -> PixelPolicy<'_> {
+        PixelPolicy {
+            allowed_kinds: &self.allowed_kinds,
+            https_only: self.https_only,
+        }
+    }
+}
+
+/// Which of a brand's rotating secrets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SecretKind {
+    /// The token in the brand's inbound postback URLs.
+    Inbound,
+    /// The key the brand's back end signs player tokens with (see [`crate::player_token`]).
+    Signing,
+}
+
+/// A brand API key as stored: never the key itself, only its SHA-256, so a copy of the store gives no
+/// access. The key is shown once, when it is created.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ApiKeyRecord {
+    /// Public id, the middle part of the key (`phk_<id>_<secret>`); how the key is found and revoked.
+    pub id: String,
+    /// The brand the key may act for, and no other.
+    pub brand_id: BrandId,
+    /// What the key is for, for people.
+    pub name: Option<String>,
+    /// Unix milliseconds of creation.
+    pub created_at_ms: u64,
+    /// Hex SHA-256 of the whole key.
+    pub hash: String,
 }
 
 /// The answer for one pixel of an enqueue batch.
@@ -276,22 +346,23 @@ pub struct DeliveryPage {
     pub next: Option<Cursor>,
 }
 
-/// A brand's secret for its inbound postback URLs, and the one it replaced while that is still honoured.
+/// A brand's rotating secret (see [`SecretKind`]), and the one it replaced while that is still honoured:
+/// two are active at once during a rollover.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct InboundTokens {
-    /// The token to put in URLs now.
+pub struct BrandSecret {
+    /// The secret to use now.
     pub current: String,
-    /// The previous token, accepted until `previous_valid_until_ms` so back ends can be moved over.
+    /// The previous secret, accepted until `previous_valid_until_ms` so back ends can be moved over.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub previous: Option<String>,
-    /// See [`InboundTokens::previous`].
+    /// See [`BrandSecret::previous`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub previous_valid_until_ms: Option<u64>,
     /// Unix milliseconds of the last rotation (or creation).
     pub rotated_at_ms: u64,
 }
 
-impl InboundTokens {
+impl BrandSecret {
     /// Whether `presented` is a token the brand accepts at `now`, compared in constant time.
     pub fn accepts(&self, presented: &str, now: u64) -> bool {
         use subtle::ConstantTimeEq;
@@ -301,6 +372,15 @@ impl InboundTokens {
             _ => false,
         };
         equal(&self.current) | previous_ok
+    }
+
+    /// The secrets in force at `now`: the current one, then the previous one during its grace period.
+    pub fn active(&self, now: u64) -> impl Iterator<Item = &str> {
+        let previous = match (&self.previous, self.previous_valid_until_ms) {
+            (Some(previous), Some(until)) if now < until => Some(previous.as_str()),
+            _ => None,
+        };
+        std::iter::once(self.current.as_str()).chain(previous)
     }
 }
 
@@ -494,16 +574,30 @@ pub trait Store: Send + Sync + 'static {
         reason: String,
     ) -> Result<bool, StoreError>;
 
-    /// The brand's inbound postback tokens (created with the brand).
-    async fn inbound_tokens(&self, brand: &BrandId) -> Result<InboundTokens, StoreError>;
+    /// One of the brand's rotating secrets (each is created with the brand).
+    async fn secret(&self, brand: &BrandId, kind: SecretKind) -> Result<BrandSecret, StoreError>;
 
-    /// Replaces the brand's inbound token with a new random one; the old one is still accepted for
+    /// Replaces one of the brand's secrets with a new random one; the old one is still accepted for
     /// `grace_ms`. Durable when it returns.
-    async fn rotate_inbound_token(
+    async fn rotate_secret(
         &self,
         brand: &BrandId,
+        kind: SecretKind,
         grace_ms: u64,
-    ) -> Result<InboundTokens, StoreError>;
+    ) -> Result<BrandSecret, StoreError>;
+
+    /// Saves a new brand API key; durable when it returns. Fails with [`StoreError::UnknownBrand`].
+    async fn create_api_key(&self, key: ApiKeyRecord) -> Result<(), StoreError>;
+
+    /// The key with this id, of any brand: how a presented key is checked.
+    async fn api_key(&self, id: &str) -> Result<Option<ApiKeyRecord>, StoreError>;
+
+    /// The brand's keys, oldest first.
+    async fn api_keys(&self, brand: &BrandId) -> Result<Vec<ApiKeyRecord>, StoreError>;
+
+    /// Deletes one of the brand's keys; it stops working at once. False when the brand has no such key.
+    /// Durable when it returns.
+    async fn revoke_api_key(&self, brand: &BrandId, id: &str) -> Result<bool, StoreError>;
 
     /// Queue depth per brand: exact, not estimated.
     async fn stats(&self) -> Result<StoreStats, StoreError>;

@@ -18,7 +18,10 @@
 //! | `c` brand NUL player | [`PlayerContext`] JSON: attribution and first-deposit marker |
 //! | `e` brand NUL event-id | [`EventOutcome`] JSON: what the event produced, kept as its idempotency record |
 //! | `y` due(u64 BE ms) brand NUL event-id | empty: when the event's record is forgotten |
-//! | `t` brand | [`InboundTokens`] JSON: the secret of the brand's inbound postback URLs |
+//! | `t` brand | [`BrandSecret`] JSON: the secret of the brand's inbound postback URLs |
+//! | `g` brand | [`BrandSecret`] JSON: the key the brand signs player tokens with |
+//! | `a` key-id | [`ApiKeyRecord`] JSON: a brand API key's hash, found by the id the key carries |
+//! | `o` brand NUL key-id | empty: the brand's API keys |
 //! | `p` brand NUL queued-at(u64 BE ms) player NUL seq | empty: pending client pixels by age; the first is the brand's oldest |
 //! | `n` brand NUL player NUL | pending client pixels of the player (u64 BE): the queue cap's count |
 //! | `k` brand NUL (u64::MAX - pending)(u64 BE) player | empty: the brand's players by backlog, biggest first |
@@ -54,9 +57,10 @@ use tokio_util::sync::CancellationToken;
 
 use super::commit::GroupCommit;
 use super::{
-    Backlog, Brand, BrandQueue, BrandSettings, CancelOutcome, Cursor, DefinitionHealth,
-    DeliveryPage, DeliveryQuery, DuePostback, EnqueueOutcome, Enqueued, InboundTokens, OnFull,
-    PendingPixel, PixelStatus, Purged, QueueCap, Store, StoreError, StoreStats, Verdict, now_ms,
+    ApiKeyRecord, Backlog, Brand, BrandQueue, BrandSecret, BrandSettings, CancelOutcome, Cursor,
+    DefinitionHealth, DeliveryPage, DeliveryQuery, DuePostback, EnqueueOutcome, Enqueued, OnFull,
+    PendingPixel, PixelStatus, Purged, QueueCap, SecretKind, Store, StoreError, StoreStats,
+    Verdict, now_ms,
 };
 use crate::definition::{Definition, DefinitionInput};
 use crate::delivery::{Attempt, Delivery, PostBody, Target};
@@ -205,6 +209,7 @@ impl SledStore {
             *depth.entry(player_key.brand).or_insert(0u64) += 1;
         }
         build_backlog_tables(&data)?;
+        add_missing_secrets(&data)?;
 
         let inner = Arc::new(Inner {
             commit: GroupCommit::start(db.clone(), Arc::clone(&options.metrics)),
@@ -825,10 +830,33 @@ fn build_backlog_tables(data: &Tree) -> Result<(), StoreError> {
     data.apply_batch(batch).map_err(backend)
 }
 
-/// A fresh random inbound token, keeping `previous` (token, valid until) when given.
-fn new_tokens(previous: Option<(String, u64)>, now: u64) -> InboundTokens {
+/// Gives every brand the secrets it lacks: brands saved before a kind of secret existed get theirs at the
+/// first start of the version that has it.
+fn add_missing_secrets(data: &Tree) -> Result<(), StoreError> {
+    let mut batch = Batch::default();
+    let now = now_ms();
+    for entry in data.scan_prefix(b"b") {
+        let (k, _) = entry.map_err(backend)?;
+        let brand = std::str::from_utf8(&k[1..])
+            .ok()
+            .and_then(|id| BrandId::parse(id).ok())
+            .ok_or_else(|| backend("corrupt brand key"))?;
+        for kind in [SecretKind::Inbound, SecretKind::Signing] {
+            let key = keys::secret(kind, &brand);
+            if !data.contains_key(&key).map_err(backend)? {
+                batch.insert(key, json(&new_secret(None, now)));
+            }
+        }
+    }
+    data.apply_batch(batch).map_err(backend)?;
+    data.flush().map_err(backend)?;
+    Ok(())
+}
+
+/// A fresh random secret, keeping `previous` (secret, valid until) when given.
+fn new_secret(previous: Option<(String, u64)>, now: u64) -> BrandSecret {
     let (previous, previous_valid_until_ms) = previous.unzip();
-    InboundTokens {
+    BrandSecret {
         current: crate::ids::random_hex(24).expect("the OS random source works"),
         previous,
         previous_valid_until_ms,
@@ -856,15 +884,20 @@ impl Store for SledStore {
             let now = now_ms();
             let brand = Brand {
                 id: id.clone(),
-                name: settings.name,
-                allowed_origins: settings.allowed_origins,
+                settings,
                 created_at_ms: existing.as_ref().map_or(now, |b| b.created_at_ms),
                 updated_at_ms: now,
             };
             let mut batch = Batch::default();
             batch.insert(key, json(&brand));
-            if inner.read::<InboundTokens>(&keys::tokens(id))?.is_none() {
-                batch.insert(keys::tokens(id), json(&new_tokens(None, now)));
+            for kind in [SecretKind::Inbound, SecretKind::Signing] {
+                if !inner
+                    .data
+                    .contains_key(keys::secret(kind, id))
+                    .map_err(backend)?
+                {
+                    batch.insert(keys::secret(kind, id), json(&new_secret(None, now)));
+                }
             }
             inner.data.apply_batch(batch).map_err(backend)?;
             inner.depth.entry(id.clone()).or_insert(0);
@@ -1235,7 +1268,10 @@ impl Store for SledStore {
             stripes.sort_unstable();
             stripes.dedup();
             let _guards: Vec<_> = stripes.iter().map(|&i| lock(&inner.stripes[i])).collect();
-            inner.brand_exists(brand)?;
+            let settings = inner
+                .read::<Brand>(&keys::brand(brand))?
+                .ok_or_else(|| StoreError::UnknownBrand(brand.clone()))?
+                .settings;
             let definitions = inner.definitions(brand)?;
             let now = now_ms();
             let mut batch = Changes::default();
@@ -1273,7 +1309,14 @@ impl Store for SledStore {
                         e.insert(inner.read(&keys::context(&key))?.unwrap_or_default())
                     }
                 };
-                let plan = event::plan(brand, event, context, &definitions, now);
+                let plan = event::plan(
+                    brand,
+                    settings.pixel_policy(),
+                    event,
+                    context,
+                    &definitions,
+                    now,
+                );
                 // The event's id must be remembered while any pixel it queued can still fire.
                 let mut forget_at = now + inner.retention_ms;
                 for pixel in plan.pixels {
@@ -1674,37 +1717,100 @@ impl Store for SledStore {
         Ok(found)
     }
 
-    async fn inbound_tokens(&self, brand: &BrandId) -> Result<InboundTokens, StoreError> {
+    async fn secret(&self, brand: &BrandId, kind: SecretKind) -> Result<BrandSecret, StoreError> {
         self.inner.brand_exists(brand)?;
         self.inner
-            .read(&keys::tokens(brand))?
-            .ok_or_else(|| backend("a brand without inbound tokens"))
+            .read(&keys::secret(kind, brand))?
+            .ok_or_else(|| backend("a brand without its secrets"))
     }
 
-    async fn rotate_inbound_token(
+    async fn rotate_secret(
         &self,
         brand: &BrandId,
+        kind: SecretKind,
         grace_ms: u64,
-    ) -> Result<InboundTokens, StoreError> {
+    ) -> Result<BrandSecret, StoreError> {
         let inner = &self.inner;
         inner.check_open()?;
-        let tokens = {
+        let secret = {
             let _guard = lock(&inner.brand_lock);
             inner.brand_exists(brand)?;
-            let old: Option<InboundTokens> = inner.read(&keys::tokens(brand))?;
+            let old: Option<BrandSecret> = inner.read(&keys::secret(kind, brand))?;
             let now = now_ms();
             let previous = old
                 .filter(|_| grace_ms > 0)
                 .map(|old| (old.current, now + grace_ms));
-            let tokens = new_tokens(previous, now);
+            let secret = new_secret(previous, now);
             inner
                 .data
-                .insert(keys::tokens(brand), json(&tokens))
+                .insert(keys::secret(kind, brand), json(&secret))
                 .map_err(backend)?;
-            tokens
+            secret
         };
         inner.commit.wait().await?;
-        Ok(tokens)
+        Ok(secret)
+    }
+
+    async fn create_api_key(&self, key: ApiKeyRecord) -> Result<(), StoreError> {
+        let inner = &self.inner;
+        inner.check_open()?;
+        {
+            let _guard = lock(&inner.brand_lock);
+            inner.brand_exists(&key.brand_id)?;
+            if inner
+                .data
+                .contains_key(keys::api_key(&key.id))
+                .map_err(backend)?
+            {
+                return Err(backend("an API key id was generated twice"));
+            }
+            let mut batch = Batch::default();
+            batch.insert(keys::api_key(&key.id), json(&key));
+            batch.insert(keys::brand_api_key(&key.brand_id, &key.id), &[]);
+            inner.data.apply_batch(batch).map_err(backend)?;
+        }
+        inner.commit.wait().await
+    }
+
+    async fn api_key(&self, id: &str) -> Result<Option<ApiKeyRecord>, StoreError> {
+        self.inner.read(&keys::api_key(id))
+    }
+
+    async fn api_keys(&self, brand: &BrandId) -> Result<Vec<ApiKeyRecord>, StoreError> {
+        let inner = &self.inner;
+        inner.brand_exists(brand)?;
+        let prefix = keys::brand_api_key(brand, "");
+        let mut found = Vec::new();
+        for k in inner.data.scan_prefix(&prefix).keys() {
+            let k = k.map_err(backend)?;
+            let id = std::str::from_utf8(&k[prefix.len()..]).map_err(backend)?;
+            if let Some(record) = inner.read::<ApiKeyRecord>(&keys::api_key(id))? {
+                found.push(record);
+            }
+        }
+        found.sort_by(|a, b| (a.created_at_ms, &a.id).cmp(&(b.created_at_ms, &b.id)));
+        Ok(found)
+    }
+
+    async fn revoke_api_key(&self, brand: &BrandId, id: &str) -> Result<bool, StoreError> {
+        let inner = &self.inner;
+        inner.check_open()?;
+        let found = {
+            let _guard = lock(&inner.brand_lock);
+            inner.brand_exists(brand)?;
+            match inner.read::<ApiKeyRecord>(&keys::api_key(id))? {
+                Some(record) if record.brand_id == *brand => {
+                    let mut batch = Batch::default();
+                    batch.remove(keys::api_key(id));
+                    batch.remove(keys::brand_api_key(brand, id));
+                    inner.data.apply_batch(batch).map_err(backend)?;
+                    true
+                }
+                _ => false,
+            }
+        };
+        inner.commit.wait().await?;
+        Ok(found)
     }
 
     async fn postbacks_added(&self) {
@@ -1779,8 +1885,20 @@ mod keys {
         [health_prefix(brand), id.as_str().as_bytes().to_vec()].concat()
     }
 
-    pub fn tokens(brand: &BrandId) -> Vec<u8> {
-        [b"t".as_slice(), brand.as_str().as_bytes()].concat()
+    pub fn secret(kind: SecretKind, brand: &BrandId) -> Vec<u8> {
+        let tag: &[u8] = match kind {
+            SecretKind::Inbound => b"t",
+            SecretKind::Signing => b"g",
+        };
+        [tag, brand.as_str().as_bytes()].concat()
+    }
+
+    pub fn api_key(id: &str) -> Vec<u8> {
+        [b"a".as_slice(), id.as_bytes()].concat()
+    }
+
+    pub fn brand_api_key(brand: &BrandId, id: &str) -> Vec<u8> {
+        [brand_table(b'o', brand), id.as_bytes().to_vec()].concat()
     }
 
     pub fn forget_event(due_ms: u64, brand: &BrandId, id: &EventId) -> Vec<u8> {

@@ -13,7 +13,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::cdp::{Browser, Stub};
-use crate::helpers::TestApp;
+use crate::helpers::{ALL_KINDS, TestApp};
 use crate::process::HubProcess;
 
 const README: &str = include_str!("../../README.md");
@@ -175,14 +175,17 @@ impl Site {
     }
 }
 
-/// A hub with the README's brand `12345`, a site, and a browser.
+/// A hub with the README's brand `12345` (every pixel kind allowed), a site, and a browser.
 async fn setup() -> (TestApp, Site, Browser) {
     let app = TestApp::spawn().await;
     assert!(
-        app.put_brand("12345", json!({"name": "Casino"}))
-            .await
-            .status()
-            .is_success()
+        app.put_brand(
+            "12345",
+            json!({"name": "Casino", "allowed_kinds": ALL_KINDS})
+        )
+        .await
+        .status()
+        .is_success()
     );
     let site = Site::start(app.addr).await;
     (app, site, Browser::launch().await)
@@ -255,6 +258,17 @@ async fn every_pixel_kind_fires_in_the_browser_and_is_acked() {
 
     site.wait_for_hit("/px/image?click=abc").await;
     site.wait_for_hit("/frame/ftd").await;
+    let frame = tab
+        .eval("(function () { var f = document.querySelector('iframe'); return f && [f.getAttribute('sandbox'), f.referrerPolicy]; })()")
+        .await;
+    assert_eq!(
+        frame,
+        json!([
+            "allow-scripts allow-same-origin",
+            "strict-origin-when-cross-origin"
+        ]),
+        "the iframe pixel has the brand's sandbox and referrer policy (the defaults)"
+    );
     tab.wait_for("window.__jsPixel === 1", "the js pixel to run")
         .await;
     tab.wait_for("window.__scriptPixel === 1", "the script pixel to load")
@@ -700,4 +714,69 @@ async fn sigterm_sends_the_page_to_reconnect_and_it_finishes_on_the_restarted_hu
         (site.count("/px/term-before"), site.count("/px/term-after")),
         (1, 1)
     );
+}
+
+/// The acceptance path for player tokens, as docs/security.md walks it: the demo brand requires
+/// tokens, the demo page is refused without one and works with one, and a hand-made WebSocket claiming
+/// the same player receives nothing.
+#[tokio::test]
+async fn the_demo_requires_a_player_token_once_the_brand_says_so() {
+    let app = TestApp::spawn_with(|c| c.demo = true).await;
+    let put = app
+        .put_brand(
+            "demo",
+            json!({"name": "Demo casino", "require_player_token": true, "allowed_kinds": ALL_KINDS}),
+        )
+        .await;
+    assert_eq!(put.status(), 200);
+    let secret = app.get_json("/api/v1/brands/demo/signing-secret").await["secret"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let browser = Browser::launch().await;
+    let tab = browser.tab().await;
+    tab.goto(&app.url("/demo?player=p-42")).await;
+    tab.wait_for(
+        "document.getElementById('status').textContent === 'refused'",
+        "the page without a token to be refused",
+    )
+    .await;
+    let log = tab.eval("document.getElementById('log').textContent").await;
+    assert!(log.as_str().unwrap().contains("invalid_token"), "{log}");
+
+    let expires = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 86_400;
+    let token = pixelhub::player_token::sign(
+        &secret,
+        &pixelhub::ids::BrandId::parse("demo").unwrap(),
+        &pixelhub::ids::PlayerId::parse("p-42").unwrap(),
+        expires,
+    );
+    tab.goto(&app.url(&format!("/demo?player=p-42&token={token}")))
+        .await;
+    tab.wait_for(
+        "document.getElementById('status').textContent === 'online'",
+        "the page with the token to be online",
+    )
+    .await;
+
+    // A hand-made WebSocket claiming p-42 without the token: closed, and it takes nothing.
+    let mut thief = app.connect().await;
+    thief
+        .send(json!({"type": "hello", "v": 1, "brand_id": "demo", "player_id": "p-42"}))
+        .await;
+    assert_eq!(thief.closed().await, (4507, "invalid_token".to_owned()));
+
+    // The demo's button: a pixel queued for p-42 fires in the page that holds the token.
+    tab.eval("document.querySelector('button[data-kind=\"image\"]').click()")
+        .await;
+    tab.wait_for(
+        "document.querySelectorAll('#hits li:not(.empty)').length === 1",
+        "the demo receiver to show the hit",
+    )
+    .await;
+    app.wait_for_queue("demo", "p-42", &[]).await;
 }

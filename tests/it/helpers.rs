@@ -38,6 +38,8 @@ pub async fn json_of(request: reqwest::RequestBuilder) -> Value {
 }
 
 pub const TOKEN: &str = "test-admin-token-0123456789";
+/// Every pixel kind, for brands whose tests need them all.
+pub const ALL_KINDS: [&str; 5] = ["image", "iframe", "script", "js", "facebook"];
 /// How long a test waits for something that should happen within milliseconds.
 pub const PATIENCE: Duration = Duration::from_secs(5);
 
@@ -70,7 +72,8 @@ impl TestApp {
         Self::spawn_with(|_| {}).await
     }
 
-    /// A hub whose config the test adjusts first; brand `b1` registered.
+    /// A hub whose config the test adjusts first; brand `b1` registered, allowing every pixel kind (most
+    /// tests queue small `js` pixels; the security tests use brands with the defaults).
     pub async fn spawn_with(adjust: impl FnOnce(&mut Config)) -> Self {
         let dir = Arc::new(tempfile::tempdir().expect("a temp dir"));
         let mut config = Config::for_data_dir(dir.path());
@@ -79,7 +82,9 @@ impl TestApp {
         adjust(&mut config);
         let app = Self::start(config, dir).await;
         assert_eq!(
-            app.put_brand("b1", json!({})).await.status(),
+            app.put_brand("b1", json!({"allowed_kinds": ALL_KINDS}))
+                .await
+                .status(),
             StatusCode::CREATED
         );
         app
@@ -148,6 +153,21 @@ impl TestApp {
             .send()
             .await
             .unwrap()
+    }
+
+    /// Creates an API key of `brand` and returns the key.
+    pub async fn create_key(&self, brand: &str) -> String {
+        let made = self
+            .post_expecting(
+                &format!("/api/v1/brands/{brand}/api-keys"),
+                json!({"name": "test"}),
+                StatusCode::CREATED,
+            )
+            .await;
+        made["key"]
+            .as_str()
+            .expect("the key, shown once")
+            .to_owned()
     }
 
     pub async fn enqueue(&self, brand: &str, player: &str, body: Value) -> reqwest::Response {

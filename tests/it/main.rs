@@ -12,4 +12,5 @@ mod ops;
 mod postbacks;
 mod process;
 mod receiver;
+mod security;
 mod websocket;

@@ -67,7 +67,7 @@ async fn every_documented_operation_answers_as_documented_and_its_examples_work(
             "{target} is named but not defined"
         );
     }
-    for scheme in ["admin_token", "admin_basic"] {
+    for scheme in ["admin_token", "admin_basic", "brand_key"] {
         assert!(doc["components"]["securitySchemes"][scheme].is_object());
     }
 
@@ -80,6 +80,11 @@ async fn every_documented_operation_answers_as_documented_and_its_examples_work(
     assert!(operations.len() >= 35, "{} operations", operations.len());
     operations.sort_by_key(|(path, method, _)| rank(method, path));
 
+    // Brand keys: one of the walk's brand (made once the walk has created it), one of another brand.
+    app.put_brand("other", json!({})).await;
+    let other_key = app.create_key("other").await;
+    let mut own_key = None;
+    let mut walk_key_id = String::new();
     let mut answered = Vec::new();
     for (template, method, operation) in &operations {
         let context = format!("{} {template}", method.to_uppercase());
@@ -108,6 +113,7 @@ async fn every_documented_operation_answers_as_documented_and_its_examples_work(
             .replace("{definition_id}", "ftd-image")
             .replace("{event_id}", "dep-1001")
             .replace("{event_type}", "deposit")
+            .replace("{key_id}", &walk_key_id)
             .replace("{token}", &token);
         let verb = Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
         let mut request = app.admin(verb.clone(), &path);
@@ -128,6 +134,15 @@ async fn every_documented_operation_answers_as_documented_and_its_examples_work(
         let response = request.send().await.unwrap();
         let status = response.status();
         let text = response.text().await.unwrap();
+        if template.ends_with("/api-keys") && method == "post" {
+            walk_key_id = serde_json::from_str::<Value>(&text).unwrap()["id"]
+                .as_str()
+                .unwrap()
+                .to_owned();
+        }
+        if own_key.is_none() && template == "/api/v1/brands/{brand_id}" {
+            own_key = Some(app.create_key("oa").await);
+        }
         assert!(
             documented.contains(&status.as_u16()),
             "{context} answered {status}, which it does not document: {text}"
@@ -146,12 +161,57 @@ async fn every_documented_operation_answers_as_documented_and_its_examples_work(
             "{context}: 401 is documented exactly where a token is required"
         );
         if secured {
-            let refused = app.http.request(verb, app.url(&path)).send().await.unwrap();
+            assert!(documented.contains(&403), "{context}: 403 for brand keys");
+            let refused = app
+                .http
+                .request(verb.clone(), app.url(&path))
+                .send()
+                .await
+                .unwrap();
             assert_eq!(
                 refused.status(),
                 StatusCode::UNAUTHORIZED,
                 "{context} without a token"
             );
+            let foreign = app
+                .http
+                .request(verb.clone(), app.url(&path))
+                .bearer_auth(&other_key)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(
+                foreign.status(),
+                StatusCode::FORBIDDEN,
+                "{context} with another brand's key"
+            );
+            let brand_scoped = operation["security"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|s| s.get("brand_key").is_some());
+            assert_eq!(
+                brand_scoped,
+                template.starts_with("/api/v1/brands/{brand_id}")
+                    && !template.contains("/api-keys")
+                    && !(template == "/api/v1/brands/{brand_id}" && method == "put"),
+                "{context}: brand keys are documented on the brand's own routes, bar settings and keys"
+            );
+            if verb == Method::GET {
+                let own = app
+                    .http
+                    .get(app.url(&path))
+                    .bearer_auth(own_key.as_deref().unwrap())
+                    .send()
+                    .await
+                    .unwrap();
+                let expected = if brand_scoped {
+                    status
+                } else {
+                    StatusCode::FORBIDDEN
+                };
+                assert_eq!(own.status(), expected, "{context} with the brand's own key");
+            }
         }
         answered.push(context);
     }
@@ -165,4 +225,25 @@ async fn every_documented_operation_answers_as_documented_and_its_examples_work(
         "the purge, documented last, emptied the queue"
     );
     assert!(answered.iter().any(|c| c == "GET /api/v1/openapi.json"));
+    let revoked = app
+        .http
+        .get(app.url("/api/v1/brands/oa/api-keys"))
+        .bearer_auth(own_key.unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        revoked.status(),
+        StatusCode::FORBIDDEN,
+        "listing keys needs the admin token"
+    );
+    let keys = app.get_json("/api/v1/brands/oa/api-keys").await;
+    assert!(
+        keys["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|k| k["id"] != walk_key_id.as_str()),
+        "the documented DELETE revoked the key the documented POST made: {keys}"
+    );
 }

@@ -78,7 +78,11 @@ async fn a_numeric_brand_id_names_the_same_brand_as_its_decimal_string() {
     let app = TestApp::spawn().await;
     app.put_brand("12345", json!({})).await;
     let ids = app
-        .enqueue("12345", "p", json!({"kind": "js", "code": "1"}))
+        .enqueue(
+            "12345",
+            "p",
+            json!({"kind": "image", "url": "https://a.example/"}),
+        )
         .await;
     assert_eq!(ids.status(), 202);
     let mut ws = app.connect().await;

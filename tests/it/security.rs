@@ -1,0 +1,633 @@
+//! The doors of issue 6, each tried from outside: the attack that must fail, and the legitimate path that
+//! must still work. Brands here keep the default settings unless the test is about changing them.
+
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+
+use crate::helpers::{TestApp, WsClient, json_of};
+
+fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// A token signed as the docs say, with the library's reference signer.
+fn token(secret: &str, brand: &str, player: &str, expires: u64) -> String {
+    pixelhub::player_token::sign(
+        secret,
+        &pixelhub::ids::BrandId::parse(brand).unwrap(),
+        &pixelhub::ids::PlayerId::parse(player).unwrap(),
+        expires,
+    )
+}
+
+async fn signing_secret(app: &TestApp, brand: &str) -> String {
+    app.get_json(&format!("/api/v1/brands/{brand}/signing-secret"))
+        .await["secret"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+/// Says hello as `player` of `brand` with `token`; returns the socket after the hello.
+async fn hello(app: &TestApp, brand: &str, player: &str, token: Option<&str>) -> WsClient {
+    let mut ws = app.connect().await;
+    let mut hello = json!({"type": "hello", "v": 1, "brand_id": brand, "player_id": player});
+    if let Some(token) = token {
+        hello["token"] = json!(token);
+    }
+    ws.send(hello).await;
+    ws
+}
+
+/// The value of one Prometheus sample, 0 when absent.
+async fn sample(app: &TestApp, line_start: &str) -> u64 {
+    let text = app
+        .admin(Method::GET, "/metrics")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|line| line.strip_prefix(line_start))
+        .map_or(0, |value| value.trim().parse().unwrap())
+}
+
+#[tokio::test]
+async fn with_tokens_required_only_the_signed_player_receives_anything() {
+    let app = TestApp::spawn().await;
+    app.put_brand("12345", json!({"require_player_token": true}))
+        .await;
+    app.put_brand("other", json!({})).await;
+    let secret = signing_secret(&app, "12345").await;
+    let other_secret = signing_secret(&app, "other").await;
+    let queued = app
+        .queue_for(
+            "12345",
+            "p-42",
+            json!({"kind": "image", "url": "https://aff.example/px"}),
+        )
+        .await;
+    let day = now_secs() + 86_400;
+
+    let attacks = [
+        ("no token", None, (4507, "invalid_token")),
+        (
+            "garbage",
+            Some("v1.123.abc".to_owned()),
+            (4507, "invalid_token"),
+        ),
+        (
+            "forged signature",
+            Some(format!("v1.{day}.{}", "0f".repeat(32))),
+            (4507, "invalid_token"),
+        ),
+        (
+            "another player's token",
+            Some(token(&secret, "12345", "p-41", day)),
+            (4507, "invalid_token"),
+        ),
+        (
+            "another brand's token for the same player id",
+            Some(token(&other_secret, "other", "p-42", day)),
+            (4507, "invalid_token"),
+        ),
+        (
+            "another brand's secret",
+            Some(token(&other_secret, "12345", "p-42", day)),
+            (4507, "invalid_token"),
+        ),
+        (
+            "an expired token",
+            Some(token(&secret, "12345", "p-42", now_secs() - 1)),
+            (4508, "token_expired"),
+        ),
+    ];
+    for (attack, token, close) in &attacks {
+        let mut ws = hello(&app, "12345", "p-42", token.as_deref()).await;
+        // The first frame is the close: no welcome, no pixel.
+        assert_eq!(ws.closed().await, (close.0, close.1.to_owned()), "{attack}");
+    }
+    assert_eq!(
+        app.pending_ids_of("12345", "p-42").await,
+        queued,
+        "nothing was delivered or taken"
+    );
+
+    let mut ws = hello(
+        &app,
+        "12345",
+        "p-42",
+        Some(&token(&secret, "12345", "p-42", day)),
+    )
+    .await;
+    assert_eq!(ws.recv().await["type"], "welcome");
+    assert_eq!(
+        ws.delivered().await,
+        queued,
+        "the signed player gets the pixel"
+    );
+
+    let refused = |reason| {
+        format!(
+            "pixelhub_websocket_player_tokens_refused_total{{reason=\"{reason}\",enforced=\"true\"}}"
+        )
+    };
+    assert_eq!(sample(&app, &refused("missing")).await, 1);
+    assert_eq!(sample(&app, &refused("malformed")).await, 1);
+    assert_eq!(sample(&app, &refused("bad_signature")).await, 4);
+    assert_eq!(sample(&app, &refused("expired")).await, 1);
+}
+
+#[tokio::test]
+async fn a_rotated_signing_secret_honours_old_tokens_for_the_grace_period_only() {
+    let app = TestApp::spawn().await;
+    app.put_brand("12345", json!({"require_player_token": true}))
+        .await;
+    let old_secret = signing_secret(&app, "12345").await;
+    let old = token(&old_secret, "12345", "p", now_secs() + 3600);
+
+    let rotated = app
+        .post_expecting(
+            "/api/v1/brands/12345/signing-secret/rotate",
+            json!({"grace_seconds": 60}),
+            StatusCode::OK,
+        )
+        .await;
+    let new_secret = rotated["secret"].as_str().unwrap();
+    assert_ne!(new_secret, old_secret);
+    assert!(rotated["previous_valid_until_ms"].as_u64().unwrap() > 0);
+    for token in [&old, &token(new_secret, "12345", "p", now_secs() + 3600)] {
+        let mut ws = hello(&app, "12345", "p", Some(token)).await;
+        assert_eq!(
+            ws.recv().await["type"],
+            "welcome",
+            "both secrets during the grace"
+        );
+    }
+
+    app.post_expecting(
+        "/api/v1/brands/12345/signing-secret/rotate",
+        json!({"grace_seconds": 0}),
+        StatusCode::OK,
+    )
+    .await;
+    let mut ws = hello(&app, "12345", "p", Some(&old)).await;
+    assert_eq!(ws.closed().await, (4507, "invalid_token".to_owned()));
+}
+
+#[tokio::test]
+async fn without_enforcement_bad_tokens_are_counted_and_the_session_goes_on() {
+    let app = TestApp::spawn().await;
+    app.put_brand("12345", json!({})).await;
+    let mut ws = hello(&app, "12345", "p", Some("v1.1.bad")).await;
+    assert_eq!(ws.recv().await["type"], "welcome");
+    let mut ws = hello(&app, "12345", "q", None).await;
+    assert_eq!(
+        ws.recv().await["type"],
+        "welcome",
+        "no token at all is fine too"
+    );
+    assert_eq!(
+        sample(
+            &app,
+            "pixelhub_websocket_player_tokens_refused_total{reason=\"malformed\",enforced=\"false\"}"
+        )
+        .await,
+        1
+    );
+}
+
+#[tokio::test]
+async fn the_documented_token_recipes_make_tokens_the_hub_accepts() {
+    let app = TestApp::spawn().await;
+    app.put_brand("12345", json!({"require_player_token": true}))
+        .await;
+    let secret = signing_secret(&app, "12345").await;
+    let doc =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/security.md")).unwrap();
+    let block = |lang: &str, starts: &str| -> String {
+        doc.split(&format!("```{lang}\n"))
+            .skip(1)
+            .map(|rest| rest.split("\n```").next().unwrap())
+            .find(|code| code.starts_with(starts))
+            .unwrap_or_else(|| panic!("docs/security.md has no {lang} recipe starting {starts:?}"))
+            .to_owned()
+    };
+    let recipes = [
+        (
+            "bash",
+            vec![
+                "-c".to_owned(),
+                block("sh", "# SECRET, BRAND_ID and PLAYER_ID set"),
+            ],
+        ),
+        (
+            "node",
+            vec![
+                "-e".to_owned(),
+                block("js", "const crypto")
+                    + "\nconsole.log(playerToken(process.env.SECRET, process.env.BRAND_ID, process.env.PLAYER_ID));",
+            ],
+        ),
+        (
+            "python3",
+            vec![
+                "-c".to_owned(),
+                block("python", "import hashlib")
+                    + "\nimport os\nprint(player_token(os.environ['SECRET'], os.environ['BRAND_ID'], os.environ['PLAYER_ID']))",
+            ],
+        ),
+        (
+            "php",
+            vec![
+                "-r".to_owned(),
+                block("php", "function player_token")
+                    + "\necho player_token(getenv('SECRET'), getenv('BRAND_ID'), getenv('PLAYER_ID')), \"\\n\";",
+            ],
+        ),
+    ];
+    for (program, args) in recipes {
+        let output = std::process::Command::new(program)
+            .args(&args)
+            .env("SECRET", &secret)
+            .env("BRAND_ID", "12345")
+            .env("PLAYER_ID", "p-42")
+            .output()
+            .unwrap_or_else(|e| {
+                panic!("{program}: {e} (scripts/test installs openssl, node, python3 and php when missing)")
+            });
+        assert!(
+            output.status.success(),
+            "{program}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let made = String::from_utf8(output.stdout).unwrap().trim().to_owned();
+        let expires: u64 = made.split('.').nth(1).unwrap().parse().unwrap();
+        assert!(
+            expires.abs_diff(now_secs() + 86_400) < 60,
+            "{program}: a day: {made}"
+        );
+        assert_eq!(
+            made,
+            token(&secret, "12345", "p-42", expires),
+            "{program} signs as the hub does"
+        );
+        let mut ws = hello(&app, "12345", "p-42", Some(&made)).await;
+        assert_eq!(
+            ws.recv().await["type"],
+            "welcome",
+            "{program}'s token opens the session"
+        );
+    }
+}
+
+#[tokio::test]
+async fn brand_keys_act_for_their_own_brand_only() {
+    let app = TestApp::spawn().await;
+    app.put_brand("casino-a", json!({})).await;
+    app.put_brand("casino-b", json!({})).await;
+    let made = app
+        .post_expecting(
+            "/api/v1/brands/casino-a/api-keys",
+            json!({"name": "back end"}),
+            StatusCode::CREATED,
+        )
+        .await;
+    let key = made["key"].as_str().unwrap().to_owned();
+    assert!(key.starts_with("phk_"), "{key}");
+    let as_key =
+        |method: Method, path: &str| app.http.request(method, app.url(path)).bearer_auth(&key);
+
+    // Its own brand: what a back end does.
+    let queued = as_key(Method::POST, "/api/v1/brands/casino-a/players/p/pixels")
+        .json(&json!({"kind": "image", "url": "https://aff.example/px"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(queued.status(), StatusCode::ACCEPTED);
+    for path in [
+        "/api/v1/brands/casino-a",
+        "/api/v1/brands/casino-a/players/p/pixels",
+        "/api/v1/brands/casino-a/deliveries",
+        "/api/v1/brands/casino-a/signing-secret",
+    ] {
+        let answer = as_key(Method::GET, path).send().await.unwrap();
+        assert_eq!(answer.status(), StatusCode::OK, "{path}");
+    }
+
+    // Another brand, and what only the operator may do.
+    let forbidden = [
+        (Method::GET, "/api/v1/brands/casino-b"),
+        (Method::POST, "/api/v1/brands/casino-b/players/p/pixels"),
+        (Method::GET, "/api/v1/brands/casino-b/signing-secret"),
+        (Method::PUT, "/api/v1/brands/casino-a"),
+        (Method::POST, "/api/v1/brands/casino-a/api-keys"),
+        (Method::GET, "/api/v1/brands/casino-a/api-keys"),
+        (Method::GET, "/api/v1/stats"),
+        (Method::GET, "/api/v1/backlogs"),
+        (Method::GET, "/metrics"),
+        (Method::GET, "/dashboard"),
+    ];
+    for (method, path) in forbidden {
+        let answer = as_key(method.clone(), path)
+            .json(&json!({"kind": "image", "url": "https://aff.example/px"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), StatusCode::FORBIDDEN, "{method} {path}");
+        let body: Value = answer.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "forbidden");
+        assert!(!body.to_string().contains(&key[10..]), "no key in errors");
+    }
+    assert_eq!(
+        app.pending_ids_of("casino-b", "p").await,
+        Vec::<String>::new(),
+        "nothing reached the other brand"
+    );
+
+    // Listed without the secret, then revoked.
+    let keys = app.get_json("/api/v1/brands/casino-a/api-keys").await;
+    let listed = &keys["keys"][0];
+    assert_eq!(listed["id"], made["id"]);
+    assert_eq!(listed["name"], "back end");
+    assert!(listed.get("key").is_none() && listed.get("hash").is_none());
+    assert!(
+        !keys.to_string().contains(&key[21..]),
+        "the listing holds no secret: {keys}"
+    );
+    let revoke = app
+        .admin(
+            Method::DELETE,
+            &format!(
+                "/api/v1/brands/casino-a/api-keys/{}",
+                made["id"].as_str().unwrap()
+            ),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(revoke.status(), StatusCode::NO_CONTENT);
+    let after = as_key(Method::GET, "/api/v1/brands/casino-a")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        after.status(),
+        StatusCode::UNAUTHORIZED,
+        "a revoked key stops at once"
+    );
+
+    // Near misses are plain 401s.
+    let mut tampered = key.clone();
+    tampered.replace_range(key.len() - 4.., "0000");
+    for bad in [tampered.as_str(), "phk_nothing", "admin"] {
+        let answer = app
+            .http
+            .get(app.url("/api/v1/brands/casino-a"))
+            .bearer_auth(bad)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), StatusCode::UNAUTHORIZED, "{bad}");
+    }
+    let missing = app
+        .admin(
+            Method::DELETE,
+            "/api/v1/brands/casino-a/api-keys/0123456789abcdef",
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(missing.status(), StatusCode::NOT_FOUND);
+}
+
+/// Upgrades with an `Origin` header, to `/websocket` plus `query`.
+async fn upgrade_from(
+    app: &TestApp,
+    query: &str,
+    origin: &str,
+) -> Result<WsClient, tokio_tungstenite::tungstenite::Error> {
+    let mut request = format!("{}{query}", app.ws_url())
+        .into_client_request()
+        .unwrap();
+    request
+        .headers_mut()
+        .insert("origin", HeaderValue::from_str(origin).unwrap());
+    tokio_tungstenite::connect_async(request)
+        .await
+        .map(|(ws, _)| WsClient { ws })
+}
+
+/// Upgrades from `origin` and says hello as player `p` of `brand`.
+async fn hello_from(app: &TestApp, query: &str, origin: &str, brand: Value) -> WsClient {
+    let mut ws = upgrade_from(app, query, origin).await.unwrap();
+    ws.send(json!({"type": "hello", "v": 1, "brand_id": brand, "player_id": "p"}))
+        .await;
+    ws
+}
+
+#[tokio::test]
+async fn pages_from_other_origins_are_refused_before_the_upgrade() {
+    let app = TestApp::spawn().await;
+    app.put_brand(
+        "12345",
+        json!({"allowed_origins": ["https://casino.example"]}),
+    )
+    .await;
+    app.put_brand("open", json!({})).await;
+
+    match upgrade_from(&app, "?brand_id=12345", "https://evil.example").await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status(), 403);
+            let body: Value = serde_json::from_slice(response.body().as_deref().unwrap()).unwrap();
+            assert_eq!(body["error"]["code"], "origin_not_allowed");
+        }
+        other => panic!("expected a 403, got {:?}", other.map(|_| "an upgrade")),
+    }
+
+    // The same page without the brand in the URL gets as far as its hello.
+    let mut ws = hello_from(&app, "", "https://evil.example", json!("12345")).await;
+    assert_eq!(ws.closed().await, (4506, "origin_not_allowed".to_owned()));
+
+    // The URL's brand and the hello's must agree: an open brand's URL cannot smuggle in a closed one.
+    let mut ws = hello_from(
+        &app,
+        "?brand_id=open",
+        "https://evil.example",
+        json!("12345"),
+    )
+    .await;
+    assert_eq!(ws.closed().await, (4502, "invalid_hello".to_owned()));
+
+    let mut ws = hello_from(
+        &app,
+        "?brand_id=12345",
+        "https://casino.example",
+        json!(12345),
+    )
+    .await;
+    assert_eq!(ws.recv().await["type"], "welcome", "the brand's own page");
+
+    let bad_query = app
+        .http
+        .get(app.url("/websocket?brand=12345"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad_query.status(), StatusCode::UNPROCESSABLE_ENTITY);
+}
+
+#[tokio::test]
+async fn pixels_may_only_do_what_the_brand_allows() {
+    let app = TestApp::spawn().await;
+    app.put_brand("12345", json!({})).await;
+    app.put_brand("secure", json!({"https_only": true})).await;
+    let refused = |brand: &str, pixel: Value| {
+        let app = &app;
+        let brand = brand.to_owned();
+        async move {
+            let answer = app.enqueue(&brand, "p", pixel).await;
+            assert_eq!(answer.status(), StatusCode::UNPROCESSABLE_ENTITY);
+            let body: Value = answer.json().await.unwrap();
+            (
+                body["error"]["code"].as_str().unwrap().to_owned(),
+                body["error"]["message"].as_str().unwrap().to_owned(),
+            )
+        }
+    };
+
+    let (code, message) = refused("12345", json!({"kind": "js", "code": "steal()"})).await;
+    assert_eq!(code, "kind_not_allowed");
+    assert!(message.starts_with("pixel.kind"), "{message}");
+    let (code, _) = refused(
+        "12345",
+        json!([{"kind": "image", "url": "https://a.example/"}, {"kind": "script", "url": "https://a.example/x.js"}]),
+    )
+    .await;
+    assert_eq!(code, "kind_not_allowed");
+    assert_eq!(
+        refused(
+            "12345",
+            json!({"kind": "image", "url": "javascript:alert(1)"})
+        )
+        .await
+        .0,
+        "invalid_url"
+    );
+    assert_eq!(
+        refused(
+            "secure",
+            json!({"kind": "iframe", "url": "http://a.example/"})
+        )
+        .await
+        .0,
+        "https_required"
+    );
+    assert_eq!(
+        app.pending_ids_of("12345", "p").await,
+        Vec::<String>::new(),
+        "a refused batch queues nothing"
+    );
+    let ok = app
+        .enqueue(
+            "secure",
+            "p",
+            json!({"kind": "iframe", "url": "https://a.example/"}),
+        )
+        .await;
+    assert_eq!(ok.status(), StatusCode::ACCEPTED);
+
+    // Definitions are held to the same rules when saved.
+    let define = |brand: &str, body: Value| {
+        app.admin(
+            Method::POST,
+            &format!("/api/v1/brands/{brand}/pixel-definitions"),
+        )
+        .json(&body)
+    };
+    let js =
+        json!({"id": "js", "name": "js", "trigger": "ftd", "kind": "js", "code": "f({{afp}})"});
+    let answer = json_of(define("12345", js.clone())).await;
+    assert_eq!(answer["error"]["code"], "kind_not_allowed", "{answer}");
+    let http = json!({"name": "h", "trigger": "ftd", "kind": "image", "url": "http://aff.example/?c={{afp}}"});
+    let answer = json_of(define("secure", http)).await;
+    assert_eq!(answer["error"]["code"], "https_required", "{answer}");
+
+    // A kind turned off after its definition was saved: the event fires nothing and says why.
+    let all = json!({"allowed_kinds": ["image", "iframe", "script", "js", "facebook"]});
+    app.put_brand("12345", all).await;
+    assert_eq!(
+        define("12345", js).send().await.unwrap().status(),
+        StatusCode::CREATED
+    );
+    app.put_brand("12345", json!({})).await;
+    let outcome = app
+        .report(
+            "12345",
+            json!({"event_id": "e1", "type": "ftd", "player_id": "p2"}),
+        )
+        .await;
+    assert_eq!(outcome[0]["pixels"], json!([]), "{outcome:?}");
+    let error = outcome[0]["failed"][0]["error"].as_str().unwrap();
+    assert!(
+        error.starts_with("kind: js pixels are not allowed"),
+        "{error}"
+    );
+    assert_eq!(
+        app.pending_ids_of("12345", "p2").await,
+        Vec::<String>::new()
+    );
+}
+
+#[tokio::test]
+async fn macro_values_cannot_add_parameters_or_move_the_pixel() {
+    let app = TestApp::spawn().await;
+    app.put_brand("12345", json!({})).await;
+    app.define(
+        "12345",
+        json!({"id": "reg", "name": "reg", "trigger": "registration", "kind": "image",
+               "url": "https://aff.example/px?click={{afp}}&p={{player_id}}"}),
+    )
+    .await;
+    let evil = [
+        "x&amount=999999",
+        "@evil.example",
+        "//evil.example/x",
+        "https://evil.example/",
+        "#frag?c=1",
+    ];
+    for (i, afp) in evil.iter().enumerate() {
+        let outcome = app
+            .report(
+                "12345",
+                json!({"event_id": format!("r{i}"), "type": "registration", "player_id": "p",
+                       "params": {"afp": afp}}),
+            )
+            .await;
+        let url = outcome[0]["pixels"][0]["url"].as_str().unwrap().to_owned();
+        let parsed = url::Url::parse(&url).unwrap();
+        assert_eq!(parsed.host_str(), Some("aff.example"), "{afp} → {url}");
+        let params: Vec<(String, String)> = parsed.query_pairs().into_owned().collect();
+        assert_eq!(
+            params,
+            [
+                ("click".to_owned(), afp.to_string()),
+                ("p".to_owned(), "p".to_owned())
+            ],
+            "{afp} stays inside its parameter: {url}"
+        );
+    }
+    let raw_host = json_of(
+        app.admin(Method::POST, "/api/v1/brands/12345/pixel-definitions")
+            .json(&json!({"name": "r", "trigger": "ftd", "kind": "image", "url": "https://{{host|raw}}/px"})),
+    )
+    .await;
+    assert_eq!(raw_host["error"]["code"], "invalid_template", "{raw_host}");
+}
