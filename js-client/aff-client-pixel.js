@@ -86,7 +86,10 @@
     var self = this, token = this.opts.token;
     if (typeof token !== 'function') return then(token);
     try {
-      Promise.resolve(token()).then(then, function () { self.retry(); });
+      Promise.resolve(token()).then(function (t) {
+        if (typeof t !== 'string' && window.console) console.warn('aff-client-pixel: the token function gave no string');
+        then(t);
+      }, function () { self.retry(); });
     } catch (e) { this.retry(); }
   };
 
@@ -100,10 +103,12 @@
     var self = this;
     if (this.stopped) return;
     // With the brand in the URL, the hub checks the page's origin before the upgrade.
-    var server = this.opts.server;
-    var url = server + (server.indexOf('?') === -1 ? '?' : '&') + 'brand_id=' + encodeURIComponent(this.opts.brandId);
     var ws;
-    try { ws = new WebSocket(url); } catch (e) { return this.retry(); }
+    try {
+      var url = new URL(this.opts.server, window.location.href);
+      url.searchParams.set('brand_id', String(this.opts.brandId));
+      ws = new WebSocket(url.href);
+    } catch (e) { return this.retry(); }
     this.ws = ws;
     ws.onopen = function () {
       self.emit('open');
@@ -339,7 +344,8 @@
     }
     if (current) {
       var o = current.opts;
-      if (o.server === opts.server && String(o.brandId) === String(opts.brandId) && String(o.playerId) === String(opts.playerId) && o.token === opts.token) return;
+      if (o.server === opts.server && String(o.brandId) === String(opts.brandId) && String(o.playerId) === String(opts.playerId) &&
+          (o.token === opts.token || (typeof o.token === 'function' && typeof opts.token === 'function'))) return;
       current.stop();
     }
     current = new Client(opts);

@@ -15,6 +15,7 @@ use axum::http::header::AUTHORIZATION;
 use axum::middleware::{self, Next};
 use axum::response::Response;
 use base64::Engine;
+use sha2::Digest;
 use subtle::ConstantTimeEq;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -303,7 +304,9 @@ async fn authorize(
     let Some(presented) = presented else {
         return Err(ApiError::Unauthorized);
     };
-    if bool::from(presented.as_bytes().ct_eq(state.admin_token.as_bytes())) {
+    // Digests of equal length, so the comparison's time tells nothing, not even the token's length.
+    let digest = |text: &str| sha2::Sha256::digest(text.as_bytes());
+    if bool::from(digest(&presented).ct_eq(&digest(&state.admin_token))) {
         return Ok(next.run(request).await);
     }
     let key = match crate::api_key::id_of(&presented) {

@@ -111,7 +111,7 @@ const MAX_USER_AGENT: usize = 256;
         (status = 101, description = "Switched to the WebSocket protocol."),
         (status = 400, description = "Not a WebSocket upgrade request.", body = String, content_type = "text/plain"),
         (status = 403, description = "The page's Origin is not in the brand's `allowed_origins` (`origin_not_allowed`).", body = ErrorBody),
-        (status = 422, description = "An unknown query parameter or a bad `brand_id` (`invalid_query`).", body = ErrorBody),
+        (status = 422, description = "A malformed or repeated `brand_id` (`invalid_query`).", body = ErrorBody),
         (status = 503, description = "The hub is draining for shutdown (`draining`); reconnect elsewhere.", body = ErrorBody),
     )
 )]
@@ -181,9 +181,8 @@ pub(super) async fn websocket(
         }))
 }
 
-/// The WebSocket URL's optional query.
+/// The WebSocket URL's optional query. Other parameters are ignored: a deployment may route on its own.
 #[derive(serde::Deserialize, utoipa::IntoParams)]
-#[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub(super) struct WebSocketQuery {
     /// The brand the page belongs to. When given, a page from an Origin outside the brand's

@@ -477,11 +477,20 @@ async fn pages_from_other_origins_are_refused_before_the_upgrade() {
 
     let bad_query = app
         .http
-        .get(app.url("/websocket?brand=12345"))
+        .get(app.url("/websocket?brand_id=a%20b"))
         .send()
         .await
         .unwrap();
     assert_eq!(bad_query.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    // A deployment's own parameters ride along.
+    let mut ws = hello_from(
+        &app,
+        "?region=eu&brand_id=12345",
+        "https://casino.example",
+        json!("12345"),
+    )
+    .await;
+    assert_eq!(ws.recv().await["type"], "welcome");
 }
 
 #[tokio::test]
