@@ -13,7 +13,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::cdp::{Browser, Stub};
-use crate::helpers::{ALL_KINDS, TestApp};
+use crate::helpers::{ALL_KINDS, TestApp, now_secs, player_token};
 use crate::process::HubProcess;
 
 const README: &str = include_str!("../../README.md");
@@ -729,10 +729,7 @@ async fn the_demo_requires_a_player_token_once_the_brand_says_so() {
         )
         .await;
     assert_eq!(put.status(), 200);
-    let secret = app.get_json("/api/v1/brands/demo/signing-secret").await["secret"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let secret = app.signing_secret("demo").await;
     let browser = Browser::launch().await;
     let tab = browser.tab().await;
     tab.goto(&app.url("/demo?player=p-42")).await;
@@ -744,17 +741,7 @@ async fn the_demo_requires_a_player_token_once_the_brand_says_so() {
     let log = tab.eval("document.getElementById('log').textContent").await;
     assert!(log.as_str().unwrap().contains("invalid_token"), "{log}");
 
-    let expires = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-        + 86_400;
-    let token = pixelhub::player_token::sign(
-        &secret,
-        &pixelhub::ids::BrandId::parse("demo").unwrap(),
-        &pixelhub::ids::PlayerId::parse("p-42").unwrap(),
-        expires,
-    );
+    let token = player_token(&secret, "demo", "p-42", now_secs() + 86_400);
     tab.goto(&app.url(&format!("/demo?player=p-42&token={token}")))
         .await;
     tab.wait_for(

@@ -37,6 +37,24 @@ pub async fn json_of(request: reqwest::RequestBuilder) -> Value {
         .expect("a JSON body")
 }
 
+/// Unix time in seconds, as player tokens state their expiry.
+pub fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// A player token signed as docs/security.md says, with the library's reference signer.
+pub fn player_token(secret: &str, brand: &str, player: &str, expires: u64) -> String {
+    pixelhub::player_token::sign(
+        secret,
+        &pixelhub::ids::BrandId::parse(brand).unwrap(),
+        &pixelhub::ids::PlayerId::parse(player).unwrap(),
+        expires,
+    )
+}
+
 pub const TOKEN: &str = "test-admin-token-0123456789";
 /// Every pixel kind, for brands whose tests need them all.
 pub const ALL_KINDS: [&str; 5] = ["image", "iframe", "script", "js", "facebook"];
@@ -153,6 +171,15 @@ impl TestApp {
             .send()
             .await
             .unwrap()
+    }
+
+    /// The brand's player-token signing secret.
+    pub async fn signing_secret(&self, brand: &str) -> String {
+        self.get_json(&format!("/api/v1/brands/{brand}/signing-secret"))
+            .await["secret"]
+            .as_str()
+            .expect("the secret")
+            .to_owned()
     }
 
     /// Creates an API key of `brand` and returns the key.

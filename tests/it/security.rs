@@ -6,32 +6,7 @@ use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 
-use crate::helpers::{TestApp, WsClient, json_of};
-
-fn now_secs() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-}
-
-/// A token signed as the docs say, with the library's reference signer.
-fn token(secret: &str, brand: &str, player: &str, expires: u64) -> String {
-    pixelhub::player_token::sign(
-        secret,
-        &pixelhub::ids::BrandId::parse(brand).unwrap(),
-        &pixelhub::ids::PlayerId::parse(player).unwrap(),
-        expires,
-    )
-}
-
-async fn signing_secret(app: &TestApp, brand: &str) -> String {
-    app.get_json(&format!("/api/v1/brands/{brand}/signing-secret"))
-        .await["secret"]
-        .as_str()
-        .unwrap()
-        .to_owned()
-}
+use crate::helpers::{TestApp, WsClient, json_of, now_secs, player_token as token};
 
 /// Says hello as `player` of `brand` with `token`; returns the socket after the hello.
 async fn hello(app: &TestApp, brand: &str, player: &str, token: Option<&str>) -> WsClient {
@@ -65,8 +40,8 @@ async fn with_tokens_required_only_the_signed_player_receives_anything() {
     app.put_brand("12345", json!({"require_player_token": true}))
         .await;
     app.put_brand("other", json!({})).await;
-    let secret = signing_secret(&app, "12345").await;
-    let other_secret = signing_secret(&app, "other").await;
+    let secret = app.signing_secret("12345").await;
+    let other_secret = app.signing_secret("other").await;
     let queued = app
         .queue_for(
             "12345",
@@ -150,7 +125,7 @@ async fn a_rotated_signing_secret_honours_old_tokens_for_the_grace_period_only()
     let app = TestApp::spawn().await;
     app.put_brand("12345", json!({"require_player_token": true}))
         .await;
-    let old_secret = signing_secret(&app, "12345").await;
+    let old_secret = app.signing_secret("12345").await;
     let old = token(&old_secret, "12345", "p", now_secs() + 3600);
 
     let rotated = app
@@ -209,7 +184,7 @@ async fn the_documented_token_recipes_make_tokens_the_hub_accepts() {
     let app = TestApp::spawn().await;
     app.put_brand("12345", json!({"require_player_token": true}))
         .await;
-    let secret = signing_secret(&app, "12345").await;
+    let secret = app.signing_secret("12345").await;
     let doc =
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/security.md")).unwrap();
     let block = |lang: &str, starts: &str| -> String {
