@@ -33,6 +33,9 @@ impl TestApp {
                 reqwest::Method::POST,
                 &format!("/api/v1/brands/b1/imports?{query}"),
             )
+            // An upload is as long as its file: 50,000 rows take seconds in a debug build on a busy
+            // machine. The tests are about what is imported, not how fast.
+            .timeout(Duration::from_secs(120))
             .body(csv)
             .send()
             .await
