@@ -137,6 +137,13 @@ pub struct PolicyRefusal {
     pub message: String,
 }
 
+impl PolicyRefusal {
+    /// The refusal as an API input error about the pixel found at `path` (`pixels[2]`, `definition`).
+    pub fn at(self, path: &str) -> InputError {
+        InputError::new(self.code, format!("{path}.{}", self.field), self.message)
+    }
+}
+
 impl PixelPolicy<'static> {
     /// Every kind, any http(s) URL: for tests, and for pixels a brand does not send (the demo's).
     pub const ANY: PixelPolicy<'static> = PixelPolicy {

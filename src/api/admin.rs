@@ -315,16 +315,11 @@ pub(super) async fn enqueue(
     let single = pixels.len() == 1;
     for (i, pixel) in pixels.iter().enumerate() {
         policy.check(&pixel.body).map_err(|refusal| {
-            let at = if single {
+            refusal.at(&if single {
                 "pixel".to_owned()
             } else {
                 format!("pixels[{i}]")
-            };
-            InputError::new(
-                refusal.code,
-                format!("{at}.{}", refusal.field),
-                refusal.message,
-            )
+            })
         })?;
     }
     let queued = state.store.enqueue(&path.key(), pixels).await?;

@@ -85,14 +85,7 @@ async fn allowed_for_brand(
     let brand = super::admin::require_brand(state, brand).await?;
     action
         .check(brand.settings.pixel_policy())
-        .map_err(|refusal| {
-            InputError::new(
-                refusal.code,
-                format!("definition.{}", refusal.field),
-                refusal.message,
-            )
-            .into()
-        })
+        .map_err(|refusal| refusal.at("definition").into())
 }
 
 /// A brand's pixel definitions

@@ -297,6 +297,27 @@ impl TestApp {
         WsClient { ws }
     }
 
+    /// A raw WebSocket to `/websocket` plus `query`, upgraded with `origin` as the page's `Origin` header
+    /// when given; the upgrade's error when the hub refuses it.
+    pub async fn connect_from(
+        &self,
+        query: &str,
+        origin: Option<&str>,
+    ) -> Result<WsClient, tokio_tungstenite::tungstenite::Error> {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let mut request = format!("{}{query}", self.ws_url())
+            .into_client_request()
+            .unwrap();
+        if let Some(origin) = origin {
+            request
+                .headers_mut()
+                .insert("origin", origin.parse().unwrap());
+        }
+        tokio_tungstenite::connect_async(request)
+            .await
+            .map(|(ws, _)| WsClient { ws })
+    }
+
     /// A session of a `b1` player, past the welcome.
     pub async fn session(&self, player: &str) -> WsClient {
         let mut ws = self.connect().await;

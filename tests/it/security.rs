@@ -3,8 +3,6 @@
 
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::http::HeaderValue;
 
 use crate::helpers::{TestApp, WsClient, json_of, now_secs, player_token as token};
 
@@ -383,26 +381,9 @@ async fn brand_keys_act_for_their_own_brand_only() {
     assert_eq!(missing.status(), StatusCode::NOT_FOUND);
 }
 
-/// Upgrades with an `Origin` header, to `/websocket` plus `query`.
-async fn upgrade_from(
-    app: &TestApp,
-    query: &str,
-    origin: &str,
-) -> Result<WsClient, tokio_tungstenite::tungstenite::Error> {
-    let mut request = format!("{}{query}", app.ws_url())
-        .into_client_request()
-        .unwrap();
-    request
-        .headers_mut()
-        .insert("origin", HeaderValue::from_str(origin).unwrap());
-    tokio_tungstenite::connect_async(request)
-        .await
-        .map(|(ws, _)| WsClient { ws })
-}
-
 /// Upgrades from `origin` and says hello as player `p` of `brand`.
 async fn hello_from(app: &TestApp, query: &str, origin: &str, brand: Value) -> WsClient {
-    let mut ws = upgrade_from(app, query, origin).await.unwrap();
+    let mut ws = app.connect_from(query, Some(origin)).await.unwrap();
     ws.send(json!({"type": "hello", "v": 1, "brand_id": brand, "player_id": "p"}))
         .await;
     ws
@@ -418,7 +399,10 @@ async fn pages_from_other_origins_are_refused_before_the_upgrade() {
     .await;
     app.put_brand("open", json!({})).await;
 
-    match upgrade_from(&app, "?brand_id=12345", "https://evil.example").await {
+    match app
+        .connect_from("?brand_id=12345", Some("https://evil.example"))
+        .await
+    {
         Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
             assert_eq!(response.status(), 403);
             let body: Value = serde_json::from_slice(response.body().as_deref().unwrap()).unwrap();

@@ -148,18 +148,7 @@ async fn origins_outside_the_brands_allowlist_are_refused() {
         (None, Some((4506, "origin_not_allowed"))),
         (Some("https://casino.example"), None),
     ] {
-        let mut request =
-            tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(
-                app.ws_url(),
-            )
-            .unwrap();
-        if let Some(origin) = origin {
-            request
-                .headers_mut()
-                .insert("origin", origin.parse().unwrap());
-        }
-        let (ws, _) = tokio_tungstenite::connect_async(request).await.unwrap();
-        let mut ws = crate::helpers::WsClient { ws };
+        let mut ws = app.connect_from("", origin).await.unwrap();
         ws.send_text(&hello).await;
         match expected {
             Some((code, reason)) => {
