@@ -273,6 +273,50 @@ pub struct Config {
           value_parser = clap::value_parser!(u64).range(512..=16 * 1024 * 1024))]
     pub ws_max_message_bytes: u64,
 
+    /// Most pixels or events in one API request's array; more are refused (422 batch_too_large).
+    #[arg(long, env = "PIXELHUB_MAX_BATCH", default_value_t = 1000,
+          value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    pub max_batch: u64,
+
+    /// Messages a second a WebSocket client may send on average (bursts of twice that); a faster client
+    /// is closed (4005) and comes back after its backoff. The browser client sends a few a minute.
+    #[arg(long, env = "PIXELHUB_WS_MAX_MESSAGES_PER_SECOND", default_value_t = 20,
+          value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub ws_max_messages_per_second: u32,
+
+    /// Sessions one player may hold in this process (tabs, windows); one more is closed (4006) and
+    /// retries after its backoff.
+    #[arg(long, env = "PIXELHUB_MAX_SESSIONS_PER_PLAYER", default_value_t = 16,
+          value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub max_sessions_per_player: u32,
+
+    /// Open connections one client address may hold (HTTP and WebSocket); more are answered 429
+    /// too_many_connections. Players behind one carrier-grade NAT share an address: keep it generous.
+    #[arg(long, env = "PIXELHUB_MAX_CONNECTIONS_PER_IP", default_value_t = 256,
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub max_connections_per_ip: u32,
+
+    /// Milliseconds a connection may take to send a request's headers (or its TLS handshake), and may
+    /// sit idle between requests; then it is closed. Stops slow-loris clients holding sockets.
+    #[arg(long, env = "PIXELHUB_HEADER_TIMEOUT_MS", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u64).range(100..=600_000))]
+    pub header_timeout_ms: u64,
+
+    /// Proxies (addresses or CIDR networks, comma-separated) whose X-Forwarded-For names the client;
+    /// from anyone else the header is ignored. Empty: connections are the clients themselves.
+    #[arg(long, env = "PIXELHUB_TRUSTED_PROXIES", value_delimiter = ',',
+          value_parser = crate::limits::parse_net)]
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+
+    /// PEM certificate chain to serve HTTPS and wss:// with (with --tls-key); reloaded when the file
+    /// changes or on SIGHUP. Without it the hub speaks plain HTTP, for a TLS-terminating proxy.
+    #[arg(long, env = "PIXELHUB_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "PIXELHUB_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+
     /// Milliseconds a new WebSocket has to send its hello before it is closed (4002).
     #[arg(long, env = "PIXELHUB_HELLO_TIMEOUT_MS", default_value_t = 5_000,
           value_parser = clap::value_parser!(u64).range(100..=120_000))]
@@ -353,6 +397,11 @@ impl Config {
                     .into(),
             );
         }
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            return Err(
+                "PIXELHUB_TLS_CERT and PIXELHUB_TLS_KEY go together: set both, or neither".into(),
+            );
+        }
         if self.hello_timeout_ms > self.heartbeat_ms * 2 {
             return Err("PIXELHUB_HELLO_TIMEOUT_MS must not exceed two heartbeat intervals".into());
         }
@@ -377,6 +426,11 @@ impl Config {
     /// See [`Config::shutdown_timeout_ms`].
     pub fn shutdown_timeout(&self) -> Duration {
         Duration::from_millis(self.shutdown_timeout_ms)
+    }
+
+    /// See [`Config::header_timeout_ms`].
+    pub fn header_timeout(&self) -> Duration {
+        Duration::from_millis(self.header_timeout_ms)
     }
 
     /// See [`Config::max_queue_per_player`].

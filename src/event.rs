@@ -18,7 +18,7 @@ use crate::ids::{BrandId, DefinitionId, EventId, Id, IdKind, PixelId, PlayerId};
 use crate::input::{Fields, InputError, one_or_many};
 use crate::pixel::{NewPixel, PixelBody, PixelPolicy};
 
-/// Most events one request may carry.
+/// Most events one request may carry by default (`--max-batch`).
 pub const MAX_EVENTS: usize = 1000;
 /// Most params one event may carry.
 const MAX_PARAMS: usize = 100;
@@ -386,9 +386,9 @@ fn random_u32() -> u32 {
     u32::from_le_bytes(bytes)
 }
 
-/// Parses a request body: one event object, or an array of 1 to [`MAX_EVENTS`] of them.
-pub fn parse_events(body: Value) -> Result<Vec<Event>, InputError> {
-    one_or_many(body, MAX_EVENTS, ("event", "events"), parse_event)
+/// Parses a request body: one event object, or an array of 1 to `max` of them.
+pub fn parse_events(body: Value, max: usize) -> Result<Vec<Event>, InputError> {
+    one_or_many(body, max, ("event", "events"), parse_event)
 }
 
 /// Parses one event object found at `path`.
@@ -875,13 +875,19 @@ mod tests {
             let e = parse_event(body.clone(), "event").unwrap_err();
             assert_eq!((e.code, e.path.as_str()), (code, path), "{body}: {e}");
         }
-        let batch = parse_events(json!([
-            {"event_id": "e1", "type": "ftd", "player_id": "p"},
-            {"event_id": "e2", "type": "ftd"},
-        ]))
+        let batch = parse_events(
+            json!([
+                {"event_id": "e1", "type": "ftd", "player_id": "p"},
+                {"event_id": "e2", "type": "ftd"},
+            ]),
+            MAX_EVENTS,
+        )
         .unwrap_err();
         assert_eq!(batch.path, "events[1].player_id");
-        assert_eq!(parse_events(json!([])).unwrap_err().code, "empty_batch");
+        assert_eq!(
+            parse_events(json!([]), MAX_EVENTS).unwrap_err().code,
+            "empty_batch"
+        );
     }
 
     #[test]

@@ -44,6 +44,9 @@ pub struct SessionInfo {
     pub user_agent: Option<String>,
     /// The upgrade request's `Origin`: the page that opened it.
     pub origin: Option<String>,
+    /// The client's address: the connection's peer, or the address a trusted proxy forwarded.
+    #[schema(value_type = String)]
+    pub client_ip: std::net::IpAddr,
 }
 
 /// How the hub wakes one session.
@@ -123,9 +126,9 @@ impl Drop for Registration {
 }
 
 impl Hub {
-    /// Adds a session for `key`. The returned registration is born with a poke raised, so the session's
-    /// first wake-up looks at the queue.
-    pub fn register(&self, key: PlayerKey, info: SessionInfo) -> Registration {
+    /// Adds a session for `key`, unless the player holds `max` sessions in this process already. The
+    /// returned registration is born with a poke raised, so the session's first wake-up looks at the queue.
+    pub fn register(&self, key: PlayerKey, info: SessionInfo, max: usize) -> Option<Registration> {
         let signal = Arc::new(Signal {
             session: info.session_id,
             notify: Notify::new(),
@@ -133,17 +136,19 @@ impl Hub {
             info,
         });
         signal.raise(wake::POKE);
-        self.shared
-            .players
-            .entry(key.clone())
-            .or_default()
-            .push(Arc::clone(&signal));
+        {
+            let mut sessions = self.shared.players.entry(key.clone()).or_default();
+            if sessions.len() >= max {
+                return None;
+            }
+            sessions.push(Arc::clone(&signal));
+        }
         self.shared.sessions.fetch_add(1, Ordering::Relaxed);
-        Registration {
+        Some(Registration {
             hub: self.clone(),
             key,
             signal,
-        }
+        })
     }
 
     /// Wakes every session of the player in this process. Only the lease holder (or, if none holds it, the
@@ -251,7 +256,12 @@ mod tests {
             connected_since_ms: 1,
             user_agent: None,
             origin: None,
+            client_ip: std::net::Ipv4Addr::LOCALHOST.into(),
         }
+    }
+
+    fn register(hub: &Hub, key: PlayerKey) -> Registration {
+        hub.register(key, info(), 16).expect("under the cap")
     }
 
     fn key(brand: &str, player: &str) -> PlayerKey {
@@ -264,9 +274,9 @@ mod tests {
     #[test]
     fn counts_sessions_and_players_per_brand_and_forgets_dropped_ones() {
         let hub = Hub::default();
-        let a1 = hub.register(key("b1", "a"), info());
-        let a2 = hub.register(key("b1", "a"), info());
-        let _c = hub.register(key("b2", "c"), info());
+        let a1 = register(&hub, key("b1", "a"));
+        let a2 = register(&hub, key("b1", "a"));
+        let _c = register(&hub, key("b2", "c"));
 
         let stats = hub.brand_sessions();
         assert_eq!(
@@ -288,10 +298,25 @@ mod tests {
     }
 
     #[test]
+    fn a_player_holds_at_most_max_sessions() {
+        let hub = Hub::default();
+        let first = hub.register(key("b", "a"), info(), 2).unwrap();
+        let _second = hub.register(key("b", "a"), info(), 2).unwrap();
+        assert!(hub.register(key("b", "a"), info(), 2).is_none());
+        assert!(
+            hub.register(key("b", "z"), info(), 2).is_some(),
+            "per player"
+        );
+        assert_eq!(hub.session_count(), 2, "the refused one is not counted");
+        drop(first);
+        assert!(hub.register(key("b", "a"), info(), 2).is_some());
+    }
+
+    #[test]
     fn pokes_reach_only_the_players_sessions_and_coalesce() {
         let hub = Hub::default();
-        let a = hub.register(key("b", "a"), info());
-        let other = hub.register(key("b", "z"), info());
+        let a = register(&hub, key("b", "a"));
+        let other = register(&hub, key("b", "z"));
         assert_eq!(a.signal().take(), wake::POKE, "born with a poke");
         other.signal().take();
 

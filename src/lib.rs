@@ -26,6 +26,8 @@
 //! - [`session`]: one WebSocket connection, from hello to close.
 //! - [`protocol`]: the wire messages and close codes (see `docs/protocol.md`).
 //! - [`api`]: the HTTP routes: admin API, client script, WebSocket upgrade, demo.
+//! - [`limits`]: what one client may hold or send (rates, sessions, connections per address), and proxies.
+//! - [`net`]: the accept loop below HTTP: header timeouts, per-address caps, TLS with reload.
 //! - [`server`]: start-up and orderly shutdown.
 //! - [`cli`]: the binary's tools besides serving (`pixelhub import`), which talk to a hub over its API.
 //!
@@ -44,7 +46,9 @@ pub mod ids;
 pub mod import;
 pub mod inbound;
 pub mod input;
+pub mod limits;
 pub mod metrics;
+pub mod net;
 pub mod pixel;
 pub mod player_token;
 pub mod postback;

@@ -31,9 +31,14 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         .await
         .context("pixelhub could not start")?;
     let addr = app.local_addr();
-    tracing::info!(%addr, data_dir = %config.data_dir.display(), "listening");
+    let scheme = if config.tls_cert.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    tracing::info!(%addr, tls = config.tls_cert.is_some(), data_dir = %config.data_dir.display(), "listening");
     if config.demo {
-        tracing::info!("demo brand site: http://{addr}/demo");
+        tracing::info!("demo brand site: {scheme}://{addr}/demo");
         if !addr.ip().is_loopback() {
             tracing::warn!(
                 "the demo is reachable from the network; set PIXELHUB_DEMO=false in production"

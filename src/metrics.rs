@@ -51,6 +51,16 @@ struct ReasonLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LimitLabel {
+    limit: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabel {
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct TokenLabels {
     reason: &'static str,
     enforced: &'static str,
@@ -170,6 +180,8 @@ pub struct Metrics {
     ws_connects: Counter,
     ws_closes: Family<ReasonLabel, Counter>,
     tokens_refused: Family<TokenLabels, Counter>,
+    limits_hit: Family<LimitLabel, Counter>,
+    tls_reloads: Family<ResultLabel, Counter>,
     s2s_attempts: Family<AttemptLabels, Counter>,
     s2s_duration: Histogram,
     s2s_in_flight: Gauge,
@@ -240,6 +252,8 @@ impl Metrics {
             ws_connects: Counter::default(),
             ws_closes: Family::default(),
             tokens_refused: Family::default(),
+            limits_hit: Family::default(),
+            tls_reloads: Family::default(),
             s2s_attempts: Family::default(),
             s2s_duration: Histogram::new(duration_buckets()),
             s2s_in_flight: Gauge::default(),
@@ -351,6 +365,16 @@ impl Metrics {
             "websocket_player_tokens_refused",
             "Hellos whose player token failed (reason missing, malformed, bad_signature or expired); enforced=false when the brand does not require tokens yet and the session went on",
             m.tokens_refused.clone(),
+        );
+        r.register(
+            "limits_hit",
+            "Requests, connections and WebSocket sessions refused or closed at a configured limit, by limit (docs/metrics.md lists them with their answers)",
+            m.limits_hit.clone(),
+        );
+        r.register(
+            "tls_reloads",
+            "Reloads of the TLS certificate and key after a change or SIGHUP; result=failed kept the previous certificate",
+            m.tls_reloads.clone(),
         );
         r.register(
             "s2s_attempts",
@@ -527,6 +551,20 @@ impl Metrics {
         let enforced = if enforced { "true" } else { "false" };
         self.tokens_refused
             .get_or_create(&TokenLabels { reason, enforced })
+            .inc();
+    }
+
+    /// Counts a client stopped by one of the hub's limits.
+    pub fn limit_hit(&self, limit: crate::limits::Limit) {
+        let limit = limit.as_str();
+        self.limits_hit.get_or_create(&LimitLabel { limit }).inc();
+    }
+
+    /// Counts a TLS certificate reload.
+    pub fn tls_reload(&self, ok: bool) {
+        let result = if ok { "reloaded" } else { "failed" };
+        self.tls_reloads
+            .get_or_create(&ResultLabel { result })
             .inc();
     }
 

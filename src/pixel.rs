@@ -12,7 +12,7 @@ use crate::input::{Fields, InputError, one_or_many};
 
 /// Largest `js` pixel, in bytes of source.
 pub const MAX_JS_BYTES: usize = 64 * 1024;
-/// Largest batch one request may queue.
+/// Largest batch one request may queue by default (`--max-batch`).
 pub const MAX_BATCH: usize = 1000;
 /// Longest TTL a caller may ask for: a year. A conversion older than that is no longer worth paying.
 pub const MAX_TTL_SECONDS: u64 = 365 * 24 * 3600;
@@ -265,9 +265,9 @@ pub struct QueuedPixel {
     pub expires_at_ms: u64,
 }
 
-/// Parses a request body: one pixel object, or an array of 1 to [`MAX_BATCH`] of them.
-pub fn parse_batch(body: Value) -> Result<Vec<NewPixel>, InputError> {
-    one_or_many(body, MAX_BATCH, ("pixel", "pixels"), parse_pixel)
+/// Parses a request body: one pixel object, or an array of 1 to `max` of them.
+pub fn parse_batch(body: Value, max: usize) -> Result<Vec<NewPixel>, InputError> {
+    one_or_many(body, max, ("pixel", "pixels"), parse_pixel)
 }
 
 /// Parses one pixel object found at `path`. Pixels rendered from definitions go through here too, so a
@@ -377,7 +377,7 @@ mod tests {
     use serde_json::json;
 
     fn err(v: Value) -> InputError {
-        parse_batch(v).unwrap_err()
+        parse_batch(v, MAX_BATCH).unwrap_err()
     }
 
     #[test]
@@ -388,7 +388,7 @@ mod tests {
             {"kind": "script", "url": "https://dsp.example/conv.js?c=1"},
             {"kind": "js", "code": "window.x = 1"},
             {"kind": "facebook", "pixel_id": "123", "event": "Purchase", "params": {"value": 50}},
-        ]))
+        ]), MAX_BATCH)
         .unwrap();
 
         assert_eq!(
@@ -412,7 +412,7 @@ mod tests {
     #[test]
     fn a_single_object_is_a_batch_of_one() {
         assert_eq!(
-            parse_batch(json!({"kind": "js", "code": "1"}))
+            parse_batch(json!({"kind": "js", "code": "1"}), MAX_BATCH)
                 .unwrap()
                 .len(),
             1

@@ -139,6 +139,10 @@ pub enum CloseReason {
     SlowClient,
     /// The server failed (e.g. storage); nothing was lost, try again.
     InternalError,
+    /// The client sent more messages than `--ws-max-messages-per-second` allows; back off, then retry.
+    RateLimited,
+    /// The player holds `--max-sessions-per-player` sessions already; retry when a tab closes.
+    TooManySessions,
     /// Not JSON, not a text frame, or an unknown message type.
     BadMessage,
     /// The hello asked for a protocol version this server does not speak.
@@ -162,12 +166,14 @@ pub enum CloseReason {
 
 impl CloseReason {
     /// Every reason, for documentation checks and metrics.
-    pub const ALL: [CloseReason; 14] = [
+    pub const ALL: [CloseReason; 16] = [
         CloseReason::Shutdown,
         CloseReason::HeartbeatTimeout,
         CloseReason::HelloTimeout,
         CloseReason::SlowClient,
         CloseReason::InternalError,
+        CloseReason::RateLimited,
+        CloseReason::TooManySessions,
         CloseReason::BadMessage,
         CloseReason::UnsupportedVersion,
         CloseReason::InvalidHello,
@@ -187,6 +193,8 @@ impl CloseReason {
             CloseReason::HelloTimeout => 4002,
             CloseReason::SlowClient => 4003,
             CloseReason::InternalError => 4004,
+            CloseReason::RateLimited => 4005,
+            CloseReason::TooManySessions => 4006,
             CloseReason::BadMessage => 4500,
             CloseReason::UnsupportedVersion => 4501,
             CloseReason::InvalidHello => 4502,
@@ -207,6 +215,8 @@ impl CloseReason {
             CloseReason::HelloTimeout => "hello_timeout",
             CloseReason::SlowClient => "slow_client",
             CloseReason::InternalError => "internal_error",
+            CloseReason::RateLimited => "rate_limited",
+            CloseReason::TooManySessions => "too_many_sessions",
             CloseReason::BadMessage => "bad_message",
             CloseReason::UnsupportedVersion => "unsupported_version",
             CloseReason::InvalidHello => "invalid_hello",
@@ -217,6 +227,18 @@ impl CloseReason {
             CloseReason::InvalidToken => "invalid_token",
             CloseReason::TokenExpired => "token_expired",
         }
+    }
+
+    /// The limit this close enforces, if it is one.
+    pub fn limit(self) -> Option<crate::limits::Limit> {
+        use crate::limits::Limit;
+        Some(match self {
+            CloseReason::HelloTimeout => Limit::HelloTimeout,
+            CloseReason::MessageTooBig => Limit::WsMessageBytes,
+            CloseReason::RateLimited => Limit::WsMessageRate,
+            CloseReason::TooManySessions => Limit::SessionsPerPlayer,
+            _ => return None,
+        })
     }
 
     /// Whether a client should reconnect after this close.

@@ -5,7 +5,7 @@
 //! `/readyz` answers 503 and new WebSockets are refused (for `--shutdown-delay-ms`, so a load balancer
 //! notices while the hub still serves), then the listener stops, every session is told to reconnect
 //! elsewhere (close code 4000), requests in flight finish, background tasks stop and the store is
-//! flushed. axum's graceful shutdown does not wait for upgraded WebSockets, so sessions are tracked here.
+//! flushed. The accept loop ([`crate::net`]) does not wait for upgraded WebSockets, so sessions are tracked here.
 
 use std::future::Future;
 use std::io;
@@ -24,7 +24,9 @@ use crate::api::{self, AppState, DemoLog, History};
 use crate::config::{Config, MIN_ADMIN_TOKEN_LEN};
 use crate::hub::Hub;
 use crate::ids::{BrandId, random_hex};
+use crate::limits::{PerIp, TrustedProxies};
 use crate::metrics::Metrics;
+use crate::net::{self, Tls};
 use crate::pixel::PixelKind;
 use crate::postback::{self, Policy, SenderStats};
 use crate::store::{BrandSettings, SledOptions, SledStore, Store, StoreError};
@@ -59,6 +61,7 @@ pub enum StartError {
 /// A hub ready to serve.
 pub struct Application {
     listener: TcpListener,
+    tls: Option<Arc<Tls>>,
     state: AppState,
     background: TaskTracker,
 }
@@ -80,6 +83,10 @@ impl Application {
             }
         };
 
+        let tls = match (&config.tls_cert, &config.tls_key) {
+            (Some(cert), Some(key)) => Some(Tls::load(cert, key).map_err(StartError::Config)?),
+            _ => None,
+        };
         let metrics = Arc::new(Metrics::new());
         let store = SledStore::open(
             &config.data_dir.join("sled"),
@@ -122,6 +129,10 @@ impl Application {
             &background,
         );
 
+        if let Some(tls) = &tls {
+            Arc::clone(tls).watch(Arc::clone(&metrics), shutdown.clone(), &background);
+        }
+
         let postbacks = Arc::new(SenderStats::default());
         postback::spawn(
             Arc::clone(&store),
@@ -133,6 +144,8 @@ impl Application {
         )
         .map_err(|e| StartError::Config(format!("the S2S HTTP client cannot start: {e}")))?;
 
+        let config_max_per_ip = config.max_connections_per_ip;
+        let config_proxies = config.trusted_proxies.clone();
         let state = AppState {
             store,
             hub,
@@ -146,10 +159,13 @@ impl Application {
             metrics,
             history: Arc::new(History::default()),
             metrics_scrape: Arc::default(),
+            per_ip: PerIp::new(config_max_per_ip),
+            proxies: TrustedProxies::new(config_proxies),
         };
         api::spawn_sampler(state.clone(), &background);
         Ok(Self {
             listener,
+            tls,
             state,
             background,
         })
@@ -175,17 +191,19 @@ impl Application {
     ) -> io::Result<()> {
         let Application {
             listener,
+            tls,
             state,
             background,
         } = self;
         let shutdown = state.shutdown.clone();
         let router = api::router(state.clone());
-        let stop_serving = shutdown.clone().cancelled_owned();
-        let mut server = tokio::spawn(async move {
-            axum::serve(listener, router)
-                .with_graceful_shutdown(stop_serving)
-                .await
-        });
+        let guards = net::Guards {
+            per_ip: Arc::clone(&state.per_ip),
+            proxies: state.proxies.clone(),
+            header_timeout: state.config.header_timeout(),
+            metrics: Arc::clone(&state.metrics),
+        };
+        let mut server = tokio::spawn(net::serve(listener, router, tls, guards, shutdown.clone()));
 
         // The server ends by itself only if its task fails; shut down the rest all the same.
         let ended_early = tokio::select! {

@@ -7,7 +7,7 @@
 //! reading holds a bounded amount of memory until the write timeout closes it.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use tokio_tungstenite::tungstenite;
@@ -16,6 +16,7 @@ use tracing::{Instrument, field};
 
 use crate::hub::{Hub, Registration, SessionInfo, wake};
 use crate::ids::{BrandId, PixelId, PlayerId, PlayerKey, SessionId};
+use crate::limits::MessageRate;
 use crate::metrics::Metrics;
 use crate::player_token::{self, TokenError};
 use crate::protocol::{
@@ -34,6 +35,8 @@ pub struct SessionContext {
     pub shutdown: CancellationToken,
     /// Timing and window settings.
     pub limits: SessionLimits,
+    /// The client's address (the peer, or the one a trusted proxy forwarded), shown to ops.
+    pub client_ip: std::net::IpAddr,
     /// The upgrade request's `Origin` header, checked against the brand's allowlist after the hello.
     pub origin: Option<String>,
     /// The brand the upgrade URL named (`/websocket?brand_id=…`), whose origin allowlist was checked
@@ -56,6 +59,10 @@ pub struct SessionLimits {
     pub window: usize,
     /// Server ping interval, announced in the welcome.
     pub heartbeat: Duration,
+    /// Average frames a second the client may send (bursts of twice that).
+    pub messages_per_second: u32,
+    /// Sessions one player may hold in this process.
+    pub sessions_per_player: usize,
 }
 
 /// How a session ended.
@@ -88,7 +95,11 @@ pub async fn run(socket: WebSocket, ctx: SessionContext) {
     let id = SessionId::generate();
     let span = tracing::info_span!("session", session_id = %id, brand = field::Empty, player = field::Empty);
     async move {
-        let mut conn = Conn { socket, write_timeout: ctx.limits.write_timeout };
+        let mut conn = Conn {
+            socket,
+            write_timeout: ctx.limits.write_timeout,
+            rate: MessageRate::new(ctx.limits.messages_per_second, Instant::now()),
+        };
         let end = match handshake(&mut conn, &ctx).await {
             Ok((key, brand)) => {
                 let span = tracing::Span::current();
@@ -99,14 +110,19 @@ pub async fn run(socket: WebSocket, ctx: SessionContext) {
                     connected_since_ms: now_ms(),
                     user_agent: ctx.user_agent.clone(),
                     origin: ctx.origin.clone(),
+                    client_ip: ctx.client_ip,
                 };
-                let registration = ctx.hub.register(key.clone(), info);
-                let end = live(&mut conn, &ctx, &key, &brand, &registration).await;
-                drop(registration);
-                if let Err(e) = ctx.store.release(&key, id).await {
-                    tracing::error!(error = %e, "could not release the lease; it frees when the store restarts");
+                match ctx.hub.register(key.clone(), info, ctx.limits.sessions_per_player) {
+                    None => CloseReason::TooManySessions.into(),
+                    Some(registration) => {
+                        let end = live(&mut conn, &ctx, &key, &brand, &registration).await;
+                        drop(registration);
+                        if let Err(e) = ctx.store.release(&key, id).await {
+                            tracing::error!(error = %e, "could not release the lease; it frees when the store restarts");
+                        }
+                        end
+                    }
                 }
-                end
             }
             Err(end) => end,
         };
@@ -114,6 +130,9 @@ pub async fn run(socket: WebSocket, ctx: SessionContext) {
             End::Close(reason) => {
                 tracing::debug!(code = reason.code(), reason = reason.as_str(), "closing session");
                 ctx.metrics.ws_closed(reason.as_str());
+                if let Some(limit) = reason.limit() {
+                    ctx.metrics.limit_hit(limit);
+                }
                 conn.close(reason).await;
             }
             End::Gone => {
@@ -126,10 +145,11 @@ pub async fn run(socket: WebSocket, ctx: SessionContext) {
     .await
 }
 
-/// The WebSocket plus the write timeout every send obeys.
+/// The WebSocket plus the write timeout every send obeys and the rate every frame received is held to.
 struct Conn {
     socket: WebSocket,
     write_timeout: Duration,
+    rate: MessageRate,
 }
 
 impl Conn {
@@ -144,7 +164,12 @@ impl Conn {
 
     /// Reads the next frame, mapping transport outcomes to how the session ends.
     async fn recv(&mut self) -> Result<Message, End> {
-        match self.socket.recv().await {
+        let received = self.socket.recv().await;
+        // Every frame counts, pings included: each costs the hub a wake-up.
+        if matches!(received, Some(Ok(_))) && !self.rate.allow(Instant::now()) {
+            return Err(End::Close(CloseReason::RateLimited));
+        }
+        match received {
             Some(Ok(Message::Close(_))) | None => Err(End::Gone),
             Some(Ok(Message::Binary(_))) => Err(End::Close(CloseReason::BadMessage)),
             Some(Ok(message)) => Ok(message),

@@ -309,7 +309,7 @@ pub(super) async fn enqueue(
     ApiPath(path): ApiPath<PlayerPath>,
     JsonBody(body): JsonBody,
 ) -> Result<impl IntoResponse, ApiError> {
-    let pixels = parse_batch(body)?;
+    let pixels = parse_batch(body, state.config.max_batch as usize)?;
     let brand = require_brand(&state, &path.brand_id).await?;
     let policy = brand.settings.pixel_policy();
     let single = pixels.len() == 1;

@@ -422,7 +422,7 @@ pub(super) async fn ingest(
     ApiPath(path): ApiPath<BrandPath>,
     JsonBody(body): JsonBody,
 ) -> Result<impl IntoResponse, ApiError> {
-    let events = parse_events(body)?;
+    let events = parse_events(body, state.config.max_batch as usize)?;
     let outcomes = state.store.ingest(&path.brand_id, events).await?;
     // Typed, not `json!`, so each answer keeps its documented field order.
     #[derive(Serialize)]

@@ -34,6 +34,11 @@ pub struct ErrorDetail {
     pub message: String,
 }
 
+/// The code of an error answer, left in the response's extensions for the middleware that counts
+/// limits hit.
+#[derive(Clone, Copy, Debug)]
+pub struct ErrorCode(pub &'static str);
+
 /// An error answer of the HTTP API.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -124,6 +129,9 @@ pub enum ApiError {
         /// The cap.
         cap: u64,
     },
+    /// The client's address holds `--max-connections-per-ip` connections already.
+    #[error("too many connections from your address; close some, or retry later")]
+    TooManyConnections,
     /// The hub is draining for shutdown and takes no new sessions.
     #[error("the hub is shutting down; connect to another instance or retry shortly")]
     Draining,
@@ -158,6 +166,7 @@ impl ApiError {
             ApiError::NoRoute(_) => (StatusCode::NOT_FOUND, "not_found"),
             ApiError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             ApiError::QueueFull { .. } => (StatusCode::TOO_MANY_REQUESTS, "queue_full"),
+            ApiError::TooManyConnections => (StatusCode::TOO_MANY_REQUESTS, "too_many_connections"),
             ApiError::Draining => (StatusCode::SERVICE_UNAVAILABLE, "draining"),
             ApiError::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
@@ -210,6 +219,7 @@ impl IntoResponse for ApiError {
             },
         };
         let mut response = (status, Json(body)).into_response();
+        response.extensions_mut().insert(ErrorCode(code));
         if status == StatusCode::UNAUTHORIZED {
             response.headers_mut().insert(
                 header::WWW_AUTHENTICATE,

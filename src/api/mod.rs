@@ -46,7 +46,7 @@ mod security;
 pub use public::CLIENT_JS;
 
 pub use demo::{DEMO_BRAND, DemoLog};
-pub use error::{ApiError, ErrorBody, ErrorDetail};
+pub use error::{ApiError, ErrorBody, ErrorCode, ErrorDetail};
 pub use ops::{History, spawn_sampler};
 
 /// What every handler may use. Cheap to clone: all handles.
@@ -76,6 +76,10 @@ pub struct AppState {
     pub history: Arc<History>,
     /// Serialises scrapes of `/metrics`, whose gauges are set, then encoded.
     pub metrics_scrape: Arc<tokio::sync::Mutex<()>>,
+    /// Open connections per client address, shared with the accept loop.
+    pub per_ip: Arc<crate::limits::PerIp>,
+    /// Proxies whose `X-Forwarded-For` names the client.
+    pub proxies: crate::limits::TrustedProxies,
 }
 
 /// The whole application's routes, shared by the binary and the tests.
@@ -265,6 +269,13 @@ async fn observe(State(state): State<AppState>, request: Request, next: Next) ->
     let response = next.run(request).instrument(span.clone()).await;
     let took = started.elapsed();
     let status = response.status().as_u16();
+    if let Some(limit) = response
+        .extensions()
+        .get::<ErrorCode>()
+        .and_then(|code| crate::limits::Limit::of_error_code(code.0))
+    {
+        state.metrics.limit_hit(limit);
+    }
     state
         .metrics
         .http_request(&route, method.as_str(), status, took);

@@ -1,11 +1,12 @@
 //! Routes the browser and load balancers use: no authentication.
 
 use std::hash::{DefaultHasher, Hash, Hasher};
+use std::net::SocketAddr;
 use std::sync::{Arc, LazyLock};
 
 use axum::Json;
-use axum::extract::State;
 use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::{ConnectInfo, State};
 use axum::http::header::{
     ACCEPT_ENCODING, CACHE_CONTROL, CONTENT_ENCODING, CONTENT_TYPE, ETAG, IF_NONE_MATCH, ORIGIN,
     USER_AGENT, VARY,
@@ -112,11 +113,13 @@ const MAX_USER_AGENT: usize = 256;
         (status = 400, description = "Not a WebSocket upgrade request.", body = String, content_type = "text/plain"),
         (status = 403, description = "The page's Origin is not in the brand's `allowed_origins` (`origin_not_allowed`).", body = ErrorBody),
         (status = 422, description = "A malformed or repeated `brand_id` (`invalid_query`).", body = ErrorBody),
+        (status = 429, description = "The client's address holds `--max-connections-per-ip` connections already (`too_many_connections`).", body = ErrorBody),
         (status = 503, description = "The hub is draining for shutdown (`draining`); reconnect elsewhere.", body = ErrorBody),
     )
 )]
 pub(super) async fn websocket(
     State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     ApiQuery(query): ApiQuery<WebSocketQuery>,
     headers: HeaderMap,
     upgrade: WebSocketUpgrade,
@@ -125,6 +128,19 @@ pub(super) async fn websocket(
         // The client's backoff brings it back, through the load balancer, to an instance that serves.
         return Err(ApiError::Draining);
     }
+    let client_ip = state.proxies.client_ip(peer, &headers);
+    // A direct client's connection is counted by the accept loop; one behind a trusted proxy is
+    // counted here, by the address the proxy forwarded, for as long as the session lives.
+    let slot = if state.proxies.trusts(peer.ip()) {
+        Some(
+            state
+                .per_ip
+                .acquire(client_ip)
+                .ok_or(ApiError::TooManyConnections)?,
+        )
+    } else {
+        None
+    };
     let origin = headers
         .get(ORIGIN)
         .and_then(|v| v.to_str().ok())
@@ -161,7 +177,10 @@ pub(super) async fn websocket(
             write_timeout: config.write_timeout(),
             window: config.delivery_window as usize,
             heartbeat: config.heartbeat(),
+            messages_per_second: config.ws_max_messages_per_second,
+            sessions_per_player: config.max_sessions_per_player as usize,
         },
+        client_ip,
         origin,
         url_brand: query.brand_id,
         user_agent,
@@ -177,7 +196,10 @@ pub(super) async fn websocket(
         .max_frame_size(max_message)
         .on_upgrade(move |socket| {
             ctx.metrics.ws_connected();
-            sessions.track_future(session::run(socket, ctx))
+            sessions.track_future(async move {
+                session::run(socket, ctx).await;
+                drop(slot);
+            })
         }))
 }
 

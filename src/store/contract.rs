@@ -409,7 +409,7 @@ fn definition_input(body: serde_json::Value) -> DefinitionInput {
 }
 
 fn events(body: serde_json::Value) -> Vec<crate::event::Event> {
-    parse_events(body).expect("valid events")
+    parse_events(body, crate::event::MAX_EVENTS).expect("valid events")
 }
 
 pub(super) async fn definitions_are_created_replaced_and_deleted(h: &impl Harness) {

@@ -2373,6 +2373,7 @@ mod tests {
             .unwrap();
         let sale = crate::event::parse_events(
             serde_json::json!({"event_id": "e1", "type": "sale", "player_id": "p"}),
+            1,
         )
         .unwrap();
         let produced = store.ingest(&key.brand, sale.clone()).await.unwrap();

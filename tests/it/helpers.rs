@@ -118,7 +118,7 @@ impl TestApp {
         let task = tokio::spawn(application.run_until(async {
             let _ = stopped.await;
         }));
-        let http = reqwest::Client::builder()
+        let http = https_trusting(config.tls_cert.as_deref())
             .timeout(PATIENCE * 2)
             .build()
             .unwrap();
@@ -157,8 +157,14 @@ impl TestApp {
         Self::start(config, Arc::clone(&self.dir)).await
     }
 
+    /// `https://` when the hub serves TLS: its certificate names 127.0.0.1.
     pub fn url(&self, path: &str) -> String {
-        format!("http://{}{}", self.addr, path)
+        let scheme = if self.config.tls_cert.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://{}{}", self.addr, path)
     }
 
     pub fn ws_url(&self) -> String {
@@ -289,6 +295,26 @@ impl TestApp {
         self.wait_for_queue("b1", player, &[]).await;
     }
 
+    /// The `/metrics` exposition text.
+    pub async fn metrics_text(&self) -> String {
+        let answer = self
+            .admin(reqwest::Method::GET, "/metrics")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), StatusCode::OK);
+        answer.text().await.unwrap()
+    }
+
+    /// The value of one series, e.g. `pixelhub_limits_hit_total{limit="batch_size"}`; 0 when absent.
+    pub async fn metric(&self, series: &str) -> u64 {
+        self.metrics_text()
+            .await
+            .lines()
+            .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+            .map_or(0, |value| value.trim().parse().expect("a whole number"))
+    }
+
     /// A raw WebSocket to the hub, before any hello.
     pub async fn connect(&self) -> WsClient {
         let (ws, _) = tokio_tungstenite::connect_async(self.ws_url())
@@ -327,6 +353,19 @@ impl TestApp {
         assert_eq!(welcome["type"], "welcome", "{welcome}");
         ws
     }
+}
+
+/// An HTTP client that trusts every certificate of the hub's chain file (its test CA included, so a
+/// renewed certificate is trusted too), and reports the certificate it saw.
+pub fn https_trusting(chain: Option<&std::path::Path>) -> reqwest::ClientBuilder {
+    let mut builder = reqwest::Client::builder().tls_info(true);
+    if let Some(chain) = chain {
+        let pem = std::fs::read(chain).expect("the test's certificate chain");
+        for cert in reqwest::Certificate::from_pem_bundle(&pem).unwrap() {
+            builder = builder.add_root_certificate(cert);
+        }
+    }
+    builder
 }
 
 impl Drop for TestApp {

@@ -17,21 +17,6 @@ async fn hello(app: &TestApp, brand: &str, player: &str, token: Option<&str>) ->
     ws
 }
 
-/// The value of one Prometheus sample, 0 when absent.
-async fn sample(app: &TestApp, line_start: &str) -> u64 {
-    let text = app
-        .admin(Method::GET, "/metrics")
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find_map(|line| line.strip_prefix(line_start))
-        .map_or(0, |value| value.trim().parse().unwrap())
-}
-
 #[tokio::test]
 async fn with_tokens_required_only_the_signed_player_receives_anything() {
     let app = TestApp::spawn().await;
@@ -112,10 +97,10 @@ async fn with_tokens_required_only_the_signed_player_receives_anything() {
             "pixelhub_websocket_player_tokens_refused_total{{reason=\"{reason}\",enforced=\"true\"}}"
         )
     };
-    assert_eq!(sample(&app, &refused("missing")).await, 1);
-    assert_eq!(sample(&app, &refused("malformed")).await, 1);
-    assert_eq!(sample(&app, &refused("bad_signature")).await, 4);
-    assert_eq!(sample(&app, &refused("expired")).await, 1);
+    assert_eq!(app.metric(&refused("missing")).await, 1);
+    assert_eq!(app.metric(&refused("malformed")).await, 1);
+    assert_eq!(app.metric(&refused("bad_signature")).await, 4);
+    assert_eq!(app.metric(&refused("expired")).await, 1);
 }
 
 #[tokio::test]
@@ -168,9 +153,7 @@ async fn without_enforcement_bad_tokens_are_counted_and_the_session_goes_on() {
         "no token at all is fine too"
     );
     assert_eq!(
-        sample(
-            &app,
-            "pixelhub_websocket_player_tokens_refused_total{reason=\"malformed\",enforced=\"false\"}"
+        app.metric("pixelhub_websocket_player_tokens_refused_total{reason=\"malformed\",enforced=\"false\"}"
         )
         .await,
         1

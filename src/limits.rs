@@ -1,0 +1,314 @@
+//! The hub's limits on what one client may hold or send, and the bookkeeping they need.
+//!
+//! Each limit has a documented answer (an HTTP error code or a WebSocket close code) and is counted in
+//! `pixelhub_limits_hit_total{limit}` under the name [`Limit::as_str`] gives, so ops see which wall
+//! clients run into. The limits themselves are settings (see `pixelhub --help`); the answers are in
+//! the README and docs/protocol.md.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::http::HeaderMap;
+use dashmap::DashMap;
+use ipnet::IpNet;
+
+/// A limit a client ran into, as counted in the metrics.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Limit {
+    /// An HTTP body over `--max-body-bytes` (413 `payload_too_large`).
+    BodyBytes,
+    /// A batch of pixels or events over `--max-batch` (422 `batch_too_large`).
+    BatchSize,
+    /// A player's queue at `--max-queue-per-player` under the `reject` policy (429 `queue_full`).
+    QueuePerPlayer,
+    /// A client address holding `--max-connections-per-ip` connections already (429
+    /// `too_many_connections`).
+    ConnectionsPerIp,
+    /// A connection that did not send a request's headers within `--header-timeout-ms`, or sat idle
+    /// that long between requests (closed).
+    HeaderTimeout,
+    /// A WebSocket message over `--ws-max-message-bytes` (close 4504).
+    WsMessageBytes,
+    /// A WebSocket client sending faster than `--ws-max-messages-per-second` (close 4005).
+    WsMessageRate,
+    /// No hello within `--hello-timeout-ms` (close 4002).
+    HelloTimeout,
+    /// A player with `--max-sessions-per-player` sessions in this process already (close 4006).
+    SessionsPerPlayer,
+}
+
+impl Limit {
+    /// Every limit, for documentation checks.
+    pub const ALL: [Limit; 9] = [
+        Limit::BodyBytes,
+        Limit::BatchSize,
+        Limit::QueuePerPlayer,
+        Limit::ConnectionsPerIp,
+        Limit::HeaderTimeout,
+        Limit::WsMessageBytes,
+        Limit::WsMessageRate,
+        Limit::HelloTimeout,
+        Limit::SessionsPerPlayer,
+    ];
+
+    /// The `limit` label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Limit::BodyBytes => "body_bytes",
+            Limit::BatchSize => "batch_size",
+            Limit::QueuePerPlayer => "queue_per_player",
+            Limit::ConnectionsPerIp => "connections_per_ip",
+            Limit::HeaderTimeout => "header_timeout",
+            Limit::WsMessageBytes => "ws_message_bytes",
+            Limit::WsMessageRate => "ws_message_rate",
+            Limit::HelloTimeout => "hello_timeout",
+            Limit::SessionsPerPlayer => "sessions_per_player",
+        }
+    }
+
+    /// The limit an HTTP error code reports, if it is one.
+    pub fn of_error_code(code: &str) -> Option<Limit> {
+        Some(match code {
+            "payload_too_large" => Limit::BodyBytes,
+            "batch_too_large" => Limit::BatchSize,
+            "queue_full" => Limit::QueuePerPlayer,
+            "too_many_connections" => Limit::ConnectionsPerIp,
+            _ => return None,
+        })
+    }
+}
+
+/// A token bucket over one connection's incoming messages: `rate` per second on average, bursts of up
+/// to twice that. A few bytes per session and no timer: it refills when asked.
+#[derive(Debug)]
+pub struct MessageRate {
+    rate: f64,
+    tokens: f64,
+    last: Instant,
+}
+
+impl MessageRate {
+    /// A full bucket for `per_second` messages a second.
+    pub fn new(per_second: u32, now: Instant) -> Self {
+        let rate = f64::from(per_second);
+        Self {
+            rate,
+            tokens: rate * 2.0,
+            last: now,
+        }
+    }
+
+    /// Takes one message's token; false when the client is over its rate.
+    pub fn allow(&mut self, now: Instant) -> bool {
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        self.last = now;
+        self.tokens = (self.tokens + elapsed * self.rate).min(self.rate * 2.0);
+        if self.tokens < 1.0 {
+            return false;
+        }
+        self.tokens -= 1.0;
+        true
+    }
+}
+
+/// Open connections per client address, so one address cannot take the process's file descriptors.
+/// Shared by the accept loop (direct clients) and the WebSocket upgrade (clients behind a trusted
+/// proxy, known only by `X-Forwarded-For`).
+#[derive(Debug)]
+pub struct PerIp {
+    open: DashMap<IpAddr, u32>,
+    max: u32,
+}
+
+/// One counted connection; dropping it frees the address's slot.
+#[derive(Debug)]
+pub struct IpSlot {
+    owner: Arc<PerIp>,
+    ip: IpAddr,
+}
+
+impl PerIp {
+    /// At most `max` connections per address.
+    pub fn new(max: u32) -> Arc<Self> {
+        Arc::new(Self {
+            open: DashMap::new(),
+            max,
+        })
+    }
+
+    /// A slot for one more connection from `ip`, or `None` when it holds `max` already.
+    pub fn acquire(self: &Arc<Self>, ip: IpAddr) -> Option<IpSlot> {
+        let mut open = self.open.entry(ip).or_insert(0);
+        if *open >= self.max {
+            return None;
+        }
+        *open += 1;
+        Some(IpSlot {
+            owner: Arc::clone(self),
+            ip,
+        })
+    }
+
+    /// Connections counted for `ip` now.
+    pub fn open(&self, ip: IpAddr) -> u32 {
+        self.open.get(&ip).map_or(0, |n| *n)
+    }
+}
+
+impl Drop for IpSlot {
+    fn drop(&mut self) {
+        if let dashmap::Entry::Occupied(mut entry) = self.owner.open.entry(self.ip) {
+            *entry.get_mut() -= 1;
+            if *entry.get() == 0 {
+                entry.remove();
+            }
+        }
+    }
+}
+
+/// Where requests really come from when the hub sits behind proxies: `X-Forwarded-For` is believed only
+/// when the connection comes from one of the configured proxies, and then only as far back as the chain
+/// of trusted proxies goes.
+#[derive(Clone, Debug, Default)]
+pub struct TrustedProxies {
+    nets: Arc<[IpNet]>,
+}
+
+impl TrustedProxies {
+    /// Trusts these networks (a single address is a /32 or /128).
+    pub fn new(nets: Vec<IpNet>) -> Self {
+        Self { nets: nets.into() }
+    }
+
+    /// Whether `ip` is one of the proxies.
+    pub fn trusts(&self, ip: IpAddr) -> bool {
+        let ip = canonical(ip);
+        self.nets.iter().any(|net| net.contains(&ip))
+    }
+
+    /// The client's address: the peer itself, unless the peer is a trusted proxy; then the right-most
+    /// `X-Forwarded-For` entry that is not a trusted proxy (each proxy appends the address it saw, so
+    /// entries left of the first untrusted one may be forged by the client).
+    pub fn client_ip(&self, peer: SocketAddr, headers: &HeaderMap) -> IpAddr {
+        let peer = canonical(peer.ip());
+        if !self.trusts(peer) {
+            return peer;
+        }
+        let mut chain = headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(|entry| entry.trim().parse::<IpAddr>().map(canonical))
+            .collect::<Vec<_>>();
+        let mut client = peer;
+        while let Some(entry) = chain.pop() {
+            // A garbled entry ends the chain: what lies left of it cannot be trusted.
+            let Ok(ip) = entry else { break };
+            client = ip;
+            if !self.trusts(ip) {
+                break;
+            }
+        }
+        client
+    }
+}
+
+/// An IPv4 address mapped into IPv6 (a dual-stack listener's view) as the IPv4 address it is.
+fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+/// Parses one `--trusted-proxies` entry: a network in CIDR notation, or a single address.
+pub fn parse_net(text: &str) -> Result<IpNet, String> {
+    let text = text.trim();
+    text.parse::<IpNet>()
+        .or_else(|_| text.parse::<IpAddr>().map(IpNet::from))
+        .map_err(|_| format!("`{text}` is not an address or a network such as 10.0.0.0/8"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn the_bucket_allows_a_burst_then_the_rate() {
+        let start = Instant::now();
+        let mut bucket = MessageRate::new(10, start);
+        assert_eq!((0..25).filter(|_| bucket.allow(start)).count(), 20);
+        let later = start + Duration::from_millis(500);
+        assert_eq!((0..10).filter(|_| bucket.allow(later)).count(), 5);
+        // Idle time refills no further than the burst.
+        let much_later = later + Duration::from_secs(60);
+        assert_eq!((0..50).filter(|_| bucket.allow(much_later)).count(), 20);
+    }
+
+    #[test]
+    fn per_ip_slots_are_counted_and_freed() {
+        let limits = PerIp::new(2);
+        let ip: IpAddr = "192.0.2.1".parse().unwrap();
+        let other: IpAddr = "192.0.2.2".parse().unwrap();
+        let a = limits.acquire(ip).unwrap();
+        let _b = limits.acquire(ip).unwrap();
+        assert!(limits.acquire(ip).is_none());
+        assert!(
+            limits.acquire(other).is_some(),
+            "another address has its own slots"
+        );
+        drop(a);
+        assert_eq!(limits.open(ip), 1);
+        assert!(limits.acquire(ip).is_some());
+    }
+
+    fn forwarded(value: &str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert("x-forwarded-for", value.parse().unwrap());
+        headers
+    }
+
+    #[test]
+    fn forwarded_for_is_believed_only_from_trusted_proxies() {
+        let proxies = TrustedProxies::new(vec![
+            parse_net("10.0.0.0/8").unwrap(),
+            parse_net("127.0.0.1").unwrap(),
+        ]);
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let from = |s: &str| s.parse::<SocketAddr>().unwrap();
+        // A direct client cannot claim another address.
+        let headers = forwarded("198.51.100.7");
+        assert_eq!(
+            proxies.client_ip(from("203.0.113.9:5000"), &headers),
+            ip("203.0.113.9")
+        );
+        // Through the proxy, the proxy's view counts; a forged entry left of it does not.
+        let headers = forwarded("1.1.1.1, 198.51.100.7");
+        assert_eq!(
+            proxies.client_ip(from("10.1.2.3:5000"), &headers),
+            ip("198.51.100.7")
+        );
+        // Two trusted hops are walked back.
+        let headers = forwarded("198.51.100.7, 10.9.9.9");
+        assert_eq!(
+            proxies.client_ip(from("127.0.0.1:5000"), &headers),
+            ip("198.51.100.7")
+        );
+        // No header, or a garbled one: the proxy itself is all we know.
+        assert_eq!(
+            proxies.client_ip(from("10.1.2.3:1"), &HeaderMap::new()),
+            ip("10.1.2.3")
+        );
+        let headers = forwarded("198.51.100.7, garbage");
+        assert_eq!(
+            proxies.client_ip(from("10.1.2.3:1"), &headers),
+            ip("10.1.2.3")
+        );
+        // IPv4 seen through a dual-stack socket is still IPv4.
+        assert!(proxies.trusts(ip("::ffff:10.0.0.1")));
+        assert!(parse_net("10.0.0.0/33").is_err());
+    }
+}

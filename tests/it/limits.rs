@@ -1,0 +1,348 @@
+//! The limits of issue 6, each hit from outside: the documented answer, the count in
+//! `pixelhub_limits_hit_total`, and the legitimate use just under the limit still working.
+
+use std::time::Duration;
+
+use futures::SinkExt;
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::helpers::{PATIENCE, TestApp, json_of};
+
+/// `pixelhub_limits_hit_total{limit="…"}`, 0 when the limit was never hit.
+async fn hits(app: &TestApp, limit: &str) -> u64 {
+    app.metric(&format!("pixelhub_limits_hit_total{{limit=\"{limit}\"}}"))
+        .await
+}
+
+fn pixels(n: usize) -> Value {
+    Value::Array(
+        (0..n)
+            .map(|i| json!({"kind": "image", "url": format!("https://aff.example/p?n={i}")}))
+            .collect(),
+    )
+}
+
+#[tokio::test]
+async fn http_limits_answer_their_documented_errors_and_are_counted() {
+    let app = TestApp::spawn_with(|c| {
+        c.max_body_bytes = 1024;
+        c.max_batch = 3;
+        c.max_queue_per_player = 4;
+    })
+    .await;
+
+    // Body size: 413, nothing queued.
+    let big =
+        json!({"kind": "image", "url": format!("https://aff.example/p?x={}", "a".repeat(1100))});
+    let answer = json_of(
+        app.admin(Method::POST, "/api/v1/brands/b1/players/p1/pixels")
+            .json(&big),
+    )
+    .await;
+    assert_eq!(answer["error"]["code"], "payload_too_large", "{answer}");
+    assert_eq!(hits(&app, "body_bytes").await, 1);
+
+    // Batch size, for pixels and events alike: 422; three still go through.
+    let answer = app.enqueue("b1", "p1", pixels(4)).await;
+    assert_eq!(answer.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let body: Value = answer.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "batch_too_large", "{body}");
+    let events: Vec<Value> = (0..4)
+        .map(|i| json!({"event_id": format!("e{i}"), "type": "registration", "player_id": "p9"}))
+        .collect();
+    let answer = app
+        .admin(Method::POST, "/api/v1/brands/b1/events")
+        .json(&events)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(hits(&app, "batch_size").await, 2);
+    assert_eq!(
+        app.enqueue("b1", "p1", pixels(3)).await.status(),
+        StatusCode::ACCEPTED
+    );
+    assert_eq!(app.pending_ids("p1").await.len(), 3);
+
+    // Pending pixels per player: 429 at the cap, nothing written.
+    assert_eq!(
+        app.enqueue("b1", "p1", pixels(1)).await.status(),
+        StatusCode::ACCEPTED
+    );
+    let answer = app.enqueue("b1", "p1", pixels(1)).await;
+    assert_eq!(answer.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(app.pending_ids("p1").await.len(), 4);
+    assert_eq!(hits(&app, "queue_per_player").await, 1);
+}
+
+#[tokio::test]
+async fn websocket_limits_close_with_their_documented_codes_and_are_counted() {
+    let app = TestApp::spawn_with(|c| {
+        c.ws_max_message_bytes = 512;
+        c.ws_max_messages_per_second = 5;
+        c.max_sessions_per_player = 2;
+        c.hello_timeout_ms = 300;
+    })
+    .await;
+
+    // Frame size: 4504.
+    let mut ws = app.session("big").await;
+    ws.send_text(&format!(
+        "{{\"type\":\"pong\",\"pad\":\"{}\"}}",
+        "x".repeat(600)
+    ))
+    .await;
+    assert_eq!(ws.closed().await, (4504, "message_too_big".into()));
+    assert_eq!(hits(&app, "ws_message_bytes").await, 1);
+
+    // Message rate: a burst of twice the rate passes, a flood is closed with 4005.
+    let mut ws = app.session("calm").await;
+    for _ in 0..8 {
+        ws.send(json!({"type": "pong"})).await;
+    }
+    let ids = app
+        .queue_for("b1", "calm", json!({"kind": "js", "code": "1"}))
+        .await;
+    assert_eq!(
+        ws.delivered().await,
+        ids,
+        "a client within its rate is served"
+    );
+    let mut flood = app.session("flood").await;
+    for _ in 0..40 {
+        if flood
+            .ws
+            .send(tokio_tungstenite::tungstenite::Message::text(
+                r#"{"type":"pong"}"#,
+            ))
+            .await
+            .is_err()
+        {
+            break;
+        }
+    }
+    assert_eq!(flood.closed().await, (4005, "rate_limited".into()));
+    assert_eq!(hits(&app, "ws_message_rate").await, 1);
+
+    // Hello timeout: 4002.
+    let mut silent = app.connect().await;
+    assert_eq!(silent.closed().await, (4002, "hello_timeout".into()));
+    assert_eq!(hits(&app, "hello_timeout").await, 1);
+
+    // Sessions per player: the third is closed with 4006; other players are not affected, and a
+    // freed place is taken again.
+    let first = app.session("tabs").await;
+    let _second = app.session("tabs").await;
+    let mut third = app.connect().await;
+    third
+        .send(json!({"type": "hello", "v": 1, "brand_id": "b1", "player_id": "tabs"}))
+        .await;
+    assert_eq!(third.closed().await, (4006, "too_many_sessions".into()));
+    assert_eq!(hits(&app, "sessions_per_player").await, 1);
+    let _other = app.session("someone-else").await;
+    first.vanish();
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let sessions = app
+            .get_json("/api/v1/brands/b1/players/tabs/sessions")
+            .await;
+        if sessions["sessions"].as_array().unwrap().len() == 1 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the vanished session was not freed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let _again = app.session("tabs").await;
+}
+
+/// A request on a fresh connection, its status and error code; no pooled connection is kept.
+async fn fresh_request(app: &TestApp) -> (StatusCode, Value) {
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .timeout(PATIENCE)
+        .build()
+        .unwrap();
+    let answer = client.get(app.url("/healthz")).send().await.unwrap();
+    let status = answer.status();
+    let body = answer.json().await.unwrap_or(Value::Null);
+    (status, body)
+}
+
+#[tokio::test]
+async fn one_address_holds_a_bounded_number_of_connections() {
+    let app = TestApp::spawn_with(|c| {
+        c.max_connections_per_ip = 3;
+        c.header_timeout_ms = 500;
+    })
+    .await;
+    // Three sessions take the three places of 127.0.0.1, once the set-up's pooled connection has
+    // idled out.
+    let mut open = Vec::new();
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while open.len() < 3 {
+        match app.connect_from("", None).await {
+            Ok(ws) => open.push(ws),
+            Err(_) => {
+                // The pooled connection of the set-up still holds a place; wait for it to go.
+                assert!(tokio::time::Instant::now() < deadline, "places never freed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+    let (status, body) = fresh_request(&app).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
+    assert_eq!(body["error"]["code"], "too_many_connections", "{body}");
+    match app.connect_from("", None).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(answer)) => {
+            assert_eq!(answer.status(), StatusCode::TOO_MANY_REQUESTS)
+        }
+        other => panic!("a fourth WebSocket got {:?}", other.map(|_| ())),
+    }
+    // A session that ends gives its place back.
+    open.pop().unwrap().vanish();
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while fresh_request(&app).await.0 != StatusCode::OK {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the place was not freed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    drop(open);
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while hits(&app, "connections_per_ip").await < 2 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "refusals were not counted"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Upgrades with an `X-Forwarded-For` header and says hello as `player` of `b1`.
+async fn forwarded_session(
+    app: &TestApp,
+    forwarded_for: &str,
+    player: &str,
+) -> Result<crate::helpers::WsClient, StatusCode> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut request = app.ws_url().into_client_request().unwrap();
+    request
+        .headers_mut()
+        .insert("x-forwarded-for", forwarded_for.parse().unwrap());
+    match tokio_tungstenite::connect_async(request).await {
+        Ok((ws, _)) => {
+            let mut ws = crate::helpers::WsClient { ws };
+            ws.send(json!({"type": "hello", "v": 1, "brand_id": "b1", "player_id": player}))
+                .await;
+            assert_eq!(ws.recv().await["type"], "welcome");
+            Ok(ws)
+        }
+        Err(tokio_tungstenite::tungstenite::Error::Http(answer)) => Err(answer.status()),
+        Err(e) => panic!("{e}"),
+    }
+}
+
+#[tokio::test]
+async fn forwarded_for_names_the_client_only_behind_a_trusted_proxy() {
+    // The test's connections come from 127.0.0.1, here a trusted proxy.
+    let app = TestApp::spawn_with(|c| {
+        c.trusted_proxies = vec!["127.0.0.0/8".parse().unwrap()];
+        c.max_connections_per_ip = 2;
+    })
+    .await;
+    let _a = forwarded_session(&app, "198.51.100.7", "fa").await.unwrap();
+    let _b = forwarded_session(&app, "203.0.113.1, 198.51.100.7", "fb")
+        .await
+        .unwrap();
+    assert_eq!(
+        forwarded_session(&app, "198.51.100.7", "fc").await.err(),
+        Some(StatusCode::TOO_MANY_REQUESTS),
+        "a third session of one client behind the proxy"
+    );
+    let _c = forwarded_session(&app, "198.51.100.8", "fc").await.unwrap();
+    let sessions = app.get_json("/api/v1/brands/b1/players/fb/sessions").await;
+    assert_eq!(
+        sessions["sessions"][0]["client_ip"], "198.51.100.7",
+        "{sessions}"
+    );
+
+    // Without trusted proxies the header is the client's word, and is ignored.
+    let direct = TestApp::spawn().await;
+    let _d = forwarded_session(&direct, "198.51.100.7", "fd")
+        .await
+        .unwrap();
+    let sessions = direct
+        .get_json("/api/v1/brands/b1/players/fd/sessions")
+        .await;
+    assert_eq!(
+        sessions["sessions"][0]["client_ip"], "127.0.0.1",
+        "{sessions}"
+    );
+}
+
+/// Reads until the hub closes the connection; the bytes read, or `None` when it stays open past
+/// `patience`.
+async fn read_until_closed(stream: &mut TcpStream, patience: Duration) -> Option<Vec<u8>> {
+    let mut seen = Vec::new();
+    let deadline = tokio::time::Instant::now() + patience;
+    loop {
+        let mut buf = [0u8; 1024];
+        match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
+            Err(_) => return None,
+            Ok(Ok(0)) | Ok(Err(_)) => return Some(seen),
+            Ok(Ok(n)) => seen.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+#[tokio::test]
+async fn slow_and_idle_connections_are_closed() {
+    let app = TestApp::spawn_with(|c| c.header_timeout_ms = 300).await;
+    let patience = Duration::from_secs(3);
+
+    // Slow loris: headers started, never finished.
+    let mut slow = TcpStream::connect(app.addr).await.unwrap();
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    assert!(
+        read_until_closed(&mut slow, patience).await.is_some(),
+        "a slow client was kept"
+    );
+
+    // Silent from the start.
+    let mut silent = TcpStream::connect(app.addr).await.unwrap();
+    assert!(
+        read_until_closed(&mut silent, patience).await.is_some(),
+        "a silent client was kept"
+    );
+
+    // Idle after a request: answered, then closed.
+    let mut idle = TcpStream::connect(app.addr).await.unwrap();
+    idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let seen = read_until_closed(&mut idle, patience)
+        .await
+        .expect("an idle client was kept");
+    assert!(
+        String::from_utf8_lossy(&seen).starts_with("HTTP/1.1 200"),
+        "{seen:?}"
+    );
+
+    assert!(hits(&app, "header_timeout").await >= 2);
+    // A WebSocket outlives the header timeout: it has its own heartbeat.
+    let mut ws = app.session("stays").await;
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let ids = app
+        .queue_for("b1", "stays", json!({"kind": "js", "code": "1"}))
+        .await;
+    assert_eq!(ws.delivered().await, ids);
+}
