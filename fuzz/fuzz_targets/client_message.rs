@@ -1,0 +1,30 @@
+//! Whatever a browser (or anyone) sends on the WebSocket: the parser must answer with a message or a
+//! close reason, never panic, and a hello it accepts must carry ids the hub can validate without panicking.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use pixelhub::protocol::ClientMessage;
+
+fuzz_target!(|data: &[u8]| {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    match ClientMessage::parse(text) {
+        Ok(ClientMessage::Hello {
+            brand_id,
+            player_id,
+            ..
+        }) => {
+            let _ = brand_id.to_brand_id();
+            let _ = pixelhub::ids::PlayerId::parse(&player_id);
+        }
+        Ok(ClientMessage::Ack { ids }) => {
+            for id in &ids {
+                let _ = pixelhub::ids::PixelId::parse(id);
+            }
+        }
+        Ok(ClientMessage::Pong) => {}
+        // A refusal is always a final close: the same frame would be refused again.
+        Err(reason) => assert!(!reason.should_reconnect(), "{reason:?}"),
+    }
+});
