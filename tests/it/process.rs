@@ -86,7 +86,8 @@ impl HubProcess {
         hub
     }
 
-    fn wait_for_line(&mut self, needle: &str) -> String {
+    /// The first line logged from now on that contains `needle`; fails after 20 s.
+    pub fn wait_for_line(&mut self, needle: &str) -> String {
         loop {
             let line = self
                 .log
@@ -99,12 +100,17 @@ impl HubProcess {
         }
     }
 
+    /// Sends `signal` (e.g. `libc::SIGHUP`) to the process.
+    pub fn signal(&self, signal: libc::c_int) {
+        // SAFETY: kill(2) with a pid we own and a valid signal number has no memory effects.
+        let sent = unsafe { libc::kill(self.child.id() as libc::pid_t, signal) };
+        assert_eq!(sent, 0, "the signal could not be sent");
+    }
+
     /// Sends SIGTERM and waits for the process to exit; returns its status and how long it took.
     pub fn terminate(&mut self) -> (std::process::ExitStatus, Duration) {
         let started = std::time::Instant::now();
-        // SAFETY: kill(2) with a pid we own and a valid signal number has no memory effects.
-        let sent = unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
-        assert_eq!(sent, 0, "SIGTERM could not be sent");
+        self.signal(libc::SIGTERM);
         let status = self.child.wait().unwrap();
         (status, started.elapsed())
     }

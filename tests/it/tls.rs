@@ -10,6 +10,7 @@ use serde_json::json;
 use tokio_rustls::rustls::{self, pki_types};
 
 use crate::helpers::{PATIENCE, TestApp, https_trusting};
+use crate::process::HubProcess;
 
 /// A test CA (made once per directory) and a certificate it signs for localhost and 127.0.0.1, written
 /// as `<name>.pem` (the certificate, then the CA: a full chain, as certbot writes it) and `<name>.key`.
@@ -51,12 +52,20 @@ fn leaf_der(chain: &Path) -> Vec<u8> {
 
 /// The certificate a new connection to the hub is shown, trusting the test CA of `dir`.
 async fn served_certificate(app: &TestApp, dir: &Path) -> Vec<u8> {
+    served_certificate_at(app.addr, dir).await
+}
+
+async fn served_certificate_at(addr: std::net::SocketAddr, dir: &Path) -> Vec<u8> {
     let client = https_trusting(Some(&dir.join("ca.pem")))
         .pool_max_idle_per_host(0)
         .timeout(PATIENCE)
         .build()
         .unwrap();
-    let answer = client.get(app.url("/healthz")).send().await.unwrap();
+    let answer = client
+        .get(format!("https://{addr}/healthz"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(answer.status(), StatusCode::OK);
     answer
         .extensions()
@@ -235,4 +244,45 @@ async fn a_missing_or_mismatched_certificate_stops_the_start_with_its_path() {
         .unwrap()
         .to_string();
     assert!(error.contains("PIXELHUB_TLS_KEY"), "{error}");
+}
+
+#[tokio::test]
+async fn sighup_makes_the_real_binary_load_a_renewed_certificate_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = issue(dir.path(), "first");
+    let settings = [
+        ("PIXELHUB_TLS_CERT", cert.to_str().unwrap()),
+        ("PIXELHUB_TLS_KEY", key.to_str().unwrap()),
+    ];
+    let data = dir.path().join("data");
+    let mut hub = HubProcess::start_with("127.0.0.1:0", &data, None, false, &settings);
+    let first = leaf_der(&cert);
+    assert_eq!(served_certificate_at(hub.addr, dir.path()).await, first);
+
+    // A renewal whose files keep the old modification times: only SIGHUP can tell the hub.
+    issue(dir.path(), "second");
+    let script = "touch -r first.pem stamp.pem && touch -r first.key stamp.key \
+        && mv second.pem first.pem && mv second.key first.key \
+        && touch -r stamp.pem first.pem && touch -r stamp.key first.key";
+    let moved = std::process::Command::new("bash")
+        .args(["-c", script])
+        .current_dir(dir.path())
+        .status()
+        .unwrap();
+    assert!(moved.success());
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        served_certificate_at(hub.addr, dir.path()).await,
+        first,
+        "no SIGHUP yet"
+    );
+
+    hub.signal(libc::SIGHUP);
+    hub.wait_for_line("TLS certificate reloaded");
+    assert_eq!(
+        served_certificate_at(hub.addr, dir.path()).await,
+        leaf_der(&cert)
+    );
+    let (status, _) = hub.terminate();
+    assert!(status.success(), "SIGHUP did not end the hub: {status:?}");
 }
