@@ -21,6 +21,7 @@
   var BACKOFF_CAP = 30000;        // ms
   var FIRE_TIMEOUT = 15000;       // ms: a pixel whose load never finishes still counts as sent
   var IFRAME_LINGER = 5000;       // ms an iframe pixel stays after load, for its own scripts
+  var ACK_DELAY = 100;             // ms acks are gathered before one frame carries them
   var FB_WAIT = 10000;             // ms to wait for fbevents.js before falling back to the image
   var FB_SCRIPT = 'https://connect.facebook.net/en_US/fbevents.js';
   var FB_IMAGE = 'https://www.facebook.com/tr';
@@ -192,8 +193,9 @@
     setTimeout(done, FIRE_TIMEOUT);
   };
 
-  // Acks leave in batches, once the current task is done; an ack that cannot be sent now waits for the
-  // next connection instead of being dropped, so a fired pixel is not offered to another device.
+  // Acks leave in batches, at most one frame per ACK_DELAY, so a backlog of pixels firing one by one stays
+  // far below the hub's message rate; an ack that cannot be sent now waits for the next connection
+  // instead of being dropped, so a fired pixel is not offered to another device.
   Client.prototype.ack = function (id) {
     this.acks.push(id);
     this.flushAcks();
@@ -208,7 +210,7 @@
         self.ws.send(JSON.stringify({ type: 'ack', ids: ids }));
         self.emit('ack', ids);
       }
-    }, 0);
+    }, ACK_DELAY);
   };
 
   function onBody(fn) {

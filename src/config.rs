@@ -142,7 +142,10 @@ fn file_settings(
             .get_arguments()
             .find(|a| a.get_id() == key.as_str() && a.get_long().is_some() && key != "config")
             .ok_or_else(|| fail(format!("unknown setting `{key}` (see pixelhub --help)")))?;
-        if matches.value_source(&key) != Some(ValueSource::DefaultValue) {
+        if matches!(
+            matches.value_source(&key),
+            Some(ValueSource::CommandLine | ValueSource::EnvVariable)
+        ) {
             continue; // a flag or the environment gave it
         }
         let flag = format!("--{}={text}", arg.get_long().expect("checked above"));
@@ -290,8 +293,9 @@ pub struct Config {
           value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub max_sessions_per_player: u32,
 
-    /// Open connections one client address may hold (HTTP and WebSocket); more are answered 429
-    /// too_many_connections. Players behind one carrier-grade NAT share an address: keep it generous.
+    /// Open connections one client address (an IPv6 /64) may hold, HTTP and WebSocket; more are answered
+    /// 429 too_many_connections. Players behind one carrier-grade NAT share an address: keep it generous.
+    /// Behind a proxy, list the proxy in --trusted-proxies, or all its clients share one address.
     #[arg(long, env = "PIXELHUB_MAX_CONNECTIONS_PER_IP", default_value_t = 256,
           value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub max_connections_per_ip: u32,
@@ -303,7 +307,8 @@ pub struct Config {
     pub header_timeout_ms: u64,
 
     /// Proxies (addresses or CIDR networks, comma-separated) whose X-Forwarded-For names the client;
-    /// from anyone else the header is ignored. Empty: connections are the clients themselves.
+    /// from anyone else the header is ignored. Their own connections are neither capped per address nor
+    /// closed by the header timeout. Empty: connections are the clients themselves.
     #[arg(long, env = "PIXELHUB_TRUSTED_PROXIES", value_delimiter = ',',
           value_parser = crate::limits::parse_net)]
     pub trusted_proxies: Vec<ipnet::IpNet>,
@@ -496,6 +501,28 @@ mod tests {
         assert_eq!(c.queue_full, OnFull::DropOldest);
         assert!(!c.demo);
         assert_eq!(c.listen.to_string(), "127.0.0.1:9000");
+    }
+
+    #[test]
+    fn a_file_sets_settings_without_a_default_too() {
+        let c = with_file(
+            "tls_cert = \"/etc/hub/cert.pem\"\ntls_key = \"/etc/hub/key.pem\"\ntrusted_proxies = \"10.0.0.0/8, 127.0.0.1\"\n",
+            &[],
+        )
+        .unwrap();
+        assert_eq!(c.tls_cert, Some(PathBuf::from("/etc/hub/cert.pem")));
+        assert_eq!(c.tls_key, Some(PathBuf::from("/etc/hub/key.pem")));
+        assert_eq!(c.trusted_proxies.len(), 2);
+        let c = with_file(
+            "tls_cert = \"/a\"\n",
+            &["--tls-cert", "/b", "--tls-key", "/k"],
+        )
+        .unwrap();
+        assert_eq!(
+            c.tls_cert,
+            Some(PathBuf::from("/b")),
+            "the flag wins over the file"
+        );
     }
 
     #[test]

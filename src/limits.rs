@@ -114,7 +114,8 @@ impl MessageRate {
 
 /// Open connections per client address, so one address cannot take the process's file descriptors.
 /// Shared by the accept loop (direct clients) and the WebSocket upgrade (clients behind a trusted
-/// proxy, known only by `X-Forwarded-For`).
+/// proxy, known only by `X-Forwarded-For`). An IPv6 client is counted by its /64: one subscriber usually
+/// holds a whole /64 and could otherwise take a new address per connection.
 #[derive(Debug)]
 pub struct PerIp {
     open: DashMap<IpAddr, u32>,
@@ -139,6 +140,7 @@ impl PerIp {
 
     /// A slot for one more connection from `ip`, or `None` when it holds `max` already.
     pub fn acquire(self: &Arc<Self>, ip: IpAddr) -> Option<IpSlot> {
+        let ip = subscriber(ip);
         let mut open = self.open.entry(ip).or_insert(0);
         if *open >= self.max {
             return None;
@@ -152,7 +154,7 @@ impl PerIp {
 
     /// Connections counted for `ip` now.
     pub fn open(&self, ip: IpAddr) -> u32 {
-        self.open.get(&ip).map_or(0, |n| *n)
+        self.open.get(&subscriber(ip)).map_or(0, |n| *n)
     }
 }
 
@@ -200,12 +202,14 @@ impl TrustedProxies {
             .iter()
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(','))
-            .map(|entry| entry.trim().parse::<IpAddr>().map(canonical))
+            .map(str::trim)
+            .filter(|entry| !entry.is_empty())
+            .map(forwarded_ip)
             .collect::<Vec<_>>();
         let mut client = peer;
         while let Some(entry) = chain.pop() {
             // A garbled entry ends the chain: what lies left of it cannot be trusted.
-            let Ok(ip) = entry else { break };
+            let Some(ip) = entry else { break };
             client = ip;
             if !self.trusts(ip) {
                 break;
@@ -213,6 +217,24 @@ impl TrustedProxies {
         }
         client
     }
+}
+
+/// The unit one client is counted by: an IPv4 address, or the /64 of an IPv6 one.
+fn subscriber(ip: IpAddr) -> IpAddr {
+    match canonical(ip) {
+        IpAddr::V6(v6) => IpAddr::V6((u128::from(v6) & !u128::from(u64::MAX)).into()),
+        v4 => v4,
+    }
+}
+
+/// One `X-Forwarded-For` entry: an address, perhaps with a port (`192.0.2.1:5678`, `[2001:db8::1]:80`,
+/// as some load balancers write it).
+fn forwarded_ip(entry: &str) -> Option<IpAddr> {
+    entry
+        .parse::<IpAddr>()
+        .or_else(|_| entry.parse::<SocketAddr>().map(|addr| addr.ip()))
+        .ok()
+        .map(canonical)
 }
 
 /// An IPv4 address mapped into IPv6 (a dual-stack listener's view) as the IPv4 address it is.
@@ -265,6 +287,26 @@ mod tests {
         assert!(limits.acquire(ip).is_some());
     }
 
+    #[test]
+    fn ipv6_clients_are_counted_by_their_64() {
+        let limits = PerIp::new(1);
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let _slot = limits.acquire(ip("2001:db8:1:2::1")).unwrap();
+        assert!(
+            limits.acquire(ip("2001:db8:1:2:ffff::9")).is_none(),
+            "same /64"
+        );
+        assert!(
+            limits.acquire(ip("2001:db8:1:3::1")).is_some(),
+            "another /64"
+        );
+        let _mapped = limits.acquire(ip("::ffff:192.0.2.1")).unwrap();
+        assert!(
+            limits.acquire(ip("192.0.2.1")).is_none(),
+            "mapped IPv4 is that IPv4 address"
+        );
+    }
+
     fn forwarded(value: &str) -> HeaderMap {
         let mut headers = HeaderMap::new();
         headers.insert("x-forwarded-for", value.parse().unwrap());
@@ -306,6 +348,12 @@ mod tests {
         assert_eq!(
             proxies.client_ip(from("10.1.2.3:1"), &headers),
             ip("10.1.2.3")
+        );
+        // Ports and brackets, as some balancers write them, and empty entries are understood.
+        let headers = forwarded("198.51.100.7:5678, [2001:db8::1]:443,");
+        assert_eq!(
+            proxies.client_ip(from("10.1.2.3:1"), &headers),
+            ip("2001:db8::1")
         );
         // IPv4 seen through a dual-stack socket is still IPv4.
         assert!(proxies.trusts(ip("::ffff:10.0.0.1")));

@@ -16,7 +16,6 @@ use std::time::{Duration, SystemTime};
 
 use axum::Router;
 use axum::extract::ConnectInfo;
-use axum::response::IntoResponse;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -69,23 +68,26 @@ pub async fn serve(
             },
         };
         let _ = stream.set_nodelay(true);
+        let proxy = guards.proxies.trusts(peer.ip());
         // Clients behind a trusted proxy are counted by their forwarded address at the upgrade.
-        let slot = if guards.proxies.trusts(peer.ip()) {
-            Ok(None)
+        let slot = if proxy {
+            None
         } else {
-            guards.per_ip.acquire(peer.ip()).map(Some).ok_or(())
-        };
-        let service = match slot {
-            Ok(_) => Either::Router(router.clone()),
-            Err(()) => {
-                guards.metrics.limit_hit(Limit::ConnectionsPerIp);
-                Either::Refuse
+            match guards.per_ip.acquire(peer.ip()) {
+                Some(slot) => Some(slot),
+                None => {
+                    guards.metrics.limit_hit(Limit::ConnectionsPerIp);
+                    if tls.is_none() {
+                        tokio::spawn(refuse(stream));
+                    }
+                    continue;
+                }
             }
         };
-        let slot = slot.unwrap_or(None);
         let tls = tls.as_ref().map(|tls| tls.acceptor());
         let guards = guards.clone();
         let stop = stop.clone();
+        let router = router.clone();
         connections.spawn(async move {
             let io = match tls {
                 None => Stream::Plain(stream),
@@ -104,7 +106,11 @@ pub async fn serve(
                     }
                 }
             };
-            serve_connection(Counted { io, _slot: slot }, peer, service, &guards, stop).await;
+            // A trusted proxy times its own clients out and reuses idle connections to the hub: closing
+            // one under it would race its next request (a 502), so its connections have no header timeout.
+            let header_timeout = (!proxy).then_some(guards.header_timeout);
+            let io = Counted { io, _slot: slot };
+            serve_connection(io, peer, router, header_timeout, &guards, stop).await;
         });
     }
     drop(listener);
@@ -113,37 +119,56 @@ pub async fn serve(
     Ok(())
 }
 
-/// The routes, or the answer for a connection over its address's cap.
-#[derive(Clone)]
-enum Either {
-    Router(Router),
-    Refuse,
+/// The answer to a plain-HTTP connection over its address's cap, without hyper: the request's head is
+/// read (a client may not read an answer that comes before its request), the 429 written, and the socket
+/// gone within a second whatever the client does. Over TLS the connection is just closed: a handshake is
+/// too much to spend on it.
+async fn refuse(mut stream: TcpStream) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let body = serde_json::json!({"error": {
+        "code": "too_many_connections",
+        "message": ApiError::TooManyConnections.to_string(),
+    }})
+    .to_string();
+    let answer = format!(
+        "HTTP/1.1 429 Too Many Requests\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        let mut head = Vec::with_capacity(1024);
+        let mut buf = [0u8; 1024];
+        while head.len() < 8192 && !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            match stream.read(&mut buf).await? {
+                0 => return Ok(()),
+                n => head.extend_from_slice(&buf[..n]),
+            }
+        }
+        stream.write_all(answer.as_bytes()).await?;
+        stream.shutdown().await?;
+        // Read what else the client sent, so closing does not reset the connection before it reads.
+        while stream.read(&mut buf).await? > 0 {}
+        Ok::<_, io::Error>(())
+    })
+    .await;
 }
 
 async fn serve_connection(
     io: Counted,
     peer: SocketAddr,
-    service: Either,
+    router: Router,
+    header_timeout: Option<Duration>,
     guards: &Guards,
     stop: CancellationToken,
 ) {
-    let refused = matches!(service, Either::Refuse);
     let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
         let mut request = request.map(axum::body::Body::new);
         request.extensions_mut().insert(ConnectInfo(peer));
-        let service = service.clone();
-        async move {
-            match service {
-                Either::Router(mut router) => router.call(request).await,
-                Either::Refuse => Ok(ApiError::TooManyConnections.into_response()),
-            }
-        }
+        router.clone().call(request)
     });
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
         .timer(TokioTimer::new())
-        .header_read_timeout(guards.header_timeout)
-        .keep_alive(!refused);
+        .header_read_timeout(header_timeout);
     let connection = builder
         .serve_connection(TokioIo::new(io), service)
         .with_upgrades();

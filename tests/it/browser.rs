@@ -402,6 +402,30 @@ async fn a_player_who_was_offline_fires_on_the_next_visit() {
 }
 
 #[tokio::test]
+async fn a_backlog_fires_whole_within_the_message_rate_limit() {
+    let (app, site, browser) = setup().await;
+    let backlog: Vec<Value> = (0..300)
+        .map(|i| json!({"kind": "image", "url": site.url(&format!("/px/backlog?n={i}"))}))
+        .collect();
+    assert_eq!(
+        app.queue_for("12345", "backlog", Value::Array(backlog))
+            .await
+            .len(),
+        300
+    );
+
+    let tab = browser.tab().await;
+    tab.goto(&site.page("backlog")).await;
+    wait_drained(&app, "backlog").await;
+    assert_eq!(site.count("/px/backlog"), 300);
+    // Acks leave gathered, so a page firing a backlog stays under the rate a flood is closed at.
+    let limit = app
+        .metric("pixelhub_limits_hit_total{limit=\"ws_message_rate\"}")
+        .await;
+    assert_eq!(limit, 0, "the page was closed for its message rate");
+}
+
+#[tokio::test]
 async fn the_readme_snippet_works_as_pasted() {
     let (app, site, browser) = setup().await;
     let tab = browser.tab().await;

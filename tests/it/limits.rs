@@ -267,6 +267,7 @@ async fn forwarded_for_names_the_client_only_behind_a_trusted_proxy() {
         "a third session of one client behind the proxy"
     );
     let _c = forwarded_session(&app, "198.51.100.8", "fc").await.unwrap();
+    assert_eq!(hits(&app, "connections_per_ip").await, 1);
     let sessions = app.get_json("/api/v1/brands/b1/players/fb/sessions").await;
     assert_eq!(
         sessions["sessions"][0]["client_ip"], "198.51.100.7",
