@@ -1,0 +1,209 @@
+//! The hub under test: a real `pixelhub` process with its data in a temp folder, started and stopped by
+//! the harness, and the admin API calls the scenarios make.
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use serde_json::{Value, json};
+
+/// The brand every scenario uses.
+pub const BRAND: &str = "bench";
+
+/// A running hub process.
+pub struct HubProcess {
+    child: Child,
+    /// Where it listens.
+    pub addr: SocketAddr,
+    token: String,
+    http: reqwest::Client,
+    _data: tempfile::TempDir,
+}
+
+impl HubProcess {
+    /// Starts `binary` on a free loopback port with a fresh data dir, limits opened up for a load test
+    /// from a handful of loopback addresses, and waits until it answers.
+    pub async fn start(binary: &Path) -> Result<Self> {
+        let data = tempfile::tempdir().context("a temp dir for the hub's data")?;
+        // A port the kernel just gave out and took back; the hub binds it a moment later.
+        let addr = TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos();
+        let token = format!("bench-{nanos:032x}");
+        let log = std::fs::File::create(data.path().join("hub.log"))?;
+        let child = Command::new(binary)
+            .args(["--listen", &addr.to_string(), "--data-dir"])
+            .arg(data.path().join("data"))
+            .env("PIXELHUB_ADMIN_TOKEN", &token)
+            .env("PIXELHUB_DEMO", "false")
+            .env("PIXELHUB_LOG_LEVEL", "warn")
+            // Every simulated browser comes from a few loopback addresses, and players get many pixels.
+            .env("PIXELHUB_MAX_CONNECTIONS_PER_IP", "1000000")
+            .env("PIXELHUB_MAX_QUEUE_PER_PLAYER", "1000000")
+            .stdout(Stdio::from(log.try_clone()?))
+            .stderr(Stdio::from(log))
+            .spawn()
+            .with_context(|| format!("cannot start the hub at {}", binary.display()))?;
+        let http = reqwest::Client::builder()
+            .pool_max_idle_per_host(256)
+            .timeout(Duration::from_secs(60))
+            .build()?;
+        let mut hub = HubProcess {
+            child,
+            addr,
+            token,
+            http,
+            _data: data,
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = hub.child.try_wait()? {
+                bail!("the hub exited at start ({status}); its log: {}", hub.log());
+            }
+            let ready = hub.http.get(hub.url("/readyz")).send().await;
+            if ready.is_ok_and(|r| r.status().is_success()) {
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "the hub did not become ready in 20 s; its log: {}",
+                    hub.log()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let created = hub
+            .admin(reqwest::Method::PUT, &format!("/api/v1/brands/{BRAND}"))
+            .json(&json!({"name": "Benchmark"}))
+            .send()
+            .await?;
+        if !created.status().is_success() {
+            bail!("creating the brand failed: {}", created.status());
+        }
+        Ok(hub)
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self._data.path().join("hub.log")).unwrap_or_default()
+    }
+
+    /// `http://<addr><path>`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// A request with the admin token.
+    pub fn admin(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        self.http
+            .request(method, self.url(path))
+            .bearer_auth(&self.token)
+    }
+
+    /// Queues `pixels` (one object or an array) for `player`; fails unless the hub answers 202, which
+    /// means they are on disk.
+    pub async fn enqueue(&self, player: &str, pixels: &Value) -> Result<()> {
+        let path = format!("/api/v1/brands/{BRAND}/players/{player}/pixels");
+        let answer = self
+            .admin(reqwest::Method::POST, &path)
+            .json(pixels)
+            .send()
+            .await?;
+        if answer.status() != reqwest::StatusCode::ACCEPTED {
+            bail!(
+                "enqueue answered {}: {}",
+                answer.status(),
+                answer.text().await.unwrap_or_default()
+            );
+        }
+        Ok(())
+    }
+
+    /// `/api/v1/stats`: pending pixels over all brands and sessions in the process.
+    pub async fn stats(&self) -> Result<(u64, u64)> {
+        let stats: Value = self
+            .admin(reqwest::Method::GET, "/api/v1/stats")
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?;
+        Ok((
+            stats["queue_depth"].as_u64().unwrap_or(u64::MAX),
+            stats["sessions"].as_u64().unwrap_or(0),
+        ))
+    }
+
+    /// The process's resident memory, from `/proc/<pid>/status`.
+    pub fn rss_bytes(&self) -> Result<u64> {
+        proc_rss(self.child.id())
+    }
+
+    /// CPU time the process used so far (user and system).
+    pub fn cpu_time(&self) -> Result<Duration> {
+        proc_cpu(self.child.id())
+    }
+
+    /// Stops the hub with SIGTERM, as an operator would, and waits for it.
+    pub fn stop(mut self) -> Result<()> {
+        // SAFETY: kill(2) with a pid we own and a valid signal number has no memory effects.
+        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.child.try_wait()?.is_none() {
+            if Instant::now() > deadline {
+                self.child.kill()?;
+                bail!("the hub did not stop within 30 s of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
+    }
+}
+
+impl Drop for HubProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `VmRSS` of a process, in bytes.
+pub fn proc_rss(pid: u32) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let kib = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .context("no VmRSS in /proc/<pid>/status")?;
+    Ok(kib * 1024)
+}
+
+/// User plus system CPU time of a process, from `/proc/<pid>/stat` (fields 14 and 15, in clock ticks).
+pub fn proc_cpu(pid: u32) -> Result<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // The command name (field 2) may hold spaces; the fields after its closing parenthesis do not.
+    let rest = stat
+        .rsplit_once(')')
+        .context("malformed /proc/<pid>/stat")?
+        .1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = fields[11].parse::<u64>()? + fields[12].parse::<u64>()?;
+    Ok(Duration::from_secs_f64(ticks as f64 / clock_ticks() as f64))
+}
+
+fn clock_ticks() -> u64 {
+    // SAFETY: sysconf has no memory effects.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    u64::try_from(ticks).ok().filter(|t| *t > 0).unwrap_or(100)
+}
+
+/// The hub binary next to this one (both are built into the same target directory).
+pub fn default_binary() -> PathBuf {
+    std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().map(|dir| dir.join("pixelhub")))
+        .unwrap_or_else(|| PathBuf::from("target/release/pixelhub"))
+}

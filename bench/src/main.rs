@@ -1,0 +1,167 @@
+//! `pixelhub-bench`: runs the benchmark scenarios against a real hub process and prints a table and a
+//! JSON line per result. Every scenario checks that each message arrived exactly once and fails loudly
+//! otherwise. See docs/benchmarks.md.
+
+mod browser;
+mod hub;
+mod report;
+mod scenarios;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+
+use crate::report::Report;
+use crate::scenarios::Sizes;
+
+/// A benchmark scenario.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Scenario {
+    /// Hold idle sessions: connect rate, memory per session, idle CPU.
+    Sessions,
+    /// Offline players with queued pixels all connect at once: time to the last ack.
+    Drain,
+    /// Durable enqueue rate, single pixels and batches: throughput and latency.
+    Ingest,
+    /// Pixels queued at a fixed rate for online players: enqueue-to-browser latency.
+    Online,
+}
+
+/// Benchmarks pixelhub with simulated browsers over real WebSockets.
+#[derive(Parser, Debug)]
+#[command(version)]
+struct Args {
+    /// Scenarios to run, comma-separated.
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = [Scenario::Sessions, Scenario::Drain, Scenario::Ingest, Scenario::Online])]
+    scenarios: Vec<Scenario>,
+
+    /// The pixelhub binary to start (default: the one next to this binary, so build both in release).
+    #[arg(long)]
+    hub_bin: Option<PathBuf>,
+
+    /// Tiny sizes, for a check that the harness works (the test command runs this).
+    #[arg(long)]
+    smoke: bool,
+
+    /// sessions: idle sessions to hold.
+    #[arg(long, default_value_t = 18_000)]
+    sessions: usize,
+
+    /// sessions: seconds to hold them, heartbeats on.
+    #[arg(long, default_value_t = 60)]
+    hold_seconds: u64,
+
+    /// drain: offline players.
+    #[arg(long, default_value_t = 5_000)]
+    drain_players: usize,
+
+    /// drain: pixels queued per player.
+    #[arg(long, default_value_t = 10)]
+    drain_pixels: usize,
+
+    /// ingest: concurrent API clients.
+    #[arg(long, default_value_t = 64)]
+    ingest_clients: usize,
+
+    /// ingest: seconds of each phase (single pixels, then batches).
+    #[arg(long, default_value_t = 10)]
+    ingest_seconds: u64,
+
+    /// ingest: pixels per batch.
+    #[arg(long, default_value_t = 100)]
+    ingest_batch: usize,
+
+    /// online: connected sessions.
+    #[arg(long, default_value_t = 10_000)]
+    online_sessions: usize,
+
+    /// online: pixels queued per second.
+    #[arg(long, default_value_t = 2_000)]
+    online_rate: usize,
+
+    /// online: seconds of queueing.
+    #[arg(long, default_value_t = 10)]
+    online_seconds: u64,
+
+    /// Loopback source addresses (127.0.0.2 up) the simulated browsers connect from.
+    #[arg(long, default_value_t = 8)]
+    sources: u8,
+
+    /// Connections opened at once.
+    #[arg(long, default_value_t = 256)]
+    connect_concurrency: usize,
+}
+
+impl Args {
+    fn sizes(&self) -> Sizes {
+        if self.smoke {
+            return Sizes {
+                sessions: 100,
+                hold: Duration::from_secs(1),
+                drain_players: 50,
+                drain_pixels: 3,
+                ingest_clients: 4,
+                ingest_duration: Duration::from_millis(500),
+                ingest_batch: 10,
+                online_sessions: 50,
+                online_rate: 200,
+                online_duration: Duration::from_secs(1),
+                sources: 2,
+                connect_concurrency: 32,
+            };
+        }
+        Sizes {
+            sessions: self.sessions,
+            hold: Duration::from_secs(self.hold_seconds),
+            drain_players: self.drain_players,
+            drain_pixels: self.drain_pixels,
+            ingest_clients: self.ingest_clients,
+            ingest_duration: Duration::from_secs(self.ingest_seconds),
+            ingest_batch: self.ingest_batch,
+            online_sessions: self.online_sessions,
+            online_rate: self.online_rate,
+            online_duration: Duration::from_secs(self.online_seconds),
+            sources: self.sources,
+            connect_concurrency: self.connect_concurrency,
+        }
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args = Args::parse();
+    let sizes = args.sizes();
+    let binary = args.hub_bin.clone().unwrap_or_else(hub::default_binary);
+    if !binary.exists() {
+        eprintln!(
+            "pixelhub-bench: no hub binary at {}; build it (cargo build --release) or pass --hub-bin",
+            binary.display()
+        );
+        return ExitCode::FAILURE;
+    }
+    let mut report = Report::default();
+    let mut failed = false;
+    for scenario in &args.scenarios {
+        eprintln!("pixelhub-bench: {scenario:?} against the hub…");
+        let ran = match scenario {
+            Scenario::Sessions => scenarios::sessions(&binary, &sizes, &mut report).await,
+            Scenario::Drain => scenarios::drain(&binary, &sizes, &mut report).await,
+            Scenario::Ingest => scenarios::ingest(&binary, &sizes, &mut report).await,
+            Scenario::Online => scenarios::online(&binary, &sizes, &mut report).await,
+        };
+        if let Err(e) = ran {
+            eprintln!("pixelhub-bench: {scenario:?} FAILED: {e:#}");
+            failed = true;
+        }
+    }
+    print!("{}", report.table());
+    println!();
+    print!("{}", report.json_lines());
+    if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}
