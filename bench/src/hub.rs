@@ -137,30 +137,30 @@ impl HubProcess {
         ))
     }
 
-    /// The process's resident memory, from `/proc/<pid>/status`.
-    pub fn rss_bytes(&self) -> Result<u64> {
-        proc_rss(self.child.id())
-    }
-
-    /// CPU time the process used so far (user and system).
-    pub fn cpu_time(&self) -> Result<Duration> {
-        proc_cpu(self.child.id())
+    /// The process id, for its memory and CPU figures.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// Stops the hub with SIGTERM, as an operator would, and waits for it.
     pub fn stop(mut self) -> Result<()> {
-        // SAFETY: kill(2) with a pid we own and a valid signal number has no memory effects.
-        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while self.child.try_wait()?.is_none() {
-            if Instant::now() > deadline {
-                self.child.kill()?;
-                bail!("the hub did not stop within 30 s of SIGTERM");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Ok(())
+        terminate(&mut self.child)
     }
+}
+
+/// Sends SIGTERM and waits up to 30 s for the process to exit.
+pub fn terminate(child: &mut Child) -> Result<()> {
+    // SAFETY: kill(2) with a pid we own and a valid signal number has no memory effects.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while child.try_wait()?.is_none() {
+        if Instant::now() > deadline {
+            child.kill()?;
+            bail!("the process did not stop within 30 s of SIGTERM");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
 }
 
 impl Drop for HubProcess {

@@ -4,8 +4,10 @@
 
 mod browser;
 mod hub;
+mod mqtt;
 mod report;
 mod scenarios;
+mod system;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -14,7 +16,8 @@ use std::time::Duration;
 use clap::{Parser, ValueEnum};
 
 use crate::report::Report;
-use crate::scenarios::Sizes;
+use crate::scenarios::{Run, Sizes};
+use crate::system::Kind;
 
 /// A benchmark scenario.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -36,6 +39,10 @@ struct Args {
     /// Scenarios to run, comma-separated.
     #[arg(long, value_enum, value_delimiter = ',', default_values_t = [Scenario::Sessions, Scenario::Drain, Scenario::Ingest, Scenario::Online])]
     scenarios: Vec<Scenario>,
+
+    /// Systems to run each scenario against, in turn, comma-separated.
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = [Kind::Hub, Kind::Mosquitto])]
+    systems: Vec<Kind>,
 
     /// The pixelhub binary to start (default: the one next to this binary, so build both in release).
     #[arg(long)]
@@ -73,6 +80,10 @@ struct Args {
     #[arg(long, default_value_t = 100)]
     ingest_batch: usize,
 
+    /// ingest: players the pixels go to, at random (each known to the system beforehand).
+    #[arg(long, default_value_t = 1_000)]
+    ingest_players: usize,
+
     /// online: connected sessions.
     #[arg(long, default_value_t = 10_000)]
     online_sessions: usize,
@@ -84,6 +95,10 @@ struct Args {
     /// online: seconds of queueing.
     #[arg(long, default_value_t = 10)]
     online_seconds: u64,
+
+    /// online: concurrent publishers the pixels are queued through.
+    #[arg(long, default_value_t = 64)]
+    online_publishers: usize,
 
     /// Loopback source addresses (127.0.0.2 up) the simulated browsers connect from.
     #[arg(long, default_value_t = 8)]
@@ -105,9 +120,11 @@ impl Args {
                 ingest_clients: 4,
                 ingest_duration: Duration::from_millis(500),
                 ingest_batch: 10,
+                ingest_players: 20,
                 online_sessions: 50,
                 online_rate: 200,
                 online_duration: Duration::from_secs(1),
+                online_publishers: 4,
                 sources: 2,
                 connect_concurrency: 32,
             };
@@ -120,9 +137,11 @@ impl Args {
             ingest_clients: self.ingest_clients,
             ingest_duration: Duration::from_secs(self.ingest_seconds),
             ingest_batch: self.ingest_batch,
+            ingest_players: self.ingest_players,
             online_sessions: self.online_sessions,
             online_rate: self.online_rate,
             online_duration: Duration::from_secs(self.online_seconds),
+            online_publishers: self.online_publishers,
             sources: self.sources,
             connect_concurrency: self.connect_concurrency,
         }
@@ -141,19 +160,35 @@ async fn main() -> ExitCode {
         );
         return ExitCode::FAILURE;
     }
+    if args.systems.contains(&Kind::Mosquitto) && !on_path("mosquitto") {
+        eprintln!(
+            "pixelhub-bench: mosquitto is not installed (scripts/bench installs it), or leave it out with --systems hub"
+        );
+        return ExitCode::FAILURE;
+    }
     let mut report = Report::default();
     let mut failed = false;
     for scenario in &args.scenarios {
-        eprintln!("pixelhub-bench: {scenario:?} against the hub…");
-        let ran = match scenario {
-            Scenario::Sessions => scenarios::sessions(&binary, &sizes, &mut report).await,
-            Scenario::Drain => scenarios::drain(&binary, &sizes, &mut report).await,
-            Scenario::Ingest => scenarios::ingest(&binary, &sizes, &mut report).await,
-            Scenario::Online => scenarios::online(&binary, &sizes, &mut report).await,
-        };
-        if let Err(e) = ran {
-            eprintln!("pixelhub-bench: {scenario:?} FAILED: {e:#}");
-            failed = true;
+        for kind in &args.systems {
+            eprintln!("pixelhub-bench: {scenario:?} against {}…", kind.name());
+            let run = Run {
+                kind: *kind,
+                hub_binary: &binary,
+                sizes: &sizes,
+            };
+            let ran = match scenario {
+                Scenario::Sessions => scenarios::sessions(&run, &mut report).await,
+                Scenario::Drain => scenarios::drain(&run, &mut report).await,
+                Scenario::Ingest => scenarios::ingest(&run, &mut report).await,
+                Scenario::Online => scenarios::online(&run, &mut report).await,
+            };
+            if let Err(e) = ran {
+                eprintln!(
+                    "pixelhub-bench: {scenario:?} on {} FAILED: {e:#}",
+                    kind.name()
+                );
+                failed = true;
+            }
         }
     }
     print!("{}", report.table());
@@ -164,4 +199,10 @@ async fn main() -> ExitCode {
     } else {
         ExitCode::SUCCESS
     }
+}
+
+/// Whether `program` is found on the PATH.
+fn on_path(program: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join(program).is_file()))
 }

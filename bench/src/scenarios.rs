@@ -1,22 +1,22 @@
-//! The four scenarios, run against the hub. Each checks its own result (every message exactly once, no
-//! session lost) and fails loudly when the check fails: a fast wrong answer is not a result.
+//! The four scenarios, each run against one system at a time. Each checks its own result (every message
+//! exactly once, no session lost) and fails loudly when the check fails: a fast wrong answer is not a
+//! result.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Result, bail, ensure};
 use futures::{StreamExt, stream};
-use serde_json::{Value, json};
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::task::JoinSet;
 
-use crate::browser::{self, Browser, Sources};
-use crate::hub::HubProcess;
+use crate::browser::Sources;
+use crate::hub::{proc_cpu, proc_rss};
 use crate::report::{Report, millis, quantile};
+use crate::system::{Kind, Publisher, Session, System};
 
 /// The sizes of a run; the defaults fit a 2-core, 24 GiB machine.
 #[derive(Clone, Debug)]
@@ -25,59 +25,84 @@ pub struct Sizes {
     pub sessions: usize,
     /// `sessions`: how long they are held, heartbeats on.
     pub hold: Duration,
-    /// `drain`: offline players with queued pixels.
+    /// `drain`: offline players with queued messages.
     pub drain_players: usize,
-    /// `drain`: pixels queued per player.
+    /// `drain`: messages queued per player.
     pub drain_pixels: usize,
-    /// `ingest`: concurrent API clients.
+    /// `ingest`: concurrent publishers.
     pub ingest_clients: usize,
-    /// `ingest`: length of each of its two phases (single pixels, then batches).
+    /// `ingest`: length of each of its two phases (single messages, then batches).
     pub ingest_duration: Duration,
-    /// `ingest`: pixels per batch.
+    /// `ingest`: messages per batch.
     pub ingest_batch: usize,
+    /// `ingest`: players the messages go to, at random.
+    pub ingest_players: usize,
     /// `online`: connected sessions.
     pub online_sessions: usize,
-    /// `online`: pixels queued per second, for random online players.
+    /// `online`: messages queued per second, for random online players.
     pub online_rate: usize,
-    /// `online`: how long pixels are queued.
+    /// `online`: how long messages are queued.
     pub online_duration: Duration,
-    /// Loopback source addresses the browsers connect from.
+    /// `online`: publishers the generator hands messages to.
+    pub online_publishers: usize,
+    /// Loopback source addresses the clients connect from.
     pub sources: u8,
     /// Connections being opened at once.
     pub connect_concurrency: usize,
 }
 
-/// The system a scenario runs against; only the hub so far.
-const SYSTEM: &str = "hub";
+/// What every scenario gets.
+pub struct Run<'a> {
+    /// The system to start.
+    pub kind: Kind,
+    /// The hub binary, for [`Kind::Hub`].
+    pub hub_binary: &'a Path,
+    /// How big.
+    pub sizes: &'a Sizes,
+}
 
-/// Opens `count` sessions, `concurrency` at a time, for the players `player(i)`.
-async fn open_all(
-    hub: SocketAddr,
-    count: usize,
-    player: impl Fn(usize) -> String,
-    sizes: &Sizes,
-) -> Result<Vec<Browser>> {
+impl Run<'_> {
+    async fn start(&self) -> Result<System> {
+        System::start(self.kind, self.hub_binary).await
+    }
+}
+
+/// Opens a session for each of `players`, `connect_concurrency` at a time.
+async fn open_all(system: &System, players: Vec<String>, sizes: &Sizes) -> Result<Vec<Session>> {
     let sources = Sources::new(sizes.sources);
-    let opened: Vec<Result<Browser>> = stream::iter(0..count)
-        .map(|i| {
-            let (source, player) = (sources.pick(i), player(i));
-            async move { browser::open(hub, source, &player).await }
+    let count = players.len();
+    let opened: Vec<Result<Session>> = stream::iter(players.into_iter().enumerate())
+        .map(|(i, player)| {
+            let source = sources.pick(i);
+            async move { system.open(source, &player).await }
         })
         .buffer_unordered(sizes.connect_concurrency)
         .collect()
         .await;
     let failed = opened.iter().filter(|o| o.is_err()).count();
-    let mut browsers = Vec::with_capacity(count);
+    let mut sessions = Vec::with_capacity(count);
     for opened in opened {
         match opened {
-            Ok(b) => browsers.push(b),
+            Ok(session) => sessions.push(session),
             Err(e) => bail!("{failed} of {count} sessions failed to open; the first: {e:#}"),
         }
     }
-    Ok(browsers)
+    Ok(sessions)
 }
 
-/// Waits for every browser task; the number that ended in an error (the hub closed them early).
+/// Makes each of `players` known to the system while offline, `connect_concurrency` at a time.
+async fn register_all(system: &System, players: &[String], sizes: &Sizes) -> Result<()> {
+    let sources = Sources::new(sizes.sources);
+    stream::iter(players.iter().enumerate())
+        .map(|(i, player)| system.register_offline(sources.pick(i), player))
+        .buffer_unordered(sizes.connect_concurrency)
+        .collect::<Vec<Result<()>>>()
+        .await
+        .into_iter()
+        .collect()
+}
+
+/// Waits for every session task; the number that ended in an error (the server closed them early).
 async fn join_all(mut tasks: JoinSet<Result<()>>) -> usize {
     let mut failed = 0;
     while let Some(ended) = tasks.join_next().await {
@@ -88,65 +113,73 @@ async fn join_all(mut tasks: JoinSet<Result<()>>) -> usize {
     failed
 }
 
-/// Polls the hub until its queue is empty; the time it took from `since`.
-async fn until_drained(hub: &HubProcess, since: Instant, limit: Duration) -> Result<Duration> {
-    loop {
-        let (depth, _) = hub.stats().await?;
-        if depth == 0 {
-            return Ok(since.elapsed());
-        }
-        if since.elapsed() > limit {
-            bail!("{depth} pixels still queued after {limit:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
+/// Payloads that arrived, and how often each did.
+#[derive(Clone, Default)]
+struct Arrivals(Arc<Mutex<HashMap<String, u32>>>);
+
+impl Arrivals {
+    fn record(&self, payload: &str) {
+        *self
+            .0
+            .lock()
+            .expect("not poisoned")
+            .entry(payload.to_owned())
+            .or_default() += 1;
+    }
+
+    /// (distinct payloads, payloads that arrived more than once)
+    fn counts(&self) -> (usize, usize) {
+        let seen = self.0.lock().expect("not poisoned");
+        (seen.len(), seen.values().filter(|c| **c > 1).count())
     }
 }
 
-/// **sessions**: N idle sessions held with heartbeats on. Reports the connect rate, the hub's resident
-/// memory per session (VmRSS after minus before, over N) and its CPU use while they idle.
-pub async fn sessions(binary: &Path, sizes: &Sizes, report: &mut Report) -> Result<()> {
-    let n = sizes.sessions;
-    let hub = HubProcess::start(binary).await?;
+/// **sessions**: N idle sessions held with heartbeats on. Reports the connect rate, the server's
+/// resident memory per session (VmRSS after minus before, over N) and its CPU use while they idle.
+pub async fn sessions(run: &Run<'_>, report: &mut Report) -> Result<()> {
+    let (sizes, n) = (run.sizes, run.sizes.sessions);
+    let system = run.start().await?;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let rss_before = hub.rss_bytes()?;
+    let pid = system.pid();
+    let rss_before = proc_rss(pid)?;
 
     let started = Instant::now();
-    let browsers = open_all(hub.addr, n, |i| format!("s-{i}"), sizes).await?;
+    let sessions = open_all(&system, (0..n).map(|i| format!("s-{i}")).collect(), sizes).await?;
     let connecting = started.elapsed();
     let (stop, stopped) = watch::channel(false);
     let mut tasks = JoinSet::new();
-    for browser in browsers {
-        tasks.spawn(browser.run(stopped.clone(), |_, _| {}));
+    for session in sessions {
+        tasks.spawn(session.run(stopped.clone(), |_| {}));
     }
 
-    // Let the connect burst settle, then measure the idle hub over the hold.
+    // Let the connect burst settle, then measure the idle server over the hold.
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let cpu_before = hub.cpu_time()?;
+    let cpu_before = proc_cpu(pid)?;
     let held_from = Instant::now();
     tokio::time::sleep(sizes.hold).await;
-    let cpu = hub.cpu_time()? - cpu_before;
+    let cpu = proc_cpu(pid)? - cpu_before;
     let held = held_from.elapsed();
-    let rss_after = hub.rss_bytes()?;
-    let (_, online) = hub.stats().await?;
+    let rss_after = proc_rss(pid)?;
+    let online = system.sessions_online().await?;
     stop.send(true)?;
     let lost = join_all(tasks).await;
-    hub.stop()?;
+    let name = system.name();
+    system.stop()?;
 
     ensure!(
         lost == 0,
-        "sessions: the hub closed {lost} of {n} idle sessions during the hold"
+        "{name} closed {lost} of {n} idle sessions during the hold"
     );
-    ensure!(
-        online as usize == n,
-        "sessions: the hub counted {online} sessions, not {n}"
-    );
-    let mut out = report.run("sessions", SYSTEM);
+    if let Some(online) = online {
+        ensure!(
+            online as usize == n,
+            "{name} counted {online} sessions, not {n}"
+        );
+    }
+    let mut out = report.run("sessions", name);
     out.add("sessions_held", n as f64, "sessions");
-    out.add(
-        "connect_rate",
-        n as f64 / connecting.as_secs_f64(),
-        "sessions/s",
-    );
+    let rate = n as f64 / connecting.as_secs_f64();
+    out.add("connect_rate", rate, "sessions/s");
     let per_session = rss_after.saturating_sub(rss_before) as f64 / n as f64;
     out.add("rss_per_session", per_session, "bytes");
     let idle = cpu.as_secs_f64() / held.as_secs_f64() * 100.0;
@@ -154,84 +187,121 @@ pub async fn sessions(binary: &Path, sizes: &Sizes, report: &mut Report) -> Resu
     Ok(())
 }
 
-/// **drain**: N offline players with k pixels each, queued durably; then all connect at once, fire and
-/// ack. Reports the time until the hub's queue is empty (every ack applied) and pixels per second.
-pub async fn drain(binary: &Path, sizes: &Sizes, report: &mut Report) -> Result<()> {
-    let (n, k) = (sizes.drain_players, sizes.drain_pixels);
-    let hub = Arc::new(HubProcess::start(binary).await?);
-    let queued: Vec<Result<()>> = stream::iter(0..n)
-        .map(|p| {
-            let hub = Arc::clone(&hub);
-            async move {
-                let pixels: Vec<Value> = (0..k)
-                    .map(|j| json!({"kind": "image", "url": format!("https://aff.example/d?p={p}&n={j}")}))
-                    .collect();
-                hub.enqueue(&format!("d-{p}"), &Value::Array(pixels)).await
+/// Queues `per_player` payloads (`<prefix>-<player>-<j>`) for each player through 64 publishers.
+async fn queue_for_each(
+    system: &System,
+    players: &[String],
+    per_player: usize,
+    sizes: &Sizes,
+) -> Result<()> {
+    let publishers = 64.min(players.len());
+    let sources = Sources::new(sizes.sources);
+    let mut tasks = JoinSet::new();
+    for n in 0..publishers {
+        let mut publisher = system.publisher(sources.pick(n), n).await?;
+        let mine: Vec<String> = players
+            .iter()
+            .skip(n)
+            .step_by(publishers)
+            .cloned()
+            .collect();
+        tasks.spawn(async move {
+            for player in mine {
+                let payloads: Vec<String> =
+                    (0..per_player).map(|j| format!("{player}-{j}")).collect();
+                publisher.publish(&player, &payloads).await?;
             }
-        })
-        .buffer_unordered(64)
-        .collect()
-        .await;
-    queued.into_iter().collect::<Result<Vec<()>>>()?;
-    let (depth, _) = hub.stats().await?;
-    ensure!(
-        depth as usize == n * k,
-        "drain: {depth} pixels queued, not {}",
-        n * k
-    );
+            Ok::<_, anyhow::Error>(())
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        done??;
+    }
+    Ok(())
+}
 
-    let received: Arc<Mutex<HashMap<String, u32>>> = Arc::default();
+/// **drain**: N offline players with k messages each, queued durably; then all connect at once and ack
+/// everything. Reports the time until the last message is acked (for the hub: until its queue is empty,
+/// every ack applied) and messages per second.
+pub async fn drain(run: &Run<'_>, report: &mut Report) -> Result<()> {
+    let (sizes, n, k) = (run.sizes, run.sizes.drain_players, run.sizes.drain_pixels);
+    let system = run.start().await?;
+    let players: Vec<String> = (0..n).map(|p| format!("d-{p}")).collect();
+    register_all(&system, &players, sizes).await?;
+    queue_for_each(&system, &players, k, sizes).await?;
+    if let Some(depth) = system.pending().await? {
+        ensure!(
+            depth as usize == n * k,
+            "drain: {depth} queued, not {}",
+            n * k
+        );
+    }
+
+    let arrivals = Arrivals::default();
     let (stop, stopped) = watch::channel(false);
     let connecting = Arc::new(Semaphore::new(sizes.connect_concurrency));
     let sources = Sources::new(sizes.sources);
+    let system = Arc::new(system);
     let started = Instant::now();
     let mut tasks = JoinSet::new();
-    for p in 0..n {
-        let (connecting, received, stopped) =
-            (connecting.clone(), received.clone(), stopped.clone());
-        let (addr, source) = (hub.addr, sources.pick(p));
+    for (p, player) in players.into_iter().enumerate() {
+        let (connecting, arrivals, stopped) =
+            (connecting.clone(), arrivals.clone(), stopped.clone());
+        let (system, source) = (Arc::clone(&system), sources.pick(p));
         tasks.spawn(async move {
             let permit = connecting.acquire_owned().await?;
-            let browser = browser::open(addr, source, &format!("d-{p}")).await?;
+            let session = system.resume(source, &player).await?;
             drop(permit);
-            browser
-                .run(stopped, |id, _| {
-                    *received
-                        .lock()
-                        .expect("not poisoned")
-                        .entry(id.to_owned())
-                        .or_default() += 1;
-                })
+            session
+                .run(stopped, |payload| arrivals.record(payload))
                 .await
         });
     }
-    let drained = until_drained(&hub, started, Duration::from_secs(600)).await;
+    let deadline = started + Duration::from_secs(600);
+    let drained = loop {
+        let (distinct, _) = arrivals.counts();
+        if distinct >= n * k && system.pending().await?.unwrap_or(0) == 0 {
+            break started.elapsed();
+        }
+        let broke =
+            std::iter::from_fn(|| tasks.try_join_next()).any(|ended| !matches!(ended, Ok(Ok(()))));
+        if broke || Instant::now() > deadline {
+            stop.send(true)?;
+            let failed = join_all(tasks).await + usize::from(broke);
+            bail!(
+                "drain: {distinct} of {} arrived; {failed} sessions failed",
+                n * k
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
     stop.send(true)?;
     let failed = join_all(tasks).await;
-    let drained = drained?;
-    Arc::try_unwrap(hub)
+    let name = system.name();
+    Arc::try_unwrap(system)
         .ok()
-        .context("no browser holds the hub")?
+        .expect("every task is done")
         .stop()?;
 
-    let received = received.lock().expect("not poisoned");
-    let twice = received.values().filter(|c| **c > 1).count();
-    ensure!(failed == 0, "drain: {failed} of {n} browsers failed");
+    let (distinct, twice) = arrivals.counts();
     ensure!(
-        received.len() == n * k,
-        "drain: {} distinct pixels arrived, not {}",
-        received.len(),
+        failed == 0,
+        "drain: {failed} of {n} sessions failed on {name}"
+    );
+    ensure!(
+        distinct == n * k,
+        "drain: {distinct} distinct arrived on {name}, not {}",
         n * k
     );
-    ensure!(twice == 0, "drain: {twice} pixels arrived more than once");
-    let mut out = report.run("drain", SYSTEM);
+    ensure!(
+        twice == 0,
+        "drain: {twice} messages arrived more than once on {name}"
+    );
+    let mut out = report.run("drain", name);
     out.add("pixels", (n * k) as f64, "pixels");
     out.add("seconds_to_last_ack", drained.as_secs_f64(), "s");
-    out.add(
-        "pixels_per_second",
-        (n * k) as f64 / drained.as_secs_f64(),
-        "pixels/s",
-    );
+    let rate = (n * k) as f64 / drained.as_secs_f64();
+    out.add("pixels_per_second", rate, "pixels/s");
     Ok(())
 }
 
@@ -251,36 +321,31 @@ impl XorShift {
     }
 }
 
-/// One phase of `ingest`: `clients` loops posting `batch` pixels per request for `duration`; the
-/// latency of every request, in microseconds, sorted.
+/// One phase of `ingest`: each publisher loops queueing `batch` messages per call for `duration`; the
+/// latency of every call, in microseconds, sorted.
 async fn ingest_phase(
-    hub: &Arc<HubProcess>,
+    system: &System,
     sizes: &Sizes,
     batch: usize,
     seq: &Arc<AtomicU64>,
 ) -> Result<Vec<u64>> {
     let deadline = Instant::now() + sizes.ingest_duration;
+    let sources = Sources::new(sizes.sources);
     let mut tasks = JoinSet::new();
     for client in 0..sizes.ingest_clients {
-        let (hub, seq) = (Arc::clone(hub), Arc::clone(seq));
+        let mut publisher = system.publisher(sources.pick(client), client).await?;
+        let (seq, players) = (Arc::clone(seq), sizes.ingest_players);
         tasks.spawn(async move {
             let mut rng = XorShift::seeded(client as u64 + 1);
             let mut latencies = Vec::new();
             while Instant::now() < deadline {
                 let first = seq.fetch_add(batch as u64, Ordering::Relaxed);
-                let pixels: Vec<Value> = (first..first + batch as u64)
-                    .map(
-                        |n| json!({"kind": "image", "url": format!("https://aff.example/i?n={n}")}),
-                    )
+                let payloads: Vec<String> = (first..first + batch as u64)
+                    .map(|n| format!("i-{n}"))
                     .collect();
-                let body = if batch == 1 {
-                    pixels[0].clone()
-                } else {
-                    Value::Array(pixels)
-                };
-                let player = format!("i-{}", rng.below(50_000));
+                let player = format!("i-{}", rng.below(players));
                 let sent = Instant::now();
-                hub.enqueue(&player, &body).await?;
+                publisher.publish(&player, &payloads).await?;
                 latencies.push(sent.elapsed().as_micros() as u64);
             }
             Ok::<_, anyhow::Error>(latencies)
@@ -294,31 +359,33 @@ async fn ingest_phase(
     Ok(all)
 }
 
-/// **ingest**: the durable enqueue rate, first with single-pixel requests, then with batches, from
-/// `ingest_clients` concurrent clients. Every `202` means the pixels are on disk.
-pub async fn ingest(binary: &Path, sizes: &Sizes, report: &mut Report) -> Result<()> {
-    let hub = Arc::new(HubProcess::start(binary).await?);
+/// **ingest**: the durable enqueue rate, first one message per call, then batches, from
+/// `ingest_clients` concurrent publishers, for players known to the system.
+pub async fn ingest(run: &Run<'_>, report: &mut Report) -> Result<()> {
+    let sizes = run.sizes;
+    let system = run.start().await?;
+    let players: Vec<String> = (0..sizes.ingest_players)
+        .map(|p| format!("i-{p}"))
+        .collect();
+    register_all(&system, &players, sizes).await?;
     let seq = Arc::new(AtomicU64::new(0));
-    let single = ingest_phase(&hub, sizes, 1, &seq).await?;
-    let batch = ingest_phase(&hub, sizes, sizes.ingest_batch, &seq).await?;
+    let single = ingest_phase(&system, sizes, 1, &seq).await?;
+    let batch = ingest_phase(&system, sizes, sizes.ingest_batch, &seq).await?;
     let expected = single.len() + batch.len() * sizes.ingest_batch;
-    let (depth, _) = hub.stats().await?;
-    Arc::try_unwrap(hub)
-        .ok()
-        .context("no client holds the hub")?
-        .stop()?;
-    ensure!(
-        depth as usize == expected,
-        "ingest: {depth} pixels queued, but {expected} were answered 202"
-    );
+    let pending = system.pending().await?;
+    let name = system.name();
+    system.stop()?;
+    if let Some(depth) = pending {
+        ensure!(
+            depth as usize == expected,
+            "ingest: {depth} queued on {name}, but {expected} were acknowledged"
+        );
+    }
 
     let seconds = sizes.ingest_duration.as_secs_f64();
-    let mut out = report.run("ingest", SYSTEM);
-    out.add(
-        "single_requests_per_second",
-        single.len() as f64 / seconds,
-        "requests/s",
-    );
+    let mut out = report.run("ingest", name);
+    let singles = single.len() as f64 / seconds;
+    out.add("single_requests_per_second", singles, "requests/s");
     out.add("single_p50", millis(quantile(&single, 0.5)), "ms");
     out.add("single_p99", millis(quantile(&single, 0.99)), "ms");
     let batched = (batch.len() * sizes.ingest_batch) as f64 / seconds;
@@ -328,8 +395,8 @@ pub async fn ingest(binary: &Path, sizes: &Sizes, report: &mut Report) -> Result
     Ok(())
 }
 
-/// When each pixel of `online` was sent and arrived (microseconds since the start), and how often it
-/// arrived.
+/// When each message of `online` was sent and arrived (microseconds since the start), and how often
+/// it arrived.
 struct Timeline {
     start: Instant,
     sent: Vec<AtomicU64>,
@@ -352,11 +419,11 @@ impl Timeline {
         self.start.elapsed().as_micros() as u64
     }
 
-    /// Records a pixel's arrival from its URL's `seq`; pixels of other runs are ignored.
-    fn arrive(&self, url: &str) {
-        let seq = url
-            .rsplit_once("seq=")
-            .and_then(|(_, n)| n.parse::<usize>().ok());
+    /// Records the arrival of the payload `seq=<n>`; others are ignored.
+    fn arrive(&self, payload: &str) {
+        let seq = payload
+            .strip_prefix("seq=")
+            .and_then(|n| n.parse::<usize>().ok());
         if let Some(seq) = seq.filter(|s| *s < self.sent.len()) {
             self.arrived[seq].store(self.now(), Ordering::Relaxed);
             self.arrivals[seq].fetch_add(1, Ordering::Relaxed);
@@ -368,46 +435,62 @@ impl Timeline {
     }
 }
 
-/// **online**: N connected sessions; pixels queued at a fixed rate for random online players. Reports
-/// the time from the enqueue request to the pixel's arrival in the browser.
-pub async fn online(binary: &Path, sizes: &Sizes, report: &mut Report) -> Result<()> {
-    let n = sizes.online_sessions;
+/// **online**: N connected sessions; messages queued at a fixed rate for random online players.
+/// Reports the time from the queueing call to the message's arrival at the client.
+pub async fn online(run: &Run<'_>, report: &mut Report) -> Result<()> {
+    let (sizes, n) = (run.sizes, run.sizes.online_sessions);
     let total = (sizes.online_rate as f64 * sizes.online_duration.as_secs_f64()) as usize;
-    let hub = Arc::new(HubProcess::start(binary).await?);
-    let browsers = open_all(hub.addr, n, |i| format!("o-{i}"), sizes).await?;
+    let system = run.start().await?;
+    let sessions = open_all(&system, (0..n).map(|i| format!("o-{i}")).collect(), sizes).await?;
     let timeline = Arc::new(Timeline::new(total));
     let (stop, stopped) = watch::channel(false);
     let mut tasks = JoinSet::new();
-    for browser in browsers {
+    for session in sessions {
         let timeline = Arc::clone(&timeline);
-        tasks.spawn(browser.run(stopped.clone(), move |_, url| timeline.arrive(url)));
+        tasks.spawn(session.run(stopped.clone(), move |payload| timeline.arrive(payload)));
     }
 
-    // The generator: at each millisecond, queue what the rate says is due by now.
-    let in_flight = Arc::new(Semaphore::new(512));
-    let failures = Arc::new(AtomicUsize::new(0));
+    // Publishers take (seq, player) from one queue, in order.
+    let (work, queue) = mpsc::channel::<(usize, usize)>(total.max(1));
+    let queue = Arc::new(tokio::sync::Mutex::new(queue));
+    let sources = Sources::new(sizes.sources);
+    let mut publishers = JoinSet::new();
+    for p in 0..sizes.online_publishers {
+        let mut publisher: Publisher = system.publisher(sources.pick(p), p).await?;
+        let queue = Arc::clone(&queue);
+        publishers.spawn(async move {
+            loop {
+                let next = queue.lock().await.recv().await;
+                let Some((seq, player)) = next else { break };
+                publisher
+                    .publish(&format!("o-{player}"), &[format!("seq={seq}")])
+                    .await?;
+            }
+            Ok::<_, anyhow::Error>(())
+        });
+    }
+
+    // The generator: at each millisecond, hand out what the rate says is due by now.
     let mut rng = XorShift::seeded(7);
     let mut tick = tokio::time::interval(Duration::from_millis(1));
     let generating = Instant::now();
     let mut next = 0usize;
     while next < total {
         tick.tick().await;
-        let due =
-            ((generating.elapsed().as_secs_f64() * sizes.online_rate as f64) as usize).min(total);
-        while next < due {
-            let permit = Arc::clone(&in_flight).acquire_owned().await?;
-            let (hub, timeline, failures) = (hub.clone(), timeline.clone(), failures.clone());
-            let (seq, player) = (next, rng.below(n));
-            tokio::spawn(async move {
-                let pixel =
-                    json!({"kind": "image", "url": format!("https://aff.example/o?seq={seq}")});
-                timeline.sent[seq].store(timeline.now(), Ordering::Relaxed);
-                if hub.enqueue(&format!("o-{player}"), &pixel).await.is_err() {
-                    failures.fetch_add(1, Ordering::Relaxed);
-                }
-                drop(permit);
-            });
+        let due = (generating.elapsed().as_secs_f64() * sizes.online_rate as f64) as usize;
+        while next < due.min(total) {
+            // Timed from when it was due, not from when a publisher got to it: a system that falls
+            // behind the rate shows the wait in its latency (no coordinated omission).
+            timeline.sent[next].store(timeline.now(), Ordering::Relaxed);
+            work.send((next, rng.below(n))).await?;
             next += 1;
+        }
+    }
+    drop(work);
+    let mut failed = 0;
+    while let Some(done) = publishers.join_next().await {
+        if !matches!(done, Ok(Ok(()))) {
+            failed += 1;
         }
     }
     let generated = generating.elapsed();
@@ -419,10 +502,8 @@ pub async fn online(binary: &Path, sizes: &Sizes, report: &mut Report) -> Result
     tokio::time::sleep(Duration::from_millis(200)).await;
     stop.send(true)?;
     let lost = join_all(tasks).await;
-    Arc::try_unwrap(hub)
-        .ok()
-        .context("no task holds the hub")?
-        .stop()?;
+    let name = system.name();
+    system.stop()?;
 
     let counts: Vec<usize> = timeline
         .arrivals
@@ -431,14 +512,16 @@ pub async fn online(binary: &Path, sizes: &Sizes, report: &mut Report) -> Result
         .collect();
     let missing = counts.iter().filter(|c| **c == 0).count();
     let twice = counts.iter().filter(|c| **c > 1).count();
-    let failed = failures.load(Ordering::Relaxed);
-    ensure!(failed == 0, "online: {failed} enqueue requests failed");
-    ensure!(lost == 0, "online: the hub closed {lost} of {n} sessions");
+    ensure!(failed == 0, "online: {failed} publishers failed on {name}");
+    ensure!(lost == 0, "online: {name} closed {lost} of {n} sessions");
     ensure!(
         missing == 0,
-        "online: {missing} of {total} pixels never arrived"
+        "online: {missing} of {total} messages never arrived on {name}"
     );
-    ensure!(twice == 0, "online: {twice} pixels arrived more than once");
+    ensure!(
+        twice == 0,
+        "online: {twice} messages arrived more than once on {name}"
+    );
     let mut latencies: Vec<u64> = (0..total)
         .map(|seq| {
             let sent = timeline.sent[seq].load(Ordering::Relaxed);
@@ -448,13 +531,10 @@ pub async fn online(binary: &Path, sizes: &Sizes, report: &mut Report) -> Result
         })
         .collect();
     latencies.sort_unstable();
-    let mut out = report.run("online", SYSTEM);
+    let mut out = report.run("online", name);
     out.add("sessions", n as f64, "sessions");
-    out.add(
-        "pixels_per_second",
-        total as f64 / generated.as_secs_f64(),
-        "pixels/s",
-    );
+    let rate = total as f64 / generated.as_secs_f64();
+    out.add("pixels_per_second", rate, "pixels/s");
     out.add("latency_p50", millis(quantile(&latencies, 0.5)), "ms");
     out.add("latency_p99", millis(quantile(&latencies, 0.99)), "ms");
     out.add("latency_p999", millis(quantile(&latencies, 0.999)), "ms");

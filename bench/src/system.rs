@@ -1,0 +1,209 @@
+//! The systems a scenario runs against, behind one shape: start and stop the server, open a player's
+//! session, queue messages for a player durably, and read the server's process figures.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use clap::ValueEnum;
+use serde_json::{Value, json};
+use tokio::sync::watch;
+
+use crate::browser::{self, Browser};
+use crate::hub::HubProcess;
+use crate::mqtt::{self, Mosquitto, MqttConn};
+
+/// Which system.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Kind {
+    /// pixelhub: its wire protocol over WebSocket, pixels queued through its HTTP API.
+    Hub,
+    /// Eclipse Mosquitto: MQTT over WebSocket, persistent sessions, QoS 1.
+    Mosquitto,
+}
+
+impl Kind {
+    /// The name in the table and the JSON lines.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Hub => "hub",
+            Kind::Mosquitto => "mosquitto",
+        }
+    }
+}
+
+/// A running server.
+pub enum System {
+    /// The hub.
+    Hub(Arc<HubProcess>),
+    /// Mosquitto.
+    Mosquitto(Mosquitto),
+}
+
+/// A player's live session: a browser on the hub, a subscriber on a peer.
+pub enum Session {
+    /// A simulated browser.
+    Hub(Browser),
+    /// An MQTT client with a persistent session.
+    Mqtt(MqttConn),
+}
+
+/// Something that queues messages for players and waits until the server has them.
+pub enum Publisher {
+    /// The hub's HTTP API; a `202` means the pixels are on disk.
+    Hub(Arc<HubProcess>),
+    /// An MQTT connection publishing at QoS 1; a PUBACK means the broker has the message.
+    Mqtt(Box<MqttConn>),
+}
+
+impl System {
+    /// Starts a fresh server of `kind`.
+    pub async fn start(kind: Kind, hub_binary: &Path) -> Result<Self> {
+        Ok(match kind {
+            Kind::Hub => System::Hub(Arc::new(HubProcess::start(hub_binary).await?)),
+            Kind::Mosquitto => System::Mosquitto(Mosquitto::start().await?),
+        })
+    }
+
+    /// Its name in the results.
+    pub fn name(&self) -> &'static str {
+        match self {
+            System::Hub(_) => Kind::Hub.name(),
+            System::Mosquitto(_) => Kind::Mosquitto.name(),
+        }
+    }
+
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        match self {
+            System::Hub(hub) => hub.pid(),
+            System::Mosquitto(broker) => broker.pid(),
+        }
+    }
+
+    fn addr(&self) -> SocketAddr {
+        match self {
+            System::Hub(hub) => hub.addr,
+            System::Mosquitto(broker) => broker.addr,
+        }
+    }
+
+    /// Opens `player`'s session from `source`: says hello to the hub, or connects to the broker with a
+    /// persistent session and subscribes to the player's topic.
+    pub async fn open(&self, source: IpAddr, player: &str) -> Result<Session> {
+        Ok(match self {
+            System::Hub(hub) => Session::Hub(browser::open(hub.addr, source, player).await?),
+            System::Mosquitto(_) => {
+                let mut conn = MqttConn::connect(self.addr(), source, player, false).await?;
+                conn.subscribe(&mqtt::topic(player)).await?;
+                Session::Mqtt(conn)
+            }
+        })
+    }
+
+    /// Comes back as `player`, whose session the server kept while it was away: the broker delivers
+    /// what it queued without a new subscription. (For the hub, the same as [`System::open`].)
+    pub async fn resume(&self, source: IpAddr, player: &str) -> Result<Session> {
+        Ok(match self {
+            System::Hub(hub) => Session::Hub(browser::open(hub.addr, source, player).await?),
+            System::Mosquitto(_) => {
+                Session::Mqtt(MqttConn::connect(self.addr(), source, player, false).await?)
+            }
+        })
+    }
+
+    /// Makes `player` known to the server while offline, so messages queued for it are kept: a
+    /// persistent MQTT session with its subscription. The hub keeps a queue for any player as it is.
+    pub async fn register_offline(&self, source: IpAddr, player: &str) -> Result<()> {
+        match self {
+            System::Hub(_) => Ok(()),
+            System::Mosquitto(_) => match self.open(source, player).await? {
+                Session::Mqtt(conn) => conn.disconnect().await,
+                Session::Hub(_) => unreachable!("a Mosquitto session is MQTT"),
+            },
+        }
+    }
+
+    /// A publisher of its own (one connection, for the peers), connecting from `source`.
+    pub async fn publisher(&self, source: IpAddr, n: usize) -> Result<Publisher> {
+        Ok(match self {
+            System::Hub(hub) => Publisher::Hub(Arc::clone(hub)),
+            System::Mosquitto(_) => {
+                let id = format!("publisher-{n}");
+                Publisher::Mqtt(Box::new(
+                    MqttConn::connect(self.addr(), source, &id, true).await?,
+                ))
+            }
+        })
+    }
+
+    /// Messages queued and not yet acknowledged, where the server says (the hub's queue depth).
+    pub async fn pending(&self) -> Result<Option<u64>> {
+        match self {
+            System::Hub(hub) => Ok(Some(hub.stats().await?.0)),
+            System::Mosquitto(_) => Ok(None),
+        }
+    }
+
+    /// Sessions the server counts, where it says.
+    pub async fn sessions_online(&self) -> Result<Option<u64>> {
+        match self {
+            System::Hub(hub) => Ok(Some(hub.stats().await?.1)),
+            System::Mosquitto(_) => Ok(None),
+        }
+    }
+
+    /// Stops the server; every publisher of it must be gone.
+    pub fn stop(self) -> Result<()> {
+        match self {
+            System::Hub(hub) => Arc::try_unwrap(hub)
+                .ok()
+                .context("a publisher still holds the hub")?
+                .stop(),
+            System::Mosquitto(broker) => broker.stop(),
+        }
+    }
+}
+
+impl Session {
+    /// Serves the session until `stop`, acking everything it receives and handing each message's
+    /// payload to `on_message`. Fails if the server ends the session first.
+    pub async fn run(
+        self,
+        stop: watch::Receiver<bool>,
+        mut on_message: impl FnMut(&str),
+    ) -> Result<()> {
+        match self {
+            Session::Hub(browser) => {
+                browser
+                    .run(stop, |_, url| {
+                        on_message(url.split_once('?').map_or("", |(_, payload)| payload))
+                    })
+                    .await
+            }
+            Session::Mqtt(conn) => conn.run(stop, on_message).await,
+        }
+    }
+}
+
+impl Publisher {
+    /// Queues `payloads` for `player` and returns when the server has them (for the hub: on disk).
+    pub async fn publish(&mut self, player: &str, payloads: &[String]) -> Result<()> {
+        match self {
+            Publisher::Hub(hub) => {
+                let mut pixels: Vec<Value> = payloads
+                    .iter()
+                    .map(|p| json!({"kind": "image", "url": format!("https://aff.example/b?{p}")}))
+                    .collect();
+                let body = if pixels.len() == 1 {
+                    pixels.remove(0)
+                } else {
+                    Value::Array(pixels)
+                };
+                hub.enqueue(player, &body).await
+            }
+            Publisher::Mqtt(conn) => conn.publish_all(&mqtt::topic(player), payloads).await,
+        }
+    }
+}
