@@ -23,9 +23,11 @@ use crate::session::{self, SessionContext, SessionLimits};
 /// The browser client, served as written: readable, no build step.
 pub const CLIENT_JS: &str = include_str!("../../js-client/aff-client-pixel.js");
 
-/// Read buffer per WebSocket. Client frames are small (hello, acks, pongs); tungstenite's default of
-/// 128 KiB per connection would cost 2.4 GiB at 19,000 sessions.
-const WS_READ_BUFFER: usize = 4 * 1024;
+/// Read buffer per WebSocket, kept for the session's life. Client frames are small (hello, acks, pongs);
+/// tungstenite's default of 128 KiB per connection would cost 2.4 GiB at 19,000 sessions. A larger frame
+/// (an ack of many ids) grows the buffer as it needs. 1 KiB instead of 4 KiB took the hub from 9.8 KiB to
+/// 6.7 KiB of resident memory per idle session (docs/benchmarks.md).
+const WS_READ_BUFFER: usize = 1024;
 
 static CLIENT_ETAG: LazyLock<String> = LazyLock::new(|| {
     let mut hasher = DefaultHasher::new();
