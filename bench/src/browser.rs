@@ -100,8 +100,8 @@ impl Browser {
             .map_err(Into::into)
     }
 
-    /// Serves the session until `stop` turns true: answers pings, hands each delivered pixel's id and
-    /// URL to `on_pixel`, and acks every `deliver` frame at once. Fails if the hub ends the session first.
+    /// Serves the session until `stop` turns true: answers pings, acks every `deliver` frame at once, then
+    /// hands each delivered pixel's id and URL to `on_pixel`. Fails if the hub ends the session first.
     pub async fn run(
         mut self,
         mut stop: watch::Receiver<bool>,
@@ -120,12 +120,17 @@ impl Browser {
                         .context("deliver without pixels")?;
                     let mut ids = Vec::with_capacity(pixels.len());
                     for pixel in pixels {
-                        let id = pixel["id"].as_str().context("a pixel without id")?;
-                        on_pixel(id, pixel["url"].as_str().unwrap_or_default());
-                        ids.push(id.to_owned());
+                        ids.push(pixel["id"].as_str().context("a pixel without id")?);
                     }
                     let ack = json!({"type": "ack", "ids": ids});
                     self.ws.send(Message::text(ack.to_string())).await?;
+                    // Counted once the ack is written, as an MQTT message once its PUBACK is.
+                    for pixel in pixels {
+                        on_pixel(
+                            pixel["id"].as_str().unwrap_or_default(),
+                            pixel["url"].as_str().unwrap_or_default(),
+                        );
+                    }
                 }
                 _ => bail!("unexpected message {message}"),
             }

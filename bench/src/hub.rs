@@ -35,7 +35,7 @@ impl HubProcess {
             .as_nanos();
         let token = format!("bench-{nanos:032x}");
         let log = std::fs::File::create(data.path().join("hub.log"))?;
-        let child = Command::new(binary)
+        let child = dies_with_harness(&mut Command::new(binary))
             .args(["--listen", &addr.to_string(), "--data-dir"])
             .arg(data.path().join("data"))
             .env("PIXELHUB_ADMIN_TOKEN", &token)
@@ -146,6 +146,29 @@ impl HubProcess {
     pub fn stop(mut self) -> Result<()> {
         terminate(&mut self.child)
     }
+}
+
+/// Has the kernel stop the server when the harness dies (Ctrl-C, a panic), so no run leaves one behind.
+pub fn dies_with_harness(command: &mut Command) -> &mut Command {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
+    unsafe {
+        command.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        })
+    }
+}
+
+/// Where `program` is: on the PATH, or in the sbin directories Debian puts servers in.
+pub fn find_program(program: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin", "/usr/local/sbin"].map(PathBuf::from))
+        .map(|dir| dir.join(program))
+        .find(|candidate| candidate.is_file())
 }
 
 /// Sends SIGTERM and waits up to 30 s for the process to exit.

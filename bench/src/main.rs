@@ -160,7 +160,7 @@ async fn main() -> ExitCode {
         );
         return ExitCode::FAILURE;
     }
-    if args.systems.contains(&Kind::Mosquitto) && !on_path("mosquitto") {
+    if args.systems.contains(&Kind::Mosquitto) && hub::find_program("mosquitto").is_none() {
         eprintln!(
             "pixelhub-bench: mosquitto is not installed (scripts/bench installs it), or leave it out with --systems hub"
         );
@@ -199,10 +199,4 @@ async fn main() -> ExitCode {
     } else {
         ExitCode::SUCCESS
     }
-}
-
-/// Whether `program` is found on the PATH.
-fn on_path(program: &str) -> bool {
-    std::env::var_os("PATH")
-        .is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join(program).is_file()))
 }

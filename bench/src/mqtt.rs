@@ -48,9 +48,9 @@ impl Mosquitto {
         let addr = SocketAddr::from(([127, 0, 0, 1], ws_port.local_addr()?.port()));
         drop((ws_port, native_port));
         // Debian's Mosquitto 2.0 starts a WebSocket listener only beside a native one, and binds it to
-        // an interface, not an address; the load goes to 127.0.0.1 all the same. Persistent sessions and
-        // their queued QoS 1 messages survive a restart through the persistence file, which Mosquitto
-        // writes every `autosave_interval` seconds: not before each PUBACK, unlike the hub's fsync.
+        // an interface, not an address; the load goes to 127.0.0.1 all the same. Persistence is on with
+        // Mosquitto's default save interval (30 minutes, and at shutdown): a PUBACK is not on disk,
+        // unlike the hub's 202. Only errors and warnings are logged, as the hub logs.
         // As root, Mosquitto would switch to its own user, who cannot write this private temp folder.
         // SAFETY: geteuid has no memory effects.
         let user = if unsafe { libc::geteuid() } == 0 {
@@ -60,7 +60,7 @@ impl Mosquitto {
         };
         let config = format!(
             "{user}listener {native_port} 127.0.0.1\nlistener {port}\nbind_interface lo\nprotocol websockets\n\
-             allow_anonymous true\npersistence true\npersistence_location {dir}/\nautosave_interval 1\n\
+             allow_anonymous true\npersistence true\npersistence_location {dir}/\nlog_type error\nlog_type warning\n\
              max_queued_messages 0\nmax_inflight_messages 32\nlog_dest file {dir}/mosquitto.log\n",
             native_port = native.port(),
             port = addr.port(),
@@ -68,7 +68,9 @@ impl Mosquitto {
         );
         let path = dir.path().join("mosquitto.conf");
         std::fs::write(&path, config)?;
-        let child = Command::new("mosquitto")
+        let binary = crate::hub::find_program("mosquitto")
+            .context("mosquitto is not installed (scripts/bench installs it)")?;
+        let child = crate::hub::dies_with_harness(&mut Command::new(binary))
             .arg("-c")
             .arg(&path)
             .stdout(Stdio::null())
@@ -254,7 +256,7 @@ impl MqttConn {
         Ok(())
     }
 
-    /// Serves the subscription until `stop`: acks every QoS 1 message at once, hands its payload to
+    /// Serves the subscription until `stop`: acks every QoS 1 message at once, then hands its payload to
     /// `on_message`, and pings within the keep-alive. Fails if the broker ends the connection first.
     pub async fn run(
         mut self,
@@ -262,8 +264,8 @@ impl MqttConn {
         mut on_message: impl FnMut(&str),
     ) -> Result<()> {
         for publish in std::mem::take(&mut self.early) {
-            on_message(std::str::from_utf8(&publish.payload).unwrap_or_default());
             self.puback(&publish).await?;
+            on_message(std::str::from_utf8(&publish.payload).unwrap_or_default());
         }
         // Every keep-alive interval, as the hub pings its sessions: the same heartbeat traffic on both.
         let mut ping = tokio::time::interval(self.keep_alive);
@@ -277,8 +279,9 @@ impl MqttConn {
             match packet {
                 None => self.send(Packet::PingReq).await?,
                 Some(Packet::Publish(publish)) => {
-                    on_message(std::str::from_utf8(&publish.payload).unwrap_or_default());
+                    // Counted once its PUBACK is written, as the browser's pixels once their ack is.
                     self.puback(&publish).await?;
+                    on_message(std::str::from_utf8(&publish.payload).unwrap_or_default());
                 }
                 Some(_) => {}
             }

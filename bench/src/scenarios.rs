@@ -67,7 +67,8 @@ impl Run<'_> {
     }
 }
 
-/// Opens a session for each of `players`, `connect_concurrency` at a time.
+/// Opens a session for each of `players`, `connect_concurrency` at a time; the sessions come back in
+/// the players' order.
 async fn open_all(system: &System, players: Vec<String>, sizes: &Sizes) -> Result<Vec<Session>> {
     let sources = Sources::new(sizes.sources);
     let count = players.len();
@@ -76,7 +77,7 @@ async fn open_all(system: &System, players: Vec<String>, sizes: &Sizes) -> Resul
             let source = sources.pick(i);
             async move { system.open(source, &player).await }
         })
-        .buffer_unordered(sizes.connect_concurrency)
+        .buffered(sizes.connect_concurrency)
         .collect()
         .await;
     let failed = opened.iter().filter(|o| o.is_err()).count();
@@ -113,18 +114,33 @@ async fn join_all(mut tasks: JoinSet<Result<()>>) -> usize {
     failed
 }
 
-/// Payloads that arrived, and how often each did.
+/// Payloads that arrived, and how often each did; and how many arrived that nobody sent to that client.
 #[derive(Clone, Default)]
-struct Arrivals(Arc<Mutex<HashMap<String, u32>>>);
+struct Arrivals(Arc<Mutex<HashMap<String, u32>>>, Arc<AtomicUsize>);
 
 impl Arrivals {
-    fn record(&self, payload: &str) {
+    /// Records a payload that arrived at `player`, who was sent `<player>-0` to `<player>-<k-1>`.
+    fn record(&self, player: &str, k: usize, payload: &str) {
+        let ours = payload
+            .strip_prefix(player)
+            .and_then(|rest| rest.strip_prefix('-'))
+            .and_then(|j| j.parse::<usize>().ok())
+            .is_some_and(|j| j < k);
+        if !ours {
+            self.1.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
         *self
             .0
             .lock()
             .expect("not poisoned")
             .entry(payload.to_owned())
             .or_default() += 1;
+    }
+
+    /// Payloads that reached a client they were not sent to, or that nobody sent.
+    fn strays(&self) -> usize {
+        self.1.load(Ordering::Relaxed)
     }
 
     /// (distinct payloads, payloads that arrived more than once)
@@ -180,7 +196,11 @@ pub async fn sessions(run: &Run<'_>, report: &mut Report) -> Result<()> {
     out.add("sessions_held", n as f64, "sessions");
     let rate = n as f64 / connecting.as_secs_f64();
     out.add("connect_rate", rate, "sessions/s");
-    let per_session = rss_after.saturating_sub(rss_before) as f64 / n as f64;
+    ensure!(
+        rss_after > rss_before,
+        "{name}'s memory shrank while it took {n} sessions"
+    );
+    let per_session = (rss_after - rss_before) as f64 / n as f64;
     out.add("rss_per_session", per_session, "bytes");
     let idle = cpu.as_secs_f64() / held.as_secs_f64() * 100.0;
     out.add("idle_cpu", idle, "% of a core");
@@ -253,7 +273,7 @@ pub async fn drain(run: &Run<'_>, report: &mut Report) -> Result<()> {
             let session = system.resume(source, &player).await?;
             drop(permit);
             session
-                .run(stopped, |payload| arrivals.record(payload))
+                .run(stopped, |payload| arrivals.record(&player, k, payload))
                 .await
         });
     }
@@ -263,6 +283,7 @@ pub async fn drain(run: &Run<'_>, report: &mut Report) -> Result<()> {
         if distinct >= n * k && system.pending().await?.unwrap_or(0) == 0 {
             break started.elapsed();
         }
+        // (The hub's queue is asked only once every message arrived, so polling costs it nothing before.)
         let broke =
             std::iter::from_fn(|| tasks.try_join_next()).any(|ended| !matches!(ended, Ok(Ok(()))));
         if broke || Instant::now() > deadline {
@@ -275,6 +296,8 @@ pub async fn drain(run: &Run<'_>, report: &mut Report) -> Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     };
+    // Let any second copy show itself before counting.
+    tokio::time::sleep(Duration::from_millis(200)).await;
     stop.send(true)?;
     let failed = join_all(tasks).await;
     let name = system.name();
@@ -296,6 +319,11 @@ pub async fn drain(run: &Run<'_>, report: &mut Report) -> Result<()> {
     ensure!(
         twice == 0,
         "drain: {twice} messages arrived more than once on {name}"
+    );
+    let strays = arrivals.strays();
+    ensure!(
+        strays == 0,
+        "drain: {strays} messages reached the wrong client on {name}"
     );
     let mut out = report.run("drain", name);
     out.add("pixels", (n * k) as f64, "pixels");
@@ -328,12 +356,18 @@ async fn ingest_phase(
     sizes: &Sizes,
     batch: usize,
     seq: &Arc<AtomicU64>,
-) -> Result<Vec<u64>> {
-    let deadline = Instant::now() + sizes.ingest_duration;
+) -> Result<(Vec<u64>, Duration)> {
     let sources = Sources::new(sizes.sources);
-    let mut tasks = JoinSet::new();
+    let mut publishers = Vec::with_capacity(sizes.ingest_clients);
     for client in 0..sizes.ingest_clients {
-        let mut publisher = system.publisher(sources.pick(client), client).await?;
+        publishers.push(system.publisher(sources.pick(client), client).await?);
+    }
+    // Connected before the clock starts; calls begun before the deadline finish and count, so the rate
+    // is over the time until the last one ends.
+    let started = Instant::now();
+    let deadline = started + sizes.ingest_duration;
+    let mut tasks = JoinSet::new();
+    for (client, mut publisher) in publishers.into_iter().enumerate() {
         let (seq, players) = (Arc::clone(seq), sizes.ingest_players);
         tasks.spawn(async move {
             let mut rng = XorShift::seeded(client as u64 + 1);
@@ -355,8 +389,9 @@ async fn ingest_phase(
     while let Some(done) = tasks.join_next().await {
         all.extend(done??);
     }
+    let took = started.elapsed();
     all.sort_unstable();
-    Ok(all)
+    Ok((all, took))
 }
 
 /// **ingest**: the durable enqueue rate, first one message per call, then batches, from
@@ -369,8 +404,8 @@ pub async fn ingest(run: &Run<'_>, report: &mut Report) -> Result<()> {
         .collect();
     register_all(&system, &players, sizes).await?;
     let seq = Arc::new(AtomicU64::new(0));
-    let single = ingest_phase(&system, sizes, 1, &seq).await?;
-    let batch = ingest_phase(&system, sizes, sizes.ingest_batch, &seq).await?;
+    let (single, single_took) = ingest_phase(&system, sizes, 1, &seq).await?;
+    let (batch, batch_took) = ingest_phase(&system, sizes, sizes.ingest_batch, &seq).await?;
     let expected = single.len() + batch.len() * sizes.ingest_batch;
     let pending = system.pending().await?;
     let name = system.name();
@@ -382,26 +417,27 @@ pub async fn ingest(run: &Run<'_>, report: &mut Report) -> Result<()> {
         );
     }
 
-    let seconds = sizes.ingest_duration.as_secs_f64();
     let mut out = report.run("ingest", name);
-    let singles = single.len() as f64 / seconds;
+    let singles = single.len() as f64 / single_took.as_secs_f64();
     out.add("single_requests_per_second", singles, "requests/s");
     out.add("single_p50", millis(quantile(&single, 0.5)), "ms");
     out.add("single_p99", millis(quantile(&single, 0.99)), "ms");
-    let batched = (batch.len() * sizes.ingest_batch) as f64 / seconds;
+    let batched = (batch.len() * sizes.ingest_batch) as f64 / batch_took.as_secs_f64();
     out.add("batch_pixels_per_second", batched, "pixels/s");
     out.add("batch_p50", millis(quantile(&batch, 0.5)), "ms");
     out.add("batch_p99", millis(quantile(&batch, 0.99)), "ms");
     Ok(())
 }
 
-/// When each message of `online` was sent and arrived (microseconds since the start), and how often
-/// it arrived.
+/// When each message of `online` was due and arrived (microseconds since the start), whom it was for,
+/// and how often it arrived; and how many reached another client.
 struct Timeline {
     start: Instant,
     sent: Vec<AtomicU64>,
     arrived: Vec<AtomicU64>,
     arrivals: Vec<AtomicUsize>,
+    addressee: Vec<AtomicUsize>,
+    strays: AtomicUsize,
 }
 
 impl Timeline {
@@ -412,6 +448,8 @@ impl Timeline {
             sent: (0..total).map(zeros).collect(),
             arrived: (0..total).map(zeros).collect(),
             arrivals: (0..total).map(|_| AtomicUsize::new(0)).collect(),
+            addressee: (0..total).map(|_| AtomicUsize::new(0)).collect(),
+            strays: AtomicUsize::new(0),
         }
     }
 
@@ -419,14 +457,21 @@ impl Timeline {
         self.start.elapsed().as_micros() as u64
     }
 
-    /// Records the arrival of the payload `seq=<n>`; others are ignored.
-    fn arrive(&self, payload: &str) {
+    /// Records the arrival of the payload `seq=<n>` at client `receiver`; anything else, or a message
+    /// for another client, is a stray.
+    fn arrive(&self, receiver: usize, payload: &str) {
         let seq = payload
             .strip_prefix("seq=")
-            .and_then(|n| n.parse::<usize>().ok());
-        if let Some(seq) = seq.filter(|s| *s < self.sent.len()) {
-            self.arrived[seq].store(self.now(), Ordering::Relaxed);
-            self.arrivals[seq].fetch_add(1, Ordering::Relaxed);
+            .and_then(|n| n.parse::<usize>().ok())
+            .filter(|s| *s < self.sent.len());
+        match seq {
+            Some(seq) if self.addressee[seq].load(Ordering::Relaxed) == receiver => {
+                self.arrived[seq].store(self.now(), Ordering::Relaxed);
+                self.arrivals[seq].fetch_add(1, Ordering::Relaxed);
+            }
+            _ => {
+                self.strays.fetch_add(1, Ordering::Relaxed);
+            }
         }
     }
 
@@ -445,9 +490,11 @@ pub async fn online(run: &Run<'_>, report: &mut Report) -> Result<()> {
     let timeline = Arc::new(Timeline::new(total));
     let (stop, stopped) = watch::channel(false);
     let mut tasks = JoinSet::new();
-    for session in sessions {
+    for (receiver, session) in sessions.into_iter().enumerate() {
         let timeline = Arc::clone(&timeline);
-        tasks.spawn(session.run(stopped.clone(), move |payload| timeline.arrive(payload)));
+        tasks.spawn(session.run(stopped.clone(), move |payload| {
+            timeline.arrive(receiver, payload)
+        }));
     }
 
     // Publishers take (seq, player) from one queue, in order.
@@ -474,15 +521,20 @@ pub async fn online(run: &Run<'_>, report: &mut Report) -> Result<()> {
     let mut rng = XorShift::seeded(7);
     let mut tick = tokio::time::interval(Duration::from_millis(1));
     let generating = Instant::now();
+    let generating_at = timeline.now();
     let mut next = 0usize;
     while next < total {
         tick.tick().await;
-        let due = (generating.elapsed().as_secs_f64() * sizes.online_rate as f64) as usize;
+        // Message `i` is due at i / rate: every one due by now, the one at the very start included.
+        let due = (generating.elapsed().as_secs_f64() * sizes.online_rate as f64) as usize + 1;
         while next < due.min(total) {
-            // Timed from when it was due, not from when a publisher got to it: a system that falls
-            // behind the rate shows the wait in its latency (no coordinated omission).
-            timeline.sent[next].store(timeline.now(), Ordering::Relaxed);
-            work.send((next, rng.below(n))).await?;
+            // Timed from when it was due, not from when the generator or a publisher got to it: a
+            // system that falls behind the rate shows the wait in its latency (no coordinated omission).
+            let due_at = generating_at + (next as f64 * 1e6 / sizes.online_rate as f64) as u64;
+            timeline.sent[next].store(due_at, Ordering::Relaxed);
+            let player = rng.below(n);
+            timeline.addressee[next].store(player, Ordering::Relaxed);
+            work.send((next, player)).await?;
             next += 1;
         }
     }
@@ -512,6 +564,11 @@ pub async fn online(run: &Run<'_>, report: &mut Report) -> Result<()> {
         .collect();
     let missing = counts.iter().filter(|c| **c == 0).count();
     let twice = counts.iter().filter(|c| **c > 1).count();
+    let strays = timeline.strays.load(Ordering::Relaxed);
+    ensure!(
+        strays == 0,
+        "online: {strays} messages reached the wrong client on {name}"
+    );
     ensure!(failed == 0, "online: {failed} publishers failed on {name}");
     ensure!(lost == 0, "online: {name} closed {lost} of {n} sessions");
     ensure!(

@@ -1,9 +1,11 @@
 //! The systems a scenario runs against, behind one shape: start and stop the server, open a player's
 //! session, queue messages for a player durably, and read the server's process figures.
 
+use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::ValueEnum;
@@ -13,6 +15,16 @@ use tokio::sync::watch;
 use crate::browser::{self, Browser};
 use crate::hub::HubProcess;
 use crate::mqtt::{self, Mosquitto, MqttConn};
+
+/// Longest a connect, handshake or acknowledged publish may take before the run fails: a stalled server
+/// must fail the scenario, not hang it.
+const PATIENCE: Duration = Duration::from_secs(60);
+
+async fn in_time<T>(what: &str, work: impl Future<Output = Result<T>>) -> Result<T> {
+    tokio::time::timeout(PATIENCE, work)
+        .await
+        .map_err(|_| anyhow::anyhow!("{what} took over {PATIENCE:?}"))?
+}
 
 /// Which system.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -92,6 +104,10 @@ impl System {
     /// Opens `player`'s session from `source`: says hello to the hub, or connects to the broker with a
     /// persistent session and subscribes to the player's topic.
     pub async fn open(&self, source: IpAddr, player: &str) -> Result<Session> {
+        in_time("opening a session", self.open_now(source, player)).await
+    }
+
+    async fn open_now(&self, source: IpAddr, player: &str) -> Result<Session> {
         Ok(match self {
             System::Hub(hub) => Session::Hub(browser::open(hub.addr, source, player).await?),
             System::Mosquitto(_) => {
@@ -105,12 +121,15 @@ impl System {
     /// Comes back as `player`, whose session the server kept while it was away: the broker delivers
     /// what it queued without a new subscription. (For the hub, the same as [`System::open`].)
     pub async fn resume(&self, source: IpAddr, player: &str) -> Result<Session> {
-        Ok(match self {
-            System::Hub(hub) => Session::Hub(browser::open(hub.addr, source, player).await?),
-            System::Mosquitto(_) => {
-                Session::Mqtt(MqttConn::connect(self.addr(), source, player, false).await?)
-            }
+        in_time("resuming a session", async {
+            Ok(match self {
+                System::Hub(hub) => Session::Hub(browser::open(hub.addr, source, player).await?),
+                System::Mosquitto(_) => {
+                    Session::Mqtt(MqttConn::connect(self.addr(), source, player, false).await?)
+                }
+            })
         })
+        .await
     }
 
     /// Makes `player` known to the server while offline, so messages queued for it are kept: a
@@ -119,7 +138,7 @@ impl System {
         match self {
             System::Hub(_) => Ok(()),
             System::Mosquitto(_) => match self.open(source, player).await? {
-                Session::Mqtt(conn) => conn.disconnect().await,
+                Session::Mqtt(conn) => in_time("disconnecting", conn.disconnect()).await,
                 Session::Hub(_) => unreachable!("a Mosquitto session is MQTT"),
             },
         }
@@ -131,9 +150,8 @@ impl System {
             System::Hub(hub) => Publisher::Hub(Arc::clone(hub)),
             System::Mosquitto(_) => {
                 let id = format!("publisher-{n}");
-                Publisher::Mqtt(Box::new(
-                    MqttConn::connect(self.addr(), source, &id, true).await?,
-                ))
+                let conn = MqttConn::connect(self.addr(), source, &id, true);
+                Publisher::Mqtt(Box::new(in_time("connecting a publisher", conn).await?))
             }
         })
     }
@@ -190,6 +208,14 @@ impl Session {
 impl Publisher {
     /// Queues `payloads` for `player` and returns when the server has them (for the hub: on disk).
     pub async fn publish(&mut self, player: &str, payloads: &[String]) -> Result<()> {
+        in_time(
+            "an acknowledged publish",
+            self.publish_now(player, payloads),
+        )
+        .await
+    }
+
+    async fn publish_now(&mut self, player: &str, payloads: &[String]) -> Result<()> {
         match self {
             Publisher::Hub(hub) => {
                 let mut pixels: Vec<Value> = payloads
