@@ -125,13 +125,12 @@ pub async fn serve(
 /// too much to spend on it.
 async fn refuse(mut stream: TcpStream) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let body = serde_json::json!({"error": {
-        "code": "too_many_connections",
-        "message": ApiError::TooManyConnections.to_string(),
-    }})
-    .to_string();
+    let (status, body) = ApiError::TooManyConnections.status_and_body();
+    let body = serde_json::to_string(&body).expect("an error body always serialises");
     let answer = format!(
-        "HTTP/1.1 429 Too Many Requests\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or_default(),
         body.len()
     );
     let _ = tokio::time::timeout(Duration::from_secs(1), async {

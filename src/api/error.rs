@@ -206,18 +206,28 @@ impl From<InvalidId> for ApiError {
     }
 }
 
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
+impl ApiError {
+    /// The status and body this error answers with; also for the one answer given outside axum (a
+    /// connection over its address's cap, refused by the accept loop).
+    pub fn status_and_body(&self) -> (StatusCode, ErrorBody) {
         let (status, code) = self.parts();
-        if let ApiError::Internal(cause) = &self {
-            tracing::error!(%cause, "request failed");
-        }
         let body = ErrorBody {
             error: ErrorDetail {
                 code,
                 message: self.to_string(),
             },
         };
+        (status, body)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        if let ApiError::Internal(cause) = &self {
+            tracing::error!(%cause, "request failed");
+        }
+        let (status, body) = self.status_and_body();
+        let code = body.error.code;
         let mut response = (status, Json(body)).into_response();
         response.extensions_mut().insert(ErrorCode(code));
         if status == StatusCode::UNAUTHORIZED {

@@ -308,11 +308,7 @@ impl TestApp {
 
     /// The value of one series, e.g. `pixelhub_limits_hit_total{limit="batch_size"}`; 0 when absent.
     pub async fn metric(&self, series: &str) -> u64 {
-        self.metrics_text()
-            .await
-            .lines()
-            .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
-            .map_or(0, |value| value.trim().parse().expect("a whole number"))
+        sample(&self.metrics_text().await, series).map_or(0, |value| value as u64)
     }
 
     /// A raw WebSocket to the hub, before any hello.
@@ -353,6 +349,13 @@ impl TestApp {
         assert_eq!(welcome["type"], "welcome", "{welcome}");
         ws
     }
+}
+
+/// The value of one sample line of the exposition, e.g. `pixelhub_queue_depth{brand="b1"}`.
+pub fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+        .map(|value| value.parse().expect("a number"))
 }
 
 /// An HTTP client that trusts every certificate of the hub's chain file (its test CA included, so a

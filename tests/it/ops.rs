@@ -7,14 +7,7 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
-use crate::helpers::{PATIENCE, TOKEN, TestApp, WsClient, ids_of};
-
-/// The value of one sample line of the exposition, e.g. `pixelhub_queue_depth{brand="b1"}`.
-fn sample(text: &str, series: &str) -> Option<f64> {
-    text.lines()
-        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
-        .map(|value| value.parse().expect("a number"))
-}
+use crate::helpers::{PATIENCE, TOKEN, TestApp, WsClient, ids_of, sample};
 
 async fn scrape(app: &TestApp) -> String {
     let response = app
