@@ -14,7 +14,7 @@ pub const BRAND: &str = "bench";
 
 /// A running hub process.
 pub struct HubProcess {
-    child: Child,
+    process: Server,
     /// Where it listens.
     pub addr: SocketAddr,
     token: String,
@@ -35,25 +35,26 @@ impl HubProcess {
             .as_nanos();
         let token = format!("bench-{nanos:032x}");
         let log = std::fs::File::create(data.path().join("hub.log"))?;
-        let child = dies_with_harness(&mut Command::new(binary))
-            .args(["--listen", &addr.to_string(), "--data-dir"])
-            .arg(data.path().join("data"))
-            .env("PIXELHUB_ADMIN_TOKEN", &token)
-            .env("PIXELHUB_DEMO", "false")
-            .env("PIXELHUB_LOG_LEVEL", "warn")
-            // Every simulated browser comes from a few loopback addresses, and players get many pixels.
-            .env("PIXELHUB_MAX_CONNECTIONS_PER_IP", "1000000")
-            .env("PIXELHUB_MAX_QUEUE_PER_PLAYER", "1000000")
-            .stdout(Stdio::from(log.try_clone()?))
-            .stderr(Stdio::from(log))
-            .spawn()
-            .with_context(|| format!("cannot start the hub at {}", binary.display()))?;
+        let process = Server::spawn(
+            Command::new(binary)
+                .args(["--listen", &addr.to_string(), "--data-dir"])
+                .arg(data.path().join("data"))
+                .env("PIXELHUB_ADMIN_TOKEN", &token)
+                .env("PIXELHUB_DEMO", "false")
+                .env("PIXELHUB_LOG_LEVEL", "warn")
+                // Every simulated browser comes from a few loopback addresses, and players get many pixels.
+                .env("PIXELHUB_MAX_CONNECTIONS_PER_IP", "1000000")
+                .env("PIXELHUB_MAX_QUEUE_PER_PLAYER", "1000000")
+                .stdout(Stdio::from(log.try_clone()?))
+                .stderr(Stdio::from(log)),
+        )
+        .with_context(|| format!("cannot start the hub at {}", binary.display()))?;
         let http = reqwest::Client::builder()
             .pool_max_idle_per_host(256)
             .timeout(Duration::from_secs(60))
             .build()?;
         let mut hub = HubProcess {
-            child,
+            process,
             addr,
             token,
             http,
@@ -61,7 +62,7 @@ impl HubProcess {
         };
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            if let Some(status) = hub.child.try_wait()? {
+            if let Some(status) = hub.process.exited()? {
                 bail!("the hub exited at start ({status}); its log: {}", hub.log());
             }
             let ready = hub.http.get(hub.url("/readyz")).send().await;
@@ -139,17 +140,17 @@ impl HubProcess {
 
     /// The process id, for its memory and CPU figures.
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        self.process.pid()
     }
 
     /// Stops the hub with SIGTERM, as an operator would, and waits for it.
-    pub fn stop(mut self) -> Result<()> {
-        terminate(&mut self.child)
+    pub fn stop(self) -> Result<()> {
+        self.process.stop()
     }
 }
 
 /// Has the kernel stop the server when the harness dies (Ctrl-C, a panic), so no run leaves one behind.
-pub fn dies_with_harness(command: &mut Command) -> &mut Command {
+fn dies_with_harness(command: &mut Command) -> &mut Command {
     use std::os::unix::process::CommandExt;
     // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
     unsafe {
@@ -171,25 +172,45 @@ pub fn find_program(program: &str) -> Option<PathBuf> {
         .find(|candidate| candidate.is_file())
 }
 
-/// Sends SIGTERM and waits up to 30 s for the process to exit.
-pub fn terminate(child: &mut Child) -> Result<()> {
-    // SAFETY: kill(2) with a pid we own and a valid signal number has no memory effects.
-    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while child.try_wait()?.is_none() {
-        if Instant::now() > deadline {
-            child.kill()?;
-            bail!("the process did not stop within 30 s of SIGTERM");
-        }
-        std::thread::sleep(Duration::from_millis(20));
+/// A server process the harness started: it dies with the harness, is stopped with SIGTERM by
+/// [`Server::stop`], and is killed if dropped on an error path.
+pub struct Server(Child);
+
+impl Server {
+    /// Starts `command`.
+    pub fn spawn(command: &mut Command) -> std::io::Result<Self> {
+        dies_with_harness(command).spawn().map(Server)
     }
-    Ok(())
+
+    /// The process id, for its memory and CPU figures.
+    pub fn pid(&self) -> u32 {
+        self.0.id()
+    }
+
+    /// How it ended, if it has.
+    pub fn exited(&mut self) -> Result<Option<std::process::ExitStatus>> {
+        Ok(self.0.try_wait()?)
+    }
+
+    /// Sends SIGTERM and waits up to 30 s for the process to exit.
+    pub fn stop(mut self) -> Result<()> {
+        // SAFETY: kill(2) with a pid we own and a valid signal number has no memory effects.
+        unsafe { libc::kill(self.pid() as libc::pid_t, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.0.try_wait()?.is_none() {
+            if Instant::now() > deadline {
+                bail!("the process did not stop within 30 s of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
+    }
 }
 
-impl Drop for HubProcess {
+impl Drop for Server {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }
 

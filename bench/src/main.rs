@@ -5,6 +5,7 @@
 mod browser;
 mod hub;
 mod mqtt;
+mod nats;
 mod report;
 mod scenarios;
 mod system;
@@ -41,7 +42,7 @@ struct Args {
     scenarios: Vec<Scenario>,
 
     /// Systems to run each scenario against, in turn, comma-separated.
-    #[arg(long, value_enum, value_delimiter = ',', default_values_t = [Kind::Hub, Kind::Mosquitto])]
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = [Kind::Hub, Kind::Mosquitto, Kind::Nats])]
     systems: Vec<Kind>,
 
     /// The pixelhub binary to start (default: the one next to this binary, so build both in release).
@@ -160,11 +161,13 @@ async fn main() -> ExitCode {
         );
         return ExitCode::FAILURE;
     }
-    if args.systems.contains(&Kind::Mosquitto) && hub::find_program("mosquitto").is_none() {
-        eprintln!(
-            "pixelhub-bench: mosquitto is not installed (scripts/bench installs it), or leave it out with --systems hub"
-        );
-        return ExitCode::FAILURE;
+    for (kind, program) in [(Kind::Mosquitto, "mosquitto"), (Kind::Nats, "nats-server")] {
+        if args.systems.contains(&kind) && hub::find_program(program).is_none() {
+            eprintln!(
+                "pixelhub-bench: {program} is not installed (scripts/bench installs it), or leave it out with --systems"
+            );
+            return ExitCode::FAILURE;
+        }
     }
     let mut report = Report::default();
     let mut failed = false;

@@ -4,7 +4,7 @@
 //! same tokio-tungstenite WebSocket the simulated browsers use.
 
 use std::net::{IpAddr, SocketAddr, TcpListener};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -29,7 +29,7 @@ pub fn topic(player: &str) -> String {
 
 /// A Mosquitto process with persistence in a temp folder, listening for MQTT over WebSocket.
 pub struct Mosquitto {
-    child: Child,
+    process: crate::hub::Server,
     /// Its WebSocket listener.
     pub addr: SocketAddr,
     dir: tempfile::TempDir,
@@ -70,17 +70,18 @@ impl Mosquitto {
         std::fs::write(&path, config)?;
         let binary = crate::hub::find_program("mosquitto")
             .context("mosquitto is not installed (scripts/bench installs it)")?;
-        let child = crate::hub::dies_with_harness(&mut Command::new(binary))
-            .arg("-c")
-            .arg(&path)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("cannot start mosquitto (scripts/bench installs it)")?;
-        let mut mosquitto = Self { child, addr, dir };
+        let process = crate::hub::Server::spawn(
+            Command::new(binary)
+                .arg("-c")
+                .arg(&path)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null()),
+        )
+        .context("cannot start mosquitto")?;
+        let mut mosquitto = Self { process, addr, dir };
         let deadline = Instant::now() + Duration::from_secs(20);
         while TcpStream::connect(addr).await.is_err() {
-            if let Some(status) = mosquitto.child.try_wait()? {
+            if let Some(status) = mosquitto.process.exited()? {
                 bail!("mosquitto exited at start ({status}): {}", mosquitto.log());
             }
             if Instant::now() > deadline {
@@ -97,19 +98,12 @@ impl Mosquitto {
 
     /// The process id, for its memory and CPU figures.
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        self.process.pid()
     }
 
     /// Stops it with SIGTERM and waits.
-    pub fn stop(mut self) -> Result<()> {
-        crate::hub::terminate(&mut self.child)
-    }
-}
-
-impl Drop for Mosquitto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+    pub fn stop(self) -> Result<()> {
+        self.process.stop()
     }
 }
 

@@ -15,6 +15,7 @@ use tokio::sync::watch;
 use crate::browser::{self, Browser};
 use crate::hub::HubProcess;
 use crate::mqtt::{self, Mosquitto, MqttConn};
+use crate::nats::{NatsPublisher, NatsServer, NatsSession};
 
 /// Longest a connect, handshake or acknowledged publish may take before the run fails: a stalled server
 /// must fail the scenario, not hang it.
@@ -33,6 +34,8 @@ pub enum Kind {
     Hub,
     /// Eclipse Mosquitto: MQTT over WebSocket, persistent sessions, QoS 1.
     Mosquitto,
+    /// NATS JetStream: a work-queue stream, a durable consumer per player, explicit acks.
+    Nats,
 }
 
 impl Kind {
@@ -41,6 +44,7 @@ impl Kind {
         match self {
             Kind::Hub => "hub",
             Kind::Mosquitto => "mosquitto",
+            Kind::Nats => "nats",
         }
     }
 }
@@ -51,6 +55,8 @@ pub enum System {
     Hub(Arc<HubProcess>),
     /// Mosquitto.
     Mosquitto(Mosquitto),
+    /// nats-server with JetStream.
+    Nats(NatsServer),
 }
 
 /// A player's live session: a browser on the hub, a subscriber on a peer.
@@ -59,6 +65,8 @@ pub enum Session {
     Hub(Browser),
     /// An MQTT client with a persistent session.
     Mqtt(MqttConn),
+    /// A NATS client with its durable consumer.
+    Nats(NatsSession),
 }
 
 /// Something that queues messages for players and waits until the server has them.
@@ -67,6 +75,8 @@ pub enum Publisher {
     Hub(Arc<HubProcess>),
     /// An MQTT connection publishing at QoS 1; a PUBACK means the broker has the message.
     Mqtt(Box<MqttConn>),
+    /// A JetStream publisher; the stream's ack means the message is stored.
+    Nats(Box<NatsPublisher>),
 }
 
 impl System {
@@ -75,6 +85,7 @@ impl System {
         Ok(match kind {
             Kind::Hub => System::Hub(Arc::new(HubProcess::start(hub_binary).await?)),
             Kind::Mosquitto => System::Mosquitto(Mosquitto::start().await?),
+            Kind::Nats => System::Nats(NatsServer::start().await?),
         })
     }
 
@@ -83,6 +94,7 @@ impl System {
         match self {
             System::Hub(_) => Kind::Hub.name(),
             System::Mosquitto(_) => Kind::Mosquitto.name(),
+            System::Nats(_) => Kind::Nats.name(),
         }
     }
 
@@ -91,6 +103,7 @@ impl System {
         match self {
             System::Hub(hub) => hub.pid(),
             System::Mosquitto(broker) => broker.pid(),
+            System::Nats(server) => server.pid(),
         }
     }
 
@@ -98,6 +111,7 @@ impl System {
         match self {
             System::Hub(hub) => hub.addr,
             System::Mosquitto(broker) => broker.addr,
+            System::Nats(server) => server.addr,
         }
     }
 
@@ -115,6 +129,7 @@ impl System {
                 conn.subscribe(&mqtt::topic(player)).await?;
                 Session::Mqtt(conn)
             }
+            System::Nats(_) => Session::Nats(NatsSession::open(self.addr(), player).await?),
         })
     }
 
@@ -127,6 +142,8 @@ impl System {
                 System::Mosquitto(_) => {
                     Session::Mqtt(MqttConn::connect(self.addr(), source, player, false).await?)
                 }
+                // The consumer is created on connect; the stream kept the messages meanwhile.
+                System::Nats(_) => Session::Nats(NatsSession::open(self.addr(), player).await?),
             })
         })
         .await
@@ -136,10 +153,12 @@ impl System {
     /// persistent MQTT session with its subscription. The hub keeps a queue for any player as it is.
     pub async fn register_offline(&self, source: IpAddr, player: &str) -> Result<()> {
         match self {
-            System::Hub(_) => Ok(()),
+            // The hub keeps a queue for any player, and the stream keeps every message until a
+            // consumer takes it.
+            System::Hub(_) | System::Nats(_) => Ok(()),
             System::Mosquitto(_) => match self.open(source, player).await? {
                 Session::Mqtt(conn) => in_time("disconnecting", conn.disconnect()).await,
-                Session::Hub(_) => unreachable!("a Mosquitto session is MQTT"),
+                _ => unreachable!("a Mosquitto session is MQTT"),
             },
         }
     }
@@ -153,6 +172,12 @@ impl System {
                 let conn = MqttConn::connect(self.addr(), source, &id, true);
                 Publisher::Mqtt(Box::new(in_time("connecting a publisher", conn).await?))
             }
+            System::Nats(_) => {
+                let publisher = NatsPublisher::connect(self.addr());
+                Publisher::Nats(Box::new(
+                    in_time("connecting a publisher", publisher).await?,
+                ))
+            }
         })
     }
 
@@ -160,7 +185,7 @@ impl System {
     pub async fn pending(&self) -> Result<Option<u64>> {
         match self {
             System::Hub(hub) => Ok(Some(hub.stats().await?.0)),
-            System::Mosquitto(_) => Ok(None),
+            System::Mosquitto(_) | System::Nats(_) => Ok(None),
         }
     }
 
@@ -168,7 +193,7 @@ impl System {
     pub async fn sessions_online(&self) -> Result<Option<u64>> {
         match self {
             System::Hub(hub) => Ok(Some(hub.stats().await?.1)),
-            System::Mosquitto(_) => Ok(None),
+            System::Mosquitto(_) | System::Nats(_) => Ok(None),
         }
     }
 
@@ -180,6 +205,7 @@ impl System {
                 .context("a publisher still holds the hub")?
                 .stop(),
             System::Mosquitto(broker) => broker.stop(),
+            System::Nats(server) => server.stop(),
         }
     }
 }
@@ -201,6 +227,7 @@ impl Session {
                     .await
             }
             Session::Mqtt(conn) => conn.run(stop, on_message).await,
+            Session::Nats(session) => session.run(stop, on_message).await,
         }
     }
 }
@@ -230,6 +257,7 @@ impl Publisher {
                 hub.enqueue(player, &body).await
             }
             Publisher::Mqtt(conn) => conn.publish_all(&mqtt::topic(player), payloads).await,
+            Publisher::Nats(publisher) => publisher.publish_all(player, payloads).await,
         }
     }
 }
