@@ -347,3 +347,37 @@ async fn slow_and_idle_connections_are_closed() {
         .await;
     assert_eq!(ws.delivered().await, ids);
 }
+
+#[tokio::test]
+async fn a_trusted_proxys_idle_connection_is_not_closed_under_it() {
+    // Closing an idle connection a proxy is about to reuse would make the proxy answer 502.
+    let app = TestApp::spawn_with(|c| {
+        c.header_timeout_ms = 300;
+        c.trusted_proxies = vec!["127.0.0.1/32".parse().unwrap()];
+    })
+    .await;
+    let mut proxy = TcpStream::connect(app.addr).await.unwrap();
+    proxy
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    assert!(
+        read_until_closed(&mut proxy, Duration::from_secs(1))
+            .await
+            .is_none(),
+        "the hub closed the proxy's idle keep-alive connection"
+    );
+    // The same connection still serves the next request (the first answer was read above).
+    proxy
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let seen = read_until_closed(&mut proxy, PATIENCE).await.unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&seen)
+            .matches("HTTP/1.1 200")
+            .count(),
+        1,
+        "{seen:?}"
+    );
+}
