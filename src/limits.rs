@@ -321,40 +321,40 @@ mod tests {
         ]);
         let ip = |s: &str| s.parse::<IpAddr>().unwrap();
         let from = |s: &str| s.parse::<SocketAddr>().unwrap();
-        // A direct client cannot claim another address.
-        let headers = forwarded("198.51.100.7");
-        assert_eq!(
-            proxies.client_ip(from("203.0.113.9:5000"), &headers),
-            ip("203.0.113.9")
-        );
-        // Through the proxy, the proxy's view counts; a forged entry left of it does not.
-        let headers = forwarded("1.1.1.1, 198.51.100.7");
-        assert_eq!(
-            proxies.client_ip(from("10.1.2.3:5000"), &headers),
-            ip("198.51.100.7")
-        );
-        // Two trusted hops are walked back.
-        let headers = forwarded("198.51.100.7, 10.9.9.9");
-        assert_eq!(
-            proxies.client_ip(from("127.0.0.1:5000"), &headers),
-            ip("198.51.100.7")
-        );
-        // No header, or a garbled one: the proxy itself is all we know.
-        assert_eq!(
-            proxies.client_ip(from("10.1.2.3:1"), &HeaderMap::new()),
-            ip("10.1.2.3")
-        );
-        let headers = forwarded("198.51.100.7, garbage");
-        assert_eq!(
-            proxies.client_ip(from("10.1.2.3:1"), &headers),
-            ip("10.1.2.3")
-        );
-        // Ports and brackets, as some balancers write them, and empty entries are understood.
-        let headers = forwarded("198.51.100.7:5678, [2001:db8::1]:443,");
-        assert_eq!(
-            proxies.client_ip(from("10.1.2.3:1"), &headers),
-            ip("2001:db8::1")
-        );
+        // (peer, X-Forwarded-For, the client it names)
+        let cases = [
+            // A direct client cannot claim another address.
+            ("203.0.113.9:5000", Some("198.51.100.7"), "203.0.113.9"),
+            // Through the proxy, the proxy's view counts; a forged entry left of it does not.
+            (
+                "10.1.2.3:5000",
+                Some("1.1.1.1, 198.51.100.7"),
+                "198.51.100.7",
+            ),
+            // Two trusted hops are walked back.
+            (
+                "127.0.0.1:5000",
+                Some("198.51.100.7, 10.9.9.9"),
+                "198.51.100.7",
+            ),
+            // No header, or a garbled one: the proxy itself is all we know.
+            ("10.1.2.3:1", None, "10.1.2.3"),
+            ("10.1.2.3:1", Some("198.51.100.7, garbage"), "10.1.2.3"),
+            // Ports and brackets, as some balancers write them, and empty entries are understood.
+            (
+                "10.1.2.3:1",
+                Some("198.51.100.7:5678, [2001:db8::1]:443,"),
+                "2001:db8::1",
+            ),
+        ];
+        for (peer, header, client) in cases {
+            let headers = header.map_or_else(HeaderMap::new, forwarded);
+            assert_eq!(
+                proxies.client_ip(from(peer), &headers),
+                ip(client),
+                "{peer} {header:?}"
+            );
+        }
         // IPv4 seen through a dual-stack socket is still IPv4.
         assert!(proxies.trusts(ip("::ffff:10.0.0.1")));
         assert!(parse_net("10.0.0.0/33").is_err());
