@@ -170,7 +170,9 @@ pub(super) async fn websocket(
         }
         ua.truncate(end);
     }
-    let ctx = SessionContext {
+    // Boxed until the upgrade: axum keeps the callback's captures in the connection's task for its whole
+    // life, so a context captured inline would be paid twice per session.
+    let ctx = Box::new(SessionContext {
         store: state.store.clone(),
         hub: state.hub.clone(),
         shutdown: state.shutdown.clone(),
@@ -187,7 +189,7 @@ pub(super) async fn websocket(
         url_brand: query.brand_id,
         user_agent,
         metrics: Arc::clone(&state.metrics),
-    };
+    });
     let max_message = config.ws_max_message_bytes as usize;
     let sessions = state.sessions.clone();
     Ok(upgrade
@@ -198,8 +200,9 @@ pub(super) async fn websocket(
         .max_frame_size(max_message)
         .on_upgrade(move |socket| {
             ctx.metrics.ws_connected();
+            let session = session::run(socket, *ctx);
             sessions.track_future(async move {
-                session::run(socket, ctx).await;
+                session.await;
                 drop(slot);
             })
         }))
