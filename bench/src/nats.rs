@@ -27,6 +27,8 @@ pub struct NatsServer {
     process: crate::hub::Server,
     /// Its client port.
     pub addr: SocketAddr,
+    /// The harness's own connection, for the stream's figures.
+    js: jetstream::Context,
     _dir: tempfile::TempDir,
 }
 
@@ -37,7 +39,7 @@ impl NatsServer {
         let addr = TcpListener::bind("127.0.0.1:0")?.local_addr()?;
         let binary = crate::hub::find_program("nats-server")
             .context("nats-server is not installed (scripts/bench installs it)")?;
-        let process = crate::hub::Server::spawn(
+        let mut process = crate::hub::Server::spawn(
             Command::new(binary)
                 .args([
                     "-a",
@@ -54,14 +56,9 @@ impl NatsServer {
                 .stderr(Stdio::null()),
         )
         .context("cannot start nats-server")?;
-        let mut server = Self {
-            process,
-            addr,
-            _dir: dir,
-        };
         let deadline = Instant::now() + Duration::from_secs(20);
         while TcpStream::connect(addr).await.is_err() {
-            if let Some(status) = server.process.exited()? {
+            if let Some(status) = process.exited()? {
                 bail!("nats-server exited at start ({status})");
             }
             if Instant::now() > deadline {
@@ -79,7 +76,27 @@ impl NatsServer {
         })
         .await
         .map_err(|e| anyhow::anyhow!("creating the stream: {e}"))?;
-        Ok(server)
+        Ok(Self {
+            process,
+            addr,
+            js,
+            _dir: dir,
+        })
+    }
+
+    /// Messages the stream holds: published and not yet acknowledged, since a work queue drops a
+    /// message at its ack. The check that what was acknowledged to a publisher was kept.
+    pub async fn pending(&self) -> Result<u64> {
+        let mut stream = self
+            .js
+            .get_stream(STREAM)
+            .await
+            .map_err(|e| anyhow::anyhow!("the stream: {e}"))?;
+        let info = stream
+            .info()
+            .await
+            .map_err(|e| anyhow::anyhow!("the stream's figures: {e}"))?;
+        Ok(info.state.messages)
     }
 
     /// The process id, for its memory and CPU figures.

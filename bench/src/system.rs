@@ -181,11 +181,14 @@ impl System {
         })
     }
 
-    /// Messages queued and not yet acknowledged, where the server says (the hub's queue depth).
+    /// Messages queued and not yet acknowledged, where the server says: the hub's queue depth, the
+    /// JetStream stream's message count. Mosquitto publishes its stored-message count only every
+    /// `sys_interval` seconds, and counts its retained `$SYS` messages in it, so it says nothing here.
     pub async fn pending(&self) -> Result<Option<u64>> {
         match self {
             System::Hub(hub) => Ok(Some(hub.stats().await?.0)),
-            System::Mosquitto(_) | System::Nats(_) => Ok(None),
+            System::Nats(server) => Ok(Some(server.pending().await?)),
+            System::Mosquitto(_) => Ok(None),
         }
     }
 
