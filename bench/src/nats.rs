@@ -87,16 +87,7 @@ impl NatsServer {
     /// Messages the stream holds: published and not yet acknowledged, since a work queue drops a
     /// message at its ack. The check that what was acknowledged to a publisher was kept.
     pub async fn pending(&self) -> Result<u64> {
-        let mut stream = self
-            .js
-            .get_stream(STREAM)
-            .await
-            .map_err(|e| anyhow::anyhow!("the stream: {e}"))?;
-        let info = stream
-            .info()
-            .await
-            .map_err(|e| anyhow::anyhow!("the stream's figures: {e}"))?;
-        Ok(info.state.messages)
+        Ok(the_stream(&self.js).await?.cached_info().state.messages)
     }
 
     /// The process id, for its memory and CPU figures.
@@ -108,6 +99,13 @@ impl NatsServer {
     pub fn stop(self) -> Result<()> {
         self.process.stop()
     }
+}
+
+/// The work-queue stream, with its figures as of now.
+async fn the_stream(js: &jetstream::Context) -> Result<stream::Stream> {
+    js.get_stream(STREAM)
+        .await
+        .map_err(|e| anyhow::anyhow!("the stream: {e}"))
 }
 
 /// A player's client: its connection and its durable consumer's message stream.
@@ -122,11 +120,8 @@ impl NatsSession {
     pub async fn open(server: SocketAddr, player: &str) -> Result<Self> {
         let client = async_nats::connect(server.to_string()).await?;
         let js = jetstream::new(client.clone());
-        let stream = js
-            .get_stream(STREAM)
-            .await
-            .map_err(|e| anyhow::anyhow!("the stream: {e}"))?;
-        let consumer: consumer::PullConsumer = stream
+        let consumer: consumer::PullConsumer = the_stream(&js)
+            .await?
             .get_or_create_consumer(
                 player,
                 consumer::pull::Config {

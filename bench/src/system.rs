@@ -56,7 +56,7 @@ pub enum System {
     /// Mosquitto.
     Mosquitto(Mosquitto),
     /// nats-server with JetStream.
-    Nats(NatsServer),
+    Nats(Box<NatsServer>),
 }
 
 /// A player's live session: a browser on the hub, a subscriber on a peer.
@@ -85,7 +85,7 @@ impl System {
         Ok(match kind {
             Kind::Hub => System::Hub(Arc::new(HubProcess::start(hub_binary).await?)),
             Kind::Mosquitto => System::Mosquitto(Mosquitto::start().await?),
-            Kind::Nats => System::Nats(NatsServer::start().await?),
+            Kind::Nats => System::Nats(Box::new(NatsServer::start().await?)),
         })
     }
 
