@@ -11,7 +11,7 @@
 //! queued behind it each start a flush of their own right after. A flush costs CPU, not only disk time
 //! (sled seals a buffer and hands it to a thread), so on two cores back-to-back flushes of two or three
 //! writers starve the writers they wait for. Measured with 64 concurrent single-pixel requests, the yield
-//! took batches from 3.7 to about 30 writers a flush, flushes from ~1,200/s to ~150/s, and throughput up
+//! took batches from 3.5 to about 30 writers a flush, flushes from ~1,240/s to ~150/s, and throughput up
 //! 14% (docs/benchmarks.md has the runs). When nothing else is runnable the yield returns at once: an
 //! idle hub adds no latency.
 
@@ -152,7 +152,7 @@ mod tests {
 
     /// Writers that are already runnable when the first one registers share its flush. On the
     /// multi-threaded runtime a task woken by the one running goes next (tokio's LIFO slot), so without
-    /// stepping aside the flusher would collect the first writer alone and flush once per writer here.
+    /// stepping aside the flusher would flush the first writer alone and the other nine in a second flush.
     #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
     async fn runnable_writers_share_one_flush() {
         // Everything is spawned from one task on the single worker, so the writers sit queued behind
