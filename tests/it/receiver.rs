@@ -21,6 +21,8 @@ pub struct Reply {
     pub retry_after: Option<&'static str>,
     pub delay: Option<Duration>,
     pub location: Option<String>,
+    /// The body, instead of `OK` (or `answer <status>`).
+    pub body: Option<String>,
 }
 
 impl Reply {
@@ -163,7 +165,9 @@ async fn answer(State(shared): State<Arc<Shared>>, request: Request) -> Response
         headers.insert(header::LOCATION, location.parse().unwrap());
     }
     let status = StatusCode::from_u16(reply.status).unwrap();
-    let text = if status.is_success() {
+    let text = if let Some(body) = reply.body {
+        body
+    } else if status.is_success() {
         "OK".to_owned()
     } else {
         format!("answer {}", reply.status)
