@@ -503,7 +503,10 @@ async fn csv_cells_a_spreadsheet_would_run_as_formulas_are_quoted_as_text() {
     app.report("b1", Value::Array(events)).await;
     let started = Instant::now();
     while app.deliveries("status=fired").await.len() < cases.len() {
-        assert!(started.elapsed() < PATIENCE * 2, "the postbacks never fired");
+        assert!(
+            started.elapsed() < PATIENCE * 2,
+            "the postbacks never fired"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
@@ -526,7 +529,11 @@ async fn csv_cells_a_spreadsheet_would_run_as_formulas_are_quoted_as_text() {
     for row in reader.records().map(Result::unwrap) {
         let i: usize = row[player][1..].parse().unwrap();
         assert_eq!(&row[click], cases[i].1, "click id of p{i}");
-        assert_eq!(row[response], format!("'{formula}"), "the endpoint's answer");
+        assert_eq!(
+            row[response],
+            format!("'{formula}"),
+            "the endpoint's answer"
+        );
         seen += 1;
     }
     assert_eq!(seen, cases.len());

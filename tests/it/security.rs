@@ -582,3 +582,70 @@ async fn macro_values_cannot_add_parameters_or_move_the_pixel() {
     .await;
     assert_eq!(raw_host["error"]["code"], "invalid_template", "{raw_host}");
 }
+
+#[tokio::test]
+async fn a_js_macro_stands_only_where_a_value_can_so_a_click_value_never_runs() {
+    let app = TestApp::spawn().await;
+    let define = |code: &str| {
+        app.admin(Method::POST, "/api/v1/brands/b1/pixel-definitions")
+            .json(&json!({"name": "js", "trigger": "registration", "kind": "js", "code": code}))
+    };
+    // Each context with the value an affiliate's click would carry to break out of it.
+    for (code, at, context) in [
+        ("track('{{afp}}')", 8, "string"),
+        ("x(); /* {{afp}} */", 9, "comment"),
+        ("track(`x{{afp}}`)", 9, "template literal"),
+        (
+            "ok = /{{afp}}/.test(document.cookie)",
+            7,
+            "regular expression",
+        ),
+    ] {
+        let answer = json_of(define(code)).await;
+        assert_eq!(
+            answer["error"]["code"], "invalid_template",
+            "{code}: {answer}"
+        );
+        let message = answer["error"]["message"].as_str().unwrap();
+        assert!(
+            message.starts_with(&format!(
+                "definition.code: at character {at}: {{{{afp}}}} is inside"
+            )) && message.contains(context),
+            "{code}: {message}"
+        );
+    }
+
+    // Where a value stands, the same hostile values stay one string literal.
+    assert_eq!(
+        define("track({{afp}}); /* ok */ `${ {{afp}} }`")
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::CREATED
+    );
+    let mut ws = app.session("p1").await;
+    for (i, afp) in [
+        "'+alert(1)+'",
+        "*/alert(2);/*",
+        "${alert(3)}",
+        "/;alert(4);//",
+    ]
+    .iter()
+    .enumerate()
+    {
+        app.report(
+            "b1",
+            json!({"event_id": format!("r{i}"), "type": "registration", "player_id": "p1",
+                   "affiliate_id": "a1", "params": {"afp": afp}}),
+        )
+        .await;
+        let delivered = ws.recv().await;
+        let literal = serde_json::to_string(afp).unwrap();
+        assert_eq!(
+            delivered["pixels"][0]["code"],
+            format!("track({literal}); /* ok */ `${{ {literal} }}`"),
+            "{afp}"
+        );
+    }
+}

@@ -10,7 +10,9 @@
 //!   move the path. The scheme and host must be written out: no value can choose where a pixel goes.
 //! - **JavaScript**: a value becomes one complete string literal (`"…"`), escaped so that it can never
 //!   end the string or the script. Only `{{name}}` and `%%NAME%%` are macros there: `{x}` and `[x]` are
-//!   JavaScript's own syntax (blocks, object shorthand, indexing).
+//!   JavaScript's own syntax (blocks, object shorthand, indexing). A macro may stand only where a value
+//!   can, never inside a string, comment, template literal or regular expression ([`js`] reads the code
+//!   to check), since there the literal's own characters would end what the author opened.
 //! - **Text** (Meta pixel fields): values are inserted as they are; the browser client passes them to
 //!   `fbq` as data, never as code or URL.
 //!
@@ -21,6 +23,8 @@ use std::collections::BTreeMap;
 
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use serde_json::Value;
+
+mod js;
 
 /// Longest macro name.
 const MAX_NAME: usize = 64;
@@ -96,12 +100,16 @@ impl Template {
     /// Parses `source` for `context`, refusing what cannot be meant: unbalanced braces, unknown syntaxes
     /// and modifiers, invalid names and, for URLs, a scheme or host that is not written out.
     pub fn parse(source: &str, context: Context) -> Result<Self, TemplateError> {
-        let parts = Scanner {
+        let mut scanner = Scanner {
             src: source,
             pos: 0,
             context,
+            macro_spans: Vec::new(),
+        };
+        let parts = scanner.parts()?;
+        if context == Context::Js {
+            js::check(source, &scanner.macro_spans)?;
         }
-        .parts()?;
         let template = Template { context, parts };
         if context == Context::Url {
             template.check_url_head()?;
@@ -248,6 +256,8 @@ struct Scanner<'a> {
     /// Byte offset of the next character.
     pos: usize,
     context: Context,
+    /// Where each macro found is written: its byte range in `src`.
+    macro_spans: Vec<(usize, usize)>,
 }
 
 impl Scanner<'_> {
@@ -262,7 +272,7 @@ impl Scanner<'_> {
         }
     }
 
-    fn parts(mut self) -> Result<Vec<Part>, TemplateError> {
+    fn parts(&mut self) -> Result<Vec<Part>, TemplateError> {
         let mut parts = Vec::new();
         let mut literal = String::new();
         while let Some(c) = self.src[self.pos..].chars().next() {
@@ -283,6 +293,7 @@ impl Scanner<'_> {
                 None
             };
             if let Some(part) = found {
+                self.macro_spans.push((start, self.pos));
                 if !literal.is_empty() {
                     parts.push(Part::Literal(std::mem::take(&mut literal)));
                 }
