@@ -262,6 +262,14 @@ pub struct Config {
           value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     pub s2s_failure_threshold: u64,
 
+    /// Networks (CIDRs or addresses, comma-separated, e.g. 10.1.0.0/16,127.0.0.1) that S2S postbacks may
+    /// reach although they are not public: on-premise affiliate systems, tests. Without it, postbacks go to
+    /// public addresses only (and to the demo's own receiver); loopback, private, link-local and other
+    /// non-public destinations are refused, checked on the address connected to.
+    #[arg(long, env = "PIXELHUB_S2S_ALLOW_NETWORKS", value_delimiter = ',',
+          value_parser = crate::limits::parse_net)]
+    pub s2s_allow_networks: Vec<ipnet::IpNet>,
+
     /// Also disable a definition when it reaches the failure threshold (as Everflow does).
     #[arg(long, env = "PIXELHUB_S2S_AUTO_DISABLE", default_value_t = false, action = clap::ArgAction::Set)]
     pub s2s_auto_disable: bool,

@@ -165,7 +165,21 @@ impl Action {
         }
     }
 
-    /// The `kind` tag.
+    /// Where an `s2s` action's postbacks go, as far as its template decides: the URL rendered with every
+    /// macro set to `1` (scheme, host and port are written out, so no value can change them); checked
+    /// against the egress policy when the definition is saved. `None` for the other kinds.
+    pub fn postback_destination(&self) -> Option<url::Url> {
+        let Action::S2s { url, .. } = self else {
+            return None;
+        };
+        let template = Template::parse(url, Context::Url).ok()?;
+        let samples: BTreeMap<String, Value> = template
+            .macros()
+            .map(|name| (name.to_owned(), Value::String("1".into())))
+            .collect();
+        url::Url::parse(&template.render_url(&samples).ok()?.text).ok()
+    }
+
     /// Whether a brand with `policy` may save this action: its kind allowed, its URL https when the
     /// brand says so. Checked when the definition is saved, and each pixel again after rendering.
     pub fn check(&self, policy: PixelPolicy<'_>) -> Result<(), PolicyRefusal> {
@@ -182,6 +196,7 @@ impl Action {
         url.map_or(Ok(()), |url| policy.check_url(url))
     }
 
+    /// The `kind` tag.
     pub fn kind(&self) -> &'static str {
         match self {
             Action::S2s { .. } => "s2s",

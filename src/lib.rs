@@ -21,6 +21,7 @@
 //! - [`import`]: events from uploaded Registrations and Sales CSV files, streamed row by row.
 //! - [`store`]: the durable queues behind the [`store::Store`] trait (sled now, Redis next), with group commit
 //!   and the per-player delivery lease. The source of truth.
+//! - [`egress`]: where the hub's own requests may go: public addresses, checked at connect time (SSRF).
 //! - [`postback`]: the S2S sender: takes due postbacks from the store's outbox, sends, retries, records.
 //! - [`hub`]: this process's live sessions, and the wake-ups (store announcements, heartbeats) that reach them.
 //! - [`session`]: one WebSocket connection, from hello to close.
@@ -39,6 +40,7 @@ pub mod cli;
 pub mod config;
 pub mod definition;
 pub mod delivery;
+pub mod egress;
 pub mod event;
 pub mod flat;
 pub mod hub;

@@ -183,6 +183,7 @@ pub struct Metrics {
     limits_hit: Family<LimitLabel, Counter>,
     tls_reloads: Family<ResultLabel, Counter>,
     s2s_attempts: Family<AttemptLabels, Counter>,
+    s2s_refused: Family<ReasonLabel, Counter>,
     s2s_duration: Histogram,
     s2s_in_flight: Gauge,
     http_requests: Family<RequestLabels, Counter>,
@@ -255,6 +256,7 @@ impl Metrics {
             limits_hit: Family::default(),
             tls_reloads: Family::default(),
             s2s_attempts: Family::default(),
+            s2s_refused: Family::default(),
             s2s_duration: Histogram::new(duration_buckets()),
             s2s_in_flight: Gauge::default(),
             http_requests: Family::default(),
@@ -380,6 +382,11 @@ impl Metrics {
             "s2s_attempts",
             "Postback attempts; result is fired, retry or failed, outcome what the endpoint did",
             m.s2s_attempts.clone(),
+        );
+        r.register(
+            "s2s_refused",
+            "Postbacks refused because their destination is not a public address (reason loopback, private, link_local, shared_address_space, multicast, unspecified or reserved); each failed for good",
+            m.s2s_refused.clone(),
         );
         r.register_with_unit(
             "s2s_attempt_duration",
@@ -581,6 +588,13 @@ impl Metrics {
         self.s2s_duration.observe(took.as_secs_f64());
     }
 
+    /// Counts a postback refused by the egress guard; `reason` is one of [`crate::egress::Reason`]'s labels.
+    pub fn s2s_refused(&self, reason: &'static str) {
+        self.s2s_refused
+            .get_or_create(&ReasonLabel { reason })
+            .inc();
+    }
+
     /// Counts an answered HTTP request; `route` must be a route template, never a concrete path. A
     /// method outside the standard ones is counted as `other`, so a client cannot mint series.
     pub fn http_request(&self, route: &str, method: &str, status: u16, took: Duration) {
@@ -663,6 +677,7 @@ mod tests {
         m.ws_connected();
         m.ws_closed("shutdown");
         m.s2s_attempt(AttemptResult::Fired, "http_2xx", Duration::ZERO);
+        m.s2s_refused("loopback");
         m.http_request("/healthz", "GET", 200, Duration::ZERO);
         m.flushed(Duration::ZERO, 1);
         m.upkeep_pass(Duration::ZERO, true);

@@ -10,6 +10,12 @@
 //!
 //! One slow or dead endpoint must not hold up the others, so concurrency is bounded twice: overall, and
 //! per target host. A postback whose host is busy is simply left due and picked up when a slot frees.
+//!
+//! Every destination goes through [`Egress`]: an address that is not public (loopback, private,
+//! link-local, …) is refused before the request, on every redirect hop, and for host names on the
+//! addresses they resolve to, at connect time. A refused postback fails at once, never retried, with the
+//! reason in its report row and in `pixelhub_s2s_refused_total`. Postbacks carry no `Referer`, and an
+//! answer's first bytes are kept in the report only when it came from a public address.
 //! Exactly once is "once per recorded success": a crash after the endpoint answered 2xx but before the
 //! answer was recorded sends it again, which no sender can avoid without the endpoint's help.
 
@@ -26,6 +32,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
 use crate::delivery::{Attempt, RESPONSE_EXCERPT_BYTES, excerpt};
+use crate::egress::{Egress, Refused, classify, refusal_in};
 use crate::metrics::{AttemptResult, Metrics};
 use crate::store::{DuePostback, Store, Verdict, now_ms};
 
@@ -119,10 +126,17 @@ impl SenderStats {
     }
 }
 
+/// What the report says of an answer that came from a non-public address (one the operator allowed).
+const PRIVATE_ANSWER: &str = "(answer of a non-public address, not kept)";
+
 /// What the dispatcher and its attempts share.
 struct Shared {
     store: Arc<dyn Store>,
+    /// Connects only where [`Egress`] allows, follows only redirects it allows.
     client: reqwest::Client,
+    /// For the demo's own pixel receiver: follows no redirect, reaches nothing but the hub itself.
+    demo_client: reqwest::Client,
+    egress: Arc<Egress>,
     policy: Policy,
     /// Attempts in flight per host; an entry is removed when it drops to zero.
     hosts: Mutex<HashMap<String, usize>>,
@@ -137,15 +151,25 @@ struct Shared {
 pub fn spawn(
     store: Arc<dyn Store>,
     policy: Policy,
+    egress: Arc<Egress>,
     stats: Arc<SenderStats>,
     metrics: Arc<Metrics>,
     stop: CancellationToken,
     tracker: &TaskTracker,
 ) -> Result<(), reqwest::Error> {
     let max_redirects = policy.max_redirects;
-    let client = reqwest::Client::builder()
-        .timeout(policy.timeout)
-        .user_agent(concat!("pixelhub/", env!("CARGO_PKG_VERSION")))
+    // No proxy from the environment (it would resolve names where the guard cannot see), no Referer (the
+    // URL holds click ids and tokens that the next hop has no business seeing).
+    let builder = || {
+        reqwest::Client::builder()
+            .timeout(policy.timeout)
+            .user_agent(concat!("pixelhub/", env!("CARGO_PKG_VERSION")))
+            .no_proxy()
+            .referer(false)
+    };
+    let hops = Arc::clone(&egress);
+    let client = builder()
+        .dns_resolver(egress.resolver())
         .redirect(reqwest::redirect::Policy::custom(move |attempt| {
             if !matches!(attempt.url().scheme(), "http" | "https") {
                 let refused = format!(
@@ -155,14 +179,21 @@ pub fn spawn(
                 attempt.error(refused)
             } else if attempt.previous().len() > max_redirects {
                 attempt.error(format!("more than {max_redirects} redirects"))
+            } else if let Err(refused) = hops.check_url(attempt.url()) {
+                attempt.error(refused)
             } else {
                 attempt.follow()
             }
         }))
         .build()?;
+    let demo_client = builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()?;
     let shared = Arc::new(Shared {
         store,
         client,
+        demo_client,
+        egress,
         policy,
         hosts: Mutex::new(HashMap::new()),
         freed: Notify::new(),
@@ -323,15 +354,6 @@ impl Shared {
     async fn send(&self, postback: &DuePostback) -> (Attempt, Verdict) {
         let at_ms = now_ms();
         let started = Instant::now();
-        let request = match &postback.post {
-            None => self.client.get(&postback.url),
-            Some(post) => self
-                .client
-                .post(&postback.url)
-                .header(CONTENT_TYPE, &post.content_type)
-                .body(post.body.clone()),
-        };
-        let made = postback.attempts + 1;
         let mut attempt = Attempt {
             at_ms,
             duration_ms: 0,
@@ -339,6 +361,25 @@ impl Shared {
             error: None,
             response: None,
         };
+        let parsed = url::Url::parse(&postback.url).ok();
+        let demo = parsed.as_ref().and_then(|u| self.egress.demo_receiver(u));
+        let (client, url) = match &demo {
+            Some(own) => (&self.demo_client, own.as_str()),
+            None => (&self.client, postback.url.as_str()),
+        };
+        if demo.is_none()
+            && let Some(Err(refused)) = parsed.as_ref().map(|u| self.egress.check_url(u))
+        {
+            return (self.refused(attempt, &refused, started), Verdict::Failed);
+        }
+        let request = match &postback.post {
+            None => client.get(url),
+            Some(post) => client
+                .post(url)
+                .header(CONTENT_TYPE, &post.content_type)
+                .body(post.body.clone()),
+        };
+        let made = postback.attempts + 1;
         let retryable = match request.send().await {
             Ok(mut response) => {
                 let status = response.status();
@@ -353,7 +394,13 @@ impl Shared {
                     .get(CONTENT_TYPE)
                     .and_then(|v| v.to_str().ok())
                     .map(str::to_owned);
+                // What a service on a private network answers is not the brand's to read.
+                let public = demo.is_some()
+                    || response
+                        .remote_addr()
+                        .is_some_and(|peer| classify(peer.ip()).is_none());
                 match media.as_deref().filter(|m| !is_text(m)) {
+                    _ if !public => attempt.response = Some(PRIVATE_ANSWER.into()),
                     // A tracking GIF's bytes tell nobody anything; its type does.
                     Some(binary) => attempt.response = Some(format!("({binary} body)")),
                     None => {
@@ -378,6 +425,9 @@ impl Shared {
                 retry.then_some(retry_after)
             }
             Err(e) => {
+                if let Some(refused) = refusal_in(&e) {
+                    return (self.refused(attempt, refused, started), Verdict::Failed);
+                }
                 attempt.error = Some(describe(&e));
                 // A refused redirect means the URL leads somewhere it must not: retrying cannot help.
                 (!e.is_redirect()).then_some(None)
@@ -394,6 +444,15 @@ impl Shared {
             _ => Verdict::Failed,
         };
         (attempt, verdict)
+    }
+
+    /// An attempt stopped by [`Egress`]: failed for good, the reason in the report and counted.
+    fn refused(&self, mut attempt: Attempt, refused: &Refused, started: Instant) -> Attempt {
+        self.metrics.s2s_refused(refused.reason.as_str());
+        tracing::warn!(address = %refused.address, reason = refused.reason.as_str(), "postback destination refused");
+        attempt.error = Some(refused.to_string());
+        attempt.duration_ms = ms(started.elapsed());
+        attempt
     }
 }
 
@@ -451,6 +510,7 @@ fn outcome_of(attempt: &Attempt) -> &'static str {
             _ => "http_other",
         },
         (None, Some(e)) if e.starts_with("timed out") => "timeout",
+        (None, Some(e)) if e.starts_with("destination refused") => "destination_refused",
         (None, Some(e)) if e.starts_with("redirect refused") => "redirect_refused",
         (None, Some(e)) if e.starts_with("connection failed") => "connection_failed",
         _ => "request_failed",

@@ -22,6 +22,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::api::{self, AppState, DemoLog, History};
 use crate::config::{Config, MIN_ADMIN_TOKEN_LEN};
+use crate::egress::Egress;
 use crate::hub::Hub;
 use crate::ids::{BrandId, random_hex};
 use crate::limits::{PerIp, TrustedProxies};
@@ -133,10 +134,19 @@ impl Application {
             Arc::clone(tls).watch(Arc::clone(&metrics), shutdown.clone(), &background);
         }
 
+        let egress = Arc::new(Egress::new(
+            config.s2s_allow_networks.clone(),
+            config.demo,
+            listener.local_addr().map_err(|source| StartError::Bind {
+                addr: config.listen,
+                source,
+            })?,
+        ));
         let postbacks = Arc::new(SenderStats::default());
         postback::spawn(
             Arc::clone(&store),
             Policy::from_config(&config),
+            Arc::clone(&egress),
             Arc::clone(&postbacks),
             Arc::clone(&metrics),
             shutdown.clone(),
@@ -156,6 +166,7 @@ impl Application {
             sessions: TaskTracker::new(),
             demo: Arc::new(DemoLog::default()),
             postbacks,
+            egress,
             metrics,
             history: Arc::new(History::default()),
             metrics_scrape: Arc::default(),

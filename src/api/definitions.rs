@@ -76,13 +76,24 @@ pub(super) async fn create(
     ))
 }
 
-/// Refuses a definition whose kind or URL the brand's pixel policy does not allow.
+/// Refuses a definition whose kind or URL the brand's pixel policy does not allow, or whose postbacks
+/// would go to an address the hub does not send to (a host written as a non-public address; names are
+/// checked when resolved, at each attempt).
 async fn allowed_for_brand(
     state: &AppState,
     brand: &BrandId,
     action: &Action,
 ) -> Result<(), ApiError> {
     let brand = super::admin::require_brand(state, brand).await?;
+    if let Some(destination) = action.postback_destination() {
+        state
+            .egress
+            .check_url(&destination)
+            .map_err(|refused| ApiError::Invalid {
+                code: "destination_not_allowed",
+                message: format!("definition.url: {refused}"),
+            })?;
+    }
     action
         .check(brand.settings.pixel_policy())
         .map_err(|refusal| refusal.at("definition").into())

@@ -361,4 +361,36 @@ mod tests {
             "quoted by the CSV writer as well"
         );
     }
+
+    #[test]
+    fn every_column_of_a_report_row_is_made_safe() {
+        // Whatever a column holds (a click id from an inbound URL, an affiliate's answer, a trigger, a
+        // template), a formula in it reaches the CSV as text.
+        let formula = "=HYPERLINK(\"https://evil.example/\",\"x\")";
+        let row: Delivery = serde_json::from_value(json!({
+            "id": "px-1", "player_id": "p-1", "kind": "s2s", "status": "fired",
+            "trigger": formula, "event_id": "e-1", "definition_id": "d-1",
+            "definition_name": formula, "template": formula, "final_url": formula,
+            "code_digest": formula, "click_id": formula, "missing": [],
+            "method": formula, "queued_at_ms": 1, "updated_at_ms": 1, "attempts": 1, "http_status": 200,
+            "response": formula, "error": formula,
+        }))
+        .expect("a report row");
+        let line = csv_row(&row);
+        let cells: Vec<String> = csv::Reader::from_reader(
+            format!("{}{line}", csv_line(COLUMNS.iter().map(|c| c.to_string()))).as_bytes(),
+        )
+        .records()
+        .next()
+        .unwrap()
+        .unwrap()
+        .iter()
+        .map(str::to_owned)
+        .collect();
+        for (column, cell) in COLUMNS.iter().zip(&cells) {
+            assert!(!cell.starts_with('='), "{column}: {cell}");
+        }
+        let response = COLUMNS.iter().position(|c| *c == "response").unwrap();
+        assert_eq!(cells[response], format!("'{formula}"));
+    }
 }

