@@ -252,6 +252,12 @@ pub struct Config {
           value_parser = clap::value_parser!(u64).range(1..=1024))]
     pub s2s_per_host: u64,
 
+    /// S2S postbacks in flight at once of one brand, over all its endpoints: one brand's backlog to many
+    /// slow hosts leaves the other slots to the other brands.
+    #[arg(long, env = "PIXELHUB_S2S_PER_BRAND", default_value_t = 16,
+          value_parser = clap::value_parser!(u64).range(1..=4096))]
+    pub s2s_per_brand: u64,
+
     /// Redirects an S2S postback follows (http and https only) before it counts as failed.
     #[arg(long, env = "PIXELHUB_S2S_MAX_REDIRECTS", default_value_t = 5,
           value_parser = clap::value_parser!(u64).range(0..=20))]

@@ -19,7 +19,7 @@
 //! Exactly once is "once per recorded success": a crash after the endpoint answered 2xx but before the
 //! answer was recorded sends it again, which no sender can avoid without the endpoint's help.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
@@ -33,11 +33,10 @@ use tokio_util::task::TaskTracker;
 use crate::config::Config;
 use crate::delivery::{Attempt, RESPONSE_EXCERPT_BYTES, excerpt};
 use crate::egress::{Egress, Refused, classify, refusal_in};
+use crate::ids::BrandId;
 use crate::metrics::{AttemptResult, Metrics};
-use crate::store::{DuePostback, Store, Verdict, now_ms};
+use crate::store::{DuePostback, Lane, Store, Verdict, now_ms};
 
-/// Most due postbacks looked at per pass; those beyond wait for the next pass.
-const SCAN_LIMIT: usize = 2_000;
 /// Longest sleep between passes when nothing wakes the sender earlier.
 const POLL: Duration = Duration::from_secs(1);
 /// How long after its attempt's timeout a claimed postback becomes due again, should the sender die.
@@ -60,6 +59,9 @@ pub struct Policy {
     pub concurrency: usize,
     /// Attempts in flight at once to one host.
     pub per_host: usize,
+    /// Attempts in flight at once of one brand, so one brand's backlog to many hosts leaves slots for
+    /// the others.
+    pub per_brand: usize,
     /// Redirects followed per attempt.
     pub max_redirects: usize,
     /// Failed attempts in a row that flag a definition.
@@ -77,6 +79,7 @@ impl Policy {
             retry_base: Duration::from_millis(config.s2s_retry_base_ms),
             concurrency: config.s2s_concurrency as usize,
             per_host: config.s2s_per_host as usize,
+            per_brand: config.s2s_per_brand as usize,
             max_redirects: config.s2s_max_redirects as usize,
             failure_threshold: config.s2s_failure_threshold as u32,
             auto_disable: config.s2s_auto_disable,
@@ -138,8 +141,8 @@ struct Shared {
     demo_client: reqwest::Client,
     egress: Arc<Egress>,
     policy: Policy,
-    /// Attempts in flight per host; an entry is removed when it drops to zero.
-    hosts: Mutex<HashMap<String, usize>>,
+    /// Attempts in flight per host and per brand.
+    busy: Mutex<Busy>,
     /// Woken when an attempt ends, freeing a slot.
     freed: Notify,
     stats: Arc<SenderStats>,
@@ -195,7 +198,7 @@ pub fn spawn(
         demo_client,
         egress,
         policy,
-        hosts: Mutex::new(HashMap::new()),
+        busy: Mutex::new(Busy::default()),
         freed: Notify::new(),
         stats,
         metrics,
@@ -207,8 +210,9 @@ pub fn spawn(
 async fn run(shared: Arc<Shared>, stop: CancellationToken) {
     let slots = Arc::new(Semaphore::new(shared.policy.concurrency));
     let attempts = TaskTracker::new();
+    let mut last_served: Option<BrandId> = None;
     while !stop.is_cancelled() {
-        let wait = match dispatch(&shared, &slots, &attempts).await {
+        let wait = match dispatch(&shared, &slots, &attempts, &mut last_served).await {
             Ok(wait) => wait,
             Err(e) => {
                 tracing::error!(error = %e, "reading the postback outbox failed");
@@ -226,68 +230,126 @@ async fn run(shared: Arc<Shared>, stop: CancellationToken) {
     attempts.wait().await;
 }
 
-/// One pass: starts an attempt for every due postback there is a slot for. Returns how long to sleep
-/// if nothing wakes the sender earlier.
+/// One pass: starts an attempt for every due postback there is a slot for, taking them **in turn**: one
+/// brand after another (starting after the brand served last), and within a brand one lane (host) after
+/// another. A lane whose host is at `--s2s-per-host`, or whose brand is at `--s2s-per-brand`, is passed
+/// over without being read, so however many postbacks wait for a dead endpoint, another host's or brand's
+/// due postback goes out at the next free slot. Returns how long to sleep if nothing wakes the sender
+/// earlier (an attempt ending, new postbacks).
 async fn dispatch(
     shared: &Arc<Shared>,
     slots: &Arc<Semaphore>,
     attempts: &TaskTracker,
+    last_served: &mut Option<BrandId>,
 ) -> Result<Duration, crate::store::StoreError> {
     let now = now_ms();
-    let due = shared.store.due_postbacks(now, SCAN_LIMIT).await?;
-    if due.is_empty() {
-        // Sleep until the earliest scheduled one, if that is sooner than the next poll.
-        let next = shared.store.due_postbacks(u64::MAX, 1).await?;
-        let wait = next.first().map_or(POLL, |p| {
-            Duration::from_millis(p.due_ms.saturating_sub(now))
-        });
-        return Ok(wait.min(POLL));
+    let lanes = shared.store.postback_lanes().await?;
+    let next = lanes.iter().map(|l| l.next_ms).filter(|&at| at > now).min();
+    let mut due: BTreeMap<BrandId, VecDeque<Lane>> = BTreeMap::new();
+    for lane in lanes.into_iter().filter(|l| l.next_ms <= now) {
+        due.entry(lane.lane.brand.clone())
+            .or_default()
+            .push_back(lane.lane);
     }
-    for postback in due {
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
-            break; // every slot busy: an ending attempt wakes us
-        };
-        let host = host_of(&postback.url);
-        if !shared.take_host(&host) {
-            continue;
+    for lanes in due.values_mut() {
+        lanes.make_contiguous().sort();
+    }
+    // The brands after the one served last come first, so none is always at the front.
+    let mut order: Vec<BrandId> = due.keys().cloned().collect();
+    if let Some(last) = last_served.as_ref() {
+        let after = order.partition_point(|b| b <= last);
+        order.rotate_left(after);
+    }
+    let wait = next
+        .map_or(POLL, |at| Duration::from_millis(at - now))
+        .min(POLL);
+    loop {
+        let mut started = false;
+        for brand in &order {
+            let Some(lanes) = due.get_mut(brand) else {
+                continue;
+            };
+            let Some(pos) = lanes.iter().position(|lane| shared.has_room(lane)) else {
+                continue;
+            };
+            let Ok(slot) = slots.clone().try_acquire_owned() else {
+                return Ok(wait); // every slot busy: an ending attempt wakes us
+            };
+            let lane = lanes.remove(pos).expect("the position was just found");
+            let Some(postback) = shared.store.due_postbacks(&lane, now, 1).await?.pop() else {
+                continue; // the lane has nothing due any more: drop it from this pass
+            };
+            // The lane's next turn comes after the brand's other lanes.
+            lanes.push_back(lane.clone());
+            if !shared.take(&lane) {
+                continue;
+            }
+            let until = now_ms() + ms(shared.policy.timeout + CLAIM_MARGIN);
+            match shared.store.claim_postback(&postback, until).await {
+                Ok(true) => {
+                    let shared = Arc::clone(shared);
+                    attempts.spawn(async move {
+                        shared.attempt(postback, until, slot).await;
+                        shared.release(&lane);
+                        shared.freed.notify_one();
+                    });
+                    *last_served = Some(brand.clone());
+                    started = true;
+                }
+                Ok(false) => shared.release(&lane),
+                Err(e) => {
+                    shared.release(&lane);
+                    return Err(e);
+                }
+            }
         }
-        let until = now_ms() + ms(shared.policy.timeout + CLAIM_MARGIN);
-        match shared.store.claim_postback(&postback, until).await {
-            Ok(true) => {
-                let shared = Arc::clone(shared);
-                attempts.spawn(async move {
-                    shared.attempt(postback, until, slot).await;
-                    shared.release_host(&host);
-                    shared.freed.notify_one();
-                });
-            }
-            Ok(false) => shared.release_host(&host),
-            Err(e) => {
-                shared.release_host(&host);
-                return Err(e);
-            }
+        if !started {
+            return Ok(wait);
         }
     }
-    Ok(POLL)
+}
+
+/// Attempts in flight per host and per brand; an entry is removed when it drops to zero.
+#[derive(Default)]
+struct Busy {
+    hosts: HashMap<String, usize>,
+    brands: HashMap<BrandId, usize>,
 }
 
 impl Shared {
-    fn take_host(&self, host: &str) -> bool {
-        let mut hosts = self.hosts.lock().unwrap_or_else(|p| p.into_inner());
-        let busy = hosts.entry(host.to_owned()).or_insert(0);
-        if *busy >= self.policy.per_host {
+    /// Whether a postback of `lane` may start now: its host and its brand are under their limits.
+    fn has_room(&self, lane: &Lane) -> bool {
+        let busy = self.busy.lock().unwrap_or_else(|p| p.into_inner());
+        busy.hosts.get(&lane.host).copied().unwrap_or(0) < self.policy.per_host
+            && busy.brands.get(&lane.brand).copied().unwrap_or(0) < self.policy.per_brand
+    }
+
+    /// Counts an attempt of `lane` in flight, if its host and brand have room.
+    fn take(&self, lane: &Lane) -> bool {
+        let mut busy = self.busy.lock().unwrap_or_else(|p| p.into_inner());
+        let host = busy.hosts.get(&lane.host).copied().unwrap_or(0);
+        let brand = busy.brands.get(&lane.brand).copied().unwrap_or(0);
+        if host >= self.policy.per_host || brand >= self.policy.per_brand {
             return false;
         }
-        *busy += 1;
+        busy.hosts.insert(lane.host.clone(), host + 1);
+        busy.brands.insert(lane.brand.clone(), brand + 1);
         true
     }
 
-    fn release_host(&self, host: &str) {
-        let mut hosts = self.hosts.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(busy) = hosts.get_mut(host) {
-            *busy -= 1;
-            if *busy == 0 {
-                hosts.remove(host);
+    fn release(&self, lane: &Lane) {
+        let mut busy = self.busy.lock().unwrap_or_else(|p| p.into_inner());
+        let Busy { hosts, brands } = &mut *busy;
+        if let Some(n) = hosts.get_mut(&lane.host) {
+            *n -= 1;
+            if *n == 0 {
+                hosts.remove(&lane.host);
+            }
+        }
+        if let Some(n) = brands.get_mut(&lane.brand) {
+            *n -= 1;
+            if *n == 0 {
+                brands.remove(&lane.brand);
             }
         }
     }
@@ -465,18 +527,6 @@ fn is_text(media_type: &str) -> bool {
             .any(|t| media_type.contains(t))
 }
 
-/// `host:port` of a URL: the unit of per-host concurrency.
-fn host_of(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(url) => format!(
-            "{}:{}",
-            url.host_str().unwrap_or(""),
-            url.port_or_known_default().unwrap_or(0)
-        ),
-        Err(_) => String::new(),
-    }
-}
-
 /// A `Retry-After` value: delay seconds, or an HTTP date; capped at [`MAX_RETRY_AFTER`].
 fn parse_retry_after(value: &str) -> Option<Duration> {
     let value = value.trim();
@@ -554,6 +604,7 @@ mod tests {
             retry_base: Duration::from_secs(100),
             concurrency: 64,
             per_host: 4,
+            per_brand: 16,
             max_redirects: 5,
             failure_threshold: 20,
             auto_disable: false,
@@ -607,11 +658,5 @@ mod tests {
         assert!(is_text("Application/XML"));
         assert!(!is_text("image/gif"));
         assert!(!is_text("application/octet-stream"));
-    }
-
-    #[test]
-    fn hosts_include_the_port() {
-        assert_eq!(host_of("https://a.example/pb?x=1"), "a.example:443");
-        assert_eq!(host_of("http://127.0.0.1:8081/pb"), "127.0.0.1:8081");
     }
 }

@@ -755,9 +755,18 @@ pub(super) async fn postbacks_are_claimed_retried_and_recorded(h: &impl Harness)
     define(&store, serde_json::json!({"id": "pb", "name": "PB", "trigger": "sale", "kind": "s2s", "url": "https://pb.example/?e={{event_id}}"})).await;
     let sale =
         |id: &str| events(serde_json::json!({"event_id": id, "type": "sale", "player_id": "p"}));
+    let lane = Lane::of(&brand, "https://pb.example/");
+    assert_eq!(lane.host, "pb.example:443");
     store.ingest(&brand, sale("s1")).await.unwrap();
     let now = now_ms();
-    let due = store.due_postbacks(now, 10).await.unwrap();
+    let lanes = store.postback_lanes().await.unwrap();
+    assert_eq!(
+        (lanes.len(), &lanes[0].lane),
+        (1, &lane),
+        "one lane: the brand's postbacks to pb.example"
+    );
+    assert!(lanes[0].next_ms <= now);
+    let due = store.due_postbacks(&lane, now, 10).await.unwrap();
     assert_eq!(due.len(), 1);
     let first = due[0].clone();
     assert_eq!(first.url, "https://pb.example/?e=s1");
@@ -771,16 +780,25 @@ pub(super) async fn postbacks_are_claimed_retried_and_recorded(h: &impl Harness)
 
     let until = now + 60_000;
     assert!(store.claim_postback(&first, until).await.unwrap());
+    assert_eq!(
+        store.postback_lanes().await.unwrap()[0].next_ms,
+        until,
+        "a claimed postback waits at the end of its claim"
+    );
     assert!(
         !store.claim_postback(&first, until).await.unwrap(),
         "claimed once"
     );
     assert!(
-        store.due_postbacks(now, 10).await.unwrap().is_empty(),
+        store
+            .due_postbacks(&lane, now, 10)
+            .await
+            .unwrap()
+            .is_empty(),
         "not due while claimed"
     );
     assert_eq!(
-        store.due_postbacks(until, 10).await.unwrap().len(),
+        store.due_postbacks(&lane, until, 10).await.unwrap().len(),
         1,
         "due again if the sender dies"
     );
@@ -806,8 +824,14 @@ pub(super) async fn postbacks_are_claimed_retried_and_recorded(h: &impl Harness)
         (health.consecutive_failures, health.last_error.as_deref()),
         (1, Some("HTTP 503"))
     );
-    assert!(store.due_postbacks(now + 999, 10).await.unwrap().is_empty());
-    let retry = store.due_postbacks(now + 1000, 10).await.unwrap();
+    assert!(
+        store
+            .due_postbacks(&lane, now + 999, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let retry = store.due_postbacks(&lane, now + 1000, 10).await.unwrap();
     assert_eq!((retry.len(), retry[0].attempts), (1, 1));
     let record = store
         .event(&brand, &EventId::parse("s1").unwrap())
@@ -829,8 +853,16 @@ pub(super) async fn postbacks_are_claimed_retried_and_recorded(h: &impl Harness)
         .unwrap();
     assert_eq!(health.consecutive_failures, 0);
     assert!(
-        store.due_postbacks(u64::MAX, 10).await.unwrap().is_empty(),
+        store
+            .due_postbacks(&lane, u64::MAX, 10)
+            .await
+            .unwrap()
+            .is_empty(),
         "never sent again"
+    );
+    assert!(
+        store.postback_lanes().await.unwrap().is_empty(),
+        "an empty lane is gone"
     );
     let row = &store
         .deliveries(
@@ -853,7 +885,7 @@ pub(super) async fn postbacks_are_claimed_retried_and_recorded(h: &impl Harness)
     // A refusal ends it; a cancel takes it out of the outbox, but not while an attempt runs.
     store.ingest(&brand, sale("s2")).await.unwrap();
     store.ingest(&brand, sale("s3")).await.unwrap();
-    let due = store.due_postbacks(now_ms(), 10).await.unwrap();
+    let due = store.due_postbacks(&lane, now_ms(), 10).await.unwrap();
     assert_eq!(due.len(), 2);
     let (s2, s3) = if due[0].url.ends_with("s2") {
         (&due[0], &due[1])
@@ -881,7 +913,13 @@ pub(super) async fn postbacks_are_claimed_retried_and_recorded(h: &impl Harness)
         store.cancel(&s3.key, &s3.id).await.unwrap(),
         CancelOutcome::Cancelled
     );
-    assert!(store.due_postbacks(u64::MAX, 10).await.unwrap().is_empty());
+    assert!(
+        store
+            .due_postbacks(&lane, u64::MAX, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
     assert!(
         !store.claim_postback(s3, until).await.unwrap(),
         "a cancelled postback cannot be claimed"
@@ -895,13 +933,26 @@ pub(super) async fn postbacks_are_claimed_retried_and_recorded(h: &impl Harness)
 
     // A claim survives a reopen as a due time: the postback is sent again, never lost.
     store.ingest(&brand, sale("s4")).await.unwrap();
-    let s4 = store.due_postbacks(now_ms(), 10).await.unwrap().remove(0);
+    let s4 = store
+        .due_postbacks(&lane, now_ms(), 10)
+        .await
+        .unwrap()
+        .remove(0);
     assert!(store.claim_postback(&s4, until).await.unwrap());
     store.close().await.unwrap();
     drop(store);
     let store = h.open().await;
-    assert!(store.due_postbacks(until - 1, 10).await.unwrap().is_empty());
-    assert_eq!(store.due_postbacks(until, 10).await.unwrap()[0].id, s4.id);
+    assert!(
+        store
+            .due_postbacks(&lane, until - 1, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        store.due_postbacks(&lane, until, 10).await.unwrap()[0].id,
+        s4.id
+    );
 
     assert!(
         store
@@ -922,6 +973,81 @@ pub(super) async fn postbacks_are_claimed_retried_and_recorded(h: &impl Harness)
         (pb.enabled, pb.disabled_reason.as_deref()),
         (false, Some("failing"))
     );
+}
+
+pub(super) async fn the_outbox_keeps_a_lane_per_brand_and_host(h: &impl Harness) {
+    let store = store_with_brand(h).await;
+    let one = key("x").brand;
+    let two = BrandId::parse("other").unwrap();
+    store
+        .put_brand(&two, BrandSettings::default())
+        .await
+        .unwrap();
+    for brand in [&one, &two] {
+        for (id, url) in [
+            ("dead", "https://dead.example/pb?e={{event_id}}"),
+            ("live", "https://live.example:8443/pb?e={{event_id}}"),
+        ] {
+            let input = definition_input(
+                serde_json::json!({"id": id, "name": id, "trigger": "sale", "kind": "s2s", "url": url}),
+            );
+            store.create_definition(brand, input).await.unwrap();
+        }
+    }
+    for i in 0..3 {
+        let sale = events(
+            serde_json::json!({"event_id": format!("s{i}"), "type": "sale", "player_id": "p"}),
+        );
+        store.ingest(&one, sale).await.unwrap();
+    }
+    let sale = events(serde_json::json!({"event_id": "t", "type": "sale", "player_id": "q"}));
+    store.ingest(&two, sale).await.unwrap();
+
+    let mut lanes: Vec<(String, String)> = store
+        .postback_lanes()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|l| (l.lane.brand.to_string(), l.lane.host))
+        .collect();
+    lanes.sort();
+    assert_eq!(
+        lanes,
+        [
+            (one.to_string(), "dead.example:443".into()),
+            (one.to_string(), "live.example:8443".into()),
+            ("other".into(), "dead.example:443".into()),
+            ("other".into(), "live.example:8443".into()),
+        ]
+    );
+    let now = now_ms();
+    let dead = Lane::of(&one, "https://dead.example/");
+    let due = store.due_postbacks(&dead, now, 10).await.unwrap();
+    assert_eq!(due.len(), 3, "a lane holds only its own brand's and host's");
+    assert!(
+        due.iter()
+            .all(|p| p.lane == dead && p.url.starts_with("https://dead.example/"))
+    );
+    assert!(
+        due.windows(2).all(|w| w[0].due_ms <= w[1].due_ms),
+        "earliest first"
+    );
+    let other_dead = Lane::of(&two, "https://dead.example/");
+    assert_eq!(
+        store
+            .due_postbacks(&other_dead, now, 10)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+
+    // Reopened, the lanes are the same.
+    store.close().await.unwrap();
+    drop(store);
+    let store = h.open().await;
+    assert_eq!(store.postback_lanes().await.unwrap().len(), 4);
+    assert_eq!(store.due_postbacks(&dead, now, 2).await.unwrap().len(), 2);
 }
 
 pub(super) async fn brand_secrets_rotate_with_a_grace_period(h: &impl Harness) {
@@ -1157,6 +1283,10 @@ macro_rules! store_contract {
             #[tokio::test]
             async fn postbacks_are_claimed_retried_and_recorded() {
                 contract::postbacks_are_claimed_retried_and_recorded(&$harness).await
+            }
+            #[tokio::test]
+            async fn the_outbox_keeps_a_lane_per_brand_and_host() {
+                contract::the_outbox_keeps_a_lane_per_brand_and_host(&$harness).await
             }
             #[tokio::test]
             async fn brand_secrets_rotate_with_a_grace_period() {

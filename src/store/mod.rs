@@ -233,9 +233,48 @@ pub struct StoreStats {
     pub flushed_writes: u64,
 }
 
+/// A line of the outbox: one brand's postbacks to one host. The sender takes due postbacks lane by lane,
+/// in turn, so a brand or an endpoint with a backlog never stands in front of another's due work.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Lane {
+    /// Whose postbacks.
+    pub brand: BrandId,
+    /// Where they go: `host:port` of the URL (the unit of per-host concurrency).
+    pub host: String,
+}
+
+impl Lane {
+    /// The lane of a postback of `brand` to `url`.
+    pub fn of(brand: &BrandId, url: &str) -> Self {
+        let host = match url::Url::parse(url) {
+            Ok(url) => format!(
+                "{}:{}",
+                url.host_str().unwrap_or(""),
+                url.port_or_known_default().unwrap_or(0)
+            ),
+            Err(_) => String::new(),
+        };
+        Lane {
+            brand: brand.clone(),
+            host,
+        }
+    }
+}
+
+/// A lane of the outbox and when its earliest postback is due (or its claim ends).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LaneDue {
+    /// The lane.
+    pub lane: Lane,
+    /// Unix milliseconds of its earliest entry.
+    pub next_ms: u64,
+}
+
 /// A postback whose next attempt is due, with what the sender needs to make it.
 #[derive(Clone, Debug, PartialEq)]
 pub struct DuePostback {
+    /// Its lane.
+    pub lane: Lane,
     /// Whose postback it is.
     pub key: PlayerKey,
     /// Its id.
@@ -539,9 +578,18 @@ pub trait Store: Send + Sync + 'static {
         query: &DeliveryQuery,
     ) -> Result<DeliveryPage, StoreError>;
 
-    /// Postbacks whose next attempt is due at `now`, earliest first, at most `limit`. Nothing is claimed:
-    /// the sender picks those it has capacity for and claims each with [`Store::claim_postback`].
-    async fn due_postbacks(&self, now: u64, limit: usize) -> Result<Vec<DuePostback>, StoreError>;
+    /// Every lane that holds a postback (due, scheduled or claimed), with its earliest entry: what the
+    /// sender chooses from, and when it must look again.
+    async fn postback_lanes(&self) -> Result<Vec<LaneDue>, StoreError>;
+
+    /// The lane's postbacks whose next attempt is due at `now`, earliest first, at most `limit`. Nothing
+    /// is claimed: the sender claims each with [`Store::claim_postback`].
+    async fn due_postbacks(
+        &self,
+        lane: &Lane,
+        now: u64,
+        limit: usize,
+    ) -> Result<Vec<DuePostback>, StoreError>;
 
     /// Takes a due postback for one attempt, moving its schedule entry to `until`: if the sender dies
     /// mid-attempt, the postback is due again then, so a crash can never lose it. False when it is no

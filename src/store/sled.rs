@@ -12,7 +12,7 @@
 //! | `i` brand NUL player NUL pixel-id | [`Record`] JSON: the pixel's or postback's [`Delivery`] record (status, report row, idempotency entry) and queue seq |
 //! | `r` brand NUL queued-at(u64 BE ms) player NUL pixel-id | empty: the report's time index over `i` |
 //! | `x` due(u64 BE ms) brand NUL player NUL seq | pixel id: when the pixel expires, or when its final record is forgotten |
-//! | `s` due(u64 BE ms) brand NUL player NUL postback-id | empty: the S2S outbox, by next attempt (or end of claim) |
+//! | `l` brand NUL host NUL due(u64 BE ms) player NUL postback-id | empty: the S2S outbox, one lane per brand and host (`host:port`), each by next attempt (or end of claim) |
 //! | `d` brand NUL definition-id | [`Definition`] JSON |
 //! | `h` brand NUL definition-id | [`DefinitionHealth`] JSON: the definition's postback failures in a row |
 //! | `c` brand NUL player | [`PlayerContext`] JSON: attribution and first-deposit marker |
@@ -26,6 +26,10 @@
 //! | `n` brand NUL player NUL | pending client pixels of the player (u64 BE): the queue cap's count |
 //! | `k` brand NUL (u64::MAX - pending)(u64 BE) player | empty: the brand's players by backlog, biggest first |
 //! | `m` name | engine metadata, e.g. which derived tables have been built |
+//!
+//! The lanes of the outbox and their due times are also kept in memory (rebuilt at open), so the sender
+//! can see which lanes have due work without reading the disk. (`s` due NUL brand… was the outbox of one
+//! global line before lanes; a data dir that has it is moved to `l` at open.)
 //!
 //! `p`, `n` and `k` are derived from `q`. Every change to a queue goes through [`Changes`], which keeps them
 //! in step in the same atomic batch; a data dir written before they existed gets them built at open.
@@ -58,9 +62,9 @@ use tokio_util::sync::CancellationToken;
 use super::commit::GroupCommit;
 use super::{
     ApiKeyRecord, Backlog, Brand, BrandQueue, BrandSecret, BrandSettings, CancelOutcome, Cursor,
-    DefinitionHealth, DeliveryPage, DeliveryQuery, DuePostback, EnqueueOutcome, Enqueued, OnFull,
-    PendingPixel, PixelStatus, Purged, QueueCap, SecretKind, Store, StoreError, StoreStats,
-    Verdict, now_ms,
+    DefinitionHealth, DeliveryPage, DeliveryQuery, DuePostback, EnqueueOutcome, Enqueued, Lane,
+    LaneDue, OnFull, PendingPixel, PixelStatus, Purged, QueueCap, SecretKind, Store, StoreError,
+    StoreStats, Verdict, now_ms,
 };
 use crate::definition::{Definition, DefinitionInput};
 use crate::delivery::{Attempt, Delivery, PostBody, Target};
@@ -125,6 +129,9 @@ struct Inner {
     announce: broadcast::Sender<PlayerKey>,
     /// Woken when an ingest adds postbacks, so the sender does not wait for its next poll.
     outbox: Notify,
+    /// The outbox's lanes: per lane, how many entries are due at each time. Rebuilt from `l` at open and
+    /// changed by [`Inner::apply`] after the batch that changed `l`, under the player's stripe lock.
+    lanes: Mutex<HashMap<Lane, BTreeMap<u64, u32>>>,
     default_ttl_ms: u64,
     retention_ms: u64,
     queue_cap: QueueCap,
@@ -169,6 +176,8 @@ struct Changes {
     counted: Vec<(BrandId, String, PixelEvent)>,
     /// Client pixels that expired in this batch.
     expired: u64,
+    /// Outbox entries the batch adds (true) or removes (false): lane and due time.
+    outbox: Vec<(Lane, u64, bool)>,
 }
 
 impl Changes {
@@ -182,6 +191,18 @@ impl Changes {
 
     fn count(&mut self, brand: &BrandId, kind: &str, event: PixelEvent) {
         self.counted.push((brand.clone(), kind.to_owned(), event));
+    }
+
+    /// Puts a postback in its lane of the outbox, due at `due`.
+    fn schedule(&mut self, lane: &Lane, due: u64, key: &PlayerKey, id: &PixelId) {
+        self.insert(keys::outbox(lane, due, key, id), &[]);
+        self.outbox.push((lane.clone(), due, true));
+    }
+
+    /// Takes out an outbox entry the caller has seen (under the player's stripe lock).
+    fn unschedule(&mut self, lane: &Lane, due: u64, key: &PlayerKey, id: &PixelId) {
+        self.remove(keys::outbox(lane, due, key, id));
+        self.outbox.push((lane.clone(), due, false));
     }
 }
 
@@ -210,6 +231,14 @@ impl SledStore {
         }
         build_backlog_tables(&data)?;
         add_missing_secrets(&data)?;
+        move_outbox_to_lanes(&data)?;
+        let mut lanes: HashMap<Lane, BTreeMap<u64, u32>> = HashMap::new();
+        for entry in data.scan_prefix(b"l").keys() {
+            let k = entry.map_err(backend)?;
+            let (lane, due, _, _) =
+                keys::parse_outbox(&k).ok_or_else(|| backend("corrupt outbox key"))?;
+            *lanes.entry(lane).or_default().entry(due).or_insert(0) += 1;
+        }
 
         let inner = Arc::new(Inner {
             commit: GroupCommit::start(db.clone(), Arc::clone(&options.metrics)),
@@ -225,6 +254,7 @@ impl SledStore {
             closed: AtomicBool::new(false),
             announce: broadcast::channel(ANNOUNCE_CAPACITY).0,
             outbox: Notify::new(),
+            lanes: Mutex::new(lanes),
             default_ttl_ms: options.default_ttl.as_millis() as u64,
             retention_ms: options.retention.as_millis() as u64,
             queue_cap: options.queue_cap,
@@ -351,7 +381,7 @@ impl Inner {
             now,
         );
         delivery.next_attempt_at_ms = Some(now);
-        batch.insert(keys::schedule(now, key, &postback.id), &[]);
+        batch.schedule(&Lane::of(&key.brand, &postback.url), now, key, &postback.id);
         batch.count(&key.brand, &delivery.kind, PixelEvent::Queued);
         self.stage_record(
             batch,
@@ -425,6 +455,19 @@ impl Inner {
 
     fn record(&self, key: &PlayerKey, id: &PixelId) -> Result<Option<Record>, StoreError> {
         self.read(&keys::index(key, id))
+    }
+
+    /// Whether the postback has an outbox entry at `due` in `lane`.
+    fn scheduled(
+        &self,
+        lane: &Lane,
+        due: u64,
+        key: &PlayerKey,
+        id: &PixelId,
+    ) -> Result<bool, StoreError> {
+        self.data
+            .contains_key(keys::outbox(lane, due, key, id))
+            .map_err(backend)
     }
 
     /// Moves a pending pixel or postback to a final status: a client pixel leaves the queue and its
@@ -502,6 +545,24 @@ impl Inner {
             }
         }
         self.data.apply_batch(changes.batch).map_err(backend)?;
+        if !changes.outbox.is_empty() {
+            let mut lanes = self.lanes.lock().unwrap_or_else(|p| p.into_inner());
+            for (lane, due, added) in changes.outbox {
+                let times = lanes.entry(lane.clone()).or_default();
+                let count = times.entry(due).or_insert(0);
+                if added {
+                    *count += 1;
+                } else {
+                    *count = count.saturating_sub(1);
+                    if *count == 0 {
+                        times.remove(&due);
+                    }
+                }
+                if times.is_empty() {
+                    lanes.remove(&lane);
+                }
+            }
+        }
         for (key, delta) in deltas {
             let mut depth = self.depth.entry(key.brand).or_insert(0);
             *depth = depth.saturating_add_signed(delta);
@@ -830,6 +891,38 @@ fn build_backlog_tables(data: &Tree) -> Result<(), StoreError> {
     data.apply_batch(batch).map_err(backend)
 }
 
+/// Moves the outbox of a data dir written before lanes (`s` due brand NUL player NUL id) to its lanes (`l`),
+/// in one batch, so a crash half-way leaves the old outbox whole.
+fn move_outbox_to_lanes(data: &Tree) -> Result<(), StoreError> {
+    const MOVED: &[u8] = b"moutbox-lanes-v1";
+    if data.contains_key(MOVED).map_err(backend)? {
+        return Ok(());
+    }
+    let mut batch = Batch::default();
+    for entry in data.scan_prefix(b"s").keys() {
+        let k = entry.map_err(backend)?;
+        let (due, key, id) =
+            keys::parse_global_outbox(&k).ok_or_else(|| backend("corrupt outbox key"))?;
+        let record = data
+            .get(keys::index(&key, &id))
+            .map_err(backend)?
+            .map(|v| serde_json::from_slice::<Record>(&v))
+            .transpose()
+            .map_err(backend)?;
+        if let Some(url) = record.and_then(|r| r.delivery.final_url) {
+            batch.insert(
+                keys::outbox(&Lane::of(&key.brand, &url), due, &key, &id),
+                &[],
+            );
+        }
+        batch.remove(k);
+    }
+    batch.insert(MOVED, &[]);
+    data.apply_batch(batch).map_err(backend)?;
+    data.flush().map_err(backend)?;
+    Ok(())
+}
+
 /// Gives every brand the secrets it lacks: brands saved before a kind of secret existed get theirs at the
 /// first start of the version that has it.
 fn add_missing_secrets(data: &Tree) -> Result<(), StoreError> {
@@ -1019,13 +1112,10 @@ impl Store for SledStore {
             let Some(expires_at_ms) = rec.delivery.expires_at_ms else {
                 // A postback: cancellable while it waits in the outbox, not while an attempt runs (its
                 // outbox entry is then at the end of the claim, not at its next attempt).
-                let waiting = rec
-                    .delivery
-                    .next_attempt_at_ms
-                    .map(|due| keys::schedule(due, key, id));
-                match waiting {
-                    Some(entry) if inner.data.contains_key(&entry).map_err(backend)? => {
-                        batch.remove(entry);
+                let lane = Lane::of(&key.brand, rec.delivery.final_url.as_deref().unwrap_or(""));
+                match rec.delivery.next_attempt_at_ms {
+                    Some(due) if inner.scheduled(&lane, due, key, id)? => {
+                        batch.unschedule(&lane, due, key, id);
                     }
                     _ => break 'locked CancelOutcome::InFlight,
                 }
@@ -1558,17 +1648,36 @@ impl Store for SledStore {
         Ok(page)
     }
 
-    async fn due_postbacks(&self, now: u64, limit: usize) -> Result<Vec<DuePostback>, StoreError> {
+    async fn postback_lanes(&self) -> Result<Vec<LaneDue>, StoreError> {
+        let lanes = self.inner.lanes.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(lanes
+            .iter()
+            .filter_map(|(lane, times)| {
+                times.keys().next().map(|&next_ms| LaneDue {
+                    lane: lane.clone(),
+                    next_ms,
+                })
+            })
+            .collect())
+    }
+
+    async fn due_postbacks(
+        &self,
+        lane: &Lane,
+        now: u64,
+        limit: usize,
+    ) -> Result<Vec<DuePostback>, StoreError> {
         let inner = &self.inner;
         let mut out = Vec::new();
-        let end = keys::due_bound(b's', now);
-        for entry in inner.data.range(b"s".as_slice()..end.as_slice()).keys() {
+        let start = keys::outbox_prefix(lane);
+        let end = [start.as_slice(), &now.saturating_add(1).to_be_bytes()].concat();
+        for entry in inner.data.range(start.as_slice()..end.as_slice()).keys() {
             if out.len() == limit {
                 break;
             }
-            let s_key = entry.map_err(backend)?;
-            let (due_ms, key, id) =
-                keys::parse_schedule(&s_key).ok_or_else(|| backend("corrupt outbox key"))?;
+            let k = entry.map_err(backend)?;
+            let (_, due_ms, key, id) =
+                keys::parse_outbox(&k).ok_or_else(|| backend("corrupt outbox key"))?;
             let Some(rec) = inner.record(&key, &id)? else {
                 continue;
             };
@@ -1576,6 +1685,7 @@ impl Store for SledStore {
                 continue;
             };
             out.push(DuePostback {
+                lane: lane.clone(),
                 key,
                 id,
                 due_ms,
@@ -1592,15 +1702,14 @@ impl Store for SledStore {
         let inner = &self.inner;
         inner.check_open()?;
         let _guard = lock(inner.stripe(&due.key));
-        let entry = keys::schedule(due.due_ms, &due.key, &due.id);
-        if !inner.data.contains_key(&entry).map_err(backend)? {
+        if !inner.scheduled(&due.lane, due.due_ms, &due.key, &due.id)? {
             return Ok(false);
         }
         // Not waited on: if this move is lost in a crash, the postback is simply due where it was.
-        let mut batch = Batch::default();
-        batch.remove(entry);
-        batch.insert(keys::schedule(until, &due.key, &due.id), &[]);
-        inner.data.apply_batch(batch).map_err(backend)?;
+        let mut batch = Changes::default();
+        batch.unschedule(&due.lane, due.due_ms, &due.key, &due.id);
+        batch.schedule(&due.lane, until, &due.key, &due.id);
+        inner.apply(batch)?;
         Ok(true)
     }
 
@@ -1616,7 +1725,9 @@ impl Store for SledStore {
         let health = 'locked: {
             let _guard = lock(inner.stripe(&due.key));
             let mut batch = Changes::default();
-            batch.remove(keys::schedule(claimed_until, &due.key, &due.id));
+            if inner.scheduled(&due.lane, claimed_until, &due.key, &due.id)? {
+                batch.unschedule(&due.lane, claimed_until, &due.key, &due.id);
+            }
             let Some(mut rec) = inner.record(&due.key, &due.id)? else {
                 inner.apply(batch)?;
                 break 'locked None;
@@ -1639,7 +1750,7 @@ impl Store for SledStore {
             rec.delivery.note_attempt(attempt, status, next_at);
             match next_at {
                 Some(at) => {
-                    batch.insert(keys::schedule(at, &due.key, &due.id), &[]);
+                    batch.schedule(&due.lane, at, &due.key, &due.id);
                     batch.insert(keys::index(&due.key, &due.id), json(&rec));
                 }
                 None => {
@@ -1999,15 +2110,41 @@ mod keys {
         Some((key, at, id))
     }
 
-    pub fn schedule(due_ms: u64, key: &PlayerKey, id: &PixelId) -> Vec<u8> {
-        let mut k = vec![b's'];
+    /// `l brand NUL host NUL`: one lane of the outbox.
+    pub fn outbox_prefix(lane: &Lane) -> Vec<u8> {
+        let mut k = brand_table(b'l', &lane.brand);
+        k.extend_from_slice(lane.host.as_bytes());
+        k.push(0);
+        k
+    }
+
+    pub fn outbox(lane: &Lane, due_ms: u64, key: &PlayerKey, id: &PixelId) -> Vec<u8> {
+        let mut k = outbox_prefix(lane);
         k.extend_from_slice(&due_ms.to_be_bytes());
-        push_player(&mut k, key);
+        k.extend_from_slice(key.player.as_str().as_bytes());
+        k.push(0);
         k.extend_from_slice(id.as_str().as_bytes());
         k
     }
 
-    pub fn parse_schedule(k: &[u8]) -> Option<(u64, PlayerKey, PixelId)> {
+    /// Splits an outbox key into lane, due time, player and postback id.
+    pub fn parse_outbox(k: &[u8]) -> Option<(Lane, u64, PlayerKey, PixelId)> {
+        let rest = k.strip_prefix(b"l")?;
+        let nul = rest.iter().position(|&b| b == 0)?;
+        let (brand, rest) = (&rest[..nul], &rest[nul + 1..]);
+        let nul = rest.iter().position(|&b| b == 0)?;
+        let host = std::str::from_utf8(&rest[..nul]).ok()?.to_owned();
+        let (due, rest) = rest[nul + 1..].split_at_checked(8)?;
+        let (key, id) = parse_player_id(&[brand, &[0], rest].concat())?;
+        let lane = Lane {
+            brand: key.brand.clone(),
+            host,
+        };
+        Some((lane, u64::from_be_bytes(due.try_into().ok()?), key, id))
+    }
+
+    /// Splits a key of the outbox before lanes: `s` due brand NUL player NUL id.
+    pub fn parse_global_outbox(k: &[u8]) -> Option<(u64, PlayerKey, PixelId)> {
         let rest = k.strip_prefix(b"s")?;
         let (due, rest) = rest.split_at_checked(8)?;
         let (key, id) = parse_player_id(rest)?;
@@ -2153,6 +2290,22 @@ mod tests {
         PlayerKey::new(brand, PlayerId::parse("p").unwrap())
     }
 
+    /// Saves `definition` for `brand`, then reports the sale `e1` of player `p`; returns what it produced.
+    async fn define_and_sell(
+        store: &SledStore,
+        brand: &BrandId,
+        definition: serde_json::Value,
+    ) -> Vec<EventOutcome> {
+        let definition = crate::definition::parse_definition(definition, false).unwrap();
+        store.create_definition(brand, definition).await.unwrap();
+        let sale = crate::event::parse_events(
+            serde_json::json!({"event_id": "e1", "type": "sale", "player_id": "p"}),
+            1,
+        )
+        .unwrap();
+        store.ingest(brand, sale).await.unwrap()
+    }
+
     fn js(id: &str, ttl_seconds: Option<u64>) -> NewPixel {
         NewPixel {
             id: Some(PixelId::parse(id).unwrap()),
@@ -2274,6 +2427,41 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn an_outbox_written_before_lanes_is_moved_to_its_lanes_at_open() {
+        let harness = SledHarness::new();
+        let store = open(&harness);
+        let key = with_brand(&store).await;
+        define_and_sell(
+            &store,
+            &key.brand,
+            serde_json::json!({"name": "pb", "trigger": "sale", "kind": "s2s", "url": "https://pb.example/?e={{event_id}}"}),
+        )
+        .await;
+        // Rewrite the data dir as the version before lanes left it: one `s` entry, no marker.
+        let data = store.inner.data.clone();
+        let (lane_key, _) = data.scan_prefix(b"l").next().unwrap().unwrap();
+        let (_, due, player, id) = keys::parse_outbox(&lane_key).unwrap();
+        let mut old = vec![b's'];
+        old.extend_from_slice(&due.to_be_bytes());
+        old.extend_from_slice(format!("{}\0{}\0{}", player.brand, player.player, id).as_bytes());
+        data.remove(&lane_key).unwrap();
+        data.insert(old, &[]).unwrap();
+        data.remove(b"moutbox-lanes-v1").unwrap();
+        store.close().await.unwrap();
+        drop((store, data));
+
+        let store = open(&harness);
+        let lane = Lane::of(&key.brand, "https://pb.example/");
+        let due = store.due_postbacks(&lane, now_ms(), 10).await.unwrap();
+        assert_eq!((due.len(), due[0].id.as_str()), (1, id.as_str()));
+        assert!(
+            store.inner.data.scan_prefix(b"s").next().is_none(),
+            "the old outbox is gone"
+        );
+        assert_eq!(store.postback_lanes().await.unwrap().len(), 1);
+    }
+
+    #[tokio::test]
     async fn nothing_written_but_not_yet_flushed_is_leased() {
         let harness = SledHarness::new();
         let store = open(&harness);
@@ -2362,21 +2550,12 @@ mod tests {
         let harness = SledHarness::new();
         let store = open(&harness);
         let key = with_brand(&store).await;
-        let definition = crate::definition::parse_definition(
+        let produced = define_and_sell(
+            &store,
+            &key.brand,
             serde_json::json!({"name": "n", "trigger": "sale", "kind": "image", "url": "https://t.example/", "ttl_seconds": 600}),
-            false,
         )
-        .unwrap();
-        store
-            .create_definition(&key.brand, definition)
-            .await
-            .unwrap();
-        let sale = crate::event::parse_events(
-            serde_json::json!({"event_id": "e1", "type": "sale", "player_id": "p"}),
-            1,
-        )
-        .unwrap();
-        let produced = store.ingest(&key.brand, sale.clone()).await.unwrap();
+        .await;
         let now = now_ms();
         let event_id = EventId::parse("e1").unwrap();
         let all = DeliveryQuery {

@@ -475,3 +475,129 @@ async fn kill_9_while_the_endpoint_is_down_loses_and_doubles_nothing() {
     assert_each_sale_once(&receiver, 20);
     drop(hub);
 }
+
+/// Reports `n` sales of `brand` with event ids `<prefix>-0…`, in batches of the API's maximum.
+async fn flood(app: &TestApp, brand: &str, prefix: &str, n: usize) {
+    let events: Vec<Value> = (0..n)
+        .map(|i| sale(&format!("{prefix}-{i}"), &format!("p{}", i % 100)))
+        .collect();
+    for batch in events.chunks(1000) {
+        app.report(brand, Value::Array(batch.to_vec())).await;
+    }
+}
+
+/// Waits for the receiver's first hit of `path` and returns when it came.
+async fn first_hit(receiver: &Receiver, path: &str) -> Instant {
+    let started = Instant::now();
+    loop {
+        if let Some(hit) = receiver.hits_of(path).first() {
+            return hit.at;
+        }
+        assert!(started.elapsed() < PATIENCE, "{path} was never called");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_brand_flooding_a_dead_endpoint_holds_up_no_other_brand_or_host() {
+    let dead = crate::receiver::Hanging::start().await;
+    let healthy = Receiver::start().await;
+    let app = TestApp::spawn().await;
+    for brand in ["bad", "good"] {
+        app.put_brand(brand, json!({})).await;
+    }
+    app.define(
+        "bad",
+        s2s("dead", format!("http://{}/pb?e={{event_id}}", dead.addr)),
+    )
+    .await;
+    app.define(
+        "bad",
+        json!({"id": "side", "name": "side", "trigger": "side", "kind": "s2s", "url": healthy.url("/bad-side?e={event_id}")}),
+    )
+    .await;
+    app.define("good", s2s("pb", healthy.url("/good?e={event_id}")))
+        .await;
+
+    // 3,000 postbacks to an endpoint that accepts and never answers: it holds its 4 (--s2s-per-host).
+    flood(&app, "bad", "s", 3000).await;
+    let started = Instant::now();
+    while dead.connections() < 4 {
+        assert!(
+            started.elapsed() < PATIENCE,
+            "the dead endpoint was never tried"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    let sent = Instant::now();
+    app.report("good", sale("g-1", "p1")).await;
+    app.report(
+        "bad",
+        json!({"event_id": "side-1", "type": "side", "player_id": "p1"}),
+    )
+    .await;
+    let good = first_hit(&healthy, "/good").await;
+    let side = first_hit(&healthy, "/bad-side").await;
+    assert!(
+        good.duration_since(sent) < Duration::from_secs(2),
+        "another brand's postback waited {:?}",
+        good.duration_since(sent)
+    );
+    assert!(
+        side.duration_since(sent) < Duration::from_secs(2),
+        "the same brand's postback to a healthy host waited {:?}",
+        side.duration_since(sent)
+    );
+    assert_eq!(
+        dead.connections(),
+        4,
+        "the dead host never got more than its share"
+    );
+}
+
+#[tokio::test]
+async fn a_brand_flooding_many_dead_endpoints_leaves_slots_to_the_others() {
+    let mut dead = Vec::new();
+    for _ in 0..20 {
+        dead.push(crate::receiver::Hanging::start().await);
+    }
+    let healthy = Receiver::start().await;
+    let app = TestApp::spawn().await;
+    for brand in ["bad", "good"] {
+        app.put_brand(brand, json!({})).await;
+    }
+    for (i, endpoint) in dead.iter().enumerate() {
+        app.define(
+            "bad",
+            s2s(
+                &format!("dead-{i}"),
+                format!("http://{}/pb?e={{event_id}}", endpoint.addr),
+            ),
+        )
+        .await;
+    }
+    app.define("good", s2s("pb", healthy.url("/good?e={event_id}")))
+        .await;
+
+    // 150 sales × 20 definitions: 3,000 postbacks over 20 hanging hosts, which could take every slot.
+    flood(&app, "bad", "s", 150).await;
+    let started = Instant::now();
+    while dead.iter().map(|d| d.connections()).sum::<usize>() < 16 {
+        assert!(
+            started.elapsed() < PATIENCE,
+            "the dead endpoints were never tried"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let sent = Instant::now();
+    app.report("good", sale("g-1", "p1")).await;
+    let good = first_hit(&healthy, "/good").await;
+    assert!(
+        good.duration_since(sent) < Duration::from_secs(2),
+        "another brand's postback waited {:?}",
+        good.duration_since(sent)
+    );
+    let held: usize = dead.iter().map(|d| d.connections()).sum();
+    assert_eq!(held, 16, "one brand holds at most --s2s-per-brand attempts");
+}

@@ -180,3 +180,36 @@ async fn answer(State(shared): State<Arc<Shared>>, request: Request) -> Response
     };
     (status, headers, text).into_response()
 }
+
+/// An endpoint that accepts connections and never answers, as a hung affiliate server does.
+pub struct Hanging {
+    pub addr: SocketAddr,
+    open: Arc<Mutex<Vec<tokio::net::TcpStream>>>,
+    task: JoinHandle<()>,
+}
+
+impl Hanging {
+    pub async fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let open = Arc::new(Mutex::new(Vec::new()));
+        let held = Arc::clone(&open);
+        let task = tokio::spawn(async move {
+            while let Ok((socket, _)) = listener.accept().await {
+                held.lock().unwrap().push(socket);
+            }
+        });
+        Hanging { addr, open, task }
+    }
+
+    /// Connections it holds.
+    pub fn connections(&self) -> usize {
+        self.open.lock().unwrap().len()
+    }
+}
+
+impl Drop for Hanging {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
