@@ -267,6 +267,19 @@ impl SledStore {
         Ok(Self { inner })
     }
 
+    /// Runs `work` on a blocking thread. sled's calls block (on the disk, on its own locks; after a failed
+    /// write, for ever), so none runs on an async worker: a stuck store must never freeze sessions,
+    /// probes or shutdown. The caller bounds how long it waits.
+    async fn blocking<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&Inner) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let inner = Arc::clone(&self.inner);
+        tokio::task::spawn_blocking(move || work(&inner))
+            .await
+            .unwrap_or_else(|e| Err(backend(format!("a store task failed: {e}"))))
+    }
+
     /// Drops expired pixels and forgets old tombstones that are due at `now`. Runs by itself every few
     /// seconds; public so tests and tools can force it.
     pub fn sweep(&self, now: u64) -> Result<usize, StoreError> {
@@ -968,40 +981,44 @@ impl Store for SledStore {
         id: &BrandId,
         settings: BrandSettings,
     ) -> Result<(Brand, bool), StoreError> {
-        let inner = &self.inner;
-        inner.check_open()?;
-        let (brand, created) = {
-            let _guard = lock(&inner.brand_lock);
-            let key = keys::brand(id);
-            let existing: Option<Brand> = inner.read(&key)?;
-            let now = now_ms();
-            let brand = Brand {
-                id: id.clone(),
-                settings,
-                created_at_ms: existing.as_ref().map_or(now, |b| b.created_at_ms),
-                updated_at_ms: now,
-            };
-            let mut batch = Batch::default();
-            batch.insert(key, json(&brand));
-            for kind in [SecretKind::Inbound, SecretKind::Signing] {
-                if !inner
-                    .data
-                    .contains_key(keys::secret(kind, id))
-                    .map_err(backend)?
-                {
-                    batch.insert(keys::secret(kind, id), json(&new_secret(None, now)));
+        let id = id.clone();
+        let (brand, created) = self
+            .blocking(move |inner| {
+                inner.check_open()?;
+                let id = &id;
+                let _guard = lock(&inner.brand_lock);
+                let key = keys::brand(id);
+                let existing: Option<Brand> = inner.read(&key)?;
+                let now = now_ms();
+                let brand = Brand {
+                    id: id.clone(),
+                    settings,
+                    created_at_ms: existing.as_ref().map_or(now, |b| b.created_at_ms),
+                    updated_at_ms: now,
+                };
+                let mut batch = Batch::default();
+                batch.insert(key, json(&brand));
+                for kind in [SecretKind::Inbound, SecretKind::Signing] {
+                    if !inner
+                        .data
+                        .contains_key(keys::secret(kind, id))
+                        .map_err(backend)?
+                    {
+                        batch.insert(keys::secret(kind, id), json(&new_secret(None, now)));
+                    }
                 }
-            }
-            inner.data.apply_batch(batch).map_err(backend)?;
-            inner.depth.entry(id.clone()).or_insert(0);
-            (brand, existing.is_none())
-        };
-        inner.commit.wait().await?;
+                inner.data.apply_batch(batch).map_err(backend)?;
+                inner.depth.entry(id.clone()).or_insert(0);
+                Ok((brand, existing.is_none()))
+            })
+            .await?;
+        self.inner.commit.wait().await?;
         Ok((brand, created))
     }
 
     async fn get_brand(&self, id: &BrandId) -> Result<Option<Brand>, StoreError> {
-        self.inner.read(&keys::brand(id))
+        let key = keys::brand(id);
+        self.blocking(move |inner| inner.read(&key)).await
     }
 
     async fn enqueue(
@@ -1010,54 +1027,58 @@ impl Store for SledStore {
         pixels: Vec<NewPixel>,
     ) -> Result<EnqueueOutcome, StoreError> {
         let inner = &self.inner;
-        inner.check_open()?;
-        let (answers, dropped, range) = {
-            let _guard = lock(inner.stripe(key));
-            inner.brand_exists(&key.brand)?;
-            let now = now_ms();
-            let mut batch = Changes::default();
-            let mut answers: Vec<Enqueued> = Vec::with_capacity(pixels.len());
-            let mut seen_in_batch: HashMap<PixelId, usize> = HashMap::new();
-            let mut added = 0u64;
-            // The batch's first and last sequence numbers; `None` when every pixel was a duplicate.
-            let mut range: Option<(u64, u64)> = None;
-            for pixel in pixels {
-                if let Some(id) = &pixel.id {
-                    if let Some(&first) = seen_in_batch.get(id) {
-                        answers.push(Enqueued {
-                            duplicate: true,
-                            ..answers[first].clone()
-                        });
-                        continue;
+        let owned = key.clone();
+        let (answers, dropped, range) = self
+            .blocking(move |inner| {
+                inner.check_open()?;
+                let key = &owned;
+                let _guard = lock(inner.stripe(key));
+                inner.brand_exists(&key.brand)?;
+                let now = now_ms();
+                let mut batch = Changes::default();
+                let mut answers: Vec<Enqueued> = Vec::with_capacity(pixels.len());
+                let mut seen_in_batch: HashMap<PixelId, usize> = HashMap::new();
+                let mut added = 0u64;
+                // The batch's first and last sequence numbers; `None` when every pixel was a duplicate.
+                let mut range: Option<(u64, u64)> = None;
+                for pixel in pixels {
+                    if let Some(id) = &pixel.id {
+                        if let Some(&first) = seen_in_batch.get(id) {
+                            answers.push(Enqueued {
+                                duplicate: true,
+                                ..answers[first].clone()
+                            });
+                            continue;
+                        }
+                        if let Some(rec) = inner.record(key, id)? {
+                            seen_in_batch.insert(id.clone(), answers.len());
+                            answers.push(Enqueued {
+                                id: id.clone(),
+                                status: rec.delivery.status,
+                                duplicate: true,
+                            });
+                            continue;
+                        }
                     }
-                    if let Some(rec) = inner.record(key, id)? {
-                        seen_in_batch.insert(id.clone(), answers.len());
-                        answers.push(Enqueued {
-                            id: id.clone(),
-                            status: rec.delivery.status,
-                            duplicate: true,
-                        });
-                        continue;
-                    }
+                    let id = pixel.id.clone().unwrap_or_else(PixelId::generate);
+                    let (seq, _) = inner.stage_pixel(&mut batch, key, &id, pixel, now)?;
+                    range = Some((range.map_or(seq, |r| r.0), seq));
+                    seen_in_batch.insert(id.clone(), answers.len());
+                    answers.push(Enqueued {
+                        id,
+                        status: PixelStatus::Queued,
+                        duplicate: false,
+                    });
+                    added += 1;
                 }
-                let id = pixel.id.clone().unwrap_or_else(PixelId::generate);
-                let (seq, _) = inner.stage_pixel(&mut batch, key, &id, pixel, now)?;
-                range = Some((range.map_or(seq, |r| r.0), seq));
-                seen_in_batch.insert(id.clone(), answers.len());
-                answers.push(Enqueued {
-                    id,
-                    status: PixelStatus::Queued,
-                    duplicate: false,
-                });
-                added += 1;
-            }
-            let dropped = inner.make_room(&mut batch, key, added, now)?;
-            inner.apply(batch)?;
-            if let Some(range) = range {
-                inner.unflushed.entry(key.clone()).or_default().push(range);
-            }
-            (answers, dropped, range)
-        };
+                let dropped = inner.make_room(&mut batch, key, added, now)?;
+                inner.apply(batch)?;
+                if let Some(range) = range {
+                    inner.unflushed.entry(key.clone()).or_default().push(range);
+                }
+                Ok((answers, dropped, range))
+            })
+            .await?;
         let flushed = inner.commit.wait().await;
         if let Some(range) = range {
             inner.flushed(key, range);
@@ -1077,69 +1098,80 @@ impl Store for SledStore {
     }
 
     async fn pending(&self, key: &PlayerKey) -> Result<Vec<PendingPixel>, StoreError> {
-        let now = now_ms();
-        let mut out = Vec::new();
-        for entry in self.inner.data.scan_prefix(keys::queue_prefix(key)) {
-            let (k, v) = entry.map_err(backend)?;
-            let pixel: QueuedPixel = serde_json::from_slice(&v).map_err(backend)?;
-            if pixel.expires_at_ms <= now {
-                continue;
+        let key = key.clone();
+        self.blocking(move |inner| {
+            let key = &key;
+            let now = now_ms();
+            let mut out = Vec::new();
+            for entry in inner.data.scan_prefix(keys::queue_prefix(key)) {
+                let (k, v) = entry.map_err(backend)?;
+                let pixel: QueuedPixel = serde_json::from_slice(&v).map_err(backend)?;
+                if pixel.expires_at_ms <= now {
+                    continue;
+                }
+                let seq = keys::parse_queue(&k)
+                    .map(|(_, seq)| seq)
+                    .ok_or_else(|| backend("corrupt queue key"))?;
+                out.push(PendingPixel {
+                    in_flight: inner.in_flight(key, seq),
+                    pixel,
+                });
             }
-            let seq = keys::parse_queue(&k)
-                .map(|(_, seq)| seq)
-                .ok_or_else(|| backend("corrupt queue key"))?;
-            out.push(PendingPixel {
-                in_flight: self.inner.in_flight(key, seq),
-                pixel,
-            });
-        }
-        Ok(out)
+            Ok(out)
+        })
+        .await
     }
 
     async fn cancel(&self, key: &PlayerKey, id: &PixelId) -> Result<CancelOutcome, StoreError> {
-        let inner = &self.inner;
-        inner.check_open()?;
-        let outcome = 'locked: {
-            let _guard = lock(inner.stripe(key));
-            let Some(rec) = inner.record(key, id)? else {
-                break 'locked CancelOutcome::NotFound;
-            };
-            if !rec.delivery.status.is_pending() {
-                break 'locked CancelOutcome::AlreadyFinal(rec.delivery.status);
-            }
-            let now = now_ms();
-            let mut batch = Changes::default();
-            let Some(expires_at_ms) = rec.delivery.expires_at_ms else {
-                // A postback: cancellable while it waits in the outbox, not while an attempt runs (its
-                // outbox entry is then at the end of the claim, not at its next attempt).
-                let lane = Lane::of(&key.brand, rec.delivery.final_url.as_deref().unwrap_or(""));
-                match rec.delivery.next_attempt_at_ms {
-                    Some(due) if inner.scheduled(&lane, due, key, id)? => {
-                        batch.unschedule(&lane, due, key, id);
+        let (key, id) = (key.clone(), id.clone());
+        let outcome = self
+            .blocking(move |inner| {
+                inner.check_open()?;
+                let (key, id) = (&key, &id);
+                Ok('locked: {
+                    let _guard = lock(inner.stripe(key));
+                    let Some(rec) = inner.record(key, id)? else {
+                        break 'locked CancelOutcome::NotFound;
+                    };
+                    if !rec.delivery.status.is_pending() {
+                        break 'locked CancelOutcome::AlreadyFinal(rec.delivery.status);
                     }
-                    _ => break 'locked CancelOutcome::InFlight,
-                }
-                inner.finalize(&mut batch, key, rec, PixelStatus::Cancelled, now);
-                inner.apply(batch)?;
-                break 'locked CancelOutcome::Cancelled;
-            };
-            if inner.in_flight(key, rec.seq) {
-                break 'locked CancelOutcome::InFlight;
-            }
-            let status = if expires_at_ms <= now {
-                PixelStatus::Expired
-            } else {
-                PixelStatus::Cancelled
-            };
-            inner.finalize(&mut batch, key, rec, status, now);
-            inner.apply(batch)?;
-            if status == PixelStatus::Expired {
-                break 'locked CancelOutcome::AlreadyFinal(PixelStatus::Expired);
-            }
-            CancelOutcome::Cancelled
-        };
+                    let now = now_ms();
+                    let mut batch = Changes::default();
+                    let Some(expires_at_ms) = rec.delivery.expires_at_ms else {
+                        // A postback: cancellable while it waits in the outbox, not while an attempt runs (its
+                        // outbox entry is then at the end of the claim, not at its next attempt).
+                        let lane =
+                            Lane::of(&key.brand, rec.delivery.final_url.as_deref().unwrap_or(""));
+                        match rec.delivery.next_attempt_at_ms {
+                            Some(due) if inner.scheduled(&lane, due, key, id)? => {
+                                batch.unschedule(&lane, due, key, id);
+                            }
+                            _ => break 'locked CancelOutcome::InFlight,
+                        }
+                        inner.finalize(&mut batch, key, rec, PixelStatus::Cancelled, now);
+                        inner.apply(batch)?;
+                        break 'locked CancelOutcome::Cancelled;
+                    };
+                    if inner.in_flight(key, rec.seq) {
+                        break 'locked CancelOutcome::InFlight;
+                    }
+                    let status = if expires_at_ms <= now {
+                        PixelStatus::Expired
+                    } else {
+                        PixelStatus::Cancelled
+                    };
+                    inner.finalize(&mut batch, key, rec, status, now);
+                    inner.apply(batch)?;
+                    if status == PixelStatus::Expired {
+                        break 'locked CancelOutcome::AlreadyFinal(PixelStatus::Expired);
+                    }
+                    CancelOutcome::Cancelled
+                })
+            })
+            .await?;
         // Also when nothing changed here: the state we report may be another call's unflushed write.
-        inner.commit.wait().await?;
+        self.inner.commit.wait().await?;
         Ok(outcome)
     }
 
@@ -1149,129 +1181,143 @@ impl Store for SledStore {
         session: SessionId,
         max_in_flight: usize,
     ) -> Result<Vec<QueuedPixel>, StoreError> {
-        let inner = &self.inner;
-        inner.check_open()?;
-        let _guard = lock(inner.stripe(key));
-        let held: Vec<u64> = match inner.leases.get(key) {
-            Some(lease) if lease.session != session => return Ok(Vec::new()),
-            Some(lease) => lease.in_flight.clone(),
-            None => Vec::new(),
-        };
-        if held.len() >= max_in_flight {
-            return Ok(Vec::new());
-        }
-        let barrier = inner
-            .unflushed
-            .get(key)
-            .and_then(|r| r.iter().map(|r| r.0).min());
-        let now = now_ms();
-        let mut batch = Changes::default();
-        let mut out = Vec::new();
-        let mut seqs = Vec::new();
-        for entry in inner.data.scan_prefix(keys::queue_prefix(key)) {
-            let (k, v) = entry.map_err(backend)?;
-            let seq = keys::parse_queue(&k)
-                .map(|(_, seq)| seq)
-                .ok_or_else(|| backend("corrupt queue key"))?;
-            if barrier.is_some_and(|first_unflushed| seq >= first_unflushed) {
-                break; // not durable yet; its enqueue announces it once it is
-            }
-            if held.contains(&seq) {
-                continue;
-            }
-            let pixel: QueuedPixel = serde_json::from_slice(&v).map_err(backend)?;
-            let mut rec = inner
-                .record(key, &pixel.id)?
-                .ok_or_else(|| backend("a queued pixel without its record"))?;
-            if pixel.expires_at_ms <= now {
-                inner.finalize(&mut batch, key, rec, PixelStatus::Expired, now);
-                continue;
-            }
-            let again = rec.delivery.sent_at_ms.is_some();
-            let event = if again {
-                PixelEvent::Redelivered
-            } else {
-                PixelEvent::Delivered
+        let key = key.clone();
+        self.blocking(move |inner| {
+            inner.check_open()?;
+            let key = &key;
+            let _guard = lock(inner.stripe(key));
+            let held: Vec<u64> = match inner.leases.get(key) {
+                Some(lease) if lease.session != session => return Ok(Vec::new()),
+                Some(lease) => lease.in_flight.clone(),
+                None => Vec::new(),
             };
-            batch.count(&key.brand, &rec.delivery.kind, event);
-            rec.delivery.note_sent(now);
-            batch.insert(keys::index(key, &pixel.id), json(&rec));
-            seqs.push(seq);
-            out.push(pixel);
-            if held.len() + out.len() >= max_in_flight {
-                break;
+            if held.len() >= max_in_flight {
+                return Ok(Vec::new());
             }
-        }
-        if batch.expired > 0 || !out.is_empty() {
-            // Not waited on: losing this write in a crash only loses a report timestamp, or means the
-            // pixels are found expired again.
-            inner.apply(batch)?;
-        }
-        if !out.is_empty() {
-            inner
-                .leases
-                .entry(key.clone())
-                .or_insert_with(|| Lease {
-                    session,
-                    in_flight: Vec::new(),
-                })
-                .in_flight
-                .extend(seqs);
-        }
-        Ok(out)
+            let barrier = inner
+                .unflushed
+                .get(key)
+                .and_then(|r| r.iter().map(|r| r.0).min());
+            let now = now_ms();
+            let mut batch = Changes::default();
+            let mut out = Vec::new();
+            let mut seqs = Vec::new();
+            for entry in inner.data.scan_prefix(keys::queue_prefix(key)) {
+                let (k, v) = entry.map_err(backend)?;
+                let seq = keys::parse_queue(&k)
+                    .map(|(_, seq)| seq)
+                    .ok_or_else(|| backend("corrupt queue key"))?;
+                if barrier.is_some_and(|first_unflushed| seq >= first_unflushed) {
+                    break; // not durable yet; its enqueue announces it once it is
+                }
+                if held.contains(&seq) {
+                    continue;
+                }
+                let pixel: QueuedPixel = serde_json::from_slice(&v).map_err(backend)?;
+                let mut rec = inner
+                    .record(key, &pixel.id)?
+                    .ok_or_else(|| backend("a queued pixel without its record"))?;
+                if pixel.expires_at_ms <= now {
+                    inner.finalize(&mut batch, key, rec, PixelStatus::Expired, now);
+                    continue;
+                }
+                let again = rec.delivery.sent_at_ms.is_some();
+                let event = if again {
+                    PixelEvent::Redelivered
+                } else {
+                    PixelEvent::Delivered
+                };
+                batch.count(&key.brand, &rec.delivery.kind, event);
+                rec.delivery.note_sent(now);
+                batch.insert(keys::index(key, &pixel.id), json(&rec));
+                seqs.push(seq);
+                out.push(pixel);
+                if held.len() + out.len() >= max_in_flight {
+                    break;
+                }
+            }
+            if batch.expired > 0 || !out.is_empty() {
+                // Not waited on: losing this write in a crash only loses a report timestamp, or means the
+                // pixels are found expired again.
+                inner.apply(batch)?;
+            }
+            if !out.is_empty() {
+                inner
+                    .leases
+                    .entry(key.clone())
+                    .or_insert_with(|| Lease {
+                        session,
+                        in_flight: Vec::new(),
+                    })
+                    .in_flight
+                    .extend(seqs);
+            }
+            Ok(out)
+        })
+        .await
     }
 
     async fn ack(&self, key: &PlayerKey, ids: &[PixelId]) -> Result<usize, StoreError> {
-        let inner = &self.inner;
-        inner.check_open()?;
-        let removed = {
-            let _guard = lock(inner.stripe(key));
-            let now = now_ms();
-            let mut batch = Changes::default();
-            let mut removed_seqs = Vec::new();
-            let mut distinct: Vec<&PixelId> = ids.iter().collect();
-            distinct.sort();
-            distinct.dedup();
-            for id in distinct {
-                if let Some(rec) = inner.record(key, id)? {
-                    // Only client pixels: a browser cannot acknowledge a postback.
-                    if rec.delivery.status.is_pending() && rec.delivery.expires_at_ms.is_some() {
-                        removed_seqs.push(rec.seq);
-                        inner.finalize(&mut batch, key, rec, PixelStatus::Fired, now);
+        let (key, ids) = (key.clone(), ids.to_vec());
+        let removed = self
+            .blocking(move |inner| {
+                inner.check_open()?;
+                let key = &key;
+                let _guard = lock(inner.stripe(key));
+                let now = now_ms();
+                let mut batch = Changes::default();
+                let mut removed_seqs = Vec::new();
+                let mut distinct: Vec<&PixelId> = ids.iter().collect();
+                distinct.sort();
+                distinct.dedup();
+                for id in distinct {
+                    if let Some(rec) = inner.record(key, id)? {
+                        // Only client pixels: a browser cannot acknowledge a postback.
+                        if rec.delivery.status.is_pending() && rec.delivery.expires_at_ms.is_some()
+                        {
+                            removed_seqs.push(rec.seq);
+                            inner.finalize(&mut batch, key, rec, PixelStatus::Fired, now);
+                        }
                     }
                 }
-            }
-            if removed_seqs.is_empty() {
-                return Ok(0);
-            }
-            inner.apply(batch)?;
-            if let Some(mut lease) = inner.leases.get_mut(key) {
-                lease.in_flight.retain(|seq| !removed_seqs.contains(seq));
-            }
-            removed_seqs.len()
-        };
-        inner.commit.wait().await?;
+                if removed_seqs.is_empty() {
+                    return Ok(0);
+                }
+                inner.apply(batch)?;
+                if let Some(mut lease) = inner.leases.get_mut(key) {
+                    lease.in_flight.retain(|seq| !removed_seqs.contains(seq));
+                }
+                Ok(removed_seqs.len())
+            })
+            .await?;
+        if removed > 0 {
+            self.inner.commit.wait().await?;
+        }
         Ok(removed)
     }
 
     async fn release(&self, key: &PlayerKey, session: SessionId) -> Result<(), StoreError> {
-        let inner = &self.inner;
-        let _guard = lock(inner.stripe(key));
-        if inner
-            .leases
-            .remove_if(key, |_, lease| lease.session == session)
-            .is_some()
-        {
-            let pending = inner
-                .data
-                .scan_prefix(keys::queue_prefix(key))
-                .next()
-                .is_some();
-            if pending {
-                let _ = inner.announce.send(key.clone());
+        let key = key.clone();
+        self.blocking(move |inner| {
+            let key = &key;
+            let _guard = lock(inner.stripe(key));
+            if inner
+                .leases
+                .remove_if(key, |_, lease| lease.session == session)
+                .is_some()
+            {
+                let pending = inner
+                    .data
+                    .scan_prefix(keys::queue_prefix(key))
+                    .next()
+                    .is_some();
+                if pending {
+                    let _ = inner.announce.send(key.clone());
+                }
             }
-        }
-        Ok(())
+            Ok(())
+        })
+        .await
     }
 
     async fn create_definition(
@@ -1279,7 +1325,10 @@ impl Store for SledStore {
         brand: &BrandId,
         input: DefinitionInput,
     ) -> Result<Definition, StoreError> {
-        let definition = self.inner.save_definition(brand, input, None)?;
+        let brand = brand.clone();
+        let definition = self
+            .blocking(move |inner| inner.save_definition(&brand, input, None))
+            .await?;
         self.inner.commit.wait().await?;
         Ok(definition)
     }
@@ -1290,7 +1339,10 @@ impl Store for SledStore {
         id: &DefinitionId,
         input: DefinitionInput,
     ) -> Result<Definition, StoreError> {
-        let definition = self.inner.save_definition(brand, input, Some(id))?;
+        let (brand, id) = (brand.clone(), id.clone());
+        let definition = self
+            .blocking(move |inner| inner.save_definition(&brand, input, Some(&id)))
+            .await?;
         self.inner.commit.wait().await?;
         Ok(definition)
     }
@@ -1300,28 +1352,35 @@ impl Store for SledStore {
         brand: &BrandId,
         id: &DefinitionId,
     ) -> Result<bool, StoreError> {
-        let inner = &self.inner;
-        inner.check_open()?;
-        let existed = {
-            let _guard = lock(&inner.brand_lock);
-            inner.brand_exists(brand)?;
-            let mut batch = Batch::default();
-            batch.remove(keys::definition(brand, id));
-            batch.remove(keys::health(brand, id));
-            let existed = inner
-                .data
-                .contains_key(keys::definition(brand, id))
-                .map_err(backend)?;
-            inner.data.apply_batch(batch).map_err(backend)?;
-            existed
-        };
-        inner.commit.wait().await?;
+        let (brand, id) = (brand.clone(), id.clone());
+        let existed = self
+            .blocking(move |inner| {
+                inner.check_open()?;
+                let (brand, id) = (&brand, &id);
+                let _guard = lock(&inner.brand_lock);
+                inner.brand_exists(brand)?;
+                let mut batch = Batch::default();
+                batch.remove(keys::definition(brand, id));
+                batch.remove(keys::health(brand, id));
+                let existed = inner
+                    .data
+                    .contains_key(keys::definition(brand, id))
+                    .map_err(backend)?;
+                inner.data.apply_batch(batch).map_err(backend)?;
+                Ok(existed)
+            })
+            .await?;
+        self.inner.commit.wait().await?;
         Ok(existed)
     }
 
     async fn definitions(&self, brand: &BrandId) -> Result<Vec<Definition>, StoreError> {
-        self.inner.brand_exists(brand)?;
-        self.inner.definitions(brand)
+        let brand = brand.clone();
+        self.blocking(move |inner| {
+            inner.brand_exists(&brand)?;
+            inner.definitions(&brand)
+        })
+        .await
     }
 
     async fn definition(
@@ -1329,13 +1388,21 @@ impl Store for SledStore {
         brand: &BrandId,
         id: &DefinitionId,
     ) -> Result<Option<Definition>, StoreError> {
-        self.inner.brand_exists(brand)?;
-        self.inner.read(&keys::definition(brand, id))
+        let (brand, key) = (brand.clone(), keys::definition(brand, id));
+        self.blocking(move |inner| {
+            inner.brand_exists(&brand)?;
+            inner.read(&key)
+        })
+        .await
     }
 
     async fn player_context(&self, key: &PlayerKey) -> Result<PlayerContext, StoreError> {
-        self.inner.brand_exists(&key.brand)?;
-        Ok(self.inner.read(&keys::context(key))?.unwrap_or_default())
+        let (brand, key) = (key.brand.clone(), keys::context(key));
+        self.blocking(move |inner| {
+            inner.brand_exists(&brand)?;
+            Ok(inner.read(&key)?.unwrap_or_default())
+        })
+        .await
     }
 
     async fn ingest(
@@ -1344,110 +1411,115 @@ impl Store for SledStore {
         events: Vec<Event>,
     ) -> Result<Vec<EventOutcome>, StoreError> {
         let inner = &self.inner;
-        inner.check_open()?;
-        let (outcomes, ranges, postbacks) = {
-            let mut stripes: Vec<usize> = events
-                .iter()
-                .flat_map(|e| {
-                    [
-                        inner.stripe_index(PlayerKey::new(brand.clone(), e.player_id.clone())),
-                        inner.stripe_index((brand, &e.event_id)),
-                    ]
-                })
-                .collect();
-            stripes.sort_unstable();
-            stripes.dedup();
-            let _guards: Vec<_> = stripes.iter().map(|&i| lock(&inner.stripes[i])).collect();
-            let settings = inner
-                .read::<Brand>(&keys::brand(brand))?
-                .ok_or_else(|| StoreError::UnknownBrand(brand.clone()))?
-                .settings;
-            let definitions = inner.definitions(brand)?;
-            let now = now_ms();
-            let mut batch = Changes::default();
-            let mut contexts: HashMap<PlayerId, PlayerContext> = HashMap::new();
-            let mut answered: HashMap<EventId, usize> = HashMap::new();
-            let mut outcomes: Vec<EventOutcome> = Vec::with_capacity(events.len());
-            // Per player, the first and last sequence numbers this batch adds.
-            let mut ranges: HashMap<PlayerKey, (u64, u64)> = HashMap::new();
-            let mut added: HashMap<PlayerKey, u64> = HashMap::new();
-            let mut postbacks = false;
-            let mut duplicates = 0u64;
-            for event in &events {
-                if let Some(&first) = answered.get(&event.event_id) {
-                    let again = EventOutcome {
-                        duplicate: true,
-                        ..outcomes[first].clone()
-                    };
-                    outcomes.push(again);
-                    duplicates += 1;
-                    continue;
-                }
-                answered.insert(event.event_id.clone(), outcomes.len());
-                if let Some(recorded) = inner.event_record(brand, &event.event_id)? {
-                    outcomes.push(EventOutcome {
-                        duplicate: true,
-                        ..recorded
-                    });
-                    duplicates += 1;
-                    continue;
-                }
-                let key = PlayerKey::new(brand.clone(), event.player_id.clone());
-                let context = match contexts.entry(event.player_id.clone()) {
-                    std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-                    std::collections::hash_map::Entry::Vacant(e) => {
-                        e.insert(inner.read(&keys::context(&key))?.unwrap_or_default())
+        let owned = brand.clone();
+        let (outcomes, ranges, postbacks) = self
+            .blocking(move |inner| {
+                inner.check_open()?;
+                let brand = &owned;
+                let mut stripes: Vec<usize> = events
+                    .iter()
+                    .flat_map(|e| {
+                        [
+                            inner.stripe_index(PlayerKey::new(brand.clone(), e.player_id.clone())),
+                            inner.stripe_index((brand, &e.event_id)),
+                        ]
+                    })
+                    .collect();
+                stripes.sort_unstable();
+                stripes.dedup();
+                let _guards: Vec<_> = stripes.iter().map(|&i| lock(&inner.stripes[i])).collect();
+                let settings = inner
+                    .read::<Brand>(&keys::brand(brand))?
+                    .ok_or_else(|| StoreError::UnknownBrand(brand.clone()))?
+                    .settings;
+                let definitions = inner.definitions(brand)?;
+                let now = now_ms();
+                let mut batch = Changes::default();
+                let mut contexts: HashMap<PlayerId, PlayerContext> = HashMap::new();
+                let mut answered: HashMap<EventId, usize> = HashMap::new();
+                let mut outcomes: Vec<EventOutcome> = Vec::with_capacity(events.len());
+                // Per player, the first and last sequence numbers this batch adds.
+                let mut ranges: HashMap<PlayerKey, (u64, u64)> = HashMap::new();
+                let mut added: HashMap<PlayerKey, u64> = HashMap::new();
+                let mut postbacks = false;
+                let mut duplicates = 0u64;
+                for event in &events {
+                    if let Some(&first) = answered.get(&event.event_id) {
+                        let again = EventOutcome {
+                            duplicate: true,
+                            ..outcomes[first].clone()
+                        };
+                        outcomes.push(again);
+                        duplicates += 1;
+                        continue;
                     }
-                };
-                let plan = event::plan(
-                    brand,
-                    settings.pixel_policy(),
-                    event,
-                    context,
-                    &definitions,
-                    now,
-                );
-                // The event's id must be remembered while any pixel it queued can still fire.
-                let mut forget_at = now + inner.retention_ms;
-                for pixel in plan.pixels {
-                    let id = pixel.id.clone().expect("planned pixels carry their ids");
-                    let (seq, expires_at) = inner.stage_pixel(&mut batch, &key, &id, pixel, now)?;
-                    forget_at = forget_at.max(expires_at);
-                    let range = ranges.entry(key.clone()).or_insert((seq, seq));
-                    range.1 = seq;
-                    *added.entry(key.clone()).or_insert(0) += 1;
+                    answered.insert(event.event_id.clone(), outcomes.len());
+                    if let Some(recorded) = inner.event_record(brand, &event.event_id)? {
+                        outcomes.push(EventOutcome {
+                            duplicate: true,
+                            ..recorded
+                        });
+                        duplicates += 1;
+                        continue;
+                    }
+                    let key = PlayerKey::new(brand.clone(), event.player_id.clone());
+                    let context = match contexts.entry(event.player_id.clone()) {
+                        std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                        std::collections::hash_map::Entry::Vacant(e) => {
+                            e.insert(inner.read(&keys::context(&key))?.unwrap_or_default())
+                        }
+                    };
+                    let plan = event::plan(
+                        brand,
+                        settings.pixel_policy(),
+                        event,
+                        context,
+                        &definitions,
+                        now,
+                    );
+                    // The event's id must be remembered while any pixel it queued can still fire.
+                    let mut forget_at = now + inner.retention_ms;
+                    for pixel in plan.pixels {
+                        let id = pixel.id.clone().expect("planned pixels carry their ids");
+                        let (seq, expires_at) =
+                            inner.stage_pixel(&mut batch, &key, &id, pixel, now)?;
+                        forget_at = forget_at.max(expires_at);
+                        let range = ranges.entry(key.clone()).or_insert((seq, seq));
+                        range.1 = seq;
+                        *added.entry(key.clone()).or_insert(0) += 1;
+                    }
+                    if !plan.postbacks.is_empty() {
+                        // And while its postbacks may still be retried.
+                        forget_at = forget_at.max(now + inner.retention_ms + POSTBACK_LIFETIME_MS);
+                        postbacks = true;
+                    }
+                    for postback in plan.postbacks {
+                        inner.stage_postback(&mut batch, &key, postback, now)?;
+                    }
+                    batch.insert(keys::forget_event(forget_at, brand, &event.event_id), &[]);
+                    if let Some(changed) = plan.context {
+                        batch.insert(keys::context(&key), json(&changed));
+                        *context = changed;
+                    }
+                    batch.insert(keys::event(brand, &event.event_id), json(&plan.outcome));
+                    outcomes.push(plan.outcome);
                 }
-                if !plan.postbacks.is_empty() {
-                    // And while its postbacks may still be retried.
-                    forget_at = forget_at.max(now + inner.retention_ms + POSTBACK_LIFETIME_MS);
-                    postbacks = true;
+                let mut dropped = 0;
+                for (key, added) in &added {
+                    dropped += inner.make_room(&mut batch, key, *added, now)?.len();
                 }
-                for postback in plan.postbacks {
-                    inner.stage_postback(&mut batch, &key, postback, now)?;
+                inner.apply(batch)?;
+                let total = outcomes.len() as u64;
+                inner.metrics.events(brand, total - duplicates, duplicates);
+                if dropped > 0 {
+                    tracing::info!(%brand, dropped, "queue cap reached: oldest pixels dropped");
                 }
-                batch.insert(keys::forget_event(forget_at, brand, &event.event_id), &[]);
-                if let Some(changed) = plan.context {
-                    batch.insert(keys::context(&key), json(&changed));
-                    *context = changed;
+                for (key, range) in &ranges {
+                    inner.unflushed.entry(key.clone()).or_default().push(*range);
                 }
-                batch.insert(keys::event(brand, &event.event_id), json(&plan.outcome));
-                outcomes.push(plan.outcome);
-            }
-            let mut dropped = 0;
-            for (key, added) in &added {
-                dropped += inner.make_room(&mut batch, key, *added, now)?.len();
-            }
-            inner.apply(batch)?;
-            let total = outcomes.len() as u64;
-            inner.metrics.events(brand, total - duplicates, duplicates);
-            if dropped > 0 {
-                tracing::info!(%brand, dropped, "queue cap reached: oldest pixels dropped");
-            }
-            for (key, range) in &ranges {
-                inner.unflushed.entry(key.clone()).or_default().push(*range);
-            }
-            (outcomes, ranges, postbacks)
-        };
+                Ok((outcomes, ranges, postbacks))
+            })
+            .await?;
         // Also when every event was a duplicate: the record we answer with may be another call's
         // unflushed write.
         let flushed = inner.commit.wait().await;
@@ -1469,34 +1541,40 @@ impl Store for SledStore {
         brand: &BrandId,
         id: &EventId,
     ) -> Result<Option<EventOutcome>, StoreError> {
-        self.inner.brand_exists(brand)?;
-        self.inner.event_record(brand, id)
+        let (brand, id) = (brand.clone(), id.clone());
+        self.blocking(move |inner| {
+            inner.brand_exists(&brand)?;
+            inner.event_record(&brand, &id)
+        })
+        .await
     }
 
     async fn stats(&self) -> Result<StoreStats, StoreError> {
-        let inner = &self.inner;
-        let commits = inner.commit.counters();
-        let mut stats = StoreStats {
-            expired_total: inner.expired_total.load(Ordering::Relaxed),
-            flushes: commits.flushes.load(Ordering::Relaxed),
-            flushed_writes: commits.waiters.load(Ordering::Relaxed),
-            ..Default::default()
-        };
-        for entry in inner.data.scan_prefix(b"b") {
-            let (k, _) = entry.map_err(backend)?;
-            let brand = keys::parse_brand(&k).ok_or_else(|| backend("corrupt brand key"))?;
-            let queue_depth = inner.depth.get(&brand).map_or(0, |d| *d);
-            stats.queue_depth += queue_depth;
-            let oldest_queued_at_ms = inner.oldest_pending(&brand)?;
-            stats.brands.insert(
-                brand,
-                BrandQueue {
-                    queue_depth,
-                    oldest_queued_at_ms,
-                },
-            );
-        }
-        Ok(stats)
+        self.blocking(|inner| {
+            let commits = inner.commit.counters();
+            let mut stats = StoreStats {
+                expired_total: inner.expired_total.load(Ordering::Relaxed),
+                flushes: commits.flushes.load(Ordering::Relaxed),
+                flushed_writes: commits.waiters.load(Ordering::Relaxed),
+                ..Default::default()
+            };
+            for entry in inner.data.scan_prefix(b"b") {
+                let (k, _) = entry.map_err(backend)?;
+                let brand = keys::parse_brand(&k).ok_or_else(|| backend("corrupt brand key"))?;
+                let queue_depth = inner.depth.get(&brand).map_or(0, |d| *d);
+                stats.queue_depth += queue_depth;
+                let oldest_queued_at_ms = inner.oldest_pending(&brand)?;
+                stats.brands.insert(
+                    brand,
+                    BrandQueue {
+                        queue_depth,
+                        oldest_queued_at_ms,
+                    },
+                );
+            }
+            Ok(stats)
+        })
+        .await
     }
 
     async fn backlogs(
@@ -1504,64 +1582,74 @@ impl Store for SledStore {
         brand: Option<&BrandId>,
         limit: usize,
     ) -> Result<Vec<Backlog>, StoreError> {
-        let inner = &self.inner;
-        let Some(brand) = brand else {
-            // Every brand's top `limit`, merged: the overall top is among them.
-            let mut all = Vec::new();
-            for entry in inner.data.scan_prefix(b"b").keys() {
-                let k = entry.map_err(backend)?;
-                let brand = keys::parse_brand(&k).ok_or_else(|| backend("corrupt brand key"))?;
-                all.extend(inner.backlogs(&brand, limit)?);
-            }
-            all.sort_by_key(|b| std::cmp::Reverse(b.pending));
-            all.truncate(limit);
-            return Ok(all);
-        };
-        inner.brand_exists(brand)?;
-        inner.backlogs(brand, limit)
+        let brand = brand.cloned();
+        self.blocking(move |inner| {
+            let Some(brand) = &brand else {
+                // Every brand's top `limit`, merged: the overall top is among them.
+                let mut all = Vec::new();
+                for entry in inner.data.scan_prefix(b"b").keys() {
+                    let k = entry.map_err(backend)?;
+                    let brand =
+                        keys::parse_brand(&k).ok_or_else(|| backend("corrupt brand key"))?;
+                    all.extend(inner.backlogs(&brand, limit)?);
+                }
+                all.sort_by_key(|b| std::cmp::Reverse(b.pending));
+                all.truncate(limit);
+                return Ok(all);
+            };
+            inner.brand_exists(brand)?;
+            inner.backlogs(brand, limit)
+        })
+        .await
     }
 
     async fn purge(&self, key: &PlayerKey) -> Result<Purged, StoreError> {
-        let inner = &self.inner;
-        inner.check_open()?;
-        let purged = {
-            let _guard = lock(inner.stripe(key));
-            inner.brand_exists(&key.brand)?;
-            let now = now_ms();
-            let mut batch = Changes::default();
-            let mut purged = Purged::default();
-            for entry in inner.queue_entries(key) {
-                let (seq, pixel) = entry?;
-                if inner.in_flight(key, seq) {
-                    purged.in_flight += 1;
-                    continue;
+        let key = key.clone();
+        let purged = self
+            .blocking(move |inner| {
+                inner.check_open()?;
+                let key = &key;
+                let _guard = lock(inner.stripe(key));
+                inner.brand_exists(&key.brand)?;
+                let now = now_ms();
+                let mut batch = Changes::default();
+                let mut purged = Purged::default();
+                for entry in inner.queue_entries(key) {
+                    let (seq, pixel) = entry?;
+                    if inner.in_flight(key, seq) {
+                        purged.in_flight += 1;
+                        continue;
+                    }
+                    let rec = inner
+                        .record(key, &pixel.id)?
+                        .ok_or_else(|| backend("a queued pixel without its record"))?;
+                    let status = if pixel.expires_at_ms <= now {
+                        PixelStatus::Expired
+                    } else {
+                        purged.cancelled += 1;
+                        PixelStatus::Cancelled
+                    };
+                    inner.finalize(&mut batch, key, rec, status, now);
                 }
-                let rec = inner
-                    .record(key, &pixel.id)?
-                    .ok_or_else(|| backend("a queued pixel without its record"))?;
-                let status = if pixel.expires_at_ms <= now {
-                    PixelStatus::Expired
-                } else {
-                    purged.cancelled += 1;
-                    PixelStatus::Cancelled
-                };
-                inner.finalize(&mut batch, key, rec, status, now);
-            }
-            inner.apply(batch)?;
-            purged
-        };
-        inner.commit.wait().await?;
+                inner.apply(batch)?;
+                Ok(purged)
+            })
+            .await?;
+        self.inner.commit.wait().await?;
         Ok(purged)
     }
 
     async fn check_writable(&self) -> Result<(), StoreError> {
-        let inner = &self.inner;
-        inner.check_open()?;
-        inner
-            .data
-            .insert(b"mreadiness-probe", now_ms().to_be_bytes().as_slice())
-            .map_err(backend)?;
-        inner.commit.wait().await
+        self.blocking(|inner| {
+            inner.check_open()?;
+            inner
+                .data
+                .insert(b"mreadiness-probe", now_ms().to_be_bytes().as_slice())
+                .map_err(backend)?;
+            Ok(())
+        })
+        .await?;
+        self.inner.commit.wait().await
     }
 
     async fn deliveries(
@@ -1569,83 +1657,87 @@ impl Store for SledStore {
         brand: &BrandId,
         query: &DeliveryQuery,
     ) -> Result<DeliveryPage, StoreError> {
-        let inner = &self.inner;
-        inner.brand_exists(brand)?;
-        let wanted = |d: &Delivery| {
-            query.status.is_none_or(|s| s == d.status)
-                && query
-                    .trigger
-                    .as_ref()
-                    .is_none_or(|t| d.trigger.as_ref() == Some(t))
-                && query.from_ms.is_none_or(|from| d.queued_at_ms >= from)
-                && query.to_ms.is_none_or(|to| d.queued_at_ms < to)
-        };
-        let cursor_of = |d: &Delivery| Cursor {
-            queued_at_ms: d.queued_at_ms,
-            player: d.player_id.clone(),
-            id: d.id.clone(),
-        };
-        let before_cursor = |c: &Cursor| query.after.as_ref().is_none_or(|after| c < after);
-        let mut page = DeliveryPage::default();
-        if let Some(player) = &query.player {
-            // One player's records are few: read them all, then order them like the time index.
-            let key = PlayerKey::new(brand.clone(), player.clone());
-            let mut rows: Vec<Delivery> = Vec::new();
-            for entry in inner.data.scan_prefix(keys::index_prefix(&key)) {
-                let (_, v) = entry.map_err(backend)?;
-                let rec: Record = serde_json::from_slice(&v).map_err(backend)?;
-                if wanted(&rec.delivery) && before_cursor(&cursor_of(&rec.delivery)) {
-                    rows.push(rec.delivery);
+        let (brand, query) = (brand.clone(), query.clone());
+        self.blocking(move |inner| {
+            let (brand, query) = (&brand, &query);
+            inner.brand_exists(brand)?;
+            let wanted = |d: &Delivery| {
+                query.status.is_none_or(|s| s == d.status)
+                    && query
+                        .trigger
+                        .as_ref()
+                        .is_none_or(|t| d.trigger.as_ref() == Some(t))
+                    && query.from_ms.is_none_or(|from| d.queued_at_ms >= from)
+                    && query.to_ms.is_none_or(|to| d.queued_at_ms < to)
+            };
+            let cursor_of = |d: &Delivery| Cursor {
+                queued_at_ms: d.queued_at_ms,
+                player: d.player_id.clone(),
+                id: d.id.clone(),
+            };
+            let before_cursor = |c: &Cursor| query.after.as_ref().is_none_or(|after| c < after);
+            let mut page = DeliveryPage::default();
+            if let Some(player) = &query.player {
+                // One player's records are few: read them all, then order them like the time index.
+                let key = PlayerKey::new(brand.clone(), player.clone());
+                let mut rows: Vec<Delivery> = Vec::new();
+                for entry in inner.data.scan_prefix(keys::index_prefix(&key)) {
+                    let (_, v) = entry.map_err(backend)?;
+                    let rec: Record = serde_json::from_slice(&v).map_err(backend)?;
+                    if wanted(&rec.delivery) && before_cursor(&cursor_of(&rec.delivery)) {
+                        rows.push(rec.delivery);
+                    }
                 }
+                rows.sort_by_key(|d| std::cmp::Reverse(cursor_of(d)));
+                if rows.len() > query.limit {
+                    rows.truncate(query.limit);
+                    page.next = rows.last().map(cursor_of);
+                }
+                page.rows = rows;
+                return Ok(page);
             }
-            rows.sort_by_key(|d| std::cmp::Reverse(cursor_of(d)));
-            if rows.len() > query.limit {
-                rows.truncate(query.limit);
-                page.next = rows.last().map(cursor_of);
-            }
-            page.rows = rows;
-            return Ok(page);
-        }
-        let prefix = keys::report_prefix(brand);
-        let low = [prefix.as_slice(), &query.from_ms.unwrap_or(0).to_be_bytes()].concat();
-        let high = match (&query.after, query.to_ms) {
-            (Some(after), _) => keys::report(
-                &PlayerKey::new(brand.clone(), after.player.clone()),
-                after.queued_at_ms,
-                &after.id,
-            ),
-            (None, Some(to)) => [prefix.as_slice(), &to.to_be_bytes()].concat(),
-            (None, None) => [prefix.as_slice(), &[0xff; 9]].concat(),
-        };
-        let mut scanned = 0;
-        for entry in inner.data.range(low..high).keys().rev() {
-            let r_key = entry.map_err(backend)?;
-            let (key, _, id) =
-                keys::parse_report(&r_key).ok_or_else(|| backend("corrupt report key"))?;
-            scanned += 1;
-            if let Some(rec) = inner.record(&key, &id)?
-                && wanted(&rec.delivery)
-            {
-                page.rows.push(rec.delivery);
-                if page.rows.len() == query.limit {
-                    page.next = page.rows.last().map(cursor_of);
+            let prefix = keys::report_prefix(brand);
+            let low = [prefix.as_slice(), &query.from_ms.unwrap_or(0).to_be_bytes()].concat();
+            let high = match (&query.after, query.to_ms) {
+                (Some(after), _) => keys::report(
+                    &PlayerKey::new(brand.clone(), after.player.clone()),
+                    after.queued_at_ms,
+                    &after.id,
+                ),
+                (None, Some(to)) => [prefix.as_slice(), &to.to_be_bytes()].concat(),
+                (None, None) => [prefix.as_slice(), &[0xff; 9]].concat(),
+            };
+            let mut scanned = 0;
+            for entry in inner.data.range(low..high).keys().rev() {
+                let r_key = entry.map_err(backend)?;
+                let (key, _, id) =
+                    keys::parse_report(&r_key).ok_or_else(|| backend("corrupt report key"))?;
+                scanned += 1;
+                if let Some(rec) = inner.record(&key, &id)?
+                    && wanted(&rec.delivery)
+                {
+                    page.rows.push(rec.delivery);
+                    if page.rows.len() == query.limit {
+                        page.next = page.rows.last().map(cursor_of);
+                        break;
+                    }
+                }
+                if scanned == REPORT_SCAN_BUDGET {
+                    if let Some((ms, key, id)) =
+                        keys::parse_report(&r_key).map(|(k, ms, id)| (ms, k, id))
+                    {
+                        page.next = Some(Cursor {
+                            queued_at_ms: ms,
+                            player: key.player,
+                            id,
+                        });
+                    }
                     break;
                 }
             }
-            if scanned == REPORT_SCAN_BUDGET {
-                if let Some((ms, key, id)) =
-                    keys::parse_report(&r_key).map(|(k, ms, id)| (ms, k, id))
-                {
-                    page.next = Some(Cursor {
-                        queued_at_ms: ms,
-                        player: key.player,
-                        id,
-                    });
-                }
-                break;
-            }
-        }
-        Ok(page)
+            Ok(page)
+        })
+        .await
     }
 
     async fn postback_lanes(&self) -> Result<Vec<LaneDue>, StoreError> {
@@ -1667,50 +1759,57 @@ impl Store for SledStore {
         now: u64,
         limit: usize,
     ) -> Result<Vec<DuePostback>, StoreError> {
-        let inner = &self.inner;
-        let mut out = Vec::new();
-        let start = keys::outbox_prefix(lane);
-        let end = [start.as_slice(), &now.saturating_add(1).to_be_bytes()].concat();
-        for entry in inner.data.range(start.as_slice()..end.as_slice()).keys() {
-            if out.len() == limit {
-                break;
+        let lane = lane.clone();
+        self.blocking(move |inner| {
+            let lane = &lane;
+            let mut out = Vec::new();
+            let start = keys::outbox_prefix(lane);
+            let end = [start.as_slice(), &now.saturating_add(1).to_be_bytes()].concat();
+            for entry in inner.data.range(start.as_slice()..end.as_slice()).keys() {
+                if out.len() == limit {
+                    break;
+                }
+                let k = entry.map_err(backend)?;
+                let (_, due_ms, key, id) =
+                    keys::parse_outbox(&k).ok_or_else(|| backend("corrupt outbox key"))?;
+                let Some(rec) = inner.record(&key, &id)? else {
+                    continue;
+                };
+                let Some(url) = rec.delivery.final_url else {
+                    continue;
+                };
+                out.push(DuePostback {
+                    lane: lane.clone(),
+                    key,
+                    id,
+                    due_ms,
+                    url,
+                    post: rec.post,
+                    definition_id: rec.delivery.definition_id,
+                    attempts: rec.delivery.attempts,
+                });
             }
-            let k = entry.map_err(backend)?;
-            let (_, due_ms, key, id) =
-                keys::parse_outbox(&k).ok_or_else(|| backend("corrupt outbox key"))?;
-            let Some(rec) = inner.record(&key, &id)? else {
-                continue;
-            };
-            let Some(url) = rec.delivery.final_url else {
-                continue;
-            };
-            out.push(DuePostback {
-                lane: lane.clone(),
-                key,
-                id,
-                due_ms,
-                url,
-                post: rec.post,
-                definition_id: rec.delivery.definition_id,
-                attempts: rec.delivery.attempts,
-            });
-        }
-        Ok(out)
+            Ok(out)
+        })
+        .await
     }
 
     async fn claim_postback(&self, due: &DuePostback, until: u64) -> Result<bool, StoreError> {
-        let inner = &self.inner;
-        inner.check_open()?;
-        let _guard = lock(inner.stripe(&due.key));
-        if !inner.scheduled(&due.lane, due.due_ms, &due.key, &due.id)? {
-            return Ok(false);
-        }
-        // Not waited on: if this move is lost in a crash, the postback is simply due where it was.
-        let mut batch = Changes::default();
-        batch.unschedule(&due.lane, due.due_ms, &due.key, &due.id);
-        batch.schedule(&due.lane, until, &due.key, &due.id);
-        inner.apply(batch)?;
-        Ok(true)
+        let due = due.clone();
+        self.blocking(move |inner| {
+            inner.check_open()?;
+            let _guard = lock(inner.stripe(&due.key));
+            if !inner.scheduled(&due.lane, due.due_ms, &due.key, &due.id)? {
+                return Ok(false);
+            }
+            // Not waited on: if this move is lost in a crash, the postback is simply due where it was.
+            let mut batch = Changes::default();
+            batch.unschedule(&due.lane, due.due_ms, &due.key, &due.id);
+            batch.schedule(&due.lane, until, &due.key, &due.id);
+            inner.apply(batch)?;
+            Ok(true)
+        })
+        .await
     }
 
     async fn record_attempt(
@@ -1720,65 +1819,70 @@ impl Store for SledStore {
         attempt: Attempt,
         verdict: Verdict,
     ) -> Result<Option<DefinitionHealth>, StoreError> {
-        let inner = &self.inner;
-        inner.check_open()?;
-        let health = 'locked: {
-            let _guard = lock(inner.stripe(&due.key));
-            let mut batch = Changes::default();
-            if inner.scheduled(&due.lane, claimed_until, &due.key, &due.id)? {
-                batch.unschedule(&due.lane, claimed_until, &due.key, &due.id);
-            }
-            let Some(mut rec) = inner.record(&due.key, &due.id)? else {
-                inner.apply(batch)?;
-                break 'locked None;
-            };
-            if !rec.delivery.status.is_pending() {
-                inner.apply(batch)?;
-                break 'locked None;
-            }
-            let now = attempt.at_ms + attempt.duration_ms;
-            let failed = verdict != Verdict::Fired;
-            let error = attempt
-                .http_status
-                .map(|s| format!("HTTP {s}"))
-                .or_else(|| attempt.error.clone());
-            let (status, next_at) = match verdict {
-                Verdict::Fired => (PixelStatus::Fired, None),
-                Verdict::Failed => (PixelStatus::Failed, None),
-                Verdict::Retry { at_ms } => (PixelStatus::PendingRetry, Some(at_ms)),
-            };
-            rec.delivery.note_attempt(attempt, status, next_at);
-            match next_at {
-                Some(at) => {
-                    batch.schedule(&due.lane, at, &due.key, &due.id);
-                    batch.insert(keys::index(&due.key, &due.id), json(&rec));
-                }
-                None => {
-                    let status = rec.delivery.status;
-                    inner.finalize(&mut batch, &due.key, rec, status, now);
-                }
-            }
-            let health = match &due.definition_id {
-                Some(definition) => {
-                    let h_key = keys::health(&due.key.brand, definition);
-                    let mut health: DefinitionHealth = inner.read(&h_key)?.unwrap_or_default();
-                    if failed {
-                        health.consecutive_failures += 1;
-                        health.last_failure_at_ms = Some(now);
-                        health.last_error = error;
-                    } else {
-                        health.consecutive_failures = 0;
-                        health.last_success_at_ms = Some(now);
+        let due = due.clone();
+        let health = self
+            .blocking(move |inner| {
+                inner.check_open()?;
+                Ok('locked: {
+                    let _guard = lock(inner.stripe(&due.key));
+                    let mut batch = Changes::default();
+                    if inner.scheduled(&due.lane, claimed_until, &due.key, &due.id)? {
+                        batch.unschedule(&due.lane, claimed_until, &due.key, &due.id);
                     }
-                    batch.insert(h_key, json(&health));
-                    Some(health)
-                }
-                None => None,
-            };
-            inner.apply(batch)?;
-            health
-        };
-        inner.commit.wait().await?;
+                    let Some(mut rec) = inner.record(&due.key, &due.id)? else {
+                        inner.apply(batch)?;
+                        break 'locked None;
+                    };
+                    if !rec.delivery.status.is_pending() {
+                        inner.apply(batch)?;
+                        break 'locked None;
+                    }
+                    let now = attempt.at_ms + attempt.duration_ms;
+                    let failed = verdict != Verdict::Fired;
+                    let error = attempt
+                        .http_status
+                        .map(|s| format!("HTTP {s}"))
+                        .or_else(|| attempt.error.clone());
+                    let (status, next_at) = match verdict {
+                        Verdict::Fired => (PixelStatus::Fired, None),
+                        Verdict::Failed => (PixelStatus::Failed, None),
+                        Verdict::Retry { at_ms } => (PixelStatus::PendingRetry, Some(at_ms)),
+                    };
+                    rec.delivery.note_attempt(attempt, status, next_at);
+                    match next_at {
+                        Some(at) => {
+                            batch.schedule(&due.lane, at, &due.key, &due.id);
+                            batch.insert(keys::index(&due.key, &due.id), json(&rec));
+                        }
+                        None => {
+                            let status = rec.delivery.status;
+                            inner.finalize(&mut batch, &due.key, rec, status, now);
+                        }
+                    }
+                    let health = match &due.definition_id {
+                        Some(definition) => {
+                            let h_key = keys::health(&due.key.brand, definition);
+                            let mut health: DefinitionHealth =
+                                inner.read(&h_key)?.unwrap_or_default();
+                            if failed {
+                                health.consecutive_failures += 1;
+                                health.last_failure_at_ms = Some(now);
+                                health.last_error = error;
+                            } else {
+                                health.consecutive_failures = 0;
+                                health.last_success_at_ms = Some(now);
+                            }
+                            batch.insert(h_key, json(&health));
+                            Some(health)
+                        }
+                        None => None,
+                    };
+                    inner.apply(batch)?;
+                    health
+                })
+            })
+            .await?;
+        self.inner.commit.wait().await?;
         Ok(health)
     }
 
@@ -1786,19 +1890,23 @@ impl Store for SledStore {
         &self,
         brand: &BrandId,
     ) -> Result<BTreeMap<DefinitionId, DefinitionHealth>, StoreError> {
-        let inner = &self.inner;
-        inner.brand_exists(brand)?;
-        let prefix = keys::health_prefix(brand);
-        let mut out = BTreeMap::new();
-        for entry in inner.data.scan_prefix(&prefix) {
-            let (k, v) = entry.map_err(backend)?;
-            let id = std::str::from_utf8(&k[prefix.len()..])
-                .ok()
-                .and_then(|s| DefinitionId::parse(s).ok())
-                .ok_or_else(|| backend("corrupt health key"))?;
-            out.insert(id, serde_json::from_slice(&v).map_err(backend)?);
-        }
-        Ok(out)
+        let brand = brand.clone();
+        self.blocking(move |inner| {
+            let brand = &brand;
+            inner.brand_exists(brand)?;
+            let prefix = keys::health_prefix(brand);
+            let mut out = BTreeMap::new();
+            for entry in inner.data.scan_prefix(&prefix) {
+                let (k, v) = entry.map_err(backend)?;
+                let id = std::str::from_utf8(&k[prefix.len()..])
+                    .ok()
+                    .and_then(|s| DefinitionId::parse(s).ok())
+                    .ok_or_else(|| backend("corrupt health key"))?;
+                out.insert(id, serde_json::from_slice(&v).map_err(backend)?);
+            }
+            Ok(out)
+        })
+        .await
     }
 
     async fn disable_definition(
@@ -1807,32 +1915,37 @@ impl Store for SledStore {
         id: &DefinitionId,
         reason: String,
     ) -> Result<bool, StoreError> {
-        let inner = &self.inner;
-        inner.check_open()?;
-        let found = {
-            let _guard = lock(&inner.brand_lock);
-            let key = keys::definition(brand, id);
-            match inner.read::<Definition>(&key)? {
-                Some(definition) if !definition.enabled => false,
-                Some(mut definition) => {
-                    definition.enabled = false;
-                    definition.disabled_reason = Some(reason);
-                    definition.updated_at_ms = now_ms();
-                    inner.data.insert(key, json(&definition)).map_err(backend)?;
-                    true
+        let key = keys::definition(brand, id);
+        let found = self
+            .blocking(move |inner| {
+                inner.check_open()?;
+                let _guard = lock(&inner.brand_lock);
+                match inner.read::<Definition>(&key)? {
+                    Some(definition) if !definition.enabled => Ok(false),
+                    Some(mut definition) => {
+                        definition.enabled = false;
+                        definition.disabled_reason = Some(reason);
+                        definition.updated_at_ms = now_ms();
+                        inner.data.insert(key, json(&definition)).map_err(backend)?;
+                        Ok(true)
+                    }
+                    None => Ok(false),
                 }
-                None => false,
-            }
-        };
-        inner.commit.wait().await?;
+            })
+            .await?;
+        self.inner.commit.wait().await?;
         Ok(found)
     }
 
     async fn secret(&self, brand: &BrandId, kind: SecretKind) -> Result<BrandSecret, StoreError> {
-        self.inner.brand_exists(brand)?;
-        self.inner
-            .read(&keys::secret(kind, brand))?
-            .ok_or_else(|| backend("a brand without its secrets"))
+        let (brand, key) = (brand.clone(), keys::secret(kind, brand));
+        self.blocking(move |inner| {
+            inner.brand_exists(&brand)?;
+            inner
+                .read(&key)?
+                .ok_or_else(|| backend("a brand without its secrets"))
+        })
+        .await
     }
 
     async fn rotate_secret(
@@ -1841,31 +1954,33 @@ impl Store for SledStore {
         kind: SecretKind,
         grace_ms: u64,
     ) -> Result<BrandSecret, StoreError> {
-        let inner = &self.inner;
-        inner.check_open()?;
-        let secret = {
-            let _guard = lock(&inner.brand_lock);
-            inner.brand_exists(brand)?;
-            let old: Option<BrandSecret> = inner.read(&keys::secret(kind, brand))?;
-            let now = now_ms();
-            let previous = old
-                .filter(|_| grace_ms > 0)
-                .map(|old| (old.current, now + grace_ms));
-            let secret = new_secret(previous, now);
-            inner
-                .data
-                .insert(keys::secret(kind, brand), json(&secret))
-                .map_err(backend)?;
-            secret
-        };
-        inner.commit.wait().await?;
+        let brand = brand.clone();
+        let secret = self
+            .blocking(move |inner| {
+                inner.check_open()?;
+                let brand = &brand;
+                let _guard = lock(&inner.brand_lock);
+                inner.brand_exists(brand)?;
+                let old: Option<BrandSecret> = inner.read(&keys::secret(kind, brand))?;
+                let now = now_ms();
+                let previous = old
+                    .filter(|_| grace_ms > 0)
+                    .map(|old| (old.current, now + grace_ms));
+                let secret = new_secret(previous, now);
+                inner
+                    .data
+                    .insert(keys::secret(kind, brand), json(&secret))
+                    .map_err(backend)?;
+                Ok(secret)
+            })
+            .await?;
+        self.inner.commit.wait().await?;
         Ok(secret)
     }
 
     async fn create_api_key(&self, key: ApiKeyRecord) -> Result<(), StoreError> {
-        let inner = &self.inner;
-        inner.check_open()?;
-        {
+        self.blocking(move |inner| {
+            inner.check_open()?;
             let _guard = lock(&inner.brand_lock);
             inner.brand_exists(&key.brand_id)?;
             if inner
@@ -1878,49 +1993,58 @@ impl Store for SledStore {
             let mut batch = Batch::default();
             batch.insert(keys::api_key(&key.id), json(&key));
             batch.insert(keys::brand_api_key(&key.brand_id, &key.id), &[]);
-            inner.data.apply_batch(batch).map_err(backend)?;
-        }
-        inner.commit.wait().await
+            inner.data.apply_batch(batch).map_err(backend)
+        })
+        .await?;
+        self.inner.commit.wait().await
     }
 
     async fn api_key(&self, id: &str) -> Result<Option<ApiKeyRecord>, StoreError> {
-        self.inner.read(&keys::api_key(id))
+        let key = keys::api_key(id);
+        self.blocking(move |inner| inner.read(&key)).await
     }
 
     async fn api_keys(&self, brand: &BrandId) -> Result<Vec<ApiKeyRecord>, StoreError> {
-        let inner = &self.inner;
-        inner.brand_exists(brand)?;
-        let prefix = keys::brand_api_key(brand, "");
-        let mut found = Vec::new();
-        for k in inner.data.scan_prefix(&prefix).keys() {
-            let k = k.map_err(backend)?;
-            let id = std::str::from_utf8(&k[prefix.len()..]).map_err(backend)?;
-            if let Some(record) = inner.read::<ApiKeyRecord>(&keys::api_key(id))? {
-                found.push(record);
+        let brand = brand.clone();
+        self.blocking(move |inner| {
+            let brand = &brand;
+            inner.brand_exists(brand)?;
+            let prefix = keys::brand_api_key(brand, "");
+            let mut found = Vec::new();
+            for k in inner.data.scan_prefix(&prefix).keys() {
+                let k = k.map_err(backend)?;
+                let id = std::str::from_utf8(&k[prefix.len()..]).map_err(backend)?;
+                if let Some(record) = inner.read::<ApiKeyRecord>(&keys::api_key(id))? {
+                    found.push(record);
+                }
             }
-        }
-        found.sort_by(|a, b| (a.created_at_ms, &a.id).cmp(&(b.created_at_ms, &b.id)));
-        Ok(found)
+            found.sort_by(|a, b| (a.created_at_ms, &a.id).cmp(&(b.created_at_ms, &b.id)));
+            Ok(found)
+        })
+        .await
     }
 
     async fn revoke_api_key(&self, brand: &BrandId, id: &str) -> Result<bool, StoreError> {
-        let inner = &self.inner;
-        inner.check_open()?;
-        let found = {
-            let _guard = lock(&inner.brand_lock);
-            inner.brand_exists(brand)?;
-            match inner.read::<ApiKeyRecord>(&keys::api_key(id))? {
-                Some(record) if record.brand_id == *brand => {
-                    let mut batch = Batch::default();
-                    batch.remove(keys::api_key(id));
-                    batch.remove(keys::brand_api_key(brand, id));
-                    inner.data.apply_batch(batch).map_err(backend)?;
-                    true
+        let (brand, id) = (brand.clone(), id.to_owned());
+        let found = self
+            .blocking(move |inner| {
+                inner.check_open()?;
+                let (brand, id) = (&brand, id.as_str());
+                let _guard = lock(&inner.brand_lock);
+                inner.brand_exists(brand)?;
+                match inner.read::<ApiKeyRecord>(&keys::api_key(id))? {
+                    Some(record) if record.brand_id == *brand => {
+                        let mut batch = Batch::default();
+                        batch.remove(keys::api_key(id));
+                        batch.remove(keys::brand_api_key(brand, id));
+                        inner.data.apply_batch(batch).map_err(backend)?;
+                        Ok(true)
+                    }
+                    _ => Ok(false),
                 }
-                _ => false,
-            }
-        };
-        inner.commit.wait().await?;
+            })
+            .await?;
+        self.inner.commit.wait().await?;
         Ok(found)
     }
 
