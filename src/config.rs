@@ -220,6 +220,25 @@ pub struct Config {
           value_parser = clap::value_parser!(u64).range(8..=65_536))]
     pub store_cache_mb: u64,
 
+    /// Milliseconds a request waits for one store call before it is answered 503 store_unavailable; the
+    /// hub never hangs on its store. Calls that keep timing out for three such deadlines make /healthz
+    /// unhealthy, so an orchestrator restarts the hub.
+    #[arg(long, env = "PIXELHUB_STORE_TIMEOUT_MS", default_value_t = 5_000,
+          value_parser = clap::value_parser!(u64).range(50..=120_000))]
+    pub store_timeout_ms: u64,
+
+    /// Megabytes the data dir's filesystem must keep free: under this floor, writes that grow the store
+    /// (queueing, events, definitions) are refused with 507 insufficient_storage, while reads, acks,
+    /// deletes and the sweeper go on; they resume by themselves when there is room. 0 turns it off.
+    #[arg(long, env = "PIXELHUB_STORE_MIN_FREE_MB", default_value_t = 100,
+          value_parser = clap::value_parser!(u64).range(0..=10_000_000))]
+    pub store_min_free_mb: u64,
+
+    /// Most bytes the store may take on disk, as a cap on the data dir (checked four times a second);
+    /// at it, writes that grow the store are refused as under --store-min-free-mb. 0: no cap.
+    #[arg(long, env = "PIXELHUB_STORE_MAX_BYTES", default_value_t = 0)]
+    pub store_max_bytes: u64,
+
     /// Days a pixel's or postback's delivery record (report row and idempotency entry) and an event's
     /// record are kept after they stop changing; an event's record is also kept while its pixels can fire.
     #[arg(long, env = "PIXELHUB_REPORT_RETENTION_DAYS", default_value_t = 90,
@@ -450,6 +469,15 @@ impl Config {
     /// See [`Config::header_timeout_ms`].
     pub fn header_timeout(&self) -> Duration {
         Duration::from_millis(self.header_timeout_ms)
+    }
+
+    /// The store guard's settings: deadline, free-space floor and size cap.
+    pub fn store_guard(&self) -> crate::store::GuardOptions {
+        crate::store::GuardOptions {
+            timeout: Duration::from_millis(self.store_timeout_ms),
+            min_free_bytes: self.store_min_free_mb << 20,
+            max_bytes: (self.store_max_bytes > 0).then_some(self.store_max_bytes),
+        }
     }
 
     /// See [`Config::max_queue_per_player`].

@@ -3,19 +3,28 @@
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::Context;
 use pixelhub::config::{Cli, Command, LogFormat};
 use pixelhub::{Application, Config};
 use tracing_subscriber::EnvFilter;
 
-#[tokio::main]
-async fn main() -> anyhow::Result<ExitCode> {
+/// How long the runtime waits at exit for blocking work still running: a store call stuck in the disk
+/// must not keep the process alive after its shutdown (the hub's own drain is bounded already).
+const EXIT_GRACE: Duration = Duration::from_secs(1);
+
+fn main() -> anyhow::Result<ExitCode> {
     let cli = Cli::from_env_and_args();
-    match cli.command {
-        Some(Command::Import(args)) => pixelhub::cli::import(args).await,
-        None => serve(cli.config).await.map(|()| ExitCode::SUCCESS),
-    }
+    let runtime = tokio::runtime::Runtime::new().context("the async runtime cannot start")?;
+    let result = runtime.block_on(async {
+        match cli.command {
+            Some(Command::Import(args)) => pixelhub::cli::import(args).await,
+            None => serve(cli.config).await.map(|()| ExitCode::SUCCESS),
+        }
+    });
+    runtime.shutdown_timeout(EXIT_GRACE);
+    result
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {

@@ -184,6 +184,11 @@ pub struct Metrics {
     tls_reloads: Family<ResultLabel, Counter>,
     s2s_attempts: Family<AttemptLabels, Counter>,
     s2s_refused: Family<ReasonLabel, Counter>,
+    store_free: Gauge,
+    store_size: Gauge,
+    store_refused: Family<ReasonLabel, Counter>,
+    store_timeouts: Counter,
+    store_failed: Gauge,
     s2s_duration: Histogram,
     s2s_in_flight: Gauge,
     http_requests: Family<RequestLabels, Counter>,
@@ -257,6 +262,11 @@ impl Metrics {
             tls_reloads: Family::default(),
             s2s_attempts: Family::default(),
             s2s_refused: Family::default(),
+            store_free: Gauge::default(),
+            store_size: Gauge::default(),
+            store_refused: Family::default(),
+            store_timeouts: Counter::default(),
+            store_failed: Gauge::default(),
             s2s_duration: Histogram::new(duration_buckets()),
             s2s_in_flight: Gauge::default(),
             http_requests: Family::default(),
@@ -420,6 +430,33 @@ impl Metrics {
             "store_commit_batch_size",
             "Writers made durable by one flush: the group-commit batch",
             m.commit_batch.clone(),
+        );
+        r.register_with_unit(
+            "store_free",
+            "Free space of the filesystem holding the store, as last measured (four times a second)",
+            Unit::Bytes,
+            m.store_free.clone(),
+        );
+        r.register_with_unit(
+            "store_size",
+            "Space the store takes on disk, as last measured",
+            Unit::Bytes,
+            m.store_size.clone(),
+        );
+        r.register(
+            "store_writes_refused",
+            "Writes that would grow the store refused (507) because free space is under --store-min-free-mb (reason min_free) or the store is at --store-max-bytes (max_bytes)",
+            m.store_refused.clone(),
+        );
+        r.register(
+            "store_timeouts",
+            "Store calls that did not answer within --store-timeout-ms (the caller got 503 store_unavailable)",
+            m.store_timeouts.clone(),
+        );
+        r.register(
+            "store_failed",
+            "1 once the store has failed to write (never retried: the hub stops and restarts from disk); 0 otherwise",
+            m.store_failed.clone(),
         );
         r.register(
             "upkeep_runs",
@@ -595,6 +632,29 @@ impl Metrics {
             .inc();
     }
 
+    /// Sets the store's room gauges from a measurement.
+    pub fn store_room(&self, free_bytes: u64, store_bytes: u64) {
+        self.store_free.set(free_bytes as i64);
+        self.store_size.set(store_bytes as i64);
+    }
+
+    /// Counts a growing write refused for want of room; `reason` is `min_free` or `max_bytes`.
+    pub fn store_write_refused(&self, reason: &'static str) {
+        self.store_refused
+            .get_or_create(&ReasonLabel { reason })
+            .inc();
+    }
+
+    /// Counts a store call past its deadline.
+    pub fn store_timeout(&self) {
+        self.store_timeouts.inc();
+    }
+
+    /// Marks the store failed.
+    pub fn store_failed(&self) {
+        self.store_failed.set(1);
+    }
+
     /// Counts an answered HTTP request; `route` must be a route template, never a concrete path. A
     /// method outside the standard ones is counted as `other`, so a client cannot mint series.
     pub fn http_request(&self, route: &str, method: &str, status: u16, took: Duration) {
@@ -678,6 +738,9 @@ mod tests {
         m.ws_closed("shutdown");
         m.s2s_attempt(AttemptResult::Fired, "http_2xx", Duration::ZERO);
         m.s2s_refused("loopback");
+        m.store_room(1, 1);
+        m.store_write_refused("min_free");
+        m.store_timeout();
         m.http_request("/healthz", "GET", 200, Duration::ZERO);
         m.flushed(Duration::ZERO, 1);
         m.upkeep_pass(Duration::ZERO, true);

@@ -30,7 +30,9 @@ use crate::metrics::Metrics;
 use crate::net::{self, Tls};
 use crate::pixel::PixelKind;
 use crate::postback::{self, Policy, SenderStats};
-use crate::store::{BrandSettings, SledOptions, SledStore, Store, StoreError};
+use crate::store::{
+    BrandSettings, GuardedStore, Measure, Room, SledOptions, SledStore, Store, StoreError,
+};
 
 /// Why the hub could not start.
 #[derive(Debug, thiserror::Error)]
@@ -49,6 +51,18 @@ pub enum StartError {
     /// The store could not be opened (for sled: another hub may be using the same data dir).
     #[error("cannot open the store: {0}")]
     Store(#[from] StoreError),
+    /// The data dir's disk is too full to open the store safely.
+    #[error(
+        "the disk holding {path} has {free_mb} MB free; the store needs at least {need_mb} MB to open safely (opening sled on a full disk can damage it). Free some space and start the hub again"
+    )]
+    NoRoom {
+        /// The data dir.
+        path: PathBuf,
+        /// Free megabytes now.
+        free_mb: u64,
+        /// Megabytes needed.
+        need_mb: u64,
+    },
     /// The listen address is taken or not ours.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -58,6 +72,9 @@ pub enum StartError {
         source: io::Error,
     },
 }
+
+/// Free bytes the data dir's disk must have before the store is opened, whatever the floor setting.
+const MIN_FREE_TO_OPEN: u64 = 16 << 20;
 
 /// A hub ready to serve.
 pub struct Application {
@@ -89,17 +106,49 @@ impl Application {
             _ => None,
         };
         let metrics = Arc::new(Metrics::new());
-        let store = SledStore::open(
-            &config.data_dir.join("sled"),
-            SledOptions {
-                default_ttl: Duration::from_secs(config.default_ttl_seconds),
-                retention: Duration::from_secs(config.report_retention_days * 24 * 3600),
-                cache_bytes: config.store_cache_mb << 20,
-                queue_cap: config.queue_cap(),
-                metrics: Arc::clone(&metrics),
-            },
-        )?;
-        let store: Arc<dyn Store> = Arc::new(store);
+        // sled, opened on a full disk, can leave its files unreadable (seen on a tmpfs: every open after
+        // one attempted at 0 bytes free failed with "corrupted data"). So a start on a nearly full disk
+        // stops before touching the store, and a supervisor's restarts are harmless until there is room.
+        let need = config.store_guard().min_free_bytes.max(MIN_FREE_TO_OPEN);
+        let free = fs2::available_space(&config.data_dir).map_err(io_err(&config.data_dir))?;
+        if free < need {
+            return Err(StartError::NoRoom {
+                path: config.data_dir.clone(),
+                free_mb: free >> 20,
+                need_mb: need.div_ceil(1 << 20),
+            });
+        }
+        let store_dir = config.data_dir.join("sled");
+        let options = SledOptions {
+            default_ttl: Duration::from_secs(config.default_ttl_seconds),
+            retention: Duration::from_secs(config.report_retention_days * 24 * 3600),
+            cache_bytes: config.store_cache_mb << 20,
+            queue_cap: config.queue_cap(),
+            metrics: Arc::clone(&metrics),
+        };
+        let engine = {
+            let dir = store_dir.clone();
+            let open = tokio::task::spawn_blocking(move || SledStore::open(&dir, options));
+            open.await
+                .map_err(|e| StartError::Config(format!("opening the store panicked: {e}")))??
+        };
+        let measure: Measure = {
+            let engine = engine.clone();
+            Arc::new(move || {
+                Ok(Room {
+                    free_bytes: fs2::available_space(&store_dir)?,
+                    store_bytes: engine.size_on_disk().map_err(std::io::Error::other)?,
+                })
+            })
+        };
+        let guarded = Arc::new(GuardedStore::new(
+            Arc::new(engine),
+            config.store_guard(),
+            measure,
+            Arc::clone(&metrics),
+        ));
+        let store_health = guarded.health();
+        let store: Arc<dyn Store> = guarded.clone();
         if config.demo {
             let demo = BrandId::parse(api::DEMO_BRAND).expect("a valid literal id");
             if store.get_brand(&demo).await?.is_none() {
@@ -123,6 +172,7 @@ impl Application {
         let shutdown = CancellationToken::new();
         let background = TaskTracker::new();
         let hub = Hub::default();
+        guarded.spawn_monitor(shutdown.clone(), &background);
         hub.spawn_background(
             store.as_ref(),
             config.heartbeat(),
@@ -167,6 +217,7 @@ impl Application {
             demo: Arc::new(DemoLog::default()),
             postbacks,
             egress,
+            store_health,
             metrics,
             history: Arc::new(History::default()),
             metrics_scrape: Arc::default(),
@@ -216,10 +267,13 @@ impl Application {
         };
         let mut server = tokio::spawn(net::serve(listener, router, tls, guards, shutdown.clone()));
 
-        // The server ends by itself only if its task fails; shut down the rest all the same.
+        // The server ends by itself only if its task fails; shut down the rest all the same. A failed
+        // store stops the hub too: its failure is never retried, and the next start reads what is on disk.
+        let fatal = state.store_health.fatal();
         let ended_early = tokio::select! {
             _ = signal => None,
             _ = shutdown.cancelled() => None,
+            _ = fatal.cancelled() => None,
             ended = &mut server => Some(ended),
         };
         let config = &state.config;
@@ -271,6 +325,12 @@ impl Application {
         }
         if let Err(e) = state.store.close().await {
             tracing::error!(error = %e, "closing the store failed");
+        }
+        if let Some(cause) = state.store_health.failed() {
+            tracing::error!(%cause, "stopped because the store failed");
+            return Err(io::Error::other(format!(
+                "the store failed ({cause}); a failed write is never retried, so the hub stopped. Start it again: it recovers what is on disk, and refuses writes until the disk has room"
+            )));
         }
         tracing::info!("stopped");
         served

@@ -138,6 +138,12 @@ pub enum ApiError {
     /// The store is closing; the request was not carried out.
     #[error("the hub is shutting down; retry shortly")]
     Unavailable,
+    /// The store refuses writes that would grow it: the disk is (nearly) full.
+    #[error("{0}")]
+    InsufficientStorage(String),
+    /// The store did not answer in time, or failed; the message says which.
+    #[error("{0}")]
+    StoreUnavailable(String),
     /// Anything else; the caller sees only that it failed.
     #[error("internal error")]
     Internal(String),
@@ -169,6 +175,10 @@ impl ApiError {
             ApiError::TooManyConnections => (StatusCode::TOO_MANY_REQUESTS, "too_many_connections"),
             ApiError::Draining => (StatusCode::SERVICE_UNAVAILABLE, "draining"),
             ApiError::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            ApiError::InsufficientStorage(_) => {
+                (StatusCode::INSUFFICIENT_STORAGE, "insufficient_storage")
+            }
+            ApiError::StoreUnavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }
@@ -196,6 +206,18 @@ impl From<StoreError> for ApiError {
             },
             StoreError::Closed => ApiError::Unavailable,
             StoreError::Backend(cause) => ApiError::Internal(cause),
+            StoreError::Full(why) => ApiError::InsufficientStorage(format!(
+                "{why}; nothing was written. Reads, acks and deletes go on, and writes resume by themselves once there is room"
+            )),
+            StoreError::Unavailable(why) => ApiError::StoreUnavailable(format!(
+                "{why}; retry later (the same ids are never queued twice)"
+            )),
+            StoreError::Failed(cause) => {
+                tracing::error!(%cause, "request failed: the store failed");
+                ApiError::StoreUnavailable(
+                    "the store failed and the hub is restarting; retry shortly (the same ids are never queued twice)".into(),
+                )
+            }
         }
     }
 }
@@ -219,6 +241,15 @@ impl ApiError {
         };
         (status, body)
     }
+}
+
+/// A `503` with an error body, for the probes, whose codes (`unhealthy`, `draining`, `store_failed`…)
+/// describe the hub rather than a request.
+pub fn service_unavailable(code: &'static str, message: String) -> Response {
+    let body = ErrorBody {
+        error: ErrorDetail { code, message },
+    };
+    (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
 }
 
 impl IntoResponse for ApiError {

@@ -72,6 +72,8 @@ pub struct AppState {
     pub postbacks: Arc<SenderStats>,
     /// Where postbacks may go; definitions are checked against it when saved.
     pub egress: Arc<crate::egress::Egress>,
+    /// The store's room, deadline and failure state, for the probes (read from memory, never waiting).
+    pub store_health: Arc<crate::store::StoreHealth>,
     /// This process's Prometheus metrics.
     pub metrics: Arc<Metrics>,
     /// The last minutes of stats, for the dashboard.
@@ -167,7 +169,7 @@ fn documented_routes(state: &AppState) -> OpenApiRouter<AppState> {
     if !state.config.public_metrics {
         metrics = secured(metrics, state);
     }
-    OpenApiRouter::with_openapi(ApiDoc::openapi())
+    let routes = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .nest("/api/v1", secured(admin, state))
         .merge(secured(dashboard, state))
         .merge(metrics)
@@ -177,7 +179,68 @@ fn documented_routes(state: &AppState) -> OpenApiRouter<AppState> {
         .routes(routes!(inbound::receive))
         .routes(routes!(inbound::receive_typed))
         .routes(routes!(public::client_script))
-        .routes(routes!(public::websocket))
+        .routes(routes!(public::websocket));
+    with_store_answers(routes)
+}
+
+/// Says in the document what any route that uses the store may answer when the store cannot: `503
+/// store_unavailable` (it did not answer in time, or failed), and for writes `507 insufficient_storage`
+/// (the disk is under its free-space floor). Added here once, like the 401 and 403 of [`secured`].
+fn with_store_answers(mut routes: OpenApiRouter<AppState>) -> OpenApiRouter<AppState> {
+    use utoipa::openapi::{ResponseBuilder, content::ContentBuilder};
+    let answer = |description: &str| {
+        ResponseBuilder::new()
+            .description(description)
+            .content(
+                "application/json",
+                ContentBuilder::new()
+                    .schema(Some(utoipa::openapi::Ref::from_schema_name("ErrorBody")))
+                    .build(),
+            )
+            .build()
+    };
+    let unavailable = answer(
+        "The store did not answer within `--store-timeout-ms`, or failed (`store_unavailable`); retry later.",
+    );
+    let full = answer(
+        "The disk is under `--store-min-free-mb` (or the store at `--store-max-bytes`): nothing was written (`insufficient_storage`). Reads go on; retry once there is room.",
+    );
+    // Routes that never touch the store.
+    const STORELESS: [&str; 7] = [
+        "/healthz",
+        "/readyz",
+        "/aff-client-pixel.js",
+        "/api/v1/openapi.json",
+        "/dashboard",
+        "/dashboard/dashboard.js",
+        "/dashboard/dashboard.css",
+    ];
+    for (path, item) in routes.get_openapi_mut().paths.paths.iter_mut() {
+        if STORELESS.contains(&path.as_str()) {
+            continue;
+        }
+        let writes = [&mut item.post, &mut item.put];
+        for operation in writes.into_iter().flatten() {
+            operation
+                .responses
+                .responses
+                .insert("507".into(), full.clone().into());
+        }
+        let all = [
+            &mut item.get,
+            &mut item.post,
+            &mut item.put,
+            &mut item.delete,
+        ];
+        for operation in all.into_iter().flatten() {
+            operation
+                .responses
+                .responses
+                .entry("503".into())
+                .or_insert_with(|| unavailable.clone().into());
+        }
+    }
+    routes
 }
 
 /// Whether a brand API key may use the route `path` (relative to `/api/v1`) with `method`: the routes

@@ -12,7 +12,6 @@ use std::time::Duration;
 
 use axum::Json;
 use axum::extract::State;
-use axum::http::StatusCode;
 use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
@@ -22,7 +21,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::admin::{BrandPath, PlayerPath, require_brand};
 use super::extract::{ApiPath, ApiQuery};
-use super::{ApiError, AppState, ErrorBody, ErrorDetail};
+use super::{ApiError, AppState, ErrorBody};
 use crate::hub::BrandSessions;
 use crate::hub::SessionInfo;
 use crate::ids::BrandId;
@@ -442,30 +441,37 @@ pub(super) async fn metrics(State(state): State<AppState>) -> Result<Response, A
 
 /// Readiness
 ///
-/// 200 while the hub takes traffic; 503 while it drains for shutdown, or when the store cannot write.
+/// 200 while the hub takes traffic; 503 while it drains for shutdown, when the disk is too full for
+/// writes (`insufficient_storage`, with the figures; reads still work), or when the store cannot write
+/// (`store_unavailable`, `store_failed`).
 #[utoipa::path(
     get,
     path = "/readyz",
     tag = "ops",
     responses(
         (status = 200, description = "`{\"status\": \"ready\"}`.", body = Object),
-        (status = 503, description = "`draining` or `store_unavailable`.", body = ErrorBody),
+        (status = 503, description = "`draining`, `insufficient_storage`, `store_failed` or `store_unavailable`; the message says why.", body = ErrorBody),
     )
 )]
 pub(super) async fn readyz(State(state): State<AppState>) -> Response {
-    let unready = |code: &'static str, message: &str| {
-        let body = ErrorBody {
-            error: ErrorDetail {
-                code,
-                message: message.to_owned(),
-            },
-        };
-        (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
-    };
+    let unready =
+        |code: &'static str, message: &str| super::error::service_unavailable(code, message.into());
     if draining(&state) {
         return unready(
             "draining",
             "the hub is shutting down; send traffic elsewhere",
+        );
+    }
+    let health = &state.store_health;
+    if let Err(why) = health.live() {
+        return unready("store_failed", &why);
+    }
+    if let Some(why) = health.full() {
+        return unready(
+            "insufficient_storage",
+            &format!(
+                "{why}: writes that grow the store are refused (507); reads, acks and deletes go on"
+            ),
         );
     }
     match tokio::time::timeout(READY_PROBE, state.store.check_writable()).await {

@@ -13,7 +13,7 @@ use axum::http::header::{
 };
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
-use serde_json::{Value, json};
+use serde_json::json;
 
 use super::extract::ApiQuery;
 use super::{ApiError, AppState, ErrorBody};
@@ -47,15 +47,23 @@ static CLIENT_JS_GZIP: LazyLock<Vec<u8>> = LazyLock::new(|| {
 
 /// Liveness
 ///
-/// 200 while the process runs, draining or not; readiness is `/readyz`.
+/// 200 while the hub can go on by itself, draining or not (readiness is `/readyz`). 503 `unhealthy` when
+/// it cannot and must be restarted: its store failed to write (never retried), or has not answered for
+/// three `--store-timeout-ms`. Answered from memory, at once, whatever the store does.
 #[utoipa::path(
     get,
     path = "/healthz",
     tag = "ops",
-    responses((status = 200, description = "`{\"status\": \"ok\"}`.", body = Object))
+    responses(
+        (status = 200, description = "`{\"status\": \"ok\"}`.", body = Object),
+        (status = 503, description = "`unhealthy`: restart the hub; the message says why.", body = ErrorBody),
+    )
 )]
-pub(super) async fn healthz() -> Json<Value> {
-    Json(json!({ "status": "ok" }))
+pub(super) async fn healthz(State(state): State<AppState>) -> Response {
+    match state.store_health.live() {
+        Ok(()) => Json(json!({ "status": "ok" })).into_response(),
+        Err(why) => super::error::service_unavailable("unhealthy", why),
+    }
 }
 
 /// The browser client

@@ -14,6 +14,10 @@
 //! took batches from 3.5 to about 30 writers a flush, flushes from ~1,240/s to ~150/s, and throughput up
 //! 14% (docs/benchmarks.md has the runs). When nothing else is runnable the yield returns at once: an
 //! idle hub adds no latency.
+//!
+//! A failed flush is never retried: the operating system may have dropped the pages it could not write,
+//! so a later flush that "succeeds" would prove nothing. Every waiter of that flush and every later one
+//! gets [`StoreError::Failed`], and the hub stops; its next start recovers from what is on disk.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -99,6 +103,7 @@ async fn flusher(
     metrics: Arc<Metrics>,
 ) {
     let mut waiters: Vec<Reply> = Vec::new();
+    let mut failed: Option<String> = None;
     while let Some(first) = rx.recv().await {
         tokio::task::yield_now().await;
         let mut close = None;
@@ -108,9 +113,16 @@ async fn flusher(
                 Request::Close(done) => close = Some(done),
             }
         }
-        if !waiters.is_empty() || close.is_some() {
+        if let Some(cause) = &failed {
+            for reply in waiters.drain(..) {
+                let _ = reply.send(Err(StoreError::Failed(cause.clone())));
+            }
+        } else if !waiters.is_empty() || close.is_some() {
             let started = Instant::now();
             let result = flush(&db).await;
+            if let Err(cause) = &result {
+                failed = Some(cause.clone());
+            }
             metrics.flushed(started.elapsed(), waiters.len());
             counters.flushes.fetch_add(1, Ordering::Relaxed);
             counters
@@ -121,7 +133,7 @@ async fn flusher(
                     result
                         .as_ref()
                         .map(|_| ())
-                        .map_err(|e| StoreError::Backend(e.clone())),
+                        .map_err(|e| StoreError::Failed(e.clone())),
                 );
             }
         }
@@ -131,7 +143,9 @@ async fn flusher(
         }
     }
     // Every handle was dropped without close: still leave the data durable.
-    let _ = flush(&db).await;
+    if failed.is_none() {
+        let _ = flush(&db).await;
+    }
 }
 
 async fn flush(db: &::sled::Db) -> Result<(), String> {

@@ -23,8 +23,10 @@ use crate::pixel::{NewPixel, PixelKind, PixelPolicy, QueuedPixel};
 mod commit;
 #[cfg(test)]
 mod contract;
+mod guard;
 mod sled;
 
+pub use self::guard::{GuardOptions, GuardedStore, Measure, Room, StoreHealth};
 pub use self::sled::{SledOptions, SledStore};
 
 /// A brand, as stored and as returned by the API.
@@ -452,6 +454,20 @@ pub enum StoreError {
     /// The store was closed; the process is shutting down.
     #[error("the store is closed")]
     Closed,
+    /// A write that would grow the store was refused: the disk's free space is under the floor, or the
+    /// store is at its size cap. Reads, acks and deletes go on; writes resume by themselves when there is
+    /// room again.
+    #[error("{0}")]
+    Full(String),
+    /// The engine did not answer within the store's deadline, or is not usable; the operation may or
+    /// may not have happened (a retry with the same ids is safe).
+    #[error("{0}")]
+    Unavailable(String),
+    /// The engine failed to write or to make writes durable. Such a failure is never retried (the
+    /// operating system may have dropped the data it could not write): the hub stops, and its next
+    /// start recovers from what is on disk.
+    #[error("the store failed: {0}")]
+    Failed(String),
 }
 
 /// A durable set of brands and per-player pixel queues, shared by every hub process that uses it.

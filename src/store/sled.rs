@@ -206,8 +206,25 @@ impl Changes {
     }
 }
 
-fn backend(e: impl std::fmt::Display) -> StoreError {
-    StoreError::Backend(e.to_string())
+/// A failure of the engine. sled's I/O errors (a full disk among them), corruption and bugs leave it
+/// unusable (its error is sticky), so they are [`StoreError::Failed`]; anything else (a stored value that
+/// does not parse) fails only the call.
+fn backend<E: std::fmt::Display + 'static>(e: E) -> StoreError {
+    let fatal = (&e as &dyn std::any::Any)
+        .downcast_ref::<::sled::Error>()
+        .is_some_and(|e| {
+            matches!(
+                e,
+                ::sled::Error::Io(_)
+                    | ::sled::Error::Corruption { .. }
+                    | ::sled::Error::ReportableBug(_)
+            )
+        });
+    if fatal {
+        StoreError::Failed(e.to_string())
+    } else {
+        StoreError::Backend(e.to_string())
+    }
 }
 
 fn lock(m: &Mutex<()>) -> MutexGuard<'_, ()> {
@@ -278,6 +295,11 @@ impl SledStore {
         tokio::task::spawn_blocking(move || work(&inner))
             .await
             .unwrap_or_else(|e| Err(backend(format!("a store task failed: {e}"))))
+    }
+
+    /// Bytes the database takes on disk (its files); the guard's size cap reads it.
+    pub fn size_on_disk(&self) -> Result<u64, StoreError> {
+        self.inner.db.size_on_disk().map_err(backend)
     }
 
     /// Drops expired pixels and forgets old tombstones that are due at `now`. Runs by itself every few

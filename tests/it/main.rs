@@ -4,6 +4,7 @@ mod api;
 mod browser;
 mod cdp;
 mod delivery;
+mod disk;
 mod egress;
 mod events;
 mod helpers;

@@ -38,6 +38,35 @@ impl HubProcess {
         demo: bool,
         settings: &[(&str, &str)],
     ) -> Self {
+        let mut hub = Self::launch(listen, data_dir, token, demo, settings);
+        let line = hub.wait_for_line("listening");
+        let addr = match serde_json::from_str::<serde_json::Value>(&line) {
+            Ok(json) => json["fields"]["addr"].as_str().map(str::to_owned),
+            Err(_) => line
+                .split("addr=")
+                .nth(1)
+                .and_then(|s| s.split_whitespace().next())
+                .map(str::to_owned),
+        }
+        .expect("the address is logged");
+        hub.base = format!("http://{addr}");
+        hub.addr = addr.parse().expect("a socket address");
+        hub
+    }
+
+    /// Starts the binary on a free port with `settings` (the admin token among them) without waiting
+    /// for it to listen: for starts that are meant to fail.
+    pub fn spawn_raw(data_dir: &Path, settings: &[(&str, &str)]) -> Self {
+        Self::launch("127.0.0.1:0", data_dir, None, false, settings)
+    }
+
+    fn launch(
+        listen: &str,
+        data_dir: &Path,
+        token: Option<&str>,
+        demo: bool,
+        settings: &[(&str, &str)],
+    ) -> Self {
         let mut command = Command::new(env!("CARGO_BIN_EXE_pixelhub"));
         command
             .args(["--listen", listen, "--data-dir"])
@@ -66,26 +95,25 @@ impl HubProcess {
                 }
             });
         }
-        let mut hub = HubProcess {
+        HubProcess {
             child,
             base: String::new(),
             addr: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
             log,
             seen: Vec::new(),
-        };
-        let line = hub.wait_for_line("listening");
-        let addr = match serde_json::from_str::<serde_json::Value>(&line) {
-            Ok(json) => json["fields"]["addr"].as_str().map(str::to_owned),
-            Err(_) => line
-                .split("addr=")
-                .nth(1)
-                .and_then(|s| s.split_whitespace().next())
-                .map(str::to_owned),
         }
-        .expect("the address is logged");
-        hub.base = format!("http://{addr}");
-        hub.addr = addr.parse().expect("a socket address");
-        hub
+    }
+
+    /// Waits up to `patience` for the process to exit by itself; its status, or `None`.
+    pub fn wait_exit(&mut self, patience: Duration) -> Option<std::process::ExitStatus> {
+        let started = std::time::Instant::now();
+        while started.elapsed() < patience {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
     }
 
     /// The first line logged from now on that contains `needle`; fails after 20 s.
