@@ -172,6 +172,26 @@ fn first_line(e: &clap::Error) -> String {
     first.trim_start_matches("error: ").to_owned()
 }
 
+/// A public base URL: absolute http(s), a host, no credentials, query or fragment; kept without its
+/// trailing slash so paths append to it.
+fn public_url(value: &str) -> Result<String, String> {
+    let url = url::Url::parse(value.trim())
+        .map_err(|e| format!("not a URL ({e}); e.g. https://hub.example"))?;
+    let plain = matches!(url.scheme(), "http" | "https")
+        && url.host().is_some()
+        && url.username().is_empty()
+        && url.password().is_none()
+        && url.query().is_none()
+        && url.fragment().is_none();
+    if !plain {
+        return Err(
+            "must be an http(s) URL with a host and no credentials, query or fragment, e.g. https://hub.example"
+                .into(),
+        );
+    }
+    Ok(url.as_str().trim_end_matches('/').to_owned())
+}
+
 fn log_filter(value: &str) -> Result<String, String> {
     tracing_subscriber::EnvFilter::builder()
         .parse(value)
@@ -239,6 +259,42 @@ pub struct Config {
     #[arg(long, env = "PIXELHUB_STORE_MAX_BYTES", default_value_t = 0)]
     pub store_max_bytes: u64,
 
+    /// New events one brand may report per UTC day (duplicates not counted); past it, event batches
+    /// (JSON, inbound URLs, CSV rows) are refused with 429 quota_exceeded until midnight UTC. Counted per
+    /// process. 0: no quota.
+    #[arg(
+        long,
+        env = "PIXELHUB_QUOTA_EVENTS_PER_DAY",
+        default_value_t = 1_000_000
+    )]
+    pub quota_events_per_day: u64,
+
+    /// Players one brand may have an attribution context for (what registrations leave); past it,
+    /// events of new players are refused with 429 quota_exceeded. 0: no quota.
+    #[arg(long, env = "PIXELHUB_QUOTA_PLAYERS", default_value_t = 10_000_000)]
+    pub quota_players: u64,
+
+    /// Postbacks one brand may have waiting in the outbox (due, retrying, being sent); past it, events
+    /// that would add postbacks are refused with 429 quota_exceeded. 0: no quota.
+    #[arg(long, env = "PIXELHUB_QUOTA_OUTBOX", default_value_t = 100_000)]
+    pub quota_outbox: u64,
+
+    /// Inbound postback URL calls a second one brand may receive on average (bursts of twice that); a
+    /// faster caller gets 429 rate_limited with Retry-After.
+    #[arg(long, env = "PIXELHUB_INBOUND_RATE", default_value_t = 100,
+          value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub inbound_rate: u32,
+
+    /// Most params one event may carry (JSON, inbound URL or CSV row); more: 422 too_many_params.
+    #[arg(long, env = "PIXELHUB_MAX_PARAMS_PER_EVENT", default_value_t = 40,
+          value_parser = clap::value_parser!(u64).range(1..=100))]
+    pub max_params_per_event: u64,
+
+    /// Longest text param value, in bytes; longer: 422 param_too_long.
+    #[arg(long, env = "PIXELHUB_MAX_PARAM_BYTES", default_value_t = 512,
+          value_parser = clap::value_parser!(u64).range(16..=2048))]
+    pub max_param_bytes: u64,
+
     /// Days a pixel's or postback's delivery record (report row and idempotency entry) and an event's
     /// record are kept after they stop changing; an event's record is also kept while its pixels can fire.
     #[arg(long, env = "PIXELHUB_REPORT_RETENTION_DAYS", default_value_t = 90,
@@ -304,6 +360,13 @@ pub struct Config {
           value_parser = clap::value_parser!(u64).range(1024..=256 * 1024 * 1024))]
     pub max_body_bytes: u64,
 
+    /// Milliseconds a request's body may take to arrive once its headers have (a file upload: the longest
+    /// it may go without sending anything); then 408 body_timeout and the connection is closed. Stops
+    /// clients that hold connections by trickling a body.
+    #[arg(long, env = "PIXELHUB_BODY_TIMEOUT_MS", default_value_t = 30_000,
+          value_parser = clap::value_parser!(u64).range(100..=600_000))]
+    pub body_timeout_ms: u64,
+
     /// Largest WebSocket message a client may send, in bytes; larger ones close the session (4504).
     #[arg(long, env = "PIXELHUB_WS_MAX_MESSAGE_BYTES", default_value_t = 32 * 1024,
           value_parser = clap::value_parser!(u64).range(512..=16 * 1024 * 1024))]
@@ -345,6 +408,12 @@ pub struct Config {
     #[arg(long, env = "PIXELHUB_TRUSTED_PROXIES", value_delimiter = ',',
           value_parser = crate::limits::parse_net)]
     pub trusted_proxies: Vec<ipnet::IpNet>,
+
+    /// The hub's public base URL (https://hub.example, or with a path prefix behind a proxy): URLs the API
+    /// hands out (inbound postback URLs, the demo's pixels) are built on it. Unset, they are built from the
+    /// request's Host header (and X-Forwarded-Proto).
+    #[arg(long, env = "PIXELHUB_PUBLIC_URL", value_parser = public_url)]
+    pub public_url: Option<String>,
 
     /// PEM certificate chain to serve HTTPS and wss:// with (with --tls-key); reloaded when the file
     /// changes or on SIGHUP. Without it the hub speaks plain HTTP, for a TLS-terminating proxy.
@@ -401,10 +470,11 @@ pub struct Config {
     #[arg(long, env = "PIXELHUB_PUBLIC_METRICS", default_value_t = false, action = clap::ArgAction::Set)]
     pub public_metrics: bool,
 
-    /// Serve the demo brand site at /demo and let it queue pixels for the `demo` brand without a token.
-    /// Turn off in production.
-    #[arg(long, env = "PIXELHUB_DEMO", default_value_t = true, action = clap::ArgAction::Set)]
-    pub demo: bool,
+    /// Serve the demo brand site at /demo and let it queue pixels for the `demo` brand without a token
+    /// (capped and rate-limited). Default: on when --listen is a loopback address, off otherwise; keep
+    /// it off in production.
+    #[arg(long, env = "PIXELHUB_DEMO", action = clap::ArgAction::Set)]
+    pub demo: Option<bool>,
 }
 
 /// Shortest admin token accepted from the environment.
@@ -446,6 +516,11 @@ impl Config {
         Ok(())
     }
 
+    /// Whether the demo is served: as set, or when the hub listens on loopback only.
+    pub fn demo_enabled(&self) -> bool {
+        self.demo.unwrap_or_else(|| self.listen.ip().is_loopback())
+    }
+
     /// See [`Config::hello_timeout_ms`].
     pub fn hello_timeout(&self) -> Duration {
         Duration::from_millis(self.hello_timeout_ms)
@@ -480,6 +555,23 @@ impl Config {
         }
     }
 
+    /// The per-brand quotas.
+    pub fn quotas(&self) -> crate::store::Quotas {
+        crate::store::Quotas {
+            events_per_day: self.quota_events_per_day,
+            players: self.quota_players,
+            outbox: self.quota_outbox,
+        }
+    }
+
+    /// The limits on an event's params.
+    pub fn param_limits(&self) -> crate::event::ParamLimits {
+        crate::event::ParamLimits {
+            max_params: self.max_params_per_event as usize,
+            max_value_bytes: self.max_param_bytes as usize,
+        }
+    }
+
     /// See [`Config::max_queue_per_player`].
     pub fn queue_cap(&self) -> crate::store::QueueCap {
         crate::store::QueueCap {
@@ -499,7 +591,15 @@ mod tests {
         assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
         assert_eq!(c.data_dir, PathBuf::from("./data"));
         assert_eq!(c.default_ttl_seconds, 2_592_000);
-        assert!(c.demo);
+        assert!(c.demo_enabled(), "on loopback, the demo is on");
+        let public = Cli::parse_from(["pixelhub", "--listen", "0.0.0.0:8080"]).config;
+        assert!(
+            !public.demo_enabled(),
+            "reachable from the network, it is off"
+        );
+        let asked =
+            Cli::parse_from(["pixelhub", "--listen", "0.0.0.0:8080", "--demo", "true"]).config;
+        assert!(asked.demo_enabled(), "unless the operator turns it on");
         assert!(c.validate().is_ok());
     }
 
@@ -541,7 +641,7 @@ mod tests {
         .unwrap();
         assert_eq!(c.heartbeat_ms, 40_000, "the flag wins over the file");
         assert_eq!(c.queue_full, OnFull::DropOldest);
-        assert!(!c.demo);
+        assert_eq!(c.demo, Some(false));
         assert_eq!(c.listen.to_string(), "127.0.0.1:9000");
     }
 
@@ -582,6 +682,30 @@ mod tests {
         assert!(e.contains("heartbeat_ms: expected"), "{e}");
         let e = with_file("heartbeat_ms = \n", &[]).unwrap_err();
         assert!(e.contains("pixelhub.toml"), "{e}");
+    }
+
+    #[test]
+    fn the_public_url_is_a_plain_base() {
+        let parse = |v: &str| {
+            Cli::try_parse_from(["pixelhub", "--public-url", v]).map(|c| c.config.public_url)
+        };
+        assert_eq!(
+            parse("https://hub.example/").unwrap().as_deref(),
+            Some("https://hub.example")
+        );
+        assert_eq!(
+            parse("https://hub.example/px/").unwrap().as_deref(),
+            Some("https://hub.example/px")
+        );
+        for bad in [
+            "hub.example",
+            "ftp://hub.example",
+            "https://u:p@hub.example",
+            "https://hub.example/?a=1",
+        ] {
+            let e = parse(bad).unwrap_err().to_string();
+            assert!(e.contains("--public-url"), "{bad}: {e}");
+        }
     }
 
     #[test]

@@ -24,6 +24,63 @@ pub const MAX_EVENTS: usize = 1000;
 const MAX_PARAMS: usize = 100;
 /// Longest text param value.
 const MAX_PARAM_BYTES: usize = 2048;
+/// What an event's params may be, by the settings (`--max-params-per-event`, `--max-param-bytes`): it
+/// bounds what one event, from anyone holding a brand's inbound URL, can make the hub keep in a player's
+/// attribution context. Checked on every event, whatever way it arrived, before it is recorded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ParamLimits {
+    /// Most params per event.
+    pub max_params: usize,
+    /// Longest text value, in bytes.
+    pub max_value_bytes: usize,
+}
+
+impl ParamLimits {
+    /// Checks one event; `prefix` starts the error's path (`events[2].`, `event.`, or empty for a query
+    /// or a CSV row, whose params are named as they are).
+    pub fn check(&self, event: &Event, prefix: &str) -> Result<(), InputError> {
+        if event.params.len() > self.max_params {
+            return Err(InputError::new(
+                "too_many_params",
+                format!("{prefix}params"),
+                format!(
+                    "has {} params; at most {} per event (--max-params-per-event)",
+                    event.params.len(),
+                    self.max_params
+                ),
+            ));
+        }
+        for (name, value) in &event.params {
+            if let Value::String(text) = value
+                && text.len() > self.max_value_bytes
+            {
+                return Err(InputError::new(
+                    "param_too_long",
+                    format!("{prefix}params.{name}"),
+                    format!(
+                        "is {} bytes; at most {} (--max-param-bytes)",
+                        text.len(),
+                        self.max_value_bytes
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks events as [`parse_events`] read them: `event.` for one object, `events[i].` for an array.
+    pub fn check_all(&self, events: &[Event], array: bool) -> Result<(), InputError> {
+        events.iter().enumerate().try_for_each(|(i, event)| {
+            let prefix = if array {
+                format!("events[{i}].")
+            } else {
+                "event.".to_owned()
+            };
+            self.check(event, &prefix)
+        })
+    }
+}
+
 /// Event types whose params become the player's attribution context.
 const REGISTRATION_STAGE: [&str; 2] = ["registration", "qualified_registration"];
 /// Macros the hub fills itself; an event param cannot take their names.

@@ -21,7 +21,7 @@ pub trait IdKind: 'static {
     const SCHEMA: &'static str;
 }
 
-/// A validated id: 1–128 characters of `[A-Za-z0-9._:@-]`.
+/// A validated id: 1–128 characters of `[A-Za-z0-9._:@-]`, other than `.` and `..`.
 ///
 /// Backed by an `Arc<str>` because the same id is held by the hub's session map, every queued pixel and
 /// every log span; cloning must be cheap.
@@ -31,7 +31,8 @@ pub struct Id<K> {
 }
 
 /// The id rule, as error messages state it.
-pub const ID_RULE: &str = "must be 1 to 128 characters of A-Z a-z 0-9 . _ : @ -";
+pub const ID_RULE: &str =
+    "must be 1 to 128 characters of A-Z a-z 0-9 . _ : @ -, other than . and ..";
 
 /// Lower-case hex of `bytes`: how tokens and digests are shown to people and put in URLs.
 pub fn hex(bytes: &[u8]) -> String {
@@ -54,8 +55,12 @@ pub struct InvalidId {
 }
 
 /// Whether `s` is a well-formed id. Exposed for callers that validate ids of their own (e.g. session ids).
+/// `.` and `..` are refused: ids go into URL paths (a brand's inbound postback URLs), where they would
+/// mean "this segment" and "the one above" and the URL would not reach the brand.
 pub fn is_valid_id(s: &str) -> bool {
     !s.is_empty()
+        && s != "."
+        && s != ".."
         && s.len() <= MAX_ID_LEN
         && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'@' | b'-'))
@@ -262,7 +267,10 @@ mod tests {
         assert!(PlayerId::parse("user.name_1:x@example-com").is_ok());
         assert!(PlayerId::parse(&"a".repeat(128)).is_ok());
 
-        for bad in ["", " ", "a b", "a/b", "a\0b", "é", "a?b", "a#b", "a%20"] {
+        assert!(BrandId::parse("...").is_ok() && BrandId::parse(".a").is_ok());
+        for bad in [
+            "", " ", "a b", "a/b", "a\0b", "é", "a?b", "a#b", "a%20", ".", "..",
+        ] {
             assert_eq!(
                 PlayerId::parse(bad).unwrap_err(),
                 InvalidId { field: "player_id" },

@@ -7,7 +7,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::http::HeaderMap;
 use dashmap::DashMap;
@@ -36,11 +36,21 @@ pub enum Limit {
     HelloTimeout,
     /// A player with `--max-sessions-per-player` sessions in this process already (close 4006).
     SessionsPerPlayer,
+    /// A request body not received within `--body-timeout-ms` (408 `body_timeout`; for an upload,
+    /// nothing received for that long).
+    BodyTimeout,
+    /// A brand's inbound postback URLs called faster than `--inbound-rate` (429 `rate_limited`).
+    InboundRate,
+    /// The demo asked to queue pixels faster than it allows, or past its caps (429).
+    Demo,
+    /// An event with more params than `--max-params-per-event`, or a value longer than
+    /// `--max-param-bytes` (422 `too_many_params`, `param_too_long`).
+    EventParams,
 }
 
 impl Limit {
     /// Every limit, for documentation checks.
-    pub const ALL: [Limit; 9] = [
+    pub const ALL: [Limit; 13] = [
         Limit::BodyBytes,
         Limit::BatchSize,
         Limit::QueuePerPlayer,
@@ -50,6 +60,10 @@ impl Limit {
         Limit::WsMessageRate,
         Limit::HelloTimeout,
         Limit::SessionsPerPlayer,
+        Limit::BodyTimeout,
+        Limit::InboundRate,
+        Limit::Demo,
+        Limit::EventParams,
     ];
 
     /// The `limit` label.
@@ -64,6 +78,10 @@ impl Limit {
             Limit::WsMessageRate => "ws_message_rate",
             Limit::HelloTimeout => "hello_timeout",
             Limit::SessionsPerPlayer => "sessions_per_player",
+            Limit::BodyTimeout => "body_timeout",
+            Limit::InboundRate => "inbound_rate",
+            Limit::Demo => "demo",
+            Limit::EventParams => "event_params",
         }
     }
 
@@ -74,41 +92,56 @@ impl Limit {
             "batch_too_large" => Limit::BatchSize,
             "queue_full" => Limit::QueuePerPlayer,
             "too_many_connections" => Limit::ConnectionsPerIp,
+            "body_timeout" => Limit::BodyTimeout,
+            "too_many_params" | "param_too_long" => Limit::EventParams,
             _ => return None,
         })
     }
 }
 
-/// A token bucket over one connection's incoming messages: `rate` per second on average, bursts of up
-/// to twice that. A few bytes per session and no timer: it refills when asked.
+/// A token bucket: `rate` per second on average, bursts of up to `burst`. A few bytes and no timer: it
+/// refills when asked. One per WebSocket session (its incoming messages), one per brand (inbound
+/// postbacks), one for the demo.
 #[derive(Debug)]
-pub struct MessageRate {
+pub struct TokenBucket {
     rate: f64,
+    burst: f64,
     tokens: f64,
     last: Instant,
 }
 
-impl MessageRate {
-    /// A full bucket for `per_second` messages a second.
-    pub fn new(per_second: u32, now: Instant) -> Self {
-        let rate = f64::from(per_second);
+impl TokenBucket {
+    /// A full bucket of `burst` tokens, refilled at `per_second`.
+    pub fn new(per_second: f64, burst: f64, now: Instant) -> Self {
         Self {
-            rate,
-            tokens: rate * 2.0,
+            rate: per_second,
+            burst,
+            tokens: burst,
             last: now,
         }
     }
 
-    /// Takes one message's token; false when the client is over its rate.
-    pub fn allow(&mut self, now: Instant) -> bool {
+    /// The bucket of a session's messages: `per_second`, in bursts of twice that.
+    pub fn messages(per_second: u32, now: Instant) -> Self {
+        let rate = f64::from(per_second);
+        Self::new(rate, rate * 2.0, now)
+    }
+
+    /// Takes one token; when there is none, how long until there is.
+    pub fn take(&mut self, now: Instant) -> Result<(), Duration> {
         let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
         self.last = now;
-        self.tokens = (self.tokens + elapsed * self.rate).min(self.rate * 2.0);
+        self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
         if self.tokens < 1.0 {
-            return false;
+            return Err(Duration::from_secs_f64((1.0 - self.tokens) / self.rate));
         }
         self.tokens -= 1.0;
-        true
+        Ok(())
+    }
+
+    /// Takes one token; false when over the rate.
+    pub fn allow(&mut self, now: Instant) -> bool {
+        self.take(now).is_ok()
     }
 }
 
@@ -256,18 +289,26 @@ pub fn parse_net(text: &str) -> Result<IpNet, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
     #[test]
     fn the_bucket_allows_a_burst_then_the_rate() {
         let start = Instant::now();
-        let mut bucket = MessageRate::new(10, start);
+        let mut bucket = TokenBucket::messages(10, start);
         assert_eq!((0..25).filter(|_| bucket.allow(start)).count(), 20);
         let later = start + Duration::from_millis(500);
         assert_eq!((0..10).filter(|_| bucket.allow(later)).count(), 5);
         // Idle time refills no further than the burst.
         let much_later = later + Duration::from_secs(60);
         assert_eq!((0..50).filter(|_| bucket.allow(much_later)).count(), 20);
+    }
+
+    #[test]
+    fn an_empty_bucket_says_when_the_next_token_comes() {
+        let start = Instant::now();
+        let mut bucket = TokenBucket::new(2.0, 1.0, start);
+        assert_eq!(bucket.take(start), Ok(()));
+        assert_eq!(bucket.take(start), Err(Duration::from_millis(500)));
+        assert_eq!(bucket.take(start + Duration::from_millis(500)), Ok(()));
     }
 
     #[test]

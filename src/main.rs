@@ -46,7 +46,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         "http"
     };
     tracing::info!(%addr, tls = config.tls_cert.is_some(), data_dir = %config.data_dir.display(), "listening");
-    if config.demo {
+    if config.demo_enabled() {
         tracing::info!("demo brand site: {scheme}://{addr}/demo");
         if !addr.ip().is_loopback() {
             tracing::warn!(

@@ -97,6 +97,12 @@ struct EventLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct QuotaLabels {
+    brand: String,
+    quota: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct VersionLabel {
     version: &'static str,
 }
@@ -155,6 +161,12 @@ pub struct BrandGauges {
     pub sessions: u64,
     /// This process's distinct players of the brand online.
     pub players_online: u64,
+    /// Players with an attribution context.
+    pub players: u64,
+    /// Postbacks in the outbox.
+    pub outbox: u64,
+    /// New events today, in this process.
+    pub events_today: u64,
 }
 
 /// The process's metrics. One per [`crate::Application`], so tests running several hubs in one process
@@ -184,6 +196,10 @@ pub struct Metrics {
     tls_reloads: Family<ResultLabel, Counter>,
     s2s_attempts: Family<AttemptLabels, Counter>,
     s2s_refused: Family<ReasonLabel, Counter>,
+    quota_refused: Family<QuotaLabels, Counter>,
+    brand_players: Family<BrandLabel, Gauge>,
+    brand_outbox: Family<BrandLabel, Gauge>,
+    brand_events_today: Family<BrandLabel, Gauge>,
     store_free: Gauge,
     store_size: Gauge,
     store_refused: Family<ReasonLabel, Counter>,
@@ -262,6 +278,10 @@ impl Metrics {
             tls_reloads: Family::default(),
             s2s_attempts: Family::default(),
             s2s_refused: Family::default(),
+            quota_refused: Family::default(),
+            brand_players: Family::default(),
+            brand_outbox: Family::default(),
+            brand_events_today: Family::default(),
             store_free: Gauge::default(),
             store_size: Gauge::default(),
             store_refused: Family::default(),
@@ -431,6 +451,26 @@ impl Metrics {
             "Writers made durable by one flush: the group-commit batch",
             m.commit_batch.clone(),
         );
+        r.register(
+            "quota_refused",
+            "Event batches refused (429 quota_exceeded) because the brand is at a quota: events_per_day, players or outbox",
+            m.quota_refused.clone(),
+        );
+        r.register(
+            "brand_players",
+            "Players whose attribution context the hub keeps, per brand (against --quota-players)",
+            m.brand_players.clone(),
+        );
+        r.register(
+            "brand_outbox",
+            "Postbacks in the outbox, per brand (against --quota-outbox)",
+            m.brand_outbox.clone(),
+        );
+        r.register(
+            "brand_events_today",
+            "New events reported today (UTC) per brand, counted by this process since it started (against --quota-events-per-day)",
+            m.brand_events_today.clone(),
+        );
         r.register_with_unit(
             "store_free",
             "Free space of the filesystem holding the store, as last measured (four times a second)",
@@ -508,6 +548,9 @@ impl Metrics {
         self.queue_oldest_age.clear();
         self.sessions_online.clear();
         self.players_online.clear();
+        self.brand_players.clear();
+        self.brand_outbox.clear();
+        self.brand_events_today.clear();
         for (brand, g) in brands {
             let label = BrandLabel {
                 brand: brand.to_string(),
@@ -524,6 +567,13 @@ impl Metrics {
             self.players_online
                 .get_or_create(&label)
                 .set(g.players_online as i64);
+            self.brand_players
+                .get_or_create(&label)
+                .set(g.players as i64);
+            self.brand_outbox.get_or_create(&label).set(g.outbox as i64);
+            self.brand_events_today
+                .get_or_create(&label)
+                .set(g.events_today as i64);
         }
         self.s2s_in_flight.set(s2s_in_flight as i64);
         self.draining.set(i64::from(draining));
@@ -629,6 +679,16 @@ impl Metrics {
     pub fn s2s_refused(&self, reason: &'static str) {
         self.s2s_refused
             .get_or_create(&ReasonLabel { reason })
+            .inc();
+    }
+
+    /// Counts an event batch refused at one of its brand's quotas.
+    pub fn quota_refused(&self, brand: &BrandId, quota: &'static str) {
+        self.quota_refused
+            .get_or_create(&QuotaLabels {
+                brand: brand.to_string(),
+                quota,
+            })
             .inc();
     }
 
@@ -738,6 +798,7 @@ mod tests {
         m.ws_closed("shutdown");
         m.s2s_attempt(AttemptResult::Fired, "http_2xx", Duration::ZERO);
         m.s2s_refused("loopback");
+        m.quota_refused(&brand, "outbox");
         m.store_room(1, 1);
         m.store_write_refused("min_free");
         m.store_timeout();

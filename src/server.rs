@@ -124,6 +124,7 @@ impl Application {
             retention: Duration::from_secs(config.report_retention_days * 24 * 3600),
             cache_bytes: config.store_cache_mb << 20,
             queue_cap: config.queue_cap(),
+            quotas: config.quotas(),
             metrics: Arc::clone(&metrics),
         };
         let engine = {
@@ -149,7 +150,7 @@ impl Application {
         ));
         let store_health = guarded.health();
         let store: Arc<dyn Store> = guarded.clone();
-        if config.demo {
+        if config.demo_enabled() {
             let demo = BrandId::parse(api::DEMO_BRAND).expect("a valid literal id");
             if store.get_brand(&demo).await?.is_none() {
                 // The demo's buttons queue every kind, `js` included: it is a playground on loopback.
@@ -186,7 +187,7 @@ impl Application {
 
         let egress = Arc::new(Egress::new(
             config.s2s_allow_networks.clone(),
-            config.demo,
+            config.demo_enabled(),
             listener.local_addr().map_err(|source| StartError::Bind {
                 addr: config.listen,
                 source,
@@ -223,6 +224,7 @@ impl Application {
             metrics_scrape: Arc::default(),
             per_ip: PerIp::new(config_max_per_ip),
             proxies: TrustedProxies::new(config_proxies),
+            inbound_rates: Arc::default(),
         };
         api::spawn_sampler(state.clone(), &background);
         Ok(Self {

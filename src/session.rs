@@ -16,7 +16,7 @@ use tracing::{Instrument, field};
 
 use crate::hub::{Hub, Registration, SessionInfo, wake};
 use crate::ids::{BrandId, PixelId, PlayerId, PlayerKey, SessionId};
-use crate::limits::MessageRate;
+use crate::limits::TokenBucket;
 use crate::metrics::Metrics;
 use crate::player_token::{self, TokenError};
 use crate::protocol::{
@@ -103,7 +103,7 @@ pub fn run(socket: WebSocket, mut ctx: SessionContext) -> impl Future<Output = (
         let mut conn = Conn {
             socket,
             write_timeout: ctx.limits.write_timeout,
-            rate: MessageRate::new(ctx.limits.messages_per_second, Instant::now()),
+            rate: TokenBucket::messages(ctx.limits.messages_per_second, Instant::now()),
         };
         let end = match Box::pin(handshake(&mut conn, &ctx, id)).await {
             Ok((key, welcome)) => {
@@ -154,7 +154,7 @@ pub fn run(socket: WebSocket, mut ctx: SessionContext) -> impl Future<Output = (
 struct Conn {
     socket: WebSocket,
     write_timeout: Duration,
-    rate: MessageRate,
+    rate: TokenBucket,
 }
 
 impl Conn {

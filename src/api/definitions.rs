@@ -433,7 +433,9 @@ pub(super) async fn ingest(
     ApiPath(path): ApiPath<BrandPath>,
     JsonBody(body): JsonBody,
 ) -> Result<impl IntoResponse, ApiError> {
+    let array = body.is_array();
     let events = parse_events(body, state.config.max_batch as usize)?;
+    state.config.param_limits().check_all(&events, array)?;
     let outcomes = state.store.ingest(&path.brand_id, events).await?;
     // Typed, not `json!`, so each answer keeps its documented field order.
     #[derive(Serialize)]

@@ -2,14 +2,19 @@
 //!
 //! It exists so a newcomer sees the whole loop in a minute without writing a line: queue a pixel, watch the
 //! snippet receive it, fire it, and the receiver record the hit. It only ever touches the `demo` brand, and
-//! its pixels point back at the address the page was loaded from. On a hub listening on loopback (the
-//! default) that address must be a loopback one, so nobody can make demo pages request another host; on
-//! any other address the hub warns at start-up, and production deployments turn the demo off
-//! (`PIXELHUB_DEMO=false`).
+//! its pixels point back at the hub (`--public-url`, or the address the page was loaded from). On a hub
+//! listening on loopback that address must be a loopback one, so nobody can make demo pages request
+//! another host.
+//!
+//! It needs no credentials, so it must not be a way to fill the store: it is on only when the hub listens
+//! on loopback (or the operator turns it on, and is warned at start-up), it takes a few requests a second
+//! ([`DEMO_RATE`], bursts of [`DEMO_BURST`]), and it queues at most [`DEMO_PER_PLAYER`] pending pixels a
+//! player and [`DEMO_TOTAL`] in all; past these it answers `429` and writes nothing.
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
 
 use axum::extract::{Query, RawQuery, State};
 use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE};
@@ -23,6 +28,7 @@ use serde_json::{Value, json};
 use super::extract::{ApiPath, JsonBody};
 use super::{ApiError, AppState};
 use crate::ids::{BrandId, PlayerId, PlayerKey};
+use crate::limits::{Limit, TokenBucket};
 use crate::pixel::{NewPixel, PixelBody};
 use crate::store::now_ms;
 
@@ -31,6 +37,14 @@ pub const DEMO_BRAND: &str = "demo";
 const DEMO_HTML: &str = include_str!("../../static/demo.html");
 /// Hits remembered for the page to show.
 const HIT_LOG: usize = 200;
+/// Demo pixels queued per second, on average: a few people clicking, not a script.
+pub const DEMO_RATE: f64 = 2.0;
+/// Demo pixels queued at once in a burst.
+pub const DEMO_BURST: f64 = 20.0;
+/// Pending demo pixels one player may have.
+pub const DEMO_PER_PLAYER: usize = 20;
+/// Pending demo pixels over all players.
+pub const DEMO_TOTAL: u64 = 1_000;
 /// A transparent 1×1 GIF: the body an image pixel receiver answers with.
 const PIXEL_GIF: [u8; 43] = [
     0x47, 0x49, 0x46, 0x38, 0x39, 0x61, 0x01, 0x00, 0x01, 0x00, 0x80, 0x00, 0x00, 0x00, 0x00, 0x00,
@@ -38,11 +52,21 @@ const PIXEL_GIF: [u8; 43] = [
     0x01, 0x00, 0x01, 0x00, 0x00, 0x02, 0x02, 0x44, 0x01, 0x00, 0x3b,
 ];
 
-/// What the demo receiver saw, newest last.
-#[derive(Default)]
+/// What the demo receiver saw, newest last; and the demo's rate.
 pub struct DemoLog {
     hits: Mutex<VecDeque<Hit>>,
     counter: AtomicU64,
+    rate: Mutex<TokenBucket>,
+}
+
+impl Default for DemoLog {
+    fn default() -> Self {
+        DemoLog {
+            hits: Mutex::default(),
+            counter: AtomicU64::default(),
+            rate: Mutex::new(TokenBucket::new(DEMO_RATE, DEMO_BURST, Instant::now())),
+        }
+    }
 }
 
 #[derive(Clone, Serialize, Deserialize)]
@@ -93,26 +117,17 @@ async fn queue_demo_pixel(
     let player = PlayerId::parse(player)?;
     let kind = body.get("kind").and_then(Value::as_str).unwrap_or("image");
 
-    let scheme = match headers
-        .get("x-forwarded-proto")
-        .and_then(|h| h.to_str().ok())
-    {
-        Some("https") => "https",
-        _ => "http",
-    };
-    let host = headers
-        .get("host")
-        .and_then(|h| h.to_str().ok())
-        .unwrap_or_default();
-    let base = url::Url::parse(&format!("{scheme}://{host}/"))
+    let base = url::Url::parse(&format!("{}/", super::public_base(&state, &headers)))
         .ok()
-        .filter(|url| url.path() == "/" && url.username().is_empty() && url.host_str().is_some())
+        .filter(|url| url.username().is_empty() && url.host_str().is_some())
         .ok_or_else(|| invalid("the Host header is not a host[:port]"))?;
     if state.config.listen.ip().is_loopback() && !is_loopback(&base) {
         return Err(invalid(
             "this hub listens on loopback; the demo only queues pixels for loopback hosts",
         ));
     }
+    let key = demo_key(player.clone());
+    admit(&state, &key).await?;
     let n = state.demo.counter.fetch_add(1, Ordering::Relaxed) + 1;
     let hit_url = |kind: &str| format!("{base}demo/hit?player={player}&n={n}&kind={kind}");
     let body = match kind {
@@ -134,11 +149,55 @@ async fn queue_demo_pixel(
         body,
         origin: None,
     };
-    let queued = state.store.enqueue(&demo_key(player), vec![pixel]).await?;
+    let queued = state.store.enqueue(&key, vec![pixel]).await?;
     Ok((
         StatusCode::ACCEPTED,
         Json(json!({ "pixels": queued.pixels, "n": n })),
     ))
+}
+
+/// Lets a demo request through its rate and caps, or answers 429.
+async fn admit(state: &AppState, key: &PlayerKey) -> Result<(), ApiError> {
+    let waited = state
+        .demo
+        .rate
+        .lock()
+        .map_err(|_| ApiError::Internal("demo rate poisoned".into()))?
+        .take(Instant::now());
+    if let Err(retry_after) = waited {
+        return Err(ApiError::RateLimited {
+            limit: Limit::Demo,
+            retry_after,
+            message: format!(
+                "the demo queues at most {DEMO_RATE} pixels a second (bursts of {DEMO_BURST}); retry in a moment"
+            ),
+        });
+    }
+    let full = |message: String| {
+        state.metrics.limit_hit(Limit::Demo);
+        ApiError::QuotaExceeded {
+            retry_after: None,
+            message,
+        }
+    };
+    if state.store.pending(key).await?.len() >= DEMO_PER_PLAYER {
+        return Err(full(format!(
+            "this demo player has {DEMO_PER_PLAYER} pixels pending already; open the page to fire them"
+        )));
+    }
+    let depth = state
+        .store
+        .stats()
+        .await?
+        .brands
+        .get(&key.brand)
+        .map_or(0, |b| b.queue_depth);
+    if depth >= DEMO_TOTAL {
+        return Err(full(format!(
+            "the demo holds {DEMO_TOTAL} pending pixels already; fire some, or purge a demo player's queue"
+        )));
+    }
+    Ok(())
 }
 
 fn is_loopback(url: &url::Url) -> bool {

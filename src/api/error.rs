@@ -129,6 +129,32 @@ pub enum ApiError {
         /// The cap.
         cap: u64,
     },
+    /// A limit on how often something may be asked was reached; retry after `retry_after`.
+    #[error("{message}")]
+    RateLimited {
+        /// Which limit, for the metrics.
+        limit: crate::limits::Limit,
+        /// When a retry may succeed.
+        retry_after: std::time::Duration,
+        /// Human sentence.
+        message: String,
+    },
+    /// A brand's quota (events a day, players, outbox) or the demo's cap is reached.
+    #[error("{message}")]
+    QuotaExceeded {
+        /// When a retry may succeed, if time alone will help.
+        retry_after: Option<std::time::Duration>,
+        /// Human sentence naming the quota and its setting.
+        message: String,
+    },
+    /// The request body did not arrive in time.
+    #[error(
+        "the request body did not arrive within {seconds} s; send it faster, or in smaller pieces"
+    )]
+    BodyTimeout {
+        /// The configured limit.
+        seconds: u64,
+    },
     /// The client's address holds `--max-connections-per-ip` connections already.
     #[error("too many connections from your address; close some, or retry later")]
     TooManyConnections,
@@ -173,6 +199,9 @@ impl ApiError {
             ApiError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             ApiError::QueueFull { .. } => (StatusCode::TOO_MANY_REQUESTS, "queue_full"),
             ApiError::TooManyConnections => (StatusCode::TOO_MANY_REQUESTS, "too_many_connections"),
+            ApiError::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
+            ApiError::QuotaExceeded { .. } => (StatusCode::TOO_MANY_REQUESTS, "quota_exceeded"),
+            ApiError::BodyTimeout { .. } => (StatusCode::REQUEST_TIMEOUT, "body_timeout"),
             ApiError::Draining => (StatusCode::SERVICE_UNAVAILABLE, "draining"),
             ApiError::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             ApiError::InsufficientStorage(_) => {
@@ -205,6 +234,18 @@ impl From<StoreError> for ApiError {
                 cap,
             },
             StoreError::Closed => ApiError::Unavailable,
+            e @ StoreError::QuotaExceeded { quota, .. } => {
+                // A daily quota ends at midnight UTC; the others end when the brand's data shrinks.
+                let retry_after = (quota == crate::store::Quota::EventsPerDay).then(|| {
+                    let day_ms = 24 * 3600 * 1000;
+                    let now = crate::store::now_ms();
+                    std::time::Duration::from_millis(day_ms - now % day_ms)
+                });
+                ApiError::QuotaExceeded {
+                    retry_after,
+                    message: format!("{e}; nothing of this request was recorded"),
+                }
+            }
             StoreError::Backend(cause) => ApiError::Internal(cause),
             StoreError::Full(why) => ApiError::InsufficientStorage(format!(
                 "{why}; nothing was written. Reads, acks and deletes go on, and writes resume by themselves once there is room"
@@ -259,8 +300,24 @@ impl IntoResponse for ApiError {
         }
         let (status, body) = self.status_and_body();
         let code = body.error.code;
+        let retry_after = match &self {
+            ApiError::RateLimited { retry_after, .. } => Some(*retry_after),
+            ApiError::QuotaExceeded { retry_after, .. } => *retry_after,
+            _ => None,
+        };
         let mut response = (status, Json(body)).into_response();
         response.extensions_mut().insert(ErrorCode(code));
+        if let ApiError::RateLimited { limit, .. } = &self {
+            response.extensions_mut().insert(*limit);
+        }
+        if let Some(wait) = retry_after {
+            // Whole seconds, rounded up: a client that waits that long finds a token.
+            let seconds = wait.as_millis().div_ceil(1000).max(1);
+            response.headers_mut().insert(
+                header::RETRY_AFTER,
+                HeaderValue::from_str(&seconds.to_string()).expect("digits are a valid header"),
+            );
+        }
         if status == StatusCode::UNAUTHORIZED {
             response.headers_mut().insert(
                 header::WWW_AUTHENTICATE,

@@ -29,10 +29,21 @@ where
         if declared.is_some_and(|len| len > limit) {
             return Err(ApiError::PayloadTooLarge { limit });
         }
-        // Without a Content-Length the limit is enforced while reading; a failure here is that limit.
+        // Without a Content-Length the size limit is enforced while reading; a failure here is that
+        // limit, or the body's time limit.
+        let seconds = AppState::from_ref(state)
+            .config
+            .body_timeout_ms
+            .div_ceil(1000);
         let bytes = axum::body::to_bytes(req.into_body(), limit as usize)
             .await
-            .map_err(|_| ApiError::PayloadTooLarge { limit })?;
+            .map_err(|e| {
+                if super::body::timed_out(&e) {
+                    ApiError::BodyTimeout { seconds }
+                } else {
+                    ApiError::PayloadTooLarge { limit }
+                }
+            })?;
         if bytes.iter().all(u8::is_ascii_whitespace) {
             return Ok(JsonBody(Value::Object(Default::default())));
         }

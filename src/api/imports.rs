@@ -101,8 +101,15 @@ pub(super) async fn import(
         .ok_or_else(|| ApiError::UnknownBrand(brand.to_string()))?;
 
     let mut read = 0u64;
+    let metrics = std::sync::Arc::clone(&state.metrics);
     let stream = body.into_data_stream().map(move |chunk| {
-        let chunk = chunk.map_err(io::Error::other)?;
+        let chunk = chunk.map_err(|e| {
+            // The summary's last row says the file stopped arriving; the limit is counted here.
+            if super::body::timed_out(&e) {
+                metrics.limit_hit(crate::limits::Limit::BodyTimeout);
+            }
+            io::Error::other(e)
+        })?;
         read += chunk.len() as u64;
         if read > MAX_IMPORT_BYTES {
             return Err(io::Error::other(format!(
@@ -130,10 +137,17 @@ pub(super) async fn import(
         kind: kind.as_str(),
         ..Summary::default()
     };
+    let limits = state.config.param_limits();
     let mut batch: Vec<Event> = Vec::with_capacity(BATCH);
     while let Some(item) = rx.recv().await {
-        let row = item?; // a header problem refuses the whole file
+        let mut row = item?; // a header problem refuses the whole file
         summary.rows += 1;
+        if let Ok(event) = &row.result
+            && let Err(refused) = limits.check(event, "")
+        {
+            state.metrics.limit_hit(crate::limits::Limit::EventParams);
+            row.result = Err(refused);
+        }
         match row.result {
             Ok(event) => batch.push(event),
             Err(_) => {

@@ -16,9 +16,12 @@ use utoipa::IntoParams;
 use super::admin::BrandPath;
 use super::extract::{ApiPath, JsonBody};
 use super::{ApiError, AppState, ErrorBody};
+use std::time::Instant;
+
 use crate::ids::BrandId;
 use crate::inbound::{COUNTERS, events_from_query};
 use crate::input::Fields;
+use crate::limits::{Limit, TokenBucket};
 use crate::store::{BrandSecret, SecretKind, StoreError, now_ms};
 
 /// Longest grace period a rotation may give the old token: 30 days.
@@ -111,7 +114,30 @@ async fn accept(
     if !tokens.accepts(token, now_ms()) {
         return Err(ApiError::InvalidInboundToken);
     }
+    // The rate is counted per brand once the token is right: a wrong token costs nobody else's.
+    let admitted = state
+        .inbound_rates
+        .entry(brand.clone())
+        .or_insert_with(|| {
+            let rate = f64::from(state.config.inbound_rate);
+            TokenBucket::new(rate, rate * 2.0, Instant::now())
+        })
+        .take(Instant::now());
+    if let Err(retry_after) = admitted {
+        return Err(ApiError::RateLimited {
+            limit: Limit::InboundRate,
+            retry_after,
+            message: format!(
+                "brand {brand}'s inbound URLs take {} calls a second (--inbound-rate); slow down and retry",
+                state.config.inbound_rate
+            ),
+        });
+    }
     let events = events_from_query(event_type, query.as_deref())?;
+    let limits = state.config.param_limits();
+    events
+        .iter()
+        .try_for_each(|event| limits.check(event, ""))?;
     state.store.ingest(&brand, events).await?;
     Ok((
         StatusCode::OK,
@@ -144,7 +170,7 @@ pub(super) async fn show(
         .store
         .secret(&path.brand_id, SecretKind::Inbound)
         .await?;
-    Ok(Json(describe(&path.brand_id, &tokens, &headers)))
+    Ok(Json(describe(&state, &path.brand_id, &tokens, &headers)))
 }
 
 /// Rotate the inbound token
@@ -175,7 +201,7 @@ pub(super) async fn rotate(
         .store
         .rotate_secret(&path.brand_id, SecretKind::Inbound, grace * 1000)
         .await?;
-    Ok(Json(describe(&path.brand_id, &tokens, &headers)))
+    Ok(Json(describe(&state, &path.brand_id, &tokens, &headers)))
 }
 
 /// The `grace_seconds` of a rotation's body (`default` when absent): how long the old secret still works.
@@ -194,18 +220,14 @@ pub(super) fn rotation_grace(body: Value, default: u64) -> Result<u64, ApiError>
     Ok(grace)
 }
 
-/// The answer of both admin routes: the token, and URLs built on the address the caller used.
-fn describe(brand: &BrandId, tokens: &BrandSecret, headers: &HeaderMap) -> Value {
-    let host = headers
-        .get(header::HOST)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("localhost");
-    let scheme = headers
-        .get("x-forwarded-proto")
-        .and_then(|v| v.to_str().ok())
-        .filter(|p| *p == "https")
-        .unwrap_or("http");
-    let base = format!("{scheme}://{host}/postback/{brand}/{}", tokens.current);
+/// The answer of both admin routes: the token, and URLs built on the hub's public URL (or the address the
+/// caller used, when none is configured).
+fn describe(state: &AppState, brand: &BrandId, tokens: &BrandSecret, headers: &HeaderMap) -> Value {
+    let base = format!(
+        "{}/postback/{brand}/{}",
+        super::public_base(state, headers),
+        tokens.current
+    );
     let by_type: serde_json::Map<String, Value> = crate::definition::STANDARD_TRIGGERS
         .iter()
         .map(|t| {

@@ -32,6 +32,7 @@ use crate::postback::SenderStats;
 use crate::store::Store;
 
 mod admin;
+mod body;
 mod definitions;
 mod deliveries;
 mod demo;
@@ -84,16 +85,19 @@ pub struct AppState {
     pub per_ip: Arc<crate::limits::PerIp>,
     /// Proxies whose `X-Forwarded-For` names the client.
     pub proxies: crate::limits::TrustedProxies,
+    /// Per brand, the rate of its inbound postback URLs (`--inbound-rate`): one small bucket a brand.
+    pub inbound_rates: Arc<dashmap::DashMap<BrandId, crate::limits::TokenBucket>>,
 }
 
 /// The whole application's routes, shared by the binary and the tests.
 pub fn router(state: AppState) -> Router {
     let (mut app, _) = documented_routes(&state).split_for_parts();
-    if state.config.demo {
+    if state.config.demo_enabled() {
         app = app.merge(demo::routes());
     }
     app.fallback(public::no_route)
         .method_not_allowed_fallback(public::method_not_allowed)
+        .layer(middleware::from_fn_with_state(state.clone(), body::limit))
         .layer(middleware::from_fn_with_state(state.clone(), observe))
         .with_state(state)
 }
@@ -243,6 +247,24 @@ fn with_store_answers(mut routes: OpenApiRouter<AppState>) -> OpenApiRouter<AppS
     routes
 }
 
+/// The base of URLs the API hands out: `--public-url` when set, else the scheme and `Host` the request
+/// came with (`X-Forwarded-Proto: https` from a proxy counts). No trailing slash.
+pub(crate) fn public_base(state: &AppState, headers: &axum::http::HeaderMap) -> String {
+    if let Some(base) = &state.config.public_url {
+        return base.clone();
+    }
+    let host = headers
+        .get(axum::http::header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("localhost");
+    let scheme = headers
+        .get("x-forwarded-proto")
+        .and_then(|v| v.to_str().ok())
+        .filter(|p| *p == "https")
+        .unwrap_or("http");
+    format!("{scheme}://{host}")
+}
+
 /// Whether a brand API key may use the route `path` (relative to `/api/v1`) with `method`: the routes
 /// of its own brand (checked by [`authorize`]), except changing the brand's settings and managing keys,
 /// which need the admin token. Everything else (stats, backlogs over all brands, metrics, the dashboard)
@@ -334,11 +356,13 @@ async fn observe(State(state): State<AppState>, request: Request, next: Next) ->
     let response = next.run(request).instrument(span.clone()).await;
     let took = started.elapsed();
     let status = response.status().as_u16();
-    if let Some(limit) = response
-        .extensions()
-        .get::<ErrorCode>()
-        .and_then(|code| crate::limits::Limit::of_error_code(code.0))
-    {
+    let limit = response.extensions().get::<crate::limits::Limit>().copied();
+    if let Some(limit) = limit.or_else(|| {
+        response
+            .extensions()
+            .get::<ErrorCode>()
+            .and_then(|code| crate::limits::Limit::of_error_code(code.0))
+    }) {
         state.metrics.limit_hit(limit);
     }
     state

@@ -423,6 +423,9 @@ pub(super) async fn metrics(State(state): State<AppState>) -> Result<Response, A
             oldest_age: Duration::from_millis(oldest_age),
             sessions: b.sessions.sessions as u64,
             players_online: b.sessions.players_online as u64,
+            players: b.queue.players,
+            outbox: b.queue.outbox,
+            events_today: b.queue.events_today,
         };
         (brand, figures)
     });

@@ -601,6 +601,7 @@ mod tests {
                     max_per_player: 100,
                     on_full: OnFull::Reject,
                 },
+                quotas: crate::store::Quotas::default(),
                 metrics: Arc::clone(&metrics),
             },
         )

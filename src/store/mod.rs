@@ -165,6 +165,56 @@ pub struct QueueCap {
     pub on_full: OnFull,
 }
 
+/// What one brand may make the store hold, so that one brand (or a leaked inbound token of it) cannot
+/// fill the disk for all: the events it may report a day (UTC), the players whose attribution the hub
+/// keeps, and the postbacks waiting in its outbox. 0 means no quota.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Quotas {
+    /// New events a brand may report per UTC day (duplicates are not counted).
+    pub events_per_day: u64,
+    /// Players whose attribution context the hub keeps for a brand.
+    pub players: u64,
+    /// Postbacks of a brand waiting in the outbox (due, scheduled for a retry, or being sent).
+    pub outbox: u64,
+}
+
+/// One of the [`Quotas`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Quota {
+    /// [`Quotas::events_per_day`].
+    EventsPerDay,
+    /// [`Quotas::players`].
+    Players,
+    /// [`Quotas::outbox`].
+    Outbox,
+}
+
+impl Quota {
+    /// The metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Quota::EventsPerDay => "events_per_day",
+            Quota::Players => "players",
+            Quota::Outbox => "outbox",
+        }
+    }
+
+    /// What it counts and its setting, for messages.
+    pub fn describe(self, limit: u64) -> String {
+        match self {
+            Quota::EventsPerDay => format!(
+                "{limit} new events a day (--quota-events-per-day); it resets at midnight UTC"
+            ),
+            Quota::Players => {
+                format!("{limit} players with an attribution context (--quota-players)")
+            }
+            Quota::Outbox => format!(
+                "{limit} postbacks waiting in the outbox (--quota-outbox); they leave it as they are sent"
+            ),
+        }
+    }
+}
+
 /// One player's backlog, for ops.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Backlog {
@@ -187,13 +237,19 @@ pub struct Purged {
     pub in_flight: u64,
 }
 
-/// A brand's queue, for ops.
+/// A brand's queue and what it holds against its [`Quotas`], for ops.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct BrandQueue {
     /// Pending client pixels, exact.
     pub queue_depth: u64,
     /// Unix milliseconds when the oldest of them was queued; `None` when the queue is empty.
     pub oldest_queued_at_ms: Option<u64>,
+    /// Players whose attribution context the hub keeps.
+    pub players: u64,
+    /// Postbacks in the outbox.
+    pub outbox: u64,
+    /// New events reported today (UTC), counted by this process since it started.
+    pub events_today: u64,
 }
 
 /// A queued pixel as the API lists it.
@@ -454,6 +510,16 @@ pub enum StoreError {
     /// The store was closed; the process is shutting down.
     #[error("the store is closed")]
     Closed,
+    /// The brand is at one of its [`Quotas`]; nothing of the batch was written.
+    #[error("brand {brand} is at its quota of {}", quota.describe(*limit))]
+    QuotaExceeded {
+        /// The brand.
+        brand: BrandId,
+        /// Which quota.
+        quota: Quota,
+        /// Its value.
+        limit: u64,
+    },
     /// A write that would grow the store was refused: the disk's free space is under the floor, or the
     /// store is at its size cap. Reads, acks and deletes go on; writes resume by themselves when there is
     /// room again.

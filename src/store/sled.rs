@@ -63,8 +63,8 @@ use super::commit::GroupCommit;
 use super::{
     ApiKeyRecord, Backlog, Brand, BrandQueue, BrandSecret, BrandSettings, CancelOutcome, Cursor,
     DefinitionHealth, DeliveryPage, DeliveryQuery, DuePostback, EnqueueOutcome, Enqueued, Lane,
-    LaneDue, OnFull, PendingPixel, PixelStatus, Purged, QueueCap, SecretKind, Store, StoreError,
-    StoreStats, Verdict, now_ms,
+    LaneDue, OnFull, PendingPixel, PixelStatus, Purged, QueueCap, Quota, Quotas, SecretKind, Store,
+    StoreError, StoreStats, Verdict, now_ms,
 };
 use crate::definition::{Definition, DefinitionInput};
 use crate::delivery::{Attempt, Delivery, PostBody, Target};
@@ -73,6 +73,8 @@ use crate::ids::{BrandId, DefinitionId, EventId, PixelId, PlayerId, PlayerKey, S
 use crate::metrics::{Metrics, PixelEvent, Upkeep};
 use crate::pixel::{NewPixel, QueuedPixel};
 
+/// Milliseconds in a day: the unit of the events quota (UTC days).
+const DAY_MS: u64 = 24 * 3600 * 1000;
 /// Lock stripes for per-player serialisation; enough that unrelated players rarely share one.
 const STRIPES: usize = 1024;
 /// How often due expiry entries are swept.
@@ -103,6 +105,8 @@ pub struct SledOptions {
     pub cache_bytes: u64,
     /// The per-player queue cap.
     pub queue_cap: QueueCap,
+    /// What one brand may make the store hold.
+    pub quotas: Quotas,
     /// Where pixel transitions, flushes and upkeep are counted.
     pub metrics: Arc<Metrics>,
 }
@@ -132,6 +136,14 @@ struct Inner {
     /// The outbox's lanes: per lane, how many entries are due at each time. Rebuilt from `l` at open and
     /// changed by [`Inner::apply`] after the batch that changed `l`, under the player's stripe lock.
     lanes: Mutex<HashMap<Lane, BTreeMap<u64, u32>>>,
+    /// Outbox entries per brand, for its quota; changed with `lanes`.
+    outbox_size: DashMap<BrandId, u64>,
+    /// Players with an attribution context (`c`) per brand, for its quota; rebuilt at open.
+    players: DashMap<BrandId, u64>,
+    /// New events per brand on one UTC day (the day's number, the count), for its quota. In memory:
+    /// a restart starts the day's count afresh.
+    events_today: DashMap<BrandId, (u64, u64)>,
+    quotas: Quotas,
     default_ttl_ms: u64,
     retention_ms: u64,
     queue_cap: QueueCap,
@@ -151,6 +163,16 @@ struct Lease {
     session: SessionId,
     /// Sequence numbers in flight; never more than the session's window, so a Vec beats a set.
     in_flight: Vec<u64>,
+}
+
+/// What an event batch adds, against the brand's quotas.
+struct Usage {
+    /// New (not duplicate) events.
+    events: u64,
+    /// Players that get their first attribution context.
+    players: u64,
+    /// Postbacks put in the outbox.
+    postbacks: u64,
 }
 
 /// What is kept under a pixel's or postback's id: its delivery record, and what the store needs besides.
@@ -250,11 +272,20 @@ impl SledStore {
         add_missing_secrets(&data)?;
         move_outbox_to_lanes(&data)?;
         let mut lanes: HashMap<Lane, BTreeMap<u64, u32>> = HashMap::new();
+        let outbox_size = DashMap::new();
         for entry in data.scan_prefix(b"l").keys() {
             let k = entry.map_err(backend)?;
             let (lane, due, _, _) =
                 keys::parse_outbox(&k).ok_or_else(|| backend("corrupt outbox key"))?;
+            *outbox_size.entry(lane.brand.clone()).or_insert(0u64) += 1;
             *lanes.entry(lane).or_default().entry(due).or_insert(0) += 1;
+        }
+        let players = DashMap::new();
+        for entry in data.scan_prefix(b"c").keys() {
+            let k = entry.map_err(backend)?;
+            let brand =
+                keys::parse_context_brand(&k).ok_or_else(|| backend("corrupt context key"))?;
+            *players.entry(brand).or_insert(0u64) += 1;
         }
 
         let inner = Arc::new(Inner {
@@ -272,6 +303,10 @@ impl SledStore {
             announce: broadcast::channel(ANNOUNCE_CAPACITY).0,
             outbox: Notify::new(),
             lanes: Mutex::new(lanes),
+            outbox_size,
+            players,
+            events_today: DashMap::new(),
+            quotas: options.quotas,
             default_ttl_ms: options.default_ttl.as_millis() as u64,
             retention_ms: options.retention.as_millis() as u64,
             queue_cap: options.queue_cap,
@@ -583,6 +618,13 @@ impl Inner {
         if !changes.outbox.is_empty() {
             let mut lanes = self.lanes.lock().unwrap_or_else(|p| p.into_inner());
             for (lane, due, added) in changes.outbox {
+                let mut size = self.outbox_size.entry(lane.brand.clone()).or_insert(0);
+                *size = if added {
+                    *size + 1
+                } else {
+                    size.saturating_sub(1)
+                };
+                drop(size);
                 let times = lanes.entry(lane.clone()).or_default();
                 let count = times.entry(due).or_insert(0);
                 if added {
@@ -731,6 +773,56 @@ impl Inner {
             return Err(full());
         }
         Ok(dropped)
+    }
+
+    /// Refuses a batch that would take the brand over one of its quotas. Checked under the batch's
+    /// stripes, not the brand's: concurrent batches of one brand may together pass a quota by less than
+    /// a batch.
+    fn check_quotas(&self, brand: &BrandId, usage: &Usage, now: u64) -> Result<(), StoreError> {
+        let quotas = self.quotas;
+        let over = |quota: Quota, limit: u64, held: u64, adding: u64| {
+            if limit > 0 && adding > 0 && held + adding > limit {
+                self.metrics.quota_refused(brand, quota.as_str());
+                Err(StoreError::QuotaExceeded {
+                    brand: brand.clone(),
+                    quota,
+                    limit,
+                })
+            } else {
+                Ok(())
+            }
+        };
+        let today = self.events_on(brand, now / DAY_MS);
+        over(
+            Quota::EventsPerDay,
+            quotas.events_per_day,
+            today,
+            usage.events,
+        )?;
+        let players = self.players.get(brand).map_or(0, |n| *n);
+        over(Quota::Players, quotas.players, players, usage.players)?;
+        let outbox = self.outbox_size.get(brand).map_or(0, |n| *n);
+        over(Quota::Outbox, quotas.outbox, outbox, usage.postbacks)
+    }
+
+    /// Counts what an applied batch added (the outbox counts itself in `apply`).
+    fn count_usage(&self, brand: &BrandId, usage: &Usage, now: u64) {
+        let day = now / DAY_MS;
+        let mut today = self.events_today.entry(brand.clone()).or_insert((day, 0));
+        if today.0 != day {
+            *today = (day, 0);
+        }
+        today.1 += usage.events;
+        drop(today);
+        *self.players.entry(brand.clone()).or_insert(0) += usage.players;
+    }
+
+    /// New events of the brand on UTC day `day`.
+    fn events_on(&self, brand: &BrandId, day: u64) -> u64 {
+        self.events_today
+            .get(brand)
+            .filter(|today| today.0 == day)
+            .map_or(0, |today| today.1)
     }
 
     fn check_open(&self) -> Result<(), StoreError> {
@@ -1465,6 +1557,9 @@ impl Store for SledStore {
                 let mut added: HashMap<PlayerKey, u64> = HashMap::new();
                 let mut postbacks = false;
                 let mut duplicates = 0u64;
+                // For the quotas: players seen without a stored context, and what the batch adds.
+                let mut fresh: std::collections::HashSet<PlayerId> = Default::default();
+                let (mut new_players, mut new_postbacks) = (0u64, 0u64);
                 for event in &events {
                     if let Some(&first) = answered.get(&event.event_id) {
                         let again = EventOutcome {
@@ -1488,7 +1583,11 @@ impl Store for SledStore {
                     let context = match contexts.entry(event.player_id.clone()) {
                         std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
                         std::collections::hash_map::Entry::Vacant(e) => {
-                            e.insert(inner.read(&keys::context(&key))?.unwrap_or_default())
+                            let stored: Option<PlayerContext> = inner.read(&keys::context(&key))?;
+                            if stored.is_none() {
+                                fresh.insert(event.player_id.clone());
+                            }
+                            e.insert(stored.unwrap_or_default())
                         }
                     };
                     let plan = event::plan(
@@ -1515,23 +1614,34 @@ impl Store for SledStore {
                         forget_at = forget_at.max(now + inner.retention_ms + POSTBACK_LIFETIME_MS);
                         postbacks = true;
                     }
+                    new_postbacks += plan.postbacks.len() as u64;
                     for postback in plan.postbacks {
                         inner.stage_postback(&mut batch, &key, postback, now)?;
                     }
                     batch.insert(keys::forget_event(forget_at, brand, &event.event_id), &[]);
                     if let Some(changed) = plan.context {
+                        if fresh.remove(&event.player_id) {
+                            new_players += 1;
+                        }
                         batch.insert(keys::context(&key), json(&changed));
                         *context = changed;
                     }
                     batch.insert(keys::event(brand, &event.event_id), json(&plan.outcome));
                     outcomes.push(plan.outcome);
                 }
+                let total = outcomes.len() as u64;
+                let usage = Usage {
+                    events: total - duplicates,
+                    players: new_players,
+                    postbacks: new_postbacks,
+                };
+                inner.check_quotas(brand, &usage, now)?;
                 let mut dropped = 0;
                 for (key, added) in &added {
                     dropped += inner.make_room(&mut batch, key, *added, now)?.len();
                 }
                 inner.apply(batch)?;
-                let total = outcomes.len() as u64;
+                inner.count_usage(brand, &usage, now);
                 inner.metrics.events(brand, total - duplicates, duplicates);
                 if dropped > 0 {
                     tracing::info!(%brand, dropped, "queue cap reached: oldest pixels dropped");
@@ -1585,14 +1695,14 @@ impl Store for SledStore {
                 let brand = keys::parse_brand(&k).ok_or_else(|| backend("corrupt brand key"))?;
                 let queue_depth = inner.depth.get(&brand).map_or(0, |d| *d);
                 stats.queue_depth += queue_depth;
-                let oldest_queued_at_ms = inner.oldest_pending(&brand)?;
-                stats.brands.insert(
-                    brand,
-                    BrandQueue {
-                        queue_depth,
-                        oldest_queued_at_ms,
-                    },
-                );
+                let queue = BrandQueue {
+                    queue_depth,
+                    oldest_queued_at_ms: inner.oldest_pending(&brand)?,
+                    players: inner.players.get(&brand).map_or(0, |n| *n),
+                    outbox: inner.outbox_size.get(&brand).map_or(0, |n| *n),
+                    events_today: inner.events_on(&brand, now_ms() / DAY_MS),
+                };
+                stats.brands.insert(brand, queue);
             }
             Ok(stats)
         })
@@ -2303,6 +2413,13 @@ mod keys {
         k
     }
 
+    /// The brand of a `c` key.
+    pub fn parse_context_brand(k: &[u8]) -> Option<BrandId> {
+        let rest = k.strip_prefix(b"c")?;
+        let nul = rest.iter().position(|&b| b == 0)?;
+        BrandId::parse(std::str::from_utf8(&rest[..nul]).ok()?).ok()
+    }
+
     pub fn queue_prefix(key: &PlayerKey) -> Vec<u8> {
         let mut k = vec![b'q'];
         push_player(&mut k, key);
@@ -2377,6 +2494,7 @@ mod tests {
                 max_per_player: contract::QUEUE_CAP,
                 on_full: OnFull::Reject,
             },
+            quotas: crate::store::Quotas::default(),
             metrics: Arc::new(Metrics::new()),
         }
     }

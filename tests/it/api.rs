@@ -497,12 +497,12 @@ async fn stats_show_exact_depth_and_live_sessions_per_brand() {
     assert_eq!(
         *b1,
         json!({"queue_depth": 3, "oldest_queued_at_ms": oldest, "sessions": 3, "players_online": 2,
-               "flagged_definitions": 0, "fired_total": 0})
+               "flagged_definitions": 0, "fired_total": 0, "players": 0, "outbox": 0, "events_today": 0})
     );
     assert_eq!(
         stats["brands"]["b2"],
         json!({"queue_depth": 0, "oldest_queued_at_ms": null, "sessions": 0, "players_online": 0,
-               "flagged_definitions": 0, "fired_total": 0})
+               "flagged_definitions": 0, "fired_total": 0, "players": 0, "outbox": 0, "events_today": 0})
     );
 }
 
@@ -595,7 +595,7 @@ async fn unknown_routes_and_methods_answer_json_errors() {
 
 #[tokio::test]
 async fn the_demo_queues_pixels_for_its_own_host_only() {
-    let app = TestApp::spawn_with(|c| c.demo = true).await;
+    let app = TestApp::spawn_with(|c| c.demo = Some(true)).await;
     let queue = |host: &'static str| {
         app.http
             .post(app.url("/demo/api/pixels"))

@@ -745,7 +745,7 @@ async fn sigterm_sends_the_page_to_reconnect_and_it_finishes_on_the_restarted_hu
 /// the same player receives nothing.
 #[tokio::test]
 async fn the_demo_requires_a_player_token_once_the_brand_says_so() {
-    let app = TestApp::spawn_with(|c| c.demo = true).await;
+    let app = TestApp::spawn_with(|c| c.demo = Some(true)).await;
     let put = app
         .put_brand(
             "demo",

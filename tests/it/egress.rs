@@ -15,7 +15,7 @@ use crate::receiver::{Receiver, Reply};
 async fn default_hub(demo: bool) -> TestApp {
     TestApp::spawn_with(|config| {
         config.s2s_allow_networks.clear();
-        config.demo = demo;
+        config.demo = Some(demo);
     })
     .await
 }

@@ -96,7 +96,7 @@ impl TestApp {
         let dir = Arc::new(tempfile::tempdir().expect("a temp dir"));
         let mut config = Config::for_data_dir(dir.path());
         config.admin_token = Some(TOKEN.into());
-        config.demo = false;
+        config.demo = Some(false);
         // The tests' affiliate endpoints listen on loopback, which a hub refuses by default (the egress
         // tests clear this to test exactly that).
         config.s2s_allow_networks = vec!["127.0.0.0/8".parse().unwrap()];

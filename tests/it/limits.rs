@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use futures::SinkExt;
+use futures::{SinkExt, StreamExt};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -380,4 +380,152 @@ async fn a_trusted_proxys_idle_connection_is_not_closed_under_it() {
         1,
         "{seen:?}"
     );
+}
+
+/// Sends a request's head (`Connection: close`, the body's length), then `body` a byte every `pace`;
+/// returns the answer's status line and how long until the connection closed.
+async fn trickle(app: &TestApp, head: &str, body: &[u8], pace: Duration) -> (String, Duration) {
+    let mut socket = TcpStream::connect(app.addr).await.unwrap();
+    let request = format!(
+        "{head}\r\nhost: {}\r\ncontent-type: application/json\r\nconnection: close\r\ncontent-length: {}\r\n\r\n",
+        app.addr,
+        body.len()
+    );
+    socket.write_all(request.as_bytes()).await.unwrap();
+    let started = std::time::Instant::now();
+    let (mut reader, mut writer) = socket.into_split();
+    let body = body.to_vec();
+    // The writer is handed back, not dropped, when the body is sent: dropping it would half-close the
+    // connection, and the server may take that for a client gone before it answers.
+    let sender = tokio::spawn(async move {
+        for byte in body {
+            if writer.write_all(&[byte]).await.is_err() {
+                break;
+            }
+            tokio::time::sleep(pace).await;
+        }
+        writer
+    });
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(PATIENCE * 2, reader.read_to_end(&mut answer)).await;
+    sender.abort();
+    let text = String::from_utf8_lossy(&answer);
+    let status = text.lines().next().unwrap_or("").to_owned();
+    (status, started.elapsed())
+}
+
+#[tokio::test]
+async fn a_body_that_trickles_is_cut_off_and_an_upload_that_keeps_coming_is_not() {
+    let app = TestApp::spawn_with(|c| {
+        c.body_timeout_ms = 1000;
+        c.demo = Some(true);
+    })
+    .await;
+    // Unauthenticated (the demo) and authenticated routes alike: 408 at the limit, connection closed.
+    let slow = br#"{"player_id": "p1", "kind": "image"}"#;
+    for head in [
+        "POST /demo/api/pixels HTTP/1.1".to_owned(),
+        format!(
+            "POST /api/v1/brands/b1/players/p1/pixels HTTP/1.1\r\nauthorization: Bearer {}",
+            crate::helpers::TOKEN
+        ),
+    ] {
+        let (status, took) = trickle(&app, &head, slow, Duration::from_millis(300)).await;
+        assert!(status.contains("408"), "{head}: {status}");
+        assert!(
+            took >= Duration::from_millis(900) && took < Duration::from_secs(3),
+            "{head}: answered after {took:?}"
+        );
+    }
+    assert_eq!(hits(&app, "body_timeout").await, 2);
+
+    // A body that arrives in time is fine.
+    let (status, _) = trickle(
+        &app,
+        "POST /demo/api/pixels HTTP/1.1",
+        slow,
+        Duration::from_millis(1),
+    )
+    .await;
+    assert!(status.contains("202"), "{status}");
+
+    // An upload may take longer than the limit, as long as it never falls silent for that long.
+    let mut file = "player_id,registration_date\n".to_owned();
+    for i in 0..12 {
+        file.push_str(&format!("p{i},2026-11-01\n"));
+    }
+    let chunks: Vec<Result<String, std::io::Error>> =
+        file.lines().map(|l| Ok(format!("{l}\n"))).collect();
+    let slow_file = futures::stream::iter(chunks).then(|chunk| async move {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        chunk
+    });
+    let started = std::time::Instant::now();
+    let summary = json_of(
+        app.admin(Method::POST, "/api/v1/brands/b1/imports?type=registrations")
+            .body(reqwest::Body::wrap_stream(slow_file)),
+    )
+    .await;
+    assert!(
+        started.elapsed() > Duration::from_secs(2),
+        "the upload took its time"
+    );
+    assert_eq!(
+        (summary["imported"].as_u64(), summary["failed"].as_u64()),
+        (Some(12), Some(0)),
+        "{summary}"
+    );
+}
+
+#[tokio::test]
+async fn the_demo_cannot_be_used_to_fill_the_store() {
+    let app = TestApp::spawn_with(|c| c.demo = Some(true)).await;
+    let demo = |player: &str| {
+        app.http
+            .post(app.url("/demo/api/pixels"))
+            .json(&json!({"player_id": player, "kind": "image"}))
+            .send()
+    };
+    // A burst goes through; then the rate says when to come back.
+    let mut statuses = Vec::new();
+    for _ in 0..25 {
+        statuses.push(demo("p1").await.unwrap().status());
+    }
+    let accepted = statuses
+        .iter()
+        .filter(|s| **s == StatusCode::ACCEPTED)
+        .count();
+    assert!((20..=21).contains(&accepted), "{statuses:?}");
+    let refused = demo("p2").await.unwrap();
+    assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(refused.headers().contains_key("retry-after"));
+    let body: Value = refused.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "rate_limited", "{body}");
+
+    // One player holds at most 20 pending demo pixels; another is still served.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let capped: Value = demo("p1").await.unwrap().json().await.unwrap();
+    assert_eq!(capped["error"]["code"], "quota_exceeded", "{capped}");
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(demo("p2").await.unwrap().status(), StatusCode::ACCEPTED);
+    assert!(hits(&app, "demo").await >= 5);
+    assert_eq!(app.pending_ids_of("demo", "p1").await.len(), 20);
+}
+
+#[tokio::test]
+async fn the_demo_is_off_on_a_hub_reachable_from_the_network_unless_asked_for() {
+    let public = TestApp::spawn_with(|c| {
+        c.listen = "0.0.0.0:0".parse().unwrap();
+        c.demo = None; // as a hub started without --demo
+    })
+    .await;
+    let page = public.http.get(public.url("/demo")).send().await.unwrap();
+    assert_eq!(page.status(), StatusCode::NOT_FOUND);
+    let asked = TestApp::spawn_with(|c| {
+        c.listen = "0.0.0.0:0".parse().unwrap();
+        c.demo = Some(true);
+    })
+    .await;
+    let page = asked.http.get(asked.url("/demo")).send().await.unwrap();
+    assert_eq!(page.status(), StatusCode::OK);
 }

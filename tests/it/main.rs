@@ -7,6 +7,7 @@ mod delivery;
 mod disk;
 mod egress;
 mod events;
+mod growth;
 mod helpers;
 mod inbound;
 mod limits;
