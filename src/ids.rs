@@ -58,18 +58,36 @@ pub struct InvalidId {
 /// `.` and `..` are refused: ids go into URL paths (a brand's inbound postback URLs), where they would
 /// mean "this segment" and "the one above" and the URL would not reach the brand.
 pub fn is_valid_id(s: &str) -> bool {
+    is_stored_id(s) && !is_dot_segment(s)
+}
+
+/// Whether `s` is an id as earlier versions accepted them, `.` and `..` included: what stored data may
+/// hold. Reading it back must never fail on an id that was valid when it was written.
+fn is_stored_id(s: &str) -> bool {
     !s.is_empty()
-        && s != "."
-        && s != ".."
         && s.len() <= MAX_ID_LEN
         && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'@' | b'-'))
 }
 
+/// Whether a path segment or query value is `.` or `..`, which no id may be (see [`is_valid_id`]).
+pub fn is_dot_segment(s: &str) -> bool {
+    s == "." || s == ".."
+}
+
 impl<K: IdKind> Id<K> {
     /// Validates `s`; the only way to build an id from outside input.
     pub fn parse(s: &str) -> Result<Self, InvalidId> {
-        if is_valid_id(s) {
+        if is_dot_segment(s) {
+            return Err(InvalidId { field: K::FIELD });
+        }
+        Self::parse_stored(s)
+    }
+
+    /// Reads back an id from stored data: as [`Id::parse`], but `.` and `..`, which earlier versions
+    /// accepted, are too. Input from callers never comes through here.
+    pub fn parse_stored(s: &str) -> Result<Self, InvalidId> {
+        if is_stored_id(s) {
             Ok(Self {
                 value: Arc::from(s),
                 _kind: PhantomData,
@@ -129,10 +147,12 @@ impl<K> Serialize for Id<K> {
         serializer.serialize_str(&self.value)
     }
 }
+/// Deserialised ids are read as stored ([`Id::parse_stored`]): stored records must always read back. The
+/// places where serde reads caller input (path and query parameters) refuse `.` and `..` themselves.
 impl<'de, K: IdKind> Deserialize<'de> for Id<K> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let s = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
-        Self::parse(&s).map_err(serde::de::Error::custom)
+        Self::parse_stored(&s).map_err(serde::de::Error::custom)
     }
 }
 

@@ -28,6 +28,7 @@
 //! - [`protocol`]: the wire messages and close codes (see `docs/protocol.md`).
 //! - [`api`]: the HTTP routes: admin API, client script, WebSocket upgrade, demo.
 //! - [`limits`]: what one client may hold or send (rates, sessions, connections per address), and proxies.
+//! - [`memory`]: gives the memory the store frees back to the operating system (glibc keeps it).
 //! - [`net`]: the accept loop below HTTP: header timeouts, per-address caps, TLS with reload.
 //! - [`server`]: start-up and orderly shutdown.
 //! - [`cli`]: the binary's tools besides serving (`pixelhub import`), which talk to a hub over its API.
@@ -49,6 +50,7 @@ pub mod import;
 pub mod inbound;
 pub mod input;
 pub mod limits;
+pub mod memory;
 pub mod metrics;
 pub mod net;
 pub mod pixel;

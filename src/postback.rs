@@ -210,9 +210,9 @@ pub fn spawn(
 async fn run(shared: Arc<Shared>, stop: CancellationToken) {
     let slots = Arc::new(Semaphore::new(shared.policy.concurrency));
     let attempts = TaskTracker::new();
-    let mut last_served: Option<BrandId> = None;
+    let mut turns = Turns::default();
     while !stop.is_cancelled() {
-        let wait = match dispatch(&shared, &slots, &attempts, &mut last_served).await {
+        let wait = match dispatch(&shared, &slots, &attempts, &mut turns).await {
             Ok(wait) => wait,
             Err(e) => {
                 tracing::error!(error = %e, "reading the postback outbox failed");
@@ -230,17 +230,25 @@ async fn run(shared: Arc<Shared>, stop: CancellationToken) {
     attempts.wait().await;
 }
 
+/// Whose turn it is, kept from one pass to the next: the brand served last, and per brand the host
+/// served last, so each pass starts after them and no brand, and no host of a brand, is always first.
+#[derive(Default)]
+struct Turns {
+    brand: Option<BrandId>,
+    hosts: HashMap<BrandId, String>,
+}
+
 /// One pass: starts an attempt for every due postback there is a slot for, taking them **in turn**: one
 /// brand after another (starting after the brand served last), and within a brand one lane (host) after
-/// another. A lane whose host is at `--s2s-per-host`, or whose brand is at `--s2s-per-brand`, is passed
-/// over without being read, so however many postbacks wait for a dead endpoint, another host's or brand's
-/// due postback goes out at the next free slot. Returns how long to sleep if nothing wakes the sender
-/// earlier (an attempt ending, new postbacks).
+/// another (starting after the host it was served last). A lane whose host is at `--s2s-per-host`, or
+/// whose brand is at `--s2s-per-brand`, is passed over without being read, so however many postbacks
+/// wait for a dead endpoint, another host's or brand's due postback goes out at the next free slot.
+/// Returns how long to sleep if nothing wakes the sender earlier (an attempt ending, new postbacks).
 async fn dispatch(
     shared: &Arc<Shared>,
     slots: &Arc<Semaphore>,
     attempts: &TaskTracker,
-    last_served: &mut Option<BrandId>,
+    turns: &mut Turns,
 ) -> Result<Duration, crate::store::StoreError> {
     let now = now_ms();
     let lanes = shared.store.postback_lanes().await?;
@@ -251,12 +259,16 @@ async fn dispatch(
             .or_default()
             .push_back(lane.lane);
     }
-    for lanes in due.values_mut() {
-        lanes.make_contiguous().sort();
+    for (brand, lanes) in due.iter_mut() {
+        let lanes = lanes.make_contiguous();
+        lanes.sort();
+        if let Some(last) = turns.hosts.get(brand) {
+            let after = lanes.partition_point(|lane| lane.host <= *last);
+            lanes.rotate_left(after);
+        }
     }
-    // The brands after the one served last come first, so none is always at the front.
     let mut order: Vec<BrandId> = due.keys().cloned().collect();
-    if let Some(last) = last_served.as_ref() {
+    if let Some(last) = turns.brand.as_ref() {
         let after = order.partition_point(|b| b <= last);
         order.rotate_left(after);
     }
@@ -269,15 +281,22 @@ async fn dispatch(
             let Some(lanes) = due.get_mut(brand) else {
                 continue;
             };
-            let Some(pos) = lanes.iter().position(|lane| shared.has_room(lane)) else {
+            // The brand's turn: its next lane with room and a postback due.
+            let (lane, postback, slot) = loop {
+                let Some(pos) = lanes.iter().position(|lane| shared.has_room(lane)) else {
+                    break (None, None, None);
+                };
+                let Ok(slot) = slots.clone().try_acquire_owned() else {
+                    return Ok(wait); // every slot busy: an ending attempt wakes us
+                };
+                let lane = lanes.remove(pos).expect("the position was just found");
+                // A lane with nothing due any more leaves this pass; the brand's next lane is tried.
+                if let Some(postback) = shared.store.due_postbacks(&lane, now, 1).await?.pop() {
+                    break (Some(lane), Some(postback), Some(slot));
+                }
+            };
+            let (Some(lane), Some(postback), Some(slot)) = (lane, postback, slot) else {
                 continue;
-            };
-            let Ok(slot) = slots.clone().try_acquire_owned() else {
-                return Ok(wait); // every slot busy: an ending attempt wakes us
-            };
-            let lane = lanes.remove(pos).expect("the position was just found");
-            let Some(postback) = shared.store.due_postbacks(&lane, now, 1).await?.pop() else {
-                continue; // the lane has nothing due any more: drop it from this pass
             };
             // The lane's next turn comes after the brand's other lanes.
             lanes.push_back(lane.clone());
@@ -287,13 +306,14 @@ async fn dispatch(
             let until = now_ms() + ms(shared.policy.timeout + CLAIM_MARGIN);
             match shared.store.claim_postback(&postback, until).await {
                 Ok(true) => {
+                    turns.brand = Some(brand.clone());
+                    turns.hosts.insert(brand.clone(), lane.host.clone());
                     let shared = Arc::clone(shared);
                     attempts.spawn(async move {
                         shared.attempt(postback, until, slot).await;
                         shared.release(&lane);
                         shared.freed.notify_one();
                     });
-                    *last_served = Some(brand.clone());
                     started = true;
                 }
                 Ok(false) => shared.release(&lane),

@@ -73,7 +73,8 @@ pub enum StartError {
     },
 }
 
-/// Free bytes the data dir's disk must have before the store is opened, whatever the floor setting.
+/// Free bytes the data dir's disk must have before the store is opened (the floor, `--store-min-free-mb`,
+/// only refuses growing writes once it is open).
 const MIN_FREE_TO_OPEN: u64 = 16 << 20;
 
 /// A hub ready to serve.
@@ -109,7 +110,8 @@ impl Application {
         // sled, opened on a full disk, can leave its files unreadable (seen on a tmpfs: every open after
         // one attempted at 0 bytes free failed with "corrupted data"). So a start on a nearly full disk
         // stops before touching the store, and a supervisor's restarts are harmless until there is room.
-        let need = config.store_guard().min_free_bytes.max(MIN_FREE_TO_OPEN);
+        // Between this and the floor, the hub starts and refuses only the writes that grow the store.
+        let need = MIN_FREE_TO_OPEN;
         let free = fs2::available_space(&config.data_dir).map_err(io_err(&config.data_dir))?;
         if free < need {
             return Err(StartError::NoRoom {
@@ -174,6 +176,7 @@ impl Application {
         let background = TaskTracker::new();
         let hub = Hub::default();
         guarded.spawn_monitor(shutdown.clone(), &background);
+        crate::memory::spawn_trimmer(shutdown.clone(), &background);
         hub.spawn_background(
             store.as_ref(),
             config.heartbeat(),

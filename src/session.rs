@@ -316,32 +316,37 @@ async fn live(
     // Heartbeat ticks seen since the client last said anything.
     let mut silent_ticks = 0u8;
     loop {
+        // Each step says whether the queue may have something for this session now.
         let step = tokio::select! {
             _ = ctx.shutdown.cancelled() => Err(CloseReason::Shutdown.into()),
             // Whatever woke us, the queue is looked at below, so a heartbeat also retries what a lost poke missed.
             _ = signal.notified() => {
                 if signal.take() & wake::HEARTBEAT == 0 {
-                    Ok(())
+                    Ok(true)
                 } else {
                     // Closed after two full intervals of silence: the third tick without a word.
                     silent_ticks += 1;
                     if silent_ticks > 2 {
                         return CloseReason::HeartbeatTimeout.into();
                     }
-                    conn.send(ServerMessage::Ping.to_json()).await
+                    conn.send(ServerMessage::Ping.to_json()).await.map(|()| true)
                 }
             }
             message = conn.recv() => {
                 silent_ticks = 0;
                 match message {
                     Ok(Message::Text(text)) => Box::pin(on_message(ctx, key, text.as_str())).await,
-                    Ok(_) => Ok(()),
+                    Ok(_) => Ok(false),
                     Err(end) => Err(end),
                 }
             }
         };
-        if let Err(end) = step {
-            return end;
+        match step {
+            Err(end) => return end,
+            // A pong changes nothing in the queue: asking the store after each would double an idle
+            // hub's store calls.
+            Ok(false) => continue,
+            Ok(true) => {}
         }
         if let Err(end) = Box::pin(pump(conn, ctx, key, signal.session)).await {
             return end;
@@ -349,7 +354,8 @@ async fn live(
     }
 }
 
-async fn on_message(ctx: &SessionContext, key: &PlayerKey, text: &str) -> Result<(), End> {
+/// Handles a client message; true when it may have made room for more pixels (an ack).
+async fn on_message(ctx: &SessionContext, key: &PlayerKey, text: &str) -> Result<bool, End> {
     match ClientMessage::parse(text)? {
         ClientMessage::Ack { ids } => {
             if ids.len() > MAX_ACK_IDS {
@@ -362,9 +368,9 @@ async fn on_message(ctx: &SessionContext, key: &PlayerKey, text: &str) -> Result
                 .map_err(|_| CloseReason::BadMessage)?;
             let removed = ctx.store.ack(key, &ids).await?;
             tracing::debug!(acked = ids.len(), removed, "ack");
-            Ok(())
+            Ok(true)
         }
-        ClientMessage::Pong => Ok(()),
+        ClientMessage::Pong => Ok(false),
         ClientMessage::Hello { .. } => Err(CloseReason::UnexpectedMessage.into()),
     }
 }

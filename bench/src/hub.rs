@@ -26,15 +26,43 @@ impl HubProcess {
     /// Starts `binary` on a free loopback port with a fresh data dir, limits opened up for a load test
     /// from a handful of loopback addresses, and waits until it answers.
     pub async fn start(binary: &Path) -> Result<Self> {
+        Self::start_with(binary, &[]).await
+    }
+
+    /// As [`HubProcess::start`], with more settings as environment variables.
+    pub async fn start_with(binary: &Path, settings: &[(&str, &str)]) -> Result<Self> {
         let data = tempfile::tempdir().context("a temp dir for the hub's data")?;
-        // A port the kernel just gave out and took back; the hub binds it a moment later.
-        let addr = TcpListener::bind("127.0.0.1:0")?.local_addr()?;
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap_or_default()
             .as_nanos();
-        let token = format!("bench-{nanos:032x}");
-        let log = std::fs::File::create(data.path().join("hub.log"))?;
+        Self::launch(binary, settings, data, format!("bench-{nanos:032x}")).await
+    }
+
+    /// Stops this hub and starts `binary` again on its data, as a restart in production does.
+    pub async fn restart(self, binary: &Path, settings: &[(&str, &str)]) -> Result<Self> {
+        let HubProcess {
+            process,
+            token,
+            _data: data,
+            ..
+        } = self;
+        process.stop()?;
+        Self::launch(binary, settings, data, token).await
+    }
+
+    async fn launch(
+        binary: &Path,
+        settings: &[(&str, &str)],
+        data: tempfile::TempDir,
+        token: String,
+    ) -> Result<Self> {
+        // A port the kernel just gave out and took back; the hub binds it a moment later.
+        let addr = TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(data.path().join("hub.log"))?;
         let process = Server::spawn(
             Command::new(binary)
                 .args(["--listen", &addr.to_string(), "--data-dir"])
@@ -45,6 +73,7 @@ impl HubProcess {
                 // Every simulated browser comes from a few loopback addresses, and players get many pixels.
                 .env("PIXELHUB_MAX_CONNECTIONS_PER_IP", "1000000")
                 .env("PIXELHUB_MAX_QUEUE_PER_PLAYER", "1000000")
+                .envs(settings.iter().copied())
                 .stdout(Stdio::from(log.try_clone()?))
                 .stderr(Stdio::from(log)),
         )
@@ -141,6 +170,23 @@ impl HubProcess {
     /// The process id, for its memory and CPU figures.
     pub fn pid(&self) -> u32 {
         self.process.pid()
+    }
+
+    /// Bytes the hub's data dir takes on disk.
+    pub fn data_bytes(&self) -> u64 {
+        fn walk(dir: &Path) -> u64 {
+            std::fs::read_dir(dir)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .map(|entry| match entry.metadata() {
+                    Ok(meta) if meta.is_dir() => walk(&entry.path()),
+                    Ok(meta) => meta.len(),
+                    Err(_) => 0,
+                })
+                .sum()
+        }
+        walk(&self._data.path().join("data"))
     }
 
     /// Stops the hub with SIGTERM, as an operator would, and waits for it.

@@ -8,6 +8,7 @@ mod mqtt;
 mod nats;
 mod report;
 mod scenarios;
+mod soak;
 mod system;
 
 use std::path::PathBuf;
@@ -18,6 +19,7 @@ use clap::{Parser, ValueEnum};
 
 use crate::report::Report;
 use crate::scenarios::{Run, Sizes};
+use crate::soak::SoakSizes;
 use crate::system::Kind;
 
 /// A benchmark scenario.
@@ -31,6 +33,9 @@ enum Scenario {
     Ingest,
     /// Pixels queued at a fixed rate for online players: enqueue-to-browser latency.
     Online,
+    /// A long mixed load (sessions coming and going, events, acks, failing postbacks): RSS over time.
+    /// The hub only.
+    Soak,
 }
 
 /// Benchmarks pixelhub with simulated browsers over real WebSockets.
@@ -38,7 +43,7 @@ enum Scenario {
 #[command(version)]
 struct Args {
     /// Scenarios to run, comma-separated.
-    #[arg(long, value_enum, value_delimiter = ',', default_values_t = [Scenario::Sessions, Scenario::Drain, Scenario::Ingest, Scenario::Online])]
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = [Scenario::Sessions, Scenario::Drain, Scenario::Ingest, Scenario::Online, Scenario::Soak])]
     scenarios: Vec<Scenario>,
 
     /// Systems to run each scenario against, in turn, comma-separated.
@@ -101,6 +106,26 @@ struct Args {
     #[arg(long, default_value_t = 64)]
     online_publishers: usize,
 
+    /// soak: seconds of load.
+    #[arg(long, default_value_t = 600)]
+    soak_seconds: u64,
+
+    /// soak: sessions open at any time, each living 2 to 10 s before another takes its place.
+    #[arg(long, default_value_t = 500)]
+    soak_sessions: usize,
+
+    /// soak: players the load is spread over.
+    #[arg(long, default_value_t = 2_000)]
+    soak_players: usize,
+
+    /// soak: events reported per second, each queueing a pixel and a failing postback.
+    #[arg(long, default_value_t = 100)]
+    soak_rate: usize,
+
+    /// soak: seconds between two samples of the hub's RSS.
+    #[arg(long, default_value_t = 5)]
+    soak_sample_seconds: u64,
+
     /// Loopback source addresses (127.0.0.2 up) the simulated browsers connect from.
     #[arg(long, default_value_t = 8)]
     sources: u8,
@@ -111,6 +136,25 @@ struct Args {
 }
 
 impl Args {
+    fn soak(&self) -> SoakSizes {
+        if self.smoke {
+            return SoakSizes {
+                duration: Duration::from_secs(6),
+                sessions: 20,
+                players: 50,
+                events_per_second: 50,
+                sample_every: Duration::from_secs(1),
+            };
+        }
+        SoakSizes {
+            duration: Duration::from_secs(self.soak_seconds),
+            sessions: self.soak_sessions,
+            players: self.soak_players,
+            events_per_second: self.soak_rate,
+            sample_every: Duration::from_secs(self.soak_sample_seconds),
+        }
+    }
+
     fn sizes(&self) -> Sizes {
         if self.smoke {
             return Sizes {
@@ -173,6 +217,13 @@ async fn main() -> ExitCode {
     let mut failed = false;
     for scenario in &args.scenarios {
         for kind in &args.systems {
+            if *scenario == Scenario::Soak && *kind != Kind::Hub {
+                eprintln!(
+                    "pixelhub-bench: soak runs against the hub only; skipping {}",
+                    kind.name()
+                );
+                continue;
+            }
             eprintln!("pixelhub-bench: {scenario:?} against {}…", kind.name());
             let run = Run {
                 kind: *kind,
@@ -184,6 +235,7 @@ async fn main() -> ExitCode {
                 Scenario::Drain => scenarios::drain(&run, &mut report).await,
                 Scenario::Ingest => scenarios::ingest(&run, &mut report).await,
                 Scenario::Online => scenarios::online(&run, &mut report).await,
+                Scenario::Soak => soak::soak(&binary, &args.soak(), &mut report).await,
             };
             if let Err(e) = ran {
                 eprintln!(

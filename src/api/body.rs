@@ -51,17 +51,21 @@ pub(super) async fn limit(State(state): State<AppState>, request: Request, next:
             inner: body,
             sleep: Box::pin(tokio::time::sleep(limit)),
             idle: upload.then_some(limit),
+            waiting: false,
         })
     });
     next.run(request).await
 }
 
-/// A body that fails with [`BodyTimedOut`] when its deadline passes: a fixed one, or (for uploads) one
-/// moved forward by every piece that arrives.
+/// A body that fails with [`BodyTimedOut`] when its deadline passes: a fixed one, or (for uploads) a
+/// silence limit, counted only while the handler waits for the next piece (a handler busy with what it
+/// read does not count against the client).
 struct TimedBody {
     inner: Body,
     sleep: Pin<Box<Sleep>>,
     idle: Option<Duration>,
+    /// For uploads: the handler is waiting for a piece, since the silence clock was last set.
+    waiting: bool,
 }
 
 impl HttpBody for TimedBody {
@@ -75,16 +79,22 @@ impl HttpBody for TimedBody {
         let this = &mut *self;
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
-                if let Some(idle) = this.idle {
-                    this.sleep.as_mut().reset(Instant::now() + idle);
-                }
+                this.waiting = false;
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(other) => Poll::Ready(other),
-            Poll::Pending => match this.sleep.as_mut().poll(cx) {
-                Poll::Ready(()) => Poll::Ready(Some(Err(axum::Error::new(BodyTimedOut)))),
-                Poll::Pending => Poll::Pending,
-            },
+            Poll::Pending => {
+                if let Some(idle) = this.idle
+                    && !this.waiting
+                {
+                    this.waiting = true;
+                    this.sleep.as_mut().reset(Instant::now() + idle);
+                }
+                match this.sleep.as_mut().poll(cx) {
+                    Poll::Ready(()) => Poll::Ready(Some(Err(axum::Error::new(BodyTimedOut)))),
+                    Poll::Pending => Poll::Pending,
+                }
+            }
         }
     }
 

@@ -85,7 +85,10 @@ async fn allowed_for_brand(
     action: &Action,
 ) -> Result<(), ApiError> {
     let brand = super::admin::require_brand(state, brand).await?;
-    if let Some(destination) = action.postback_destination() {
+    if let Some(destination) = action
+        .postback_destination()
+        .filter(|to| state.egress.demo_receiver(to).is_none())
+    {
         state
             .egress
             .check_url(&destination)

@@ -255,9 +255,14 @@ pub fn csv_row(row: &Delivery) -> String {
     }))
 }
 
-/// One CSV line of `fields`, each made [`spreadsheet_safe`]: every CSV the hub writes goes through here.
+/// One CSV line of `fields`, each made [`spreadsheet_safe`] and quoted: every CSV the hub writes goes
+/// through here. Every field is quoted, not only those holding a comma, because a spreadsheet in a locale
+/// whose list separator is `;` (German, French…) splits unquoted fields on `;`: `x;=1+1` would become a
+/// cell of its own starting with `=`.
 fn csv_line(fields: impl Iterator<Item = String>) -> String {
-    let mut writer = csv::Writer::from_writer(Vec::new());
+    let mut writer = csv::WriterBuilder::new()
+        .quote_style(csv::QuoteStyle::Always)
+        .from_writer(Vec::new());
     writer
         .write_record(fields.map(spreadsheet_safe).collect::<Vec<_>>())
         .expect("writing to memory cannot fail");
@@ -356,9 +361,9 @@ mod tests {
             assert_eq!(spreadsheet_safe(cell.to_owned()), safe, "{cell:?}");
         }
         assert_eq!(
-            csv_line(["=1+1,2".to_owned(), "a\"b".to_owned()].into_iter()),
-            "\"'=1+1,2\",\"a\"\"b\"\n",
-            "quoted by the CSV writer as well"
+            csv_line(["=1+1,2".to_owned(), "a\"b".to_owned(), "x;=1+1".to_owned()].into_iter()),
+            "\"'=1+1,2\",\"a\"\"b\",\"x;=1+1\"\n",
+            "every field quoted, so a `;` never splits one in a spreadsheet that separates on it"
         );
     }
 

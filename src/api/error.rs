@@ -248,7 +248,7 @@ impl From<StoreError> for ApiError {
             }
             StoreError::Backend(cause) => ApiError::Internal(cause),
             StoreError::Full(why) => ApiError::InsufficientStorage(format!(
-                "{why}; nothing was written. Reads, acks and deletes go on, and writes resume by themselves once there is room"
+                "{why}, so this write was refused. Reads, acks and deletes go on, and writes resume by themselves once there is room"
             )),
             StoreError::Unavailable(why) => ApiError::StoreUnavailable(format!(
                 "{why}; retry later (the same ids are never queued twice)"

@@ -1,12 +1,13 @@
 //! Request extractors whose failures are API errors, never axum's plain-text rejections.
 
-use axum::extract::{FromRef, FromRequest, FromRequestParts, Path, Query, Request};
+use axum::extract::{FromRef, FromRequest, FromRequestParts, Path, Query, RawPathParams, Request};
 use axum::http::header::CONTENT_LENGTH;
 use axum::http::request::Parts;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use super::{ApiError, AppState};
+use crate::ids::{ID_RULE, is_dot_segment};
 
 /// A JSON body read within the configured size limit. An empty body reads as `{}`, so `PUT` with no body
 /// means "defaults".
@@ -64,6 +65,12 @@ where
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        // Ids deserialise as stored data does; a caller's `.` or `..` is refused here.
+        if let Ok(raw) = RawPathParams::from_request_parts(parts, state).await
+            && let Some((name, _)) = raw.iter().find(|(_, value)| is_dot_segment(value))
+        {
+            return Err(ApiError::InvalidId(format!("{name} {ID_RULE}")));
+        }
         match Path::<T>::from_request_parts(parts, state).await {
             Ok(Path(value)) => Ok(ApiPath(value)),
             Err(rejection) => Err(ApiError::InvalidId(rejection.body_text())),
@@ -82,6 +89,15 @@ where
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let query = parts.uri.query().unwrap_or_default();
+        if let Some((name, _)) =
+            url::form_urlencoded::parse(query.as_bytes()).find(|(_, value)| is_dot_segment(value))
+        {
+            return Err(ApiError::Invalid {
+                code: "invalid_query",
+                message: format!("{name} {ID_RULE}"),
+            });
+        }
         match Query::<T>::from_request_parts(parts, state).await {
             Ok(Query(value)) => Ok(ApiQuery(value)),
             Err(rejection) => Err(ApiError::Invalid {

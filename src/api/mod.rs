@@ -207,7 +207,7 @@ fn with_store_answers(mut routes: OpenApiRouter<AppState>) -> OpenApiRouter<AppS
         "The store did not answer within `--store-timeout-ms`, or failed (`store_unavailable`); retry later.",
     );
     let full = answer(
-        "The disk is under `--store-min-free-mb` (or the store at `--store-max-bytes`): nothing was written (`insufficient_storage`). Reads go on; retry once there is room.",
+        "The disk is under `--store-min-free-mb` (or the store at `--store-max-bytes`): the write was refused (`insufficient_storage`; of an import, the batches before it are in, and re-running is safe). Reads go on; retry once there is room.",
     );
     // Routes that never touch the store.
     const STORELESS: [&str; 7] = [

@@ -444,16 +444,17 @@ pub(super) async fn metrics(State(state): State<AppState>) -> Result<Response, A
 
 /// Readiness
 ///
-/// 200 while the hub takes traffic; 503 while it drains for shutdown, when the disk is too full for
-/// writes (`insufficient_storage`, with the figures; reads still work), or when the store cannot write
+/// 200 while the hub takes traffic: `{"status": "ready"}`, or `{"status": "degraded", "error": …}` while
+/// the disk is under its free-space floor (growing writes get 507; sessions, reads, acks and deletes go
+/// on, so the hub stays in rotation). 503 while it drains for shutdown, or when the store cannot write
 /// (`store_unavailable`, `store_failed`).
 #[utoipa::path(
     get,
     path = "/readyz",
     tag = "ops",
     responses(
-        (status = 200, description = "`{\"status\": \"ready\"}`.", body = Object),
-        (status = 503, description = "`draining`, `insufficient_storage`, `store_failed` or `store_unavailable`; the message says why.", body = ErrorBody),
+        (status = 200, description = "`{\"status\": \"ready\"}`, or `{\"status\": \"degraded\", \"error\": {\"code\": \"insufficient_storage\", …}}` while the disk is under its floor.", body = Object),
+        (status = 503, description = "`draining`, `store_failed` or `store_unavailable`; the message says why.", body = ErrorBody),
     )
 )]
 pub(super) async fn readyz(State(state): State<AppState>) -> Response {
@@ -467,15 +468,19 @@ pub(super) async fn readyz(State(state): State<AppState>) -> Response {
     }
     let health = &state.store_health;
     if let Err(why) = health.live() {
-        return unready("store_failed", &why);
+        return unready(why.code, &why.message);
     }
+    // Still ready: sessions fire and ack what is queued, reads and deletes work, and taking the only
+    // engine out of rotation would stop all of that. The answer says what is refused, and why.
     if let Some(why) = health.full() {
-        return unready(
-            "insufficient_storage",
-            &format!(
-                "{why}: writes that grow the store are refused (507); reads, acks and deletes go on"
-            ),
-        );
+        let degraded = json!({
+            "status": "degraded",
+            "error": {
+                "code": "insufficient_storage",
+                "message": format!("{why}: writes that grow the store are refused (507); reads, sessions, acks and deletes go on"),
+            },
+        });
+        return Json(degraded).into_response();
     }
     match tokio::time::timeout(READY_PROBE, state.store.check_writable()).await {
         Ok(Ok(())) => Json(json!({ "status": "ready" })).into_response(),

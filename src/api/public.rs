@@ -62,7 +62,7 @@ static CLIENT_JS_GZIP: LazyLock<Vec<u8>> = LazyLock::new(|| {
 pub(super) async fn healthz(State(state): State<AppState>) -> Response {
     match state.store_health.live() {
         Ok(()) => Json(json!({ "status": "ok" })).into_response(),
-        Err(why) => super::error::service_unavailable("unhealthy", why),
+        Err(why) => super::error::service_unavailable("unhealthy", why.message),
     }
 }
 

@@ -11,8 +11,10 @@
 //! # What [`GuardedStore`] does
 //! - **A deadline on every call** (`--store-timeout-ms`): past it the caller gets
 //!   [`StoreError::Unavailable`] (`503 store_unavailable`) and the hub goes on; the engine's work, on its
-//!   own blocking thread, finishes or not. Calls that keep timing out with no answer in between, for three
-//!   deadlines, make the hub unhealthy (`/healthz` 503) so an orchestrator restarts it.
+//!   own blocking thread, finishes or not. The monitor also probes the engine every second with a small
+//!   write and flush; when neither the probe nor anything else got through for three deadlines, the hub
+//!   is unhealthy (`/healthz` 503) so an orchestrator restarts it. (Only the probe clears that clock:
+//!   some calls are answered from the engine's memory and prove nothing about its disk.)
 //! - **Room before the disk is full**: a monitor measures the free space of the data dir's filesystem and
 //!   the store's size four times a second. Under the floor (`--store-min-free-mb`) or at the cap
 //!   (`--store-max-bytes`), calls that grow the store (queueing, events, definitions, brands, keys) are
@@ -49,6 +51,17 @@ use crate::pixel::{NewPixel, QueuedPixel};
 
 /// How often the room is measured.
 const MEASURE_EVERY: Duration = Duration::from_millis(250);
+/// Measurements between two probes of the engine (a small write and flush): one a second.
+const PROBE_EVERY_MEASURES: u32 = 4;
+
+/// Why the hub cannot go on by itself: `/healthz`'s answer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Unhealthy {
+    /// `store_failed` or `store_unavailable`.
+    pub code: &'static str,
+    /// A sentence for the operator.
+    pub message: String,
+}
 
 /// The guard's settings, from the config.
 #[derive(Clone, Debug)]
@@ -133,18 +146,24 @@ impl StoreHealth {
     }
 
     /// Liveness: an error when the hub cannot recover by itself and must be restarted (the store failed,
-    /// or has not answered for three deadlines).
-    pub fn live(&self) -> Result<(), String> {
+    /// or has not answered its probe for three deadlines).
+    pub fn live(&self) -> Result<(), Unhealthy> {
         if let Some(cause) = self.failed() {
-            return Err(format!(
-                "the store failed ({cause}); a failed write is never retried: the hub is stopping, restart it"
-            ));
+            return Err(Unhealthy {
+                code: "store_failed",
+                message: format!(
+                    "the store failed ({cause}); a failed write is never retried: the hub is stopping, restart it"
+                ),
+            });
         }
         match self.unanswered_for() {
-            Some(stuck) if stuck >= self.options.timeout * 3 => Err(format!(
-                "the store has not answered for {} s; restart the hub",
-                stuck.as_secs()
-            )),
+            Some(stuck) if stuck >= self.options.timeout * 3 => Err(Unhealthy {
+                code: "store_unavailable",
+                message: format!(
+                    "the store has not completed a write for {} s; restart the hub",
+                    stuck.as_secs()
+                ),
+            }),
             _ => Ok(()),
         }
     }
@@ -206,9 +225,16 @@ impl StoreHealth {
         }
     }
 
-    /// Takes what a call returned: an answer clears the unanswered clock; a failure is final.
+    /// Takes what the engine's probe returned: a write made durable clears the unanswered clock.
+    fn probed(&self, result: &Result<(), StoreError>) {
+        if result.is_ok() {
+            *self.lock_unanswered() = None;
+        }
+        self.answered(result);
+    }
+
+    /// Takes what a call returned: a failure is final.
     fn answered<T>(&self, result: &Result<T, StoreError>) {
-        *self.lock_unanswered() = None;
         if let Err(StoreError::Failed(cause)) = result
             && self.failed.set(cause.clone()).is_ok()
         {
@@ -269,14 +295,25 @@ impl GuardedStore {
         Arc::clone(&self.health)
     }
 
-    /// Starts the monitor that measures the room, until `stop`.
+    /// Starts the monitor that measures the room and probes the engine, until `stop`.
     pub fn spawn_monitor(&self, stop: CancellationToken, tracker: &TaskTracker) {
         let (health, measure) = (Arc::clone(&self.health), Arc::clone(&self.measure));
+        let engine = Arc::clone(&self.engine);
         tracker.spawn(async move {
+            let mut ticks = 0u32;
             loop {
                 tokio::select! {
                     _ = stop.cancelled() => return,
                     _ = tokio::time::sleep(MEASURE_EVERY) => {}
+                }
+                ticks = ticks.wrapping_add(1);
+                if ticks.is_multiple_of(PROBE_EVERY_MEASURES) && health.failed().is_none() {
+                    match tokio::time::timeout(health.options.timeout, engine.check_writable())
+                        .await
+                    {
+                        Ok(probed) => health.probed(&probed),
+                        Err(_) => health.timed_out(),
+                    }
                 }
                 let measure = Arc::clone(&measure);
                 let measured = tokio::time::timeout(
@@ -713,13 +750,16 @@ mod tests {
             "one slow call is not a dead store"
         );
 
+        // Calls answered from the engine's memory meanwhile prove nothing about its disk.
         tokio::time::advance(DEADLINE * 3).await;
+        store.call(Call::Other, async { Ok(()) }).await.unwrap();
         let e = store.health.live().unwrap_err();
-        assert!(e.contains("has not answered"), "{e}");
+        assert_eq!(e.code, "store_unavailable");
+        assert!(e.message.contains("has not completed a write"), "{e:?}");
         assert!(metrics.encode().contains("pixelhub_store_timeouts_total 1"));
 
-        // Any answer clears it.
-        store.call(Call::Other, async { Ok(()) }).await.unwrap();
+        // A probe that makes a write durable clears it.
+        store.health.probed(&Ok(()));
         assert!(store.health.live().is_ok());
     }
 
@@ -743,6 +783,7 @@ mod tests {
                 .health
                 .live()
                 .unwrap_err()
+                .message
                 .contains("No space left on device")
         );
         assert!(metrics.encode().contains("pixelhub_store_failed 1"));

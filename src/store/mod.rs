@@ -26,7 +26,7 @@ mod contract;
 mod guard;
 mod sled;
 
-pub use self::guard::{GuardOptions, GuardedStore, Measure, Room, StoreHealth};
+pub use self::guard::{GuardOptions, GuardedStore, Measure, Room, StoreHealth, Unhealthy};
 pub use self::sled::{SledOptions, SledStore};
 
 /// A brand, as stored and as returned by the API.

@@ -133,6 +133,8 @@ struct Inner {
     announce: broadcast::Sender<PlayerKey>,
     /// Woken when an ingest adds postbacks, so the sender does not wait for its next poll.
     outbox: Notify,
+    /// Turns for blocking work: at most [`store_threads`] store calls run at once.
+    threads: Arc<tokio::sync::Semaphore>,
     /// The outbox's lanes: per lane, how many entries are due at each time. Rebuilt from `l` at open and
     /// changed by [`Inner::apply`] after the batch that changed `l`, under the player's stripe lock.
     lanes: Mutex<HashMap<Lane, BTreeMap<u64, u32>>>,
@@ -302,6 +304,7 @@ impl SledStore {
             closed: AtomicBool::new(false),
             announce: broadcast::channel(ANNOUNCE_CAPACITY).0,
             outbox: Notify::new(),
+            threads: Arc::new(tokio::sync::Semaphore::new(store_threads())),
             lanes: Mutex::new(lanes),
             outbox_size,
             players,
@@ -319,17 +322,26 @@ impl SledStore {
         Ok(Self { inner })
     }
 
-    /// Runs `work` on a blocking thread. sled's calls block (on the disk, on its own locks; after a failed
-    /// write, for ever), so none runs on an async worker: a stuck store must never freeze sessions,
-    /// probes or shutdown. The caller bounds how long it waits.
+    /// Runs `work` on a blocking thread, at most [`store_threads`] at once. sled's calls block (on the
+    /// disk, on its own locks; after a failed write, for ever), so none runs on an async worker: a stuck
+    /// store must never freeze sessions, probes or shutdown. The caller bounds how long it waits; a call
+    /// waiting for its turn holds no thread, so stuck store calls never starve the other blocking work
+    /// (DNS lookups, uploads, the flush).
     async fn blocking<T: Send + 'static>(
         &self,
         work: impl FnOnce(&Inner) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
-        let inner = Arc::clone(&self.inner);
-        tokio::task::spawn_blocking(move || work(&inner))
+        let turn = Arc::clone(&self.inner.threads)
+            .acquire_owned()
             .await
-            .unwrap_or_else(|e| Err(backend(format!("a store task failed: {e}"))))
+            .map_err(|_| StoreError::Closed)?;
+        let inner = Arc::clone(&self.inner);
+        tokio::task::spawn_blocking(move || {
+            let _turn = turn;
+            work(&inner)
+        })
+        .await
+        .unwrap_or_else(|e| Err(backend(format!("a store task failed: {e}"))))
     }
 
     /// Bytes the database takes on disk (its files); the guard's size cap reads it.
@@ -525,6 +537,28 @@ impl Inner {
 
     fn record(&self, key: &PlayerKey, id: &PixelId) -> Result<Option<Record>, StoreError> {
         self.read(&keys::index(key, id))
+    }
+
+    /// Removes an outbox entry whose postback is gone or final (it can only be sent by no one), after
+    /// checking again under the player's stripe.
+    fn drop_orphan(
+        &self,
+        lane: &Lane,
+        due: u64,
+        key: &PlayerKey,
+        id: &PixelId,
+    ) -> Result<(), StoreError> {
+        let _guard = lock(self.stripe(key));
+        let pending = self.record(key, id)?.is_some_and(|rec| {
+            rec.delivery.status.is_pending() && rec.delivery.final_url.is_some()
+        });
+        if pending || !self.scheduled(lane, due, key, id)? {
+            return Ok(());
+        }
+        tracing::warn!(player = %key.player, postback = %id, "dropping an outbox entry with no postback behind it");
+        let mut changes = Changes::default();
+        changes.unschedule(lane, due, key, id);
+        self.apply(changes)
     }
 
     /// Whether the postback has an outbox entry at `due` in `lane`.
@@ -906,7 +940,7 @@ impl Inner {
                     keys::parse_expiry(&x_key).ok_or_else(|| backend("corrupt expiry key"))?;
                 let id = std::str::from_utf8(&id)
                     .ok()
-                    .and_then(|s| PixelId::parse(s).ok());
+                    .and_then(|s| PixelId::parse_stored(s).ok());
                 let _guard = lock(self.stripe(&key));
                 // The snapshot was read without the lock: an ack, cancel or lease may have moved this
                 // entry since. Only an entry still present describes the record's current state.
@@ -943,6 +977,15 @@ impl Inner {
             }
         }
     }
+}
+
+/// How many store calls run at once: 4 per core, at least 8. More only fight over sled's locks: on two
+/// cores, with tokio's pool (up to 512 threads) the soak grew to ~230 threads and ~100 MB more RSS, and
+/// 64 at once against 8 took online p50 from 7 to 17 ms and drain from 10,976 to 8,770 pixels/s
+/// (docs/benchmarks.md). Calls beyond wait their turn without a thread, within the store's deadline.
+fn store_threads() -> usize {
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    (cores * 4).max(8)
 }
 
 /// Opens the database in `dir`. A store closed a moment ago in this process (a restart in place) may
@@ -1059,7 +1102,7 @@ fn add_missing_secrets(data: &Tree) -> Result<(), StoreError> {
         let (k, _) = entry.map_err(backend)?;
         let brand = std::str::from_utf8(&k[1..])
             .ok()
-            .and_then(|id| BrandId::parse(id).ok())
+            .and_then(|id| BrandId::parse_stored(id).ok())
             .ok_or_else(|| backend("corrupt brand key"))?;
         for kind in [SecretKind::Inbound, SecretKind::Signing] {
             let key = keys::secret(kind, &brand);
@@ -1295,6 +1338,20 @@ impl Store for SledStore {
         session: SessionId,
         max_in_flight: usize,
     ) -> Result<Vec<QueuedPixel>, StoreError> {
+        // Nothing pending in the whole brand and no lease held: nothing to lease or expire, and no store
+        // work. This is what a heartbeat of an idle session finds, thousands of times a second on a busy
+        // hub. Exact: the depth counts a batch (under its stripe) before its flush, and its pixels become
+        // leasable only after that, when its enqueue announces them.
+        if self
+            .inner
+            .depth
+            .get(&key.brand)
+            .is_none_or(|depth| *depth == 0)
+            && !self.inner.leases.contains_key(key)
+        {
+            self.inner.check_open()?;
+            return Ok(Vec::new());
+        }
         let key = key.clone();
         self.blocking(move |inner| {
             inner.check_open()?;
@@ -1904,10 +1961,13 @@ impl Store for SledStore {
                 let k = entry.map_err(backend)?;
                 let (_, due_ms, key, id) =
                     keys::parse_outbox(&k).ok_or_else(|| backend("corrupt outbox key"))?;
-                let Some(rec) = inner.record(&key, &id)? else {
-                    continue;
-                };
-                let Some(url) = rec.delivery.final_url else {
+                let record = inner.record(&key, &id)?;
+                let sendable = record
+                    .filter(|rec| rec.delivery.status.is_pending())
+                    .and_then(|rec| rec.delivery.final_url.clone().map(|url| (rec, url)));
+                let Some((rec, url)) = sendable else {
+                    // An entry with nothing to send behind it would keep its lane due for ever: drop it.
+                    inner.drop_orphan(lane, due_ms, &key, &id)?;
                     continue;
                 };
                 out.push(DuePostback {
@@ -2032,7 +2092,7 @@ impl Store for SledStore {
                 let (k, v) = entry.map_err(backend)?;
                 let id = std::str::from_utf8(&k[prefix.len()..])
                     .ok()
-                    .and_then(|s| DefinitionId::parse(s).ok())
+                    .and_then(|s| DefinitionId::parse_stored(s).ok())
                     .ok_or_else(|| backend("corrupt health key"))?;
                 out.insert(id, serde_json::from_slice(&v).map_err(backend)?);
             }
@@ -2221,7 +2281,7 @@ mod keys {
     }
 
     pub fn parse_brand(k: &[u8]) -> Option<BrandId> {
-        BrandId::parse(std::str::from_utf8(k.strip_prefix(b"b")?).ok()?).ok()
+        BrandId::parse_stored(std::str::from_utf8(k.strip_prefix(b"b")?).ok()?).ok()
     }
 
     /// `tag brand NUL`: the start of every key of that table for the brand.
@@ -2279,8 +2339,8 @@ mod keys {
     pub fn parse_forget_event(k: &[u8]) -> Option<(BrandId, EventId)> {
         let rest = k.strip_prefix(b"y")?.get(8..)?;
         let nul = rest.iter().position(|&b| b == 0)?;
-        let brand = BrandId::parse(std::str::from_utf8(&rest[..nul]).ok()?).ok()?;
-        let id = EventId::parse(std::str::from_utf8(&rest[nul + 1..]).ok()?).ok()?;
+        let brand = BrandId::parse_stored(std::str::from_utf8(&rest[..nul]).ok()?).ok()?;
+        let id = EventId::parse_stored(std::str::from_utf8(&rest[nul + 1..]).ok()?).ok()?;
         Some((brand, id))
     }
 
@@ -2306,10 +2366,10 @@ mod keys {
     pub fn parse_backlog(k: &[u8]) -> Option<(PlayerKey, u64)> {
         let rest = k.strip_prefix(b"k")?;
         let nul = rest.iter().position(|&b| b == 0)?;
-        let brand = BrandId::parse(std::str::from_utf8(&rest[..nul]).ok()?).ok()?;
+        let brand = BrandId::parse_stored(std::str::from_utf8(&rest[..nul]).ok()?).ok()?;
         let (inverted, player) = rest[nul + 1..].split_at_checked(8)?;
         let pending = u64::MAX - u64::from_be_bytes(inverted.try_into().ok()?);
-        let player = PlayerId::parse(std::str::from_utf8(player).ok()?).ok()?;
+        let player = PlayerId::parse_stored(std::str::from_utf8(player).ok()?).ok()?;
         Some((PlayerKey::new(brand, player), pending))
     }
 
@@ -2349,9 +2409,9 @@ mod keys {
     /// Splits `brand NUL player NUL id`.
     fn parse_player_id(rest: &[u8]) -> Option<(PlayerKey, PixelId)> {
         let mut parts = rest.splitn(3, |&b| b == 0);
-        let brand = BrandId::parse(std::str::from_utf8(parts.next()?).ok()?).ok()?;
-        let player = PlayerId::parse(std::str::from_utf8(parts.next()?).ok()?).ok()?;
-        let id = PixelId::parse(std::str::from_utf8(parts.next()?).ok()?).ok()?;
+        let brand = BrandId::parse_stored(std::str::from_utf8(parts.next()?).ok()?).ok()?;
+        let player = PlayerId::parse_stored(std::str::from_utf8(parts.next()?).ok()?).ok()?;
+        let id = PixelId::parse_stored(std::str::from_utf8(parts.next()?).ok()?).ok()?;
         Some((PlayerKey::new(brand, player), id))
     }
 
@@ -2374,6 +2434,7 @@ mod keys {
         k
     }
 
+    /// `l`: one postback's place in its lane, by due time.
     pub fn outbox(lane: &Lane, due_ms: u64, key: &PlayerKey, id: &PixelId) -> Vec<u8> {
         let mut k = outbox_prefix(lane);
         k.extend_from_slice(&due_ms.to_be_bytes());
@@ -2417,7 +2478,7 @@ mod keys {
     pub fn parse_context_brand(k: &[u8]) -> Option<BrandId> {
         let rest = k.strip_prefix(b"c")?;
         let nul = rest.iter().position(|&b| b == 0)?;
-        BrandId::parse(std::str::from_utf8(&rest[..nul]).ok()?).ok()
+        BrandId::parse_stored(std::str::from_utf8(&rest[..nul]).ok()?).ok()
     }
 
     pub fn queue_prefix(key: &PlayerKey) -> Vec<u8> {
@@ -2459,8 +2520,8 @@ mod keys {
         let (ids, seq) = rest.split_at_checked(rest.len().checked_sub(8)?)?;
         let ids = ids.strip_suffix(&[0])?;
         let nul = ids.iter().position(|&b| b == 0)?;
-        let brand = BrandId::parse(std::str::from_utf8(&ids[..nul]).ok()?).ok()?;
-        let player = PlayerId::parse(std::str::from_utf8(&ids[nul + 1..]).ok()?).ok()?;
+        let brand = BrandId::parse_stored(std::str::from_utf8(&ids[..nul]).ok()?).ok()?;
+        let player = PlayerId::parse_stored(std::str::from_utf8(&ids[nul + 1..]).ok()?).ok()?;
         Some((
             PlayerKey::new(brand, player),
             u64::from_be_bytes(seq.try_into().ok()?),
@@ -2690,10 +2751,9 @@ mod tests {
         store.close().await.unwrap();
     }
 
-    #[tokio::test]
-    async fn an_outbox_written_before_lanes_is_moved_to_its_lanes_at_open() {
-        let harness = SledHarness::new();
-        let store = open(&harness);
+    /// A store whose brand has one postback to `pb.example` in its outbox; the outbox entry's key.
+    async fn with_one_postback(harness: &SledHarness) -> (SledStore, PlayerKey, IVec) {
+        let store = open(harness);
         let key = with_brand(&store).await;
         define_and_sell(
             &store,
@@ -2701,9 +2761,16 @@ mod tests {
             serde_json::json!({"name": "pb", "trigger": "sale", "kind": "s2s", "url": "https://pb.example/?e={{event_id}}"}),
         )
         .await;
+        let (entry, _) = store.inner.data.scan_prefix(b"l").next().unwrap().unwrap();
+        (store, key, entry)
+    }
+
+    #[tokio::test]
+    async fn an_outbox_written_before_lanes_is_moved_to_its_lanes_at_open() {
+        let harness = SledHarness::new();
+        let (store, key, lane_key) = with_one_postback(&harness).await;
         // Rewrite the data dir as the version before lanes left it: one `s` entry, no marker.
         let data = store.inner.data.clone();
-        let (lane_key, _) = data.scan_prefix(b"l").next().unwrap().unwrap();
         let (_, due, player, id) = keys::parse_outbox(&lane_key).unwrap();
         let mut old = vec![b's'];
         old.extend_from_slice(&due.to_be_bytes());
@@ -2723,6 +2790,61 @@ mod tests {
             "the old outbox is gone"
         );
         assert_eq!(store.postback_lanes().await.unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn an_outbox_entry_with_no_postback_behind_it_is_dropped_not_kept_due() {
+        let harness = SledHarness::new();
+        let (store, _, lane_key) = with_one_postback(&harness).await;
+        // As if the record were lost: the entry alone would keep its lane due for ever.
+        let data = store.inner.data.clone();
+        let (lane, _, player, id) = keys::parse_outbox(&lane_key).unwrap();
+        data.remove(keys::index(&player, &id)).unwrap();
+        assert!(
+            store
+                .due_postbacks(&lane, now_ms(), 10)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        assert!(
+            store.postback_lanes().await.unwrap().is_empty(),
+            "the lane is gone"
+        );
+        assert!(data.scan_prefix(b"l").next().is_none());
+    }
+
+    #[tokio::test]
+    async fn ids_an_earlier_version_accepted_still_read_back() {
+        // `.` and `..` were valid ids before they were refused as input; data holding them must open,
+        // list and expire as any other.
+        let harness = SledHarness::new();
+        let store = open(&harness);
+        let brand = BrandId::parse_stored("..").unwrap();
+        store
+            .put_brand(&brand, BrandSettings::default())
+            .await
+            .unwrap();
+        let key = PlayerKey::new(brand, PlayerId::parse_stored(".").unwrap());
+        store
+            .enqueue(&key, vec![js("a", Some(60)), js("b", None)])
+            .await
+            .unwrap();
+        store.close().await.unwrap();
+        drop(store);
+
+        let store = open(&harness);
+        assert_eq!(store.pending(&key).await.unwrap().len(), 2);
+        assert_eq!(
+            store.stats().await.unwrap().brands[&key.brand].queue_depth,
+            2
+        );
+        store.sweep(now_ms() + 61_000).unwrap();
+        assert_eq!(
+            store.pending(&key).await.unwrap().len(),
+            1,
+            "expired as usual"
+        );
     }
 
     #[tokio::test]

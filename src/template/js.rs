@@ -76,6 +76,20 @@ pub(super) fn check(source: &str, macros: &[(usize, usize)]) -> Result<(), Templ
     while let Some(reading) = pending.pop() {
         outcomes.push(reading.run(&units, &mut pending, &mut started));
     }
+    // A reading cut short by the cap was never checked: refuse rather than trust the others.
+    if let Some(failure) = outcomes
+        .iter()
+        .filter_map(|o| o.failed.as_ref())
+        .find(|f| f.capped)
+    {
+        return Err(TemplateError {
+            at: failure.at,
+            message: format!(
+                "{}: the code cannot be checked; write it with fewer `/` after `}}`",
+                failure.reason
+            ),
+        });
+    }
     let valid: Vec<&Outcome> = outcomes.iter().filter(|o| o.failed.is_none()).collect();
     // With a reading that reads the whole code, the others were wrong guesses; without one, every
     // reading may be the real one.
@@ -163,6 +177,8 @@ struct Failure {
     /// Its character position.
     at: usize,
     reason: String,
+    /// Stopped by [`MAX_READINGS`], not by the code.
+    capped: bool,
 }
 
 /// How one reading of the code went.
@@ -245,6 +261,7 @@ impl Reading {
             index,
             at: Self::at(units, index),
             reason: reason.into(),
+            capped: false,
         }
     }
 
@@ -326,11 +343,14 @@ impl Reading {
                     Before::Value => false,
                     Before::Open => {
                         if *started >= MAX_READINGS {
-                            return Err(Self::fail(
-                                units,
-                                start,
-                                "too many `/` that could start a regular expression or divide",
-                            ));
+                            return Err(Failure {
+                                capped: true,
+                                ..Self::fail(
+                                    units,
+                                    start,
+                                    "too many `/` that could start a regular expression or divide",
+                                )
+                            });
                         }
                         *started += 1;
                         let mut other = self.clone();
@@ -643,6 +663,9 @@ impl Reading {
         let property = self.after_dot;
         let before = if property {
             Before::Value
+        } else if word == "await" && self.before == Before::Control {
+            // `for await (…)`: the `(` still belongs to the `for`.
+            Before::Control
         } else if EXPRESSION_KEYWORDS.contains(&word.as_str()) {
             Before::Operator
         } else if CONTROL_KEYWORDS.contains(&word.as_str()) {
@@ -770,6 +793,15 @@ mod tests {
         // `of`, `yield` and `await` may be names or keywords.
         let e = check("for (x of /{{afp}}/.exec(s)) {}").unwrap_err();
         assert!(e.message.contains("regular expression"), "{e}");
+        let e = check("for await (x of y) /{{afp}}/.test(x)").unwrap_err();
+        assert!(e.message.contains("regular expression"), "{e}");
+    }
+
+    #[test]
+    fn code_with_more_ambiguous_slashes_than_can_be_followed_is_refused() {
+        let code = format!("{}f({{{{x}}}})", "}/a/ ".repeat(10));
+        let e = check(&code).unwrap_err();
+        assert!(e.message.contains("cannot be checked"), "{e}");
     }
 
     #[test]

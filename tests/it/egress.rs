@@ -278,3 +278,38 @@ async fn the_demo_receiver_is_the_one_loopback_destination_of_a_default_hub() {
         json_of(app.admin(Method::GET, "/api/v1/brands/demo/deliveries?status=failed")).await;
     assert_eq!(refused["deliveries"].as_array().unwrap().len(), 1);
 }
+
+#[tokio::test]
+async fn a_redirect_never_reaches_the_demo_receiver_or_anything_on_loopback() {
+    // The exemption is for a postback's own URL, sent to the hub's own socket; a redirect's next hop is
+    // connected to as written, so it is checked like any other.
+    let affiliate = Receiver::start_on(SocketAddr::from(([127, 0, 0, 2], 0))).await;
+    let app = TestApp::spawn_with(|config| {
+        config.s2s_allow_networks = vec!["127.0.0.2/32".parse().unwrap()];
+        config.demo = Some(true);
+    })
+    .await;
+    let port = app.addr.port();
+    affiliate.script(
+        "/bounce",
+        [Reply {
+            location: Some(format!("http://[::1]:{port}/demo/hit?kind=s2s&player=p1")),
+            ..Reply::status(302)
+        }],
+    );
+    let token = crate::helpers::TOKEN;
+    let (status, _) = app
+        .define_s2s("demo", token, "bounce", &affiliate.url("/bounce"))
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    app.report(
+        "demo",
+        json!({"event_id": "e1", "type": "x", "player_id": "p1", "affiliate_id": "a1"}),
+    )
+    .await;
+    let row = app.final_postback("demo", "bounce").await;
+    assert_eq!(row["status"], "failed", "{row}");
+    assert!(row["error"].as_str().unwrap().contains("loopback"), "{row}");
+    let seen = app.get_json("/demo/api/players/p1").await;
+    assert_eq!(seen["hits"], json!([]), "the demo receiver saw nothing");
+}

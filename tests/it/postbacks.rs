@@ -601,3 +601,62 @@ async fn a_brand_flooding_many_dead_endpoints_leaves_slots_to_the_others() {
     let held: usize = dead.iter().map(|d| d.connections()).sum();
     assert_eq!(held, 16, "one brand holds at most --s2s-per-brand attempts");
 }
+
+#[tokio::test]
+async fn within_a_brand_every_host_gets_its_turn() {
+    // Four hanging hosts that sort before a healthy one, each with a backlog, and room for one attempt
+    // per host and four per brand: the turn must move past the host served last, or the hanging hosts
+    // win back every slot they free and the healthy one never gets one.
+    let mut dead = Vec::new();
+    for last in 2..=5 {
+        dead.push(
+            crate::receiver::Hanging::start_on(std::net::SocketAddr::from(([127, 0, 0, last], 0)))
+                .await,
+        );
+    }
+    let healthy = Receiver::start_on(std::net::SocketAddr::from(([127, 0, 0, 9], 0))).await;
+    let app = TestApp::spawn_with(|c| {
+        c.s2s_timeout_ms = 300;
+        c.s2s_retry_base_ms = 10;
+        c.s2s_max_attempts = 50;
+        c.s2s_per_host = 1;
+        c.s2s_per_brand = 4;
+    })
+    .await;
+    for (i, endpoint) in dead.iter().enumerate() {
+        app.define(
+            "b1",
+            s2s(
+                &format!("dead-{i}"),
+                format!("http://{}/pb?e={{event_id}}", endpoint.addr),
+            ),
+        )
+        .await;
+    }
+    flood(&app, "b1", "s", 20).await;
+    let started = Instant::now();
+    while dead.iter().map(|d| d.connections()).sum::<usize>() < 4 {
+        assert!(
+            started.elapsed() < PATIENCE,
+            "the hanging hosts were never tried"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    app.define(
+        "b1",
+        json!({"id": "live", "name": "live", "trigger": "live", "kind": "s2s", "url": healthy.url("/live?e={event_id}")}),
+    )
+    .await;
+    let sent = Instant::now();
+    app.report(
+        "b1",
+        json!({"event_id": "l-1", "type": "live", "player_id": "p1"}),
+    )
+    .await;
+    let arrived = first_hit(&healthy, "/live").await;
+    assert!(
+        arrived.duration_since(sent) < Duration::from_secs(3),
+        "the healthy host waited {:?}",
+        arrived.duration_since(sent)
+    );
+}
