@@ -133,8 +133,8 @@ struct Inner {
     announce: broadcast::Sender<PlayerKey>,
     /// Woken when an ingest adds postbacks, so the sender does not wait for its next poll.
     outbox: Notify,
-    /// Turns for blocking work: at most [`store_threads`] store calls run at once.
-    threads: Arc<tokio::sync::Semaphore>,
+    /// The threads store calls run on.
+    threads: StoreThreads,
     /// The outbox's lanes: per lane, how many entries are due at each time. Rebuilt from `l` at open and
     /// changed by [`Inner::apply`] after the batch that changed `l`, under the player's stripe lock.
     lanes: Mutex<HashMap<Lane, BTreeMap<u64, u32>>>,
@@ -304,7 +304,7 @@ impl SledStore {
             closed: AtomicBool::new(false),
             announce: broadcast::channel(ANNOUNCE_CAPACITY).0,
             outbox: Notify::new(),
-            threads: Arc::new(tokio::sync::Semaphore::new(store_threads())),
+            threads: StoreThreads::start().map_err(backend)?,
             lanes: Mutex::new(lanes),
             outbox_size,
             players,
@@ -322,26 +322,20 @@ impl SledStore {
         Ok(Self { inner })
     }
 
-    /// Runs `work` on a blocking thread, at most [`store_threads`] at once. sled's calls block (on the
-    /// disk, on its own locks; after a failed write, for ever), so none runs on an async worker: a stuck
-    /// store must never freeze sessions, probes or shutdown. The caller bounds how long it waits; a call
-    /// waiting for its turn holds no thread, so stuck store calls never starve the other blocking work
-    /// (DNS lookups, uploads, the flush).
+    /// Runs `work` on one of the store's own threads ([`StoreThreads`]). sled's calls block (on the disk,
+    /// on its own locks; after a failed write, for ever), so none runs on an async worker: a stuck store
+    /// must never freeze sessions, probes or shutdown. The caller bounds how long it waits.
     async fn blocking<T: Send + 'static>(
         &self,
         work: impl FnOnce(&Inner) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
-        let turn = Arc::clone(&self.inner.threads)
-            .acquire_owned()
-            .await
-            .map_err(|_| StoreError::Closed)?;
         let inner = Arc::clone(&self.inner);
-        tokio::task::spawn_blocking(move || {
-            let _turn = turn;
-            work(&inner)
-        })
-        .await
-        .unwrap_or_else(|e| Err(backend(format!("a store task failed: {e}"))))
+        self.inner
+            .threads
+            .handle
+            .spawn_blocking(move || work(&inner))
+            .await
+            .unwrap_or_else(|e| Err(backend(format!("a store task failed: {e}"))))
     }
 
     /// Bytes the database takes on disk (its files); the guard's size cap reads it.
@@ -979,13 +973,44 @@ impl Inner {
     }
 }
 
-/// How many store calls run at once: 4 per core, at least 8. More only fight over sled's locks: on two
-/// cores, with tokio's pool (up to 512 threads) the soak grew to ~230 threads and ~100 MB more RSS, and
-/// 64 at once against 8 took online p50 from 7 to 17 ms and drain from 10,976 to 8,770 pixels/s
-/// (docs/benchmarks.md). Calls beyond wait their turn without a thread, within the store's deadline.
-fn store_threads() -> usize {
-    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
-    (cores * 4).max(8)
+/// The threads store calls run on: a pool of the store's own, 4 per core and at least 8, apart from the
+/// process's other blocking work.
+///
+/// Apart, so that store calls stuck on a disk never take the threads DNS lookups, uploads and the
+/// group-commit flush need, nor those the store. Bounded, because more threads only fight over sled's
+/// locks: with tokio's shared pool (up to 512 threads) the soak grew to ~230 threads and ~100 MB more
+/// RSS, and 64 threads against 8 took online p50 from 7 to 17 ms and drain from 10,976 to 8,770
+/// pixels/s on two cores (docs/benchmarks.md). A pool's own queue keeps its threads busy: a semaphore in
+/// front of a shared pool, tried first, handed each freed turn to a task that first had to wait for an
+/// async worker, and online p50 went to 862 ms. The pool is a tokio runtime used for its blocking pool
+/// only; calls beyond its threads queue there, within the store's deadline.
+struct StoreThreads {
+    handle: tokio::runtime::Handle,
+    /// Kept to be shut down without waiting (dropping a runtime waits for its threads, which a stuck
+    /// call would make for ever, and is refused inside async code).
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl StoreThreads {
+    fn start() -> std::io::Result<Self> {
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .max_blocking_threads((cores * 4).max(8))
+            .thread_name("pixelhub-store")
+            .build()?;
+        Ok(StoreThreads {
+            handle: runtime.handle().clone(),
+            runtime: Some(runtime),
+        })
+    }
+}
+
+impl Drop for StoreThreads {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
 }
 
 /// Opens the database in `dir`. A store closed a moment ago in this process (a restart in place) may
