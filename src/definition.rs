@@ -20,14 +20,7 @@ use crate::pixel::{
 use crate::template::{Context, Rendered, Template};
 
 /// Event types the affiliate world agrees on. Any other name of the same shape is a custom trigger.
-pub const STANDARD_TRIGGERS: [&str; 6] = [
-    "registration",
-    "qualified_registration",
-    "ftd",
-    "qftd",
-    "deposit",
-    "sale",
-];
+pub use crate::vocabulary::STANDARD_TYPES as STANDARD_TRIGGERS;
 /// Most conditions on one definition.
 const MAX_CONDITIONS: usize = 32;
 
@@ -46,6 +39,9 @@ pub struct Definition {
     /// Only events of this affiliate; any affiliate when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub affiliate_id: Option<String>,
+    /// Which players it fires for: by default only those an affiliate brought.
+    #[serde(default)]
+    pub audience: Audience,
     /// What to produce, with its templates.
     #[serde(flatten)]
     pub action: Action,
@@ -64,6 +60,63 @@ pub struct Definition {
     pub created_at_ms: u64,
     /// Unix milliseconds of the last change.
     pub updated_at_ms: u64,
+}
+
+/// Which players a definition fires for.
+///
+/// A conversion pixel tells an affiliate "your player converted", and the affiliate is paid for it; firing
+/// one for a player nobody referred credits a conversion that never happened. So a definition fires, by
+/// default, only for players with an attribution: an affiliate id, or a click id under one of the brand's
+/// click-id params, on the event or kept from the registration.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Audience {
+    /// Players an affiliate brought (the default).
+    #[default]
+    Attributed,
+    /// Every player, organic ones too: for the brand's own analytics pixels, say.
+    AllPlayers,
+}
+
+/// Why a definition does not fire for an event; one per unmet rule, so that a preview can list them all.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Refusal {
+    /// Which rule: `disabled`, `trigger`, `deal`, `affiliate`, `audience`, `condition` or `render`.
+    pub rule: String,
+    /// What the rule wants and what the event has.
+    pub message: String,
+}
+
+impl Refusal {
+    fn new(rule: &str, message: String) -> Refusal {
+        Refusal {
+            rule: rule.into(),
+            message,
+        }
+    }
+}
+
+/// What a definition is matched against: the trigger being fired and what is known of the player.
+#[derive(Clone, Copy, Debug)]
+pub struct Occasion<'a> {
+    /// The trigger: the event's type, or one the event raised (`ftd` from a first deposit).
+    pub trigger: &'a str,
+    /// The deal of the event, or of the player's registration.
+    pub deal_id: Option<&'a str>,
+    /// The affiliate of the event, or of the player's registration.
+    pub affiliate_id: Option<&'a str>,
+    /// The click id the player came with, if any (see [`Audience`]).
+    pub click_id: Option<&'a str>,
+    /// The values macros and conditions read.
+    pub values: &'a BTreeMap<String, Value>,
+}
+
+impl Occasion<'_> {
+    /// Whether an affiliate brought the player.
+    pub fn attributed(&self) -> bool {
+        self.affiliate_id.is_some_and(|a| !a.is_empty())
+            || self.click_id.is_some_and(|c| !c.is_empty())
+    }
 }
 
 /// The pixel a definition produces, with its templates as the brand wrote them.
@@ -233,25 +286,84 @@ pub struct RenderedPixel {
 }
 
 impl Definition {
-    /// Whether an event of `trigger` with this deal and affiliate falls in the definition's scope.
-    pub fn matches(
-        &self,
-        trigger: &str,
-        deal_id: Option<&str>,
-        affiliate_id: Option<&str>,
-    ) -> bool {
-        let scoped = |mine: &Option<String>, theirs: Option<&str>| {
-            mine.as_deref().is_none_or(|mine| Some(mine) == theirs)
-        };
-        self.enabled
-            && self.trigger == trigger
-            && scoped(&self.deal_id, deal_id)
-            && scoped(&self.affiliate_id, affiliate_id)
+    /// Whether it fires on `trigger` at all: enabled, and that trigger. The cheap first test of
+    /// [`Definition::refusals`], made for every definition on every event.
+    pub fn listens_to(&self, trigger: &str) -> bool {
+        self.enabled && self.trigger == trigger
     }
 
-    /// Whether every condition holds for these macro values.
-    pub fn conditions_hold(&self, values: &BTreeMap<String, Value>) -> bool {
-        self.conditions.iter().all(|c| c.holds(values))
+    /// Every rule the occasion fails, in the order trigger, enabled, scope (deal, affiliate), audience,
+    /// conditions; empty when the definition fires. `all` false stops at the first, for the event path.
+    pub fn refusals(&self, occasion: &Occasion<'_>, all: bool) -> Vec<Refusal> {
+        let mut out = Vec::new();
+        let refuse = |out: &mut Vec<Refusal>, refusal: Refusal| {
+            out.push(refusal);
+            !all
+        };
+        if self.trigger != occasion.trigger
+            && refuse(
+                &mut out,
+                Refusal::new(
+                    "trigger",
+                    format!("fires on {}; this is {}", self.trigger, occasion.trigger),
+                ),
+            )
+        {
+            return out;
+        }
+        if !self.enabled {
+            let why = self
+                .disabled_reason
+                .as_deref()
+                .map_or_else(String::new, |r| format!(": {r}"));
+            if refuse(
+                &mut out,
+                Refusal::new("disabled", format!("is disabled{why}")),
+            ) {
+                return out;
+            }
+        }
+        for (rule, mine, theirs) in [
+            ("deal", &self.deal_id, occasion.deal_id),
+            ("affiliate", &self.affiliate_id, occasion.affiliate_id),
+        ] {
+            if let Some(mine) = mine
+                && Some(mine.as_str()) != theirs
+            {
+                let theirs = theirs.map_or_else(|| format!("no {rule}"), |t| format!("{rule} {t}"));
+                let refusal = Refusal::new(
+                    rule,
+                    format!("only for {rule} {mine}; the player has {theirs}"),
+                );
+                if refuse(&mut out, refusal) {
+                    return out;
+                }
+            }
+        }
+        if self.audience == Audience::Attributed && !occasion.attributed() {
+            let refusal = Refusal::new(
+                "audience",
+                "fires only for players an affiliate brought, and this player has no affiliate id and no click id (audience all_players fires for every player)".into(),
+            );
+            if refuse(&mut out, refusal) {
+                return out;
+            }
+        }
+        for condition in &self.conditions {
+            if !condition.holds(occasion.values) {
+                let has = match occasion.values.get(&condition.field) {
+                    None | Some(Value::Null) => format!("{} has no value", condition.field),
+                    Some(Value::String(s)) => format!("{} is {s:?}", condition.field),
+                    Some(other) => format!("{} is {other}", condition.field),
+                };
+                let refusal =
+                    Refusal::new("condition", format!("{condition} does not hold: {has}"));
+                if refuse(&mut out, refusal) {
+                    return out;
+                }
+            }
+        }
+        out
     }
 
     /// [`Definition::render`], then the brand's `policy` on the result: the kind may have been turned off
@@ -368,6 +480,8 @@ pub struct DefinitionInput {
     pub deal_id: Option<String>,
     /// See [`Definition::affiliate_id`].
     pub affiliate_id: Option<String>,
+    /// See [`Definition::audience`].
+    pub audience: Audience,
     /// See [`Definition::action`].
     pub action: Action,
     /// See [`Definition::conditions`].
@@ -387,6 +501,7 @@ impl DefinitionInput {
             trigger: self.trigger,
             deal_id: self.deal_id,
             affiliate_id: self.affiliate_id,
+            audience: self.audience,
             action: self.action,
             conditions: self.conditions,
             enabled: self.enabled,
@@ -396,15 +511,6 @@ impl DefinitionInput {
             updated_at_ms: now,
         }
     }
-}
-
-/// Whether `name` may be an event type or trigger: 1 to 64 of `a-z 0-9 _ . : -` once lower-cased.
-pub fn valid_trigger(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 64
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'-'))
 }
 
 /// Parses and validates a definition body (`POST` or `PUT`). `allow_id` is false for `PUT`, whose id is
@@ -433,19 +539,30 @@ pub fn parse_definition(body: Value, allow_id: bool) -> Result<DefinitionInput, 
     };
     let name = fields.required_str("name")?;
     fields.check_label("name", &name, 200)?;
-    let trigger = fields.required_str("trigger")?.to_ascii_lowercase();
-    if !valid_trigger(&trigger) {
+    let written = fields.required_str("trigger")?;
+    let Some(trigger) = crate::vocabulary::event_type(&written) else {
         return Err(fields.error(
             "invalid_field",
             "trigger",
             format!(
-                "must be one of {} or a custom event name of 1 to 64 characters a-z 0-9 _ . : -",
+                "must be one of {} (or a name affiliate platforms use for one, such as Lead or Qualified FTD; see docs/definitions.md) or a custom event name of 1 to 64 characters a-z 0-9 _ . : -",
                 STANDARD_TRIGGERS.join(", ")
             ),
         ));
-    }
+    };
     let deal_id = fields.optional_label("deal_id", 128)?;
     let affiliate_id = fields.optional_label("affiliate_id", 128)?;
+    let audience = match fields.optional_str("audience")?.as_deref() {
+        None | Some("attributed") => Audience::Attributed,
+        Some("all_players") => Audience::AllPlayers,
+        Some(other) => {
+            return Err(fields.error(
+                "invalid_field",
+                "audience",
+                format!("{other:?} is not an audience; use attributed (the default: players an affiliate brought) or all_players"),
+            ));
+        }
+    };
     let enabled = fields.optional_bool("enabled")?.unwrap_or(true);
     let ttl_seconds = fields.optional_u64("ttl_seconds", 1..=MAX_TTL_SECONDS, "seconds")?;
     let conditions = match fields.obj.remove("conditions") {
@@ -479,7 +596,11 @@ pub fn parse_definition(body: Value, allow_id: bool) -> Result<DefinitionInput, 
     let kind = fields.required_str("kind")?;
     let action = match kind.as_str() {
         "s2s" | "image" | "iframe" | "script" => {
-            let url = fields.required_str("url")?;
+            let mut url = fields.required_str("url")?;
+            // SmartyAds hands out its conversion pixel as a tag to paste: take the tag as it is.
+            if kind == "script" && url.trim_start().starts_with('<') {
+                url = script_src(&url).map_err(|m| fields.error("invalid_url", "url", m))?;
+            }
             if url.len() > MAX_URL_BYTES {
                 return Err(fields.error(
                     "invalid_url",
@@ -558,6 +679,7 @@ pub fn parse_definition(body: Value, allow_id: bool) -> Result<DefinitionInput, 
         trigger,
         deal_id,
         affiliate_id,
+        audience,
         action,
         conditions,
         enabled,
@@ -668,6 +790,76 @@ fn template(
 ) -> Result<Template, InputError> {
     Template::parse(source, context)
         .map_err(|e| fields.error("invalid_template", field, e.to_string()))
+}
+
+/// The `src` of a pasted `<script src="…"></script>` tag (other attributes allowed and dropped), with the
+/// HTML entities a copied tag may carry (`&amp;`) decoded. A tag with code inside, or anything around
+/// it, is refused: only the URL is kept, and the hub builds the tag itself.
+fn script_src(html: &str) -> Result<String, String> {
+    const FORM: &str =
+        "a pasted tag must be one <script src=\"https://…\"></script>, with nothing inside";
+    let html = html.trim();
+    let lower = html.to_ascii_lowercase();
+    let rest = lower
+        .strip_prefix("<script")
+        .filter(|r| r.starts_with(|c: char| c.is_ascii_whitespace()))
+        .ok_or(FORM)?;
+    let offset = html.len() - rest.len();
+    // The end of the opening tag, outside quoted attribute values.
+    let mut quote = None;
+    let mut end = None;
+    for (i, c) in rest.char_indices() {
+        match (quote, c) {
+            (Some(q), c) if c == q => quote = None,
+            (Some(_), _) => {}
+            (None, '"' | '\'') => quote = Some(c),
+            (None, '>') => {
+                end = Some(i);
+                break;
+            }
+            _ => {}
+        }
+    }
+    let end = end.ok_or(FORM)?;
+    let closing: String = rest[end + 1..]
+        .chars()
+        .filter(|c| !c.is_whitespace())
+        .collect();
+    if closing != "</script>" {
+        return Err(FORM.into());
+    }
+    let attributes = &html[offset..offset + end];
+    let lower_attributes = &rest[..end];
+    let mut search = 0;
+    while let Some(at) = lower_attributes[search..].find("src") {
+        let start = search + at;
+        search = start + 3;
+        let before_ok = start == 0 || lower_attributes.as_bytes()[start - 1].is_ascii_whitespace();
+        let after = lower_attributes[start + 3..].trim_start();
+        if !before_ok || !after.starts_with('=') {
+            continue;
+        }
+        let value_at = attributes.len() - after.len() + 1;
+        let value = attributes[value_at..].trim_start();
+        let raw = match value.chars().next() {
+            Some(q @ ('"' | '\'')) => value[1..].split(q).next().unwrap_or_default(),
+            _ => value
+                .split(|c: char| c.is_ascii_whitespace())
+                .next()
+                .unwrap_or_default(),
+        };
+        let url = raw
+            .replace("&quot;", "\"")
+            .replace("&#39;", "'")
+            .replace("&lt;", "<")
+            .replace("&gt;", ">")
+            .replace("&amp;", "&");
+        if url.trim().is_empty() {
+            break;
+        }
+        return Ok(url.trim().to_owned());
+    }
+    Err(format!("{FORM}; this tag has no src"))
 }
 
 /// One condition on an event's values, such as `amount >= 20` or `currency in [EUR, USD]`.
@@ -988,19 +1180,150 @@ mod tests {
             json!({"name": "o", "trigger": "ftd", "enabled": false, "kind": "image", "url": "https://t.example/"}),
         );
 
-        assert!(global.matches("ftd", None, None));
-        assert!(global.matches("ftd", Some("1"), Some("a1")));
-        assert!(!global.matches("deposit", None, None));
-        assert!(deal.matches("ftd", Some("7"), None));
-        assert!(!deal.matches("ftd", Some("8"), None));
+        let values = BTreeMap::new();
+        let fires = |d: &Definition, trigger: &str, deal: Option<&str>, affiliate: Option<&str>| {
+            let occasion = Occasion {
+                trigger,
+                deal_id: deal,
+                affiliate_id: affiliate,
+                click_id: Some("c-1"),
+                values: &values,
+            };
+            d.refusals(&occasion, false).is_empty()
+        };
+        assert!(fires(&global, "ftd", None, None));
+        assert!(fires(&global, "ftd", Some("1"), Some("a1")));
+        assert!(!fires(&global, "deposit", None, None));
+        assert!(fires(&deal, "ftd", Some("7"), None));
+        assert!(!fires(&deal, "ftd", Some("8"), None));
         assert!(
-            !deal.matches("ftd", None, None),
+            !fires(&deal, "ftd", None, None),
             "a deal scope needs the deal"
         );
-        assert!(both.matches("ftd", Some("7"), Some("a9")));
-        assert!(!both.matches("ftd", Some("7"), Some("a1")));
-        assert!(custom.matches("level_up", None, None));
-        assert!(!off.matches("ftd", None, None));
+        assert!(fires(&both, "ftd", Some("7"), Some("a9")));
+        assert!(!fires(&both, "ftd", Some("7"), Some("a1")));
+        assert!(fires(&custom, "level_up", None, None));
+        assert!(!fires(&off, "ftd", None, None));
+    }
+
+    #[test]
+    fn a_pasted_script_tag_is_its_src() {
+        let smartyads = r#"<script src="https://conversions.smartyads.com/conversion?type=campaign&id=14270&cid=18999&clid=[CLICK_ID]"></script>"#;
+        assert_eq!(
+            script_src(smartyads).unwrap(),
+            "https://conversions.smartyads.com/conversion?type=campaign&id=14270&cid=18999&clid=[CLICK_ID]"
+        );
+        let head = r#" <SCRIPT id="" text="" charset="" type="text/javascript" src='https://dsp.smartyads.com/clid.js?a=1&amp;b=2'></script > "#;
+        assert_eq!(
+            script_src(head).unwrap(),
+            "https://dsp.smartyads.com/clid.js?a=1&b=2"
+        );
+        for bad in [
+            r#"<script src="https://a.example/x.js">alert(1)</script>"#,
+            r#"<script>alert(1)</script>"#,
+            r#"<script data-src="https://a.example/x.js"></script>"#,
+            r#"<img src="https://a.example/x.gif">"#,
+            r#"<script src="https://a.example/x.js"></script><script src="https://b.example/"></script>"#,
+            r#"<script src="https://a.example/x.js">"#,
+        ] {
+            assert!(script_src(bad).is_err(), "{bad}");
+        }
+        let saved =
+            definition(json!({"name": "s", "trigger": "ftd", "kind": "script", "url": smartyads}));
+        assert_eq!(
+            saved.action,
+            Action::Script {
+                url: "https://conversions.smartyads.com/conversion?type=campaign&id=14270&cid=18999&clid=[CLICK_ID]".into()
+            }
+        );
+    }
+
+    #[test]
+    fn every_reason_not_to_fire_is_listed_and_the_audience_is_attributed_players() {
+        let scoped = definition(json!({
+            "name": "s", "trigger": "Qualified FTD", "deal_id": "7", "affiliate_id": "a9",
+            "conditions": ["amount >= 20", "currency == EUR"],
+            "kind": "image", "url": "https://t.example/"
+        }));
+        assert_eq!(scoped.trigger, "qftd", "Smartico's name is the hub's qftd");
+        assert_eq!(
+            scoped.audience,
+            Audience::Attributed,
+            "the default audience"
+        );
+        let values = BTreeMap::from([("amount".to_owned(), json!(5))]);
+        let organic = Occasion {
+            trigger: "qftd",
+            deal_id: Some("8"),
+            affiliate_id: None,
+            click_id: None,
+            values: &values,
+        };
+        let rules: Vec<String> = scoped
+            .refusals(&organic, true)
+            .into_iter()
+            .map(|r| r.rule)
+            .collect();
+        assert_eq!(
+            rules,
+            ["deal", "affiliate", "audience", "condition", "condition"]
+        );
+        let messages: Vec<String> = scoped
+            .refusals(&organic, true)
+            .into_iter()
+            .map(|r| r.message)
+            .collect();
+        assert_eq!(messages[0], "only for deal 7; the player has deal 8");
+        assert_eq!(
+            messages[1],
+            "only for affiliate a9; the player has no affiliate"
+        );
+        assert_eq!(messages[3], "amount >= 20 does not hold: amount is 5");
+        assert_eq!(
+            messages[4],
+            "currency == EUR does not hold: currency has no value"
+        );
+        assert_eq!(
+            scoped.refusals(&organic, false).len(),
+            1,
+            "the event path stops at the first"
+        );
+
+        let everyone = definition(json!({
+            "name": "e", "trigger": "registration", "audience": "all_players",
+            "kind": "image", "url": "https://t.example/"
+        }));
+        let organic = Occasion {
+            trigger: "registration",
+            ..organic
+        };
+        assert!(everyone.refusals(&organic, true).is_empty());
+        let attributed = definition(json!({
+            "name": "a", "trigger": "Lead", "kind": "image", "url": "https://t.example/"
+        }));
+        assert_eq!(attributed.refusals(&organic, true)[0].rule, "audience");
+        for brought in [
+            Occasion {
+                click_id: Some("c1"),
+                ..organic
+            },
+            Occasion {
+                affiliate_id: Some("a1"),
+                ..organic
+            },
+        ] {
+            assert!(attributed.refusals(&brought, true).is_empty());
+        }
+        let blank = Occasion {
+            click_id: Some(""),
+            affiliate_id: Some(""),
+            ..organic
+        };
+        assert_eq!(attributed.refusals(&blank, true)[0].rule, "audience");
+        assert_eq!(
+            refused(json!({"name": "x", "trigger": "ftd", "audience": "everyone", "kind": "image", "url": "https://t.example/"})).path,
+            "definition.audience"
+        );
     }
 
     #[test]
@@ -1099,7 +1422,7 @@ mod tests {
                 "definition.conditions",
             ),
             (
-                base(json!({"trigger": "first deposit"})),
+                base(json!({"trigger": "first/deposit"})),
                 "invalid_field",
                 "definition.trigger",
             ),

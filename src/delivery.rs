@@ -14,8 +14,6 @@ use crate::pixel::PixelBody;
 
 /// Longest response excerpt kept per postback attempt.
 pub const RESPONSE_EXCERPT_BYTES: usize = 256;
-/// Event params that hold the affiliate's click id, in the order they are looked for.
-pub const CLICK_ID_PARAMS: [&str; 6] = ["click_id", "clickid", "affclickid", "afp", "cid", "btag"];
 
 /// Where a pixel or postback is in its life.
 ///

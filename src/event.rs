@@ -12,11 +12,12 @@ use serde_json::Value;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
-use crate::definition::{Definition, Output, valid_trigger};
-use crate::delivery::{CLICK_ID_PARAMS, Origin, PixelStatus, PostBody};
+use crate::definition::{Definition, Occasion, Output, Refusal};
+use crate::delivery::{Origin, PixelStatus, PostBody};
 use crate::ids::{BrandId, DefinitionId, EventId, Id, IdKind, PixelId, PlayerId};
 use crate::input::{Fields, InputError, one_or_many};
 use crate::pixel::{NewPixel, PixelBody, PixelPolicy};
+use crate::vocabulary::VALUE_ALIASES;
 
 /// Most events one request may carry by default (`--max-batch`).
 pub const MAX_EVENTS: usize = 1000;
@@ -175,6 +176,20 @@ pub enum S2sKind {
     S2s,
 }
 
+/// A definition that listens to the event's trigger but did not fire for this event, and why.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Skipped {
+    /// Which definition.
+    pub definition_id: DefinitionId,
+    /// Its name.
+    pub definition_name: String,
+    /// The trigger it listens to.
+    pub trigger: String,
+    /// The first rule the event failed.
+    #[serde(flatten)]
+    pub refusal: Refusal,
+}
+
 /// A definition that matched but could not render for this event's values.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct RenderFailure {
@@ -212,6 +227,14 @@ pub struct EventOutcome {
     /// Definitions that matched but could not render.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub failed: Vec<RenderFailure>,
+    /// Definitions on one of the event's triggers that did not fire, each with its first failed rule
+    /// (scope, audience, a condition): what a brand asks when an expected pixel never came.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub skipped: Vec<Skipped>,
+    /// Set when no definition of the brand listens to any of the event's triggers: the event was
+    /// recorded (it may still fill the player's attribution) and fired nothing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unmatched: Option<String>,
     /// Unix milliseconds when the hub processed it.
     pub processed_at_ms: u64,
 }
@@ -244,10 +267,59 @@ pub struct Plan {
     pub context: Option<PlayerContext>,
 }
 
+/// What of a brand's settings decides what its events produce.
+#[derive(Clone, Copy, Debug)]
+pub struct BrandRules<'a> {
+    /// What its pixels may be.
+    pub policy: PixelPolicy<'a>,
+    /// The params that carry an affiliate's click id, in order of preference (see
+    /// [`crate::definition::Audience`]).
+    pub click_id_params: &'a [String],
+}
+
+/// An event of a type the hub does not know and none of the brand's definitions listens to: most
+/// likely a misspelt or unmapped name (`/regs`, `first_dep`), which recorded as a custom event would fire
+/// nothing and say nothing.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("event type {kind:?} (events[{index}]) is neither a type the hub knows nor one a definition of the brand fires on; known types: {}", known.join(", "))]
+pub struct UnknownType {
+    /// The event's index in its batch.
+    pub index: usize,
+    /// Its type.
+    pub kind: String,
+    /// The standard types, then the custom triggers of the brand's definitions.
+    pub known: Vec<String>,
+}
+
+/// Checks that every event's type is a standard one or a trigger of one of the brand's definitions
+/// (enabled or not: a paused definition still makes its type a known one).
+pub fn check_types(events: &[Event], definitions: &[Definition]) -> Result<(), UnknownType> {
+    let known = |kind: &str| {
+        crate::vocabulary::is_standard(kind) || definitions.iter().any(|d| d.trigger == kind)
+    };
+    let Some((index, event)) = events.iter().enumerate().find(|(_, e)| !known(&e.kind)) else {
+        return Ok(());
+    };
+    let mut names: Vec<String> = crate::vocabulary::STANDARD_TYPES
+        .iter()
+        .map(|t| (*t).to_owned())
+        .collect();
+    for definition in definitions {
+        if !names.contains(&definition.trigger) {
+            names.push(definition.trigger.clone());
+        }
+    }
+    Err(UnknownType {
+        index,
+        kind: event.kind.clone(),
+        known: names,
+    })
+}
+
 /// Decides what `event` produces for a player whose context is `context`, given the brand's definitions.
 pub fn plan(
     brand: &BrandId,
-    policy: PixelPolicy<'_>,
+    rules: BrandRules<'_>,
     event: &Event,
     context: &PlayerContext,
     definitions: &[Definition],
@@ -275,6 +347,8 @@ pub fn plan(
         ftd_already_recorded_by: None,
         pixels: Vec::new(),
         failed: Vec::new(),
+        skipped: Vec::new(),
+        unmatched: None,
         processed_at_ms: now_ms,
     };
     let mut triggers = vec![event.kind.as_str()];
@@ -299,19 +373,33 @@ pub fn plan(
         .or(context.affiliate_id.as_ref());
     let mut pixels = Vec::new();
     let mut postbacks = Vec::new();
-    for trigger in triggers {
+    let mut listened = false;
+    for &trigger in &triggers {
         let mut values = macro_values(brand, event, context, trigger, now_ms);
+        let click = fill_click_id(&mut values, rules.click_id_params);
         for definition in definitions {
-            if !definition.matches(
+            if !definition.listens_to(trigger) {
+                continue;
+            }
+            listened = true;
+            let occasion = Occasion {
                 trigger,
-                deal_id.map(String::as_str),
-                affiliate_id.map(String::as_str),
-            ) || !definition.conditions_hold(&values)
-            {
+                deal_id: deal_id.map(String::as_str),
+                affiliate_id: affiliate_id.map(String::as_str),
+                click_id: click.as_deref(),
+                values: &values,
+            };
+            if let Some(refusal) = definition.refusals(&occasion, false).pop() {
+                outcome.skipped.push(Skipped {
+                    definition_id: definition.id.clone(),
+                    definition_name: definition.name.clone(),
+                    trigger: trigger.into(),
+                    refusal,
+                });
                 continue;
             }
             values.insert("random".into(), Value::from(random_u32()));
-            let rendered = match definition.render_checked(&values, policy) {
+            let rendered = match definition.render_checked(&values, rules.policy) {
                 Ok(rendered) => rendered,
                 Err(error) => {
                     outcome.failed.push(RenderFailure {
@@ -329,7 +417,7 @@ pub fn plan(
                 definition_id: Some(definition.id.clone()),
                 definition_name: Some(definition.name.clone()),
                 template: Some(definition.action.template_text()),
-                click_id: click_id(&values),
+                click_id: click.clone(),
                 missing: rendered.missing.clone(),
             };
             let output = match rendered.output {
@@ -369,6 +457,12 @@ pub fn plan(
             });
         }
     }
+    if !listened && !triggers.is_empty() {
+        outcome.unmatched = Some(format!(
+            "no enabled definition of the brand fires on {}",
+            triggers.join(" or ")
+        ));
+    }
     Plan {
         outcome,
         pixels,
@@ -388,6 +482,12 @@ pub fn macro_values(
 ) -> BTreeMap<String, Value> {
     let mut values = context.params.clone();
     values.extend(event.params.iter().map(|(k, v)| (k.clone(), v.clone())));
+    // A value under a platform's name fills the hub's name (Routy's `earning` is the `amount`)…
+    for &(alias, hub, _) in VALUE_ALIASES {
+        if let Some(value) = values.get(alias).filter(|v| !v.is_null()).cloned() {
+            values.entry(hub.to_owned()).or_insert(value);
+        }
+    }
     let text = |s: &str| Value::String(s.to_owned());
     let at_ms = event.occurred_at_ms.unwrap_or(now_ms);
     let at = OffsetDateTime::from_unix_timestamp((at_ms / 1000) as i64)
@@ -422,18 +522,35 @@ pub fn macro_values(
             values.insert(name.into(), text(value));
         }
     }
+    // …and the hub's value fills the platform's name (Track360's `{affid}` is the affiliate id).
+    for &(alias, hub, _) in VALUE_ALIASES {
+        if let Some(value) = values.get(hub).cloned() {
+            values.entry(alias.to_owned()).or_insert(value);
+        }
+    }
     values
 }
 
-/// The affiliate's click id among the values, under the first of [`CLICK_ID_PARAMS`] that has one.
-fn click_id(values: &BTreeMap<String, Value>) -> Option<String> {
-    CLICK_ID_PARAMS
-        .iter()
-        .find_map(|name| match values.get(*name)? {
-            Value::String(s) if !s.is_empty() => Some(s.clone()),
-            Value::Number(n) => Some(n.to_string()),
-            _ => None,
-        })
+/// The player's click id (see [`click_id`]), also made the value of the generic `click_id` and
+/// `clickid` macros when the event has none of its own: SmartyAds' `[CLICK_ID]` and Routy's `{ClickId}`
+/// then render the click id whichever param the affiliate's link carried it in.
+pub fn fill_click_id(values: &mut BTreeMap<String, Value>, params: &[String]) -> Option<String> {
+    let click = click_id(values, params)?;
+    for name in ["click_id", "clickid"] {
+        values
+            .entry(name.into())
+            .or_insert_with(|| Value::String(click.clone()));
+    }
+    Some(click)
+}
+
+/// The affiliate's click id among the values, under the first of `params` that has one.
+pub fn click_id(values: &BTreeMap<String, Value>, params: &[String]) -> Option<String> {
+    params.iter().find_map(|name| match values.get(name)? {
+        Value::String(s) if !s.is_empty() => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    })
 }
 
 fn random_u32() -> u32 {
@@ -466,17 +583,16 @@ pub fn parse_event(value: Value, path: &str) -> Result<Event, InputError> {
         fields.id(name, &value)
     }
     let event_id: EventId = id_field(&mut fields, "event_id")?;
-    let kind = fields
+    let written = fields
         .optional_str("type")?
-        .ok_or_else(|| fields.error("missing_field", "type", "is required"))?
-        .to_ascii_lowercase();
-    if !valid_trigger(&kind) {
+        .ok_or_else(|| fields.error("missing_field", "type", "is required"))?;
+    let Some(kind) = crate::vocabulary::event_type(&written) else {
         return Err(fields.error(
             "invalid_field",
             "type",
-            "must be a standard event type (registration, qualified_registration, ftd, qftd, deposit, sale) or a custom name of 1 to 64 characters a-z 0-9 _ . : -",
+            "must be a standard event type (registration, qualified_registration, ftd, qftd, deposit, sale), a name affiliate platforms use for one (reg, signup, lead, dep, conversion…; see docs/definitions.md), or a custom name of 1 to 64 characters a-z 0-9 _ . : -",
         ));
-    }
+    };
     let player_id: PlayerId = id_field(&mut fields, "player_id")?;
     let affiliate_id = fields.optional_label("affiliate_id", 128)?;
     let deal_id = fields.optional_label("deal_id", 128)?;
@@ -603,6 +719,15 @@ mod tests {
     use crate::definition::parse_definition;
     use serde_json::json;
 
+    fn rules() -> BrandRules<'static> {
+        static PARAMS: std::sync::LazyLock<Vec<String>> =
+            std::sync::LazyLock::new(crate::store::default_click_id_params);
+        BrandRules {
+            policy: PixelPolicy::ANY,
+            click_id_params: &PARAMS,
+        }
+    }
+
     fn brand() -> BrandId {
         BrandId::parse("b1").unwrap()
     }
@@ -649,7 +774,7 @@ mod tests {
         );
         let reg = plan(
             &brand(),
-            PixelPolicy::ANY,
+            rules(),
             &registration,
             &PlayerContext::default(),
             &defs,
@@ -663,7 +788,7 @@ mod tests {
         let deposit = event(
             json!({"event_id": "d1", "type": "deposit", "player_id": "p-1", "params": {"amount": 50, "currency": "EUR"}}),
         );
-        let dep = plan(&brand(), PixelPolicy::ANY, &deposit, &context, &defs, 2000);
+        let dep = plan(&brand(), rules(), &deposit, &context, &defs, 2000);
         assert_eq!(dep.outcome.raised, ["ftd"]);
         assert_eq!(
             urls(&dep),
@@ -685,7 +810,7 @@ mod tests {
         let second = event(
             json!({"event_id": "d2", "type": "deposit", "player_id": "p-1", "params": {"amount": 20}}),
         );
-        let dep2 = plan(&brand(), PixelPolicy::ANY, &second, &after, &defs, 3000);
+        let dep2 = plan(&brand(), rules(), &second, &after, &defs, 3000);
         assert!(dep2.outcome.raised.is_empty(), "FTD is raised once");
         assert_eq!(urls(&dep2), ["s2s https://pb.example/?c=xyz&sum=20&cur="]);
         assert_eq!(dep2.outcome.pixels[0].missing, ["currency"]);
@@ -697,20 +822,13 @@ mod tests {
         let first = event(
             json!({"event_id": "r1", "type": "registration", "player_id": "p", "deal_id": "d1", "params": {"afp": "a", "sub1": "s"}}),
         );
-        let ctx = plan(
-            &brand(),
-            PixelPolicy::ANY,
-            &first,
-            &PlayerContext::default(),
-            &[],
-            0,
-        )
-        .context
-        .unwrap();
+        let ctx = plan(&brand(), rules(), &first, &PlayerContext::default(), &[], 0)
+            .context
+            .unwrap();
         let second = event(
             json!({"event_id": "q1", "type": "qualified_registration", "player_id": "p", "params": {"afp": "b"}}),
         );
-        let ctx = plan(&brand(), PixelPolicy::ANY, &second, &ctx, &[], 0)
+        let ctx = plan(&brand(), rules(), &second, &ctx, &[], 0)
             .context
             .unwrap();
         assert_eq!(ctx.params["afp"], json!("b"));
@@ -723,15 +841,9 @@ mod tests {
         let defs = definitions(
             json!([{"name": "f", "trigger": "ftd", "kind": "js", "code": "f({{event_id}})"}]),
         );
-        let ftd = event(json!({"event_id": "f1", "type": "ftd", "player_id": "p"}));
-        let first = plan(
-            &brand(),
-            PixelPolicy::ANY,
-            &ftd,
-            &PlayerContext::default(),
-            &defs,
-            0,
-        );
+        let ftd =
+            event(json!({"event_id": "f1", "type": "ftd", "player_id": "p", "affiliate_id": "a1"}));
+        let first = plan(&brand(), rules(), &ftd, &PlayerContext::default(), &defs, 0);
         assert_eq!(first.outcome.pixels.len(), 1);
         let ctx = first.context.unwrap();
 
@@ -739,13 +851,13 @@ mod tests {
             json!({"event_id": "d1", "type": "deposit", "player_id": "p", "params": {"amount": 5}}),
         );
         assert!(
-            plan(&brand(), PixelPolicy::ANY, &deposit, &ctx, &defs, 0)
+            plan(&brand(), rules(), &deposit, &ctx, &defs, 0)
                 .outcome
                 .pixels
                 .is_empty()
         );
         let again = event(json!({"event_id": "f2", "type": "ftd", "player_id": "p"}));
-        let second = plan(&brand(), PixelPolicy::ANY, &again, &ctx, &defs, 0);
+        let second = plan(&brand(), rules(), &again, &ctx, &defs, 0);
         assert!(second.outcome.pixels.is_empty());
         assert_eq!(
             second
@@ -769,23 +881,24 @@ mod tests {
         ]));
         let ctx = PlayerContext {
             deal_id: Some("d1".into()),
+            affiliate_id: Some("a1".into()),
             ..Default::default()
         };
         let small = event(
             json!({"event_id": "e1", "type": "ftd", "player_id": "p", "params": {"amount": 10, "currency": "EUR"}}),
         );
         assert_eq!(
-            urls(&plan(&brand(), PixelPolicy::ANY, &small, &ctx, &defs, 0)),
+            urls(&plan(&brand(), rules(), &small, &ctx, &defs, 0)),
             ["https://t.example/global", "https://t.example/d1"],
             "the deal comes from the registration when the event has none"
         );
         let big = event(
-            json!({"event_id": "e2", "type": "ftd", "player_id": "p", "deal_id": "d2", "params": {"amount": 20, "currency": "usd"}}),
+            json!({"event_id": "e2", "type": "ftd", "player_id": "p", "deal_id": "d2", "params": {"amount": 20, "currency": "usd", "clickid": "c-2"}}),
         );
         assert_eq!(
             urls(&plan(
                 &brand(),
-                PixelPolicy::ANY,
+                rules(),
                 &big,
                 &PlayerContext::default(),
                 &defs,
@@ -797,11 +910,13 @@ mod tests {
                 "https://t.example/big"
             ]
         );
-        let custom = event(json!({"event_id": "e3", "type": "LEVEL_UP", "player_id": "p"}));
+        let custom = event(
+            json!({"event_id": "e3", "type": "LEVEL_UP", "player_id": "p", "affiliate_id": "a1"}),
+        );
         assert_eq!(
             urls(&plan(
                 &brand(),
-                PixelPolicy::ANY,
+                rules(),
                 &custom,
                 &PlayerContext::default(),
                 &defs,
@@ -843,16 +958,9 @@ mod tests {
             {"name": "img", "trigger": "ftd", "kind": "image", "url": "https://t.example/"},
         ]));
         let e = event(
-            json!({"event_id": "e1", "type": "ftd", "player_id": "p", "params": {"fb_pixel": "not-a-number"}}),
+            json!({"event_id": "e1", "type": "ftd", "player_id": "p", "params": {"fb_pixel": "not-a-number", "afp": "c-1"}}),
         );
-        let p = plan(
-            &brand(),
-            PixelPolicy::ANY,
-            &e,
-            &PlayerContext::default(),
-            &defs,
-            0,
-        );
+        let p = plan(&brand(), rules(), &e, &PlayerContext::default(), &defs, 0);
         assert_eq!(p.outcome.pixels.len(), 1);
         assert_eq!(p.outcome.failed.len(), 1);
         assert!(p.outcome.failed[0].error.starts_with("pixel_id"));
@@ -882,7 +990,7 @@ mod tests {
                 "event.event_id",
             ),
             (
-                json!({"event_id": "e", "type": "first deposit", "player_id": "p"}),
+                json!({"event_id": "e", "type": "first/deposit", "player_id": "p"}),
                 "invalid_field",
                 "event.type",
             ),

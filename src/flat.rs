@@ -19,7 +19,7 @@
 //! | `affiliate_id` | `affiliate_id`, `affid`, `aff_id` |
 //! | `deal_id` | `deal_id`, `dealid` |
 //! | `occurred_at` | `occurred_at`, `date`, `transaction_date`, `registration_date`, `account_opening_date` |
-//! | `amount` | `amount`, `deposit_amount`, `deposits` |
+//! | `amount` | `amount`, `deposit_amount`, `deposits`, `earning` |
 //!
 //! An empty value (after trimming) is no value: the pair is skipped, as if it were not there. A field
 //! given twice, under the same name or two of its names, is refused rather than guessed at. `amount`
@@ -107,7 +107,7 @@ impl Field {
                 "registration_date",
                 "account_opening_date",
             ],
-            Field::Amount => &["amount", "deposit_amount", "deposits"],
+            Field::Amount => &["amount", "deposit_amount", "deposits", "earning"],
         }
     }
 
@@ -912,11 +912,11 @@ mod tests {
                 "is required",
             ),
             (
-                &[("player_id", "p"), ("Event_Type", "first deposit")],
+                &[("player_id", "p"), ("Event_Type", "first/deposit")],
                 Kind::Record,
                 "invalid_field",
                 "Event_Type",
-                "must be a standard event type (registration, qualified_registration, ftd, qftd, deposit, sale) or a custom name of 1 to 64 characters a-z 0-9 _ . : -",
+                "must be a standard event type (registration, qualified_registration, ftd, qftd, deposit, sale), a name affiliate platforms use for one (reg, signup, lead, dep, conversion…; see docs/definitions.md), or a custom name of 1 to 64 characters a-z 0-9 _ . : -",
             ),
             (
                 &[("player_id", "p"), ("eventid", "e 1")],

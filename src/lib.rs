@@ -13,6 +13,7 @@
 //! - [`input`]: the field reader and error shared by every JSON body the API validates.
 //! - [`pixel`]: what a pixel is, and turning a caller's JSON into one.
 //! - [`template`]: macro templates in the four syntaxes affiliates use, escaped for URLs, JavaScript or text.
+//! - [`vocabulary`]: the affiliate platforms' names for event types, values and click ids, mapped to the hub's.
 //! - [`definition`]: a brand's pixel definitions (trigger, scope, conditions, template), validated when saved.
 //! - [`delivery`]: the delivery report's record of every pixel and postback: status, final URL, attempts.
 //! - [`event`]: reported events, and [`event::plan`], the pure rule that turns one into pixels and postbacks.
@@ -61,6 +62,7 @@ pub mod server;
 pub mod session;
 pub mod store;
 pub mod template;
+pub mod vocabulary;
 
 pub use config::Config;
 pub use server::{Application, StartError};

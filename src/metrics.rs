@@ -197,6 +197,7 @@ pub struct Metrics {
     s2s_attempts: Family<AttemptLabels, Counter>,
     s2s_refused: Family<ReasonLabel, Counter>,
     quota_refused: Family<QuotaLabels, Counter>,
+    unknown_click_ids: Family<BrandLabel, Counter>,
     brand_players: Family<BrandLabel, Gauge>,
     brand_outbox: Family<BrandLabel, Gauge>,
     brand_events_today: Family<BrandLabel, Gauge>,
@@ -279,6 +280,7 @@ impl Metrics {
             s2s_attempts: Family::default(),
             s2s_refused: Family::default(),
             quota_refused: Family::default(),
+            unknown_click_ids: Family::default(),
             brand_players: Family::default(),
             brand_outbox: Family::default(),
             brand_events_today: Family::default(),
@@ -455,6 +457,11 @@ impl Metrics {
             "quota_refused",
             "Event batches refused (429 quota_exceeded) because the brand is at a quota: events_per_day, players or outbox",
             m.quota_refused.clone(),
+        );
+        r.register(
+            "unknown_click_ids",
+            "Inbound calls that named no player and a click id no registration of the brand came with (422 unknown_click_id)",
+            m.unknown_click_ids.clone(),
         );
         r.register(
             "brand_players",
@@ -688,6 +695,15 @@ impl Metrics {
             .get_or_create(&QuotaLabels {
                 brand: brand.to_string(),
                 quota,
+            })
+            .inc();
+    }
+
+    /// Counts an inbound call refused because no registration came with its click id.
+    pub fn unknown_click_id(&self, brand: &BrandId) {
+        self.unknown_click_ids
+            .get_or_create(&BrandLabel {
+                brand: brand.to_string(),
             })
             .inc();
     }

@@ -79,6 +79,12 @@ pub(super) struct BrandBody {
     /// `referrerpolicy` of image, iframe and script pixels (default `strict-origin-when-cross-origin`).
     #[serde(default)]
     referrer_policy: Option<String>,
+    /// Event params that carry an affiliate's click id, in the order they are looked for (default: the
+    /// names the affiliate platforms use, `click_id`, `clickid`, `affclickid`, `trackid`, `afp`, `clid`,
+    /// `dyn`, `cid`, `btag`). A player with one counts as brought by an affiliate, and inbound calls
+    /// that name no player find theirs by it.
+    #[serde(default)]
+    click_id_params: Option<Vec<String>>,
 }
 
 /// The tokens of the HTML `sandbox` attribute.
@@ -193,6 +199,34 @@ fn brand_settings(body: Value) -> Result<BrandSettings, ApiError> {
             )));
         }
     };
+    let click_id_params = match fields
+        .optional_strings("click_id_params")
+        .map_err(field_error)?
+    {
+        None => defaults.click_id_params,
+        Some(names) => {
+            let mut params: Vec<String> = Vec::new();
+            for name in names {
+                let name = name.trim().to_ascii_lowercase();
+                let valid = !name.is_empty()
+                    && name.len() <= 64
+                    && name.starts_with(|c: char| c.is_ascii_alphabetic())
+                    && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+                if !valid {
+                    return Err(invalid(format!(
+                        "click_id_params: {name:?} is not a param name (a letter, then letters, digits or _)"
+                    )));
+                }
+                if !params.contains(&name) {
+                    params.push(name);
+                }
+            }
+            if params.is_empty() || params.len() > 32 {
+                return Err(invalid("click_id_params: name 1 to 32 params".into()));
+            }
+            params
+        }
+    };
     let settings = BrandSettings {
         name,
         allowed_origins: origins,
@@ -207,6 +241,7 @@ fn brand_settings(body: Value) -> Result<BrandSettings, ApiError> {
             .unwrap_or(false),
         iframe_sandbox,
         referrer_policy,
+        click_id_params,
     };
     fields.finish("a brand's settings").map_err(field_error)?;
     Ok(settings)

@@ -12,13 +12,15 @@ use utoipa::IntoParams;
 use super::admin::{BrandPath, PlayerPath};
 use super::extract::{ApiPath, JsonBody};
 use super::{ApiError, AppState, ErrorBody};
-use crate::definition::{Action, Definition, Output, parse_definition};
+use std::collections::BTreeMap;
+
+use crate::definition::{Action, Definition, Occasion, Output, Refusal, parse_definition};
 use crate::delivery::Origin;
-use crate::event::{Event, macro_values, parse_event, parse_events};
+use crate::event::{Event, fill_click_id, macro_values, parse_event, parse_events};
 use crate::ids::{BrandId, DefinitionId, EventId, PixelId, PlayerKey};
 use crate::input::InputError;
 use crate::pixel::NewPixel;
-use crate::store::{DefinitionHealth, now_ms};
+use crate::store::{Brand, DefinitionHealth, now_ms};
 
 #[derive(Deserialize, IntoParams)]
 #[into_params(parameter_in = Path)]
@@ -273,36 +275,26 @@ pub(super) async fn preview(
 ) -> Result<Json<Value>, ApiError> {
     let definition = find(&state, &path).await?;
     let event = sample_event(&definition, body, "preview", Some("preview-player"))?;
-    let key = PlayerKey::new(path.brand_id.clone(), event.player_id.clone());
-    let context = state.store.player_context(&key).await?;
-    let values = macro_values(&path.brand_id, &event, &context, &event.kind, now_ms());
-    let deal = event.deal_id.as_ref().or(context.deal_id.as_ref());
-    let affiliate = event
-        .affiliate_id
-        .as_ref()
-        .or(context.affiliate_id.as_ref());
+    let (verdict, brand) = Verdict::of(&state, &path.brand_id, &definition, &event).await?;
     let conditions: Vec<ConditionCheck> = definition
         .conditions
         .iter()
         .map(|c| ConditionCheck {
             condition: c.to_string(),
-            holds: c.holds(&values),
+            holds: c.holds(&verdict.values),
         })
         .collect();
-    let would_fire = definition.matches(
-        &event.kind,
-        deal.map(String::as_str),
-        affiliate.map(String::as_str),
-    ) && conditions.iter().all(|c| c.holds);
-    let brand = super::admin::require_brand(&state, &path.brand_id).await?;
     let (pixel, missing, error) =
-        match definition.render_checked(&values, brand.settings.pixel_policy()) {
+        match definition.render_checked(&verdict.values, brand.settings.pixel_policy()) {
             Ok(rendered) => (output_json(rendered.output), rendered.missing, None),
             Err(error) => (Value::Null, Vec::new(), Some(error)),
         };
+    let why_not = verdict.why_not(error.as_deref(), &missing);
+    let would_fire = verdict.refusals.is_empty() && error.is_none();
     Ok(Json(json!({
         "definition_id": definition.id,
         "would_fire": would_fire,
+        "why_not": why_not,
         "conditions": conditions,
         "pixel": pixel,
         "missing": missing,
@@ -341,12 +333,9 @@ pub(super) async fn test(
         });
     }
     let event = sample_event(&definition, body, "test", None)?;
-    let key = PlayerKey::new(path.brand_id.clone(), event.player_id.clone());
-    let context = state.store.player_context(&key).await?;
-    let values = macro_values(&path.brand_id, &event, &context, &event.kind, now_ms());
-    let brand = super::admin::require_brand(&state, &path.brand_id).await?;
+    let (verdict, brand) = Verdict::of(&state, &path.brand_id, &definition, &event).await?;
     let rendered = definition
-        .render_checked(&values, brand.settings.pixel_policy())
+        .render_checked(&verdict.values, brand.settings.pixel_policy())
         .map_err(|message| ApiError::Invalid {
             code: "render_failed",
             message: format!("the sample values do not make a valid pixel: {message}"),
@@ -368,14 +357,85 @@ pub(super) async fn test(
             ..Origin::default()
         }),
     };
-    let queued = state.store.enqueue(&key, vec![pixel.clone()]).await?;
+    let queued = state
+        .store
+        .enqueue(
+            &PlayerKey::new(path.brand_id.clone(), event.player_id.clone()),
+            vec![pixel.clone()],
+        )
+        .await?;
     let mut answer = output_json(Output::Client(pixel.body));
     answer["id"] = json!(id);
     answer["status"] = json!(queued.pixels[0].status);
+    let why_not = verdict.why_not(None, &rendered.missing);
     Ok((
         StatusCode::ACCEPTED,
-        Json(json!({ "pixel": answer, "player_id": event.player_id, "missing": rendered.missing })),
+        Json(json!({
+            "pixel": answer,
+            "player_id": event.player_id,
+            "missing": rendered.missing,
+            "would_fire": verdict.refusals.is_empty(),
+            "why_not": why_not,
+        })),
     ))
+}
+
+/// Whether a definition would fire for a sample event, and every reason it would not: what preview and
+/// test answer, so that a brand sees at once why an expected pixel never came.
+struct Verdict {
+    /// The values macros and conditions read.
+    values: BTreeMap<String, Value>,
+    /// Every rule the event fails, in the order the hub checks them.
+    refusals: Vec<Refusal>,
+}
+
+impl Verdict {
+    /// The verdict for `event` of a player of `brand_id`, with the player's attribution context as a real
+    /// event would see it; and the brand, whose policy the caller renders with.
+    async fn of(
+        state: &AppState,
+        brand_id: &BrandId,
+        definition: &Definition,
+        event: &Event,
+    ) -> Result<(Verdict, Brand), ApiError> {
+        let key = PlayerKey::new(brand_id.clone(), event.player_id.clone());
+        let context = state.store.player_context(&key).await?;
+        let brand = super::admin::require_brand(state, brand_id).await?;
+        let settings = &brand.settings;
+        let mut values = macro_values(brand_id, event, &context, &event.kind, now_ms());
+        let click = fill_click_id(&mut values, &settings.click_id_params);
+        let deal = event.deal_id.as_ref().or(context.deal_id.as_ref());
+        let affiliate = event
+            .affiliate_id
+            .as_ref()
+            .or(context.affiliate_id.as_ref());
+        let occasion = Occasion {
+            trigger: &event.kind,
+            deal_id: deal.map(String::as_str),
+            affiliate_id: affiliate.map(String::as_str),
+            click_id: click.as_deref(),
+            values: &values,
+        };
+        let refusals = definition.refusals(&occasion, true);
+        Ok((Verdict { values, refusals }, brand))
+    }
+
+    /// The refusals, then a render failure and the macros that would render empty (which do not stop
+    /// the pixel, but are the usual reason an affiliate says a value is missing).
+    fn why_not(&self, render_error: Option<&str>, missing: &[String]) -> Vec<Refusal> {
+        let mut out = self.refusals.clone();
+        if let Some(error) = render_error {
+            out.push(Refusal {
+                rule: "render".into(),
+                message: format!("does not render a valid pixel: {error}"),
+            });
+        }
+        out.extend(missing.iter().map(|name| Refusal {
+            rule: "missing_macro".into(),
+            message: format!("{{{name}}} has no value for this player and renders empty"),
+        }));
+        out
+    }
 }
 
 /// The event a preview or test renders: the body's fields, with the definition's trigger as the type and,

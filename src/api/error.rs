@@ -234,6 +234,12 @@ impl From<StoreError> for ApiError {
                 cap,
             },
             StoreError::Closed => ApiError::Unavailable,
+            StoreError::UnknownEventType(e) => ApiError::Invalid {
+                code: "unknown_event_type",
+                message: format!(
+                    "{e}. Use one of them (or a name affiliate platforms use for one, see docs/definitions.md), or save a definition that fires on it first; nothing of this request was recorded"
+                ),
+            },
             e @ StoreError::QuotaExceeded { quota, .. } => {
                 // A daily quota ends at midnight UTC; the others end when the brand's data shrinks.
                 let retry_after = (quota == crate::store::Quota::EventsPerDay).then(|| {

@@ -18,8 +18,9 @@ use super::extract::{ApiPath, JsonBody};
 use super::{ApiError, AppState, ErrorBody};
 use std::time::Instant;
 
-use crate::ids::BrandId;
-use crate::inbound::{COUNTERS, events_from_query};
+use crate::event::EventOutcome;
+use crate::ids::{BrandId, PlayerId};
+use crate::inbound::{COUNTERS, click_without_player, events_from_query, names_player};
 use crate::input::Fields;
 use crate::limits::{Limit, TokenBucket};
 use crate::store::{BrandSecret, SecretKind, StoreError, now_ms};
@@ -133,17 +134,74 @@ async fn accept(
             ),
         });
     }
-    let events = events_from_query(event_type, query.as_deref())?;
+    let player = find_player(state, &brand, query.as_deref()).await?;
+    let events = events_from_query(event_type, query.as_deref(), player.as_ref())?;
     let limits = state.config.param_limits();
     events
         .iter()
         .try_for_each(|event| limits.check(event, ""))?;
-    state.store.ingest(&brand, events).await?;
+    let outcomes = state.store.ingest(&brand, events).await?;
     Ok((
         StatusCode::OK,
         [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
-        "OK\n",
+        answer(&outcomes),
     ))
+}
+
+/// For a query that names no player but carries a click id: the player who registered with it.
+async fn find_player(
+    state: &AppState,
+    brand: &BrandId,
+    query: Option<&str>,
+) -> Result<Option<PlayerId>, ApiError> {
+    // Most postbacks name their player; only the others cost a read of the brand.
+    if names_player(query) {
+        return Ok(None);
+    }
+    let settings = match state.store.get_brand(brand).await? {
+        Some(found) => found.settings,
+        None => return Err(ApiError::InvalidInboundToken),
+    };
+    let Some(click) = click_without_player(query, &settings.click_id_params) else {
+        return Ok(None);
+    };
+    match state.store.player_by_click_id(brand, &click).await? {
+        Some(player) => Ok(Some(player)),
+        None => {
+            state.metrics.unknown_click_id(brand);
+            Err(ApiError::Invalid {
+                code: "unknown_click_id",
+                message: format!(
+                    "this call names no player and no registration of brand {brand} came with the click id {click:?}; report the registration (with this click id in its params) first, or send player_id"
+                ),
+            })
+        }
+    }
+}
+
+/// The text answer of a postback: `OK`, then what its events did, one `name: value` per line, so
+/// that a person testing the URL in a browser sees at once whether anything fired.
+fn answer(outcomes: &[EventOutcome]) -> String {
+    let mut out = String::from("OK\n");
+    let count = |f: fn(&EventOutcome) -> usize| outcomes.iter().map(f).sum::<usize>();
+    out.push_str(&format!("pixels: {}\n", count(|o| o.pixels.len())));
+    out.push_str(&format!("failed: {}\n", count(|o| o.failed.len())));
+    out.push_str(&format!("skipped: {}\n", count(|o| o.skipped.len())));
+    for outcome in outcomes {
+        if outcome.duplicate {
+            out.push_str(&format!("duplicate: {}\n", outcome.event_id));
+        }
+        if let Some(why) = &outcome.unmatched {
+            out.push_str(&format!("unmatched: {why}\n"));
+        }
+        for failure in &outcome.failed {
+            out.push_str(&format!(
+                "failed {}: {}\n",
+                failure.definition_id, failure.error
+            ));
+        }
+    }
+    out
 }
 
 /// A brand's inbound postback URLs

@@ -404,7 +404,12 @@ pub(super) async fn a_closed_store_refuses_changes(h: &impl Harness) {
 }
 
 /// Instantiates every contract check as a test for one engine; `$harness` builds a fresh [`Harness`].
-fn definition_input(body: serde_json::Value) -> DefinitionInput {
+/// A definition for the checks: fires for every player unless the body says otherwise. Who a definition
+/// fires for is [`crate::event::plan`]'s rule, tested there; these checks are about what engines keep.
+fn definition_input(mut body: serde_json::Value) -> DefinitionInput {
+    if let Some(obj) = body.as_object_mut() {
+        obj.entry("audience").or_insert("all_players".into());
+    }
     parse_definition(body, true).expect("a valid definition")
 }
 
@@ -483,6 +488,52 @@ pub(super) async fn definitions_are_created_replaced_and_deleted(h: &impl Harnes
         store.definitions(&other).await,
         Err(StoreError::UnknownBrand(_))
     ));
+}
+
+pub(super) async fn a_click_id_finds_the_player_who_registered_with_it(h: &impl Harness) {
+    let store = store_with_brand(h).await;
+    let brand = key("x").brand;
+    let reg = serde_json::json!([
+        {"event_id": "r1", "type": "registration", "player_id": "p1", "params": {"clickid": "c-1"}},
+        {"event_id": "r2", "type": "Lead", "player_id": "p2", "params": {"affclickid": "c-2", "sub1": "s"}},
+        {"event_id": "r3", "type": "registration", "player_id": "p3", "params": {"sub1": "no click"}},
+    ]);
+    store.ingest(&brand, events(reg)).await.unwrap();
+    let found = |c: &'static str| {
+        let store = &store;
+        let brand = &brand;
+        async move {
+            store
+                .player_by_click_id(brand, c)
+                .await
+                .unwrap()
+                .map(|p| p.to_string())
+        }
+    };
+    assert_eq!(found("c-1").await.as_deref(), Some("p1"));
+    assert_eq!(found("c-2").await.as_deref(), Some("p2"));
+    assert_eq!(found("no click").await, None, "only click-id params index");
+    assert_eq!(found("c-3").await, None);
+    // A later registration with the same click id takes it over; a new click id of the same player is
+    // found too.
+    let again = serde_json::json!([
+        {"event_id": "r4", "type": "registration", "player_id": "p4", "params": {"clickid": "c-1"}},
+        {"event_id": "r5", "type": "registration", "player_id": "p2", "params": {"affclickid": "c-5"}},
+    ]);
+    store.ingest(&brand, events(again)).await.unwrap();
+    assert_eq!(found("c-1").await.as_deref(), Some("p4"));
+    assert_eq!(found("c-5").await.as_deref(), Some("p2"));
+    let other = BrandId::parse("other").unwrap();
+    assert!(matches!(
+        store.player_by_click_id(&other, "c-1").await,
+        Err(StoreError::UnknownBrand(_))
+    ));
+    // Kept across a reopen.
+    store.close().await.unwrap();
+    drop(store);
+    let store = h.open().await;
+    let player = store.player_by_click_id(&brand, "c-5").await.unwrap();
+    assert_eq!(player.map(|p| p.to_string()).as_deref(), Some("p2"));
 }
 
 pub(super) async fn events_queue_pixels_once_even_after_a_reopen(h: &impl Harness) {
@@ -601,7 +652,7 @@ pub(super) async fn concurrent_event_batches_with_one_id_produce_once(h: &impl H
 
 async fn define(store: &Arc<dyn Store>, body: serde_json::Value) {
     store
-        .create_definition(&key("x").brand, parse_definition(body, true).unwrap())
+        .create_definition(&key("x").brand, definition_input(body))
         .await
         .unwrap();
 }
@@ -1275,6 +1326,11 @@ macro_rules! store_contract {
         mod contract_tests {
             use super::*;
             use $crate::store::contract;
+
+            #[tokio::test]
+            async fn a_click_id_finds_the_player_who_registered_with_it() {
+                contract::a_click_id_finds_the_player_who_registered_with_it(&$harness).await
+            }
 
             #[tokio::test]
             async fn the_report_follows_every_pixel_and_postback() {

@@ -45,7 +45,7 @@ use super::{
 use crate::definition::{Definition, DefinitionInput};
 use crate::delivery::Attempt;
 use crate::event::{Event, EventOutcome, PlayerContext};
-use crate::ids::{BrandId, DefinitionId, EventId, PixelId, PlayerKey, SessionId};
+use crate::ids::{BrandId, DefinitionId, EventId, PixelId, PlayerId, PlayerKey, SessionId};
 use crate::metrics::Metrics;
 use crate::pixel::{NewPixel, QueuedPixel};
 
@@ -460,6 +460,15 @@ impl Store for GuardedStore {
 
     async fn player_context(&self, key: &PlayerKey) -> Result<PlayerContext, StoreError> {
         self.call(Call::Other, self.engine.player_context(key))
+            .await
+    }
+
+    async fn player_by_click_id(
+        &self,
+        brand: &BrandId,
+        click_id: &str,
+    ) -> Result<Option<PlayerId>, StoreError> {
+        self.call(Call::Other, self.engine.player_by_click_id(brand, click_id))
             .await
     }
 

@@ -67,6 +67,18 @@ pub struct BrandSettings {
     /// The `referrerpolicy` of image, iframe and script pixels: how much of the brand's page URL the
     /// affiliate sees.
     pub referrer_policy: String,
+    /// Event params that carry an affiliate's click id, in the order they are looked for: a player with
+    /// one was brought by an affiliate, and inbound calls that name no player find theirs by it.
+    pub click_id_params: Vec<String>,
+}
+
+/// The click-id params of a brand that names none: every name the platforms in
+/// [`crate::vocabulary::CLICK_ID_PARAMS`] use.
+pub fn default_click_id_params() -> Vec<String> {
+    crate::vocabulary::CLICK_ID_PARAMS
+        .iter()
+        .map(|(name, _)| (*name).to_owned())
+        .collect()
 }
 
 /// The iframe sandbox of a new brand: the pixel's scripts run (most iframe pixels need them) in the pixel's
@@ -86,6 +98,7 @@ impl Default for BrandSettings {
             https_only: false,
             iframe_sandbox: DEFAULT_IFRAME_SANDBOX.into(),
             referrer_policy: DEFAULT_REFERRER_POLICY.into(),
+            click_id_params: default_click_id_params(),
         }
     }
 }
@@ -96,6 +109,14 @@ impl BrandSettings {
         PixelPolicy {
             allowed_kinds: &self.allowed_kinds,
             https_only: self.https_only,
+        }
+    }
+
+    /// What decides what the brand's events produce.
+    pub fn rules(&self) -> crate::event::BrandRules<'_> {
+        crate::event::BrandRules {
+            policy: self.pixel_policy(),
+            click_id_params: &self.click_id_params,
         }
     }
 }
@@ -510,6 +531,10 @@ pub enum StoreError {
     /// The store was closed; the process is shutting down.
     #[error("the store is closed")]
     Closed,
+    /// An event of the batch has a type that neither the hub nor the brand's definitions know; nothing of
+    /// the batch was written.
+    #[error(transparent)]
+    UnknownEventType(#[from] crate::event::UnknownType),
     /// The brand is at one of its [`Quotas`]; nothing of the batch was written.
     #[error("brand {brand} is at its quota of {}", quota.describe(*limit))]
     QuotaExceeded {
@@ -633,6 +658,15 @@ pub trait Store: Send + Sync + 'static {
 
     /// What the hub remembers of a player between events (empty for a player never seen).
     async fn player_context(&self, key: &PlayerKey) -> Result<PlayerContext, StoreError>;
+
+    /// The player whose attribution holds `click_id` under one of the brand's click-id params, kept
+    /// with the context by [`Store::ingest`]: how a conversion call that names only the click finds its
+    /// player. When two players came with the same click id, the later one.
+    async fn player_by_click_id(
+        &self,
+        brand: &BrandId,
+        click_id: &str,
+    ) -> Result<Option<PlayerId>, StoreError>;
 
     /// Processes a batch of events, all or nothing, and returns once everything is durable: each new event
     /// is planned with [`crate::event::plan`] against the player's context (as changed by earlier events of

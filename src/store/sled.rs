@@ -1601,6 +1601,26 @@ impl Store for SledStore {
         .await
     }
 
+    async fn player_by_click_id(
+        &self,
+        brand: &BrandId,
+        click_id: &str,
+    ) -> Result<Option<PlayerId>, StoreError> {
+        let (brand, key) = (brand.clone(), keys::click(brand, click_id));
+        self.blocking(move |inner| {
+            inner.brand_exists(&brand)?;
+            match inner.data.get(&key).map_err(backend)? {
+                None => Ok(None),
+                Some(player) => std::str::from_utf8(&player)
+                    .ok()
+                    .and_then(|p| PlayerId::parse_stored(p).ok())
+                    .map(Some)
+                    .ok_or_else(|| backend("corrupt click index entry")),
+            }
+        })
+        .await
+    }
+
     async fn ingest(
         &self,
         brand: &BrandId,
@@ -1629,6 +1649,7 @@ impl Store for SledStore {
                     .ok_or_else(|| StoreError::UnknownBrand(brand.clone()))?
                     .settings;
                 let definitions = inner.definitions(brand)?;
+                event::check_types(&events, &definitions)?;
                 let now = now_ms();
                 let mut batch = Changes::default();
                 let mut contexts: HashMap<PlayerId, PlayerContext> = HashMap::new();
@@ -1672,14 +1693,8 @@ impl Store for SledStore {
                             e.insert(stored.unwrap_or_default())
                         }
                     };
-                    let plan = event::plan(
-                        brand,
-                        settings.pixel_policy(),
-                        event,
-                        context,
-                        &definitions,
-                        now,
-                    );
+                    let plan =
+                        event::plan(brand, settings.rules(), event, context, &definitions, now);
                     // The event's id must be remembered while any pixel it queued can still fire.
                     let mut forget_at = now + inner.retention_ms;
                     for pixel in plan.pixels {
@@ -1704,6 +1719,17 @@ impl Store for SledStore {
                     if let Some(changed) = plan.context {
                         if fresh.remove(&event.player_id) {
                             new_players += 1;
+                        }
+                        let click = |c: &PlayerContext| {
+                            event::click_id(&c.params, &settings.click_id_params)
+                        };
+                        if let Some(new) = click(&changed)
+                            && Some(&new) != click(context).as_ref()
+                        {
+                            batch.insert(
+                                keys::click(brand, &new),
+                                event.player_id.as_str().as_bytes(),
+                            );
                         }
                         batch.insert(keys::context(&key), json(&changed));
                         *context = changed;
@@ -2493,6 +2519,13 @@ mod keys {
         Some((u64::from_be_bytes(due.try_into().ok()?), key, id))
     }
 
+    /// `v<brand>\0<click id>` → the player who came with it.
+    pub fn click(brand: &BrandId, click_id: &str) -> Vec<u8> {
+        let mut k = brand_table(b'v', brand);
+        k.extend_from_slice(click_id.as_bytes());
+        k
+    }
+
     pub fn context(key: &PlayerKey) -> Vec<u8> {
         let mut k = vec![b'c'];
         push_player(&mut k, key);
@@ -2646,6 +2679,8 @@ mod tests {
         brand: &BrandId,
         definition: serde_json::Value,
     ) -> Vec<EventOutcome> {
+        let mut definition = definition;
+        definition["audience"] = "all_players".into();
         let definition = crate::definition::parse_definition(definition, false).unwrap();
         store.create_definition(brand, definition).await.unwrap();
         let sale = crate::event::parse_events(

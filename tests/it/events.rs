@@ -22,8 +22,9 @@ fn registration(event_id: &str, player: &str, afp: &str) -> Value {
            "params": {"afp": afp, "sub1": "x y"}})
 }
 
+/// A deposit as a sales file reports it: with the affiliate it is credited to.
 fn deposit(event_id: &str, player: &str, amount: u32) -> Value {
-    json!({"event_id": event_id, "type": "deposit", "player_id": player,
+    json!({"event_id": event_id, "type": "deposit", "player_id": player, "affiliate_id": "a9",
            "params": {"amount": amount, "currency": "EUR"}})
 }
 

@@ -201,17 +201,18 @@ async fn quotas_bound_what_a_brand_keeps_and_are_shown() {
 
     // Events a day: r1, r2, q1, s1 and two more; the seventh new one waits for midnight UTC.
     for id in ["x1", "x2"] {
-        let body = json!({"event_id": id, "type": "visit", "player_id": "p1"});
+        let body = json!({"event_id": id, "type": "qualified_registration", "player_id": "p1"});
         assert_eq!(
             post(body).send().await.unwrap().status(),
             StatusCode::ACCEPTED,
             "{id}"
         );
     }
-    let response = post(json!({"event_id": "x3", "type": "visit", "player_id": "p1"}))
-        .send()
-        .await
-        .unwrap();
+    let response =
+        post(json!({"event_id": "x3", "type": "qualified_registration", "player_id": "p1"}))
+            .send()
+            .await
+            .unwrap();
     assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
     let wait: u64 = response.headers()["retry-after"]
         .to_str()

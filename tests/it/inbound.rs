@@ -11,13 +11,34 @@ use crate::receiver::Receiver;
 
 impl TestApp {
     /// The brand's inbound URLs as the admin API shows them.
-    async fn inbound(&self, brand: &str) -> Value {
+    pub(crate) async fn inbound(&self, brand: &str) -> Value {
         self.get_json(&format!("/api/v1/brands/{brand}/inbound"))
             .await
     }
 
+    /// Brand `b1`'s delivery report as CSV.
+    pub(crate) async fn deliveries_csv(&self) -> String {
+        let response = self
+            .admin(
+                reqwest::Method::GET,
+                "/api/v1/brands/b1/deliveries?format=csv",
+            )
+            .send()
+            .await
+            .unwrap();
+        response.text().await.unwrap()
+    }
+
+    /// The brand's current inbound token.
+    pub(crate) async fn inbound_token(&self, brand: &str) -> String {
+        self.inbound(brand).await["token"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+
     /// Calls an inbound URL; `url` is as the admin API gives it, or a hand-made path.
-    async fn call(&self, url: &str) -> (StatusCode, String) {
+    pub(crate) async fn call(&self, url: &str) -> (StatusCode, String) {
         let url = if url.starts_with("http") {
             url.to_owned()
         } else {
@@ -27,7 +48,11 @@ impl TestApp {
         (response.status(), response.text().await.unwrap())
     }
 
-    async fn import(&self, query: &str, csv: impl Into<reqwest::Body>) -> (StatusCode, Value) {
+    pub(crate) async fn import(
+        &self,
+        query: &str,
+        csv: impl Into<reqwest::Body>,
+    ) -> (StatusCode, Value) {
         let response = self
             .admin(
                 reqwest::Method::POST,
@@ -61,7 +86,11 @@ async fn an_ftd_postback_fires_once_after_a_deposit_reported_by_get() {
         format!("/postback/b1/{token}/registration?player_id=p-42&affclickid=abc-1");
     assert_eq!(
         app.call(&registration_url).await,
-        (StatusCode::OK, "OK\n".into())
+        (
+            StatusCode::OK,
+            "OK\npixels: 0\nfailed: 0\nskipped: 0\nunmatched: no enabled definition of the brand fires on registration\n".into()
+        ),
+        "the answer says that nothing fires on a registration"
     );
 
     // The deposit URL exactly as the admin API offers it, with its placeholders filled in.
@@ -74,7 +103,10 @@ async fn an_ftd_postback_fires_once_after_a_deposit_reported_by_get() {
         .replace("{currency}", "EUR");
     assert_eq!(
         app.call(&deposit_url).await,
-        (StatusCode::OK, "OK\n".into())
+        (
+            StatusCode::OK,
+            "OK\npixels: 1\nfailed: 0\nskipped: 0\n".into()
+        )
     );
 
     let started = Instant::now();
@@ -191,11 +223,11 @@ async fn inbound_urls_check_their_token_and_their_params() {
 }
 
 const SALES: &str = "\
-PLAYER_ID,DEPOSITS,CURRENCY,TRANSACTION_DATE
-p1,50,EUR,2026-11-20
-p2,abc,EUR,2026-11-20
-p3,20.5,USD,2026-11-21 10:00:00
-p1,50,EUR,2026-11-20
+PLAYER_ID,DEPOSITS,CURRENCY,TRANSACTION_DATE,AFFID
+p1,50,EUR,2026-11-20,a9
+p2,abc,EUR,2026-11-20,a9
+p3,20.5,USD,2026-11-21 10:00:00,a7
+p1,50,EUR,2026-11-20,a9
 ";
 
 #[tokio::test]
@@ -503,17 +535,7 @@ async fn csv_cells_a_spreadsheet_would_run_as_formulas_are_quoted_as_text() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
-    let text = app
-        .admin(
-            reqwest::Method::GET,
-            "/api/v1/brands/b1/deliveries?format=csv",
-        )
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = app.deliveries_csv().await;
     let mut reader = csv::Reader::from_reader(text.as_bytes());
     let header = reader.headers().unwrap().clone();
     let column = |name: &str| header.iter().position(|c| c == name).unwrap();

@@ -17,5 +17,6 @@ mod postbacks;
 mod process;
 mod receiver;
 mod security;
+mod seeds;
 mod tls;
 mod websocket;

@@ -332,7 +332,7 @@ async fn the_queue_cap_refuses_with_429_or_drops_the_oldest() {
         json!({"name": "reg", "trigger": "registration", "kind": "image", "url": "https://px.example/r"}),
     )
     .await;
-    let events = json!({"event_id": "reg-p", "type": "registration", "player_id": "p"});
+    let events = json!({"event_id": "reg-p", "type": "registration", "player_id": "p", "affiliate_id": "a1"});
     let response = app
         .admin(reqwest::Method::POST, "/api/v1/brands/b1/events")
         .json(&events)

@@ -21,8 +21,9 @@ fn s2s(id: &str, url: String) -> Value {
     json!({"id": id, "name": format!("{id} postback"), "trigger": "sale", "kind": "s2s", "url": url})
 }
 
+/// A sale of a player an affiliate brought (definitions fire only for those by default).
 fn sale(event_id: &str, player: &str) -> Value {
-    json!({"event_id": event_id, "type": "sale", "player_id": player})
+    json!({"event_id": event_id, "type": "sale", "player_id": player, "affiliate_id": "a1"})
 }
 
 impl TestApp {
@@ -534,7 +535,7 @@ async fn a_brand_flooding_a_dead_endpoint_holds_up_no_other_brand_or_host() {
     app.report("good", sale("g-1", "p1")).await;
     app.report(
         "bad",
-        json!({"event_id": "side-1", "type": "side", "player_id": "p1"}),
+        json!({"event_id": "side-1", "type": "side", "player_id": "p1", "affiliate_id": "a1"}),
     )
     .await;
     let good = first_hit(&healthy, "/good").await;
@@ -650,7 +651,7 @@ async fn within_a_brand_every_host_gets_its_turn() {
     let sent = Instant::now();
     app.report(
         "b1",
-        json!({"event_id": "l-1", "type": "live", "player_id": "p1"}),
+        json!({"event_id": "l-1", "type": "live", "player_id": "p1", "affiliate_id": "a1"}),
     )
     .await;
     let arrived = first_hit(&healthy, "/live").await;

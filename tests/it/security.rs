@@ -522,7 +522,7 @@ async fn pixels_may_only_do_what_the_brand_allows() {
     let outcome = app
         .report(
             "12345",
-            json!({"event_id": "e1", "type": "ftd", "player_id": "p2"}),
+            json!({"event_id": "e1", "type": "ftd", "player_id": "p2", "affiliate_id": "a1"}),
         )
         .await;
     assert_eq!(outcome[0]["pixels"], json!([]), "{outcome:?}");
