@@ -10,7 +10,8 @@
  * - a pixel id is written to localStorage *before* it fires and is never fired again from this browser,
  *   so a redelivery after a lost ack, a reload or a server restart is acknowledged without firing twice;
  * - reconnects back off exponentially with full jitter (capped at 30 s), so a restart causes no herd;
- * - a connection silent for 2.5 heartbeats is treated as dead and replaced.
+ * - a connection silent for 2.5 heartbeats is treated as dead and replaced;
+ * - acks say which pixels failed and why; a failed pixel is never fired again.
  */
 (function (window, document) {
   'use strict';
@@ -19,7 +20,7 @@
   var FIRED_MAX = 500;            // fired ids remembered per brand and player
   var BACKOFF_BASE = 1000;        // ms
   var BACKOFF_CAP = 30000;        // ms
-  var FIRE_TIMEOUT = 15000;       // ms: a pixel whose load never finishes still counts as sent
+  var FIRE_TIMEOUT = 15000;       // ms: a pixel whose load never finishes is acked as a timeout
   var IFRAME_LINGER = 5000;       // ms an iframe pixel stays after load, for its own scripts
   var ACK_DELAY = 100;             // ms acks are gathered before one frame carries them
   var FB_WAIT = 10000;             // ms to wait for fbevents.js before falling back to the image
@@ -33,6 +34,7 @@
     this.key = '_sm_aff_px:' + opts.brandId + ':' + opts.playerId;
     this.memory = [];             // ids fired by this page, in case localStorage cannot keep them
     this.acks = [];
+    this.results = [];            // acks of pixels that did not fire cleanly
     this.attempt = 0;
     this.heartbeat = 25000;
     this.stopped = false;
@@ -187,28 +189,38 @@
     this.remember(pixel.id);     // before firing: a crash now loses this pixel rather than doubling it
     var fire = FIRE[pixel.kind];
     var finished = false;
-    var done = function () { if (!finished) { finished = true; self.ack(pixel.id); } };
+    var done = function (result) {  // result: absent when it fired cleanly
+      if (finished) return;
+      finished = true;
+      if (result) { result.id = pixel.id; self.emit('result', result); }
+      self.ack(pixel.id, result);
+    };
     this.emit('fire', pixel);
-    try { fire ? fire(pixel, this, done) : done(); } catch (e) { done(); }
-    setTimeout(done, FIRE_TIMEOUT);
+    try { fire ? fire(pixel, this, done) : done(failure('other')); } catch (e) { done(failure('js_threw', e)); }
+    setTimeout(function () { done(failure('timeout')); }, FIRE_TIMEOUT);
   };
+
+  // The hub words each reason; only an exception's message travels.
+  function failure(reason, e) {
+    return { result: 'failed', reason: reason, message: e ? String(e.name ? e.name + ': ' + e.message : e).slice(0, 200) : undefined };
+  }
 
   // Acks leave in batches, at most one frame per ACK_DELAY, so a backlog of pixels firing one by one stays
   // far below the hub's message rate; an ack that cannot be sent now waits for the next connection
   // instead of being dropped, so a fired pixel is not offered to another device.
-  Client.prototype.ack = function (id) {
-    this.acks.push(id);
+  Client.prototype.ack = function (id, result) {
+    if (result) this.results.push(result); else this.acks.push(id);
     this.flushAcks();
   };
   Client.prototype.flushAcks = function () {
     var self = this;
-    if (this.ackTimer || !this.acks.length) return;
+    if (this.ackTimer || (!this.acks.length && !this.results.length)) return;
     this.ackTimer = setTimeout(function () {
       self.ackTimer = null;
-      while (self.acks.length && self.ws && self.ws.readyState === 1) {
-        var ids = self.acks.splice(0, 256);
-        self.ws.send(JSON.stringify({ type: 'ack', ids: ids }));
-        self.emit('ack', ids);
+      while ((self.acks.length || self.results.length) && self.ws && self.ws.readyState === 1) {
+        var ids = self.acks.splice(0, 256), results = self.results.splice(0, 256);
+        self.ws.send(JSON.stringify(results.length ? { type: 'ack', ids: ids, results: results } : { type: 'ack', ids: ids }));
+        self.emit('ack', ids.concat(results.map(function (r) { return r.id; })));
       }
     }, ACK_DELAY);
   };
@@ -218,9 +230,11 @@
     document.addEventListener('DOMContentLoaded', function () { fn(document.body); });
   }
 
-  function image(url, done, referrer) {
+  // An error event (blocked, 4xx, not an image) is a failure; the request went out all the same.
+  function image(url, done, referrer, reason) {
     var img = new Image(1, 1);
-    img.onload = img.onerror = function () { done(); };  // either way, the request went out
+    img.onload = function () { done(); };
+    img.onerror = function () { done(failure(reason || 'image_error')); };
     if (referrer) img.referrerPolicy = referrer;
     img.src = url;
   }
@@ -251,7 +265,7 @@
         url += '&cd[' + encodeURIComponent(k) + ']=' + encodeURIComponent(typeof v === 'object' ? JSON.stringify(v) : v);
       }
     }
-    image(url, done);
+    image(url, function (r) { done(r || { result: 'fired', reason: 'fb_image_fallback' }); }, null, 'fb_image_error');
   }
 
   // The queueing stub fbevents.js expects to find, for when the page has no Meta pixel of its own.
@@ -316,18 +330,26 @@
       if (client.opts.nonce) s.nonce = client.opts.nonce;
       s.referrerPolicy = client.referrer;
       s.async = true;
-      s.onload = s.onerror = function () { if (s.parentNode) s.parentNode.removeChild(s); done(); };
+      var gone = function () { if (s.parentNode) s.parentNode.removeChild(s); };
+      s.onload = function () { gone(); done(); };
+      s.onerror = function () { gone(); done(failure('script_error')); };
       s.src = p.url;
       (document.head || document.documentElement).appendChild(s);
     },
 
+    // Compiled first: a block that does not parse runs nothing. Inline scripts run on insertion, so an
+    // error event meanwhile is this block's (also how a parse error shows under a CSP without eval).
     js: function (p, client, done) {
+      try { new Function(p.code); } catch (e) { if (e instanceof SyntaxError) return done(failure('js_syntax', e)); }
+      var thrown = null, listen = function (ev) { thrown = thrown || ev.error || ev.message; };
+      window.addEventListener('error', listen);
       var s = document.createElement('script');
       if (client.opts.nonce) s.nonce = client.opts.nonce;
       s.text = p.code;
-      (document.head || document.documentElement).appendChild(s);  // inline scripts run on insertion
+      (document.head || document.documentElement).appendChild(s);
+      window.removeEventListener('error', listen);
       s.parentNode.removeChild(s);
-      done();
+      done(thrown ? failure(thrown instanceof SyntaxError ? 'js_syntax' : 'js_threw', thrown) : undefined);
     },
 
     facebook: function (p, client, done) {

@@ -285,6 +285,34 @@ pub struct RenderedPixel {
     pub missing: Vec<String>,
 }
 
+/// Why a definition could not render a valid pixel for an event's values.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RenderError {
+    /// Stable code, for the report and the metrics: `kind_not_allowed` or `https_required` (the brand's
+    /// policy changed since the definition was saved), `invalid_url` (a raw value broke the URL),
+    /// `invalid_body` (a POST body that does not render as JSON), `invalid_template` (a saved template no
+    /// longer parses), or the code of the pixel field at fault (`invalid_field` for a Meta pixel id that
+    /// is not a number, say).
+    pub reason: &'static str,
+    /// The field at fault and what is wrong with it.
+    pub message: String,
+}
+
+impl RenderError {
+    fn new(reason: &'static str, message: impl Into<String>) -> Self {
+        RenderError {
+            reason,
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for RenderError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
 impl Definition {
     /// Whether it fires on `trigger` at all: enabled, and that trigger. The cheap first test of
     /// [`Definition::refusals`], made for every definition on every event.
@@ -372,23 +400,33 @@ impl Definition {
         &self,
         values: &BTreeMap<String, Value>,
         policy: PixelPolicy<'_>,
-    ) -> Result<RenderedPixel, String> {
+    ) -> Result<RenderedPixel, RenderError> {
         let rendered = self.render(values)?;
         if let Output::Client(body) = &rendered.output {
-            policy
-                .check(body)
-                .map_err(|refusal| format!("{}: {}", refusal.field, refusal.message))?;
+            policy.check(body).map_err(|refusal| {
+                RenderError::new(
+                    refusal.code,
+                    format!("{}: {}", refusal.field, refusal.message),
+                )
+            })?;
         }
         Ok(rendered)
     }
 
     /// Renders the pixel for `values`. Fails only when the values make an invalid pixel (say, a raw value
     /// that breaks the URL, or a Meta pixel id that is not a number); the message says which field.
-    pub fn render(&self, values: &BTreeMap<String, Value>) -> Result<RenderedPixel, String> {
+    pub fn render(&self, values: &BTreeMap<String, Value>) -> Result<RenderedPixel, RenderError> {
         let mut missing = Vec::new();
         let parse = |source: &str, context: Context| {
-            Template::parse(source, context)
-                .map_err(|e| format!("the saved template no longer parses: {e}"))
+            Template::parse(source, context).map_err(|e| {
+                RenderError::new(
+                    "invalid_template",
+                    format!("the saved template no longer parses: {e}"),
+                )
+            })
+        };
+        let url_error = |rendered: Result<Rendered, String>| {
+            rendered.map_err(|m| RenderError::new("invalid_url", m))
         };
         let mut keep = |Rendered { text, missing: m }: Rendered| -> String {
             for name in m {
@@ -400,7 +438,7 @@ impl Definition {
         };
         let pixel = match &self.action {
             Action::S2s { url, post } => {
-                let url = keep(parse(url, Context::Url)?.render_url(values)?);
+                let url = keep(url_error(parse(url, Context::Url)?.render_url(values))?);
                 let post = match post {
                     None => None,
                     Some(post) => {
@@ -408,7 +446,10 @@ impl Definition {
                         if post.format == BodyFormat::Json
                             && serde_json::from_str::<Value>(&body).is_err()
                         {
-                            return Err("post.body does not render as JSON".into());
+                            return Err(RenderError::new(
+                                "invalid_body",
+                                "post.body does not render as JSON",
+                            ));
                         }
                         Some(PostBody {
                             content_type: post.format.content_type().into(),
@@ -421,8 +462,10 @@ impl Definition {
                     missing,
                 });
             }
-            Action::Image { url } | Action::Iframe { url } | Action::Script { url } => {
-                let url = keep(parse(url, Context::Url)?.render_url(values)?);
+            Action::Image { url: source }
+            | Action::Iframe { url: source }
+            | Action::Script { url: source } => {
+                let url = keep(url_error(parse(source, Context::Url)?.render_url(values))?);
                 serde_json::json!({"kind": self.action.kind(), "url": url})
             }
             Action::Js { code } => {
@@ -437,8 +480,9 @@ impl Definition {
                 for (key, value) in params.iter().flatten() {
                     let rendered = match value {
                         Value::String(source) => {
-                            let template = Template::parse(source, Context::Text)
-                                .map_err(|e| format!("params.{key}: {e}"))?;
+                            let template = Template::parse(source, Context::Text).map_err(|e| {
+                                RenderError::new("invalid_template", format!("params.{key}: {e}"))
+                            })?;
                             match template.sole_macro().and_then(|name| values.get(name)) {
                                 Some(typed @ (Value::Number(_) | Value::Bool(_))) => typed.clone(),
                                 _ => Value::String(keep(template.render(values))),
@@ -458,7 +502,7 @@ impl Definition {
         };
         let pixel = parse_pixel(pixel, "pixel").map_err(|e| {
             let field = e.path.strip_prefix("pixel.").unwrap_or(&e.path);
-            format!("{field} {}", e.message)
+            RenderError::new(e.code, format!("{field} {}", e.message))
         })?;
         Ok(RenderedPixel {
             output: Output::Client(pixel.body),
@@ -695,7 +739,8 @@ pub fn parse_definition(body: Value, allow_id: bool) -> Result<DefinitionInput, 
         .flat_map(|t| t.macros().map(str::to_owned).collect::<Vec<_>>())
         .map(|name| (name, Value::String("1".into())))
         .collect();
-    probe.render(&samples).map_err(|message| {
+    probe.render(&samples).map_err(|error| {
+        let message = error.message;
         let (field, rest) = message.split_once(' ').unwrap_or(("definition", &message));
         InputError::new(
             "invalid_template",
@@ -1379,11 +1424,9 @@ mod tests {
             other => panic!("{other:?}"),
         }
         let bad_pixel_id = values(json!({"pid": "abc"}));
-        assert!(
-            fb.render(&bad_pixel_id)
-                .unwrap_err()
-                .starts_with("pixel_id")
-        );
+        let error = fb.render(&bad_pixel_id).unwrap_err();
+        assert!(error.message.starts_with("pixel_id"), "{error}");
+        assert_eq!(error.reason, "invalid_field");
     }
 
     #[test]

@@ -96,6 +96,9 @@ pub struct Origin {
     pub template: Option<String>,
     /// The affiliate's click id, when the event or the registration carried one.
     pub click_id: Option<String>,
+    /// The affiliate credited: the event's, else the registration's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub affiliate_id: Option<String>,
     /// Macros rendered empty for want of a value.
     pub missing: Vec<String>,
 }
@@ -156,6 +159,9 @@ pub struct Delivery {
     pub code_digest: Option<String>,
     /// See [`Origin::click_id`].
     pub click_id: Option<String>,
+    /// See [`Origin::affiliate_id`].
+    #[serde(default)]
+    pub affiliate_id: Option<String>,
     /// See [`Origin::missing`].
     pub missing: Vec<String>,
     /// `GET` or `POST`, for postbacks.
@@ -176,7 +182,11 @@ pub struct Delivery {
     pub http_status: Option<u16>,
     /// Postbacks: the first bytes of the last answer's body.
     pub response: Option<String>,
-    /// Postbacks: the last attempt's error, when no answer came.
+    /// Why it failed without being sent, as a stable code: a definition that could not render for the
+    /// event's values (`invalid_url`, `kind_not_allowed`…; see [`crate::definition::RenderError`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Postbacks: the last attempt's error, when no answer came; a render failure's message.
     pub error: Option<String>,
     /// Postbacks: when the next attempt is due.
     pub next_attempt_at_ms: Option<u64>,
@@ -235,6 +245,7 @@ impl Delivery {
             final_url,
             code_digest,
             click_id: origin.click_id,
+            affiliate_id: origin.affiliate_id,
             missing: origin.missing,
             method,
             queued_at_ms: now,
@@ -245,9 +256,37 @@ impl Delivery {
             attempts: 0,
             http_status: None,
             response: None,
+            reason: None,
             error: None,
             next_attempt_at_ms: None,
             attempt_log: Vec::new(),
+        }
+    }
+
+    /// The row of a definition that could not render for an event: failed at `now`, never sent.
+    pub fn render_failed(
+        player_id: PlayerId,
+        failure: &crate::event::NewFailure,
+        now: u64,
+    ) -> Self {
+        Delivery {
+            kind: failure.kind.to_owned(),
+            status: PixelStatus::Failed,
+            final_url: None,
+            method: None,
+            reason: Some(failure.reason.to_owned()),
+            error: Some(failure.error.clone()),
+            ..Delivery::new(
+                failure.id.clone(),
+                player_id,
+                Target::S2s {
+                    url: "",
+                    post: false,
+                },
+                Some(failure.trigger.clone()),
+                Some(failure.origin.clone()),
+                now,
+            )
         }
     }
 
@@ -284,6 +323,94 @@ impl Delivery {
         self.attempt_log.push(attempt);
         self.set_status(status, end);
         self.next_attempt_at_ms = next_at;
+    }
+}
+
+/// Longest browser error message kept.
+pub const BROWSER_MESSAGE_CHARS: usize = 200;
+
+/// What the browser said about one pixel it handled, beyond "done".
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BrowserReport {
+    /// False when the pixel did not fire cleanly: its request may still have reached the affiliate, so
+    /// it is never fired again, but the report shows it failed and why.
+    pub fired: bool,
+    /// Stable code (see docs/protocol.md): `image_error`, `script_error`, `js_threw`, `js_syntax`,
+    /// `fb_image_fallback` (Meta's script was unavailable; the `/tr` image was sent instead),
+    /// `fb_image_error`, `timeout`; `other` for a code this hub does not know.
+    pub reason: String,
+    /// The browser's own words (an exception's message), at most [`BROWSER_MESSAGE_CHARS`] characters.
+    pub message: Option<String>,
+}
+
+/// Codes a browser may report; anything else is kept as `other`.
+pub const BROWSER_REASONS: [&str; 7] = [
+    "image_error",
+    "script_error",
+    "js_threw",
+    "js_syntax",
+    "fb_image_fallback",
+    "fb_image_error",
+    "timeout",
+];
+
+impl BrowserReport {
+    /// A report as the browser sent it, its code checked and its message cut to size. Without a message
+    /// of its own (the client sends only an exception's), the reason's description stands in, so the
+    /// report always says what happened; the client stays small.
+    pub fn new(fired: bool, reason: &str, message: Option<&str>) -> Self {
+        let reason = if BROWSER_REASONS.contains(&reason) {
+            reason
+        } else {
+            "other"
+        };
+        let message = message
+            .map(|m| m.chars().take(BROWSER_MESSAGE_CHARS).collect::<String>())
+            .filter(|m| !m.trim().is_empty())
+            .or_else(|| Some(describe(reason).to_owned()));
+        BrowserReport {
+            fired,
+            reason: reason.to_owned(),
+            message,
+        }
+    }
+}
+
+/// What a browser reason means, for the report.
+fn describe(reason: &str) -> &'static str {
+    match reason {
+        "image_error" => "the image request got an error event: blocked, an error status, or an answer that is not an image (the request was sent)",
+        "script_error" => "the script request got an error event: blocked, an error status, or not JavaScript",
+        "js_threw" => "the code threw",
+        "js_syntax" => "the code does not parse; nothing of it ran",
+        "fb_image_fallback" => "Meta's script was unavailable; sent as its /tr image",
+        "fb_image_error" => "Meta's script was unavailable and its /tr image got an error event",
+        "timeout" => "no load or error event within 15 s",
+        _ => "the browser reported a reason this hub does not know",
+    }
+}
+
+/// One pixel a browser acknowledged, and what it said about it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Ack {
+    /// The pixel.
+    pub id: PixelId,
+    /// The browser's report; none from a client that only says "done" (it fired).
+    pub report: Option<BrowserReport>,
+}
+
+impl Ack {
+    /// A plain acknowledgement: the pixel fired.
+    pub fn fired(id: PixelId) -> Self {
+        Ack { id, report: None }
+    }
+
+    /// The status it leaves the pixel in.
+    pub fn status(&self) -> PixelStatus {
+        match &self.report {
+            Some(report) if !report.fired => PixelStatus::Failed,
+            _ => PixelStatus::Fired,
+        }
     }
 }
 

@@ -190,17 +190,41 @@ pub struct Skipped {
     pub refusal: Refusal,
 }
 
-/// A definition that matched but could not render for this event's values.
+/// A definition that matched but could not render for this event's values. It is also a row of the
+/// delivery report (status `failed`, with the reason), under `id`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct RenderFailure {
+    /// The report row's id. Absent in records written before render failures had rows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<PixelId>,
     /// Which definition.
     pub definition_id: DefinitionId,
     /// Its name.
     pub definition_name: String,
     /// The trigger it matched.
     pub trigger: String,
+    /// What was wrong, as a stable code (see [`crate::definition::RenderError::reason`]).
+    #[serde(default)]
+    pub reason: String,
     /// What was wrong with the rendered pixel.
     pub error: String,
+}
+
+/// A definition that could not render, for the store to record as a failed row of the report.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NewFailure {
+    /// The row's id, as in the event's answer.
+    pub id: PixelId,
+    /// The trigger it matched.
+    pub trigger: String,
+    /// The definition's kind (`image`, `s2s`…).
+    pub kind: &'static str,
+    /// See [`RenderFailure::reason`].
+    pub reason: &'static str,
+    /// See [`RenderFailure::error`].
+    pub error: String,
+    /// Event, definition and template, for the report.
+    pub origin: Origin,
 }
 
 /// What one event did: the API's answer for it, and the record kept under its id.
@@ -263,6 +287,8 @@ pub struct Plan {
     pub pixels: Vec<NewPixel>,
     /// Postbacks to record in the outbox.
     pub postbacks: Vec<NewPostback>,
+    /// Definitions that could not render, to record as failed rows.
+    pub failures: Vec<NewFailure>,
     /// The player's new context, when it changed.
     pub context: Option<PlayerContext>,
 }
@@ -281,7 +307,7 @@ pub struct BrandRules<'a> {
 /// likely a misspelt or unmapped name (`/regs`, `first_dep`), which recorded as a custom event would fire
 /// nothing and say nothing.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("event type {kind:?} (events[{index}]) is neither a type the hub knows nor one a definition of the brand fires on; known types: {}", known.join(", "))]
+#[error("event type {kind:?} is neither a type the hub knows nor one a definition of the brand fires on; known types: {}", known.join(", "))]
 pub struct UnknownType {
     /// The event's index in its batch.
     pub index: usize,
@@ -373,6 +399,7 @@ pub fn plan(
         .or(context.affiliate_id.as_ref());
     let mut pixels = Vec::new();
     let mut postbacks = Vec::new();
+    let mut failures = Vec::new();
     let mut listened = false;
     for &trigger in &triggers {
         let mut values = macro_values(brand, event, context, trigger, now_ms);
@@ -399,27 +426,39 @@ pub fn plan(
                 continue;
             }
             values.insert("random".into(), Value::from(random_u32()));
-            let rendered = match definition.render_checked(&values, rules.policy) {
-                Ok(rendered) => rendered,
-                Err(error) => {
-                    outcome.failed.push(RenderFailure {
-                        definition_id: definition.id.clone(),
-                        definition_name: definition.name.clone(),
-                        trigger: trigger.into(),
-                        error,
-                    });
-                    continue;
-                }
-            };
             let id = PixelId::generate();
-            let origin = Origin {
+            let mut origin = Origin {
                 event_id: Some(event.event_id.clone()),
                 definition_id: Some(definition.id.clone()),
                 definition_name: Some(definition.name.clone()),
                 template: Some(definition.action.template_text()),
                 click_id: click.clone(),
-                missing: rendered.missing.clone(),
+                affiliate_id: affiliate_id.cloned(),
+                missing: Vec::new(),
             };
+            let rendered = match definition.render_checked(&values, rules.policy) {
+                Ok(rendered) => rendered,
+                Err(error) => {
+                    outcome.failed.push(RenderFailure {
+                        id: Some(id.clone()),
+                        definition_id: definition.id.clone(),
+                        definition_name: definition.name.clone(),
+                        trigger: trigger.into(),
+                        reason: error.reason.into(),
+                        error: error.message.clone(),
+                    });
+                    failures.push(NewFailure {
+                        id,
+                        trigger: trigger.into(),
+                        kind: definition.action.kind(),
+                        reason: error.reason,
+                        error: error.message,
+                        origin,
+                    });
+                    continue;
+                }
+            };
+            origin.missing.clone_from(&rendered.missing);
             let output = match rendered.output {
                 Output::Client(body) => {
                     let body = body.with_defaults(&id);
@@ -467,6 +506,7 @@ pub fn plan(
         outcome,
         pixels,
         postbacks,
+        failures,
         context: (new_context != *context).then_some(new_context),
     }
 }
@@ -964,6 +1004,12 @@ mod tests {
         assert_eq!(p.outcome.pixels.len(), 1);
         assert_eq!(p.outcome.failed.len(), 1);
         assert!(p.outcome.failed[0].error.starts_with("pixel_id"));
+        assert_eq!(p.outcome.failed[0].reason, "invalid_field");
+        assert_eq!(p.failures.len(), 1, "a failed row for the report");
+        assert_eq!(
+            (p.failures[0].kind, Some(&p.failures[0].id)),
+            ("facebook", p.outcome.failed[0].id.as_ref())
+        );
     }
 
     #[test]

@@ -97,6 +97,21 @@ struct EventLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RenderLabels {
+    brand: String,
+    reason: &'static str,
+    kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BrowserLabels {
+    brand: String,
+    kind: String,
+    result: &'static str,
+    reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct QuotaLabels {
     brand: String,
     quota: &'static str,
@@ -198,6 +213,8 @@ pub struct Metrics {
     s2s_refused: Family<ReasonLabel, Counter>,
     quota_refused: Family<QuotaLabels, Counter>,
     unknown_click_ids: Family<BrandLabel, Counter>,
+    render_failures: Family<RenderLabels, Counter>,
+    browser_reports: Family<BrowserLabels, Counter>,
     brand_players: Family<BrandLabel, Gauge>,
     brand_outbox: Family<BrandLabel, Gauge>,
     brand_events_today: Family<BrandLabel, Gauge>,
@@ -218,6 +235,9 @@ pub struct Metrics {
     upkeep_items: Family<ActionLabel, Counter>,
     /// The fired counter again, per brand only: a Family cannot be read back.
     fired_by_brand: dashmap::DashMap<String, u64>,
+    /// Pixels and postbacks that failed without firing (render failures, browser errors), per brand,
+    /// for the dashboard.
+    failed_by_brand: dashmap::DashMap<String, u64>,
 }
 
 /// Buckets of request, attempt and fsync durations: 0.1 ms to ~26 s, ×4 apart.
@@ -281,6 +301,8 @@ impl Metrics {
             s2s_refused: Family::default(),
             quota_refused: Family::default(),
             unknown_click_ids: Family::default(),
+            render_failures: Family::default(),
+            browser_reports: Family::default(),
             brand_players: Family::default(),
             brand_outbox: Family::default(),
             brand_events_today: Family::default(),
@@ -300,6 +322,7 @@ impl Metrics {
             upkeep_duration: Histogram::new(duration_buckets()),
             upkeep_items: Family::default(),
             fired_by_brand: dashmap::DashMap::new(),
+            failed_by_brand: dashmap::DashMap::new(),
             registry: Registry::default(),
         };
         let r = &mut registry;
@@ -457,6 +480,16 @@ impl Metrics {
             "quota_refused",
             "Event batches refused (429 quota_exceeded) because the brand is at a quota: events_per_day, players or outbox",
             m.quota_refused.clone(),
+        );
+        r.register(
+            "render_failures",
+            "Definitions that matched an event but could not render a valid pixel for its values (a failed row in the delivery report), by reason and kind",
+            m.render_failures.clone(),
+        );
+        r.register(
+            "browser_reports",
+            "Pixels a browser reported on when it acknowledged them: result fired (with a note such as fb_image_fallback) or failed, by kind and reason",
+            m.browser_reports.clone(),
         );
         r.register(
             "unknown_click_ids",
@@ -623,6 +656,15 @@ impl Metrics {
             .collect()
     }
 
+    /// Render failures and browser errors in this process since it started, per brand: the dashboard's
+    /// "Failed" column.
+    pub fn failed_per_brand(&self) -> std::collections::BTreeMap<String, u64> {
+        self.failed_by_brand
+            .iter()
+            .map(|e| (e.key().clone(), *e.value()))
+            .collect()
+    }
+
     /// Counts an event batch's events of one brand.
     pub fn events(&self, brand: &BrandId, new: u64, duplicate: u64) {
         for (result, n) in [("new", new), ("duplicate", duplicate)] {
@@ -695,6 +737,38 @@ impl Metrics {
             .get_or_create(&QuotaLabels {
                 brand: brand.to_string(),
                 quota,
+            })
+            .inc();
+    }
+
+    /// Counts a definition that could not render for an event.
+    pub fn render_failure(&self, brand: &BrandId, reason: &'static str, kind: &'static str) {
+        *self.failed_by_brand.entry(brand.to_string()).or_insert(0) += 1;
+        self.render_failures
+            .get_or_create(&RenderLabels {
+                brand: brand.to_string(),
+                reason,
+                kind,
+            })
+            .inc();
+    }
+
+    /// Counts what a browser reported about a pixel of `kind` it acknowledged.
+    pub fn browser_report(
+        &self,
+        brand: &BrandId,
+        kind: &str,
+        report: &crate::delivery::BrowserReport,
+    ) {
+        if !report.fired {
+            *self.failed_by_brand.entry(brand.to_string()).or_insert(0) += 1;
+        }
+        self.browser_reports
+            .get_or_create(&BrowserLabels {
+                brand: brand.to_string(),
+                kind: kind.to_owned(),
+                result: if report.fired { "fired" } else { "failed" },
+                reason: report.reason.clone(),
             })
             .inc();
     }

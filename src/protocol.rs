@@ -35,9 +35,37 @@ pub enum ClientMessage {
     Ack {
         /// Pixel ids, at most [`MAX_ACK_IDS`].
         ids: Vec<String>,
+        /// What the browser saw of some of them (optional; a plain ack means each fired cleanly), at most
+        /// [`MAX_ACK_IDS`]. A result's pixel is acknowledged whether or not `ids` lists it.
+        #[serde(default)]
+        results: Vec<PixelResult>,
     },
     /// Answer to a server [`ServerMessage::Ping`].
     Pong,
+}
+
+/// What the browser saw when it fired one pixel.
+#[derive(Debug, Deserialize, PartialEq)]
+pub struct PixelResult {
+    /// The pixel.
+    pub id: String,
+    /// `fired` or `failed`.
+    pub result: AckResult,
+    /// Why (see [`crate::delivery::BrowserReport::reason`]).
+    pub reason: String,
+    /// The browser's words, such as an exception's message; cut to 200 characters by the hub.
+    #[serde(default)]
+    pub message: Option<String>,
+}
+
+/// How a pixel ended in the browser.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum AckResult {
+    /// It fired (perhaps by a fallback, which `reason` names).
+    Fired,
+    /// It did not fire cleanly: an error event, an exception, a timeout.
+    Failed,
 }
 
 /// A brand id as written in the snippet: `brandId: 12345` means the same brand as `"12345"`.

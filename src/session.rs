@@ -14,13 +14,14 @@ use tokio_tungstenite::tungstenite;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, field};
 
+use crate::delivery::{Ack, BrowserReport};
 use crate::hub::{Hub, Registration, SessionInfo, wake};
 use crate::ids::{BrandId, PixelId, PlayerId, PlayerKey, SessionId};
 use crate::limits::TokenBucket;
 use crate::metrics::Metrics;
 use crate::player_token::{self, TokenError};
 use crate::protocol::{
-    ClientMessage, CloseReason, MAX_ACK_IDS, PROTOCOL_VERSION, ServerMessage, WirePixel,
+    AckResult, ClientMessage, CloseReason, MAX_ACK_IDS, PROTOCOL_VERSION, ServerMessage, WirePixel,
 };
 use crate::store::{Store, StoreError, now_ms};
 
@@ -357,17 +358,32 @@ async fn live(
 /// Handles a client message; true when it may have made room for more pixels (an ack).
 async fn on_message(ctx: &SessionContext, key: &PlayerKey, text: &str) -> Result<bool, End> {
     match ClientMessage::parse(text)? {
-        ClientMessage::Ack { ids } => {
-            if ids.len() > MAX_ACK_IDS {
+        ClientMessage::Ack { ids, results } => {
+            if ids.len() > MAX_ACK_IDS || results.len() > MAX_ACK_IDS {
                 return Err(CloseReason::UnexpectedMessage.into());
             }
-            let ids: Vec<PixelId> = ids
+            let parse = |id: &str| PixelId::parse(id).map_err(|_| CloseReason::BadMessage);
+            let mut acks: Vec<Ack> = ids
                 .iter()
-                .map(|id| PixelId::parse(id))
-                .collect::<Result<_, _>>()
-                .map_err(|_| CloseReason::BadMessage)?;
-            let removed = ctx.store.ack(key, &ids).await?;
-            tracing::debug!(acked = ids.len(), removed, "ack");
+                .map(|id| parse(id).map(Ack::fired))
+                .collect::<Result<_, _>>()?;
+            for result in &results {
+                let id = parse(&result.id)?;
+                let report = BrowserReport::new(
+                    result.result == AckResult::Fired,
+                    &result.reason,
+                    result.message.as_deref(),
+                );
+                match acks.iter_mut().find(|ack| ack.id == id) {
+                    Some(ack) => ack.report = Some(report),
+                    None => acks.push(Ack {
+                        id,
+                        report: Some(report),
+                    }),
+                }
+            }
+            let removed = ctx.store.acknowledge(key, &acks).await?;
+            tracing::debug!(acked = acks.len(), removed, "ack");
             Ok(true)
         }
         ClientMessage::Pong => Ok(false),

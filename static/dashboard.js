@@ -332,6 +332,10 @@ const BRAND_COLS = [
   { field: 'sessions', num: 1, text: (b) => num(b.sessions) },
   { field: 'players_online', num: 1, text: (b) => num(b.players_online) },
   { field: 'fired_per_min', num: 1, text: (b) => brandRate(b.id) },
+  { field: 'failed_total', num: 1, render(td, b) {
+    setText(td, num(b.failed_total));
+    td.classList.toggle('flag-nonzero', num(b.failed_total) > 0);
+  } },
   { field: 'flagged_definitions', num: 1, render(td, b) {
     setText(td, num(b.flagged_definitions));
     td.classList.toggle('flag-nonzero', num(b.flagged_definitions) > 0);

@@ -287,7 +287,7 @@ pub(super) async fn preview(
     let (pixel, missing, error) =
         match definition.render_checked(&verdict.values, brand.settings.pixel_policy()) {
             Ok(rendered) => (output_json(rendered.output), rendered.missing, None),
-            Err(error) => (Value::Null, Vec::new(), Some(error)),
+            Err(error) => (Value::Null, Vec::new(), Some(error.message)),
         };
     let why_not = verdict.why_not(error.as_deref(), &missing);
     let would_fire = verdict.refusals.is_empty() && error.is_none();

@@ -22,7 +22,7 @@ use super::admin::BrandPath;
 use super::extract::ApiPath;
 use super::{ApiError, AppState, ErrorBody};
 use crate::delivery::{Delivery, PixelStatus};
-use crate::ids::PlayerId;
+use crate::ids::{DefinitionId, PlayerId};
 use crate::store::{Cursor, DeliveryQuery};
 
 /// Rows per JSON page unless `limit` says otherwise.
@@ -33,7 +33,7 @@ const MAX_LIMIT: usize = 1000;
 const CSV_PAGE: usize = 1000;
 
 /// The report's columns, in CSV order; each is a field of the JSON row.
-pub const COLUMNS: [&str; 24] = [
+pub const COLUMNS: [&str; 26] = [
     "id",
     "player_id",
     "kind",
@@ -46,6 +46,7 @@ pub const COLUMNS: [&str; 24] = [
     "final_url",
     "code_digest",
     "click_id",
+    "affiliate_id",
     "missing",
     "method",
     "queued_at_ms",
@@ -56,6 +57,7 @@ pub const COLUMNS: [&str; 24] = [
     "attempts",
     "http_status",
     "response",
+    "reason",
     "error",
     "next_attempt_at_ms",
 ];
@@ -74,6 +76,10 @@ pub const COLUMNS: [&str; 24] = [
         ("player_id" = Option<String>, Query, description = "Only this player's rows."),
         ("status" = Option<PixelStatus>, Query, description = "Only rows in this status."),
         ("trigger" = Option<String>, Query, description = "Only rows of this trigger (`ftd`, `registration`…)."),
+        ("kind" = Option<String>, Query, description = "Only rows of this kind: `image`, `iframe`, `script`, `js`, `facebook` or `s2s`."),
+        ("definition_id" = Option<String>, Query, description = "Only rows this definition produced."),
+        ("affiliate_id" = Option<String>, Query, description = "Only rows credited to this affiliate."),
+        ("reason" = Option<String>, Query, description = "Only rows with this failure reason: a render failure's (`invalid_url`, `kind_not_allowed`…) or a browser's (`image_error`, `js_threw`, `js_syntax`, `fb_image_fallback`…)."),
         ("from" = Option<String>, Query, description = "Queued at or after: RFC 3339 or Unix milliseconds."),
         ("to" = Option<String>, Query, description = "Queued before: RFC 3339 or Unix milliseconds."),
         ("limit" = Option<usize>, Query, description = "Rows per JSON page, 1 to 1000 (default 100); for CSV, the most rows."),
@@ -140,6 +146,13 @@ pub(super) async fn list(
             })
             .transpose()?,
         trigger: params.take("trigger"),
+        kind: params.take("kind"),
+        definition: params
+            .take("definition_id")
+            .map(|d| DefinitionId::parse(&d).map_err(|e| invalid(e.to_string())))
+            .transpose()?,
+        affiliate: params.take("affiliate_id"),
+        reason: params.take("reason"),
         from_ms: params
             .take("from")
             .map(|t| time_ms("from", &t))

@@ -237,7 +237,8 @@ impl From<StoreError> for ApiError {
             StoreError::UnknownEventType(e) => ApiError::Invalid {
                 code: "unknown_event_type",
                 message: format!(
-                    "{e}. Use one of them (or a name affiliate platforms use for one, see docs/definitions.md), or save a definition that fires on it first; nothing of this request was recorded"
+                    "events[{}]: {e}. Use one of them (or a name affiliate platforms use for one, see docs/definitions.md), or save a definition that fires on it first; nothing of this request was recorded",
+                    e.index
                 ),
             },
             e @ StoreError::QuotaExceeded { quota, .. } => {

@@ -51,6 +51,11 @@ pub(super) struct Summary {
     duplicates: u64,
     /// Pixels and postbacks the new events produced.
     pixels: u64,
+    /// Definitions that matched a new event but could not render for its values: each is a `failed` row
+    /// of the delivery report, with the reason.
+    render_failed: u64,
+    /// Definitions on a new event's type that did not fire for it (scope, audience, a condition).
+    skipped: u64,
     /// Rows refused, each with its reason.
     failed: u64,
     /// The first refused rows: `{"line": N, "error": {"code", "message"}}`.
@@ -138,6 +143,8 @@ pub(super) async fn import(
         ..Summary::default()
     };
     let limits = state.config.param_limits();
+    // A row of a type nobody knows is that row's error, not the whole batch's.
+    let definitions = state.store.definitions(&brand).await?;
     let mut batch: Vec<Event> = Vec::with_capacity(BATCH);
     while let Some(item) = rx.recv().await {
         let mut row = item?; // a header problem refuses the whole file
@@ -147,6 +154,16 @@ pub(super) async fn import(
         {
             state.metrics.limit_hit(crate::limits::Limit::EventParams);
             row.result = Err(refused);
+        }
+        if let Ok(event) = &row.result
+            && let Err(unknown) =
+                crate::event::check_types(std::slice::from_ref(event), &definitions)
+        {
+            row.result = Err(InputError::new(
+                "unknown_event_type",
+                "type",
+                unknown.to_string(),
+            ));
         }
         match row.result {
             Ok(event) => batch.push(event),
@@ -186,6 +203,8 @@ async fn ingest(
         } else {
             summary.imported += 1;
             summary.pixels += outcome.pixels.len() as u64;
+            summary.render_failed += outcome.failed.len() as u64;
+            summary.skipped += outcome.skipped.len() as u64;
         }
     }
     Ok(())

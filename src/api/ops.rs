@@ -48,6 +48,9 @@ pub struct BrandOverview {
     pub sessions: BrandSessions,
     /// Pixels and postbacks of the brand fired in this process since it started.
     pub fired_total: u64,
+    /// Pixels and postbacks of the brand that failed without firing in this process since it started:
+    /// definitions that could not render, pixels the browser reported as failed.
+    pub failed_total: u64,
 }
 
 /// The hub at a glance.
@@ -68,6 +71,7 @@ async fn overview(state: &AppState) -> Result<(Overview, crate::store::StoreStat
     let mut stats = state.store.stats().await?;
     let mut online = state.hub.brand_sessions();
     let fired = state.metrics.fired_per_brand();
+    let failed = state.metrics.failed_per_brand();
     let brands: BTreeMap<BrandId, BrandOverview> = std::mem::take(&mut stats.brands)
         .into_iter()
         .map(|(brand, queue)| {
@@ -75,6 +79,7 @@ async fn overview(state: &AppState) -> Result<(Overview, crate::store::StoreStat
                 queue,
                 sessions: online.remove(&brand).unwrap_or_default(),
                 fired_total: fired.get(brand.as_str()).copied().unwrap_or(0),
+                failed_total: failed.get(brand.as_str()).copied().unwrap_or(0),
             };
             (brand, overview)
         })

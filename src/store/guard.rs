@@ -43,7 +43,7 @@ use super::{
     SecretKind, Store, StoreError, StoreStats, Verdict,
 };
 use crate::definition::{Definition, DefinitionInput};
-use crate::delivery::Attempt;
+use crate::delivery::{Ack, Attempt};
 use crate::event::{Event, EventOutcome, PlayerContext};
 use crate::ids::{BrandId, DefinitionId, EventId, PixelId, PlayerId, PlayerKey, SessionId};
 use crate::metrics::Metrics;
@@ -405,8 +405,9 @@ impl Store for GuardedStore {
             .await
     }
 
-    async fn ack(&self, key: &PlayerKey, ids: &[PixelId]) -> Result<usize, StoreError> {
-        self.call(Call::Other, self.engine.ack(key, ids)).await
+    async fn acknowledge(&self, key: &PlayerKey, acks: &[Ack]) -> Result<usize, StoreError> {
+        self.call(Call::Other, self.engine.acknowledge(key, acks))
+            .await
     }
 
     async fn release(&self, key: &PlayerKey, session: SessionId) -> Result<(), StoreError> {

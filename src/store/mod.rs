@@ -15,7 +15,7 @@ use tokio::sync::broadcast;
 
 use crate::definition::{Definition, DefinitionInput};
 pub use crate::delivery::PixelStatus;
-use crate::delivery::{Attempt, Delivery, PostBody};
+use crate::delivery::{Ack, Attempt, Delivery, PostBody};
 use crate::event::{Event, EventOutcome, PlayerContext};
 use crate::ids::{BrandId, DefinitionId, EventId, PixelId, PlayerId, PlayerKey, SessionId};
 use crate::pixel::{NewPixel, PixelKind, PixelPolicy, QueuedPixel};
@@ -409,6 +409,14 @@ pub struct DeliveryQuery {
     pub status: Option<PixelStatus>,
     /// Only rows of this trigger.
     pub trigger: Option<String>,
+    /// Only rows of this kind (`image`, `s2s`…).
+    pub kind: Option<String>,
+    /// Only rows this definition produced.
+    pub definition: Option<DefinitionId>,
+    /// Only rows credited to this affiliate.
+    pub affiliate: Option<String>,
+    /// Only rows with this failure reason (a render failure's, or one a browser reported).
+    pub reason: Option<String>,
     /// Queued at or after this Unix millisecond.
     pub from_ms: Option<u64>,
     /// Queued before this Unix millisecond.
@@ -615,7 +623,15 @@ pub trait Store: Send + Sync + 'static {
     /// Records that the browser fired these pixels and removes them from the queue; durable when it returns.
     /// Accepted from any session of the player (the pixel fired, whoever holds the lease now). Ids that are
     /// unknown or already final are ignored. Returns how many pixels this call removed.
-    async fn ack(&self, key: &PlayerKey, ids: &[PixelId]) -> Result<usize, StoreError>;
+    async fn ack(&self, key: &PlayerKey, ids: &[PixelId]) -> Result<usize, StoreError> {
+        let acks: Vec<Ack> = ids.iter().cloned().map(Ack::fired).collect();
+        self.acknowledge(key, &acks).await
+    }
+
+    /// [`Store::ack`] with what the browser said of each pixel: one it reports as failed is removed too
+    /// (never fired again: its request may have reached the affiliate) and recorded `failed`, with the
+    /// browser's reason and message; a note on a fired one (Meta's image fallback) is kept on its row.
+    async fn acknowledge(&self, key: &PlayerKey, acks: &[Ack]) -> Result<usize, StoreError>;
 
     /// Gives up `session`'s lease on the player's queue, if it holds it. Unacknowledged pixels become
     /// deliverable again, and if any pixel is pending, sessions are told through [`Store::subscribe`].

@@ -67,7 +67,7 @@ use super::{
     StoreError, StoreStats, Verdict, now_ms,
 };
 use crate::definition::{Definition, DefinitionInput};
-use crate::delivery::{Attempt, Delivery, PostBody, Target};
+use crate::delivery::{Ack, Attempt, Delivery, PostBody, Target};
 use crate::event::{self, Event, EventOutcome, NewPostback, PlayerContext};
 use crate::ids::{BrandId, DefinitionId, EventId, PixelId, PlayerId, PlayerKey, SessionId};
 use crate::metrics::{Metrics, PixelEvent, Upkeep};
@@ -465,6 +465,34 @@ impl Inner {
             &Record {
                 seq,
                 post: postback.post,
+                delivery,
+            },
+        );
+        Ok(())
+    }
+
+    /// Stages the failed row of a definition that could not render: final at once, so it is forgotten
+    /// after the retention like any other final row.
+    fn stage_failure(
+        &self,
+        batch: &mut Changes,
+        key: &PlayerKey,
+        failure: &crate::event::NewFailure,
+        now: u64,
+    ) -> Result<(), StoreError> {
+        let seq = self.db.generate_id().map_err(backend)?;
+        let delivery = Delivery::render_failed(key.player.clone(), failure, now);
+        batch.count(&key.brand, &delivery.kind, PixelEvent::Failed);
+        batch.insert(
+            keys::expiry(now + self.retention_ms, key, seq),
+            failure.id.as_str().as_bytes(),
+        );
+        self.stage_record(
+            batch,
+            key,
+            &Record {
+                seq,
+                post: None,
                 delivery,
             },
         );
@@ -1453,8 +1481,8 @@ impl Store for SledStore {
         .await
     }
 
-    async fn ack(&self, key: &PlayerKey, ids: &[PixelId]) -> Result<usize, StoreError> {
-        let (key, ids) = (key.clone(), ids.to_vec());
+    async fn acknowledge(&self, key: &PlayerKey, acks: &[Ack]) -> Result<usize, StoreError> {
+        let (key, acks) = (key.clone(), acks.to_vec());
         let removed = self
             .blocking(move |inner| {
                 inner.check_open()?;
@@ -1463,16 +1491,22 @@ impl Store for SledStore {
                 let now = now_ms();
                 let mut batch = Changes::default();
                 let mut removed_seqs = Vec::new();
-                let mut distinct: Vec<&PixelId> = ids.iter().collect();
-                distinct.sort();
-                distinct.dedup();
-                for id in distinct {
-                    if let Some(rec) = inner.record(key, id)? {
+                let mut reports = Vec::new();
+                let mut distinct: Vec<&Ack> = acks.iter().collect();
+                distinct.sort_by(|a, b| a.id.cmp(&b.id));
+                distinct.dedup_by(|a, b| a.id == b.id);
+                for ack in distinct {
+                    if let Some(mut rec) = inner.record(key, &ack.id)? {
                         // Only client pixels: a browser cannot acknowledge a postback.
                         if rec.delivery.status.is_pending() && rec.delivery.expires_at_ms.is_some()
                         {
                             removed_seqs.push(rec.seq);
-                            inner.finalize(&mut batch, key, rec, PixelStatus::Fired, now);
+                            if let Some(report) = &ack.report {
+                                rec.delivery.reason = Some(report.reason.clone());
+                                rec.delivery.error.clone_from(&report.message);
+                                reports.push((rec.delivery.kind.clone(), report.clone()));
+                            }
+                            inner.finalize(&mut batch, key, rec, ack.status(), now);
                         }
                     }
                 }
@@ -1480,6 +1514,9 @@ impl Store for SledStore {
                     return Ok(0);
                 }
                 inner.apply(batch)?;
+                for (kind, report) in &reports {
+                    inner.metrics.browser_report(&key.brand, kind, report);
+                }
                 if let Some(mut lease) = inner.leases.get_mut(key) {
                     lease.in_flight.retain(|seq| !removed_seqs.contains(seq));
                 }
@@ -1659,6 +1696,7 @@ impl Store for SledStore {
                 let mut ranges: HashMap<PlayerKey, (u64, u64)> = HashMap::new();
                 let mut added: HashMap<PlayerKey, u64> = HashMap::new();
                 let mut postbacks = false;
+                let mut render_failures: Vec<(&'static str, &'static str)> = Vec::new();
                 let mut duplicates = 0u64;
                 // For the quotas: players seen without a stored context, and what the batch adds.
                 let mut fresh: std::collections::HashSet<PlayerId> = Default::default();
@@ -1715,6 +1753,10 @@ impl Store for SledStore {
                     for postback in plan.postbacks {
                         inner.stage_postback(&mut batch, &key, postback, now)?;
                     }
+                    for failure in &plan.failures {
+                        inner.stage_failure(&mut batch, &key, failure, now)?;
+                        render_failures.push((failure.reason, failure.kind));
+                    }
                     batch.insert(keys::forget_event(forget_at, brand, &event.event_id), &[]);
                     if let Some(changed) = plan.context {
                         if fresh.remove(&event.player_id) {
@@ -1751,6 +1793,9 @@ impl Store for SledStore {
                 inner.apply(batch)?;
                 inner.count_usage(brand, &usage, now);
                 inner.metrics.events(brand, total - duplicates, duplicates);
+                for (reason, kind) in render_failures {
+                    inner.metrics.render_failure(brand, reason, kind);
+                }
                 if dropped > 0 {
                     tracing::info!(%brand, dropped, "queue cap reached: oldest pixels dropped");
                 }
@@ -1907,6 +1952,19 @@ impl Store for SledStore {
                         .trigger
                         .as_ref()
                         .is_none_or(|t| d.trigger.as_ref() == Some(t))
+                    && query.kind.as_ref().is_none_or(|k| &d.kind == k)
+                    && query
+                        .definition
+                        .as_ref()
+                        .is_none_or(|id| d.definition_id.as_ref() == Some(id))
+                    && query
+                        .affiliate
+                        .as_ref()
+                        .is_none_or(|a| d.affiliate_id.as_ref() == Some(a))
+                    && query
+                        .reason
+                        .as_ref()
+                        .is_none_or(|r| d.reason.as_ref() == Some(r))
                     && query.from_ms.is_none_or(|from| d.queued_at_ms >= from)
                     && query.to_ms.is_none_or(|to| d.queued_at_ms < to)
             };

@@ -497,12 +497,12 @@ async fn stats_show_exact_depth_and_live_sessions_per_brand() {
     assert_eq!(
         *b1,
         json!({"queue_depth": 3, "oldest_queued_at_ms": oldest, "sessions": 3, "players_online": 2,
-               "flagged_definitions": 0, "fired_total": 0, "players": 0, "outbox": 0, "events_today": 0})
+               "flagged_definitions": 0, "fired_total": 0, "failed_total": 0, "players": 0, "outbox": 0, "events_today": 0})
     );
     assert_eq!(
         stats["brands"]["b2"],
         json!({"queue_depth": 0, "oldest_queued_at_ms": null, "sessions": 0, "players_online": 0,
-               "flagged_definitions": 0, "fired_total": 0, "players": 0, "outbox": 0, "events_today": 0})
+               "flagged_definitions": 0, "fired_total": 0, "failed_total": 0, "players": 0, "outbox": 0, "events_today": 0})
     );
 }
 
@@ -562,10 +562,11 @@ async fn the_client_script_is_public_and_cacheable() {
     )
     .unwrap();
     assert_eq!(source, pixelhub::api::CLIENT_JS);
-    // A budget, not a speed test: the readable source as served (comments included) stays under 5.5 KiB
-    // gzipped; minified it is well under the 4 KB aim (README).
+    // A budget, not a speed test: the readable source as served (comments included) stays under 6 KiB
+    // gzipped; without its comments it is under the 4 KB aim (README). Browser results (which pixels
+    // failed, and why) took it from 5.4 to 5.9 KB.
     assert!(
-        compressed.len() < 5632,
+        compressed.len() < 6144,
         "the client grew to {} bytes gzipped",
         compressed.len()
     );

@@ -123,10 +123,19 @@ async fn pixel_server(State(site): State<SiteState>, uri: Uri) -> Response {
             Html("<!doctype html><title>frame pixel</title>"),
         )
             .into_response()
+    } else if uri.path().starts_with("/missing") {
+        (axum::http::StatusCode::NOT_FOUND, "no such pixel").into_response()
     } else {
-        ([("content-type", "image/gif"), ("cache-control", "no-store")], b"GIF89a\x01\x00\x01\x00\x80\x00\x00\x00\x00\x00\xff\xff\xff\x21\xf9\x04\x01\x00\x00\x00\x00\x2c\x00\x00\x00\x00\x01\x00\x01\x00\x00\x02\x02\x44\x01\x00\x3b".to_vec()).into_response()
+        (
+            [("content-type", "image/gif"), ("cache-control", "no-store")],
+            GIF.to_vec(),
+        )
+            .into_response()
     }
 }
+
+/// A 1×1 transparent GIF, what pixel servers answer.
+const GIF: &[u8] = b"GIF89a\x01\x00\x01\x00\x80\x00\x00\x00\x00\x00\xff\xff\xff\x21\xf9\x04\x01\x00\x00\x00\x00\x2c\x00\x00\x00\x00\x01\x00\x01\x00\x00\x02\x02\x44\x01\x00\x3b";
 
 impl Site {
     async fn start(hub: SocketAddr) -> Site {
@@ -342,7 +351,7 @@ async fn an_ftd_definition_fires_its_rendered_url_once_in_the_players_browser() 
     let tab = browser.tab().await;
     let requested = tab
         .intercept(&["*://pixelserver.example/*"], |_| {
-            Stub::Fulfill("image/gif", String::new())
+            Stub::Fulfill("image/gif", GIF.to_vec())
         })
         .await;
     tab.goto(&site.page("p-77")).await;
@@ -364,7 +373,7 @@ async fn facebook_falls_back_to_the_image_when_fbevents_cannot_load() {
             if url.contains("fbevents.js") {
                 Stub::Fail
             } else {
-                Stub::Fulfill("image/gif", String::new())
+                Stub::Fulfill("image/gif", GIF.to_vec())
             }
         })
         .await;
@@ -790,4 +799,100 @@ async fn the_demo_requires_a_player_token_once_the_brand_says_so() {
     )
     .await;
     app.wait_for_queue("demo", "p-42", &[]).await;
+}
+
+/// The browser tells the hub how each pixel went: error events, a JS block that throws or does not parse,
+/// Meta's image fallback. Failed pixels are acknowledged (never fired again) and the report shows why.
+#[tokio::test]
+async fn the_browser_reports_what_went_wrong_and_failed_pixels_never_fire_again() {
+    let (app, site, browser) = setup().await;
+    let ids = app
+        .queue_for(
+            "12345",
+            "p-err",
+            json!([
+                {"kind": "image", "url": site.url("/px/fine.gif")},
+                {"kind": "image", "url": site.url("/missing/img.gif")},
+                {"kind": "script", "url": site.url("/missing/conv.js")},
+                {"kind": "js", "code": "window.__ran = 1; throw new Error('boom in the pixel');"},
+                {"kind": "js", "code": "window.__parsed = 1; if ("},
+                {"kind": "facebook", "pixel_id": "777", "event": "Purchase"},
+            ]),
+        )
+        .await;
+    let tab = browser.tab().await;
+    tab.intercept(FACEBOOK_HOSTS, |url| {
+        if url.contains("fbevents.js") {
+            Stub::Fail
+        } else {
+            Stub::Fulfill("image/gif", GIF.to_vec())
+        }
+    })
+    .await;
+    tab.goto(&site.page("p-err")).await;
+    wait_drained(&app, "p-err").await;
+
+    let report = app
+        .get_json("/api/v1/brands/12345/deliveries?player_id=p-err")
+        .await;
+    let outcome = |id: &str| {
+        let row = report["deliveries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["id"] == id)
+            .unwrap_or_else(|| panic!("no row {id} in {report}"))
+            .clone();
+        (
+            row["status"].as_str().unwrap().to_owned(),
+            row["reason"].as_str().map(str::to_owned),
+            row["error"].as_str().map(str::to_owned),
+        )
+    };
+    assert_eq!(outcome(&ids[0]), ("fired".into(), None, None));
+    let (status, reason, _) = outcome(&ids[1]);
+    assert_eq!(
+        (status.as_str(), reason.as_deref()),
+        ("failed", Some("image_error"))
+    );
+    let (status, reason, _) = outcome(&ids[2]);
+    assert_eq!(
+        (status.as_str(), reason.as_deref()),
+        ("failed", Some("script_error"))
+    );
+    let (status, reason, message) = outcome(&ids[3]);
+    assert_eq!(
+        (status.as_str(), reason.as_deref()),
+        ("failed", Some("js_threw"))
+    );
+    assert!(message.unwrap().contains("boom in the pixel"));
+    let (status, reason, message) = outcome(&ids[4]);
+    assert_eq!(
+        (status.as_str(), reason.as_deref()),
+        ("failed", Some("js_syntax"))
+    );
+    assert!(message.unwrap().starts_with("SyntaxError"));
+    assert_eq!(
+        tab.eval("[window.__ran, window.__parsed === undefined]")
+            .await,
+        json!([1, true]),
+        "the throwing block ran; the one that does not parse never ran"
+    );
+    assert_eq!(
+        outcome(&ids[5]),
+        (
+            "fired".into(),
+            Some("fb_image_fallback".into()),
+            Some("Meta's script was unavailable; sent as its /tr image".into())
+        )
+    );
+
+    // Failed pixels are not fired again on the next visit.
+    tab.goto(&site.page("p-err")).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(site.count("/missing/img.gif"), 1);
+    assert_eq!(
+        app.get_json("/api/v1/stats").await["brands"]["12345"]["failed_total"],
+        4
+    );
 }

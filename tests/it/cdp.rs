@@ -176,7 +176,7 @@ impl Drop for Browser {
 /// How an intercepted request is answered.
 pub enum Stub {
     /// Answer 200 with this content type and body.
-    Fulfill(&'static str, String),
+    Fulfill(&'static str, Vec<u8>),
     /// Fail as if the host were unreachable.
     Fail,
 }

@@ -223,3 +223,66 @@ async fn heartbeats_keep_live_sessions_and_close_silent_ones() {
     let ids = app.queue("p1", json!({"kind": "js", "code": "1"})).await;
     assert_eq!(live.delivered().await, ids);
 }
+
+#[tokio::test]
+async fn an_ack_may_say_a_pixel_failed_and_the_report_shows_why() {
+    let app = TestApp::spawn().await;
+    let ids = app.queue("p1", images(4)).await;
+    let mut ws = app.session("p1").await;
+    assert_eq!(ws.delivered().await, ids);
+    // A plain ack, an ack with results (one failed, one fired by a fallback), and a result whose pixel
+    // is not in `ids`: each is acknowledged; the failed one is never offered again.
+    ws.send(json!({"type": "ack", "ids": [ids[0], ids[1]], "results": [
+        {"id": ids[1], "result": "failed", "reason": "js_threw", "message": format!("Error: boom {}", "x".repeat(300))},
+        {"id": ids[2], "result": "fired", "reason": "fb_image_fallback"},
+        {"id": ids[3], "result": "failed", "reason": "made_up"},
+    ]}))
+    .await;
+    app.wait_until_drained("p1").await;
+    let rows = app.deliveries("player_id=p1").await;
+    let row = |id: &str| rows.iter().find(|r| r["id"] == id).unwrap().clone();
+    assert_eq!(
+        (
+            row(&ids[0])["status"].clone(),
+            row(&ids[0])["reason"].clone()
+        ),
+        (json!("fired"), Value::Null)
+    );
+    let failed = row(&ids[1]);
+    assert_eq!(
+        (failed["status"].as_str(), failed["reason"].as_str()),
+        (Some("failed"), Some("js_threw"))
+    );
+    let message = failed["error"].as_str().unwrap();
+    assert!(
+        message.starts_with("Error: boom xx") && message.chars().count() == 200,
+        "{message}"
+    );
+    assert_eq!(
+        (
+            row(&ids[2])["status"].clone(),
+            row(&ids[2])["reason"].clone()
+        ),
+        (json!("fired"), json!("fb_image_fallback"))
+    );
+    assert_eq!(
+        row(&ids[3])["reason"],
+        "other",
+        "an unknown code is kept as other"
+    );
+    assert_eq!(
+        app.metric(r#"pixelhub_browser_reports_total{brand="b1",kind="image",result="failed",reason="js_threw"}"#)
+            .await,
+        1
+    );
+    assert_eq!(
+        app.get_json("/api/v1/stats").await["brands"]["b1"]["failed_total"],
+        2
+    );
+    // The report filters on failures the browser reported.
+    let by_reason = app.deliveries("reason=js_threw").await;
+    assert_eq!(by_reason.len(), 1);
+    // Nothing is delivered again, to this session or a new one.
+    let mut again = app.session("p1").await;
+    again.expect_nothing(Duration::from_millis(300)).await;
+}

@@ -605,3 +605,92 @@ async fn kill_9_during_event_ingest_leaves_every_event_whole_or_absent() {
         "every 202 survived: {answered} answered, {recorded} recorded"
     );
 }
+
+#[tokio::test]
+async fn a_definition_that_cannot_render_is_a_failed_row_counted_everywhere_ops_look() {
+    let app = TestApp::spawn().await;
+    app.define(
+        "b1",
+        json!({"id": "meta", "name": "Meta FTD", "trigger": "ftd", "kind": "facebook",
+               "pixel_id": "{{fb_pixel}}", "event": "Purchase"}),
+    )
+    .await;
+    app.define("b1", ftd_image()).await;
+    app.report("b1", registration("r1", "p1", "abc")).await;
+    let mut deposit = deposit("d1", "p1", 50);
+    deposit["params"]["fb_pixel"] = json!("not-a-number");
+    let answer = app.report("b1", deposit).await;
+    assert_eq!(
+        answer[0]["pixels"].as_array().unwrap().len(),
+        1,
+        "the image still fires"
+    );
+    let failed = &answer[0]["failed"][0];
+    assert_eq!(
+        (failed["definition_id"].as_str(), failed["reason"].as_str()),
+        (Some("meta"), Some("invalid_field"))
+    );
+
+    // A row of the report, with the reason, under the id the answer gave.
+    let rows = app.deliveries("status=failed").await;
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    let row = &rows[0];
+    assert_eq!(row["id"], failed["id"]);
+    assert_eq!(
+        (
+            row["kind"].as_str(),
+            row["reason"].as_str(),
+            row["definition_id"].as_str(),
+            row["affiliate_id"].as_str()
+        ),
+        (
+            Some("facebook"),
+            Some("invalid_field"),
+            Some("meta"),
+            Some("a9")
+        )
+    );
+    assert!(
+        row["error"].as_str().unwrap().starts_with("pixel_id"),
+        "{row}"
+    );
+    assert_eq!(app.deliveries("definition_id=meta").await.len(), 1);
+    assert_eq!(app.deliveries("kind=image&affiliate_id=a9").await.len(), 1);
+    assert_eq!(app.deliveries("affiliate_id=nobody").await.len(), 0);
+
+    // Counted in the metrics and on the dashboard's figures.
+    assert_eq!(
+        app.metric(
+            r#"pixelhub_render_failures_total{brand="b1",reason="invalid_field",kind="facebook"}"#
+        )
+        .await,
+        1
+    );
+    assert_eq!(
+        app.get_json("/api/v1/stats").await["brands"]["b1"]["failed_total"],
+        1
+    );
+
+    // And in the answers of the GET postback URL and of the CSV import.
+    let token = app.inbound_token("b1").await;
+    let (_, body) = app
+        .call(&format!(
+            "/postback/b1/{token}/deposit?player_id=p2&affid=a9&amount=5&fb_pixel=x&event_id=d2"
+        ))
+        .await;
+    assert!(
+        body.starts_with("OK\npixels: 1\nfailed: 1\n") && body.contains("failed meta: pixel_id"),
+        "{body}"
+    );
+    let (_, summary) = app
+        .import(
+            "type=sales",
+            "PLAYER_ID,DEPOSITS,AFFID,FB_PIXEL\np3,20,a9,y\n",
+        )
+        .await;
+    assert_eq!(
+        (summary["pixels"].clone(), summary["render_failed"].clone()),
+        (json!(1), json!(1)),
+        "{summary}"
+    );
+}
