@@ -379,8 +379,12 @@ impl BrowserReport {
 /// What a browser reason means, for the report.
 fn describe(reason: &str) -> &'static str {
     match reason {
-        "image_error" => "the image request got an error event: blocked, an error status, or an answer that is not an image (the request was sent)",
-        "script_error" => "the script request got an error event: blocked, an error status, or not JavaScript",
+        "image_error" => {
+            "the image request got an error event: blocked, an error status, or an answer that is not an image (the request was sent)"
+        }
+        "script_error" => {
+            "the script request got an error event: blocked, an error status, or not JavaScript"
+        }
         "js_threw" => "the code threw",
         "js_syntax" => "the code does not parse; nothing of it ran",
         "fb_image_fallback" => "Meta's script was unavailable; sent as its /tr image",

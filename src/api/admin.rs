@@ -264,6 +264,7 @@ fn normalise_origin(origin: &str) -> Option<String> {
 #[utoipa::path(
     put,
     path = "/brands/{brand_id}",
+    operation_id = "putBrand",
     tag = "brands",
     params(BrandPath),
     request_body(content = BrandBody, example = json!({"name": "Casino Example", "allowed_origins": ["https://casino.example"], "require_player_token": true, "allowed_kinds": ["image", "iframe", "facebook"], "https_only": true})),
@@ -293,6 +294,7 @@ pub(super) async fn put_brand(
 #[utoipa::path(
     get,
     path = "/brands/{brand_id}",
+    operation_id = "getBrand",
     tag = "brands",
     params(BrandPath),
     responses(
@@ -323,6 +325,7 @@ pub(super) async fn require_brand(state: &AppState, brand: &BrandId) -> Result<B
 #[utoipa::path(
     post,
     path = "/brands/{brand_id}/players/{player_id}/pixels",
+    operation_id = "enqueuePixels",
     tag = "queues",
     params(PlayerPath),
     request_body(
@@ -367,6 +370,7 @@ pub(super) async fn enqueue(
 #[utoipa::path(
     get,
     path = "/brands/{brand_id}/players/{player_id}/pixels",
+    operation_id = "listPlayerPixels",
     tag = "queues",
     params(PlayerPath),
     responses(
@@ -390,6 +394,7 @@ pub(super) async fn list_pixels(
 #[utoipa::path(
     delete,
     path = "/brands/{brand_id}/players/{player_id}/pixels/{pixel_id}",
+    operation_id = "cancelPixel",
     tag = "queues",
     params(PixelPath),
     responses(

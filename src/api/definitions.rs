@@ -47,6 +47,7 @@ pub(super) struct EventPath {
 #[utoipa::path(
     post,
     path = "/brands/{brand_id}/pixel-definitions",
+    operation_id = "createDefinition",
     tag = "definitions",
     params(BrandPath),
     request_body(content = Object, description = "A definition; `id` optional. See docs/definitions.md.", example = json!({"id": "ftd-image", "name": "FTD image", "trigger": "ftd", "kind": "image", "url": "https://affiliate.example/px?click={{afp}}&lead={{registration_id}}", "conditions": ["amount >= 20"]})),
@@ -110,6 +111,7 @@ async fn allowed_for_brand(
 #[utoipa::path(
     get,
     path = "/brands/{brand_id}/pixel-definitions",
+    operation_id = "listDefinitions",
     tag = "definitions",
     params(BrandPath),
     responses(
@@ -139,6 +141,7 @@ pub(super) async fn list(
 #[utoipa::path(
     get,
     path = "/brands/{brand_id}/pixel-definitions/{definition_id}",
+    operation_id = "getDefinition",
     tag = "definitions",
     params(DefinitionPath),
     responses(
@@ -181,6 +184,7 @@ fn with_health(definition: Definition, health: Option<&DefinitionHealth>, thresh
 #[utoipa::path(
     put,
     path = "/brands/{brand_id}/pixel-definitions/{definition_id}",
+    operation_id = "replaceDefinition",
     tag = "definitions",
     params(DefinitionPath),
     request_body(content = Object, description = "The whole definition, without `id`.", example = json!({"name": "FTD image", "trigger": "ftd", "kind": "image", "url": "https://affiliate.example/px?click={{afp}}", "conditions": ["amount >= 20"]})),
@@ -212,6 +216,7 @@ pub(super) async fn replace(
 #[utoipa::path(
     delete,
     path = "/brands/{brand_id}/pixel-definitions/{definition_id}",
+    operation_id = "deleteDefinition",
     tag = "definitions",
     params(DefinitionPath),
     responses(
@@ -258,6 +263,7 @@ struct ConditionCheck {
 #[utoipa::path(
     post,
     path = "/brands/{brand_id}/pixel-definitions/{definition_id}/preview",
+    operation_id = "previewDefinition",
     tag = "definitions",
     params(DefinitionPath),
     request_body(content = Object, description = "A sample event, all fields optional.", example = json!({"player_id": "p-42", "params": {"amount": 50, "currency": "EUR"}})),
@@ -309,6 +315,7 @@ pub(super) async fn preview(
 #[utoipa::path(
     post,
     path = "/brands/{brand_id}/pixel-definitions/{definition_id}/test",
+    operation_id = "testDefinition",
     tag = "definitions",
     params(DefinitionPath),
     request_body(content = Object, description = "A sample event; `player_id` is the test player.", example = json!({"player_id": "test-player", "params": {"amount": 50, "afp": "test-click"}})),
@@ -479,6 +486,7 @@ fn output_json(output: Output) -> Value {
 #[utoipa::path(
     post,
     path = "/brands/{brand_id}/events",
+    operation_id = "reportEvents",
     tag = "events",
     params(BrandPath),
     request_body(content = Object, description = "An event (`event_id`, `type`, `player_id`, and optional `affiliate_id`, `deal_id`, `occurred_at`, `params` such as `amount`, `currency`, `afp`) or an array of up to 1000. See docs/definitions.md.", example = json!({"event_id": "dep-1001", "type": "deposit", "player_id": "p-42", "affiliate_id": "a9", "params": {"amount": 50, "currency": "EUR", "afp": "xyz"}})),
@@ -512,6 +520,7 @@ pub(super) async fn ingest(
 #[utoipa::path(
     get,
     path = "/brands/{brand_id}/events/{event_id}",
+    operation_id = "getEvent",
     tag = "events",
     params(EventPath),
     responses(
@@ -536,6 +545,7 @@ pub(super) async fn get_event(
 #[utoipa::path(
     get,
     path = "/brands/{brand_id}/players/{player_id}/attribution",
+    operation_id = "getPlayerAttribution",
     tag = "events",
     params(PlayerPath),
     responses(

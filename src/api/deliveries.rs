@@ -69,6 +69,7 @@ pub const COLUMNS: [&str; 26] = [
 #[utoipa::path(
     get,
     path = "/brands/{brand_id}/deliveries",
+    operation_id = "listDeliveries",
     tag = "deliveries",
     params(
         BrandPath,

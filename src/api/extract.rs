@@ -73,8 +73,35 @@ where
         }
         match Path::<T>::from_request_parts(parts, state).await {
             Ok(Path(value)) => Ok(ApiPath(value)),
-            Err(rejection) => Err(ApiError::InvalidId(rejection.body_text())),
+            Err(rejection) => Err(ApiError::InvalidId(path_error(rejection))),
         }
+    }
+}
+
+/// A path parameter's error in the words of every other error: the parameter, its value and what is
+/// wrong, without axum's "Invalid URL:" framing.
+fn path_error(rejection: axum::extract::rejection::PathRejection) -> String {
+    use axum::extract::path::ErrorKind;
+    use axum::extract::rejection::PathRejection;
+    let PathRejection::FailedToDeserializePathParams(failed) = rejection else {
+        return rejection.body_text();
+    };
+    match failed.into_kind() {
+        ErrorKind::DeserializeError {
+            key,
+            value,
+            message,
+        } => {
+            let message = message.strip_prefix(&key).unwrap_or(&message).trim_start();
+            format!("{key} {value:?}: {message}")
+        }
+        ErrorKind::ParseErrorAtKey {
+            key,
+            value,
+            expected_type,
+        } => format!("{key} {value:?}: not a valid {expected_type}"),
+        ErrorKind::InvalidUtf8InPathParam { key } => format!("{key}: not valid UTF-8"),
+        other => other.to_string(),
     }
 }
 

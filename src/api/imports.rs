@@ -69,6 +69,7 @@ pub(super) struct Summary {
 #[utoipa::path(
     post,
     path = "/brands/{brand_id}/imports",
+    operation_id = "importEvents",
     tag = "imports",
     params(
         BrandPath,

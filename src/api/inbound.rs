@@ -56,6 +56,7 @@ pub(super) struct TypedPostbackPath {
 #[utoipa::path(
     get,
     path = "/postback/{brand_id}/{token}",
+    operation_id = "receivePostback",
     tag = "inbound",
     params(PostbackPath),
     responses(
@@ -79,6 +80,7 @@ pub(super) async fn receive(
 #[utoipa::path(
     get,
     path = "/postback/{brand_id}/{token}/{event_type}",
+    operation_id = "receiveTypedPostback",
     tag = "inbound",
     params(TypedPostbackPath),
     responses(
@@ -211,6 +213,7 @@ fn answer(outcomes: &[EventOutcome]) -> String {
 #[utoipa::path(
     get,
     path = "/brands/{brand_id}/inbound",
+    operation_id = "getInboundUrls",
     tag = "inbound",
     params(BrandPath),
     responses(
@@ -238,6 +241,7 @@ pub(super) async fn show(
 #[utoipa::path(
     post,
     path = "/brands/{brand_id}/inbound/rotate",
+    operation_id = "rotateInboundToken",
     tag = "inbound",
     params(BrandPath),
     request_body(content = Object, description = "`{\"grace_seconds\": N}`; empty means 0.", example = json!({"grace_seconds": 86400})),

@@ -104,6 +104,7 @@ fn draining(state: &AppState) -> bool {
 #[utoipa::path(
     get,
     path = "/stats",
+    operation_id = "getStats",
     tag = "ops",
     responses((status = 200, description = "`{\"queue_depth\", \"brands\": {…}, \"sessions\", \"players_online\", \"postbacks\", \"draining\", \"now_ms\", …}`.", body = Object))
 )]
@@ -232,6 +233,7 @@ pub(super) struct HistoryQuery {
 #[utoipa::path(
     get,
     path = "/stats/history",
+    operation_id = "getStatsHistory",
     tag = "ops",
     params(HistoryQuery),
     responses(
@@ -277,6 +279,7 @@ fn limit_of(limit: Option<usize>) -> Result<usize, ApiError> {
 #[utoipa::path(
     get,
     path = "/backlogs",
+    operation_id = "listBacklogs",
     tag = "ops",
     params(BacklogQuery),
     responses(
@@ -314,6 +317,7 @@ pub(super) struct LimitQuery {
 #[utoipa::path(
     get,
     path = "/brands/{brand_id}/queue",
+    operation_id = "getBrandQueue",
     tag = "ops",
     params(BrandPath, LimitQuery),
     responses(
@@ -356,6 +360,7 @@ pub(super) async fn brand_queue(
 #[utoipa::path(
     get,
     path = "/brands/{brand_id}/players/{player_id}/sessions",
+    operation_id = "listPlayerSessions",
     tag = "queues",
     params(PlayerPath),
     responses(
@@ -387,6 +392,7 @@ pub(super) struct SessionsAnswer {
 #[utoipa::path(
     delete,
     path = "/brands/{brand_id}/players/{player_id}/pixels",
+    operation_id = "purgePlayerQueue",
     tag = "queues",
     params(PlayerPath),
     responses(
@@ -412,6 +418,7 @@ pub(super) async fn purge(
 #[utoipa::path(
     get,
     path = "/metrics",
+    operation_id = "getMetrics",
     tag = "ops",
     responses((status = 200, description = "The exposition.", body = String, content_type = "application/openmetrics-text"))
 )]
@@ -456,6 +463,7 @@ pub(super) async fn metrics(State(state): State<AppState>) -> Result<Response, A
 #[utoipa::path(
     get,
     path = "/readyz",
+    operation_id = "getReadiness",
     tag = "ops",
     responses(
         (status = 200, description = "`{\"status\": \"ready\"}`, or `{\"status\": \"degraded\", \"error\": {\"code\": \"insufficient_storage\", …}}` while the disk is under its floor.", body = Object),
@@ -517,19 +525,22 @@ fn static_file(content_type: &'static str, body: &'static str) -> Response {
 ///
 /// Live queue depth per brand, sessions, fired/min, backlogs and a brand drill-down. A browser sends the
 /// admin token as the Basic password.
-#[utoipa::path(get, path = "/dashboard", tag = "ops", responses((status = 200, description = "The page.", body = String, content_type = "text/html")))]
+#[utoipa::path(get, path = "/dashboard",
+    operation_id = "getDashboard", tag = "ops", responses((status = 200, description = "The page.", body = String, content_type = "text/html")))]
 pub(super) async fn dashboard() -> Response {
     static_file("text/html; charset=utf-8", DASHBOARD_HTML)
 }
 
 /// The dashboard's script
-#[utoipa::path(get, path = "/dashboard/dashboard.js", tag = "ops", responses((status = 200, description = "The script.", body = String, content_type = "application/javascript")))]
+#[utoipa::path(get, path = "/dashboard/dashboard.js",
+    operation_id = "getDashboardJs", tag = "ops", responses((status = 200, description = "The script.", body = String, content_type = "application/javascript")))]
 pub(super) async fn dashboard_js() -> Response {
     static_file("application/javascript; charset=utf-8", DASHBOARD_JS)
 }
 
 /// The dashboard's style sheet
-#[utoipa::path(get, path = "/dashboard/dashboard.css", tag = "ops", responses((status = 200, description = "The style sheet.", body = String, content_type = "text/css")))]
+#[utoipa::path(get, path = "/dashboard/dashboard.css",
+    operation_id = "getDashboardCss", tag = "ops", responses((status = 200, description = "The style sheet.", body = String, content_type = "text/css")))]
 pub(super) async fn dashboard_css() -> Response {
     static_file("text/css; charset=utf-8", DASHBOARD_CSS)
 }

@@ -53,6 +53,7 @@ static CLIENT_JS_GZIP: LazyLock<Vec<u8>> = LazyLock::new(|| {
 #[utoipa::path(
     get,
     path = "/healthz",
+    operation_id = "getHealth",
     tag = "ops",
     responses(
         (status = 200, description = "`{\"status\": \"ok\"}`.", body = Object),
@@ -75,6 +76,7 @@ pub(super) async fn healthz(State(state): State<AppState>) -> Response {
 #[utoipa::path(
     get,
     path = "/aff-client-pixel.js",
+    operation_id = "getClientScript",
     tag = "browser",
     responses(
         (status = 200, description = "The script.", body = String, content_type = "application/javascript"),
@@ -116,6 +118,7 @@ const MAX_USER_AGENT: usize = 256;
 #[utoipa::path(
     get,
     path = "/websocket",
+    operation_id = "openWebSocket",
     tag = "browser",
     params(WebSocketQuery),
     responses(
@@ -232,11 +235,20 @@ pub(super) struct WebSocketQuery {
 #[utoipa::path(
     get,
     path = "/api/v1/openapi.json",
+    operation_id = "getOpenApiDocument",
     tag = "ops",
     responses((status = 200, description = "The document.", body = Object))
 )]
-pub(super) async fn openapi_json(State(state): State<AppState>) -> Json<utoipa::openapi::OpenApi> {
-    Json(super::openapi(&state))
+pub(super) async fn openapi_json(
+    State(state): State<AppState>,
+    headers: axum::http::HeaderMap,
+) -> Json<utoipa::openapi::OpenApi> {
+    let mut doc = super::openapi(&state);
+    // Where this document was fetched from is where its operations are: `--public-url`, or the address
+    // the caller used.
+    let server = utoipa::openapi::server::Server::new(super::public_base(&state, &headers));
+    doc.servers = Some(vec![server]);
+    Json(doc)
 }
 
 pub(super) async fn no_route(method: Method, uri: Uri) -> ApiError {

@@ -87,6 +87,7 @@ pub(super) struct ApiKeyList {
 #[utoipa::path(
     post,
     path = "/brands/{brand_id}/api-keys",
+    operation_id = "createApiKey",
     tag = "brands",
     params(BrandPath),
     request_body(content = Object, description = "`{\"name\": \"…\"}` (optional, up to 200 characters): what the key is for.", example = json!({"name": "casino back end"})),
@@ -132,6 +133,7 @@ pub(super) async fn create_key(
 #[utoipa::path(
     get,
     path = "/brands/{brand_id}/api-keys",
+    operation_id = "listApiKeys",
     tag = "brands",
     params(BrandPath),
     responses(
@@ -156,6 +158,7 @@ pub(super) async fn list_keys(
 #[utoipa::path(
     delete,
     path = "/brands/{brand_id}/api-keys/{key_id}",
+    operation_id = "revokeApiKey",
     tag = "brands",
     params(ApiKeyPath),
     responses(
@@ -190,6 +193,7 @@ pub(super) async fn revoke_key(
 #[utoipa::path(
     get,
     path = "/brands/{brand_id}/signing-secret",
+    operation_id = "getSigningSecret",
     tag = "brands",
     params(BrandPath),
     responses(
@@ -216,6 +220,7 @@ pub(super) async fn signing_secret(
 #[utoipa::path(
     post,
     path = "/brands/{brand_id}/signing-secret/rotate",
+    operation_id = "rotateSigningSecret",
     tag = "brands",
     params(BrandPath),
     request_body(content = Object, description = "`{\"grace_seconds\": N}`; empty means a day.", example = json!({"grace_seconds": 3600})),

@@ -159,12 +159,16 @@ async fn brands_are_created_updated_and_read() {
 #[tokio::test]
 async fn bad_brand_requests_are_refused_with_their_reason() {
     let app = TestApp::spawn().await;
-    assert_error(
+    let message = assert_error(
         app.put_brand("a b", json!({})).await,
         StatusCode::BAD_REQUEST,
         "invalid_id",
     )
     .await;
+    assert!(
+        message.starts_with("brand_id must be ") && !message.contains("Invalid URL"),
+        "reads like every other error: {message}"
+    );
     assert_error(
         app.put_brand(&"x".repeat(129), json!({})).await,
         StatusCode::BAD_REQUEST,
