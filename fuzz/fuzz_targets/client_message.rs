@@ -18,9 +18,18 @@ fuzz_target!(|data: &[u8]| {
             let _ = brand_id.to_brand_id();
             let _ = pixelhub::ids::PlayerId::parse(&player_id);
         }
-        Ok(ClientMessage::Ack { ids }) => {
+        Ok(ClientMessage::Ack { ids, results }) => {
             for id in &ids {
                 let _ = pixelhub::ids::PixelId::parse(id);
+            }
+            for result in &results {
+                let _ = pixelhub::ids::PixelId::parse(&result.id);
+                let report = pixelhub::delivery::BrowserReport::new(
+                    result.result == pixelhub::protocol::AckResult::Fired,
+                    &result.reason,
+                    result.message.as_deref(),
+                );
+                assert!(report.message.is_some_and(|m| m.chars().count() <= 200));
             }
         }
         Ok(ClientMessage::Pong) => {}

@@ -290,6 +290,51 @@ pub(super) async fn put_brand(
     Ok((status, Json(brand)))
 }
 
+/// Change some of a brand's settings
+///
+/// A JSON merge patch (RFC 7396) of the settings: what the body names changes, `null` restores a
+/// setting's default, everything else stays as it is. So a rename never turns js pixels or token
+/// enforcement off, as a `PUT` of only the name would.
+#[utoipa::path(
+    patch,
+    path = "/brands/{brand_id}",
+    operation_id = "patchBrand",
+    tag = "brands",
+    params(BrandPath),
+    request_body(content = Object, description = "The settings to change, as in `PUT`; `null` restores a default.", content_type = "application/merge-patch+json", example = json!({"name": "Casino Example (EU)"})),
+    responses(
+        (status = 200, description = "The brand, changed.", body = Brand),
+        (status = 400, description = "Not JSON (`invalid_json`) or a bad id (`invalid_id`).", body = ErrorBody),
+        (status = 404, description = "No such brand (`brand_not_found`); create it with `PUT`.", body = ErrorBody),
+        (status = 422, description = "Not a JSON object (`invalid_patch`), or a bad setting (`invalid_brand`).", body = ErrorBody),
+    )
+)]
+pub(super) async fn patch_brand(
+    State(state): State<AppState>,
+    ApiPath(path): ApiPath<BrandPath>,
+    JsonBody(patch): JsonBody,
+) -> Result<Json<Brand>, ApiError> {
+    let brand = require_brand(&state, &path.brand_id).await?;
+    let mut settings = serde_json::to_value(&brand.settings).expect("settings serialise");
+    merge_patch(&mut settings, &patch)?;
+    let settings = brand_settings(settings)?;
+    let (brand, _) = state.store.put_brand(&path.brand_id, settings).await?;
+    Ok(Json(brand))
+}
+
+/// Applies a JSON merge patch (RFC 7396) to a stored resource's JSON form; the patch must be an object,
+/// since a patch that is not replaces the whole resource.
+pub(super) fn merge_patch(target: &mut Value, patch: &Value) -> Result<(), ApiError> {
+    if !patch.is_object() {
+        return Err(ApiError::Invalid {
+            code: "invalid_patch",
+            message: "a PATCH body is a JSON object of the fields to change (JSON merge patch, RFC 7396); null removes a field".into(),
+        });
+    }
+    json_patch::merge(target, patch);
+    Ok(())
+}
+
 /// A brand
 #[utoipa::path(
     get,

@@ -2,7 +2,7 @@
 //! once which events fire which pixels, then only reports events.
 
 use axum::Json;
-use axum::extract::State;
+use axum::extract::{RawQuery, State};
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use serde::{Deserialize, Serialize};
@@ -113,18 +113,40 @@ async fn allowed_for_brand(
     path = "/brands/{brand_id}/pixel-definitions",
     operation_id = "listDefinitions",
     tag = "definitions",
-    params(BrandPath),
+    params(
+        BrandPath,
+        ("affiliate_id" = Option<String>, Query, description = "Only definitions scoped to this affiliate."),
+        ("deal_id" = Option<String>, Query, description = "Only definitions scoped to this deal."),
+        ("trigger" = Option<String>, Query, description = "Only definitions on this trigger, under any of its names (`Qualified FTD` is `qftd`)."),
+    ),
     responses(
         (status = 200, description = "`{\"definitions\": [...]}`.", body = Object),
         (status = 400, description = "A bad id (`invalid_id`).", body = ErrorBody),
         (status = 404, description = "No such brand (`brand_not_found`).", body = ErrorBody),
+        (status = 422, description = "An unknown or repeated query parameter (`invalid_query`).", body = ErrorBody),
     )
 )]
 pub(super) async fn list(
     State(state): State<AppState>,
     ApiPath(path): ApiPath<BrandPath>,
+    RawQuery(query): RawQuery,
 ) -> Result<Json<Value>, ApiError> {
-    let definitions = state.store.definitions(&path.brand_id).await?;
+    let params = super::deliveries::Params::read(query.as_deref())?;
+    let affiliate = params.take("affiliate_id");
+    let deal = params.take("deal_id");
+    let trigger = params
+        .take("trigger")
+        .map(|t| crate::vocabulary::event_type(&t).unwrap_or(t));
+    params.finish()?;
+    let scoped = |mine: &Option<String>, wanted: &Option<String>| {
+        wanted.as_ref().is_none_or(|w| mine.as_ref() == Some(w))
+    };
+    let mut definitions = state.store.definitions(&path.brand_id).await?;
+    definitions.retain(|d| {
+        scoped(&d.affiliate_id, &affiliate)
+            && scoped(&d.deal_id, &deal)
+            && trigger.as_ref().is_none_or(|t| &d.trigger == t)
+    });
     let health = state.store.definition_health(&path.brand_id).await?;
     let threshold = state.config.s2s_failure_threshold;
     let listed: Vec<Value> = definitions
@@ -201,13 +223,59 @@ pub(super) async fn replace(
     ApiPath(path): ApiPath<DefinitionPath>,
     JsonBody(body): JsonBody,
 ) -> Result<Json<Definition>, ApiError> {
+    save_over(&state, &path, body).await
+}
+
+/// Validates `body` as a whole definition and saves it over the one at `path` (`PUT` and `PATCH`).
+async fn save_over(
+    state: &AppState,
+    path: &DefinitionPath,
+    body: Value,
+) -> Result<Json<Definition>, ApiError> {
     let input = parse_definition(body, false)?;
-    allowed_for_brand(&state, &path.brand_id, &input.action).await?;
+    allowed_for_brand(state, &path.brand_id, &input.action).await?;
     let definition = state
         .store
         .replace_definition(&path.brand_id, &path.definition_id, input)
         .await?;
     Ok(Json(definition))
+}
+
+/// Change some of a pixel definition
+///
+/// A JSON merge patch (RFC 7396) of the definition: what the body names changes, `null` removes a field
+/// (`"deal_id": null` makes it global), everything else stays. Validated whole, as a `PUT` is; like a
+/// `PUT`, it clears `disabled_reason` and starts `health` afresh.
+#[utoipa::path(
+    patch,
+    path = "/brands/{brand_id}/pixel-definitions/{definition_id}",
+    operation_id = "patchDefinition",
+    tag = "definitions",
+    params(DefinitionPath),
+    request_body(content = Object, description = "The fields to change; `null` removes one.", content_type = "application/merge-patch+json", example = json!({"enabled": false})),
+    responses(
+        (status = 200, description = "The definition, changed.", body = Object),
+        (status = 400, description = "Not JSON, or a bad id.", body = ErrorBody),
+        (status = 404, description = "No such brand or definition.", body = ErrorBody),
+        (status = 413, description = "Body too large (`payload_too_large`).", body = ErrorBody),
+        (status = 422, description = "Not a JSON object (`invalid_patch`), or the changed definition is not valid; the message names the field.", body = ErrorBody),
+    )
+)]
+pub(super) async fn patch(
+    State(state): State<AppState>,
+    ApiPath(path): ApiPath<DefinitionPath>,
+    JsonBody(patch): JsonBody,
+) -> Result<Json<Definition>, ApiError> {
+    let current = find(&state, &path).await?;
+    let mut body = serde_json::to_value(&current).expect("a definition serialises");
+    if let Some(fields) = body.as_object_mut() {
+        // What the hub keeps of its own, not the brand's to write.
+        for field in ["id", "created_at_ms", "updated_at_ms", "disabled_reason"] {
+            fields.remove(field);
+        }
+    }
+    super::admin::merge_patch(&mut body, &patch)?;
+    save_over(&state, &path, body).await
 }
 
 /// Delete a pixel definition

@@ -153,7 +153,11 @@ struct ApiDoc;
 /// `#[utoipa::path]`), and the admin token required where the API says so.
 fn documented_routes(state: &AppState) -> OpenApiRouter<AppState> {
     let admin = OpenApiRouter::new()
-        .routes(routes!(admin::put_brand, admin::get_brand))
+        .routes(routes!(
+            admin::put_brand,
+            admin::get_brand,
+            admin::patch_brand
+        ))
         .routes(routes!(admin::list_pixels, admin::enqueue, ops::purge))
         .routes(routes!(admin::cancel))
         .routes(routes!(ops::player_sessions))
@@ -166,6 +170,7 @@ fn documented_routes(state: &AppState) -> OpenApiRouter<AppState> {
         .routes(routes!(
             definitions::get,
             definitions::replace,
+            definitions::patch,
             definitions::delete
         ))
         .routes(routes!(definitions::preview))
@@ -238,7 +243,7 @@ fn with_store_answers(mut routes: OpenApiRouter<AppState>) -> OpenApiRouter<AppS
         if STORELESS.contains(&path.as_str()) {
             continue;
         }
-        let writes = [&mut item.post, &mut item.put];
+        let writes = [&mut item.post, &mut item.put, &mut item.patch];
         for operation in writes.into_iter().flatten() {
             operation
                 .responses
@@ -249,6 +254,7 @@ fn with_store_answers(mut routes: OpenApiRouter<AppState>) -> OpenApiRouter<AppS
             &mut item.get,
             &mut item.post,
             &mut item.put,
+            &mut item.patch,
             &mut item.delete,
         ];
         for operation in all.into_iter().flatten() {
@@ -288,7 +294,8 @@ fn brand_key_may(method: &Method, path: &str) -> bool {
     let Some(rest) = path.strip_prefix("/brands/{brand_id}") else {
         return false;
     };
-    !(rest.starts_with("/api-keys") || (rest.is_empty() && *method == Method::PUT))
+    !(rest.starts_with("/api-keys")
+        || (rest.is_empty() && (*method == Method::PUT || *method == Method::PATCH)))
 }
 
 /// Puts `routes` behind [`authorize`], and says so in their documentation: each operation gets the

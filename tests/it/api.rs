@@ -3,7 +3,7 @@
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
-use crate::helpers::{TOKEN, TestApp, json_of};
+use crate::helpers::{TOKEN, TestApp, ids_of, json_of};
 
 /// Asserts an error answer: status, `error.code`, and a non-empty human message.
 async fn assert_error(response: reqwest::Response, status: StatusCode, code: &str) -> String {
@@ -586,7 +586,7 @@ async fn unknown_routes_and_methods_answer_json_errors() {
     )
     .await;
     let wrong_method = app
-        .admin(Method::PATCH, "/api/v1/brands/b1")
+        .admin(Method::POST, "/api/v1/brands/b1")
         .send()
         .await
         .unwrap();
@@ -635,4 +635,100 @@ async fn the_demo_queues_pixels_for_its_own_host_only() {
         ),
         (Some("image"), Some(1))
     );
+}
+
+#[tokio::test]
+async fn patch_changes_only_what_it_names() {
+    let app = TestApp::spawn().await;
+    app.put_brand(
+        "br",
+        json!({"name": "Casino", "allowed_kinds": ["image", "js"], "require_player_token": true, "https_only": true}),
+    )
+    .await;
+    let patch = |path: &str, body: Value| {
+        app.admin(Method::PATCH, path)
+            .header("content-type", "application/merge-patch+json")
+            .json(&body)
+    };
+    // A rename leaves every other setting as it was (a PUT of only the name would reset them).
+    let renamed = json_of(patch("/api/v1/brands/br", json!({"name": "Casino EU"}))).await;
+    assert_eq!(renamed["name"], "Casino EU", "{renamed}");
+    assert_eq!(renamed["allowed_kinds"], json!(["image", "js"]));
+    assert_eq!(renamed["require_player_token"], true);
+    assert_eq!(renamed["https_only"], true);
+    // null restores a default; a bad value is refused and changes nothing.
+    let reset = json_of(patch("/api/v1/brands/br", json!({"allowed_kinds": null}))).await;
+    assert_eq!(
+        reset["allowed_kinds"],
+        json!(["image", "iframe", "facebook"])
+    );
+    let bad = json_of(patch(
+        "/api/v1/brands/br",
+        json!({"referrer_policy": "nope"}),
+    ))
+    .await;
+    assert_eq!(bad["error"]["code"], "invalid_brand");
+    let not_object = json_of(patch("/api/v1/brands/br", json!(["name"]))).await;
+    assert_eq!(not_object["error"]["code"], "invalid_patch");
+    let missing = json_of(patch("/api/v1/brands/nobody", json!({"name": "x"}))).await;
+    assert_eq!(missing["error"]["code"], "brand_not_found");
+    assert_eq!(app.get_json("/api/v1/brands/br").await["name"], "Casino EU");
+
+    // Definitions: a patch keeps the rest; null removes a scope; the result is validated whole.
+    app.define(
+        "br",
+        json!({"id": "d", "name": "FTD", "trigger": "ftd", "deal_id": "7", "affiliate_id": "a9",
+               "kind": "image", "url": "https://aff.example/?c={{afp}}", "conditions": ["amount >= 20"]}),
+    )
+    .await;
+    let path = "/api/v1/brands/br/pixel-definitions/d";
+    let changed = json_of(patch(path, json!({"enabled": false, "deal_id": null}))).await;
+    assert_eq!(
+        (
+            changed["enabled"].clone(),
+            changed["deal_id"].clone(),
+            changed["affiliate_id"].clone()
+        ),
+        (json!(false), Value::Null, json!("a9")),
+        "{changed}"
+    );
+    assert_eq!(changed["conditions"], json!(["amount >= 20"]));
+    assert_eq!(changed["url"], "https://aff.example/?c={{afp}}");
+    let refused = json_of(patch(path, json!({"kind": "js"}))).await;
+    assert_eq!(
+        refused["error"]["message"], "definition.code: is required",
+        "a js definition needs its code: {refused}"
+    );
+    assert_eq!(
+        app.get_json(path).await["kind"],
+        "image",
+        "nothing half-written"
+    );
+
+    // The list filters on the scopes a manager asks about.
+    app.define(
+        "br",
+        json!({"id": "g", "name": "global", "trigger": "Qualified FTD", "deal_id": "8", "kind": "image", "url": "https://aff.example/g"}),
+    )
+    .await;
+    let listed = |query: &str| {
+        let app = &app;
+        let query = query.to_owned();
+        async move {
+            let list = app
+                .get_json(&format!("/api/v1/brands/br/pixel-definitions{query}"))
+                .await;
+            ids_of(&list["definitions"])
+        }
+    };
+    assert_eq!(listed("?affiliate_id=a9").await, ["d"]);
+    assert_eq!(listed("?deal_id=8").await, ["g"]);
+    assert_eq!(listed("?trigger=qftd").await, ["g"]);
+    assert_eq!(listed("?affiliate_id=a1").await, Vec::<String>::new());
+    let unknown = json_of(app.admin(
+        Method::GET,
+        "/api/v1/brands/br/pixel-definitions?affiliate=a9",
+    ))
+    .await;
+    assert_eq!(unknown["error"]["code"], "invalid_query");
 }
