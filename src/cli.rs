@@ -4,6 +4,7 @@
 use std::process::ExitCode;
 
 use anyhow::Context;
+use futures::StreamExt;
 use serde_json::Value;
 use tokio_util::io::ReaderStream;
 
@@ -23,14 +24,27 @@ pub async fn import(args: ImportArgs) -> anyhow::Result<ExitCode> {
             .trim()
             .to_owned(),
     };
-    let body = if args.file.as_os_str() == "-" {
-        reqwest::Body::wrap_stream(ReaderStream::new(tokio::io::stdin()))
-    } else {
-        let file = tokio::fs::File::open(&args.file)
-            .await
-            .with_context(|| format!("cannot open {}", args.file.display()))?;
-        reqwest::Body::wrap_stream(ReaderStream::new(file))
-    };
+    let (reader, size): (Box<dyn tokio::io::AsyncRead + Send + Unpin>, Option<u64>) =
+        if args.file.as_os_str() == "-" {
+            (Box::new(tokio::io::stdin()), None)
+        } else {
+            let file = tokio::fs::File::open(&args.file)
+                .await
+                .with_context(|| format!("cannot open {}", args.file.display()))?;
+            let size = file.metadata().await.ok().map(|m| m.len());
+            (Box::new(file), size)
+        };
+    let progress = progress_bar(size);
+    let shown = progress.clone();
+    let mut rows = 0u64;
+    let body = reqwest::Body::wrap_stream(ReaderStream::new(reader).inspect(move |chunk| {
+        if let Ok(bytes) = chunk {
+            rows += bytes.iter().filter(|&&b| b == b'\n').count() as u64;
+            shown.inc(bytes.len() as u64);
+            // The header line is not a row.
+            shown.set_message(format!("{} rows", rows.saturating_sub(1)));
+        }
+    }));
     let brand_url = format!(
         "{}/api/v1/brands/{}",
         args.hub.trim_end_matches('/'),
@@ -56,6 +70,7 @@ pub async fn import(args: ImportArgs) -> anyhow::Result<ExitCode> {
         .body(body)
         .send();
     let (status, answer) = answer_of(upload, &args.hub).await?;
+    progress.finish_and_clear();
     if !status.is_success() {
         return refused(status, &answer);
     }
@@ -69,6 +84,27 @@ pub async fn import(args: ImportArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::from(3));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The upload's progress on stderr: bytes and rows sent, rate and time left (with the file's size), redrawn
+/// a few times a second. Hidden when stderr is not a terminal, so scripts and logs get only the summary.
+fn progress_bar(size: Option<u64>) -> indicatif::ProgressBar {
+    let target = indicatif::ProgressDrawTarget::stderr_with_hz(4);
+    let (bar, template) = match size {
+        Some(size) => (
+            indicatif::ProgressBar::with_draw_target(Some(size), target),
+            "{bar:30} {bytes}/{total_bytes} · {msg} · {bytes_per_sec} · {eta} left",
+        ),
+        None => (
+            indicatif::ProgressBar::with_draw_target(None, target),
+            "{spinner} {bytes} · {msg} · {bytes_per_sec}",
+        ),
+    };
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(template).expect("a valid progress template"),
+    );
+    bar.set_message("0 rows");
+    bar
 }
 
 /// The hub's JSON answer to a request.

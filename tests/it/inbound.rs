@@ -388,6 +388,59 @@ async fn the_import_command_uploads_a_file_and_reports_refused_rows() {
     assert!(String::from_utf8_lossy(&wrong.stderr).contains("401"));
 }
 
+/// On a terminal, `pixelhub import` shows its progress (bytes, rows, rate, time left); piped, it prints
+/// only the summary (the test above: nothing but the summary on stdout and the refusal on stderr).
+#[tokio::test]
+async fn the_import_command_shows_its_progress_only_on_a_terminal() {
+    let app = TestApp::spawn().await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("registrations.csv");
+    let mut csv = String::from("player_id,affid,afp\n");
+    for i in 0..20_000 {
+        csv.push_str(&format!("p{i},a9,click-{i}\n"));
+    }
+    std::fs::write(&file, &csv).unwrap();
+    let command = |through_a_terminal: bool| {
+        let import = format!(
+            "{} import --type registrations --brand b1 --hub {} {}",
+            env!("CARGO_BIN_EXE_pixelhub"),
+            app.url(""),
+            file.display()
+        );
+        let mut command = if through_a_terminal {
+            // util-linux's script(1) runs the command on a pseudo-terminal and copies what it draws.
+            let mut c = std::process::Command::new("script");
+            c.args(["-qec", &import, "/dev/null"]);
+            c
+        } else {
+            let mut c = std::process::Command::new("sh");
+            c.args(["-c", &import]);
+            c
+        };
+        command.env("PIXELHUB_ADMIN_TOKEN", TOKEN);
+        tokio::task::spawn_blocking(move || command.output().unwrap())
+    };
+    let piped = command(false).await.unwrap();
+    assert!(piped.status.success());
+    let stderr = String::from_utf8_lossy(&piped.stderr);
+    assert!(
+        !stderr.contains("rows ·"),
+        "no progress when piped: {stderr}"
+    );
+    assert!(!String::from_utf8_lossy(&piped.stdout).contains('\u{1b}'));
+
+    let shown = command(true).await.unwrap();
+    assert!(shown.status.success());
+    let drawn = String::from_utf8_lossy(&shown.stdout);
+    assert!(
+        drawn.contains(" rows · ")
+            && drawn.contains(" left")
+            && (drawn.contains("MiB") || drawn.contains("KiB")),
+        "progress on a terminal: {drawn}"
+    );
+    assert!(drawn.contains("\"imported\""), "and the summary: {drawn}");
+}
+
 #[tokio::test]
 async fn the_report_reads_the_same_as_json_pages_and_as_csv() {
     let receiver = Receiver::start().await;
