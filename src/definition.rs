@@ -739,7 +739,7 @@ pub fn parse_definition(body: Value, allow_id: bool) -> Result<DefinitionInput, 
         .flat_map(|t| t.macros().map(str::to_owned).collect::<Vec<_>>())
         .map(|name| (name, Value::String("1".into())))
         .collect();
-    probe.render(&samples).map_err(|error| {
+    let rendered = probe.render(&samples).map_err(|error| {
         let message = error.message;
         let (field, rest) = message.split_once(' ').unwrap_or(("definition", &message));
         InputError::new(
@@ -748,6 +748,16 @@ pub fn parse_definition(body: Value, allow_id: bool) -> Result<DefinitionInput, 
             format!("{rest} (rendered with every macro set to 1)"),
         )
     })?;
+    // A js block that does not parse would fail in every player's browser: refuse it now.
+    if let Output::Client(PixelBody::Js { code }) = &rendered.output {
+        crate::template::check_js_syntax(code).map_err(|message| {
+            InputError::new(
+                "invalid_template",
+                format!("{PATH}.code"),
+                format!("{message} (rendered with every macro set to \"1\")"),
+            )
+        })?;
+    }
     Ok(input)
 }
 
@@ -1249,6 +1259,34 @@ mod tests {
         assert!(!fires(&both, "ftd", Some("7"), Some("a1")));
         assert!(fires(&custom, "level_up", None, None));
         assert!(!fires(&off, "ftd", None, None));
+    }
+
+    #[test]
+    fn a_js_definition_that_does_not_parse_is_refused_with_where() {
+        let error = refused(json!({"name": "j", "trigger": "ftd", "kind": "js",
+            "code": "fbq('track', 'Purchase', {value: {{amount}}});\nif ({{afp}} {"}));
+        assert_eq!(
+            (error.code, error.path.as_str()),
+            ("invalid_template", "definition.code")
+        );
+        assert!(
+            error
+                .message
+                .starts_with("does not parse as JavaScript at line 2, column 9: expected"),
+            "{}",
+            error.message
+        );
+        for fine in [
+            "fbq('track', 'Purchase', {value: Number({{amount}}), currency: {{currency}}});",
+            "(function () { var i = new Image(); i.src = 'https://a.example/?c=' + encodeURIComponent({{afp}}); })();",
+            "window.dataLayer = window.dataLayer || []; dataLayer.push({event: 'ftd', id: {{player_id}}});",
+        ] {
+            parse_definition(
+                json!({"name": "j", "trigger": "ftd", "kind": "js", "code": fine}),
+                true,
+            )
+            .unwrap_or_else(|e| panic!("{fine}: {e}"));
+        }
     }
 
     #[test]

@@ -26,6 +26,34 @@ use serde_json::Value;
 
 mod js;
 
+/// Whether `code` parses as a classic browser script, by parse-js (a JavaScript parser); the error says
+/// what was expected and where (line and column, 1-based). Lenient where browsers are strict (a top-level
+/// `return` passes), never the other way round, so a block it refuses fails in every browser.
+pub fn check_js_syntax(code: &str) -> Result<(), String> {
+    let Err(error) = parse_js::parse(code.as_bytes()) else {
+        return Ok(());
+    };
+    let at = error.loc.0.min(code.len());
+    let before = code.get(..at).unwrap_or(code);
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().unwrap_or("").chars().count() + 1;
+    let what = match error.typ {
+        parse_js::error::SyntaxErrorType::ExpectedSyntax(what) => format!("expected {what}"),
+        parse_js::error::SyntaxErrorType::RequiredTokenNotFound(token) => {
+            format!("expected {token:?}")
+        }
+        other => format!("{other:?}"),
+    };
+    let found = match error.actual_token {
+        Some(parse_js::token::TokenType::EOF) => " but the code ends".to_owned(),
+        Some(token) => format!(", found {token:?}"),
+        None => String::new(),
+    };
+    Err(format!(
+        "does not parse as JavaScript at line {line}, column {column}: {what}{found}"
+    ))
+}
+
 /// Longest macro name.
 const MAX_NAME: usize = 64;
 

@@ -694,3 +694,21 @@ async fn a_definition_that_cannot_render_is_a_failed_row_counted_everywhere_ops_
         "{summary}"
     );
 }
+
+#[tokio::test]
+async fn a_js_definition_that_does_not_parse_is_refused_at_save() {
+    let app = TestApp::spawn().await;
+    let answer = json_of(
+        app.admin(Method::POST, "/api/v1/brands/b1/pixel-definitions")
+            .json(&json!({"name": "js", "trigger": "ftd", "kind": "js", "code": "track({{afp}}"})),
+    )
+    .await;
+    assert_eq!(answer["error"]["code"], "invalid_template", "{answer}");
+    let message = answer["error"]["message"].as_str().unwrap();
+    assert!(
+        message.starts_with("definition.code: does not parse as JavaScript at line 1, column"),
+        "{message}"
+    );
+    let listed = app.get_json("/api/v1/brands/b1/pixel-definitions").await;
+    assert_eq!(listed["definitions"], json!([]), "nothing saved");
+}
