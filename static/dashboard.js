@@ -125,7 +125,9 @@ function mergeHistory(h) {
 // Per-minute rate of a counter (get(sample) -> number or undefined) over the last ~60 s of samples, scaled
 // up when less history exists; 0 with fewer than two samples. A decrease means the hub restarted and the
 // counter began again at zero, so the new value is what was counted since: never a negative rate.
-function ratePerMin(get) {
+function ratePerMin(get) { return roundRate(rawRate(get)); }
+const roundRate = (r) => (r >= 100 ? Math.round(r) : Math.round(r * 10) / 10);
+function rawRate(get) {
   const a = S.samples, n = a.length;
   if (n < 2) return 0;
   const end = a[n - 1].at_ms;
@@ -137,8 +139,7 @@ function ratePerMin(get) {
     const p = get(a[i]), c = get(a[i + 1]);
     if (isNum(p) && isNum(c)) total += c >= p ? c - p : c;
   }
-  const r = span > 0 ? (total * MIN) / span : 0;
-  return r >= 100 ? Math.round(r) : Math.round(r * 10) / 10;
+  return span > 0 ? (total * MIN) / span : 0;
 }
 const brandSample = (s, id) => (s && s.brands && s.brands[id]) || null;
 const brandRate = (id) => ratePerMin((s) => (brandSample(s, id) || {}).fired_total);
@@ -203,7 +204,10 @@ function renderCards() {
   setCard('#total-depth', num(st.queue_depth));
   setCard('#sessions', num(st.sessions));
   setCard('#players-online', num(st.players_online));
-  setCard('#fired-per-min', ratePerMin((s) => s.fired_total));
+  // The sum of the brand rows' own rates, so the header and the rows can never disagree (a brand that
+  // appeared within the window, or two roundings, once made them read 59 and 49).
+  const rows = Object.keys(st.brands || {});
+  setCard('#fired-per-min', roundRate(rows.reduce((sum, id) => sum + rawRate((s) => (brandSample(s, id) || {}).fired_total), 0)));
   const n = S.samples.length, span = n > 1 ? S.samples[n - 1].at_ms - S.samples[0].at_ms : 0;
   setText($('#fired-sub'), span >= MIN ? 'over the last minute' : n > 1 ? `from ${Math.round(span / 1000)} s of history` : 'waiting for history');
 

@@ -577,6 +577,26 @@ async fn the_dashboard_shows_the_hub_live_in_a_browser() {
         "fired per minute",
     )
     .await;
+    // The header's fired/min is the sum of the brand rows' (they once read 59 and 49); the S2S card's
+    // line is shown whole, never cut.
+    let (header, rows) = (
+        tab.eval(&number("fired-per-min")).await,
+        tab.eval(
+            "[...document.querySelectorAll('#brands tbody td[data-field=\"fired_per_min\"]')]\
+             .reduce(function (sum, td) { return sum + Number(td.textContent.replace(/,/g, '')); }, 0)",
+        )
+        .await,
+    );
+    assert!(
+        (header.as_f64().unwrap() - rows.as_f64().unwrap()).abs() < 0.2,
+        "header {header} and rows {rows}"
+    );
+    assert_eq!(
+        tab.eval("(function (e) { return e.scrollWidth <= e.clientWidth; })(document.getElementById('s2s-sub'))")
+            .await,
+        json!(true),
+        "the S2S line fits its card"
+    );
     tab.wait_for(
         "document.querySelectorAll('#deliveries tbody td[data-field=\"status\"]').length === 3 && \
          [...document.querySelectorAll('#deliveries tbody td[data-field=\"status\"]')].every(function (td) { return td.textContent.trim() === 'fired'; })",
