@@ -157,6 +157,11 @@ async function pollOnce() {
   const rs = await Promise.allSettled([
     getJson('/api/v1/stats'), getJson(`/api/v1/stats/history${since}`), getJson('/api/v1/backlogs?limit=10')]);
   if (rs[0].status === 'fulfilled') S.stats = rs[0].value;
+  // Opened with a brand API key: the hub answers for that brand only; show it, and name it in the title.
+  if (S.stats && S.stats.brand_id) {
+    setText($('h1'), `pixelhub · brand ${S.stats.brand_id}`);
+    if (S.brand !== S.stats.brand_id) safely(() => selectBrand(S.stats.brand_id));
+  }
   if (rs[1].status === 'fulfilled') safely(() => mergeHistory(rs[1].value));
   if (rs[2].status === 'fulfilled') S.backlogs = rs[2].value;
   [renderCards, renderChart, renderBrands, renderBacklogs].forEach(safely);

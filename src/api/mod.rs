@@ -286,11 +286,46 @@ pub(crate) fn public_base(state: &AppState, headers: &axum::http::HeaderMap) -> 
     format!("{scheme}://{host}")
 }
 
+/// Routes without a brand in the path that a brand API key may read, answered for its own brand only: the
+/// dashboard and the figures it shows, so a brand's own people can watch their pixels without the admin
+/// token.
+const SCOPED_TO_THE_KEY: [&str; 6] = [
+    "/stats",
+    "/stats/history",
+    "/backlogs",
+    "/dashboard",
+    "/dashboard/dashboard.js",
+    "/dashboard/dashboard.css",
+];
+
+/// Who made a request that [`authorize`] let through; handlers of [`SCOPED_TO_THE_KEY`] routes answer a
+/// brand key for its brand only.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Caller {
+    /// The admin token: everything.
+    Admin,
+    /// A brand API key: that brand only.
+    Brand(BrandId),
+}
+
+impl Caller {
+    /// Whether the caller may see `brand`.
+    pub fn sees(&self, brand: &BrandId) -> bool {
+        match self {
+            Caller::Admin => true,
+            Caller::Brand(own) => own == brand,
+        }
+    }
+}
+
 /// Whether a brand API key may use the route `path` (relative to `/api/v1`) with `method`: the routes
 /// of its own brand (checked by [`authorize`]), except changing the brand's settings and managing keys,
 /// which need the admin token. Everything else (stats, backlogs over all brands, metrics, the dashboard)
 /// is the admin's.
 fn brand_key_may(method: &Method, path: &str) -> bool {
+    if SCOPED_TO_THE_KEY.contains(&path) {
+        return true;
+    }
     let Some(rest) = path.strip_prefix("/brands/{brand_id}") else {
         return false;
     };
@@ -414,25 +449,28 @@ async fn authorize(
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default();
     let read_only = matches!(*request.method(), Method::GET | Method::HEAD);
-    let (presented, basic) = match header.split_once(' ') {
+    // The Basic password (a browser opening the dashboard) is taken for reads only.
+    let presented = match header.split_once(' ') {
         Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => {
-            (Some(token.trim().to_owned()), false)
+            Some(token.trim().to_owned())
         }
         Some((scheme, encoded)) if scheme.eq_ignore_ascii_case("basic") && read_only => {
-            (basic_password(encoded.trim()), true)
+            basic_password(encoded.trim())
         }
-        _ => (None, false),
+        _ => None,
     };
     let Some(presented) = presented else {
         return Err(ApiError::Unauthorized);
     };
     // Digests of equal length, so the comparison's time tells nothing, not even the token's length.
     let digest = |text: &str| sha2::Sha256::digest(text.as_bytes());
+    let mut request = request;
     if bool::from(digest(&presented).ct_eq(&digest(&state.admin_token))) {
+        request.extensions_mut().insert(Caller::Admin);
         return Ok(next.run(request).await);
     }
     let key = match crate::api_key::id_of(&presented) {
-        Some(id) if !basic => state.store.api_key(id).await?,
+        Some(id) => state.store.api_key(id).await?,
         _ => None,
     };
     let Some(key) = key.filter(|key| crate::api_key::matches(key, &presented)) else {
@@ -447,6 +485,12 @@ async fn authorize(
         return Err(ApiError::Forbidden(
             "brand API keys cannot use this route; it needs the admin token".into(),
         ));
+    }
+    if SCOPED_TO_THE_KEY.contains(&route) {
+        request
+            .extensions_mut()
+            .insert(Caller::Brand(key.brand_id.clone()));
+        return Ok(next.run(request).await);
     }
     // A path that is not UTF-8 names no brand, so no key may use it.
     let path_brand = params.as_ref().ok().and_then(|params| {

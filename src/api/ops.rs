@@ -11,7 +11,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use axum::Json;
-use axum::extract::State;
+use axum::extract::{Extension, State};
 use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
@@ -21,7 +21,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::admin::{BrandPath, PlayerPath, require_brand};
 use super::extract::{ApiPath, ApiQuery};
-use super::{ApiError, AppState, ErrorBody};
+use super::{ApiError, AppState, Caller, ErrorBody};
 use crate::hub::BrandSessions;
 use crate::hub::SessionInfo;
 use crate::ids::BrandId;
@@ -108,8 +108,32 @@ fn draining(state: &AppState) -> bool {
     tag = "ops",
     responses((status = 200, description = "`{\"queue_depth\", \"brands\": {…}, \"sessions\", \"players_online\", \"postbacks\", \"draining\", \"now_ms\", …}`.", body = Object))
 )]
-pub(super) async fn stats(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
-    let (overview, store) = overview(&state).await?;
+pub(super) async fn stats(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+) -> Result<Json<Value>, ApiError> {
+    let (mut overview, store) = overview(&state).await?;
+    if let Caller::Brand(own) = &caller {
+        // A brand key sees its own brand, and totals that are its brand's; nothing of the others.
+        overview.brands.retain(|id, _| id == own);
+        let figures = overview.brands.get(own).cloned().unwrap_or_default();
+        overview.queue_depth = figures.queue.queue_depth;
+        overview.sessions = figures.sessions.sessions;
+        overview.players_online = figures.sessions.players_online;
+        let mut brands = serde_json::Map::new();
+        let mut value = serde_json::to_value(&figures).expect("figures serialise");
+        value["flagged_definitions"] = json!(super::deliveries::flagged(&state, own).await?.len());
+        brands.insert(own.to_string(), value);
+        return Ok(Json(json!({
+            "brand_id": own,
+            "queue_depth": overview.queue_depth,
+            "sessions": overview.sessions,
+            "players_online": overview.players_online,
+            "draining": draining(&state),
+            "now_ms": now_ms(),
+            "brands": brands,
+        })));
+    }
     let mut brands = serde_json::Map::new();
     for (brand, figures) in &overview.brands {
         let mut value = serde_json::to_value(figures).expect("figures serialise");
@@ -147,6 +171,18 @@ struct Sample {
     fired_total: u64,
     s2s_failed_total: u64,
     brands: BTreeMap<BrandId, BrandSample>,
+}
+
+impl Sample {
+    /// The sample as a brand key sees it: its brand's figures, and totals that are its brand's.
+    fn only(&mut self, brand: &BrandId) {
+        self.brands.retain(|id, _| id == brand);
+        let own = self.brands.get(brand);
+        self.queue_depth = own.map_or(0, |b| b.queue_depth);
+        self.sessions = own.map_or(0, |b| b.sessions);
+        self.fired_total = own.map_or(0, |b| b.fired_total);
+        self.s2s_failed_total = 0;
+    }
 }
 
 /// The last minutes of samples, oldest first; kept in memory (a restart starts a fresh chart).
@@ -243,13 +279,20 @@ pub(super) struct HistoryQuery {
 )]
 pub(super) async fn history(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     ApiQuery(query): ApiQuery<HistoryQuery>,
 ) -> Result<Json<Value>, ApiError> {
+    let mut samples = state.history.since(query.since_ms.unwrap_or(0));
+    if let Caller::Brand(own) = &caller {
+        for sample in &mut samples {
+            sample.only(own);
+        }
+    }
     Ok(Json(json!({
         "interval_ms": SAMPLE_EVERY.as_millis() as u64,
         "window_ms": HISTORY_WINDOW.as_millis() as u64,
         "now_ms": now_ms(),
-        "samples": state.history.since(query.since_ms.unwrap_or(0)),
+        "samples": samples,
     })))
 }
 
@@ -289,10 +332,20 @@ fn limit_of(limit: Option<usize>) -> Result<usize, ApiError> {
 )]
 pub(super) async fn backlogs(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     ApiQuery(query): ApiQuery<BacklogQuery>,
 ) -> Result<Json<BacklogsAnswer>, ApiError> {
     let limit = limit_of(query.limit)?;
-    let players = state.store.backlogs(query.brand.as_ref(), limit).await?;
+    let brand = match (&caller, query.brand) {
+        (Caller::Brand(own), Some(asked)) if &asked != own => {
+            return Err(ApiError::Forbidden(format!(
+                "this API key acts for brand {own} only"
+            )));
+        }
+        (Caller::Brand(own), _) => Some(own.clone()),
+        (Caller::Admin, asked) => asked,
+    };
+    let players = state.store.backlogs(brand.as_ref(), limit).await?;
     Ok(Json(BacklogsAnswer { players }))
 }
 

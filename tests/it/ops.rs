@@ -618,3 +618,89 @@ async fn the_dashboard_shows_the_hub_live_in_a_browser() {
     std::fs::write(&path, png).unwrap();
     eprintln!("dashboard screenshot: {}", path.display());
 }
+
+/// A brand API key, as the Basic password, opens the dashboard on its own brand: its figures, its
+/// definitions and deliveries, and nothing of any other brand.
+#[tokio::test]
+async fn a_brand_key_opens_the_dashboard_on_its_own_brand_only() {
+    use base64::Engine;
+
+    let app = TestApp::spawn().await;
+    app.put_brand("b2", json!({})).await;
+    let image = |n: u32| json!({"kind": "image", "url": format!("https://px.example/{n}")});
+    app.queue("p1", json!([image(1), image(2)])).await;
+    app.queue_for("b2", "p2", json!([image(3), image(4), image(5)]))
+        .await;
+    let key = app.create_key("b1").await;
+
+    // Its figures are its brand's; another brand's are refused or absent.
+    let get = |path: &str| app.http.get(app.url(path)).bearer_auth(&key).send();
+    let stats: Value = get("/api/v1/stats").await.unwrap().json().await.unwrap();
+    assert_eq!(stats["brand_id"], "b1");
+    assert_eq!(stats["queue_depth"], 2, "{stats}");
+    assert_eq!(
+        stats["brands"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .collect::<Vec<_>>(),
+        ["b1"]
+    );
+    assert!(stats.get("s2s").is_none(), "no hub-wide figures: {stats}");
+    let backlogs: Value = get("/api/v1/backlogs").await.unwrap().json().await.unwrap();
+    assert_eq!(
+        backlogs["players"].as_array().unwrap().len(),
+        1,
+        "{backlogs}"
+    );
+    assert_eq!(
+        get("/api/v1/backlogs?brand=b2").await.unwrap().status(),
+        StatusCode::FORBIDDEN
+    );
+    let history: Value = get("/api/v1/stats/history")
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    for sample in history["samples"].as_array().unwrap() {
+        assert!(sample["brands"].get("b2").is_none(), "{sample}");
+    }
+    // It still cannot write outside its brand, nor use what needs the admin token.
+    assert_eq!(
+        get("/metrics").await.unwrap().status(),
+        StatusCode::FORBIDDEN
+    );
+    let wrong = base64::engine::general_purpose::STANDARD.encode("ops:not-a-key-0123456789");
+    let refused = app
+        .http
+        .get(app.url("/dashboard"))
+        .header("authorization", format!("Basic {wrong}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), StatusCode::UNAUTHORIZED);
+
+    let browser = crate::cdp::Browser::launch().await;
+    let tab = browser.tab().await;
+    let credentials = base64::engine::general_purpose::STANDARD.encode(format!("brand:{key}"));
+    tab.set_headers(json!({"Authorization": format!("Basic {credentials}")}))
+        .await;
+    tab.goto(&app.url("/dashboard")).await;
+    tab.wait_for(
+        "document.getElementById('brand-detail').dataset.brand === 'b1' && \
+         document.querySelectorAll('#brands tbody tr').length === 1 && \
+         document.querySelector('#brands tbody tr[data-brand=\"b1\"]')",
+        "the dashboard on brand b1 alone",
+    )
+    .await;
+    assert_eq!(
+        tab.eval("Number(document.getElementById('total-depth').dataset.value)")
+            .await,
+        2
+    );
+    assert_eq!(
+        tab.eval("document.querySelector('h1').textContent").await,
+        "pixelhub · brand b1"
+    );
+}
