@@ -130,6 +130,125 @@ pub struct PlayerContext {
     /// The event that raised or reported the player's FTD; FTD fires once per player.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ftd_event_id: Option<EventId>,
+    /// When the FTD happened (Unix milliseconds), for a QFTD rule's window.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ftd_at_ms: Option<u64>,
+    /// Deposits counted toward the QFTD rule: the FTD's and later ones within its window.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub deposited: f64,
+    /// The event that raised or reported the player's QFTD; it fires once per player.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub qftd_event_id: Option<EventId>,
+    /// The event that raised or reported the qualified registration; once per player.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub qualified_event_id: Option<EventId>,
+}
+
+fn is_zero(n: &f64) -> bool {
+    *n == 0.0
+}
+
+/// A brand's rules for qualifying players itself, so that `qftd` and `qualified_registration` fire
+/// without the brand reporting them (they still may: a reported one is recorded, never doubled). A deal
+/// may have rules of its own, which replace the brand's for its players.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Qualification {
+    /// When a first deposit becomes a QFTD.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub qftd: Option<QftdRule>,
+    /// When a registration becomes qualified.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub qualified_registration: Option<QualifiedRule>,
+    /// Rules of particular deals, by deal id.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schema(value_type = Object)]
+    pub deals: BTreeMap<String, Qualification>,
+}
+
+/// QFTD once the player's deposits, from the FTD on, reach an amount within a number of days of the FTD.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct QftdRule {
+    /// The sum of the `amount` of the FTD and later deposits that qualifies.
+    pub min_deposits: f64,
+    /// Days after the FTD within which deposits count (the deposits' `occurred_at`, else their receipt).
+    pub within_days: u32,
+}
+
+/// A registration is qualified when an event of this type arrives for the player.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct QualifiedRule {
+    /// The event type, such as `kyc_passed` (any name affiliate platforms use is mapped).
+    pub on_event: String,
+}
+
+impl Qualification {
+    /// Checks the rules as a brand sent them; the error names the field.
+    pub fn check(&self) -> Result<(), String> {
+        self.check_at("qualification", true)
+    }
+
+    fn check_at(&self, path: &str, top: bool) -> Result<(), String> {
+        if let Some(rule) = &self.qftd
+            && !(rule.min_deposits.is_finite()
+                && rule.min_deposits > 0.0
+                && (1..=3650).contains(&rule.within_days))
+        {
+            return Err(format!(
+                "{path}.qftd: min_deposits must be a positive amount and within_days 1 to 3650"
+            ));
+        }
+        if let Some(rule) = &self.qualified_registration {
+            match crate::vocabulary::event_type(&rule.on_event).as_deref() {
+                None => {
+                    return Err(format!(
+                        "{path}.qualified_registration.on_event: {:?} is not an event type",
+                        rule.on_event
+                    ));
+                }
+                Some("qualified_registration" | "registration") => {
+                    return Err(format!(
+                        "{path}.qualified_registration.on_event: a registration cannot qualify itself; name the event that qualifies it, such as kyc_passed"
+                    ));
+                }
+                Some(_) => {}
+            }
+        }
+        if !top && !self.deals.is_empty() {
+            return Err(format!(
+                "{path}.deals: a deal's rules cannot have deals of their own"
+            ));
+        }
+        for (deal, rules) in &self.deals {
+            rules.check_at(&format!("{path}.deals.{deal}"), false)?;
+        }
+        Ok(())
+    }
+
+    /// The event types the rules wait for (`on_event`), as the hub names them.
+    fn awaited_events(&self) -> Vec<String> {
+        let mut out: Vec<String> = self
+            .qualified_registration
+            .iter()
+            .filter_map(|rule| crate::vocabulary::event_type(&rule.on_event))
+            .collect();
+        for deal in self.deals.values() {
+            out.extend(deal.awaited_events());
+        }
+        out
+    }
+
+    /// The rules for a player of `deal`: the deal's own, where it has any, else the brand's.
+    fn for_deal(&self, deal: Option<&str>) -> (Option<&QftdRule>, Option<&QualifiedRule>) {
+        let own = deal.and_then(|d| self.deals.get(d));
+        (
+            own.and_then(|q| q.qftd.as_ref()).or(self.qftd.as_ref()),
+            own.and_then(|q| q.qualified_registration.as_ref())
+                .or(self.qualified_registration.as_ref()),
+        )
+    }
 }
 
 /// One pixel or postback an event produced, as the API answers and as the event record keeps it.
@@ -301,6 +420,8 @@ pub struct BrandRules<'a> {
     /// The params that carry an affiliate's click id, in order of preference (see
     /// [`crate::definition::Audience`]).
     pub click_id_params: &'a [String],
+    /// How the hub qualifies players itself.
+    pub qualification: &'a Qualification,
 }
 
 /// An event of a type the hub does not know and none of the brand's definitions listens to: most
@@ -317,11 +438,19 @@ pub struct UnknownType {
     pub known: Vec<String>,
 }
 
-/// Checks that every event's type is a standard one or a trigger of one of the brand's definitions
-/// (enabled or not: a paused definition still makes its type a known one).
-pub fn check_types(events: &[Event], definitions: &[Definition]) -> Result<(), UnknownType> {
+/// Checks that every event's type is a standard one, a trigger of one of the brand's definitions
+/// (enabled or not: a paused definition still makes its type a known one), or the event a qualification
+/// rule of the brand waits for.
+pub fn check_types(
+    events: &[Event],
+    definitions: &[Definition],
+    qualification: &Qualification,
+) -> Result<(), UnknownType> {
+    let awaited = qualification.awaited_events();
     let known = |kind: &str| {
-        crate::vocabulary::is_standard(kind) || definitions.iter().any(|d| d.trigger == kind)
+        crate::vocabulary::is_standard(kind)
+            || definitions.iter().any(|d| d.trigger == kind)
+            || awaited.iter().any(|a| a == kind)
     };
     let Some((index, event)) = events.iter().enumerate().find(|(_, e)| !known(&e.kind)) else {
         return Ok(());
@@ -378,21 +507,59 @@ pub fn plan(
         processed_at_ms: now_ms,
     };
     let mut triggers = vec![event.kind.as_str()];
+    let at_ms = event.occurred_at_ms.unwrap_or(now_ms);
+    let mut deposit = None;
     match (event.kind.as_str(), &context.ftd_event_id) {
         ("ftd", Some(first)) => {
             outcome.ftd_already_recorded_by = Some(first.clone());
             triggers.clear();
         }
-        ("ftd", None) => new_context.ftd_event_id = Some(event.event_id.clone()),
+        ("ftd", None) => {
+            new_context.ftd_event_id = Some(event.event_id.clone());
+            new_context.ftd_at_ms = Some(at_ms);
+            deposit = Some(amount(event));
+        }
         ("deposit", None) => {
             new_context.ftd_event_id = Some(event.event_id.clone());
+            new_context.ftd_at_ms = Some(at_ms);
             outcome.raised.push("ftd".into());
             triggers.push("ftd");
+            deposit = Some(amount(event));
         }
+        ("deposit", Some(_)) => deposit = Some(amount(event)),
         _ => {}
     }
 
     let deal_id = event.deal_id.as_ref().or(context.deal_id.as_ref());
+    // Qualification: reported once, or raised once by the brand's rules; never both, never twice.
+    let (qftd_rule, qualified_rule) = rules.qualification.for_deal(deal_id.map(String::as_str));
+    match event.kind.as_str() {
+        "qftd" if new_context.qftd_event_id.is_some() => triggers.retain(|t| *t != "qftd"),
+        "qftd" => new_context.qftd_event_id = Some(event.event_id.clone()),
+        "qualified_registration" if new_context.qualified_event_id.is_some() => {
+            triggers.retain(|t| *t != "qualified_registration")
+        }
+        "qualified_registration" => new_context.qualified_event_id = Some(event.event_id.clone()),
+        _ => {}
+    }
+    if let (Some(amount), Some(rule), Some(ftd_at)) = (deposit, qftd_rule, new_context.ftd_at_ms)
+        && at_ms.saturating_sub(ftd_at) <= u64::from(rule.within_days) * 24 * 3600 * 1000
+    {
+        new_context.deposited += amount;
+        if new_context.qftd_event_id.is_none() && new_context.deposited >= rule.min_deposits {
+            new_context.qftd_event_id = Some(event.event_id.clone());
+            outcome.raised.push("qftd".into());
+            triggers.push("qftd");
+        }
+    }
+    if let Some(rule) = qualified_rule
+        && crate::vocabulary::event_type(&rule.on_event).as_deref() == Some(event.kind.as_str())
+        && new_context.qualified_event_id.is_none()
+    {
+        new_context.qualified_event_id = Some(event.event_id.clone());
+        outcome.raised.push("qualified_registration".into());
+        triggers.push("qualified_registration");
+    }
     let affiliate_id = event
         .affiliate_id
         .as_ref()
@@ -508,6 +675,15 @@ pub fn plan(
         postbacks,
         failures,
         context: (new_context != *context).then_some(new_context),
+    }
+}
+
+/// The event's `amount` param as a number; 0 when it has none.
+fn amount(event: &Event) -> f64 {
+    match event.params.get("amount") {
+        Some(Value::Number(n)) => n.as_f64().unwrap_or(0.0),
+        Some(Value::String(s)) => s.trim().parse().unwrap_or(0.0),
+        _ => 0.0,
     }
 }
 
@@ -762,10 +938,140 @@ mod tests {
     fn rules() -> BrandRules<'static> {
         static PARAMS: std::sync::LazyLock<Vec<String>> =
             std::sync::LazyLock::new(crate::store::default_click_id_params);
+        static NONE: std::sync::LazyLock<Qualification> =
+            std::sync::LazyLock::new(Default::default);
         BrandRules {
             policy: PixelPolicy::ANY,
             click_id_params: &PARAMS,
+            qualification: &NONE,
         }
+    }
+
+    /// Plays `events` in order for one player under `qualification`; each event's raised triggers.
+    fn play(qualification: &Qualification, events: Value) -> Vec<Vec<String>> {
+        let rules = BrandRules {
+            qualification,
+            ..rules()
+        };
+        let mut context = PlayerContext::default();
+        let defs = definitions(json!([
+            {"name": "q", "trigger": "qftd", "audience": "all_players", "kind": "js", "code": "q()"},
+            {"name": "r", "trigger": "qualified_registration", "audience": "all_players", "kind": "js", "code": "r()"},
+        ]));
+        parse_events(events, 100)
+            .unwrap()
+            .iter()
+            .map(|e| {
+                let plan = plan(&brand(), rules, e, &context, &defs, 1_000);
+                if let Some(next) = plan.context {
+                    context = next;
+                }
+                let fired: Vec<String> = plan
+                    .outcome
+                    .pixels
+                    .iter()
+                    .map(|p| p.trigger.clone())
+                    .collect();
+                assert!(
+                    plan.outcome
+                        .raised
+                        .iter()
+                        .all(|t| fired.contains(t) || t == "ftd"),
+                    "every raised trigger fires its definition"
+                );
+                plan.outcome.raised
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_hub_raises_qftd_and_qualified_registration_by_the_brands_rules_once() {
+        let day = 24 * 3600;
+        let rules: Qualification = serde_json::from_value(json!({
+            "qftd": {"min_deposits": 100, "within_days": 30},
+            "qualified_registration": {"on_event": "KYC Passed"},
+            "deals": {"cpl-3": {"qftd": {"min_deposits": 20, "within_days": 7}}},
+        }))
+        .unwrap();
+        rules.check().unwrap();
+        let t = |days: u64| {
+            time::OffsetDateTime::from_unix_timestamp((1_795_000_000 + days * day) as i64)
+                .unwrap()
+                .format(&Rfc3339)
+                .unwrap()
+        };
+        // 50 at the FTD, 30 on day 10, 40 on day 29: QFTD on the third deposit, once.
+        let raised = play(
+            &rules,
+            json!([
+                {"event_id": "r", "type": "registration", "player_id": "p", "occurred_at": t(0)},
+                {"event_id": "k", "type": "kyc_passed", "player_id": "p", "occurred_at": t(0)},
+                {"event_id": "k2", "type": "kyc_passed", "player_id": "p", "occurred_at": t(0)},
+                {"event_id": "d1", "type": "deposit", "player_id": "p", "occurred_at": t(0), "params": {"amount": 50}},
+                {"event_id": "d2", "type": "deposit", "player_id": "p", "occurred_at": t(10), "params": {"amount": 30}},
+                {"event_id": "d3", "type": "deposit", "player_id": "p", "occurred_at": t(29), "params": {"amount": 40}},
+                {"event_id": "d4", "type": "deposit", "player_id": "p", "occurred_at": t(29), "params": {"amount": 400}},
+                {"event_id": "q", "type": "qftd", "player_id": "p"},
+            ]),
+        );
+        assert_eq!(
+            raised,
+            [
+                vec![],
+                vec!["qualified_registration".to_owned()],
+                vec![],
+                vec!["ftd".to_owned()],
+                vec![],
+                vec!["qftd".to_owned()],
+                vec![],
+                vec![],
+            ]
+        );
+        // Deposits after the window do not count; a deal's own rule replaces the brand's.
+        let late = play(
+            &rules,
+            json!([
+                {"event_id": "d1", "type": "deposit", "player_id": "p", "occurred_at": t(0), "params": {"amount": 50}},
+                {"event_id": "d2", "type": "deposit", "player_id": "p", "occurred_at": t(31), "params": {"amount": 500}},
+            ]),
+        );
+        assert_eq!(late, [vec!["ftd".to_owned()], vec![]]);
+        let deal = play(
+            &rules,
+            json!([
+                {"event_id": "r", "type": "registration", "player_id": "p", "deal_id": "cpl-3"},
+                {"event_id": "d1", "type": "deposit", "player_id": "p", "params": {"amount": 25}},
+            ]),
+        );
+        assert_eq!(deal[1], ["ftd", "qftd"]);
+        // A reported QFTD wins: the rules never raise another.
+        let reported = play(
+            &rules,
+            json!([
+                {"event_id": "q", "type": "Qualified FTD", "player_id": "p"},
+                {"event_id": "d1", "type": "deposit", "player_id": "p", "params": {"amount": 500}},
+            ]),
+        );
+        assert_eq!(reported, [vec![], vec!["ftd".to_owned()]]);
+        // Bad rules are refused with the field.
+        for (bad, field) in [
+            (
+                json!({"qftd": {"min_deposits": 0, "within_days": 30}}),
+                "qualification.qftd",
+            ),
+            (
+                json!({"qualified_registration": {"on_event": "registration"}}),
+                "qualification.qualified_registration.on_event",
+            ),
+            (
+                json!({"deals": {"d": {"deals": {"e": {}}}}}),
+                "qualification.deals.d.deals",
+            ),
+        ] {
+            let rules: Qualification = serde_json::from_value(bad).unwrap();
+            assert!(rules.check().unwrap_err().starts_with(field));
+        }
+        assert!(serde_json::from_value::<Qualification>(json!({"qftd": {"min": 1}})).is_err());
     }
 
     fn brand() -> BrandId {

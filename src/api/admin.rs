@@ -85,6 +85,11 @@ pub(super) struct BrandBody {
     /// that name no player find theirs by it.
     #[serde(default)]
     click_id_params: Option<Vec<String>>,
+    /// Rules by which the hub raises `qftd` and `qualified_registration` itself (none by default):
+    /// `{"qftd": {"min_deposits": 100, "within_days": 30}, "qualified_registration": {"on_event":
+    /// "kyc_passed"}, "deals": {"cpa-7": {…}}}`. A deal's rules replace the brand's for its players.
+    #[serde(default)]
+    qualification: Option<crate::event::Qualification>,
 }
 
 /// The tokens of the HTML `sandbox` attribute.
@@ -227,8 +232,18 @@ fn brand_settings(body: Value) -> Result<BrandSettings, ApiError> {
             params
         }
     };
+    let qualification = match fields.obj.remove("qualification") {
+        None | Some(Value::Null) => Default::default(),
+        Some(value) => {
+            let rules: crate::event::Qualification = serde_json::from_value(value)
+                .map_err(|e| invalid(format!("qualification: {e}")))?;
+            rules.check().map_err(invalid)?;
+            rules
+        }
+    };
     let settings = BrandSettings {
         name,
+        qualification,
         allowed_origins: origins,
         require_player_token: fields
             .optional_bool("require_player_token")

@@ -100,11 +100,13 @@ pub(super) async fn import(
     };
     params.finish()?;
     let brand = path.brand_id;
-    state
+    let qualification = state
         .store
         .get_brand(&brand)
         .await?
-        .ok_or_else(|| ApiError::UnknownBrand(brand.to_string()))?;
+        .ok_or_else(|| ApiError::UnknownBrand(brand.to_string()))?
+        .settings
+        .qualification;
 
     let mut read = 0u64;
     let metrics = std::sync::Arc::clone(&state.metrics);
@@ -158,7 +160,7 @@ pub(super) async fn import(
         }
         if let Ok(event) = &row.result
             && let Err(unknown) =
-                crate::event::check_types(std::slice::from_ref(event), &definitions)
+                crate::event::check_types(std::slice::from_ref(event), &definitions, &qualification)
         {
             row.result = Err(InputError::new(
                 "unknown_event_type",

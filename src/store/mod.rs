@@ -70,6 +70,13 @@ pub struct BrandSettings {
     /// Event params that carry an affiliate's click id, in the order they are looked for: a player with
     /// one was brought by an affiliate, and inbound calls that name no player find theirs by it.
     pub click_id_params: Vec<String>,
+    /// Rules by which the hub raises `qftd` and `qualified_registration` itself; none by default.
+    #[serde(skip_serializing_if = "is_unset")]
+    pub qualification: crate::event::Qualification,
+}
+
+fn is_unset(q: &crate::event::Qualification) -> bool {
+    *q == crate::event::Qualification::default()
 }
 
 /// The click-id params of a brand that names none: every name the platforms in
@@ -99,6 +106,7 @@ impl Default for BrandSettings {
             iframe_sandbox: DEFAULT_IFRAME_SANDBOX.into(),
             referrer_policy: DEFAULT_REFERRER_POLICY.into(),
             click_id_params: default_click_id_params(),
+            qualification: Default::default(),
         }
     }
 }
@@ -117,6 +125,7 @@ impl BrandSettings {
         crate::event::BrandRules {
             policy: self.pixel_policy(),
             click_id_params: &self.click_id_params,
+            qualification: &self.qualification,
         }
     }
 }

@@ -1686,7 +1686,7 @@ impl Store for SledStore {
                     .ok_or_else(|| StoreError::UnknownBrand(brand.clone()))?
                     .settings;
                 let definitions = inner.definitions(brand)?;
-                event::check_types(&events, &definitions)?;
+                event::check_types(&events, &definitions, &settings.qualification)?;
                 let now = now_ms();
                 let mut batch = Changes::default();
                 let mut contexts: HashMap<PlayerId, PlayerContext> = HashMap::new();

@@ -501,3 +501,68 @@ async fn wait_for(app: &TestApp, query: &str, n: usize) -> Vec<Value> {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
 }
+
+#[tokio::test]
+async fn the_hub_raises_smarticos_qualified_ftd_by_the_brands_rule() {
+    let app = TestApp::spawn().await;
+    let patched = app
+        .admin(reqwest::Method::PATCH, "/api/v1/brands/b1")
+        .json(
+            &json!({"qualification": {"qftd": {"min_deposits": 100, "within_days": 30},
+                                          "qualified_registration": {"on_event": "kyc_passed"}}}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(patched.status(), StatusCode::OK);
+    let bad = json_of(
+        app.admin(reqwest::Method::PATCH, "/api/v1/brands/b1")
+            .json(&json!({"qualification": {"qftd": {"min_deposits": -1, "within_days": 30}}})),
+    )
+    .await;
+    assert_eq!(bad["error"]["code"], "invalid_brand", "{bad}");
+    for (id, action) in [("q", "Qualified FTD"), ("ql", "Qualified Lead")] {
+        app.define(
+            "b1",
+            json!({"id": id, "name": id, "trigger": action, "kind": "image",
+                   "url": format!("https://pixelserver.com?click_id={{{{afp}}}}&e={id}")}),
+        )
+        .await;
+    }
+    app.report(
+        "b1",
+        json!({"event_id": "r", "type": "Lead", "player_id": "p1", "params": {"afp": "c-1"}}),
+    )
+    .await;
+    let kyc = app
+        .report(
+            "b1",
+            json!({"event_id": "k", "type": "kyc_passed", "player_id": "p1"}),
+        )
+        .await;
+    assert_eq!(kyc[0]["raised"], json!(["qualified_registration"]));
+    assert_eq!(
+        rendered(&kyc[0]),
+        [pair("ql", "https://pixelserver.com/?click_id=c-1&e=ql")]
+    );
+    let deposits = app
+        .report(
+            "b1",
+            json!([
+                {"event_id": "d1", "type": "deposit", "player_id": "p1", "params": {"amount": 60}},
+                {"event_id": "d2", "type": "deposit", "player_id": "p1", "params": {"amount": 60}},
+                {"event_id": "d3", "type": "deposit", "player_id": "p1", "params": {"amount": 60}},
+                {"event_id": "q", "type": "QFTD", "player_id": "p1"},
+            ]),
+        )
+        .await;
+    assert_eq!(deposits[1]["raised"], json!(["qftd"]));
+    assert_eq!(
+        rendered(&deposits[1]),
+        [pair("q", "https://pixelserver.com/?click_id=c-1&e=q")]
+    );
+    assert!(
+        rendered(&deposits[2]).is_empty() && rendered(&deposits[3]).is_empty(),
+        "once"
+    );
+}
