@@ -414,13 +414,14 @@ function detailStatus(text, isError) {
 
 async function detailLoop() {
   const id = S.brand, seq = ++S.detailSeq, base = `/api/v1/brands/${encodeURIComponent(id)}`;
-  const rs = await Promise.allSettled([getJson(`${base}/pixel-definitions`), getJson(`${base}/deliveries?limit=20`)]);
+  const rs = await Promise.allSettled([getJson(`${base}/pixel-definitions`), getJson(`${base}/deliveries?limit=20`),
+    getJson(`${base}/deliveries?status=failed&limit=200`)]);
   if (seq !== S.detailSeq) return; // another brand was selected meanwhile
   safely(() => renderDetail(...rs));
   S.detailTimer = setTimeout(detailLoop, DETAIL_MS);
 }
 
-function renderDetail(defs, dels) {
+function renderDetail(defs, dels, failed) {
   const errors = failures([defs, dels]), e = errors[0];
   detailStatus(!e ? `updated ${fmtClock(Date.now())}` : e.status === 404 ? `not found: ${e.message}` : describe(errors).text, !!e);
   const list = (r, k) => (r.status === 'fulfilled' ? arr(r.value[k]) : []).filter((x) => x && typeof x.id === 'string');
@@ -434,11 +435,21 @@ function renderDetail(defs, dels) {
   if (defs.status === 'fulfilled') {
     const ds = list(defs, 'definitions');
     for (const d of ds) if (d.health && d.health.flagged && !flagged.has(d.id)) flagged.set(d.id, { definition_id: d.id, ...d.health });
-    syncRows($('#definitions tbody'), ds, (d) => d.id, defCols(flagged), (tr, d) => { tr.dataset.definition = d.id; });
+    // The failing definitions: failed rows of the report (render failures, browser errors, postbacks that
+    // ran out of attempts), by definition, with their reasons.
+    const failing = new Map();
+    for (const row of failed && failed.status === 'fulfilled' ? arr(failed.value.deliveries) : []) {
+      if (!row || typeof row.definition_id !== 'string') continue;
+      const f = failing.get(row.definition_id) || { n: 0, reasons: new Set() };
+      f.n += 1;
+      f.reasons.add(row.reason || row.error || 'failed');
+      failing.set(row.definition_id, f);
+    }
+    syncRows($('#definitions tbody'), ds, (d) => d.id, defCols(flagged, failing), (tr, d) => { tr.dataset.definition = d.id; });
   }
 }
 
-function defCols(flagged) {
+function defCols(flagged, failing) {
   return [
     { field: 'id', render: (td, d) => truncCell(td, d.id) },
     { field: 'name', text: (d) => d.name || '' },
@@ -456,6 +467,12 @@ function defCols(flagged) {
       if (h.flagged || flagged.has(d.id)) pillCell(td, 'flagged', 'flagged', err, [text, err].filter(Boolean).join(' · '));
       else if (fails) pillCell(td, 'warn', text, err, err);
       else pillCell(td, 'ok', 'healthy', err && `last error: ${err}`);
+    } },
+    { field: 'failed', num: 1, render(td, d) {
+      const f = failing.get(d.id), why = f ? [...f.reasons].join(', ') : '';
+      setText(td, f ? num(f.n) : '0');
+      setAttr(td, 'title', why);
+      td.classList.toggle('flag-nonzero', !!f);
     } },
   ];
 }

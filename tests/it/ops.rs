@@ -632,6 +632,19 @@ async fn a_brand_key_opens_the_dashboard_on_its_own_brand_only() {
     app.queue_for("b2", "p2", json!([image(3), image(4), image(5)]))
         .await;
     let key = app.create_key("b1").await;
+    // A definition that cannot render for an event: the dashboard lists it as failing, with why.
+    app.define(
+        "b1",
+        json!({"id": "meta", "name": "Meta", "trigger": "sale", "kind": "facebook",
+               "pixel_id": "{{fb_pixel}}", "event": "Purchase"}),
+    )
+    .await;
+    app.report(
+        "b1",
+        json!({"event_id": "s1", "type": "sale", "player_id": "p9", "affiliate_id": "a1",
+               "params": {"fb_pixel": "not-a-number"}}),
+    )
+    .await;
 
     // Its figures are its brand's; another brand's are refused or absent.
     let get = |path: &str| app.http.get(app.url(path)).bearer_auth(&key).send();
@@ -703,4 +716,12 @@ async fn a_brand_key_opens_the_dashboard_on_its_own_brand_only() {
         tab.eval("document.querySelector('h1').textContent").await,
         "pixelhub · brand b1"
     );
+    let failing = tab
+        .wait_for(
+            "(function (td) { return td && td.textContent === '1' && td.title; })\
+             (document.querySelector('#definitions tbody tr[data-definition=\"meta\"] td[data-field=\"failed\"]'))",
+            "the failing definition",
+        )
+        .await;
+    assert_eq!(failing, "invalid_field");
 }
