@@ -354,6 +354,11 @@ pub const BROWSER_REASONS: [&str; 7] = [
     "timeout",
 ];
 
+/// Whether a report row's reason is one a browser gave (rather than a render failure's).
+pub fn is_browser_reason(reason: &str) -> bool {
+    reason == "other" || BROWSER_REASONS.contains(&reason)
+}
+
 impl BrowserReport {
     /// A report as the browser sent it, its code checked and its message cut to size. Without a message
     /// of its own (the client sends only an exception's), the reason's description stands in, so the
@@ -460,6 +465,22 @@ pub fn excerpt(bytes: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_browser_group_holds_browser_reasons_and_no_render_reason() {
+        for reason in BROWSER_REASONS.iter().chain(&["other"]) {
+            assert!(is_browser_reason(reason), "{reason}");
+        }
+        for reason in [
+            "invalid_url",
+            "invalid_field",
+            "kind_not_allowed",
+            "https_required",
+            "invalid_body",
+        ] {
+            assert!(!is_browser_reason(reason), "{reason}");
+        }
+    }
 
     fn record(target: Target<'_>) -> Delivery {
         Delivery::new(

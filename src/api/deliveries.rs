@@ -80,7 +80,7 @@ pub const COLUMNS: [&str; 26] = [
         ("kind" = Option<String>, Query, description = "Only rows of this kind: `image`, `iframe`, `script`, `js`, `facebook` or `s2s`."),
         ("definition_id" = Option<String>, Query, description = "Only rows this definition produced."),
         ("affiliate_id" = Option<String>, Query, description = "Only rows credited to this affiliate."),
-        ("reason" = Option<String>, Query, description = "Only rows with this failure reason: a render failure's (`invalid_url`, `kind_not_allowed`…) or a browser's (`image_error`, `js_threw`, `js_syntax`, `fb_image_fallback`…)."),
+        ("reason" = Option<String>, Query, description = "Only rows with this failure reason: a render failure's (`invalid_url`, `kind_not_allowed`…) or a browser's (`image_error`, `js_threw`, `js_syntax`, `fb_image_fallback`…); `browser` for every reason a browser gave."),
         ("from" = Option<String>, Query, description = "Queued at or after: RFC 3339 or Unix milliseconds."),
         ("to" = Option<String>, Query, description = "Queued before: RFC 3339 or Unix milliseconds."),
         ("limit" = Option<usize>, Query, description = "Rows per JSON page, 1 to 1000 (default 100); for CSV, the most rows."),

@@ -424,7 +424,8 @@ pub struct DeliveryQuery {
     pub definition: Option<DefinitionId>,
     /// Only rows credited to this affiliate.
     pub affiliate: Option<String>,
-    /// Only rows with this failure reason (a render failure's, or one a browser reported).
+    /// Only rows with this failure reason (a render failure's, or one a browser reported); `browser` for
+    /// every row a browser reported a problem with.
     pub reason: Option<String>,
     /// Queued at or after this Unix millisecond.
     pub from_ms: Option<u64>,
@@ -435,6 +436,39 @@ pub struct DeliveryQuery {
     /// Continue after this row (from the previous page's `next`).
     pub after: Option<Cursor>,
 }
+
+impl DeliveryQuery {
+    /// Whether a row passes every filter but the page bounds (`limit`, `after`), which the engine
+    /// applies as it walks its index.
+    pub fn matches(&self, d: &Delivery) -> bool {
+        self.status.is_none_or(|s| s == d.status)
+            && self
+                .trigger
+                .as_ref()
+                .is_none_or(|t| d.trigger.as_ref() == Some(t))
+            && self.kind.as_ref().is_none_or(|k| &d.kind == k)
+            && self
+                .definition
+                .as_ref()
+                .is_none_or(|id| d.definition_id.as_ref() == Some(id))
+            && self
+                .affiliate
+                .as_ref()
+                .is_none_or(|a| d.affiliate_id.as_ref() == Some(a))
+            && self.reason.as_deref().is_none_or(|wanted| {
+                d.reason.as_deref().is_some_and(|reason| {
+                    reason == wanted
+                        || (wanted == BROWSER_REASON_GROUP
+                            && crate::delivery::is_browser_reason(reason))
+                })
+            })
+            && self.from_ms.is_none_or(|from| d.queued_at_ms >= from)
+            && self.to_ms.is_none_or(|to| d.queued_at_ms < to)
+    }
+}
+
+/// The `reason` filter that stands for every reason a browser may report.
+pub const BROWSER_REASON_GROUP: &str = "browser";
 
 /// A place in the report's order, to continue a listing from.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]

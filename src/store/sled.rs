@@ -1946,28 +1946,7 @@ impl Store for SledStore {
         self.blocking(move |inner| {
             let (brand, query) = (&brand, &query);
             inner.brand_exists(brand)?;
-            let wanted = |d: &Delivery| {
-                query.status.is_none_or(|s| s == d.status)
-                    && query
-                        .trigger
-                        .as_ref()
-                        .is_none_or(|t| d.trigger.as_ref() == Some(t))
-                    && query.kind.as_ref().is_none_or(|k| &d.kind == k)
-                    && query
-                        .definition
-                        .as_ref()
-                        .is_none_or(|id| d.definition_id.as_ref() == Some(id))
-                    && query
-                        .affiliate
-                        .as_ref()
-                        .is_none_or(|a| d.affiliate_id.as_ref() == Some(a))
-                    && query
-                        .reason
-                        .as_ref()
-                        .is_none_or(|r| d.reason.as_ref() == Some(r))
-                    && query.from_ms.is_none_or(|from| d.queued_at_ms >= from)
-                    && query.to_ms.is_none_or(|to| d.queued_at_ms < to)
-            };
+            let wanted = |d: &Delivery| query.matches(d);
             let cursor_of = |d: &Delivery| Cursor {
                 queued_at_ms: d.queued_at_ms,
                 player: d.player_id.clone(),

@@ -282,6 +282,17 @@ async fn an_ack_may_say_a_pixel_failed_and_the_report_shows_why() {
     // The report filters on failures the browser reported.
     let by_reason = app.deliveries("reason=js_threw").await;
     assert_eq!(by_reason.len(), 1);
+    // `browser` stands for every reason a browser gave, and only those.
+    let mut reported: Vec<String> = app
+        .deliveries("reason=browser")
+        .await
+        .iter()
+        .map(|r| r["id"].as_str().unwrap().to_owned())
+        .collect();
+    reported.sort();
+    let mut expected = ids[1..].to_vec();
+    expected.sort();
+    assert_eq!(reported, expected);
     // Nothing is delivered again, to this session or a new one.
     let mut again = app.session("p1").await;
     again.expect_nothing(Duration::from_millis(300)).await;
