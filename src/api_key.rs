@@ -9,7 +9,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use crate::ids::{BrandId, hex, random_hex};
-use crate::store::{ApiKeyRecord, now_ms};
+use crate::store::ApiKeyRecord;
 
 /// What every key starts with, so a leaked one is recognisable (and secret scanners can find it).
 pub const PREFIX: &str = "phk_";
@@ -24,8 +24,12 @@ pub struct NewKey {
     pub key: String,
 }
 
-/// Makes a key for `brand`.
-pub fn generate(brand: &BrandId, name: Option<String>) -> Result<NewKey, getrandom::Error> {
+/// Makes a key for `brand`, created at `now_ms`.
+pub fn generate(
+    brand: &BrandId,
+    name: Option<String>,
+    now_ms: u64,
+) -> Result<NewKey, getrandom::Error> {
     let id = random_hex(ID_HEX / 2)?;
     let key = format!("{PREFIX}{id}_{}", random_hex(SECRET_HEX / 2)?);
     let record = ApiKeyRecord {
@@ -33,7 +37,7 @@ pub fn generate(brand: &BrandId, name: Option<String>) -> Result<NewKey, getrand
         id,
         brand_id: brand.clone(),
         name,
-        created_at_ms: now_ms(),
+        created_at_ms: now_ms,
     };
     Ok(NewKey { record, key })
 }
@@ -67,7 +71,7 @@ mod tests {
     #[test]
     fn a_generated_key_matches_its_record_and_nothing_else() {
         let brand = BrandId::parse("12345").unwrap();
-        let NewKey { record, key } = generate(&brand, Some("back end".into())).unwrap();
+        let NewKey { record, key } = generate(&brand, Some("back end".into()), 1).unwrap();
         assert_eq!(id_of(&key), Some(record.id.as_str()));
         assert!(matches(&record, &key));
         assert!(

@@ -8,6 +8,7 @@
 //! # Layout
 //! - [`player_token`]: the brand-signed proof that a page belongs to a player, checked at the hello.
 //! - [`api_key`]: brand API keys, which act for one brand only; stored as hashes.
+//! - [`clock`]: the wall clock as one injectable handle: what "now" is for expiry, retention and retries.
 //! - [`config`]: every setting, from flags and environment, with its default.
 //! - [`ids`]: validated brand, player, pixel and session ids.
 //! - [`input`]: the field reader and error shared by every JSON body the API validates.
@@ -39,6 +40,7 @@
 pub mod api;
 pub mod api_key;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod definition;
 pub mod delivery;

@@ -22,7 +22,7 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use reqwest::header::{CONTENT_TYPE, RETRY_AFTER};
 use serde::Serialize;
@@ -30,12 +30,13 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::clock::SharedClock;
 use crate::config::Config;
 use crate::delivery::{Attempt, RESPONSE_EXCERPT_BYTES, excerpt};
 use crate::egress::{Egress, Refused, classify, refusal_in};
 use crate::ids::BrandId;
 use crate::metrics::{AttemptResult, Metrics};
-use crate::store::{DuePostback, Lane, Store, Verdict, now_ms};
+use crate::store::{DuePostback, Lane, Store, Verdict};
 
 /// Longest sleep between passes when nothing wakes the sender earlier.
 const POLL: Duration = Duration::from_secs(1);
@@ -147,19 +148,40 @@ struct Shared {
     freed: Notify,
     stats: Arc<SenderStats>,
     metrics: Arc<Metrics>,
+    clock: SharedClock,
+}
+
+/// What the sender works with, from the process.
+pub struct SenderParts {
+    /// The outbox.
+    pub store: Arc<dyn Store>,
+    /// How it behaves.
+    pub policy: Policy,
+    /// Where postbacks may go.
+    pub egress: Arc<Egress>,
+    /// This process's sender counters, shown in the stats.
+    pub stats: Arc<SenderStats>,
+    /// Where attempts are counted.
+    pub metrics: Arc<Metrics>,
+    /// What "now" is: which postbacks are due, when the next attempt is, what a `Retry-After` date means.
+    pub clock: SharedClock,
 }
 
 /// Starts the sender on `tracker`; it stops taking new postbacks when `stop` is cancelled and returns
 /// once the attempts under way are recorded, so the store can then be closed.
 pub fn spawn(
-    store: Arc<dyn Store>,
-    policy: Policy,
-    egress: Arc<Egress>,
-    stats: Arc<SenderStats>,
-    metrics: Arc<Metrics>,
+    parts: SenderParts,
     stop: CancellationToken,
     tracker: &TaskTracker,
 ) -> Result<(), reqwest::Error> {
+    let SenderParts {
+        store,
+        policy,
+        egress,
+        stats,
+        metrics,
+        clock,
+    } = parts;
     let max_redirects = policy.max_redirects;
     // No proxy from the environment (it would resolve names where the guard cannot see), no Referer (the
     // URL holds click ids and tokens that the next hop has no business seeing).
@@ -202,6 +224,7 @@ pub fn spawn(
         freed: Notify::new(),
         stats,
         metrics,
+        clock,
     });
     tracker.spawn(run(shared, stop));
     Ok(())
@@ -250,7 +273,7 @@ async fn dispatch(
     attempts: &TaskTracker,
     turns: &mut Turns,
 ) -> Result<Duration, crate::store::StoreError> {
-    let now = now_ms();
+    let now = shared.clock.now_ms();
     let lanes = shared.store.postback_lanes().await?;
     let next = lanes.iter().map(|l| l.next_ms).filter(|&at| at > now).min();
     let mut due: BTreeMap<BrandId, VecDeque<Lane>> = BTreeMap::new();
@@ -303,7 +326,7 @@ async fn dispatch(
             if !shared.take(&lane) {
                 continue;
             }
-            let until = now_ms() + ms(shared.policy.timeout + CLAIM_MARGIN);
+            let until = shared.clock.now_ms() + ms(shared.policy.timeout + CLAIM_MARGIN);
             match shared.store.claim_postback(&postback, until).await {
                 Ok(true) => {
                     turns.brand = Some(brand.clone());
@@ -434,7 +457,7 @@ impl Shared {
 
     /// Makes the request and decides what it means.
     async fn send(&self, postback: &DuePostback) -> (Attempt, Verdict) {
-        let at_ms = now_ms();
+        let at_ms = self.clock.now_ms();
         let started = Instant::now();
         let mut attempt = Attempt {
             at_ms,
@@ -470,7 +493,7 @@ impl Shared {
                     .headers()
                     .get(RETRY_AFTER)
                     .and_then(|v| v.to_str().ok())
-                    .and_then(parse_retry_after);
+                    .and_then(|v| parse_retry_after(v, self.clock.now_ms()));
                 let media = response
                     .headers()
                     .get(CONTENT_TYPE)
@@ -520,7 +543,7 @@ impl Shared {
             Some(retry_after) if made < self.policy.max_attempts => {
                 let wait = retry_after.unwrap_or_else(|| jitter(self.policy.backoff(made)));
                 Verdict::Retry {
-                    at_ms: now_ms() + ms(wait),
+                    at_ms: self.clock.now_ms() + ms(wait),
                 }
             }
             _ => Verdict::Failed,
@@ -547,15 +570,18 @@ fn is_text(media_type: &str) -> bool {
             .any(|t| media_type.contains(t))
 }
 
-/// A `Retry-After` value: delay seconds, or an HTTP date; capped at [`MAX_RETRY_AFTER`].
-fn parse_retry_after(value: &str) -> Option<Duration> {
+/// A `Retry-After` value: delay seconds, or an HTTP date (read against `now_ms`); capped at
+/// [`MAX_RETRY_AFTER`].
+fn parse_retry_after(value: &str, now_ms: u64) -> Option<Duration> {
     let value = value.trim();
     let wait = match value.parse::<u64>() {
         Ok(seconds) => Duration::from_secs(seconds),
         Err(_) => {
             let at = httpdate::parse_http_date(value).ok()?;
-            at.duration_since(SystemTime::now())
-                .unwrap_or(Duration::ZERO)
+            let at_ms = at
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64);
+            Duration::from_millis(at_ms.saturating_sub(now_ms))
         }
     };
     Some(wait.min(MAX_RETRY_AFTER))
@@ -655,20 +681,22 @@ mod tests {
 
     #[test]
     fn retry_after_reads_seconds_and_dates() {
-        assert_eq!(parse_retry_after("120"), Some(Duration::from_secs(120)));
-        assert_eq!(parse_retry_after("9999999"), Some(MAX_RETRY_AFTER));
-        let in_a_minute = SystemTime::now() + Duration::from_secs(60);
-        let wait = parse_retry_after(&httpdate::fmt_http_date(in_a_minute)).unwrap();
-        assert!(
-            wait > Duration::from_secs(55) && wait <= Duration::from_secs(60),
-            "{wait:?}"
-        );
+        // A whole second, as HTTP dates are.
+        const NOW: u64 = 1_796_000_000_000;
         assert_eq!(
-            parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"),
+            parse_retry_after("120", NOW),
+            Some(Duration::from_secs(120))
+        );
+        assert_eq!(parse_retry_after("9999999", NOW), Some(MAX_RETRY_AFTER));
+        let in_a_minute = UNIX_EPOCH + Duration::from_millis(NOW) + Duration::from_secs(60);
+        let wait = parse_retry_after(&httpdate::fmt_http_date(in_a_minute), NOW).unwrap();
+        assert_eq!(wait, Duration::from_secs(60));
+        assert_eq!(
+            parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT", NOW),
             Some(Duration::ZERO),
             "a date in the past means now"
         );
-        assert_eq!(parse_retry_after("soon"), None);
+        assert_eq!(parse_retry_after("soon", NOW), None);
     }
 
     #[test]

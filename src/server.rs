@@ -86,8 +86,18 @@ pub struct Application {
 }
 
 impl Application {
-    /// Validates the config, prepares the data dir and admin token, opens the store and binds.
+    /// Validates the config, prepares the data dir and admin token, opens the store and binds; on the
+    /// system's clock.
     pub async fn build(config: Config) -> Result<Self, StartError> {
+        Self::build_with_clock(config, crate::clock::system()).await
+    }
+
+    /// [`Application::build`] on another clock: tests make hours pass in an instant with a
+    /// [`crate::clock::ManualClock`].
+    pub async fn build_with_clock(
+        config: Config,
+        clock: crate::clock::SharedClock,
+    ) -> Result<Self, StartError> {
         config.validate().map_err(StartError::Config)?;
         let io_err = |path: &Path| {
             let path = path.to_path_buf();
@@ -128,6 +138,7 @@ impl Application {
             queue_cap: config.queue_cap(),
             quotas: config.quotas(),
             metrics: Arc::clone(&metrics),
+            clock: Arc::clone(&clock),
         };
         let engine = {
             let dir = store_dir.clone();
@@ -198,11 +209,14 @@ impl Application {
         ));
         let postbacks = Arc::new(SenderStats::default());
         postback::spawn(
-            Arc::clone(&store),
-            Policy::from_config(&config),
-            Arc::clone(&egress),
-            Arc::clone(&postbacks),
-            Arc::clone(&metrics),
+            postback::SenderParts {
+                store: Arc::clone(&store),
+                policy: Policy::from_config(&config),
+                egress: Arc::clone(&egress),
+                stats: Arc::clone(&postbacks),
+                metrics: Arc::clone(&metrics),
+                clock: Arc::clone(&clock),
+            },
             shutdown.clone(),
             &background,
         )
@@ -228,6 +242,7 @@ impl Application {
             per_ip: PerIp::new(config_max_per_ip),
             proxies: TrustedProxies::new(config_proxies),
             inbound_rates: Arc::default(),
+            clock,
         };
         api::spawn_sampler(state.clone(), &background);
         Ok(Self {

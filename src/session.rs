@@ -14,6 +14,7 @@ use tokio_tungstenite::tungstenite;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, field};
 
+use crate::clock::SharedClock;
 use crate::delivery::{Ack, BrowserReport};
 use crate::hub::{Hub, Registration, SessionInfo, wake};
 use crate::ids::{BrandId, PixelId, PlayerId, PlayerKey, SessionId};
@@ -23,7 +24,7 @@ use crate::player_token::{self, TokenError};
 use crate::protocol::{
     AckResult, ClientMessage, CloseReason, MAX_ACK_IDS, PROTOCOL_VERSION, ServerMessage, WirePixel,
 };
-use crate::store::{Store, StoreError, now_ms};
+use crate::store::{Store, StoreError};
 
 /// What a session needs from the process; built once per connection by the HTTP layer.
 #[derive(Clone)]
@@ -47,6 +48,8 @@ pub struct SessionContext {
     pub user_agent: Option<String>,
     /// Where connects and closes are counted.
     pub metrics: Arc<Metrics>,
+    /// What "now" is: player tokens' validity, the session's start.
+    pub clock: SharedClock,
 }
 
 /// Per-session limits, from the configuration.
@@ -113,7 +116,7 @@ pub fn run(socket: WebSocket, mut ctx: SessionContext) -> impl Future<Output = (
                 span.record("player", key.player.as_str());
                 let info = SessionInfo {
                     session_id: id,
-                    connected_since_ms: now_ms(),
+                    connected_since_ms: ctx.clock.now_ms(),
                     // Checked in the handshake, needed by ops from now on: moved, not copied.
                     user_agent: ctx.user_agent.take(),
                     origin: ctx.origin.take(),
@@ -262,11 +265,11 @@ async fn handshake(
             .store
             .secret(&brand, crate::store::SecretKind::Signing)
             .await?;
-        let now = now_ms() / 1000;
+        let now_ms = ctx.clock.now_ms();
         let checked = match token.as_deref() {
             None => Err(TokenError::Missing),
             Some(token) => {
-                player_token::verify(token, &brand, &player, secret.active(now_ms()), now)
+                player_token::verify(token, &brand, &player, secret.active(now_ms), now_ms / 1000)
             }
         };
         if let Err(e) = checked {

@@ -20,7 +20,7 @@ use crate::event::{Event, fill_click_id, macro_values, parse_event, parse_events
 use crate::ids::{BrandId, DefinitionId, EventId, PixelId, PlayerKey};
 use crate::input::InputError;
 use crate::pixel::NewPixel;
-use crate::store::{Brand, DefinitionHealth, now_ms};
+use crate::store::{Brand, DefinitionHealth};
 
 #[derive(Deserialize, IntoParams)]
 #[into_params(parameter_in = Path)]
@@ -477,7 +477,7 @@ impl Verdict {
         let context = state.store.player_context(&key).await?;
         let brand = super::admin::require_brand(state, brand_id).await?;
         let settings = &brand.settings;
-        let mut values = macro_values(brand_id, event, &context, &event.kind, now_ms());
+        let mut values = macro_values(brand_id, event, &context, &event.kind, state.clock.now_ms());
         let click = fill_click_id(&mut values, &settings.click_id_params);
         let deal = event.deal_id.as_ref().or(context.deal_id.as_ref());
         let affiliate = event

@@ -30,7 +30,6 @@ use super::{ApiError, AppState};
 use crate::ids::{BrandId, PlayerId, PlayerKey};
 use crate::limits::{Limit, TokenBucket};
 use crate::pixel::{NewPixel, PixelBody};
-use crate::store::now_ms;
 
 /// The brand the demo page plays.
 pub const DEMO_BRAND: &str = "demo";
@@ -251,7 +250,7 @@ async fn hit(
             n: q.n,
             kind: q.kind.clone(),
             query: query.unwrap_or_default(),
-            at_ms: now_ms(),
+            at_ms: state.clock.now_ms(),
         });
     }
     let no_store = (CACHE_CONTROL, "no-store");

@@ -241,18 +241,10 @@ impl From<StoreError> for ApiError {
                     e.index
                 ),
             },
-            e @ StoreError::QuotaExceeded { quota, .. } => {
-                // A daily quota ends at midnight UTC; the others end when the brand's data shrinks.
-                let retry_after = (quota == crate::store::Quota::EventsPerDay).then(|| {
-                    let day_ms = 24 * 3600 * 1000;
-                    let now = crate::store::now_ms();
-                    std::time::Duration::from_millis(day_ms - now % day_ms)
-                });
-                ApiError::QuotaExceeded {
-                    retry_after,
-                    message: format!("{e}; nothing of this request was recorded"),
-                }
-            }
+            e @ StoreError::QuotaExceeded { resets_in, .. } => ApiError::QuotaExceeded {
+                retry_after: resets_in,
+                message: format!("{e}; nothing of this request was recorded"),
+            },
             StoreError::Backend(cause) => ApiError::Internal(cause),
             StoreError::Full(why) => ApiError::InsufficientStorage(format!(
                 "{why}, so this write was refused. Reads, acks and deletes go on, and writes resume by themselves once there is room"

@@ -23,7 +23,7 @@ use crate::ids::{BrandId, PlayerId};
 use crate::inbound::{COUNTERS, click_without_player, events_from_query, names_player};
 use crate::input::Fields;
 use crate::limits::{Limit, TokenBucket};
-use crate::store::{BrandSecret, SecretKind, StoreError, now_ms};
+use crate::store::{BrandSecret, SecretKind, StoreError};
 
 /// Longest grace period a rotation may give the old token: 30 days.
 const MAX_GRACE_SECONDS: u64 = 30 * 24 * 3600;
@@ -114,7 +114,7 @@ async fn accept(
         Err(StoreError::UnknownBrand(_)) => return Err(ApiError::InvalidInboundToken),
         Err(e) => return Err(e.into()),
     };
-    if !tokens.accepts(token, now_ms()) {
+    if !tokens.accepts(token, state.clock.now_ms()) {
         return Err(ApiError::InvalidInboundToken);
     }
     // The rate is counted per brand once the token is right: a wrong token costs nobody else's.

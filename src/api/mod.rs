@@ -87,6 +87,8 @@ pub struct AppState {
     pub proxies: crate::limits::TrustedProxies,
     /// Per brand, the rate of its inbound postback URLs (`--inbound-rate`): one small bucket a brand.
     pub inbound_rates: Arc<dashmap::DashMap<BrandId, crate::limits::TokenBucket>>,
+    /// What "now" is, for everything the API stamps or compares with a stored time.
+    pub clock: crate::clock::SharedClock,
 }
 
 /// The whole application's routes, shared by the binary and the tests.

@@ -26,7 +26,7 @@ use crate::hub::BrandSessions;
 use crate::hub::SessionInfo;
 use crate::ids::BrandId;
 use crate::metrics::{self, BrandGauges};
-use crate::store::{Backlog, BrandQueue, Purged, now_ms};
+use crate::store::{Backlog, BrandQueue, Purged};
 
 /// How often the dashboard's history is sampled.
 const SAMPLE_EVERY: Duration = Duration::from_secs(2);
@@ -130,7 +130,7 @@ pub(super) async fn stats(
             "sessions": overview.sessions,
             "players_online": overview.players_online,
             "draining": draining(&state),
-            "now_ms": now_ms(),
+            "now_ms": state.clock.now_ms(),
             "brands": brands,
         })));
     }
@@ -146,7 +146,7 @@ pub(super) async fn stats(
         "sessions": overview.sessions,
         "players_online": overview.players_online,
         "draining": draining(&state),
-        "now_ms": now_ms(),
+        "now_ms": state.clock.now_ms(),
         "expired_total": store.expired_total,
         "store": { "flushes": store.flushes, "flushed_writes": store.flushed_writes },
         "s2s": state.postbacks.snapshot(),
@@ -228,7 +228,7 @@ async fn sample(state: &AppState) -> Result<Sample, ApiError> {
         })
         .collect();
     Ok(Sample {
-        at_ms: now_ms(),
+        at_ms: state.clock.now_ms(),
         queue_depth: overview.queue_depth,
         sessions: overview.sessions,
         fired_total: brands.values().map(|b| b.fired_total).sum(),
@@ -291,7 +291,7 @@ pub(super) async fn history(
     Ok(Json(json!({
         "interval_ms": SAMPLE_EVERY.as_millis() as u64,
         "window_ms": HISTORY_WINDOW.as_millis() as u64,
-        "now_ms": now_ms(),
+        "now_ms": state.clock.now_ms(),
         "samples": samples,
     })))
 }
@@ -400,7 +400,7 @@ pub(super) async fn brand_queue(
         figures
             .queue
             .oldest_queued_at_ms
-            .map(|at| now_ms().saturating_sub(at))
+            .map(|at| state.clock.now_ms().saturating_sub(at))
     );
     value["biggest_backlogs"] = json!(backlogs);
     Ok(Json(value))
@@ -477,7 +477,7 @@ pub(super) async fn purge(
 )]
 pub(super) async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
     let (overview, _) = overview(&state).await?;
-    let now = now_ms();
+    let now = state.clock.now_ms();
     let gauges = overview.brands.iter().map(|(brand, b)| {
         let oldest_age = b
             .queue

@@ -200,6 +200,7 @@ pub(super) async fn websocket(
         url_brand: query.brand_id,
         user_agent,
         metrics: Arc::clone(&state.metrics),
+        clock: Arc::clone(&state.clock),
     });
     let max_message = config.ws_max_message_bytes as usize;
     let sessions = state.sessions.clone();

@@ -116,7 +116,7 @@ pub(super) async fn create_key(
         fields.check_label("name", name, 200)?;
     }
     fields.finish("an API key")?;
-    let made = api_key::generate(&path.brand_id, name)
+    let made = api_key::generate(&path.brand_id, name, state.clock.now_ms())
         .map_err(|e| ApiError::Internal(format!("no randomness for an API key: {e}")))?;
     state.store.create_api_key(made.record.clone()).await?;
     tracing::info!(brand = %path.brand_id, key_id = %made.record.id, "API key created");

@@ -7,15 +7,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::*;
+use crate::clock::{Clock, ManualClock};
 use crate::definition::parse_definition;
 use crate::delivery::Attempt;
 use crate::event::parse_events;
 use crate::ids::{DefinitionId, PlayerId, SessionId};
 use crate::pixel::{NewPixel, PixelBody};
 
-/// Opens an engine instance; opening again after `close` must see the same durable data.
+/// Opens an engine instance; opening again after `close` must see the same durable data. Every
+/// instance runs on the harness's clock, which checks move forward instead of sleeping.
 pub(super) trait Harness {
     async fn open(&self) -> Arc<dyn Store>;
+    fn clock(&self) -> &ManualClock;
 }
 
 /// The per-player cap the harness must open engines with (policy [`OnFull::Reject`]).
@@ -275,7 +278,7 @@ pub(super) async fn expired_pixels_are_dropped_and_counted(h: &impl Harness) {
         ..with_id("short", 1)
     };
     store.enqueue(&k, vec![short, image(2)]).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    h.clock().advance(Duration::from_millis(1000));
 
     assert_eq!(
         urls(
@@ -676,7 +679,7 @@ pub(super) async fn the_report_follows_every_pixel_and_postback(h: &impl Harness
         ])))
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(2)).await; // a later queued_at for the next rows
+    h.clock().advance(Duration::from_millis(2)); // a later queued_at for the next rows
     store
         .enqueue(&key("q"), vec![image(1), image(2)])
         .await
@@ -809,7 +812,7 @@ pub(super) async fn postbacks_are_claimed_retried_and_recorded(h: &impl Harness)
     let lane = Lane::of(&brand, "https://pb.example/");
     assert_eq!(lane.host, "pb.example:443");
     store.ingest(&brand, sale("s1")).await.unwrap();
-    let now = now_ms();
+    let now = h.clock().now_ms();
     let lanes = store.postback_lanes().await.unwrap();
     assert_eq!(
         (lanes.len(), &lanes[0].lane),
@@ -936,7 +939,10 @@ pub(super) async fn postbacks_are_claimed_retried_and_recorded(h: &impl Harness)
     // A refusal ends it; a cancel takes it out of the outbox, but not while an attempt runs.
     store.ingest(&brand, sale("s2")).await.unwrap();
     store.ingest(&brand, sale("s3")).await.unwrap();
-    let due = store.due_postbacks(&lane, now_ms(), 10).await.unwrap();
+    let due = store
+        .due_postbacks(&lane, h.clock().now_ms(), 10)
+        .await
+        .unwrap();
     assert_eq!(due.len(), 2);
     let (s2, s3) = if due[0].url.ends_with("s2") {
         (&due[0], &due[1])
@@ -985,7 +991,7 @@ pub(super) async fn postbacks_are_claimed_retried_and_recorded(h: &impl Harness)
     // A claim survives a reopen as a due time: the postback is sent again, never lost.
     store.ingest(&brand, sale("s4")).await.unwrap();
     let s4 = store
-        .due_postbacks(&lane, now_ms(), 10)
+        .due_postbacks(&lane, h.clock().now_ms(), 10)
         .await
         .unwrap()
         .remove(0);
@@ -1071,7 +1077,7 @@ pub(super) async fn the_outbox_keeps_a_lane_per_brand_and_host(h: &impl Harness)
             ("other".into(), "live.example:8443".into()),
         ]
     );
-    let now = now_ms();
+    let now = h.clock().now_ms();
     let dead = Lane::of(&one, "https://dead.example/");
     let due = store.due_postbacks(&dead, now, 10).await.unwrap();
     assert_eq!(due.len(), 3, "a lane holds only its own brand's and host's");
@@ -1104,7 +1110,7 @@ pub(super) async fn the_outbox_keeps_a_lane_per_brand_and_host(h: &impl Harness)
 pub(super) async fn brand_secrets_rotate_with_a_grace_period(h: &impl Harness) {
     let store = store_with_brand(h).await;
     let brand = key("x").brand;
-    let now = now_ms();
+    let now = h.clock().now_ms();
     let inbound = store.secret(&brand, SecretKind::Inbound).await.unwrap();
     let signing = store.secret(&brand, SecretKind::Signing).await.unwrap();
     assert_ne!(inbound.current, signing.current, "each kind has its own");
@@ -1223,7 +1229,7 @@ pub(super) async fn backlogs_oldest_pixels_and_the_cap_are_exact(h: &impl Harnes
     );
     store.enqueue(&b, vec![image(1)]).await.unwrap();
     let oldest = store.stats().await.unwrap().brands[&a.brand].oldest_queued_at_ms;
-    tokio::time::sleep(Duration::from_millis(5)).await;
+    h.clock().advance(Duration::from_millis(5));
     store
         .enqueue(&a, (1..=3).map(image).collect())
         .await

@@ -650,6 +650,7 @@ mod tests {
                 },
                 quotas: crate::store::Quotas::default(),
                 metrics: Arc::clone(&metrics),
+                clock: crate::clock::system(),
             },
         )
         .unwrap();

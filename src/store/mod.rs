@@ -7,7 +7,6 @@
 //! and checked by the shared contract test in `contract.rs`.
 
 use std::collections::BTreeMap;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
@@ -595,6 +594,9 @@ pub enum StoreError {
         quota: Quota,
         /// Its value.
         limit: u64,
+        /// When the quota frees up by itself (the daily one, at midnight UTC); `None` for the others,
+        /// which free up as the brand's data shrinks.
+        resets_in: Option<std::time::Duration>,
     },
     /// A write that would grow the store was refused: the disk's free space is under the floor, or the
     /// store is at its size cap. Reads, acks and deletes go on; writes resume by themselves when there is
@@ -848,12 +850,4 @@ pub trait Store: Send + Sync + 'static {
 
     /// Flushes and stops background work. Later calls fail with [`StoreError::Closed`].
     async fn close(&self) -> Result<(), StoreError>;
-}
-
-/// Milliseconds since the Unix epoch: the store's only clock.
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }

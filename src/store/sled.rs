@@ -64,8 +64,9 @@ use super::{
     ApiKeyRecord, Backlog, Brand, BrandQueue, BrandSecret, BrandSettings, CancelOutcome, Cursor,
     DefinitionHealth, DeliveryPage, DeliveryQuery, DuePostback, EnqueueOutcome, Enqueued, Lane,
     LaneDue, OnFull, PendingPixel, PixelStatus, Purged, QueueCap, Quota, Quotas, SecretKind, Store,
-    StoreError, StoreStats, Verdict, now_ms,
+    StoreError, StoreStats, Verdict,
 };
+use crate::clock::SharedClock;
 use crate::definition::{Definition, DefinitionInput};
 use crate::delivery::{Ack, Attempt, Delivery, PostBody, Target};
 use crate::event::{self, Event, EventOutcome, NewPostback, PlayerContext};
@@ -109,6 +110,8 @@ pub struct SledOptions {
     pub quotas: Quotas,
     /// Where pixel transitions, flushes and upkeep are counted.
     pub metrics: Arc<Metrics>,
+    /// What "now" is, for expiry, retention, the sweeper and every timestamp written.
+    pub clock: SharedClock,
 }
 
 /// The embedded, single-process [`Store`]. Cheap to clone.
@@ -150,6 +153,7 @@ struct Inner {
     retention_ms: u64,
     queue_cap: QueueCap,
     metrics: Arc<Metrics>,
+    clock: SharedClock,
     /// Sequence ranges per player that are written but not yet flushed. `lease` never hands out a pixel
     /// at or after one of them: a browser must not fire what a crash could still erase (the caller, who
     /// got no 202, would queue it again).
@@ -271,7 +275,7 @@ impl SledStore {
             *depth.entry(player_key.brand).or_insert(0u64) += 1;
         }
         build_backlog_tables(&data)?;
-        add_missing_secrets(&data)?;
+        add_missing_secrets(&data, options.clock.now_ms())?;
         move_outbox_to_lanes(&data)?;
         let mut lanes: HashMap<Lane, BTreeMap<u64, u32>> = HashMap::new();
         let outbox_size = DashMap::new();
@@ -314,6 +318,7 @@ impl SledStore {
             retention_ms: options.retention.as_millis() as u64,
             queue_cap: options.queue_cap,
             metrics: options.metrics,
+            clock: options.clock,
             stop: CancellationToken::new(),
             sweeper: Mutex::new(None),
         });
@@ -541,7 +546,7 @@ impl Inner {
         };
         let key = keys::definition(brand, &id);
         let existing: Option<Definition> = self.read(&key)?;
-        let now = now_ms();
+        let now = self.clock.now_ms();
         let created_at = match (replace, existing) {
             (Some(_), Some(old)) => old.created_at_ms,
             (Some(_), None) => return Err(StoreError::UnknownDefinition(id)),
@@ -843,6 +848,9 @@ impl Inner {
                     brand: brand.clone(),
                     quota,
                     limit,
+                    // A day's quota frees up at midnight UTC.
+                    resets_in: (quota == Quota::EventsPerDay)
+                        .then(|| Duration::from_millis(DAY_MS - now % DAY_MS)),
                 })
             } else {
                 Ok(())
@@ -1075,7 +1083,7 @@ async fn sweep_forever(inner: std::sync::Weak<Inner>, stop: CancellationToken) {
         let Some(inner) = inner.upgrade() else { return };
         let metrics = Arc::clone(&inner.metrics);
         let started = std::time::Instant::now();
-        let result = tokio::task::spawn_blocking(move || inner.sweep(now_ms())).await;
+        let result = tokio::task::spawn_blocking(move || inner.sweep(inner.clock.now_ms())).await;
         let ok = match result {
             Ok(Ok(_)) => true,
             Ok(Err(e)) => {
@@ -1148,9 +1156,8 @@ fn move_outbox_to_lanes(data: &Tree) -> Result<(), StoreError> {
 
 /// Gives every brand the secrets it lacks: brands saved before a kind of secret existed get theirs at the
 /// first start of the version that has it.
-fn add_missing_secrets(data: &Tree) -> Result<(), StoreError> {
+fn add_missing_secrets(data: &Tree, now: u64) -> Result<(), StoreError> {
     let mut batch = Batch::default();
-    let now = now_ms();
     for entry in data.scan_prefix(b"b") {
         let (k, _) = entry.map_err(backend)?;
         let brand = std::str::from_utf8(&k[1..])
@@ -1199,7 +1206,7 @@ impl Store for SledStore {
                 let _guard = lock(&inner.brand_lock);
                 let key = keys::brand(id);
                 let existing: Option<Brand> = inner.read(&key)?;
-                let now = now_ms();
+                let now = inner.clock.now_ms();
                 let brand = Brand {
                     id: id.clone(),
                     settings,
@@ -1244,7 +1251,7 @@ impl Store for SledStore {
                 let key = &owned;
                 let _guard = lock(inner.stripe(key));
                 inner.brand_exists(&key.brand)?;
-                let now = now_ms();
+                let now = inner.clock.now_ms();
                 let mut batch = Changes::default();
                 let mut answers: Vec<Enqueued> = Vec::with_capacity(pixels.len());
                 let mut seen_in_batch: HashMap<PixelId, usize> = HashMap::new();
@@ -1311,7 +1318,7 @@ impl Store for SledStore {
         let key = key.clone();
         self.blocking(move |inner| {
             let key = &key;
-            let now = now_ms();
+            let now = inner.clock.now_ms();
             let mut out = Vec::new();
             for entry in inner.data.scan_prefix(keys::queue_prefix(key)) {
                 let (k, v) = entry.map_err(backend)?;
@@ -1346,7 +1353,7 @@ impl Store for SledStore {
                     if !rec.delivery.status.is_pending() {
                         break 'locked CancelOutcome::AlreadyFinal(rec.delivery.status);
                     }
-                    let now = now_ms();
+                    let now = inner.clock.now_ms();
                     let mut batch = Changes::default();
                     let Some(expires_at_ms) = rec.delivery.expires_at_ms else {
                         // A postback: cancellable while it waits in the outbox, not while an attempt runs (its
@@ -1422,7 +1429,7 @@ impl Store for SledStore {
                 .unflushed
                 .get(key)
                 .and_then(|r| r.iter().map(|r| r.0).min());
-            let now = now_ms();
+            let now = inner.clock.now_ms();
             let mut batch = Changes::default();
             let mut out = Vec::new();
             let mut seqs = Vec::new();
@@ -1488,7 +1495,7 @@ impl Store for SledStore {
                 inner.check_open()?;
                 let key = &key;
                 let _guard = lock(inner.stripe(key));
-                let now = now_ms();
+                let now = inner.clock.now_ms();
                 let mut batch = Changes::default();
                 let mut removed_seqs = Vec::new();
                 let mut reports = Vec::new();
@@ -1687,7 +1694,7 @@ impl Store for SledStore {
                     .settings;
                 let definitions = inner.definitions(brand)?;
                 event::check_types(&events, &definitions, &settings.qualification)?;
-                let now = now_ms();
+                let now = inner.clock.now_ms();
                 let mut batch = Changes::default();
                 let mut contexts: HashMap<PlayerId, PlayerContext> = HashMap::new();
                 let mut answered: HashMap<EventId, usize> = HashMap::new();
@@ -1853,7 +1860,7 @@ impl Store for SledStore {
                     oldest_queued_at_ms: inner.oldest_pending(&brand)?,
                     players: inner.players.get(&brand).map_or(0, |n| *n),
                     outbox: inner.outbox_size.get(&brand).map_or(0, |n| *n),
-                    events_today: inner.events_on(&brand, now_ms() / DAY_MS),
+                    events_today: inner.events_on(&brand, inner.clock.now_ms() / DAY_MS),
                 };
                 stats.brands.insert(brand, queue);
             }
@@ -1896,7 +1903,7 @@ impl Store for SledStore {
                 let key = &key;
                 let _guard = lock(inner.stripe(key));
                 inner.brand_exists(&key.brand)?;
-                let now = now_ms();
+                let now = inner.clock.now_ms();
                 let mut batch = Changes::default();
                 let mut purged = Purged::default();
                 for entry in inner.queue_entries(key) {
@@ -1929,7 +1936,10 @@ impl Store for SledStore {
             inner.check_open()?;
             inner
                 .data
-                .insert(b"mreadiness-probe", now_ms().to_be_bytes().as_slice())
+                .insert(
+                    b"mreadiness-probe",
+                    inner.clock.now_ms().to_be_bytes().as_slice(),
+                )
                 .map_err(backend)?;
             Ok(())
         })
@@ -2205,7 +2215,7 @@ impl Store for SledStore {
                     Some(mut definition) => {
                         definition.enabled = false;
                         definition.disabled_reason = Some(reason);
-                        definition.updated_at_ms = now_ms();
+                        definition.updated_at_ms = inner.clock.now_ms();
                         inner.data.insert(key, json(&definition)).map_err(backend)?;
                         Ok(true)
                     }
@@ -2242,7 +2252,7 @@ impl Store for SledStore {
                 let _guard = lock(&inner.brand_lock);
                 inner.brand_exists(brand)?;
                 let old: Option<BrandSecret> = inner.read(&keys::secret(kind, brand))?;
-                let now = now_ms();
+                let now = inner.clock.now_ms();
                 let previous = old
                     .filter(|_| grace_ms > 0)
                     .map(|old| (old.current, now + grace_ms));
@@ -2636,12 +2646,13 @@ mod keys {
 mod tests {
     use super::super::contract::{self, store_contract};
     use super::*;
+    use crate::clock::{Clock, ManualClock};
     use crate::store::DeliveryQuery;
 
     /// How long final records are kept in these tests.
     const RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
 
-    fn options() -> SledOptions {
+    fn options(clock: &Arc<ManualClock>) -> SledOptions {
         SledOptions {
             default_ttl: Duration::from_secs(3600),
             retention: RETENTION,
@@ -2652,33 +2663,44 @@ mod tests {
             },
             quotas: crate::store::Quotas::default(),
             metrics: Arc::new(Metrics::new()),
+            clock: clock.clone(),
         }
     }
 
-    /// A fresh temporary directory; every `open` opens the same database in it.
+    /// A fresh temporary directory; every `open` opens the same database in it, on the same clock.
     struct SledHarness {
         dir: tempfile::TempDir,
+        clock: Arc<ManualClock>,
     }
 
     impl SledHarness {
         fn new() -> Self {
             Self {
                 dir: tempfile::tempdir().expect("a temp dir"),
+                clock: ManualClock::starting_now(),
             }
+        }
+
+        fn now_ms(&self) -> u64 {
+            self.clock.now_ms()
         }
     }
 
     impl contract::Harness for SledHarness {
         async fn open(&self) -> Arc<dyn Store> {
-            let options = options();
+            let options = options(&self.clock);
             Arc::new(SledStore::open(self.dir.path(), options).expect("the store opens"))
+        }
+
+        fn clock(&self) -> &ManualClock {
+            &self.clock
         }
     }
 
     store_contract!(SledHarness::new());
 
     fn open(harness: &SledHarness) -> SledStore {
-        let options = options();
+        let options = options(&harness.clock);
         SledStore::open(harness.dir.path(), options).unwrap()
     }
 
@@ -2696,7 +2718,7 @@ mod tests {
         let options = SledOptions {
             queue_cap,
             metrics,
-            ..options()
+            ..options(&harness.clock)
         };
         SledStore::open(harness.dir.path(), options).unwrap()
     }
@@ -2880,7 +2902,10 @@ mod tests {
 
         let store = open(&harness);
         let lane = Lane::of(&key.brand, "https://pb.example/");
-        let due = store.due_postbacks(&lane, now_ms(), 10).await.unwrap();
+        let due = store
+            .due_postbacks(&lane, harness.now_ms(), 10)
+            .await
+            .unwrap();
         assert_eq!((due.len(), due[0].id.as_str()), (1, id.as_str()));
         assert!(
             store.inner.data.scan_prefix(b"s").next().is_none(),
@@ -2899,7 +2924,7 @@ mod tests {
         data.remove(keys::index(&player, &id)).unwrap();
         assert!(
             store
-                .due_postbacks(&lane, now_ms(), 10)
+                .due_postbacks(&lane, harness.now_ms(), 10)
                 .await
                 .unwrap()
                 .is_empty()
@@ -2936,7 +2961,7 @@ mod tests {
             store.stats().await.unwrap().brands[&key.brand].queue_depth,
             2
         );
-        store.sweep(now_ms() + 61_000).unwrap();
+        store.sweep(harness.now_ms() + 61_000).unwrap();
         assert_eq!(
             store.pending(&key).await.unwrap().len(),
             1,
@@ -2996,7 +3021,7 @@ mod tests {
             .ack(&key, &[PixelId::parse("fired").unwrap()])
             .await
             .unwrap();
-        let now = now_ms();
+        let now = harness.now_ms();
 
         assert_eq!(store.sweep(now).unwrap(), 0, "nothing is due yet");
         store.sweep(now + 61_000).unwrap();
@@ -3039,7 +3064,7 @@ mod tests {
             serde_json::json!({"name": "n", "trigger": "sale", "kind": "image", "url": "https://t.example/", "ttl_seconds": 600}),
         )
         .await;
-        let now = now_ms();
+        let now = harness.now_ms();
         let event_id = EventId::parse("e1").unwrap();
         let all = DeliveryQuery {
             limit: 10,
@@ -3080,7 +3105,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_writers_share_one_flush() {
         let harness = SledHarness::new();
-        let options = options();
+        let options = options(&harness.clock);
         let store = SledStore::open(harness.dir.path(), options).unwrap();
         let brand = BrandId::parse("b").unwrap();
         store

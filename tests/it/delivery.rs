@@ -164,7 +164,7 @@ async fn an_expired_pixel_is_dropped_counted_and_never_sent() {
     app.queue("p1", json!([{"kind": "js", "code": "1", "ttl_seconds": 1}]))
         .await;
     let keep = app.queue("p1", json!({"kind": "js", "code": "2"})).await;
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    app.clock.advance(Duration::from_secs(1));
 
     assert_eq!(
         app.pending_ids("p1").await,

@@ -2,10 +2,12 @@
 //! and real WebSocket. Logs are silent unless `TEST_LOG` is set.
 
 use std::net::SocketAddr;
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Once};
 use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
+use pixelhub::clock::{Clock, SystemClock};
 use pixelhub::{Application, Config};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -74,12 +76,34 @@ fn init_tracing() {
     });
 }
 
+/// The system's clock, which a test can move forward: the hub sees "an hour later" at once, while
+/// everything that waits on timers (retries, heartbeats) still runs in real time.
+#[derive(Debug, Default)]
+pub struct SkewClock {
+    ahead_ms: AtomicU64,
+}
+
+impl SkewClock {
+    pub fn advance(&self, by: Duration) {
+        self.ahead_ms
+            .fetch_add(by.as_millis() as u64, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Clock for SkewClock {
+    fn now_ms(&self) -> u64 {
+        SystemClock.now_ms() + self.ahead_ms.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
 /// A running hub. Dropping it stops the server task.
 pub struct TestApp {
     pub addr: SocketAddr,
     pub http: reqwest::Client,
     pub config: Config,
     pub dir: Arc<TempDir>,
+    /// The hub's clock.
+    pub clock: Arc<SkewClock>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<std::io::Result<()>>>,
 }
@@ -113,7 +137,8 @@ impl TestApp {
 
     async fn start(config: Config, dir: Arc<TempDir>) -> Self {
         init_tracing();
-        let application = Application::build(config.clone())
+        let clock = Arc::new(SkewClock::default());
+        let application = Application::build_with_clock(config.clone(), clock.clone())
             .await
             .expect("the hub starts");
         let addr = application.local_addr();
@@ -130,6 +155,7 @@ impl TestApp {
             http,
             config,
             dir,
+            clock,
             stop: Some(stop),
             task: Some(task),
         }
