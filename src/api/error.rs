@@ -245,7 +245,7 @@ impl From<StoreError> for ApiError {
                 retry_after: resets_in,
                 message: format!("{e}; nothing of this request was recorded"),
             },
-            StoreError::Backend(cause) => ApiError::Internal(cause),
+            e @ StoreError::Backend(_) => ApiError::Internal(chain(&e)),
             StoreError::Full(why) => ApiError::InsufficientStorage(format!(
                 "{why}, so this write was refused. Reads, acks and deletes go on, and writes resume by themselves once there is room"
             )),
@@ -324,5 +324,48 @@ impl IntoResponse for ApiError {
             );
         }
         response
+    }
+}
+
+/// An error and its sources, outermost first (`a: b: c`), for the log: a store failure's message alone
+/// often hides what failed underneath.
+fn chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let more = cause.to_string();
+        if !text.ends_with(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_store_failure_keeps_what_it_came_from() {
+        let io = std::io::Error::other("disk on fire");
+        let error = StoreError::Backend(std::sync::Arc::new(io));
+        assert!(
+            std::error::Error::source(&error).is_some(),
+            "the engine's error is the source"
+        );
+        assert_eq!(
+            chain(&error),
+            "storage engine failure: disk on fire",
+            "a source already in the message is not repeated"
+        );
+        let ApiError::Internal(logged) = ApiError::from(StoreError::corrupt("no record")) else {
+            panic!("a backend failure is an internal error");
+        };
+        assert_eq!(
+            logged,
+            "storage engine failure: corrupt store data: no record"
+        );
     }
 }

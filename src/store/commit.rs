@@ -27,7 +27,7 @@ use std::time::Instant;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
-use super::StoreError;
+use super::{Cause, StoreError};
 use crate::metrics::Metrics;
 
 type Reply = oneshot::Sender<Result<(), StoreError>>;
@@ -103,7 +103,7 @@ async fn flusher(
     metrics: Arc<Metrics>,
 ) {
     let mut waiters: Vec<Reply> = Vec::new();
-    let mut failed: Option<String> = None;
+    let mut failed: Option<Cause> = None;
     while let Some(first) = rx.recv().await {
         tokio::task::yield_now().await;
         let mut close = None;
@@ -148,15 +148,15 @@ async fn flusher(
     }
 }
 
-async fn flush(db: &::sled::Db) -> Result<(), String> {
+async fn flush(db: &::sled::Db) -> Result<(), Cause> {
     let db = db.clone();
     match tokio::task::spawn_blocking(move || db.flush()).await {
         Ok(Ok(_)) => Ok(()),
         Ok(Err(e)) => {
             tracing::error!(error = %e, "store flush failed");
-            Err(e.to_string())
+            Err(Arc::new(e))
         }
-        Err(e) => Err(format!("flush task failed: {e}")),
+        Err(e) => Err(Arc::new(e)),
     }
 }
 

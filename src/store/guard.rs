@@ -236,7 +236,7 @@ impl StoreHealth {
     /// Takes what a call returned: a failure is final.
     fn answered<T>(&self, result: &Result<T, StoreError>) {
         if let Err(StoreError::Failed(cause)) = result
-            && self.failed.set(cause.clone()).is_ok()
+            && self.failed.set(cause.to_string()).is_ok()
         {
             tracing::error!(%cause, "the store failed; a failed write is never retried: stopping the hub");
             self.metrics.store_failed();
@@ -781,9 +781,10 @@ mod tests {
         let fatal = store.health.fatal();
         let failed = store
             .call(Call::Other, async {
-                Err::<(), _>(StoreError::Failed(
-                    "IO error: No space left on device".into(),
-                ))
+                Err::<(), _>(StoreError::Failed(Arc::new(std::io::Error::new(
+                    std::io::ErrorKind::StorageFull,
+                    "No space left on device",
+                ))))
             })
             .await
             .unwrap_err();

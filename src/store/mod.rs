@@ -560,7 +560,7 @@ pub enum StoreError {
     UnknownBrand(BrandId),
     /// The engine failed (I/O, corruption, connection). The caller must treat the operation as not done.
     #[error("storage engine failure: {0}")]
-    Backend(String),
+    Backend(#[source] Cause),
     /// No definition with this id exists for the brand.
     #[error("pixel definition {0} does not exist")]
     UnknownDefinition(DefinitionId),
@@ -611,7 +611,23 @@ pub enum StoreError {
     /// operating system may have dropped the data it could not write): the hub stops, and its next
     /// start recovers from what is on disk.
     #[error("the store failed: {0}")]
-    Failed(String),
+    Failed(#[source] Cause),
+}
+
+/// What an engine failure came from (sled's error, a value that does not parse…), kept whole for the
+/// log; shared, since one failed flush is the answer of every writer that waited on it.
+pub type Cause = std::sync::Arc<dyn std::error::Error + Send + Sync>;
+
+/// A stored value that breaks what the engine knows of its own layout: a bug, or a damaged file.
+#[derive(Debug, thiserror::Error)]
+#[error("corrupt store data: {0}")]
+pub struct Corrupt(pub &'static str);
+
+impl StoreError {
+    /// The engine found data it cannot read ([`Corrupt`]).
+    pub fn corrupt(what: &'static str) -> Self {
+        StoreError::Backend(std::sync::Arc::new(Corrupt(what)))
+    }
 }
 
 /// A durable set of brands and per-player pixel queues, shared by every hub process that uses it.

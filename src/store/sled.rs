@@ -237,7 +237,7 @@ impl Changes {
 /// A failure of the engine. sled's I/O errors (a full disk among them), corruption and bugs leave it
 /// unusable (its error is sticky), so they are [`StoreError::Failed`]; anything else (a stored value that
 /// does not parse) fails only the call.
-fn backend<E: std::fmt::Display + 'static>(e: E) -> StoreError {
+fn backend<E: std::error::Error + Send + Sync + 'static>(e: E) -> StoreError {
     let fatal = (&e as &dyn std::any::Any)
         .downcast_ref::<::sled::Error>()
         .is_some_and(|e| {
@@ -249,9 +249,9 @@ fn backend<E: std::fmt::Display + 'static>(e: E) -> StoreError {
             )
         });
     if fatal {
-        StoreError::Failed(e.to_string())
+        StoreError::Failed(Arc::new(e))
     } else {
-        StoreError::Backend(e.to_string())
+        StoreError::Backend(Arc::new(e))
     }
 }
 
@@ -271,7 +271,7 @@ impl SledStore {
         for entry in data.scan_prefix(b"q") {
             let (key, _) = entry.map_err(backend)?;
             let (player_key, _) =
-                keys::parse_queue(&key).ok_or_else(|| backend("corrupt queue key"))?;
+                keys::parse_queue(&key).ok_or_else(|| StoreError::corrupt("corrupt queue key"))?;
             *depth.entry(player_key.brand).or_insert(0u64) += 1;
         }
         build_backlog_tables(&data)?;
@@ -282,15 +282,15 @@ impl SledStore {
         for entry in data.scan_prefix(b"l").keys() {
             let k = entry.map_err(backend)?;
             let (lane, due, _, _) =
-                keys::parse_outbox(&k).ok_or_else(|| backend("corrupt outbox key"))?;
+                keys::parse_outbox(&k).ok_or_else(|| StoreError::corrupt("corrupt outbox key"))?;
             *outbox_size.entry(lane.brand.clone()).or_insert(0u64) += 1;
             *lanes.entry(lane).or_default().entry(due).or_insert(0) += 1;
         }
         let players = DashMap::new();
         for entry in data.scan_prefix(b"c").keys() {
             let k = entry.map_err(backend)?;
-            let brand =
-                keys::parse_context_brand(&k).ok_or_else(|| backend("corrupt context key"))?;
+            let brand = keys::parse_context_brand(&k)
+                .ok_or_else(|| StoreError::corrupt("corrupt context key"))?;
             *players.entry(brand).or_insert(0u64) += 1;
         }
 
@@ -340,7 +340,7 @@ impl SledStore {
             .handle
             .spawn_blocking(move || work(&inner))
             .await
-            .unwrap_or_else(|e| Err(backend(format!("a store task failed: {e}"))))
+            .unwrap_or_else(|e| Err(backend(e)))
     }
 
     /// Bytes the database takes on disk (its files); the guard's size cap reads it.
@@ -722,7 +722,7 @@ impl Inner {
                 let at = k
                     .get(prefix.len()..prefix.len() + 8)
                     .and_then(|b| <[u8; 8]>::try_from(b).ok())
-                    .ok_or_else(|| backend("corrupt pending key"))?;
+                    .ok_or_else(|| StoreError::corrupt("corrupt pending key"))?;
                 Ok(Some(u64::from_be_bytes(at)))
             }
             None => Ok(None),
@@ -737,8 +737,8 @@ impl Inner {
                 break;
             }
             let k = k.map_err(backend)?;
-            let (key, pending) =
-                keys::parse_backlog(&k).ok_or_else(|| backend("corrupt backlog key"))?;
+            let (key, pending) = keys::parse_backlog(&k)
+                .ok_or_else(|| StoreError::corrupt("corrupt backlog key"))?;
             let oldest = match self
                 .data
                 .scan_prefix(keys::queue_prefix(&key))
@@ -769,7 +769,8 @@ impl Inner {
     ) -> impl Iterator<Item = Result<(u64, QueuedPixel), StoreError>> + '_ {
         self.data.scan_prefix(keys::queue_prefix(key)).map(|entry| {
             let (k, v) = entry.map_err(backend)?;
-            let (_, seq) = keys::parse_queue(&k).ok_or_else(|| backend("corrupt queue key"))?;
+            let (_, seq) =
+                keys::parse_queue(&k).ok_or_else(|| StoreError::corrupt("corrupt queue key"))?;
             Ok((seq, serde_json::from_slice(&v).map_err(backend)?))
         })
     }
@@ -821,7 +822,7 @@ impl Inner {
             }
             let rec = self
                 .record(key, &pixel.id)?
-                .ok_or_else(|| backend("a queued pixel without its record"))?;
+                .ok_or_else(|| StoreError::corrupt("a queued pixel without its record"))?;
             if pixel.expires_at_ms <= now {
                 self.finalize(changes, key, rec, PixelStatus::Expired, now);
             } else {
@@ -932,8 +933,8 @@ impl Inner {
                 return Ok(handled);
             }
             for y_key in due {
-                let (brand, event_id) =
-                    keys::parse_forget_event(&y_key).ok_or_else(|| backend("corrupt event key"))?;
+                let (brand, event_id) = keys::parse_forget_event(&y_key)
+                    .ok_or_else(|| StoreError::corrupt("corrupt event key"))?;
                 let _guard = lock(&self.stripes[self.stripe_index((&brand, &event_id))]);
                 let mut batch = Batch::default();
                 batch.remove(y_key);
@@ -966,8 +967,8 @@ impl Inner {
             }
             from = [last.as_ref(), &[0]].concat();
             for (x_key, id) in due {
-                let (key, seq) =
-                    keys::parse_expiry(&x_key).ok_or_else(|| backend("corrupt expiry key"))?;
+                let (key, seq) = keys::parse_expiry(&x_key)
+                    .ok_or_else(|| StoreError::corrupt("corrupt expiry key"))?;
                 let id = std::str::from_utf8(&id)
                     .ok()
                     .and_then(|s| PixelId::parse_stored(s).ok());
@@ -1109,7 +1110,8 @@ fn build_backlog_tables(data: &Tree) -> Result<(), StoreError> {
     let mut counts: HashMap<PlayerKey, u64> = HashMap::new();
     for entry in data.scan_prefix(b"q") {
         let (k, v) = entry.map_err(backend)?;
-        let (key, seq) = keys::parse_queue(&k).ok_or_else(|| backend("corrupt queue key"))?;
+        let (key, seq) =
+            keys::parse_queue(&k).ok_or_else(|| StoreError::corrupt("corrupt queue key"))?;
         let pixel: QueuedPixel = serde_json::from_slice(&v).map_err(backend)?;
         batch.insert(keys::pending(&key, pixel.queued_at_ms, seq), &[]);
         *counts.entry(key).or_insert(0) += 1;
@@ -1132,8 +1134,8 @@ fn move_outbox_to_lanes(data: &Tree) -> Result<(), StoreError> {
     let mut batch = Batch::default();
     for entry in data.scan_prefix(b"s").keys() {
         let k = entry.map_err(backend)?;
-        let (due, key, id) =
-            keys::parse_global_outbox(&k).ok_or_else(|| backend("corrupt outbox key"))?;
+        let (due, key, id) = keys::parse_global_outbox(&k)
+            .ok_or_else(|| StoreError::corrupt("corrupt outbox key"))?;
         let record = data
             .get(keys::index(&key, &id))
             .map_err(backend)?
@@ -1163,7 +1165,7 @@ fn add_missing_secrets(data: &Tree, now: u64) -> Result<(), StoreError> {
         let brand = std::str::from_utf8(&k[1..])
             .ok()
             .and_then(|id| BrandId::parse_stored(id).ok())
-            .ok_or_else(|| backend("corrupt brand key"))?;
+            .ok_or_else(|| StoreError::corrupt("corrupt brand key"))?;
         for kind in [SecretKind::Inbound, SecretKind::Signing] {
             let key = keys::secret(kind, &brand);
             if !data.contains_key(&key).map_err(backend)? {
@@ -1328,7 +1330,7 @@ impl Store for SledStore {
                 }
                 let seq = keys::parse_queue(&k)
                     .map(|(_, seq)| seq)
-                    .ok_or_else(|| backend("corrupt queue key"))?;
+                    .ok_or_else(|| StoreError::corrupt("corrupt queue key"))?;
                 out.push(PendingPixel {
                     in_flight: inner.in_flight(key, seq),
                     pixel,
@@ -1437,7 +1439,7 @@ impl Store for SledStore {
                 let (k, v) = entry.map_err(backend)?;
                 let seq = keys::parse_queue(&k)
                     .map(|(_, seq)| seq)
-                    .ok_or_else(|| backend("corrupt queue key"))?;
+                    .ok_or_else(|| StoreError::corrupt("corrupt queue key"))?;
                 if barrier.is_some_and(|first_unflushed| seq >= first_unflushed) {
                     break; // not durable yet; its enqueue announces it once it is
                 }
@@ -1447,7 +1449,7 @@ impl Store for SledStore {
                 let pixel: QueuedPixel = serde_json::from_slice(&v).map_err(backend)?;
                 let mut rec = inner
                     .record(key, &pixel.id)?
-                    .ok_or_else(|| backend("a queued pixel without its record"))?;
+                    .ok_or_else(|| StoreError::corrupt("a queued pixel without its record"))?;
                 if pixel.expires_at_ms <= now {
                     inner.finalize(&mut batch, key, rec, PixelStatus::Expired, now);
                     continue;
@@ -1659,7 +1661,7 @@ impl Store for SledStore {
                     .ok()
                     .and_then(|p| PlayerId::parse_stored(p).ok())
                     .map(Some)
-                    .ok_or_else(|| backend("corrupt click index entry")),
+                    .ok_or_else(|| StoreError::corrupt("corrupt click index entry")),
             }
         })
         .await
@@ -1852,7 +1854,8 @@ impl Store for SledStore {
             };
             for entry in inner.data.scan_prefix(b"b") {
                 let (k, _) = entry.map_err(backend)?;
-                let brand = keys::parse_brand(&k).ok_or_else(|| backend("corrupt brand key"))?;
+                let brand = keys::parse_brand(&k)
+                    .ok_or_else(|| StoreError::corrupt("corrupt brand key"))?;
                 let queue_depth = inner.depth.get(&brand).map_or(0, |d| *d);
                 stats.queue_depth += queue_depth;
                 let queue = BrandQueue {
@@ -1881,8 +1884,8 @@ impl Store for SledStore {
                 let mut all = Vec::new();
                 for entry in inner.data.scan_prefix(b"b").keys() {
                     let k = entry.map_err(backend)?;
-                    let brand =
-                        keys::parse_brand(&k).ok_or_else(|| backend("corrupt brand key"))?;
+                    let brand = keys::parse_brand(&k)
+                        .ok_or_else(|| StoreError::corrupt("corrupt brand key"))?;
                     all.extend(inner.backlogs(&brand, limit)?);
                 }
                 all.sort_by_key(|b| std::cmp::Reverse(b.pending));
@@ -1914,7 +1917,7 @@ impl Store for SledStore {
                     }
                     let rec = inner
                         .record(key, &pixel.id)?
-                        .ok_or_else(|| backend("a queued pixel without its record"))?;
+                        .ok_or_else(|| StoreError::corrupt("a queued pixel without its record"))?;
                     let status = if pixel.expires_at_ms <= now {
                         PixelStatus::Expired
                     } else {
@@ -1997,8 +2000,8 @@ impl Store for SledStore {
             let mut scanned = 0;
             for entry in inner.data.range(low..high).keys().rev() {
                 let r_key = entry.map_err(backend)?;
-                let (key, _, id) =
-                    keys::parse_report(&r_key).ok_or_else(|| backend("corrupt report key"))?;
+                let (key, _, id) = keys::parse_report(&r_key)
+                    .ok_or_else(|| StoreError::corrupt("corrupt report key"))?;
                 scanned += 1;
                 if let Some(rec) = inner.record(&key, &id)?
                     && wanted(&rec.delivery)
@@ -2057,8 +2060,8 @@ impl Store for SledStore {
                     break;
                 }
                 let k = entry.map_err(backend)?;
-                let (_, due_ms, key, id) =
-                    keys::parse_outbox(&k).ok_or_else(|| backend("corrupt outbox key"))?;
+                let (_, due_ms, key, id) = keys::parse_outbox(&k)
+                    .ok_or_else(|| StoreError::corrupt("corrupt outbox key"))?;
                 let record = inner.record(&key, &id)?;
                 let sendable = record
                     .filter(|rec| rec.delivery.status.is_pending())
@@ -2191,7 +2194,7 @@ impl Store for SledStore {
                 let id = std::str::from_utf8(&k[prefix.len()..])
                     .ok()
                     .and_then(|s| DefinitionId::parse_stored(s).ok())
-                    .ok_or_else(|| backend("corrupt health key"))?;
+                    .ok_or_else(|| StoreError::corrupt("corrupt health key"))?;
                 out.insert(id, serde_json::from_slice(&v).map_err(backend)?);
             }
             Ok(out)
@@ -2233,7 +2236,7 @@ impl Store for SledStore {
             inner.brand_exists(&brand)?;
             inner
                 .read(&key)?
-                .ok_or_else(|| backend("a brand without its secrets"))
+                .ok_or_else(|| StoreError::corrupt("a brand without its secrets"))
         })
         .await
     }
@@ -2278,7 +2281,7 @@ impl Store for SledStore {
                 .contains_key(keys::api_key(&key.id))
                 .map_err(backend)?
             {
-                return Err(backend("an API key id was generated twice"));
+                return Err(StoreError::corrupt("an API key id was generated twice"));
             }
             let mut batch = Batch::default();
             batch.insert(keys::api_key(&key.id), json(&key));
