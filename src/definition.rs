@@ -11,7 +11,6 @@ use std::fmt;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::{Map, Value};
 
-use crate::delivery::PostBody;
 use crate::ids::DefinitionId;
 use crate::input::{Fields, InputError, MAX_URL_BYTES};
 use crate::pixel::{
@@ -1126,6 +1125,15 @@ impl<'de> Deserialize<'de> for Condition {
         let s = String::deserialize(deserializer)?;
         Condition::parse(&s).map_err(serde::de::Error::custom)
     }
+}
+
+/// The body of a postback sent as `POST`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PostBody {
+    /// `application/x-www-form-urlencoded` or `application/json`.
+    pub content_type: String,
+    /// The rendered body.
+    pub body: String,
 }
 
 #[cfg(test)]

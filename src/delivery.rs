@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::ids::{DefinitionId, EventId, PixelId, PlayerId};
-use crate::pixel::PixelBody;
+use crate::pixel::{Origin, PixelBody};
 
 /// Longest response excerpt kept per postback attempt.
 pub const RESPONSE_EXCERPT_BYTES: usize = 256;
@@ -83,26 +83,6 @@ impl PixelStatus {
     }
 }
 
-/// Where a pixel produced by a definition came from; absent for pixels queued by hand.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct Origin {
-    /// The event that produced it.
-    pub event_id: Option<EventId>,
-    /// The definition that produced it.
-    pub definition_id: Option<DefinitionId>,
-    /// That definition's name at the time.
-    pub definition_name: Option<String>,
-    /// The template as the definition held it at the time (URL, code, or Meta pixel id and event).
-    pub template: Option<String>,
-    /// The affiliate's click id, when the event or the registration carried one.
-    pub click_id: Option<String>,
-    /// The affiliate credited: the event's, else the registration's.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub affiliate_id: Option<String>,
-    /// Macros rendered empty for want of a value.
-    pub missing: Vec<String>,
-}
-
 /// One attempt to send a postback.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Attempt {
@@ -119,15 +99,6 @@ pub struct Attempt {
     /// The first bytes of the answer's body, as text.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub response: Option<String>,
-}
-
-/// The body of a postback sent as `POST`.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct PostBody {
-    /// `application/x-www-form-urlencoded` or `application/json`.
-    pub content_type: String,
-    /// The rendered body.
-    pub body: String,
 }
 
 /// A row of the delivery report: one pixel or postback and everything known about it.
@@ -264,11 +235,7 @@ impl Delivery {
     }
 
     /// The row of a definition that could not render for an event: failed at `now`, never sent.
-    pub fn render_failed(
-        player_id: PlayerId,
-        failure: &crate::event::NewFailure,
-        now: u64,
-    ) -> Self {
+    pub fn render_failed(player_id: PlayerId, failure: &NewFailure, now: u64) -> Self {
         Delivery {
             kind: failure.kind.to_owned(),
             status: PixelStatus::Failed,
@@ -324,6 +291,23 @@ impl Delivery {
         self.set_status(status, end);
         self.next_attempt_at_ms = next_at;
     }
+}
+
+/// A definition that could not render, for the store to record as a failed row of the report.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NewFailure {
+    /// The row's id, as in the event's answer.
+    pub id: PixelId,
+    /// The trigger it matched.
+    pub trigger: String,
+    /// The definition's kind (`image`, `s2s`…).
+    pub kind: &'static str,
+    /// See [`crate::event::RenderFailure::reason`].
+    pub reason: &'static str,
+    /// See [`crate::event::RenderFailure::error`].
+    pub error: String,
+    /// Event, definition and template, for the report.
+    pub origin: Origin,
 }
 
 /// Longest browser error message kept.

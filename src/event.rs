@@ -12,11 +12,11 @@ use serde_json::Value;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
-use crate::definition::{Definition, Occasion, Output, Refusal};
-use crate::delivery::{Origin, PixelStatus, PostBody};
+use crate::definition::{Definition, Occasion, Output, PostBody, Refusal};
+use crate::delivery::{NewFailure, PixelStatus};
 use crate::ids::{BrandId, DefinitionId, EventId, Id, IdKind, PixelId, PlayerId};
 use crate::input::{Fields, InputError, one_or_many};
-use crate::pixel::{NewPixel, PixelBody, PixelPolicy};
+use crate::pixel::{NewPixel, Origin, PixelBody, PixelPolicy};
 use crate::vocabulary::VALUE_ALIASES;
 
 /// Most events one request may carry by default (`--max-batch`).
@@ -327,23 +327,6 @@ pub struct RenderFailure {
     pub reason: String,
     /// What was wrong with the rendered pixel.
     pub error: String,
-}
-
-/// A definition that could not render, for the store to record as a failed row of the report.
-#[derive(Clone, Debug, PartialEq)]
-pub struct NewFailure {
-    /// The row's id, as in the event's answer.
-    pub id: PixelId,
-    /// The trigger it matched.
-    pub trigger: String,
-    /// The definition's kind (`image`, `s2s`…).
-    pub kind: &'static str,
-    /// See [`RenderFailure::reason`].
-    pub reason: &'static str,
-    /// See [`RenderFailure::error`].
-    pub error: String,
-    /// Event, definition and template, for the report.
-    pub origin: Origin,
 }
 
 /// What one event did: the API's answer for it, and the record kept under its id.

@@ -7,7 +7,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::ids::{PixelId, PixelTag};
+use crate::ids::{DefinitionId, EventId, PixelId, PixelTag};
 use crate::input::{Fields, InputError, one_or_many};
 
 /// Largest `js` pixel, in bytes of source.
@@ -245,7 +245,7 @@ pub struct NewPixel {
     /// What to fire.
     pub body: PixelBody,
     /// Event and definition it came from, for the delivery report; `None` when queued by hand.
-    pub origin: Option<crate::delivery::Origin>,
+    pub origin: Option<Origin>,
 }
 
 /// A pixel in a player's queue, as stored and as listed by the API.
@@ -369,6 +369,26 @@ pub fn parse_pixel(value: Value, path: &str) -> Result<NewPixel, InputError> {
         ttl_seconds,
         body,
     })
+}
+
+/// Where a pixel produced by a definition came from; absent for pixels queued by hand.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Origin {
+    /// The event that produced it.
+    pub event_id: Option<EventId>,
+    /// The definition that produced it.
+    pub definition_id: Option<DefinitionId>,
+    /// That definition's name at the time.
+    pub definition_name: Option<String>,
+    /// The template as the definition held it at the time (URL, code, or Meta pixel id and event).
+    pub template: Option<String>,
+    /// The affiliate's click id, when the event or the registration carried one.
+    pub click_id: Option<String>,
+    /// The affiliate credited: the event's, else the registration's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub affiliate_id: Option<String>,
+    /// Macros rendered empty for want of a value.
+    pub missing: Vec<String>,
 }
 
 #[cfg(test)]

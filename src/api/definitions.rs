@@ -15,11 +15,10 @@ use super::{ApiError, AppState, ErrorBody};
 use std::collections::BTreeMap;
 
 use crate::definition::{Action, Definition, Occasion, Output, Refusal, parse_definition};
-use crate::delivery::Origin;
 use crate::event::{Event, fill_click_id, macro_values, parse_event, parse_events};
 use crate::ids::{BrandId, DefinitionId, EventId, PixelId, PlayerKey};
 use crate::input::InputError;
-use crate::pixel::NewPixel;
+use crate::pixel::{NewPixel, Origin};
 use crate::store::{Brand, DefinitionHealth};
 
 #[derive(Deserialize, IntoParams)]

@@ -12,9 +12,10 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
+use crate::definition::PostBody;
 use crate::definition::{Definition, DefinitionInput};
 pub use crate::delivery::PixelStatus;
-use crate::delivery::{Ack, Attempt, Delivery, PostBody};
+use crate::delivery::{Ack, Attempt, Delivery};
 use crate::event::{Event, EventOutcome, PlayerContext};
 use crate::ids::{BrandId, DefinitionId, EventId, PixelId, PlayerId, PlayerKey, SessionId};
 use crate::pixel::{NewPixel, PixelKind, PixelPolicy, QueuedPixel};

@@ -67,8 +67,9 @@ use super::{
     StoreError, StoreStats, Verdict,
 };
 use crate::clock::SharedClock;
+use crate::definition::PostBody;
 use crate::definition::{Definition, DefinitionInput};
-use crate::delivery::{Ack, Attempt, Delivery, PostBody, Target};
+use crate::delivery::{Ack, Attempt, Delivery, Target};
 use crate::event::{self, Event, EventOutcome, NewPostback, PlayerContext};
 use crate::ids::{BrandId, DefinitionId, EventId, PixelId, PlayerId, PlayerKey, SessionId};
 use crate::metrics::{Metrics, PixelEvent, Upkeep};
@@ -482,7 +483,7 @@ impl Inner {
         &self,
         batch: &mut Changes,
         key: &PlayerKey,
-        failure: &crate::event::NewFailure,
+        failure: &crate::delivery::NewFailure,
         now: u64,
     ) -> Result<(), StoreError> {
         let seq = self.db.generate_id().map_err(backend)?;
