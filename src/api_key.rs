@@ -5,11 +5,11 @@
 //! logs never hold a usable key; a key is shown once, when it is created. With that much entropy a plain
 //! SHA-256 is enough: there is nothing to guess, so a slow password hash would only cost every request.
 
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use crate::ids::{BrandId, hex, random_hex};
-use crate::store::ApiKeyRecord;
 
 /// What every key starts with, so a leaked one is recognisable (and secret scanners can find it).
 pub const PREFIX: &str = "phk_";
@@ -63,6 +63,24 @@ pub fn shown(record: &ApiKeyRecord) -> String {
 fn digest(key: &str) -> String {
     hex(&Sha256::digest(key.as_bytes()))
 }
+
+/// A brand API key as stored: never the key itself, only its SHA-256, so a copy of the store gives no
+/// access. The key is shown once, when it is created.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ApiKeyRecord {
+    /// Public id, the middle part of the key (`phk_<id>_<secret>`); how the key is found and revoked.
+    pub id: String,
+    /// The brand the key may act for, and no other.
+    pub brand_id: BrandId,
+    /// What the key is for, for people.
+    pub name: Option<String>,
+    /// Unix milliseconds of creation.
+    pub created_at_ms: u64,
+    /// Hex SHA-256 of the whole key.
+    pub hash: String,
+}
+
+/// The answer for one pixel of an enqueue batch.
 
 #[cfg(test)]
 mod tests {

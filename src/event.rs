@@ -920,7 +920,7 @@ mod tests {
 
     fn rules() -> BrandRules<'static> {
         static PARAMS: std::sync::LazyLock<Vec<String>> =
-            std::sync::LazyLock::new(crate::store::default_click_id_params);
+            std::sync::LazyLock::new(crate::brand::default_click_id_params);
         static NONE: std::sync::LazyLock<Qualification> =
             std::sync::LazyLock::new(Default::default);
         BrandRules {

@@ -10,6 +10,7 @@
 //! - [`api_key`]: brand API keys, which act for one brand only; stored as hashes.
 //! - [`clock`]: the wall clock as one injectable handle: what "now" is for expiry, retention and retries.
 //! - [`config`]: every setting, from flags and environment, with its default.
+//! - [`brand`]: a brand's settings (kinds, origins, click-id params, qualification) and rotating secrets.
 //! - [`ids`]: validated brand, player, pixel and session ids.
 //! - [`input`]: the field reader and error shared by every JSON body the API validates.
 //! - [`pixel`]: what a pixel is, and turning a caller's JSON into one.
@@ -39,6 +40,7 @@
 
 pub mod api;
 pub mod api_key;
+pub mod brand;
 pub mod cli;
 pub mod clock;
 pub mod config;

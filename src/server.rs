@@ -21,6 +21,7 @@ use tokio_util::task::TaskTracker;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::api::{self, AppState, DemoLog, History};
+use crate::brand::BrandSettings;
 use crate::config::{Config, MIN_ADMIN_TOKEN_LEN};
 use crate::egress::Egress;
 use crate::hub::Hub;
@@ -30,9 +31,7 @@ use crate::metrics::Metrics;
 use crate::net::{self, Tls};
 use crate::pixel::PixelKind;
 use crate::postback::{self, Policy, SenderStats};
-use crate::store::{
-    BrandSettings, GuardedStore, Measure, Room, SledOptions, SledStore, Store, StoreError,
-};
+use crate::store::{GuardedStore, Measure, Room, SledOptions, SledStore, Store, StoreError};
 
 /// Why the hub could not start.
 #[derive(Debug, thiserror::Error)]

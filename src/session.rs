@@ -263,7 +263,7 @@ async fn handshake(
     if required || token.is_some() {
         let secret = ctx
             .store
-            .secret(&brand, crate::store::SecretKind::Signing)
+            .secret(&brand, crate::brand::SecretKind::Signing)
             .await?;
         let now_ms = ctx.clock.now_ms();
         let checked = match token.as_deref() {

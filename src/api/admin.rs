@@ -10,10 +10,11 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::extract::{ApiPath, JsonBody};
 use super::{ApiError, AppState, ErrorBody};
+use crate::brand::{Brand, BrandSettings};
 use crate::ids::{BrandId, PixelId, PlayerId, PlayerKey};
 use crate::input::{Fields, InputError};
 use crate::pixel::{PixelKind, parse_batch};
-use crate::store::{Brand, BrandSettings, CancelOutcome, EnqueueOutcome, PixelStatus};
+use crate::store::{CancelOutcome, EnqueueOutcome, PixelStatus};
 
 #[derive(Deserialize, IntoParams)]
 #[into_params(parameter_in = Path)]

@@ -14,12 +14,13 @@ use super::extract::{ApiPath, JsonBody};
 use super::{ApiError, AppState, ErrorBody};
 use std::collections::BTreeMap;
 
+use crate::brand::Brand;
 use crate::definition::{Action, Definition, Occasion, Output, Refusal, parse_definition};
 use crate::event::{Event, fill_click_id, macro_values, parse_event, parse_events};
 use crate::ids::{BrandId, DefinitionId, EventId, PixelId, PlayerKey};
 use crate::input::InputError;
 use crate::pixel::{NewPixel, Origin};
-use crate::store::{Brand, DefinitionHealth};
+use crate::store::DefinitionHealth;
 
 #[derive(Deserialize, IntoParams)]
 #[into_params(parameter_in = Path)]

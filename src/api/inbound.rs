@@ -18,12 +18,13 @@ use super::extract::{ApiPath, JsonBody};
 use super::{ApiError, AppState, ErrorBody};
 use std::time::Instant;
 
+use crate::brand::{BrandSecret, SecretKind};
 use crate::event::EventOutcome;
 use crate::ids::{BrandId, PlayerId};
 use crate::inbound::{COUNTERS, click_without_player, events_from_query, names_player};
 use crate::input::Fields;
 use crate::limits::{Limit, TokenBucket};
-use crate::store::{BrandSecret, SecretKind, StoreError};
+use crate::store::StoreError;
 
 /// Longest grace period a rotation may give the old token: 30 days.
 const MAX_GRACE_SECONDS: u64 = 30 * 24 * 3600;

@@ -17,9 +17,10 @@ use super::extract::{ApiPath, JsonBody};
 use super::inbound::rotation_grace;
 use super::{ApiError, AppState, ErrorBody};
 use crate::api_key;
+use crate::api_key::ApiKeyRecord;
+use crate::brand::{BrandSecret, SecretKind};
 use crate::ids::BrandId;
 use crate::input::Fields;
-use crate::store::{ApiKeyRecord, BrandSecret, SecretKind};
 
 /// Grace of the previous signing secret when a rotation does not say: a day, longer than the player
 /// tokens a brand should issue, so pages open during the rotation keep reconnecting.

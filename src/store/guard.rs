@@ -38,10 +38,11 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::{
-    ApiKeyRecord, Backlog, Brand, BrandSecret, BrandSettings, CancelOutcome, DefinitionHealth,
-    DeliveryPage, DeliveryQuery, DuePostback, EnqueueOutcome, Lane, LaneDue, PendingPixel, Purged,
-    SecretKind, Store, StoreError, StoreStats, Verdict,
+    Backlog, CancelOutcome, DefinitionHealth, DeliveryPage, DeliveryQuery, DuePostback,
+    EnqueueOutcome, Lane, LaneDue, PendingPixel, Purged, Store, StoreError, StoreStats, Verdict,
 };
+use crate::api_key::ApiKeyRecord;
+use crate::brand::{Brand, BrandSecret, BrandSettings, SecretKind};
 use crate::definition::{Definition, DefinitionInput};
 use crate::delivery::{Ack, Attempt};
 use crate::event::{Event, EventOutcome, PlayerContext};

@@ -61,11 +61,12 @@ use tokio_util::sync::CancellationToken;
 
 use super::commit::GroupCommit;
 use super::{
-    ApiKeyRecord, Backlog, Brand, BrandQueue, BrandSecret, BrandSettings, CancelOutcome, Cursor,
-    DefinitionHealth, DeliveryPage, DeliveryQuery, DuePostback, EnqueueOutcome, Enqueued, Lane,
-    LaneDue, OnFull, PendingPixel, PixelStatus, Purged, QueueCap, Quota, Quotas, SecretKind, Store,
-    StoreError, StoreStats, Verdict,
+    Backlog, BrandQueue, CancelOutcome, Cursor, DefinitionHealth, DeliveryPage, DeliveryQuery,
+    DuePostback, EnqueueOutcome, Enqueued, Lane, LaneDue, OnFull, PendingPixel, PixelStatus,
+    Purged, QueueCap, Quota, Quotas, Store, StoreError, StoreStats, Verdict,
 };
+use crate::api_key::ApiKeyRecord;
+use crate::brand::{Brand, BrandSecret, BrandSettings, SecretKind};
 use crate::clock::SharedClock;
 use crate::definition::PostBody;
 use crate::definition::{Definition, DefinitionInput};
