@@ -80,8 +80,6 @@ pub struct ApiKeyRecord {
     pub hash: String,
 }
 
-/// The answer for one pixel of an enqueue batch.
-
 #[cfg(test)]
 mod tests {
     use super::*;
