@@ -110,7 +110,7 @@ impl BrandSettings {
 }
 
 /// Which of a brand's rotating secrets.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum SecretKind {
     /// The token in the brand's inbound postback URLs.
     Inbound,
@@ -135,6 +135,18 @@ pub struct BrandSecret {
 }
 
 impl BrandSecret {
+    /// A new random secret made at `now`; `previous` is the one it replaces and until when that one is
+    /// still honoured, if it is.
+    pub fn new(previous: Option<(String, u64)>, now: u64) -> Self {
+        let (previous, previous_valid_until_ms) = previous.unzip();
+        BrandSecret {
+            current: crate::ids::random_hex(24).expect("the OS random source works"),
+            previous,
+            previous_valid_until_ms,
+            rotated_at_ms: now,
+        }
+    }
+
     /// Whether `presented` is a token the brand accepts at `now`, compared in constant time.
     pub fn accepts(&self, presented: &str, now: u64) -> bool {
         use subtle::ConstantTimeEq;

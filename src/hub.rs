@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::ids::{BrandId, PlayerKey, SessionId};
-use crate::store::Store;
+use crate::ledger::Ledger;
 
 /// Wake-up reasons, as bits in [`Signal`]'s flags.
 pub mod wake {
@@ -202,12 +202,12 @@ impl Hub {
     /// Both stop when `shutdown` is cancelled.
     pub fn spawn_background(
         &self,
-        store: &dyn Store,
+        ledger: &Ledger,
         heartbeat: Duration,
         shutdown: CancellationToken,
         tracker: &TaskTracker,
     ) {
-        let mut announcements = store.subscribe();
+        let mut announcements = ledger.subscribe();
         let hub = self.clone();
         let stop = shutdown.clone();
         tracker.spawn(async move {

@@ -22,6 +22,8 @@
 //! - [`flat`]: events from flat name/value records (a query string, a CSV row), validated as JSON events are.
 //! - [`inbound`]: events from an inbound GET postback URL, typed by its path or by Routy-style counters.
 //! - [`import`]: events from uploaded Registrations and Sales CSV files, streamed row by row.
+//! - [`ledger`]: every business rule, once, over the engines' narrow traits: what the API, sessions and
+//!   sender ask. The catalog's rules live there; the queue, event and outbox rules are moving in.
 //! - [`store`]: the durable queues behind the [`store::Store`] trait (sled now, Redis next), with group commit
 //!   and the per-player delivery lease. The source of truth.
 //! - [`egress`]: where the hub's own requests may go: public addresses, checked at connect time (SSRF).
@@ -54,6 +56,7 @@ pub mod ids;
 pub mod import;
 pub mod inbound;
 pub mod input;
+pub mod ledger;
 pub mod limits;
 pub mod memory;
 pub mod metrics;

@@ -35,8 +35,9 @@ use crate::config::Config;
 use crate::delivery::{Attempt, RESPONSE_EXCERPT_BYTES, excerpt};
 use crate::egress::{Egress, Refused, classify, refusal_in};
 use crate::ids::BrandId;
+use crate::ledger::Ledger;
 use crate::metrics::{AttemptResult, Metrics};
-use crate::store::{DuePostback, Lane, Store, Verdict};
+use crate::store::{DuePostback, Lane, Verdict};
 
 /// Longest sleep between passes when nothing wakes the sender earlier.
 const POLL: Duration = Duration::from_secs(1);
@@ -135,7 +136,7 @@ const PRIVATE_ANSWER: &str = "(answer of a non-public address, not kept)";
 
 /// What the dispatcher and its attempts share.
 struct Shared {
-    store: Arc<dyn Store>,
+    ledger: Ledger,
     /// Connects only where [`Egress`] allows, follows only redirects it allows.
     client: reqwest::Client,
     /// For the demo's own pixel receiver: follows no redirect, reaches nothing but the hub itself.
@@ -153,8 +154,8 @@ struct Shared {
 
 /// What the sender works with, from the process.
 pub struct SenderParts {
-    /// The outbox.
-    pub store: Arc<dyn Store>,
+    /// The outbox, and the definitions a failing postback may disable.
+    pub ledger: Ledger,
     /// How it behaves.
     pub policy: Policy,
     /// Where postbacks may go.
@@ -175,7 +176,7 @@ pub fn spawn(
     tracker: &TaskTracker,
 ) -> Result<(), reqwest::Error> {
     let SenderParts {
-        store,
+        ledger,
         policy,
         egress,
         stats,
@@ -215,7 +216,7 @@ pub fn spawn(
         .redirect(reqwest::redirect::Policy::none())
         .build()?;
     let shared = Arc::new(Shared {
-        store,
+        ledger,
         client,
         demo_client,
         egress,
@@ -244,7 +245,7 @@ async fn run(shared: Arc<Shared>, stop: CancellationToken) {
         };
         tokio::select! {
             _ = stop.cancelled() => {}
-            _ = shared.store.postbacks_added() => {}
+            _ = shared.ledger.postbacks_added() => {}
             _ = shared.freed.notified() => {}
             _ = tokio::time::sleep(wait) => {}
         }
@@ -274,7 +275,7 @@ async fn dispatch(
     turns: &mut Turns,
 ) -> Result<Duration, crate::store::StoreError> {
     let now = shared.clock.now_ms();
-    let lanes = shared.store.postback_lanes().await?;
+    let lanes = shared.ledger.postback_lanes().await?;
     let next = lanes.iter().map(|l| l.next_ms).filter(|&at| at > now).min();
     let mut due: BTreeMap<BrandId, VecDeque<Lane>> = BTreeMap::new();
     for lane in lanes.into_iter().filter(|l| l.next_ms <= now) {
@@ -314,7 +315,7 @@ async fn dispatch(
                 };
                 let lane = lanes.remove(pos).expect("the position was just found");
                 // A lane with nothing due any more leaves this pass; the brand's next lane is tried.
-                if let Some(postback) = shared.store.due_postbacks(&lane, now, 1).await?.pop() {
+                if let Some(postback) = shared.ledger.due_postbacks(&lane, now, 1).await?.pop() {
                     break (Some(lane), Some(postback), Some(slot));
                 }
             };
@@ -327,7 +328,7 @@ async fn dispatch(
                 continue;
             }
             let until = shared.clock.now_ms() + ms(shared.policy.timeout + CLAIM_MARGIN);
-            match shared.store.claim_postback(&postback, until).await {
+            match shared.ledger.claim_postback(&postback, until).await {
                 Ok(true) => {
                     turns.brand = Some(brand.clone());
                     turns.hosts.insert(brand.clone(), lane.host.clone());
@@ -415,7 +416,7 @@ impl Shared {
             error = ?attempt.error, ?verdict, "postback attempt"
         );
         let health = match self
-            .store
+            .ledger
             .record_attempt(&postback, until, attempt, verdict)
             .await
         {
@@ -446,7 +447,7 @@ impl Shared {
                 health.last_error.as_deref().unwrap_or("unknown")
             );
             if let Err(e) = self
-                .store
+                .ledger
                 .disable_definition(&postback.key.brand, definition, reason)
                 .await
             {

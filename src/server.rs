@@ -26,12 +26,13 @@ use crate::config::{Config, MIN_ADMIN_TOKEN_LEN};
 use crate::egress::Egress;
 use crate::hub::Hub;
 use crate::ids::{BrandId, random_hex};
+use crate::ledger::Ledger;
 use crate::limits::{PerIp, TrustedProxies};
 use crate::metrics::Metrics;
 use crate::net::{self, Tls};
 use crate::pixel::PixelKind;
 use crate::postback::{self, Policy, SenderStats};
-use crate::store::{GuardedStore, Measure, Room, SledOptions, SledStore, Store, StoreError};
+use crate::store::{GuardedStore, Measure, Room, SledOptions, SledStore, StoreError};
 
 /// Why the hub could not start.
 #[derive(Debug, thiserror::Error)]
@@ -154,24 +155,26 @@ impl Application {
                 })
             })
         };
+        let engine = Arc::new(engine);
         let guarded = Arc::new(GuardedStore::new(
-            Arc::new(engine),
+            engine.clone(),
+            engine,
             config.store_guard(),
             measure,
             Arc::clone(&metrics),
         ));
         let store_health = guarded.health();
-        let store: Arc<dyn Store> = guarded.clone();
+        let ledger = Ledger::new(guarded.clone(), guarded.clone(), Arc::clone(&clock));
         if config.demo_enabled() {
             let demo = BrandId::parse(api::DEMO_BRAND).expect("a valid literal id");
-            if store.get_brand(&demo).await?.is_none() {
+            if ledger.brand(&demo).await?.is_none() {
                 // The demo's buttons queue every kind, `js` included: it is a playground on loopback.
                 let settings = BrandSettings {
                     name: Some("Demo casino".into()),
                     allowed_kinds: PixelKind::ALL.to_vec(),
                     ..BrandSettings::default()
                 };
-                store.put_brand(&demo, settings).await?;
+                ledger.put_brand(&demo, settings).await?;
             }
         }
 
@@ -187,12 +190,7 @@ impl Application {
         let hub = Hub::default();
         guarded.spawn_monitor(shutdown.clone(), &background);
         crate::memory::spawn_trimmer(shutdown.clone(), &background);
-        hub.spawn_background(
-            store.as_ref(),
-            config.heartbeat(),
-            shutdown.clone(),
-            &background,
-        );
+        hub.spawn_background(&ledger, config.heartbeat(), shutdown.clone(), &background);
 
         if let Some(tls) = &tls {
             Arc::clone(tls).watch(Arc::clone(&metrics), shutdown.clone(), &background);
@@ -209,7 +207,7 @@ impl Application {
         let postbacks = Arc::new(SenderStats::default());
         postback::spawn(
             postback::SenderParts {
-                store: Arc::clone(&store),
+                ledger: ledger.clone(),
                 policy: Policy::from_config(&config),
                 egress: Arc::clone(&egress),
                 stats: Arc::clone(&postbacks),
@@ -224,7 +222,7 @@ impl Application {
         let config_max_per_ip = config.max_connections_per_ip;
         let config_proxies = config.trusted_proxies.clone();
         let state = AppState {
-            store,
+            ledger,
             hub,
             config: Arc::new(config),
             admin_token: Arc::from(admin_token),
@@ -342,7 +340,7 @@ impl Application {
                 "background work still running at the shutdown timeout; flushing anyway"
             );
         }
-        if let Err(e) = state.store.close().await {
+        if let Err(e) = state.ledger.close().await {
             tracing::error!(error = %e, "closing the store failed");
         }
         if let Some(cause) = state.store_health.failed() {

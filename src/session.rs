@@ -18,19 +18,20 @@ use crate::clock::SharedClock;
 use crate::delivery::{Ack, BrowserReport};
 use crate::hub::{Hub, Registration, SessionInfo, wake};
 use crate::ids::{BrandId, PixelId, PlayerId, PlayerKey, SessionId};
+use crate::ledger::Ledger;
 use crate::limits::TokenBucket;
 use crate::metrics::Metrics;
 use crate::player_token::{self, TokenError};
 use crate::protocol::{
     AckResult, ClientMessage, CloseReason, MAX_ACK_IDS, PROTOCOL_VERSION, ServerMessage, WirePixel,
 };
-use crate::store::{Store, StoreError};
+use crate::store::StoreError;
 
 /// What a session needs from the process; built once per connection by the HTTP layer.
 #[derive(Clone)]
 pub struct SessionContext {
-    /// The durable queues.
-    pub store: Arc<dyn Store>,
+    /// The rules and the durable state behind them.
+    pub ledger: Ledger,
     /// This process's registry.
     pub hub: Hub,
     /// Cancelled when the process shuts down.
@@ -127,7 +128,7 @@ pub fn run(socket: WebSocket, mut ctx: SessionContext) -> impl Future<Output = (
                     Some(registration) => {
                         let end = live(&mut conn, &ctx, &key, welcome, &registration).await;
                         drop(registration);
-                        if let Err(e) = ctx.store.release(&key, id).await {
+                        if let Err(e) = ctx.ledger.release(&key, id).await {
                             tracing::error!(error = %e, "could not release the lease; it frees when the store restarts");
                         }
                         end
@@ -253,7 +254,7 @@ async fn handshake(
         return Err(CloseReason::InvalidHello.into());
     }
     let player = PlayerId::parse(&player_id).map_err(|_| CloseReason::InvalidHello)?;
-    let Some(settings) = ctx.store.get_brand(&brand).await? else {
+    let Some(settings) = ctx.ledger.brand(&brand).await? else {
         return Err(CloseReason::UnknownBrand.into());
     };
     if !origin_allowed(&settings.settings.allowed_origins, ctx.origin.as_deref()) {
@@ -262,7 +263,7 @@ async fn handshake(
     let required = settings.settings.require_player_token;
     if required || token.is_some() {
         let secret = ctx
-            .store
+            .ledger
             .secret(&brand, crate::brand::SecretKind::Signing)
             .await?;
         let now_ms = ctx.clock.now_ms();
@@ -385,7 +386,7 @@ async fn on_message(ctx: &SessionContext, key: &PlayerKey, text: &str) -> Result
                     }),
                 }
             }
-            let removed = ctx.store.acknowledge(key, &acks).await?;
+            let removed = ctx.ledger.acknowledge(key, &acks).await?;
             tracing::debug!(acked = acks.len(), removed, "ack");
             Ok(true)
         }
@@ -401,7 +402,7 @@ async fn pump(
     key: &PlayerKey,
     session: SessionId,
 ) -> Result<(), End> {
-    let pixels = ctx.store.lease(key, session, ctx.limits.window).await?;
+    let pixels = ctx.ledger.lease(key, session, ctx.limits.window).await?;
     if pixels.is_empty() {
         return Ok(());
     }

@@ -297,7 +297,7 @@ pub(super) async fn put_brand(
     JsonBody(body): JsonBody,
 ) -> Result<impl IntoResponse, ApiError> {
     let settings = brand_settings(body)?;
-    let (brand, created) = state.store.put_brand(&path.brand_id, settings).await?;
+    let (brand, created) = state.ledger.put_brand(&path.brand_id, settings).await?;
     let status = if created {
         StatusCode::CREATED
     } else {
@@ -330,11 +330,15 @@ pub(super) async fn patch_brand(
     ApiPath(path): ApiPath<BrandPath>,
     JsonBody(patch): JsonBody,
 ) -> Result<Json<Brand>, ApiError> {
-    let brand = require_brand(&state, &path.brand_id).await?;
-    let mut settings = serde_json::to_value(&brand.settings).expect("settings serialise");
-    merge_patch(&mut settings, &patch)?;
-    let settings = brand_settings(settings)?;
-    let (brand, _) = state.store.put_brand(&path.brand_id, settings).await?;
+    // Applied to the brand as it is when written: a concurrent change is patched, never overwritten.
+    let brand = state
+        .ledger
+        .patch_brand(&path.brand_id, |brand| {
+            let mut settings = serde_json::to_value(&brand.settings).expect("settings serialise");
+            merge_patch(&mut settings, &patch)?;
+            brand_settings(settings)
+        })
+        .await?;
     Ok(Json(brand))
 }
 
@@ -373,8 +377,8 @@ pub(super) async fn get_brand(
 
 pub(super) async fn require_brand(state: &AppState, brand: &BrandId) -> Result<Brand, ApiError> {
     state
-        .store
-        .get_brand(brand)
+        .ledger
+        .brand(brand)
         .await?
         .ok_or_else(|| ApiError::UnknownBrand(brand.to_string()))
 }
@@ -421,7 +425,7 @@ pub(super) async fn enqueue(
             })
         })?;
     }
-    let queued = state.store.enqueue(&path.key(), pixels).await?;
+    let queued = state.ledger.enqueue(&path.key(), pixels).await?;
     Ok((StatusCode::ACCEPTED, Json(queued)))
 }
 
@@ -445,7 +449,7 @@ pub(super) async fn list_pixels(
     ApiPath(path): ApiPath<PlayerPath>,
 ) -> Result<Json<Value>, ApiError> {
     require_brand(&state, &path.brand_id).await?;
-    let pending = state.store.pending(&path.key()).await?;
+    let pending = state.ledger.pending(&path.key()).await?;
     Ok(Json(json!({ "pixels": pending })))
 }
 
@@ -476,7 +480,7 @@ pub(super) async fn cancel(
         code,
         message: format!("pixel {id} {message}"),
     };
-    match state.store.cancel(&key, &id).await? {
+    match state.ledger.cancel(&key, &id).await? {
         CancelOutcome::Cancelled | CancelOutcome::AlreadyFinal(PixelStatus::Cancelled) => {
             Ok(Json(json!({ "id": id, "status": PixelStatus::Cancelled })))
         }

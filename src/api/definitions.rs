@@ -67,7 +67,10 @@ pub(super) async fn create(
 ) -> Result<impl IntoResponse, ApiError> {
     let input = parse_definition(body, true)?;
     allowed_for_brand(&state, &path.brand_id, &input.action).await?;
-    let definition = state.store.create_definition(&path.brand_id, input).await?;
+    let definition = state
+        .ledger
+        .create_definition(&path.brand_id, input)
+        .await?;
     let location = format!(
         "/api/v1/brands/{}/pixel-definitions/{}",
         path.brand_id, definition.id
@@ -88,6 +91,11 @@ async fn allowed_for_brand(
     action: &Action,
 ) -> Result<(), ApiError> {
     let brand = super::admin::require_brand(state, brand).await?;
+    check_action(state, &brand, action)
+}
+
+/// Whether the brand's policy allows `action`, and the hub may send its postbacks where they go.
+fn check_action(state: &AppState, brand: &Brand, action: &Action) -> Result<(), ApiError> {
     if let Some(destination) = action
         .postback_destination()
         .filter(|to| state.egress.demo_receiver(to).is_none())
@@ -141,13 +149,13 @@ pub(super) async fn list(
     let scoped = |mine: &Option<String>, wanted: &Option<String>| {
         wanted.as_ref().is_none_or(|w| mine.as_ref() == Some(w))
     };
-    let mut definitions = state.store.definitions(&path.brand_id).await?;
+    let mut definitions = state.ledger.definitions(&path.brand_id).await?;
     definitions.retain(|d| {
         scoped(&d.affiliate_id, &affiliate)
             && scoped(&d.deal_id, &deal)
             && trigger.as_ref().is_none_or(|t| &d.trigger == t)
     });
-    let health = state.store.definition_health(&path.brand_id).await?;
+    let health = state.ledger.definition_health(&path.brand_id).await?;
     let threshold = state.config.s2s_failure_threshold;
     let listed: Vec<Value> = definitions
         .into_iter()
@@ -177,7 +185,7 @@ pub(super) async fn get(
     ApiPath(path): ApiPath<DefinitionPath>,
 ) -> Result<Json<Value>, ApiError> {
     let definition = find(&state, &path).await?;
-    let health = state.store.definition_health(&path.brand_id).await?;
+    let health = state.ledger.definition_health(&path.brand_id).await?;
     let h = health.get(&definition.id);
     Ok(Json(with_health(
         definition,
@@ -235,7 +243,7 @@ async fn save_over(
     let input = parse_definition(body, false)?;
     allowed_for_brand(state, &path.brand_id, &input.action).await?;
     let definition = state
-        .store
+        .ledger
         .replace_definition(&path.brand_id, &path.definition_id, input)
         .await?;
     Ok(Json(definition))
@@ -266,16 +274,26 @@ pub(super) async fn patch(
     ApiPath(path): ApiPath<DefinitionPath>,
     JsonBody(patch): JsonBody,
 ) -> Result<Json<Definition>, ApiError> {
-    let current = find(&state, &path).await?;
-    let mut body = serde_json::to_value(&current).expect("a definition serialises");
-    if let Some(fields) = body.as_object_mut() {
-        // What the hub keeps of its own, not the brand's to write.
-        for field in ["id", "created_at_ms", "updated_at_ms", "disabled_reason"] {
-            fields.remove(field);
-        }
-    }
-    super::admin::merge_patch(&mut body, &patch)?;
-    save_over(&state, &path, body).await
+    let brand = super::admin::require_brand(&state, &path.brand_id).await?;
+    // Applied to the definition as it is when written: a concurrent change is patched, never
+    // overwritten.
+    let definition = state
+        .ledger
+        .patch_definition(&path.brand_id, &path.definition_id, |current| {
+            let mut body = serde_json::to_value(current).expect("a definition serialises");
+            if let Some(fields) = body.as_object_mut() {
+                // What the hub keeps of its own, not the brand's to write.
+                for field in ["id", "created_at_ms", "updated_at_ms", "disabled_reason"] {
+                    fields.remove(field);
+                }
+            }
+            super::admin::merge_patch(&mut body, &patch)?;
+            let input = parse_definition(body, false)?;
+            check_action(&state, &brand, &input.action)?;
+            Ok::<_, ApiError>(input)
+        })
+        .await?;
+    Ok(Json(definition))
 }
 
 /// Delete a pixel definition
@@ -298,7 +316,7 @@ pub(super) async fn delete(
     ApiPath(path): ApiPath<DefinitionPath>,
 ) -> Result<StatusCode, ApiError> {
     if state
-        .store
+        .ledger
         .delete_definition(&path.brand_id, &path.definition_id)
         .await?
     {
@@ -310,7 +328,7 @@ pub(super) async fn delete(
 
 async fn find(state: &AppState, path: &DefinitionPath) -> Result<Definition, ApiError> {
     state
-        .store
+        .ledger
         .definition(&path.brand_id, &path.definition_id)
         .await?
         .ok_or_else(|| ApiError::UnknownDefinition(path.definition_id.to_string()))
@@ -433,7 +451,7 @@ pub(super) async fn test(
         }),
     };
     let queued = state
-        .store
+        .ledger
         .enqueue(
             &PlayerKey::new(path.brand_id.clone(), event.player_id.clone()),
             vec![pixel.clone()],
@@ -474,7 +492,7 @@ impl Verdict {
         event: &Event,
     ) -> Result<(Verdict, Brand), ApiError> {
         let key = PlayerKey::new(brand_id.clone(), event.player_id.clone());
-        let context = state.store.player_context(&key).await?;
+        let context = state.ledger.player_context(&key).await?;
         let brand = super::admin::require_brand(state, brand_id).await?;
         let settings = &brand.settings;
         let mut values = macro_values(brand_id, event, &context, &event.kind, state.clock.now_ms());
@@ -575,7 +593,7 @@ pub(super) async fn ingest(
     let array = body.is_array();
     let events = parse_events(body, state.config.max_batch as usize)?;
     state.config.param_limits().check_all(&events, array)?;
-    let outcomes = state.store.ingest(&path.brand_id, events).await?;
+    let outcomes = state.ledger.ingest(&path.brand_id, events).await?;
     // Typed, not `json!`, so each answer keeps its documented field order.
     #[derive(Serialize)]
     struct Answer {
@@ -601,7 +619,7 @@ pub(super) async fn get_event(
     State(state): State<AppState>,
     ApiPath(path): ApiPath<EventPath>,
 ) -> Result<impl IntoResponse, ApiError> {
-    match state.store.event(&path.brand_id, &path.event_id).await? {
+    match state.ledger.event(&path.brand_id, &path.event_id).await? {
         Some(outcome) => Ok(Json(outcome)),
         None => Err(ApiError::UnknownEvent(path.event_id.to_string())),
     }
@@ -627,7 +645,7 @@ pub(super) async fn attribution(
     ApiPath(path): ApiPath<PlayerPath>,
 ) -> Result<Json<Value>, ApiError> {
     let key = path.key();
-    let context = state.store.player_context(&key).await?;
+    let context = state.ledger.player_context(&key).await?;
     Ok(Json(json!({
         "player_id": key.player,
         "affiliate_id": context.affiliate_id,

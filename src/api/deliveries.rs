@@ -172,7 +172,7 @@ pub(super) async fn list(
     params.finish()?;
     let brand = path.brand_id;
     if !csv {
-        let page = state.store.deliveries(&brand, &query).await?;
+        let page = state.ledger.deliveries(&brand, &query).await?;
         let next = page.next.map(|c| c.to_string());
         let flagged = flagged(&state, &brand).await?;
         return Ok(Json(json!({
@@ -184,12 +184,12 @@ pub(super) async fn list(
     }
     // Fail before the 200 when the brand is unknown; later failures can only end the stream early.
     state
-        .store
-        .get_brand(&brand)
+        .ledger
+        .brand(&brand)
         .await?
         .ok_or_else(|| ApiError::UnknownBrand(brand.to_string()))?;
     let header_line = csv_line(COLUMNS.iter().map(|c| c.to_string()));
-    let store = state.store.clone();
+    let store = state.ledger.clone();
     let pages = futures::stream::unfold((Some(query), store), move |(query, store)| {
         let brand = brand.clone();
         async move {
@@ -239,7 +239,7 @@ pub(super) async fn flagged(
 ) -> Result<Vec<Value>, ApiError> {
     let threshold = state.config.s2s_failure_threshold;
     Ok(state
-        .store
+        .ledger
         .definition_health(brand)
         .await?
         .into_iter()

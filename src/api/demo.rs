@@ -148,7 +148,7 @@ async fn queue_demo_pixel(
         body,
         origin: None,
     };
-    let queued = state.store.enqueue(&key, vec![pixel]).await?;
+    let queued = state.ledger.enqueue(&key, vec![pixel]).await?;
     Ok((
         StatusCode::ACCEPTED,
         Json(json!({ "pixels": queued.pixels, "n": n })),
@@ -179,13 +179,13 @@ async fn admit(state: &AppState, key: &PlayerKey) -> Result<(), ApiError> {
             message,
         }
     };
-    if state.store.pending(key).await?.len() >= DEMO_PER_PLAYER {
+    if state.ledger.pending(key).await?.len() >= DEMO_PER_PLAYER {
         return Err(full(format!(
             "this demo player has {DEMO_PER_PLAYER} pixels pending already; open the page to fire them"
         )));
     }
     let depth = state
-        .store
+        .ledger
         .stats()
         .await?
         .brands
@@ -214,7 +214,7 @@ async fn player_view(
     ApiPath(path): ApiPath<PlayerPath>,
 ) -> Result<Json<Value>, ApiError> {
     let player = path.player_id.to_string();
-    let pending = state.store.pending(&demo_key(path.player_id)).await?;
+    let pending = state.ledger.pending(&demo_key(path.player_id)).await?;
     let hits: Vec<Hit> = state
         .demo
         .hits

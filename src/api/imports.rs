@@ -101,8 +101,8 @@ pub(super) async fn import(
     params.finish()?;
     let brand = path.brand_id;
     let qualification = state
-        .store
-        .get_brand(&brand)
+        .ledger
+        .brand(&brand)
         .await?
         .ok_or_else(|| ApiError::UnknownBrand(brand.to_string()))?
         .settings
@@ -147,7 +147,7 @@ pub(super) async fn import(
     };
     let limits = state.config.param_limits();
     // A row of a type nobody knows is that row's error, not the whole batch's.
-    let definitions = state.store.definitions(&brand).await?;
+    let definitions = state.ledger.definitions(&brand).await?;
     let mut batch: Vec<Event> = Vec::with_capacity(BATCH);
     while let Some(item) = rx.recv().await {
         let mut row = item?; // a header problem refuses the whole file
@@ -199,7 +199,7 @@ async fn ingest(
     if batch.is_empty() {
         return Ok(());
     }
-    let outcomes = state.store.ingest(brand, std::mem::take(batch)).await?;
+    let outcomes = state.ledger.ingest(brand, std::mem::take(batch)).await?;
     for outcome in outcomes {
         if outcome.duplicate {
             summary.duplicates += 1;

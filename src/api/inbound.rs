@@ -110,7 +110,7 @@ async fn accept(
 ) -> Result<impl IntoResponse + use<>, ApiError> {
     // An unknown brand and a wrong token look alike, so the URL cannot be used to probe for brands.
     let brand = BrandId::parse(brand_id).map_err(|_| ApiError::InvalidInboundToken)?;
-    let tokens = match state.store.secret(&brand, SecretKind::Inbound).await {
+    let tokens = match state.ledger.secret(&brand, SecretKind::Inbound).await {
         Ok(tokens) => tokens,
         Err(StoreError::UnknownBrand(_)) => return Err(ApiError::InvalidInboundToken),
         Err(e) => return Err(e.into()),
@@ -143,7 +143,7 @@ async fn accept(
     events
         .iter()
         .try_for_each(|event| limits.check(event, ""))?;
-    let outcomes = state.store.ingest(&brand, events).await?;
+    let outcomes = state.ledger.ingest(&brand, events).await?;
     Ok((
         StatusCode::OK,
         [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
@@ -161,14 +161,14 @@ async fn find_player(
     if names_player(query) {
         return Ok(None);
     }
-    let settings = match state.store.get_brand(brand).await? {
+    let settings = match state.ledger.brand(brand).await? {
         Some(found) => found.settings,
         None => return Err(ApiError::InvalidInboundToken),
     };
     let Some(click) = click_without_player(query, &settings.click_id_params) else {
         return Ok(None);
     };
-    match state.store.player_by_click_id(brand, &click).await? {
+    match state.ledger.player_by_click_id(brand, &click).await? {
         Some(player) => Ok(Some(player)),
         None => {
             state.metrics.unknown_click_id(brand);
@@ -229,7 +229,7 @@ pub(super) async fn show(
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
     let tokens = state
-        .store
+        .ledger
         .secret(&path.brand_id, SecretKind::Inbound)
         .await?;
     Ok(Json(describe(&state, &path.brand_id, &tokens, &headers)))
@@ -261,7 +261,7 @@ pub(super) async fn rotate(
 ) -> Result<Json<Value>, ApiError> {
     let grace = rotation_grace(body, 0)?;
     let tokens = state
-        .store
+        .ledger
         .rotate_secret(&path.brand_id, SecretKind::Inbound, grace * 1000)
         .await?;
     Ok(Json(describe(&state, &path.brand_id, &tokens, &headers)))

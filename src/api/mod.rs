@@ -29,7 +29,6 @@ use crate::hub::Hub;
 use crate::ids::{BrandId, DefinitionId, EventId, PixelId, PlayerId};
 use crate::metrics::Metrics;
 use crate::postback::SenderStats;
-use crate::store::Store;
 
 mod admin;
 mod body;
@@ -53,8 +52,8 @@ pub use ops::{History, spawn_sampler};
 /// What every handler may use. Cheap to clone: all handles.
 #[derive(Clone)]
 pub struct AppState {
-    /// The durable queues.
-    pub store: Arc<dyn Store>,
+    /// The rules and the durable state behind them.
+    pub ledger: crate::ledger::Ledger,
     /// This process's live sessions.
     pub hub: Hub,
     /// Settings.
@@ -472,7 +471,7 @@ async fn authorize(
         return Ok(next.run(request).await);
     }
     let key = match crate::api_key::id_of(&presented) {
-        Some(id) => state.store.api_key(id).await?,
+        Some(id) => state.ledger.api_key(id).await?,
         _ => None,
     };
     let Some(key) = key.filter(|key| crate::api_key::matches(key, &presented)) else {

@@ -68,7 +68,7 @@ pub struct Overview {
 
 /// Reads the overview from the store and this process.
 async fn overview(state: &AppState) -> Result<(Overview, crate::store::StoreStats), ApiError> {
-    let mut stats = state.store.stats().await?;
+    let mut stats = state.ledger.stats().await?;
     let mut online = state.hub.brand_sessions();
     let fired = state.metrics.fired_per_brand();
     let failed = state.metrics.failed_per_brand();
@@ -345,7 +345,7 @@ pub(super) async fn backlogs(
         (Caller::Brand(own), _) => Some(own.clone()),
         (Caller::Admin, asked) => asked,
     };
-    let players = state.store.backlogs(brand.as_ref(), limit).await?;
+    let players = state.ledger.backlogs(brand.as_ref(), limit).await?;
     Ok(Json(BacklogsAnswer { players }))
 }
 
@@ -393,7 +393,7 @@ pub(super) async fn brand_queue(
         .get(&path.brand_id)
         .cloned()
         .unwrap_or_default();
-    let backlogs = state.store.backlogs(Some(&path.brand_id), limit).await?;
+    let backlogs = state.ledger.backlogs(Some(&path.brand_id), limit).await?;
     let mut value = serde_json::to_value(&figures).expect("figures serialise");
     value["brand_id"] = json!(path.brand_id);
     value["oldest_age_ms"] = json!(
@@ -459,7 +459,7 @@ pub(super) async fn purge(
     ApiPath(path): ApiPath<PlayerPath>,
 ) -> Result<Json<Purged>, ApiError> {
     let key = path.key();
-    let purged = state.store.purge(&key).await?;
+    let purged = state.ledger.purge(&key).await?;
     tracing::info!(player = %key.player, cancelled = purged.cancelled, in_flight = purged.in_flight, "queue purged");
     Ok(Json(purged))
 }
@@ -548,7 +548,7 @@ pub(super) async fn readyz(State(state): State<AppState>) -> Response {
         });
         return Json(degraded).into_response();
     }
-    match tokio::time::timeout(READY_PROBE, state.store.check_writable()).await {
+    match tokio::time::timeout(READY_PROBE, state.ledger.check_writable()).await {
         Ok(Ok(())) => Json(json!({ "status": "ready" })).into_response(),
         Ok(Err(e)) => {
             tracing::warn!(error = %e, "readiness probe: the store cannot write");

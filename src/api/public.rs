@@ -160,7 +160,7 @@ pub(super) async fn websocket(
         .map(str::to_owned);
     if let Some(brand) = &query.brand_id {
         // A brand that does not exist is the hello's to refuse (4503), like one named only there.
-        if let Some(brand) = state.store.get_brand(brand).await?
+        if let Some(brand) = state.ledger.brand(brand).await?
             && !session::origin_allowed(&brand.settings.allowed_origins, origin.as_deref())
         {
             return Err(ApiError::OriginNotAllowed);
@@ -184,7 +184,7 @@ pub(super) async fn websocket(
     // Boxed until the upgrade: axum keeps the callback's captures in the connection's task for its whole
     // life, so a context captured inline would be paid twice per session.
     let ctx = Box::new(SessionContext {
-        store: state.store.clone(),
+        ledger: state.ledger.clone(),
         hub: state.hub.clone(),
         shutdown: state.shutdown.clone(),
         limits: SessionLimits {

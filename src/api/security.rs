@@ -119,7 +119,7 @@ pub(super) async fn create_key(
     fields.finish("an API key")?;
     let made = api_key::generate(&path.brand_id, name, state.clock.now_ms())
         .map_err(|e| ApiError::Internal(format!("no randomness for an API key: {e}")))?;
-    state.store.create_api_key(made.record.clone()).await?;
+    state.ledger.create_api_key(made.record.clone()).await?;
     tracing::info!(brand = %path.brand_id, key_id = %made.record.id, "API key created");
     let created = CreatedApiKey {
         info: ApiKeyInfo::from(&made.record),
@@ -147,7 +147,7 @@ pub(super) async fn list_keys(
     State(state): State<AppState>,
     ApiPath(path): ApiPath<BrandPath>,
 ) -> Result<Json<ApiKeyList>, ApiError> {
-    let keys = state.store.api_keys(&path.brand_id).await?;
+    let keys = state.ledger.api_keys(&path.brand_id).await?;
     Ok(Json(ApiKeyList {
         keys: keys.iter().map(ApiKeyInfo::from).collect(),
     }))
@@ -173,7 +173,7 @@ pub(super) async fn revoke_key(
     ApiPath(path): ApiPath<ApiKeyPath>,
 ) -> Result<StatusCode, ApiError> {
     if state
-        .store
+        .ledger
         .revoke_api_key(&path.brand_id, &path.key_id)
         .await?
     {
@@ -208,7 +208,7 @@ pub(super) async fn signing_secret(
     ApiPath(path): ApiPath<BrandPath>,
 ) -> Result<Json<Value>, ApiError> {
     let secret = state
-        .store
+        .ledger
         .secret(&path.brand_id, SecretKind::Signing)
         .await?;
     Ok(Json(describe_signing(&path.brand_id, &secret)))
@@ -239,7 +239,7 @@ pub(super) async fn rotate_signing_secret(
 ) -> Result<Json<Value>, ApiError> {
     let grace = rotation_grace(body, SIGNING_GRACE_SECONDS)?;
     let secret = state
-        .store
+        .ledger
         .rotate_secret(&path.brand_id, SecretKind::Signing, grace * 1000)
         .await?;
     tracing::info!(brand = %path.brand_id, grace_seconds = grace, "signing secret rotated");

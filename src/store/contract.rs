@@ -1,23 +1,26 @@
-//! The [`Store`] contract, as executable checks every engine must pass.
+//! The contract, as executable checks every engine must pass, through the ledger that owns the rules.
 //!
 //! Each check is a function over a [`Harness`] that can open (and re-open) one engine instance;
 //! [`store_contract!`] instantiates them all as tests for an engine. A future Redis engine adds one line.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use super::*;
+use crate::api_key::ApiKeyRecord;
+use crate::brand::{BrandSettings, SecretKind};
 use crate::clock::{Clock, ManualClock};
+use crate::definition::DefinitionInput;
 use crate::definition::parse_definition;
 use crate::delivery::Attempt;
 use crate::event::parse_events;
 use crate::ids::{DefinitionId, PlayerId, SessionId};
+use crate::ledger::Ledger;
 use crate::pixel::{NewPixel, PixelBody};
 
 /// Opens an engine instance; opening again after `close` must see the same durable data. Every
 /// instance runs on the harness's clock, which checks move forward instead of sleeping.
 pub(super) trait Harness {
-    async fn open(&self) -> Arc<dyn Store>;
+    async fn open(&self) -> Ledger;
     fn clock(&self) -> &ManualClock;
 }
 
@@ -50,7 +53,7 @@ fn with_id(id: &str, n: u32) -> NewPixel {
     }
 }
 
-async fn store_with_brand(h: &impl Harness) -> Arc<dyn Store> {
+async fn store_with_brand(h: &impl Harness) -> Ledger {
     let store = h.open().await;
     store
         .put_brand(&key("x").brand, BrandSettings::default())
@@ -107,7 +110,7 @@ pub(super) async fn brands_are_created_then_updated(h: &impl Harness) {
     assert_eq!(second.created_at_ms, first.created_at_ms);
     assert_eq!(
         store
-            .get_brand(&id)
+            .brand(&id)
             .await
             .unwrap()
             .unwrap()
@@ -372,7 +375,7 @@ pub(super) async fn concurrent_enqueues_share_flushes_and_lose_nothing(h: &impl 
     let store = store_with_brand(h).await;
     let tasks: Vec<_> = (0..200)
         .map(|i| {
-            let store = Arc::clone(&store);
+            let store = store.clone();
             tokio::spawn(async move {
                 store
                     .enqueue(&key(&format!("p{}", i % 20)), vec![image(i)])
@@ -633,7 +636,7 @@ pub(super) async fn concurrent_event_batches_with_one_id_produce_once(h: &impl H
     // The same event id for two different players: only one may win.
     let tasks: Vec<_> = (0..64)
         .map(|i| {
-            let store = Arc::clone(&store);
+            let store = store.clone();
             let brand = brand.clone();
             tokio::spawn(async move {
                 let body = serde_json::json!({"event_id": "once", "type": "ftd", "player_id": format!("p{i}")});
@@ -653,7 +656,7 @@ pub(super) async fn concurrent_event_batches_with_one_id_produce_once(h: &impl H
     assert_eq!(depth, 1);
 }
 
-async fn define(store: &Arc<dyn Store>, body: serde_json::Value) {
+async fn define(store: &Ledger, body: serde_json::Value) {
     store
         .create_definition(&key("x").brand, definition_input(body))
         .await

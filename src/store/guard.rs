@@ -37,13 +37,13 @@ use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::catalog::{self, Applied, Catalog, Change, Entry};
 use super::{
     Backlog, CancelOutcome, DefinitionHealth, DeliveryPage, DeliveryQuery, DuePostback,
     EnqueueOutcome, Lane, LaneDue, PendingPixel, Purged, Store, StoreError, StoreStats, Verdict,
 };
 use crate::api_key::ApiKeyRecord;
-use crate::brand::{Brand, BrandSecret, BrandSettings, SecretKind};
-use crate::definition::{Definition, DefinitionInput};
+use crate::definition::Definition;
 use crate::delivery::{Ack, Attempt};
 use crate::event::{Event, EventOutcome, PlayerContext};
 use crate::ids::{BrandId, DefinitionId, EventId, PixelId, PlayerId, PlayerKey, SessionId};
@@ -267,14 +267,17 @@ enum Call {
 /// module docs.
 pub struct GuardedStore {
     engine: Arc<dyn Store>,
+    catalog: Arc<dyn Catalog>,
     health: Arc<StoreHealth>,
     measure: Measure,
 }
 
 impl GuardedStore {
-    /// Guards `engine`; `measure` tells its room. Measures once now, so the first writes are checked.
+    /// Guards `engine` and its `catalog`; `measure` tells their room. Measures once now, so the first
+    /// writes are checked.
     pub fn new(
         engine: Arc<dyn Store>,
+        catalog: Arc<dyn Catalog>,
         options: GuardOptions,
         measure: Measure,
         metrics: Arc<Metrics>,
@@ -286,6 +289,7 @@ impl GuardedStore {
         }
         GuardedStore {
             engine,
+            catalog,
             health,
             measure,
         }
@@ -365,20 +369,33 @@ impl GuardedStore {
 }
 
 #[async_trait]
-impl Store for GuardedStore {
-    async fn put_brand(
-        &self,
-        id: &BrandId,
-        settings: BrandSettings,
-    ) -> Result<(Brand, bool), StoreError> {
-        self.call(Call::Grows, self.engine.put_brand(id, settings))
+impl Catalog for GuardedStore {
+    async fn read(&self, entry: &Entry) -> Result<catalog::Value, StoreError> {
+        self.call(Call::Other, self.catalog.read(entry)).await
+    }
+
+    async fn definitions(&self, brand: &BrandId) -> Result<Vec<Definition>, StoreError> {
+        self.call(Call::Other, self.catalog.definitions(brand))
             .await
     }
 
-    async fn get_brand(&self, id: &BrandId) -> Result<Option<Brand>, StoreError> {
-        self.call(Call::Other, self.engine.get_brand(id)).await
+    async fn api_keys(&self, brand: &BrandId) -> Result<Vec<ApiKeyRecord>, StoreError> {
+        self.call(Call::Other, self.catalog.api_keys(brand)).await
     }
 
+    async fn apply(&self, change: Change) -> Result<Applied, StoreError> {
+        // Only deletes never grow the store; anything that writes a value may.
+        let grows = change
+            .writes
+            .iter()
+            .any(|(_, value)| *value != catalog::Value::Absent);
+        let call = if grows { Call::Grows } else { Call::Other };
+        self.call(call, self.catalog.apply(change)).await
+    }
+}
+
+#[async_trait]
+impl Store for GuardedStore {
     async fn enqueue(
         &self,
         key: &PlayerKey,
@@ -413,50 +430,6 @@ impl Store for GuardedStore {
 
     async fn release(&self, key: &PlayerKey, session: SessionId) -> Result<(), StoreError> {
         self.call(Call::Other, self.engine.release(key, session))
-            .await
-    }
-
-    async fn create_definition(
-        &self,
-        brand: &BrandId,
-        input: DefinitionInput,
-    ) -> Result<Definition, StoreError> {
-        self.call(Call::Grows, self.engine.create_definition(brand, input))
-            .await
-    }
-
-    async fn replace_definition(
-        &self,
-        brand: &BrandId,
-        id: &DefinitionId,
-        input: DefinitionInput,
-    ) -> Result<Definition, StoreError> {
-        self.call(
-            Call::Grows,
-            self.engine.replace_definition(brand, id, input),
-        )
-        .await
-    }
-
-    async fn delete_definition(
-        &self,
-        brand: &BrandId,
-        id: &DefinitionId,
-    ) -> Result<bool, StoreError> {
-        self.call(Call::Other, self.engine.delete_definition(brand, id))
-            .await
-    }
-
-    async fn definitions(&self, brand: &BrandId) -> Result<Vec<Definition>, StoreError> {
-        self.call(Call::Other, self.engine.definitions(brand)).await
-    }
-
-    async fn definition(
-        &self,
-        brand: &BrandId,
-        id: &DefinitionId,
-    ) -> Result<Option<Definition>, StoreError> {
-        self.call(Call::Other, self.engine.definition(brand, id))
             .await
     }
 
@@ -540,52 +513,8 @@ impl Store for GuardedStore {
             .await
     }
 
-    async fn disable_definition(
-        &self,
-        brand: &BrandId,
-        id: &DefinitionId,
-        reason: String,
-    ) -> Result<bool, StoreError> {
-        self.call(
-            Call::Other,
-            self.engine.disable_definition(brand, id, reason),
-        )
-        .await
-    }
-
-    async fn secret(&self, brand: &BrandId, kind: SecretKind) -> Result<BrandSecret, StoreError> {
-        self.call(Call::Other, self.engine.secret(brand, kind))
-            .await
-    }
-
-    async fn rotate_secret(
-        &self,
-        brand: &BrandId,
-        kind: SecretKind,
-        grace_ms: u64,
-    ) -> Result<BrandSecret, StoreError> {
-        self.call(
-            Call::Grows,
-            self.engine.rotate_secret(brand, kind, grace_ms),
-        )
-        .await
-    }
-
-    async fn create_api_key(&self, key: ApiKeyRecord) -> Result<(), StoreError> {
-        self.call(Call::Grows, self.engine.create_api_key(key))
-            .await
-    }
-
-    async fn api_key(&self, id: &str) -> Result<Option<ApiKeyRecord>, StoreError> {
-        self.call(Call::Other, self.engine.api_key(id)).await
-    }
-
-    async fn api_keys(&self, brand: &BrandId) -> Result<Vec<ApiKeyRecord>, StoreError> {
-        self.call(Call::Other, self.engine.api_keys(brand)).await
-    }
-
-    async fn revoke_api_key(&self, brand: &BrandId, id: &str) -> Result<bool, StoreError> {
-        self.call(Call::Other, self.engine.revoke_api_key(brand, id))
+    async fn reset_health(&self, brand: &BrandId, id: &DefinitionId) -> Result<(), StoreError> {
+        self.call(Call::Other, self.engine.reset_health(brand, id))
             .await
     }
 
@@ -632,6 +561,8 @@ mod tests {
     use std::sync::atomic::{AtomicU64, Ordering};
 
     use super::*;
+    use crate::brand::BrandSettings;
+    use crate::ledger::Ledger;
     use crate::store::{OnFull, QueueCap, SledOptions, SledStore};
 
     const DEADLINE: Duration = Duration::from_millis(200);
@@ -668,7 +599,14 @@ mod tests {
             min_free_bytes: 100 << 20,
             max_bytes: Some(2 << 20),
         };
-        let guard = GuardedStore::new(Arc::new(engine), options, measure, Arc::clone(&metrics));
+        let engine = Arc::new(engine);
+        let guard = GuardedStore::new(
+            engine.clone(),
+            engine,
+            options,
+            measure,
+            Arc::clone(&metrics),
+        );
         (guard, free, metrics)
     }
 
@@ -680,14 +618,16 @@ mod tests {
     async fn under_the_floor_growing_writes_are_refused_and_the_rest_goes_on() {
         let dir = tempfile::tempdir().unwrap();
         let (store, free, metrics) = guarded(&dir);
-        store
+        let store = Arc::new(store);
+        let ledger = Ledger::new(store.clone(), store.clone(), crate::clock::system());
+        ledger
             .put_brand(&brand(), BrandSettings::default())
             .await
             .unwrap();
 
         free.store(10 << 20, Ordering::Relaxed);
         store.health.measured((store.measure)().unwrap());
-        let refused = store
+        let refused = ledger
             .put_brand(&brand(), BrandSettings::default())
             .await
             .unwrap_err();
@@ -699,7 +639,7 @@ mod tests {
             "{why}"
         );
         assert!(
-            store.get_brand(&brand()).await.unwrap().is_some(),
+            ledger.brand(&brand()).await.unwrap().is_some(),
             "reads go on"
         );
         let key = PlayerKey::new(brand(), crate::ids::PlayerId::parse("p").unwrap());
@@ -719,7 +659,7 @@ mod tests {
         free.store(1 << 30, Ordering::Relaxed);
         store.health.measured((store.measure)().unwrap());
         assert!(store.health.full().is_none());
-        store
+        ledger
             .put_brand(&brand(), BrandSettings::default())
             .await
             .unwrap();

@@ -12,19 +12,19 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
-use crate::api_key::ApiKeyRecord;
-use crate::brand::{Brand, BrandSecret, BrandSettings, SecretKind};
-use crate::definition::{Definition, DefinitionInput, PostBody};
+use crate::definition::PostBody;
 pub use crate::delivery::PixelStatus;
 use crate::delivery::{Ack, Attempt, Delivery};
 use crate::event::{Event, EventOutcome, PlayerContext};
 use crate::ids::{BrandId, DefinitionId, EventId, PixelId, PlayerId, PlayerKey, SessionId};
 use crate::pixel::{NewPixel, QueuedPixel};
 
+pub mod catalog;
 mod commit;
 #[cfg(test)]
 mod contract;
 mod guard;
+pub mod memory;
 mod sled;
 
 pub use self::guard::{GuardOptions, GuardedStore, Measure, Room, StoreHealth, Unhealthy};
@@ -478,17 +478,6 @@ impl StoreError {
 /// browser's fired-id memory turns that redelivery into an ack without a second fire.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
-    /// Creates or replaces a brand's settings. Durable when it returns. Returns the brand and whether it was
-    /// created by this call.
-    async fn put_brand(
-        &self,
-        id: &BrandId,
-        settings: BrandSettings,
-    ) -> Result<(Brand, bool), StoreError>;
-
-    /// Reads a brand.
-    async fn get_brand(&self, id: &BrandId) -> Result<Option<Brand>, StoreError>;
-
     /// Appends pixels to a player's queue, all or nothing, and returns only once they are durable (fsync'd,
     /// with concurrent callers sharing one flush). A pixel whose caller id already names a pixel of this
     /// player (in any state, for as long as the id is remembered) is not queued again; its entry in the
@@ -519,14 +508,6 @@ pub trait Store: Send + Sync + 'static {
         max_in_flight: usize,
     ) -> Result<Vec<QueuedPixel>, StoreError>;
 
-    /// Records that the browser fired these pixels and removes them from the queue; durable when it returns.
-    /// Accepted from any session of the player (the pixel fired, whoever holds the lease now). Ids that are
-    /// unknown or already final are ignored. Returns how many pixels this call removed.
-    async fn ack(&self, key: &PlayerKey, ids: &[PixelId]) -> Result<usize, StoreError> {
-        let acks: Vec<Ack> = ids.iter().cloned().map(Ack::fired).collect();
-        self.acknowledge(key, &acks).await
-    }
-
     /// [`Store::ack`] with what the browser said of each pixel: one it reports as failed is removed too
     /// (never fired again: its request may have reached the affiliate) and recorded `failed`, with the
     /// browser's reason and message; a note on a fired one (Meta's image fallback) is kept on its row.
@@ -535,41 +516,6 @@ pub trait Store: Send + Sync + 'static {
     /// Gives up `session`'s lease on the player's queue, if it holds it. Unacknowledged pixels become
     /// deliverable again, and if any pixel is pending, sessions are told through [`Store::subscribe`].
     async fn release(&self, key: &PlayerKey, session: SessionId) -> Result<(), StoreError>;
-
-    /// Saves a new definition under the caller's id or a generated one; durable when it returns. Fails
-    /// with [`StoreError::DefinitionExists`] when the id is taken.
-    async fn create_definition(
-        &self,
-        brand: &BrandId,
-        input: DefinitionInput,
-    ) -> Result<Definition, StoreError>;
-
-    /// Replaces a definition whole, keeping its id and creation time; durable when it returns. Fails with
-    /// [`StoreError::UnknownDefinition`] when there is none.
-    async fn replace_definition(
-        &self,
-        brand: &BrandId,
-        id: &DefinitionId,
-        input: DefinitionInput,
-    ) -> Result<Definition, StoreError>;
-
-    /// Deletes a definition; durable when it returns. False when there was none. Pixels it already
-    /// produced stay queued.
-    async fn delete_definition(
-        &self,
-        brand: &BrandId,
-        id: &DefinitionId,
-    ) -> Result<bool, StoreError>;
-
-    /// The brand's definitions, in id order.
-    async fn definitions(&self, brand: &BrandId) -> Result<Vec<Definition>, StoreError>;
-
-    /// One definition.
-    async fn definition(
-        &self,
-        brand: &BrandId,
-        id: &DefinitionId,
-    ) -> Result<Option<Definition>, StoreError>;
 
     /// What the hub remembers of a player between events (empty for a player never seen).
     async fn player_context(&self, key: &PlayerKey) -> Result<PlayerContext, StoreError>;
@@ -645,38 +591,9 @@ pub trait Store: Send + Sync + 'static {
         brand: &BrandId,
     ) -> Result<BTreeMap<DefinitionId, DefinitionHealth>, StoreError>;
 
-    /// Turns a definition off, saying why (shown with the definition); false when there is none.
-    async fn disable_definition(
-        &self,
-        brand: &BrandId,
-        id: &DefinitionId,
-        reason: String,
-    ) -> Result<bool, StoreError>;
-
-    /// One of the brand's rotating secrets (each is created with the brand).
-    async fn secret(&self, brand: &BrandId, kind: SecretKind) -> Result<BrandSecret, StoreError>;
-
-    /// Replaces one of the brand's secrets with a new random one; the old one is still accepted for
-    /// `grace_ms`. Durable when it returns.
-    async fn rotate_secret(
-        &self,
-        brand: &BrandId,
-        kind: SecretKind,
-        grace_ms: u64,
-    ) -> Result<BrandSecret, StoreError>;
-
-    /// Saves a new brand API key; durable when it returns. Fails with [`StoreError::UnknownBrand`].
-    async fn create_api_key(&self, key: ApiKeyRecord) -> Result<(), StoreError>;
-
-    /// The key with this id, of any brand: how a presented key is checked.
-    async fn api_key(&self, id: &str) -> Result<Option<ApiKeyRecord>, StoreError>;
-
-    /// The brand's keys, oldest first.
-    async fn api_keys(&self, brand: &BrandId) -> Result<Vec<ApiKeyRecord>, StoreError>;
-
-    /// Deletes one of the brand's keys; it stops working at once. False when the brand has no such key.
-    /// Durable when it returns.
-    async fn revoke_api_key(&self, brand: &BrandId, id: &str) -> Result<bool, StoreError>;
+    /// Forgets a definition's postback health (it was saved again, or deleted): its next attempts count
+    /// afresh. Durable when it returns.
+    async fn reset_health(&self, brand: &BrandId, id: &DefinitionId) -> Result<(), StoreError>;
 
     /// Queue depth per brand: exact, not estimated.
     async fn stats(&self) -> Result<StoreStats, StoreError>;

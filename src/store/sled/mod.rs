@@ -59,17 +59,19 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, broadcast};
 use tokio_util::sync::CancellationToken;
 
+mod catalog;
+mod keys;
+
 use super::commit::GroupCommit;
 use super::{
     Backlog, BrandQueue, CancelOutcome, Cursor, DefinitionHealth, DeliveryPage, DeliveryQuery,
     DuePostback, EnqueueOutcome, Enqueued, Lane, LaneDue, OnFull, PendingPixel, PixelStatus,
     Purged, QueueCap, Quota, Quotas, Store, StoreError, StoreStats, Verdict,
 };
-use crate::api_key::ApiKeyRecord;
-use crate::brand::{Brand, BrandSecret, BrandSettings, SecretKind};
+use crate::brand::{Brand, BrandSecret, SecretKind};
 use crate::clock::SharedClock;
+use crate::definition::Definition;
 use crate::definition::PostBody;
-use crate::definition::{Definition, DefinitionInput};
 use crate::delivery::{Ack, Attempt, Delivery, Target};
 use crate::event::{self, Event, EventOutcome, NewPostback, PlayerContext};
 use crate::ids::{BrandId, DefinitionId, EventId, PixelId, PlayerId, PlayerKey, SessionId};
@@ -128,8 +130,8 @@ struct Inner {
     commit: GroupCommit,
     stripes: Box<[Mutex<()>]>,
     stripe_hasher: RandomState,
-    /// Serialises brand create-or-update so `created` is exact.
-    brand_lock: Mutex<()>,
+    /// Serialises catalog changes, so each one's expectations hold when it is applied.
+    catalog_lock: Mutex<()>,
     leases: DashMap<PlayerKey, Lease>,
     /// Exact queue depth per brand, rebuilt from the queue at open and changed only under a stripe lock
     /// after the batch that changed the queue was applied.
@@ -302,7 +304,7 @@ impl SledStore {
             db,
             stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
             stripe_hasher: RandomState::new(),
-            brand_lock: Mutex::new(()),
+            catalog_lock: Mutex::new(()),
             leases: DashMap::new(),
             depth,
             expired_total: AtomicU64::new(0),
@@ -529,39 +531,6 @@ impl Inner {
             }
         }
         Ok(Some(outcome))
-    }
-
-    /// Saves a definition under the brand lock: `replace` names the one it must replace.
-    fn save_definition(
-        &self,
-        brand: &BrandId,
-        input: DefinitionInput,
-        replace: Option<&DefinitionId>,
-    ) -> Result<Definition, StoreError> {
-        self.check_open()?;
-        let _guard = lock(&self.brand_lock);
-        self.brand_exists(brand)?;
-        let id = match (replace, &input.id) {
-            (Some(id), _) => id.clone(),
-            (None, Some(id)) => id.clone(),
-            (None, None) => DefinitionId::generate(),
-        };
-        let key = keys::definition(brand, &id);
-        let existing: Option<Definition> = self.read(&key)?;
-        let now = self.clock.now_ms();
-        let created_at = match (replace, existing) {
-            (Some(_), Some(old)) => old.created_at_ms,
-            (Some(_), None) => return Err(StoreError::UnknownDefinition(id)),
-            (None, Some(_)) => return Err(StoreError::DefinitionExists(id)),
-            (None, None) => now,
-        };
-        let definition = input.into_definition(id, created_at, now);
-        // A saved definition starts its postback health afresh: the brand has looked at it.
-        let mut batch = Batch::default();
-        batch.insert(key, json(&definition));
-        batch.remove(keys::health(brand, &definition.id));
-        self.data.apply_batch(batch).map_err(backend)?;
-        Ok(definition)
     }
 
     fn record(&self, key: &PlayerKey, id: &PixelId) -> Result<Option<Record>, StoreError> {
@@ -1171,7 +1140,7 @@ fn add_missing_secrets(data: &Tree, now: u64) -> Result<(), StoreError> {
         for kind in [SecretKind::Inbound, SecretKind::Signing] {
             let key = keys::secret(kind, &brand);
             if !data.contains_key(&key).map_err(backend)? {
-                batch.insert(key, json(&new_secret(None, now)));
+                batch.insert(key, json(&BrandSecret::new(None, now)));
             }
         }
     }
@@ -1181,67 +1150,12 @@ fn add_missing_secrets(data: &Tree, now: u64) -> Result<(), StoreError> {
 }
 
 /// A fresh random secret, keeping `previous` (secret, valid until) when given.
-fn new_secret(previous: Option<(String, u64)>, now: u64) -> BrandSecret {
-    let (previous, previous_valid_until_ms) = previous.unzip();
-    BrandSecret {
-        current: crate::ids::random_hex(24).expect("the OS random source works"),
-        previous,
-        previous_valid_until_ms,
-        rotated_at_ms: now,
-    }
-}
-
 fn json<T: Serialize>(value: &T) -> Vec<u8> {
     serde_json::to_vec(value).expect("our stored types serialise infallibly")
 }
 
 #[async_trait]
 impl Store for SledStore {
-    async fn put_brand(
-        &self,
-        id: &BrandId,
-        settings: BrandSettings,
-    ) -> Result<(Brand, bool), StoreError> {
-        let id = id.clone();
-        let (brand, created) = self
-            .blocking(move |inner| {
-                inner.check_open()?;
-                let id = &id;
-                let _guard = lock(&inner.brand_lock);
-                let key = keys::brand(id);
-                let existing: Option<Brand> = inner.read(&key)?;
-                let now = inner.clock.now_ms();
-                let brand = Brand {
-                    id: id.clone(),
-                    settings,
-                    created_at_ms: existing.as_ref().map_or(now, |b| b.created_at_ms),
-                    updated_at_ms: now,
-                };
-                let mut batch = Batch::default();
-                batch.insert(key, json(&brand));
-                for kind in [SecretKind::Inbound, SecretKind::Signing] {
-                    if !inner
-                        .data
-                        .contains_key(keys::secret(kind, id))
-                        .map_err(backend)?
-                    {
-                        batch.insert(keys::secret(kind, id), json(&new_secret(None, now)));
-                    }
-                }
-                inner.data.apply_batch(batch).map_err(backend)?;
-                inner.depth.entry(id.clone()).or_insert(0);
-                Ok((brand, existing.is_none()))
-            })
-            .await?;
-        self.inner.commit.wait().await?;
-        Ok((brand, created))
-    }
-
-    async fn get_brand(&self, id: &BrandId) -> Result<Option<Brand>, StoreError> {
-        let key = keys::brand(id);
-        self.blocking(move |inner| inner.read(&key)).await
-    }
-
     async fn enqueue(
         &self,
         key: &PlayerKey,
@@ -1560,82 +1474,6 @@ impl Store for SledStore {
                 }
             }
             Ok(())
-        })
-        .await
-    }
-
-    async fn create_definition(
-        &self,
-        brand: &BrandId,
-        input: DefinitionInput,
-    ) -> Result<Definition, StoreError> {
-        let brand = brand.clone();
-        let definition = self
-            .blocking(move |inner| inner.save_definition(&brand, input, None))
-            .await?;
-        self.inner.commit.wait().await?;
-        Ok(definition)
-    }
-
-    async fn replace_definition(
-        &self,
-        brand: &BrandId,
-        id: &DefinitionId,
-        input: DefinitionInput,
-    ) -> Result<Definition, StoreError> {
-        let (brand, id) = (brand.clone(), id.clone());
-        let definition = self
-            .blocking(move |inner| inner.save_definition(&brand, input, Some(&id)))
-            .await?;
-        self.inner.commit.wait().await?;
-        Ok(definition)
-    }
-
-    async fn delete_definition(
-        &self,
-        brand: &BrandId,
-        id: &DefinitionId,
-    ) -> Result<bool, StoreError> {
-        let (brand, id) = (brand.clone(), id.clone());
-        let existed = self
-            .blocking(move |inner| {
-                inner.check_open()?;
-                let (brand, id) = (&brand, &id);
-                let _guard = lock(&inner.brand_lock);
-                inner.brand_exists(brand)?;
-                let mut batch = Batch::default();
-                batch.remove(keys::definition(brand, id));
-                batch.remove(keys::health(brand, id));
-                let existed = inner
-                    .data
-                    .contains_key(keys::definition(brand, id))
-                    .map_err(backend)?;
-                inner.data.apply_batch(batch).map_err(backend)?;
-                Ok(existed)
-            })
-            .await?;
-        self.inner.commit.wait().await?;
-        Ok(existed)
-    }
-
-    async fn definitions(&self, brand: &BrandId) -> Result<Vec<Definition>, StoreError> {
-        let brand = brand.clone();
-        self.blocking(move |inner| {
-            inner.brand_exists(&brand)?;
-            inner.definitions(&brand)
-        })
-        .await
-    }
-
-    async fn definition(
-        &self,
-        brand: &BrandId,
-        id: &DefinitionId,
-    ) -> Result<Option<Definition>, StoreError> {
-        let (brand, key) = (brand.clone(), keys::definition(brand, id));
-        self.blocking(move |inner| {
-            inner.brand_exists(&brand)?;
-            inner.read(&key)
         })
         .await
     }
@@ -2204,143 +2042,15 @@ impl Store for SledStore {
         .await
     }
 
-    async fn disable_definition(
-        &self,
-        brand: &BrandId,
-        id: &DefinitionId,
-        reason: String,
-    ) -> Result<bool, StoreError> {
-        let key = keys::definition(brand, id);
-        let found = self
-            .blocking(move |inner| {
-                inner.check_open()?;
-                let _guard = lock(&inner.brand_lock);
-                match inner.read::<Definition>(&key)? {
-                    Some(definition) if !definition.enabled => Ok(false),
-                    Some(mut definition) => {
-                        definition.enabled = false;
-                        definition.disabled_reason = Some(reason);
-                        definition.updated_at_ms = inner.clock.now_ms();
-                        inner.data.insert(key, json(&definition)).map_err(backend)?;
-                        Ok(true)
-                    }
-                    None => Ok(false),
-                }
-            })
-            .await?;
-        self.inner.commit.wait().await?;
-        Ok(found)
-    }
-
-    async fn secret(&self, brand: &BrandId, kind: SecretKind) -> Result<BrandSecret, StoreError> {
-        let (brand, key) = (brand.clone(), keys::secret(kind, brand));
-        self.blocking(move |inner| {
-            inner.brand_exists(&brand)?;
-            inner
-                .read(&key)?
-                .ok_or_else(|| StoreError::corrupt("a brand without its secrets"))
-        })
-        .await
-    }
-
-    async fn rotate_secret(
-        &self,
-        brand: &BrandId,
-        kind: SecretKind,
-        grace_ms: u64,
-    ) -> Result<BrandSecret, StoreError> {
-        let brand = brand.clone();
-        let secret = self
-            .blocking(move |inner| {
-                inner.check_open()?;
-                let brand = &brand;
-                let _guard = lock(&inner.brand_lock);
-                inner.brand_exists(brand)?;
-                let old: Option<BrandSecret> = inner.read(&keys::secret(kind, brand))?;
-                let now = inner.clock.now_ms();
-                let previous = old
-                    .filter(|_| grace_ms > 0)
-                    .map(|old| (old.current, now + grace_ms));
-                let secret = new_secret(previous, now);
-                inner
-                    .data
-                    .insert(keys::secret(kind, brand), json(&secret))
-                    .map_err(backend)?;
-                Ok(secret)
-            })
-            .await?;
-        self.inner.commit.wait().await?;
-        Ok(secret)
-    }
-
-    async fn create_api_key(&self, key: ApiKeyRecord) -> Result<(), StoreError> {
+    async fn reset_health(&self, brand: &BrandId, id: &DefinitionId) -> Result<(), StoreError> {
+        let key = keys::health(brand, id);
         self.blocking(move |inner| {
             inner.check_open()?;
-            let _guard = lock(&inner.brand_lock);
-            inner.brand_exists(&key.brand_id)?;
-            if inner
-                .data
-                .contains_key(keys::api_key(&key.id))
-                .map_err(backend)?
-            {
-                return Err(StoreError::corrupt("an API key id was generated twice"));
-            }
-            let mut batch = Batch::default();
-            batch.insert(keys::api_key(&key.id), json(&key));
-            batch.insert(keys::brand_api_key(&key.brand_id, &key.id), &[]);
-            inner.data.apply_batch(batch).map_err(backend)
+            inner.data.remove(key).map_err(backend)?;
+            Ok(())
         })
         .await?;
         self.inner.commit.wait().await
-    }
-
-    async fn api_key(&self, id: &str) -> Result<Option<ApiKeyRecord>, StoreError> {
-        let key = keys::api_key(id);
-        self.blocking(move |inner| inner.read(&key)).await
-    }
-
-    async fn api_keys(&self, brand: &BrandId) -> Result<Vec<ApiKeyRecord>, StoreError> {
-        let brand = brand.clone();
-        self.blocking(move |inner| {
-            let brand = &brand;
-            inner.brand_exists(brand)?;
-            let prefix = keys::brand_api_key(brand, "");
-            let mut found = Vec::new();
-            for k in inner.data.scan_prefix(&prefix).keys() {
-                let k = k.map_err(backend)?;
-                let id = std::str::from_utf8(&k[prefix.len()..]).map_err(backend)?;
-                if let Some(record) = inner.read::<ApiKeyRecord>(&keys::api_key(id))? {
-                    found.push(record);
-                }
-            }
-            found.sort_by(|a, b| (a.created_at_ms, &a.id).cmp(&(b.created_at_ms, &b.id)));
-            Ok(found)
-        })
-        .await
-    }
-
-    async fn revoke_api_key(&self, brand: &BrandId, id: &str) -> Result<bool, StoreError> {
-        let (brand, id) = (brand.clone(), id.to_owned());
-        let found = self
-            .blocking(move |inner| {
-                inner.check_open()?;
-                let (brand, id) = (&brand, id.as_str());
-                let _guard = lock(&inner.brand_lock);
-                inner.brand_exists(brand)?;
-                match inner.read::<ApiKeyRecord>(&keys::api_key(id))? {
-                    Some(record) if record.brand_id == *brand => {
-                        let mut batch = Batch::default();
-                        batch.remove(keys::api_key(id));
-                        batch.remove(keys::brand_api_key(brand, id));
-                        inner.data.apply_batch(batch).map_err(backend)?;
-                        Ok(true)
-                    }
-                    _ => Ok(false),
-                }
-            })
-            .await?;
-        self.inner.commit.wait().await?;
-        Ok(found)
     }
 
     async fn postbacks_added(&self) {
@@ -2368,290 +2078,13 @@ impl Store for SledStore {
     }
 }
 
-/// Key encoding for the `data` tree (see the module docs).
-mod keys {
-    use super::*;
-
-    fn push_player(out: &mut Vec<u8>, key: &PlayerKey) {
-        out.extend_from_slice(key.brand.as_str().as_bytes());
-        out.push(0);
-        out.extend_from_slice(key.player.as_str().as_bytes());
-        out.push(0);
-    }
-
-    pub fn brand(brand: &BrandId) -> Vec<u8> {
-        [b"b".as_slice(), brand.as_str().as_bytes()].concat()
-    }
-
-    pub fn parse_brand(k: &[u8]) -> Option<BrandId> {
-        BrandId::parse_stored(std::str::from_utf8(k.strip_prefix(b"b")?).ok()?).ok()
-    }
-
-    /// `tag brand NUL`: the start of every key of that table for the brand.
-    fn brand_table(tag: u8, brand: &BrandId) -> Vec<u8> {
-        let mut k = vec![tag];
-        k.extend_from_slice(brand.as_str().as_bytes());
-        k.push(0);
-        k
-    }
-
-    pub fn definition_prefix(brand: &BrandId) -> Vec<u8> {
-        brand_table(b'd', brand)
-    }
-
-    pub fn definition(brand: &BrandId, id: &DefinitionId) -> Vec<u8> {
-        [definition_prefix(brand), id.as_str().as_bytes().to_vec()].concat()
-    }
-
-    pub fn event(brand: &BrandId, id: &EventId) -> Vec<u8> {
-        [brand_table(b'e', brand), id.as_str().as_bytes().to_vec()].concat()
-    }
-
-    pub fn health_prefix(brand: &BrandId) -> Vec<u8> {
-        brand_table(b'h', brand)
-    }
-
-    pub fn health(brand: &BrandId, id: &DefinitionId) -> Vec<u8> {
-        [health_prefix(brand), id.as_str().as_bytes().to_vec()].concat()
-    }
-
-    pub fn secret(kind: SecretKind, brand: &BrandId) -> Vec<u8> {
-        let tag: &[u8] = match kind {
-            SecretKind::Inbound => b"t",
-            SecretKind::Signing => b"g",
-        };
-        [tag, brand.as_str().as_bytes()].concat()
-    }
-
-    pub fn api_key(id: &str) -> Vec<u8> {
-        [b"a".as_slice(), id.as_bytes()].concat()
-    }
-
-    pub fn brand_api_key(brand: &BrandId, id: &str) -> Vec<u8> {
-        [brand_table(b'o', brand), id.as_bytes().to_vec()].concat()
-    }
-
-    pub fn forget_event(due_ms: u64, brand: &BrandId, id: &EventId) -> Vec<u8> {
-        let mut k = vec![b'y'];
-        k.extend_from_slice(&due_ms.to_be_bytes());
-        k.extend_from_slice(&brand_table(b'y', brand)[1..]);
-        k.extend_from_slice(id.as_str().as_bytes());
-        k
-    }
-
-    pub fn parse_forget_event(k: &[u8]) -> Option<(BrandId, EventId)> {
-        let rest = k.strip_prefix(b"y")?.get(8..)?;
-        let nul = rest.iter().position(|&b| b == 0)?;
-        let brand = BrandId::parse_stored(std::str::from_utf8(&rest[..nul]).ok()?).ok()?;
-        let id = EventId::parse_stored(std::str::from_utf8(&rest[nul + 1..]).ok()?).ok()?;
-        Some((brand, id))
-    }
-
-    /// `n`: a player's pending count.
-    pub fn count(key: &PlayerKey) -> Vec<u8> {
-        let mut k = vec![b'n'];
-        push_player(&mut k, key);
-        k
-    }
-
-    pub fn backlog_prefix(brand: &BrandId) -> Vec<u8> {
-        brand_table(b'k', brand)
-    }
-
-    /// `k`: inverted so that a forward scan meets the biggest backlog first.
-    pub fn backlog(key: &PlayerKey, pending: u64) -> Vec<u8> {
-        let mut k = backlog_prefix(&key.brand);
-        k.extend_from_slice(&(u64::MAX - pending).to_be_bytes());
-        k.extend_from_slice(key.player.as_str().as_bytes());
-        k
-    }
-
-    pub fn parse_backlog(k: &[u8]) -> Option<(PlayerKey, u64)> {
-        let rest = k.strip_prefix(b"k")?;
-        let nul = rest.iter().position(|&b| b == 0)?;
-        let brand = BrandId::parse_stored(std::str::from_utf8(&rest[..nul]).ok()?).ok()?;
-        let (inverted, player) = rest[nul + 1..].split_at_checked(8)?;
-        let pending = u64::MAX - u64::from_be_bytes(inverted.try_into().ok()?);
-        let player = PlayerId::parse_stored(std::str::from_utf8(player).ok()?).ok()?;
-        Some((PlayerKey::new(brand, player), pending))
-    }
-
-    pub fn pending_prefix(brand: &BrandId) -> Vec<u8> {
-        brand_table(b'p', brand)
-    }
-
-    /// `p`: a pending client pixel by the time it was queued.
-    pub fn pending(key: &PlayerKey, queued_at_ms: u64, seq: u64) -> Vec<u8> {
-        let mut k = pending_prefix(&key.brand);
-        k.extend_from_slice(&queued_at_ms.to_be_bytes());
-        k.extend_from_slice(key.player.as_str().as_bytes());
-        k.push(0);
-        k.extend_from_slice(&seq.to_be_bytes());
-        k
-    }
-
-    pub fn index_prefix(key: &PlayerKey) -> Vec<u8> {
-        let mut k = vec![b'i'];
-        push_player(&mut k, key);
-        k
-    }
-
-    pub fn report_prefix(brand: &BrandId) -> Vec<u8> {
-        brand_table(b'r', brand)
-    }
-
-    pub fn report(key: &PlayerKey, queued_at_ms: u64, id: &PixelId) -> Vec<u8> {
-        let mut k = report_prefix(&key.brand);
-        k.extend_from_slice(&queued_at_ms.to_be_bytes());
-        k.extend_from_slice(key.player.as_str().as_bytes());
-        k.push(0);
-        k.extend_from_slice(id.as_str().as_bytes());
-        k
-    }
-
-    /// Splits `brand NUL player NUL id`.
-    fn parse_player_id(rest: &[u8]) -> Option<(PlayerKey, PixelId)> {
-        let mut parts = rest.splitn(3, |&b| b == 0);
-        let brand = BrandId::parse_stored(std::str::from_utf8(parts.next()?).ok()?).ok()?;
-        let player = PlayerId::parse_stored(std::str::from_utf8(parts.next()?).ok()?).ok()?;
-        let id = PixelId::parse_stored(std::str::from_utf8(parts.next()?).ok()?).ok()?;
-        Some((PlayerKey::new(brand, player), id))
-    }
-
-    /// Splits a report index key into player, queued-at and id.
-    pub fn parse_report(k: &[u8]) -> Option<(PlayerKey, u64, PixelId)> {
-        let rest = k.strip_prefix(b"r")?;
-        let nul = rest.iter().position(|&b| b == 0)?;
-        let (brand, rest) = (&rest[..nul], &rest[nul + 1..]);
-        let (at, rest) = rest.split_at_checked(8)?;
-        let at = u64::from_be_bytes(at.try_into().ok()?);
-        let (key, id) = parse_player_id(&[brand, &[0], rest].concat())?;
-        Some((key, at, id))
-    }
-
-    /// `l brand NUL host NUL`: one lane of the outbox.
-    pub fn outbox_prefix(lane: &Lane) -> Vec<u8> {
-        let mut k = brand_table(b'l', &lane.brand);
-        k.extend_from_slice(lane.host.as_bytes());
-        k.push(0);
-        k
-    }
-
-    /// `l`: one postback's place in its lane, by due time.
-    pub fn outbox(lane: &Lane, due_ms: u64, key: &PlayerKey, id: &PixelId) -> Vec<u8> {
-        let mut k = outbox_prefix(lane);
-        k.extend_from_slice(&due_ms.to_be_bytes());
-        k.extend_from_slice(key.player.as_str().as_bytes());
-        k.push(0);
-        k.extend_from_slice(id.as_str().as_bytes());
-        k
-    }
-
-    /// Splits an outbox key into lane, due time, player and postback id.
-    pub fn parse_outbox(k: &[u8]) -> Option<(Lane, u64, PlayerKey, PixelId)> {
-        let rest = k.strip_prefix(b"l")?;
-        let nul = rest.iter().position(|&b| b == 0)?;
-        let (brand, rest) = (&rest[..nul], &rest[nul + 1..]);
-        let nul = rest.iter().position(|&b| b == 0)?;
-        let host = std::str::from_utf8(&rest[..nul]).ok()?.to_owned();
-        let (due, rest) = rest[nul + 1..].split_at_checked(8)?;
-        let (key, id) = parse_player_id(&[brand, &[0], rest].concat())?;
-        let lane = Lane {
-            brand: key.brand.clone(),
-            host,
-        };
-        Some((lane, u64::from_be_bytes(due.try_into().ok()?), key, id))
-    }
-
-    /// Splits a key of the outbox before lanes: `s` due brand NUL player NUL id.
-    pub fn parse_global_outbox(k: &[u8]) -> Option<(u64, PlayerKey, PixelId)> {
-        let rest = k.strip_prefix(b"s")?;
-        let (due, rest) = rest.split_at_checked(8)?;
-        let (key, id) = parse_player_id(rest)?;
-        Some((u64::from_be_bytes(due.try_into().ok()?), key, id))
-    }
-
-    /// `v<brand>\0<click id>` → the player who came with it.
-    pub fn click(brand: &BrandId, click_id: &str) -> Vec<u8> {
-        let mut k = brand_table(b'v', brand);
-        k.extend_from_slice(click_id.as_bytes());
-        k
-    }
-
-    pub fn context(key: &PlayerKey) -> Vec<u8> {
-        let mut k = vec![b'c'];
-        push_player(&mut k, key);
-        k
-    }
-
-    /// The brand of a `c` key.
-    pub fn parse_context_brand(k: &[u8]) -> Option<BrandId> {
-        let rest = k.strip_prefix(b"c")?;
-        let nul = rest.iter().position(|&b| b == 0)?;
-        BrandId::parse_stored(std::str::from_utf8(&rest[..nul]).ok()?).ok()
-    }
-
-    pub fn queue_prefix(key: &PlayerKey) -> Vec<u8> {
-        let mut k = vec![b'q'];
-        push_player(&mut k, key);
-        k
-    }
-
-    pub fn queue(key: &PlayerKey, seq: u64) -> Vec<u8> {
-        let mut k = queue_prefix(key);
-        k.extend_from_slice(&seq.to_be_bytes());
-        k
-    }
-
-    pub fn index(key: &PlayerKey, id: &PixelId) -> Vec<u8> {
-        let mut k = vec![b'i'];
-        push_player(&mut k, key);
-        k.extend_from_slice(id.as_str().as_bytes());
-        k
-    }
-
-    pub fn expiry(due_ms: u64, key: &PlayerKey, seq: u64) -> Vec<u8> {
-        let mut k = vec![b'x'];
-        k.extend_from_slice(&due_ms.to_be_bytes());
-        push_player(&mut k, key);
-        k.extend_from_slice(&seq.to_be_bytes());
-        k
-    }
-
-    /// First key of the due-ordered table `tag` that is not yet due at `now`.
-    pub fn due_bound(tag: u8, now: u64) -> Vec<u8> {
-        let mut k = vec![tag];
-        k.extend_from_slice(&now.saturating_add(1).to_be_bytes());
-        k
-    }
-
-    /// Splits `brand NUL player NUL seq(8)`.
-    fn parse_player_seq(rest: &[u8]) -> Option<(PlayerKey, u64)> {
-        let (ids, seq) = rest.split_at_checked(rest.len().checked_sub(8)?)?;
-        let ids = ids.strip_suffix(&[0])?;
-        let nul = ids.iter().position(|&b| b == 0)?;
-        let brand = BrandId::parse_stored(std::str::from_utf8(&ids[..nul]).ok()?).ok()?;
-        let player = PlayerId::parse_stored(std::str::from_utf8(&ids[nul + 1..]).ok()?).ok()?;
-        Some((
-            PlayerKey::new(brand, player),
-            u64::from_be_bytes(seq.try_into().ok()?),
-        ))
-    }
-
-    pub fn parse_queue(k: &[u8]) -> Option<(PlayerKey, u64)> {
-        parse_player_seq(k.strip_prefix(b"q")?)
-    }
-
-    pub fn parse_expiry(k: &[u8]) -> Option<(PlayerKey, u64)> {
-        parse_player_seq(k.strip_prefix(b"x")?.get(8..)?)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::super::contract::{self, store_contract};
     use super::*;
+    use crate::brand::BrandSettings;
     use crate::clock::{Clock, ManualClock};
+    use crate::ledger::Ledger;
     use crate::store::DeliveryQuery;
 
     /// How long final records are kept in these tests.
@@ -2692,9 +2125,11 @@ mod tests {
     }
 
     impl contract::Harness for SledHarness {
-        async fn open(&self) -> Arc<dyn Store> {
+        async fn open(&self) -> Ledger {
             let options = options(&self.clock);
-            Arc::new(SledStore::open(self.dir.path(), options).expect("the store opens"))
+            let store = SledStore::open(self.dir.path(), options).expect("the store opens");
+            let engine = Arc::new(store);
+            Ledger::new(engine.clone(), engine, self.clock.clone())
         }
 
         fn clock(&self) -> &ManualClock {
@@ -2728,9 +2163,15 @@ mod tests {
         SledStore::open(harness.dir.path(), options).unwrap()
     }
 
+    /// The rules over `store` alone, as the hub runs them.
+    fn ledger(store: &SledStore) -> Ledger {
+        let engine = Arc::new(store.clone());
+        Ledger::new(engine.clone(), engine, crate::clock::system())
+    }
+
     async fn with_brand(store: &SledStore) -> PlayerKey {
         let brand = BrandId::parse("b").unwrap();
-        store
+        ledger(store)
             .put_brand(&brand, BrandSettings::default())
             .await
             .unwrap();
@@ -2746,7 +2187,10 @@ mod tests {
         let mut definition = definition;
         definition["audience"] = "all_players".into();
         let definition = crate::definition::parse_definition(definition, false).unwrap();
-        store.create_definition(brand, definition).await.unwrap();
+        ledger(store)
+            .create_definition(brand, definition)
+            .await
+            .unwrap();
         let sale = crate::event::parse_events(
             serde_json::json!({"event_id": "e1", "type": "sale", "player_id": "p"}),
             1,
@@ -2948,7 +2392,7 @@ mod tests {
         let harness = SledHarness::new();
         let store = open(&harness);
         let brand = BrandId::parse_stored("..").unwrap();
-        store
+        ledger(&store)
             .put_brand(&brand, BrandSettings::default())
             .await
             .unwrap();
@@ -3022,7 +2466,7 @@ mod tests {
             .enqueue(&key, vec![js("short", Some(60)), js("fired", None)])
             .await
             .unwrap();
-        store
+        ledger(&store)
             .ack(&key, &[PixelId::parse("fired").unwrap()])
             .await
             .unwrap();
@@ -3113,7 +2557,7 @@ mod tests {
         let options = options(&harness.clock);
         let store = SledStore::open(harness.dir.path(), options).unwrap();
         let brand = BrandId::parse("b").unwrap();
-        store
+        ledger(&store)
             .put_brand(&brand, BrandSettings::default())
             .await
             .unwrap();

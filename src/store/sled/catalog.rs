@@ -1,0 +1,118 @@
+//! The embedded engine's catalog: brands (`b`), secrets, definitions (`d`) and API keys (`a`, with the
+//! brand's index `o`) in the one `data` tree, written under one lock and made durable by group commit.
+
+use ::sled::Batch;
+use async_trait::async_trait;
+
+use super::{Inner, SledStore, backend, json, keys, lock};
+use crate::api_key::ApiKeyRecord;
+use crate::definition::Definition;
+use crate::ids::BrandId;
+use crate::store::StoreError;
+use crate::store::catalog::{Applied, Catalog, Change, Entry, Value};
+
+impl Inner {
+    /// Where an entry is stored.
+    fn entry_key(entry: &Entry) -> Vec<u8> {
+        match entry {
+            Entry::Brand(brand) => keys::brand(brand),
+            Entry::Secret(brand, kind) => keys::secret(*kind, brand),
+            Entry::Definition(brand, id) => keys::definition(brand, id),
+            Entry::ApiKey(id) => keys::api_key(id),
+        }
+    }
+
+    fn read_entry(&self, entry: &Entry) -> Result<Value, StoreError> {
+        let key = Self::entry_key(entry);
+        Ok(match entry {
+            Entry::Brand(_) => self.read(&key)?.map(Value::Brand),
+            Entry::Secret(..) => self.read(&key)?.map(Value::Secret),
+            Entry::Definition(..) => self.read(&key)?.map(|d| Value::Definition(Box::new(d))),
+            Entry::ApiKey(_) => self.read(&key)?.map(Value::ApiKey),
+        }
+        .unwrap_or(Value::Absent))
+    }
+
+    /// Stages one write, with the index entries that go with it.
+    fn stage_entry(&self, batch: &mut Batch, entry: &Entry, value: &Value) {
+        let key = Self::entry_key(entry);
+        match value {
+            Value::Absent => batch.remove(key),
+            Value::Brand(brand) => batch.insert(key, json(brand)),
+            Value::Secret(secret) => batch.insert(key, json(secret)),
+            Value::Definition(definition) => batch.insert(key, json(definition)),
+            Value::ApiKey(record) => batch.insert(key, json(record)),
+        }
+        if let (Entry::ApiKey(id), Value::ApiKey(record)) = (entry, value) {
+            // The brand's index of its keys (a deleted key's index entry goes in `apply`, which reads
+            // whose it was).
+            batch.insert(keys::brand_api_key(&record.brand_id, id), &[]);
+        }
+    }
+}
+
+#[async_trait]
+impl Catalog for SledStore {
+    async fn read(&self, entry: &Entry) -> Result<Value, StoreError> {
+        let entry = entry.clone();
+        self.blocking(move |inner| inner.read_entry(&entry)).await
+    }
+
+    async fn definitions(&self, brand: &BrandId) -> Result<Vec<Definition>, StoreError> {
+        let brand = brand.clone();
+        self.blocking(move |inner| inner.definitions(&brand)).await
+    }
+
+    async fn api_keys(&self, brand: &BrandId) -> Result<Vec<ApiKeyRecord>, StoreError> {
+        let brand = brand.clone();
+        self.blocking(move |inner| {
+            let prefix = keys::brand_api_key(&brand, "");
+            let mut found = Vec::new();
+            for k in inner.data.scan_prefix(&prefix).keys() {
+                let k = k.map_err(backend)?;
+                let id = std::str::from_utf8(&k[prefix.len()..]).map_err(backend)?;
+                if let Some(record) = inner.read::<ApiKeyRecord>(&keys::api_key(id))? {
+                    found.push(record);
+                }
+            }
+            Ok(found)
+        })
+        .await
+    }
+
+    async fn apply(&self, change: Change) -> Result<Applied, StoreError> {
+        change.check()?;
+        let applied = self
+            .blocking(move |inner| {
+                inner.check_open()?;
+                let _guard = lock(&inner.catalog_lock);
+                for (entry, expected) in &change.expect {
+                    if inner.read_entry(entry)? != *expected {
+                        return Ok(Applied::Conflict);
+                    }
+                }
+                let mut batch = Batch::default();
+                for (entry, value) in &change.writes {
+                    if let (Entry::ApiKey(id), Value::Absent) = (entry, value)
+                        && let Value::ApiKey(old) = inner.read_entry(entry)?
+                    {
+                        batch.remove(keys::brand_api_key(&old.brand_id, id));
+                    }
+                    inner.stage_entry(&mut batch, entry, value);
+                }
+                inner.data.apply_batch(batch).map_err(backend)?;
+                for (entry, _) in &change.writes {
+                    if let Entry::Brand(brand) = entry {
+                        // Every brand has a depth, 0 until its first pixel: the stats list it.
+                        inner.depth.entry(brand.clone()).or_insert(0);
+                    }
+                }
+                Ok(Applied::Done)
+            })
+            .await?;
+        if applied == Applied::Done {
+            self.inner.commit.wait().await?;
+        }
+        Ok(applied)
+    }
+}

@@ -1,0 +1,278 @@
+//! Key encoding for the `data` tree (the layout is in the engine's module docs): one function per table,
+//! so no key is spelled out twice.
+
+use super::*;
+
+fn push_player(out: &mut Vec<u8>, key: &PlayerKey) {
+    out.extend_from_slice(key.brand.as_str().as_bytes());
+    out.push(0);
+    out.extend_from_slice(key.player.as_str().as_bytes());
+    out.push(0);
+}
+
+pub fn brand(brand: &BrandId) -> Vec<u8> {
+    [b"b".as_slice(), brand.as_str().as_bytes()].concat()
+}
+
+pub fn parse_brand(k: &[u8]) -> Option<BrandId> {
+    BrandId::parse_stored(std::str::from_utf8(k.strip_prefix(b"b")?).ok()?).ok()
+}
+
+/// `tag brand NUL`: the start of every key of that table for the brand.
+fn brand_table(tag: u8, brand: &BrandId) -> Vec<u8> {
+    let mut k = vec![tag];
+    k.extend_from_slice(brand.as_str().as_bytes());
+    k.push(0);
+    k
+}
+
+pub fn definition_prefix(brand: &BrandId) -> Vec<u8> {
+    brand_table(b'd', brand)
+}
+
+pub fn definition(brand: &BrandId, id: &DefinitionId) -> Vec<u8> {
+    [definition_prefix(brand), id.as_str().as_bytes().to_vec()].concat()
+}
+
+pub fn event(brand: &BrandId, id: &EventId) -> Vec<u8> {
+    [brand_table(b'e', brand), id.as_str().as_bytes().to_vec()].concat()
+}
+
+pub fn health_prefix(brand: &BrandId) -> Vec<u8> {
+    brand_table(b'h', brand)
+}
+
+pub fn health(brand: &BrandId, id: &DefinitionId) -> Vec<u8> {
+    [health_prefix(brand), id.as_str().as_bytes().to_vec()].concat()
+}
+
+pub fn secret(kind: SecretKind, brand: &BrandId) -> Vec<u8> {
+    let tag: &[u8] = match kind {
+        SecretKind::Inbound => b"t",
+        SecretKind::Signing => b"g",
+    };
+    [tag, brand.as_str().as_bytes()].concat()
+}
+
+pub fn api_key(id: &str) -> Vec<u8> {
+    [b"a".as_slice(), id.as_bytes()].concat()
+}
+
+pub fn brand_api_key(brand: &BrandId, id: &str) -> Vec<u8> {
+    [brand_table(b'o', brand), id.as_bytes().to_vec()].concat()
+}
+
+pub fn forget_event(due_ms: u64, brand: &BrandId, id: &EventId) -> Vec<u8> {
+    let mut k = vec![b'y'];
+    k.extend_from_slice(&due_ms.to_be_bytes());
+    k.extend_from_slice(&brand_table(b'y', brand)[1..]);
+    k.extend_from_slice(id.as_str().as_bytes());
+    k
+}
+
+pub fn parse_forget_event(k: &[u8]) -> Option<(BrandId, EventId)> {
+    let rest = k.strip_prefix(b"y")?.get(8..)?;
+    let nul = rest.iter().position(|&b| b == 0)?;
+    let brand = BrandId::parse_stored(std::str::from_utf8(&rest[..nul]).ok()?).ok()?;
+    let id = EventId::parse_stored(std::str::from_utf8(&rest[nul + 1..]).ok()?).ok()?;
+    Some((brand, id))
+}
+
+/// `n`: a player's pending count.
+pub fn count(key: &PlayerKey) -> Vec<u8> {
+    let mut k = vec![b'n'];
+    push_player(&mut k, key);
+    k
+}
+
+pub fn backlog_prefix(brand: &BrandId) -> Vec<u8> {
+    brand_table(b'k', brand)
+}
+
+/// `k`: inverted so that a forward scan meets the biggest backlog first.
+pub fn backlog(key: &PlayerKey, pending: u64) -> Vec<u8> {
+    let mut k = backlog_prefix(&key.brand);
+    k.extend_from_slice(&(u64::MAX - pending).to_be_bytes());
+    k.extend_from_slice(key.player.as_str().as_bytes());
+    k
+}
+
+pub fn parse_backlog(k: &[u8]) -> Option<(PlayerKey, u64)> {
+    let rest = k.strip_prefix(b"k")?;
+    let nul = rest.iter().position(|&b| b == 0)?;
+    let brand = BrandId::parse_stored(std::str::from_utf8(&rest[..nul]).ok()?).ok()?;
+    let (inverted, player) = rest[nul + 1..].split_at_checked(8)?;
+    let pending = u64::MAX - u64::from_be_bytes(inverted.try_into().ok()?);
+    let player = PlayerId::parse_stored(std::str::from_utf8(player).ok()?).ok()?;
+    Some((PlayerKey::new(brand, player), pending))
+}
+
+pub fn pending_prefix(brand: &BrandId) -> Vec<u8> {
+    brand_table(b'p', brand)
+}
+
+/// `p`: a pending client pixel by the time it was queued.
+pub fn pending(key: &PlayerKey, queued_at_ms: u64, seq: u64) -> Vec<u8> {
+    let mut k = pending_prefix(&key.brand);
+    k.extend_from_slice(&queued_at_ms.to_be_bytes());
+    k.extend_from_slice(key.player.as_str().as_bytes());
+    k.push(0);
+    k.extend_from_slice(&seq.to_be_bytes());
+    k
+}
+
+pub fn index_prefix(key: &PlayerKey) -> Vec<u8> {
+    let mut k = vec![b'i'];
+    push_player(&mut k, key);
+    k
+}
+
+pub fn report_prefix(brand: &BrandId) -> Vec<u8> {
+    brand_table(b'r', brand)
+}
+
+pub fn report(key: &PlayerKey, queued_at_ms: u64, id: &PixelId) -> Vec<u8> {
+    let mut k = report_prefix(&key.brand);
+    k.extend_from_slice(&queued_at_ms.to_be_bytes());
+    k.extend_from_slice(key.player.as_str().as_bytes());
+    k.push(0);
+    k.extend_from_slice(id.as_str().as_bytes());
+    k
+}
+
+/// Splits `brand NUL player NUL id`.
+fn parse_player_id(rest: &[u8]) -> Option<(PlayerKey, PixelId)> {
+    let mut parts = rest.splitn(3, |&b| b == 0);
+    let brand = BrandId::parse_stored(std::str::from_utf8(parts.next()?).ok()?).ok()?;
+    let player = PlayerId::parse_stored(std::str::from_utf8(parts.next()?).ok()?).ok()?;
+    let id = PixelId::parse_stored(std::str::from_utf8(parts.next()?).ok()?).ok()?;
+    Some((PlayerKey::new(brand, player), id))
+}
+
+/// Splits a report index key into player, queued-at and id.
+pub fn parse_report(k: &[u8]) -> Option<(PlayerKey, u64, PixelId)> {
+    let rest = k.strip_prefix(b"r")?;
+    let nul = rest.iter().position(|&b| b == 0)?;
+    let (brand, rest) = (&rest[..nul], &rest[nul + 1..]);
+    let (at, rest) = rest.split_at_checked(8)?;
+    let at = u64::from_be_bytes(at.try_into().ok()?);
+    let (key, id) = parse_player_id(&[brand, &[0], rest].concat())?;
+    Some((key, at, id))
+}
+
+/// `l brand NUL host NUL`: one lane of the outbox.
+pub fn outbox_prefix(lane: &Lane) -> Vec<u8> {
+    let mut k = brand_table(b'l', &lane.brand);
+    k.extend_from_slice(lane.host.as_bytes());
+    k.push(0);
+    k
+}
+
+/// `l`: one postback's place in its lane, by due time.
+pub fn outbox(lane: &Lane, due_ms: u64, key: &PlayerKey, id: &PixelId) -> Vec<u8> {
+    let mut k = outbox_prefix(lane);
+    k.extend_from_slice(&due_ms.to_be_bytes());
+    k.extend_from_slice(key.player.as_str().as_bytes());
+    k.push(0);
+    k.extend_from_slice(id.as_str().as_bytes());
+    k
+}
+
+/// Splits an outbox key into lane, due time, player and postback id.
+pub fn parse_outbox(k: &[u8]) -> Option<(Lane, u64, PlayerKey, PixelId)> {
+    let rest = k.strip_prefix(b"l")?;
+    let nul = rest.iter().position(|&b| b == 0)?;
+    let (brand, rest) = (&rest[..nul], &rest[nul + 1..]);
+    let nul = rest.iter().position(|&b| b == 0)?;
+    let host = std::str::from_utf8(&rest[..nul]).ok()?.to_owned();
+    let (due, rest) = rest[nul + 1..].split_at_checked(8)?;
+    let (key, id) = parse_player_id(&[brand, &[0], rest].concat())?;
+    let lane = Lane {
+        brand: key.brand.clone(),
+        host,
+    };
+    Some((lane, u64::from_be_bytes(due.try_into().ok()?), key, id))
+}
+
+/// Splits a key of the outbox before lanes: `s` due brand NUL player NUL id.
+pub fn parse_global_outbox(k: &[u8]) -> Option<(u64, PlayerKey, PixelId)> {
+    let rest = k.strip_prefix(b"s")?;
+    let (due, rest) = rest.split_at_checked(8)?;
+    let (key, id) = parse_player_id(rest)?;
+    Some((u64::from_be_bytes(due.try_into().ok()?), key, id))
+}
+
+/// `v<brand>\0<click id>` → the player who came with it.
+pub fn click(brand: &BrandId, click_id: &str) -> Vec<u8> {
+    let mut k = brand_table(b'v', brand);
+    k.extend_from_slice(click_id.as_bytes());
+    k
+}
+
+pub fn context(key: &PlayerKey) -> Vec<u8> {
+    let mut k = vec![b'c'];
+    push_player(&mut k, key);
+    k
+}
+
+/// The brand of a `c` key.
+pub fn parse_context_brand(k: &[u8]) -> Option<BrandId> {
+    let rest = k.strip_prefix(b"c")?;
+    let nul = rest.iter().position(|&b| b == 0)?;
+    BrandId::parse_stored(std::str::from_utf8(&rest[..nul]).ok()?).ok()
+}
+
+pub fn queue_prefix(key: &PlayerKey) -> Vec<u8> {
+    let mut k = vec![b'q'];
+    push_player(&mut k, key);
+    k
+}
+
+pub fn queue(key: &PlayerKey, seq: u64) -> Vec<u8> {
+    let mut k = queue_prefix(key);
+    k.extend_from_slice(&seq.to_be_bytes());
+    k
+}
+
+pub fn index(key: &PlayerKey, id: &PixelId) -> Vec<u8> {
+    let mut k = vec![b'i'];
+    push_player(&mut k, key);
+    k.extend_from_slice(id.as_str().as_bytes());
+    k
+}
+
+pub fn expiry(due_ms: u64, key: &PlayerKey, seq: u64) -> Vec<u8> {
+    let mut k = vec![b'x'];
+    k.extend_from_slice(&due_ms.to_be_bytes());
+    push_player(&mut k, key);
+    k.extend_from_slice(&seq.to_be_bytes());
+    k
+}
+
+/// First key of the due-ordered table `tag` that is not yet due at `now`.
+pub fn due_bound(tag: u8, now: u64) -> Vec<u8> {
+    let mut k = vec![tag];
+    k.extend_from_slice(&now.saturating_add(1).to_be_bytes());
+    k
+}
+
+/// Splits `brand NUL player NUL seq(8)`.
+fn parse_player_seq(rest: &[u8]) -> Option<(PlayerKey, u64)> {
+    let (ids, seq) = rest.split_at_checked(rest.len().checked_sub(8)?)?;
+    let ids = ids.strip_suffix(&[0])?;
+    let nul = ids.iter().position(|&b| b == 0)?;
+    let brand = BrandId::parse_stored(std::str::from_utf8(&ids[..nul]).ok()?).ok()?;
+    let player = PlayerId::parse_stored(std::str::from_utf8(&ids[nul + 1..]).ok()?).ok()?;
+    Some((
+        PlayerKey::new(brand, player),
+        u64::from_be_bytes(seq.try_into().ok()?),
+    ))
+}
+
+pub fn parse_queue(k: &[u8]) -> Option<(PlayerKey, u64)> {
+    parse_player_seq(k.strip_prefix(b"q")?)
+}
+
+pub fn parse_expiry(k: &[u8]) -> Option<(PlayerKey, u64)> {
+    parse_player_seq(k.strip_prefix(b"x")?.get(8..)?)
+}
