@@ -348,3 +348,107 @@ impl Ledger {
         Err(contended("the key"))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::time::Duration;
+
+    use async_trait::async_trait;
+
+    use super::*;
+    use crate::clock::ManualClock;
+    use crate::metrics::Metrics;
+    use crate::store::catalog::Catalog;
+    use crate::store::memory::MemoryStore;
+    use crate::store::{OnFull, QueueCap, Quotas, SledOptions, SledStore};
+
+    /// A catalog where another writer changes the brand between the ledger's read and its first write,
+    /// as a concurrent request (or another hub process) can.
+    struct Meddler {
+        catalog: MemoryStore,
+        meddled: AtomicBool,
+    }
+
+    #[async_trait]
+    impl Catalog for Meddler {
+        async fn read(&self, entry: &Entry) -> Result<Value, StoreError> {
+            self.catalog.read(entry).await
+        }
+
+        async fn definitions(&self, brand: &BrandId) -> Result<Vec<Definition>, StoreError> {
+            self.catalog.definitions(brand).await
+        }
+
+        async fn api_keys(&self, brand: &BrandId) -> Result<Vec<ApiKeyRecord>, StoreError> {
+            self.catalog.api_keys(brand).await
+        }
+
+        async fn apply(&self, change: Change) -> Result<Applied, StoreError> {
+            if !self.meddled.swap(true, Ordering::SeqCst) {
+                let entry = Entry::Brand(BrandId::parse("b").unwrap());
+                let Value::Brand(mut brand) = self.catalog.read(&entry).await? else {
+                    panic!("the brand exists")
+                };
+                brand.settings.https_only = true;
+                let theirs = Change::default().write(entry, Value::Brand(brand));
+                assert_eq!(self.catalog.apply(theirs).await?, Applied::Done);
+            }
+            self.catalog.apply(change).await
+        }
+    }
+
+    #[tokio::test]
+    async fn a_patch_never_overwrites_a_change_made_while_it_was_decided() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = ManualClock::starting_now();
+        let options = SledOptions {
+            default_ttl: Duration::from_secs(60),
+            retention: Duration::from_secs(60),
+            cache_bytes: 1 << 20,
+            queue_cap: QueueCap {
+                max_per_player: 10,
+                on_full: OnFull::Reject,
+            },
+            quotas: Quotas::default(),
+            metrics: Arc::new(Metrics::new()),
+            clock: clock.clone(),
+        };
+        let queues = Arc::new(SledStore::open(dir.path(), options).unwrap());
+        let meddler = Arc::new(Meddler {
+            catalog: MemoryStore::new(),
+            meddled: AtomicBool::new(true),
+        });
+        let ledger = Ledger::new(meddler.clone(), queues, clock);
+        let id = BrandId::parse("b").unwrap();
+        ledger
+            .put_brand(&id, BrandSettings::default())
+            .await
+            .unwrap();
+
+        meddler.meddled.store(false, Ordering::SeqCst);
+        let rounds = std::sync::atomic::AtomicUsize::new(0);
+        let renamed = ledger
+            .patch_brand(&id, |brand| {
+                rounds.fetch_add(1, Ordering::SeqCst);
+                Ok::<_, StoreError>(BrandSettings {
+                    name: Some("renamed".into()),
+                    ..brand.settings.clone()
+                })
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            rounds.load(Ordering::SeqCst),
+            2,
+            "decided again on the brand as the other writer left it"
+        );
+        assert_eq!(renamed.settings.name.as_deref(), Some("renamed"));
+        assert!(
+            renamed.settings.https_only,
+            "the other writer's change stays"
+        );
+        assert_eq!(ledger.brand(&id).await.unwrap(), Some(renamed));
+    }
+}

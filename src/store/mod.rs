@@ -21,8 +21,8 @@ use crate::pixel::{NewPixel, QueuedPixel};
 
 pub mod catalog;
 mod commit;
-#[cfg(test)]
-mod contract;
+#[cfg(any(test, feature = "contract"))]
+pub mod contract;
 mod guard;
 pub mod memory;
 mod sled;

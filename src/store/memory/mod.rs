@@ -43,3 +43,21 @@ impl MemoryStore {
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::catalog::Catalog;
+    use crate::store::contract::catalog::CatalogHarness;
+
+    /// A new backing store; every call opens another handle on it.
+    struct MemoryHarness(MemoryStore);
+
+    impl CatalogHarness for MemoryHarness {
+        async fn catalog(&self) -> Arc<dyn Catalog> {
+            Arc::new(self.0.handle())
+        }
+    }
+
+    crate::catalog_contract!(MemoryHarness(MemoryStore::new()));
+}

@@ -2080,12 +2080,12 @@ impl Store for SledStore {
 
 #[cfg(test)]
 mod tests {
-    use super::super::contract::{self, store_contract};
     use super::*;
     use crate::brand::BrandSettings;
     use crate::clock::{Clock, ManualClock};
     use crate::ledger::Ledger;
     use crate::store::DeliveryQuery;
+    use crate::store::contract::rules as contract;
 
     /// How long final records are kept in these tests.
     const RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
@@ -2137,7 +2137,32 @@ mod tests {
         }
     }
 
-    store_contract!(SledHarness::new());
+    crate::rules_contract!(SledHarness::new());
+
+    /// One store, every handle the same: sled's files belong to one process.
+    struct SledCatalogHarness {
+        _dir: tempfile::TempDir,
+        store: Arc<SledStore>,
+    }
+
+    impl SledCatalogHarness {
+        fn new() -> Self {
+            let harness = SledHarness::new();
+            let store = Arc::new(open(&harness));
+            SledCatalogHarness {
+                _dir: harness.dir,
+                store,
+            }
+        }
+    }
+
+    impl crate::store::contract::catalog::CatalogHarness for SledCatalogHarness {
+        async fn catalog(&self) -> Arc<dyn crate::store::catalog::Catalog> {
+            self.store.clone()
+        }
+    }
+
+    crate::catalog_contract!(SledCatalogHarness::new(), single_handle);
 
     fn open(harness: &SledHarness) -> SledStore {
         let options = options(&harness.clock);

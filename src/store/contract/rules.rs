@@ -1,11 +1,11 @@
-//! The contract, as executable checks every engine must pass, through the ledger that owns the rules.
+//! The rules' checks: the hub's behaviour (queues, leases, events, outbox, catalog), asked of the
+//! [`Ledger`] over an engine. Behaviour must not depend on the engine, so every engine runs all of them.
 //!
-//! Each check is a function over a [`Harness`] that can open (and re-open) one engine instance;
-//! [`store_contract!`] instantiates them all as tests for an engine. A future Redis engine adds one line.
+//! Each check is a function over a [`Harness`] that can open (and re-open) one engine instance under a
+//! ledger; [`crate::rules_contract!`] instantiates them all as tests for an engine.
 
 use std::time::Duration;
 
-use super::*;
 use crate::api_key::ApiKeyRecord;
 use crate::brand::{BrandSettings, SecretKind};
 use crate::clock::{Clock, ManualClock};
@@ -16,16 +16,20 @@ use crate::event::parse_events;
 use crate::ids::{DefinitionId, PlayerId, SessionId};
 use crate::ledger::Ledger;
 use crate::pixel::{NewPixel, PixelBody};
+use crate::store::*;
 
 /// Opens an engine instance; opening again after `close` must see the same durable data. Every
 /// instance runs on the harness's clock, which checks move forward instead of sleeping.
-pub(super) trait Harness {
+#[allow(async_fn_in_trait)] // the checks await the harness in place; no future crosses threads
+pub trait Harness {
+    /// The ledger over an engine on the harness's backing store.
     async fn open(&self) -> Ledger;
+    /// The clock every engine the harness opens runs on.
     fn clock(&self) -> &ManualClock;
 }
 
 /// The per-player cap the harness must open engines with (policy [`OnFull::Reject`]).
-pub(super) const QUEUE_CAP: u64 = 50;
+pub const QUEUE_CAP: u64 = 50;
 
 fn key(player: &str) -> PlayerKey {
     PlayerKey::new(
@@ -76,13 +80,13 @@ fn ids(pixels: &[QueuedPixel]) -> Vec<PixelId> {
     pixels.iter().map(|p| p.id.clone()).collect()
 }
 
-pub(super) async fn unknown_brands_are_refused(h: &impl Harness) {
+pub async fn unknown_brands_are_refused(h: &impl Harness) {
     let store = h.open().await;
     let err = store.enqueue(&key("p"), vec![image(1)]).await.unwrap_err();
     assert!(matches!(err, StoreError::UnknownBrand(b) if b.as_str() == "brand-1"));
 }
 
-pub(super) async fn brands_are_created_then_updated(h: &impl Harness) {
+pub async fn brands_are_created_then_updated(h: &impl Harness) {
     let store = h.open().await;
     let id = key("x").brand;
     let (first, created) = store
@@ -121,7 +125,7 @@ pub(super) async fn brands_are_created_then_updated(h: &impl Harness) {
     );
 }
 
-pub(super) async fn the_queue_keeps_order_and_ids_are_idempotent(h: &impl Harness) {
+pub async fn the_queue_keeps_order_and_ids_are_idempotent(h: &impl Harness) {
     let store = store_with_brand(h).await;
     let k = key("p");
     let first = store
@@ -158,7 +162,7 @@ pub(super) async fn the_queue_keeps_order_and_ids_are_idempotent(h: &impl Harnes
     assert_eq!(store.stats().await.unwrap().brands[&k.brand].queue_depth, 3);
 }
 
-pub(super) async fn one_session_holds_a_player_at_a_time(h: &impl Harness) {
+pub async fn one_session_holds_a_player_at_a_time(h: &impl Harness) {
     let store = store_with_brand(h).await;
     let k = key("p");
     store
@@ -199,7 +203,7 @@ pub(super) async fn one_session_holds_a_player_at_a_time(h: &impl Harness) {
     );
 }
 
-pub(super) async fn acks_are_final_and_remembered(h: &impl Harness) {
+pub async fn acks_are_final_and_remembered(h: &impl Harness) {
     let store = store_with_brand(h).await;
     let k = key("p");
     store.enqueue(&k, vec![with_id("reg-1", 1)]).await.unwrap();
@@ -233,7 +237,7 @@ pub(super) async fn acks_are_final_and_remembered(h: &impl Harness) {
     assert!(store.lease(&k, s, 10).await.unwrap().is_empty());
 }
 
-pub(super) async fn cancel_covers_every_state(h: &impl Harness) {
+pub async fn cancel_covers_every_state(h: &impl Harness) {
     let store = store_with_brand(h).await;
     let k = key("p");
     store
@@ -273,7 +277,7 @@ pub(super) async fn cancel_covers_every_state(h: &impl Harness) {
     assert_eq!(store.stats().await.unwrap().queue_depth, 0);
 }
 
-pub(super) async fn expired_pixels_are_dropped_and_counted(h: &impl Harness) {
+pub async fn expired_pixels_are_dropped_and_counted(h: &impl Harness) {
     let store = store_with_brand(h).await;
     let k = key("p");
     let short = NewPixel {
@@ -307,7 +311,7 @@ pub(super) async fn expired_pixels_are_dropped_and_counted(h: &impl Harness) {
     assert_eq!(again[0].status, PixelStatus::Expired);
 }
 
-pub(super) async fn sessions_hear_of_new_and_released_work(h: &impl Harness) {
+pub async fn sessions_hear_of_new_and_released_work(h: &impl Harness) {
     let store = store_with_brand(h).await;
     let k = key("p");
     let mut heard = store.subscribe();
@@ -324,7 +328,7 @@ pub(super) async fn sessions_hear_of_new_and_released_work(h: &impl Harness) {
     );
 }
 
-pub(super) async fn everything_survives_a_reopen(h: &impl Harness) {
+pub async fn everything_survives_a_reopen(h: &impl Harness) {
     let k = key("p");
     {
         let store = store_with_brand(h).await;
@@ -371,7 +375,7 @@ pub(super) async fn everything_survives_a_reopen(h: &impl Harness) {
     assert!(again[0].duplicate);
 }
 
-pub(super) async fn concurrent_enqueues_share_flushes_and_lose_nothing(h: &impl Harness) {
+pub async fn concurrent_enqueues_share_flushes_and_lose_nothing(h: &impl Harness) {
     let store = store_with_brand(h).await;
     let tasks: Vec<_> = (0..200)
         .map(|i| {
@@ -390,7 +394,7 @@ pub(super) async fn concurrent_enqueues_share_flushes_and_lose_nothing(h: &impl 
     assert_eq!(store.stats().await.unwrap().queue_depth, 200);
 }
 
-pub(super) async fn a_closed_store_refuses_changes(h: &impl Harness) {
+pub async fn a_closed_store_refuses_changes(h: &impl Harness) {
     let store = store_with_brand(h).await;
     let k = key("p");
     store.close().await.unwrap();
@@ -423,7 +427,7 @@ fn events(body: serde_json::Value) -> Vec<crate::event::Event> {
     parse_events(body, crate::event::MAX_EVENTS).expect("valid events")
 }
 
-pub(super) async fn definitions_are_created_replaced_and_deleted(h: &impl Harness) {
+pub async fn definitions_are_created_replaced_and_deleted(h: &impl Harness) {
     let store = store_with_brand(h).await;
     let brand = key("x").brand;
     let body = serde_json::json!({"id": "ftd-img", "name": "FTD", "trigger": "ftd", "kind": "image", "url": "https://px.example/"});
@@ -496,7 +500,7 @@ pub(super) async fn definitions_are_created_replaced_and_deleted(h: &impl Harnes
     ));
 }
 
-pub(super) async fn a_click_id_finds_the_player_who_registered_with_it(h: &impl Harness) {
+pub async fn a_click_id_finds_the_player_who_registered_with_it(h: &impl Harness) {
     let store = store_with_brand(h).await;
     let brand = key("x").brand;
     let reg = serde_json::json!([
@@ -542,7 +546,7 @@ pub(super) async fn a_click_id_finds_the_player_who_registered_with_it(h: &impl 
     assert_eq!(player.map(|p| p.to_string()).as_deref(), Some("p2"));
 }
 
-pub(super) async fn events_queue_pixels_once_even_after_a_reopen(h: &impl Harness) {
+pub async fn events_queue_pixels_once_even_after_a_reopen(h: &impl Harness) {
     let store = store_with_brand(h).await;
     let brand = key("x").brand;
     for body in [
@@ -623,7 +627,7 @@ pub(super) async fn events_queue_pixels_once_even_after_a_reopen(h: &impl Harnes
     ));
 }
 
-pub(super) async fn concurrent_event_batches_with_one_id_produce_once(h: &impl Harness) {
+pub async fn concurrent_event_batches_with_one_id_produce_once(h: &impl Harness) {
     let store = store_with_brand(h).await;
     let brand = key("x").brand;
     store
@@ -670,7 +674,7 @@ fn statuses(page: &DeliveryPage) -> Vec<(&str, &str, PixelStatus)> {
         .collect()
 }
 
-pub(super) async fn the_report_follows_every_pixel_and_postback(h: &impl Harness) {
+pub async fn the_report_follows_every_pixel_and_postback(h: &impl Harness) {
     let store = store_with_brand(h).await;
     let brand = key("x").brand;
     define(&store, serde_json::json!({"id": "img", "name": "FTD image", "trigger": "ftd", "kind": "image", "url": "https://px.example/?c={{afp}}&s={{sub}}"})).await;
@@ -806,7 +810,7 @@ pub(super) async fn the_report_follows_every_pixel_and_postback(h: &impl Harness
     }
 }
 
-pub(super) async fn postbacks_are_claimed_retried_and_recorded(h: &impl Harness) {
+pub async fn postbacks_are_claimed_retried_and_recorded(h: &impl Harness) {
     let store = store_with_brand(h).await;
     let brand = key("x").brand;
     define(&store, serde_json::json!({"id": "pb", "name": "PB", "trigger": "sale", "kind": "s2s", "url": "https://pb.example/?e={{event_id}}"})).await;
@@ -1035,7 +1039,7 @@ pub(super) async fn postbacks_are_claimed_retried_and_recorded(h: &impl Harness)
     );
 }
 
-pub(super) async fn the_outbox_keeps_a_lane_per_brand_and_host(h: &impl Harness) {
+pub async fn the_outbox_keeps_a_lane_per_brand_and_host(h: &impl Harness) {
     let store = store_with_brand(h).await;
     let one = key("x").brand;
     let two = BrandId::parse("other").unwrap();
@@ -1110,7 +1114,7 @@ pub(super) async fn the_outbox_keeps_a_lane_per_brand_and_host(h: &impl Harness)
     assert_eq!(store.due_postbacks(&dead, now, 2).await.unwrap().len(), 2);
 }
 
-pub(super) async fn brand_secrets_rotate_with_a_grace_period(h: &impl Harness) {
+pub async fn brand_secrets_rotate_with_a_grace_period(h: &impl Harness) {
     let store = store_with_brand(h).await;
     let brand = key("x").brand;
     let now = h.clock().now_ms();
@@ -1171,7 +1175,7 @@ pub(super) async fn brand_secrets_rotate_with_a_grace_period(h: &impl Harness) {
     }
 }
 
-pub(super) async fn api_keys_are_kept_by_hash_listed_and_revoked(h: &impl Harness) {
+pub async fn api_keys_are_kept_by_hash_listed_and_revoked(h: &impl Harness) {
     let store = store_with_brand(h).await;
     let brand = key("x").brand;
     let other = BrandId::parse("other").unwrap();
@@ -1223,7 +1227,7 @@ pub(super) async fn api_keys_are_kept_by_hash_listed_and_revoked(h: &impl Harnes
     assert_eq!(ids(store.api_keys(&brand).await.unwrap()), ["k2"]);
 }
 
-pub(super) async fn backlogs_oldest_pixels_and_the_cap_are_exact(h: &impl Harness) {
+pub async fn backlogs_oldest_pixels_and_the_cap_are_exact(h: &impl Harness) {
     let store = store_with_brand(h).await;
     let (a, b, c) = (key("a"), key("b"), key("c"));
     assert_eq!(
@@ -1330,11 +1334,13 @@ pub(super) async fn backlogs_oldest_pixels_and_the_cap_are_exact(h: &impl Harnes
     store.check_writable().await.unwrap();
 }
 
-macro_rules! store_contract {
+/// Instantiates every check of [`self`] as a test of the engine the harness expression opens.
+#[macro_export]
+macro_rules! rules_contract {
     ($harness:expr) => {
         mod contract_tests {
             use super::*;
-            use $crate::store::contract;
+            use $crate::store::contract::rules as contract;
 
             #[tokio::test]
             async fn a_click_id_finds_the_player_who_registered_with_it() {
@@ -1424,4 +1430,3 @@ macro_rules! store_contract {
         }
     };
 }
-pub(super) use store_contract;
