@@ -581,6 +581,17 @@ impl Config {
             on_full: self.queue_full,
         }
     }
+
+    /// What the ledger's rules follow. A player's lease lasts three heartbeats: its holder renews it at
+    /// every heartbeat, so only a holder that stopped (its process gone) lets it run out.
+    pub fn ledger_options(&self) -> crate::ledger::Options {
+        crate::ledger::Options {
+            default_ttl: Duration::from_secs(self.default_ttl_seconds),
+            retention: Duration::from_secs(self.report_retention_days * 24 * 3600),
+            queue_cap: self.queue_cap(),
+            lease_ttl: self.heartbeat() * 3,
+        }
+    }
 }
 
 #[cfg(test)]

@@ -26,7 +26,7 @@ use crate::config::{Config, MIN_ADMIN_TOKEN_LEN};
 use crate::egress::Egress;
 use crate::hub::Hub;
 use crate::ids::{BrandId, random_hex};
-use crate::ledger::Ledger;
+use crate::ledger::{Engines, Ledger};
 use crate::limits::{PerIp, TrustedProxies};
 use crate::metrics::Metrics;
 use crate::net::{self, Tls};
@@ -158,13 +158,20 @@ impl Application {
         let engine = Arc::new(engine);
         let guarded = Arc::new(GuardedStore::new(
             engine.clone(),
+            engine.clone(),
             engine,
             config.store_guard(),
             measure,
             Arc::clone(&metrics),
         ));
         let store_health = guarded.health();
-        let ledger = Ledger::new(guarded.clone(), guarded.clone(), Arc::clone(&clock));
+        let engines = Engines::one(guarded.clone());
+        let ledger = Ledger::new(
+            engines,
+            config.ledger_options(),
+            Arc::clone(&metrics),
+            Arc::clone(&clock),
+        );
         if config.demo_enabled() {
             let demo = BrandId::parse(api::DEMO_BRAND).expect("a valid literal id");
             if ledger.brand(&demo).await?.is_none() {

@@ -31,11 +31,22 @@ impl Ledger {
         }
     }
 
+    /// [`StoreError::UnknownBrand`] unless the brand exists; from memory once it was seen to.
+    pub(super) async fn check_brand(&self, id: &BrandId) -> Result<(), StoreError> {
+        if !self.inner.known_brands.contains(id) {
+            self.require_brand(id).await?;
+        }
+        Ok(())
+    }
+
     /// A brand, or [`StoreError::UnknownBrand`].
     pub async fn require_brand(&self, id: &BrandId) -> Result<Brand, StoreError> {
-        self.brand(id)
+        let brand = self
+            .brand(id)
             .await?
-            .ok_or_else(|| StoreError::UnknownBrand(id.clone()))
+            .ok_or_else(|| StoreError::UnknownBrand(id.clone()))?;
+        self.inner.known_brands.insert(id.clone());
+        Ok(brand)
     }
 
     /// Creates a brand with `settings`, or replaces the settings of an existing one (its creation time and
@@ -69,6 +80,7 @@ impl Ledger {
                 }
             }
             if self.catalog().apply(change).await? == Applied::Done {
+                self.inner.known_brands.insert(id.clone());
                 return Ok((brand, old.is_none()));
             }
         }
@@ -102,7 +114,7 @@ impl Ledger {
 
     /// The brand's definitions, in id order.
     pub async fn definitions(&self, brand: &BrandId) -> Result<Vec<Definition>, StoreError> {
-        self.require_brand(brand).await?;
+        self.check_brand(brand).await?;
         self.catalog().definitions(brand).await
     }
 
@@ -112,7 +124,7 @@ impl Ledger {
         brand: &BrandId,
         id: &DefinitionId,
     ) -> Result<Option<Definition>, StoreError> {
-        self.require_brand(brand).await?;
+        self.check_brand(brand).await?;
         self.read_definition(brand, id).await
     }
 
@@ -138,7 +150,7 @@ impl Ledger {
         brand: &BrandId,
         input: DefinitionInput,
     ) -> Result<Definition, StoreError> {
-        self.require_brand(brand).await?;
+        self.check_brand(brand).await?;
         let id = input.id.clone().unwrap_or_else(DefinitionId::generate);
         let now = self.now_ms();
         let definition = input.into_definition(id.clone(), now, now);
@@ -176,7 +188,7 @@ impl Ledger {
         id: &DefinitionId,
         patch: impl Fn(&Definition) -> Result<DefinitionInput, E>,
     ) -> Result<Definition, E> {
-        self.require_brand(brand).await?;
+        self.check_brand(brand).await?;
         let entry = Entry::Definition(brand.clone(), id.clone());
         for _ in 0..MAX_ROUNDS {
             let old = self
@@ -207,7 +219,7 @@ impl Ledger {
         brand: &BrandId,
         id: &DefinitionId,
     ) -> Result<bool, StoreError> {
-        self.require_brand(brand).await?;
+        self.check_brand(brand).await?;
         let entry = Entry::Definition(brand.clone(), id.clone());
         for _ in 0..MAX_ROUNDS {
             let Some(old) = self.read_definition(brand, id).await? else {
@@ -269,7 +281,7 @@ impl Ledger {
         {
             Value::Secret(secret) => Ok(secret),
             _ => {
-                self.require_brand(brand).await?;
+                self.check_brand(brand).await?;
                 Err(StoreError::corrupt("a brand without its secrets"))
             }
         }
@@ -301,7 +313,7 @@ impl Ledger {
 
     /// Saves a new brand API key; [`StoreError::UnknownBrand`] for a brand that does not exist.
     pub async fn create_api_key(&self, key: ApiKeyRecord) -> Result<(), StoreError> {
-        self.require_brand(&key.brand_id).await?;
+        self.check_brand(&key.brand_id).await?;
         let entry = Entry::ApiKey(key.id.clone());
         let change = Change::default()
             .expect(entry.clone(), Value::Absent)
@@ -323,7 +335,7 @@ impl Ledger {
 
     /// The brand's keys, oldest first.
     pub async fn api_keys(&self, brand: &BrandId) -> Result<Vec<ApiKeyRecord>, StoreError> {
-        self.require_brand(brand).await?;
+        self.check_brand(brand).await?;
         let mut keys = self.catalog().api_keys(brand).await?;
         keys.sort_by(|a, b| (a.created_at_ms, &a.id).cmp(&(b.created_at_ms, &b.id)));
         Ok(keys)
@@ -332,7 +344,7 @@ impl Ledger {
     /// Deletes one of the brand's keys; it stops working at once. False when the brand has no such key
     /// (another brand's key of that id included).
     pub async fn revoke_api_key(&self, brand: &BrandId, id: &str) -> Result<bool, StoreError> {
-        self.require_brand(brand).await?;
+        self.check_brand(brand).await?;
         let entry = Entry::ApiKey(id.to_owned());
         for _ in 0..MAX_ROUNDS {
             let Some(record) = self.api_key(id).await?.filter(|r| r.brand_id == *brand) else {
@@ -420,7 +432,13 @@ mod tests {
             catalog: MemoryStore::new(),
             meddled: AtomicBool::new(true),
         });
-        let ledger = Ledger::new(meddler.clone(), queues, clock);
+        let engines = crate::ledger::Engines {
+            catalog: meddler.clone(),
+            queues: queues.clone(),
+            store: queues,
+        };
+        let options = crate::ledger::Options::default();
+        let ledger = Ledger::new(engines, options, Arc::new(Metrics::new()), clock);
         let id = BrandId::parse("b").unwrap();
         ledger
             .put_brand(&id, BrandSettings::default())

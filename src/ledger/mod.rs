@@ -10,21 +10,26 @@
 //! callers already speak to the ledger alone while the rules move under it.
 
 mod catalog;
+mod lease;
+mod queue;
 
+use std::any::Any;
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::broadcast;
 
 use crate::clock::SharedClock;
-use crate::delivery::{Ack, Attempt};
+use crate::delivery::Attempt;
 use crate::event::{Event, EventOutcome, PlayerContext};
-use crate::ids::{BrandId, DefinitionId, EventId, PixelId, PlayerId, PlayerKey, SessionId};
-use crate::pixel::{NewPixel, QueuedPixel};
+use crate::ids::{BrandId, DefinitionId, EventId, PlayerId, PlayerKey};
+use crate::metrics::{Metrics, PixelEvent};
 use crate::store::catalog::Catalog;
+use crate::store::queues::{Mode, Queues, Tx};
 use crate::store::{
-    Backlog, CancelOutcome, DefinitionHealth, DeliveryPage, DeliveryQuery, DuePostback,
-    EnqueueOutcome, Lane, LaneDue, PendingPixel, Purged, Store, StoreError, StoreStats, Verdict,
+    Backlog, DefinitionHealth, DeliveryPage, DeliveryQuery, DuePostback, Lane, LaneDue, QueueCap,
+    Store, StoreError, StoreStats, Verdict,
 };
 
 /// How many times a change is decided again when another writer changed what it read. Catalog writes
@@ -39,24 +44,136 @@ pub struct Ledger {
 
 struct Inner {
     catalog: Arc<dyn Catalog>,
+    queues: Arc<dyn Queues>,
     store: Arc<dyn Store>,
+    options: Millis,
+    metrics: Arc<Metrics>,
     clock: SharedClock,
+    /// Brands seen to exist. A brand is never deleted, so once seen it is known for good, and the hot
+    /// paths (queueing) skip the catalog read.
+    known_brands: dashmap::DashSet<BrandId>,
+}
+
+/// The settings the rules follow.
+#[derive(Clone, Copy, Debug)]
+pub struct Options {
+    /// TTL of a pixel queued without `ttl_seconds`.
+    pub default_ttl: Duration,
+    /// How long a record (its report row and idempotency entry) is kept once final.
+    pub retention: Duration,
+    /// The per-player queue cap.
+    pub queue_cap: QueueCap,
+    /// How long a player's lease lasts unless its holder renews it (each delivery and heartbeat does):
+    /// a holder that died frees the queue by itself after it.
+    pub lease_ttl: Duration,
+}
+
+impl Default for Options {
+    /// The hub's defaults: pixels live 30 days, records 90 days once final, 1,000 pending pixels a
+    /// player (refusing more), leases of 75 s (three default heartbeats).
+    fn default() -> Self {
+        Options {
+            default_ttl: Duration::from_secs(30 * 24 * 3600),
+            retention: Duration::from_secs(90 * 24 * 3600),
+            queue_cap: QueueCap {
+                max_per_player: 1000,
+                on_full: crate::store::OnFull::Reject,
+            },
+            lease_ttl: Duration::from_secs(75),
+        }
+    }
+}
+
+/// [`Options`] in the milliseconds the rules count in.
+#[derive(Clone, Copy, Debug)]
+struct Millis {
+    default_ttl_ms: u64,
+    retention_ms: u64,
+    queue_cap: QueueCap,
+    lease_ttl_ms: u64,
+}
+
+/// What a transition of a pixel or postback counts in the metrics: its kind, and what happened.
+type Transition = (String, PixelEvent);
+
+/// The engines a ledger works through: today one engine serves all three.
+pub struct Engines {
+    /// Brands, secrets, definitions, API keys.
+    pub catalog: Arc<dyn Catalog>,
+    /// Per-player queues, records and leases.
+    pub queues: Arc<dyn Queues>,
+    /// What has not moved under the ledger yet: events, the outbox, the report, stats.
+    pub store: Arc<dyn Store>,
+}
+
+impl Engines {
+    /// One engine serving every part, as the embedded engine does.
+    pub fn one<E: Catalog + Queues + Store>(engine: Arc<E>) -> Self {
+        Engines {
+            catalog: engine.clone(),
+            queues: engine.clone(),
+            store: engine,
+        }
+    }
 }
 
 impl Ledger {
-    /// The ledger over a catalog and the queues' store, on `clock`.
-    pub fn new(catalog: Arc<dyn Catalog>, store: Arc<dyn Store>, clock: SharedClock) -> Self {
+    /// The ledger over `engines`, following `options`, counting into `metrics`, on `clock`.
+    pub fn new(
+        engines: Engines,
+        options: Options,
+        metrics: Arc<Metrics>,
+        clock: SharedClock,
+    ) -> Self {
+        let ms = |d: Duration| d.as_millis() as u64;
         Ledger {
             inner: Arc::new(Inner {
-                catalog,
-                store,
+                catalog: engines.catalog,
+                queues: engines.queues,
+                store: engines.store,
+                options: Millis {
+                    default_ttl_ms: ms(options.default_ttl),
+                    retention_ms: ms(options.retention),
+                    queue_cap: options.queue_cap,
+                    lease_ttl_ms: ms(options.lease_ttl),
+                },
+                metrics,
                 clock,
+                known_brands: dashmap::DashSet::new(),
             }),
         }
     }
 
     fn catalog(&self) -> &dyn Catalog {
         self.inner.catalog.as_ref()
+    }
+
+    fn queues(&self) -> &dyn Queues {
+        self.inner.queues.as_ref()
+    }
+
+    /// Runs `work` as one transaction of the queues' engine over the players in `keys` (see
+    /// [`Queues::transact`]), typed.
+    async fn transact<T: Send + 'static>(
+        &self,
+        keys: Vec<PlayerKey>,
+        mode: Mode,
+        mut work: impl FnMut(&mut dyn Tx) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let work = Box::new(move |tx: &mut dyn Tx| {
+            work(tx).map(|out| Box::new(out) as Box<dyn Any + Send>)
+        });
+        let out = self.queues().transact(keys, mode, work).await?;
+        Ok(*out
+            .downcast::<T>()
+            .expect("an engine returns what the work returned"))
+    }
+
+    /// Counts applied transitions of the brand's pixels and postbacks.
+    fn count(&self, brand: &BrandId, transitions: Vec<Transition>) {
+        for (kind, event) in transitions {
+            self.inner.metrics.pixels(brand, &kind, event, 1);
+        }
     }
 
     fn store(&self) -> &dyn Store {
@@ -68,55 +185,6 @@ impl Ledger {
     }
 
     /// See [`Store::enqueue`].
-    pub async fn enqueue(
-        &self,
-        key: &PlayerKey,
-        pixels: Vec<NewPixel>,
-    ) -> Result<EnqueueOutcome, StoreError> {
-        self.store().enqueue(key, pixels).await
-    }
-
-    /// See [`Store::pending`].
-    pub async fn pending(&self, key: &PlayerKey) -> Result<Vec<PendingPixel>, StoreError> {
-        self.store().pending(key).await
-    }
-
-    /// See [`Store::cancel`].
-    pub async fn cancel(&self, key: &PlayerKey, id: &PixelId) -> Result<CancelOutcome, StoreError> {
-        self.store().cancel(key, id).await
-    }
-
-    /// See [`Store::purge`].
-    pub async fn purge(&self, key: &PlayerKey) -> Result<Purged, StoreError> {
-        self.store().purge(key).await
-    }
-
-    /// See [`Store::lease`].
-    pub async fn lease(
-        &self,
-        key: &PlayerKey,
-        session: SessionId,
-        max_in_flight: usize,
-    ) -> Result<Vec<QueuedPixel>, StoreError> {
-        self.store().lease(key, session, max_in_flight).await
-    }
-
-    /// Records that the browser fired these pixels: [`Ledger::acknowledge`] with nothing to report.
-    pub async fn ack(&self, key: &PlayerKey, ids: &[PixelId]) -> Result<usize, StoreError> {
-        let acks: Vec<Ack> = ids.iter().cloned().map(Ack::fired).collect();
-        self.acknowledge(key, &acks).await
-    }
-
-    /// See [`Store::acknowledge`].
-    pub async fn acknowledge(&self, key: &PlayerKey, acks: &[Ack]) -> Result<usize, StoreError> {
-        self.store().acknowledge(key, acks).await
-    }
-
-    /// See [`Store::release`].
-    pub async fn release(&self, key: &PlayerKey, session: SessionId) -> Result<(), StoreError> {
-        self.store().release(key, session).await
-    }
-
     /// See [`Store::player_context`].
     pub async fn player_context(&self, key: &PlayerKey) -> Result<PlayerContext, StoreError> {
         self.store().player_context(key).await

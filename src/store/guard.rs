@@ -26,6 +26,7 @@
 //!   [`StoreHealth::fatal`] fires, on which the server shuts down and exits non-zero; its next start
 //!   recovers from what is on disk (and, if the disk is still full, refuses writes until there is room).
 
+use std::any::Any;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
@@ -38,17 +39,17 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::catalog::{self, Applied, Catalog, Change, Entry};
+use super::queues::{Mode, Queues, Work};
 use super::{
-    Backlog, CancelOutcome, DefinitionHealth, DeliveryPage, DeliveryQuery, DuePostback,
-    EnqueueOutcome, Lane, LaneDue, PendingPixel, Purged, Store, StoreError, StoreStats, Verdict,
+    Backlog, CancelOutcome, DefinitionHealth, DeliveryPage, DeliveryQuery, DuePostback, Lane,
+    LaneDue, Store, StoreError, StoreStats, Verdict,
 };
 use crate::api_key::ApiKeyRecord;
 use crate::definition::Definition;
-use crate::delivery::{Ack, Attempt};
+use crate::delivery::Attempt;
 use crate::event::{Event, EventOutcome, PlayerContext};
-use crate::ids::{BrandId, DefinitionId, EventId, PixelId, PlayerId, PlayerKey, SessionId};
+use crate::ids::{BrandId, DefinitionId, EventId, PixelId, PlayerId, PlayerKey};
 use crate::metrics::Metrics;
-use crate::pixel::{NewPixel, QueuedPixel};
 
 /// How often the room is measured.
 const MEASURE_EVERY: Duration = Duration::from_millis(250);
@@ -268,16 +269,18 @@ enum Call {
 pub struct GuardedStore {
     engine: Arc<dyn Store>,
     catalog: Arc<dyn Catalog>,
+    queues: Arc<dyn Queues>,
     health: Arc<StoreHealth>,
     measure: Measure,
 }
 
 impl GuardedStore {
-    /// Guards `engine` and its `catalog`; `measure` tells their room. Measures once now, so the first
-    /// writes are checked.
+    /// Guards an engine's parts; `measure` tells their room. Measures once now, so the first writes
+    /// are checked.
     pub fn new(
         engine: Arc<dyn Store>,
         catalog: Arc<dyn Catalog>,
+        queues: Arc<dyn Queues>,
         options: GuardOptions,
         measure: Measure,
         metrics: Arc<Metrics>,
@@ -290,6 +293,7 @@ impl GuardedStore {
         GuardedStore {
             engine,
             catalog,
+            queues,
             health,
             measure,
         }
@@ -395,41 +399,35 @@ impl Catalog for GuardedStore {
 }
 
 #[async_trait]
+impl Queues for GuardedStore {
+    async fn transact(
+        &self,
+        keys: Vec<PlayerKey>,
+        mode: Mode,
+        work: Work,
+    ) -> Result<Box<dyn Any + Send>, StoreError> {
+        let call = if mode.grows { Call::Grows } else { Call::Other };
+        self.call(call, self.queues.transact(keys, mode, work))
+            .await
+    }
+
+    fn announce(&self, key: &PlayerKey) {
+        self.queues.announce(key)
+    }
+
+    fn surely_idle(&self, key: &PlayerKey) -> bool {
+        self.queues.surely_idle(key)
+    }
+}
+
+#[async_trait]
 impl Store for GuardedStore {
-    async fn enqueue(
+    async fn cancel_postback(
         &self,
         key: &PlayerKey,
-        pixels: Vec<NewPixel>,
-    ) -> Result<EnqueueOutcome, StoreError> {
-        self.call(Call::Grows, self.engine.enqueue(key, pixels))
-            .await
-    }
-
-    async fn pending(&self, key: &PlayerKey) -> Result<Vec<PendingPixel>, StoreError> {
-        self.call(Call::Other, self.engine.pending(key)).await
-    }
-
-    async fn cancel(&self, key: &PlayerKey, id: &PixelId) -> Result<CancelOutcome, StoreError> {
-        self.call(Call::Other, self.engine.cancel(key, id)).await
-    }
-
-    async fn lease(
-        &self,
-        key: &PlayerKey,
-        session: SessionId,
-        max_in_flight: usize,
-    ) -> Result<Vec<QueuedPixel>, StoreError> {
-        self.call(Call::Other, self.engine.lease(key, session, max_in_flight))
-            .await
-    }
-
-    async fn acknowledge(&self, key: &PlayerKey, acks: &[Ack]) -> Result<usize, StoreError> {
-        self.call(Call::Other, self.engine.acknowledge(key, acks))
-            .await
-    }
-
-    async fn release(&self, key: &PlayerKey, session: SessionId) -> Result<(), StoreError> {
-        self.call(Call::Other, self.engine.release(key, session))
+        id: &PixelId,
+    ) -> Result<CancelOutcome, StoreError> {
+        self.call(Call::Other, self.engine.cancel_postback(key, id))
             .await
     }
 
@@ -531,10 +529,6 @@ impl Store for GuardedStore {
             .await
     }
 
-    async fn purge(&self, key: &PlayerKey) -> Result<Purged, StoreError> {
-        self.call(Call::Other, self.engine.purge(key)).await
-    }
-
     async fn check_writable(&self) -> Result<(), StoreError> {
         self.call(Call::Grows, self.engine.check_writable()).await
     }
@@ -602,6 +596,7 @@ mod tests {
         let engine = Arc::new(engine);
         let guard = GuardedStore::new(
             engine.clone(),
+            engine.clone(),
             engine,
             options,
             measure,
@@ -619,7 +614,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (store, free, metrics) = guarded(&dir);
         let store = Arc::new(store);
-        let ledger = Ledger::new(store.clone(), store.clone(), crate::clock::system());
+        let engines = crate::ledger::Engines::one(store.clone());
+        let options = crate::ledger::Options::default();
+        let ledger = Ledger::new(engines, options, metrics.clone(), crate::clock::system());
         ledger
             .put_brand(&brand(), BrandSettings::default())
             .await
@@ -644,8 +641,8 @@ mod tests {
         );
         let key = PlayerKey::new(brand(), crate::ids::PlayerId::parse("p").unwrap());
         assert_eq!(
-            store.purge(&key).await.unwrap(),
-            Purged::default(),
+            ledger.purge(&key).await.unwrap(),
+            crate::store::Purged::default(),
             "deletes go on"
         );
         assert!(

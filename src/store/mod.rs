@@ -14,10 +14,10 @@ use tokio::sync::broadcast;
 
 use crate::definition::PostBody;
 pub use crate::delivery::PixelStatus;
-use crate::delivery::{Ack, Attempt, Delivery};
+use crate::delivery::{Attempt, Delivery};
 use crate::event::{Event, EventOutcome, PlayerContext};
-use crate::ids::{BrandId, DefinitionId, EventId, PixelId, PlayerId, PlayerKey, SessionId};
-use crate::pixel::{NewPixel, QueuedPixel};
+use crate::ids::{BrandId, DefinitionId, EventId, PixelId, PlayerId, PlayerKey};
+use crate::pixel::QueuedPixel;
 
 pub mod catalog;
 mod commit;
@@ -25,6 +25,7 @@ mod commit;
 pub mod contract;
 mod guard;
 pub mod memory;
+pub mod queues;
 mod sled;
 
 pub use self::guard::{GuardOptions, GuardedStore, Measure, Room, StoreHealth, Unhealthy};
@@ -478,44 +479,13 @@ impl StoreError {
 /// browser's fired-id memory turns that redelivery into an ack without a second fire.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
-    /// Appends pixels to a player's queue, all or nothing, and returns only once they are durable (fsync'd,
-    /// with concurrent callers sharing one flush). A pixel whose caller id already names a pixel of this
-    /// player (in any state, for as long as the id is remembered) is not queued again; its entry in the
-    /// answer says `duplicate`. Afterwards, sessions interested in the player are told through
-    /// [`Store::subscribe`]. Fails with [`StoreError::UnknownBrand`] when the brand does not exist.
-    ///
-    /// The player's queue is capped ([`QueueCap`]): a batch that would go over refuses with
-    /// [`StoreError::QueueFull`], or drops the oldest pending pixels no browser holds, listed in the answer.
-    async fn enqueue(
+    /// Cancels a postback while it waits in the outbox (not while an attempt runs). Durable when it
+    /// returns. Client pixels are the ledger's ([`crate::ledger::Ledger::cancel`]).
+    async fn cancel_postback(
         &self,
         key: &PlayerKey,
-        pixels: Vec<NewPixel>,
-    ) -> Result<EnqueueOutcome, StoreError>;
-
-    /// The player's pending pixels in queue order; expired ones are left out.
-    async fn pending(&self, key: &PlayerKey) -> Result<Vec<PendingPixel>, StoreError>;
-
-    /// Cancels one pending pixel that no connection holds in flight. Durable when it returns.
-    async fn cancel(&self, key: &PlayerKey, id: &PixelId) -> Result<CancelOutcome, StoreError>;
-
-    /// Takes (or keeps) the player's lease for `session` and returns the next pixels to send: those after
-    /// the ones it already has in flight, in queue order, so that at most `max_in_flight` are unacknowledged.
-    /// Returns nothing when another session holds the lease. Expired pixels met on the way are dropped.
-    async fn lease(
-        &self,
-        key: &PlayerKey,
-        session: SessionId,
-        max_in_flight: usize,
-    ) -> Result<Vec<QueuedPixel>, StoreError>;
-
-    /// [`Store::ack`] with what the browser said of each pixel: one it reports as failed is removed too
-    /// (never fired again: its request may have reached the affiliate) and recorded `failed`, with the
-    /// browser's reason and message; a note on a fired one (Meta's image fallback) is kept on its row.
-    async fn acknowledge(&self, key: &PlayerKey, acks: &[Ack]) -> Result<usize, StoreError>;
-
-    /// Gives up `session`'s lease on the player's queue, if it holds it. Unacknowledged pixels become
-    /// deliverable again, and if any pixel is pending, sessions are told through [`Store::subscribe`].
-    async fn release(&self, key: &PlayerKey, session: SessionId) -> Result<(), StoreError>;
+        id: &PixelId,
+    ) -> Result<CancelOutcome, StoreError>;
 
     /// What the hub remembers of a player between events (empty for a player never seen).
     async fn player_context(&self, key: &PlayerKey) -> Result<PlayerContext, StoreError>;
@@ -604,9 +574,6 @@ pub trait Store: Send + Sync + 'static {
         brand: Option<&BrandId>,
         limit: usize,
     ) -> Result<Vec<Backlog>, StoreError>;
-
-    /// Cancels every pending client pixel of the player that no browser holds; durable when it returns.
-    async fn purge(&self, key: &PlayerKey) -> Result<Purged, StoreError>;
 
     /// Writes and flushes a probe: the readiness check, failing when the store cannot take writes.
     async fn check_writable(&self) -> Result<(), StoreError>;

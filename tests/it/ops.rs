@@ -69,7 +69,9 @@ async fn metrics_tell_the_same_story_as_the_api_and_name_no_player() {
     let sent = ws.delivered().await;
     ws.ack(&sent).await;
     app.wait_until_drained("player-three").await;
-    let _online = app.session("player-one").await;
+    let mut online = app.session("player-one").await;
+    // Delivered (and counted) after the welcome: the scrape waits for it.
+    assert_eq!(online.delivered().await.len(), 2);
 
     let text = scrape(&app).await;
     let stats = app.get_json("/api/v1/stats").await;

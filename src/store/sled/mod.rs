@@ -55,28 +55,29 @@ use std::time::Duration;
 use ::sled::{Batch, Db, IVec, Tree};
 use async_trait::async_trait;
 use dashmap::DashMap;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use tokio::sync::{Notify, broadcast};
 use tokio_util::sync::CancellationToken;
 
 mod catalog;
 mod keys;
+mod queues;
 
 use super::commit::GroupCommit;
 use super::{
     Backlog, BrandQueue, CancelOutcome, Cursor, DefinitionHealth, DeliveryPage, DeliveryQuery,
-    DuePostback, EnqueueOutcome, Enqueued, Lane, LaneDue, OnFull, PendingPixel, PixelStatus,
-    Purged, QueueCap, Quota, Quotas, Store, StoreError, StoreStats, Verdict,
+    DuePostback, Lane, LaneDue, OnFull, PixelStatus, QueueCap, Quota, Quotas, Store, StoreError,
+    StoreStats, Verdict,
 };
 use crate::brand::{Brand, BrandSecret, SecretKind};
 use crate::clock::SharedClock;
 use crate::definition::Definition;
-use crate::definition::PostBody;
-use crate::delivery::{Ack, Attempt, Delivery, Target};
+use crate::delivery::{Attempt, Delivery, Target};
 use crate::event::{self, Event, EventOutcome, NewPostback, PlayerContext};
-use crate::ids::{BrandId, DefinitionId, EventId, PixelId, PlayerId, PlayerKey, SessionId};
+use crate::ids::{BrandId, DefinitionId, EventId, PixelId, PlayerId, PlayerKey};
 use crate::metrics::{Metrics, PixelEvent, Upkeep};
 use crate::pixel::{NewPixel, QueuedPixel};
+use crate::store::queues::{Lease, Record};
 
 /// Milliseconds in a day: the unit of the events quota (UTC days).
 const DAY_MS: u64 = 24 * 3600 * 1000;
@@ -168,13 +169,6 @@ struct Inner {
     sweeper: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
-/// Which session holds a player's queue, and which queue entries it has been sent but not acknowledged.
-struct Lease {
-    session: SessionId,
-    /// Sequence numbers in flight; never more than the session's window, so a Vec beats a set.
-    in_flight: Vec<u64>,
-}
-
 /// What an event batch adds, against the brand's quotas.
 struct Usage {
     /// New (not duplicate) events.
@@ -183,17 +177,6 @@ struct Usage {
     players: u64,
     /// Postbacks put in the outbox.
     postbacks: u64,
-}
-
-/// What is kept under a pixel's or postback's id: its delivery record, and what the store needs besides.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-struct Record {
-    /// Client pixels: the queue position. Postbacks: a unique number, so stale `x` entries are told apart.
-    seq: u64,
-    /// Postbacks sent as `POST`: the body.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    post: Option<PostBody>,
-    delivery: Delivery,
 }
 
 /// A batch of changes and what it does to queues, applied together by [`Inner::apply`]: the pending
@@ -1156,108 +1139,11 @@ fn json<T: Serialize>(value: &T) -> Vec<u8> {
 
 #[async_trait]
 impl Store for SledStore {
-    async fn enqueue(
+    async fn cancel_postback(
         &self,
         key: &PlayerKey,
-        pixels: Vec<NewPixel>,
-    ) -> Result<EnqueueOutcome, StoreError> {
-        let inner = &self.inner;
-        let owned = key.clone();
-        let (answers, dropped, range) = self
-            .blocking(move |inner| {
-                inner.check_open()?;
-                let key = &owned;
-                let _guard = lock(inner.stripe(key));
-                inner.brand_exists(&key.brand)?;
-                let now = inner.clock.now_ms();
-                let mut batch = Changes::default();
-                let mut answers: Vec<Enqueued> = Vec::with_capacity(pixels.len());
-                let mut seen_in_batch: HashMap<PixelId, usize> = HashMap::new();
-                let mut added = 0u64;
-                // The batch's first and last sequence numbers; `None` when every pixel was a duplicate.
-                let mut range: Option<(u64, u64)> = None;
-                for pixel in pixels {
-                    if let Some(id) = &pixel.id {
-                        if let Some(&first) = seen_in_batch.get(id) {
-                            answers.push(Enqueued {
-                                duplicate: true,
-                                ..answers[first].clone()
-                            });
-                            continue;
-                        }
-                        if let Some(rec) = inner.record(key, id)? {
-                            seen_in_batch.insert(id.clone(), answers.len());
-                            answers.push(Enqueued {
-                                id: id.clone(),
-                                status: rec.delivery.status,
-                                duplicate: true,
-                            });
-                            continue;
-                        }
-                    }
-                    let id = pixel.id.clone().unwrap_or_else(PixelId::generate);
-                    let (seq, _) = inner.stage_pixel(&mut batch, key, &id, pixel, now)?;
-                    range = Some((range.map_or(seq, |r| r.0), seq));
-                    seen_in_batch.insert(id.clone(), answers.len());
-                    answers.push(Enqueued {
-                        id,
-                        status: PixelStatus::Queued,
-                        duplicate: false,
-                    });
-                    added += 1;
-                }
-                let dropped = inner.make_room(&mut batch, key, added, now)?;
-                inner.apply(batch)?;
-                if let Some(range) = range {
-                    inner.unflushed.entry(key.clone()).or_default().push(range);
-                }
-                Ok((answers, dropped, range))
-            })
-            .await?;
-        let flushed = inner.commit.wait().await;
-        if let Some(range) = range {
-            inner.flushed(key, range);
-        }
-        flushed?;
-        if range.is_some() {
-            // No receiver is fine: nobody online for now, the pixels wait.
-            let _ = inner.announce.send(key.clone());
-        }
-        if !dropped.is_empty() {
-            tracing::info!(player = %key.player, dropped = dropped.len(), "queue cap reached: oldest pixels dropped");
-        }
-        Ok(EnqueueOutcome {
-            pixels: answers,
-            dropped,
-        })
-    }
-
-    async fn pending(&self, key: &PlayerKey) -> Result<Vec<PendingPixel>, StoreError> {
-        let key = key.clone();
-        self.blocking(move |inner| {
-            let key = &key;
-            let now = inner.clock.now_ms();
-            let mut out = Vec::new();
-            for entry in inner.data.scan_prefix(keys::queue_prefix(key)) {
-                let (k, v) = entry.map_err(backend)?;
-                let pixel: QueuedPixel = serde_json::from_slice(&v).map_err(backend)?;
-                if pixel.expires_at_ms <= now {
-                    continue;
-                }
-                let seq = keys::parse_queue(&k)
-                    .map(|(_, seq)| seq)
-                    .ok_or_else(|| StoreError::corrupt("corrupt queue key"))?;
-                out.push(PendingPixel {
-                    in_flight: inner.in_flight(key, seq),
-                    pixel,
-                });
-            }
-            Ok(out)
-        })
-        .await
-    }
-
-    async fn cancel(&self, key: &PlayerKey, id: &PixelId) -> Result<CancelOutcome, StoreError> {
+        id: &PixelId,
+    ) -> Result<CancelOutcome, StoreError> {
         let (key, id) = (key.clone(), id.clone());
         let outcome = self
             .blocking(move |inner| {
@@ -1271,36 +1157,23 @@ impl Store for SledStore {
                     if !rec.delivery.status.is_pending() {
                         break 'locked CancelOutcome::AlreadyFinal(rec.delivery.status);
                     }
+                    if rec.is_client_pixel() {
+                        return Err(StoreError::corrupt("a client pixel is not a postback"));
+                    }
                     let now = inner.clock.now_ms();
                     let mut batch = Changes::default();
-                    let Some(expires_at_ms) = rec.delivery.expires_at_ms else {
-                        // A postback: cancellable while it waits in the outbox, not while an attempt runs (its
-                        // outbox entry is then at the end of the claim, not at its next attempt).
-                        let lane =
-                            Lane::of(&key.brand, rec.delivery.final_url.as_deref().unwrap_or(""));
-                        match rec.delivery.next_attempt_at_ms {
-                            Some(due) if inner.scheduled(&lane, due, key, id)? => {
-                                batch.unschedule(&lane, due, key, id);
-                            }
-                            _ => break 'locked CancelOutcome::InFlight,
+                    // Cancellable while it waits in the outbox, not while an attempt runs (its outbox
+                    // entry is then at the end of the claim, not at its next attempt).
+                    let lane =
+                        Lane::of(&key.brand, rec.delivery.final_url.as_deref().unwrap_or(""));
+                    match rec.delivery.next_attempt_at_ms {
+                        Some(due) if inner.scheduled(&lane, due, key, id)? => {
+                            batch.unschedule(&lane, due, key, id);
                         }
-                        inner.finalize(&mut batch, key, rec, PixelStatus::Cancelled, now);
-                        inner.apply(batch)?;
-                        break 'locked CancelOutcome::Cancelled;
-                    };
-                    if inner.in_flight(key, rec.seq) {
-                        break 'locked CancelOutcome::InFlight;
+                        _ => break 'locked CancelOutcome::InFlight,
                     }
-                    let status = if expires_at_ms <= now {
-                        PixelStatus::Expired
-                    } else {
-                        PixelStatus::Cancelled
-                    };
-                    inner.finalize(&mut batch, key, rec, status, now);
+                    inner.finalize(&mut batch, key, rec, PixelStatus::Cancelled, now);
                     inner.apply(batch)?;
-                    if status == PixelStatus::Expired {
-                        break 'locked CancelOutcome::AlreadyFinal(PixelStatus::Expired);
-                    }
                     CancelOutcome::Cancelled
                 })
             })
@@ -1308,174 +1181,6 @@ impl Store for SledStore {
         // Also when nothing changed here: the state we report may be another call's unflushed write.
         self.inner.commit.wait().await?;
         Ok(outcome)
-    }
-
-    async fn lease(
-        &self,
-        key: &PlayerKey,
-        session: SessionId,
-        max_in_flight: usize,
-    ) -> Result<Vec<QueuedPixel>, StoreError> {
-        // Nothing pending in the whole brand and no lease held: nothing to lease or expire, and no store
-        // work. This is what a heartbeat of an idle session finds, thousands of times a second on a busy
-        // hub. Exact: the depth counts a batch (under its stripe) before its flush, and its pixels become
-        // leasable only after that, when its enqueue announces them.
-        if self
-            .inner
-            .depth
-            .get(&key.brand)
-            .is_none_or(|depth| *depth == 0)
-            && !self.inner.leases.contains_key(key)
-        {
-            self.inner.check_open()?;
-            return Ok(Vec::new());
-        }
-        let key = key.clone();
-        self.blocking(move |inner| {
-            inner.check_open()?;
-            let key = &key;
-            let _guard = lock(inner.stripe(key));
-            let held: Vec<u64> = match inner.leases.get(key) {
-                Some(lease) if lease.session != session => return Ok(Vec::new()),
-                Some(lease) => lease.in_flight.clone(),
-                None => Vec::new(),
-            };
-            if held.len() >= max_in_flight {
-                return Ok(Vec::new());
-            }
-            let barrier = inner
-                .unflushed
-                .get(key)
-                .and_then(|r| r.iter().map(|r| r.0).min());
-            let now = inner.clock.now_ms();
-            let mut batch = Changes::default();
-            let mut out = Vec::new();
-            let mut seqs = Vec::new();
-            for entry in inner.data.scan_prefix(keys::queue_prefix(key)) {
-                let (k, v) = entry.map_err(backend)?;
-                let seq = keys::parse_queue(&k)
-                    .map(|(_, seq)| seq)
-                    .ok_or_else(|| StoreError::corrupt("corrupt queue key"))?;
-                if barrier.is_some_and(|first_unflushed| seq >= first_unflushed) {
-                    break; // not durable yet; its enqueue announces it once it is
-                }
-                if held.contains(&seq) {
-                    continue;
-                }
-                let pixel: QueuedPixel = serde_json::from_slice(&v).map_err(backend)?;
-                let mut rec = inner
-                    .record(key, &pixel.id)?
-                    .ok_or_else(|| StoreError::corrupt("a queued pixel without its record"))?;
-                if pixel.expires_at_ms <= now {
-                    inner.finalize(&mut batch, key, rec, PixelStatus::Expired, now);
-                    continue;
-                }
-                let again = rec.delivery.sent_at_ms.is_some();
-                let event = if again {
-                    PixelEvent::Redelivered
-                } else {
-                    PixelEvent::Delivered
-                };
-                batch.count(&key.brand, &rec.delivery.kind, event);
-                rec.delivery.note_sent(now);
-                batch.insert(keys::index(key, &pixel.id), json(&rec));
-                seqs.push(seq);
-                out.push(pixel);
-                if held.len() + out.len() >= max_in_flight {
-                    break;
-                }
-            }
-            if batch.expired > 0 || !out.is_empty() {
-                // Not waited on: losing this write in a crash only loses a report timestamp, or means the
-                // pixels are found expired again.
-                inner.apply(batch)?;
-            }
-            if !out.is_empty() {
-                inner
-                    .leases
-                    .entry(key.clone())
-                    .or_insert_with(|| Lease {
-                        session,
-                        in_flight: Vec::new(),
-                    })
-                    .in_flight
-                    .extend(seqs);
-            }
-            Ok(out)
-        })
-        .await
-    }
-
-    async fn acknowledge(&self, key: &PlayerKey, acks: &[Ack]) -> Result<usize, StoreError> {
-        let (key, acks) = (key.clone(), acks.to_vec());
-        let removed = self
-            .blocking(move |inner| {
-                inner.check_open()?;
-                let key = &key;
-                let _guard = lock(inner.stripe(key));
-                let now = inner.clock.now_ms();
-                let mut batch = Changes::default();
-                let mut removed_seqs = Vec::new();
-                let mut reports = Vec::new();
-                let mut distinct: Vec<&Ack> = acks.iter().collect();
-                distinct.sort_by(|a, b| a.id.cmp(&b.id));
-                distinct.dedup_by(|a, b| a.id == b.id);
-                for ack in distinct {
-                    if let Some(mut rec) = inner.record(key, &ack.id)? {
-                        // Only client pixels: a browser cannot acknowledge a postback.
-                        if rec.delivery.status.is_pending() && rec.delivery.expires_at_ms.is_some()
-                        {
-                            removed_seqs.push(rec.seq);
-                            if let Some(report) = &ack.report {
-                                rec.delivery.reason = Some(report.reason.clone());
-                                rec.delivery.error.clone_from(&report.message);
-                                reports.push((rec.delivery.kind.clone(), report.clone()));
-                            }
-                            inner.finalize(&mut batch, key, rec, ack.status(), now);
-                        }
-                    }
-                }
-                if removed_seqs.is_empty() {
-                    return Ok(0);
-                }
-                inner.apply(batch)?;
-                for (kind, report) in &reports {
-                    inner.metrics.browser_report(&key.brand, kind, report);
-                }
-                if let Some(mut lease) = inner.leases.get_mut(key) {
-                    lease.in_flight.retain(|seq| !removed_seqs.contains(seq));
-                }
-                Ok(removed_seqs.len())
-            })
-            .await?;
-        if removed > 0 {
-            self.inner.commit.wait().await?;
-        }
-        Ok(removed)
-    }
-
-    async fn release(&self, key: &PlayerKey, session: SessionId) -> Result<(), StoreError> {
-        let key = key.clone();
-        self.blocking(move |inner| {
-            let key = &key;
-            let _guard = lock(inner.stripe(key));
-            if inner
-                .leases
-                .remove_if(key, |_, lease| lease.session == session)
-                .is_some()
-            {
-                let pending = inner
-                    .data
-                    .scan_prefix(keys::queue_prefix(key))
-                    .next()
-                    .is_some();
-                if pending {
-                    let _ = inner.announce.send(key.clone());
-                }
-            }
-            Ok(())
-        })
-        .await
     }
 
     async fn player_context(&self, key: &PlayerKey) -> Result<PlayerContext, StoreError> {
@@ -1736,42 +1441,6 @@ impl Store for SledStore {
             inner.backlogs(brand, limit)
         })
         .await
-    }
-
-    async fn purge(&self, key: &PlayerKey) -> Result<Purged, StoreError> {
-        let key = key.clone();
-        let purged = self
-            .blocking(move |inner| {
-                inner.check_open()?;
-                let key = &key;
-                let _guard = lock(inner.stripe(key));
-                inner.brand_exists(&key.brand)?;
-                let now = inner.clock.now_ms();
-                let mut batch = Changes::default();
-                let mut purged = Purged::default();
-                for entry in inner.queue_entries(key) {
-                    let (seq, pixel) = entry?;
-                    if inner.in_flight(key, seq) {
-                        purged.in_flight += 1;
-                        continue;
-                    }
-                    let rec = inner
-                        .record(key, &pixel.id)?
-                        .ok_or_else(|| StoreError::corrupt("a queued pixel without its record"))?;
-                    let status = if pixel.expires_at_ms <= now {
-                        PixelStatus::Expired
-                    } else {
-                        purged.cancelled += 1;
-                        PixelStatus::Cancelled
-                    };
-                    inner.finalize(&mut batch, key, rec, status, now);
-                }
-                inner.apply(batch)?;
-                Ok(purged)
-            })
-            .await?;
-        self.inner.commit.wait().await?;
-        Ok(purged)
     }
 
     async fn check_writable(&self) -> Result<(), StoreError> {
@@ -2083,6 +1752,7 @@ mod tests {
     use super::*;
     use crate::brand::BrandSettings;
     use crate::clock::{Clock, ManualClock};
+    use crate::ids::SessionId;
     use crate::ledger::Ledger;
     use crate::store::DeliveryQuery;
     use crate::store::contract::rules as contract;
@@ -2128,8 +1798,7 @@ mod tests {
         async fn open(&self) -> Ledger {
             let options = options(&self.clock);
             let store = SledStore::open(self.dir.path(), options).expect("the store opens");
-            let engine = Arc::new(store);
-            Ledger::new(engine.clone(), engine, self.clock.clone())
+            ledger(&store)
         }
 
         fn clock(&self) -> &ManualClock {
@@ -2191,7 +1860,20 @@ mod tests {
     /// The rules over `store` alone, as the hub runs them.
     fn ledger(store: &SledStore) -> Ledger {
         let engine = Arc::new(store.clone());
-        Ledger::new(engine.clone(), engine, crate::clock::system())
+        let inner = &store.inner;
+        let options = crate::ledger::Options {
+            default_ttl: Duration::from_millis(inner.default_ttl_ms),
+            retention: Duration::from_millis(inner.retention_ms),
+            queue_cap: inner.queue_cap,
+            lease_ttl: Duration::from_secs(60),
+        };
+        let engines = crate::ledger::Engines::one(engine);
+        Ledger::new(
+            engines,
+            options,
+            Arc::clone(&inner.metrics),
+            Arc::clone(&inner.clock),
+        )
     }
 
     async fn with_brand(store: &SledStore) -> PlayerKey {
@@ -2240,20 +1922,23 @@ mod tests {
         let metrics = Arc::new(Metrics::new());
         let store = open_capped(&harness, 3, OnFull::DropOldest, Arc::clone(&metrics));
         let key = with_brand(&store).await;
-        store
+        ledger(&store)
             .enqueue(&key, vec![js("a", None), js("b", None), js("c", None)])
             .await
             .unwrap();
-        let held = store.lease(&key, SessionId::generate(), 1).await.unwrap();
+        let held = ledger(&store)
+            .lease(&key, SessionId::generate(), 1)
+            .await
+            .unwrap();
         assert_eq!(held[0].id.as_str(), "a");
 
-        let outcome = store
+        let outcome = ledger(&store)
             .enqueue(&key, vec![js("d", None), js("e", None)])
             .await
             .unwrap();
         let dropped: Vec<&str> = outcome.dropped.iter().map(PixelId::as_str).collect();
         assert_eq!(dropped, ["b", "c"], "the oldest not in flight");
-        let pending: Vec<String> = store
+        let pending: Vec<String> = ledger(&store)
             .pending(&key)
             .await
             .unwrap()
@@ -2278,7 +1963,7 @@ mod tests {
         );
 
         // Only "a" is held: two more cannot fit, one can.
-        let err = store
+        let err = ledger(&store)
             .enqueue(
                 &key,
                 vec![js("f", None), js("g", None), js("h", None), js("i", None)],
@@ -2287,11 +1972,14 @@ mod tests {
             .unwrap_err();
         assert!(matches!(err, StoreError::QueueFull { .. }), "{err:?}");
         assert_eq!(
-            store.pending(&key).await.unwrap().len(),
+            ledger(&store).pending(&key).await.unwrap().len(),
             3,
             "nothing written"
         );
-        let outcome = store.enqueue(&key, vec![js("f", None)]).await.unwrap();
+        let outcome = ledger(&store)
+            .enqueue(&key, vec![js("f", None)])
+            .await
+            .unwrap();
         assert_eq!(outcome.dropped, [PixelId::parse("d").unwrap()]);
         store.close().await.unwrap();
     }
@@ -2302,16 +1990,16 @@ mod tests {
         let store = open(&harness);
         let key = with_brand(&store).await;
         let three = || vec![js("a", None), js("b", None), js("c", None)];
-        store.enqueue(&key, three()).await.unwrap();
+        ledger(&store).enqueue(&key, three()).await.unwrap();
         store.close().await.unwrap();
         drop(store);
 
         for on_full in [OnFull::Reject, OnFull::DropOldest] {
             let store = open_capped(&harness, 2, on_full, Arc::new(Metrics::new()));
-            let again = store.enqueue(&key, three()).await.unwrap();
+            let again = ledger(&store).enqueue(&key, three()).await.unwrap();
             assert!(again.pixels.iter().all(|p| p.duplicate), "{on_full:?}");
             assert!(again.dropped.is_empty(), "{on_full:?}");
-            assert_eq!(store.pending(&key).await.unwrap().len(), 3);
+            assert_eq!(ledger(&store).pending(&key).await.unwrap().len(), 3);
             store.close().await.unwrap();
         }
     }
@@ -2321,7 +2009,7 @@ mod tests {
         let harness = SledHarness::new();
         let store = open(&harness);
         let key = with_brand(&store).await;
-        store
+        ledger(&store)
             .enqueue(&key, vec![js("a", None), js("b", None)])
             .await
             .unwrap();
@@ -2422,7 +2110,7 @@ mod tests {
             .await
             .unwrap();
         let key = PlayerKey::new(brand, PlayerId::parse_stored(".").unwrap());
-        store
+        ledger(&store)
             .enqueue(&key, vec![js("a", Some(60)), js("b", None)])
             .await
             .unwrap();
@@ -2430,14 +2118,14 @@ mod tests {
         drop(store);
 
         let store = open(&harness);
-        assert_eq!(store.pending(&key).await.unwrap().len(), 2);
+        assert_eq!(ledger(&store).pending(&key).await.unwrap().len(), 2);
         assert_eq!(
             store.stats().await.unwrap().brands[&key.brand].queue_depth,
             2
         );
         store.sweep(harness.now_ms() + 61_000).unwrap();
         assert_eq!(
-            store.pending(&key).await.unwrap().len(),
+            ledger(&store).pending(&key).await.unwrap().len(),
             1,
             "expired as usual"
         );
@@ -2448,7 +2136,7 @@ mod tests {
         let harness = SledHarness::new();
         let store = open(&harness);
         let key = with_brand(&store).await;
-        store
+        ledger(&store)
             .enqueue(&key, vec![js("a", None), js("b", None)])
             .await
             .unwrap();
@@ -2467,7 +2155,7 @@ mod tests {
             .or_default()
             .push((seq_b, seq_b));
         let session = SessionId::generate();
-        let first = store.lease(&key, session, 10).await.unwrap();
+        let first = ledger(&store).lease(&key, session, 10).await.unwrap();
         assert_eq!(
             first.iter().map(|p| p.id.as_str()).collect::<Vec<_>>(),
             ["a"],
@@ -2475,7 +2163,7 @@ mod tests {
         );
 
         store.inner.flushed(&key, (seq_b, seq_b));
-        let rest = store.lease(&key, session, 10).await.unwrap();
+        let rest = ledger(&store).lease(&key, session, 10).await.unwrap();
         assert_eq!(
             rest.iter().map(|p| p.id.as_str()).collect::<Vec<_>>(),
             ["b"]
@@ -2487,7 +2175,7 @@ mod tests {
         let harness = SledHarness::new();
         let store = open(&harness);
         let key = with_brand(&store).await;
-        store
+        ledger(&store)
             .enqueue(&key, vec![js("short", Some(60)), js("fired", None)])
             .await
             .unwrap();
@@ -2501,7 +2189,7 @@ mod tests {
         store.sweep(now + 61_000).unwrap();
         let stats = store.stats().await.unwrap();
         assert_eq!((stats.queue_depth, stats.expired_total), (0, 1));
-        let again = store
+        let again = ledger(&store)
             .enqueue(&key, vec![js("short", None), js("fired", None)])
             .await
             .unwrap()
@@ -2514,7 +2202,7 @@ mod tests {
         store
             .sweep(now + 61_000 + RETENTION.as_millis() as u64)
             .unwrap();
-        let later = store
+        let later = ledger(&store)
             .enqueue(&key, vec![js("short", None), js("fired", None)])
             .await
             .unwrap()
@@ -2604,7 +2292,9 @@ mod tests {
                     body: crate::pixel::PixelBody::Js { code: "1".into() },
                     origin: None,
                 };
-                tokio::spawn(async move { store.enqueue(&key, vec![pixel]).await.unwrap() })
+                tokio::spawn(
+                    async move { ledger(&store).enqueue(&key, vec![pixel]).await.unwrap() },
+                )
             })
             .collect();
         for w in writers {

@@ -1,0 +1,192 @@
+//! The hot half of an engine: per-player queues, the record of every pixel and postback, and the
+//! per-player delivery lease.
+//!
+//! The ledger decides; the engine runs the ledger's decision as one transaction over the players it
+//! names ([`Queues::transact`]): the work reads through [`Tx`] and stages typed writes ([`Write`]),
+//! which the engine applies all together, with every index that follows from them (queue order, pending
+//! counts, backlog ranking, expiry and age), and makes durable. The work is a pure function of what it
+//! reads, so an engine with optimistic transactions may run it again on a conflict; an engine that
+//! locks runs it once.
+
+use std::any::Any;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+use super::StoreError;
+use crate::definition::PostBody;
+use crate::delivery::Delivery;
+use crate::ids::{PixelId, PlayerKey, SessionId};
+use crate::pixel::QueuedPixel;
+
+/// What is kept under a pixel's or postback's id: its delivery record, and what the engine needs to find
+/// its other entries.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Record {
+    /// Client pixels: the queue position. Postbacks: a unique number, so stale index entries are told
+    /// apart.
+    pub seq: u64,
+    /// Postbacks sent as `POST`: the body.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub post: Option<PostBody>,
+    /// The report's row.
+    pub delivery: Delivery,
+}
+
+impl Record {
+    /// Whether it is a client pixel (in a player's queue) rather than a postback: only pixels expire.
+    pub fn is_client_pixel(&self) -> bool {
+        self.delivery.expires_at_ms.is_some()
+    }
+}
+
+/// Which session holds a player's queue, until when, and what it was sent and has not acknowledged.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Lease {
+    /// The holder.
+    pub session: SessionId,
+    /// Grows by one at each new holder of the player's queue: a write that carries an older token comes
+    /// from a holder that lost the lease.
+    pub token: u64,
+    /// Unix milliseconds after which the lease is no one's unless renewed: a holder that died (its process
+    /// with it) frees the queue by itself.
+    pub expires_at_ms: u64,
+    /// Sequence numbers of the pixels sent to the holder and not acknowledged; never more than its
+    /// window.
+    pub in_flight: Vec<u64>,
+}
+
+/// One change a transaction stages; the engine applies them in order, atomically, with their indexes.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Write {
+    /// A new client pixel at the end of its player's queue (its sequence number from
+    /// [`Tx::next_seq`]), with its record, due to expire at its `expires_at_ms`.
+    AddPixel {
+        /// Whose.
+        key: PlayerKey,
+        /// The queue entry.
+        pixel: QueuedPixel,
+        /// Its record (`seq` as the queue entry's).
+        record: Record,
+    },
+    /// A record changed in place (a pixel sent, a note from the browser): its indexes stay.
+    UpdateRecord {
+        /// Whose.
+        key: PlayerKey,
+        /// The record, as it is now.
+        record: Record,
+    },
+    /// A pending pixel or postback became final: a client pixel leaves its player's queue and its
+    /// expiry; the record stays, to be forgotten at `forget_at_ms`.
+    Finalize {
+        /// Whose.
+        key: PlayerKey,
+        /// The record, final.
+        record: Record,
+        /// When it may be forgotten.
+        forget_at_ms: u64,
+    },
+    /// The player's lease, or none.
+    PutLease {
+        /// Whose queue.
+        key: PlayerKey,
+        /// The lease; `None` frees the queue.
+        lease: Option<Lease>,
+    },
+}
+
+/// What a transaction's work reads and writes through. Reads see the state as it was when the
+/// transaction began (not its own staged writes).
+pub trait Tx: Send {
+    /// A number above every one this engine gave before: new queue positions and record numbers.
+    fn next_seq(&mut self) -> Result<u64, StoreError>;
+
+    /// The record under a pixel's or postback's id.
+    fn record(&mut self, key: &PlayerKey, id: &PixelId) -> Result<Option<Record>, StoreError>;
+
+    /// How many client pixels the player has pending.
+    fn pending_count(&mut self, key: &PlayerKey) -> Result<u64, StoreError>;
+
+    /// Up to `limit` entries of the player's queue after position `after` (from its head for `None`),
+    /// in order: each one's sequence number and pixel.
+    fn queue(
+        &mut self,
+        key: &PlayerKey,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<(u64, QueuedPixel)>, StoreError>;
+
+    /// The first queue position of the player that is not durable yet (another transaction's, waiting
+    /// for its flush), if any: nothing from there on may be delivered, since a crash could erase it.
+    fn undurable_from(&mut self, key: &PlayerKey) -> Option<u64>;
+
+    /// The player's lease, if one was ever taken and not freed (it may have expired: the ledger judges).
+    fn lease(&mut self, key: &PlayerKey) -> Result<Option<Lease>, StoreError>;
+
+    /// Stages a write.
+    fn write(&mut self, write: Write);
+}
+
+/// What a transaction does, as the engine and its guard need to know it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Mode {
+    /// When its writes must be durable.
+    pub durability: Durability,
+    /// Whether it may grow the store (new pixels): refused while the disk is under its free-space
+    /// floor, when acks, cancels and leases still go on.
+    pub grows: bool,
+}
+
+impl Mode {
+    /// Durable on return, may grow the store: queueing.
+    pub const GROW: Mode = Mode {
+        durability: Durability::Wait,
+        grows: true,
+    };
+    /// Durable on return, never grows the store (beyond a record's status): acks, cancels.
+    pub const SETTLE: Mode = Mode {
+        durability: Durability::Wait,
+        grows: false,
+    };
+    /// Flushed whenever the engine next flushes: leases, delivery stamps, reads.
+    pub const LAZY: Mode = Mode {
+        durability: Durability::Lazy,
+        grows: false,
+    };
+}
+
+/// When a transaction's writes must be durable.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Durability {
+    /// Before `transact` returns (fsync'd, with concurrent transactions sharing the flush).
+    Wait,
+    /// Whenever the engine next flushes: for writes whose loss in a crash costs a report timestamp,
+    /// never a pixel.
+    Lazy,
+}
+
+/// A transaction's work, boxed so the trait can be a trait object; [`crate::ledger`] wraps and unwraps
+/// its typed result.
+pub type Work = Box<dyn FnMut(&mut dyn Tx) -> Result<Box<dyn Any + Send>, StoreError> + Send>;
+
+/// The queue half of an engine.
+#[async_trait]
+pub trait Queues: Send + Sync + 'static {
+    /// Runs `work` as one transaction over the players in `keys` (their state cannot change under it)
+    /// and applies what it staged, all or nothing; returns what it returned once the writes are durable
+    /// as `mode` says. An error from `work` writes nothing.
+    async fn transact(
+        &self,
+        keys: Vec<PlayerKey>,
+        mode: Mode,
+        work: Work,
+    ) -> Result<Box<dyn Any + Send>, StoreError>;
+
+    /// Tells every handle (every hub process) that the player's queue may have something deliverable.
+    fn announce(&self, key: &PlayerKey);
+
+    /// Whether the engine knows, from memory alone, that the player can have nothing to lease: no pixel
+    /// pending in the whole brand, and no lease held. What an idle session's heartbeat asks thousands of
+    /// times a second; `false` when unsure, and once the engine is closed (so the caller hears it).
+    fn surely_idle(&self, key: &PlayerKey) -> bool;
+}

@@ -1,0 +1,189 @@
+//! The embedded engine's queue transactions: the ledger's work runs under the stripe locks of the
+//! players it names, reads the `data` tree, and its typed writes become one sled batch with every index
+//! they imply (`q` queue, `x` expiry, `p` pending by age, `i` record, `r` report, `n`/`k` counts), applied
+//! by [`Inner::apply`]. Leases live in memory (a restart frees them, which is what a lease's end does).
+
+use std::any::Any;
+use std::collections::HashMap;
+
+use async_trait::async_trait;
+
+use super::{Changes, Inner, SledStore, backend, json, keys, lock};
+use crate::ids::{PixelId, PlayerKey};
+use crate::pixel::QueuedPixel;
+use crate::store::queues::{Durability, Lease, Mode, Queues, Record, Tx, Work, Write};
+use crate::store::{PixelStatus, StoreError};
+
+/// A transaction in progress: what it staged, and the queue positions it adds per player (a delivery
+/// barrier until they are flushed).
+struct SledTx<'a> {
+    inner: &'a Inner,
+    changes: Changes,
+    leases: Vec<(PlayerKey, Option<Lease>)>,
+    added: HashMap<PlayerKey, (u64, u64)>,
+}
+
+impl Tx for SledTx<'_> {
+    fn next_seq(&mut self) -> Result<u64, StoreError> {
+        self.inner.db.generate_id().map_err(backend)
+    }
+
+    fn record(&mut self, key: &PlayerKey, id: &PixelId) -> Result<Option<Record>, StoreError> {
+        self.inner.record(key, id)
+    }
+
+    fn pending_count(&mut self, key: &PlayerKey) -> Result<u64, StoreError> {
+        self.inner.pending_count(key)
+    }
+
+    fn queue(
+        &mut self,
+        key: &PlayerKey,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<(u64, QueuedPixel)>, StoreError> {
+        let start = match after {
+            Some(seq) => keys::queue(key, seq + 1),
+            None => keys::queue_prefix(key),
+        };
+        let prefix = keys::queue_prefix(key);
+        let mut out = Vec::new();
+        for entry in self.inner.data.range(start..) {
+            let (k, v) = entry.map_err(backend)?;
+            if !k.starts_with(&prefix) || out.len() == limit {
+                break;
+            }
+            let (_, seq) =
+                keys::parse_queue(&k).ok_or_else(|| StoreError::corrupt("corrupt queue key"))?;
+            out.push((seq, serde_json::from_slice(&v).map_err(backend)?));
+        }
+        Ok(out)
+    }
+
+    fn undurable_from(&mut self, key: &PlayerKey) -> Option<u64> {
+        self.inner
+            .unflushed
+            .get(key)
+            .and_then(|ranges| ranges.iter().map(|r| r.0).min())
+    }
+
+    fn lease(&mut self, key: &PlayerKey) -> Result<Option<Lease>, StoreError> {
+        Ok(self.inner.leases.get(key).map(|l| l.clone()))
+    }
+
+    fn write(&mut self, write: Write) {
+        let batch = &mut self.changes;
+        match write {
+            Write::AddPixel { key, pixel, record } => {
+                let seq = record.seq;
+                batch.insert(keys::queue(&key, seq), json(&pixel));
+                batch.insert(
+                    keys::expiry(pixel.expires_at_ms, &key, seq),
+                    pixel.id.as_str().as_bytes(),
+                );
+                batch.insert(keys::pending(&key, pixel.queued_at_ms, seq), &[]);
+                *batch.pending.entry(key.clone()).or_insert(0) += 1;
+                self.inner.stage_record(batch, &key, &record);
+                let range = self.added.entry(key).or_insert((seq, seq));
+                range.0 = range.0.min(seq);
+                range.1 = range.1.max(seq);
+            }
+            Write::UpdateRecord { key, record } => {
+                batch.insert(keys::index(&key, &record.delivery.id), json(&record));
+            }
+            Write::Finalize {
+                key,
+                record,
+                forget_at_ms,
+            } => {
+                let d = &record.delivery;
+                if let Some(expires_at_ms) = d.expires_at_ms {
+                    batch.remove(keys::queue(&key, record.seq));
+                    batch.remove(keys::expiry(expires_at_ms, &key, record.seq));
+                    batch.remove(keys::pending(&key, d.queued_at_ms, record.seq));
+                    *batch.pending.entry(key.clone()).or_insert(0) -= 1;
+                    if d.status == PixelStatus::Expired {
+                        batch.expired += 1;
+                    }
+                }
+                batch.insert(
+                    keys::expiry(forget_at_ms, &key, record.seq),
+                    d.id.as_str().as_bytes(),
+                );
+                batch.insert(keys::index(&key, &d.id), json(&record));
+            }
+            Write::PutLease { key, lease } => self.leases.push((key, lease)),
+        }
+    }
+}
+
+#[async_trait]
+impl Queues for SledStore {
+    async fn transact(
+        &self,
+        keys: Vec<PlayerKey>,
+        mode: Mode,
+        mut work: Work,
+    ) -> Result<Box<dyn Any + Send>, StoreError> {
+        let (out, added) = self
+            .blocking(move |inner| {
+                inner.check_open()?;
+                let mut stripes: Vec<usize> = keys.iter().map(|k| inner.stripe_index(k)).collect();
+                stripes.sort_unstable();
+                stripes.dedup();
+                let _guards: Vec<_> = stripes.iter().map(|&i| lock(&inner.stripes[i])).collect();
+                let mut tx = SledTx {
+                    inner,
+                    changes: Changes::default(),
+                    leases: Vec::new(),
+                    added: HashMap::new(),
+                };
+                let out = work(&mut tx)?;
+                let SledTx {
+                    changes,
+                    leases,
+                    added,
+                    ..
+                } = tx;
+                inner.apply(changes)?;
+                for (key, lease) in leases {
+                    match lease {
+                        Some(lease) => inner.leases.insert(key, lease),
+                        None => inner.leases.remove(&key).map(|(_, l)| l),
+                    };
+                }
+                for (key, range) in &added {
+                    inner.unflushed.entry(key.clone()).or_default().push(*range);
+                }
+                Ok((out, added))
+            })
+            .await?;
+        // New pixels are a delivery barrier until durable, so a transaction that adds any waits for
+        // its flush whatever it asked.
+        if mode.durability == Durability::Wait || !added.is_empty() {
+            let flushed = self.inner.commit.wait().await;
+            for (key, range) in &added {
+                self.inner.flushed(key, *range);
+            }
+            flushed?;
+        }
+        Ok(out)
+    }
+
+    fn announce(&self, key: &PlayerKey) {
+        // No receiver is fine: nobody online for now, the pixels wait.
+        let _ = self.inner.announce.send(key.clone());
+    }
+
+    fn surely_idle(&self, key: &PlayerKey) -> bool {
+        // Exact: the depth counts a batch (under its stripe) before its flush, and its pixels become
+        // leasable only after that, when the ledger announces them.
+        self.inner.check_open().is_ok()
+            && self
+                .inner
+                .depth
+                .get(&key.brand)
+                .is_none_or(|depth| *depth == 0)
+            && !self.inner.leases.contains_key(key)
+    }
+}
