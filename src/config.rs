@@ -590,6 +590,7 @@ impl Config {
             retention: Duration::from_secs(self.report_retention_days * 24 * 3600),
             queue_cap: self.queue_cap(),
             lease_ttl: self.heartbeat() * 3,
+            quotas: self.quotas(),
         }
     }
 }

@@ -132,11 +132,8 @@ impl Application {
         }
         let store_dir = config.data_dir.join("sled");
         let options = SledOptions {
-            default_ttl: Duration::from_secs(config.default_ttl_seconds),
             retention: Duration::from_secs(config.report_retention_days * 24 * 3600),
             cache_bytes: config.store_cache_mb << 20,
-            queue_cap: config.queue_cap(),
-            quotas: config.quotas(),
             metrics: Arc::clone(&metrics),
             clock: Arc::clone(&clock),
         };

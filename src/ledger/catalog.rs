@@ -374,7 +374,7 @@ mod tests {
     use crate::metrics::Metrics;
     use crate::store::catalog::Catalog;
     use crate::store::memory::MemoryStore;
-    use crate::store::{OnFull, QueueCap, Quotas, SledOptions, SledStore};
+    use crate::store::{SledOptions, SledStore};
 
     /// A catalog where another writer changes the brand between the ledger's read and its first write,
     /// as a concurrent request (or another hub process) can.
@@ -416,14 +416,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let clock = ManualClock::starting_now();
         let options = SledOptions {
-            default_ttl: Duration::from_secs(60),
             retention: Duration::from_secs(60),
             cache_bytes: 1 << 20,
-            queue_cap: QueueCap {
-                max_per_player: 10,
-                on_full: OnFull::Reject,
-            },
-            quotas: Quotas::default(),
             metrics: Arc::new(Metrics::new()),
             clock: clock.clone(),
         };

@@ -10,6 +10,7 @@
 //! callers already speak to the ledger alone while the rules move under it.
 
 mod catalog;
+mod events;
 mod lease;
 mod queue;
 
@@ -22,14 +23,14 @@ use tokio::sync::broadcast;
 
 use crate::clock::SharedClock;
 use crate::delivery::Attempt;
-use crate::event::{Event, EventOutcome, PlayerContext};
+use crate::event::PlayerContext;
 use crate::ids::{BrandId, DefinitionId, EventId, PlayerId, PlayerKey};
 use crate::metrics::{Metrics, PixelEvent};
 use crate::store::catalog::Catalog;
-use crate::store::queues::{Mode, Queues, Tx};
+use crate::store::queues::{Mode, Queues, Scope, Tx};
 use crate::store::{
     Backlog, DefinitionHealth, DeliveryPage, DeliveryQuery, DuePostback, Lane, LaneDue, QueueCap,
-    Store, StoreError, StoreStats, Verdict,
+    Quotas, Store, StoreError, StoreStats, Verdict,
 };
 
 /// How many times a change is decided again when another writer changed what it read. Catalog writes
@@ -47,6 +48,7 @@ struct Inner {
     queues: Arc<dyn Queues>,
     store: Arc<dyn Store>,
     options: Millis,
+    quotas: Quotas,
     metrics: Arc<Metrics>,
     clock: SharedClock,
     /// Brands seen to exist. A brand is never deleted, so once seen it is known for good, and the hot
@@ -66,6 +68,8 @@ pub struct Options {
     /// How long a player's lease lasts unless its holder renews it (each delivery and heartbeat does):
     /// a holder that died frees the queue by itself after it.
     pub lease_ttl: Duration,
+    /// What one brand may make the store hold.
+    pub quotas: Quotas,
 }
 
 impl Default for Options {
@@ -80,6 +84,7 @@ impl Default for Options {
                 on_full: crate::store::OnFull::Reject,
             },
             lease_ttl: Duration::from_secs(75),
+            quotas: Quotas::default(),
         }
     }
 }
@@ -137,6 +142,7 @@ impl Ledger {
                     queue_cap: options.queue_cap,
                     lease_ttl_ms: ms(options.lease_ttl),
                 },
+                quotas: options.quotas,
                 metrics,
                 clock,
                 known_brands: dashmap::DashSet::new(),
@@ -158,12 +164,24 @@ impl Ledger {
         &self,
         keys: Vec<PlayerKey>,
         mode: Mode,
+        work: impl FnMut(&mut dyn Tx) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        self.transact_events(keys, Vec::new(), mode, work).await
+    }
+
+    /// [`Ledger::transact`] over events as well as players.
+    async fn transact_events<T: Send + 'static>(
+        &self,
+        players: Vec<PlayerKey>,
+        events: Vec<(BrandId, EventId)>,
+        mode: Mode,
         mut work: impl FnMut(&mut dyn Tx) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
         let work = Box::new(move |tx: &mut dyn Tx| {
             work(tx).map(|out| Box::new(out) as Box<dyn Any + Send>)
         });
-        let out = self.queues().transact(keys, mode, work).await?;
+        let scope = Scope { players, events };
+        let out = self.queues().transact(scope, mode, work).await?;
         Ok(*out
             .downcast::<T>()
             .expect("an engine returns what the work returned"))
@@ -197,24 +215,6 @@ impl Ledger {
         click_id: &str,
     ) -> Result<Option<PlayerId>, StoreError> {
         self.store().player_by_click_id(brand, click_id).await
-    }
-
-    /// See [`Store::ingest`].
-    pub async fn ingest(
-        &self,
-        brand: &BrandId,
-        events: Vec<Event>,
-    ) -> Result<Vec<EventOutcome>, StoreError> {
-        self.store().ingest(brand, events).await
-    }
-
-    /// See [`Store::event`].
-    pub async fn event(
-        &self,
-        brand: &BrandId,
-        id: &EventId,
-    ) -> Result<Option<EventOutcome>, StoreError> {
-        self.store().event(brand, id).await
     }
 
     /// See [`Store::deliveries`].

@@ -209,7 +209,7 @@ impl Ledger {
 }
 
 /// The record and queue entry of a new client pixel, queued `now`.
-fn new_pixel(
+pub(super) fn new_pixel(
     tx: &mut dyn Tx,
     key: &PlayerKey,
     id: &PixelId,
@@ -331,7 +331,7 @@ impl super::Millis {
     /// Makes room for `added` new pixels of `key` under the queue cap, staging the drop of the oldest
     /// pending pixels no browser holds when the policy allows it; returns the ids dropped. Fails with
     /// [`StoreError::QueueFull`] when the batch must be refused (and then nothing of it is written).
-    fn make_room(
+    pub(super) fn make_room(
         &self,
         tx: &mut dyn Tx,
         key: &PlayerKey,

@@ -39,7 +39,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::catalog::{self, Applied, Catalog, Change, Entry};
-use super::queues::{Mode, Queues, Work};
+use super::queues::{Mode, Queues, Scope, Work};
 use super::{
     Backlog, CancelOutcome, DefinitionHealth, DeliveryPage, DeliveryQuery, DuePostback, Lane,
     LaneDue, Store, StoreError, StoreStats, Verdict,
@@ -47,8 +47,8 @@ use super::{
 use crate::api_key::ApiKeyRecord;
 use crate::definition::Definition;
 use crate::delivery::Attempt;
-use crate::event::{Event, EventOutcome, PlayerContext};
-use crate::ids::{BrandId, DefinitionId, EventId, PixelId, PlayerId, PlayerKey};
+use crate::event::PlayerContext;
+use crate::ids::{BrandId, DefinitionId, PixelId, PlayerId, PlayerKey};
 use crate::metrics::Metrics;
 
 /// How often the room is measured.
@@ -402,17 +402,21 @@ impl Catalog for GuardedStore {
 impl Queues for GuardedStore {
     async fn transact(
         &self,
-        keys: Vec<PlayerKey>,
+        scope: Scope,
         mode: Mode,
         work: Work,
     ) -> Result<Box<dyn Any + Send>, StoreError> {
         let call = if mode.grows { Call::Grows } else { Call::Other };
-        self.call(call, self.queues.transact(keys, mode, work))
+        self.call(call, self.queues.transact(scope, mode, work))
             .await
     }
 
     fn announce(&self, key: &PlayerKey) {
         self.queues.announce(key)
+    }
+
+    fn announce_postbacks(&self) {
+        self.queues.announce_postbacks()
     }
 
     fn surely_idle(&self, key: &PlayerKey) -> bool {
@@ -443,23 +447,6 @@ impl Store for GuardedStore {
     ) -> Result<Option<PlayerId>, StoreError> {
         self.call(Call::Other, self.engine.player_by_click_id(brand, click_id))
             .await
-    }
-
-    async fn ingest(
-        &self,
-        brand: &BrandId,
-        events: Vec<Event>,
-    ) -> Result<Vec<EventOutcome>, StoreError> {
-        self.call(Call::Grows, self.engine.ingest(brand, events))
-            .await
-    }
-
-    async fn event(
-        &self,
-        brand: &BrandId,
-        id: &EventId,
-    ) -> Result<Option<EventOutcome>, StoreError> {
-        self.call(Call::Other, self.engine.event(brand, id)).await
     }
 
     async fn deliveries(
@@ -557,7 +544,7 @@ mod tests {
     use super::*;
     use crate::brand::BrandSettings;
     use crate::ledger::Ledger;
-    use crate::store::{OnFull, QueueCap, SledOptions, SledStore};
+    use crate::store::{SledOptions, SledStore};
 
     const DEADLINE: Duration = Duration::from_millis(200);
 
@@ -567,14 +554,8 @@ mod tests {
         let engine = SledStore::open(
             dir.path(),
             SledOptions {
-                default_ttl: Duration::from_secs(3600),
                 retention: Duration::from_secs(3600),
                 cache_bytes: 8 << 20,
-                queue_cap: QueueCap {
-                    max_per_player: 100,
-                    on_full: OnFull::Reject,
-                },
-                quotas: crate::store::Quotas::default(),
                 metrics: Arc::clone(&metrics),
                 clock: crate::clock::system(),
             },

@@ -15,8 +15,8 @@ use tokio::sync::broadcast;
 use crate::definition::PostBody;
 pub use crate::delivery::PixelStatus;
 use crate::delivery::{Attempt, Delivery};
-use crate::event::{Event, EventOutcome, PlayerContext};
-use crate::ids::{BrandId, DefinitionId, EventId, PixelId, PlayerId, PlayerKey};
+use crate::event::PlayerContext;
+use crate::ids::{BrandId, DefinitionId, PixelId, PlayerId, PlayerKey};
 use crate::pixel::QueuedPixel;
 
 pub mod catalog;
@@ -498,25 +498,6 @@ pub trait Store: Send + Sync + 'static {
         brand: &BrandId,
         click_id: &str,
     ) -> Result<Option<PlayerId>, StoreError>;
-
-    /// Processes a batch of events, all or nothing, and returns once everything is durable: each new event
-    /// is planned with [`crate::event::plan`] against the player's context (as changed by earlier events of
-    /// the batch) and the brand's definitions, and its pixels, postbacks, new context and record are
-    /// committed together. An event whose id the brand already used (in this batch, an earlier one, or
-    /// before a restart) changes nothing; its answer is the recorded one, with current pixel statuses and
-    /// `duplicate` set. Players with new pixels are announced as by [`Store::enqueue`].
-    async fn ingest(
-        &self,
-        brand: &BrandId,
-        events: Vec<Event>,
-    ) -> Result<Vec<EventOutcome>, StoreError>;
-
-    /// The record of an event, with current pixel statuses.
-    async fn event(
-        &self,
-        brand: &BrandId,
-        id: &EventId,
-    ) -> Result<Option<EventOutcome>, StoreError>;
 
     /// A page of the brand's delivery report (see [`DeliveryQuery`]).
     async fn deliveries(

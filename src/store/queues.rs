@@ -13,10 +13,11 @@ use std::any::Any;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
-use super::StoreError;
+use super::{Lane, StoreError};
 use crate::definition::PostBody;
 use crate::delivery::Delivery;
-use crate::ids::{PixelId, PlayerKey, SessionId};
+use crate::event::{EventOutcome, PlayerContext};
+use crate::ids::{BrandId, EventId, PixelId, PlayerKey, SessionId};
 use crate::pixel::QueuedPixel;
 
 /// What is kept under a pixel's or postback's id: its delivery record, and what the engine needs to find
@@ -86,6 +87,58 @@ pub enum Write {
         /// When it may be forgotten.
         forget_at_ms: u64,
     },
+    /// A new postback with its record, due at `due_ms` in its lane of the outbox.
+    AddPostback {
+        /// Whose.
+        key: PlayerKey,
+        /// Its record.
+        record: Record,
+        /// Its lane: the brand and the host it goes to.
+        lane: Lane,
+        /// When its first attempt is due.
+        due_ms: u64,
+    },
+    /// A record final from its start (a definition that could not render), forgotten at
+    /// `forget_at_ms`.
+    AddFailed {
+        /// Whose.
+        key: PlayerKey,
+        /// Its record.
+        record: Record,
+        /// When it may be forgotten.
+        forget_at_ms: u64,
+    },
+    /// What the hub remembers of a player between events; `click_id`, when set, is a click id the
+    /// player is now found by.
+    PutContext {
+        /// Whose.
+        key: PlayerKey,
+        /// The context.
+        context: PlayerContext,
+        /// A click id to index to this player.
+        click_id: Option<String>,
+    },
+    /// An event's record, kept (and its id known) until `forget_at_ms`.
+    PutEvent {
+        /// Whose event.
+        brand: BrandId,
+        /// What it did.
+        outcome: EventOutcome,
+        /// When it may be forgotten.
+        forget_at_ms: u64,
+    },
+    /// Events and players a batch added against the brand's quotas, the events counted on UTC day
+    /// `day` (the outbox counts itself, from [`Write::AddPostback`]).
+    CountUsage {
+        /// The brand.
+        brand: BrandId,
+        /// Days since the epoch.
+        day: u64,
+        /// New events.
+        events: u64,
+        /// Players whose first context this batch wrote.
+        players: u64,
+    },
     /// The player's lease, or none.
     PutLease {
         /// Whose queue.
@@ -93,6 +146,26 @@ pub enum Write {
         /// The lease; `None` frees the queue.
         lease: Option<Lease>,
     },
+}
+
+/// What a brand holds (or a batch adds) against its quotas.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Usage {
+    /// New events on the day asked.
+    pub events_today: u64,
+    /// Players with an attribution context.
+    pub players: u64,
+    /// Postbacks in the outbox.
+    pub outbox: u64,
+}
+
+/// What a transaction covers: the players and events whose state cannot change under it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Scope {
+    /// Players.
+    pub players: Vec<PlayerKey>,
+    /// Events, by brand and id (two batches of one event id must not both record it).
+    pub events: Vec<(BrandId, EventId)>,
 }
 
 /// What a transaction's work reads and writes through. Reads see the state as it was when the
@@ -122,6 +195,15 @@ pub trait Tx: Send {
 
     /// The player's lease, if one was ever taken and not freed (it may have expired: the ledger judges).
     fn lease(&mut self, key: &PlayerKey) -> Result<Option<Lease>, StoreError>;
+
+    /// What the hub remembers of the player, if anything.
+    fn context(&mut self, key: &PlayerKey) -> Result<Option<PlayerContext>, StoreError>;
+
+    /// An event's record, as written (statuses as they were then).
+    fn event(&mut self, brand: &BrandId, id: &EventId) -> Result<Option<EventOutcome>, StoreError>;
+
+    /// What the brand holds against its quotas, with the events of UTC day `day`.
+    fn usage(&mut self, brand: &BrandId, day: u64) -> Result<Usage, StoreError>;
 
     /// Stages a write.
     fn write(&mut self, write: Write);
@@ -172,18 +254,22 @@ pub type Work = Box<dyn FnMut(&mut dyn Tx) -> Result<Box<dyn Any + Send>, StoreE
 /// The queue half of an engine.
 #[async_trait]
 pub trait Queues: Send + Sync + 'static {
-    /// Runs `work` as one transaction over the players in `keys` (their state cannot change under it)
+    /// Runs `work` as one transaction over `scope` (its players' and events' state cannot change under it)
     /// and applies what it staged, all or nothing; returns what it returned once the writes are durable
     /// as `mode` says. An error from `work` writes nothing.
     async fn transact(
         &self,
-        keys: Vec<PlayerKey>,
+        scope: Scope,
         mode: Mode,
         work: Work,
     ) -> Result<Box<dyn Any + Send>, StoreError>;
 
     /// Tells every handle (every hub process) that the player's queue may have something deliverable.
     fn announce(&self, key: &PlayerKey);
+
+    /// Tells every handle's postback sender that postbacks were added, so it need not wait for its
+    /// next look.
+    fn announce_postbacks(&self);
 
     /// Whether the engine knows, from memory alone, that the player can have nothing to lease: no pixel
     /// pending in the whole brand, and no lease held. What an idle session's heartbeat asks thousands of

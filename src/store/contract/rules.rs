@@ -13,7 +13,7 @@ use crate::definition::DefinitionInput;
 use crate::definition::parse_definition;
 use crate::delivery::Attempt;
 use crate::event::parse_events;
-use crate::ids::{DefinitionId, PlayerId, SessionId};
+use crate::ids::{DefinitionId, EventId, PlayerId, SessionId};
 use crate::ledger::Ledger;
 use crate::pixel::{NewPixel, PixelBody};
 use crate::store::*;

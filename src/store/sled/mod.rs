@@ -66,17 +66,16 @@ mod queues;
 use super::commit::GroupCommit;
 use super::{
     Backlog, BrandQueue, CancelOutcome, Cursor, DefinitionHealth, DeliveryPage, DeliveryQuery,
-    DuePostback, Lane, LaneDue, OnFull, PixelStatus, QueueCap, Quota, Quotas, Store, StoreError,
-    StoreStats, Verdict,
+    DuePostback, Lane, LaneDue, PixelStatus, Store, StoreError, StoreStats, Verdict,
 };
-use crate::brand::{Brand, BrandSecret, SecretKind};
+use crate::brand::{BrandSecret, SecretKind};
 use crate::clock::SharedClock;
 use crate::definition::Definition;
-use crate::delivery::{Attempt, Delivery, Target};
-use crate::event::{self, Event, EventOutcome, NewPostback, PlayerContext};
+use crate::delivery::{Attempt, Delivery};
+use crate::event::PlayerContext;
 use crate::ids::{BrandId, DefinitionId, EventId, PixelId, PlayerId, PlayerKey};
 use crate::metrics::{Metrics, PixelEvent, Upkeep};
-use crate::pixel::{NewPixel, QueuedPixel};
+use crate::pixel::QueuedPixel;
 use crate::store::queues::{Lease, Record};
 
 /// Milliseconds in a day: the unit of the events quota (UTC days).
@@ -87,9 +86,6 @@ const STRIPES: usize = 1024;
 const SWEEP_EVERY: Duration = Duration::from_secs(5);
 /// Most expiry entries handled per sweep step, so one sweep never holds up writers for long.
 const SWEEP_CHUNK: usize = 1000;
-/// Longest a postback can keep being retried: the most attempts the settings allow, each wait capped
-/// at a day. An event's record is kept at least this long past its retention when it has postbacks.
-const POSTBACK_LIFETIME_MS: u64 = 50 * 24 * 3600 * 1000;
 /// How long `open` waits for a directory lock held by a store closing in this process.
 const LOCK_PATIENCE: Duration = Duration::from_secs(2);
 /// Between two tries of the lock.
@@ -102,17 +98,11 @@ const ANNOUNCE_CAPACITY: usize = 16 * 1024;
 /// Options of the embedded engine.
 #[derive(Clone, Debug)]
 pub struct SledOptions {
-    /// TTL of a pixel queued without `ttl_seconds`.
-    pub default_ttl: Duration,
     /// How long a pixel's or postback's record (its report row and idempotency entry) and an event's
     /// record are kept once they can no longer change.
     pub retention: Duration,
     /// Bytes of sled's page cache: most of the hub's memory under a large data set.
     pub cache_bytes: u64,
-    /// The per-player queue cap.
-    pub queue_cap: QueueCap,
-    /// What one brand may make the store hold.
-    pub quotas: Quotas,
     /// Where pixel transitions, flushes and upkeep are counted.
     pub metrics: Arc<Metrics>,
     /// What "now" is, for expiry, retention, the sweeper and every timestamp written.
@@ -153,10 +143,7 @@ struct Inner {
     /// New events per brand on one UTC day (the day's number, the count), for its quota. In memory:
     /// a restart starts the day's count afresh.
     events_today: DashMap<BrandId, (u64, u64)>,
-    quotas: Quotas,
-    default_ttl_ms: u64,
     retention_ms: u64,
-    queue_cap: QueueCap,
     metrics: Arc<Metrics>,
     clock: SharedClock,
     /// Sequence ranges per player that are written but not yet flushed. `lease` never hands out a pixel
@@ -167,16 +154,6 @@ struct Inner {
     closed: AtomicBool,
     stop: CancellationToken,
     sweeper: Mutex<Option<tokio::task::JoinHandle<()>>>,
-}
-
-/// What an event batch adds, against the brand's quotas.
-struct Usage {
-    /// New (not duplicate) events.
-    events: u64,
-    /// Players that get their first attribution context.
-    players: u64,
-    /// Postbacks put in the outbox.
-    postbacks: u64,
 }
 
 /// A batch of changes and what it does to queues, applied together by [`Inner::apply`]: the pending
@@ -300,10 +277,7 @@ impl SledStore {
             outbox_size,
             players,
             events_today: DashMap::new(),
-            quotas: options.quotas,
-            default_ttl_ms: options.default_ttl.as_millis() as u64,
             retention_ms: options.retention.as_millis() as u64,
-            queue_cap: options.queue_cap,
             metrics: options.metrics,
             clock: options.clock,
             stop: CancellationToken::new(),
@@ -380,140 +354,11 @@ impl Inner {
             .collect()
     }
 
-    /// Stages a new pixel of `key`: its queue entry, record, report index, expiry and age entries.
-    /// Returns its sequence number and expiry.
-    fn stage_pixel(
-        &self,
-        batch: &mut Changes,
-        key: &PlayerKey,
-        id: &PixelId,
-        pixel: NewPixel,
-        now: u64,
-    ) -> Result<(u64, u64), StoreError> {
-        let seq = self.db.generate_id().map_err(backend)?;
-        let ttl_ms = pixel.ttl_seconds.map_or(self.default_ttl_ms, |s| s * 1000);
-        let queued = QueuedPixel {
-            body: pixel.body.with_defaults(id),
-            id: id.clone(),
-            trigger: pixel.trigger,
-            queued_at_ms: now,
-            expires_at_ms: now + ttl_ms,
-        };
-        let mut delivery = Delivery::new(
-            id.clone(),
-            key.player.clone(),
-            Target::Client(&queued.body),
-            queued.trigger.clone(),
-            pixel.origin,
-            now,
-        );
-        delivery.expires_at_ms = Some(queued.expires_at_ms);
-        batch.insert(keys::queue(key, seq), json(&queued));
-        batch.insert(
-            keys::expiry(queued.expires_at_ms, key, seq),
-            id.as_str().as_bytes(),
-        );
-        batch.insert(keys::pending(key, now, seq), &[]);
-        *batch.pending.entry(key.clone()).or_insert(0) += 1;
-        batch.count(&key.brand, &delivery.kind, PixelEvent::Queued);
-        self.stage_record(
-            batch,
-            key,
-            &Record {
-                seq,
-                post: None,
-                delivery,
-            },
-        );
-        Ok((seq, queued.expires_at_ms))
-    }
-
-    /// Stages a new postback of `key`: its record, report index and outbox entry, due now.
-    fn stage_postback(
-        &self,
-        batch: &mut Changes,
-        key: &PlayerKey,
-        postback: NewPostback,
-        now: u64,
-    ) -> Result<(), StoreError> {
-        let seq = self.db.generate_id().map_err(backend)?;
-        let mut delivery = Delivery::new(
-            postback.id.clone(),
-            key.player.clone(),
-            Target::S2s {
-                url: &postback.url,
-                post: postback.post.is_some(),
-            },
-            Some(postback.trigger),
-            Some(postback.origin),
-            now,
-        );
-        delivery.next_attempt_at_ms = Some(now);
-        batch.schedule(&Lane::of(&key.brand, &postback.url), now, key, &postback.id);
-        batch.count(&key.brand, &delivery.kind, PixelEvent::Queued);
-        self.stage_record(
-            batch,
-            key,
-            &Record {
-                seq,
-                post: postback.post,
-                delivery,
-            },
-        );
-        Ok(())
-    }
-
-    /// Stages the failed row of a definition that could not render: final at once, so it is forgotten
-    /// after the retention like any other final row.
-    fn stage_failure(
-        &self,
-        batch: &mut Changes,
-        key: &PlayerKey,
-        failure: &crate::delivery::NewFailure,
-        now: u64,
-    ) -> Result<(), StoreError> {
-        let seq = self.db.generate_id().map_err(backend)?;
-        let delivery = Delivery::render_failed(key.player.clone(), failure, now);
-        batch.count(&key.brand, &delivery.kind, PixelEvent::Failed);
-        batch.insert(
-            keys::expiry(now + self.retention_ms, key, seq),
-            failure.id.as_str().as_bytes(),
-        );
-        self.stage_record(
-            batch,
-            key,
-            &Record {
-                seq,
-                post: None,
-                delivery,
-            },
-        );
-        Ok(())
-    }
-
     /// Stages a record and its report index entry.
     fn stage_record(&self, batch: &mut Changes, key: &PlayerKey, record: &Record) {
         let d = &record.delivery;
         batch.insert(keys::index(key, &d.id), json(record));
         batch.insert(keys::report(key, d.queued_at_ms, &d.id), &[]);
-    }
-
-    /// Reads an event's record and brings its pixels' and postbacks' statuses up to date.
-    fn event_record(
-        &self,
-        brand: &BrandId,
-        id: &EventId,
-    ) -> Result<Option<EventOutcome>, StoreError> {
-        let Some(mut outcome) = self.read::<EventOutcome>(&keys::event(brand, id))? else {
-            return Ok(None);
-        };
-        let key = PlayerKey::new(brand.clone(), outcome.player_id.clone());
-        for produced in &mut outcome.pixels {
-            if let Some(rec) = self.record(&key, &produced.id)? {
-                produced.status = rec.delivery.status;
-            }
-        }
-        Ok(Some(outcome))
     }
 
     fn record(&self, key: &PlayerKey, id: &PixelId) -> Result<Option<Record>, StoreError> {
@@ -716,19 +561,6 @@ impl Inner {
         Ok(out)
     }
 
-    /// The player's queue in order: each entry's sequence number and pixel.
-    fn queue_entries(
-        &self,
-        key: &PlayerKey,
-    ) -> impl Iterator<Item = Result<(u64, QueuedPixel), StoreError>> + '_ {
-        self.data.scan_prefix(keys::queue_prefix(key)).map(|entry| {
-            let (k, v) = entry.map_err(backend)?;
-            let (_, seq) =
-                keys::parse_queue(&k).ok_or_else(|| StoreError::corrupt("corrupt queue key"))?;
-            Ok((seq, serde_json::from_slice(&v).map_err(backend)?))
-        })
-    }
-
     /// Pending client pixels of a player, from `n`.
     fn pending_count(&self, key: &PlayerKey) -> Result<u64, StoreError> {
         let stored = self.data.get(keys::count(key)).map_err(backend)?;
@@ -737,103 +569,15 @@ impl Inner {
             .map_or(0, u64::from_be_bytes))
     }
 
-    /// Makes room for `added` new pixels of `key` under the queue cap, staging the drop of the oldest
-    /// pending pixels no browser holds when the policy allows it; returns the ids dropped. Fails with
-    /// [`StoreError::QueueFull`] when the batch must be refused.
-    fn make_room(
-        &self,
-        changes: &mut Changes,
-        key: &PlayerKey,
-        added: u64,
-        now: u64,
-    ) -> Result<Vec<PixelId>, StoreError> {
-        let cap = self.queue_cap.max_per_player;
-        if added == 0 {
-            // Nothing new (all duplicates): never refuse or drop, even over a cap lowered since.
-            return Ok(Vec::new());
-        }
-        let pending = self.pending_count(key)?;
-        if pending + added <= cap {
-            return Ok(Vec::new());
-        }
-        let full = || StoreError::QueueFull {
-            player: key.player.clone(),
-            pending,
-            cap,
-        };
-        if self.queue_cap.on_full == OnFull::Reject || added > cap {
-            return Err(full());
-        }
-        let mut need = pending + added - cap;
-        let mut dropped = Vec::new();
-        for entry in self.queue_entries(key) {
-            if need == 0 {
-                break;
-            }
-            let (seq, pixel) = entry?;
-            if self.in_flight(key, seq) {
-                continue; // a browser may be firing it right now
-            }
-            let rec = self
-                .record(key, &pixel.id)?
-                .ok_or_else(|| StoreError::corrupt("a queued pixel without its record"))?;
-            if pixel.expires_at_ms <= now {
-                self.finalize(changes, key, rec, PixelStatus::Expired, now);
-            } else {
-                self.finalize(changes, key, rec, PixelStatus::Dropped, now);
-                dropped.push(pixel.id);
-            }
-            need -= 1;
-        }
-        if need > 0 {
-            return Err(full());
-        }
-        Ok(dropped)
-    }
-
-    /// Refuses a batch that would take the brand over one of its quotas. Checked under the batch's
-    /// stripes, not the brand's: concurrent batches of one brand may together pass a quota by less than
-    /// a batch.
-    fn check_quotas(&self, brand: &BrandId, usage: &Usage, now: u64) -> Result<(), StoreError> {
-        let quotas = self.quotas;
-        let over = |quota: Quota, limit: u64, held: u64, adding: u64| {
-            if limit > 0 && adding > 0 && held + adding > limit {
-                self.metrics.quota_refused(brand, quota.as_str());
-                Err(StoreError::QuotaExceeded {
-                    brand: brand.clone(),
-                    quota,
-                    limit,
-                    // A day's quota frees up at midnight UTC.
-                    resets_in: (quota == Quota::EventsPerDay)
-                        .then(|| Duration::from_millis(DAY_MS - now % DAY_MS)),
-                })
-            } else {
-                Ok(())
-            }
-        };
-        let today = self.events_on(brand, now / DAY_MS);
-        over(
-            Quota::EventsPerDay,
-            quotas.events_per_day,
-            today,
-            usage.events,
-        )?;
-        let players = self.players.get(brand).map_or(0, |n| *n);
-        over(Quota::Players, quotas.players, players, usage.players)?;
-        let outbox = self.outbox_size.get(brand).map_or(0, |n| *n);
-        over(Quota::Outbox, quotas.outbox, outbox, usage.postbacks)
-    }
-
     /// Counts what an applied batch added (the outbox counts itself in `apply`).
-    fn count_usage(&self, brand: &BrandId, usage: &Usage, now: u64) {
-        let day = now / DAY_MS;
+    fn count_usage(&self, brand: &BrandId, day: u64, events: u64, players: u64) {
         let mut today = self.events_today.entry(brand.clone()).or_insert((day, 0));
         if today.0 != day {
             *today = (day, 0);
         }
-        today.1 += usage.events;
+        today.1 += events;
         drop(today);
-        *self.players.entry(brand.clone()).or_insert(0) += usage.players;
+        *self.players.entry(brand.clone()).or_insert(0) += players;
     }
 
     /// New events of the brand on UTC day `day`.
@@ -1212,182 +956,6 @@ impl Store for SledStore {
         .await
     }
 
-    async fn ingest(
-        &self,
-        brand: &BrandId,
-        events: Vec<Event>,
-    ) -> Result<Vec<EventOutcome>, StoreError> {
-        let inner = &self.inner;
-        let owned = brand.clone();
-        let (outcomes, ranges, postbacks) = self
-            .blocking(move |inner| {
-                inner.check_open()?;
-                let brand = &owned;
-                let mut stripes: Vec<usize> = events
-                    .iter()
-                    .flat_map(|e| {
-                        [
-                            inner.stripe_index(PlayerKey::new(brand.clone(), e.player_id.clone())),
-                            inner.stripe_index((brand, &e.event_id)),
-                        ]
-                    })
-                    .collect();
-                stripes.sort_unstable();
-                stripes.dedup();
-                let _guards: Vec<_> = stripes.iter().map(|&i| lock(&inner.stripes[i])).collect();
-                let settings = inner
-                    .read::<Brand>(&keys::brand(brand))?
-                    .ok_or_else(|| StoreError::UnknownBrand(brand.clone()))?
-                    .settings;
-                let definitions = inner.definitions(brand)?;
-                event::check_types(&events, &definitions, &settings.qualification)?;
-                let now = inner.clock.now_ms();
-                let mut batch = Changes::default();
-                let mut contexts: HashMap<PlayerId, PlayerContext> = HashMap::new();
-                let mut answered: HashMap<EventId, usize> = HashMap::new();
-                let mut outcomes: Vec<EventOutcome> = Vec::with_capacity(events.len());
-                // Per player, the first and last sequence numbers this batch adds.
-                let mut ranges: HashMap<PlayerKey, (u64, u64)> = HashMap::new();
-                let mut added: HashMap<PlayerKey, u64> = HashMap::new();
-                let mut postbacks = false;
-                let mut render_failures: Vec<(&'static str, &'static str)> = Vec::new();
-                let mut duplicates = 0u64;
-                // For the quotas: players seen without a stored context, and what the batch adds.
-                let mut fresh: std::collections::HashSet<PlayerId> = Default::default();
-                let (mut new_players, mut new_postbacks) = (0u64, 0u64);
-                for event in &events {
-                    if let Some(&first) = answered.get(&event.event_id) {
-                        let again = EventOutcome {
-                            duplicate: true,
-                            ..outcomes[first].clone()
-                        };
-                        outcomes.push(again);
-                        duplicates += 1;
-                        continue;
-                    }
-                    answered.insert(event.event_id.clone(), outcomes.len());
-                    if let Some(recorded) = inner.event_record(brand, &event.event_id)? {
-                        outcomes.push(EventOutcome {
-                            duplicate: true,
-                            ..recorded
-                        });
-                        duplicates += 1;
-                        continue;
-                    }
-                    let key = PlayerKey::new(brand.clone(), event.player_id.clone());
-                    let context = match contexts.entry(event.player_id.clone()) {
-                        std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-                        std::collections::hash_map::Entry::Vacant(e) => {
-                            let stored: Option<PlayerContext> = inner.read(&keys::context(&key))?;
-                            if stored.is_none() {
-                                fresh.insert(event.player_id.clone());
-                            }
-                            e.insert(stored.unwrap_or_default())
-                        }
-                    };
-                    let plan =
-                        event::plan(brand, settings.rules(), event, context, &definitions, now);
-                    // The event's id must be remembered while any pixel it queued can still fire.
-                    let mut forget_at = now + inner.retention_ms;
-                    for pixel in plan.pixels {
-                        let id = pixel.id.clone().expect("planned pixels carry their ids");
-                        let (seq, expires_at) =
-                            inner.stage_pixel(&mut batch, &key, &id, pixel, now)?;
-                        forget_at = forget_at.max(expires_at);
-                        let range = ranges.entry(key.clone()).or_insert((seq, seq));
-                        range.1 = seq;
-                        *added.entry(key.clone()).or_insert(0) += 1;
-                    }
-                    if !plan.postbacks.is_empty() {
-                        // And while its postbacks may still be retried.
-                        forget_at = forget_at.max(now + inner.retention_ms + POSTBACK_LIFETIME_MS);
-                        postbacks = true;
-                    }
-                    new_postbacks += plan.postbacks.len() as u64;
-                    for postback in plan.postbacks {
-                        inner.stage_postback(&mut batch, &key, postback, now)?;
-                    }
-                    for failure in &plan.failures {
-                        inner.stage_failure(&mut batch, &key, failure, now)?;
-                        render_failures.push((failure.reason, failure.kind));
-                    }
-                    batch.insert(keys::forget_event(forget_at, brand, &event.event_id), &[]);
-                    if let Some(changed) = plan.context {
-                        if fresh.remove(&event.player_id) {
-                            new_players += 1;
-                        }
-                        let click = |c: &PlayerContext| {
-                            event::click_id(&c.params, &settings.click_id_params)
-                        };
-                        if let Some(new) = click(&changed)
-                            && Some(&new) != click(context).as_ref()
-                        {
-                            batch.insert(
-                                keys::click(brand, &new),
-                                event.player_id.as_str().as_bytes(),
-                            );
-                        }
-                        batch.insert(keys::context(&key), json(&changed));
-                        *context = changed;
-                    }
-                    batch.insert(keys::event(brand, &event.event_id), json(&plan.outcome));
-                    outcomes.push(plan.outcome);
-                }
-                let total = outcomes.len() as u64;
-                let usage = Usage {
-                    events: total - duplicates,
-                    players: new_players,
-                    postbacks: new_postbacks,
-                };
-                inner.check_quotas(brand, &usage, now)?;
-                let mut dropped = 0;
-                for (key, added) in &added {
-                    dropped += inner.make_room(&mut batch, key, *added, now)?.len();
-                }
-                inner.apply(batch)?;
-                inner.count_usage(brand, &usage, now);
-                inner.metrics.events(brand, total - duplicates, duplicates);
-                for (reason, kind) in render_failures {
-                    inner.metrics.render_failure(brand, reason, kind);
-                }
-                if dropped > 0 {
-                    tracing::info!(%brand, dropped, "queue cap reached: oldest pixels dropped");
-                }
-                for (key, range) in &ranges {
-                    inner.unflushed.entry(key.clone()).or_default().push(*range);
-                }
-                Ok((outcomes, ranges, postbacks))
-            })
-            .await?;
-        // Also when every event was a duplicate: the record we answer with may be another call's
-        // unflushed write.
-        let flushed = inner.commit.wait().await;
-        for (key, range) in &ranges {
-            inner.flushed(key, *range);
-        }
-        flushed?;
-        for key in ranges.into_keys() {
-            let _ = inner.announce.send(key);
-        }
-        if postbacks {
-            inner.outbox.notify_one();
-        }
-        Ok(outcomes)
-    }
-
-    async fn event(
-        &self,
-        brand: &BrandId,
-        id: &EventId,
-    ) -> Result<Option<EventOutcome>, StoreError> {
-        let (brand, id) = (brand.clone(), id.clone());
-        self.blocking(move |inner| {
-            inner.brand_exists(&brand)?;
-            inner.event_record(&brand, &id)
-        })
-        .await
-    }
-
     async fn stats(&self) -> Result<StoreStats, StoreError> {
         self.blocking(|inner| {
             let commits = inner.commit.counters();
@@ -1752,24 +1320,20 @@ mod tests {
     use super::*;
     use crate::brand::BrandSettings;
     use crate::clock::{Clock, ManualClock};
+    use crate::event::EventOutcome;
     use crate::ids::SessionId;
     use crate::ledger::Ledger;
-    use crate::store::DeliveryQuery;
+    use crate::pixel::NewPixel;
     use crate::store::contract::rules as contract;
+    use crate::store::{DeliveryQuery, OnFull, QueueCap};
 
     /// How long final records are kept in these tests.
     const RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
 
     fn options(clock: &Arc<ManualClock>) -> SledOptions {
         SledOptions {
-            default_ttl: Duration::from_secs(3600),
             retention: RETENTION,
             cache_bytes: 16 << 20,
-            queue_cap: QueueCap {
-                max_per_player: contract::QUEUE_CAP,
-                on_full: OnFull::Reject,
-            },
-            quotas: crate::store::Quotas::default(),
             metrics: Arc::new(Metrics::new()),
             clock: clock.clone(),
         }
@@ -1838,34 +1402,45 @@ mod tests {
         SledStore::open(harness.dir.path(), options).unwrap()
     }
 
-    /// Opens the harness's store with another queue cap, counting into `metrics`.
+    /// Opens the harness's store, counting into `metrics`, and the rules over it with another queue cap.
     fn open_capped(
         harness: &SledHarness,
         max_per_player: u64,
         on_full: OnFull,
         metrics: Arc<Metrics>,
-    ) -> SledStore {
-        let queue_cap = QueueCap {
-            max_per_player,
-            on_full,
-        };
+    ) -> (SledStore, Ledger) {
         let options = SledOptions {
-            queue_cap,
             metrics,
             ..options(&harness.clock)
         };
-        SledStore::open(harness.dir.path(), options).unwrap()
+        let store = SledStore::open(harness.dir.path(), options).unwrap();
+        let cap = QueueCap {
+            max_per_player,
+            on_full,
+        };
+        let rules = ledger_capped(&store, cap);
+        (store, rules)
     }
 
     /// The rules over `store` alone, as the hub runs them.
     fn ledger(store: &SledStore) -> Ledger {
+        let cap = QueueCap {
+            max_per_player: contract::QUEUE_CAP,
+            on_full: OnFull::Reject,
+        };
+        ledger_capped(store, cap)
+    }
+
+    /// The rules over `store` with another queue cap.
+    fn ledger_capped(store: &SledStore, queue_cap: QueueCap) -> Ledger {
         let engine = Arc::new(store.clone());
         let inner = &store.inner;
         let options = crate::ledger::Options {
-            default_ttl: Duration::from_millis(inner.default_ttl_ms),
+            default_ttl: Duration::from_secs(3600),
             retention: Duration::from_millis(inner.retention_ms),
-            queue_cap: inner.queue_cap,
+            queue_cap,
             lease_ttl: Duration::from_secs(60),
+            quotas: crate::store::Quotas::default(),
         };
         let engines = crate::ledger::Engines::one(engine);
         Ledger::new(
@@ -1903,7 +1478,7 @@ mod tests {
             1,
         )
         .unwrap();
-        store.ingest(brand, sale).await.unwrap()
+        ledger(store).ingest(brand, sale).await.unwrap()
     }
 
     fn js(id: &str, ttl_seconds: Option<u64>) -> NewPixel {
@@ -1920,25 +1495,22 @@ mod tests {
     async fn drop_oldest_makes_room_but_never_drops_what_a_browser_holds() {
         let harness = SledHarness::new();
         let metrics = Arc::new(Metrics::new());
-        let store = open_capped(&harness, 3, OnFull::DropOldest, Arc::clone(&metrics));
+        let (store, rules) = open_capped(&harness, 3, OnFull::DropOldest, Arc::clone(&metrics));
         let key = with_brand(&store).await;
-        ledger(&store)
+        rules
             .enqueue(&key, vec![js("a", None), js("b", None), js("c", None)])
             .await
             .unwrap();
-        let held = ledger(&store)
-            .lease(&key, SessionId::generate(), 1)
-            .await
-            .unwrap();
+        let held = rules.lease(&key, SessionId::generate(), 1).await.unwrap();
         assert_eq!(held[0].id.as_str(), "a");
 
-        let outcome = ledger(&store)
+        let outcome = rules
             .enqueue(&key, vec![js("d", None), js("e", None)])
             .await
             .unwrap();
         let dropped: Vec<&str> = outcome.dropped.iter().map(PixelId::as_str).collect();
         assert_eq!(dropped, ["b", "c"], "the oldest not in flight");
-        let pending: Vec<String> = ledger(&store)
+        let pending: Vec<String> = rules
             .pending(&key)
             .await
             .unwrap()
@@ -1963,7 +1535,7 @@ mod tests {
         );
 
         // Only "a" is held: two more cannot fit, one can.
-        let err = ledger(&store)
+        let err = rules
             .enqueue(
                 &key,
                 vec![js("f", None), js("g", None), js("h", None), js("i", None)],
@@ -1972,14 +1544,11 @@ mod tests {
             .unwrap_err();
         assert!(matches!(err, StoreError::QueueFull { .. }), "{err:?}");
         assert_eq!(
-            ledger(&store).pending(&key).await.unwrap().len(),
+            rules.pending(&key).await.unwrap().len(),
             3,
             "nothing written"
         );
-        let outcome = ledger(&store)
-            .enqueue(&key, vec![js("f", None)])
-            .await
-            .unwrap();
+        let outcome = rules.enqueue(&key, vec![js("f", None)]).await.unwrap();
         assert_eq!(outcome.dropped, [PixelId::parse("d").unwrap()]);
         store.close().await.unwrap();
     }
@@ -1995,11 +1564,11 @@ mod tests {
         drop(store);
 
         for on_full in [OnFull::Reject, OnFull::DropOldest] {
-            let store = open_capped(&harness, 2, on_full, Arc::new(Metrics::new()));
-            let again = ledger(&store).enqueue(&key, three()).await.unwrap();
+            let (store, rules) = open_capped(&harness, 2, on_full, Arc::new(Metrics::new()));
+            let again = rules.enqueue(&key, three()).await.unwrap();
             assert!(again.pixels.iter().all(|p| p.duplicate), "{on_full:?}");
             assert!(again.dropped.is_empty(), "{on_full:?}");
-            assert_eq!(ledger(&store).pending(&key).await.unwrap().len(), 3);
+            assert_eq!(rules.pending(&key).await.unwrap().len(), 3);
             store.close().await.unwrap();
         }
     }
@@ -2244,7 +1813,13 @@ mod tests {
         assert_eq!(rows[0].status, PixelStatus::Expired, "kept as expired");
 
         store.sweep(now + retention - 1000).unwrap();
-        assert!(store.event(&key.brand, &event_id).await.unwrap().is_some());
+        assert!(
+            ledger(&store)
+                .event(&key.brand, &event_id)
+                .await
+                .unwrap()
+                .is_some()
+        );
         store.sweep(now + 601_000 + retention + 1000).unwrap();
         assert!(
             store
@@ -2254,7 +1829,13 @@ mod tests {
                 .rows
                 .is_empty()
         );
-        assert!(store.event(&key.brand, &event_id).await.unwrap().is_none());
+        assert!(
+            ledger(&store)
+                .event(&key.brand, &event_id)
+                .await
+                .unwrap()
+                .is_none()
+        );
         assert!(
             store.inner.data.scan_prefix(b"r").next().is_none(),
             "no index entry left"

@@ -9,9 +9,12 @@ use std::collections::HashMap;
 use async_trait::async_trait;
 
 use super::{Changes, Inner, SledStore, backend, json, keys, lock};
-use crate::ids::{PixelId, PlayerKey};
+use crate::event::{EventOutcome, PlayerContext};
+use crate::ids::{BrandId, EventId, PixelId, PlayerKey};
 use crate::pixel::QueuedPixel;
-use crate::store::queues::{Durability, Lease, Mode, Queues, Record, Tx, Work, Write};
+use crate::store::queues::{
+    Durability, Lease, Mode, Queues, Record, Scope, Tx, Usage, Work, Write,
+};
 use crate::store::{PixelStatus, StoreError};
 
 /// A transaction in progress: what it staged, and the queue positions it adds per player (a delivery
@@ -21,6 +24,8 @@ struct SledTx<'a> {
     changes: Changes,
     leases: Vec<(PlayerKey, Option<Lease>)>,
     added: HashMap<PlayerKey, (u64, u64)>,
+    /// Per brand: the day, new events and new players to count once applied.
+    usage: Vec<(BrandId, u64, u64, u64)>,
 }
 
 impl Tx for SledTx<'_> {
@@ -71,6 +76,23 @@ impl Tx for SledTx<'_> {
         Ok(self.inner.leases.get(key).map(|l| l.clone()))
     }
 
+    fn context(&mut self, key: &PlayerKey) -> Result<Option<PlayerContext>, StoreError> {
+        self.inner.read(&keys::context(key))
+    }
+
+    fn event(&mut self, brand: &BrandId, id: &EventId) -> Result<Option<EventOutcome>, StoreError> {
+        self.inner.read(&keys::event(brand, id))
+    }
+
+    fn usage(&mut self, brand: &BrandId, day: u64) -> Result<Usage, StoreError> {
+        let inner = self.inner;
+        Ok(Usage {
+            events_today: inner.events_on(brand, day),
+            players: inner.players.get(brand).map_or(0, |n| *n),
+            outbox: inner.outbox_size.get(brand).map_or(0, |n| *n),
+        })
+    }
+
     fn write(&mut self, write: Write) {
         let batch = &mut self.changes;
         match write {
@@ -112,6 +134,56 @@ impl Tx for SledTx<'_> {
                 );
                 batch.insert(keys::index(&key, &d.id), json(&record));
             }
+            Write::AddPostback {
+                key,
+                record,
+                lane,
+                due_ms,
+            } => {
+                batch.schedule(&lane, due_ms, &key, &record.delivery.id);
+                self.inner.stage_record(batch, &key, &record);
+            }
+            Write::AddFailed {
+                key,
+                record,
+                forget_at_ms,
+            } => {
+                batch.insert(
+                    keys::expiry(forget_at_ms, &key, record.seq),
+                    record.delivery.id.as_str().as_bytes(),
+                );
+                self.inner.stage_record(batch, &key, &record);
+            }
+            Write::PutContext {
+                key,
+                context,
+                click_id,
+            } => {
+                if let Some(click) = click_id {
+                    batch.insert(
+                        keys::click(&key.brand, &click),
+                        key.player.as_str().as_bytes(),
+                    );
+                }
+                batch.insert(keys::context(&key), json(&context));
+            }
+            Write::PutEvent {
+                brand,
+                outcome,
+                forget_at_ms,
+            } => {
+                batch.insert(
+                    keys::forget_event(forget_at_ms, &brand, &outcome.event_id),
+                    &[],
+                );
+                batch.insert(keys::event(&brand, &outcome.event_id), json(&outcome));
+            }
+            Write::CountUsage {
+                brand,
+                day,
+                events,
+                players,
+            } => self.usage.push((brand, day, events, players)),
             Write::PutLease { key, lease } => self.leases.push((key, lease)),
         }
     }
@@ -121,14 +193,16 @@ impl Tx for SledTx<'_> {
 impl Queues for SledStore {
     async fn transact(
         &self,
-        keys: Vec<PlayerKey>,
+        scope: Scope,
         mode: Mode,
         mut work: Work,
     ) -> Result<Box<dyn Any + Send>, StoreError> {
         let (out, added) = self
             .blocking(move |inner| {
                 inner.check_open()?;
-                let mut stripes: Vec<usize> = keys.iter().map(|k| inner.stripe_index(k)).collect();
+                let players = scope.players.iter().map(|k| inner.stripe_index(k));
+                let events = scope.events.iter().map(|(b, e)| inner.stripe_index((b, e)));
+                let mut stripes: Vec<usize> = players.chain(events).collect();
                 stripes.sort_unstable();
                 stripes.dedup();
                 let _guards: Vec<_> = stripes.iter().map(|&i| lock(&inner.stripes[i])).collect();
@@ -137,15 +211,20 @@ impl Queues for SledStore {
                     changes: Changes::default(),
                     leases: Vec::new(),
                     added: HashMap::new(),
+                    usage: Vec::new(),
                 };
                 let out = work(&mut tx)?;
                 let SledTx {
                     changes,
                     leases,
                     added,
+                    usage,
                     ..
                 } = tx;
                 inner.apply(changes)?;
+                for (brand, day, events, players) in usage {
+                    inner.count_usage(&brand, day, events, players);
+                }
                 for (key, lease) in leases {
                     match lease {
                         Some(lease) => inner.leases.insert(key, lease),
@@ -173,6 +252,10 @@ impl Queues for SledStore {
     fn announce(&self, key: &PlayerKey) {
         // No receiver is fine: nobody online for now, the pixels wait.
         let _ = self.inner.announce.send(key.clone());
+    }
+
+    fn announce_postbacks(&self) {
+        self.inner.outbox.notify_one();
     }
 
     fn surely_idle(&self, key: &PlayerKey) -> bool {
