@@ -160,7 +160,7 @@ impl Ledger {
             .write(entry, Value::Definition(Box::new(definition.clone())));
         match self.catalog().apply(change).await? {
             Applied::Done => {
-                self.store().reset_health(brand, &id).await?;
+                self.reset_health(brand, &id).await?;
                 Ok(definition)
             }
             Applied::Conflict => Err(StoreError::DefinitionExists(id)),
@@ -205,7 +205,7 @@ impl Ledger {
                 );
             if self.catalog().apply(change).await? == Applied::Done {
                 // The brand has looked at it again: failures before this count no more.
-                self.store().reset_health(brand, id).await?;
+                self.reset_health(brand, id).await?;
                 return Ok(definition);
             }
         }
@@ -229,7 +229,7 @@ impl Ledger {
                 .expect(entry.clone(), Value::Definition(Box::new(old)))
                 .write(entry.clone(), Value::Absent);
             if self.catalog().apply(change).await? == Applied::Done {
-                self.store().reset_health(brand, id).await?;
+                self.reset_health(brand, id).await?;
                 return Ok(true);
             }
         }

@@ -43,7 +43,8 @@ impl Ledger {
                 let mut sent = Vec::new();
                 let mut seqs = held;
                 if seqs.len() < max_in_flight {
-                    walk(tx, key, |tx, seq, pixel| {
+                    // Held pixels come first in the queue; then a window's worth is what it wants.
+                    walk(tx, key, max_in_flight, |tx, seq, pixel| {
                         if barrier.is_some_and(|first_undurable| seq >= first_undurable) {
                             return Ok(false); // its enqueue announces it once it is durable
                         }

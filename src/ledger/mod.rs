@@ -12,6 +12,7 @@
 mod catalog;
 mod events;
 mod lease;
+mod outbox;
 mod queue;
 
 use std::any::Any;
@@ -22,15 +23,14 @@ use std::time::Duration;
 use tokio::sync::broadcast;
 
 use crate::clock::SharedClock;
-use crate::delivery::Attempt;
 use crate::event::PlayerContext;
 use crate::ids::{BrandId, DefinitionId, EventId, PlayerId, PlayerKey};
 use crate::metrics::{Metrics, PixelEvent};
 use crate::store::catalog::Catalog;
 use crate::store::queues::{Mode, Queues, Scope, Tx};
 use crate::store::{
-    Backlog, DefinitionHealth, DeliveryPage, DeliveryQuery, DuePostback, Lane, LaneDue, QueueCap,
-    Quotas, Store, StoreError, StoreStats, Verdict,
+    Backlog, DefinitionHealth, DeliveryPage, DeliveryQuery, QueueCap, Quotas, Store, StoreError,
+    StoreStats,
 };
 
 /// How many times a change is decided again when another writer changed what it read. Catalog writes
@@ -224,39 +224,6 @@ impl Ledger {
         query: &DeliveryQuery,
     ) -> Result<DeliveryPage, StoreError> {
         self.store().deliveries(brand, query).await
-    }
-
-    /// See [`Store::postback_lanes`].
-    pub async fn postback_lanes(&self) -> Result<Vec<LaneDue>, StoreError> {
-        self.store().postback_lanes().await
-    }
-
-    /// See [`Store::due_postbacks`].
-    pub async fn due_postbacks(
-        &self,
-        lane: &Lane,
-        now: u64,
-        limit: usize,
-    ) -> Result<Vec<DuePostback>, StoreError> {
-        self.store().due_postbacks(lane, now, limit).await
-    }
-
-    /// See [`Store::claim_postback`].
-    pub async fn claim_postback(&self, due: &DuePostback, until: u64) -> Result<bool, StoreError> {
-        self.store().claim_postback(due, until).await
-    }
-
-    /// See [`Store::record_attempt`].
-    pub async fn record_attempt(
-        &self,
-        due: &DuePostback,
-        claimed_until: u64,
-        attempt: Attempt,
-        verdict: Verdict,
-    ) -> Result<Option<DefinitionHealth>, StoreError> {
-        self.store()
-            .record_attempt(due, claimed_until, attempt, verdict)
-            .await
     }
 
     /// See [`Store::definition_health`].

@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use super::outbox::unschedule;
 use super::{Ledger, Transition};
 use crate::delivery::{Delivery, Target};
 use crate::ids::{PixelId, PlayerKey};
@@ -11,7 +12,8 @@ use crate::metrics::PixelEvent;
 use crate::pixel::{NewPixel, QueuedPixel};
 use crate::store::queues::{Mode, Record, Tx, Write};
 use crate::store::{
-    CancelOutcome, EnqueueOutcome, Enqueued, OnFull, PendingPixel, PixelStatus, Purged, StoreError,
+    CancelOutcome, EnqueueOutcome, Enqueued, Lane, OnFull, PendingPixel, PixelStatus, Purged,
+    StoreError,
 };
 
 /// Queue entries read at a time while walking a player's queue.
@@ -100,7 +102,7 @@ impl Ledger {
             let key = &owned;
             let in_flight = in_flight(tx, key, now)?;
             let mut out = Vec::new();
-            walk(tx, key, |_, seq, pixel| {
+            walk(tx, key, PAGE, |_, seq, pixel| {
                 if pixel.expires_at_ms > now {
                     out.push(PendingPixel {
                         in_flight: in_flight.contains(&seq),
@@ -114,49 +116,47 @@ impl Ledger {
         .await
     }
 
-    /// Cancels one pending pixel or postback that is not being delivered right now (a browser holds the
-    /// pixel, an attempt of the postback runs). Durable when it returns.
+    /// Cancels one pending pixel or postback that is not being delivered right now: a pixel a browser
+    /// holds, or a postback whose attempt runs (its outbox entry is then at the end of the claim, not at
+    /// its next attempt), may be firing and cannot be recalled. Durable when it returns.
     pub async fn cancel(&self, key: &PlayerKey, id: &PixelId) -> Result<CancelOutcome, StoreError> {
-        let Some(record) = self.record(key, id).await? else {
-            return Ok(CancelOutcome::NotFound);
-        };
-        if !record.is_client_pixel() {
-            // A postback: the outbox's rules decide (see `Store::cancel`).
-            return self.store().cancel_postback(key, id).await;
-        }
         let now = self.now_ms();
         let (retention_ms, owned, id) = (self.inner.options.retention_ms, key.clone(), id.clone());
         let (outcome, transitions) = self
             .transact(vec![key.clone()], Mode::SETTLE, move |tx| {
                 let key = &owned;
                 let Some(record) = tx.record(key, &id)? else {
-                    return Ok((CancelOutcome::NotFound, Vec::new()));
+                    return Ok((CancelOutcome::NotFound, None));
                 };
                 if !record.delivery.status.is_pending() {
-                    return Ok((
-                        CancelOutcome::AlreadyFinal(record.delivery.status),
-                        Vec::new(),
-                    ));
+                    return Ok((CancelOutcome::AlreadyFinal(record.delivery.status), None));
                 }
-                if in_flight(tx, key, now)?.contains(&record.seq) {
-                    return Ok((CancelOutcome::InFlight, Vec::new()));
-                }
-                let expired = record.delivery.expires_at_ms.is_some_and(|at| at <= now);
-                let status = if expired {
-                    PixelStatus::Expired
-                } else {
-                    PixelStatus::Cancelled
+                let (outcome, status) = match record.delivery.expires_at_ms {
+                    Some(_) if in_flight(tx, key, now)?.contains(&record.seq) => {
+                        return Ok((CancelOutcome::InFlight, None));
+                    }
+                    Some(expires_at_ms) if expires_at_ms <= now => (
+                        CancelOutcome::AlreadyFinal(PixelStatus::Expired),
+                        PixelStatus::Expired,
+                    ),
+                    Some(_) => (CancelOutcome::Cancelled, PixelStatus::Cancelled),
+                    None => {
+                        let url = record.delivery.final_url.as_deref().unwrap_or("");
+                        let lane = Lane::of(&key.brand, url);
+                        match record.delivery.next_attempt_at_ms {
+                            Some(due) if tx.scheduled(&lane, due, key, &id)? => {
+                                tx.write(unschedule(key, &id, &lane, due));
+                            }
+                            _ => return Ok((CancelOutcome::InFlight, None)),
+                        }
+                        (CancelOutcome::Cancelled, PixelStatus::Cancelled)
+                    }
                 };
-                let transitions = finalize(tx, key, record, status, now, retention_ms);
-                let outcome = if expired {
-                    CancelOutcome::AlreadyFinal(PixelStatus::Expired)
-                } else {
-                    CancelOutcome::Cancelled
-                };
-                Ok((outcome, transitions.into_iter().collect()))
+                let transition = finalize(tx, key, record, status, now, retention_ms);
+                Ok((outcome, transition))
             })
             .await?;
-        self.count(&key.brand, transitions);
+        self.count(&key.brand, transitions.into_iter().collect());
         Ok(outcome)
     }
 
@@ -171,7 +171,7 @@ impl Ledger {
                 let key = &owned;
                 let in_flight = in_flight(tx, key, now)?;
                 let mut queued = Vec::new();
-                walk(tx, key, |_, seq, pixel| {
+                walk(tx, key, PAGE, |_, seq, pixel| {
                     queued.push((seq, pixel));
                     Ok(true)
                 })?;
@@ -196,15 +196,6 @@ impl Ledger {
             .await?;
         self.count(&key.brand, transitions);
         Ok(purged)
-    }
-
-    /// A pixel's or postback's record.
-    async fn record(&self, key: &PlayerKey, id: &PixelId) -> Result<Option<Record>, StoreError> {
-        let (owned, id) = (key.clone(), id.clone());
-        self.transact(vec![key.clone()], Mode::LAZY, move |tx| {
-            tx.record(&owned, &id)
-        })
-        .await
     }
 }
 
@@ -294,17 +285,21 @@ pub(super) fn in_flight(
         .unwrap_or_default())
 }
 
-/// Calls `visit` on the player's queue entries in order (with the position after which the next page
-/// starts), until it returns false or the queue ends.
+/// Calls `visit` on the player's queue entries in order, until it returns false or the queue ends.
+/// Entries are read a page at a time, the first page `first_page` long: a caller that expects to stop
+/// early (a lease wants a window's worth) reads no more than it needs.
 pub(super) fn walk(
     tx: &mut dyn Tx,
     key: &PlayerKey,
+    first_page: usize,
     mut visit: impl FnMut(&mut dyn Tx, u64, QueuedPixel) -> Result<bool, StoreError>,
 ) -> Result<(), StoreError> {
     let mut after = None;
+    let mut size = first_page.max(1);
     loop {
-        let page = tx.queue(key, after, PAGE)?;
-        let full = page.len() == PAGE;
+        let page = tx.queue(key, after, size)?;
+        let full = page.len() == size;
+        size = PAGE;
         for (seq, pixel) in page {
             after = Some(seq);
             if !visit(tx, seq, pixel)? {
@@ -359,7 +354,7 @@ impl super::Millis {
         let in_flight = in_flight(tx, key, now)?;
         let mut need = pending + added - cap;
         let mut oldest = Vec::new();
-        walk(tx, key, |_, seq, pixel| {
+        walk(tx, key, PAGE, |_, seq, pixel| {
             if !in_flight.contains(&seq) {
                 // A browser may be firing an in-flight one right now: never dropped.
                 oldest.push(pixel);

@@ -41,14 +41,12 @@ use tokio_util::task::TaskTracker;
 use super::catalog::{self, Applied, Catalog, Change, Entry};
 use super::queues::{Mode, Queues, Scope, Work};
 use super::{
-    Backlog, CancelOutcome, DefinitionHealth, DeliveryPage, DeliveryQuery, DuePostback, Lane,
-    LaneDue, Store, StoreError, StoreStats, Verdict,
+    Backlog, DefinitionHealth, DeliveryPage, DeliveryQuery, LaneDue, Store, StoreError, StoreStats,
 };
 use crate::api_key::ApiKeyRecord;
 use crate::definition::Definition;
-use crate::delivery::Attempt;
 use crate::event::PlayerContext;
-use crate::ids::{BrandId, DefinitionId, PixelId, PlayerId, PlayerKey};
+use crate::ids::{BrandId, DefinitionId, PlayerId, PlayerKey};
 use crate::metrics::Metrics;
 
 /// How often the room is measured.
@@ -419,6 +417,10 @@ impl Queues for GuardedStore {
         self.queues.announce_postbacks()
     }
 
+    async fn lanes(&self) -> Result<Vec<LaneDue>, StoreError> {
+        self.call(Call::Other, self.queues.lanes()).await
+    }
+
     fn surely_idle(&self, key: &PlayerKey) -> bool {
         self.queues.surely_idle(key)
     }
@@ -426,15 +428,6 @@ impl Queues for GuardedStore {
 
 #[async_trait]
 impl Store for GuardedStore {
-    async fn cancel_postback(
-        &self,
-        key: &PlayerKey,
-        id: &PixelId,
-    ) -> Result<CancelOutcome, StoreError> {
-        self.call(Call::Other, self.engine.cancel_postback(key, id))
-            .await
-    }
-
     async fn player_context(&self, key: &PlayerKey) -> Result<PlayerContext, StoreError> {
         self.call(Call::Other, self.engine.player_context(key))
             .await
@@ -458,48 +451,11 @@ impl Store for GuardedStore {
             .await
     }
 
-    async fn postback_lanes(&self) -> Result<Vec<LaneDue>, StoreError> {
-        self.call(Call::Other, self.engine.postback_lanes()).await
-    }
-
-    async fn due_postbacks(
-        &self,
-        lane: &Lane,
-        now: u64,
-        limit: usize,
-    ) -> Result<Vec<DuePostback>, StoreError> {
-        self.call(Call::Other, self.engine.due_postbacks(lane, now, limit))
-            .await
-    }
-
-    async fn claim_postback(&self, due: &DuePostback, until: u64) -> Result<bool, StoreError> {
-        self.call(Call::Other, self.engine.claim_postback(due, until))
-            .await
-    }
-
-    async fn record_attempt(
-        &self,
-        due: &DuePostback,
-        claimed_until: u64,
-        attempt: Attempt,
-        verdict: Verdict,
-    ) -> Result<Option<DefinitionHealth>, StoreError> {
-        let work = self
-            .engine
-            .record_attempt(due, claimed_until, attempt, verdict);
-        self.call(Call::Other, work).await
-    }
-
     async fn definition_health(
         &self,
         brand: &BrandId,
     ) -> Result<BTreeMap<DefinitionId, DefinitionHealth>, StoreError> {
         self.call(Call::Other, self.engine.definition_health(brand))
-            .await
-    }
-
-    async fn reset_health(&self, brand: &BrandId, id: &DefinitionId) -> Result<(), StoreError> {
-        self.call(Call::Other, self.engine.reset_health(brand, id))
             .await
     }
 

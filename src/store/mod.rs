@@ -13,8 +13,8 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
 use crate::definition::PostBody;
+use crate::delivery::Delivery;
 pub use crate::delivery::PixelStatus;
-use crate::delivery::{Attempt, Delivery};
 use crate::event::PlayerContext;
 use crate::ids::{BrandId, DefinitionId, PixelId, PlayerId, PlayerKey};
 use crate::pixel::QueuedPixel;
@@ -479,14 +479,6 @@ impl StoreError {
 /// browser's fired-id memory turns that redelivery into an ack without a second fire.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
-    /// Cancels a postback while it waits in the outbox (not while an attempt runs). Durable when it
-    /// returns. Client pixels are the ledger's ([`crate::ledger::Ledger::cancel`]).
-    async fn cancel_postback(
-        &self,
-        key: &PlayerKey,
-        id: &PixelId,
-    ) -> Result<CancelOutcome, StoreError>;
-
     /// What the hub remembers of a player between events (empty for a player never seen).
     async fn player_context(&self, key: &PlayerKey) -> Result<PlayerContext, StoreError>;
 
@@ -506,45 +498,11 @@ pub trait Store: Send + Sync + 'static {
         query: &DeliveryQuery,
     ) -> Result<DeliveryPage, StoreError>;
 
-    /// Every lane that holds a postback (due, scheduled or claimed), with its earliest entry: what the
-    /// sender chooses from, and when it must look again.
-    async fn postback_lanes(&self) -> Result<Vec<LaneDue>, StoreError>;
-
-    /// The lane's postbacks whose next attempt is due at `now`, earliest first, at most `limit`. Nothing
-    /// is claimed: the sender claims each with [`Store::claim_postback`].
-    async fn due_postbacks(
-        &self,
-        lane: &Lane,
-        now: u64,
-        limit: usize,
-    ) -> Result<Vec<DuePostback>, StoreError>;
-
-    /// Takes a due postback for one attempt, moving its schedule entry to `until`: if the sender dies
-    /// mid-attempt, the postback is due again then, so a crash can never lose it. False when it is no
-    /// longer where `due` says (another sender claimed it, or it was cancelled).
-    async fn claim_postback(&self, due: &DuePostback, until: u64) -> Result<bool, StoreError>;
-
-    /// Records an attempt of a postback claimed until `claimed_until`, and where it goes next; durable
-    /// when it returns, so a postback recorded `fired` is never sent again. Counts towards its
-    /// definition's [`DefinitionHealth`], which it returns. An attempt of a postback cancelled meanwhile
-    /// changes nothing.
-    async fn record_attempt(
-        &self,
-        due: &DuePostback,
-        claimed_until: u64,
-        attempt: Attempt,
-        verdict: Verdict,
-    ) -> Result<Option<DefinitionHealth>, StoreError>;
-
     /// The postback health of the brand's definitions that have sent any.
     async fn definition_health(
         &self,
         brand: &BrandId,
     ) -> Result<BTreeMap<DefinitionId, DefinitionHealth>, StoreError>;
-
-    /// Forgets a definition's postback health (it was saved again, or deleted): its next attempts count
-    /// afresh. Durable when it returns.
-    async fn reset_health(&self, brand: &BrandId, id: &DefinitionId) -> Result<(), StoreError>;
 
     /// Queue depth per brand: exact, not estimated.
     async fn stats(&self) -> Result<StoreStats, StoreError>;

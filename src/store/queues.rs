@@ -13,11 +13,11 @@ use std::any::Any;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
-use super::{Lane, StoreError};
+use super::{DefinitionHealth, Lane, LaneDue, StoreError};
 use crate::definition::PostBody;
 use crate::delivery::Delivery;
 use crate::event::{EventOutcome, PlayerContext};
-use crate::ids::{BrandId, EventId, PixelId, PlayerKey, SessionId};
+use crate::ids::{BrandId, DefinitionId, EventId, PixelId, PlayerKey, SessionId};
 use crate::pixel::QueuedPixel;
 
 /// What is kept under a pixel's or postback's id: its delivery record, and what the engine needs to find
@@ -139,6 +139,37 @@ pub enum Write {
         /// Players whose first context this batch wrote.
         players: u64,
     },
+    /// Puts a postback in its lane of the outbox, due at `due_ms`.
+    Schedule {
+        /// Whose.
+        key: PlayerKey,
+        /// Which postback.
+        id: PixelId,
+        /// Its lane.
+        lane: Lane,
+        /// When it is due.
+        due_ms: u64,
+    },
+    /// Takes a postback's outbox entry out (one [`Tx::scheduled`] found).
+    Unschedule {
+        /// Whose.
+        key: PlayerKey,
+        /// Which postback.
+        id: PixelId,
+        /// Its lane.
+        lane: Lane,
+        /// When the entry was due.
+        due_ms: u64,
+    },
+    /// A definition's postback health, or none (it starts afresh).
+    PutHealth {
+        /// The brand.
+        brand: BrandId,
+        /// The definition.
+        definition: DefinitionId,
+        /// Its health.
+        health: Option<DefinitionHealth>,
+    },
     /// The player's lease, or none.
     PutLease {
         /// Whose queue.
@@ -205,6 +236,31 @@ pub trait Tx: Send {
     /// What the brand holds against its quotas, with the events of UTC day `day`.
     fn usage(&mut self, brand: &BrandId, day: u64) -> Result<Usage, StoreError>;
 
+    /// Whether the postback has an outbox entry due at `due_ms` in `lane`.
+    fn scheduled(
+        &mut self,
+        lane: &Lane,
+        due_ms: u64,
+        key: &PlayerKey,
+        id: &PixelId,
+    ) -> Result<bool, StoreError>;
+
+    /// Up to `limit` outbox entries of `lane` due at or before `until_ms`, earliest first: each one's due
+    /// time, player and postback id.
+    fn due(
+        &mut self,
+        lane: &Lane,
+        until_ms: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, PlayerKey, PixelId)>, StoreError>;
+
+    /// A definition's postback health, if it has sent any since it was last saved.
+    fn health(
+        &mut self,
+        brand: &BrandId,
+        definition: &DefinitionId,
+    ) -> Result<Option<DefinitionHealth>, StoreError>;
+
     /// Stages a write.
     fn write(&mut self, write: Write);
 }
@@ -270,6 +326,10 @@ pub trait Queues: Send + Sync + 'static {
     /// Tells every handle's postback sender that postbacks were added, so it need not wait for its
     /// next look.
     fn announce_postbacks(&self);
+
+    /// Every lane that holds a postback (due, scheduled or claimed), with its earliest entry: what the
+    /// sender chooses from, and when it must look again.
+    async fn lanes(&self) -> Result<Vec<LaneDue>, StoreError>;
 
     /// Whether the engine knows, from memory alone, that the player can have nothing to lease: no pixel
     /// pending in the whole brand, and no lease held. What an idle session's heartbeat asks thousands of

@@ -65,13 +65,13 @@ mod queues;
 
 use super::commit::GroupCommit;
 use super::{
-    Backlog, BrandQueue, CancelOutcome, Cursor, DefinitionHealth, DeliveryPage, DeliveryQuery,
-    DuePostback, Lane, LaneDue, PixelStatus, Store, StoreError, StoreStats, Verdict,
+    Backlog, BrandQueue, Cursor, DefinitionHealth, DeliveryPage, DeliveryQuery, Lane, PixelStatus,
+    Store, StoreError, StoreStats,
 };
 use crate::brand::{BrandSecret, SecretKind};
 use crate::clock::SharedClock;
 use crate::definition::Definition;
-use crate::delivery::{Attempt, Delivery};
+use crate::delivery::Delivery;
 use crate::event::PlayerContext;
 use crate::ids::{BrandId, DefinitionId, EventId, PixelId, PlayerId, PlayerKey};
 use crate::metrics::{Metrics, PixelEvent, Upkeep};
@@ -170,14 +170,18 @@ struct Changes {
     expired: u64,
     /// Outbox entries the batch adds (true) or removes (false): lane and due time.
     outbox: Vec<(Lane, u64, bool)>,
+    /// Keys the batch writes or removes: a batch of none need not be applied.
+    touched: usize,
 }
 
 impl Changes {
     fn insert(&mut self, key: impl Into<IVec>, value: impl Into<IVec>) {
+        self.touched += 1;
         self.batch.insert(key, value);
     }
 
     fn remove(&mut self, key: impl Into<IVec>) {
+        self.touched += 1;
         self.batch.remove(key);
     }
 
@@ -365,28 +369,6 @@ impl Inner {
         self.read(&keys::index(key, id))
     }
 
-    /// Removes an outbox entry whose postback is gone or final (it can only be sent by no one), after
-    /// checking again under the player's stripe.
-    fn drop_orphan(
-        &self,
-        lane: &Lane,
-        due: u64,
-        key: &PlayerKey,
-        id: &PixelId,
-    ) -> Result<(), StoreError> {
-        let _guard = lock(self.stripe(key));
-        let pending = self.record(key, id)?.is_some_and(|rec| {
-            rec.delivery.status.is_pending() && rec.delivery.final_url.is_some()
-        });
-        if pending || !self.scheduled(lane, due, key, id)? {
-            return Ok(());
-        }
-        tracing::warn!(player = %key.player, postback = %id, "dropping an outbox entry with no postback behind it");
-        let mut changes = Changes::default();
-        changes.unschedule(lane, due, key, id);
-        self.apply(changes)
-    }
-
     /// Whether the postback has an outbox entry at `due` in `lane`.
     fn scheduled(
         &self,
@@ -454,6 +436,9 @@ impl Inner {
     /// touch; then adjusts the brand depths and counts the transitions. Call under the stripe locks of
     /// those players (the counts are read, then written).
     fn apply(&self, mut changes: Changes) -> Result<(), StoreError> {
+        if changes.touched == 0 {
+            return Ok(()); // nothing to write (a lease that found nothing, an ack of unknown ids)
+        }
         let deltas: Vec<(PlayerKey, i64)> = changes
             .pending
             .drain()
@@ -883,50 +868,6 @@ fn json<T: Serialize>(value: &T) -> Vec<u8> {
 
 #[async_trait]
 impl Store for SledStore {
-    async fn cancel_postback(
-        &self,
-        key: &PlayerKey,
-        id: &PixelId,
-    ) -> Result<CancelOutcome, StoreError> {
-        let (key, id) = (key.clone(), id.clone());
-        let outcome = self
-            .blocking(move |inner| {
-                inner.check_open()?;
-                let (key, id) = (&key, &id);
-                Ok('locked: {
-                    let _guard = lock(inner.stripe(key));
-                    let Some(rec) = inner.record(key, id)? else {
-                        break 'locked CancelOutcome::NotFound;
-                    };
-                    if !rec.delivery.status.is_pending() {
-                        break 'locked CancelOutcome::AlreadyFinal(rec.delivery.status);
-                    }
-                    if rec.is_client_pixel() {
-                        return Err(StoreError::corrupt("a client pixel is not a postback"));
-                    }
-                    let now = inner.clock.now_ms();
-                    let mut batch = Changes::default();
-                    // Cancellable while it waits in the outbox, not while an attempt runs (its outbox
-                    // entry is then at the end of the claim, not at its next attempt).
-                    let lane =
-                        Lane::of(&key.brand, rec.delivery.final_url.as_deref().unwrap_or(""));
-                    match rec.delivery.next_attempt_at_ms {
-                        Some(due) if inner.scheduled(&lane, due, key, id)? => {
-                            batch.unschedule(&lane, due, key, id);
-                        }
-                        _ => break 'locked CancelOutcome::InFlight,
-                    }
-                    inner.finalize(&mut batch, key, rec, PixelStatus::Cancelled, now);
-                    inner.apply(batch)?;
-                    CancelOutcome::Cancelled
-                })
-            })
-            .await?;
-        // Also when nothing changed here: the state we report may be another call's unflushed write.
-        self.inner.commit.wait().await?;
-        Ok(outcome)
-    }
-
     async fn player_context(&self, key: &PlayerKey) -> Result<PlayerContext, StoreError> {
         let (brand, key) = (key.brand.clone(), keys::context(key));
         self.blocking(move |inner| {
@@ -1107,155 +1048,6 @@ impl Store for SledStore {
         .await
     }
 
-    async fn postback_lanes(&self) -> Result<Vec<LaneDue>, StoreError> {
-        let lanes = self.inner.lanes.lock().unwrap_or_else(|p| p.into_inner());
-        Ok(lanes
-            .iter()
-            .filter_map(|(lane, times)| {
-                times.keys().next().map(|&next_ms| LaneDue {
-                    lane: lane.clone(),
-                    next_ms,
-                })
-            })
-            .collect())
-    }
-
-    async fn due_postbacks(
-        &self,
-        lane: &Lane,
-        now: u64,
-        limit: usize,
-    ) -> Result<Vec<DuePostback>, StoreError> {
-        let lane = lane.clone();
-        self.blocking(move |inner| {
-            let lane = &lane;
-            let mut out = Vec::new();
-            let start = keys::outbox_prefix(lane);
-            let end = [start.as_slice(), &now.saturating_add(1).to_be_bytes()].concat();
-            for entry in inner.data.range(start.as_slice()..end.as_slice()).keys() {
-                if out.len() == limit {
-                    break;
-                }
-                let k = entry.map_err(backend)?;
-                let (_, due_ms, key, id) = keys::parse_outbox(&k)
-                    .ok_or_else(|| StoreError::corrupt("corrupt outbox key"))?;
-                let record = inner.record(&key, &id)?;
-                let sendable = record
-                    .filter(|rec| rec.delivery.status.is_pending())
-                    .and_then(|rec| rec.delivery.final_url.clone().map(|url| (rec, url)));
-                let Some((rec, url)) = sendable else {
-                    // An entry with nothing to send behind it would keep its lane due for ever: drop it.
-                    inner.drop_orphan(lane, due_ms, &key, &id)?;
-                    continue;
-                };
-                out.push(DuePostback {
-                    lane: lane.clone(),
-                    key,
-                    id,
-                    due_ms,
-                    url,
-                    post: rec.post,
-                    definition_id: rec.delivery.definition_id,
-                    attempts: rec.delivery.attempts,
-                });
-            }
-            Ok(out)
-        })
-        .await
-    }
-
-    async fn claim_postback(&self, due: &DuePostback, until: u64) -> Result<bool, StoreError> {
-        let due = due.clone();
-        self.blocking(move |inner| {
-            inner.check_open()?;
-            let _guard = lock(inner.stripe(&due.key));
-            if !inner.scheduled(&due.lane, due.due_ms, &due.key, &due.id)? {
-                return Ok(false);
-            }
-            // Not waited on: if this move is lost in a crash, the postback is simply due where it was.
-            let mut batch = Changes::default();
-            batch.unschedule(&due.lane, due.due_ms, &due.key, &due.id);
-            batch.schedule(&due.lane, until, &due.key, &due.id);
-            inner.apply(batch)?;
-            Ok(true)
-        })
-        .await
-    }
-
-    async fn record_attempt(
-        &self,
-        due: &DuePostback,
-        claimed_until: u64,
-        attempt: Attempt,
-        verdict: Verdict,
-    ) -> Result<Option<DefinitionHealth>, StoreError> {
-        let due = due.clone();
-        let health = self
-            .blocking(move |inner| {
-                inner.check_open()?;
-                Ok('locked: {
-                    let _guard = lock(inner.stripe(&due.key));
-                    let mut batch = Changes::default();
-                    if inner.scheduled(&due.lane, claimed_until, &due.key, &due.id)? {
-                        batch.unschedule(&due.lane, claimed_until, &due.key, &due.id);
-                    }
-                    let Some(mut rec) = inner.record(&due.key, &due.id)? else {
-                        inner.apply(batch)?;
-                        break 'locked None;
-                    };
-                    if !rec.delivery.status.is_pending() {
-                        inner.apply(batch)?;
-                        break 'locked None;
-                    }
-                    let now = attempt.at_ms + attempt.duration_ms;
-                    let failed = verdict != Verdict::Fired;
-                    let error = attempt
-                        .http_status
-                        .map(|s| format!("HTTP {s}"))
-                        .or_else(|| attempt.error.clone());
-                    let (status, next_at) = match verdict {
-                        Verdict::Fired => (PixelStatus::Fired, None),
-                        Verdict::Failed => (PixelStatus::Failed, None),
-                        Verdict::Retry { at_ms } => (PixelStatus::PendingRetry, Some(at_ms)),
-                    };
-                    rec.delivery.note_attempt(attempt, status, next_at);
-                    match next_at {
-                        Some(at) => {
-                            batch.schedule(&due.lane, at, &due.key, &due.id);
-                            batch.insert(keys::index(&due.key, &due.id), json(&rec));
-                        }
-                        None => {
-                            let status = rec.delivery.status;
-                            inner.finalize(&mut batch, &due.key, rec, status, now);
-                        }
-                    }
-                    let health = match &due.definition_id {
-                        Some(definition) => {
-                            let h_key = keys::health(&due.key.brand, definition);
-                            let mut health: DefinitionHealth =
-                                inner.read(&h_key)?.unwrap_or_default();
-                            if failed {
-                                health.consecutive_failures += 1;
-                                health.last_failure_at_ms = Some(now);
-                                health.last_error = error;
-                            } else {
-                                health.consecutive_failures = 0;
-                                health.last_success_at_ms = Some(now);
-                            }
-                            batch.insert(h_key, json(&health));
-                            Some(health)
-                        }
-                        None => None,
-                    };
-                    inner.apply(batch)?;
-                    health
-                })
-            })
-            .await?;
-        self.inner.commit.wait().await?;
-        Ok(health)
-    }
-
     async fn definition_health(
         &self,
         brand: &BrandId,
@@ -1277,17 +1069,6 @@ impl Store for SledStore {
             Ok(out)
         })
         .await
-    }
-
-    async fn reset_health(&self, brand: &BrandId, id: &DefinitionId) -> Result<(), StoreError> {
-        let key = keys::health(brand, id);
-        self.blocking(move |inner| {
-            inner.check_open()?;
-            inner.data.remove(key).map_err(backend)?;
-            Ok(())
-        })
-        .await?;
-        self.inner.commit.wait().await
     }
 
     async fn postbacks_added(&self) {
@@ -1633,7 +1414,7 @@ mod tests {
 
         let store = open(&harness);
         let lane = Lane::of(&key.brand, "https://pb.example/");
-        let due = store
+        let due = ledger(&store)
             .due_postbacks(&lane, harness.now_ms(), 10)
             .await
             .unwrap();
@@ -1642,7 +1423,7 @@ mod tests {
             store.inner.data.scan_prefix(b"s").next().is_none(),
             "the old outbox is gone"
         );
-        assert_eq!(store.postback_lanes().await.unwrap().len(), 1);
+        assert_eq!(ledger(&store).postback_lanes().await.unwrap().len(), 1);
     }
 
     #[tokio::test]
@@ -1654,14 +1435,14 @@ mod tests {
         let (lane, _, player, id) = keys::parse_outbox(&lane_key).unwrap();
         data.remove(keys::index(&player, &id)).unwrap();
         assert!(
-            store
+            ledger(&store)
                 .due_postbacks(&lane, harness.now_ms(), 10)
                 .await
                 .unwrap()
                 .is_empty()
         );
         assert!(
-            store.postback_lanes().await.unwrap().is_empty(),
+            ledger(&store).postback_lanes().await.unwrap().is_empty(),
             "the lane is gone"
         );
         assert!(data.scan_prefix(b"l").next().is_none());

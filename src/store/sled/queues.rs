@@ -10,12 +10,12 @@ use async_trait::async_trait;
 
 use super::{Changes, Inner, SledStore, backend, json, keys, lock};
 use crate::event::{EventOutcome, PlayerContext};
-use crate::ids::{BrandId, EventId, PixelId, PlayerKey};
+use crate::ids::{BrandId, DefinitionId, EventId, PixelId, PlayerKey};
 use crate::pixel::QueuedPixel;
 use crate::store::queues::{
     Durability, Lease, Mode, Queues, Record, Scope, Tx, Usage, Work, Write,
 };
-use crate::store::{PixelStatus, StoreError};
+use crate::store::{DefinitionHealth, Lane, LaneDue, PixelStatus, StoreError};
 
 /// A transaction in progress: what it staged, and the queue positions it adds per player (a delivery
 /// barrier until they are flushed).
@@ -82,6 +82,50 @@ impl Tx for SledTx<'_> {
 
     fn event(&mut self, brand: &BrandId, id: &EventId) -> Result<Option<EventOutcome>, StoreError> {
         self.inner.read(&keys::event(brand, id))
+    }
+
+    fn scheduled(
+        &mut self,
+        lane: &Lane,
+        due_ms: u64,
+        key: &PlayerKey,
+        id: &PixelId,
+    ) -> Result<bool, StoreError> {
+        self.inner.scheduled(lane, due_ms, key, id)
+    }
+
+    fn due(
+        &mut self,
+        lane: &Lane,
+        until_ms: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, PlayerKey, PixelId)>, StoreError> {
+        let start = keys::outbox_prefix(lane);
+        let end = [start.as_slice(), &until_ms.saturating_add(1).to_be_bytes()].concat();
+        let mut out = Vec::new();
+        for entry in self
+            .inner
+            .data
+            .range(start.as_slice()..end.as_slice())
+            .keys()
+        {
+            if out.len() == limit {
+                break;
+            }
+            let k = entry.map_err(backend)?;
+            let (_, due_ms, key, id) =
+                keys::parse_outbox(&k).ok_or_else(|| StoreError::corrupt("corrupt outbox key"))?;
+            out.push((due_ms, key, id));
+        }
+        Ok(out)
+    }
+
+    fn health(
+        &mut self,
+        brand: &BrandId,
+        definition: &DefinitionId,
+    ) -> Result<Option<DefinitionHealth>, StoreError> {
+        self.inner.read(&keys::health(brand, definition))
     }
 
     fn usage(&mut self, brand: &BrandId, day: u64) -> Result<Usage, StoreError> {
@@ -184,6 +228,26 @@ impl Tx for SledTx<'_> {
                 events,
                 players,
             } => self.usage.push((brand, day, events, players)),
+            Write::Schedule {
+                key,
+                id,
+                lane,
+                due_ms,
+            } => batch.schedule(&lane, due_ms, &key, &id),
+            Write::Unschedule {
+                key,
+                id,
+                lane,
+                due_ms,
+            } => batch.unschedule(&lane, due_ms, &key, &id),
+            Write::PutHealth {
+                brand,
+                definition,
+                health,
+            } => match health {
+                Some(health) => batch.insert(keys::health(&brand, &definition), json(&health)),
+                None => batch.remove(keys::health(&brand, &definition)),
+            },
             Write::PutLease { key, lease } => self.leases.push((key, lease)),
         }
     }
@@ -256,6 +320,19 @@ impl Queues for SledStore {
 
     fn announce_postbacks(&self) {
         self.inner.outbox.notify_one();
+    }
+
+    async fn lanes(&self) -> Result<Vec<LaneDue>, StoreError> {
+        let lanes = self.inner.lanes.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(lanes
+            .iter()
+            .filter_map(|(lane, times)| {
+                times.keys().next().map(|&next_ms| LaneDue {
+                    lane: lane.clone(),
+                    next_ms,
+                })
+            })
+            .collect())
     }
 
     fn surely_idle(&self, key: &PlayerKey) -> bool {
