@@ -132,7 +132,6 @@ impl Application {
         }
         let store_dir = config.data_dir.join("sled");
         let options = SledOptions {
-            retention: Duration::from_secs(config.report_retention_days * 24 * 3600),
             cache_bytes: config.store_cache_mb << 20,
             metrics: Arc::clone(&metrics),
             clock: Arc::clone(&clock),
@@ -193,6 +192,7 @@ impl Application {
         let background = TaskTracker::new();
         let hub = Hub::default();
         guarded.spawn_monitor(shutdown.clone(), &background);
+        ledger.spawn_upkeep(shutdown.clone(), &background);
         crate::memory::spawn_trimmer(shutdown.clone(), &background);
         hub.spawn_background(&ledger, config.heartbeat(), shutdown.clone(), &background);
 

@@ -365,7 +365,6 @@ impl Ledger {
 mod tests {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, Ordering};
-    use std::time::Duration;
 
     use async_trait::async_trait;
 
@@ -416,7 +415,6 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let clock = ManualClock::starting_now();
         let options = SledOptions {
-            retention: Duration::from_secs(60),
             cache_bytes: 1 << 20,
             metrics: Arc::new(Metrics::new()),
             clock: clock.clone(),

@@ -14,6 +14,7 @@ mod events;
 mod lease;
 mod outbox;
 mod queue;
+mod upkeep;
 
 use std::any::Any;
 use std::collections::BTreeMap;

@@ -39,14 +39,14 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::catalog::{self, Applied, Catalog, Change, Entry};
-use super::queues::{Mode, Queues, Scope, Work};
+use super::queues::{DueEntry, Mode, Queues, Scope, Work};
 use super::{
     Backlog, DefinitionHealth, DeliveryPage, DeliveryQuery, LaneDue, Store, StoreError, StoreStats,
 };
 use crate::api_key::ApiKeyRecord;
 use crate::definition::Definition;
 use crate::event::PlayerContext;
-use crate::ids::{BrandId, DefinitionId, PlayerId, PlayerKey};
+use crate::ids::{BrandId, DefinitionId, EventId, PlayerId, PlayerKey};
 use crate::metrics::Metrics;
 
 /// How often the room is measured.
@@ -421,6 +421,25 @@ impl Queues for GuardedStore {
         self.call(Call::Other, self.queues.lanes()).await
     }
 
+    async fn due_entries(
+        &self,
+        until_ms: u64,
+        after: Option<DueEntry>,
+        limit: usize,
+    ) -> Result<Vec<DueEntry>, StoreError> {
+        self.call(Call::Other, self.queues.due_entries(until_ms, after, limit))
+            .await
+    }
+
+    async fn due_events(
+        &self,
+        until_ms: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, BrandId, EventId)>, StoreError> {
+        self.call(Call::Other, self.queues.due_events(until_ms, limit))
+            .await
+    }
+
     fn surely_idle(&self, key: &PlayerKey) -> bool {
         self.queues.surely_idle(key)
     }
@@ -510,7 +529,6 @@ mod tests {
         let engine = SledStore::open(
             dir.path(),
             SledOptions {
-                retention: Duration::from_secs(3600),
                 cache_bytes: 8 << 20,
                 metrics: Arc::clone(&metrics),
                 clock: crate::clock::system(),

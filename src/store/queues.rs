@@ -170,6 +170,24 @@ pub enum Write {
         /// Its health.
         health: Option<DefinitionHealth>,
     },
+    /// Takes out an entry of the expiry index (handled, or stale).
+    DropDue(DueEntry),
+    /// Forgets a final record: the record and its report row.
+    Forget {
+        /// Whose.
+        key: PlayerKey,
+        /// The record.
+        record: Record,
+    },
+    /// Forgets an event's record (its retention ran out), and the entry that said when.
+    ForgetEvent {
+        /// The brand.
+        brand: BrandId,
+        /// The event.
+        id: EventId,
+        /// When it was due to be forgotten.
+        due_ms: u64,
+    },
     /// The player's lease, or none.
     PutLease {
         /// Whose queue.
@@ -177,6 +195,20 @@ pub enum Write {
         /// The lease; `None` frees the queue.
         lease: Option<Lease>,
     },
+}
+
+/// An entry of the expiry index: at `due_ms`, the record `seq` (pixel or postback `id`) of `key` is
+/// due for upkeep: a pending pixel expires, a final record is forgotten.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DueEntry {
+    /// When it is due.
+    pub due_ms: u64,
+    /// Whose record.
+    pub key: PlayerKey,
+    /// The record's number: an entry whose record now has another is stale.
+    pub seq: u64,
+    /// The record's id (`None` when the stored id no longer reads: the entry is only dropped).
+    pub id: Option<PixelId>,
 }
 
 /// What a brand holds (or a batch adds) against its quotas.
@@ -254,6 +286,10 @@ pub trait Tx: Send {
         limit: usize,
     ) -> Result<Vec<(u64, PlayerKey, PixelId)>, StoreError>;
 
+    /// Whether the expiry index still holds `entry` (another transaction may have handled it since it
+    /// was listed).
+    fn holds_due(&mut self, entry: &DueEntry) -> Result<bool, StoreError>;
+
     /// A definition's postback health, if it has sent any since it was last saved.
     fn health(
         &mut self,
@@ -330,6 +366,23 @@ pub trait Queues: Send + Sync + 'static {
     /// Every lane that holds a postback (due, scheduled or claimed), with its earliest entry: what the
     /// sender chooses from, and when it must look again.
     async fn lanes(&self) -> Result<Vec<LaneDue>, StoreError>;
+
+    /// Up to `limit` entries of the expiry index due at or before `until_ms`, in order, after `after`
+    /// (the last entry of the previous page) when given.
+    async fn due_entries(
+        &self,
+        until_ms: u64,
+        after: Option<DueEntry>,
+        limit: usize,
+    ) -> Result<Vec<DueEntry>, StoreError>;
+
+    /// Up to `limit` event records due to be forgotten at or before `until_ms`, earliest first: when,
+    /// and which.
+    async fn due_events(
+        &self,
+        until_ms: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, BrandId, EventId)>, StoreError>;
 
     /// Whether the engine knows, from memory alone, that the player can have nothing to lease: no pixel
     /// pending in the whole brand, and no lease held. What an idle session's heartbeat asks thousands of

@@ -277,6 +277,41 @@ pub async fn cancel_covers_every_state(h: &impl Harness) {
     assert_eq!(store.stats().await.unwrap().queue_depth, 0);
 }
 
+/// Upkeep expires what ran out of time, except what a browser holds (its ack decides) and postbacks
+/// (they end by their attempts); it forgets records once their retention ran out.
+pub async fn upkeep_expires_nothing_a_browser_holds(h: &impl Harness) {
+    let store = store_with_brand(h).await;
+    let k = key("p");
+    let short = |id: &str, n| NewPixel {
+        ttl_seconds: Some(1),
+        ..with_id(id, n)
+    };
+    store
+        .enqueue(&k, vec![short("held", 1), short("idle", 2)])
+        .await
+        .unwrap();
+    let session = SessionId::generate();
+    let sent = store.lease(&k, session, 1).await.unwrap();
+    assert_eq!(ids(&sent), [PixelId::parse("held").unwrap()]);
+    h.clock().advance(Duration::from_secs(2));
+
+    let stop = tokio_util::sync::CancellationToken::new();
+    store.sweep(h.clock().now_ms(), &stop).await.unwrap();
+    let pending = store.pending(&k).await.unwrap();
+    assert!(pending.is_empty(), "expired pixels are not listed");
+    assert_eq!(
+        store.stats().await.unwrap().queue_depth,
+        1,
+        "the held pixel stays queued: its browser may be firing it"
+    );
+    assert_eq!(
+        store.ack(&k, &ids(&sent)).await.unwrap(),
+        1,
+        "and its ack counts"
+    );
+    assert_eq!(store.stats().await.unwrap().queue_depth, 0);
+}
+
 pub async fn expired_pixels_are_dropped_and_counted(h: &impl Harness) {
     let store = store_with_brand(h).await;
     let k = key("p");
@@ -1341,6 +1376,11 @@ macro_rules! rules_contract {
         mod contract_tests {
             use super::*;
             use $crate::store::contract::rules as contract;
+
+            #[tokio::test]
+            async fn upkeep_expires_nothing_a_browser_holds() {
+                contract::upkeep_expires_nothing_a_browser_holds(&$harness).await
+            }
 
             #[tokio::test]
             async fn a_click_id_finds_the_player_who_registered_with_it() {

@@ -249,6 +249,13 @@ pub fn expiry(due_ms: u64, key: &PlayerKey, seq: u64) -> Vec<u8> {
     k
 }
 
+/// The due time of a key of a due-ordered table (`x`, `y`): the 8 bytes after its tag.
+pub fn due_of(k: &[u8]) -> Option<u64> {
+    k.get(1..9)
+        .and_then(|b| <[u8; 8]>::try_from(b).ok())
+        .map(u64::from_be_bytes)
+}
+
 /// First key of the due-ordered table `tag` that is not yet due at `now`.
 pub fn due_bound(tag: u8, now: u64) -> Vec<u8> {
     let mut k = vec![tag];

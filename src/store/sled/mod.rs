@@ -57,7 +57,6 @@ use async_trait::async_trait;
 use dashmap::DashMap;
 use serde::Serialize;
 use tokio::sync::{Notify, broadcast};
-use tokio_util::sync::CancellationToken;
 
 mod catalog;
 mod keys;
@@ -65,8 +64,8 @@ mod queues;
 
 use super::commit::GroupCommit;
 use super::{
-    Backlog, BrandQueue, Cursor, DefinitionHealth, DeliveryPage, DeliveryQuery, Lane, PixelStatus,
-    Store, StoreError, StoreStats,
+    Backlog, BrandQueue, Cursor, DefinitionHealth, DeliveryPage, DeliveryQuery, Lane, Store,
+    StoreError, StoreStats,
 };
 use crate::brand::{BrandSecret, SecretKind};
 use crate::clock::SharedClock;
@@ -74,7 +73,7 @@ use crate::definition::Definition;
 use crate::delivery::Delivery;
 use crate::event::PlayerContext;
 use crate::ids::{BrandId, DefinitionId, EventId, PixelId, PlayerId, PlayerKey};
-use crate::metrics::{Metrics, PixelEvent, Upkeep};
+use crate::metrics::Metrics;
 use crate::pixel::QueuedPixel;
 use crate::store::queues::{Lease, Record};
 
@@ -82,10 +81,6 @@ use crate::store::queues::{Lease, Record};
 const DAY_MS: u64 = 24 * 3600 * 1000;
 /// Lock stripes for per-player serialisation; enough that unrelated players rarely share one.
 const STRIPES: usize = 1024;
-/// How often due expiry entries are swept.
-const SWEEP_EVERY: Duration = Duration::from_secs(5);
-/// Most expiry entries handled per sweep step, so one sweep never holds up writers for long.
-const SWEEP_CHUNK: usize = 1000;
 /// How long `open` waits for a directory lock held by a store closing in this process.
 const LOCK_PATIENCE: Duration = Duration::from_secs(2);
 /// Between two tries of the lock.
@@ -98,9 +93,6 @@ const ANNOUNCE_CAPACITY: usize = 16 * 1024;
 /// Options of the embedded engine.
 #[derive(Clone, Debug)]
 pub struct SledOptions {
-    /// How long a pixel's or postback's record (its report row and idempotency entry) and an event's
-    /// record are kept once they can no longer change.
-    pub retention: Duration,
     /// Bytes of sled's page cache: most of the hub's memory under a large data set.
     pub cache_bytes: u64,
     /// Where pixel transitions, flushes and upkeep are counted.
@@ -143,8 +135,6 @@ struct Inner {
     /// New events per brand on one UTC day (the day's number, the count), for its quota. In memory:
     /// a restart starts the day's count afresh.
     events_today: DashMap<BrandId, (u64, u64)>,
-    retention_ms: u64,
-    metrics: Arc<Metrics>,
     clock: SharedClock,
     /// Sequence ranges per player that are written but not yet flushed. `lease` never hands out a pixel
     /// at or after one of them: a browser must not fire what a crash could still erase (the caller, who
@@ -152,8 +142,6 @@ struct Inner {
     unflushed: DashMap<PlayerKey, Vec<(u64, u64)>>,
     /// Set by `close`; every later change is refused.
     closed: AtomicBool,
-    stop: CancellationToken,
-    sweeper: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 /// A batch of changes and what it does to queues, applied together by [`Inner::apply`]: the pending
@@ -164,8 +152,6 @@ struct Changes {
     batch: Batch,
     /// Per player, how many client pixels the batch adds (positive) or finalizes (negative).
     pending: HashMap<PlayerKey, i64>,
-    /// Transitions to count once the batch is applied: brand, kind, what, how many.
-    counted: Vec<(BrandId, String, PixelEvent)>,
     /// Client pixels that expired in this batch.
     expired: u64,
     /// Outbox entries the batch adds (true) or removes (false): lane and due time.
@@ -183,10 +169,6 @@ impl Changes {
     fn remove(&mut self, key: impl Into<IVec>) {
         self.touched += 1;
         self.batch.remove(key);
-    }
-
-    fn count(&mut self, brand: &BrandId, kind: &str, event: PixelEvent) {
-        self.counted.push((brand.clone(), kind.to_owned(), event));
     }
 
     /// Puts a postback in its lane of the outbox, due at `due`.
@@ -281,14 +263,8 @@ impl SledStore {
             outbox_size,
             players,
             events_today: DashMap::new(),
-            retention_ms: options.retention.as_millis() as u64,
-            metrics: options.metrics,
             clock: options.clock,
-            stop: CancellationToken::new(),
-            sweeper: Mutex::new(None),
         });
-        let sweeper = tokio::spawn(sweep_forever(Arc::downgrade(&inner), inner.stop.clone()));
-        *inner.sweeper.lock().unwrap_or_else(|p| p.into_inner()) = Some(sweeper);
         Ok(Self { inner })
     }
 
@@ -312,19 +288,9 @@ impl SledStore {
     pub fn size_on_disk(&self) -> Result<u64, StoreError> {
         self.inner.db.size_on_disk().map_err(backend)
     }
-
-    /// Drops expired pixels and forgets old tombstones that are due at `now`. Runs by itself every few
-    /// seconds; public so tests and tools can force it.
-    pub fn sweep(&self, now: u64) -> Result<usize, StoreError> {
-        self.inner.sweep(now)
-    }
 }
 
 impl Inner {
-    fn stripe(&self, key: &PlayerKey) -> &Mutex<()> {
-        &self.stripes[self.stripe_index(key)]
-    }
-
     fn stripe_index(&self, what: impl std::hash::Hash) -> usize {
         (self.stripe_hasher.hash_one(what) as usize) % STRIPES
     }
@@ -380,56 +346,6 @@ impl Inner {
         self.data
             .contains_key(keys::outbox(lane, due, key, id))
             .map_err(backend)
-    }
-
-    /// Moves a pending pixel or postback to a final status: a client pixel leaves the queue and its
-    /// expiry and age entries; either way an entry is added that forgets the record after the retention.
-    /// The caller removes a postback's outbox entry.
-    fn finalize(
-        &self,
-        batch: &mut Changes,
-        key: &PlayerKey,
-        mut rec: Record,
-        status: PixelStatus,
-        now: u64,
-    ) {
-        if let Some(expires_at_ms) = rec.delivery.expires_at_ms {
-            batch.remove(keys::queue(key, rec.seq));
-            batch.remove(keys::expiry(expires_at_ms, key, rec.seq));
-            batch.remove(keys::pending(key, rec.delivery.queued_at_ms, rec.seq));
-            *batch.pending.entry(key.clone()).or_insert(0) -= 1;
-            if status == PixelStatus::Expired {
-                batch.expired += 1;
-            }
-        }
-        let event = match status {
-            PixelStatus::Fired => Some(PixelEvent::Fired(Duration::from_millis(
-                now.saturating_sub(rec.delivery.queued_at_ms),
-            ))),
-            PixelStatus::Expired => Some(PixelEvent::Expired),
-            PixelStatus::Cancelled => Some(PixelEvent::Cancelled),
-            PixelStatus::Dropped => Some(PixelEvent::Dropped),
-            PixelStatus::Failed => Some(PixelEvent::Failed),
-            PixelStatus::Queued | PixelStatus::Delivered | PixelStatus::PendingRetry => None,
-        };
-        if let Some(event) = event {
-            batch.count(&key.brand, &rec.delivery.kind, event);
-        }
-        rec.delivery.set_status(status, now);
-        // Never before the pixel's own expiry: its event's record is kept that long and reads it.
-        let forget_at = (now + self.retention_ms).max(rec.delivery.expires_at_ms.unwrap_or(0));
-        batch.insert(
-            keys::expiry(forget_at, key, rec.seq),
-            rec.delivery.id.as_str().as_bytes(),
-        );
-        batch.insert(keys::index(key, &rec.delivery.id), json(&rec));
-    }
-
-    /// Forgets a final record: the record and its report index entry.
-    fn forget(&self, batch: &mut Changes, key: &PlayerKey, rec: &Record) {
-        let d = &rec.delivery;
-        batch.remove(keys::index(key, &d.id));
-        batch.remove(keys::report(key, d.queued_at_ms, &d.id));
     }
 
     /// Applies `changes` atomically, with the pending counts and backlog ranking of every player they
@@ -491,9 +407,6 @@ impl Inner {
         }
         self.expired_total
             .fetch_add(changes.expired, Ordering::Relaxed);
-        for (brand, kind, event) in changes.counted {
-            self.metrics.pixels(&brand, &kind, event, 1);
-        }
         Ok(())
     }
 
@@ -590,107 +503,6 @@ impl Inner {
             }
         }
     }
-
-    fn in_flight(&self, key: &PlayerKey, seq: u64) -> bool {
-        self.leases
-            .get(key)
-            .is_some_and(|l| l.in_flight.contains(&seq))
-    }
-
-    fn sweep(&self, now: u64) -> Result<usize, StoreError> {
-        Ok(self.sweep_pixels(now)? + self.sweep_events(now)?)
-    }
-
-    /// Forgets event records whose retention ran out, in chunks so writers are never held up for long.
-    fn sweep_events(&self, now: u64) -> Result<usize, StoreError> {
-        let mut handled = 0;
-        loop {
-            let due: Vec<IVec> = self
-                .data
-                .range(b"y".as_slice()..keys::due_bound(b'y', now).as_slice())
-                .keys()
-                .take(SWEEP_CHUNK)
-                .collect::<Result<_, _>>()
-                .map_err(backend)?;
-            if due.is_empty() || self.stop.is_cancelled() {
-                return Ok(handled);
-            }
-            for y_key in due {
-                let (brand, event_id) = keys::parse_forget_event(&y_key)
-                    .ok_or_else(|| StoreError::corrupt("corrupt event key"))?;
-                let _guard = lock(&self.stripes[self.stripe_index((&brand, &event_id))]);
-                let mut batch = Batch::default();
-                batch.remove(y_key);
-                batch.remove(keys::event(&brand, &event_id));
-                self.data.apply_batch(batch).map_err(backend)?;
-                self.metrics.upkeep(Upkeep::EventsForgotten, 1);
-                handled += 1;
-            }
-        }
-    }
-
-    /// Expires pixels whose TTL ran out and forgets final records whose retention did.
-    fn sweep_pixels(&self, now: u64) -> Result<usize, StoreError> {
-        let mut handled = 0;
-        let end = keys::due_bound(b'x', now);
-        // A cursor, not a restart from the top: entries that must stay (in flight) are passed over.
-        let mut from = b"x".to_vec();
-        loop {
-            let due: Vec<(IVec, IVec)> = self
-                .data
-                .range(from.as_slice()..end.as_slice())
-                .take(SWEEP_CHUNK)
-                .collect::<Result<_, _>>()
-                .map_err(backend)?;
-            let Some((last, _)) = due.last() else {
-                return Ok(handled);
-            };
-            if self.stop.is_cancelled() {
-                return Ok(handled); // shutting down: the next start carries on
-            }
-            from = [last.as_ref(), &[0]].concat();
-            for (x_key, id) in due {
-                let (key, seq) = keys::parse_expiry(&x_key)
-                    .ok_or_else(|| StoreError::corrupt("corrupt expiry key"))?;
-                let id = std::str::from_utf8(&id)
-                    .ok()
-                    .and_then(|s| PixelId::parse_stored(s).ok());
-                let _guard = lock(self.stripe(&key));
-                // The snapshot was read without the lock: an ack, cancel or lease may have moved this
-                // entry since. Only an entry still present describes the record's current state.
-                if !self.data.contains_key(&x_key).map_err(backend)? {
-                    continue;
-                }
-                let mut batch = Changes::default();
-                batch.remove(x_key.clone());
-                let mut forgotten = 0;
-                if let Some(id) = id {
-                    match self.record(&key, &id)? {
-                        Some(rec) if rec.seq != seq => {} // a stale entry of an older pixel
-                        Some(rec) if rec.delivery.status.is_pending() => {
-                            if rec.delivery.expires_at_ms.is_none() || self.in_flight(&key, rec.seq)
-                            {
-                                // A postback ends by its attempts, not by time; a pixel sent already
-                                // may be firing right now: its ack or release decides.
-                                continue;
-                            }
-                            self.finalize(&mut batch, &key, rec, PixelStatus::Expired, now);
-                        }
-                        Some(rec) => {
-                            self.forget(&mut batch, &key, &rec);
-                            forgotten = 1;
-                        }
-                        None => {}
-                    }
-                }
-                let expired = batch.expired;
-                self.apply(batch)?;
-                self.metrics.upkeep(Upkeep::Expired, expired);
-                self.metrics.upkeep(Upkeep::RecordsForgotten, forgotten);
-                handled += 1;
-            }
-        }
-    }
 }
 
 /// The threads store calls run on: a pool of the store's own, 4 per core and at least 8, apart from the
@@ -754,32 +566,6 @@ fn open_db(dir: &Path, cache_bytes: u64) -> Result<Db, StoreError> {
             }
             result => return result.map_err(backend),
         }
-    }
-}
-
-/// The upkeep loop: expiry and retention, off the async workers so a long pass never holds up sessions.
-async fn sweep_forever(inner: std::sync::Weak<Inner>, stop: CancellationToken) {
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(SWEEP_EVERY) => {}
-        }
-        let Some(inner) = inner.upgrade() else { return };
-        let metrics = Arc::clone(&inner.metrics);
-        let started = std::time::Instant::now();
-        let result = tokio::task::spawn_blocking(move || inner.sweep(inner.clock.now_ms())).await;
-        let ok = match result {
-            Ok(Ok(_)) => true,
-            Ok(Err(e)) => {
-                tracing::error!(error = %e, "upkeep pass failed; the next one retries");
-                false
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "upkeep pass panicked; the next one retries");
-                false
-            }
-        };
-        metrics.upkeep_pass(started.elapsed(), ok);
     }
 }
 
@@ -1081,16 +867,6 @@ impl Store for SledStore {
 
     async fn close(&self) -> Result<(), StoreError> {
         self.inner.closed.store(true, Ordering::Release);
-        self.inner.stop.cancel();
-        let sweeper = self
-            .inner
-            .sweeper
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
-        if let Some(sweeper) = sweeper {
-            let _ = sweeper.await;
-        }
         self.inner.commit.close().await;
         Ok(())
     }
@@ -1106,14 +882,14 @@ mod tests {
     use crate::ledger::Ledger;
     use crate::pixel::NewPixel;
     use crate::store::contract::rules as contract;
-    use crate::store::{DeliveryQuery, OnFull, QueueCap};
+    use crate::store::{DeliveryQuery, OnFull, PixelStatus, QueueCap};
+    use tokio_util::sync::CancellationToken;
 
     /// How long final records are kept in these tests.
     const RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
 
     fn options(clock: &Arc<ManualClock>) -> SledOptions {
         SledOptions {
-            retention: RETENTION,
             cache_bytes: 16 << 20,
             metrics: Arc::new(Metrics::new()),
             clock: clock.clone(),
@@ -1190,16 +966,12 @@ mod tests {
         on_full: OnFull,
         metrics: Arc<Metrics>,
     ) -> (SledStore, Ledger) {
-        let options = SledOptions {
-            metrics,
-            ..options(&harness.clock)
-        };
-        let store = SledStore::open(harness.dir.path(), options).unwrap();
+        let store = SledStore::open(harness.dir.path(), options(&harness.clock)).unwrap();
         let cap = QueueCap {
             max_per_player,
             on_full,
         };
-        let rules = ledger_capped(&store, cap);
+        let rules = ledger_capped(&store, cap, metrics);
         (store, rules)
     }
 
@@ -1209,27 +981,22 @@ mod tests {
             max_per_player: contract::QUEUE_CAP,
             on_full: OnFull::Reject,
         };
-        ledger_capped(store, cap)
+        ledger_capped(store, cap, Arc::new(Metrics::new()))
     }
 
     /// The rules over `store` with another queue cap.
-    fn ledger_capped(store: &SledStore, queue_cap: QueueCap) -> Ledger {
+    fn ledger_capped(store: &SledStore, queue_cap: QueueCap, metrics: Arc<Metrics>) -> Ledger {
         let engine = Arc::new(store.clone());
         let inner = &store.inner;
         let options = crate::ledger::Options {
             default_ttl: Duration::from_secs(3600),
-            retention: Duration::from_millis(inner.retention_ms),
+            retention: RETENTION,
             queue_cap,
             lease_ttl: Duration::from_secs(60),
             quotas: crate::store::Quotas::default(),
         };
         let engines = crate::ledger::Engines::one(engine);
-        Ledger::new(
-            engines,
-            options,
-            Arc::clone(&inner.metrics),
-            Arc::clone(&inner.clock),
-        )
+        Ledger::new(engines, options, metrics, Arc::clone(&inner.clock))
     }
 
     async fn with_brand(store: &SledStore) -> PlayerKey {
@@ -1473,7 +1240,10 @@ mod tests {
             store.stats().await.unwrap().brands[&key.brand].queue_depth,
             2
         );
-        store.sweep(harness.now_ms() + 61_000).unwrap();
+        ledger(&store)
+            .sweep(harness.now_ms() + 61_000, &CancellationToken::new())
+            .await
+            .unwrap();
         assert_eq!(
             ledger(&store).pending(&key).await.unwrap().len(),
             1,
@@ -1535,8 +1305,18 @@ mod tests {
             .unwrap();
         let now = harness.now_ms();
 
-        assert_eq!(store.sweep(now).unwrap(), 0, "nothing is due yet");
-        store.sweep(now + 61_000).unwrap();
+        assert_eq!(
+            ledger(&store)
+                .sweep(now, &CancellationToken::new())
+                .await
+                .unwrap(),
+            0,
+            "nothing is due yet"
+        );
+        ledger(&store)
+            .sweep(now + 61_000, &CancellationToken::new())
+            .await
+            .unwrap();
         let stats = store.stats().await.unwrap();
         assert_eq!((stats.queue_depth, stats.expired_total), (0, 1));
         let again = ledger(&store)
@@ -1549,8 +1329,12 @@ mod tests {
             "ids are remembered after the pixels are gone"
         );
 
-        store
-            .sweep(now + 61_000 + RETENTION.as_millis() as u64)
+        ledger(&store)
+            .sweep(
+                now + 61_000 + RETENTION.as_millis() as u64,
+                &CancellationToken::new(),
+            )
+            .await
             .unwrap();
         let later = ledger(&store)
             .enqueue(&key, vec![js("short", None), js("fired", None)])
@@ -1584,16 +1368,25 @@ mod tests {
         };
         let retention = RETENTION.as_millis() as u64;
 
-        store.sweep(now + 599_000).unwrap();
+        ledger(&store)
+            .sweep(now + 599_000, &CancellationToken::new())
+            .await
+            .unwrap();
         assert_eq!(
             store.deliveries(&key.brand, &all).await.unwrap().rows.len(),
             1
         );
-        store.sweep(now + 601_000).unwrap();
+        ledger(&store)
+            .sweep(now + 601_000, &CancellationToken::new())
+            .await
+            .unwrap();
         let rows = store.deliveries(&key.brand, &all).await.unwrap().rows;
         assert_eq!(rows[0].status, PixelStatus::Expired, "kept as expired");
 
-        store.sweep(now + retention - 1000).unwrap();
+        ledger(&store)
+            .sweep(now + retention - 1000, &CancellationToken::new())
+            .await
+            .unwrap();
         assert!(
             ledger(&store)
                 .event(&key.brand, &event_id)
@@ -1601,7 +1394,10 @@ mod tests {
                 .unwrap()
                 .is_some()
         );
-        store.sweep(now + 601_000 + retention + 1000).unwrap();
+        ledger(&store)
+            .sweep(now + 601_000 + retention + 1000, &CancellationToken::new())
+            .await
+            .unwrap();
         assert!(
             store
                 .deliveries(&key.brand, &all)

@@ -13,7 +13,7 @@ use crate::event::{EventOutcome, PlayerContext};
 use crate::ids::{BrandId, DefinitionId, EventId, PixelId, PlayerKey};
 use crate::pixel::QueuedPixel;
 use crate::store::queues::{
-    Durability, Lease, Mode, Queues, Record, Scope, Tx, Usage, Work, Write,
+    DueEntry, Durability, Lease, Mode, Queues, Record, Scope, Tx, Usage, Work, Write,
 };
 use crate::store::{DefinitionHealth, Lane, LaneDue, PixelStatus, StoreError};
 
@@ -118,6 +118,13 @@ impl Tx for SledTx<'_> {
             out.push((due_ms, key, id));
         }
         Ok(out)
+    }
+
+    fn holds_due(&mut self, entry: &DueEntry) -> Result<bool, StoreError> {
+        self.inner
+            .data
+            .contains_key(keys::expiry(entry.due_ms, &entry.key, entry.seq))
+            .map_err(backend)
     }
 
     fn health(
@@ -248,6 +255,18 @@ impl Tx for SledTx<'_> {
                 Some(health) => batch.insert(keys::health(&brand, &definition), json(&health)),
                 None => batch.remove(keys::health(&brand, &definition)),
             },
+            Write::DropDue(entry) => {
+                batch.remove(keys::expiry(entry.due_ms, &entry.key, entry.seq));
+            }
+            Write::Forget { key, record } => {
+                let d = &record.delivery;
+                batch.remove(keys::index(&key, &d.id));
+                batch.remove(keys::report(&key, d.queued_at_ms, &d.id));
+            }
+            Write::ForgetEvent { brand, id, due_ms } => {
+                batch.remove(keys::forget_event(due_ms, &brand, &id));
+                batch.remove(keys::event(&brand, &id));
+            }
             Write::PutLease { key, lease } => self.leases.push((key, lease)),
         }
     }
@@ -320,6 +339,70 @@ impl Queues for SledStore {
 
     fn announce_postbacks(&self) {
         self.inner.outbox.notify_one();
+    }
+
+    async fn due_entries(
+        &self,
+        until_ms: u64,
+        after: Option<DueEntry>,
+        limit: usize,
+    ) -> Result<Vec<DueEntry>, StoreError> {
+        self.blocking(move |inner| {
+            let end = keys::due_bound(b'x', until_ms);
+            let from = match &after {
+                Some(e) => [keys::expiry(e.due_ms, &e.key, e.seq).as_slice(), &[0]].concat(),
+                None => b"x".to_vec(),
+            };
+            let mut out = Vec::new();
+            for entry in inner
+                .data
+                .range(from.as_slice()..end.as_slice())
+                .take(limit)
+            {
+                let (k, id) = entry.map_err(backend)?;
+                let (key, seq) = keys::parse_expiry(&k)
+                    .ok_or_else(|| StoreError::corrupt("corrupt expiry key"))?;
+                let due_ms =
+                    keys::due_of(&k).ok_or_else(|| StoreError::corrupt("corrupt expiry key"))?;
+                let id = std::str::from_utf8(&id)
+                    .ok()
+                    .and_then(|s| PixelId::parse_stored(s).ok());
+                out.push(DueEntry {
+                    due_ms,
+                    key,
+                    seq,
+                    id,
+                });
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn due_events(
+        &self,
+        until_ms: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, BrandId, EventId)>, StoreError> {
+        self.blocking(move |inner| {
+            let end = keys::due_bound(b'y', until_ms);
+            let mut out = Vec::new();
+            for k in inner
+                .data
+                .range(b"y".as_slice()..end.as_slice())
+                .keys()
+                .take(limit)
+            {
+                let k = k.map_err(backend)?;
+                let (brand, id) = keys::parse_forget_event(&k)
+                    .ok_or_else(|| StoreError::corrupt("corrupt event key"))?;
+                let due_ms =
+                    keys::due_of(&k).ok_or_else(|| StoreError::corrupt("corrupt event key"))?;
+                out.push((due_ms, brand, id));
+            }
+            Ok(out)
+        })
+        .await
     }
 
     async fn lanes(&self) -> Result<Vec<LaneDue>, StoreError> {
