@@ -52,6 +52,8 @@ struct Inner {
     quotas: Quotas,
     metrics: Arc<Metrics>,
     clock: SharedClock,
+    /// Pixels expired since this process started (the stats' `expired_total`).
+    expired: std::sync::atomic::AtomicU64,
     /// Brands seen to exist. A brand is never deleted, so once seen it is known for good, and the hot
     /// paths (queueing) skip the catalog read.
     known_brands: dashmap::DashSet<BrandId>,
@@ -147,6 +149,7 @@ impl Ledger {
                 metrics,
                 clock,
                 known_brands: dashmap::DashSet::new(),
+                expired: Default::default(),
             }),
         }
     }
@@ -191,6 +194,11 @@ impl Ledger {
     /// Counts applied transitions of the brand's pixels and postbacks.
     fn count(&self, brand: &BrandId, transitions: Vec<Transition>) {
         for (kind, event) in transitions {
+            if event == PixelEvent::Expired {
+                self.inner
+                    .expired
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
             self.inner.metrics.pixels(brand, &kind, event, 1);
         }
     }
@@ -235,9 +243,14 @@ impl Ledger {
         self.store().definition_health(brand).await
     }
 
-    /// See [`Store::stats`].
+    /// Queue figures per brand, exact, with this process's count of expired pixels.
     pub async fn stats(&self) -> Result<StoreStats, StoreError> {
-        self.store().stats().await
+        let mut stats = self.store().stats().await?;
+        stats.expired_total = self
+            .inner
+            .expired
+            .load(std::sync::atomic::Ordering::Relaxed);
+        Ok(stats)
     }
 
     /// See [`Store::backlogs`].

@@ -15,7 +15,7 @@ use crate::pixel::QueuedPixel;
 use crate::store::queues::{
     DueEntry, Durability, Lease, Mode, Queues, Record, Scope, Tx, Usage, Work, Write,
 };
-use crate::store::{DefinitionHealth, Lane, LaneDue, PixelStatus, StoreError};
+use crate::store::{DefinitionHealth, Lane, LaneDue, StoreError};
 
 /// A transaction in progress: what it staged, and the queue positions it adds per player (a delivery
 /// barrier until they are flushed).
@@ -175,9 +175,6 @@ impl Tx for SledTx<'_> {
                     batch.remove(keys::expiry(expires_at_ms, &key, record.seq));
                     batch.remove(keys::pending(&key, d.queued_at_ms, record.seq));
                     *batch.pending.entry(key.clone()).or_insert(0) -= 1;
-                    if d.status == PixelStatus::Expired {
-                        batch.expired += 1;
-                    }
                 }
                 batch.insert(
                     keys::expiry(forget_at_ms, &key, record.seq),

@@ -1,0 +1,624 @@
+//! The embedded engine's own checks: the shared contract on it, and what only it has (migrations,
+//! its key layout, its flush grouping).
+
+use super::*;
+use crate::brand::BrandSettings;
+use crate::clock::{Clock, ManualClock};
+use crate::event::EventOutcome;
+use crate::ids::SessionId;
+use crate::ledger::Ledger;
+use crate::pixel::NewPixel;
+use crate::store::contract::rules as contract;
+use crate::store::{DeliveryQuery, OnFull, PixelStatus, QueueCap};
+use tokio_util::sync::CancellationToken;
+
+/// How long final records are kept in these tests.
+const RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
+
+fn options(clock: &Arc<ManualClock>) -> SledOptions {
+    SledOptions {
+        cache_bytes: 16 << 20,
+        metrics: Arc::new(Metrics::new()),
+        clock: clock.clone(),
+    }
+}
+
+/// A fresh temporary directory; every `open` opens the same database in it, on the same clock.
+struct SledHarness {
+    dir: tempfile::TempDir,
+    clock: Arc<ManualClock>,
+}
+
+impl SledHarness {
+    fn new() -> Self {
+        Self {
+            dir: tempfile::tempdir().expect("a temp dir"),
+            clock: ManualClock::starting_now(),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.clock.now_ms()
+    }
+}
+
+impl contract::Harness for SledHarness {
+    async fn open(&self) -> Ledger {
+        let options = options(&self.clock);
+        let store = SledStore::open(self.dir.path(), options).expect("the store opens");
+        ledger(&store)
+    }
+
+    fn clock(&self) -> &ManualClock {
+        &self.clock
+    }
+}
+
+crate::rules_contract!(SledHarness::new());
+
+/// One store, every handle the same: sled's files belong to one process.
+struct SledCatalogHarness {
+    _dir: tempfile::TempDir,
+    store: Arc<SledStore>,
+}
+
+impl SledCatalogHarness {
+    fn new() -> Self {
+        let harness = SledHarness::new();
+        let store = Arc::new(open(&harness));
+        SledCatalogHarness {
+            _dir: harness.dir,
+            store,
+        }
+    }
+}
+
+impl crate::store::contract::catalog::CatalogHarness for SledCatalogHarness {
+    async fn catalog(&self) -> Arc<dyn crate::store::catalog::Catalog> {
+        self.store.clone()
+    }
+}
+
+crate::catalog_contract!(SledCatalogHarness::new(), single_handle);
+
+fn open(harness: &SledHarness) -> SledStore {
+    let options = options(&harness.clock);
+    SledStore::open(harness.dir.path(), options).unwrap()
+}
+
+/// Opens the harness's store, counting into `metrics`, and the rules over it with another queue cap.
+fn open_capped(
+    harness: &SledHarness,
+    max_per_player: u64,
+    on_full: OnFull,
+    metrics: Arc<Metrics>,
+) -> (SledStore, Ledger) {
+    let store = SledStore::open(harness.dir.path(), options(&harness.clock)).unwrap();
+    let cap = QueueCap {
+        max_per_player,
+        on_full,
+    };
+    let rules = ledger_capped(&store, cap, metrics);
+    (store, rules)
+}
+
+/// The rules over `store` alone, as the hub runs them.
+fn ledger(store: &SledStore) -> Ledger {
+    let cap = QueueCap {
+        max_per_player: contract::QUEUE_CAP,
+        on_full: OnFull::Reject,
+    };
+    ledger_capped(store, cap, Arc::new(Metrics::new()))
+}
+
+/// The rules over `store` with another queue cap.
+fn ledger_capped(store: &SledStore, queue_cap: QueueCap, metrics: Arc<Metrics>) -> Ledger {
+    let engine = Arc::new(store.clone());
+    let inner = &store.inner;
+    let options = crate::ledger::Options {
+        default_ttl: Duration::from_secs(3600),
+        retention: RETENTION,
+        queue_cap,
+        lease_ttl: Duration::from_secs(60),
+        quotas: crate::store::Quotas::default(),
+    };
+    let engines = crate::ledger::Engines::one(engine);
+    Ledger::new(engines, options, metrics, Arc::clone(&inner.clock))
+}
+
+async fn with_brand(store: &SledStore) -> PlayerKey {
+    let brand = BrandId::parse("b").unwrap();
+    ledger(store)
+        .put_brand(&brand, BrandSettings::default())
+        .await
+        .unwrap();
+    PlayerKey::new(brand, PlayerId::parse("p").unwrap())
+}
+
+/// Saves `definition` for `brand`, then reports the sale `e1` of player `p`; returns what it produced.
+async fn define_and_sell(
+    store: &SledStore,
+    brand: &BrandId,
+    definition: serde_json::Value,
+) -> Vec<EventOutcome> {
+    let mut definition = definition;
+    definition["audience"] = "all_players".into();
+    let definition = crate::definition::parse_definition(definition, false).unwrap();
+    ledger(store)
+        .create_definition(brand, definition)
+        .await
+        .unwrap();
+    let sale = crate::event::parse_events(
+        serde_json::json!({"event_id": "e1", "type": "sale", "player_id": "p"}),
+        1,
+    )
+    .unwrap();
+    ledger(store).ingest(brand, sale).await.unwrap()
+}
+
+fn js(id: &str, ttl_seconds: Option<u64>) -> NewPixel {
+    NewPixel {
+        id: Some(PixelId::parse(id).unwrap()),
+        trigger: None,
+        ttl_seconds,
+        body: crate::pixel::PixelBody::Js { code: "1".into() },
+        origin: None,
+    }
+}
+
+#[tokio::test]
+async fn drop_oldest_makes_room_but_never_drops_what_a_browser_holds() {
+    let harness = SledHarness::new();
+    let metrics = Arc::new(Metrics::new());
+    let (store, rules) = open_capped(&harness, 3, OnFull::DropOldest, Arc::clone(&metrics));
+    let key = with_brand(&store).await;
+    rules
+        .enqueue(&key, vec![js("a", None), js("b", None), js("c", None)])
+        .await
+        .unwrap();
+    let held = rules.lease(&key, SessionId::generate(), 1).await.unwrap();
+    assert_eq!(held[0].id.as_str(), "a");
+
+    let outcome = rules
+        .enqueue(&key, vec![js("d", None), js("e", None)])
+        .await
+        .unwrap();
+    let dropped: Vec<&str> = outcome.dropped.iter().map(PixelId::as_str).collect();
+    assert_eq!(dropped, ["b", "c"], "the oldest not in flight");
+    let pending: Vec<String> = rules
+        .pending(&key)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|p| p.pixel.id.to_string())
+        .collect();
+    assert_eq!(pending, ["a", "d", "e"]);
+    let b = store
+        .inner
+        .record(&key, &PixelId::parse("b").unwrap())
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        b.delivery.status,
+        PixelStatus::Dropped,
+        "reported as dropped"
+    );
+    assert!(
+        metrics
+            .encode()
+            .contains("pixelhub_pixels_dropped_total{brand=\"b\",kind=\"js\"} 2")
+    );
+
+    // Only "a" is held: two more cannot fit, one can.
+    let err = rules
+        .enqueue(
+            &key,
+            vec![js("f", None), js("g", None), js("h", None), js("i", None)],
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::QueueFull { .. }), "{err:?}");
+    assert_eq!(
+        rules.pending(&key).await.unwrap().len(),
+        3,
+        "nothing written"
+    );
+    let outcome = rules.enqueue(&key, vec![js("f", None)]).await.unwrap();
+    assert_eq!(outcome.dropped, [PixelId::parse("d").unwrap()]);
+    store.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_retry_of_queued_ids_is_answered_even_over_a_lowered_cap() {
+    let harness = SledHarness::new();
+    let store = open(&harness);
+    let key = with_brand(&store).await;
+    let three = || vec![js("a", None), js("b", None), js("c", None)];
+    ledger(&store).enqueue(&key, three()).await.unwrap();
+    store.close().await.unwrap();
+    drop(store);
+
+    for on_full in [OnFull::Reject, OnFull::DropOldest] {
+        let (store, rules) = open_capped(&harness, 2, on_full, Arc::new(Metrics::new()));
+        let again = rules.enqueue(&key, three()).await.unwrap();
+        assert!(again.pixels.iter().all(|p| p.duplicate), "{on_full:?}");
+        assert!(again.dropped.is_empty(), "{on_full:?}");
+        assert_eq!(rules.pending(&key).await.unwrap().len(), 3);
+        store.close().await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn a_data_dir_from_before_the_backlog_tables_gets_them_at_open() {
+    let harness = SledHarness::new();
+    let store = open(&harness);
+    let key = with_brand(&store).await;
+    ledger(&store)
+        .enqueue(&key, vec![js("a", None), js("b", None)])
+        .await
+        .unwrap();
+    let oldest = store.stats().await.unwrap().brands[&key.brand].oldest_queued_at_ms;
+    // Take the derived tables away, as a data dir written by an older hub lacks them.
+    let data = &store.inner.data;
+    for tag in [b"p", b"n", b"k", b"m"] {
+        for k in data.scan_prefix(tag).keys() {
+            data.remove(k.unwrap()).unwrap();
+        }
+    }
+    store.close().await.unwrap();
+    drop(store);
+
+    let store = open(&harness);
+    let queue = store.stats().await.unwrap().brands[&key.brand];
+    assert_eq!((queue.queue_depth, queue.oldest_queued_at_ms), (2, oldest));
+    let top = store.backlogs(None, 5).await.unwrap();
+    assert_eq!((top.len(), top[0].pending), (1, 2));
+    store.close().await.unwrap();
+}
+
+/// A store whose brand has one postback to `pb.example` in its outbox; the outbox entry's key.
+async fn with_one_postback(harness: &SledHarness) -> (SledStore, PlayerKey, IVec) {
+    let store = open(harness);
+    let key = with_brand(&store).await;
+    define_and_sell(
+        &store,
+        &key.brand,
+        serde_json::json!({"name": "pb", "trigger": "sale", "kind": "s2s", "url": "https://pb.example/?e={{event_id}}"}),
+    )
+    .await;
+    let (entry, _) = store.inner.data.scan_prefix(b"l").next().unwrap().unwrap();
+    (store, key, entry)
+}
+
+#[tokio::test]
+async fn an_outbox_written_before_lanes_is_moved_to_its_lanes_at_open() {
+    let harness = SledHarness::new();
+    let (store, key, lane_key) = with_one_postback(&harness).await;
+    // Rewrite the data dir as the version before lanes left it: one `s` entry, no marker.
+    let data = store.inner.data.clone();
+    let (_, due, player, id) = keys::parse_outbox(&lane_key).unwrap();
+    let mut old = vec![b's'];
+    old.extend_from_slice(&due.to_be_bytes());
+    old.extend_from_slice(format!("{}\0{}\0{}", player.brand, player.player, id).as_bytes());
+    data.remove(&lane_key).unwrap();
+    data.insert(old, &[]).unwrap();
+    data.remove(b"moutbox-lanes-v1").unwrap();
+    store.close().await.unwrap();
+    drop((store, data));
+
+    let store = open(&harness);
+    let lane = Lane::of(&key.brand, "https://pb.example/");
+    let due = ledger(&store)
+        .due_postbacks(&lane, harness.now_ms(), 10)
+        .await
+        .unwrap();
+    assert_eq!((due.len(), due[0].id.as_str()), (1, id.as_str()));
+    assert!(
+        store.inner.data.scan_prefix(b"s").next().is_none(),
+        "the old outbox is gone"
+    );
+    assert_eq!(ledger(&store).postback_lanes().await.unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn an_outbox_entry_with_no_postback_behind_it_is_dropped_not_kept_due() {
+    let harness = SledHarness::new();
+    let (store, _, lane_key) = with_one_postback(&harness).await;
+    // As if the record were lost: the entry alone would keep its lane due for ever.
+    let data = store.inner.data.clone();
+    let (lane, _, player, id) = keys::parse_outbox(&lane_key).unwrap();
+    data.remove(keys::index(&player, &id)).unwrap();
+    assert!(
+        ledger(&store)
+            .due_postbacks(&lane, harness.now_ms(), 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        ledger(&store).postback_lanes().await.unwrap().is_empty(),
+        "the lane is gone"
+    );
+    assert!(data.scan_prefix(b"l").next().is_none());
+}
+
+#[tokio::test]
+async fn ids_an_earlier_version_accepted_still_read_back() {
+    // `.` and `..` were valid ids before they were refused as input; data holding them must open,
+    // list and expire as any other.
+    let harness = SledHarness::new();
+    let store = open(&harness);
+    let brand = BrandId::parse_stored("..").unwrap();
+    ledger(&store)
+        .put_brand(&brand, BrandSettings::default())
+        .await
+        .unwrap();
+    let key = PlayerKey::new(brand, PlayerId::parse_stored(".").unwrap());
+    ledger(&store)
+        .enqueue(&key, vec![js("a", Some(60)), js("b", None)])
+        .await
+        .unwrap();
+    store.close().await.unwrap();
+    drop(store);
+
+    let store = open(&harness);
+    assert_eq!(ledger(&store).pending(&key).await.unwrap().len(), 2);
+    assert_eq!(
+        store.stats().await.unwrap().brands[&key.brand].queue_depth,
+        2
+    );
+    ledger(&store)
+        .sweep(harness.now_ms() + 61_000, &CancellationToken::new())
+        .await
+        .unwrap();
+    assert_eq!(
+        ledger(&store).pending(&key).await.unwrap().len(),
+        1,
+        "expired as usual"
+    );
+}
+
+#[tokio::test]
+async fn nothing_written_but_not_yet_flushed_is_leased() {
+    let harness = SledHarness::new();
+    let store = open(&harness);
+    let key = with_brand(&store).await;
+    ledger(&store)
+        .enqueue(&key, vec![js("a", None), js("b", None)])
+        .await
+        .unwrap();
+    let seq_b = store
+        .inner
+        .record(&key, &PixelId::parse("b").unwrap())
+        .unwrap()
+        .unwrap()
+        .seq;
+
+    // As if `b` belonged to a batch whose fsync is still running.
+    store
+        .inner
+        .unflushed
+        .entry(key.clone())
+        .or_default()
+        .push((seq_b, seq_b));
+    let session = SessionId::generate();
+    let first = ledger(&store).lease(&key, session, 10).await.unwrap();
+    assert_eq!(
+        first.iter().map(|p| p.id.as_str()).collect::<Vec<_>>(),
+        ["a"],
+        "stops before the unflushed"
+    );
+
+    store.inner.flushed(&key, (seq_b, seq_b));
+    let rest = ledger(&store).lease(&key, session, 10).await.unwrap();
+    assert_eq!(
+        rest.iter().map(|p| p.id.as_str()).collect::<Vec<_>>(),
+        ["b"]
+    );
+}
+
+#[tokio::test]
+async fn the_sweeper_expires_pixels_and_later_forgets_their_ids() {
+    let harness = SledHarness::new();
+    let store = open(&harness);
+    let key = with_brand(&store).await;
+    let rules = ledger(&store);
+    rules
+        .enqueue(&key, vec![js("short", Some(60)), js("fired", None)])
+        .await
+        .unwrap();
+    rules
+        .ack(&key, &[PixelId::parse("fired").unwrap()])
+        .await
+        .unwrap();
+    let now = harness.now_ms();
+
+    assert_eq!(
+        rules.sweep(now, &CancellationToken::new()).await.unwrap(),
+        0,
+        "nothing is due yet"
+    );
+    rules
+        .sweep(now + 61_000, &CancellationToken::new())
+        .await
+        .unwrap();
+    let stats = rules.stats().await.unwrap();
+    assert_eq!((stats.queue_depth, stats.expired_total), (0, 1));
+    let again = rules
+        .enqueue(&key, vec![js("short", None), js("fired", None)])
+        .await
+        .unwrap()
+        .pixels;
+    assert!(
+        again.iter().all(|e| e.duplicate),
+        "ids are remembered after the pixels are gone"
+    );
+
+    rules
+        .sweep(
+            now + 61_000 + RETENTION.as_millis() as u64,
+            &CancellationToken::new(),
+        )
+        .await
+        .unwrap();
+    let later = rules
+        .enqueue(&key, vec![js("short", None), js("fired", None)])
+        .await
+        .unwrap()
+        .pixels;
+    assert!(
+        later
+            .iter()
+            .all(|e| !e.duplicate && e.status == PixelStatus::Queued),
+        "and forgotten after retention"
+    );
+}
+
+#[tokio::test]
+async fn reports_and_event_records_are_forgotten_after_the_retention() {
+    let harness = SledHarness::new();
+    let store = open(&harness);
+    let key = with_brand(&store).await;
+    let produced = define_and_sell(
+        &store,
+        &key.brand,
+        serde_json::json!({"name": "n", "trigger": "sale", "kind": "image", "url": "https://t.example/", "ttl_seconds": 600}),
+    )
+    .await;
+    let now = harness.now_ms();
+    let event_id = EventId::parse("e1").unwrap();
+    let all = DeliveryQuery {
+        limit: 10,
+        ..Default::default()
+    };
+    let retention = RETENTION.as_millis() as u64;
+
+    ledger(&store)
+        .sweep(now + 599_000, &CancellationToken::new())
+        .await
+        .unwrap();
+    assert_eq!(
+        store.deliveries(&key.brand, &all).await.unwrap().rows.len(),
+        1
+    );
+    ledger(&store)
+        .sweep(now + 601_000, &CancellationToken::new())
+        .await
+        .unwrap();
+    let rows = store.deliveries(&key.brand, &all).await.unwrap().rows;
+    assert_eq!(rows[0].status, PixelStatus::Expired, "kept as expired");
+
+    ledger(&store)
+        .sweep(now + retention - 1000, &CancellationToken::new())
+        .await
+        .unwrap();
+    assert!(
+        ledger(&store)
+            .event(&key.brand, &event_id)
+            .await
+            .unwrap()
+            .is_some()
+    );
+    ledger(&store)
+        .sweep(now + 601_000 + retention + 1000, &CancellationToken::new())
+        .await
+        .unwrap();
+    assert!(
+        store
+            .deliveries(&key.brand, &all)
+            .await
+            .unwrap()
+            .rows
+            .is_empty()
+    );
+    assert!(
+        ledger(&store)
+            .event(&key.brand, &event_id)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        store.inner.data.scan_prefix(b"r").next().is_none(),
+        "no index entry left"
+    );
+    assert!(store.inner.data.scan_prefix(b"y").next().is_none());
+    assert!(store.inner.data.scan_prefix(b"i").next().is_none());
+    assert_eq!(produced[0].pixels.len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writers_share_one_flush() {
+    let harness = SledHarness::new();
+    let options = options(&harness.clock);
+    let store = SledStore::open(harness.dir.path(), options).unwrap();
+    let brand = BrandId::parse("b").unwrap();
+    ledger(&store)
+        .put_brand(&brand, BrandSettings::default())
+        .await
+        .unwrap();
+    let before = store
+        .inner
+        .commit
+        .counters()
+        .flushes
+        .load(Ordering::Relaxed);
+
+    let writers: Vec<_> = (0..200)
+        .map(|i| {
+            let store = store.clone();
+            let key = PlayerKey::new(brand.clone(), PlayerId::parse(&format!("p{i}")).unwrap());
+            let pixel = NewPixel {
+                id: None,
+                trigger: None,
+                ttl_seconds: None,
+                body: crate::pixel::PixelBody::Js { code: "1".into() },
+                origin: None,
+            };
+            tokio::spawn(async move { ledger(&store).enqueue(&key, vec![pixel]).await.unwrap() })
+        })
+        .collect();
+    for w in writers {
+        w.await.unwrap();
+    }
+    let flushes = store
+        .inner
+        .commit
+        .counters()
+        .flushes
+        .load(Ordering::Relaxed)
+        - before;
+    assert!(
+        flushes < 200,
+        "200 concurrent writers needed {flushes} flushes: group commit is not grouping"
+    );
+}
+
+#[test]
+fn keys_round_trip_even_when_the_sequence_holds_nul_bytes() {
+    let key = PlayerKey::new(
+        BrandId::parse("b-1").unwrap(),
+        PlayerId::parse("p:1@x").unwrap(),
+    );
+    for seq in [0, 1, 256, u64::MAX] {
+        assert_eq!(
+            keys::parse_queue(&keys::queue(&key, seq)),
+            Some((key.clone(), seq))
+        );
+        assert_eq!(
+            keys::parse_expiry(&keys::expiry(12345, &key, seq)),
+            Some((key.clone(), seq))
+        );
+    }
+    assert_eq!(
+        keys::parse_brand(&keys::brand(&key.brand)),
+        Some(key.brand.clone())
+    );
+}
+
+#[test]
+fn a_player_prefix_never_matches_another_player_that_extends_it() {
+    let a = PlayerKey::new(BrandId::parse("b").unwrap(), PlayerId::parse("p").unwrap());
+    let b = PlayerKey::new(BrandId::parse("b").unwrap(), PlayerId::parse("p2").unwrap());
+    assert!(!keys::queue(&b, 1).starts_with(&keys::queue_prefix(&a)));
+}
