@@ -22,10 +22,12 @@
 //! - [`flat`]: events from flat name/value records (a query string, a CSV row), validated as JSON events are.
 //! - [`inbound`]: events from an inbound GET postback URL, typed by its path or by Routy-style counters.
 //! - [`import`]: events from uploaded Registrations and Sales CSV files, streamed row by row.
-//! - [`ledger`]: every business rule, once, over the engines' narrow traits: what the API, sessions and
-//!   sender ask. The catalog's rules live there; the queue, event and outbox rules are moving in.
-//! - [`store`]: the durable queues behind the [`store::Store`] trait (sled now, Redis next), with group commit
-//!   and the per-player delivery lease. The source of truth.
+//! - [`ledger`]: every business rule, once (catalog, queues, leases, events, outbox, upkeep), over the
+//!   engines' narrow traits: what the API, sessions and the sender ask.
+//! - [`store`]: the engines, which persist and index and decide nothing: the [`store::catalog::Catalog`] and
+//!   [`store::queues::Queues`] traits (and what is left of [`store::Store`]: report reads, stats), the
+//!   embedded sled engine with group commit, the memory engine, and the contract every engine passes. The
+//!   source of truth.
 //! - [`egress`]: where the hub's own requests may go: public addresses, checked at connect time (SSRF).
 //! - [`postback`]: the S2S sender: takes due postbacks from the store's outbox, sends, retries, records.
 //! - [`hub`]: this process's live sessions, and the wake-ups (store announcements, heartbeats) that reach them.

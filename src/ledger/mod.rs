@@ -5,9 +5,11 @@
 //! through the engines ([`crate::store`]), which persist and index and decide nothing. So a second engine
 //! implements storage, never the rules, and the rules are tested once, on every engine.
 //!
-//! The catalog's rules live here ([`catalog`]). The queue, event and outbox rules still sit in the
-//! embedded engine behind [`Store`] and are reached through the ledger's methods of the same names, so
-//! callers already speak to the ledger alone while the rules move under it.
+//! The rules, one concern a file: the catalog (`catalog`: brands, secrets, definitions, keys), a
+//! player's queue (`queue`), the lease and acks (`lease`), events (`events`), the outbox (`outbox`) and
+//! upkeep (`upkeep`). What engines still answer without a rule (the report's reads, stats, backlogs, the
+//! click lookup) is reached through [`Store`] by methods of the same names, so callers speak to the
+//! ledger alone.
 
 mod catalog;
 mod events;
@@ -211,7 +213,6 @@ impl Ledger {
         self.inner.clock.now_ms()
     }
 
-    /// See [`Store::enqueue`].
     /// See [`Store::player_context`].
     pub async fn player_context(&self, key: &PlayerKey) -> Result<PlayerContext, StoreError> {
         self.store().player_context(key).await

@@ -469,21 +469,17 @@ impl StoreError {
     }
 }
 
-/// A durable set of brands and per-player pixel queues, shared by every hub process that uses it.
-///
-/// Delivery uses an **exclusive lease per player queue**: at any time at most one live session (anywhere)
-/// may hold a player's queue, and only it receives that player's pixels, in queue order, at most
-/// `max_in_flight` unacknowledged at once. This is what makes "each pixel on exactly one connection" and
-/// "in the order queued" hold across tabs, devices and processes. Leases are not durable: a restart (or, for
-/// shared engines, the lease holder's death) frees them, and unacknowledged pixels are delivered again; the
-/// browser's fired-id memory turns that redelivery into an ack without a second fire.
+/// What an engine answers beside its [`catalog::Catalog`] and [`queues::Queues`] halves: reads that need
+/// no rule (a player's context, the click index, the delivery report, stats, backlogs, definitions'
+/// health), the readiness probe, the postback wake-up and the player announcements, and closing. The
+/// ledger reaches them by methods of the same names.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// What the hub remembers of a player between events (empty for a player never seen).
     async fn player_context(&self, key: &PlayerKey) -> Result<PlayerContext, StoreError>;
 
     /// The player whose attribution holds `click_id` under one of the brand's click-id params, kept
-    /// with the context by [`Store::ingest`]: how a conversion call that names only the click finds its
+    /// with the context ([`queues::Write::PutContext`]): how a conversion call that names only the click finds its
     /// player. When two players came with the same click id, the later one.
     async fn player_by_click_id(
         &self,
