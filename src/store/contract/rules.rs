@@ -31,6 +31,9 @@ pub trait Harness {
 /// The per-player cap the harness must open engines with (policy [`OnFull::Reject`]).
 pub const QUEUE_CAP: u64 = 50;
 
+/// The lease lifetime the harness's ledgers must have.
+pub const LEASE_TTL: Duration = Duration::from_secs(60);
+
 fn key(player: &str) -> PlayerKey {
     PlayerKey::new(
         BrandId::parse("brand-1").unwrap(),
@@ -160,6 +163,58 @@ pub async fn the_queue_keeps_order_and_ids_are_idempotent(h: &impl Harness) {
         ]
     );
     assert_eq!(store.stats().await.unwrap().brands[&k.brand].queue_depth, 3);
+}
+
+/// A lease lasts while its holder renews it; once it runs out (its process died) another session takes
+/// the queue over, gets the unacknowledged pixels again in order, and the stale holder gets nothing
+/// more, though its acks still count (the pixel fired).
+pub async fn a_lease_that_runs_out_is_taken_over(h: &impl Harness) {
+    let store = store_with_brand(h).await;
+    let k = key("p");
+    store
+        .enqueue(&k, (1..=3).map(image).collect())
+        .await
+        .unwrap();
+    let (a, b) = (SessionId::generate(), SessionId::generate());
+    let sent = store.lease(&k, a, 2).await.unwrap();
+    assert_eq!(sent.len(), 2);
+    let almost = LEASE_TTL - Duration::from_secs(1);
+
+    h.clock().advance(almost);
+    assert!(
+        store.lease(&k, b, 10).await.unwrap().is_empty(),
+        "still held"
+    );
+    assert!(
+        store.lease(&k, a, 2).await.unwrap().is_empty(),
+        "the holder renews; its window is full"
+    );
+    h.clock().advance(almost);
+    assert!(
+        store.lease(&k, b, 10).await.unwrap().is_empty(),
+        "renewed: held a lifetime from the renewal"
+    );
+
+    h.clock().advance(LEASE_TTL);
+    let taken_over = store.lease(&k, b, 10).await.unwrap();
+    assert_eq!(
+        urls(&taken_over),
+        [
+            "https://px.example/1",
+            "https://px.example/2",
+            "https://px.example/3"
+        ],
+        "the unacknowledged pixels again, in order, then the rest"
+    );
+    assert!(
+        store.lease(&k, a, 2).await.unwrap().is_empty(),
+        "the stale holder gets nothing more"
+    );
+    assert_eq!(
+        store.ack(&k, &ids(&sent[..1])).await.unwrap(),
+        1,
+        "its ack still counts: the pixel fired"
+    );
 }
 
 pub async fn one_session_holds_a_player_at_a_time(h: &impl Harness) {
@@ -1376,6 +1431,11 @@ macro_rules! rules_contract {
         mod contract_tests {
             use super::*;
             use $crate::store::contract::rules as contract;
+
+            #[tokio::test]
+            async fn a_lease_that_runs_out_is_taken_over() {
+                contract::a_lease_that_runs_out_is_taken_over(&$harness).await
+            }
 
             #[tokio::test]
             async fn upkeep_expires_nothing_a_browser_holds() {

@@ -119,7 +119,7 @@ fn ledger_capped(store: &SledStore, queue_cap: QueueCap, metrics: Arc<Metrics>) 
         default_ttl: Duration::from_secs(3600),
         retention: RETENTION,
         queue_cap,
-        lease_ttl: Duration::from_secs(60),
+        lease_ttl: contract::LEASE_TTL,
         quotas: crate::store::Quotas::default(),
     };
     let engines = crate::ledger::Engines::one(engine);
