@@ -421,7 +421,7 @@ mod tests {
         };
         let queues = Arc::new(SledStore::open(dir.path(), options).unwrap());
         let meddler = Arc::new(Meddler {
-            catalog: MemoryStore::new(),
+            catalog: MemoryStore::new(crate::clock::system()),
             meddled: AtomicBool::new(true),
         });
         let engines = crate::ledger::Engines {

@@ -443,9 +443,11 @@ pub async fn everything_survives_a_reopen(h: &impl Harness) {
     assert_eq!(
         urls(&pending),
         ["https://px.example/2"],
-        "leases die with the process; acks do not"
+        "acks outlive the process"
     );
     store.enqueue(&k, vec![image(3)]).await.unwrap();
+    // A lease ends with its process on an embedded engine, and a lifetime later on a shared one.
+    h.clock().advance(LEASE_TTL);
     let sent = store.lease(&k, SessionId::generate(), 10).await.unwrap();
     assert_eq!(
         urls(&sent),
@@ -1424,10 +1426,118 @@ pub async fn backlogs_oldest_pixels_and_the_cap_are_exact(h: &impl Harness) {
     store.check_writable().await.unwrap();
 }
 
-/// Instantiates every check of [`self`] as a test of the engine the harness expression opens.
+/// Two processes on one database race for a player's lease: exactly one gets the pixels.
+pub async fn two_processes_race_for_a_lease_and_one_wins(h: &impl Harness) {
+    let one = store_with_brand(h).await;
+    let two = h.open().await;
+    let k = key("p");
+    one.enqueue(&k, (1..=3).map(image).collect()).await.unwrap();
+    let (a, b) = (SessionId::generate(), SessionId::generate());
+    let (got_a, got_b) = tokio::join!(one.lease(&k, a, 10), two.lease(&k, b, 10));
+    let (got_a, got_b) = (got_a.unwrap(), got_b.unwrap());
+    assert!(
+        got_a.is_empty() != got_b.is_empty(),
+        "one holder: {} and {} pixels",
+        got_a.len(),
+        got_b.len()
+    );
+    assert_eq!(got_a.len() + got_b.len(), 3);
+}
+
+/// Two senders (two processes) claim the same due postback: exactly one claim holds.
+pub async fn two_senders_claim_a_postback_once(h: &impl Harness) {
+    let one = store_with_brand(h).await;
+    let two = h.open().await;
+    let brand = key("x").brand;
+    define(&one, serde_json::json!({"id": "pb", "name": "PB", "trigger": "sale", "kind": "s2s", "url": "https://pb.example/?e={{event_id}}"})).await;
+    let sale = events(serde_json::json!({"event_id": "s1", "type": "sale", "player_id": "p"}));
+    one.ingest(&brand, sale).await.unwrap();
+    let lane = Lane::of(&brand, "https://pb.example/");
+    let now = h.clock().now_ms();
+    let seen_by_one = one.due_postbacks(&lane, now, 10).await.unwrap();
+    let seen_by_two = two.due_postbacks(&lane, now, 10).await.unwrap();
+    assert_eq!(seen_by_one, seen_by_two, "both see the one due postback");
+    let until = now + 60_000;
+    let (a, b) = tokio::join!(
+        one.claim_postback(&seen_by_one[0], until),
+        two.claim_postback(&seen_by_two[0], until)
+    );
+    assert!(a.unwrap() != b.unwrap(), "exactly one claim holds");
+}
+
+/// A lease held on one process runs out (that process died); another process takes the queue over,
+/// and the stale holder's renewal is refused.
+pub async fn a_lease_held_on_a_dead_process_is_taken_over_on_another(h: &impl Harness) {
+    let one = store_with_brand(h).await;
+    let two = h.open().await;
+    let k = key("p");
+    one.enqueue(&k, (1..=2).map(image).collect()).await.unwrap();
+    let (a, b) = (SessionId::generate(), SessionId::generate());
+    assert_eq!(one.lease(&k, a, 10).await.unwrap().len(), 2);
+    assert!(
+        two.lease(&k, b, 10).await.unwrap().is_empty(),
+        "held on one"
+    );
+    h.clock().advance(LEASE_TTL + Duration::from_secs(1));
+    assert_eq!(
+        two.lease(&k, b, 10).await.unwrap().len(),
+        2,
+        "taken over on two once the lease ran out"
+    );
+    assert!(
+        one.lease(&k, a, 10).await.unwrap().is_empty(),
+        "the stale holder's renewal is refused"
+    );
+}
+
+/// Pixels queued through one process wake the sessions of another.
+pub async fn an_enqueue_on_one_process_wakes_another(h: &impl Harness) {
+    let one = store_with_brand(h).await;
+    let two = h.open().await;
+    let k = key("p");
+    let mut heard = two.subscribe();
+    one.enqueue(&k, vec![image(1)]).await.unwrap();
+    let woken = tokio::time::timeout(Duration::from_secs(5), heard.recv())
+        .await
+        .expect("announced within 5 s")
+        .unwrap();
+    assert_eq!(woken, k);
+}
+
+/// Instantiates every check of [`self`] as a test of the engine the harness expression opens;
+/// `single_handle` leaves out the checks that need two handles on one backing store (two processes on
+/// one database), which an embedded engine cannot open.
 #[macro_export]
 macro_rules! rules_contract {
     ($harness:expr) => {
+        $crate::rules_contract!($harness, single_handle);
+
+        mod contract_shared_tests {
+            use super::*;
+            use $crate::store::contract::rules as contract;
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn two_processes_race_for_a_lease_and_one_wins() {
+                contract::two_processes_race_for_a_lease_and_one_wins(&$harness).await
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn two_senders_claim_a_postback_once() {
+                contract::two_senders_claim_a_postback_once(&$harness).await
+            }
+
+            #[tokio::test]
+            async fn a_lease_held_on_a_dead_process_is_taken_over_on_another() {
+                contract::a_lease_held_on_a_dead_process_is_taken_over_on_another(&$harness).await
+            }
+
+            #[tokio::test]
+            async fn an_enqueue_on_one_process_wakes_another() {
+                contract::an_enqueue_on_one_process_wakes_another(&$harness).await
+            }
+        }
+    };
+    ($harness:expr, single_handle) => {
         mod contract_tests {
             use super::*;
             use $crate::store::contract::rules as contract;

@@ -7,32 +7,72 @@
 //! exists.
 
 mod catalog;
+mod queues;
+mod report;
 
+use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-/// A handle on a memory backing store. Cheap to clone (a clone is the same handle).
-#[derive(Clone, Default)]
+use tokio::sync::{Notify, broadcast};
+
+use crate::clock::SharedClock;
+use crate::ids::PlayerKey;
+use crate::store::StoreError;
+
+/// Announcements buffered per subscriber before it lags (and then resynchronises).
+const ANNOUNCE_CAPACITY: usize = 16 * 1024;
+
+/// A handle on a memory backing store. Cheap to clone (a clone is the same handle: closing one closes
+/// both).
+#[derive(Clone)]
 pub struct MemoryStore {
     backing: Arc<Backing>,
+    clock: SharedClock,
+    closed: Arc<AtomicBool>,
 }
 
-/// What every handle on one backing store shares: the "database".
-#[derive(Default)]
+/// What every handle on one backing store shares: the "database", and its announcements, which reach
+/// every handle as a shared engine's pub/sub would.
 struct Backing {
     catalog: Mutex<catalog::Entries>,
+    hot: Mutex<queues::Hot>,
+    seq: AtomicU64,
+    announce: broadcast::Sender<PlayerKey>,
+    postbacks: Notify,
 }
 
 impl MemoryStore {
-    /// A new, empty backing store and a handle on it.
-    pub fn new() -> Self {
-        Self::default()
+    /// A new, empty backing store and a handle on it, on `clock`.
+    pub fn new(clock: SharedClock) -> Self {
+        MemoryStore {
+            backing: Arc::new(Backing {
+                catalog: Mutex::default(),
+                hot: Mutex::default(),
+                seq: AtomicU64::new(0),
+                announce: broadcast::channel(ANNOUNCE_CAPACITY).0,
+                postbacks: Notify::new(),
+            }),
+            clock,
+            closed: Arc::default(),
+        }
     }
 
     /// Another handle on the same backing store, as a second hub process would open on one database:
-    /// it sees everything the first writes, and shares none of its process-local state.
+    /// it sees everything the first writes, and shares none of its process-local state (closing it
+    /// leaves the other open).
     pub fn handle(&self) -> Self {
         MemoryStore {
             backing: Arc::clone(&self.backing),
+            clock: Arc::clone(&self.clock),
+            closed: Arc::default(),
+        }
+    }
+
+    fn check_open(&self) -> Result<(), StoreError> {
+        if self.closed.load(std::sync::atomic::Ordering::Acquire) {
+            Err(StoreError::Closed)
+        } else {
+            Ok(())
         }
     }
 }
@@ -46,9 +86,16 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
+    use crate::clock::ManualClock;
+    use crate::ledger::{Engines, Ledger, Options};
+    use crate::metrics::Metrics;
     use crate::store::catalog::Catalog;
     use crate::store::contract::catalog::CatalogHarness;
+    use crate::store::contract::rules::{self, Harness};
+    use crate::store::{OnFull, QueueCap, Quotas};
 
     /// A new backing store; every call opens another handle on it.
     struct MemoryHarness(MemoryStore);
@@ -59,5 +106,46 @@ mod tests {
         }
     }
 
-    crate::catalog_contract!(MemoryHarness(MemoryStore::new()));
+    crate::catalog_contract!(MemoryHarness(MemoryStore::new(crate::clock::system())));
+
+    /// One backing store on a clock the checks move; every `open` is a new handle on it (a reopened
+    /// process sees what the last one wrote, as on a shared database).
+    struct RulesHarness {
+        store: MemoryStore,
+        clock: Arc<ManualClock>,
+    }
+
+    impl RulesHarness {
+        fn new() -> Self {
+            let clock = ManualClock::starting_now();
+            RulesHarness {
+                store: MemoryStore::new(clock.clone()),
+                clock,
+            }
+        }
+    }
+
+    impl Harness for RulesHarness {
+        async fn open(&self) -> Ledger {
+            let handle = Arc::new(self.store.handle());
+            let options = Options {
+                default_ttl: Duration::from_secs(3600),
+                retention: Duration::from_secs(7 * 24 * 3600),
+                queue_cap: QueueCap {
+                    max_per_player: rules::QUEUE_CAP,
+                    on_full: OnFull::Reject,
+                },
+                lease_ttl: rules::LEASE_TTL,
+                quotas: Quotas::default(),
+            };
+            let metrics = Arc::new(Metrics::new());
+            Ledger::new(Engines::one(handle), options, metrics, self.clock.clone())
+        }
+
+        fn clock(&self) -> &ManualClock {
+            &self.clock
+        }
+    }
+
+    crate::rules_contract!(RulesHarness::new());
 }

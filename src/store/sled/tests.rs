@@ -54,7 +54,7 @@ impl contract::Harness for SledHarness {
     }
 }
 
-crate::rules_contract!(SledHarness::new());
+crate::rules_contract!(SledHarness::new(), single_handle);
 
 /// One store, every handle the same: sled's files belong to one process.
 struct SledCatalogHarness {
