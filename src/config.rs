@@ -199,6 +199,15 @@ fn log_filter(value: &str) -> Result<String, String> {
         .map_err(|e| format!("not a log filter ({e}); e.g. info, debug, pixelhub=debug,info"))
 }
 
+/// Which engine keeps the hub's state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum StoreKind {
+    /// The embedded database in the data dir: every `202` is fsync'd.
+    Sled,
+    /// This process's memory: nothing survives a restart.
+    Memory,
+}
+
 /// How the hub is configured.
 #[derive(Clone, Debug, Args)]
 pub struct Config {
@@ -213,6 +222,12 @@ pub struct Config {
     /// Directory of the embedded database (created if missing).
     #[arg(long, env = "PIXELHUB_DATA_DIR", default_value = "./data")]
     pub data_dir: PathBuf,
+
+    /// Where the hub keeps its state: `sled`, the embedded database in `--data-dir`, durable; or
+    /// `memory`, this process's memory only, NOT durable (a restart loses every brand, pixel and event),
+    /// for development and tests.
+    #[arg(long, env = "PIXELHUB_STORE", value_enum, default_value_t = StoreKind::Sled)]
+    pub store: StoreKind,
 
     /// Bearer token for the /api/v1 admin API, at least 16 characters. When unset, a token is generated
     /// once and kept in <data-dir>/admin-token (mode 0600). Only read from the environment, so it never

@@ -22,7 +22,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::api::{self, AppState, DemoLog, History};
 use crate::brand::BrandSettings;
-use crate::config::{Config, MIN_ADMIN_TOKEN_LEN};
+use crate::clock::SharedClock;
+use crate::config::{Config, MIN_ADMIN_TOKEN_LEN, StoreKind};
 use crate::egress::Egress;
 use crate::hub::Hub;
 use crate::ids::{BrandId, random_hex};
@@ -32,6 +33,7 @@ use crate::metrics::Metrics;
 use crate::net::{self, Tls};
 use crate::pixel::PixelKind;
 use crate::postback::{self, Policy, SenderStats};
+use crate::store::memory::MemoryStore;
 use crate::store::{GuardedStore, Measure, Room, SledOptions, SledStore, StoreError};
 
 /// Why the hub could not start.
@@ -71,6 +73,52 @@ pub enum StartError {
         /// What went wrong.
         source: io::Error,
     },
+}
+
+/// Opens the embedded engine in the data dir, after checking its disk has room to open safely.
+async fn open_sled(
+    config: &Config,
+    metrics: &Arc<Metrics>,
+    clock: &SharedClock,
+) -> Result<(Engines, Measure), StartError> {
+    // sled, opened on a full disk, can leave its files unreadable (seen on a tmpfs: every open after
+    // one attempted at 0 bytes free failed with "corrupted data"). So a start on a nearly full disk
+    // stops before touching the store, and a supervisor's restarts are harmless until there is room.
+    // Between this and the floor, the hub starts and refuses only the writes that grow the store.
+    let need = MIN_FREE_TO_OPEN;
+    let free = fs2::available_space(&config.data_dir).map_err(|source| StartError::Io {
+        path: config.data_dir.clone(),
+        source,
+    })?;
+    if free < need {
+        return Err(StartError::NoRoom {
+            path: config.data_dir.clone(),
+            free_mb: free >> 20,
+            need_mb: need.div_ceil(1 << 20),
+        });
+    }
+    let store_dir = config.data_dir.join("sled");
+    let options = SledOptions {
+        cache_bytes: config.store_cache_mb << 20,
+        metrics: Arc::clone(metrics),
+        clock: Arc::clone(clock),
+    };
+    let engine = {
+        let dir = store_dir.clone();
+        let open = tokio::task::spawn_blocking(move || SledStore::open(&dir, options));
+        open.await
+            .map_err(|e| StartError::Config(format!("opening the store panicked: {e}")))??
+    };
+    let measure: Measure = {
+        let engine = engine.clone();
+        Arc::new(move || {
+            Ok(Room {
+                free_bytes: fs2::available_space(&store_dir)?,
+                store_bytes: engine.size_on_disk().map_err(std::io::Error::other)?,
+            })
+        })
+    };
+    Ok((Engines::one(Arc::new(engine)), measure))
 }
 
 /// Free bytes the data dir's disk must have before the store is opened (the floor, `--store-min-free-mb`,
@@ -117,45 +165,27 @@ impl Application {
             _ => None,
         };
         let metrics = Arc::new(Metrics::new());
-        // sled, opened on a full disk, can leave its files unreadable (seen on a tmpfs: every open after
-        // one attempted at 0 bytes free failed with "corrupted data"). So a start on a nearly full disk
-        // stops before touching the store, and a supervisor's restarts are harmless until there is room.
-        // Between this and the floor, the hub starts and refuses only the writes that grow the store.
-        let need = MIN_FREE_TO_OPEN;
-        let free = fs2::available_space(&config.data_dir).map_err(io_err(&config.data_dir))?;
-        if free < need {
-            return Err(StartError::NoRoom {
-                path: config.data_dir.clone(),
-                free_mb: free >> 20,
-                need_mb: need.div_ceil(1 << 20),
-            });
-        }
-        let store_dir = config.data_dir.join("sled");
-        let options = SledOptions {
-            cache_bytes: config.store_cache_mb << 20,
-            metrics: Arc::clone(&metrics),
-            clock: Arc::clone(&clock),
+        let (engine, measure) = match config.store {
+            StoreKind::Sled => open_sled(&config, &metrics, &clock).await?,
+            StoreKind::Memory => {
+                tracing::warn!(
+                    "--store memory: everything is kept in this process's memory and lost when it stops; for development and tests only"
+                );
+                let engine = Arc::new(MemoryStore::new(Arc::clone(&clock)));
+                // No disk to run out of: the room is never short.
+                let measure: Measure = Arc::new(|| {
+                    Ok(Room {
+                        free_bytes: u64::MAX,
+                        store_bytes: 0,
+                    })
+                });
+                (Engines::one(engine), measure)
+            }
         };
-        let engine = {
-            let dir = store_dir.clone();
-            let open = tokio::task::spawn_blocking(move || SledStore::open(&dir, options));
-            open.await
-                .map_err(|e| StartError::Config(format!("opening the store panicked: {e}")))??
-        };
-        let measure: Measure = {
-            let engine = engine.clone();
-            Arc::new(move || {
-                Ok(Room {
-                    free_bytes: fs2::available_space(&store_dir)?,
-                    store_bytes: engine.size_on_disk().map_err(std::io::Error::other)?,
-                })
-            })
-        };
-        let engine = Arc::new(engine);
         let guarded = Arc::new(GuardedStore::new(
-            engine.clone(),
-            engine.clone(),
-            engine,
+            engine.store,
+            engine.catalog,
+            engine.queues,
             config.store_guard(),
             measure,
             Arc::clone(&metrics),

@@ -6,6 +6,7 @@ mod cdp;
 mod delivery;
 mod disk;
 mod egress;
+mod engines;
 mod events;
 mod growth;
 mod helpers;
