@@ -43,8 +43,10 @@ impl Ledger {
                 let mut sent = Vec::new();
                 let mut seqs = held;
                 if seqs.len() < max_in_flight {
-                    // Held pixels come first in the queue; then a window's worth is what it wants.
-                    walk(tx, key, max_in_flight, |tx, seq, pixel| {
+                    // Pixels are sent in queue order and new ones queue behind, so everything before the
+                    // last one held was sent (held, or acked and gone): the walk starts after it.
+                    let from = seqs.iter().max().copied();
+                    walk(tx, key, from, max_in_flight, |tx, seq, pixel| {
                         if barrier.is_some_and(|first_undurable| seq >= first_undurable) {
                             return Ok(false); // its enqueue announces it once it is durable
                         }

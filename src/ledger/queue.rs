@@ -102,7 +102,7 @@ impl Ledger {
             let key = &owned;
             let in_flight = in_flight(tx, key, now)?;
             let mut out = Vec::new();
-            walk(tx, key, PAGE, |_, seq, pixel| {
+            walk(tx, key, None, PAGE, |_, seq, pixel| {
                 if pixel.expires_at_ms > now {
                     out.push(PendingPixel {
                         in_flight: in_flight.contains(&seq),
@@ -171,7 +171,7 @@ impl Ledger {
                 let key = &owned;
                 let in_flight = in_flight(tx, key, now)?;
                 let mut queued = Vec::new();
-                walk(tx, key, PAGE, |_, seq, pixel| {
+                walk(tx, key, None, PAGE, |_, seq, pixel| {
                     queued.push((seq, pixel));
                     Ok(true)
                 })?;
@@ -285,16 +285,18 @@ pub(super) fn in_flight(
         .unwrap_or_default())
 }
 
-/// Calls `visit` on the player's queue entries in order, until it returns false or the queue ends.
-/// Entries are read a page at a time, the first page `first_page` long: a caller that expects to stop
-/// early (a lease wants a window's worth) reads no more than it needs.
+/// Calls `visit` on the player's queue entries after position `from` (from the head for `None`), in
+/// order, until it returns false or the queue ends. Entries are read a page at a time, the first page
+/// `first_page` long: a caller that expects to stop early (a lease wants a window's worth) reads no
+/// more than it needs.
 pub(super) fn walk(
     tx: &mut dyn Tx,
     key: &PlayerKey,
+    from: Option<u64>,
     first_page: usize,
     mut visit: impl FnMut(&mut dyn Tx, u64, QueuedPixel) -> Result<bool, StoreError>,
 ) -> Result<(), StoreError> {
-    let mut after = None;
+    let mut after = from;
     let mut size = first_page.max(1);
     loop {
         let page = tx.queue(key, after, size)?;
@@ -354,7 +356,7 @@ impl super::Millis {
         let in_flight = in_flight(tx, key, now)?;
         let mut need = pending + added - cap;
         let mut oldest = Vec::new();
-        walk(tx, key, PAGE, |_, seq, pixel| {
+        walk(tx, key, None, PAGE, |_, seq, pixel| {
             if !in_flight.contains(&seq) {
                 // A browser may be firing an in-flight one right now: never dropped.
                 oldest.push(pixel);
