@@ -233,6 +233,7 @@ impl From<StoreError> for ApiError {
                 pending,
                 cap,
             },
+            StoreError::NotAllowed(e) => ApiError::InvalidInput(e),
             StoreError::Closed => ApiError::Unavailable,
             StoreError::UnknownEventType(e) => ApiError::Invalid {
                 code: "unknown_event_type",

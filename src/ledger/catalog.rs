@@ -112,6 +112,21 @@ impl Ledger {
         Err(contended("the brand").into())
     }
 
+    /// The brand as it is now, provided its pixel policy allows the pixel of `input`; a definition
+    /// written expects the brand to be still this, so a policy tightened meanwhile is decided again.
+    async fn allowing(
+        &self,
+        brand: &BrandId,
+        input: &DefinitionInput,
+    ) -> Result<Brand, StoreError> {
+        let owner = self.require_brand(brand).await?;
+        input
+            .action
+            .check(owner.settings.pixel_policy())
+            .map_err(|refusal| StoreError::NotAllowed(refusal.at("definition")))?;
+        Ok(owner)
+    }
+
     /// The brand's definitions, in id order.
     pub async fn definitions(&self, brand: &BrandId) -> Result<Vec<Definition>, StoreError> {
         self.check_brand(brand).await?;
@@ -144,31 +159,41 @@ impl Ledger {
     }
 
     /// Saves a new definition under the caller's id or a generated one. Fails with
-    /// [`StoreError::DefinitionExists`] when the id is taken. Its postback health starts afresh.
+    /// [`StoreError::DefinitionExists`] when the id is taken, and [`StoreError::NotAllowed`] when the
+    /// brand's pixel policy does not allow its pixel (the policy as it is when the definition is written).
+    /// Its postback health starts afresh.
     pub async fn create_definition(
         &self,
         brand: &BrandId,
         input: DefinitionInput,
     ) -> Result<Definition, StoreError> {
-        self.check_brand(brand).await?;
         let id = input.id.clone().unwrap_or_else(DefinitionId::generate);
-        let now = self.now_ms();
-        let definition = input.into_definition(id.clone(), now, now);
         let entry = Entry::Definition(brand.clone(), id.clone());
-        let change = Change::default()
-            .expect(entry.clone(), Value::Absent)
-            .write(entry, Value::Definition(Box::new(definition.clone())));
-        match self.catalog().apply(change).await? {
-            Applied::Done => {
+        for _ in 0..MAX_ROUNDS {
+            let owner = self.allowing(brand, &input).await?;
+            let now = self.now_ms();
+            let definition = input.clone().into_definition(id.clone(), now, now);
+            let change = Change::default()
+                .expect(Entry::Brand(brand.clone()), Value::Brand(owner))
+                .expect(entry.clone(), Value::Absent)
+                .write(
+                    entry.clone(),
+                    Value::Definition(Box::new(definition.clone())),
+                );
+            if self.catalog().apply(change).await? == Applied::Done {
                 self.reset_health(brand, &id).await?;
-                Ok(definition)
+                return Ok(definition);
             }
-            Applied::Conflict => Err(StoreError::DefinitionExists(id)),
+            if self.read_definition(brand, &id).await?.is_some() {
+                return Err(StoreError::DefinitionExists(id));
+            }
         }
+        Err(contended("the brand"))
     }
 
     /// Replaces a definition whole, keeping its id and creation time; its postback health starts
-    /// afresh and `disabled_reason` is cleared. [`StoreError::UnknownDefinition`] when there is none.
+    /// afresh and `disabled_reason` is cleared. [`StoreError::UnknownDefinition`] when there is none,
+    /// [`StoreError::NotAllowed`] when the brand's pixel policy does not allow its pixel.
     pub async fn replace_definition(
         &self,
         brand: &BrandId,
@@ -195,9 +220,11 @@ impl Ledger {
                 .read_definition(brand, id)
                 .await?
                 .ok_or_else(|| StoreError::UnknownDefinition(id.clone()))?;
-            let definition =
-                patch(&old)?.into_definition(id.clone(), old.created_at_ms, self.now_ms());
+            let input = patch(&old)?;
+            let owner = self.allowing(brand, &input).await?;
+            let definition = input.into_definition(id.clone(), old.created_at_ms, self.now_ms());
             let change = Change::default()
+                .expect(Entry::Brand(brand.clone()), Value::Brand(owner))
                 .expect(entry.clone(), Value::Definition(Box::new(old)))
                 .write(
                     entry.clone(),
@@ -410,16 +437,15 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn a_patch_never_overwrites_a_change_made_while_it_was_decided() {
-        let dir = tempfile::tempdir().unwrap();
+    /// A ledger over a [`Meddler`] (queues on sled), with brand `b` made and the meddler not yet armed.
+    async fn meddled_ledger(dir: &std::path::Path) -> (Ledger, Arc<Meddler>, BrandId) {
         let clock = ManualClock::starting_now();
         let options = SledOptions {
             cache_bytes: 1 << 20,
             metrics: Arc::new(Metrics::new()),
             clock: clock.clone(),
         };
-        let queues = Arc::new(SledStore::open(dir.path(), options).unwrap());
+        let queues = Arc::new(SledStore::open(dir, options).unwrap());
         let meddler = Arc::new(Meddler {
             catalog: MemoryStore::new(crate::clock::system()),
             meddled: AtomicBool::new(true),
@@ -436,6 +462,13 @@ mod tests {
             .put_brand(&id, BrandSettings::default())
             .await
             .unwrap();
+        (ledger, meddler, id)
+    }
+
+    #[tokio::test]
+    async fn a_patch_never_overwrites_a_change_made_while_it_was_decided() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ledger, meddler, id) = meddled_ledger(dir.path()).await;
 
         meddler.meddled.store(false, Ordering::SeqCst);
         let rounds = std::sync::atomic::AtomicUsize::new(0);
@@ -460,5 +493,43 @@ mod tests {
             "the other writer's change stays"
         );
         assert_eq!(ledger.brand(&id).await.unwrap(), Some(renamed));
+    }
+
+    #[tokio::test]
+    async fn a_definition_is_held_to_the_policy_its_brand_has_when_it_is_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ledger, meddler, id) = meddled_ledger(dir.path()).await;
+        let http = || {
+            crate::definition::parse_definition(
+                serde_json::json!({"id": "d", "name": "FTD", "trigger": "ftd", "kind": "image", "url": "http://px.example/"}),
+                true,
+            )
+            .unwrap()
+        };
+
+        // The brand turns https_only on after the ledger read it, before the definition is written.
+        meddler.meddled.store(false, Ordering::SeqCst);
+        let refused = ledger.create_definition(&id, http()).await.unwrap_err();
+        let StoreError::NotAllowed(why) = refused else {
+            panic!("refused by the policy, not {refused:?}")
+        };
+        assert_eq!(
+            (why.code, why.path.as_str()),
+            ("https_required", "definition.url")
+        );
+        assert_eq!(ledger.definitions(&id).await.unwrap(), vec![]);
+
+        // What the brand allows is written.
+        let https = crate::definition::parse_definition(
+            serde_json::json!({"id": "d", "name": "FTD", "trigger": "ftd", "kind": "image", "url": "https://px.example/"}),
+            true,
+        )
+        .unwrap();
+        ledger.create_definition(&id, https).await.unwrap();
+        let refused = ledger
+            .replace_definition(&id, &DefinitionId::parse("d").unwrap(), http())
+            .await
+            .unwrap_err();
+        assert!(matches!(refused, StoreError::NotAllowed(_)), "{refused:?}");
     }
 }

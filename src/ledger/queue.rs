@@ -20,18 +20,31 @@ use crate::store::{
 const PAGE: usize = 64;
 
 impl Ledger {
-    /// Appends pixels to a player's queue, all or nothing, and returns once they are durable. A pixel
-    /// whose caller id already names a pixel of this player (in any state, for as long as its record
-    /// is kept) is not queued again: its answer says `duplicate`, with that pixel's status. Over the
-    /// player's cap the batch is refused ([`StoreError::QueueFull`]) or, with drop-oldest, the oldest
-    /// pending pixels no browser holds are dropped to make room and listed. Sessions of the player are
-    /// told once the pixels are durable.
+    /// Appends pixels to a player's queue, all or nothing, and returns once they are durable. The
+    /// brand's pixel policy must allow every one ([`StoreError::NotAllowed`], naming `pixel` or
+    /// `pixels[i]`). A pixel whose caller id already names a pixel of this player (in any state, for as
+    /// long as its record is kept) is not queued again: its answer says `duplicate`, with that pixel's
+    /// status. Over the player's cap the batch is refused ([`StoreError::QueueFull`]) or, with
+    /// drop-oldest, the oldest pending pixels no browser holds are dropped to make room and listed.
+    /// Sessions of the player are told once the pixels are durable.
     pub async fn enqueue(
         &self,
         key: &PlayerKey,
         pixels: Vec<NewPixel>,
     ) -> Result<EnqueueOutcome, StoreError> {
-        self.check_brand(&key.brand).await?;
+        let brand = self.require_brand(&key.brand).await?;
+        let policy = brand.settings.pixel_policy();
+        let single = pixels.len() == 1;
+        for (i, pixel) in pixels.iter().enumerate() {
+            policy.check(&pixel.body).map_err(|refusal| {
+                let at = if single {
+                    "pixel".to_owned()
+                } else {
+                    format!("pixels[{i}]")
+                };
+                StoreError::NotAllowed(refusal.at(&at))
+            })?;
+        }
         let now = self.now_ms();
         let (options, owned) = (self.inner.options, key.clone());
         let (outcome, transitions) = self

@@ -417,6 +417,10 @@ pub enum StoreError {
         /// The cap.
         cap: u64,
     },
+    /// The brand's pixel policy does not allow a pixel or definition (its kind, or an `http` URL for
+    /// an `https_only` brand); nothing was written. Says which one and where, as the request named it.
+    #[error(transparent)]
+    NotAllowed(crate::input::InputError),
     /// The store was closed; the process is shutting down.
     #[error("the store is closed")]
     Closed,

@@ -592,6 +592,62 @@ pub async fn definitions_are_created_replaced_and_deleted(h: &impl Harness) {
     ));
 }
 
+pub async fn the_brand_pixel_policy_holds_for_every_write(h: &impl Harness) {
+    let store = store_with_brand(h).await;
+    let (k, brand) = (key("p"), key("p").brand);
+    let js = NewPixel {
+        body: PixelBody::Js { code: "1".into() },
+        ..image(2)
+    };
+    let refused = store.enqueue(&k, vec![image(1), js]).await.unwrap_err();
+    let StoreError::NotAllowed(why) = refused else {
+        panic!("a js pixel is not a default brand's: {refused:?}")
+    };
+    assert_eq!(
+        (why.code, why.path.as_str()),
+        ("kind_not_allowed", "pixels[1].kind")
+    );
+    assert_eq!(
+        store.pending(&k).await.unwrap(),
+        vec![],
+        "nothing of the batch was queued"
+    );
+
+    let js = serde_json::json!({"name": "js", "trigger": "ftd", "kind": "js", "code": "1"});
+    let refused = store
+        .create_definition(&brand, definition_input(js))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&refused, StoreError::NotAllowed(why) if why.path == "definition.kind"),
+        "{refused:?}"
+    );
+    assert_eq!(store.definitions(&brand).await.unwrap(), vec![]);
+
+    store
+        .put_brand(
+            &brand,
+            BrandSettings {
+                https_only: true,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let http = NewPixel {
+        body: PixelBody::Image {
+            url: "http://px.example/".into(),
+        },
+        ..image(3)
+    };
+    let refused = store.enqueue(&k, vec![http]).await.unwrap_err();
+    assert!(
+        matches!(&refused, StoreError::NotAllowed(why) if (why.code, why.path.as_str()) == ("https_required", "pixel.url")),
+        "{refused:?}"
+    );
+    store.enqueue(&k, vec![image(4)]).await.unwrap();
+}
+
 pub async fn a_click_id_finds_the_player_who_registered_with_it(h: &impl Harness) {
     let store = store_with_brand(h).await;
     let brand = key("x").brand;
@@ -1550,6 +1606,11 @@ macro_rules! rules_contract {
             #[tokio::test]
             async fn upkeep_expires_nothing_a_browser_holds() {
                 contract::upkeep_expires_nothing_a_browser_holds(&$harness).await
+            }
+
+            #[tokio::test]
+            async fn the_brand_pixel_policy_holds_for_every_write() {
+                contract::the_brand_pixel_policy_holds_for_every_write(&$harness).await
             }
 
             #[tokio::test]

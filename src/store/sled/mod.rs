@@ -53,7 +53,6 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use ::sled::{Batch, Db, IVec, Tree};
-use async_trait::async_trait;
 use dashmap::DashMap;
 use serde::Serialize;
 use tokio::sync::{Notify, broadcast};
@@ -62,24 +61,19 @@ mod catalog;
 mod keys;
 mod migrate;
 mod queues;
+mod report;
 mod threads;
 
 use self::migrate::{add_missing_secrets, build_backlog_tables, move_outbox_to_lanes};
 use self::threads::StoreThreads;
 
 use super::commit::GroupCommit;
-use super::{
-    Backlog, BrandQueue, Cursor, DefinitionHealth, DeliveryPage, DeliveryQuery, Lane, Store,
-    StoreError, StoreStats,
-};
+use super::{Lane, StoreError};
 use crate::brand::SecretKind;
 use crate::clock::SharedClock;
 use crate::definition::Definition;
-use crate::delivery::Delivery;
-use crate::event::PlayerContext;
 use crate::ids::{BrandId, DefinitionId, EventId, PixelId, PlayerId, PlayerKey};
 use crate::metrics::Metrics;
-use crate::pixel::QueuedPixel;
 use crate::store::queues::{Lease, Record};
 
 /// Milliseconds in a day: the unit of the events quota (UTC days).
@@ -90,8 +84,6 @@ const STRIPES: usize = 1024;
 const LOCK_PATIENCE: Duration = Duration::from_secs(2);
 /// Between two tries of the lock.
 const LOCK_RETRY: Duration = Duration::from_millis(20);
-/// Most report index entries one page looks at, so a rare filter cannot make one request scan a brand.
-const REPORT_SCAN_BUDGET: usize = 20_000;
 /// Announcements buffered per subscriber before it lags (and then resynchronises).
 const ANNOUNCE_CAPACITY: usize = 16 * 1024;
 
@@ -409,55 +401,6 @@ impl Inner {
         Ok(())
     }
 
-    /// When the brand's oldest pending client pixel was queued, from the first `p` entry.
-    fn oldest_pending(&self, brand: &BrandId) -> Result<Option<u64>, StoreError> {
-        let prefix = keys::pending_prefix(brand);
-        match self.data.scan_prefix(&prefix).keys().next() {
-            Some(k) => {
-                let k = k.map_err(backend)?;
-                let at = k
-                    .get(prefix.len()..prefix.len() + 8)
-                    .and_then(|b| <[u8; 8]>::try_from(b).ok())
-                    .ok_or_else(|| StoreError::corrupt("corrupt pending key"))?;
-                Ok(Some(u64::from_be_bytes(at)))
-            }
-            None => Ok(None),
-        }
-    }
-
-    /// The brand's biggest backlogs, from the start of its `k` ranking.
-    fn backlogs(&self, brand: &BrandId, limit: usize) -> Result<Vec<Backlog>, StoreError> {
-        let mut out = Vec::new();
-        for k in self.data.scan_prefix(keys::backlog_prefix(brand)).keys() {
-            if out.len() == limit {
-                break;
-            }
-            let k = k.map_err(backend)?;
-            let (key, pending) = keys::parse_backlog(&k)
-                .ok_or_else(|| StoreError::corrupt("corrupt backlog key"))?;
-            let oldest = match self
-                .data
-                .scan_prefix(keys::queue_prefix(&key))
-                .values()
-                .next()
-            {
-                Some(v) => {
-                    let pixel: QueuedPixel =
-                        serde_json::from_slice(&v.map_err(backend)?).map_err(backend)?;
-                    Some(pixel.queued_at_ms)
-                }
-                None => None,
-            };
-            out.push(Backlog {
-                brand_id: key.brand,
-                player_id: key.player,
-                pending,
-                oldest_queued_at_ms: oldest,
-            });
-        }
-        Ok(out)
-    }
-
     /// Pending client pixels of a player, from `n`.
     fn pending_count(&self, key: &PlayerKey) -> Result<u64, StoreError> {
         let stored = self.data.get(keys::count(key)).map_err(backend)?;
@@ -530,225 +473,6 @@ fn open_db(dir: &Path, cache_bytes: u64) -> Result<Db, StoreError> {
 
 fn json<T: Serialize>(value: &T) -> Vec<u8> {
     serde_json::to_vec(value).expect("our stored types serialise infallibly")
-}
-
-#[async_trait]
-impl Store for SledStore {
-    async fn player_context(&self, key: &PlayerKey) -> Result<PlayerContext, StoreError> {
-        let (brand, key) = (key.brand.clone(), keys::context(key));
-        self.blocking(move |inner| {
-            inner.brand_exists(&brand)?;
-            Ok(inner.read(&key)?.unwrap_or_default())
-        })
-        .await
-    }
-
-    async fn player_by_click_id(
-        &self,
-        brand: &BrandId,
-        click_id: &str,
-    ) -> Result<Option<PlayerId>, StoreError> {
-        let (brand, key) = (brand.clone(), keys::click(brand, click_id));
-        self.blocking(move |inner| {
-            inner.brand_exists(&brand)?;
-            match inner.data.get(&key).map_err(backend)? {
-                None => Ok(None),
-                Some(player) => std::str::from_utf8(&player)
-                    .ok()
-                    .and_then(|p| PlayerId::parse_stored(p).ok())
-                    .map(Some)
-                    .ok_or_else(|| StoreError::corrupt("corrupt click index entry")),
-            }
-        })
-        .await
-    }
-
-    async fn stats(&self) -> Result<StoreStats, StoreError> {
-        self.blocking(|inner| {
-            let commits = inner.commit.counters();
-            let mut stats = StoreStats {
-                flushes: commits.flushes.load(Ordering::Relaxed),
-                flushed_writes: commits.waiters.load(Ordering::Relaxed),
-                ..Default::default()
-            };
-            for entry in inner.data.scan_prefix(b"b") {
-                let (k, _) = entry.map_err(backend)?;
-                let brand = keys::parse_brand(&k)
-                    .ok_or_else(|| StoreError::corrupt("corrupt brand key"))?;
-                let queue_depth = inner.depth.get(&brand).map_or(0, |d| *d);
-                stats.queue_depth += queue_depth;
-                let queue = BrandQueue {
-                    queue_depth,
-                    oldest_queued_at_ms: inner.oldest_pending(&brand)?,
-                    players: inner.players.get(&brand).map_or(0, |n| *n),
-                    outbox: inner.outbox_size.get(&brand).map_or(0, |n| *n),
-                    events_today: inner.events_on(&brand, inner.clock.now_ms() / DAY_MS),
-                };
-                stats.brands.insert(brand, queue);
-            }
-            Ok(stats)
-        })
-        .await
-    }
-
-    async fn backlogs(
-        &self,
-        brand: Option<&BrandId>,
-        limit: usize,
-    ) -> Result<Vec<Backlog>, StoreError> {
-        let brand = brand.cloned();
-        self.blocking(move |inner| {
-            let Some(brand) = &brand else {
-                // Every brand's top `limit`, merged: the overall top is among them.
-                let mut all = Vec::new();
-                for entry in inner.data.scan_prefix(b"b").keys() {
-                    let k = entry.map_err(backend)?;
-                    let brand = keys::parse_brand(&k)
-                        .ok_or_else(|| StoreError::corrupt("corrupt brand key"))?;
-                    all.extend(inner.backlogs(&brand, limit)?);
-                }
-                all.sort_by_key(|b| std::cmp::Reverse(b.pending));
-                all.truncate(limit);
-                return Ok(all);
-            };
-            inner.brand_exists(brand)?;
-            inner.backlogs(brand, limit)
-        })
-        .await
-    }
-
-    async fn check_writable(&self) -> Result<(), StoreError> {
-        self.blocking(|inner| {
-            inner.check_open()?;
-            inner
-                .data
-                .insert(
-                    b"mreadiness-probe",
-                    inner.clock.now_ms().to_be_bytes().as_slice(),
-                )
-                .map_err(backend)?;
-            Ok(())
-        })
-        .await?;
-        self.inner.commit.wait().await
-    }
-
-    async fn deliveries(
-        &self,
-        brand: &BrandId,
-        query: &DeliveryQuery,
-    ) -> Result<DeliveryPage, StoreError> {
-        let (brand, query) = (brand.clone(), query.clone());
-        self.blocking(move |inner| {
-            let (brand, query) = (&brand, &query);
-            inner.brand_exists(brand)?;
-            let wanted = |d: &Delivery| query.matches(d);
-            let cursor_of = |d: &Delivery| Cursor {
-                queued_at_ms: d.queued_at_ms,
-                player: d.player_id.clone(),
-                id: d.id.clone(),
-            };
-            let before_cursor = |c: &Cursor| query.after.as_ref().is_none_or(|after| c < after);
-            let mut page = DeliveryPage::default();
-            if let Some(player) = &query.player {
-                // One player's records are few: read them all, then order them like the time index.
-                let key = PlayerKey::new(brand.clone(), player.clone());
-                let mut rows: Vec<Delivery> = Vec::new();
-                for entry in inner.data.scan_prefix(keys::index_prefix(&key)) {
-                    let (_, v) = entry.map_err(backend)?;
-                    let rec: Record = serde_json::from_slice(&v).map_err(backend)?;
-                    if wanted(&rec.delivery) && before_cursor(&cursor_of(&rec.delivery)) {
-                        rows.push(rec.delivery);
-                    }
-                }
-                rows.sort_by_key(|d| std::cmp::Reverse(cursor_of(d)));
-                if rows.len() > query.limit {
-                    rows.truncate(query.limit);
-                    page.next = rows.last().map(cursor_of);
-                }
-                page.rows = rows;
-                return Ok(page);
-            }
-            let prefix = keys::report_prefix(brand);
-            let low = [prefix.as_slice(), &query.from_ms.unwrap_or(0).to_be_bytes()].concat();
-            let high = match (&query.after, query.to_ms) {
-                (Some(after), _) => keys::report(
-                    &PlayerKey::new(brand.clone(), after.player.clone()),
-                    after.queued_at_ms,
-                    &after.id,
-                ),
-                (None, Some(to)) => [prefix.as_slice(), &to.to_be_bytes()].concat(),
-                (None, None) => [prefix.as_slice(), &[0xff; 9]].concat(),
-            };
-            let mut scanned = 0;
-            for entry in inner.data.range(low..high).keys().rev() {
-                let r_key = entry.map_err(backend)?;
-                let (key, _, id) = keys::parse_report(&r_key)
-                    .ok_or_else(|| StoreError::corrupt("corrupt report key"))?;
-                scanned += 1;
-                if let Some(rec) = inner.record(&key, &id)?
-                    && wanted(&rec.delivery)
-                {
-                    page.rows.push(rec.delivery);
-                    if page.rows.len() == query.limit {
-                        page.next = page.rows.last().map(cursor_of);
-                        break;
-                    }
-                }
-                if scanned == REPORT_SCAN_BUDGET {
-                    if let Some((ms, key, id)) =
-                        keys::parse_report(&r_key).map(|(k, ms, id)| (ms, k, id))
-                    {
-                        page.next = Some(Cursor {
-                            queued_at_ms: ms,
-                            player: key.player,
-                            id,
-                        });
-                    }
-                    break;
-                }
-            }
-            Ok(page)
-        })
-        .await
-    }
-
-    async fn definition_health(
-        &self,
-        brand: &BrandId,
-    ) -> Result<BTreeMap<DefinitionId, DefinitionHealth>, StoreError> {
-        let brand = brand.clone();
-        self.blocking(move |inner| {
-            let brand = &brand;
-            inner.brand_exists(brand)?;
-            let prefix = keys::health_prefix(brand);
-            let mut out = BTreeMap::new();
-            for entry in inner.data.scan_prefix(&prefix) {
-                let (k, v) = entry.map_err(backend)?;
-                let id = std::str::from_utf8(&k[prefix.len()..])
-                    .ok()
-                    .and_then(|s| DefinitionId::parse_stored(s).ok())
-                    .ok_or_else(|| StoreError::corrupt("corrupt health key"))?;
-                out.insert(id, serde_json::from_slice(&v).map_err(backend)?);
-            }
-            Ok(out)
-        })
-        .await
-    }
-
-    async fn postbacks_added(&self) {
-        self.inner.outbox.notified().await;
-    }
-
-    fn subscribe(&self) -> broadcast::Receiver<PlayerKey> {
-        self.inner.announce.subscribe()
-    }
-
-    async fn close(&self) -> Result<(), StoreError> {
-        self.inner.closed.store(true, Ordering::Release);
-        self.inner.commit.close().await;
-        Ok(())
-    }
 }
 
 #[cfg(test)]

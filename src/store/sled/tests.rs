@@ -9,7 +9,7 @@ use crate::ids::SessionId;
 use crate::ledger::Ledger;
 use crate::pixel::NewPixel;
 use crate::store::contract::rules as contract;
-use crate::store::{DeliveryQuery, OnFull, PixelStatus, QueueCap};
+use crate::store::{DeliveryQuery, OnFull, PixelStatus, QueueCap, Store};
 use tokio_util::sync::CancellationToken;
 
 /// How long final records are kept in these tests.
@@ -128,10 +128,7 @@ fn ledger_capped(store: &SledStore, queue_cap: QueueCap, metrics: Arc<Metrics>) 
 
 async fn with_brand(store: &SledStore) -> PlayerKey {
     let brand = BrandId::parse("b").unwrap();
-    ledger(store)
-        .put_brand(&brand, BrandSettings::default())
-        .await
-        .unwrap();
+    ledger(store).put_brand(&brand, any_kind()).await.unwrap();
     PlayerKey::new(brand, PlayerId::parse("p").unwrap())
 }
 
@@ -154,6 +151,14 @@ async fn define_and_sell(
     )
     .unwrap();
     ledger(store).ingest(brand, sale).await.unwrap()
+}
+
+/// A brand that allows every kind of pixel, `js` too.
+fn any_kind() -> BrandSettings {
+    BrandSettings {
+        allowed_kinds: crate::pixel::PixelKind::ALL.to_vec(),
+        ..BrandSettings::default()
+    }
 }
 
 fn js(id: &str, ttl_seconds: Option<u64>) -> NewPixel {
@@ -349,10 +354,7 @@ async fn ids_an_earlier_version_accepted_still_read_back() {
     let harness = SledHarness::new();
     let store = open(&harness);
     let brand = BrandId::parse_stored("..").unwrap();
-    ledger(&store)
-        .put_brand(&brand, BrandSettings::default())
-        .await
-        .unwrap();
+    ledger(&store).put_brand(&brand, any_kind()).await.unwrap();
     let key = PlayerKey::new(brand, PlayerId::parse_stored(".").unwrap());
     ledger(&store)
         .enqueue(&key, vec![js("a", Some(60)), js("b", None)])
@@ -553,10 +555,7 @@ async fn concurrent_writers_share_one_flush() {
     let options = options(&harness.clock);
     let store = SledStore::open(harness.dir.path(), options).unwrap();
     let brand = BrandId::parse("b").unwrap();
-    ledger(&store)
-        .put_brand(&brand, BrandSettings::default())
-        .await
-        .unwrap();
+    ledger(&store).put_brand(&brand, any_kind()).await.unwrap();
     let before = store
         .inner
         .commit
