@@ -24,6 +24,7 @@ mod commit;
 #[cfg(any(test, feature = "contract"))]
 pub mod contract;
 mod guard;
+pub mod journal;
 pub mod memory;
 pub mod queues;
 mod sled;

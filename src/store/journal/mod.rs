@@ -1,0 +1,448 @@
+//! The journal: an append-only log of records, durable when `fdatasync` returned, group-committed.
+//!
+//! It is the embedded engine's durability point. A writer [`Journal::append`]s its records (framed with a
+//! CRC, [`frame`]) into the pending group and awaits [`Durable::wait`]; one thread writes the whole group
+//! to the current segment with one `write` and one `fdatasync`, then answers every writer in it. Writers
+//! arriving while that sync runs form the next group, so under load a sync covers many writers and no
+//! timer ever delays one: an idle journal syncs a lone record at once.
+//!
+//! `fdatasync` (`File::sync_data`) is what makes a record durable: it returns once the data, and the
+//! metadata needed to read it back (the file's size), reached stable storage, through the device's write
+//! cache. `sync_file_range` would not be (it neither flushes that cache nor the size). A failed sync is
+//! never retried, since the kernel may have dropped the pages it could not write: the journal fails every
+//! waiting and later writer with [`StoreError::Failed`], and the hub stops; its next start replays what
+//! reached the disk.
+//!
+//! Segments ([`segment`]) hold records in order; a new one starts once the current one passes
+//! [`JournalOptions::segment_bytes`] (64 MiB by default: one file handle, a few seconds of peak writes,
+//! and a checkpoint granularity that frees disk promptly). Records are addressed by *position* (LSN): the
+//! journal's byte count after them, across segments. Once the engine's checkpoint holds everything up
+//! to a position, [`Journal::release`] deletes the segments wholly before it.
+//!
+//! Opening replays every record in order. The last segment's tail may be torn (a crash mid-write): the
+//! frames stop and nothing intact follows, so it is cut off, since no writer was answered for it.
+//! Damage anywhere else (a frame that fails its CRC with intact frames after it, a segment missing,
+//! a foreign header) is never skipped silently: opening fails with [`Damaged`], naming the file and the
+//! byte, and [`repair`] (`pixelhub repair-journal`) keeps every intact record, turning the damaged bytes
+//! into holes so the positions of the records after them do not change, and reports what it dropped.
+
+pub mod frame;
+mod repair;
+pub mod segment;
+
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::Instant;
+
+use tokio::sync::oneshot;
+
+pub use self::repair::{Dropped, Repaired, repair};
+use self::segment::{BadHeader, End};
+use super::{Cause, StoreError};
+use crate::metrics::Metrics;
+
+/// How a segment's data is made durable: `File::sync_data` (`fdatasync`). Tests put a failing one in.
+pub type SyncFn = fn(&File) -> std::io::Result<()>;
+
+/// Settings of a journal.
+#[derive(Clone)]
+pub struct JournalOptions {
+    /// A new segment starts once the current one holds this many bytes.
+    pub segment_bytes: u64,
+    /// What makes written data durable.
+    pub sync: SyncFn,
+    /// Where syncs and their group sizes are counted.
+    pub metrics: Arc<Metrics>,
+}
+
+impl JournalOptions {
+    /// 64 MiB segments, `fdatasync`.
+    pub fn new(metrics: Arc<Metrics>) -> Self {
+        Self {
+            segment_bytes: 64 << 20,
+            sync: File::sync_data,
+            metrics,
+        }
+    }
+}
+
+/// A journal that cannot be replayed as it is: the file and byte where the damage starts. Nothing was
+/// skipped; `pixelhub repair-journal` keeps what can be kept.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "the journal is damaged: {} at byte {offset} ({why}); the hub will not start on it. \
+     `pixelhub repair-journal --data-dir <dir>` keeps every intact record and reports what it drops",
+    file.display()
+)]
+pub struct Damaged {
+    /// The segment.
+    pub file: PathBuf,
+    /// Where in it.
+    pub offset: u64,
+    /// What was found there.
+    pub why: &'static str,
+}
+
+/// The journal's handle. Dropping it closes the journal (the pending group is still written).
+pub struct Journal {
+    shared: Arc<Shared>,
+    writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+struct Shared {
+    pending: Mutex<Pending>,
+    wake: Condvar,
+    /// Segments no longer written to, as (start, end) positions, oldest first.
+    sealed: Mutex<Vec<(u64, u64)>>,
+    dir: PathBuf,
+    counters: Counters,
+}
+
+/// The group being formed.
+struct Pending {
+    /// Frames not yet written.
+    buf: Vec<u8>,
+    /// Who waits for them, with the position after their last record.
+    waiters: Vec<(Reply, u64)>,
+    /// The position after the last record appended.
+    next: u64,
+    state: State,
+}
+
+enum State {
+    Open,
+    Closing,
+    Failed(Cause),
+}
+
+type Reply = oneshot::Sender<Result<u64, StoreError>>;
+
+/// How well grouping works.
+#[derive(Default)]
+pub struct Counters {
+    /// `fdatasync` calls that answered writers.
+    pub syncs: AtomicU64,
+    /// Appends answered; `appends / syncs` is the average group.
+    pub appends: AtomicU64,
+}
+
+/// An append's records, on their way to disk.
+#[must_use = "records are durable only once `wait` returns"]
+pub struct Durable(oneshot::Receiver<Result<u64, StoreError>>);
+
+impl Durable {
+    /// Returns the position after the appended records once they are durable.
+    pub async fn wait(self) -> Result<u64, StoreError> {
+        self.0.await.map_err(|_| StoreError::Closed)?
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock()
+        .expect("journal state is changed whole under its lock; a panic leaves it consistent")
+}
+
+fn io(e: std::io::Error) -> StoreError {
+    StoreError::Backend(Arc::new(e))
+}
+
+fn damaged(dir: &Path, start: u64, offset: usize, why: &'static str) -> StoreError {
+    StoreError::Backend(Arc::new(Damaged {
+        file: segment::path(dir, start),
+        offset: offset as u64,
+        why,
+    }))
+}
+
+impl Journal {
+    /// Opens the journal in `dir` (created if missing), calling `replay` with each record and the
+    /// position after it, oldest first, then starts its writer thread. A torn tail of the last segment
+    /// is cut off; any other damage fails with [`Damaged`] (inside [`StoreError::Backend`]).
+    pub fn open(
+        dir: &Path,
+        options: JournalOptions,
+        mut replay: impl FnMut(u64, &[u8]) -> Result<(), StoreError>,
+    ) -> Result<Journal, StoreError> {
+        std::fs::create_dir_all(dir).map_err(io)?;
+        let starts = segment::list(dir).map_err(io)?;
+        let mut sealed = Vec::new();
+        let mut current: Option<(u64, File, u64)> = None;
+        let mut end: Option<u64> = None;
+        for (i, &start) in starts.iter().enumerate() {
+            let last = i + 1 == starts.len();
+            if end.is_some_and(|end| end != start) {
+                return Err(damaged(dir, start, 0, "the segment before it is missing"));
+            }
+            let read = match segment::read(dir, start).map_err(io)? {
+                Ok(read) => read,
+                Err(BadHeader::Unwritten) if last => {
+                    // Created by a rotation the crash interrupted: it holds no record.
+                    std::fs::remove_file(segment::path(dir, start)).map_err(io)?;
+                    segment::sync_dir(dir).map_err(io)?;
+                    end = Some(start);
+                    continue;
+                }
+                Err(BadHeader::Unwritten) => {
+                    return Err(damaged(dir, start, 0, "no segment header"));
+                }
+                Err(BadHeader::Foreign) => {
+                    return Err(damaged(dir, start, 0, "not this segment's header"));
+                }
+            };
+            for (position, range) in &read.records {
+                replay(*position, &read.bytes[range.clone()])?;
+            }
+            let length = match read.end {
+                End::Clean => read.bytes.len(),
+                End::Torn { at } if last => {
+                    let file = std::fs::OpenOptions::new()
+                        .write(true)
+                        .open(segment::path(dir, start))
+                        .map_err(io)?;
+                    file.set_len(at as u64).map_err(io)?;
+                    file.sync_all().map_err(io)?;
+                    tracing::warn!(
+                        segment = %segment::path(dir, start).display(),
+                        at,
+                        dropped = read.bytes.len() - at,
+                        "journal: cut off a torn last write (no writer was answered for it)"
+                    );
+                    at
+                }
+                End::Torn { at } => {
+                    return Err(damaged(
+                        dir,
+                        start,
+                        at,
+                        "a record cut short, and more segments follow",
+                    ));
+                }
+                End::Damaged { at, .. } => {
+                    return Err(damaged(
+                        dir,
+                        start,
+                        at,
+                        "a record fails its CRC, and intact records follow",
+                    ));
+                }
+            };
+            let segment_end = segment::position(start, length);
+            end = Some(segment_end);
+            if last {
+                let file = std::fs::OpenOptions::new()
+                    .append(true)
+                    .open(segment::path(dir, start))
+                    .map_err(io)?;
+                current = Some((start, file, length as u64));
+            } else {
+                sealed.push((start, segment_end));
+            }
+        }
+        let (start, file, length) = match current {
+            Some(current) => current,
+            None => {
+                let start = end.unwrap_or(0);
+                let file = segment::create(dir, start).map_err(io)?;
+                (start, file, segment::HEADER as u64)
+            }
+        };
+        let next = segment::position(start, length as usize);
+        let shared = Arc::new(Shared {
+            pending: Mutex::new(Pending {
+                buf: Vec::new(),
+                waiters: Vec::new(),
+                next,
+                state: State::Open,
+            }),
+            wake: Condvar::new(),
+            sealed: Mutex::new(sealed),
+            dir: dir.to_owned(),
+            counters: Counters::default(),
+        });
+        let writer = Writer {
+            shared: Arc::clone(&shared),
+            options,
+            file,
+            start,
+            length,
+        };
+        let thread = std::thread::Builder::new()
+            .name("pixelhub-journal".into())
+            .spawn(move || writer.run())
+            .map_err(io)?;
+        Ok(Journal {
+            shared,
+            writer: Mutex::new(Some(thread)),
+        })
+    }
+
+    /// Adds `records` to the group being formed, in this order and after every earlier append, and
+    /// returns at once; [`Durable::wait`] says when they are on stable storage. Fails at once when the
+    /// journal is closed or a sync failed.
+    pub fn append<'a>(
+        &self,
+        records: impl IntoIterator<Item = &'a [u8]>,
+    ) -> Result<Durable, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        let mut pending = lock(&self.shared.pending);
+        match &pending.state {
+            State::Open => {}
+            State::Closing => return Err(StoreError::Closed),
+            State::Failed(cause) => return Err(StoreError::Failed(cause.clone())),
+        }
+        let was_empty = pending.buf.is_empty();
+        let before = pending.buf.len();
+        for record in records {
+            frame::encode(record, &mut pending.buf);
+        }
+        pending.next += (pending.buf.len() - before) as u64;
+        let position = pending.next;
+        pending.waiters.push((reply, position));
+        drop(pending);
+        if was_empty {
+            self.shared.wake.notify_one();
+        }
+        Ok(Durable(answer))
+    }
+
+    /// The position after the last record appended (durable or not yet).
+    pub fn position(&self) -> u64 {
+        lock(&self.shared.pending).next
+    }
+
+    /// Deletes the segments that end at or before `position`: everything in them is held elsewhere
+    /// (the engine's checkpoint). Returns how many were deleted.
+    pub fn release(&self, position: u64) -> Result<usize, StoreError> {
+        let mut sealed = lock(&self.shared.sealed);
+        let done = sealed
+            .iter()
+            .take_while(|(_, end)| *end <= position)
+            .count();
+        for (start, _) in sealed.drain(..done) {
+            std::fs::remove_file(segment::path(&self.shared.dir, start)).map_err(io)?;
+        }
+        if done > 0 {
+            segment::sync_dir(&self.shared.dir).map_err(io)?;
+        }
+        Ok(done)
+    }
+
+    /// How many syncs ran and how many appends they answered.
+    pub fn counters(&self) -> &Counters {
+        &self.shared.counters
+    }
+
+    /// Writes what is pending, then stops the writer; later appends fail with [`StoreError::Closed`].
+    pub fn close(&self) {
+        {
+            let mut pending = lock(&self.shared.pending);
+            if matches!(pending.state, State::Open) {
+                pending.state = State::Closing;
+            }
+        }
+        self.shared.wake.notify_one();
+        let thread = lock(&self.writer).take();
+        if let Some(thread) = thread {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for Journal {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+/// The writer thread's own state: the segment being written.
+struct Writer {
+    shared: Arc<Shared>,
+    options: JournalOptions,
+    file: File,
+    start: u64,
+    length: u64,
+}
+
+impl Writer {
+    fn run(mut self) {
+        let mut group = Vec::new();
+        let mut replies = Vec::new();
+        loop {
+            {
+                let mut pending = lock(&self.shared.pending);
+                while pending.buf.is_empty() && matches!(pending.state, State::Open) {
+                    pending = self
+                        .shared
+                        .wake
+                        .wait(pending)
+                        .expect("journal state is changed whole under its lock");
+                }
+                if pending.buf.is_empty() {
+                    return;
+                }
+                std::mem::swap(&mut pending.buf, &mut group);
+                std::mem::swap(&mut pending.waiters, &mut replies);
+            }
+            let started = Instant::now();
+            let written = self
+                .file
+                .write_all(&group)
+                .and_then(|()| (self.options.sync)(&self.file));
+            if let Err(e) = written {
+                self.fail(e, &mut replies);
+                return;
+            }
+            self.length += group.len() as u64;
+            self.options
+                .metrics
+                .flushed(started.elapsed(), replies.len());
+            let counters = &self.shared.counters;
+            counters.syncs.fetch_add(1, Ordering::Relaxed);
+            counters
+                .appends
+                .fetch_add(replies.len() as u64, Ordering::Relaxed);
+            for (reply, position) in replies.drain(..) {
+                let _ = reply.send(Ok(position));
+            }
+            group.clear();
+            if self.length >= self.options.segment_bytes
+                && let Err(e) = self.rotate()
+            {
+                self.fail(e, &mut replies);
+                return;
+            }
+        }
+    }
+
+    /// Seals the current segment and starts the next where it ends.
+    fn rotate(&mut self) -> std::io::Result<()> {
+        let end = segment::position(self.start, self.length as usize);
+        let file = segment::create(&self.shared.dir, end)?;
+        lock(&self.shared.sealed).push((self.start, end));
+        self.file = file;
+        self.start = end;
+        self.length = segment::HEADER as u64;
+        Ok(())
+    }
+
+    /// A write or sync failed: every writer of this group, every one waiting and every later one is
+    /// told so, and the journal takes nothing more.
+    fn fail(&self, e: std::io::Error, replies: &mut Vec<(Reply, u64)>) {
+        tracing::error!(error = %e, segment = %segment::path(&self.shared.dir, self.start).display(), "journal write or fdatasync failed; nothing more is accepted");
+        let cause: Cause = Arc::new(e);
+        let mut pending = lock(&self.shared.pending);
+        pending.state = State::Failed(cause.clone());
+        pending.buf.clear();
+        replies.append(&mut pending.waiters);
+        drop(pending);
+        for (reply, _) in replies.drain(..) {
+            let _ = reply.send(Err(StoreError::Failed(cause.clone())));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

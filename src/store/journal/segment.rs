@@ -1,0 +1,154 @@
+//! Segment files: their names, their header, and reading one back.
+//!
+//! A segment is named by the journal position (LSN) of its first record, zero-padded so names sort in
+//! order: `00000000000000000000.journal`. Its 16-byte header is a magic and that same position, so a
+//! segment renamed or copied under the wrong name is refused rather than replayed out of place.
+
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use super::frame::{self, Frame};
+
+/// The first 8 bytes of every segment: the format and its version.
+const MAGIC: &[u8; 8] = b"PXHJRNL1";
+/// Bytes before a segment's first frame.
+pub const HEADER: usize = 16;
+/// What segment file names end with.
+const SUFFIX: &str = ".journal";
+
+/// The file name of the segment whose first record is at `start`.
+pub fn name(start: u64) -> String {
+    format!("{start:020}{SUFFIX}")
+}
+
+/// The start positions of the segments in `dir`, in order. Other files are left alone.
+pub fn list(dir: &Path) -> std::io::Result<Vec<u64>> {
+    let mut starts = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let name = entry?.file_name();
+        let Some(stem) = name.to_str().and_then(|n| n.strip_suffix(SUFFIX)) else {
+            continue;
+        };
+        if let Ok(start) = stem.parse::<u64>()
+            && stem.len() == 20
+        {
+            starts.push(start);
+        }
+    }
+    starts.sort_unstable();
+    Ok(starts)
+}
+
+/// Creates the segment starting at `start` (its header written and synced) and makes its name durable
+/// in `dir`, so a record acknowledged in it cannot vanish with a directory entry the crash forgot.
+pub fn create(dir: &Path, start: u64) -> std::io::Result<File> {
+    let path = dir.join(name(start));
+    let mut file = std::fs::OpenOptions::new()
+        .create_new(true)
+        .read(true)
+        .append(true)
+        .open(&path)?;
+    let mut header = [0u8; HEADER];
+    header[..8].copy_from_slice(MAGIC);
+    header[8..].copy_from_slice(&start.to_le_bytes());
+    file.write_all(&header)?;
+    file.sync_all()?;
+    sync_dir(dir)?;
+    Ok(file)
+}
+
+/// Makes the creations, renames and removals of entries in `dir` durable.
+pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// How reading a segment ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum End {
+    /// Every byte is an intact frame.
+    Clean,
+    /// The frames stop at `at`, and nothing intact follows in the file: the write a crash cut short.
+    Torn {
+        /// Where the last intact frame ends.
+        at: usize,
+    },
+    /// The frame at `at` is not intact, and an intact one starts at `next`: damage, not a crash.
+    Damaged {
+        /// Where the damage starts.
+        at: usize,
+        /// Where the next intact frame starts.
+        next: usize,
+    },
+}
+
+/// A segment read whole: its records in order, with the journal position just after each.
+pub struct Read {
+    /// The segment's first position.
+    pub start: u64,
+    /// Each record and the position after it.
+    pub records: Vec<(u64, std::ops::Range<usize>)>,
+    /// How it ended.
+    pub end: End,
+    /// The file's bytes (records index into them).
+    pub bytes: Vec<u8>,
+}
+
+/// What is wrong with a segment's header.
+#[derive(Debug, PartialEq, Eq)]
+pub enum BadHeader {
+    /// Shorter than a header, or all zeros: created, then cut by a crash before its header was synced.
+    Unwritten,
+    /// Some other file, or a segment under another segment's name.
+    Foreign,
+}
+
+/// Reads the segment starting at `start` in `dir`.
+pub fn read(dir: &Path, start: u64) -> std::io::Result<Result<Read, BadHeader>> {
+    let bytes = std::fs::read(path(dir, start))?;
+    let Some(header) = bytes.get(..HEADER) else {
+        return Ok(Err(BadHeader::Unwritten));
+    };
+    if header.iter().all(|b| *b == 0) {
+        return Ok(Err(BadHeader::Unwritten));
+    }
+    if &header[..8] != MAGIC || header[8..] != start.to_le_bytes() {
+        return Ok(Err(BadHeader::Foreign));
+    }
+    let mut records = Vec::new();
+    let mut at = HEADER;
+    let end = loop {
+        if at == bytes.len() {
+            break End::Clean;
+        }
+        match frame::decode(&bytes[at..]) {
+            Frame::Record { size, .. } => {
+                records.push((position(start, at + size), at + frame::HEADER..at + size));
+                at += size;
+            }
+            Frame::Hole { size } => at += size,
+            Frame::Invalid => {
+                break match frame::next_intact(&bytes, at) {
+                    Some(next) => End::Damaged { at, next },
+                    None => End::Torn { at },
+                };
+            }
+        }
+    };
+    Ok(Ok(Read {
+        start,
+        records,
+        end,
+        bytes,
+    }))
+}
+
+/// The path of the segment starting at `start`.
+pub fn path(dir: &Path, start: u64) -> PathBuf {
+    dir.join(name(start))
+}
+
+/// The journal position of byte `offset` of the segment starting at `start`.
+pub fn position(start: u64, offset: usize) -> u64 {
+    start + (offset - HEADER) as u64
+}
