@@ -281,11 +281,18 @@ impl Journal {
 
     /// Adds `records` to the group being formed, in this order and after every earlier append, and
     /// returns at once; [`Durable::wait`] says when they are on stable storage. Fails at once when the
-    /// journal is closed or a sync failed.
+    /// journal is closed or a sync failed. Each record is 1 byte to [`frame::MAX_PAYLOAD`]; the caller
+    /// keeps to that, and appends at least one (else this panics, before any lock is taken).
     pub fn append<'a>(
         &self,
         records: impl IntoIterator<Item = &'a [u8]>,
     ) -> Result<Durable, StoreError> {
+        // Framed (and checksummed) before the lock, which then covers only a copy.
+        let mut framed = Vec::new();
+        for record in records {
+            frame::encode(record, &mut framed);
+        }
+        assert!(!framed.is_empty(), "an append holds at least one record");
         let (reply, answer) = oneshot::channel();
         let mut pending = lock(&self.shared.pending);
         match &pending.state {
@@ -294,11 +301,8 @@ impl Journal {
             State::Failed(cause) => return Err(StoreError::Failed(cause.clone())),
         }
         let was_empty = pending.buf.is_empty();
-        let before = pending.buf.len();
-        for record in records {
-            frame::encode(record, &mut pending.buf);
-        }
-        pending.next += (pending.buf.len() - before) as u64;
+        pending.buf.extend_from_slice(&framed);
+        pending.next += framed.len() as u64;
         let position = pending.next;
         pending.waiters.push((reply, position));
         drop(pending);
