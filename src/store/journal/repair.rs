@@ -3,7 +3,7 @@
 //! A damaged span (from a frame that fails its CRC to the next intact frame, or to the end of a segment
 //! that is not the last) becomes one hole of exactly its size, so every record after it keeps its
 //! position. A span too short for a hole's header takes the record before it along. A torn tail of the
-//! last segment is cut off, as opening would; an unwritten last segment is removed. A segment with a
+//! last segment is cleared back to zeros, as opening would; an unwritten last segment is removed. A segment with a
 //! foreign header is not guessed at: the report says to move it away. What was dropped is reported by
 //! file, byte and size, so whoever runs it knows which writes to check.
 
@@ -78,18 +78,13 @@ pub fn repair(dir: &Path) -> Result<Repaired, StoreError> {
                 }
             };
             let (at, next, what) = match read.end {
-                End::Clean => {
+                End::Clean { at } => {
                     report.kept += read.records.len() as u64;
-                    end = Some(segment::position(start, read.bytes.len()));
+                    end = Some(segment::position(start, at));
                     break;
                 }
                 End::Torn { at } if last => {
-                    let file = std::fs::OpenOptions::new()
-                        .write(true)
-                        .open(&path)
-                        .map_err(io)?;
-                    file.set_len(at as u64).map_err(io)?;
-                    file.sync_all().map_err(io)?;
+                    super::zero_from(&path, at, read.bytes.len()).map_err(io)?;
                     report.dropped.push(Dropped {
                         file: path.clone(),
                         offset: at as u64,
@@ -98,7 +93,19 @@ pub fn repair(dir: &Path) -> Result<Repaired, StoreError> {
                     });
                     continue;
                 }
-                End::Torn { at } => (at, read.bytes.len(), "a damaged end of segment"),
+                End::Torn { at } => {
+                    // The writer stopped this segment where the next one starts; zeros follow.
+                    let stop = segment::HEADER + (starts[i + 1] - start) as usize;
+                    if stop > read.bytes.len() || stop <= at {
+                        return Err(damaged(
+                            dir,
+                            start,
+                            at,
+                            "the segment is shorter than the next one says; restore it",
+                        ));
+                    }
+                    (at, stop, "a damaged end of segment")
+                }
                 End::Damaged { at, next } => (at, next, "damaged records"),
             };
             // Too short for a hole's header: the record before goes into the hole too.

@@ -40,22 +40,53 @@ pub fn list(dir: &Path) -> std::io::Result<Vec<u64>> {
     Ok(starts)
 }
 
-/// Creates the segment starting at `start` (its header written and synced) and makes its name durable
-/// in `dir`, so a record acknowledged in it cannot vanish with a directory entry the crash forgot.
-pub fn create(dir: &Path, start: u64) -> std::io::Result<File> {
-    let path = dir.join(name(start));
+/// The name a segment has while it is being zero-filled, before it has a start.
+const PREPARING: &str = "next.journal-filling";
+
+/// Zero-fills a file of `bytes` bytes for the next segment and syncs it. `fdatasync` after writing over
+/// blocks already written flushes only the data; after a write that grows a file (or fills an extent
+/// `fallocate` left unwritten) it must commit metadata too: 105 µs against 170 µs here
+/// (docs/benchmarks.md). Runs off the writer thread, while the current segment fills.
+pub fn prepare(dir: &Path, bytes: u64) -> std::io::Result<File> {
+    let path = dir.join(PREPARING);
     let mut file = std::fs::OpenOptions::new()
-        .create_new(true)
+        .create(true)
+        .truncate(true)
         .read(true)
-        .append(true)
+        .write(true)
         .open(&path)?;
+    let zeros = vec![0u8; 1 << 20];
+    let mut left = bytes.max(HEADER as u64);
+    while left > 0 {
+        let n = left.min(zeros.len() as u64) as usize;
+        file.write_all(&zeros[..n])?;
+        left -= n as u64;
+    }
+    file.sync_all()?;
+    Ok(file)
+}
+
+/// Makes a prepared file the segment starting at `start`: its header written and synced, then renamed
+/// to its name, made durable in `dir` so a record acknowledged in it cannot vanish with a directory
+/// entry the crash forgot.
+pub fn install(dir: &Path, file: File, start: u64) -> std::io::Result<File> {
+    use std::os::unix::fs::FileExt;
     let mut header = [0u8; HEADER];
     header[..8].copy_from_slice(MAGIC);
     header[8..].copy_from_slice(&start.to_le_bytes());
-    file.write_all(&header)?;
-    file.sync_all()?;
+    file.write_all_at(&header, 0)?;
+    file.sync_data()?;
+    std::fs::rename(dir.join(PREPARING), path(dir, start))?;
     sync_dir(dir)?;
     Ok(file)
+}
+
+/// Removes a file a crash left half-filled.
+pub fn forget_preparation(dir: &Path) -> std::io::Result<()> {
+    match std::fs::remove_file(dir.join(PREPARING)) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
 }
 
 /// Makes the creations, renames and removals of entries in `dir` durable.
@@ -66,9 +97,13 @@ pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
 /// How reading a segment ended.
 #[derive(Debug, PartialEq, Eq)]
 pub enum End {
-    /// Every byte is an intact frame.
-    Clean,
-    /// The frames stop at `at`, and nothing intact follows in the file: the write a crash cut short.
+    /// The frames end at `at`, and every byte after is zero: the room filled ahead of use.
+    Clean {
+        /// Where the last frame ends: where the next is written.
+        at: usize,
+    },
+    /// The frames stop at `at`, then come bytes that are not all zero, and nothing intact follows in the
+    /// file: the write a crash cut short.
     Torn {
         /// Where the last intact frame ends.
         at: usize,
@@ -119,7 +154,7 @@ pub fn read(dir: &Path, start: u64) -> std::io::Result<Result<Read, BadHeader>> 
     let mut at = HEADER;
     let end = loop {
         if at == bytes.len() {
-            break End::Clean;
+            break End::Clean { at };
         }
         match frame::decode(&bytes[at..]) {
             Frame::Record { size, .. } => {
@@ -127,6 +162,7 @@ pub fn read(dir: &Path, start: u64) -> std::io::Result<Result<Read, BadHeader>> 
                 at += size;
             }
             Frame::Hole { size } => at += size,
+            Frame::Invalid if bytes[at..].iter().all(|b| *b == 0) => break End::Clean { at },
             Frame::Invalid => {
                 break match frame::next_intact(&bytes, at) {
                     Some(next) => End::Damaged { at, next },

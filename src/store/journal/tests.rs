@@ -5,8 +5,12 @@ use std::time::Duration;
 
 use super::*;
 
+/// Segments of 64 KiB, so each test fills only small files.
 fn options() -> JournalOptions {
-    JournalOptions::new(Arc::new(Metrics::new()))
+    JournalOptions {
+        segment_bytes: 64 << 10,
+        ..JournalOptions::new(Arc::new(Metrics::new()))
+    }
 }
 
 /// Replayed records, each with the position after it.
@@ -157,31 +161,38 @@ async fn a_failed_sync_fails_its_writers_and_every_later_one_and_is_never_retrie
 }
 
 #[tokio::test]
-async fn a_torn_last_write_is_cut_off_and_everything_before_it_kept() {
+async fn a_torn_last_write_is_cleared_and_everything_before_it_kept() {
     let dir = tempfile::tempdir().unwrap();
     let (journal, _) = reopen(dir.path(), options()).unwrap();
     write(&journal, &["one", "two"]).await;
-    write(&journal, &["three"]).await;
+    let end = write(&journal, &["three"]).await as usize + segment::HEADER;
     drop(journal);
     let file = only_segment(dir.path());
-    let full = std::fs::metadata(&file).unwrap().len();
-    // Every cut inside the last record: the crash came mid-write.
+    let bytes = std::fs::read(&file).unwrap();
+    assert!(bytes.len() > end, "the segment has room filled ahead");
+    // Every cut inside the last record: the crash came mid-write. The rest of the write is either
+    // missing (a file that grew) or still the zeros filled ahead.
     for cut in 1..(8 + 5) {
-        let bytes = std::fs::read(&file).unwrap();
-        let torn = dir.path().join("torn");
-        std::fs::create_dir_all(&torn).unwrap();
-        std::fs::write(
-            torn.join(file.file_name().unwrap()),
-            &bytes[..(full - cut) as usize],
-        )
-        .unwrap();
-        let (journal, seen) = reopen(&torn, options()).unwrap();
-        assert_eq!(records(&seen), ["one", "two"], "cut {cut}");
-        write(&journal, &["four"]).await;
-        drop(journal);
-        let (_, seen) = reopen(&torn, options()).unwrap();
-        assert_eq!(records(&seen), ["one", "two", "four"], "cut {cut}");
-        std::fs::remove_dir_all(&torn).unwrap();
+        for zeroed in [false, true] {
+            let torn = dir.path().join("torn");
+            std::fs::create_dir_all(&torn).unwrap();
+            let mut copy = bytes[..end - cut].to_vec();
+            if zeroed {
+                copy.resize(bytes.len(), 0);
+            }
+            std::fs::write(torn.join(file.file_name().unwrap()), &copy).unwrap();
+            let (journal, seen) = reopen(&torn, options()).unwrap();
+            assert_eq!(records(&seen), ["one", "two"], "cut {cut}, zeroed {zeroed}");
+            write(&journal, &["four"]).await;
+            drop(journal);
+            let (_, seen) = reopen(&torn, options()).unwrap();
+            assert_eq!(
+                records(&seen),
+                ["one", "two", "four"],
+                "cut {cut}, zeroed {zeroed}"
+            );
+            std::fs::remove_dir_all(&torn).unwrap();
+        }
     }
 }
 
