@@ -202,11 +202,12 @@ impl Journal {
             let length = match read.end {
                 End::Clean { at } => at,
                 End::Torn { at } if last => {
-                    zero_from(&segment::path(dir, start), at, read.bytes.len()).map_err(io)?;
+                    let dropped =
+                        clear_torn(&segment::path(dir, start), &read.bytes, at).map_err(io)?;
                     tracing::warn!(
                         segment = %segment::path(dir, start).display(),
                         at,
-                        dropped = read.bytes.len() - at,
+                        dropped,
                         "journal: cleared a torn last write (no writer was answered for it)"
                     );
                     at
@@ -364,12 +365,18 @@ impl Drop for Journal {
     }
 }
 
-/// Writes zeros over `[from, to)` of the file at `path` and syncs it: a torn write cleared, the room
-/// after it kept.
-fn zero_from(path: &Path, from: usize, to: usize) -> std::io::Result<()> {
+/// Writes zeros over the torn write that starts at `at` of the segment at `path` (read whole as
+/// `bytes`) and syncs it, keeping the room after it; returns how many bytes the write had reached.
+/// Only the bytes up to the last non-zero one are written: the rest is the room, zeros already.
+fn clear_torn(path: &Path, bytes: &[u8], at: usize) -> std::io::Result<usize> {
+    let torn = bytes[at..]
+        .iter()
+        .rposition(|b| *b != 0)
+        .map_or(0, |last| last + 1);
     let file = std::fs::OpenOptions::new().write(true).open(path)?;
-    file.write_all_at(&vec![0u8; to - from], from as u64)?;
-    file.sync_data()
+    file.write_all_at(&vec![0u8; torn], at as u64)?;
+    file.sync_data()?;
+    Ok(torn)
 }
 
 /// The next segment's file, being zero-filled on a thread of its own.

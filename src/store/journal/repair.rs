@@ -84,11 +84,11 @@ pub fn repair(dir: &Path) -> Result<Repaired, StoreError> {
                     break;
                 }
                 End::Torn { at } if last => {
-                    super::zero_from(&path, at, read.bytes.len()).map_err(io)?;
+                    let torn = super::clear_torn(&path, &read.bytes, at).map_err(io)?;
                     report.dropped.push(Dropped {
                         file: path.clone(),
                         offset: at as u64,
-                        bytes: (read.bytes.len() - at) as u64,
+                        bytes: torn as u64,
                         what: "a torn last write",
                     });
                     continue;
