@@ -257,6 +257,14 @@ pub struct Config {
           value_parser = clap::value_parser!(u64).range(8..=65_536))]
     pub store_cache_mb: u64,
 
+    /// Megabytes of each journal segment, the file every write is made durable in before it is
+    /// answered. Segments are zero-filled ahead of use (the current one and the next: twice this much
+    /// disk), so a sync writes data only; a segment is deleted once the store's checkpoint holds it.
+    /// Smaller suits a small disk; larger rotates less often.
+    #[arg(long, env = "PIXELHUB_JOURNAL_SEGMENT_MB", default_value_t = 64,
+          value_parser = clap::value_parser!(u64).range(1..=1024))]
+    pub journal_segment_mb: u64,
+
     /// Milliseconds a request waits for one store call before it is answered 503 store_unavailable; the
     /// hub never hangs on its store. Calls that keep timing out for three such deadlines make /healthz
     /// unhealthy, so an orchestrator restarts the hub.

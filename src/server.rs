@@ -85,7 +85,8 @@ async fn open_sled(
     // one attempted at 0 bytes free failed with "corrupted data"). So a start on a nearly full disk
     // stops before touching the store, and a supervisor's restarts are harmless until there is room.
     // Between this and the floor, the hub starts and refuses only the writes that grow the store.
-    let need = MIN_FREE_TO_OPEN;
+    // The journal's current segment and the next are zero-filled at open.
+    let need = MIN_FREE_TO_OPEN + 2 * (config.journal_segment_mb << 20);
     let free = fs2::available_space(&config.data_dir).map_err(|source| StartError::Io {
         path: config.data_dir.clone(),
         source,
@@ -100,6 +101,7 @@ async fn open_sled(
     let store_dir = config.data_dir.join("sled");
     let options = SledOptions {
         cache_bytes: config.store_cache_mb << 20,
+        journal_segment_bytes: config.journal_segment_mb << 20,
         metrics: Arc::clone(metrics),
         clock: Arc::clone(clock),
     };

@@ -442,6 +442,7 @@ mod tests {
         let clock = ManualClock::starting_now();
         let options = SledOptions {
             cache_bytes: 1 << 20,
+            journal_segment_bytes: 1 << 20,
             metrics: Arc::new(Metrics::new()),
             clock: clock.clone(),
         };

@@ -530,6 +530,7 @@ mod tests {
             dir.path(),
             SledOptions {
                 cache_bytes: 8 << 20,
+                journal_segment_bytes: 1 << 20,
                 metrics: Arc::clone(&metrics),
                 clock: crate::clock::system(),
             },

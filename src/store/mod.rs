@@ -20,7 +20,6 @@ use crate::ids::{BrandId, DefinitionId, PixelId, PlayerId, PlayerKey};
 use crate::pixel::QueuedPixel;
 
 pub mod catalog;
-mod commit;
 #[cfg(any(test, feature = "contract"))]
 pub mod contract;
 mod guard;

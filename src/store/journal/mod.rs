@@ -59,6 +59,9 @@ pub struct JournalOptions {
     pub sync: SyncFn,
     /// Where syncs and their group sizes are counted.
     pub metrics: Arc<Metrics>,
+    /// Where an empty journal starts counting positions: the engine's checkpoint, so a journal
+    /// whose segments were all released never hands out a position the checkpoint already covers.
+    pub start: u64,
 }
 
 impl JournalOptions {
@@ -68,6 +71,7 @@ impl JournalOptions {
             segment_bytes: 64 << 20,
             sync: File::sync_data,
             metrics,
+            start: 0,
         }
     }
 }
@@ -100,6 +104,8 @@ struct Shared {
     wake: Condvar,
     /// Segments no longer written to, as (start, end) positions, oldest first.
     sealed: Mutex<Vec<(u64, u64)>>,
+    /// The position up to which every record is durable.
+    durable: AtomicU64,
     dir: PathBuf,
     counters: Counters,
 }
@@ -121,6 +127,17 @@ enum State {
     Failed(Cause),
 }
 
+impl State {
+    /// Whether an append (or a sync point) may join the group: not once closing or failed.
+    fn accepting(&self) -> Result<(), StoreError> {
+        match self {
+            State::Open => Ok(()),
+            State::Closing => Err(StoreError::Closed),
+            State::Failed(cause) => Err(StoreError::Failed(cause.clone())),
+        }
+    }
+}
+
 type Reply = oneshot::Sender<Result<u64, StoreError>>;
 
 /// How well grouping works.
@@ -134,12 +151,20 @@ pub struct Counters {
 
 /// An append's records, on their way to disk.
 #[must_use = "records are durable only once `wait` returns"]
-pub struct Durable(oneshot::Receiver<Result<u64, StoreError>>);
+pub struct Durable {
+    answer: oneshot::Receiver<Result<u64, StoreError>>,
+    position: u64,
+}
 
 impl Durable {
+    /// The position after the appended records (known at once; durable once `wait` returns).
+    pub fn position(&self) -> u64 {
+        self.position
+    }
+
     /// Returns the position after the appended records once they are durable.
     pub async fn wait(self) -> Result<u64, StoreError> {
-        self.0.await.map_err(|_| StoreError::Closed)?
+        self.answer.await.map_err(|_| StoreError::Closed)?
     }
 }
 
@@ -245,7 +270,7 @@ impl Journal {
         let (start, file, length) = match current {
             Some(current) => current,
             None => {
-                let start = end.unwrap_or(0);
+                let start = end.unwrap_or(options.start);
                 let room = segment::prepare(dir, options.segment_bytes).map_err(io)?;
                 let file = segment::install(dir, room, start).map_err(io)?;
                 (start, file, segment::HEADER as u64)
@@ -261,6 +286,7 @@ impl Journal {
             }),
             wake: Condvar::new(),
             sealed: Mutex::new(sealed),
+            durable: AtomicU64::new(next),
             dir: dir.to_owned(),
             counters: Counters::default(),
         });
@@ -299,11 +325,7 @@ impl Journal {
         assert!(!framed.is_empty(), "an append holds at least one record");
         let (reply, answer) = oneshot::channel();
         let mut pending = lock(&self.shared.pending);
-        match &pending.state {
-            State::Open => {}
-            State::Closing => return Err(StoreError::Closed),
-            State::Failed(cause) => return Err(StoreError::Failed(cause.clone())),
-        }
+        pending.state.accepting()?;
         let was_empty = pending.buf.is_empty();
         pending.buf.extend_from_slice(&framed);
         pending.next += framed.len() as u64;
@@ -313,12 +335,37 @@ impl Journal {
         if was_empty {
             self.shared.wake.notify_one();
         }
-        Ok(Durable(answer))
+        Ok(Durable { answer, position })
     }
 
     /// The position after the last record appended (durable or not yet).
     pub fn position(&self) -> u64 {
         lock(&self.shared.pending).next
+    }
+
+    /// The position up to which every record is durable: what a checkpoint may take.
+    pub fn durable(&self) -> u64 {
+        self.shared.durable.load(Ordering::Acquire)
+    }
+
+    /// Says when every record appended so far is durable, without appending one: for a transaction
+    /// that wrote nothing but read what others wrote, and must not answer before that is durable.
+    pub fn sync_point(&self) -> Result<Durable, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        let mut pending = lock(&self.shared.pending);
+        pending.state.accepting()?;
+        let position = pending.next;
+        if self.durable() >= position {
+            let _ = reply.send(Ok(position));
+        } else {
+            let was_idle = pending.buf.is_empty() && pending.waiters.is_empty();
+            pending.waiters.push((reply, position));
+            drop(pending);
+            if was_idle {
+                self.shared.wake.notify_one();
+            }
+        }
+        Ok(Durable { answer, position })
     }
 
     /// Deletes the segments that end at or before `position`: everything in them is held elsewhere
@@ -416,10 +463,14 @@ impl Writer {
     fn run(mut self) {
         let mut group = Vec::new();
         let mut replies = Vec::new();
+        let mut upto;
         loop {
             {
                 let mut pending = lock(&self.shared.pending);
-                while pending.buf.is_empty() && matches!(pending.state, State::Open) {
+                while pending.buf.is_empty()
+                    && pending.waiters.is_empty()
+                    && matches!(pending.state, State::Open)
+                {
                     pending = self
                         .shared
                         .wake
@@ -427,8 +478,19 @@ impl Writer {
                         .expect("journal state is changed whole under its lock");
                 }
                 if pending.buf.is_empty() {
-                    return;
+                    // Sync points only: what they wait for was synced before this turn.
+                    let waiters = std::mem::take(&mut pending.waiters);
+                    let done = waiters.is_empty();
+                    drop(pending);
+                    for (reply, position) in waiters {
+                        let _ = reply.send(Ok(position));
+                    }
+                    if done {
+                        return;
+                    }
+                    continue;
                 }
+                upto = pending.next;
                 std::mem::swap(&mut pending.buf, &mut group);
                 std::mem::swap(&mut pending.waiters, &mut replies);
             }
@@ -442,6 +504,7 @@ impl Writer {
                 return;
             }
             self.length += group.len() as u64;
+            self.shared.durable.store(upto, Ordering::Release);
             self.options
                 .metrics
                 .flushed(started.elapsed(), replies.len());

@@ -301,3 +301,20 @@ async fn a_closed_journal_takes_nothing_and_keeps_what_it_had() {
     let (_, seen) = reopen(dir.path(), options()).unwrap();
     assert_eq!(records(&seen), ["last"]);
 }
+
+#[tokio::test]
+async fn a_sync_point_answers_once_everything_appended_before_it_is_durable() {
+    let dir = tempfile::tempdir().unwrap();
+    let (journal, _) = reopen(dir.path(), options()).unwrap();
+    let idle = journal.sync_point().unwrap();
+    assert_eq!(idle.position(), journal.durable(), "nothing pending");
+    idle.wait().await.unwrap();
+    let appended = journal.append([b"a".as_slice()]).unwrap();
+    let after = journal.sync_point().unwrap();
+    assert_eq!(after.position(), appended.position());
+    let at = after.wait().await.unwrap();
+    assert!(journal.durable() >= at);
+    appended.wait().await.unwrap();
+    journal.close();
+    assert!(matches!(journal.sync_point(), Err(StoreError::Closed)));
+}

@@ -1,10 +1,9 @@
 //! The embedded engine's catalog: brands (`b`), secrets, definitions (`d`) and API keys (`a`, with the
-//! brand's index `o`) in the one `data` tree, written under one lock and made durable by group commit.
+//! brand's index `o`) in the one `data` tree, written under one lock and made durable by the journal.
 
-use ::sled::Batch;
 use async_trait::async_trait;
 
-use super::{Inner, SledStore, backend, json, keys, lock};
+use super::{Changes, Inner, SledStore, backend, json, keys, lock};
 use crate::api_key::ApiKeyRecord;
 use crate::definition::Definition;
 use crate::ids::BrandId;
@@ -34,7 +33,7 @@ impl Inner {
     }
 
     /// Stages one write, with the index entries that go with it.
-    fn stage_entry(&self, batch: &mut Batch, entry: &Entry, value: &Value) {
+    fn stage_entry(&self, batch: &mut Changes, entry: &Entry, value: &Value) {
         let key = Self::entry_key(entry);
         match value {
             Value::Absent => batch.remove(key),
@@ -68,8 +67,8 @@ impl Catalog for SledStore {
         self.blocking(move |inner| {
             let prefix = keys::brand_api_key(&brand, "");
             let mut found = Vec::new();
-            for k in inner.data.scan_prefix(&prefix).keys() {
-                let k = k.map_err(backend)?;
+            for k in inner.log.scan_prefix(&prefix).keys() {
+                let k = k?;
                 let id = std::str::from_utf8(&k[prefix.len()..]).map_err(backend)?;
                 if let Some(record) = inner.read::<ApiKeyRecord>(&keys::api_key(id))? {
                     found.push(record);
@@ -88,10 +87,10 @@ impl Catalog for SledStore {
                 let _guard = lock(&inner.catalog_lock);
                 for (entry, expected) in &change.expect {
                     if inner.read_entry(entry)? != *expected {
-                        return Ok(Applied::Conflict);
+                        return Ok(None);
                     }
                 }
-                let mut batch = Batch::default();
+                let mut batch = Changes::default();
                 for (entry, value) in &change.writes {
                     if let (Entry::ApiKey(id), Value::Absent) = (entry, value)
                         && let Value::ApiKey(old) = inner.read_entry(entry)?
@@ -100,19 +99,19 @@ impl Catalog for SledStore {
                     }
                     inner.stage_entry(&mut batch, entry, value);
                 }
-                inner.data.apply_batch(batch).map_err(backend)?;
+                let durable = inner.log.commit(batch.ops)?;
                 for (entry, _) in &change.writes {
                     if let Entry::Brand(brand) = entry {
                         // Every brand has a depth, 0 until its first pixel: the stats list it.
                         inner.depth.entry(brand.clone()).or_insert(0);
                     }
                 }
-                Ok(Applied::Done)
+                Ok(Some(durable))
             })
             .await?;
-        if applied == Applied::Done {
-            self.inner.commit.wait().await?;
+        match applied {
+            Some(durable) => durable.wait().await.map(|_| Applied::Done),
+            None => Ok(Applied::Conflict),
         }
-        Ok(applied)
     }
 }

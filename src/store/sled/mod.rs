@@ -52,22 +52,26 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use ::sled::{Batch, Db, IVec, Tree};
+use ::sled::{Db, IVec};
 use dashmap::DashMap;
 use serde::Serialize;
 use tokio::sync::{Notify, broadcast};
 
 mod catalog;
 mod keys;
+mod log;
 mod migrate;
+mod overlay;
 mod queues;
 mod report;
 mod threads;
 
+use self::log::WriteLog;
 use self::migrate::{add_missing_secrets, build_backlog_tables, move_outbox_to_lanes};
+use self::overlay::Op;
 use self::threads::StoreThreads;
 
-use super::commit::GroupCommit;
+use super::journal::{self, JournalOptions};
 use super::{Lane, StoreError};
 use crate::brand::SecretKind;
 use crate::clock::SharedClock;
@@ -92,6 +96,8 @@ const ANNOUNCE_CAPACITY: usize = 16 * 1024;
 pub struct SledOptions {
     /// Bytes of sled's page cache: most of the hub's memory under a large data set.
     pub cache_bytes: u64,
+    /// Bytes of each journal segment.
+    pub journal_segment_bytes: u64,
     /// Where pixel transitions, flushes and upkeep are counted.
     pub metrics: Arc<Metrics>,
     /// What "now" is, for expiry, retention, the sweeper and every timestamp written.
@@ -105,9 +111,9 @@ pub struct SledStore {
 }
 
 struct Inner {
-    data: Tree,
-    db: Db,
-    commit: GroupCommit,
+    /// The journal, the overlay and sled behind them: every read and write of the `data` tree goes
+    /// through it.
+    log: Arc<WriteLog>,
     stripes: Box<[Mutex<()>]>,
     stripe_hasher: RandomState,
     /// Serialises catalog changes, so each one's expectations hold when it is applied.
@@ -145,7 +151,7 @@ struct Inner {
 /// can change a queue and forget one of them.
 #[derive(Default)]
 struct Changes {
-    batch: Batch,
+    ops: Vec<Op>,
     /// Per player, how many client pixels the batch adds (positive) or finalizes (negative).
     pending: HashMap<PlayerKey, i64>,
     /// Outbox entries the batch adds (true) or removes (false): lane and due time.
@@ -157,12 +163,12 @@ struct Changes {
 impl Changes {
     fn insert(&mut self, key: impl Into<IVec>, value: impl Into<IVec>) {
         self.touched += 1;
-        self.batch.insert(key, value);
+        self.ops.push((key.into(), Some(value.into())));
     }
 
     fn remove(&mut self, key: impl Into<IVec>) {
         self.touched += 1;
-        self.batch.remove(key);
+        self.ops.push((key.into(), None));
     }
 
     /// Puts a postback in its lane of the outbox, due at `due`.
@@ -210,6 +216,12 @@ impl SledStore {
     pub fn open(dir: &Path, options: SledOptions) -> Result<Self, StoreError> {
         let db = open_db(dir, options.cache_bytes)?;
         let data = db.open_tree("data").map_err(backend)?;
+        // Replays the journal into sled first: what follows reads sled directly.
+        let journal = JournalOptions {
+            segment_bytes: options.journal_segment_bytes,
+            ..JournalOptions::new(Arc::clone(&options.metrics))
+        };
+        let log = WriteLog::open(dir, db.clone(), data.clone(), journal)?;
 
         let depth = DashMap::new();
         for entry in data.scan_prefix(b"q") {
@@ -238,10 +250,10 @@ impl SledStore {
             *players.entry(brand).or_insert(0u64) += 1;
         }
 
+        // The migrations' writes are durable before the journal's records can build on them.
+        log.settle()?;
         let inner = Arc::new(Inner {
-            commit: GroupCommit::start(db.clone(), Arc::clone(&options.metrics)),
-            data,
-            db,
+            log,
             stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
             stripe_hasher: RandomState::new(),
             catalog_lock: Mutex::new(()),
@@ -279,7 +291,7 @@ impl SledStore {
 
     /// Bytes the database takes on disk (its files); the guard's size cap reads it.
     pub fn size_on_disk(&self) -> Result<u64, StoreError> {
-        self.inner.db.size_on_disk().map_err(backend)
+        self.inner.log.size_on_disk()
     }
 }
 
@@ -289,18 +301,14 @@ impl Inner {
     }
 
     fn read<T: serde::de::DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, StoreError> {
-        match self.data.get(key).map_err(backend)? {
+        match self.log.get(key)? {
             Some(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(backend),
             None => Ok(None),
         }
     }
 
     fn brand_exists(&self, brand: &BrandId) -> Result<(), StoreError> {
-        if self
-            .data
-            .contains_key(keys::brand(brand))
-            .map_err(backend)?
-        {
+        if self.log.contains(&keys::brand(brand))? {
             Ok(())
         } else {
             Err(StoreError::UnknownBrand(brand.clone()))
@@ -308,10 +316,10 @@ impl Inner {
     }
 
     fn definitions(&self, brand: &BrandId) -> Result<Vec<Definition>, StoreError> {
-        self.data
-            .scan_prefix(keys::definition_prefix(brand))
+        self.log
+            .scan_prefix(&keys::definition_prefix(brand))
             .map(|entry| {
-                let (_, v) = entry.map_err(backend)?;
+                let (_, v) = entry?;
                 serde_json::from_slice(&v).map_err(backend)
             })
             .collect()
@@ -336,17 +344,16 @@ impl Inner {
         key: &PlayerKey,
         id: &PixelId,
     ) -> Result<bool, StoreError> {
-        self.data
-            .contains_key(keys::outbox(lane, due, key, id))
-            .map_err(backend)
+        self.log.contains(&keys::outbox(lane, due, key, id))
     }
 
     /// Applies `changes` atomically, with the pending counts and backlog ranking of every player they
-    /// touch; then adjusts the brand depths and counts the transitions. Call under the stripe locks of
-    /// those players (the counts are read, then written).
-    fn apply(&self, mut changes: Changes) -> Result<(), StoreError> {
+    /// touch, as one journal record; then adjusts the brand depths and counts the transitions. Call
+    /// under the stripe locks of those players (the counts are read, then written). The answer says
+    /// when the record is durable; `None` when there was nothing to write.
+    fn apply(&self, mut changes: Changes) -> Result<Option<journal::Durable>, StoreError> {
         if changes.touched == 0 {
-            return Ok(()); // nothing to write (a lease that found nothing, an ack of unknown ids)
+            return Ok(None); // nothing to write (a lease that found nothing, an ack of unknown ids)
         }
         let deltas: Vec<(PlayerKey, i64)> = changes
             .pending
@@ -357,18 +364,16 @@ impl Inner {
             let before = self.pending_count(key)?;
             let after = before.saturating_add_signed(*delta);
             if before > 0 {
-                changes.batch.remove(keys::backlog(key, before));
+                changes.remove(keys::backlog(key, before));
             }
             if after > 0 {
-                changes
-                    .batch
-                    .insert(keys::count(key), after.to_be_bytes().as_slice());
-                changes.batch.insert(keys::backlog(key, after), &[]);
+                changes.insert(keys::count(key), after.to_be_bytes().as_slice());
+                changes.insert(keys::backlog(key, after), &[]);
             } else {
-                changes.batch.remove(keys::count(key));
+                changes.remove(keys::count(key));
             }
         }
-        self.data.apply_batch(changes.batch).map_err(backend)?;
+        let durable = self.log.commit(changes.ops)?;
         if !changes.outbox.is_empty() {
             let mut lanes = self.lanes.lock().unwrap_or_else(|p| p.into_inner());
             for (lane, due, added) in changes.outbox {
@@ -398,12 +403,12 @@ impl Inner {
             let mut depth = self.depth.entry(key.brand).or_insert(0);
             *depth = depth.saturating_add_signed(delta);
         }
-        Ok(())
+        Ok(Some(durable))
     }
 
     /// Pending client pixels of a player, from `n`.
     fn pending_count(&self, key: &PlayerKey) -> Result<u64, StoreError> {
-        let stored = self.data.get(keys::count(key)).map_err(backend)?;
+        let stored = self.log.get(&keys::count(key))?;
         Ok(stored
             .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
             .map_or(0, u64::from_be_bytes))
@@ -432,7 +437,7 @@ impl Inner {
         if self.closed.load(Ordering::Acquire) {
             Err(StoreError::Closed)
         } else {
-            Ok(())
+            self.log.check()
         }
     }
 

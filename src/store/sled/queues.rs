@@ -5,6 +5,7 @@
 
 use std::any::Any;
 use std::collections::HashMap;
+use std::ops::Bound;
 
 use async_trait::async_trait;
 
@@ -30,7 +31,7 @@ struct SledTx<'a> {
 
 impl Tx for SledTx<'_> {
     fn next_seq(&mut self) -> Result<u64, StoreError> {
-        self.inner.db.generate_id().map_err(backend)
+        Ok(self.inner.log.next_seq())
     }
 
     fn record(&mut self, key: &PlayerKey, id: &PixelId) -> Result<Option<Record>, StoreError> {
@@ -52,9 +53,14 @@ impl Tx for SledTx<'_> {
             None => keys::queue_prefix(key),
         };
         let prefix = keys::queue_prefix(key);
+        let end = keys::queue(key, u64::MAX);
         let mut out = Vec::new();
-        for entry in self.inner.data.range(start..) {
-            let (k, v) = entry.map_err(backend)?;
+        let range = self
+            .inner
+            .log
+            .range(Bound::Included(&start), Bound::Included(&end), false);
+        for entry in range {
+            let (k, v) = entry?;
             if !k.starts_with(&prefix) || out.len() == limit {
                 break;
             }
@@ -103,16 +109,15 @@ impl Tx for SledTx<'_> {
         let start = keys::outbox_prefix(lane);
         let end = [start.as_slice(), &until_ms.saturating_add(1).to_be_bytes()].concat();
         let mut out = Vec::new();
-        for entry in self
+        let range = self
             .inner
-            .data
-            .range(start.as_slice()..end.as_slice())
-            .keys()
-        {
+            .log
+            .range(Bound::Included(&start), Bound::Excluded(&end), false);
+        for entry in range.keys() {
             if out.len() == limit {
                 break;
             }
-            let k = entry.map_err(backend)?;
+            let k = entry?;
             let (_, due_ms, key, id) =
                 keys::parse_outbox(&k).ok_or_else(|| StoreError::corrupt("corrupt outbox key"))?;
             out.push((due_ms, key, id));
@@ -122,9 +127,8 @@ impl Tx for SledTx<'_> {
 
     fn holds_due(&mut self, entry: &DueEntry) -> Result<bool, StoreError> {
         self.inner
-            .data
-            .contains_key(keys::expiry(entry.due_ms, &entry.key, entry.seq))
-            .map_err(backend)
+            .log
+            .contains(&keys::expiry(entry.due_ms, &entry.key, entry.seq))
     }
 
     fn health(
@@ -277,7 +281,7 @@ impl Queues for SledStore {
         mode: Mode,
         mut work: Work,
     ) -> Result<Box<dyn Any + Send>, StoreError> {
-        let (out, added) = self
+        let (out, added, durable) = self
             .blocking(move |inner| {
                 inner.check_open()?;
                 let players = scope.players.iter().map(|k| inner.stripe_index(k));
@@ -301,7 +305,7 @@ impl Queues for SledStore {
                     usage,
                     ..
                 } = tx;
-                inner.apply(changes)?;
+                let durable = inner.apply(changes)?;
                 for (brand, day, events, players) in usage {
                     inner.count_usage(&brand, day, events, players);
                 }
@@ -314,17 +318,26 @@ impl Queues for SledStore {
                 for (key, range) in &added {
                     inner.unflushed.entry(key.clone()).or_default().push(*range);
                 }
-                Ok((out, added))
+                // A transaction that must be durable and wrote nothing may still have read what
+                // others wrote and are waiting to sync: it answers after them.
+                let durable = match durable {
+                    Some(durable) => Some(durable),
+                    None if mode.durability == Durability::Wait => Some(inner.log.sync_point()?),
+                    None => None,
+                };
+                Ok((out, added, durable))
             })
             .await?;
         // New pixels are a delivery barrier until durable, so a transaction that adds any waits for
-        // its flush whatever it asked.
-        if mode.durability == Durability::Wait || !added.is_empty() {
-            let flushed = self.inner.commit.wait().await;
+        // its sync whatever it asked.
+        if let Some(durable) = durable
+            && (mode.durability == Durability::Wait || !added.is_empty())
+        {
+            let synced = durable.wait().await;
             for (key, range) in &added {
                 self.inner.flushed(key, *range);
             }
-            flushed?;
+            synced?;
         }
         Ok(out)
     }
@@ -352,11 +365,11 @@ impl Queues for SledStore {
             };
             let mut out = Vec::new();
             for entry in inner
-                .data
-                .range(from.as_slice()..end.as_slice())
+                .log
+                .range(Bound::Included(&from), Bound::Excluded(&end), false)
                 .take(limit)
             {
-                let (k, id) = entry.map_err(backend)?;
+                let (k, id) = entry?;
                 let (key, seq) = keys::parse_expiry(&k)
                     .ok_or_else(|| StoreError::corrupt("corrupt expiry key"))?;
                 let due_ms =
@@ -385,12 +398,12 @@ impl Queues for SledStore {
             let end = keys::due_bound(b'y', until_ms);
             let mut out = Vec::new();
             for k in inner
-                .data
-                .range(b"y".as_slice()..end.as_slice())
+                .log
+                .range(Bound::Included(b"y"), Bound::Excluded(&end), false)
                 .keys()
                 .take(limit)
             {
-                let k = k.map_err(backend)?;
+                let k = k?;
                 let (brand, id) = keys::parse_forget_event(&k)
                     .ok_or_else(|| StoreError::corrupt("corrupt event key"))?;
                 let due_ms =

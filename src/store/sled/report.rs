@@ -3,6 +3,7 @@
 //! announcements, close).
 
 use std::collections::BTreeMap;
+use std::ops::Bound;
 use std::sync::atomic::Ordering;
 
 use tokio::sync::broadcast;
@@ -25,9 +26,9 @@ impl Inner {
     /// When the brand's oldest pending client pixel was queued, from the first `p` entry.
     fn oldest_pending(&self, brand: &BrandId) -> Result<Option<u64>, StoreError> {
         let prefix = keys::pending_prefix(brand);
-        match self.data.scan_prefix(&prefix).keys().next() {
+        match self.log.scan_prefix(&prefix).keys().next() {
             Some(k) => {
-                let k = k.map_err(backend)?;
+                let k = k?;
                 let at = k
                     .get(prefix.len()..prefix.len() + 8)
                     .and_then(|b| <[u8; 8]>::try_from(b).ok())
@@ -41,22 +42,16 @@ impl Inner {
     /// The brand's biggest backlogs, from the start of its `k` ranking.
     fn backlogs(&self, brand: &BrandId, limit: usize) -> Result<Vec<Backlog>, StoreError> {
         let mut out = Vec::new();
-        for k in self.data.scan_prefix(keys::backlog_prefix(brand)).keys() {
+        for k in self.log.scan_prefix(&keys::backlog_prefix(brand)).keys() {
             if out.len() == limit {
                 break;
             }
-            let k = k.map_err(backend)?;
+            let k = k?;
             let (key, pending) = keys::parse_backlog(&k)
                 .ok_or_else(|| StoreError::corrupt("corrupt backlog key"))?;
-            let oldest = match self
-                .data
-                .scan_prefix(keys::queue_prefix(&key))
-                .values()
-                .next()
-            {
-                Some(v) => {
-                    let pixel: QueuedPixel =
-                        serde_json::from_slice(&v.map_err(backend)?).map_err(backend)?;
+            let oldest = match self.log.scan_prefix(&keys::queue_prefix(&key)).next() {
+                Some(entry) => {
+                    let pixel: QueuedPixel = serde_json::from_slice(&entry?.1).map_err(backend)?;
                     Some(pixel.queued_at_ms)
                 }
                 None => None,
@@ -91,7 +86,7 @@ impl Store for SledStore {
         let (brand, key) = (brand.clone(), keys::click(brand, click_id));
         self.blocking(move |inner| {
             inner.brand_exists(&brand)?;
-            match inner.data.get(&key).map_err(backend)? {
+            match inner.log.get(&key)? {
                 None => Ok(None),
                 Some(player) => std::str::from_utf8(&player)
                     .ok()
@@ -105,14 +100,14 @@ impl Store for SledStore {
 
     async fn stats(&self) -> Result<StoreStats, StoreError> {
         self.blocking(|inner| {
-            let commits = inner.commit.counters();
+            let (journal, _) = inner.log.counters();
             let mut stats = StoreStats {
-                flushes: commits.flushes.load(Ordering::Relaxed),
-                flushed_writes: commits.waiters.load(Ordering::Relaxed),
+                flushes: journal.syncs.load(Ordering::Relaxed),
+                flushed_writes: journal.appends.load(Ordering::Relaxed),
                 ..Default::default()
             };
-            for entry in inner.data.scan_prefix(b"b") {
-                let (k, _) = entry.map_err(backend)?;
+            for entry in inner.log.scan_prefix(b"b") {
+                let (k, _) = entry?;
                 let brand = keys::parse_brand(&k)
                     .ok_or_else(|| StoreError::corrupt("corrupt brand key"))?;
                 let queue_depth = inner.depth.get(&brand).map_or(0, |d| *d);
@@ -141,8 +136,8 @@ impl Store for SledStore {
             let Some(brand) = &brand else {
                 // Every brand's top `limit`, merged: the overall top is among them.
                 let mut all = Vec::new();
-                for entry in inner.data.scan_prefix(b"b").keys() {
-                    let k = entry.map_err(backend)?;
+                for entry in inner.log.scan_prefix(b"b").keys() {
+                    let k = entry?;
                     let brand = keys::parse_brand(&k)
                         .ok_or_else(|| StoreError::corrupt("corrupt brand key"))?;
                     all.extend(inner.backlogs(&brand, limit)?);
@@ -158,19 +153,17 @@ impl Store for SledStore {
     }
 
     async fn check_writable(&self) -> Result<(), StoreError> {
-        self.blocking(|inner| {
-            inner.check_open()?;
-            inner
-                .data
-                .insert(
-                    b"mreadiness-probe",
-                    inner.clock.now_ms().to_be_bytes().as_slice(),
-                )
-                .map_err(backend)?;
-            Ok(())
-        })
-        .await?;
-        self.inner.commit.wait().await
+        // The probe writes through the journal, so it fails when a write would.
+        let durable = self
+            .blocking(|inner| {
+                inner.check_open()?;
+                inner.log.commit(vec![(
+                    b"mreadiness-probe".into(),
+                    Some(inner.clock.now_ms().to_be_bytes().as_slice().into()),
+                )])
+            })
+            .await?;
+        durable.wait().await.map(drop)
     }
 
     async fn deliveries(
@@ -194,8 +187,8 @@ impl Store for SledStore {
                 // One player's records are few: read them all, then order them like the time index.
                 let key = PlayerKey::new(brand.clone(), player.clone());
                 let mut rows: Vec<Delivery> = Vec::new();
-                for entry in inner.data.scan_prefix(keys::index_prefix(&key)) {
-                    let (_, v) = entry.map_err(backend)?;
+                for entry in inner.log.scan_prefix(&keys::index_prefix(&key)) {
+                    let (_, v) = entry?;
                     let rec: Record = serde_json::from_slice(&v).map_err(backend)?;
                     if wanted(&rec.delivery) && before_cursor(&cursor_of(&rec.delivery)) {
                         rows.push(rec.delivery);
@@ -221,8 +214,11 @@ impl Store for SledStore {
                 (None, None) => [prefix.as_slice(), &[0xff; 9]].concat(),
             };
             let mut scanned = 0;
-            for entry in inner.data.range(low..high).keys().rev() {
-                let r_key = entry.map_err(backend)?;
+            let range = inner
+                .log
+                .range(Bound::Included(&low), Bound::Excluded(&high), true);
+            for entry in range.keys() {
+                let r_key = entry?;
                 let (key, _, id) = keys::parse_report(&r_key)
                     .ok_or_else(|| StoreError::corrupt("corrupt report key"))?;
                 scanned += 1;
@@ -263,8 +259,8 @@ impl Store for SledStore {
             inner.brand_exists(brand)?;
             let prefix = keys::health_prefix(brand);
             let mut out = BTreeMap::new();
-            for entry in inner.data.scan_prefix(&prefix) {
-                let (k, v) = entry.map_err(backend)?;
+            for entry in inner.log.scan_prefix(&prefix) {
+                let (k, v) = entry?;
                 let id = std::str::from_utf8(&k[prefix.len()..])
                     .ok()
                     .and_then(|s| DefinitionId::parse_stored(s).ok())
@@ -286,7 +282,6 @@ impl Store for SledStore {
 
     async fn close(&self) -> Result<(), StoreError> {
         self.inner.closed.store(true, Ordering::Release);
-        self.inner.commit.close().await;
-        Ok(())
+        self.blocking(|inner| inner.log.close()).await
     }
 }

@@ -1,0 +1,470 @@
+//! The embedded engine's write path: the journal makes a transaction durable, the overlay serves it to
+//! readers, and a checkpoint thread moves it into sled off the request path.
+//!
+//! A transaction's key changes become one journal record ([`overlay::encode`]), appended under the
+//! overlay's write lock, so journal order and overlay order are one order; the caller awaits the
+//! journal's `fdatasync` ([`journal::Durable`]) and nothing else. sled's own costs (its tree, its log,
+//! its page cache) are paid by the checkpointer, which runs when the overlay holds
+//! [`CHECKPOINT_BYTES`] or a second has passed:
+//!
+//! 1. `P` = the journal's durable position; take every key's value as of `P` from the overlay;
+//! 2. write them to sled in one batch with `P` itself (`m` [`CHECKPOINT_KEY`]) and the sequence
+//!    counter, then `flush` sled and `fdatasync` its files (sled alone syncs with `sync_file_range`,
+//!    which is not durable);
+//! 3. delete the journal segments wholly before `P`, and drop the overlay's versions up to `P`.
+//!
+//! A crash anywhere in that leaves sled holding the journal up to some checkpoint `P₀` (sled applies a
+//! batch whole or not at all), and opening replays the journal's records after `P₀` into the overlay,
+//! then checkpoints them before the hub takes any request. A record is replayed at most into state
+//! that does not hold it yet, so replay never applies a change twice.
+//!
+//! Writers wait when the overlay holds [`MAX_OVERLAY_BYTES`] (sled has fallen that far behind): memory
+//! stays bounded, and the time to replay after a crash with it.
+
+use std::ops::Bound;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, OnceLock, RwLock, Weak};
+use std::time::{Duration, Instant};
+
+use ::sled::{Batch, Db, IVec, Tree};
+
+use super::backend;
+use super::overlay::{self, Merged, Op, Overlay};
+use crate::store::journal::{self, Journal, JournalOptions};
+use crate::store::{Cause, StoreError};
+
+/// The overlay's size at which the checkpointer starts without waiting for its second.
+pub(super) const CHECKPOINT_BYTES: usize = 16 << 20;
+/// The overlay's size at which writers wait for the checkpointer.
+pub(super) const MAX_OVERLAY_BYTES: usize = 512 << 20;
+/// The longest a change waits in the overlay alone when the hub is quiet.
+const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
+/// Where sled records the journal position it holds everything up to.
+pub(super) const CHECKPOINT_KEY: &[u8] = b"mjournal-checkpoint";
+/// Where sled records the sequence counter as of that checkpoint.
+const SEQ_KEY: &[u8] = b"mjournal-seq";
+
+/// A range of the `data` tree, the overlay's newest versions over sled's.
+pub(super) type Range = Merged<Box<dyn Iterator<Item = ::sled::Result<(IVec, IVec)>> + Send>>;
+
+/// The journal, the overlay and the checkpointer of one data dir.
+pub(super) struct WriteLog {
+    journal: Journal,
+    overlay: RwLock<Overlay>,
+    /// The overlay's size, readable without its lock.
+    overlay_bytes: AtomicUsize,
+    data: Tree,
+    db: Db,
+    dir: PathBuf,
+    /// The next queue position or record number.
+    seq: AtomicU64,
+    /// Set when a checkpoint failed: the engine takes nothing more (like a failed journal sync).
+    failed: OnceLock<Cause>,
+    /// One checkpoint at a time (the thread's, or the last one at close).
+    checkpointing: Mutex<()>,
+    /// Wakes the checkpointer; writers waiting for room wait on it too.
+    wake: Condvar,
+    waiting: Mutex<()>,
+    stop: AtomicBool,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    counters: Counters,
+}
+
+/// What checkpoints did, for the stats.
+#[derive(Default)]
+pub(super) struct Counters {
+    /// Checkpoints written.
+    pub checkpoints: AtomicU64,
+    /// Key changes they wrote to sled.
+    pub keys: AtomicU64,
+}
+
+fn io(e: std::io::Error) -> StoreError {
+    StoreError::Failed(Arc::new(e))
+}
+
+fn read_u64(data: &Tree, key: &[u8]) -> Result<Option<u64>, StoreError> {
+    Ok(data
+        .get(key)
+        .map_err(backend)?
+        .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
+        .map(u64::from_be_bytes))
+}
+
+impl WriteLog {
+    /// Opens the journal under `dir/journal`, replays what sled does not hold yet and checkpoints it,
+    /// then starts the checkpointer.
+    pub(super) fn open(
+        dir: &Path,
+        db: Db,
+        data: Tree,
+        options: JournalOptions,
+    ) -> Result<Arc<Self>, StoreError> {
+        let held = read_u64(&data, CHECKPOINT_KEY)?.unwrap_or(0);
+        let mut seq = read_u64(&data, SEQ_KEY)?.unwrap_or(0);
+        // Data dirs from before the journal numbered with sled's own generator.
+        seq = seq.max(db.generate_id().map_err(backend)?);
+        let mut replayed = Overlay::default();
+        let (mut records, mut skipped) = (0u64, 0u64);
+        let started = Instant::now();
+        let journal = Journal::open(
+            &dir.join("journal"),
+            JournalOptions {
+                start: held,
+                ..options
+            },
+            |position, record| {
+                if position <= held {
+                    skipped += 1;
+                    return Ok(());
+                }
+                let (high, ops) = overlay::decode(record)?;
+                seq = seq.max(high);
+                replayed.add(ops, position);
+                records += 1;
+                Ok(())
+            },
+        )?;
+        if journal.position() < held {
+            return Err(StoreError::Backend(Arc::new(std::io::Error::other(
+                format!(
+                    "the journal ends at position {} but the store holds it up to {held}: \
+                 this is not the data dir's journal",
+                    journal.position()
+                ),
+            ))));
+        }
+        if records > 0 {
+            tracing::info!(
+                records,
+                skipped,
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "journal: replayed what the last checkpoint did not hold"
+            );
+        }
+        let log = Arc::new(WriteLog {
+            journal,
+            overlay_bytes: AtomicUsize::new(replayed.bytes()),
+            overlay: RwLock::new(replayed),
+            data,
+            db,
+            dir: dir.to_owned(),
+            seq: AtomicU64::new(seq + 1),
+            failed: OnceLock::new(),
+            checkpointing: Mutex::new(()),
+            wake: Condvar::new(),
+            waiting: Mutex::new(()),
+            stop: AtomicBool::new(false),
+            thread: Mutex::new(None),
+            counters: Counters::default(),
+        });
+        log.checkpoint()?;
+        let weak = Arc::downgrade(&log);
+        let thread = std::thread::Builder::new()
+            .name("pixelhub-checkpoint".into())
+            .spawn(move || checkpointer(weak))
+            .map_err(io)?;
+        *lock(&log.thread) = Some(thread);
+        Ok(log)
+    }
+
+    /// A number above every one given out before, across restarts.
+    pub(super) fn next_seq(&self) -> u64 {
+        self.seq.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Fails once a checkpoint has failed.
+    pub(super) fn check(&self) -> Result<(), StoreError> {
+        match self.failed.get() {
+            Some(cause) => Err(StoreError::Failed(cause.clone())),
+            None => Ok(()),
+        }
+    }
+
+    /// Appends `ops` as one journal record and shows them to readers; the answer says when they are
+    /// durable. Waits first while the overlay is full.
+    pub(super) fn commit(&self, ops: Vec<Op>) -> Result<journal::Durable, StoreError> {
+        self.check()?;
+        if self.overlay_bytes.load(Ordering::Relaxed) >= MAX_OVERLAY_BYTES {
+            self.wait_for_room()?;
+        }
+        let record = overlay::encode(self.seq.load(Ordering::Relaxed), &ops);
+        if record.len() > journal::frame::MAX_PAYLOAD {
+            return Err(StoreError::Backend(Arc::new(std::io::Error::other(
+                format!(
+                    "one transaction of {} bytes is more than a journal record holds ({} bytes)",
+                    record.len(),
+                    journal::frame::MAX_PAYLOAD
+                ),
+            ))));
+        }
+        let mut overlay = self.overlay.write().unwrap_or_else(|p| p.into_inner());
+        let durable = self.journal.append([record.as_slice()])?;
+        overlay.add(ops, durable.position());
+        let bytes = overlay.bytes();
+        drop(overlay);
+        let before = self.overlay_bytes.swap(bytes, Ordering::Relaxed);
+        if before < CHECKPOINT_BYTES && bytes >= CHECKPOINT_BYTES {
+            self.wake.notify_all();
+        }
+        Ok(durable)
+    }
+
+    /// Says when everything appended so far is durable.
+    pub(super) fn sync_point(&self) -> Result<journal::Durable, StoreError> {
+        self.check()?;
+        self.journal.sync_point()
+    }
+
+    fn wait_for_room(&self) -> Result<(), StoreError> {
+        let mut guard = lock(&self.waiting);
+        self.wake.notify_all();
+        while self.overlay_bytes.load(Ordering::Relaxed) >= MAX_OVERLAY_BYTES {
+            self.check()?;
+            if self.stop.load(Ordering::Acquire) {
+                return Err(StoreError::Closed);
+            }
+            guard = self
+                .wake
+                .wait_timeout(guard, CHECKPOINT_EVERY)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        Ok(())
+    }
+
+    /// The value of `key`, the overlay's if it has one.
+    pub(super) fn get(&self, key: &[u8]) -> Result<Option<IVec>, StoreError> {
+        let newest = self
+            .overlay
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(key);
+        match newest {
+            Some(value) => Ok(value),
+            None => self.data.get(key).map_err(backend),
+        }
+    }
+
+    /// Whether `key` has a value.
+    pub(super) fn contains(&self, key: &[u8]) -> Result<bool, StoreError> {
+        Ok(self.get(key)?.is_some())
+    }
+
+    /// The keys from `low` to `high`, in order (`rev`: descending).
+    pub(super) fn range(
+        &self,
+        low: Bound<&[u8]>,
+        high: Bound<&[u8]>,
+        rev: bool,
+    ) -> Range {
+        let newest = self
+            .overlay
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .range(low, high, rev);
+        let low = low.map(IVec::from);
+        let high = high.map(IVec::from);
+        let sled = self.data.range::<IVec, _>((low, high));
+        let sled: Box<dyn Iterator<Item = _> + Send> = if rev {
+            Box::new(sled.rev())
+        } else {
+            Box::new(sled)
+        };
+        Merged::new(newest, sled, rev)
+    }
+
+    /// The keys starting with `prefix`, in order.
+    pub(super) fn scan_prefix(
+        &self,
+        prefix: &[u8],
+    ) -> Range {
+        match prefix_end(prefix) {
+            Some(end) => self.range(Bound::Included(prefix), Bound::Excluded(&end), false),
+            None => self.range(Bound::Included(prefix), Bound::Unbounded, false),
+        }
+    }
+
+    /// Writes to sled what the journal holds durably and sled does not, makes sled durable, and
+    /// lets the journal delete what it no longer needs.
+    pub(super) fn checkpoint(&self) -> Result<(), StoreError> {
+        let _one = lock(&self.checkpointing);
+        let upto = self.journal.durable();
+        let held = read_u64(&self.data, CHECKPOINT_KEY)?.unwrap_or(0);
+        if upto <= held {
+            return Ok(());
+        }
+        let started = Instant::now();
+        let ops = self
+            .overlay
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .snapshot(upto);
+        let mut batch = Batch::default();
+        let keys = ops.len() as u64;
+        for (key, value) in ops {
+            match value {
+                Some(value) => batch.insert(key, value),
+                None => batch.remove(key),
+            }
+        }
+        batch.insert(CHECKPOINT_KEY, upto.to_be_bytes().as_slice());
+        batch.insert(
+            SEQ_KEY,
+            self.seq.load(Ordering::Relaxed).to_be_bytes().as_slice(),
+        );
+        self.data.apply_batch(batch).map_err(backend)?;
+        self.settle()?;
+        self.journal.release(upto)?;
+        let mut overlay = self.overlay.write().unwrap_or_else(|p| p.into_inner());
+        overlay.prune(upto);
+        self.overlay_bytes.store(overlay.bytes(), Ordering::Relaxed);
+        drop(overlay);
+        self.wake.notify_all();
+        self.counters.checkpoints.fetch_add(1, Ordering::Relaxed);
+        self.counters.keys.fetch_add(keys, Ordering::Relaxed);
+        tracing::debug!(
+            keys,
+            upto,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "checkpoint written"
+        );
+        Ok(())
+    }
+
+    /// Flushes sled and syncs its files: what sled's own flush leaves undone (it writes with
+    /// `sync_file_range`, which neither flushes the device's cache nor a file's size).
+    pub(super) fn settle(&self) -> Result<(), StoreError> {
+        self.db.flush().map_err(backend)?;
+        sync_sled_files(&self.dir).map_err(io)
+    }
+
+    /// The journal's syncs and the appends they answered; the checkpoints.
+    pub(super) fn counters(&self) -> (&journal::Counters, &Counters) {
+        (self.journal.counters(), &self.counters)
+    }
+
+    /// Bytes the data dir takes: sled's files and the journal's segments.
+    pub(super) fn size_on_disk(&self) -> Result<u64, StoreError> {
+        Ok(self.db.size_on_disk().map_err(backend)? + self.journal_bytes())
+    }
+
+    /// Bytes the journal's segments take.
+    fn journal_bytes(&self) -> u64 {
+        journal::segment::list(&self.dir.join("journal"))
+            .map(|starts| {
+                starts
+                    .iter()
+                    .filter_map(|s| {
+                        std::fs::metadata(journal::segment::path(&self.dir.join("journal"), *s))
+                            .ok()
+                    })
+                    .map(|m| m.len())
+                    .sum()
+            })
+            .unwrap_or(0)
+    }
+
+    /// The sled tree itself, for tests that write a data dir as an older version left it.
+    #[cfg(test)]
+    pub(super) fn sled_tree(&self) -> &Tree {
+        &self.data
+    }
+
+    /// Stops the checkpointer, writes what the journal still holds pending, and checkpoints it all, so
+    /// the next open replays nothing.
+    pub(super) fn close(&self) -> Result<(), StoreError> {
+        self.stop.store(true, Ordering::Release);
+        self.wake.notify_all();
+        let thread = lock(&self.thread).take();
+        if let Some(thread) = thread
+            && thread.thread().id() != std::thread::current().id()
+        {
+            let _ = thread.join();
+        }
+        self.journal.close();
+        self.check()?;
+        self.checkpoint()
+    }
+
+    fn fail(&self, e: StoreError) {
+        tracing::error!(error = %e, "checkpoint failed; the store takes nothing more");
+        let cause: Cause = match e {
+            StoreError::Failed(cause) | StoreError::Backend(cause) => cause,
+            other => Arc::new(std::io::Error::other(other.to_string())),
+        };
+        let _ = self.failed.set(cause);
+        // sled flushes when its last handle goes, and after a failed write that flush waits for ever
+        // (it waits for the write to become stable): a handle kept for good means it never runs. The
+        // process is stopping; what is on disk is what the next start recovers.
+        std::mem::forget(self.db.clone());
+        self.wake.notify_all();
+    }
+}
+
+impl Drop for WriteLog {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        self.wake.notify_all();
+    }
+}
+
+/// The checkpointer's loop: holds the log only while it works, so dropping the store ends it.
+fn checkpointer(log: Weak<WriteLog>) {
+    loop {
+        let Some(log) = log.upgrade() else { return };
+        {
+            let guard = lock(&log.waiting);
+            if !log.stop.load(Ordering::Acquire)
+                && log.overlay_bytes.load(Ordering::Relaxed) < CHECKPOINT_BYTES
+            {
+                let _ = log.wake.wait_timeout(guard, CHECKPOINT_EVERY);
+            }
+        }
+        if log.stop.load(Ordering::Acquire) {
+            return;
+        }
+        if let Err(e) = log.checkpoint() {
+            log.fail(e);
+            return;
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The first key after every key starting with `prefix`, if there is one.
+fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < u8::MAX {
+            end.push(last + 1);
+            return Some(end);
+        }
+    }
+    None
+}
+
+/// `fdatasync`s sled's files in `dir` (its log and page file `db`, its blobs) and the directories
+/// that name them.
+fn sync_sled_files(dir: &Path) -> std::io::Result<()> {
+    let mut files = vec![dir.join("db"), dir.join("conf")];
+    let blobs = dir.join("blobs");
+    if let Ok(entries) = std::fs::read_dir(&blobs) {
+        for entry in entries {
+            files.push(entry?.path());
+        }
+        journal::segment::sync_dir(&blobs)?;
+    }
+    for file in files {
+        match std::fs::File::open(&file) {
+            Ok(file) => file.sync_data()?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+    }
+    journal::segment::sync_dir(dir)
+}
