@@ -1,5 +1,6 @@
 //! Tools of the `pixelhub` binary besides serving: `pixelhub import`, which uploads a CSV file to a
-//! running hub through its HTTP API, exactly as a script with curl would, so the API stays the one way in.
+//! running hub through its HTTP API, exactly as a script with curl would, so the API stays the one way in;
+//! and `pixelhub repair-journal`, which works on a stopped hub's data dir.
 
 use std::process::ExitCode;
 
@@ -8,7 +9,7 @@ use futures::StreamExt;
 use serde_json::Value;
 use tokio_util::io::ReaderStream;
 
-use crate::config::ImportArgs;
+use crate::config::{ImportArgs, RepairArgs};
 
 /// Streams `args.file` to the hub's import route and prints the hub's summary as JSON.
 pub async fn import(args: ImportArgs) -> anyhow::Result<ExitCode> {
@@ -129,4 +130,43 @@ fn refused(status: reqwest::StatusCode, answer: &Value) -> anyhow::Result<ExitCo
     let message = answer["error"]["message"].as_str().unwrap_or("no message");
     eprintln!("import failed ({status}): {message}");
     Ok(ExitCode::from(1))
+}
+
+/// Repairs the journal of the stopped hub whose data dir is `args.data_dir`, printing what it kept and,
+/// line by line, what it dropped (exit 0; 1 when it cannot).
+pub fn repair_journal(args: RepairArgs) -> anyhow::Result<ExitCode> {
+    let store = args.data_dir.join(crate::store::STORE_DIR);
+    let journal = store.join(crate::store::JOURNAL_DIR);
+    if !journal.is_dir() {
+        anyhow::bail!(
+            "{} holds no journal: is {} the hub's data dir?",
+            store.display(),
+            args.data_dir.display()
+        );
+    }
+    // The hub holds this lock while it runs; repairing under it would race its writer.
+    let lock = std::fs::File::open(store.join("db"))
+        .with_context(|| format!("cannot open the store in {}", store.display()))?;
+    fs2::FileExt::try_lock_exclusive(&lock).map_err(|_| {
+        anyhow::anyhow!(
+            "a hub is running on {}: stop it, then repair",
+            args.data_dir.display()
+        )
+    })?;
+    let repaired = crate::store::journal::repair(&journal)?;
+    for dropped in &repaired.dropped {
+        println!(
+            "dropped {} bytes at byte {} of {}: {}",
+            dropped.bytes,
+            dropped.offset,
+            dropped.file.display(),
+            dropped.what
+        );
+    }
+    println!(
+        "kept {} records; dropped {} span(s). The hub starts on this journal now.",
+        repaired.kept,
+        repaired.dropped.len()
+    );
+    Ok(ExitCode::SUCCESS)
 }

@@ -49,6 +49,18 @@ pub enum Command {
     /// Uploads a Registrations or Sales CSV file to a running hub, streaming it, and prints the summary
     /// (exit 0: every row imported; 3: some rows were refused, listed by line; 1: the upload failed).
     Import(ImportArgs),
+    /// Makes a damaged journal open again (the hub refuses to start on one, naming the file and byte):
+    /// keeps every intact record, turns the damaged bytes into holes, and prints what it dropped. Run
+    /// it with the hub stopped.
+    RepairJournal(RepairArgs),
+}
+
+/// `pixelhub repair-journal`.
+#[derive(Clone, Debug, Args)]
+pub struct RepairArgs {
+    /// The hub's data dir (the journal is in its `sled/journal`).
+    #[arg(long, env = "PIXELHUB_DATA_DIR", default_value = "./data")]
+    pub data_dir: PathBuf,
 }
 
 /// `pixelhub import`.

@@ -20,6 +20,7 @@ fn main() -> anyhow::Result<ExitCode> {
     let result = runtime.block_on(async {
         match cli.command {
             Some(Command::Import(args)) => pixelhub::cli::import(args).await,
+            Some(Command::RepairJournal(args)) => pixelhub::cli::repair_journal(args),
             None => serve(cli.config).await.map(|()| ExitCode::SUCCESS),
         }
     });

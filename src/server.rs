@@ -98,7 +98,7 @@ async fn open_sled(
             need_mb: need.div_ceil(1 << 20),
         });
     }
-    let store_dir = config.data_dir.join("sled");
+    let store_dir = config.data_dir.join(crate::store::STORE_DIR);
     let options = SledOptions {
         cache_bytes: config.store_cache_mb << 20,
         journal_segment_bytes: config.journal_segment_mb << 20,

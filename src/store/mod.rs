@@ -29,7 +29,7 @@ pub mod queues;
 mod sled;
 
 pub use self::guard::{GuardOptions, GuardedStore, Measure, Room, StoreHealth, Unhealthy};
-pub use self::sled::{SledOptions, SledStore};
+pub use self::sled::{JOURNAL_DIR, STORE_DIR, SledOptions, SledStore};
 
 /// The answer for one pixel of an enqueue batch.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]

@@ -3,6 +3,7 @@
 mod api;
 mod browser;
 mod cdp;
+mod crash;
 mod delivery;
 mod disk;
 mod egress;

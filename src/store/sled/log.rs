@@ -109,7 +109,7 @@ impl WriteLog {
         let (mut records, mut skipped) = (0u64, 0u64);
         let started = Instant::now();
         let journal = Journal::open(
-            &dir.join("journal"),
+            &dir.join(super::JOURNAL_DIR),
             JournalOptions {
                 start: held,
                 ..options
@@ -253,12 +253,7 @@ impl WriteLog {
     }
 
     /// The keys from `low` to `high`, in order (`rev`: descending).
-    pub(super) fn range(
-        &self,
-        low: Bound<&[u8]>,
-        high: Bound<&[u8]>,
-        rev: bool,
-    ) -> Range {
+    pub(super) fn range(&self, low: Bound<&[u8]>, high: Bound<&[u8]>, rev: bool) -> Range {
         let newest = self
             .overlay
             .read()
@@ -276,10 +271,7 @@ impl WriteLog {
     }
 
     /// The keys starting with `prefix`, in order.
-    pub(super) fn scan_prefix(
-        &self,
-        prefix: &[u8],
-    ) -> Range {
+    pub(super) fn scan_prefix(&self, prefix: &[u8]) -> Range {
         match prefix_end(prefix) {
             Some(end) => self.range(Bound::Included(prefix), Bound::Excluded(&end), false),
             None => self.range(Bound::Included(prefix), Bound::Unbounded, false),
@@ -352,13 +344,16 @@ impl WriteLog {
 
     /// Bytes the journal's segments take.
     fn journal_bytes(&self) -> u64 {
-        journal::segment::list(&self.dir.join("journal"))
+        journal::segment::list(&self.dir.join(super::JOURNAL_DIR))
             .map(|starts| {
                 starts
                     .iter()
                     .filter_map(|s| {
-                        std::fs::metadata(journal::segment::path(&self.dir.join("journal"), *s))
-                            .ok()
+                        std::fs::metadata(journal::segment::path(
+                            &self.dir.join(super::JOURNAL_DIR),
+                            *s,
+                        ))
+                        .ok()
                     })
                     .map(|m| m.len())
                     .sum()

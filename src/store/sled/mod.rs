@@ -91,6 +91,11 @@ const LOCK_RETRY: Duration = Duration::from_millis(20);
 /// Announcements buffered per subscriber before it lags (and then resynchronises).
 const ANNOUNCE_CAPACITY: usize = 16 * 1024;
 
+/// The engine's directory in the hub's data dir.
+pub const STORE_DIR: &str = "sled";
+/// The journal's directory in the engine's.
+pub const JOURNAL_DIR: &str = "journal";
+
 /// Options of the embedded engine.
 #[derive(Clone, Debug)]
 pub struct SledOptions {
