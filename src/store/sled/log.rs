@@ -337,6 +337,11 @@ impl WriteLog {
         (self.journal.counters(), &self.counters)
     }
 
+    /// About how many bytes the overlay holds: what sled has yet to take.
+    pub(super) fn pending_bytes(&self) -> u64 {
+        self.overlay_bytes.load(Ordering::Relaxed) as u64
+    }
+
     /// Bytes the data dir takes: sled's files and the journal's segments.
     pub(super) fn size_on_disk(&self) -> Result<u64, StoreError> {
         Ok(self.db.size_on_disk().map_err(backend)? + self.journal_bytes())

@@ -294,6 +294,12 @@ impl SledStore {
             .unwrap_or_else(|e| Err(backend(e)))
     }
 
+    /// About how many bytes of changes the journal holds that sled does not yet: disk the next
+    /// checkpoint will take, which the guard counts as taken.
+    pub fn pending_bytes(&self) -> u64 {
+        self.inner.log.pending_bytes()
+    }
+
     /// Bytes the database takes on disk (its files); the guard's size cap reads it.
     pub fn size_on_disk(&self) -> Result<u64, StoreError> {
         self.inner.log.size_on_disk()
