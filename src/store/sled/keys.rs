@@ -85,26 +85,13 @@ pub fn count(key: &PlayerKey) -> Vec<u8> {
     k
 }
 
-pub fn backlog_prefix(brand: &BrandId) -> Vec<u8> {
-    brand_table(b'k', brand)
-}
-
-/// `k`: inverted so that a forward scan meets the biggest backlog first.
-pub fn backlog(key: &PlayerKey, pending: u64) -> Vec<u8> {
-    let mut k = backlog_prefix(&key.brand);
-    k.extend_from_slice(&(u64::MAX - pending).to_be_bytes());
-    k.extend_from_slice(key.player.as_str().as_bytes());
-    k
-}
-
-pub fn parse_backlog(k: &[u8]) -> Option<(PlayerKey, u64)> {
-    let rest = k.strip_prefix(b"k")?;
-    let nul = rest.iter().position(|&b| b == 0)?;
-    let brand = BrandId::parse_stored(std::str::from_utf8(&rest[..nul]).ok()?).ok()?;
-    let (inverted, player) = rest[nul + 1..].split_at_checked(8)?;
-    let pending = u64::MAX - u64::from_be_bytes(inverted.try_into().ok()?);
-    let player = PlayerId::parse_stored(std::str::from_utf8(player).ok()?).ok()?;
-    Some((PlayerKey::new(brand, player), pending))
+/// The player a count key `n` is of.
+pub fn parse_count(k: &[u8]) -> Option<PlayerKey> {
+    let ids = k.strip_prefix(b"n")?.strip_suffix(&[0])?;
+    let nul = ids.iter().position(|&b| b == 0)?;
+    let brand = BrandId::parse_stored(std::str::from_utf8(&ids[..nul]).ok()?).ok()?;
+    let player = PlayerId::parse_stored(std::str::from_utf8(&ids[nul + 1..]).ok()?).ok()?;
+    Some(PlayerKey::new(brand, player))
 }
 
 pub fn pending_prefix(brand: &BrandId) -> Vec<u8> {

@@ -121,7 +121,7 @@ impl WriteLog {
                 }
                 let (high, ops) = overlay::decode(record)?;
                 seq = seq.max(high);
-                replayed.add(ops, position);
+                replayed.add(ops, |_| false, position);
                 records += 1;
                 Ok(())
             },
@@ -183,8 +183,13 @@ impl WriteLog {
     }
 
     /// Appends `ops` as one journal record and shows them to readers; the answer says when they are
-    /// durable. Waits first while the overlay is full.
-    pub(super) fn commit(&self, ops: Vec<Op>) -> Result<journal::Durable, StoreError> {
+    /// durable. `fresh[i]` (missing: false) says the `i`th puts a key never held before. Waits first
+    /// while the overlay is full.
+    pub(super) fn commit(
+        &self,
+        ops: Vec<Op>,
+        fresh: &[bool],
+    ) -> Result<journal::Durable, StoreError> {
         self.check()?;
         if self.overlay_bytes.load(Ordering::Relaxed) >= MAX_OVERLAY_BYTES {
             self.wait_for_room()?;
@@ -201,7 +206,11 @@ impl WriteLog {
         }
         let mut overlay = self.overlay.write().unwrap_or_else(|p| p.into_inner());
         let durable = self.journal.append([record.as_slice()])?;
-        overlay.add(ops, durable.position());
+        overlay.add(
+            ops,
+            |i| fresh.get(i).copied().unwrap_or(false),
+            durable.position(),
+        );
         let bytes = overlay.bytes();
         drop(overlay);
         let before = self.overlay_bytes.swap(bytes, Ordering::Relaxed);

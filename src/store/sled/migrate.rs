@@ -12,7 +12,7 @@ use crate::pixel::QueuedPixel;
 use crate::store::queues::Record;
 use crate::store::{Lane, StoreError};
 
-/// Builds the derived tables `p`, `n` and `k` from the queues of a data dir written before they existed.
+/// Builds the derived tables `p` and `n` from the queues of a data dir written before they existed.
 pub(super) fn build_backlog_tables(data: &Tree) -> Result<(), StoreError> {
     const BUILT: &[u8] = b"mbacklog-tables-v1";
     if data.contains_key(BUILT).map_err(backend)? {
@@ -30,7 +30,6 @@ pub(super) fn build_backlog_tables(data: &Tree) -> Result<(), StoreError> {
     }
     for (key, count) in counts {
         batch.insert(keys::count(&key), count.to_be_bytes().as_slice());
-        batch.insert(keys::backlog(&key, count), &[]);
     }
     batch.insert(BUILT, &[]);
     data.apply_batch(batch).map_err(backend)
@@ -88,4 +87,19 @@ pub(super) fn add_missing_secrets(data: &Tree, now: u64) -> Result<(), StoreErro
     data.apply_batch(batch).map_err(backend)?;
     data.flush().map_err(backend)?;
     Ok(())
+}
+
+/// Removes the backlog ranking `k` that data dirs kept on disk before it moved to memory (rebuilt from
+/// `n` at open): a sled key less per queued pixel.
+pub(super) fn drop_backlog_ranking(data: &Tree) -> Result<(), StoreError> {
+    const DROPPED: &[u8] = b"mbacklog-ranking-in-memory-v1";
+    if data.contains_key(DROPPED).map_err(backend)? {
+        return Ok(());
+    }
+    let mut batch = Batch::default();
+    for k in data.scan_prefix(b"k").keys() {
+        batch.remove(k.map_err(backend)?);
+    }
+    batch.insert(DROPPED, &[]);
+    data.apply_batch(batch).map_err(backend)
 }

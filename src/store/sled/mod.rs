@@ -24,15 +24,16 @@
 //! | `o` brand NUL key-id | empty: the brand's API keys |
 //! | `p` brand NUL queued-at(u64 BE ms) player NUL seq | empty: pending client pixels by age; the first is the brand's oldest |
 //! | `n` brand NUL player NUL | pending client pixels of the player (u64 BE): the queue cap's count |
-//! | `k` brand NUL (u64::MAX - pending)(u64 BE) player | empty: the brand's players by backlog, biggest first |
 //! | `m` name | engine metadata, e.g. which derived tables have been built |
 //!
 //! The lanes of the outbox and their due times are also kept in memory (rebuilt at open), so the sender
 //! can see which lanes have due work without reading the disk. (`s` due NUL brand… was the outbox of one
 //! global line before lanes; a data dir that has it is moved to `l` at open.)
 //!
-//! `p`, `n` and `k` are derived from `q`. Every change to a queue goes through [`Changes`], which keeps them
+//! `p` and `n` are derived from `q`. Every change to a queue goes through [`Changes`], which keeps them
 //! in step in the same atomic batch; a data dir written before they existed gets them built at open.
+//! The brand's players by backlog, biggest first (once the `k` table), live in memory only, rebuilt
+//! from `n` at open: a sled key less per queued pixel, and two fewer per change of a player's count.
 //!
 //! `seq` comes from sled's persistent monotonic id generator, so queue order survives restarts. A record
 //! (`i`, `r`) and an event record (`e`) are forgotten a retention period after they can no longer change,
@@ -45,7 +46,8 @@
 //! (every other path holds one stripe at most, so no cycle can form). The lock is never held across an `.await`; the fsync wait happens after it is released.
 //! Leases live in memory: they die with the process, exactly as the trait allows.
 
-use std::collections::{BTreeMap, HashMap};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::hash::{BuildHasher, RandomState};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -67,7 +69,9 @@ mod report;
 mod threads;
 
 use self::log::WriteLog;
-use self::migrate::{add_missing_secrets, build_backlog_tables, move_outbox_to_lanes};
+use self::migrate::{
+    add_missing_secrets, build_backlog_tables, drop_backlog_ranking, move_outbox_to_lanes,
+};
 use self::overlay::Op;
 use self::threads::StoreThreads;
 
@@ -127,6 +131,9 @@ struct Inner {
     /// Exact queue depth per brand, rebuilt from the queue at open and changed only under a stripe lock
     /// after the batch that changed the queue was applied.
     depth: DashMap<BrandId, u64>,
+    /// Per brand, its players with pending pixels by count, biggest first: rebuilt from `n` at open,
+    /// changed with `depth`.
+    ranking: DashMap<BrandId, BTreeSet<(Reverse<u64>, PlayerId)>>,
     announce: broadcast::Sender<PlayerKey>,
     /// Woken when an ingest adds postbacks, so the sender does not wait for its next poll.
     outbox: Notify,
@@ -157,6 +164,8 @@ struct Inner {
 #[derive(Default)]
 struct Changes {
     ops: Vec<Op>,
+    /// Per change, whether it puts a key never held before (one with a new sequence number).
+    fresh: Vec<bool>,
     /// Per player, how many client pixels the batch adds (positive) or finalizes (negative).
     pending: HashMap<PlayerKey, i64>,
     /// Outbox entries the batch adds (true) or removes (false): lane and due time.
@@ -169,11 +178,19 @@ impl Changes {
     fn insert(&mut self, key: impl Into<IVec>, value: impl Into<IVec>) {
         self.touched += 1;
         self.ops.push((key.into(), Some(value.into())));
+        self.fresh.push(false);
+    }
+
+    /// Puts a key no one ever held: one with a sequence number [`Tx::next_seq`] just gave out.
+    fn insert_fresh(&mut self, key: impl Into<IVec>, value: impl Into<IVec>) {
+        self.insert(key, value);
+        *self.fresh.last_mut().expect("just pushed") = true;
     }
 
     fn remove(&mut self, key: impl Into<IVec>) {
         self.touched += 1;
         self.ops.push((key.into(), None));
+        self.fresh.push(false);
     }
 
     /// Puts a postback in its lane of the outbox, due at `due`.
@@ -236,6 +253,20 @@ impl SledStore {
             *depth.entry(player_key.brand).or_insert(0u64) += 1;
         }
         build_backlog_tables(&data)?;
+        drop_backlog_ranking(&data)?;
+        let ranking: DashMap<BrandId, BTreeSet<(Reverse<u64>, PlayerId)>> = DashMap::new();
+        for entry in data.scan_prefix(b"n") {
+            let (k, v) = entry.map_err(backend)?;
+            let key =
+                keys::parse_count(&k).ok_or_else(|| StoreError::corrupt("corrupt count key"))?;
+            let count = <[u8; 8]>::try_from(v.as_ref())
+                .map(u64::from_be_bytes)
+                .map_err(|_| StoreError::corrupt("corrupt count"))?;
+            ranking
+                .entry(key.brand)
+                .or_default()
+                .insert((Reverse(count), key.player));
+        }
         add_missing_secrets(&data, options.clock.now_ms())?;
         move_outbox_to_lanes(&data)?;
         let mut lanes: HashMap<Lane, BTreeMap<u64, u32>> = HashMap::new();
@@ -264,6 +295,7 @@ impl SledStore {
             catalog_lock: Mutex::new(()),
             leases: DashMap::new(),
             depth,
+            ranking,
             unflushed: DashMap::new(),
             closed: AtomicBool::new(false),
             announce: broadcast::channel(ANNOUNCE_CAPACITY).0,
@@ -371,20 +403,18 @@ impl Inner {
             .drain()
             .filter(|(_, delta)| *delta != 0)
             .collect();
+        let mut counts = Vec::with_capacity(deltas.len());
         for (key, delta) in &deltas {
             let before = self.pending_count(key)?;
             let after = before.saturating_add_signed(*delta);
-            if before > 0 {
-                changes.remove(keys::backlog(key, before));
-            }
             if after > 0 {
                 changes.insert(keys::count(key), after.to_be_bytes().as_slice());
-                changes.insert(keys::backlog(key, after), &[]);
             } else {
                 changes.remove(keys::count(key));
             }
+            counts.push((before, after));
         }
-        let durable = self.log.commit(changes.ops)?;
+        let durable = self.log.commit(changes.ops, &changes.fresh)?;
         if !changes.outbox.is_empty() {
             let mut lanes = self.lanes.lock().unwrap_or_else(|p| p.into_inner());
             for (lane, due, added) in changes.outbox {
@@ -410,7 +440,13 @@ impl Inner {
                 }
             }
         }
-        for (key, delta) in deltas {
+        for ((key, delta), (before, after)) in deltas.into_iter().zip(counts) {
+            let mut ranking = self.ranking.entry(key.brand.clone()).or_default();
+            ranking.remove(&(Reverse(before), key.player.clone()));
+            if after > 0 {
+                ranking.insert((Reverse(after), key.player));
+            }
+            drop(ranking);
             let mut depth = self.depth.entry(key.brand).or_insert(0);
             *depth = depth.saturating_add_signed(delta);
         }

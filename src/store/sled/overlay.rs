@@ -29,9 +29,20 @@ const VERSION_OVERHEAD: usize = 96;
 /// The key changes not yet in sled, by key, each with the versions since the last checkpoint.
 #[derive(Default)]
 pub(super) struct Overlay {
-    entries: BTreeMap<IVec, Vec<(u64, Option<IVec>)>>,
+    entries: BTreeMap<IVec, Entry>,
     /// About how much memory the versions take: what the writers' back-pressure reads.
     bytes: usize,
+}
+
+/// One key's versions since the last checkpoint, oldest first.
+#[derive(Default)]
+struct Entry {
+    versions: Vec<(u64, Option<IVec>)>,
+    /// Known not to be in sled: the key was new when its first version here was written (a fresh
+    /// sequence number is in it), or sled's last version of it was a removal. A removal of such a key
+    /// need not reach sled at all: a pixel queued and acknowledged between two checkpoints costs
+    /// sled nothing for its queue entries.
+    absent: bool,
 }
 
 impl Overlay {
@@ -40,7 +51,7 @@ impl Overlay {
     pub(super) fn get(&self, key: &[u8]) -> Option<Option<IVec>> {
         self.entries
             .get(key)
-            .and_then(|versions| versions.last())
+            .and_then(|entry| entry.versions.last())
             .map(|(_, value)| value.clone())
     }
 
@@ -54,8 +65,8 @@ impl Overlay {
         if self.entries.is_empty() {
             return Vec::new();
         }
-        let newest = |(k, versions): (&IVec, &Vec<(u64, Option<IVec>)>)| {
-            versions.last().map(|(_, v)| (k.clone(), v.clone()))
+        let newest = |(k, entry): (&IVec, &Entry)| {
+            entry.versions.last().map(|(_, v)| (k.clone(), v.clone()))
         };
         let range = self.entries.range::<[u8], _>((low, high));
         if rev {
@@ -66,12 +77,16 @@ impl Overlay {
     }
 
     /// Adds the changes of the record that ends at journal position `position` (above every position
-    /// added before).
-    pub(super) fn add(&mut self, ops: Vec<Op>, position: u64) {
-        for (key, value) in ops {
+    /// added before). `fresh(i)` says that the `i`th change puts a key nothing ever held (its
+    /// sequence number is new).
+    pub(super) fn add(&mut self, ops: Vec<Op>, fresh: impl Fn(usize) -> bool, position: u64) {
+        for (i, (key, value)) in ops.into_iter().enumerate() {
             let key_bytes = key.len() + VERSION_OVERHEAD;
-            let versions = self.entries.entry(key).or_default();
-            match versions.last_mut() {
+            let entry = self.entries.entry(key).or_insert_with(|| Entry {
+                versions: Vec::new(),
+                absent: fresh(i),
+            });
+            match entry.versions.last_mut() {
                 // Twice in one record: the later change wins.
                 Some(last) if last.0 == position => {
                     self.bytes -= value_len(&last.1);
@@ -80,23 +95,27 @@ impl Overlay {
                 }
                 _ => {
                     self.bytes += key_bytes + value_len(&value);
-                    versions.push((position, value));
+                    entry.versions.push((position, value));
                 }
             }
         }
     }
 
     /// For every key with a version at or before `upto`, the newest such version: what sled must hold
-    /// to hold the journal up to `upto`.
+    /// to hold the journal up to `upto`. A removal of a key sled does not hold is left out.
     pub(super) fn snapshot(&self, upto: u64) -> Vec<Op> {
         self.entries
             .iter()
-            .filter_map(|(key, versions)| {
-                versions
+            .filter_map(|(key, entry)| {
+                let (_, value) = entry
+                    .versions
                     .iter()
                     .take_while(|(position, _)| *position <= upto)
-                    .last()
-                    .map(|(_, value)| (key.clone(), value.clone()))
+                    .last()?;
+                if value.is_none() && entry.absent {
+                    return None;
+                }
+                Some((key.clone(), value.clone()))
             })
             .collect()
     }
@@ -104,12 +123,21 @@ impl Overlay {
     /// Drops the versions at or before `upto`, which sled holds now.
     pub(super) fn prune(&mut self, upto: u64) {
         let mut freed = 0;
-        self.entries.retain(|key, versions| {
-            let done = versions.partition_point(|(position, _)| *position <= upto);
-            for (_, value) in versions.drain(..done) {
+        self.entries.retain(|key, entry| {
+            let done = entry
+                .versions
+                .partition_point(|(position, _)| *position <= upto);
+            if done == 0 {
+                return true;
+            }
+            let mut last_removed = false;
+            for (_, value) in entry.versions.drain(..done) {
+                last_removed = value.is_none();
                 freed += key.len() + VERSION_OVERHEAD + value_len(&value);
             }
-            !versions.is_empty()
+            // sled now holds the last version pruned: a value, or (written or not) no key.
+            entry.absent = last_removed;
+            !entry.versions.is_empty()
         });
         self.bytes -= freed;
     }
@@ -295,7 +323,11 @@ mod tests {
             db.insert(k, v).unwrap();
         }
         let mut overlay = Overlay::default();
-        overlay.add(vec![put("b", "new"), remove("d"), put("c", "new")], 10);
+        overlay.add(
+            vec![put("b", "new"), remove("d"), put("c", "new")],
+            |_| false,
+            10,
+        );
         let forward = overlay.range(Bound::Unbounded, Bound::Unbounded, false);
         assert_eq!(
             text(Merged::new(forward, db.iter(), false)),
@@ -311,9 +343,9 @@ mod tests {
     #[test]
     fn a_checkpoint_takes_each_keys_value_as_of_its_position_and_keeps_what_came_after() {
         let mut overlay = Overlay::default();
-        overlay.add(vec![put("a", "1"), put("b", "1")], 10);
-        overlay.add(vec![put("a", "2"), remove("a")], 20);
-        overlay.add(vec![put("b", "3")], 30);
+        overlay.add(vec![put("a", "1"), put("b", "1")], |_| false, 10);
+        overlay.add(vec![put("a", "2"), remove("a")], |_| false, 20);
+        overlay.add(vec![put("b", "3")], |_| false, 30);
         let mut snapshot = overlay.snapshot(20);
         snapshot.sort();
         assert_eq!(snapshot, vec![remove("a"), put("b", "1")]);
@@ -323,5 +355,24 @@ mod tests {
         overlay.prune(30);
         assert!(overlay.is_empty());
         assert_eq!(overlay.bytes(), 0);
+    }
+
+    #[test]
+    fn a_key_put_and_removed_between_two_checkpoints_never_reaches_sled_unless_sled_had_it() {
+        let mut overlay = Overlay::default();
+        // `q1` is new (fresh); `n` may be in sled.
+        overlay.add(vec![put("q1", "px"), put("n", "1")], |i| i == 0, 10);
+        overlay.add(vec![remove("q1"), remove("n")], |_| false, 20);
+        assert_eq!(overlay.snapshot(20), vec![remove("n")]);
+        overlay.prune(20);
+        assert!(overlay.is_empty());
+        // Checkpointed while still there, its removal must reach sled later.
+        overlay.add(vec![put("q2", "px")], |_| true, 30);
+        overlay.add(vec![remove("q2")], |_| false, 40);
+        assert_eq!(overlay.snapshot(30), vec![put("q2", "px")]);
+        overlay.prune(30);
+        assert_eq!(overlay.snapshot(40), vec![remove("q2")]);
+        overlay.prune(40);
+        assert!(overlay.is_empty());
     }
 }

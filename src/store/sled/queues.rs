@@ -153,12 +153,14 @@ impl Tx for SledTx<'_> {
         match write {
             Write::AddPixel { key, pixel, record } => {
                 let seq = record.seq;
-                batch.insert(keys::queue(&key, seq), json(&pixel));
-                batch.insert(
+                // Keys with a new sequence number: a pixel acknowledged before the next checkpoint
+                // costs sled nothing for them.
+                batch.insert_fresh(keys::queue(&key, seq), json(&pixel));
+                batch.insert_fresh(
                     keys::expiry(pixel.expires_at_ms, &key, seq),
                     pixel.id.as_str().as_bytes(),
                 );
-                batch.insert(keys::pending(&key, pixel.queued_at_ms, seq), &[]);
+                batch.insert_fresh(keys::pending(&key, pixel.queued_at_ms, seq), &[]);
                 *batch.pending.entry(key.clone()).or_insert(0) += 1;
                 self.inner.stage_record(batch, &key, &record);
                 let range = self.added.entry(key).or_insert((seq, seq));

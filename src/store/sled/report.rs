@@ -2,6 +2,7 @@
 //! definition health, a player's attribution context; and the engine's lifecycle (the readiness probe,
 //! announcements, close).
 
+use std::cmp::Reverse;
 use std::collections::BTreeMap;
 use std::ops::Bound;
 use std::sync::atomic::Ordering;
@@ -39,16 +40,18 @@ impl Inner {
         }
     }
 
-    /// The brand's biggest backlogs, from the start of its `k` ranking.
+    /// The brand's biggest backlogs, from the start of its ranking.
     fn backlogs(&self, brand: &BrandId, limit: usize) -> Result<Vec<Backlog>, StoreError> {
+        let top: Vec<(u64, PlayerId)> = self.ranking.get(brand).map_or_else(Vec::new, |ranking| {
+            ranking
+                .iter()
+                .take(limit)
+                .map(|(Reverse(pending), player)| (*pending, player.clone()))
+                .collect()
+        });
         let mut out = Vec::new();
-        for k in self.log.scan_prefix(&keys::backlog_prefix(brand)).keys() {
-            if out.len() == limit {
-                break;
-            }
-            let k = k?;
-            let (key, pending) = keys::parse_backlog(&k)
-                .ok_or_else(|| StoreError::corrupt("corrupt backlog key"))?;
+        for (pending, player) in top {
+            let key = PlayerKey::new(brand.clone(), player);
             let oldest = match self.log.scan_prefix(&keys::queue_prefix(&key)).next() {
                 Some(entry) => {
                     let pixel: QueuedPixel = serde_json::from_slice(&entry?.1).map_err(backend)?;
@@ -157,10 +160,13 @@ impl Store for SledStore {
         let durable = self
             .blocking(|inner| {
                 inner.check_open()?;
-                inner.log.commit(vec![(
-                    b"mreadiness-probe".into(),
-                    Some(inner.clock.now_ms().to_be_bytes().as_slice().into()),
-                )])
+                inner.log.commit(
+                    vec![(
+                        b"mreadiness-probe".into(),
+                        Some(inner.clock.now_ms().to_be_bytes().as_slice().into()),
+                    )],
+                    &[],
+                )
             })
             .await?;
         durable.wait().await.map(drop)
