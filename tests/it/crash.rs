@@ -106,7 +106,8 @@ fn start(dir: &Path) -> HubProcess {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn twenty_kill_9_rounds_under_load_keep_every_202_and_every_purge_answered() {
     let dir = tempfile::tempdir().unwrap();
-    let players: Vec<String> = (0..8).map(|p| format!("p{p}")).collect();
+    // A player per writer and round, so none reaches the queue cap.
+    let mut players: Vec<String> = Vec::new();
     // Every pixel answered 202, per player; every player whose purge was answered 200 (nothing queued
     // for it after).
     let mut kept: Vec<(String, String)> = Vec::new();
@@ -136,7 +137,7 @@ async fn twenty_kill_9_rounds_under_load_keep_every_202_and_every_purge_answered
             .map(|w| {
                 let (api, answered, purges) = (api.clone(), answered.clone(), purges.clone());
                 let tried = tried.clone();
-                let player = players[w].clone();
+                let player = format!("w{w}-r{round}");
                 tokio::spawn(async move {
                     for n in 0.. {
                         let id = format!("r{round}-w{w}-{n}");
@@ -163,14 +164,16 @@ async fn twenty_kill_9_rounds_under_load_keep_every_202_and_every_purge_answered
                 })
             })
             .collect();
-        // Different moments of the load, so kills land in syncs, checkpoints and rotations alike.
-        tokio::time::sleep(Duration::from_millis(150 + 37 * u64::from(round % 7))).await;
+        // Different moments of the load (0.15 to 2.4 s in), so kills land in syncs, rotations and
+        // checkpoints (one a second under load, in slices) alike.
+        tokio::time::sleep(Duration::from_millis(150 + 118 * u64::from(round))).await;
         hub.kill_9();
         for writer in writers {
             writer.await.unwrap();
         }
         let answered = std::mem::take(&mut *answered.lock().unwrap());
         assert!(!answered.is_empty(), "round {round} queued nothing");
+        players.extend((0..8).map(|w| format!("w{w}-r{round}")));
         kept.extend(answered);
         purged.extend(std::mem::take(&mut *purges.lock().unwrap()));
     }

@@ -8,15 +8,18 @@
 //! [`CHECKPOINT_BYTES`] or a second has passed:
 //!
 //! 1. `P` = the journal's durable position; take every key's value as of `P` from the overlay;
-//! 2. write them to sled in one batch with `P` itself (`m` [`CHECKPOINT_KEY`]) and the sequence
+//! 2. write them to sled in slices of [`CHECKPOINT_SLICE`] keys (a sled batch blocks every other sled
+//!    call while it applies), the last with `P` itself (`m` [`CHECKPOINT_KEY`]) and the sequence
 //!    counter, then `flush` sled and `fdatasync` its files (sled alone syncs with `sync_file_range`,
 //!    which is not durable);
 //! 3. delete the journal segments wholly before `P`, and drop the overlay's versions up to `P`.
 //!
-//! A crash anywhere in that leaves sled holding the journal up to some checkpoint `P₀` (sled applies a
-//! batch whole or not at all), and opening replays the journal's records after `P₀` into the overlay,
-//! then checkpoints them before the hub takes any request. A record is replayed at most into state
-//! that does not hold it yet, so replay never applies a change twice.
+//! A crash anywhere in that leaves sled holding the journal up to some checkpoint `P₀`, perhaps with
+//! some keys already at their value of a later position (slices of a checkpoint that did not finish).
+//! Opening replays every record after `P₀`, in order, into the overlay, then checkpoints them before
+//! the hub takes any request. A change is an absolute value (put this, remove that), and every key a
+//! half-done checkpoint wrote is written again by a record after `P₀`, so whatever sled held, the
+//! replay ends at the journal's state.
 //!
 //! Writers wait when the overlay holds [`MAX_OVERLAY_BYTES`] (sled has fallen that far behind): memory
 //! stays bounded, and the time to replay after a crash with it.
@@ -37,7 +40,9 @@ use crate::store::{Cause, StoreError};
 /// The overlay's size at which the checkpointer starts without waiting for its second.
 pub(super) const CHECKPOINT_BYTES: usize = 16 << 20;
 /// The overlay's size at which writers wait for the checkpointer.
-pub(super) const MAX_OVERLAY_BYTES: usize = 512 << 20;
+pub(super) const MAX_OVERLAY_BYTES: usize = 128 << 20;
+/// Key changes per sled batch of a checkpoint: each holds up other sled calls for a few milliseconds.
+const CHECKPOINT_SLICE: usize = 1024;
 /// The longest a change waits in the overlay alone when the hub is quiet.
 const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
 /// Where sled records the journal position it holds everything up to.
@@ -302,27 +307,44 @@ impl WriteLog {
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .snapshot(upto);
-        let mut batch = Batch::default();
         let keys = ops.len() as u64;
-        for (key, value) in ops {
-            match value {
-                Some(value) => batch.insert(key, value),
-                None => batch.remove(key),
+        // In slices: sled's `apply_batch` holds a lock every other sled call waits on, so one batch of
+        // 100,000 keys (1.7 s here) held up every request that read sled. `P` goes in the last one.
+        // Once sled has applied a slice, readers find it there: its keys leave the overlay at once,
+        // so writers waiting for room get it slice by slice (the journal keeps them until the end).
+        let mut slices = ops.chunks(CHECKPOINT_SLICE).peekable();
+        while let Some(slice) = slices.next() {
+            let mut batch = Batch::default();
+            for (key, value) in slice {
+                match value {
+                    Some(value) => batch.insert(key, value.clone()),
+                    None => batch.remove(key),
+                }
             }
+            if slices.peek().is_none() {
+                batch.insert(CHECKPOINT_KEY, upto.to_be_bytes().as_slice());
+                batch.insert(
+                    SEQ_KEY,
+                    self.seq.load(Ordering::Relaxed).to_be_bytes().as_slice(),
+                );
+            }
+            self.data.apply_batch(batch).map_err(backend)?;
+            self.pruned(|overlay| overlay.prune_keys(slice.iter().map(|(k, _)| k), upto));
         }
-        batch.insert(CHECKPOINT_KEY, upto.to_be_bytes().as_slice());
-        batch.insert(
-            SEQ_KEY,
-            self.seq.load(Ordering::Relaxed).to_be_bytes().as_slice(),
-        );
-        self.data.apply_batch(batch).map_err(backend)?;
+        if ops.is_empty() {
+            // Only removals sled never held: `P` alone.
+            let mut batch = Batch::default();
+            batch.insert(CHECKPOINT_KEY, upto.to_be_bytes().as_slice());
+            batch.insert(
+                SEQ_KEY,
+                self.seq.load(Ordering::Relaxed).to_be_bytes().as_slice(),
+            );
+            self.data.apply_batch(batch).map_err(backend)?;
+        }
+        // The removals left out (keys sled never held) go too.
+        self.pruned(|overlay| overlay.prune(upto));
         self.settle()?;
         self.journal.release(upto)?;
-        let mut overlay = self.overlay.write().unwrap_or_else(|p| p.into_inner());
-        overlay.prune(upto);
-        self.overlay_bytes.store(overlay.bytes(), Ordering::Relaxed);
-        drop(overlay);
-        self.wake.notify_all();
         self.counters.checkpoints.fetch_add(1, Ordering::Relaxed);
         self.counters.keys.fetch_add(keys, Ordering::Relaxed);
         tracing::debug!(
@@ -332,6 +354,15 @@ impl WriteLog {
             "checkpoint written"
         );
         Ok(())
+    }
+
+    /// Runs `prune` on the overlay, then lets writers waiting for room try again.
+    fn pruned(&self, prune: impl FnOnce(&mut Overlay)) {
+        let mut overlay = self.overlay.write().unwrap_or_else(|p| p.into_inner());
+        prune(&mut overlay);
+        self.overlay_bytes.store(overlay.bytes(), Ordering::Relaxed);
+        drop(overlay);
+        self.wake.notify_all();
     }
 
     /// Flushes sled and syncs its files: what sled's own flush leaves undone (it writes with

@@ -45,6 +45,27 @@ struct Entry {
     absent: bool,
 }
 
+impl Entry {
+    /// Drops the versions at or before `upto`; returns the bytes they took.
+    fn drop_upto(&mut self, key: &IVec, upto: u64) -> usize {
+        let done = self
+            .versions
+            .partition_point(|(position, _)| *position <= upto);
+        if done == 0 {
+            return 0;
+        }
+        let mut freed = 0;
+        let mut last_removed = false;
+        for (_, value) in self.versions.drain(..done) {
+            last_removed = value.is_none();
+            freed += key.len() + VERSION_OVERHEAD + value_len(&value);
+        }
+        // sled now holds the last version dropped: a value, or (written or not) no key.
+        self.absent = last_removed;
+        freed
+    }
+}
+
 impl Overlay {
     /// The newest version of `key`: `Some(None)` when it was removed, `None` when the overlay does not
     /// know it (sled has the answer).
@@ -120,23 +141,25 @@ impl Overlay {
             .collect()
     }
 
+    /// Drops the versions at or before `upto` of `keys`, which sled has applied now (a slice of a
+    /// checkpoint): readers find them there, and writers waiting for room get it.
+    pub(super) fn prune_keys<'a>(&mut self, keys: impl IntoIterator<Item = &'a IVec>, upto: u64) {
+        for key in keys {
+            let Some(entry) = self.entries.get_mut(key) else {
+                continue;
+            };
+            self.bytes -= entry.drop_upto(key, upto);
+            if entry.versions.is_empty() {
+                self.entries.remove(key);
+            }
+        }
+    }
+
     /// Drops the versions at or before `upto`, which sled holds now.
     pub(super) fn prune(&mut self, upto: u64) {
         let mut freed = 0;
         self.entries.retain(|key, entry| {
-            let done = entry
-                .versions
-                .partition_point(|(position, _)| *position <= upto);
-            if done == 0 {
-                return true;
-            }
-            let mut last_removed = false;
-            for (_, value) in entry.versions.drain(..done) {
-                last_removed = value.is_none();
-                freed += key.len() + VERSION_OVERHEAD + value_len(&value);
-            }
-            // sled now holds the last version pruned: a value, or (written or not) no key.
-            entry.absent = last_removed;
+            freed += entry.drop_upto(key, upto);
             !entry.versions.is_empty()
         });
         self.bytes -= freed;
