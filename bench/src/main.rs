@@ -246,6 +246,9 @@ async fn main() -> ExitCode {
             }
         }
     }
+    for kind in &args.systems {
+        report.note(kind.name(), "durability", kind.durability());
+    }
     print!("{}", report.table());
     println!();
     print!("{}", report.json_lines());

@@ -21,10 +21,23 @@ pub struct Measure {
     pub unit: &'static str,
 }
 
+/// A fact about one system that is not a number (e.g. when its acks are durable), shown as a row of
+/// its own.
+#[derive(Clone, Debug, Serialize)]
+pub struct Note {
+    /// `hub`, or the peer's name.
+    pub system: String,
+    /// What it says, e.g. `durability`.
+    pub metric: &'static str,
+    /// The fact.
+    pub note: &'static str,
+}
+
 /// Collects the measures of a run.
 #[derive(Default)]
 pub struct Report {
     measures: Vec<Measure>,
+    notes: Vec<Note>,
 }
 
 impl Report {
@@ -43,6 +56,15 @@ impl Report {
             metric,
             value,
             unit,
+        });
+    }
+
+    /// Records a fact about `system`, shown beside the measures.
+    pub fn note(&mut self, system: &str, metric: &'static str, note: &'static str) {
+        self.notes.push(Note {
+            system: system.to_owned(),
+            metric,
+            note,
         });
     }
 
@@ -102,6 +124,25 @@ impl Report {
             }));
             lines.push(line);
         }
+        let noted: Vec<&str> = {
+            let mut seen = BTreeSet::new();
+            self.notes
+                .iter()
+                .filter(|n| seen.insert(n.metric))
+                .map(|n| n.metric)
+                .collect()
+        };
+        for metric in noted {
+            let mut line = vec!["all".to_owned(), metric.to_owned(), "-".to_owned()];
+            line.extend(systems.iter().map(|s| {
+                self.notes
+                    .iter()
+                    .find(|n| n.metric == metric && n.system == *s)
+                    .map_or("-".into(), |n| n.note.to_owned())
+            }));
+            line.extend(peers.iter().map(|_| "-".to_owned()));
+            lines.push(line);
+        }
         let widths: Vec<usize> = (0..lines[0].len())
             .map(|i| lines.iter().map(|l| l[i].len()).max().unwrap_or(0))
             .collect();
@@ -133,6 +174,9 @@ impl Report {
         let mut out = String::new();
         for m in &self.measures {
             let _ = writeln!(out, "{}", serde_json::to_string(m).expect("plain data"));
+        }
+        for n in &self.notes {
+            let _ = writeln!(out, "{}", serde_json::to_string(n).expect("plain data"));
         }
         for m in self.measures.iter().filter(|m| m.system != "hub") {
             let hub = self
@@ -228,6 +272,28 @@ mod tests {
             "three measures and one ratio: {json}"
         );
         assert!(json.contains(r#""system":"hub/mosquitto","metric":"pixels_per_second","value":2.5,"unit":"ratio""#), "{json}");
+    }
+
+    #[test]
+    fn notes_are_a_row_of_their_own_beside_the_numbers() {
+        let mut report = Report::default();
+        report.add("drain", "hub", "pixels_per_second", 20_000.0, "pixels/s");
+        report.add("drain", "nats", "pixels_per_second", 4_000.0, "pixels/s");
+        report.note("hub", "durability", "fdatasync before each 202 and ack");
+        report.note("nats", "durability", "memory; fsync every 2 min");
+        let table = report.table();
+        let row = table
+            .lines()
+            .find(|l| l.starts_with("all"))
+            .unwrap_or_else(|| panic!("{table}"));
+        assert!(
+            row.contains("fdatasync before each 202 and ack")
+                && row.contains("memory; fsync every 2 min"),
+            "{table}"
+        );
+        assert!(report.json_lines().contains(
+            r#"{"system":"nats","metric":"durability","note":"memory; fsync every 2 min"}"#
+        ));
     }
 
     #[test]

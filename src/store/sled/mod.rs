@@ -245,15 +245,11 @@ impl SledStore {
         };
         let log = WriteLog::open(dir, db.clone(), data.clone(), journal)?;
 
-        let depth = DashMap::new();
-        for entry in data.scan_prefix(b"q") {
-            let (key, _) = entry.map_err(backend)?;
-            let (player_key, _) =
-                keys::parse_queue(&key).ok_or_else(|| StoreError::corrupt("corrupt queue key"))?;
-            *depth.entry(player_key.brand).or_insert(0u64) += 1;
-        }
         build_backlog_tables(&data)?;
         drop_backlog_ranking(&data)?;
+        // Depths and the ranking from the per-player counts: one small key per player, where the
+        // queue is a key per pixel with its body (5 million pixels took 11 s to scan, warm).
+        let depth = DashMap::new();
         let ranking: DashMap<BrandId, BTreeSet<(Reverse<u64>, PlayerId)>> = DashMap::new();
         for entry in data.scan_prefix(b"n") {
             let (k, v) = entry.map_err(backend)?;
@@ -262,6 +258,7 @@ impl SledStore {
             let count = <[u8; 8]>::try_from(v.as_ref())
                 .map(u64::from_be_bytes)
                 .map_err(|_| StoreError::corrupt("corrupt count"))?;
+            *depth.entry(key.brand.clone()).or_insert(0u64) += count;
             ranking
                 .entry(key.brand)
                 .or_default()
