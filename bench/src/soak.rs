@@ -168,7 +168,7 @@ async fn load(
                     acks.pixels.fetch_add(1, Ordering::Relaxed);
                 });
                 // Half vanish mid-session, as a closed laptop does; the other half close properly.
-                if round % 2 == 0 {
+                if round.is_multiple_of(2) {
                     let _ = tokio::time::timeout(life, running).await;
                 } else {
                     let runner = tokio::spawn(running);

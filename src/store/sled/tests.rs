@@ -624,3 +624,54 @@ fn a_player_prefix_never_matches_another_player_that_extends_it() {
     let b = PlayerKey::new(BrandId::parse("b").unwrap(), PlayerId::parse("p2").unwrap());
     assert!(!keys::queue(&b, 1).starts_with(&keys::queue_prefix(&a)));
 }
+
+#[tokio::test]
+async fn a_data_dir_from_before_the_journal_opens_and_keeps_its_order() {
+    let harness = SledHarness::new();
+    let store = open(&harness);
+    let key = with_brand(&store).await;
+    ledger(&store)
+        .enqueue(&key, vec![js("a", None), js("b", None)])
+        .await
+        .unwrap();
+    store.close().await.unwrap();
+    drop(store);
+    // As the version before the journal left it: sled alone, sequence numbers from sled's generator,
+    // no journal and no checkpoint position.
+    std::fs::remove_dir_all(harness.dir.path().join(super::JOURNAL_DIR)).unwrap();
+    {
+        let db = ::sled::Config::new()
+            .path(harness.dir.path())
+            .open()
+            .unwrap();
+        let data = db.open_tree("data").unwrap();
+        data.remove(super::log::CHECKPOINT_KEY).unwrap();
+        data.remove(b"mjournal-seq").unwrap();
+        // That version numbered with sled's generator, which is past every number in the data dir.
+        while db.generate_id().unwrap() < 1_000 {}
+        db.flush().unwrap();
+    }
+
+    let store = open(&harness);
+    ledger(&store)
+        .enqueue(&key, vec![js("c", None)])
+        .await
+        .unwrap();
+    let pending: Vec<String> = ledger(&store)
+        .pending(&key)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|p| p.pixel.id.to_string())
+        .collect();
+    assert_eq!(
+        pending,
+        ["a", "b", "c"],
+        "new pixels queue after the old ones"
+    );
+    store.close().await.unwrap();
+    drop(store);
+    // And the journal it now has carries the next start.
+    let store = open(&harness);
+    assert_eq!(ledger(&store).pending(&key).await.unwrap().len(), 3);
+}
