@@ -254,15 +254,21 @@ async fn a_retry_of_queued_ids_is_answered_even_over_a_lowered_cap() {
     }
 }
 
-#[tokio::test]
-async fn a_data_dir_from_before_the_backlog_tables_gets_them_at_open() {
-    let harness = SledHarness::new();
-    let store = open(&harness);
+/// A store whose brand's player has pixels `a` and `b` pending.
+async fn with_a_and_b(harness: &SledHarness) -> (SledStore, PlayerKey) {
+    let store = open(harness);
     let key = with_brand(&store).await;
     ledger(&store)
         .enqueue(&key, vec![js("a", None), js("b", None)])
         .await
         .unwrap();
+    (store, key)
+}
+
+#[tokio::test]
+async fn a_data_dir_from_before_the_backlog_tables_gets_them_at_open() {
+    let harness = SledHarness::new();
+    let (store, key) = with_a_and_b(&harness).await;
     let oldest = store.stats().await.unwrap().brands[&key.brand].oldest_queued_at_ms;
     // Take the derived tables away, as a data dir written by an older hub lacks them.
     tamper(&store, |data| {
@@ -396,12 +402,7 @@ async fn ids_an_earlier_version_accepted_still_read_back() {
 #[tokio::test]
 async fn nothing_written_but_not_yet_flushed_is_leased() {
     let harness = SledHarness::new();
-    let store = open(&harness);
-    let key = with_brand(&store).await;
-    ledger(&store)
-        .enqueue(&key, vec![js("a", None), js("b", None)])
-        .await
-        .unwrap();
+    let (store, key) = with_a_and_b(&harness).await;
     let seq_b = store
         .inner
         .record(&key, &PixelId::parse("b").unwrap())
@@ -628,12 +629,7 @@ fn a_player_prefix_never_matches_another_player_that_extends_it() {
 #[tokio::test]
 async fn a_data_dir_from_before_the_journal_opens_and_keeps_its_order() {
     let harness = SledHarness::new();
-    let store = open(&harness);
-    let key = with_brand(&store).await;
-    ledger(&store)
-        .enqueue(&key, vec![js("a", None), js("b", None)])
-        .await
-        .unwrap();
+    let (store, key) = with_a_and_b(&harness).await;
     store.close().await.unwrap();
     drop(store);
     // As the version before the journal left it: sled alone, sequence numbers from sled's generator,
