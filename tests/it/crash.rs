@@ -8,91 +8,64 @@ use std::time::Duration;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::process::HubProcess;
+use crate::process::{HubApi, HubProcess};
 
 const TOKEN: &str = "crash-test-token-0123456789";
 
-struct Api {
-    http: reqwest::Client,
-    base: String,
+/// The hub's API, with what these tests do through it.
+struct Api(HubApi);
+
+impl std::ops::Deref for Api {
+    type Target = HubApi;
+
+    fn deref(&self) -> &HubApi {
+        &self.0
+    }
 }
 
 impl Api {
     fn of(hub: &HubProcess) -> Self {
-        Self {
-            http: reqwest::Client::new(),
-            base: hub.base.clone(),
-        }
+        Api(HubApi::of(hub, TOKEN))
     }
 
     async fn put_brand(&self) {
-        let put = self
-            .http
-            .put(format!("{}/api/v1/brands/b1", self.base))
-            .bearer_auth(TOKEN)
-            .json(&json!({}))
-            .send()
-            .await
-            .unwrap();
-        assert!(put.status().is_success());
+        let (status, body) = self
+            .call(reqwest::Method::PUT, "/api/v1/brands/b1", Some(json!({})))
+            .await;
+        assert!(status.is_success(), "{body}");
     }
 
     /// Queues one image pixel with id `id`; the status, or `None` when no answer came.
     async fn queue(&self, player: &str, id: &str) -> Option<StatusCode> {
-        self.http
-            .post(format!(
-                "{}/api/v1/brands/b1/players/{player}/pixels",
-                self.base
-            ))
-            .bearer_auth(TOKEN)
-            .json(&json!({"kind": "image", "url": format!("https://aff.example/{id}"), "id": id}))
-            .send()
+        let pixel = json!({"kind": "image", "url": format!("https://aff.example/{id}"), "id": id});
+        self.answer(reqwest::Method::POST, player, Some(pixel))
             .await
-            .ok()
-            .map(|r| r.status())
     }
 
     async fn purge(&self, player: &str) -> Option<StatusCode> {
-        self.http
-            .delete(format!(
-                "{}/api/v1/brands/b1/players/{player}/pixels",
-                self.base
-            ))
-            .bearer_auth(TOKEN)
-            .send()
-            .await
-            .ok()
-            .map(|r| r.status())
+        self.answer(reqwest::Method::DELETE, player, None).await
     }
 
-    async fn get(&self, path: &str) -> Value {
-        self.http
-            .get(format!("{}{path}", self.base))
-            .bearer_auth(TOKEN)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap()
-    }
-
-    async fn pending(&self, player: &str) -> Vec<String> {
-        let listed = self
-            .get(&format!("/api/v1/brands/b1/players/{player}/pixels"))
-            .await;
-        listed["pixels"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|p| p["id"].as_str().unwrap().to_owned())
-            .collect()
+    /// The status of a call on the player's pixels, or `None` when no answer came (a kill).
+    async fn answer(
+        &self,
+        method: reqwest::Method,
+        player: &str,
+        body: Option<Value>,
+    ) -> Option<StatusCode> {
+        let mut request = self.request(
+            method,
+            &format!("/api/v1/brands/b1/players/{player}/pixels"),
+        );
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        request.send().await.ok().map(|r| r.status())
     }
 
     async fn depth(&self) -> u64 {
-        self.get("/api/v1/stats").await["queue_depth"]
-            .as_u64()
-            .unwrap()
+        let (_, stats) = self.call(reqwest::Method::GET, "/api/v1/stats", None).await;
+        stats["queue_depth"].as_u64().unwrap()
     }
 }
 

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::process::HubProcess;
+use crate::process::{HubApi, HubProcess};
 
 const TOKEN: &str = "disk-full-token-0123456789";
 
@@ -106,38 +106,20 @@ fn hub_on(disk: &SmallDisk, floor_mb: u64) -> HubProcess {
     )
 }
 
-struct Api {
-    http: reqwest::Client,
-    base: String,
+/// The hub's API, with what these tests do through it.
+struct Api(HubApi);
+
+impl std::ops::Deref for Api {
+    type Target = HubApi;
+
+    fn deref(&self) -> &HubApi {
+        &self.0
+    }
 }
 
 impl Api {
     fn of(hub: &HubProcess) -> Self {
-        Api {
-            http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(10))
-                .build()
-                .unwrap(),
-            base: hub.base.clone(),
-        }
-    }
-
-    async fn call(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        body: Option<Value>,
-    ) -> (StatusCode, Value) {
-        let mut request = self
-            .http
-            .request(method, format!("{}{path}", self.base))
-            .bearer_auth(TOKEN);
-        if let Some(body) = body {
-            request = request.json(&body);
-        }
-        let response = request.send().await.expect("an answer, never a hang");
-        let status = response.status();
-        (status, response.json().await.unwrap_or(Value::Null))
+        Api(HubApi::of(hub, TOKEN))
     }
 
     /// Queues `n` 60 KB pixels for `player`; the answer's status and body.
@@ -148,23 +130,6 @@ impl Api {
         let path = format!("/api/v1/brands/b1/players/{player}/pixels");
         self.call(reqwest::Method::POST, &path, Some(Value::Array(pixels)))
             .await
-    }
-
-    async fn pending(&self, player: &str) -> Vec<String> {
-        let (status, body) = self
-            .call(
-                reqwest::Method::GET,
-                &format!("/api/v1/brands/b1/players/{player}/pixels"),
-                None,
-            )
-            .await;
-        assert_eq!(status, StatusCode::OK, "reads work: {body}");
-        body["pixels"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|p| p["id"].as_str().unwrap().to_owned())
-            .collect()
     }
 
     /// A probe's status and body, answered within a second.
@@ -329,12 +294,7 @@ async fn a_disk_filled_by_someone_else_stops_the_hub_at_once_and_loses_nothing()
         // the other half keep what was acknowledged, checked at the end.
         let player = &accepted[purged.len().min(accepted.len() / 2)];
         let path = format!("/api/v1/brands/b1/players/{player}/pixels");
-        let answer = api
-            .http
-            .delete(format!("{}{path}", api.base))
-            .bearer_auth(TOKEN)
-            .send()
-            .await;
+        let answer = api.request(reqwest::Method::DELETE, &path).send().await;
         match answer {
             Ok(answer) if answer.status() == StatusCode::OK => {
                 if !purged.contains(player) {

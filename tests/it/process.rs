@@ -11,6 +11,71 @@ use serde_json::json;
 
 use crate::helpers::json_of;
 
+/// A hub process's HTTP API as the process tests call it: the admin token on every call, a 10 s
+/// timeout, so a hang fails the test instead of stalling it.
+pub struct HubApi {
+    pub http: reqwest::Client,
+    pub base: String,
+    token: String,
+}
+
+impl HubApi {
+    pub fn of(hub: &HubProcess, token: &str) -> Self {
+        HubApi {
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .build()
+                .unwrap(),
+            base: hub.base.clone(),
+            token: token.to_owned(),
+        }
+    }
+
+    /// A request to `path` with the admin token, and `body` as JSON when given.
+    pub fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        self.http
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(&self.token)
+    }
+
+    /// The answer's status and JSON body (`null` when it has none); fails on no answer.
+    pub async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> (StatusCode, serde_json::Value) {
+        let mut request = self.request(method, path);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.expect("an answer, never a hang");
+        let status = response.status();
+        (
+            status,
+            response.json().await.unwrap_or(serde_json::Value::Null),
+        )
+    }
+
+    /// The ids of brand `b1`'s player's pending pixels, in order.
+    pub async fn pending(&self, player: &str) -> Vec<String> {
+        let (status, body) = self
+            .call(
+                reqwest::Method::GET,
+                &format!("/api/v1/brands/b1/players/{player}/pixels"),
+                None,
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "reads work: {body}");
+        body["pixels"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["id"].as_str().unwrap().to_owned())
+            .collect()
+    }
+}
+
 /// A hub process and everything it logged so far.
 pub struct HubProcess {
     child: Child,

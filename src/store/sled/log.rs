@@ -389,21 +389,13 @@ impl WriteLog {
 
     /// Bytes the journal's segments take.
     fn journal_bytes(&self) -> u64 {
-        journal::segment::list(&self.dir.join(super::JOURNAL_DIR))
-            .map(|starts| {
-                starts
-                    .iter()
-                    .filter_map(|s| {
-                        std::fs::metadata(journal::segment::path(
-                            &self.dir.join(super::JOURNAL_DIR),
-                            *s,
-                        ))
-                        .ok()
-                    })
-                    .map(|m| m.len())
-                    .sum()
-            })
-            .unwrap_or(0)
+        let dir = self.dir.join(super::JOURNAL_DIR);
+        let starts = journal::segment::list(&dir).unwrap_or_default();
+        starts
+            .iter()
+            .filter_map(|start| std::fs::metadata(journal::segment::path(&dir, *start)).ok())
+            .map(|m| m.len())
+            .sum()
     }
 
     /// The sled tree itself, for tests that write a data dir as an older version left it.

@@ -170,13 +170,10 @@ struct Changes {
     pending: HashMap<PlayerKey, i64>,
     /// Outbox entries the batch adds (true) or removes (false): lane and due time.
     outbox: Vec<(Lane, u64, bool)>,
-    /// Keys the batch writes or removes: a batch of none need not be applied.
-    touched: usize,
 }
 
 impl Changes {
     fn insert(&mut self, key: impl Into<IVec>, value: impl Into<IVec>) {
-        self.touched += 1;
         self.ops.push((key.into(), Some(value.into())));
         self.fresh.push(false);
     }
@@ -188,7 +185,6 @@ impl Changes {
     }
 
     fn remove(&mut self, key: impl Into<IVec>) {
-        self.touched += 1;
         self.ops.push((key.into(), None));
         self.fresh.push(false);
     }
@@ -392,7 +388,7 @@ impl Inner {
     /// under the stripe locks of those players (the counts are read, then written). The answer says
     /// when the record is durable; `None` when there was nothing to write.
     fn apply(&self, mut changes: Changes) -> Result<Option<journal::Durable>, StoreError> {
-        if changes.touched == 0 {
+        if changes.ops.is_empty() {
             return Ok(None); // nothing to write (a lease that found nothing, an ack of unknown ids)
         }
         let deltas: Vec<(PlayerKey, i64)> = changes

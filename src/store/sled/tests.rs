@@ -191,14 +191,7 @@ async fn drop_oldest_makes_room_but_never_drops_what_a_browser_holds() {
         .unwrap();
     let dropped: Vec<&str> = outcome.dropped.iter().map(PixelId::as_str).collect();
     assert_eq!(dropped, ["b", "c"], "the oldest not in flight");
-    let pending: Vec<String> = rules
-        .pending(&key)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|p| p.pixel.id.to_string())
-        .collect();
-    assert_eq!(pending, ["a", "d", "e"]);
+    assert_eq!(pending_ids(&rules, &key).await, ["a", "d", "e"]);
     let b = store
         .inner
         .record(&key, &PixelId::parse("b").unwrap())
@@ -252,6 +245,17 @@ async fn a_retry_of_queued_ids_is_answered_even_over_a_lowered_cap() {
         assert_eq!(rules.pending(&key).await.unwrap().len(), 3);
         store.close().await.unwrap();
     }
+}
+
+/// The ids of the player's pending pixels, in queue order.
+async fn pending_ids(rules: &Ledger, key: &PlayerKey) -> Vec<String> {
+    rules
+        .pending(key)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|p| p.pixel.id.to_string())
+        .collect()
 }
 
 /// A store whose brand's player has pixels `a` and `b` pending.
@@ -653,15 +657,8 @@ async fn a_data_dir_from_before_the_journal_opens_and_keeps_its_order() {
         .enqueue(&key, vec![js("c", None)])
         .await
         .unwrap();
-    let pending: Vec<String> = ledger(&store)
-        .pending(&key)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|p| p.pixel.id.to_string())
-        .collect();
     assert_eq!(
-        pending,
+        pending_ids(&ledger(&store), &key).await,
         ["a", "b", "c"],
         "new pixels queue after the old ones"
     );
