@@ -340,6 +340,25 @@ impl TestApp {
         sample(&self.metrics_text().await, series).map_or(0, |value| value as u64)
     }
 
+    /// Polls `/metrics` until `series` reads `expected`, and returns that scrape. Counters follow a
+    /// write once it is durable, a moment after the queue shows it, so a test that saw the queue change
+    /// waits for the counter too.
+    pub async fn wait_for_metric(&self, series: &str, expected: u64) -> String {
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        loop {
+            let text = self.metrics_text().await;
+            let value = sample(&text, series).map_or(0, |value| value as u64);
+            if value == expected {
+                return text;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{series} reads {value}, expected {expected}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// A raw WebSocket to the hub, before any hello.
     pub async fn connect(&self) -> WsClient {
         let (ws, _) = tokio_tungstenite::connect_async(self.ws_url())

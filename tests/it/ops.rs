@@ -74,15 +74,12 @@ async fn metrics_tell_the_same_story_as_the_api_and_name_no_player() {
     assert_eq!(online.delivered().await.len(), 2);
 
     // The queue shows the ack as soon as it is written; the counter follows once it is durable.
-    let fired = "pixelhub_pixels_fired_total{brand=\"b1\",kind=\"image\"}";
-    let started = std::time::Instant::now();
-    let text = loop {
-        let text = scrape(&app).await;
-        if sample(&text, fired).is_some() || started.elapsed() > Duration::from_secs(5) {
-            break text;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let text = app
+        .wait_for_metric(
+            "pixelhub_pixels_fired_total{brand=\"b1\",kind=\"image\"}",
+            1,
+        )
+        .await;
     let stats = app.get_json("/api/v1/stats").await;
     for brand in ["b1", "b2"] {
         let depth = sample(&text, &format!("pixelhub_queue_depth{{brand=\"{brand}\"}}"));
