@@ -4,8 +4,8 @@
 //! A transaction's key changes become one journal record ([`overlay::encode`]), appended under the
 //! overlay's write lock, so journal order and overlay order are one order; the caller awaits the
 //! journal's `fdatasync` ([`journal::Durable`]) and nothing else. sled's own costs (its tree, its log,
-//! its page cache) are paid by the checkpointer, which runs when the overlay holds
-//! [`CHECKPOINT_BYTES`] or a second has passed:
+//! its page cache) are paid by the checkpointer, a thread at a lower scheduling priority (requests get
+//! a core first), which runs when the overlay holds [`CHECKPOINT_BYTES`] or a second has passed:
 //!
 //! 1. `P` = the journal's durable position; take every key's value as of `P` from the overlay;
 //! 2. write them to sled in slices of [`CHECKPOINT_SLICE`] keys (a sled batch blocks every other sled
@@ -41,8 +41,11 @@ use crate::store::{Cause, StoreError};
 pub(super) const CHECKPOINT_BYTES: usize = 16 << 20;
 /// The overlay's size at which writers wait for the checkpointer.
 pub(super) const MAX_OVERLAY_BYTES: usize = 128 << 20;
-/// Key changes per sled batch of a checkpoint: each holds up other sled calls for a few milliseconds.
-const CHECKPOINT_SLICE: usize = 1024;
+/// Key changes per sled batch of a checkpoint. A batch holds up every other sled call while it applies,
+/// so this bounds a request's wait behind the checkpointer: with 1,024 keys, online p99 was 13 to 16 ms;
+/// with 256 (and the checkpointer at a lower priority) 8.2 to 8.9 ms, throughput within run-to-run
+/// noise (medians of 3: drain -9%, single calls +11%, batches +9%).
+const CHECKPOINT_SLICE: usize = 256;
 /// The longest a change waits in the overlay alone when the hub is quiet.
 const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
 /// Where sled records the journal position it holds everything up to.
@@ -444,6 +447,7 @@ impl Drop for WriteLog {
 
 /// The checkpointer's loop: holds the log only while it works, so dropping the store ends it.
 fn checkpointer(log: Weak<WriteLog>) {
+    background_priority();
     loop {
         let Some(log) = log.upgrade() else { return };
         {
@@ -461,6 +465,19 @@ fn checkpointer(log: Weak<WriteLog>) {
             log.fail(e);
             return;
         }
+    }
+}
+
+/// Lowers the calling thread's scheduling priority (nice 10), so request threads get a core first and
+/// the checkpointer takes what they leave; it still runs as much as a loaded machine allows, and writers
+/// wait for it only when the overlay is full.
+fn background_priority() {
+    #[cfg(target_os = "linux")]
+    // SAFETY: gettid and setpriority take plain integers and touch no memory of ours; on Linux a
+    // PRIO_PROCESS priority set for a thread id applies to that thread alone.
+    unsafe {
+        let tid = libc::gettid();
+        libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, 10);
     }
 }
 

@@ -668,3 +668,49 @@ async fn a_data_dir_from_before_the_journal_opens_and_keeps_its_order() {
     let store = open(&harness);
     assert_eq!(ledger(&store).pending(&key).await.unwrap().len(), 3);
 }
+
+/// Requests get a core before the checkpointer: its thread runs at nice 10 (online p99 depends on it,
+/// docs/benchmarks.md). Threads of other tests' stores are in this process too; each must be lowered.
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn the_checkpointer_runs_at_a_lower_priority_than_requests() {
+    let harness = SledHarness::new();
+    let _store = open(&harness);
+    let nice_of = |comm: &str| -> Vec<i64> {
+        let mut found = Vec::new();
+        for task in std::fs::read_dir("/proc/self/task")
+            .expect("procfs")
+            .flatten()
+        {
+            let name = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+            if name.trim_end() != comm {
+                continue;
+            }
+            let stat = std::fs::read_to_string(task.path().join("stat")).unwrap_or_default();
+            // Fields after the parenthesised name: state is field 3, nice field 19.
+            let after = &stat[stat.rfind(')').map_or(0, |i| i + 2)..];
+            if let Some(nice) = after.split(' ').nth(16).and_then(|n| n.parse().ok()) {
+                found.push(nice);
+            }
+        }
+        found
+    };
+    // comm keeps 15 bytes of the name. The thread lowers itself as it starts: give it a moment.
+    let mut checkpointers = nice_of("pixelhub-checkp");
+    for _ in 0..100 {
+        if !checkpointers.is_empty() && checkpointers.iter().all(|&n| n == 10) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        checkpointers = nice_of("pixelhub-checkp");
+    }
+    assert!(
+        !checkpointers.is_empty(),
+        "the checkpointer thread is running"
+    );
+    assert!(checkpointers.iter().all(|&n| n == 10), "{checkpointers:?}");
+    assert!(
+        nice_of("pixelhub-journa").iter().all(|&n| n == 0),
+        "the journal is not lowered"
+    );
+}
