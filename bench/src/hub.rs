@@ -19,6 +19,8 @@ pub struct HubProcess {
     pub addr: SocketAddr,
     token: String,
     http: reqwest::Client,
+    /// Its name in the results: `hub`, or `hub-memory` for one on the memory engine.
+    pub label: &'static str,
     _data: tempfile::TempDir,
 }
 
@@ -44,11 +46,14 @@ impl HubProcess {
         let HubProcess {
             process,
             token,
+            label,
             _data: data,
             ..
         } = self;
         process.stop()?;
-        Self::launch(binary, settings, data, token).await
+        let mut hub = Self::launch(binary, settings, data, token).await?;
+        hub.label = label;
+        Ok(hub)
     }
 
     async fn launch(
@@ -87,6 +92,7 @@ impl HubProcess {
             addr,
             token,
             http,
+            label: "hub",
             _data: data,
         };
         let deadline = Instant::now() + Duration::from_secs(20);

@@ -46,8 +46,9 @@ struct Args {
     #[arg(long, value_enum, value_delimiter = ',', default_values_t = [Scenario::Sessions, Scenario::Drain, Scenario::Ingest, Scenario::Online, Scenario::Soak])]
     scenarios: Vec<Scenario>,
 
-    /// Systems to run each scenario against, in turn, comma-separated.
-    #[arg(long, value_enum, value_delimiter = ',', default_values_t = [Kind::Hub, Kind::Mosquitto, Kind::Nats])]
+    /// Systems to run each scenario against, in turn, comma-separated. `hub-memory` is the hub with
+    /// nothing stored: the ceiling its storage engine is measured against.
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = [Kind::Hub, Kind::HubMemory, Kind::Mosquitto, Kind::Nats])]
     systems: Vec<Kind>,
 
     /// The pixelhub binary to start (default: the one next to this binary, so build both in release).

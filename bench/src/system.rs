@@ -32,6 +32,10 @@ async fn in_time<T>(what: &str, work: impl Future<Output = Result<T>>) -> Result
 pub enum Kind {
     /// pixelhub: its wire protocol over WebSocket, pixels queued through its HTTP API.
     Hub,
+    /// pixelhub on its memory engine (`PIXELHUB_STORE=memory`): nothing is stored, so its figures are
+    /// what the hub's HTTP, WebSocket and rules cost alone, the ceiling of any storage engine on this
+    /// machine.
+    HubMemory,
     /// Eclipse Mosquitto: MQTT over WebSocket, persistent sessions, QoS 1.
     Mosquitto,
     /// NATS JetStream: a work-queue stream, a durable consumer per player, explicit acks.
@@ -43,6 +47,7 @@ impl Kind {
     pub fn name(self) -> &'static str {
         match self {
             Kind::Hub => "hub",
+            Kind::HubMemory => "hub-memory",
             Kind::Mosquitto => "mosquitto",
             Kind::Nats => "nats",
         }
@@ -53,6 +58,7 @@ impl Kind {
     pub fn durability(self) -> &'static str {
         match self {
             Kind::Hub => "fdatasync before each 202 and ack",
+            Kind::HubMemory => "none: memory only, lost on exit",
             Kind::Mosquitto => "memory; saved every 30 min",
             Kind::Nats => "memory; fsync every 2 min",
         }
@@ -94,6 +100,12 @@ impl System {
     pub async fn start(kind: Kind, hub_binary: &Path) -> Result<Self> {
         Ok(match kind {
             Kind::Hub => System::Hub(Arc::new(HubProcess::start(hub_binary).await?)),
+            Kind::HubMemory => {
+                let mut hub =
+                    HubProcess::start_with(hub_binary, &[("PIXELHUB_STORE", "memory")]).await?;
+                hub.label = Kind::HubMemory.name();
+                System::Hub(Arc::new(hub))
+            }
             Kind::Mosquitto => System::Mosquitto(Mosquitto::start().await?),
             Kind::Nats => System::Nats(Box::new(NatsServer::start().await?)),
         })
@@ -102,7 +114,7 @@ impl System {
     /// Its name in the results.
     pub fn name(&self) -> &'static str {
         match self {
-            System::Hub(_) => Kind::Hub.name(),
+            System::Hub(hub) => hub.label,
             System::Mosquitto(_) => Kind::Mosquitto.name(),
             System::Nats(_) => Kind::Nats.name(),
         }
