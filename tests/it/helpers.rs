@@ -337,7 +337,7 @@ impl TestApp {
 
     /// The value of one series, e.g. `pixelhub_limits_hit_total{limit="batch_size"}`; 0 when absent.
     pub async fn metric(&self, series: &str) -> u64 {
-        sample(&self.metrics_text().await, series).map_or(0, |value| value as u64)
+        counter(&self.metrics_text().await, series)
     }
 
     /// Polls `/metrics` until `series` reads `expected`, and returns that scrape. Counters follow a
@@ -347,7 +347,7 @@ impl TestApp {
         let deadline = tokio::time::Instant::now() + PATIENCE;
         loop {
             let text = self.metrics_text().await;
-            let value = sample(&text, series).map_or(0, |value| value as u64);
+            let value = counter(&text, series);
             if value == expected {
                 return text;
             }
@@ -404,6 +404,11 @@ pub fn sample(text: &str, series: &str) -> Option<f64> {
     text.lines()
         .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
         .map(|value| value.parse().expect("a number"))
+}
+
+/// A counter's value in the exposition; 0 when the series is absent (a counter not yet counted).
+fn counter(text: &str, series: &str) -> u64 {
+    sample(text, series).map_or(0, |value| value as u64)
 }
 
 /// An HTTP client that trusts every certificate of the hub's chain file (its test CA included, so a
