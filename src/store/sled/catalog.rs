@@ -103,7 +103,7 @@ impl Catalog for SledStore {
                 for (entry, _) in &change.writes {
                     if let Entry::Brand(brand) = entry {
                         // Every brand has a depth, 0 until its first pixel: the stats list it.
-                        inner.depth.entry(brand.clone()).or_insert(0);
+                        inner.summaries().add_brand(brand);
                     }
                 }
                 Ok(Some(durable))

@@ -78,34 +78,20 @@ pub fn parse_forget_event(k: &[u8]) -> Option<(BrandId, EventId)> {
     Some((brand, id))
 }
 
-/// `n`: a player's pending count.
-pub fn count(key: &PlayerKey) -> Vec<u8> {
+/// `n`: a player's pending summary.
+pub fn summary(key: &PlayerKey) -> Vec<u8> {
     let mut k = vec![b'n'];
     push_player(&mut k, key);
     k
 }
 
-/// The player a count key `n` is of.
-pub fn parse_count(k: &[u8]) -> Option<PlayerKey> {
+/// The player a summary key `n` is of.
+pub fn parse_summary(k: &[u8]) -> Option<PlayerKey> {
     let ids = k.strip_prefix(b"n")?.strip_suffix(&[0])?;
     let nul = ids.iter().position(|&b| b == 0)?;
     let brand = BrandId::parse_stored(std::str::from_utf8(&ids[..nul]).ok()?).ok()?;
     let player = PlayerId::parse_stored(std::str::from_utf8(&ids[nul + 1..]).ok()?).ok()?;
     Some(PlayerKey::new(brand, player))
-}
-
-pub fn pending_prefix(brand: &BrandId) -> Vec<u8> {
-    brand_table(b'p', brand)
-}
-
-/// `p`: a pending client pixel by the time it was queued.
-pub fn pending(key: &PlayerKey, queued_at_ms: u64, seq: u64) -> Vec<u8> {
-    let mut k = pending_prefix(&key.brand);
-    k.extend_from_slice(&queued_at_ms.to_be_bytes());
-    k.extend_from_slice(key.player.as_str().as_bytes());
-    k.push(0);
-    k.extend_from_slice(&seq.to_be_bytes());
-    k
 }
 
 pub fn index_prefix(key: &PlayerKey) -> Vec<u8> {

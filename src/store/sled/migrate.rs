@@ -5,6 +5,7 @@ use std::collections::HashMap;
 
 use ::sled::{Batch, Tree};
 
+use super::backlog::{Change, Summary};
 use super::{backend, json, keys};
 use crate::brand::{BrandSecret, SecretKind};
 use crate::ids::{BrandId, PlayerKey};
@@ -12,27 +13,48 @@ use crate::pixel::QueuedPixel;
 use crate::store::queues::Record;
 use crate::store::{Lane, StoreError};
 
-/// Builds the derived tables `p` and `n` from the queues of a data dir written before they existed.
-pub(super) fn build_backlog_tables(data: &Tree) -> Result<(), StoreError> {
-    const BUILT: &[u8] = b"mbacklog-tables-v1";
-    if data.contains_key(BUILT).map_err(backend)? {
+/// Gives a data dir written before the pending summaries its summaries, once: each player's `n` from its
+/// queue (count, oldest pixel, earliest expiry), and drops what they replace, the age index `p` and the
+/// expiry keys `x` of pending pixels (an `x` key now only says when a final record is forgotten). One
+/// batch, so a crash half-way leaves the old layout whole.
+pub(super) fn summarise_queues(data: &Tree) -> Result<(), StoreError> {
+    const DONE: &[u8] = b"mpending-summaries-v2";
+    if data.contains_key(DONE).map_err(backend)? {
         return Ok(());
     }
     let mut batch = Batch::default();
-    let mut counts: HashMap<PlayerKey, u64> = HashMap::new();
+    let mut summaries: HashMap<PlayerKey, Summary> = HashMap::new();
     for entry in data.scan_prefix(b"q") {
         let (k, v) = entry.map_err(backend)?;
-        let (key, seq) =
+        let (key, _) =
             keys::parse_queue(&k).ok_or_else(|| StoreError::corrupt("corrupt queue key"))?;
         let pixel: QueuedPixel = serde_json::from_slice(&v).map_err(backend)?;
-        batch.insert(keys::pending(&key, pixel.queued_at_ms, seq), &[]);
-        *counts.entry(key).or_insert(0) += 1;
+        let mut change = Change::default();
+        change.add(pixel.queued_at_ms, pixel.expires_at_ms);
+        let summary = summaries.entry(key).or_default();
+        *summary = summary.after(change);
     }
-    for (key, count) in counts {
-        batch.insert(keys::count(&key), count.to_be_bytes().as_slice());
+    for k in data.scan_prefix(b"n").keys() {
+        batch.remove(k.map_err(backend)?);
     }
-    batch.insert(BUILT, &[]);
-    data.apply_batch(batch).map_err(backend)
+    for (key, summary) in &summaries {
+        batch.insert(keys::summary(key), summary.encode().as_slice());
+    }
+    for k in data.scan_prefix(b"p").keys() {
+        batch.remove(k.map_err(backend)?);
+    }
+    for k in data.scan_prefix(b"x").keys() {
+        let k = k.map_err(backend)?;
+        let (key, seq) =
+            keys::parse_expiry(&k).ok_or_else(|| StoreError::corrupt("corrupt expiry key"))?;
+        if data.contains_key(keys::queue(&key, seq)).map_err(backend)? {
+            batch.remove(k);
+        }
+    }
+    batch.insert(DONE, &[]);
+    data.apply_batch(batch).map_err(backend)?;
+    data.flush().map_err(backend)?;
+    Ok(())
 }
 
 /// Moves the outbox of a data dir written before lanes (`s` due brand NUL player NUL id) to its lanes (`l`),

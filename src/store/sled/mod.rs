@@ -1,8 +1,8 @@
 //! The embedded engine: one sled tree, group-committed.
 //!
 //! # Layout of the `data` tree
-//! Everything lives in one tree so that a change touching a queue entry, its id index and its expiry entry
-//! is a single atomic `apply_batch`. Keys start with a one-byte table tag; ids never contain NUL (see
+//! Everything lives in one tree so that a change touching a queue entry, its record and its player's
+//! summary is a single atomic change. Keys start with a one-byte table tag; ids never contain NUL (see
 //! [`crate::ids`]), so NUL separates them:
 //!
 //! | key | value |
@@ -11,7 +11,7 @@
 //! | `q` brand NUL player NUL seq(u64 BE) | [`QueuedPixel`] JSON: the queue, in order |
 //! | `i` brand NUL player NUL pixel-id | [`Record`] JSON: the pixel's or postback's [`Delivery`] record (status, report row, idempotency entry) and queue seq |
 //! | `r` brand NUL queued-at(u64 BE ms) player NUL pixel-id | empty: the report's time index over `i` |
-//! | `x` due(u64 BE ms) brand NUL player NUL seq | pixel id: when the pixel expires, or when its final record is forgotten |
+//! | `x` due(u64 BE ms) brand NUL player NUL seq | record id: when a final record is forgotten |
 //! | `l` brand NUL host NUL due(u64 BE ms) player NUL postback-id | empty: the S2S outbox, one lane per brand and host (`host:port`), each by next attempt (or end of claim) |
 //! | `d` brand NUL definition-id | [`Definition`] JSON |
 //! | `h` brand NUL definition-id | [`DefinitionHealth`] JSON: the definition's postback failures in a row |
@@ -22,18 +22,19 @@
 //! | `g` brand | [`BrandSecret`] JSON: the key the brand signs player tokens with |
 //! | `a` key-id | [`ApiKeyRecord`] JSON: a brand API key's hash, found by the id the key carries |
 //! | `o` brand NUL key-id | empty: the brand's API keys |
-//! | `p` brand NUL queued-at(u64 BE ms) player NUL seq | empty: pending client pixels by age; the first is the brand's oldest |
-//! | `n` brand NUL player NUL | pending client pixels of the player (u64 BE): the queue cap's count |
+//! | `n` brand NUL player NUL | the player's pending summary ([`backlog::Summary`]): count, queued floor, expiry floor (3 × u64 BE) |
 //! | `m` name | engine metadata, e.g. which derived tables have been built |
 //!
 //! The lanes of the outbox and their due times are also kept in memory (rebuilt at open), so the sender
 //! can see which lanes have due work without reading the disk. (`s` due NUL brand… was the outbox of one
 //! global line before lanes; a data dir that has it is moved to `l` at open.)
 //!
-//! `p` and `n` are derived from `q`. Every change to a queue goes through [`Changes`], which keeps them
-//! in step in the same atomic batch; a data dir written before they existed gets them built at open.
-//! The brand's players by backlog, biggest first (once the `k` table), live in memory only, rebuilt
-//! from `n` at open: a sled key less per queued pixel, and two fewer per change of a player's count.
+//! `n` is derived from `q`: every change to a queue goes through [`Changes`], which writes the player's
+//! summary in the same journal record. A pending pixel costs sled its queue entry alone; what used to
+//! be three keys per pixel (its expiry `x`, its age `p`, the count `n`) is one key per player, and the
+//! orders over it (biggest backlogs, oldest pixels, earliest expiries) live in memory ([`backlog`]),
+//! rebuilt from `n` at open. A data dir written before the summaries gets them at open, once
+//! ([`migrate::summarise_queues`]).
 //!
 //! `seq` comes from sled's persistent monotonic id generator, so queue order survives restarts. A record
 //! (`i`, `r`) and an event record (`e`) are forgotten a retention period after they can no longer change,
@@ -46,8 +47,7 @@
 //! (every other path holds one stripe at most, so no cycle can form). The lock is never held across an `.await`; the fsync wait happens after it is released.
 //! Leases live in memory: they die with the process, exactly as the trait allows.
 
-use std::cmp::Reverse;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::hash::{BuildHasher, RandomState};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -59,6 +59,7 @@ use dashmap::DashMap;
 use serde::Serialize;
 use tokio::sync::{Notify, broadcast};
 
+mod backlog;
 mod catalog;
 mod keys;
 mod log;
@@ -68,9 +69,10 @@ mod queues;
 mod report;
 mod threads;
 
+use self::backlog::{Backlogs, Summary};
 use self::log::WriteLog;
 use self::migrate::{
-    add_missing_secrets, build_backlog_tables, drop_backlog_ranking, move_outbox_to_lanes,
+    add_missing_secrets, drop_backlog_ranking, move_outbox_to_lanes, summarise_queues,
 };
 use self::overlay::Op;
 use self::threads::StoreThreads;
@@ -82,7 +84,8 @@ use crate::clock::SharedClock;
 use crate::definition::Definition;
 use crate::ids::{BrandId, DefinitionId, EventId, PixelId, PlayerId, PlayerKey};
 use crate::metrics::Metrics;
-use crate::store::queues::{Lease, Record};
+use crate::pixel::QueuedPixel;
+use crate::store::queues::{DueEntry, Lease, Record};
 
 /// Milliseconds in a day: the unit of the events quota (UTC days).
 const DAY_MS: u64 = 24 * 3600 * 1000;
@@ -128,12 +131,10 @@ struct Inner {
     /// Serialises catalog changes, so each one's expectations hold when it is applied.
     catalog_lock: Mutex<()>,
     leases: DashMap<PlayerKey, Lease>,
-    /// Exact queue depth per brand, rebuilt from the queue at open and changed only under a stripe lock
-    /// after the batch that changed the queue was applied.
-    depth: DashMap<BrandId, u64>,
-    /// Per brand, its players with pending pixels by count, biggest first: rebuilt from `n` at open,
-    /// changed with `depth`.
-    ranking: DashMap<BrandId, BTreeSet<(Reverse<u64>, PlayerId)>>,
+    /// Every player's pending summary, each brand's depth and the orders over them: rebuilt from `n`
+    /// at open, changed only under a player's stripe lock after the record that changed its queue
+    /// was written. Taken after a stripe lock, never before one.
+    backlogs: Mutex<Backlogs>,
     announce: broadcast::Sender<PlayerKey>,
     /// Woken when an ingest adds postbacks, so the sender does not wait for its next poll.
     outbox: Notify,
@@ -166,8 +167,8 @@ struct Changes {
     ops: Vec<Op>,
     /// Per change, whether it puts a key never held before (one with a new sequence number).
     fresh: Vec<bool>,
-    /// Per player, how many client pixels the batch adds (positive) or finalizes (negative).
-    pending: HashMap<PlayerKey, i64>,
+    /// Per player, the client pixels the batch adds or finalizes.
+    pending: HashMap<PlayerKey, backlog::Change>,
     /// Outbox entries the batch adds (true) or removes (false): lane and due time.
     outbox: Vec<(Lane, u64, bool)>,
 }
@@ -241,24 +242,22 @@ impl SledStore {
         };
         let log = WriteLog::open(dir, db.clone(), data.clone(), journal)?;
 
-        build_backlog_tables(&data)?;
+        summarise_queues(&data)?;
         drop_backlog_ranking(&data)?;
-        // Depths and the ranking from the per-player counts: one small key per player, where the
+        // Depths and orders from the per-player summaries: one small key per player, where the
         // queue is a key per pixel with its body (5 million pixels took 11 s to scan, warm).
-        let depth = DashMap::new();
-        let ranking: DashMap<BrandId, BTreeSet<(Reverse<u64>, PlayerId)>> = DashMap::new();
+        let mut backlogs = Backlogs::default();
+        for entry in data.scan_prefix(b"b").keys() {
+            let k = entry.map_err(backend)?;
+            let brand =
+                keys::parse_brand(&k).ok_or_else(|| StoreError::corrupt("corrupt brand key"))?;
+            backlogs.add_brand(&brand);
+        }
         for entry in data.scan_prefix(b"n") {
             let (k, v) = entry.map_err(backend)?;
-            let key =
-                keys::parse_count(&k).ok_or_else(|| StoreError::corrupt("corrupt count key"))?;
-            let count = <[u8; 8]>::try_from(v.as_ref())
-                .map(u64::from_be_bytes)
-                .map_err(|_| StoreError::corrupt("corrupt count"))?;
-            *depth.entry(key.brand.clone()).or_insert(0u64) += count;
-            ranking
-                .entry(key.brand)
-                .or_default()
-                .insert((Reverse(count), key.player));
+            let key = keys::parse_summary(&k)
+                .ok_or_else(|| StoreError::corrupt("corrupt summary key"))?;
+            backlogs.set(&key, Summary::decode(&v)?);
         }
         add_missing_secrets(&data, options.clock.now_ms())?;
         move_outbox_to_lanes(&data)?;
@@ -287,8 +286,7 @@ impl SledStore {
             stripe_hasher: RandomState::new(),
             catalog_lock: Mutex::new(()),
             leases: DashMap::new(),
-            depth,
-            ranking,
+            backlogs: Mutex::new(backlogs),
             unflushed: DashMap::new(),
             closed: AtomicBool::new(false),
             announce: broadcast::channel(ANNOUNCE_CAPACITY).0,
@@ -391,21 +389,25 @@ impl Inner {
         if changes.ops.is_empty() {
             return Ok(None); // nothing to write (a lease that found nothing, an ack of unknown ids)
         }
-        let deltas: Vec<(PlayerKey, i64)> = changes
-            .pending
-            .drain()
-            .filter(|(_, delta)| *delta != 0)
-            .collect();
-        let mut counts = Vec::with_capacity(deltas.len());
-        for (key, delta) in &deltas {
-            let before = self.pending_count(key)?;
-            let after = before.saturating_add_signed(*delta);
-            if after > 0 {
-                changes.insert(keys::count(key), after.to_be_bytes().as_slice());
-            } else {
-                changes.remove(keys::count(key));
+        let mut summaries = Vec::with_capacity(changes.pending.len());
+        {
+            let backlogs = self.summaries();
+            for (key, change) in changes.pending.drain() {
+                let (before, after) = {
+                    let before = backlogs.summary(&key);
+                    (before, before.after(change))
+                };
+                if before != after {
+                    summaries.push((key, after));
+                }
             }
-            counts.push((before, after));
+        }
+        for (key, after) in &summaries {
+            if after.count > 0 {
+                changes.insert(keys::summary(key), after.encode().as_slice());
+            } else {
+                changes.remove(keys::summary(key));
+            }
         }
         let durable = self.log.commit(changes.ops, &changes.fresh)?;
         if !changes.outbox.is_empty() {
@@ -433,25 +435,72 @@ impl Inner {
                 }
             }
         }
-        for ((key, delta), (before, after)) in deltas.into_iter().zip(counts) {
-            let mut ranking = self.ranking.entry(key.brand.clone()).or_default();
-            ranking.remove(&(Reverse(before), key.player.clone()));
-            if after > 0 {
-                ranking.insert((Reverse(after), key.player));
+        if !summaries.is_empty() {
+            let mut backlogs = self.summaries();
+            for (key, after) in &summaries {
+                backlogs.set(key, *after);
             }
-            drop(ranking);
-            let mut depth = self.depth.entry(key.brand).or_insert(0);
-            *depth = depth.saturating_add_signed(delta);
         }
         Ok(Some(durable))
     }
 
-    /// Pending client pixels of a player, from `n`.
-    fn pending_count(&self, key: &PlayerKey) -> Result<u64, StoreError> {
-        let stored = self.log.get(&keys::count(key))?;
-        Ok(stored
-            .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
-            .map_or(0, u64::from_be_bytes))
+    fn summaries(&self) -> MutexGuard<'_, Backlogs> {
+        self.backlogs.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Pending client pixels of a player.
+    fn pending_count(&self, key: &PlayerKey) -> u64 {
+        self.summaries().summary(key).count
+    }
+
+    /// Reads the player's queue under its stripe lock and makes its floors exact (a floor only says
+    /// no pixel is older or expires earlier; one that ended may have left it low). Returns the pixels
+    /// that expire at or before `until_ms`, by sequence number, and the exact summary.
+    fn survey(
+        &self,
+        key: &PlayerKey,
+        until_ms: u64,
+    ) -> Result<(Vec<DueEntry>, Summary), StoreError> {
+        let _stripe = lock(&self.stripes[self.stripe_index(key)]);
+        let prefix = keys::queue_prefix(key);
+        let mut due = Vec::new();
+        let mut exact = Summary {
+            count: 0,
+            queued_floor: u64::MAX,
+            expiry_floor: u64::MAX,
+        };
+        let mut first = true;
+        for entry in self.log.scan_prefix(&prefix) {
+            let (k, v) = entry?;
+            let (_, seq) =
+                keys::parse_queue(&k).ok_or_else(|| StoreError::corrupt("corrupt queue key"))?;
+            let pixel: QueuedPixel = serde_json::from_slice(&v).map_err(backend)?;
+            exact.count += 1;
+            if first {
+                // The queue's order is the order pixels were queued in: its head is its oldest.
+                exact.queued_floor = pixel.queued_at_ms;
+                first = false;
+            }
+            exact.expiry_floor = exact.expiry_floor.min(pixel.expires_at_ms);
+            if pixel.expires_at_ms <= until_ms {
+                due.push(DueEntry {
+                    due_ms: pixel.expires_at_ms,
+                    key: key.clone(),
+                    seq,
+                    id: Some(pixel.id),
+                });
+            }
+        }
+        let mut backlogs = self.summaries();
+        let held = backlogs.summary(key);
+        if held.count > 0 && exact.count > 0 {
+            // The count stays the one `n` holds: the queue cap's, kept in step by every transaction.
+            exact.count = held.count;
+            backlogs.set(key, exact);
+        } else {
+            exact = held;
+        }
+        Ok((due, exact))
     }
 
     /// Counts what an applied batch added (the outbox counts itself in `apply`).

@@ -1,10 +1,10 @@
 //! The embedded engine's queue transactions: the ledger's work runs under the stripe locks of the
 //! players it names, reads the `data` tree, and its typed writes become one sled batch with every index
-//! they imply (`q` queue, `x` expiry, `p` pending by age, `i` record, `r` report, `n`/`k` counts), applied
-//! by [`Inner::apply`]. Leases live in memory (a restart frees them, which is what a lease's end does).
+//! they imply (`q` queue, `i` record, `r` report, `x` forget times, `n` the player's pending summary),
+//! applied by [`Inner::apply`]. Leases live in memory (a restart frees them, which is what a lease's end does).
 
 use std::any::Any;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::ops::Bound;
 
 use async_trait::async_trait;
@@ -39,7 +39,7 @@ impl Tx for SledTx<'_> {
     }
 
     fn pending_count(&mut self, key: &PlayerKey) -> Result<u64, StoreError> {
-        self.inner.pending_count(key)
+        Ok(self.inner.pending_count(key))
     }
 
     fn queue(
@@ -126,9 +126,18 @@ impl Tx for SledTx<'_> {
     }
 
     fn holds_due(&mut self, entry: &DueEntry) -> Result<bool, StoreError> {
-        self.inner
-            .log
-            .contains(&keys::expiry(entry.due_ms, &entry.key, entry.seq))
+        // A final record's forget time is an `x` key; a pending pixel's expiry is its queue entry.
+        let log = &self.inner.log;
+        if log.contains(&keys::expiry(entry.due_ms, &entry.key, entry.seq))? {
+            return Ok(true);
+        }
+        match log.get(&keys::queue(&entry.key, entry.seq))? {
+            Some(v) => {
+                let pixel: QueuedPixel = serde_json::from_slice(&v).map_err(backend)?;
+                Ok(pixel.expires_at_ms == entry.due_ms)
+            }
+            None => Ok(false),
+        }
     }
 
     fn health(
@@ -153,15 +162,14 @@ impl Tx for SledTx<'_> {
         match write {
             Write::AddPixel { key, pixel, record } => {
                 let seq = record.seq;
-                // Keys with a new sequence number: a pixel acknowledged before the next checkpoint
-                // costs sled nothing for them.
+                // A key with a new sequence number: a pixel acknowledged before the next checkpoint
+                // costs sled nothing for it. Its expiry and age are in the player's summary.
                 batch.insert_fresh(keys::queue(&key, seq), json(&pixel));
-                batch.insert_fresh(
-                    keys::expiry(pixel.expires_at_ms, &key, seq),
-                    pixel.id.as_str().as_bytes(),
-                );
-                batch.insert_fresh(keys::pending(&key, pixel.queued_at_ms, seq), &[]);
-                *batch.pending.entry(key.clone()).or_insert(0) += 1;
+                batch
+                    .pending
+                    .entry(key.clone())
+                    .or_default()
+                    .add(pixel.queued_at_ms, pixel.expires_at_ms);
                 self.inner.stage_record(batch, &key, &record);
                 let range = self.added.entry(key).or_insert((seq, seq));
                 range.0 = range.0.min(seq);
@@ -176,11 +184,9 @@ impl Tx for SledTx<'_> {
                 forget_at_ms,
             } => {
                 let d = &record.delivery;
-                if let Some(expires_at_ms) = d.expires_at_ms {
+                if record.is_client_pixel() {
                     batch.remove(keys::queue(&key, record.seq));
-                    batch.remove(keys::expiry(expires_at_ms, &key, record.seq));
-                    batch.remove(keys::pending(&key, d.queued_at_ms, record.seq));
-                    *batch.pending.entry(key.clone()).or_insert(0) -= 1;
+                    batch.pending.entry(key.clone()).or_default().end();
                 }
                 batch.insert(
                     keys::expiry(forget_at_ms, &key, record.seq),
@@ -359,36 +365,8 @@ impl Queues for SledStore {
         after: Option<DueEntry>,
         limit: usize,
     ) -> Result<Vec<DueEntry>, StoreError> {
-        self.blocking(move |inner| {
-            let end = keys::due_bound(b'x', until_ms);
-            let from = match &after {
-                Some(e) => [keys::expiry(e.due_ms, &e.key, e.seq).as_slice(), &[0]].concat(),
-                None => b"x".to_vec(),
-            };
-            let mut out = Vec::new();
-            for entry in inner
-                .log
-                .range(Bound::Included(&from), Bound::Excluded(&end), false)
-                .take(limit)
-            {
-                let (k, id) = entry?;
-                let (key, seq) = keys::parse_expiry(&k)
-                    .ok_or_else(|| StoreError::corrupt("corrupt expiry key"))?;
-                let due_ms =
-                    keys::due_of(&k).ok_or_else(|| StoreError::corrupt("corrupt expiry key"))?;
-                let id = std::str::from_utf8(&id)
-                    .ok()
-                    .and_then(|s| PixelId::parse_stored(s).ok());
-                out.push(DueEntry {
-                    due_ms,
-                    key,
-                    seq,
-                    id,
-                });
-            }
-            Ok(out)
-        })
-        .await
+        self.blocking(move |inner| inner.due_entries(until_ms, after.as_ref(), limit))
+            .await
     }
 
     async fn due_events(
@@ -434,11 +412,104 @@ impl Queues for SledStore {
         // Exact: the depth counts a batch (under its stripe) before its flush, and its pixels become
         // leasable only after that, when the ledger announces them.
         self.inner.check_open().is_ok()
-            && self
-                .inner
-                .depth
-                .get(&key.brand)
-                .is_none_or(|depth| *depth == 0)
+            && self.inner.summaries().depth(&key.brand) == 0
             && !self.inner.leases.contains_key(key)
+    }
+}
+
+/// Players one [`Inner::due_entries`] call surveys at most: a bound on its work when many floors have
+/// gone stale (an old data dir's first sweep, or many queues drained half-way).
+pub(super) const SURVEY_BUDGET: usize = 1024;
+/// Players surveyed between two looks at whether the call has found enough.
+const SURVEY_CHUNK: usize = 64;
+
+/// Where a due entry sits in the order the upkeep walks.
+pub(super) fn position(entry: &DueEntry) -> (u64, &PlayerKey, u64) {
+    (entry.due_ms, &entry.key, entry.seq)
+}
+
+impl Inner {
+    /// Due entries after `after`, in order, at most `limit`: the forget times of final records (`x`)
+    /// merged with the pending pixels whose expiry has come, found by surveying the players whose
+    /// expiry floor has come, lowest first. Entries past what either source listed whole (the `x`
+    /// range cut at `limit`, the first player not surveyed) are left for the next call, so the
+    /// order holds.
+    pub(super) fn due_entries(
+        &self,
+        until_ms: u64,
+        after: Option<&DueEntry>,
+        limit: usize,
+    ) -> Result<Vec<DueEntry>, StoreError> {
+        let end = keys::due_bound(b'x', until_ms);
+        let from = match after {
+            Some(e) => [keys::expiry(e.due_ms, &e.key, e.seq).as_slice(), &[0]].concat(),
+            None => b"x".to_vec(),
+        };
+        let mut due = Vec::new();
+        for entry in self
+            .log
+            .range(Bound::Included(&from), Bound::Excluded(&end), false)
+            .take(limit)
+        {
+            let (k, id) = entry?;
+            let (key, seq) =
+                keys::parse_expiry(&k).ok_or_else(|| StoreError::corrupt("corrupt expiry key"))?;
+            let due_ms =
+                keys::due_of(&k).ok_or_else(|| StoreError::corrupt("corrupt expiry key"))?;
+            let id = std::str::from_utf8(&id)
+                .ok()
+                .and_then(|s| PixelId::parse_stored(s).ok());
+            due.push(DueEntry {
+                due_ms,
+                key,
+                seq,
+                id,
+            });
+        }
+        // The stored list stops at its last entry when it was cut at `limit`.
+        let stored_cut = (due.len() == limit).then(|| due.last().cloned()).flatten();
+        let wanted = |e: &DueEntry| {
+            after.is_none_or(|a| position(e) > position(a))
+                && stored_cut
+                    .as_ref()
+                    .is_none_or(|c| position(e) <= position(c))
+        };
+        // A player not surveyed has nothing due before its floor, and its entries follow those of
+        // players before it at that floor: an entry before the first such player is in its place.
+        let placed = |e: &DueEntry, first: &Option<(u64, PlayerKey)>| {
+            first
+                .as_ref()
+                .is_none_or(|(floor, key)| position(e) < (*floor, key, 0))
+        };
+        let mut surveyed = HashSet::new();
+        let unsurveyed = loop {
+            let (players, _) =
+                self.summaries()
+                    .expiring(until_ms, |k| surveyed.contains(k), SURVEY_CHUNK);
+            if players.is_empty() {
+                break None;
+            }
+            for key in players {
+                due.extend(self.survey(&key, until_ms)?.0);
+                surveyed.insert(key);
+            }
+            // Surveys move floors: the first player left is looked up afresh.
+            let first = self
+                .summaries()
+                .expiring(until_ms, |k| surveyed.contains(k), 0)
+                .1;
+            let ready = due
+                .iter()
+                .filter(|e| wanted(e) && placed(e, &first))
+                .count();
+            if first.is_none() || ready >= limit || surveyed.len() >= SURVEY_BUDGET {
+                break first;
+            }
+        };
+        due.retain(|e| wanted(e) && placed(e, &unsurveyed));
+        due.sort_by(|a, b| position(a).cmp(&position(b)));
+        due.dedup_by(|a, b| position(a) == position(b));
+        due.truncate(limit);
+        Ok(due)
     }
 }

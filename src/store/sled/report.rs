@@ -2,7 +2,6 @@
 //! definition health, a player's attribution context; and the engine's lifecycle (the readiness probe,
 //! announcements, close).
 
-use std::cmp::Reverse;
 use std::collections::BTreeMap;
 use std::ops::Bound;
 use std::sync::atomic::Ordering;
@@ -22,33 +21,36 @@ use crate::store::{
 
 /// Most report index entries one page looks at, so a rare filter cannot make one request scan a brand.
 const REPORT_SCAN_BUDGET: usize = 20_000;
+/// Most queues one look at a brand's oldest pixel surveys.
+const OLDEST_BUDGET: usize = 256;
 
 impl Inner {
-    /// When the brand's oldest pending client pixel was queued, from the first `p` entry.
+    /// When the brand's oldest pending client pixel was queued: the lowest queued floor, once it is
+    /// exact. Floors below the truth (their oldest pixel ended) are surveyed on the way, at most
+    /// [`OLDEST_BUDGET`] of them; past that, the floor reached is the answer (never later than the
+    /// truth), and the next call goes on from there.
     fn oldest_pending(&self, brand: &BrandId) -> Result<Option<u64>, StoreError> {
-        let prefix = keys::pending_prefix(brand);
-        match self.log.scan_prefix(&prefix).keys().next() {
-            Some(k) => {
-                let k = k?;
-                let at = k
-                    .get(prefix.len()..prefix.len() + 8)
-                    .and_then(|b| <[u8; 8]>::try_from(b).ok())
-                    .ok_or_else(|| StoreError::corrupt("corrupt pending key"))?;
-                Ok(Some(u64::from_be_bytes(at)))
+        for _ in 0..OLDEST_BUDGET {
+            let Some((floor, player)) = self.summaries().oldest(brand, 1).pop() else {
+                return Ok(None);
+            };
+            let key = PlayerKey::new(brand.clone(), player);
+            let (_, exact) = self.survey(&key, 0)?;
+            if exact.count > 0 && exact.queued_floor <= floor {
+                return Ok(Some(exact.queued_floor)); // the floor was exact
             }
-            None => Ok(None),
+            // It was below the truth (now raised), or the queue emptied meanwhile: look again.
         }
+        Ok(self
+            .summaries()
+            .oldest(brand, 1)
+            .pop()
+            .map(|(floor, _)| floor))
     }
 
     /// The brand's biggest backlogs, from the start of its ranking.
     fn backlogs(&self, brand: &BrandId, limit: usize) -> Result<Vec<Backlog>, StoreError> {
-        let top: Vec<(u64, PlayerId)> = self.ranking.get(brand).map_or_else(Vec::new, |ranking| {
-            ranking
-                .iter()
-                .take(limit)
-                .map(|(Reverse(pending), player)| (*pending, player.clone()))
-                .collect()
-        });
+        let top = self.summaries().top(brand, limit);
         let mut out = Vec::new();
         for (pending, player) in top {
             let key = PlayerKey::new(brand.clone(), player);
@@ -113,7 +115,7 @@ impl Store for SledStore {
                 let (k, _) = entry?;
                 let brand = keys::parse_brand(&k)
                     .ok_or_else(|| StoreError::corrupt("corrupt brand key"))?;
-                let queue_depth = inner.depth.get(&brand).map_or(0, |d| *d);
+                let queue_depth = inner.summaries().depth(&brand);
                 stats.queue_depth += queue_depth;
                 let queue = BrandQueue {
                     queue_depth,

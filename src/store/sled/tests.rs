@@ -9,6 +9,8 @@ use crate::ids::SessionId;
 use crate::ledger::Ledger;
 use crate::pixel::NewPixel;
 use crate::store::contract::rules as contract;
+use crate::store::sled::backlog::Summary;
+use crate::store::sled::queues::position;
 use crate::store::{DeliveryQuery, OnFull, PixelStatus, QueueCap, Store};
 use tokio_util::sync::CancellationToken;
 
@@ -269,19 +271,41 @@ async fn with_a_and_b(harness: &SledHarness) -> (SledStore, PlayerKey) {
     (store, key)
 }
 
+/// Keys of the `data` tree under `tag`.
+fn keys_of(store: &SledStore, tag: &[u8]) -> Vec<IVec> {
+    store
+        .inner
+        .log
+        .scan_prefix(tag)
+        .map(|entry| entry.unwrap().0)
+        .collect()
+}
+
 #[tokio::test]
-async fn a_data_dir_from_before_the_backlog_tables_gets_them_at_open() {
+async fn a_data_dir_from_before_the_summaries_gets_them_at_open() {
     let harness = SledHarness::new();
     let (store, key) = with_a_and_b(&harness).await;
     let oldest = store.stats().await.unwrap().brands[&key.brand].oldest_queued_at_ms;
-    // Take the derived tables away, as a data dir written by an older hub lacks them.
+    // Rewrite the queue's indexes as the layout before the summaries had them: an age key `p` and an
+    // expiry key `x` per pending pixel, the player's count alone in `n`, no marker.
     tamper(&store, |data| {
-        for tag in [b"p", b"n", b"k"] {
-            for k in data.scan_prefix(tag).keys() {
-                data.remove(k.unwrap()).unwrap();
-            }
+        let mut count = 0u64;
+        for entry in data.scan_prefix(b"q") {
+            let (k, v) = entry.unwrap();
+            let (player, seq) = keys::parse_queue(&k).unwrap();
+            let pixel: QueuedPixel = serde_json::from_slice(&v).unwrap();
+            let mut age = [b"p".as_slice(), key.brand.as_str().as_bytes(), &[0]].concat();
+            age.extend_from_slice(&pixel.queued_at_ms.to_be_bytes());
+            age.extend_from_slice(format!("{}\0", player.player).as_bytes());
+            age.extend_from_slice(&seq.to_be_bytes());
+            data.insert(age, &[]).unwrap();
+            let expiry = keys::expiry(pixel.expires_at_ms, &player, seq);
+            data.insert(expiry, pixel.id.as_str().as_bytes()).unwrap();
+            count += 1;
         }
-        data.remove(b"mbacklog-tables-v1").unwrap();
+        data.insert(keys::summary(&key), count.to_be_bytes().as_slice())
+            .unwrap();
+        data.remove(b"mpending-summaries-v2").unwrap();
     });
     store.close().await.unwrap();
     drop(store);
@@ -291,6 +315,158 @@ async fn a_data_dir_from_before_the_backlog_tables_gets_them_at_open() {
     assert_eq!((queue.queue_depth, queue.oldest_queued_at_ms), (2, oldest));
     let top = store.backlogs(None, 5).await.unwrap();
     assert_eq!((top.len(), top[0].pending), (1, 2));
+    assert!(keys_of(&store, b"p").is_empty(), "the age index is gone");
+    assert!(
+        keys_of(&store, b"x").is_empty(),
+        "pending pixels' expiry keys are gone"
+    );
+    let summary = store.inner.log.get(&keys::summary(&key)).unwrap().unwrap();
+    assert_eq!(Summary::decode(&summary).unwrap().count, 2);
+    assert_eq!(summary.len(), 24, "the count is a summary now");
+    // The pixels still expire: from the summaries, without an `x` key.
+    let rules = ledger(&store);
+    harness.clock.advance(Duration::from_secs(31 * 24 * 3600));
+    let stop = CancellationToken::new();
+    rules.sweep(harness.now_ms(), &stop).await.unwrap();
+    assert_eq!(store.stats().await.unwrap().queue_depth, 0);
+    store.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_pending_pixel_costs_sled_its_queue_entry_and_record_alone() {
+    let harness = SledHarness::new();
+    let (store, _) = with_a_and_b(&harness).await;
+    store.inner.log.checkpoint().unwrap();
+    let tree = store.inner.log.sled_tree();
+    let count = |tag: &[u8]| tree.scan_prefix(tag).count();
+    assert_eq!(
+        [
+            count(b"q"),
+            count(b"i"),
+            count(b"r"),
+            count(b"n"),
+            count(b"x"),
+            count(b"p")
+        ],
+        [2, 2, 2, 1, 0, 0],
+        "two queue entries, records and report rows; one summary; no per-pixel index"
+    );
+    store.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_stale_floor_is_made_exact_when_the_oldest_pixel_is_asked_for() {
+    let harness = SledHarness::new();
+    let store = open(&harness);
+    let key = with_brand(&store).await;
+    let rules = ledger(&store);
+    rules.enqueue(&key, vec![js("a", None)]).await.unwrap();
+    let first = harness.now_ms();
+    harness.clock.advance(Duration::from_secs(5));
+    rules.enqueue(&key, vec![js("b", None)]).await.unwrap();
+    let a = rules.pending(&key).await.unwrap()[0].pixel.id.clone();
+    rules.cancel(&key, &a).await.unwrap();
+    // The cancel left the floor at a's time: a lower bound, not the answer.
+    assert_eq!(store.inner.summaries().summary(&key).queued_floor, first);
+    let oldest = store.stats().await.unwrap().brands[&key.brand].oldest_queued_at_ms;
+    assert_eq!(oldest, Some(first + 5_000), "b is the oldest now");
+    assert_eq!(
+        store.inner.summaries().summary(&key).queued_floor,
+        first + 5_000
+    );
+
+    // Reopened, the summary read from `n` still holds (a floor is never above the truth).
+    store.close().await.unwrap();
+    drop((store, rules));
+    let store = open(&harness);
+    let oldest = store.stats().await.unwrap().brands[&key.brand].oldest_queued_at_ms;
+    assert_eq!(oldest, Some(first + 5_000));
+    store.close().await.unwrap();
+}
+
+/// A player of `brand` with one pending pixel that expires in `ttl` seconds, behind a pixel of 1 s
+/// that was cancelled: its floors are stale (below its pixel's).
+async fn with_stale_floor(rules: &Ledger, brand: &BrandId, player: &str, ttl: u64) -> PlayerKey {
+    let key = PlayerKey::new(brand.clone(), PlayerId::parse(player).unwrap());
+    rules
+        .enqueue(&key, vec![js("early", Some(1)), js("late", Some(ttl))])
+        .await
+        .unwrap();
+    let early = rules.pending(&key).await.unwrap()[0].pixel.id.clone();
+    rules.cancel(&key, &early).await.unwrap();
+    key
+}
+
+#[tokio::test]
+async fn the_sweep_finds_due_pixels_behind_stale_floors_and_past_its_budget() {
+    let harness = SledHarness::new();
+    let store = open(&harness);
+    let brand = with_brand(&store).await.brand;
+    let rules = ledger(&store);
+    // More players than one call surveys, each with a short-lived pixel behind an acked one whose
+    // expiry is earlier still: every floor is stale once the first pixels are gone.
+    let players = queues::SURVEY_BUDGET + 40;
+    let mut keys = Vec::new();
+    for p in 0..players {
+        keys.push(with_stale_floor(&rules, &brand, &format!("p{p}"), 60).await);
+    }
+    assert_eq!(store.stats().await.unwrap().queue_depth, players as u64);
+    harness.clock.advance(Duration::from_secs(30));
+    let stop = CancellationToken::new();
+    rules.sweep(harness.now_ms(), &stop).await.unwrap();
+    assert_eq!(
+        store.stats().await.unwrap().queue_depth,
+        players as u64,
+        "nothing is due yet: the stale floors were surveyed, none expired early"
+    );
+    harness.clock.advance(Duration::from_secs(31));
+    let mut sweeps = 0;
+    while store.stats().await.unwrap().queue_depth > 0 {
+        rules.sweep(harness.now_ms(), &stop).await.unwrap();
+        sweeps += 1;
+        assert!(sweeps <= 3, "every pixel expires within a few sweeps");
+    }
+    for key in &keys {
+        assert!(rules.pending(key).await.unwrap().is_empty());
+    }
+    store.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn due_pixels_come_in_expiry_order_even_behind_stale_floors() {
+    let harness = SledHarness::new();
+    let store = open(&harness);
+    let brand = with_brand(&store).await.brand;
+    let rules = ledger(&store);
+    // Seventy players whose floors went stale at 1 s and whose pixel expires at 100 s and later;
+    // one player whose only pixel expires at 50 s.
+    for p in 0..70 {
+        with_stale_floor(&rules, &brand, &format!("s{p}"), 100 + p).await;
+    }
+    let soon = PlayerKey::new(brand.clone(), PlayerId::parse("e").unwrap());
+    rules
+        .enqueue(&soon, vec![js("soon", Some(50))])
+        .await
+        .unwrap();
+    harness.clock.advance(Duration::from_secs(300));
+    let due = store.inner.due_entries(harness.now_ms(), None, 2).unwrap();
+    assert_eq!(due.len(), 2);
+    assert_eq!(due[0].key, soon, "the earliest expiry comes first");
+    assert!(due[0].due_ms < due[1].due_ms);
+    // Walking on from each answer lists every due pixel once, in order.
+    let mut all = due.clone();
+    while let Some(last) = all.last().cloned() {
+        let more = store
+            .inner
+            .due_entries(harness.now_ms(), Some(&last), 7)
+            .unwrap();
+        if more.is_empty() {
+            break;
+        }
+        all.extend(more);
+    }
+    assert_eq!(all.len(), 71);
+    assert!(all.windows(2).all(|w| position(&w[0]) < position(&w[1])));
     store.close().await.unwrap();
 }
 
