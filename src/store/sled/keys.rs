@@ -94,6 +94,17 @@ pub fn parse_summary(k: &[u8]) -> Option<PlayerKey> {
     Some(PlayerKey::new(brand, player))
 }
 
+/// `p brand NUL queued-at player NUL seq`: a pending pixel's age key in data dirs written before the
+/// pending summaries; removed when that pixel ends.
+pub fn legacy_age(key: &PlayerKey, queued_at_ms: u64, seq: u64) -> Vec<u8> {
+    let mut k = brand_table(b'p', &key.brand);
+    k.extend_from_slice(&queued_at_ms.to_be_bytes());
+    k.extend_from_slice(key.player.as_str().as_bytes());
+    k.push(0);
+    k.extend_from_slice(&seq.to_be_bytes());
+    k
+}
+
 pub fn index_prefix(key: &PlayerKey) -> Vec<u8> {
     let mut k = vec![b'i'];
     push_player(&mut k, key);

@@ -178,6 +178,11 @@ impl WriteLog {
     }
 
     /// A number above every one given out before, across restarts.
+    /// Every sequence number given out so far is below this one.
+    pub(super) fn seq_bound(&self) -> u64 {
+        self.seq.load(Ordering::Relaxed)
+    }
+
     pub(super) fn next_seq(&self) -> u64 {
         self.seq.fetch_add(1, Ordering::Relaxed)
     }

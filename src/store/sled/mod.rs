@@ -135,6 +135,10 @@ struct Inner {
     /// at open, changed only under a player's stripe lock after the record that changed its queue
     /// was written. Taken after a stripe lock, never before one.
     backlogs: Mutex<Backlogs>,
+    /// Pixels with a lower sequence number were queued before the pending summaries and may still have
+    /// an age key `p` and an expiry key `x`: they are removed when the pixel ends (an `x` key left
+    /// behind would forget the final record at the pixel's old expiry time).
+    legacy_below: u64,
     announce: broadcast::Sender<PlayerKey>,
     /// Woken when an ingest adds postbacks, so the sender does not wait for its next poll.
     outbox: Notify,
@@ -242,7 +246,7 @@ impl SledStore {
         };
         let log = WriteLog::open(dir, db.clone(), data.clone(), journal)?;
 
-        summarise_queues(&data)?;
+        let legacy_below = summarise_queues(&data, log.seq_bound())?;
         drop_backlog_ranking(&data)?;
         // Depths and orders from the per-player summaries: one small key per player, where the
         // queue is a key per pixel with its body (5 million pixels took 11 s to scan, warm).
@@ -287,6 +291,7 @@ impl SledStore {
             catalog_lock: Mutex::new(()),
             leases: DashMap::new(),
             backlogs: Mutex::new(backlogs),
+            legacy_below,
             unflushed: DashMap::new(),
             closed: AtomicBool::new(false),
             announce: broadcast::channel(ANNOUNCE_CAPACITY).0,

@@ -184,9 +184,13 @@ impl Tx for SledTx<'_> {
                 forget_at_ms,
             } => {
                 let d = &record.delivery;
-                if record.is_client_pixel() {
+                if let Some(expires_at_ms) = d.expires_at_ms {
                     batch.remove(keys::queue(&key, record.seq));
                     batch.pending.entry(key.clone()).or_default().end();
+                    if record.seq < self.inner.legacy_below {
+                        batch.remove(keys::expiry(expires_at_ms, &key, record.seq));
+                        batch.remove(keys::legacy_age(&key, d.queued_at_ms, record.seq));
+                    }
                 }
                 batch.insert(
                     keys::expiry(forget_at_ms, &key, record.seq),

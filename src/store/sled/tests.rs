@@ -284,7 +284,13 @@ fn keys_of(store: &SledStore, tag: &[u8]) -> Vec<IVec> {
 #[tokio::test]
 async fn a_data_dir_from_before_the_summaries_gets_them_at_open() {
     let harness = SledHarness::new();
-    let (store, key) = with_a_and_b(&harness).await;
+    let store = open(&harness);
+    let key = with_brand(&store).await;
+    // `a` expires in a minute, `b` in the default 30 days.
+    ledger(&store)
+        .enqueue(&key, vec![js("a", Some(60)), js("b", None)])
+        .await
+        .unwrap();
     let oldest = store.stats().await.unwrap().brands[&key.brand].oldest_queued_at_ms;
     // Rewrite the queue's indexes as the layout before the summaries had them: an age key `p` and an
     // expiry key `x` per pending pixel, the player's count alone in `n`, no marker.
@@ -294,10 +300,7 @@ async fn a_data_dir_from_before_the_summaries_gets_them_at_open() {
             let (k, v) = entry.unwrap();
             let (player, seq) = keys::parse_queue(&k).unwrap();
             let pixel: QueuedPixel = serde_json::from_slice(&v).unwrap();
-            let mut age = [b"p".as_slice(), key.brand.as_str().as_bytes(), &[0]].concat();
-            age.extend_from_slice(&pixel.queued_at_ms.to_be_bytes());
-            age.extend_from_slice(format!("{}\0", player.player).as_bytes());
-            age.extend_from_slice(&seq.to_be_bytes());
+            let age = keys::legacy_age(&player, pixel.queued_at_ms, seq);
             data.insert(age, &[]).unwrap();
             let expiry = keys::expiry(pixel.expires_at_ms, &player, seq);
             data.insert(expiry, pixel.id.as_str().as_bytes()).unwrap();
@@ -315,20 +318,36 @@ async fn a_data_dir_from_before_the_summaries_gets_them_at_open() {
     assert_eq!((queue.queue_depth, queue.oldest_queued_at_ms), (2, oldest));
     let top = store.backlogs(None, 5).await.unwrap();
     assert_eq!((top.len(), top[0].pending), (1, 2));
-    assert!(keys_of(&store, b"p").is_empty(), "the age index is gone");
-    assert!(
-        keys_of(&store, b"x").is_empty(),
-        "pending pixels' expiry keys are gone"
-    );
     let summary = store.inner.log.get(&keys::summary(&key)).unwrap().unwrap();
     assert_eq!(Summary::decode(&summary).unwrap().count, 2);
     assert_eq!(summary.len(), 24, "the count is a summary now");
-    // The pixels still expire: from the summaries, without an `x` key.
+    assert_eq!(
+        (keys_of(&store, b"p").len(), keys_of(&store, b"x").len()),
+        (2, 2),
+        "the old keys stay until their pixels end"
+    );
+
+    // `a` fires; a minute later its old expiry key must not make the upkeep forget its record (the
+    // retention is a week).
     let rules = ledger(&store);
-    harness.clock.advance(Duration::from_secs(31 * 24 * 3600));
+    let session = SessionId::generate();
+    let sent = rules.lease(&key, session, 1).await.unwrap();
+    rules.ack(&key, &[sent[0].id.clone()]).await.unwrap();
+    assert_eq!(keys_of(&store, b"p").len(), 1, "a's age key went with it");
+    harness.clock.advance(Duration::from_secs(120));
     let stop = CancellationToken::new();
     rules.sweep(harness.now_ms(), &stop).await.unwrap();
+    let page = store
+        .deliveries(&key.brand, &DeliveryQuery::default())
+        .await
+        .unwrap();
+    assert_eq!(page.rows.len(), 2, "a's record is kept for its retention");
+
+    // `b` still expires, from the summaries; its old keys go with it.
+    harness.clock.advance(Duration::from_secs(31 * 24 * 3600));
+    rules.sweep(harness.now_ms(), &stop).await.unwrap();
     assert_eq!(store.stats().await.unwrap().queue_depth, 0);
+    assert!(keys_of(&store, b"p").is_empty());
     store.close().await.unwrap();
 }
 
