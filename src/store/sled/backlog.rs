@@ -168,13 +168,6 @@ impl Backlogs {
             .unwrap_or_default()
     }
 
-    /// Lists the brand, so the stats show it at depth 0 before its first pixel.
-    pub fn add_brand(&mut self, brand: &BrandId) {
-        self.brands
-            .entry(brand.clone())
-            .or_insert_with(|| BrandBacklog::new(brand.clone()));
-    }
-
     /// Replaces the player's summary, keeping every order and the brand's depth in step.
     pub fn set(&mut self, key: &PlayerKey, after: Summary) {
         let before = self.summary(key);

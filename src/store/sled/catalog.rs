@@ -100,12 +100,6 @@ impl Catalog for SledStore {
                     inner.stage_entry(&mut batch, entry, value);
                 }
                 let durable = inner.log.commit(batch.ops, &[])?;
-                for (entry, _) in &change.writes {
-                    if let Entry::Brand(brand) = entry {
-                        // Every brand has a depth, 0 until its first pixel: the stats list it.
-                        inner.summaries().add_brand(brand);
-                    }
-                }
                 Ok(Some(durable))
             })
             .await?;

@@ -251,12 +251,6 @@ impl SledStore {
         // Depths and orders from the per-player summaries: one small key per player, where the
         // queue is a key per pixel with its body (5 million pixels took 11 s to scan, warm).
         let mut backlogs = Backlogs::default();
-        for entry in data.scan_prefix(b"b").keys() {
-            let k = entry.map_err(backend)?;
-            let brand =
-                keys::parse_brand(&k).ok_or_else(|| StoreError::corrupt("corrupt brand key"))?;
-            backlogs.add_brand(&brand);
-        }
         for entry in data.scan_prefix(b"n") {
             let (k, v) = entry.map_err(backend)?;
             let key = keys::parse_summary(&k)
