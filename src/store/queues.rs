@@ -368,7 +368,10 @@ pub trait Queues: Send + Sync + 'static {
     async fn lanes(&self) -> Result<Vec<LaneDue>, StoreError>;
 
     /// Up to `limit` entries of the expiry index due at or before `until_ms`, in order, after `after`
-    /// (the last entry of the previous page) when given.
+    /// (the last entry of the previous page) when given. An engine may bound the work of one call and
+    /// answer with fewer, even none while more are due (the embedded engine, after surveying many
+    /// queues with nothing to list): an empty page ends the caller's pass, and the next pass, a few
+    /// seconds later, goes on from where the engine got to. Nothing due is ever skipped for good.
     async fn due_entries(
         &self,
         until_ms: u64,

@@ -135,6 +135,10 @@ struct Inner {
     /// at open, changed only under a player's stripe lock after the record that changed its queue
     /// was written. Taken after a stripe lock, never before one.
     backlogs: Mutex<Backlogs>,
+    /// Players the current upkeep pass surveyed and found nothing due after its cursor: pixels a
+    /// browser holds, which the upkeep passes over. Later calls of the pass skip them, so a pass goes on
+    /// past any number of them (see [`queues::Sweep`]).
+    sweep: Mutex<queues::Sweep>,
     /// Pixels with a lower sequence number were queued before the pending summaries and may still have
     /// an age key `p` and an expiry key `x`: they are removed when the pixel ends (an `x` key left
     /// behind would forget the final record at the pixel's old expiry time).
@@ -285,6 +289,7 @@ impl SledStore {
             catalog_lock: Mutex::new(()),
             leases: DashMap::new(),
             backlogs: Mutex::new(backlogs),
+            sweep: Mutex::default(),
             legacy_below,
             unflushed: DashMap::new(),
             closed: AtomicBool::new(false),
@@ -468,18 +473,15 @@ impl Inner {
             queued_floor: u64::MAX,
             expiry_floor: u64::MAX,
         };
-        let mut first = true;
         for entry in self.log.scan_prefix(&prefix) {
             let (k, v) = entry?;
             let (_, seq) =
                 keys::parse_queue(&k).ok_or_else(|| StoreError::corrupt("corrupt queue key"))?;
             let pixel: QueuedPixel = serde_json::from_slice(&v).map_err(backend)?;
             exact.count += 1;
-            if first {
-                // The queue's order is the order pixels were queued in: its head is its oldest.
-                exact.queued_floor = pixel.queued_at_ms;
-                first = false;
-            }
+            // Not the head's time: two writers read the clock before taking the stripe, so a lower
+            // sequence number may carry a later time.
+            exact.queued_floor = exact.queued_floor.min(pixel.queued_at_ms);
             exact.expiry_floor = exact.expiry_floor.min(pixel.expires_at_ms);
             if pixel.expires_at_ms <= until_ms {
                 due.push(DueEntry {

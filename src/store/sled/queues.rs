@@ -424,8 +424,23 @@ impl Queues for SledStore {
 /// Players one [`Inner::due_entries`] call surveys at most: a bound on its work when many floors have
 /// gone stale (an old data dir's first sweep, or many queues drained half-way).
 pub(super) const SURVEY_BUDGET: usize = 1024;
+/// Players one call surveys at most when none of them had anything to list yet: so a call whose
+/// budget went on stale floors still lists what comes after them, up to this bound on its work.
+const SURVEY_CAP: usize = 16 * SURVEY_BUDGET;
 /// Players surveyed between two looks at whether the call has found enough.
 const SURVEY_CHUNK: usize = 64;
+
+/// What one upkeep pass (the calls of [`Inner::due_entries`] with one `until_ms`, the first without a
+/// cursor) has learnt: the players whose due pixels all lie at or before the pass's cursor. The cursor
+/// only moves on, so they have nothing for the rest of the pass; without this, players holding expired
+/// pixels that a browser has (passed over by the upkeep) would be surveyed again by every call and
+/// use up its budget. A memory, not a rule: forgetting it costs surveys, never an entry; a new pass
+/// starts afresh.
+#[derive(Default)]
+pub(super) struct Sweep {
+    until_ms: u64,
+    done: HashSet<PlayerKey>,
+}
 
 /// Where a due entry sits in the order the upkeep walks.
 pub(super) fn position(entry: &DueEntry) -> (u64, &PlayerKey, u64) {
@@ -485,35 +500,61 @@ impl Inner {
                 .as_ref()
                 .is_none_or(|(floor, key)| position(e) < (*floor, key, 0))
         };
+        let mut sweep = std::mem::take(&mut *lock_sweep(&self.sweep));
+        if after.is_none() || sweep.until_ms != until_ms {
+            sweep = Sweep {
+                until_ms,
+                done: HashSet::new(),
+            };
+        }
         let mut surveyed = HashSet::new();
+        let skip = |k: &PlayerKey, surveyed: &HashSet<PlayerKey>, done: &HashSet<PlayerKey>| {
+            surveyed.contains(k) || done.contains(k)
+        };
         let unsurveyed = loop {
-            let (players, _) =
-                self.summaries()
-                    .expiring(until_ms, |k| surveyed.contains(k), SURVEY_CHUNK);
+            let (players, _) = self.summaries().expiring(
+                until_ms,
+                |k| skip(k, &surveyed, &sweep.done),
+                SURVEY_CHUNK,
+            );
             if players.is_empty() {
                 break None;
             }
             for key in players {
-                due.extend(self.survey(&key, until_ms)?.0);
+                let pixels = self.survey(&key, until_ms)?.0;
+                if pixels
+                    .iter()
+                    .all(|e| after.is_some_and(|a| position(e) <= position(a)))
+                {
+                    // Nothing after the cursor, now or later in this pass.
+                    sweep.done.insert(key.clone());
+                }
+                due.extend(pixels);
                 surveyed.insert(key);
             }
             // Surveys move floors: the first player left is looked up afresh.
             let first = self
                 .summaries()
-                .expiring(until_ms, |k| surveyed.contains(k), 0)
+                .expiring(until_ms, |k| skip(k, &surveyed, &sweep.done), 0)
                 .1;
             let ready = due
                 .iter()
                 .filter(|e| wanted(e) && placed(e, &first))
                 .count();
-            if first.is_none() || ready >= limit || surveyed.len() >= SURVEY_BUDGET {
+            let spent = surveyed.len() >= SURVEY_BUDGET && ready > 0;
+            if first.is_none() || ready >= limit || spent || surveyed.len() >= SURVEY_CAP {
                 break first;
             }
         };
+        *lock_sweep(&self.sweep) = sweep;
         due.retain(|e| wanted(e) && placed(e, &unsurveyed));
         due.sort_by(|a, b| position(a).cmp(&position(b)));
         due.dedup_by(|a, b| position(a) == position(b));
         due.truncate(limit);
         Ok(due)
     }
+}
+
+fn lock_sweep(sweep: &std::sync::Mutex<Sweep>) -> std::sync::MutexGuard<'_, Sweep> {
+    sweep.lock().unwrap_or_else(|p| p.into_inner())
 }

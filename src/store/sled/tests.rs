@@ -452,6 +452,42 @@ async fn the_sweep_finds_due_pixels_behind_stale_floors_and_past_its_budget() {
 }
 
 #[tokio::test]
+async fn one_sweep_goes_on_past_any_number_of_expired_pixels_a_browser_holds() {
+    let harness = SledHarness::new();
+    let store = open(&harness);
+    let brand = with_brand(&store).await.brand;
+    let rules = ledger(&store);
+    let session = SessionId::generate();
+    // More players than a call's survey budget, each holding an expired pixel in a browser (the
+    // upkeep passes over those), and after them one player whose expired pixel nobody holds.
+    let held = queues::SURVEY_BUDGET + 76;
+    for p in 0..held {
+        let key = PlayerKey::new(brand.clone(), PlayerId::parse(&format!("h{p:04}")).unwrap());
+        rules
+            .enqueue(&key, vec![js("held", Some(1))])
+            .await
+            .unwrap();
+        assert_eq!(rules.lease(&key, session, 1).await.unwrap().len(), 1);
+    }
+    let idle = PlayerKey::new(brand.clone(), PlayerId::parse("z").unwrap());
+    rules
+        .enqueue(&idle, vec![js("idle", Some(1))])
+        .await
+        .unwrap();
+    harness.clock.advance(Duration::from_secs(2));
+
+    let stop = CancellationToken::new();
+    rules.sweep(harness.now_ms(), &stop).await.unwrap();
+    assert_eq!(
+        store.stats().await.unwrap().queue_depth,
+        held as u64,
+        "the idle pixel expired in the first sweep; what browsers hold stays (their acks decide)"
+    );
+    assert_eq!(store.inner.summaries().summary(&idle).count, 0);
+    store.close().await.unwrap();
+}
+
+#[tokio::test]
 async fn due_pixels_come_in_expiry_order_even_behind_stale_floors() {
     let harness = SledHarness::new();
     let store = open(&harness);
