@@ -201,15 +201,23 @@ impl Conn {
         }
     }
 
+    /// The closing handshake: our close frame, then the peer's frames read until its close (or its
+    /// end), within a second. Dropping the socket with the peer's frames unread would make the kernel
+    /// answer with a reset, and a browser that gets the reset first reports 1006, not our code.
     async fn close(mut self, reason: CloseReason) {
         let frame = CloseFrame {
             code: reason.code(),
             reason: reason.as_str().into(),
         };
-        let _ = tokio::time::timeout(
-            Duration::from_secs(1),
-            self.socket.send(Message::Close(Some(frame))),
-        )
+        let _ = tokio::time::timeout(Duration::from_secs(1), async {
+            if self.socket.send(Message::Close(Some(frame))).await.is_ok() {
+                while let Some(Ok(message)) = self.socket.recv().await {
+                    if matches!(message, Message::Close(_)) {
+                        break;
+                    }
+                }
+            }
+        })
         .await;
     }
 }
