@@ -32,8 +32,8 @@ use std::time::{Duration, Instant};
 
 use ::sled::{Batch, Db, IVec, Tree};
 
-use super::backend;
 use super::overlay::{self, Merged, Op, Overlay};
+use super::{backend, lock};
 use crate::store::journal::{self, Journal, JournalOptions};
 use crate::store::{Cause, StoreError};
 
@@ -484,10 +484,6 @@ fn background_priority() {
         let tid = libc::gettid();
         libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, 10);
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// The first key after every key starting with `prefix`, if there is one.

@@ -232,8 +232,10 @@ fn backend<E: std::error::Error + Send + Sync + 'static>(e: E) -> StoreError {
     }
 }
 
-fn lock(m: &Mutex<()>) -> MutexGuard<'_, ()> {
-    // The mutexes guard no data, only ordering; a panic elsewhere cannot leave anything inconsistent.
+/// Takes one of the engine's mutexes. A mutex poisoned by a panic elsewhere is taken all the same: the
+/// stripes guard no data, only ordering, and the in-memory indexes behind the others are changed by
+/// code that does not panic half-way; one failed request must not stop every other.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
@@ -415,7 +417,7 @@ impl Inner {
         }
         let durable = self.log.commit(changes.ops, &changes.fresh)?;
         if !changes.outbox.is_empty() {
-            let mut lanes = self.lanes.lock().unwrap_or_else(|p| p.into_inner());
+            let mut lanes = lock(&self.lanes);
             for (lane, due, added) in changes.outbox {
                 let mut size = self.outbox_size.entry(lane.brand.clone()).or_insert(0);
                 *size = if added {
@@ -449,7 +451,7 @@ impl Inner {
     }
 
     fn summaries(&self) -> MutexGuard<'_, Backlogs> {
-        self.backlogs.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.backlogs)
     }
 
     /// Pending client pixels of a player.

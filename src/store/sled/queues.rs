@@ -400,7 +400,7 @@ impl Queues for SledStore {
     }
 
     async fn lanes(&self) -> Result<Vec<LaneDue>, StoreError> {
-        let lanes = self.inner.lanes.lock().unwrap_or_else(|p| p.into_inner());
+        let lanes = lock(&self.inner.lanes);
         Ok(lanes
             .iter()
             .filter_map(|(lane, times)| {
@@ -500,7 +500,7 @@ impl Inner {
                 .as_ref()
                 .is_none_or(|(floor, key)| position(e) < (*floor, key, 0))
         };
-        let mut sweep = std::mem::take(&mut *lock_sweep(&self.sweep));
+        let mut sweep = std::mem::take(&mut *lock(&self.sweep));
         if after.is_none() || sweep.until_ms != until_ms {
             sweep = Sweep {
                 until_ms,
@@ -546,15 +546,11 @@ impl Inner {
                 break first;
             }
         };
-        *lock_sweep(&self.sweep) = sweep;
+        *lock(&self.sweep) = sweep;
         due.retain(|e| wanted(e) && placed(e, &unsurveyed));
         due.sort_by(|a, b| position(a).cmp(&position(b)));
         due.dedup_by(|a, b| position(a) == position(b));
         due.truncate(limit);
         Ok(due)
     }
-}
-
-fn lock_sweep(sweep: &std::sync::Mutex<Sweep>) -> std::sync::MutexGuard<'_, Sweep> {
-    sweep.lock().unwrap_or_else(|p| p.into_inner())
 }

@@ -403,6 +403,14 @@ async fn a_stale_floor_is_made_exact_when_the_oldest_pixel_is_asked_for() {
     store.close().await.unwrap();
 }
 
+/// A store with a brand, and the ledger over it.
+async fn with_brand_and_rules(harness: &SledHarness) -> (SledStore, BrandId, Ledger) {
+    let store = open(harness);
+    let brand = with_brand(&store).await.brand;
+    let rules = ledger(&store);
+    (store, brand, rules)
+}
+
 /// A player of `brand` with one pending pixel that expires in `ttl` seconds, behind a pixel of 1 s
 /// that was cancelled: its floors are stale (below its pixel's).
 async fn with_stale_floor(rules: &Ledger, brand: &BrandId, player: &str, ttl: u64) -> PlayerKey {
@@ -419,9 +427,7 @@ async fn with_stale_floor(rules: &Ledger, brand: &BrandId, player: &str, ttl: u6
 #[tokio::test]
 async fn the_sweep_finds_due_pixels_behind_stale_floors_and_past_its_budget() {
     let harness = SledHarness::new();
-    let store = open(&harness);
-    let brand = with_brand(&store).await.brand;
-    let rules = ledger(&store);
+    let (store, brand, rules) = with_brand_and_rules(&harness).await;
     // More players than one call surveys, each with a short-lived pixel behind an acked one whose
     // expiry is earlier still: every floor is stale once the first pixels are gone.
     let players = queues::SURVEY_BUDGET + 40;
@@ -454,9 +460,7 @@ async fn the_sweep_finds_due_pixels_behind_stale_floors_and_past_its_budget() {
 #[tokio::test]
 async fn one_sweep_goes_on_past_any_number_of_expired_pixels_a_browser_holds() {
     let harness = SledHarness::new();
-    let store = open(&harness);
-    let brand = with_brand(&store).await.brand;
-    let rules = ledger(&store);
+    let (store, brand, rules) = with_brand_and_rules(&harness).await;
     let session = SessionId::generate();
     // More players than a call's survey budget, each holding an expired pixel in a browser (the
     // upkeep passes over those), and after them one player whose expired pixel nobody holds.
@@ -490,9 +494,7 @@ async fn one_sweep_goes_on_past_any_number_of_expired_pixels_a_browser_holds() {
 #[tokio::test]
 async fn due_pixels_come_in_expiry_order_even_behind_stale_floors() {
     let harness = SledHarness::new();
-    let store = open(&harness);
-    let brand = with_brand(&store).await.brand;
-    let rules = ledger(&store);
+    let (store, brand, rules) = with_brand_and_rules(&harness).await;
     // Seventy players whose floors went stale at 1 s and whose pixel expires at 100 s and later;
     // one player whose only pixel expires at 50 s.
     for p in 0..70 {
