@@ -8,10 +8,10 @@
 //! a core first), which runs when the overlay holds [`CHECKPOINT_BYTES`] or a second has passed:
 //!
 //! 1. `P` = the journal's durable position; take every key's value as of `P` from the overlay;
-//! 2. write them to sled in slices of [`CHECKPOINT_SLICE`] keys (a sled batch blocks every other sled
-//!    call while it applies), the last with `P` itself (`m` [`CHECKPOINT_KEY`]) and the sequence
-//!    counter, then `flush` sled and `fdatasync` its files (sled alone syncs with `sync_file_range`,
-//!    which is not durable);
+//! 2. write them to sled key by key, letting the overlay drop each [`CHECKPOINT_SLICE`] keys as they
+//!    land; then `flush` sled and `fdatasync` its files (sled alone syncs with `sync_file_range`, which
+//!    is not durable), and only then write `P` itself (`m` [`CHECKPOINT_KEY`]) with the sequence counter,
+//!    and sync again;
 //! 3. delete the journal segments wholly before `P`, and drop the overlay's versions up to `P`.
 //!
 //! A crash anywhere in that leaves sled holding the journal up to some checkpoint `P₀`, perhaps with
@@ -41,10 +41,9 @@ use crate::store::{Cause, StoreError};
 pub(super) const CHECKPOINT_BYTES: usize = 16 << 20;
 /// The overlay's size at which writers wait for the checkpointer.
 pub(super) const MAX_OVERLAY_BYTES: usize = 128 << 20;
-/// Key changes per sled batch of a checkpoint. A batch holds up every other sled call while it applies,
-/// so this bounds a request's wait behind the checkpointer: with 1,024 keys, online p99 was 13 to 16 ms;
-/// with 256 (and the checkpointer at a lower priority) 8.2 to 8.9 ms, throughput within run-to-run
-/// noise (medians of 3: drain -9%, single calls +11%, batches +9%).
+/// Key changes a checkpoint writes to sled between two trims of the overlay: the overlay lets them go
+/// (readers find them in sled now, writers waiting for room get it) under its write lock, once per slice
+/// rather than once per key.
 const CHECKPOINT_SLICE: usize = 256;
 /// The longest a change waits in the overlay alone when the hub is quiet.
 const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
@@ -77,6 +76,9 @@ pub(super) struct WriteLog {
     stop: AtomicBool,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     counters: Counters,
+    /// Tests: every sync of sled's files fails.
+    #[cfg(test)]
+    settle_fails: AtomicBool,
 }
 
 /// What checkpoints did, for the stats.
@@ -166,6 +168,8 @@ impl WriteLog {
             stop: AtomicBool::new(false),
             thread: Mutex::new(None),
             counters: Counters::default(),
+            #[cfg(test)]
+            settle_fails: AtomicBool::new(false),
         });
         log.checkpoint()?;
         let weak = Arc::downgrade(&log);
@@ -316,41 +320,32 @@ impl WriteLog {
             .unwrap_or_else(|p| p.into_inner())
             .snapshot(upto);
         let keys = ops.len() as u64;
-        // In slices: sled's `apply_batch` holds a lock every other sled call waits on, so one batch of
-        // 100,000 keys (1.7 s here) held up every request that read sled. `P` goes in the last one.
-        // Once sled has applied a slice, readers find it there: its keys leave the overlay at once,
-        // so writers waiting for room get it slice by slice (the journal keeps them until the end).
-        let mut slices = ops.chunks(CHECKPOINT_SLICE).peekable();
-        while let Some(slice) = slices.next() {
-            let mut batch = Batch::default();
+        // Key by key, not in sled batches: a batch takes a lock every other sled call waits on (one of
+        // 100,000 keys held up every request that read sled for 1.7 s), and costs more per key (8.9
+        // against 11.2 µs for a pixel's three keys, alone on a core). After each slice the overlay lets
+        // its keys go, so readers find them in sled and writers waiting for room get it.
+        for slice in ops.chunks(CHECKPOINT_SLICE) {
             for (key, value) in slice {
                 match value {
-                    Some(value) => batch.insert(key, value.clone()),
-                    None => batch.remove(key),
+                    Some(value) => self.data.insert(key, value.clone()).map(drop),
+                    None => self.data.remove(key).map(drop),
                 }
+                .map_err(backend)?;
             }
-            if slices.peek().is_none() {
-                batch.insert(CHECKPOINT_KEY, upto.to_be_bytes().as_slice());
-                batch.insert(
-                    SEQ_KEY,
-                    self.seq.load(Ordering::Relaxed).to_be_bytes().as_slice(),
-                );
-            }
-            self.data.apply_batch(batch).map_err(backend)?;
             self.pruned(|overlay| overlay.prune_keys(slice.iter().map(|(k, _)| k), upto));
-        }
-        if ops.is_empty() {
-            // Only removals sled never held: `P` alone.
-            let mut batch = Batch::default();
-            batch.insert(CHECKPOINT_KEY, upto.to_be_bytes().as_slice());
-            batch.insert(
-                SEQ_KEY,
-                self.seq.load(Ordering::Relaxed).to_be_bytes().as_slice(),
-            );
-            self.data.apply_batch(batch).map_err(backend)?;
         }
         // The removals left out (keys sled never held) go too.
         self.pruned(|overlay| overlay.prune(upto));
+        // `P` only once everything before it is durable in sled: then no crash can leave sled
+        // claiming a position whose keys it lost, whatever order sled's own log recovers in.
+        self.settle()?;
+        let mut mark = Batch::default();
+        mark.insert(CHECKPOINT_KEY, upto.to_be_bytes().as_slice());
+        mark.insert(
+            SEQ_KEY,
+            self.seq.load(Ordering::Relaxed).to_be_bytes().as_slice(),
+        );
+        self.data.apply_batch(mark).map_err(backend)?;
         self.settle()?;
         self.journal.release(upto)?;
         self.counters.checkpoints.fetch_add(1, Ordering::Relaxed);
@@ -376,6 +371,12 @@ impl WriteLog {
     /// Flushes sled and syncs its files: what sled's own flush leaves undone (it writes with
     /// `sync_file_range`, which neither flushes the device's cache nor a file's size).
     pub(super) fn settle(&self) -> Result<(), StoreError> {
+        #[cfg(test)]
+        if self.settle_fails.load(Ordering::Relaxed) {
+            return Err(io(std::io::Error::other(
+                "a sync of sled's files failed (test)",
+            )));
+        }
         self.db.flush().map_err(backend)?;
         sync_sled_files(&self.dir).map_err(io)
     }
@@ -404,6 +405,12 @@ impl WriteLog {
             .filter_map(|start| std::fs::metadata(journal::segment::path(&dir, *start)).ok())
             .map(|m| m.len())
             .sum()
+    }
+
+    /// Makes every later sync of sled's files fail, for tests of what a checkpoint leaves behind.
+    #[cfg(test)]
+    pub(super) fn fail_settles(&self) {
+        self.settle_fails.store(true, Ordering::Relaxed);
     }
 
     /// The sled tree itself, for tests that write a data dir as an older version left it.

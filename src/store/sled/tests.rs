@@ -947,3 +947,31 @@ async fn the_checkpointer_runs_at_a_lower_priority_than_requests() {
         "the journal is not lowered"
     );
 }
+
+/// A checkpoint marks its journal position in sled only once sled holds every key before it durably:
+/// when the sync of sled's files fails, the mark stays where it was, so the next open replays the
+/// journal from there, whatever sled's own log recovered.
+#[tokio::test]
+async fn a_checkpoint_marks_its_position_only_after_sled_synced_its_keys() {
+    let harness = SledHarness::new();
+    let (store, brand, rules) = with_brand_and_rules(&harness).await;
+    let log = &store.inner.log;
+    log.checkpoint().unwrap();
+    let mark = || {
+        let value = log.sled_tree().get(log::CHECKPOINT_KEY).unwrap().unwrap();
+        u64::from_be_bytes(<[u8; 8]>::try_from(value.as_ref()).unwrap())
+    };
+    let before = mark();
+    log.fail_settles();
+    let key = PlayerKey::new(brand, PlayerId::parse("p1").unwrap());
+    rules.enqueue(&key, vec![js("a", None)]).await.unwrap();
+
+    assert!(log.checkpoint().is_err(), "the sync failed");
+    // The pixel's keys reached sled's tree; its mark did not.
+    let queued = log
+        .sled_tree()
+        .scan_prefix(keys::queue_prefix(&key))
+        .count();
+    assert_eq!(queued, 1, "the checkpoint wrote the queue entry");
+    assert_eq!(mark(), before, "no mark before the sync of what it covers");
+}
