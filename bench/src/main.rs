@@ -8,6 +8,7 @@ mod mqtt;
 mod nats;
 mod report;
 mod scenarios;
+mod sled_keys;
 mod soak;
 mod system;
 
@@ -58,6 +59,11 @@ struct Args {
     /// Tiny sizes, for a check that the harness works (the test command runs this).
     #[arg(long)]
     smoke: bool,
+
+    /// Instead of the scenarios: what sled costs per key, alone on one thread, for the layouts a
+    /// pending pixel could have (the floor under the embedded engine's checkpoint).
+    #[arg(long)]
+    sled_keys: bool,
 
     /// sessions: idle sessions to hold.
     #[arg(long, default_value_t = 18_000)]
@@ -197,6 +203,15 @@ impl Args {
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
+    if args.sled_keys {
+        return match sled_keys::run() {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("pixelhub-bench: --sled-keys FAILED: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let sizes = args.sizes();
     let binary = args.hub_bin.clone().unwrap_or_else(hub::default_binary);
     if !binary.exists() {
