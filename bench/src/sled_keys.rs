@@ -29,7 +29,7 @@ struct Layout {
 
 const LAYOUTS: [Layout; 4] = [
     Layout {
-        name: "3 keys: queue 300 B, record 650 B, report index (today)",
+        name: "3 keys: queue 300 B, record 650 B, report index (before)",
         keys: &[(b'q', 300), (b'i', 650), (b'r', 0)],
     },
     Layout {
@@ -37,7 +37,7 @@ const LAYOUTS: [Layout; 4] = [
         keys: &[(b'q', 300), (b'i', 350), (b'r', 0)],
     },
     Layout {
-        name: "2 keys: queue entry holding the record (950 B), report index",
+        name: "2 keys: queue entry holding the record (950 B), report index (today)",
         keys: &[(b'q', 950), (b'r', 0)],
     },
     Layout {

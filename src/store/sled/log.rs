@@ -322,7 +322,8 @@ impl WriteLog {
         let keys = ops.len() as u64;
         // Key by key, not in sled batches: a batch takes a lock every other sled call waits on (one of
         // 100,000 keys held up every request that read sled for 1.7 s), and costs more per key (10.6
-        // against 7.0 µs for today's three keys a pixel, alone on a core: `pixelhub-bench --sled-keys`).
+        // against 7.0 µs for the three keys a pixel had then, alone on a core:
+        // `pixelhub-bench --sled-keys`).
         // After each slice the overlay lets its keys go, so readers find them in sled and writers
         // waiting for room get it.
         for slice in ops.chunks(CHECKPOINT_SLICE) {

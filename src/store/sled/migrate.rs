@@ -6,10 +6,9 @@ use std::collections::HashMap;
 use ::sled::{Batch, IVec, Tree};
 
 use super::backlog::{Change, Summary};
-use super::{backend, json, keys};
+use super::{backend, entry, json, keys};
 use crate::brand::{BrandSecret, SecretKind};
 use crate::ids::{BrandId, PlayerKey};
-use crate::pixel::QueuedPixel;
 use crate::store::queues::Record;
 use crate::store::{Lane, StoreError};
 
@@ -33,7 +32,7 @@ pub(super) fn summarise_queues(data: &Tree, seq_bound: u64) -> Result<u64, Store
         let (k, v) = entry.map_err(backend)?;
         let (key, _) =
             keys::parse_queue(&k).ok_or_else(|| StoreError::corrupt("corrupt queue key"))?;
-        let pixel: QueuedPixel = serde_json::from_slice(&v).map_err(backend)?;
+        let pixel = entry::pixel(&v)?;
         let mut change = Change::default();
         change.add(pixel.queued_at_ms, pixel.expires_at_ms);
         let summary = summaries.entry(key).or_default();

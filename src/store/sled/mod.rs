@@ -8,9 +8,9 @@
 //! | key | value |
 //! |---|---|
 //! | `b` brand | [`Brand`] JSON |
-//! | `q` brand NUL player NUL seq(u64 BE) | [`QueuedPixel`] JSON: the queue, in order |
-//! | `i` brand NUL player NUL pixel-id | [`Record`] JSON: the pixel's or postback's [`Delivery`] record (status, report row, idempotency entry) and queue seq |
-//! | `r` brand NUL queued-at(u64 BE ms) player NUL pixel-id | empty: the report's time index over `i` |
+//! | `q` brand NUL player NUL seq(u64 BE) | the queue, in order: a pending [`QueuedPixel`](crate::pixel::QueuedPixel) with its [`Record`] ([`entry`]; entries written before hold the pixel's JSON alone, their record in `i`) |
+//! | `i` brand NUL player NUL pixel-id | [`Record`] JSON: the record (status, report row, idempotency entry) and queue seq of a postback, or of a pixel once it ended |
+//! | `r` brand NUL queued-at(u64 BE ms) player NUL pixel-id | the report's time index: empty, or a pending pixel's queue seq (u64 BE), where its record is until it ends |
 //! | `x` due(u64 BE ms) brand NUL player NUL seq | record id: when a final record is forgotten |
 //! | `l` brand NUL host NUL due(u64 BE ms) player NUL postback-id | empty: the S2S outbox, one lane per brand and host (`host:port`), each by next attempt (or end of claim) |
 //! | `d` brand NUL definition-id | [`Definition`] JSON |
@@ -30,8 +30,9 @@
 //! global line before lanes; a data dir that has it is moved to `l` at open.)
 //!
 //! `n` is derived from `q`: every change to a queue goes through [`Changes`], which writes the player's
-//! summary in the same journal record. A pending pixel costs sled its queue entry alone; what used to
-//! be three keys per pixel (its expiry `x`, its age `p`, the count `n`) is one key per player, and the
+//! summary in the same journal record. A pending pixel costs sled two keys, its queue entry (with its
+//! record) and its report row; what used to be three keys more per pixel (its expiry `x`, its age `p`,
+//! the count `n`) is one key per player, and the
 //! orders over it (biggest backlogs, oldest pixels, earliest expiries) live in memory ([`backlog`]),
 //! rebuilt from `n` at open. A data dir written before the summaries gets them at open, once
 //! ([`migrate::summarise_queues`]).
@@ -61,10 +62,12 @@ use tokio::sync::{Notify, broadcast};
 
 mod backlog;
 mod catalog;
+mod entry;
 mod keys;
 mod log;
 mod migrate;
 mod overlay;
+mod pending;
 mod queues;
 mod report;
 mod threads;
@@ -75,6 +78,7 @@ use self::migrate::{
     add_missing_secrets, drop_backlog_ranking, move_outbox_to_lanes, summarise_queues,
 };
 use self::overlay::Op;
+use self::pending::{Lookup, PendingIds};
 use self::threads::StoreThreads;
 
 use super::journal::{self, JournalOptions};
@@ -84,7 +88,6 @@ use crate::clock::SharedClock;
 use crate::definition::Definition;
 use crate::ids::{BrandId, DefinitionId, EventId, PixelId, PlayerId, PlayerKey};
 use crate::metrics::Metrics;
-use crate::pixel::QueuedPixel;
 use crate::store::queues::{DueEntry, Lease, Record};
 
 /// Milliseconds in a day: the unit of the events quota (UTC days).
@@ -165,6 +168,8 @@ struct Inner {
     unflushed: DashMap<PlayerKey, Vec<(u64, u64)>>,
     /// Set by `close`; every later change is refused.
     closed: AtomicBool,
+    /// Where each pending pixel's record is, by id, for the players looked up lately.
+    pending_ids: PendingIds,
 }
 
 /// A batch of changes and what it does to queues, applied together by [`Inner::apply`]: the pending
@@ -179,6 +184,9 @@ struct Changes {
     pending: HashMap<PlayerKey, backlog::Change>,
     /// Outbox entries the batch adds (true) or removes (false): lane and due time.
     outbox: Vec<(Lane, u64, bool)>,
+    /// Pending pixels whose entry holds their record, queued (at that position) or ended (`None`):
+    /// what [`PendingIds`] follows.
+    ids: Vec<(PlayerKey, PixelId, Option<u64>)>,
 }
 
 impl Changes {
@@ -295,6 +303,7 @@ impl SledStore {
             legacy_below,
             unflushed: DashMap::new(),
             closed: AtomicBool::new(false),
+            pending_ids: PendingIds::default(),
             announce: broadcast::channel(ANNOUNCE_CAPACITY).0,
             outbox: Notify::new(),
             threads: StoreThreads::start().map_err(backend)?,
@@ -372,8 +381,77 @@ impl Inner {
         batch.insert(keys::report(key, d.queued_at_ms, &d.id), &[]);
     }
 
-    fn record(&self, key: &PlayerKey, id: &PixelId) -> Result<Option<Record>, StoreError> {
+    /// The record under a pixel's or postback's id, read without the player's stripe lock (the
+    /// report, an event's statuses, the outbox): `seq`, when known (a report row says it), is where a
+    /// pending pixel's entry would be.
+    fn record(
+        &self,
+        key: &PlayerKey,
+        id: &PixelId,
+        seq: Option<u64>,
+    ) -> Result<Option<Record>, StoreError> {
+        if let Some(record) = self.read(&keys::index(key, id))? {
+            return Ok(Some(record));
+        }
+        let value = match seq {
+            Some(seq) => self.log.get(&keys::queue(key, seq))?,
+            None if self.pending_count(key) > 0 => self.find_queued(key, id)?.map(|(_, v)| v),
+            None => None,
+        };
+        if let Some(value) = value
+            && entry::id(&value)? == Some(id.as_str().as_bytes())
+        {
+            return entry::record(&value);
+        }
+        // The pixel may have ended since `i` was read.
         self.read(&keys::index(key, id))
+    }
+
+    /// The player's queue entry holding pixel `id` with its record, read from the queue: its position
+    /// and value.
+    fn find_queued(
+        &self,
+        key: &PlayerKey,
+        id: &PixelId,
+    ) -> Result<Option<(u64, IVec)>, StoreError> {
+        for item in self.log.scan_prefix(&keys::queue_prefix(key)) {
+            let (k, v) = item?;
+            if entry::id(&v)? == Some(id.as_str().as_bytes()) {
+                let (_, seq) = keys::parse_queue(&k)
+                    .ok_or_else(|| StoreError::corrupt("corrupt queue key"))?;
+                return Ok(Some((seq, v)));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Where the player's pending pixel `id` is, if its entry holds its record: from [`PendingIds`],
+    /// indexing the player first when it is not. Call under the player's stripe lock.
+    fn pending_seq(&self, key: &PlayerKey, id: &PixelId) -> Result<Option<u64>, StoreError> {
+        if self.pending_count(key) == 0 {
+            return Ok(None);
+        }
+        let bytes = id.as_str().as_bytes();
+        if self.pending_ids.find(key, bytes) == Lookup::Unknown {
+            let mut queue = Vec::new();
+            for item in self.log.scan_prefix(&keys::queue_prefix(key)) {
+                let (k, v) = item?;
+                if let Some(id) = entry::id(&v)? {
+                    let (_, seq) = keys::parse_queue(&k)
+                        .ok_or_else(|| StoreError::corrupt("corrupt queue key"))?;
+                    queue.push((id.to_vec(), seq));
+                }
+            }
+            self.pending_ids
+                .fill(key, queue.iter().map(|(id, seq)| (id.as_slice(), *seq)));
+            let found = queue.iter().find(|(queued, _)| queued == bytes);
+            return Ok(found.map(|(_, seq)| *seq));
+        }
+        match self.pending_ids.find(key, bytes) {
+            Lookup::At(seq) => Ok(Some(seq)),
+            Lookup::Shared | Lookup::Unknown => Ok(self.find_queued(key, id)?.map(|(seq, _)| seq)),
+            Lookup::Absent => Ok(None),
+        }
     }
 
     /// Whether the postback has an outbox entry at `due` in `lane`.
@@ -396,6 +474,7 @@ impl Inner {
             return Ok(None); // nothing to write (a lease that found nothing, an ack of unknown ids)
         }
         let mut summaries = Vec::with_capacity(changes.pending.len());
+        let ids = std::mem::take(&mut changes.ids);
         {
             let backlogs = self.summaries();
             for (key, change) in changes.pending.drain() {
@@ -441,10 +520,16 @@ impl Inner {
                 }
             }
         }
+        for (key, id, seq) in &ids {
+            self.pending_ids.change(key, id.as_str().as_bytes(), *seq);
+        }
         if !summaries.is_empty() {
             let mut backlogs = self.summaries();
             for (key, after) in &summaries {
                 backlogs.set(key, *after);
+                if after.count == 0 {
+                    self.pending_ids.forget(key);
+                }
             }
         }
         Ok(Some(durable))
@@ -479,7 +564,7 @@ impl Inner {
             let (k, v) = entry?;
             let (_, seq) =
                 keys::parse_queue(&k).ok_or_else(|| StoreError::corrupt("corrupt queue key"))?;
-            let pixel: QueuedPixel = serde_json::from_slice(&v).map_err(backend)?;
+            let pixel = entry::pixel(&v)?;
             exact.count += 1;
             // Not the head's time: two writers read the clock before taking the stripe, so a lower
             // sequence number may carry a later time.

@@ -9,7 +9,9 @@ use std::ops::Bound;
 
 use async_trait::async_trait;
 
-use super::{Changes, Inner, SledStore, backend, json, keys, lock};
+use ::sled::IVec;
+
+use super::{Changes, Inner, SledStore, entry, json, keys, lock};
 use crate::event::{EventOutcome, PlayerContext};
 use crate::ids::{BrandId, DefinitionId, EventId, PixelId, PlayerKey};
 use crate::pixel::QueuedPixel;
@@ -27,6 +29,69 @@ struct SledTx<'a> {
     added: HashMap<PlayerKey, (u64, u64)>,
     /// Per brand: the day, new events and new players to count once applied.
     usage: Vec<(BrandId, u64, u64, u64)>,
+    /// The stripe locks held, in ascending order: a player's pending ids may be indexed only under
+    /// its own.
+    stripes: Vec<usize>,
+    /// Queue entries holding their record that this transaction read, by pixel id: their player,
+    /// position and value. A lease reads a pixel's entry, then its record; and a changed record is
+    /// written back into its entry.
+    entries: HashMap<PixelId, Vec<(PlayerKey, u64, IVec)>>,
+    /// The first failure of a staged write that had to read (writes cannot fail): the transaction
+    /// fails with it, writing nothing.
+    failed: Option<StoreError>,
+}
+
+impl SledTx<'_> {
+    fn holds_stripe(&self, key: &PlayerKey) -> bool {
+        self.stripes
+            .binary_search(&self.inner.stripe_index(key))
+            .is_ok()
+    }
+
+    /// The pending pixel's entry, if it holds its record: from what this transaction read, or from
+    /// the queue.
+    fn entry(&mut self, key: &PlayerKey, id: &PixelId) -> Result<Option<(u64, IVec)>, StoreError> {
+        let cached = self.entries.get(id).into_iter().flatten();
+        if let Some((_, seq, value)) = cached.into_iter().find(|(player, ..)| player == key) {
+            return Ok(Some((*seq, value.clone())));
+        }
+        let found = if self.holds_stripe(key) {
+            match self.inner.pending_seq(key, id)? {
+                Some(seq) => self
+                    .inner
+                    .log
+                    .get(&keys::queue(key, seq))?
+                    .filter(|v| entry::id(v).ok().flatten() == Some(id.as_str().as_bytes()))
+                    .map(|v| (seq, v)),
+                None => None,
+            }
+        } else if self.inner.pending_count(key) > 0 {
+            self.inner.find_queued(key, id)?
+        } else {
+            None
+        };
+        if let Some((seq, value)) = &found {
+            self.remember(key, id, *seq, value);
+        }
+        Ok(found)
+    }
+
+    fn remember(&mut self, key: &PlayerKey, id: &PixelId, seq: u64, value: &IVec) {
+        let read = self.entries.entry(id.clone()).or_default();
+        read.push((key.clone(), seq, value.clone()));
+    }
+
+    /// The queue entry a changed record of a pending pixel goes back into, if it holds its record.
+    fn updated_entry(
+        &mut self,
+        key: &PlayerKey,
+        record: &Record,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        match self.entry(key, &record.delivery.id)? {
+            Some((seq, value)) if seq == record.seq => entry::with_record(&value, record),
+            _ => Ok(None),
+        }
+    }
 }
 
 impl Tx for SledTx<'_> {
@@ -35,7 +100,11 @@ impl Tx for SledTx<'_> {
     }
 
     fn record(&mut self, key: &PlayerKey, id: &PixelId) -> Result<Option<Record>, StoreError> {
-        self.inner.record(key, id)
+        match self.entry(key, id)? {
+            Some((_, value)) => entry::record(&value),
+            // Final, a postback, or pending in an entry of the old kind.
+            None => self.inner.read(&keys::index(key, id)),
+        }
     }
 
     fn pending_count(&mut self, key: &PlayerKey) -> Result<u64, StoreError> {
@@ -66,7 +135,11 @@ impl Tx for SledTx<'_> {
             }
             let (_, seq) =
                 keys::parse_queue(&k).ok_or_else(|| StoreError::corrupt("corrupt queue key"))?;
-            out.push((seq, serde_json::from_slice(&v).map_err(backend)?));
+            let pixel = entry::pixel(&v)?;
+            if entry::id(&v)?.is_some() {
+                self.remember(key, &pixel.id, seq, &v);
+            }
+            out.push((seq, pixel));
         }
         Ok(out)
     }
@@ -132,10 +205,7 @@ impl Tx for SledTx<'_> {
             return Ok(true);
         }
         match log.get(&keys::queue(&entry.key, entry.seq))? {
-            Some(v) => {
-                let pixel: QueuedPixel = serde_json::from_slice(&v).map_err(backend)?;
-                Ok(pixel.expires_at_ms == entry.due_ms)
-            }
+            Some(v) => Ok(entry::pixel(&v)?.expires_at_ms == entry.due_ms),
             None => Ok(false),
         }
     }
@@ -158,19 +228,40 @@ impl Tx for SledTx<'_> {
     }
 
     fn write(&mut self, write: Write) {
+        if let Write::UpdateRecord { key, record } = &write
+            && record.is_client_pixel()
+            && record.delivery.status.is_pending()
+        {
+            match self.updated_entry(key, record) {
+                Ok(Some(value)) => {
+                    self.changes.insert(keys::queue(key, record.seq), value);
+                    return;
+                }
+                Ok(None) => {} // an entry of the old kind: the record is in `i`
+                Err(e) => {
+                    self.failed.get_or_insert(e);
+                    return;
+                }
+            }
+        }
         let batch = &mut self.changes;
         match write {
             Write::AddPixel { key, pixel, record } => {
                 let seq = record.seq;
                 // A key with a new sequence number: a pixel acknowledged before the next checkpoint
-                // costs sled nothing for it. Its expiry and age are in the player's summary.
-                batch.insert_fresh(keys::queue(&key, seq), json(&pixel));
+                // costs sled nothing for it. Its expiry and age are in the player's summary, its record
+                // in its entry; the report row says where that is.
+                batch.insert_fresh(keys::queue(&key, seq), entry::encode(&pixel, &record));
                 batch
                     .pending
                     .entry(key.clone())
                     .or_default()
                     .add(pixel.queued_at_ms, pixel.expires_at_ms);
-                self.inner.stage_record(batch, &key, &record);
+                batch.insert(
+                    keys::report(&key, pixel.queued_at_ms, &pixel.id),
+                    seq.to_be_bytes().as_slice(),
+                );
+                batch.ids.push((key.clone(), pixel.id, Some(seq)));
                 let range = self.added.entry(key).or_insert((seq, seq));
                 range.0 = range.0.min(seq);
                 range.1 = range.1.max(seq);
@@ -187,6 +278,7 @@ impl Tx for SledTx<'_> {
                 if let Some(expires_at_ms) = d.expires_at_ms {
                     batch.remove(keys::queue(&key, record.seq));
                     batch.pending.entry(key.clone()).or_default().end();
+                    batch.ids.push((key.clone(), d.id.clone(), None));
                     if record.seq < self.inner.legacy_below {
                         batch.remove(keys::expiry(expires_at_ms, &key, record.seq));
                         batch.remove(keys::legacy_age(&key, d.queued_at_ms, record.seq));
@@ -308,6 +400,9 @@ impl Queues for SledStore {
                     leases: Vec::new(),
                     added: HashMap::new(),
                     usage: Vec::new(),
+                    stripes,
+                    entries: HashMap::new(),
+                    failed: None,
                 };
                 let out = work(&mut tx)?;
                 let SledTx {
@@ -315,8 +410,12 @@ impl Queues for SledStore {
                     leases,
                     added,
                     usage,
+                    failed,
                     ..
                 } = tx;
+                if let Some(e) = failed {
+                    return Err(e);
+                }
                 let durable = inner.apply(changes)?;
                 for (brand, day, events, players) in usage {
                     inner.count_usage(&brand, day, events, players);

@@ -8,11 +8,10 @@ use std::sync::atomic::Ordering;
 
 use tokio::sync::broadcast;
 
-use super::{DAY_MS, Inner, SledStore, backend, keys};
+use super::{DAY_MS, Inner, SledStore, backend, entry, keys};
 use crate::delivery::Delivery;
 use crate::event::PlayerContext;
-use crate::ids::{BrandId, DefinitionId, PlayerId, PlayerKey};
-use crate::pixel::QueuedPixel;
+use crate::ids::{BrandId, DefinitionId, PixelId, PlayerId, PlayerKey};
 use crate::store::queues::Record;
 use crate::store::{
     Backlog, BrandQueue, Cursor, DefinitionHealth, DeliveryPage, DeliveryQuery, Store, StoreError,
@@ -55,10 +54,7 @@ impl Inner {
         for (pending, player) in top {
             let key = PlayerKey::new(brand.clone(), player);
             let oldest = match self.log.scan_prefix(&keys::queue_prefix(&key)).next() {
-                Some(entry) => {
-                    let pixel: QueuedPixel = serde_json::from_slice(&entry?.1).map_err(backend)?;
-                    Some(pixel.queued_at_ms)
-                }
+                Some(item) => Some(entry::pixel(&item?.1)?.queued_at_ms),
                 None => None,
             };
             out.push(Backlog {
@@ -192,16 +188,25 @@ impl Store for SledStore {
             let before_cursor = |c: &Cursor| query.after.as_ref().is_none_or(|after| c < after);
             let mut page = DeliveryPage::default();
             if let Some(player) = &query.player {
-                // One player's records are few: read them all, then order them like the time index.
+                // One player's records are few: read them all (pending pixels' from their queue
+                // entries, the rest from `i`), then order them like the time index.
                 let key = PlayerKey::new(brand.clone(), player.clone());
-                let mut rows: Vec<Delivery> = Vec::new();
-                for entry in inner.log.scan_prefix(&keys::index_prefix(&key)) {
-                    let (_, v) = entry?;
-                    let rec: Record = serde_json::from_slice(&v).map_err(backend)?;
-                    if wanted(&rec.delivery) && before_cursor(&cursor_of(&rec.delivery)) {
-                        rows.push(rec.delivery);
+                let mut records: BTreeMap<PixelId, Delivery> = BTreeMap::new();
+                for item in inner.log.scan_prefix(&keys::queue_prefix(&key)) {
+                    if let Some(rec) = entry::record(&item?.1)? {
+                        records.insert(rec.delivery.id.clone(), rec.delivery);
                     }
                 }
+                // Read after the queue: a pixel that ended between the two reads is in `i` by now,
+                // and its final record wins.
+                for item in inner.log.scan_prefix(&keys::index_prefix(&key)) {
+                    let rec: Record = serde_json::from_slice(&item?.1).map_err(backend)?;
+                    records.insert(rec.delivery.id.clone(), rec.delivery);
+                }
+                let mut rows: Vec<Delivery> = records
+                    .into_values()
+                    .filter(|d| wanted(d) && before_cursor(&cursor_of(d)))
+                    .collect();
                 rows.sort_by_key(|d| std::cmp::Reverse(cursor_of(d)));
                 if rows.len() > query.limit {
                     rows.truncate(query.limit);
@@ -225,12 +230,16 @@ impl Store for SledStore {
             let range = inner
                 .log
                 .range(Bound::Included(&low), Bound::Excluded(&high), true);
-            for entry in range.keys() {
-                let r_key = entry?;
+            for item in range {
+                let (r_key, at) = item?;
                 let (key, _, id) = keys::parse_report(&r_key)
                     .ok_or_else(|| StoreError::corrupt("corrupt report key"))?;
+                // A pending pixel's row says where its queue entry is.
+                let seq = <[u8; 8]>::try_from(at.as_ref())
+                    .ok()
+                    .map(u64::from_be_bytes);
                 scanned += 1;
-                if let Some(rec) = inner.record(&key, &id)?
+                if let Some(rec) = inner.record(&key, &id, seq)?
                     && wanted(&rec.delivery)
                 {
                     page.rows.push(rec.delivery);

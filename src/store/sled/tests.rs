@@ -196,7 +196,7 @@ async fn drop_oldest_makes_room_but_never_drops_what_a_browser_holds() {
     assert_eq!(pending_ids(&rules, &key).await, ["a", "d", "e"]);
     let b = store
         .inner
-        .record(&key, &PixelId::parse("b").unwrap())
+        .record(&key, &PixelId::parse("b").unwrap(), None)
         .unwrap()
         .unwrap();
     assert_eq!(
@@ -299,7 +299,7 @@ async fn a_data_dir_from_before_the_summaries_gets_them_at_open() {
         for entry in data.scan_prefix(b"q") {
             let (k, v) = entry.unwrap();
             let (player, seq) = keys::parse_queue(&k).unwrap();
-            let pixel: QueuedPixel = serde_json::from_slice(&v).unwrap();
+            let pixel = entry::pixel(&v).unwrap();
             let age = keys::legacy_age(&player, pixel.queued_at_ms, seq);
             data.insert(age, &[]).unwrap();
             let expiry = keys::expiry(pixel.expires_at_ms, &player, seq);
@@ -350,7 +350,7 @@ async fn a_data_dir_from_before_the_summaries_gets_them_at_open() {
 }
 
 #[tokio::test]
-async fn a_pending_pixel_costs_sled_its_queue_entry_and_record_alone() {
+async fn a_pending_pixel_costs_sled_its_queue_entry_and_report_row_alone() {
     let harness = SledHarness::new();
     let (store, _) = with_a_and_b(&harness).await;
     store.inner.log.checkpoint().unwrap();
@@ -365,8 +365,8 @@ async fn a_pending_pixel_costs_sled_its_queue_entry_and_record_alone() {
             count(b"x"),
             count(b"p")
         ],
-        [2, 2, 2, 1, 0, 0],
-        "two queue entries, records and report rows; one summary; no per-pixel index"
+        [2, 0, 2, 1, 0, 0],
+        "two queue entries holding their records, two report rows; one summary; no per-pixel index"
     );
     store.close().await.unwrap();
 }
@@ -644,7 +644,7 @@ async fn nothing_written_but_not_yet_flushed_is_leased() {
     let (store, key) = with_a_and_b(&harness).await;
     let seq_b = store
         .inner
-        .record(&key, &PixelId::parse("b").unwrap())
+        .record(&key, &PixelId::parse("b").unwrap(), None)
         .unwrap()
         .unwrap()
         .seq;
@@ -976,4 +976,101 @@ async fn a_checkpoint_marks_its_position_only_after_sled_synced_its_keys() {
         .count();
     assert_eq!(queued, 1, "the checkpoint wrote the queue entry");
     assert_eq!(mark(), before, "no mark before the sync of what it covers");
+}
+
+/// What the report says of the player's pixels, by id, read the way a page asks: by player, or over the
+/// brand's time index.
+async fn statuses(store: &SledStore, key: &PlayerKey) -> [Vec<(String, String)>; 2] {
+    let by_player = DeliveryQuery {
+        player: Some(key.player.clone()),
+        limit: 10,
+        ..Default::default()
+    };
+    let by_time = DeliveryQuery {
+        limit: 10,
+        ..Default::default()
+    };
+    let mut out = [Vec::new(), Vec::new()];
+    for (rows, query) in out.iter_mut().zip([by_player, by_time]) {
+        let page = store.deliveries(&key.brand, &query).await.unwrap();
+        *rows = page
+            .rows
+            .into_iter()
+            .map(|d| (d.id.to_string(), d.status.as_str().to_owned()))
+            .collect();
+        rows.sort();
+    }
+    out
+}
+
+#[tokio::test]
+async fn queue_entries_written_before_records_moved_in_keep_working_beside_new_ones() {
+    // Before, a pending pixel's queue entry held its JSON alone, its record was under `i` and its report
+    // row was empty. Such a data dir opens, and its pixels are found, sent, reported and end as any.
+    let harness = SledHarness::new();
+    let (store, key) = with_a_and_b(&harness).await;
+    tamper(&store, |data| {
+        for item in data.scan_prefix(b"q") {
+            let (k, v) = item.unwrap();
+            let pixel = entry::pixel(&v).unwrap();
+            let record = entry::record(&v).unwrap().unwrap();
+            data.insert(&k, json(&pixel)).unwrap();
+            data.insert(keys::index(&key, &pixel.id), json(&record))
+                .unwrap();
+            data.insert(keys::report(&key, pixel.queued_at_ms, &pixel.id), &[])
+                .unwrap();
+        }
+    });
+    store.close().await.unwrap();
+    drop(store);
+
+    let store = open(&harness);
+    let rules = ledger(&store);
+    let queued = rules
+        .enqueue(&key, vec![js("a", None), js("c", None)])
+        .await
+        .unwrap();
+    assert_eq!(
+        queued
+            .pixels
+            .iter()
+            .map(|p| p.duplicate)
+            .collect::<Vec<_>>(),
+        [true, false],
+        "an old entry's id is still known"
+    );
+    assert_eq!(pending_ids(&rules, &key).await, ["a", "b", "c"]);
+    let queued = |ids: &[&str], status: PixelStatus| {
+        let status = status.as_str().to_owned();
+        ids.iter()
+            .map(|id| (id.to_string(), status.clone()))
+            .collect()
+    };
+    let all_queued: Vec<_> = queued(&["a", "b", "c"], PixelStatus::Queued);
+    assert_eq!(
+        statuses(&store, &key).await,
+        [all_queued.clone(), all_queued]
+    );
+
+    let sent = rules.lease(&key, SessionId::generate(), 10).await.unwrap();
+    assert_eq!(sent.len(), 3);
+    let delivered: Vec<_> = queued(&["a", "b", "c"], PixelStatus::Delivered);
+    assert_eq!(statuses(&store, &key).await, [delivered.clone(), delivered]);
+
+    let ids: Vec<PixelId> = sent.iter().map(|p| p.id.clone()).collect();
+    assert_eq!(rules.ack(&key, &ids).await.unwrap(), 3);
+    assert!(pending_ids(&rules, &key).await.is_empty());
+    let fired: Vec<_> = queued(&["a", "b", "c"], PixelStatus::Fired);
+    assert_eq!(statuses(&store, &key).await, [fired.clone(), fired]);
+    store.inner.log.checkpoint().unwrap();
+    let tree = store.inner.log.sled_tree();
+    assert_eq!(
+        [
+            tree.scan_prefix(b"q").count(),
+            tree.scan_prefix(b"i").count()
+        ],
+        [0, 3],
+        "every pixel ended: its record is under `i`"
+    );
+    store.close().await.unwrap();
 }

@@ -1,0 +1,178 @@
+//! Which queue position holds each pending pixel id, per player, in memory: how a pending pixel's
+//! record is found by its id, now that it lives in the pixel's queue entry (see [`super::entry`])
+//! rather than under a key of its own.
+//!
+//! A player is indexed the first time one of its ids is looked up under its stripe lock (its queue's
+//! ids read once, from the entries' headers), and the index then follows every change to the queue
+//! ([`super::Inner::apply`], under the same lock). Only entries holding their record are indexed;
+//! entries of the old kind keep their record in `i`, where a lookup goes next. A memory, not a truth:
+//! a player not indexed is read from its queue, and the whole index is let go when it holds
+//! [`MAX_IDS`], so its size stays bounded however many players have pixels pending.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasher, RandomState};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use dashmap::DashMap;
+
+use crate::ids::PlayerKey;
+
+/// Ids held at most (some 20 bytes each): past that the index starts afresh. A handful in tests, so
+/// they start afresh often.
+const MAX_IDS: usize = if cfg!(test) { 8 } else { 1 << 20 };
+/// Held for a hash two pending ids of one player share: the lookup reads the queue.
+const SHARED: u64 = u64::MAX;
+
+/// Per indexed player: queue position by hash of the pixel id.
+#[derive(Default)]
+pub(super) struct PendingIds {
+    players: DashMap<PlayerKey, HashMap<u64, u64>>,
+    /// About how many ids are held (the bound's count).
+    held: AtomicUsize,
+    hasher: RandomState,
+}
+
+/// What the index knows of an id.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Lookup {
+    /// The player is not indexed.
+    Unknown,
+    /// No pending entry holding its record has the id.
+    Absent,
+    /// Probably at this position (the caller checks the entry's id).
+    At(u64),
+    /// Two of the player's pending ids share a hash: read the queue.
+    Shared,
+}
+
+impl PendingIds {
+    fn hash(&self, id: &[u8]) -> u64 {
+        self.hasher.hash_one(id)
+    }
+
+    /// Where the player's pending pixel `id` is.
+    pub(super) fn find(&self, key: &PlayerKey, id: &[u8]) -> Lookup {
+        let Some(ids) = self.players.get(key) else {
+            return Lookup::Unknown;
+        };
+        match ids.get(&self.hash(id)) {
+            None => Lookup::Absent,
+            Some(&SHARED) => Lookup::Shared,
+            Some(&seq) => Lookup::At(seq),
+        }
+    }
+
+    /// Indexes the player with every pending id it has (read under its stripe lock).
+    pub(super) fn fill<'a>(
+        &self,
+        key: &PlayerKey,
+        queue: impl IntoIterator<Item = (&'a [u8], u64)>,
+    ) {
+        let mut ids = HashMap::new();
+        for (id, seq) in queue {
+            add(&mut ids, self.hash(id), seq);
+        }
+        let held = self.held.fetch_add(ids.len(), Ordering::Relaxed) + ids.len();
+        if held > MAX_IDS {
+            self.players.clear();
+            self.held.store(0, Ordering::Relaxed);
+            return;
+        }
+        self.players.insert(key.clone(), ids);
+    }
+
+    /// Follows a change of the player's queue: `id` queued at `seq`, or (`None`) ended.
+    pub(super) fn change(&self, key: &PlayerKey, id: &[u8], seq: Option<u64>) {
+        let Some(mut ids) = self.players.get_mut(key) else {
+            return;
+        };
+        let hash = self.hash(id);
+        match seq {
+            Some(seq) => {
+                if add(&mut ids, hash, seq) {
+                    self.held.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            // A shared hash stays shared: which of the two ended is not known.
+            None => {
+                if ids.get(&hash).is_some_and(|&at| at != SHARED) {
+                    ids.remove(&hash);
+                    let _ = self
+                        .held
+                        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                            Some(n.saturating_sub(1))
+                        });
+                }
+            }
+        }
+    }
+
+    /// Lets the player go (its queue is empty).
+    pub(super) fn forget(&self, key: &PlayerKey) {
+        if let Some((_, ids)) = self.players.remove(key) {
+            let _ = self
+                .held
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                    Some(n.saturating_sub(ids.len()))
+                });
+        }
+    }
+}
+
+/// Adds `hash` at `seq`; true when it took a new slot.
+fn add(ids: &mut HashMap<u64, u64>, hash: u64, seq: u64) -> bool {
+    match ids.get_mut(&hash) {
+        Some(at) => {
+            if *at != seq {
+                *at = SHARED;
+            }
+            false
+        }
+        None => {
+            ids.insert(hash, seq);
+            true
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ids::{BrandId, PlayerId};
+
+    fn player(name: &str) -> PlayerKey {
+        PlayerKey::new(BrandId::parse("b").unwrap(), PlayerId::parse(name).unwrap())
+    }
+
+    #[test]
+    fn a_player_is_known_once_filled_and_follows_its_changes() {
+        let index = PendingIds::default();
+        let p = player("p");
+        assert_eq!(index.find(&p, b"a"), Lookup::Unknown);
+        index.change(&p, b"a", Some(1)); // not indexed: nothing to follow
+        assert_eq!(index.find(&p, b"a"), Lookup::Unknown);
+
+        index.fill(&p, [(b"a".as_slice(), 1), (b"b".as_slice(), 2)]);
+        assert_eq!(index.find(&p, b"a"), Lookup::At(1));
+        assert_eq!(index.find(&p, b"c"), Lookup::Absent);
+        index.change(&p, b"c", Some(3));
+        index.change(&p, b"a", None);
+        assert_eq!(
+            [index.find(&p, b"a"), index.find(&p, b"c")],
+            [Lookup::Absent, Lookup::At(3)]
+        );
+        assert_eq!(index.find(&player("q"), b"a"), Lookup::Unknown);
+        index.forget(&p);
+        assert_eq!(index.find(&p, b"c"), Lookup::Unknown);
+        assert_eq!(index.held.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn a_shared_hash_sends_the_lookup_to_the_queue() {
+        let mut ids = HashMap::new();
+        assert!(add(&mut ids, 7, 1));
+        assert!(!add(&mut ids, 7, 1), "the same position again is no change");
+        assert!(!add(&mut ids, 7, 2));
+        assert_eq!(ids[&7], SHARED);
+    }
+}
