@@ -1,5 +1,10 @@
 //! The embedded engine's catalog: brands (`b`), secrets, definitions (`d`) and API keys (`a`, with the
 //! brand's index `o`) in the one `data` tree, written under one lock and made durable by the journal.
+//!
+//! Entries read are kept in memory until they are written ([`Inner::catalog_cache`]): every request
+//! reads its brand, and every session its brand's signing secret, so a read from memory saves each one
+//! a trip to a store thread and a JSON parse. sled is one process's (it locks its directory), so no
+//! other writer can make the copy stale.
 
 use async_trait::async_trait;
 
@@ -53,8 +58,21 @@ impl Inner {
 #[async_trait]
 impl Catalog for SledStore {
     async fn read(&self, entry: &Entry) -> Result<Value, StoreError> {
+        if let Some(value) = self.inner.catalog_cache.get(entry) {
+            return Ok(value.clone());
+        }
         let entry = entry.clone();
-        self.blocking(move |inner| inner.read_entry(&entry)).await
+        self.blocking(move |inner| {
+            // Under the lock writes take, so a value read before a write is never kept after it.
+            let _guard = lock(&inner.catalog_lock);
+            let value = inner.read_entry(&entry)?;
+            // Absent entries are not kept: anyone may ask for any brand id.
+            if value != Value::Absent {
+                inner.catalog_cache.insert(entry, value.clone());
+            }
+            Ok(value)
+        })
+        .await
     }
 
     async fn definitions(&self, brand: &BrandId) -> Result<Vec<Definition>, StoreError> {
@@ -100,6 +118,9 @@ impl Catalog for SledStore {
                     inner.stage_entry(&mut batch, entry, value);
                 }
                 let durable = inner.log.commit(batch.ops, &[])?;
+                for (entry, _) in &change.writes {
+                    inner.catalog_cache.remove(entry);
+                }
                 Ok(Some(durable))
             })
             .await?;

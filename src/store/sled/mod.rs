@@ -170,6 +170,8 @@ struct Inner {
     closed: AtomicBool,
     /// Where each pending pixel's record is, by id, for the players looked up lately.
     pending_ids: PendingIds,
+    /// Catalog entries as last read, until they are written (filled and emptied under `catalog_lock`).
+    catalog_cache: DashMap<crate::store::catalog::Entry, crate::store::catalog::Value>,
 }
 
 /// A batch of changes and what it does to queues, applied together by [`Inner::apply`]: the pending
@@ -304,6 +306,7 @@ impl SledStore {
             unflushed: DashMap::new(),
             closed: AtomicBool::new(false),
             pending_ids: PendingIds::default(),
+            catalog_cache: DashMap::new(),
             announce: broadcast::channel(ANNOUNCE_CAPACITY).0,
             outbox: Notify::new(),
             threads: StoreThreads::start().map_err(backend)?,
