@@ -260,7 +260,7 @@ impl Application {
 
         let config_max_per_ip = config.max_connections_per_ip;
         let config_proxies = config.trusted_proxies.clone();
-        let state = AppState {
+        let state = AppState::new(api::Shared {
             ledger,
             hub,
             config: Arc::new(config),
@@ -279,7 +279,7 @@ impl Application {
             proxies: TrustedProxies::new(config_proxies),
             inbound_rates: Arc::default(),
             clock,
-        };
+        });
         api::spawn_sampler(state.clone(), &background);
         Ok(Self {
             listener,

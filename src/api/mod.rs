@@ -49,9 +49,29 @@ pub use demo::{DEMO_BRAND, DemoLog};
 pub use error::{ApiError, ErrorBody, ErrorCode, ErrorDetail};
 pub use ops::{History, spawn_sampler};
 
-/// What every handler may use. Cheap to clone: all handles.
+/// What every handler may use, behind one reference count: axum clones the state for every request
+/// (each middleware and the handler take their own), and one count to move is cheaper than a score of
+/// handles.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+impl AppState {
+    /// Shares `shared` with every handler.
+    pub fn new(shared: Shared) -> Self {
+        Self(Arc::new(shared))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+/// The handles [`AppState`] gives every handler.
+pub struct Shared {
     /// The rules and the durable state behind them.
     pub ledger: crate::ledger::Ledger,
     /// This process's live sessions.

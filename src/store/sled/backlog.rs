@@ -178,6 +178,31 @@ impl Backlogs {
             .brands
             .entry(key.brand.clone())
             .or_insert_with(|| BrandBacklog::new(key.brand.clone()));
+        brand.depth = brand.depth - before.count + after.count;
+        if before.count > 0 && after.count > 0 {
+            // Still pending (a pixel added or ended): only the orders whose key moved change, most
+            // often the ranking alone (a pixel queued later lowers neither floor).
+            let player = &key.player;
+            if before.count != after.count {
+                brand
+                    .ranking
+                    .remove(&(Reverse(before.count), player.clone()));
+                brand.ranking.insert((Reverse(after.count), player.clone()));
+            }
+            if before.queued_floor != after.queued_floor {
+                brand.oldest.remove(&(before.queued_floor, player.clone()));
+                brand.oldest.insert((after.queued_floor, player.clone()));
+            }
+            if let Some(summary) = brand.players.get_mut(player) {
+                *summary = after;
+            }
+            if before.expiry_floor != after.expiry_floor {
+                let key = PlayerKey::new(brand.id.clone(), player.clone());
+                self.expiry.remove(&(before.expiry_floor, key.clone()));
+                self.expiry.insert((after.expiry_floor, key));
+            }
+            return;
+        }
         let key = PlayerKey::new(brand.id.clone(), key.player.clone());
         if before.count > 0 {
             brand
@@ -189,7 +214,6 @@ impl Backlogs {
             brand.players.remove(&key.player);
             self.expiry.remove(&(before.expiry_floor, key.clone()));
         }
-        brand.depth = brand.depth - before.count + after.count;
         if after.count > 0 {
             brand
                 .ranking
@@ -338,5 +362,40 @@ mod tests {
         assert_eq!(backlogs.oldest(&brand, 5), [(5, a.player.clone())]);
         assert_eq!(backlogs.expiring(u64::MAX, none, 5).0, vec![a.clone()]);
         assert_eq!(backlogs.summary(&b), Summary::default());
+    }
+
+    #[test]
+    fn a_pending_player_s_orders_follow_each_floor_that_moves() {
+        let mut backlogs = Backlogs::default();
+        let (a, b) = (key("a"), key("b"));
+        let brand = a.brand.clone();
+        let a_first = Summary::default().after(added(&[(5, 50)]));
+        backlogs.set(&a, a_first);
+        backlogs.set(&b, Summary::default().after(added(&[(4, 40)])));
+        let none = |_: &PlayerKey| false;
+
+        // A pixel queued later with an earlier expiry: a's count and expiry floor move, its age does not.
+        let a_more = a_first.after(added(&[(9, 20)]));
+        backlogs.set(&a, a_more);
+        assert_eq!(backlogs.depth(&brand), 3);
+        assert_eq!(backlogs.top(&brand, 1), [(2, a.player.clone())]);
+        assert_eq!(backlogs.oldest(&brand, 1), [(4, b.player.clone())]);
+        assert_eq!(backlogs.expiring(30, none, 5).0, vec![a.clone()]);
+
+        // A survey makes a's floors exact (its oldest pixel ended): the count stays, both floors rise.
+        let exact = Summary {
+            count: 2,
+            queued_floor: 9,
+            expiry_floor: 60,
+        };
+        backlogs.set(&a, exact);
+        assert_eq!(backlogs.summary(&a), exact);
+        assert_eq!(
+            backlogs.oldest(&brand, 5),
+            [(4, b.player.clone()), (9, a.player.clone())]
+        );
+        assert_eq!(backlogs.expiring(59, none, 5).0, vec![b.clone()]);
+        assert_eq!(backlogs.expiring(60, none, 5).0, vec![b.clone(), a.clone()]);
+        assert_eq!(backlogs.top(&brand, 1), [(2, a.player.clone())]);
     }
 }
