@@ -10,7 +10,7 @@
 //! | `b` brand | [`Brand`] JSON |
 //! | `q` brand NUL player NUL seq(u64 BE) | the queue, in order: a pending [`QueuedPixel`](crate::pixel::QueuedPixel) with its [`Record`] ([`entry`]; entries written before hold the pixel's JSON alone, their record in `i`) |
 //! | `i` brand NUL player NUL pixel-id | [`Record`] JSON: the record (status, report row, idempotency entry) and queue seq of a postback, or of a pixel once it ended |
-//! | `r` brand NUL queued-at(u64 BE ms) player NUL pixel-id | the report's time index: empty, or a pending pixel's queue seq (u64 BE), where its record is until it ends |
+//! | `r` brand NUL queued-at(u64 BE ms) player NUL pixel-id | the report's time index: empty, or a client pixel's queue seq (u64 BE), where its record is while it is pending (once it ends, `i` has it, and the seq stays unused) |
 //! | `x` due(u64 BE ms) brand NUL player NUL seq | record id: when a final record is forgotten |
 //! | `l` brand NUL host NUL due(u64 BE ms) player NUL postback-id | empty: the S2S outbox, one lane per brand and host (`host:port`), each by next attempt (or end of claim) |
 //! | `d` brand NUL definition-id | [`Definition`] JSON |
@@ -385,8 +385,8 @@ impl Inner {
     }
 
     /// The record under a pixel's or postback's id, read without the player's stripe lock (the
-    /// report, an event's statuses, the outbox): `seq`, when known (a report row says it), is where a
-    /// pending pixel's entry would be.
+    /// report, an event's statuses, the postback sender): `seq`, when known (a report row says it), is
+    /// where a pending pixel's entry would be.
     fn record(
         &self,
         key: &PlayerKey,
@@ -431,7 +431,15 @@ impl Inner {
     /// Where the player's pending pixel `id` is, if its entry holds its record: from [`PendingIds`],
     /// indexing the player first when it is not. Call under the player's stripe lock.
     fn pending_seq(&self, key: &PlayerKey, id: &PixelId) -> Result<Option<u64>, StoreError> {
-        if self.pending_count(key) == 0 {
+        // The count is exact (every change of the queue writes it), but an empty queue is cheap to
+        // confirm, and a retried id must never be missed.
+        if self.pending_count(key) == 0
+            && self
+                .log
+                .scan_prefix(&keys::queue_prefix(key))
+                .next()
+                .is_none()
+        {
             return Ok(None);
         }
         let bytes = id.as_str().as_bytes();

@@ -6,19 +6,20 @@
 //! ids read once, from the entries' headers), and the index then follows every change to the queue
 //! ([`super::Inner::apply`], under the same lock). Only entries holding their record are indexed;
 //! entries of the old kind keep their record in `i`, where a lookup goes next. A memory, not a truth:
-//! a player not indexed is read from its queue, and the whole index is let go when it holds
-//! [`MAX_IDS`], so its size stays bounded however many players have pixels pending.
+//! a player not indexed is read from its queue, and the whole index is let go whenever it holds more
+//! than [`MAX_IDS`] (checked at every id it takes), so its size stays bounded however many players
+//! have pixels pending.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicIsize, Ordering};
 
 use dashmap::DashMap;
 
 use crate::ids::PlayerKey;
 
-/// Ids held at most (some 20 bytes each): past that the index starts afresh. A handful in tests, so
-/// they start afresh often.
+/// Ids held at most (some 20 bytes each, 20 MB in all): past that the index starts afresh. A handful
+/// in tests, so they start afresh often.
 const MAX_IDS: usize = if cfg!(test) { 8 } else { 1 << 20 };
 /// Held for a hash two pending ids of one player share: the lookup reads the queue.
 const SHARED: u64 = u64::MAX;
@@ -27,8 +28,9 @@ const SHARED: u64 = u64::MAX;
 #[derive(Default)]
 pub(super) struct PendingIds {
     players: DashMap<PlayerKey, HashMap<u64, u64>>,
-    /// About how many ids are held (the bound's count).
-    held: AtomicUsize,
+    /// How many ids are held, counted after each insert and removal (so it may lag them for a moment,
+    /// even below zero, but never drifts).
+    held: AtomicIsize,
     hasher: RandomState,
 }
 
@@ -72,13 +74,23 @@ impl PendingIds {
         for (id, seq) in queue {
             add(&mut ids, self.hash(id), seq);
         }
-        let held = self.held.fetch_add(ids.len(), Ordering::Relaxed) + ids.len();
-        if held > MAX_IDS {
-            self.players.clear();
-            self.held.store(0, Ordering::Relaxed);
-            return;
-        }
+        let count = ids.len() as isize;
         self.players.insert(key.clone(), ids);
+        self.counted(count);
+    }
+
+    /// Counts `more` ids, and lets every player go once the index holds more than [`MAX_IDS`]: they
+    /// are indexed again as they are looked up.
+    fn counted(&self, more: isize) {
+        let held = self.held.fetch_add(more, Ordering::Relaxed) + more;
+        if held > MAX_IDS as isize {
+            let mut dropped = 0;
+            self.players.retain(|_, ids| {
+                dropped += ids.len() as isize;
+                false
+            });
+            self.held.fetch_sub(dropped, Ordering::Relaxed);
+        }
     }
 
     /// Follows a change of the player's queue: `id` queued at `seq`, or (`None`) ended.
@@ -90,18 +102,15 @@ impl PendingIds {
         match seq {
             Some(seq) => {
                 if add(&mut ids, hash, seq) {
-                    self.held.fetch_add(1, Ordering::Relaxed);
+                    drop(ids); // its shard's lock, before `counted` may take every shard's
+                    self.counted(1);
                 }
             }
             // A shared hash stays shared: which of the two ended is not known.
             None => {
                 if ids.get(&hash).is_some_and(|&at| at != SHARED) {
                     ids.remove(&hash);
-                    let _ = self
-                        .held
-                        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
-                            Some(n.saturating_sub(1))
-                        });
+                    self.held.fetch_sub(1, Ordering::Relaxed);
                 }
             }
         }
@@ -110,11 +119,7 @@ impl PendingIds {
     /// Lets the player go (its queue is empty).
     pub(super) fn forget(&self, key: &PlayerKey) {
         if let Some((_, ids)) = self.players.remove(key) {
-            let _ = self
-                .held
-                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
-                    Some(n.saturating_sub(ids.len()))
-                });
+            self.held.fetch_sub(ids.len() as isize, Ordering::Relaxed);
         }
     }
 }
@@ -164,6 +169,28 @@ mod tests {
         assert_eq!(index.find(&player("q"), b"a"), Lookup::Unknown);
         index.forget(&p);
         assert_eq!(index.find(&p, b"c"), Lookup::Unknown);
+        assert_eq!(index.held.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn past_its_bound_the_index_lets_every_player_go_and_counts_exactly() {
+        let index = PendingIds::default();
+        let (p, q) = (player("p"), player("q"));
+        let ids: Vec<String> = (0..MAX_IDS).map(|i| format!("id-{i}")).collect();
+        index.fill(&p, ids.iter().map(|id| (id.as_bytes(), 1)));
+        assert_eq!(index.held.load(Ordering::Relaxed), MAX_IDS as isize);
+        index.fill(&q, [(b"a".as_slice(), 1)]);
+        assert_eq!(
+            [index.find(&p, b"id-0"), index.find(&q, b"a")],
+            [Lookup::Unknown, Lookup::Unknown],
+            "one id over the bound: everyone goes"
+        );
+        assert_eq!(index.held.load(Ordering::Relaxed), 0);
+
+        // An id queued for an indexed player counts against the bound too.
+        index.fill(&p, ids.iter().map(|id| (id.as_bytes(), 1)));
+        index.change(&p, b"one-more", Some(2));
+        assert_eq!(index.find(&p, b"id-0"), Lookup::Unknown);
         assert_eq!(index.held.load(Ordering::Relaxed), 0);
     }
 

@@ -100,6 +100,11 @@ impl Tx for SledTx<'_> {
     }
 
     fn record(&mut self, key: &PlayerKey, id: &PixelId) -> Result<Option<Record>, StoreError> {
+        if !self.holds_stripe(key) {
+            // A postback's sender or an event's statuses: `i` first (postbacks are only there), the
+            // queue only when that misses.
+            return self.inner.record(key, id, None);
+        }
         match self.entry(key, id)? {
             Some((_, value)) => entry::record(&value),
             // Final, a postback, or pending in an entry of the old kind.
