@@ -410,6 +410,26 @@ impl Inner {
         self.read(&keys::index(key, id))
     }
 
+    /// Calls `visit` with the id, position and value of each of the player's queue entries that hold
+    /// their record, in queue order, until it returns false.
+    fn walk_entries(
+        &self,
+        key: &PlayerKey,
+        mut visit: impl FnMut(&[u8], u64, &IVec) -> bool,
+    ) -> Result<(), StoreError> {
+        for item in self.log.scan_prefix(&keys::queue_prefix(key)) {
+            let (k, v) = item?;
+            if let Some(id) = entry::id(&v)? {
+                let (_, seq) = keys::parse_queue(&k)
+                    .ok_or_else(|| StoreError::corrupt("corrupt queue key"))?;
+                if !visit(id, seq, &v) {
+                    break;
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// The player's queue entry holding pixel `id` with its record, read from the queue: its position
     /// and value.
     fn find_queued(
@@ -417,15 +437,14 @@ impl Inner {
         key: &PlayerKey,
         id: &PixelId,
     ) -> Result<Option<(u64, IVec)>, StoreError> {
-        for item in self.log.scan_prefix(&keys::queue_prefix(key)) {
-            let (k, v) = item?;
-            if entry::id(&v)? == Some(id.as_str().as_bytes()) {
-                let (_, seq) = keys::parse_queue(&k)
-                    .ok_or_else(|| StoreError::corrupt("corrupt queue key"))?;
-                return Ok(Some((seq, v)));
+        let mut found = None;
+        self.walk_entries(key, |queued, seq, value| {
+            if queued == id.as_str().as_bytes() {
+                found = Some((seq, value.clone()));
             }
-        }
-        Ok(None)
+            found.is_none()
+        })?;
+        Ok(found)
     }
 
     /// Where the player's pending pixel `id` is, if its entry holds its record: from [`PendingIds`],
@@ -443,25 +462,23 @@ impl Inner {
             return Ok(None);
         }
         let bytes = id.as_str().as_bytes();
-        if self.pending_ids.find(key, bytes) == Lookup::Unknown {
-            let mut queue = Vec::new();
-            for item in self.log.scan_prefix(&keys::queue_prefix(key)) {
-                let (k, v) = item?;
-                if let Some(id) = entry::id(&v)? {
-                    let (_, seq) = keys::parse_queue(&k)
-                        .ok_or_else(|| StoreError::corrupt("corrupt queue key"))?;
-                    queue.push((id.to_vec(), seq));
-                }
-            }
-            self.pending_ids
-                .fill(key, queue.iter().map(|(id, seq)| (id.as_slice(), *seq)));
-            let found = queue.iter().find(|(queued, _)| queued == bytes);
-            return Ok(found.map(|(_, seq)| *seq));
-        }
         match self.pending_ids.find(key, bytes) {
             Lookup::At(seq) => Ok(Some(seq)),
-            Lookup::Shared | Lookup::Unknown => Ok(self.find_queued(key, id)?.map(|(seq, _)| seq)),
             Lookup::Absent => Ok(None),
+            Lookup::Shared => Ok(self.find_queued(key, id)?.map(|(seq, _)| seq)),
+            Lookup::Unknown => {
+                let mut queue = Vec::new();
+                self.walk_entries(key, |queued, seq, _| {
+                    queue.push((queued.to_vec(), seq));
+                    true
+                })?;
+                self.pending_ids.fill(
+                    key,
+                    queue.iter().map(|(queued, seq)| (queued.as_slice(), *seq)),
+                );
+                let found = queue.iter().find(|(queued, _)| queued == bytes);
+                Ok(found.map(|(_, seq)| *seq))
+            }
         }
     }
 
