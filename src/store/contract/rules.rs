@@ -822,6 +822,55 @@ fn statuses(page: &DeliveryPage) -> Vec<(&str, &str, PixelStatus)> {
         .collect()
 }
 
+/// Pages of a few rows each walk a report whose pixels were queued many at a time: every row comes
+/// once, newest first, wherever a page ends (inside one call's pixels too).
+pub async fn a_report_read_in_small_pages_gives_every_row_once(h: &impl Harness) {
+    let store = store_with_brand(h).await;
+    let brand = key("x").brand;
+    store
+        .enqueue(&key("q"), (0..5).map(image).collect())
+        .await
+        .unwrap();
+    store
+        .enqueue(&key("r"), (5..8).map(image).collect())
+        .await
+        .unwrap();
+    h.clock().advance(Duration::from_millis(1));
+    store
+        .enqueue(&key("q"), (8..10).map(image).collect())
+        .await
+        .unwrap();
+    let all = DeliveryQuery {
+        limit: 100,
+        ..Default::default()
+    };
+    let whole = store.deliveries(&brand, &all).await.unwrap().rows;
+    assert_eq!(whole.len(), 10);
+    let order = |d: &Delivery| (d.queued_at_ms, d.player_id.clone(), d.id.clone());
+    assert!(
+        whole.windows(2).all(|w| order(&w[0]) > order(&w[1])),
+        "newest first, then by player and id, each once"
+    );
+    for limit in [1, 2, 3, 4] {
+        let mut paged = Vec::new();
+        let mut query = DeliveryQuery {
+            limit,
+            ..Default::default()
+        };
+        for _ in 0..=10 {
+            let page = store.deliveries(&brand, &query).await.unwrap();
+            assert!(page.rows.len() <= limit);
+            paged.extend(page.rows);
+            match page.next {
+                Some(next) => query.after = Some(next),
+                None => break,
+            }
+        }
+        let ids = |rows: &[Delivery]| rows.iter().map(|d| d.id.clone()).collect::<Vec<_>>();
+        assert_eq!(ids(&paged), ids(&whole), "pages of {limit}");
+    }
+}
+
 pub async fn the_report_follows_every_pixel_and_postback(h: &impl Harness) {
     let store = store_with_brand(h).await;
     let brand = key("x").brand;
@@ -1616,6 +1665,11 @@ macro_rules! rules_contract {
             #[tokio::test]
             async fn a_click_id_finds_the_player_who_registered_with_it() {
                 contract::a_click_id_finds_the_player_who_registered_with_it(&$harness).await
+            }
+
+            #[tokio::test]
+            async fn a_report_read_in_small_pages_gives_every_row_once() {
+                contract::a_report_read_in_small_pages_gives_every_row_once(&$harness).await
             }
 
             #[tokio::test]

@@ -115,11 +115,22 @@ pub fn report_prefix(brand: &BrandId) -> Vec<u8> {
     brand_table(b'r', brand)
 }
 
-pub fn report(key: &PlayerKey, queued_at_ms: u64, id: &PixelId) -> Vec<u8> {
+/// `r brand NUL queued-at player NUL`: the report rows of every record of the player queued at that
+/// millisecond, in one key ([`super::report::Bucket`]): a batch of a hundred pixels is one sled key
+/// for the report, not a hundred.
+pub fn report_bucket(key: &PlayerKey, queued_at_ms: u64) -> Vec<u8> {
     let mut k = report_prefix(&key.brand);
     k.extend_from_slice(&queued_at_ms.to_be_bytes());
     k.extend_from_slice(key.player.as_str().as_bytes());
     k.push(0);
+    k
+}
+
+/// `r brand NUL queued-at player NUL id`: one record's report row, as written before the rows of one
+/// player and millisecond shared a key (records numbered below [`super::Inner::buckets_from`]); also
+/// the bound a report page's cursor stands for.
+pub fn report(key: &PlayerKey, queued_at_ms: u64, id: &PixelId) -> Vec<u8> {
+    let mut k = report_bucket(key, queued_at_ms);
     k.extend_from_slice(id.as_str().as_bytes());
     k
 }
@@ -133,15 +144,22 @@ fn parse_player_id(rest: &[u8]) -> Option<(PlayerKey, PixelId)> {
     Some((PlayerKey::new(brand, player), id))
 }
 
-/// Splits a report index key into player, queued-at and id.
-pub fn parse_report(k: &[u8]) -> Option<(PlayerKey, u64, PixelId)> {
+/// Splits a report key into player, queued-at and id: the id of a single row, `None` for a bucket.
+pub fn parse_report(k: &[u8]) -> Option<(PlayerKey, u64, Option<PixelId>)> {
     let rest = k.strip_prefix(b"r")?;
     let nul = rest.iter().position(|&b| b == 0)?;
     let (brand, rest) = (&rest[..nul], &rest[nul + 1..]);
     let (at, rest) = rest.split_at_checked(8)?;
     let at = u64::from_be_bytes(at.try_into().ok()?);
+    if let Some(player) = rest.strip_suffix(&[0])
+        && !player.contains(&0)
+    {
+        let brand = BrandId::parse_stored(std::str::from_utf8(brand).ok()?).ok()?;
+        let player = PlayerId::parse_stored(std::str::from_utf8(player).ok()?).ok()?;
+        return Some((PlayerKey::new(brand, player), at, None));
+    }
     let (key, id) = parse_player_id(&[brand, &[0], rest].concat())?;
-    Some((key, at, id))
+    Some((key, at, Some(id)))
 }
 
 /// `l brand NUL host NUL`: one lane of the outbox.

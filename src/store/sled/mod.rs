@@ -10,7 +10,7 @@
 //! | `b` brand | [`Brand`] JSON |
 //! | `q` brand NUL player NUL seq(u64 BE) | the queue, in order: a pending [`QueuedPixel`](crate::pixel::QueuedPixel) with its [`Record`] ([`entry`]; entries written before hold the pixel's JSON alone, their record in `i`) |
 //! | `i` brand NUL player NUL pixel-id | [`Record`] JSON: the record (status, report row, idempotency entry) and queue seq of a postback, or of a pixel once it ended |
-//! | `r` brand NUL queued-at(u64 BE ms) player NUL pixel-id | the report's time index: empty, or a client pixel's queue seq (u64 BE), where its record is while it is pending (once it ends, `i` has it, and the seq stays unused) |
+//! | `r` brand NUL queued-at(u64 BE ms) player NUL | the report's time index: the rows of the player's records queued in that millisecond, by id ([`report::Bucket`]); a client pixel's row holds its queue seq, where its record is while it is pending (once it ends, `i` has it, and the seq stays unused). Records numbered before [`Inner::buckets_from`] have a key each, `r` … player NUL pixel-id, valued empty or the seq |
 //! | `x` due(u64 BE ms) brand NUL player NUL seq | record id: when a final record is forgotten |
 //! | `l` brand NUL host NUL due(u64 BE ms) player NUL postback-id | empty: the S2S outbox, one lane per brand and host (`host:port`), each by next attempt (or end of claim) |
 //! | `d` brand NUL definition-id | [`Definition`] JSON |
@@ -31,7 +31,7 @@
 //!
 //! `n` is derived from `q`: every change to a queue goes through [`Changes`], which writes the player's
 //! summary in the same journal record. A pending pixel costs sled two keys, its queue entry (with its
-//! record) and its report row; what used to be three keys more per pixel (its expiry `x`, its age `p`,
+//! record) and its report row, and the report rows of pixels queued together share one; what used to be three keys more per pixel (its expiry `x`, its age `p`,
 //! the count `n`) is one key per player, and the
 //! orders over it (biggest backlogs, oldest pixels, earliest expiries) live in memory ([`backlog`]),
 //! rebuilt from `n` at open. A data dir written before the summaries gets them at open, once
@@ -75,7 +75,8 @@ mod threads;
 use self::backlog::{Backlogs, Summary};
 use self::log::WriteLog;
 use self::migrate::{
-    add_missing_secrets, drop_backlog_ranking, move_outbox_to_lanes, summarise_queues,
+    add_missing_secrets, drop_backlog_ranking, move_outbox_to_lanes, report_buckets_from,
+    summarise_queues,
 };
 use self::overlay::Op;
 use self::pending::{Lookup, PendingIds};
@@ -146,6 +147,9 @@ struct Inner {
     /// an age key `p` and an expiry key `x`: they are removed when the pixel ends (an `x` key left
     /// behind would forget the final record at the pixel's old expiry time).
     legacy_below: u64,
+    /// Records numbered from here on have their report row in a bucket ([`report::Bucket`]); those
+    /// before, in a key of their own ([`keys::report`]), removed as such when they are forgotten.
+    buckets_from: u64,
     announce: broadcast::Sender<PlayerKey>,
     /// Woken when an ingest adds postbacks, so the sender does not wait for its next poll.
     outbox: Notify,
@@ -189,6 +193,9 @@ struct Changes {
     /// Pending pixels whose entry holds their record, queued (at that position) or ended (`None`):
     /// what [`PendingIds`] follows.
     ids: Vec<(PlayerKey, PixelId, Option<u64>)>,
+    /// Report rows to add or remove, by bucket ([`report::Bucket`]): read, changed and written back
+    /// by [`Inner::apply`], under the player's stripe lock.
+    report_rows: BTreeMap<Vec<u8>, Vec<report::RowEdit>>,
 }
 
 impl Changes {
@@ -206,6 +213,33 @@ impl Changes {
     fn remove(&mut self, key: impl Into<IVec>) {
         self.ops.push((key.into(), None));
         self.fresh.push(false);
+    }
+
+    /// Adds a record's report row: `seq` says where a pending pixel's queue entry is.
+    fn add_report_row(
+        &mut self,
+        key: &PlayerKey,
+        queued_at_ms: u64,
+        id: &PixelId,
+        seq: Option<u64>,
+    ) {
+        self.report_rows
+            .entry(keys::report_bucket(key, queued_at_ms))
+            .or_default()
+            .push(report::RowEdit::Add(id.clone(), seq));
+    }
+
+    /// Removes a record's report row, wherever the record's number says it is.
+    fn remove_report_row(&mut self, key: &PlayerKey, record: &Record, buckets_from: u64) {
+        let d = &record.delivery;
+        if record.seq < buckets_from {
+            self.remove(keys::report(key, d.queued_at_ms, &d.id));
+        } else {
+            self.report_rows
+                .entry(keys::report_bucket(key, d.queued_at_ms))
+                .or_default()
+                .push(report::RowEdit::Remove(d.id.clone()));
+        }
     }
 
     /// Puts a postback in its lane of the outbox, due at `due`.
@@ -263,6 +297,7 @@ impl SledStore {
         let log = WriteLog::open(dir, db.clone(), data.clone(), journal)?;
 
         let legacy_below = summarise_queues(&data, log.seq_bound())?;
+        let buckets_from = report_buckets_from(&data, log.seq_bound())?;
         drop_backlog_ranking(&data)?;
         // Depths and orders from the per-player summaries: one small key per player, where the
         // queue is a key per pixel with its body (5 million pixels took 11 s to scan, warm).
@@ -303,6 +338,7 @@ impl SledStore {
             backlogs: Mutex::new(backlogs),
             sweep: Mutex::default(),
             legacy_below,
+            buckets_from,
             unflushed: DashMap::new(),
             closed: AtomicBool::new(false),
             pending_ids: PendingIds::default(),
@@ -381,7 +417,7 @@ impl Inner {
     fn stage_record(&self, batch: &mut Changes, key: &PlayerKey, record: &Record) {
         let d = &record.delivery;
         batch.insert(keys::index(key, &d.id), json(record));
-        batch.insert(keys::report(key, d.queued_at_ms, &d.id), &[]);
+        batch.add_report_row(key, d.queued_at_ms, &d.id, None);
     }
 
     /// The record under a pixel's or postback's id, read without the player's stripe lock (the
@@ -498,6 +534,20 @@ impl Inner {
     /// under the stripe locks of those players (the counts are read, then written). The answer says
     /// when the record is durable; `None` when there was nothing to write.
     fn apply(&self, mut changes: Changes) -> Result<Option<journal::Durable>, StoreError> {
+        for (bucket_key, edits) in std::mem::take(&mut changes.report_rows) {
+            let mut bucket = match self.log.get(&bucket_key)? {
+                Some(value) => report::Bucket::decode(&value)?,
+                None => report::Bucket::default(),
+            };
+            for edit in edits {
+                bucket.edit(edit);
+            }
+            if bucket.is_empty() {
+                changes.remove(bucket_key);
+            } else {
+                changes.insert(bucket_key, bucket.encode());
+            }
+        }
         if changes.ops.is_empty() {
             return Ok(None); // nothing to write (a lease that found nothing, an ack of unknown ids)
         }

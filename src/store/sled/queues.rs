@@ -262,10 +262,7 @@ impl Tx for SledTx<'_> {
                     .entry(key.clone())
                     .or_default()
                     .add(pixel.queued_at_ms, pixel.expires_at_ms);
-                batch.insert(
-                    keys::report(&key, pixel.queued_at_ms, &pixel.id),
-                    seq.to_be_bytes().as_slice(),
-                );
+                batch.add_report_row(&key, pixel.queued_at_ms, &pixel.id, Some(seq));
                 batch.ids.push((key.clone(), pixel.id, Some(seq)));
                 let range = self.added.entry(key).or_insert((seq, seq));
                 range.0 = range.0.min(seq);
@@ -371,7 +368,7 @@ impl Tx for SledTx<'_> {
             Write::Forget { key, record } => {
                 let d = &record.delivery;
                 batch.remove(keys::index(&key, &d.id));
-                batch.remove(keys::report(&key, d.queued_at_ms, &d.id));
+                batch.remove_report_row(&key, &record, self.inner.buckets_from);
             }
             Write::ForgetEvent { brand, id, due_ms } => {
                 batch.remove(keys::forget_event(due_ms, &brand, &id));

@@ -365,8 +365,9 @@ async fn a_pending_pixel_costs_sled_its_queue_entry_and_report_row_alone() {
             count(b"x"),
             count(b"p")
         ],
-        [2, 0, 2, 1, 0, 0],
-        "two queue entries holding their records, two report rows; one summary; no per-pixel index"
+        [2, 0, 1, 1, 0, 0],
+        "two queue entries holding their records; one report bucket for both, queued in one call; \
+         one summary; no per-pixel index"
     );
     store.close().await.unwrap();
 }
@@ -1003,13 +1004,36 @@ async fn statuses(store: &SledStore, key: &PlayerKey) -> [Vec<(String, String)>;
     out
 }
 
+/// The ids of the brand's report, read one row a page.
+async fn report_in_pages_of_one(store: &SledStore, key: &PlayerKey) -> Vec<String> {
+    let mut query = DeliveryQuery {
+        limit: 1,
+        ..Default::default()
+    };
+    let mut ids = Vec::new();
+    for _ in 0..10 {
+        let page = store.deliveries(&key.brand, &query).await.unwrap();
+        ids.extend(page.rows.iter().map(|d| d.id.to_string()));
+        match page.next {
+            Some(next) => query.after = Some(next),
+            None => break,
+        }
+    }
+    ids
+}
+
 #[tokio::test]
 async fn queue_entries_written_before_records_moved_in_keep_working_beside_new_ones() {
     // Before, a pending pixel's queue entry held its JSON alone, its record was under `i` and its report
-    // row was empty. Such a data dir opens, and its pixels are found, sent, reported and end as any.
+    // row was a key of its own, empty. Such a data dir opens, and its pixels are found, sent, reported,
+    // end and are forgotten as any, beside pixels written the new way.
     let harness = SledHarness::new();
     let (store, key) = with_a_and_b(&harness).await;
     tamper(&store, |data| {
+        for k in data.scan_prefix(b"r").keys() {
+            data.remove(k.unwrap()).unwrap();
+        }
+        data.remove(b"mreport-buckets-from").unwrap();
         for item in data.scan_prefix(b"q") {
             let (k, v) = item.unwrap();
             let pixel = entry::pixel(&v).unwrap();
@@ -1051,6 +1075,9 @@ async fn queue_entries_written_before_records_moved_in_keep_working_beside_new_o
         statuses(&store, &key).await,
         [all_queued.clone(), all_queued]
     );
+    // c was queued in a's and b's millisecond: its bucket and their rows of their own read as one
+    // group, in order, wherever a page ends.
+    assert_eq!(report_in_pages_of_one(&store, &key).await, ["c", "b", "a"]);
 
     let sent = rules.lease(&key, SessionId::generate(), 10).await.unwrap();
     assert_eq!(sent.len(), 3);
@@ -1072,5 +1099,42 @@ async fn queue_entries_written_before_records_moved_in_keep_working_beside_new_o
         [0, 3],
         "every pixel ended: its record is under `i`"
     );
+    assert_eq!(
+        tree.scan_prefix(b"r").count(),
+        3,
+        "a's and b's rows of their own, c's bucket"
+    );
+    // A retention period later, every record and report row goes, whichever kind it is.
+    let later = harness.now_ms() + RETENTION.as_millis() as u64 + 1;
+    rules.sweep(later, &CancellationToken::new()).await.unwrap();
+    assert!(statuses(&store, &key).await.iter().all(Vec::is_empty));
+    assert_eq!(
+        [keys_of(&store, b"i").len(), keys_of(&store, b"r").len()],
+        [0, 0],
+        "nothing is left of the three"
+    );
     store.close().await.unwrap();
+}
+
+#[test]
+fn a_report_bucket_reads_back_as_written_and_a_cut_one_is_corrupt() {
+    let id = |s: &str| PixelId::parse(s).unwrap();
+    let mut bucket = report::Bucket::default();
+    bucket.edit(report::RowEdit::Add(id("b"), Some(7)));
+    bucket.edit(report::RowEdit::Add(id("a"), None));
+    bucket.edit(report::RowEdit::Add(id("c"), Some(u64::MAX)));
+    bucket.edit(report::RowEdit::Remove(id("c")));
+    let value = bucket.encode();
+    assert_eq!(report::Bucket::decode(&value).unwrap(), bucket);
+    for cut in 0..value.len() {
+        let whole_rows = [1, 5].contains(&cut); // the version alone, then a's row after it
+        assert_eq!(
+            report::Bucket::decode(&value[..cut]).is_ok(),
+            whole_rows,
+            "cut at {cut}"
+        );
+    }
+    bucket.edit(report::RowEdit::Remove(id("a")));
+    bucket.edit(report::RowEdit::Remove(id("b")));
+    assert!(bucket.is_empty());
 }
