@@ -1,22 +1,25 @@
 //! Upkeep: pixels whose TTL ran out leave their queues, and records (pixels', postbacks', events')
-//! whose retention ran out are forgotten. One background task a process, in bounded chunks, each entry
-//! its own small transaction, so writers are never held up for long.
+//! whose retention ran out are forgotten. One background task a process, in bounded chunks, each
+//! player's run of due entries (at most [`GROUP`]) one small transaction, so writers are never held up
+//! for long.
 
 use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::Ledger;
 use super::queue::{finalize, in_flight};
+use super::{Ledger, Transition};
 use crate::metrics::Upkeep;
-use crate::store::queues::{DueEntry, Mode, Write};
+use crate::store::queues::{DueEntry, Mode, Tx, Write};
 use crate::store::{PixelStatus, StoreError};
 
 /// How often the due entries are looked at.
 const EVERY: Duration = Duration::from_secs(5);
 /// Entries read at a time.
 const CHUNK: usize = 1000;
+/// Most entries of one player handled in one transaction.
+const GROUP: usize = 128;
 
 /// What handling one due entry did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -60,15 +63,19 @@ impl Ledger {
             let Some(last) = due.last() else { break };
             // A cursor, not a restart from the top: entries that must stay (in flight) are passed over.
             after = Some(last.clone());
-            for entry in due {
-                if stop.is_cancelled() {
-                    return Ok(handled);
+            // Entries next to each other of one player are handled in one transaction: the records
+            // of one ack end together, and an engine may keep their report rows together.
+            for group in due.chunk_by(|a, b| a.key == b.key) {
+                for entries in group.chunks(GROUP) {
+                    if stop.is_cancelled() {
+                        return Ok(handled);
+                    }
+                    let done = self.upkeep_entries(entries.to_vec(), now).await?;
+                    let metrics = &self.inner.metrics;
+                    metrics.upkeep(Upkeep::Expired, done.expired);
+                    metrics.upkeep(Upkeep::RecordsForgotten, done.forgotten);
+                    handled += entries.len();
                 }
-                let done = self.upkeep_entry(entry, now).await?;
-                let metrics = &self.inner.metrics;
-                metrics.upkeep(Upkeep::Expired, done.expired);
-                metrics.upkeep(Upkeep::RecordsForgotten, done.forgotten);
-                handled += 1;
             }
         }
         loop {
@@ -93,52 +100,75 @@ impl Ledger {
         }
     }
 
-    /// Handles one due entry of the expiry index, if it is still there.
-    async fn upkeep_entry(&self, entry: DueEntry, now: u64) -> Result<Handled, StoreError> {
+    /// Handles due entries of the expiry index of one player, those still there, in one transaction.
+    async fn upkeep_entries(
+        &self,
+        entries: Vec<DueEntry>,
+        now: u64,
+    ) -> Result<Handled, StoreError> {
         let retention_ms = self.inner.options.retention_ms;
-        let brand = entry.key.brand.clone();
+        let Some(first) = entries.first() else {
+            return Ok(Handled::default());
+        };
+        let (brand, scope) = (first.key.brand.clone(), vec![first.key.clone()]);
         let (handled, transitions) = self
-            .transact(vec![entry.key.clone()], Mode::LAZY, move |tx| {
-                // The listing was read outside this transaction: an ack, cancel or lease may have moved
-                // the entry since. Only an entry still present describes the record's current state.
-                if !tx.holds_due(&entry)? {
-                    return Ok((Handled::default(), None));
-                }
-                let key = &entry.key;
-                let record = match &entry.id {
-                    Some(id) => tx.record(key, id)?,
-                    None => None,
-                };
+            .transact(scope, Mode::LAZY, move |tx| {
                 let mut handled = Handled::default();
-                let mut transition = None;
-                match record {
-                    Some(record) if record.seq != entry.seq => {} // a stale entry of an older record
-                    Some(record) if record.delivery.status.is_pending() => {
-                        if !record.is_client_pixel()
-                            || in_flight(tx, key, now)?.contains(&record.seq)
-                        {
-                            // A postback ends by its attempts, not by time; a pixel sent already may
-                            // be firing right now: its ack or release decides.
-                            return Ok((handled, None));
-                        }
-                        let status = PixelStatus::Expired;
-                        transition = finalize(tx, key, record, status, now, retention_ms);
-                        handled.expired = 1;
-                    }
-                    Some(record) => {
-                        tx.write(Write::Forget {
-                            key: key.clone(),
-                            record,
-                        });
-                        handled.forgotten = 1;
-                    }
-                    None => {}
+                let mut transitions = Vec::new();
+                for entry in &entries {
+                    let (done, transition) = upkeep_entry(tx, entry, now, retention_ms)?;
+                    handled.expired += done.expired;
+                    handled.forgotten += done.forgotten;
+                    transitions.extend(transition);
                 }
-                tx.write(Write::DropDue(entry.clone()));
-                Ok((handled, transition))
+                Ok((handled, transitions))
             })
             .await?;
-        self.count(&brand, transitions.into_iter().collect());
+        self.count(&brand, transitions);
         Ok(handled)
     }
+}
+
+/// Handles one due entry of the expiry index, if it is still there.
+fn upkeep_entry(
+    tx: &mut dyn Tx,
+    entry: &DueEntry,
+    now: u64,
+    retention_ms: u64,
+) -> Result<(Handled, Option<Transition>), StoreError> {
+    // The listing was read outside this transaction: an ack, cancel or lease may have moved the entry
+    // since. Only an entry still present describes the record's current state.
+    if !tx.holds_due(entry)? {
+        return Ok((Handled::default(), None));
+    }
+    let key = &entry.key;
+    let record = match &entry.id {
+        Some(id) => tx.record(key, id)?,
+        None => None,
+    };
+    let mut handled = Handled::default();
+    let mut transition = None;
+    match record {
+        Some(record) if record.seq != entry.seq => {} // a stale entry of an older record
+        Some(record) if record.delivery.status.is_pending() => {
+            if !record.is_client_pixel() || in_flight(tx, key, now)?.contains(&record.seq) {
+                // A postback ends by its attempts, not by time; a pixel sent already may be firing
+                // right now: its ack or release decides.
+                return Ok((handled, None));
+            }
+            let status = PixelStatus::Expired;
+            transition = finalize(tx, key, record, status, now, retention_ms);
+            handled.expired = 1;
+        }
+        Some(record) => {
+            tx.write(Write::Forget {
+                key: key.clone(),
+                record,
+            });
+            handled.forgotten = 1;
+        }
+        None => {}
+    }
+    tx.write(Write::DropDue(entry.clone()));
+    Ok((handled, transition))
 }

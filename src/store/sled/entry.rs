@@ -3,8 +3,9 @@
 //!
 //! sled costs about the same per key whatever its size (`pixelhub-bench --sled-keys`: some 7 µs a key
 //! when the checkpoint writes it), so a pending pixel is kept in as few keys as its reads allow: its
-//! queue entry, holding the pixel and its record, and its report row `r`, whose value is the pixel's
-//! sequence number (the report finds the record through it). The record gets its own key `i` only when
+//! queue entry, holding the pixel and its record, and its report row in `r`, which holds the pixel's
+//! sequence number (the report finds the record through it) and shares its key with the rows of pixels
+//! queued with it ([`super::report::Bucket`]). The record gets its own key `i` only when
 //! the pixel ends, where final records and postbacks have always been kept.
 //!
 //! The value is `TAG`, the pixel id's length (u16 BE) and bytes, the pixel's JSON length (u32 BE) and

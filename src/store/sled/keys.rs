@@ -126,9 +126,9 @@ pub fn report_bucket(key: &PlayerKey, queued_at_ms: u64) -> Vec<u8> {
     k
 }
 
-/// `r brand NUL queued-at player NUL id`: one record's report row, as written before the rows of one
-/// player and millisecond shared a key (records numbered below [`super::Inner::buckets_from`]); also
-/// the bound a report page's cursor stands for.
+/// `r brand NUL queued-at player NUL id`: one record's report row in a key of its own, where its
+/// bucket is full ([`super::report::MAX_BUCKET_ROWS`]) or was written before buckets; also the bound a
+/// report page's cursor stands for.
 pub fn report(key: &PlayerKey, queued_at_ms: u64, id: &PixelId) -> Vec<u8> {
     let mut k = report_bucket(key, queued_at_ms);
     k.extend_from_slice(id.as_str().as_bytes());

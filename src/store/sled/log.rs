@@ -79,6 +79,9 @@ pub(super) struct WriteLog {
     /// Tests: every sync of sled's files fails.
     #[cfg(test)]
     settle_fails: AtomicBool,
+    /// Journal records appended (tests count transactions that wrote).
+    #[cfg(test)]
+    pub(super) commits: AtomicU64,
 }
 
 /// What checkpoints did, for the stats.
@@ -170,6 +173,8 @@ impl WriteLog {
             counters: Counters::default(),
             #[cfg(test)]
             settle_fails: AtomicBool::new(false),
+            #[cfg(test)]
+            commits: AtomicU64::new(0),
         });
         log.checkpoint()?;
         let weak = Arc::downgrade(&log);
@@ -223,6 +228,8 @@ impl WriteLog {
         }
         let mut overlay = self.overlay.write().unwrap_or_else(|p| p.into_inner());
         let durable = self.journal.append([record.as_slice()])?;
+        #[cfg(test)]
+        self.commits.fetch_add(1, Ordering::Relaxed);
         overlay.add(
             ops,
             |i| fresh.get(i).copied().unwrap_or(false),

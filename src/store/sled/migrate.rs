@@ -58,22 +58,6 @@ pub(super) fn summarise_queues(data: &Tree, seq_bound: u64) -> Result<u64, Store
     Ok(bound)
 }
 
-/// Where report rows start going into buckets ([`super::report::Bucket`]): the sequence bound when a
-/// data dir is first opened by a version that writes them, kept under a marker. Records numbered below
-/// it may have a row of their own (`r` … id), which stays until the record is forgotten; there is
-/// nothing to move. The marker is made durable by the open's sync, before any bucket is written.
-pub(super) fn report_buckets_from(data: &Tree, seq_bound: u64) -> Result<u64, StoreError> {
-    const FROM: &[u8] = b"mreport-buckets-from";
-    if let Some(from) = data.get(FROM).map_err(backend)? {
-        return <[u8; 8]>::try_from(from.as_ref())
-            .map(u64::from_be_bytes)
-            .map_err(|_| StoreError::corrupt("corrupt report bucket marker"));
-    }
-    data.insert(FROM, &seq_bound.to_be_bytes())
-        .map_err(backend)?;
-    Ok(seq_bound)
-}
-
 /// Changes per batch of a migration that may touch millions of keys (a handful in tests, so they cross
 /// batches).
 const MIGRATION_BATCH: usize = if cfg!(test) { 3 } else { 10_000 };

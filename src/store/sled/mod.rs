@@ -10,7 +10,7 @@
 //! | `b` brand | [`Brand`] JSON |
 //! | `q` brand NUL player NUL seq(u64 BE) | the queue, in order: a pending [`QueuedPixel`](crate::pixel::QueuedPixel) with its [`Record`] ([`entry`]; entries written before hold the pixel's JSON alone, their record in `i`) |
 //! | `i` brand NUL player NUL pixel-id | [`Record`] JSON: the record (status, report row, idempotency entry) and queue seq of a postback, or of a pixel once it ended |
-//! | `r` brand NUL queued-at(u64 BE ms) player NUL | the report's time index: the rows of the player's records queued in that millisecond, by id ([`report::Bucket`]); a client pixel's row holds its queue seq, where its record is while it is pending (once it ends, `i` has it, and the seq stays unused). Records numbered before [`Inner::buckets_from`] have a key each, `r` … player NUL pixel-id, valued empty or the seq |
+//! | `r` brand NUL queued-at(u64 BE ms) player NUL | the report's time index: the rows of the player's records queued in that millisecond, by id ([`report::Bucket`]); a client pixel's row holds its queue seq, where its record is while it is pending (once it ends, `i` has it, and the seq stays unused). Past [`report::MAX_BUCKET_ROWS`] rows, and in data dirs written before buckets, a row has a key of its own, `r` … player NUL pixel-id, valued empty or the seq, read beside the bucket |
 //! | `x` due(u64 BE ms) brand NUL player NUL seq | record id: when a final record is forgotten |
 //! | `l` brand NUL host NUL due(u64 BE ms) player NUL postback-id | empty: the S2S outbox, one lane per brand and host (`host:port`), each by next attempt (or end of claim) |
 //! | `d` brand NUL definition-id | [`Definition`] JSON |
@@ -30,10 +30,11 @@
 //! global line before lanes; a data dir that has it is moved to `l` at open.)
 //!
 //! `n` is derived from `q`: every change to a queue goes through [`Changes`], which writes the player's
-//! summary in the same journal record. A pending pixel costs sled two keys, its queue entry (with its
-//! record) and its report row, and the report rows of pixels queued together share one; what used to be three keys more per pixel (its expiry `x`, its age `p`,
-//! the count `n`) is one key per player, and the
-//! orders over it (biggest backlogs, oldest pixels, earliest expiries) live in memory ([`backlog`]),
+//! summary in the same journal record. A pending pixel costs sled at most two keys, its queue entry
+//! (with its record) and its report row, and the report rows of pixels queued together share one key;
+//! what used to be three keys more per pixel (its expiry `x`, its age `p`, the count `n`) is one key
+//! per player, and the orders over it (biggest backlogs, oldest pixels, earliest expiries) live in
+//! memory ([`backlog`]),
 //! rebuilt from `n` at open. A data dir written before the summaries gets them at open, once
 //! ([`migrate::summarise_queues`]).
 //!
@@ -75,8 +76,7 @@ mod threads;
 use self::backlog::{Backlogs, Summary};
 use self::log::WriteLog;
 use self::migrate::{
-    add_missing_secrets, drop_backlog_ranking, move_outbox_to_lanes, report_buckets_from,
-    summarise_queues,
+    add_missing_secrets, drop_backlog_ranking, move_outbox_to_lanes, summarise_queues,
 };
 use self::overlay::Op;
 use self::pending::{Lookup, PendingIds};
@@ -147,9 +147,6 @@ struct Inner {
     /// an age key `p` and an expiry key `x`: they are removed when the pixel ends (an `x` key left
     /// behind would forget the final record at the pixel's old expiry time).
     legacy_below: u64,
-    /// Records numbered from here on have their report row in a bucket ([`report::Bucket`]); those
-    /// before, in a key of their own ([`keys::report`]), removed as such when they are forgotten.
-    buckets_from: u64,
     announce: broadcast::Sender<PlayerKey>,
     /// Woken when an ingest adds postbacks, so the sender does not wait for its next poll.
     outbox: Notify,
@@ -229,17 +226,13 @@ impl Changes {
             .push(report::RowEdit::Add(id.clone(), seq));
     }
 
-    /// Removes a record's report row, wherever the record's number says it is.
-    fn remove_report_row(&mut self, key: &PlayerKey, record: &Record, buckets_from: u64) {
+    /// Removes a record's report row, from its bucket or its own key, wherever it is.
+    fn remove_report_row(&mut self, key: &PlayerKey, record: &Record) {
         let d = &record.delivery;
-        if record.seq < buckets_from {
-            self.remove(keys::report(key, d.queued_at_ms, &d.id));
-        } else {
-            self.report_rows
-                .entry(keys::report_bucket(key, d.queued_at_ms))
-                .or_default()
-                .push(report::RowEdit::Remove(d.id.clone()));
-        }
+        self.report_rows
+            .entry(keys::report_bucket(key, d.queued_at_ms))
+            .or_default()
+            .push(report::RowEdit::Remove(d.id.clone()));
     }
 
     /// Puts a postback in its lane of the outbox, due at `due`.
@@ -297,7 +290,6 @@ impl SledStore {
         let log = WriteLog::open(dir, db.clone(), data.clone(), journal)?;
 
         let legacy_below = summarise_queues(&data, log.seq_bound())?;
-        let buckets_from = report_buckets_from(&data, log.seq_bound())?;
         drop_backlog_ranking(&data)?;
         // Depths and orders from the per-player summaries: one small key per player, where the
         // queue is a key per pixel with its body (5 million pixels took 11 s to scan, warm).
@@ -338,7 +330,6 @@ impl SledStore {
             backlogs: Mutex::new(backlogs),
             sweep: Mutex::default(),
             legacy_below,
-            buckets_from,
             unflushed: DashMap::new(),
             closed: AtomicBool::new(false),
             pending_ids: PendingIds::default(),
@@ -539,8 +530,21 @@ impl Inner {
                 Some(value) => report::Bucket::decode(&value)?,
                 None => report::Bucket::default(),
             };
+            let mut changed = false;
             for edit in edits {
-                bucket.edit(edit);
+                match bucket.edit(edit) {
+                    report::Edited::Bucket => changed = true,
+                    report::Edited::Own(id, value) => {
+                        let own = [bucket_key.as_slice(), id.as_str().as_bytes()].concat();
+                        match value {
+                            Some(value) => changes.insert(own, value),
+                            None => changes.remove(own),
+                        }
+                    }
+                }
+            }
+            if !changed {
+                continue;
             }
             if bucket.is_empty() {
                 changes.remove(bucket_key);

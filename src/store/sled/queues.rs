@@ -233,6 +233,17 @@ impl Tx for SledTx<'_> {
     }
 
     fn write(&mut self, write: Write) {
+        if let Write::AddPixel { key, .. }
+        | Write::AddPostback { key, .. }
+        | Write::AddFailed { key, .. }
+        | Write::Forget { key, .. } = &write
+        {
+            // Their report rows are read and written back whole (`Inner::apply`).
+            debug_assert!(
+                self.holds_stripe(key),
+                "a report row changed without its player's lock"
+            );
+        }
         if let Write::UpdateRecord { key, record } = &write
             && record.is_client_pixel()
             && record.delivery.status.is_pending()
@@ -368,7 +379,7 @@ impl Tx for SledTx<'_> {
             Write::Forget { key, record } => {
                 let d = &record.delivery;
                 batch.remove(keys::index(&key, &d.id));
-                batch.remove_report_row(&key, &record, self.inner.buckets_from);
+                batch.remove_report_row(&key, &record);
             }
             Write::ForgetEvent { brand, id, due_ms } => {
                 batch.remove(keys::forget_event(due_ms, &brand, &id));

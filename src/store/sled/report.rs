@@ -18,7 +18,7 @@ use crate::store::{
     StoreStats,
 };
 
-/// Most report index entries one page looks at, so a rare filter cannot make one request scan a brand.
+/// Most report rows one page looks at, so a rare filter cannot make one request scan a brand.
 const REPORT_SCAN_BUDGET: usize = 20_000;
 
 /// The report rows of one player's records queued in one millisecond, by id, as one sled value
@@ -30,6 +30,20 @@ const REPORT_SCAN_BUDGET: usize = 20_000;
 /// byte saying whether the queue position (u64) follows. All big-endian.
 #[derive(Debug, Default, PartialEq)]
 pub(super) struct Bucket(BTreeMap<PixelId, Option<u64>>);
+
+/// Most rows a bucket holds. Each change rewrites the whole value, and a record forgotten rewrites its
+/// bucket without it, so a bucket's size bounds what forgetting costs: past it, rows have keys of their
+/// own. A hundred pixels queued at once still fit one bucket.
+pub(super) const MAX_BUCKET_ROWS: usize = 128;
+
+/// What [`Bucket::edit`] did.
+#[derive(Debug, PartialEq)]
+pub(super) enum Edited {
+    /// The bucket changed.
+    Bucket,
+    /// The row is in a key of its own ([`keys::report`]): put with this value, or removed.
+    Own(PixelId, Option<Vec<u8>>),
+}
 
 /// One change to a bucket, staged by a transaction and applied when it commits.
 #[derive(Debug)]
@@ -109,11 +123,24 @@ impl Bucket {
         out
     }
 
-    pub(super) fn edit(&mut self, edit: RowEdit) {
+    /// Applies `edit` to the bucket if the row belongs there: a row it holds, or a new one while it
+    /// has room. Otherwise the row has a key of its own, and the answer says what to do with it.
+    pub(super) fn edit(&mut self, edit: RowEdit) -> Edited {
         match edit {
-            RowEdit::Add(id, seq) => self.0.insert(id, seq),
-            RowEdit::Remove(id) => self.0.remove(&id),
-        };
+            RowEdit::Add(id, seq) => {
+                if self.0.len() < MAX_BUCKET_ROWS || self.0.contains_key(&id) {
+                    self.0.insert(id, seq);
+                    Edited::Bucket
+                } else {
+                    let value = seq.map_or_else(Vec::new, |seq| seq.to_be_bytes().to_vec());
+                    Edited::Own(id, Some(value))
+                }
+            }
+            RowEdit::Remove(id) => match self.0.remove(&id) {
+                Some(_) => Edited::Bucket,
+                None => Edited::Own(id, None),
+            },
+        }
     }
 
     pub(super) fn is_empty(&self) -> bool {

@@ -1006,12 +1006,17 @@ async fn statuses(store: &SledStore, key: &PlayerKey) -> [Vec<(String, String)>;
 
 /// The ids of the brand's report, read one row a page.
 async fn report_in_pages_of_one(store: &SledStore, key: &PlayerKey) -> Vec<String> {
+    report_in_pages(store, key, 1).await
+}
+
+/// The ids of the brand's report, read `limit` rows a page (at most 200 pages).
+async fn report_in_pages(store: &SledStore, key: &PlayerKey, limit: usize) -> Vec<String> {
     let mut query = DeliveryQuery {
-        limit: 1,
+        limit,
         ..Default::default()
     };
     let mut ids = Vec::new();
-    for _ in 0..10 {
+    for _ in 0..200 {
         let page = store.deliveries(&key.brand, &query).await.unwrap();
         ids.extend(page.rows.iter().map(|d| d.id.to_string()));
         match page.next {
@@ -1116,14 +1121,63 @@ async fn queue_entries_written_before_records_moved_in_keep_working_beside_new_o
     store.close().await.unwrap();
 }
 
+#[tokio::test]
+async fn rows_past_a_full_bucket_have_keys_of_their_own_and_all_are_reported_and_forgotten() {
+    let harness = SledHarness::new();
+    let n = report::MAX_BUCKET_ROWS + 2;
+    let metrics = Arc::new(Metrics::new());
+    let (store, rules) = open_capped(&harness, n as u64, OnFull::Reject, metrics);
+    let key = with_brand(&store).await;
+    let ids: Vec<String> = (0..n).map(|i| format!("p{i:03}")).collect();
+    rules
+        .enqueue(&key, ids.iter().map(|id| js(id, None)).collect())
+        .await
+        .unwrap();
+    assert_eq!(
+        keys_of(&store, b"r").len(),
+        3,
+        "one full bucket, two rows of their own"
+    );
+    let mut newest_first = ids.clone();
+    newest_first.reverse();
+    assert_eq!(report_in_pages(&store, &key, 7).await, newest_first);
+
+    let all: Vec<PixelId> = ids.iter().map(|id| PixelId::parse(id).unwrap()).collect();
+    assert_eq!(rules.ack(&key, &all).await.unwrap(), n);
+    let later = harness.now_ms() + RETENTION.as_millis() as u64 + 1;
+    let appends = || store.inner.log.commits.load(Ordering::Relaxed);
+    let before = appends();
+    rules.sweep(later, &CancellationToken::new()).await.unwrap();
+    assert_eq!(
+        appends() - before,
+        n.div_ceil(128) as u64,
+        "the player's records are forgotten together, each bucket rewritten once a transaction"
+    );
+    assert!(report_in_pages(&store, &key, 7).await.is_empty());
+    assert_eq!(
+        [keys_of(&store, b"i").len(), keys_of(&store, b"r").len()],
+        [0, 0],
+        "every record and report row is forgotten, in the bucket or not"
+    );
+    store.close().await.unwrap();
+}
+
 #[test]
 fn a_report_bucket_reads_back_as_written_and_a_cut_one_is_corrupt() {
     let id = |s: &str| PixelId::parse(s).unwrap();
     let mut bucket = report::Bucket::default();
-    bucket.edit(report::RowEdit::Add(id("b"), Some(7)));
+    assert_eq!(
+        bucket.edit(report::RowEdit::Add(id("b"), Some(7))),
+        report::Edited::Bucket
+    );
     bucket.edit(report::RowEdit::Add(id("a"), None));
     bucket.edit(report::RowEdit::Add(id("c"), Some(u64::MAX)));
     bucket.edit(report::RowEdit::Remove(id("c")));
+    assert_eq!(
+        bucket.edit(report::RowEdit::Remove(id("d"))),
+        report::Edited::Own(id("d"), None),
+        "a row the bucket does not hold has a key of its own"
+    );
     let value = bucket.encode();
     assert_eq!(report::Bucket::decode(&value).unwrap(), bucket);
     for cut in 0..value.len() {
