@@ -1038,7 +1038,6 @@ async fn queue_entries_written_before_records_moved_in_keep_working_beside_new_o
         for k in data.scan_prefix(b"r").keys() {
             data.remove(k.unwrap()).unwrap();
         }
-        data.remove(b"mreport-buckets-from").unwrap();
         for item in data.scan_prefix(b"q") {
             let (k, v) = item.unwrap();
             let pixel = entry::pixel(&v).unwrap();
