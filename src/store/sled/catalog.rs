@@ -117,6 +117,8 @@ impl Catalog for SledStore {
                     }
                     inner.stage_entry(&mut batch, entry, value);
                 }
+                // Catalog entries only: nothing here needs `Inner::apply`'s queue bookkeeping.
+                debug_assert!(batch.report_rows.is_empty() && batch.pending.is_empty());
                 let durable = inner.log.commit(batch.ops, &[])?;
                 for (entry, _) in &change.writes {
                     inner.catalog_cache.remove(entry);
