@@ -85,13 +85,22 @@ pub fn summary(key: &PlayerKey) -> Vec<u8> {
     k
 }
 
+/// The player of a brand's and a player's id as stored in a key.
+fn player_key(brand: &[u8], player: &[u8]) -> Option<PlayerKey> {
+    let brand = BrandId::parse_stored(std::str::from_utf8(brand).ok()?).ok()?;
+    let player = PlayerId::parse_stored(std::str::from_utf8(player).ok()?).ok()?;
+    Some(PlayerKey::new(brand, player))
+}
+
+/// Splits `brand NUL player`.
+fn parse_player(ids: &[u8]) -> Option<PlayerKey> {
+    let nul = ids.iter().position(|&b| b == 0)?;
+    player_key(&ids[..nul], &ids[nul + 1..])
+}
+
 /// The player a summary key `n` is of.
 pub fn parse_summary(k: &[u8]) -> Option<PlayerKey> {
-    let ids = k.strip_prefix(b"n")?.strip_suffix(&[0])?;
-    let nul = ids.iter().position(|&b| b == 0)?;
-    let brand = BrandId::parse_stored(std::str::from_utf8(&ids[..nul]).ok()?).ok()?;
-    let player = PlayerId::parse_stored(std::str::from_utf8(&ids[nul + 1..]).ok()?).ok()?;
-    Some(PlayerKey::new(brand, player))
+    parse_player(k.strip_prefix(b"n")?.strip_suffix(&[0])?)
 }
 
 /// `p brand NUL queued-at player NUL seq`: a pending pixel's age key in data dirs written before the
@@ -130,18 +139,20 @@ pub fn report_bucket(key: &PlayerKey, queued_at_ms: u64) -> Vec<u8> {
 /// bucket is full ([`super::report::MAX_BUCKET_ROWS`]) or was written before buckets; also the bound a
 /// report page's cursor stands for.
 pub fn report(key: &PlayerKey, queued_at_ms: u64, id: &PixelId) -> Vec<u8> {
-    let mut k = report_bucket(key, queued_at_ms);
-    k.extend_from_slice(id.as_str().as_bytes());
-    k
+    report_own(&report_bucket(key, queued_at_ms), id)
+}
+
+/// The key of its own a row of the bucket `bucket` ([`report_bucket`]) has.
+pub fn report_own(bucket: &[u8], id: &PixelId) -> Vec<u8> {
+    [bucket, id.as_str().as_bytes()].concat()
 }
 
 /// Splits `brand NUL player NUL id`.
 fn parse_player_id(rest: &[u8]) -> Option<(PlayerKey, PixelId)> {
     let mut parts = rest.splitn(3, |&b| b == 0);
-    let brand = BrandId::parse_stored(std::str::from_utf8(parts.next()?).ok()?).ok()?;
-    let player = PlayerId::parse_stored(std::str::from_utf8(parts.next()?).ok()?).ok()?;
+    let key = player_key(parts.next()?, parts.next()?)?;
     let id = PixelId::parse_stored(std::str::from_utf8(parts.next()?).ok()?).ok()?;
-    Some((PlayerKey::new(brand, player), id))
+    Some((key, id))
 }
 
 /// Splits a report key into player, queued-at and id: the id of a single row, `None` for a bucket.
@@ -154,9 +165,7 @@ pub fn parse_report(k: &[u8]) -> Option<(PlayerKey, u64, Option<PixelId>)> {
     if let Some(player) = rest.strip_suffix(&[0])
         && !player.contains(&0)
     {
-        let brand = BrandId::parse_stored(std::str::from_utf8(brand).ok()?).ok()?;
-        let player = PlayerId::parse_stored(std::str::from_utf8(player).ok()?).ok()?;
-        return Some((PlayerKey::new(brand, player), at, None));
+        return Some((player_key(brand, player)?, at, None));
     }
     let (key, id) = parse_player_id(&[brand, &[0], rest].concat())?;
     Some((key, at, Some(id)))
@@ -268,14 +277,8 @@ pub fn due_bound(tag: u8, now: u64) -> Vec<u8> {
 /// Splits `brand NUL player NUL seq(8)`.
 fn parse_player_seq(rest: &[u8]) -> Option<(PlayerKey, u64)> {
     let (ids, seq) = rest.split_at_checked(rest.len().checked_sub(8)?)?;
-    let ids = ids.strip_suffix(&[0])?;
-    let nul = ids.iter().position(|&b| b == 0)?;
-    let brand = BrandId::parse_stored(std::str::from_utf8(&ids[..nul]).ok()?).ok()?;
-    let player = PlayerId::parse_stored(std::str::from_utf8(&ids[nul + 1..]).ok()?).ok()?;
-    Some((
-        PlayerKey::new(brand, player),
-        u64::from_be_bytes(seq.try_into().ok()?),
-    ))
+    let key = parse_player(ids.strip_suffix(&[0])?)?;
+    Some((key, u64::from_be_bytes(seq.try_into().ok()?)))
 }
 
 pub fn parse_queue(k: &[u8]) -> Option<(PlayerKey, u64)> {

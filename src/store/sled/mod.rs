@@ -535,7 +535,7 @@ impl Inner {
                 match bucket.edit(edit) {
                     report::Edited::Bucket => changed = true,
                     report::Edited::Own(id, value) => {
-                        let own = [bucket_key.as_slice(), id.as_str().as_bytes()].concat();
+                        let own = keys::report_own(&bucket_key, &id);
                         match value {
                             Some(value) => changes.insert(own, value),
                             None => changes.remove(own),
