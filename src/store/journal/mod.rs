@@ -313,13 +313,11 @@ impl Journal {
     /// returns at once; [`Durable::wait`] says when they are on stable storage. Fails at once when the
     /// journal is closed or a sync failed. Each record is 1 byte to [`frame::MAX_PAYLOAD`]; the caller
     /// keeps to that, and appends at least one (else this panics, before any lock is taken).
-    pub fn append<'a>(
-        &self,
-        records: impl IntoIterator<Item = &'a [u8]>,
-    ) -> Result<Durable, StoreError> {
+    pub fn append(&self, records: &[&[u8]]) -> Result<Durable, StoreError> {
         // Framed (and checksummed) before the lock, which then covers only a copy.
-        let mut framed = Vec::new();
-        for record in records {
+        let size = records.iter().map(|r| frame::HEADER + r.len()).sum();
+        let mut framed = Vec::with_capacity(size);
+        for &record in records {
             frame::encode(record, &mut framed);
         }
         assert!(!framed.is_empty(), "an append holds at least one record");

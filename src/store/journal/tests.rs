@@ -34,7 +34,7 @@ fn records(seen: &[(u64, Vec<u8>)]) -> Vec<String> {
 
 async fn write(journal: &Journal, records: &[&str]) -> u64 {
     journal
-        .append(records.iter().map(|r| r.as_bytes()))
+        .append(&records.iter().map(|r| r.as_bytes()).collect::<Vec<_>>())
         .unwrap()
         .wait()
         .await
@@ -100,7 +100,7 @@ async fn writers_arriving_during_a_sync_share_the_next_one() {
             let journal = Arc::clone(&journal);
             tokio::spawn(async move {
                 let record = format!("pixel {i}");
-                journal.append([record.as_bytes()]).unwrap().wait().await
+                journal.append(&[record.as_bytes()]).unwrap().wait().await
             })
         })
         .collect();
@@ -131,7 +131,7 @@ async fn no_writer_is_answered_before_its_sync_returned() {
         ..options()
     };
     let (journal, _) = reopen(dir.path(), options).unwrap();
-    let durable = journal.append([&b"ftd"[..]]).unwrap();
+    let durable = journal.append(&[&b"ftd"[..]]).unwrap();
     let waiting = tokio::spawn(durable.wait());
     tokio::time::sleep(Duration::from_millis(50)).await;
     let answered_early = waiting.is_finished();
@@ -153,9 +153,9 @@ async fn a_failed_sync_fails_its_writers_and_every_later_one_and_is_never_retrie
         ..options()
     };
     let (journal, _) = reopen(dir.path(), options).unwrap();
-    let failed = journal.append([&b"ftd"[..]]).unwrap().wait().await;
+    let failed = journal.append(&[&b"ftd"[..]]).unwrap().wait().await;
     assert!(matches!(failed, Err(StoreError::Failed(_))), "{failed:?}");
-    let later = journal.append([&b"qftd"[..]]);
+    let later = journal.append(&[&b"qftd"[..]]);
     assert!(matches!(later, Err(StoreError::Failed(_))));
     assert_eq!(journal.counters().syncs.load(Ordering::Relaxed), 0);
 }
@@ -290,11 +290,11 @@ async fn a_segment_a_crash_left_without_its_header_is_removed() {
 async fn a_closed_journal_takes_nothing_and_keeps_what_it_had() {
     let dir = tempfile::tempdir().unwrap();
     let (journal, _) = reopen(dir.path(), options()).unwrap();
-    let pending = journal.append([&b"last"[..]]).unwrap();
+    let pending = journal.append(&[&b"last"[..]]).unwrap();
     journal.close();
     assert!(pending.wait().await.is_ok(), "the pending group is written");
     assert!(matches!(
-        journal.append([&b"late"[..]]),
+        journal.append(&[&b"late"[..]]),
         Err(StoreError::Closed)
     ));
     drop(journal);
@@ -309,7 +309,7 @@ async fn a_sync_point_answers_once_everything_appended_before_it_is_durable() {
     let idle = journal.sync_point().unwrap();
     assert_eq!(idle.position(), journal.durable(), "nothing pending");
     idle.wait().await.unwrap();
-    let appended = journal.append([b"a".as_slice()]).unwrap();
+    let appended = journal.append(&[b"a".as_slice()]).unwrap();
     let after = journal.sync_point().unwrap();
     assert_eq!(after.position(), appended.position());
     let at = after.wait().await.unwrap();

@@ -227,7 +227,7 @@ impl WriteLog {
             ))));
         }
         let mut overlay = self.overlay.write().unwrap_or_else(|p| p.into_inner());
-        let durable = self.journal.append([record.as_slice()])?;
+        let durable = self.journal.append(&[record.as_slice()])?;
         #[cfg(test)]
         self.commits.fetch_add(1, Ordering::Relaxed);
         overlay.add(

@@ -739,8 +739,14 @@ fn open_db(dir: &Path, cache_bytes: u64) -> Result<Db, StoreError> {
     }
 }
 
+/// Bytes reserved for a stored value's JSON: a record's (the most written) is 600 to 700, so it is
+/// written without regrowing its buffer.
+const JSON_ROOM: usize = 1024;
+
 fn json<T: Serialize>(value: &T) -> Vec<u8> {
-    serde_json::to_vec(value).expect("our stored types serialise infallibly")
+    let mut out = Vec::with_capacity(JSON_ROOM);
+    serde_json::to_writer(&mut out, value).expect("our stored types serialise infallibly");
+    out
 }
 
 #[cfg(test)]
