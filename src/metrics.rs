@@ -619,33 +619,66 @@ impl Metrics {
         self.draining.set(i64::from(draining));
     }
 
-    /// Counts `n` pixels or postbacks of one brand and kind that went through `event`.
-    pub fn pixels(&self, brand: &BrandId, kind: &str, event: PixelEvent, n: u64) {
-        if n == 0 {
-            return;
-        }
-        let family = match event {
-            PixelEvent::Queued => &self.pixels_queued,
-            PixelEvent::Delivered => &self.pixels_delivered,
-            PixelEvent::Redelivered => &self.pixels_redelivered,
-            PixelEvent::Fired(latency) => {
-                *self.fired_by_brand.entry(brand.to_string()).or_insert(0) += n;
-                self.fire_latency
-                    .get_or_create(&KindLabel { kind: kind.into() })
-                    .observe(latency.as_secs_f64());
-                &self.pixels_fired
+    /// Counts what one call did to pixels or postbacks of one brand: each `(kind, event)` is one pixel
+    /// of that kind going through that event. A lease or an ack moves many pixels at once, so every
+    /// counter is looked up (its labels built, its family's lock taken) once per kind and event, not
+    /// once per pixel; each fired one's latency is still observed.
+    pub fn pixels(&self, brand: &BrandId, transitions: &[(String, PixelEvent)]) {
+        const EVENTS: usize = 8;
+        let mut fired = 0;
+        for group in transitions.chunk_by(|a, b| a.0 == b.0) {
+            let kind = group[0].0.as_str();
+            let mut counts = [0u64; EVENTS];
+            let mut latencies = Vec::new();
+            for (_, event) in group {
+                let index = match event {
+                    PixelEvent::Queued => 0,
+                    PixelEvent::Delivered => 1,
+                    PixelEvent::Redelivered => 2,
+                    PixelEvent::Fired(latency) => {
+                        latencies.push(latency.as_secs_f64());
+                        3
+                    }
+                    PixelEvent::Expired => 4,
+                    PixelEvent::Cancelled => 5,
+                    PixelEvent::Dropped => 6,
+                    PixelEvent::Failed => 7,
+                };
+                counts[index] += 1;
             }
-            PixelEvent::Expired => &self.pixels_expired,
-            PixelEvent::Cancelled => &self.pixels_cancelled,
-            PixelEvent::Dropped => &self.pixels_dropped,
-            PixelEvent::Failed => &self.pixels_failed,
-        };
-        family
-            .get_or_create(&PixelLabels {
+            if !latencies.is_empty() {
+                let histogram = self
+                    .fire_latency
+                    .get_or_create(&KindLabel { kind: kind.into() });
+                latencies.iter().for_each(|&s| histogram.observe(s));
+            }
+            fired += counts[3];
+            let labels = PixelLabels {
                 brand: brand.to_string(),
                 kind: kind.into(),
-            })
-            .inc_by(n);
+            };
+            let families = [
+                &self.pixels_queued,
+                &self.pixels_delivered,
+                &self.pixels_redelivered,
+                &self.pixels_fired,
+                &self.pixels_expired,
+                &self.pixels_cancelled,
+                &self.pixels_dropped,
+                &self.pixels_failed,
+            ];
+            for (family, n) in families.into_iter().zip(counts) {
+                if n > 0 {
+                    family.get_or_create(&labels).inc_by(n);
+                }
+            }
+        }
+        if fired > 0 {
+            match self.fired_by_brand.get_mut(brand.as_str()) {
+                Some(mut count) => *count += fired,
+                None => *self.fired_by_brand.entry(brand.to_string()).or_insert(0) += fired,
+            }
+        }
     }
 
     /// Pixels and postbacks fired in this process since it started, per brand: the dashboard's fired/min.
@@ -871,7 +904,7 @@ mod tests {
         let m = Metrics::new();
         let brand = BrandId::parse("b").unwrap();
         m.set_gauges([(&brand, BrandGauges::default())], 0, false);
-        for event in [
+        let events = [
             PixelEvent::Queued,
             PixelEvent::Delivered,
             PixelEvent::Redelivered,
@@ -880,9 +913,8 @@ mod tests {
             PixelEvent::Cancelled,
             PixelEvent::Dropped,
             PixelEvent::Failed,
-        ] {
-            m.pixels(&brand, "image", event, 1);
-        }
+        ];
+        m.pixels(&brand, &events.map(|e| ("image".to_owned(), e)));
         m.events(&brand, 1, 1);
         m.ws_connected();
         m.ws_closed("shutdown");
@@ -917,6 +949,33 @@ mod tests {
                 "{name} is not in docs/metrics.md"
             );
         }
+    }
+
+    #[test]
+    fn a_call_that_moved_many_pixels_counts_each_one() {
+        let m = Metrics::new();
+        let brand = BrandId::parse("b").unwrap();
+        let second = Duration::from_secs(1);
+        let moved = [
+            ("image", PixelEvent::Fired(second)),
+            ("image", PixelEvent::Fired(second * 3)),
+            ("js", PixelEvent::Delivered),
+            ("image", PixelEvent::Delivered),
+            ("image", PixelEvent::Fired(second)),
+        ];
+        m.pixels(&brand, &moved.map(|(k, e)| (k.to_owned(), e)));
+        m.pixels(&brand, &[("js".to_owned(), PixelEvent::Delivered)]);
+        let text = m.encode();
+        for line in [
+            r#"pixelhub_pixels_fired_total{brand="b",kind="image"} 3"#,
+            r#"pixelhub_pixels_delivered_total{brand="b",kind="image"} 1"#,
+            r#"pixelhub_pixels_delivered_total{brand="b",kind="js"} 2"#,
+            r#"pixelhub_pixels_fire_latency_seconds_count{kind="image"} 3"#,
+            r#"pixelhub_pixels_fire_latency_seconds_sum{kind="image"} 5.0"#,
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} not in\n{text}");
+        }
+        assert_eq!(m.fired_per_brand().get("b"), Some(&3));
     }
 
     #[test]

@@ -195,14 +195,16 @@ impl Ledger {
 
     /// Counts applied transitions of the brand's pixels and postbacks.
     fn count(&self, brand: &BrandId, transitions: Vec<Transition>) {
-        for (kind, event) in transitions {
-            if event == PixelEvent::Expired {
-                self.inner
-                    .expired
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            }
-            self.inner.metrics.pixels(brand, &kind, event, 1);
+        let expired = transitions
+            .iter()
+            .filter(|(_, event)| *event == PixelEvent::Expired)
+            .count();
+        if expired > 0 {
+            self.inner
+                .expired
+                .fetch_add(expired as u64, std::sync::atomic::Ordering::Relaxed);
         }
+        self.inner.metrics.pixels(brand, &transitions);
     }
 
     fn store(&self) -> &dyn Store {

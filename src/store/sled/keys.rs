@@ -337,7 +337,11 @@ mod tests {
             ("y", forget_event(5, &key.brand, &event)),
         ];
         for (name, k) in &built {
-            assert_eq!(k.capacity(), k.len(), "{name}: built with room to spare or regrown");
+            assert_eq!(
+                k.capacity(),
+                k.len(),
+                "{name}: built with room to spare or regrown"
+            );
         }
         assert_eq!(parse_queue(&built[0].1), Some((key.clone(), 9)));
         assert_eq!(parse_summary(&built[4].1), Some(key.clone()));
