@@ -26,8 +26,9 @@ pub const CLIENT_JS: &str = include_str!("../../js-client/aff-client-pixel.js");
 /// Read buffer per WebSocket, kept for the session's life. Client frames are small (hello, acks, pongs);
 /// tungstenite's default of 128 KiB per connection would cost 2.4 GiB at 19,000 sessions. A larger frame
 /// (an ack of many ids) grows the buffer as it needs. 1 KiB instead of 4 KiB took the hub from 9.8 KiB to
-/// 6.7 KiB of resident memory per idle session (docs/benchmarks.md).
-const WS_READ_BUFFER: usize = 1024;
+/// 6.7 KiB of resident memory per idle session, and 512 bytes instead of 1 KiB from 5,912 to 5,399 bytes
+/// (docs/benchmarks.md).
+const WS_READ_BUFFER: usize = 512;
 
 static CLIENT_ETAG: LazyLock<String> = LazyLock::new(|| {
     let mut hasher = DefaultHasher::new();

@@ -121,6 +121,27 @@ async fn oversized_and_binary_frames_close_the_session() {
 }
 
 #[tokio::test]
+async fn a_frame_many_times_the_read_buffer_is_read_whole() {
+    // The per-session read buffer is 512 bytes; an ack of many long ids is 25 KiB, under the 32 KiB
+    // message cap. It must be read whole and applied, and the session must go on.
+    let app = TestApp::spawn().await;
+    let mut ws = app.session("p").await;
+    let long = |i: usize| format!("{i:03}-{}", "x".repeat(116));
+    let queued = app
+        .queue("p", json!({"kind": "js", "code": "1", "id": long(0)}))
+        .await;
+    assert_eq!(ws.delivered().await, queued);
+    let mut ids: Vec<String> = (1..200).map(long).collect();
+    ids.push(queued[0].clone());
+    let frame = json!({"type": "ack", "ids": ids}).to_string();
+    assert!(frame.len() > 48 * 512, "{} bytes", frame.len());
+    ws.send_text(&frame).await;
+    app.wait_until_drained("p").await;
+    let next = app.queue("p", json!({"kind": "js", "code": "2"})).await;
+    assert_eq!(ws.delivered().await, next, "the session goes on");
+}
+
+#[tokio::test]
 async fn a_client_that_never_says_hello_is_closed() {
     let app = TestApp::spawn_with(|c| c.hello_timeout_ms = 200).await;
     let mut ws = app.connect().await;
