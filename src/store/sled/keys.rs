@@ -135,18 +135,28 @@ pub fn legacy_age(key: &PlayerKey, queued_at_ms: u64, seq: u64) -> Vec<u8> {
 }
 
 pub fn index_prefix(key: &PlayerKey) -> Vec<u8> {
-    player_table(b'i', key, 0)
+    index_table(key, 0)
+}
+
+/// [`index_prefix`] with room for `room` bytes more.
+fn index_table(key: &PlayerKey, room: usize) -> Vec<u8> {
+    player_table(b'i', key, room)
 }
 
 pub fn report_prefix(brand: &BrandId) -> Vec<u8> {
-    brand_table(b'r', brand)
+    report_table(brand, 0)
+}
+
+/// [`report_prefix`] with room for `room` bytes more.
+fn report_table(brand: &BrandId, room: usize) -> Vec<u8> {
+    brand_table_with_room(b'r', brand, room)
 }
 
 /// `r brand NUL queued-at player NUL`: the report rows of every record of the player queued at that
 /// millisecond, in one key ([`super::report::Bucket`]): a batch of a hundred pixels is one sled key
 /// for the report, not a hundred.
 pub fn report_bucket(key: &PlayerKey, queued_at_ms: u64) -> Vec<u8> {
-    let mut k = brand_table_with_room(b'r', &key.brand, 8 + key.player.as_str().len() + 1);
+    let mut k = report_table(&key.brand, 8 + key.player.as_str().len() + 1);
     k.extend_from_slice(&queued_at_ms.to_be_bytes());
     k.extend_from_slice(key.player.as_str().as_bytes());
     k.push(0);
@@ -191,7 +201,12 @@ pub fn parse_report(k: &[u8]) -> Option<(PlayerKey, u64, Option<PixelId>)> {
 
 /// `l brand NUL host NUL`: one lane of the outbox.
 pub fn outbox_prefix(lane: &Lane) -> Vec<u8> {
-    let mut k = brand_table(b'l', &lane.brand);
+    outbox_lane(lane, 0)
+}
+
+/// [`outbox_prefix`] with room for `room` bytes more.
+fn outbox_lane(lane: &Lane, room: usize) -> Vec<u8> {
+    let mut k = brand_table_with_room(b'l', &lane.brand, lane.host.len() + 1 + room);
     k.extend_from_slice(lane.host.as_bytes());
     k.push(0);
     k
@@ -199,10 +214,7 @@ pub fn outbox_prefix(lane: &Lane) -> Vec<u8> {
 
 /// `l`: one postback's place in its lane, by due time.
 pub fn outbox(lane: &Lane, due_ms: u64, key: &PlayerKey, id: &PixelId) -> Vec<u8> {
-    let room = lane.host.len() + 1 + 8 + key.player.as_str().len() + 1 + id.as_str().len();
-    let mut k = brand_table_with_room(b'l', &lane.brand, room);
-    k.extend_from_slice(lane.host.as_bytes());
-    k.push(0);
+    let mut k = outbox_lane(lane, 8 + key.player.as_str().len() + 1 + id.as_str().len());
     k.extend_from_slice(&due_ms.to_be_bytes());
     k.extend_from_slice(key.player.as_str().as_bytes());
     k.push(0);
@@ -253,17 +265,22 @@ pub fn parse_context_brand(k: &[u8]) -> Option<BrandId> {
 }
 
 pub fn queue_prefix(key: &PlayerKey) -> Vec<u8> {
-    player_table(b'q', key, 0)
+    queue_table(key, 0)
+}
+
+/// [`queue_prefix`] with room for `room` bytes more.
+fn queue_table(key: &PlayerKey, room: usize) -> Vec<u8> {
+    player_table(b'q', key, room)
 }
 
 pub fn queue(key: &PlayerKey, seq: u64) -> Vec<u8> {
-    let mut k = player_table(b'q', key, 8);
+    let mut k = queue_table(key, 8);
     k.extend_from_slice(&seq.to_be_bytes());
     k
 }
 
 pub fn index(key: &PlayerKey, id: &PixelId) -> Vec<u8> {
-    let mut k = player_table(b'i', key, id.as_str().len());
+    let mut k = index_table(key, id.as_str().len());
     k.extend_from_slice(id.as_str().as_bytes());
     k
 }
