@@ -976,6 +976,33 @@ mod tests {
             assert!(text.lines().any(|l| l == line), "{line} not in\n{text}");
         }
         assert_eq!(m.fired_per_brand().get("b"), Some(&3));
+
+        // Each event reaches its own family: one call with every event a different number of times.
+        let m = Metrics::new();
+        let every = [
+            ("queued", PixelEvent::Queued),
+            ("delivered", PixelEvent::Delivered),
+            ("redelivered", PixelEvent::Redelivered),
+            ("fired", PixelEvent::Fired(second)),
+            ("expired", PixelEvent::Expired),
+            ("cancelled", PixelEvent::Cancelled),
+            ("dropped", PixelEvent::Dropped),
+            ("failed", PixelEvent::Failed),
+        ];
+        let moved: Vec<(String, PixelEvent)> = every
+            .iter()
+            .enumerate()
+            .flat_map(|(i, &(_, event))| std::iter::repeat_n(("js".to_owned(), event), i + 1))
+            .collect();
+        m.pixels(&brand, &moved);
+        let text = m.encode();
+        for (i, (family, _)) in every.iter().enumerate() {
+            let line = format!(
+                r#"pixelhub_pixels_{family}_total{{brand="b",kind="js"}} {}"#,
+                i + 1
+            );
+            assert!(text.lines().any(|l| l == line), "{line} not in\n{text}");
+        }
     }
 
     #[test]
