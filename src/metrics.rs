@@ -624,27 +624,20 @@ impl Metrics {
     /// counter is looked up (its labels built, its family's lock taken) once per kind and event, not
     /// once per pixel; each fired one's latency is still observed.
     pub fn pixels(&self, brand: &BrandId, transitions: &[(String, PixelEvent)]) {
-        const EVENTS: usize = 8;
         let mut fired = 0;
         for group in transitions.chunk_by(|a, b| a.0 == b.0) {
             let kind = group[0].0.as_str();
-            let mut counts = [0u64; EVENTS];
+            let mut counts: Vec<(&Family<PixelLabels, Counter>, u64)> = Vec::new();
             let mut latencies = Vec::new();
             for (_, event) in group {
-                let index = match event {
-                    PixelEvent::Queued => 0,
-                    PixelEvent::Delivered => 1,
-                    PixelEvent::Redelivered => 2,
-                    PixelEvent::Fired(latency) => {
-                        latencies.push(latency.as_secs_f64());
-                        3
-                    }
-                    PixelEvent::Expired => 4,
-                    PixelEvent::Cancelled => 5,
-                    PixelEvent::Dropped => 6,
-                    PixelEvent::Failed => 7,
-                };
-                counts[index] += 1;
+                if let PixelEvent::Fired(latency) = event {
+                    latencies.push(latency.as_secs_f64());
+                }
+                let family = self.pixel_family(*event);
+                match counts.iter_mut().find(|(f, _)| std::ptr::eq(*f, family)) {
+                    Some((_, n)) => *n += 1,
+                    None => counts.push((family, 1)),
+                }
             }
             if !latencies.is_empty() {
                 let histogram = self
@@ -652,25 +645,13 @@ impl Metrics {
                     .get_or_create(&KindLabel { kind: kind.into() });
                 latencies.iter().for_each(|&s| histogram.observe(s));
             }
-            fired += counts[3];
+            fired += latencies.len() as u64;
             let labels = PixelLabels {
                 brand: brand.to_string(),
                 kind: kind.into(),
             };
-            let families = [
-                &self.pixels_queued,
-                &self.pixels_delivered,
-                &self.pixels_redelivered,
-                &self.pixels_fired,
-                &self.pixels_expired,
-                &self.pixels_cancelled,
-                &self.pixels_dropped,
-                &self.pixels_failed,
-            ];
-            for (family, n) in families.into_iter().zip(counts) {
-                if n > 0 {
-                    family.get_or_create(&labels).inc_by(n);
-                }
+            for (family, n) in counts {
+                family.get_or_create(&labels).inc_by(n);
             }
         }
         if fired > 0 {
@@ -678,6 +659,20 @@ impl Metrics {
                 Some(mut count) => *count += fired,
                 None => *self.fired_by_brand.entry(brand.to_string()).or_insert(0) += fired,
             }
+        }
+    }
+
+    /// The counter family an event of a pixel's counts in.
+    fn pixel_family(&self, event: PixelEvent) -> &Family<PixelLabels, Counter> {
+        match event {
+            PixelEvent::Queued => &self.pixels_queued,
+            PixelEvent::Delivered => &self.pixels_delivered,
+            PixelEvent::Redelivered => &self.pixels_redelivered,
+            PixelEvent::Fired(_) => &self.pixels_fired,
+            PixelEvent::Expired => &self.pixels_expired,
+            PixelEvent::Cancelled => &self.pixels_cancelled,
+            PixelEvent::Dropped => &self.pixels_dropped,
+            PixelEvent::Failed => &self.pixels_failed,
         }
     }
 
