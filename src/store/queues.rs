@@ -387,8 +387,9 @@ pub trait Queues: Send + Sync + 'static {
         limit: usize,
     ) -> Result<Vec<(u64, BrandId, EventId)>, StoreError>;
 
-    /// Whether the engine knows, from memory alone, that the player can have nothing to lease: no pixel
-    /// pending in the whole brand, and no lease held. What an idle session's heartbeat asks thousands of
-    /// times a second; `false` when unsure, and once the engine is closed (so the caller hears it).
+    /// Whether the engine knows, from memory alone, that a lease of the player's queue would send
+    /// nothing and write nothing: no pixel pending for the player, and none in flight to a session.
+    /// What an idle session's heartbeat asks thousands of times a second, and every session after each
+    /// ack; `false` when unsure, and once the engine is closed (so the caller hears it).
     fn surely_idle(&self, key: &PlayerKey) -> bool;
 }

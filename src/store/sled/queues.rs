@@ -525,11 +525,17 @@ impl Queues for SledStore {
     }
 
     fn surely_idle(&self, key: &PlayerKey) -> bool {
-        // Exact: the depth counts a batch (under its stripe) before its flush, and its pixels become
-        // leasable only after that, when the ledger announces them.
+        // Exact: a player's count rises when its batch applies (under its stripe), before its flush,
+        // and its pixels become leasable only after that, when the ledger announces them and the
+        // session asks again. With nothing pending, a lease with nothing in flight is not renewed by
+        // asking: the answer would be nothing, and nothing written.
         self.inner.check_open().is_ok()
-            && self.inner.summaries().depth(&key.brand) == 0
-            && !self.inner.leases.contains_key(key)
+            && self.inner.pending_count(key) == 0
+            && self
+                .inner
+                .leases
+                .get(key)
+                .is_none_or(|lease| lease.in_flight.is_empty())
     }
 }
 

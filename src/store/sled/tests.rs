@@ -9,6 +9,7 @@ use crate::ids::SessionId;
 use crate::ledger::Ledger;
 use crate::pixel::NewPixel;
 use crate::store::contract::rules as contract;
+use crate::store::queues::Queues;
 use crate::store::sled::backlog::Summary;
 use crate::store::sled::queues::position;
 use crate::store::{DeliveryQuery, OnFull, PixelStatus, QueueCap, Store};
@@ -671,6 +672,44 @@ async fn nothing_written_but_not_yet_flushed_is_leased() {
         rest.iter().map(|p| p.id.as_str()).collect::<Vec<_>>(),
         ["b"]
     );
+}
+
+/// A session asks for work after every ack and every heartbeat: the engine answers from memory when
+/// the player has nothing pending and nothing in flight, even while other players of the brand wait
+/// (an online hub's sessions, each acking as others are queued for), and asks the queue whenever a
+/// lease could send something.
+#[tokio::test]
+async fn a_player_with_nothing_pending_or_in_flight_is_idle_whatever_the_brand_holds() {
+    let harness = SledHarness::new();
+    let (store, brand, rules) = with_brand_and_rules(&harness).await;
+    let player = |p: &str| PlayerKey::new(brand.clone(), PlayerId::parse(p).unwrap());
+    let (a, b) = (player("a"), player("b"));
+    assert!(store.surely_idle(&a), "a player never seen");
+    rules.enqueue(&a, vec![js("a1", None)]).await.unwrap();
+    rules.enqueue(&b, vec![js("b1", None)]).await.unwrap();
+    assert!(!store.surely_idle(&a), "a pixel pending");
+
+    let session = SessionId::generate();
+    let sent = rules.lease(&a, session, 10).await.unwrap();
+    assert_eq!(sent.len(), 1);
+    assert!(!store.surely_idle(&a), "a pixel in flight");
+    assert_eq!(rules.ack(&a, &[sent[0].id.clone()]).await.unwrap(), 1);
+    assert!(
+        store.surely_idle(&a),
+        "acked, the lease holding nothing, while b waits in the same brand"
+    );
+    assert!(!store.surely_idle(&b));
+    assert!(rules.lease(&a, session, 10).await.unwrap().is_empty());
+
+    rules.enqueue(&a, vec![js("a2", None)]).await.unwrap();
+    assert!(!store.surely_idle(&a), "a new pixel");
+    let next = rules.lease(&a, session, 10).await.unwrap();
+    assert_eq!(
+        next.iter().map(|p| p.id.as_str()).collect::<Vec<_>>(),
+        ["a2"]
+    );
+    store.close().await.unwrap();
+    assert!(!store.surely_idle(&a), "closed: the caller must hear it");
 }
 
 #[tokio::test]
