@@ -113,6 +113,12 @@ struct Args {
     #[arg(long, default_value_t = 64)]
     online_publishers: usize,
 
+    /// online: also write every message's latency to `<PREFIX>-<system>.tsv` (when it was due, in
+    /// Unix milliseconds, and how long until its ack was written, in microseconds), to line a tail up
+    /// against what the server was doing at that moment.
+    #[arg(long, value_name = "PREFIX")]
+    online_latency_log: Option<PathBuf>,
+
     /// soak: seconds of load.
     #[arg(long, default_value_t = 600)]
     soak_seconds: u64,
@@ -177,6 +183,7 @@ impl Args {
                 online_rate: 200,
                 online_duration: Duration::from_secs(1),
                 online_publishers: 4,
+                online_latency_log: self.online_latency_log.clone(),
                 sources: 2,
                 connect_concurrency: 32,
             };
@@ -194,6 +201,7 @@ impl Args {
             online_rate: self.online_rate,
             online_duration: Duration::from_secs(self.online_seconds),
             online_publishers: self.online_publishers,
+            online_latency_log: self.online_latency_log.clone(),
             sources: self.sources,
             connect_concurrency: self.connect_concurrency,
         }

@@ -3,10 +3,10 @@
 //! result.
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Result, bail, ensure};
 use futures::{StreamExt, stream};
@@ -45,6 +45,8 @@ pub struct Sizes {
     pub online_duration: Duration,
     /// `online`: publishers the generator hands messages to.
     pub online_publishers: usize,
+    /// `online`: where each message's latency is written, if anywhere (the system's name is added).
+    pub online_latency_log: Option<PathBuf>,
     /// Loopback source addresses the clients connect from.
     pub sources: u8,
     /// Connections being opened at once.
@@ -429,10 +431,31 @@ pub async fn ingest(run: &Run<'_>, report: &mut Report) -> Result<()> {
     Ok(())
 }
 
+/// Writes `<prefix>-<system>.tsv`: a header, then per message in order when it was due (Unix
+/// milliseconds) and its latency (microseconds).
+fn write_latency_log(
+    prefix: &Path,
+    system: &str,
+    timeline: &Timeline,
+    latencies: &[u64],
+) -> Result<()> {
+    let mut name = prefix.as_os_str().to_owned();
+    name.push(format!("-{system}.tsv"));
+    let mut text = String::from("due_unix_ms\tlatency_us\n");
+    for (sent, latency) in timeline.sent.iter().zip(latencies) {
+        let due_us = timeline.start_unix_us + sent.load(Ordering::Relaxed);
+        text += &format!("{}.{:03}\t{latency}\n", due_us / 1000, due_us % 1000);
+    }
+    std::fs::write(&name, text)
+        .map_err(|e| anyhow::anyhow!("writing {}: {e}", PathBuf::from(&name).display()))
+}
+
 /// When each message of `online` was due and arrived (microseconds since the start), whom it was for,
 /// and how often it arrived; and how many reached another client.
 struct Timeline {
     start: Instant,
+    /// `start` on the wall clock, in Unix microseconds: what a latency log is lined up by.
+    start_unix_us: u64,
     sent: Vec<AtomicU64>,
     arrived: Vec<AtomicU64>,
     arrivals: Vec<AtomicUsize>,
@@ -443,8 +466,12 @@ struct Timeline {
 impl Timeline {
     fn new(total: usize) -> Self {
         let zeros = |_| AtomicU64::new(0);
+        let since_epoch = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
         Self {
             start: Instant::now(),
+            start_unix_us: since_epoch.as_micros() as u64,
             sent: (0..total).map(zeros).collect(),
             arrived: (0..total).map(zeros).collect(),
             arrivals: (0..total).map(|_| AtomicUsize::new(0)).collect(),
@@ -587,6 +614,9 @@ pub async fn online(run: &Run<'_>, report: &mut Report) -> Result<()> {
                 .saturating_sub(sent)
         })
         .collect();
+    if let Some(prefix) = &sizes.online_latency_log {
+        write_latency_log(prefix, name, &timeline, &latencies)?;
+    }
     latencies.sort_unstable();
     let mut out = report.run("online", name);
     out.add("sessions", n as f64, "sessions");
