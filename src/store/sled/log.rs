@@ -79,6 +79,9 @@ pub(super) struct WriteLog {
     /// Tests: every sync of sled's files fails.
     #[cfg(test)]
     settle_fails: AtomicBool,
+    /// The background checkpointer skips its turns (tests that count what one checkpoint writes).
+    #[cfg(test)]
+    checkpointer_paused: AtomicBool,
     /// Journal records appended (tests count transactions that wrote).
     #[cfg(test)]
     pub(super) commits: AtomicU64,
@@ -173,6 +176,8 @@ impl WriteLog {
             counters: Counters::default(),
             #[cfg(test)]
             settle_fails: AtomicBool::new(false),
+            #[cfg(test)]
+            checkpointer_paused: AtomicBool::new(false),
             #[cfg(test)]
             commits: AtomicU64::new(0),
         });
@@ -422,6 +427,23 @@ impl WriteLog {
         self.settle_fails.store(true, Ordering::Relaxed);
     }
 
+    /// Stops the background checkpointer's turns, once the one running (if any) is done: only the
+    /// test's own checkpoints write sled from then on.
+    #[cfg(test)]
+    pub(super) fn pause_checkpointer(&self) -> Result<(), StoreError> {
+        self.checkpointer_paused.store(true, Ordering::Release);
+        self.checkpoint()
+    }
+
+    /// What a checkpoint now would write to sled.
+    #[cfg(test)]
+    pub(super) fn unwritten(&self) -> Vec<Op> {
+        self.overlay
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .snapshot(u64::MAX)
+    }
+
     /// The sled tree itself, for tests that write a data dir as an older version left it.
     #[cfg(test)]
     pub(super) fn sled_tree(&self) -> &Tree {
@@ -481,6 +503,10 @@ fn checkpointer(log: Weak<WriteLog>) {
         }
         if log.stop.load(Ordering::Acquire) {
             return;
+        }
+        #[cfg(test)]
+        if log.checkpointer_paused.load(Ordering::Acquire) {
+            continue;
         }
         if let Err(e) = log.checkpoint() {
             log.fail(e);

@@ -181,7 +181,9 @@ struct Inner {
 #[derive(Default)]
 struct Changes {
     ops: Vec<Op>,
-    /// Per change, whether it puts a key never held before (one with a new sequence number).
+    /// Per change, whether it puts a key the engine does not hold (one with a new sequence number, or
+    /// the summary of a player with nothing pending): then sled does not hold it either, unless the
+    /// overlay still has a removal of it to write, and the overlay knows that ([`overlay`]).
     fresh: Vec<bool>,
     /// Per player, the client pixels the batch adds or finalizes.
     pending: HashMap<PlayerKey, backlog::Change>,
@@ -201,7 +203,8 @@ impl Changes {
         self.fresh.push(false);
     }
 
-    /// Puts a key no one ever held: one with a sequence number [`Tx::next_seq`] just gave out.
+    /// Puts a key the engine does not hold: one with a sequence number [`Tx::next_seq`] just gave out,
+    /// or a summary where none is.
     fn insert_fresh(&mut self, key: impl Into<IVec>, value: impl Into<IVec>) {
         self.insert(key, value);
         *self.fresh.last_mut().expect("just pushed") = true;
@@ -565,15 +568,19 @@ impl Inner {
                     (before, before.after(change))
                 };
                 if before != after {
-                    summaries.push((key, after));
+                    summaries.push((key, before.count == 0, after));
                 }
             }
         }
-        for (key, after) in &summaries {
-            if after.count > 0 {
-                changes.insert(keys::summary(key), after.encode().as_slice());
-            } else {
+        for (key, was_empty, after) in &summaries {
+            if after.count == 0 {
                 changes.remove(keys::summary(key));
+            } else if *was_empty {
+                // A player with nothing pending has no summary: one put now and removed before the
+                // next checkpoint (a pixel delivered as it arrives) costs sled nothing.
+                changes.insert_fresh(keys::summary(key), after.encode().as_slice());
+            } else {
+                changes.insert(keys::summary(key), after.encode().as_slice());
             }
         }
         let durable = self.log.commit(changes.ops, &changes.fresh)?;
@@ -607,7 +614,7 @@ impl Inner {
         }
         if !summaries.is_empty() {
             let mut backlogs = self.summaries();
-            for (key, after) in &summaries {
+            for (key, _, after) in &summaries {
                 backlogs.set(key, *after);
                 if after.count == 0 {
                     self.pending_ids.forget(key);

@@ -38,10 +38,11 @@ pub(super) struct Overlay {
 #[derive(Default)]
 struct Entry {
     versions: Vec<(u64, Option<IVec>)>,
-    /// Known not to be in sled: the key was new when its first version here was written (a fresh
-    /// sequence number is in it), or sled's last version of it was a removal. A removal of such a key
-    /// need not reach sled at all: a pixel queued and acknowledged between two checkpoints costs
-    /// sled nothing for its queue entries.
+    /// Known not to be in sled: the engine did not hold the key when its first version here was
+    /// written (a fresh sequence number is in it, or it is the summary of a player who had nothing
+    /// pending), or sled's last version of it was a removal. A removal of such a key need not reach
+    /// sled at all: a pixel queued and acknowledged between two checkpoints costs sled nothing for its
+    /// queue entry and its player's summary.
     absent: bool,
 }
 
@@ -98,8 +99,10 @@ impl Overlay {
     }
 
     /// Adds the changes of the record that ends at journal position `position` (above every position
-    /// added before). `fresh(i)` says that the `i`th change puts a key nothing ever held (its
-    /// sequence number is new).
+    /// added before). `fresh(i)` says that the `i`th change puts a key the engine does not hold. That
+    /// is enough to know sled does not hold it either when the key has no versions here: a key's
+    /// versions leave only once sled has applied them, so without any, sled holds what the engine
+    /// holds. With versions here, the entry already knows.
     pub(super) fn add(&mut self, ops: Vec<Op>, fresh: impl Fn(usize) -> bool, position: u64) {
         for (i, (key, value)) in ops.into_iter().enumerate() {
             let key_bytes = key.len() + VERSION_OVERHEAD;

@@ -374,6 +374,56 @@ async fn a_pending_pixel_costs_sled_its_queue_entry_and_report_row_alone() {
 }
 
 #[tokio::test]
+async fn a_pixel_delivered_between_two_checkpoints_costs_sled_no_summary() {
+    let harness = SledHarness::new();
+    let (store, brand, rules) = with_brand_and_rules(&harness).await;
+    store.inner.log.pause_checkpointer().unwrap();
+    let key = PlayerKey::new(brand, PlayerId::parse("p").unwrap());
+    let summary = keys::summary(&key);
+    let unwritten = || {
+        let ops = store.inner.log.unwritten();
+        ops.into_iter()
+            .filter(|(k, _)| k.starts_with(b"n"))
+            .collect::<Vec<_>>()
+    };
+    let in_sled = || store.inner.log.sled_tree().contains_key(&summary).unwrap();
+    let session = SessionId::generate();
+    let deliver = |id: &'static str| {
+        let (rules, key) = (rules.clone(), key.clone());
+        async move {
+            rules.enqueue(&key, vec![js(id, None)]).await.unwrap();
+            let sent = rules.lease(&key, session, 10).await.unwrap();
+            assert_eq!(rules.ack(&key, &[sent[0].id.clone()]).await.unwrap(), 1);
+        }
+    };
+
+    deliver("a").await;
+    assert_eq!(unwritten(), vec![], "put and removed before any checkpoint");
+
+    // Pending across a checkpoint, the summary is in sled, and its removal must reach it.
+    rules.enqueue(&key, vec![js("b", None)]).await.unwrap();
+    store.inner.log.checkpoint().unwrap();
+    assert!(in_sled());
+    let sent = rules.lease(&key, session, 10).await.unwrap();
+    rules.ack(&key, &[sent[0].id.clone()]).await.unwrap();
+    assert_eq!(unwritten(), vec![(IVec::from(summary.clone()), None)]);
+    // Put again before that removal is written: the put must reach sled.
+    rules.enqueue(&key, vec![js("c", None)]).await.unwrap();
+    assert_eq!(unwritten().len(), 1);
+    assert!(unwritten()[0].1.is_some());
+    store.inner.log.checkpoint().unwrap();
+    assert!(in_sled());
+    let sent = rules.lease(&key, session, 10).await.unwrap();
+    rules.ack(&key, &[sent[0].id.clone()]).await.unwrap();
+    store.inner.log.checkpoint().unwrap();
+    assert!(!in_sled());
+
+    deliver("d").await;
+    assert_eq!(unwritten(), vec![], "sled dropped it: free again");
+    store.close().await.unwrap();
+}
+
+#[tokio::test]
 async fn a_stale_floor_is_made_exact_when_the_oldest_pixel_is_asked_for() {
     let harness = SledHarness::new();
     let store = open(&harness);
