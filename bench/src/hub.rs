@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, bail, ensure};
 use serde_json::{Value, json};
 
 /// The brand every scenario uses.
@@ -290,6 +290,57 @@ pub fn proc_cpu(pid: u32) -> Result<Duration> {
     Ok(Duration::from_secs_f64(ticks as f64 / clock_ticks() as f64))
 }
 
+/// The whole machine's CPU time since boot, from the first line of `/proc/stat`: what its CPUs were busy
+/// with, idle for, and had *stolen* (time a virtual machine's CPU was ready to run but its host ran
+/// something else: on a VM, the stalls no process here can see).
+#[derive(Clone, Copy, Debug)]
+pub struct MachineTimes {
+    busy: u64,
+    idle: u64,
+    steal: u64,
+}
+
+impl MachineTimes {
+    /// Reads them now.
+    pub fn read() -> Result<Self> {
+        Self::parse(&std::fs::read_to_string("/proc/stat")?)
+    }
+
+    /// From the text of `/proc/stat`.
+    fn parse(stat: &str) -> Result<Self> {
+        let line = stat
+            .lines()
+            .next()
+            .filter(|l| l.starts_with("cpu "))
+            .context("no cpu line in /proc/stat")?;
+        let ticks: Vec<u64> = line
+            .split_whitespace()
+            .skip(1)
+            .map(|f| f.parse::<u64>())
+            .collect::<Result<_, _>>()?;
+        ensure!(ticks.len() >= 8, "short cpu line in /proc/stat");
+        // user nice system idle iowait irq softirq steal …
+        Ok(Self {
+            busy: ticks[0] + ticks[1] + ticks[2] + ticks[5] + ticks[6],
+            idle: ticks[3] + ticks[4],
+            steal: ticks[7],
+        })
+    }
+
+    /// Since `earlier`: the CPUs' busy time in cores (over `elapsed`), and the share of all their time
+    /// that was stolen, in percent.
+    pub fn since(&self, earlier: &Self, elapsed: Duration) -> (f64, f64) {
+        let ticks = clock_ticks() as f64;
+        let busy = self.busy.saturating_sub(earlier.busy) as f64;
+        let idle = self.idle.saturating_sub(earlier.idle) as f64;
+        let steal = self.steal.saturating_sub(earlier.steal) as f64;
+        let all = busy + idle + steal;
+        let cores = busy / ticks / elapsed.as_secs_f64().max(1e-3);
+        let stolen = if all > 0.0 { 100.0 * steal / all } else { 0.0 };
+        (cores, stolen)
+    }
+}
+
 fn clock_ticks() -> u64 {
     // SAFETY: sysconf has no memory effects.
     let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
@@ -302,4 +353,36 @@ pub fn default_binary() -> PathBuf {
         .ok()
         .and_then(|exe| exe.parent().map(|dir| dir.join("pixelhub")))
         .unwrap_or_else(|| PathBuf::from("target/release/pixelhub"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn machine_times_count_steal_apart_from_busy_and_idle() {
+        let stat = |user: u64, idle: u64, steal: u64| {
+            format!("cpu  {user} 0 0 {idle} 0 0 0 {steal} 0 0\ncpu0 1 2 3 4 5 6 7 8 9 10\n")
+        };
+        let before = MachineTimes::parse(&stat(1_000, 5_000, 10)).unwrap();
+        let ticks = clock_ticks();
+        // One second: 1.5 cores busy, 0.4 idle, 0.1 stolen.
+        let after = MachineTimes::parse(&stat(
+            1_000 + ticks * 3 / 2,
+            5_000 + ticks * 2 / 5,
+            10 + ticks / 10,
+        ))
+        .unwrap();
+        let (cores, stolen) = after.since(&before, Duration::from_secs(1));
+        assert!((cores - 1.5).abs() < 0.02, "{cores}");
+        assert!((stolen - 5.0).abs() < 0.2, "{stolen}");
+        assert!(
+            MachineTimes::parse("cpu  1 2 3\n").is_err(),
+            "too few fields"
+        );
+        assert!(
+            MachineTimes::parse("intr 1 2 3 4 5 6 7 8\n").is_err(),
+            "no cpu line"
+        );
+    }
 }

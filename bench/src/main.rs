@@ -3,6 +3,7 @@
 //! otherwise. See docs/benchmarks.md.
 
 mod browser;
+mod disk_stalls;
 mod hub;
 mod mqtt;
 mod nats;
@@ -64,6 +65,12 @@ struct Args {
     /// pending pixel could have (the floor under the embedded engine's checkpoint).
     #[arg(long)]
     sled_keys: bool,
+
+    /// Instead of the scenarios: how long a small `fdatasync`ed append takes on this machine, alone and
+    /// with every CPU busy, and the CPU time its host took away meanwhile (what bounds a durable write
+    /// path's tail here, whatever the server).
+    #[arg(long)]
+    disk_stalls: bool,
 
     /// sessions: idle sessions to hold.
     #[arg(long, default_value_t = 18_000)]
@@ -216,6 +223,21 @@ async fn main() -> ExitCode {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("pixelhub-bench: --sled-keys FAILED: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    if args.disk_stalls {
+        let mut report = Report::default();
+        return match disk_stalls::run(&mut report, args.smoke) {
+            Ok(()) => {
+                print!("{}", report.table());
+                println!();
+                print!("{}", report.json_lines());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("pixelhub-bench: --disk-stalls FAILED: {e:#}");
                 ExitCode::FAILURE
             }
         };

@@ -14,7 +14,7 @@ use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::task::JoinSet;
 
 use crate::browser::Sources;
-use crate::hub::{proc_cpu, proc_rss};
+use crate::hub::{MachineTimes, proc_cpu, proc_rss};
 use crate::report::{Report, millis, quantile};
 use crate::system::{Kind, Publisher, Session, System};
 
@@ -264,6 +264,7 @@ pub async fn drain(run: &Run<'_>, report: &mut Report) -> Result<()> {
     let connecting = Arc::new(Semaphore::new(sizes.connect_concurrency));
     let sources = Sources::new(sizes.sources);
     let system = Arc::new(system);
+    let machine = MachineTimes::read()?;
     let started = Instant::now();
     let mut tasks = JoinSet::new();
     for (p, player) in players.into_iter().enumerate() {
@@ -298,6 +299,7 @@ pub async fn drain(run: &Run<'_>, report: &mut Report) -> Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     };
+    let (_, stolen) = MachineTimes::read()?.since(&machine, drained);
     // Let any second copy show itself before counting.
     tokio::time::sleep(Duration::from_millis(200)).await;
     stop.send(true)?;
@@ -332,6 +334,7 @@ pub async fn drain(run: &Run<'_>, report: &mut Report) -> Result<()> {
     out.add("seconds_to_last_ack", drained.as_secs_f64(), "s");
     let rate = (n * k) as f64 / drained.as_secs_f64();
     out.add("pixels_per_second", rate, "pixels/s");
+    out.add("machine_steal", stolen, "%");
     Ok(())
 }
 
@@ -358,7 +361,7 @@ async fn ingest_phase(
     sizes: &Sizes,
     batch: usize,
     seq: &Arc<AtomicU64>,
-) -> Result<(Vec<u64>, Duration)> {
+) -> Result<(Vec<u64>, Duration, (f64, f64))> {
     let sources = Sources::new(sizes.sources);
     let mut publishers = Vec::with_capacity(sizes.ingest_clients);
     for client in 0..sizes.ingest_clients {
@@ -366,6 +369,7 @@ async fn ingest_phase(
     }
     // Connected before the clock starts; calls begun before the deadline finish and count, so the rate
     // is over the time until the last one ends.
+    let machine = MachineTimes::read()?;
     let started = Instant::now();
     let deadline = started + sizes.ingest_duration;
     let mut tasks = JoinSet::new();
@@ -392,8 +396,9 @@ async fn ingest_phase(
         all.extend(done??);
     }
     let took = started.elapsed();
+    let busy_and_stolen = MachineTimes::read()?.since(&machine, took);
     all.sort_unstable();
-    Ok((all, took))
+    Ok((all, took, busy_and_stolen))
 }
 
 /// **ingest**: the durable enqueue rate, first one message per call, then batches, from
@@ -406,8 +411,9 @@ pub async fn ingest(run: &Run<'_>, report: &mut Report) -> Result<()> {
         .collect();
     register_all(&system, &players, sizes).await?;
     let seq = Arc::new(AtomicU64::new(0));
-    let (single, single_took) = ingest_phase(&system, sizes, 1, &seq).await?;
-    let (batch, batch_took) = ingest_phase(&system, sizes, sizes.ingest_batch, &seq).await?;
+    let (single, single_took, single_machine) = ingest_phase(&system, sizes, 1, &seq).await?;
+    let (batch, batch_took, batch_machine) =
+        ingest_phase(&system, sizes, sizes.ingest_batch, &seq).await?;
     let expected = single.len() + batch.len() * sizes.ingest_batch;
     let pending = system.pending().await?;
     let name = system.name();
@@ -424,10 +430,12 @@ pub async fn ingest(run: &Run<'_>, report: &mut Report) -> Result<()> {
     out.add("single_requests_per_second", singles, "requests/s");
     out.add("single_p50", millis(quantile(&single, 0.5)), "ms");
     out.add("single_p99", millis(quantile(&single, 0.99)), "ms");
+    out.add("single_machine_steal", single_machine.1, "%");
     let batched = (batch.len() * sizes.ingest_batch) as f64 / batch_took.as_secs_f64();
     out.add("batch_pixels_per_second", batched, "pixels/s");
     out.add("batch_p50", millis(quantile(&batch, 0.5)), "ms");
     out.add("batch_p99", millis(quantile(&batch, 0.99)), "ms");
+    out.add("batch_machine_steal", batch_machine.1, "%");
     Ok(())
 }
 
@@ -547,6 +555,7 @@ pub async fn online(run: &Run<'_>, report: &mut Report) -> Result<()> {
     // The generator: at each millisecond, hand out what the rate says is due by now.
     let mut rng = XorShift::seeded(7);
     let mut tick = tokio::time::interval(Duration::from_millis(1));
+    let machine_before = MachineTimes::read()?;
     let generating = Instant::now();
     let generating_at = timeline.now();
     let mut next = 0usize;
@@ -573,6 +582,7 @@ pub async fn online(run: &Run<'_>, report: &mut Report) -> Result<()> {
         }
     }
     let generated = generating.elapsed();
+    let (busy_cores, steal_percent) = MachineTimes::read()?.since(&machine_before, generated);
     let deadline = Instant::now() + Duration::from_secs(30);
     while !timeline.all_arrived() && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -625,5 +635,9 @@ pub async fn online(run: &Run<'_>, report: &mut Report) -> Result<()> {
     out.add("latency_p50", millis(quantile(&latencies, 0.5)), "ms");
     out.add("latency_p99", millis(quantile(&latencies, 0.99)), "ms");
     out.add("latency_p999", millis(quantile(&latencies, 0.999)), "ms");
+    // The whole machine (harness included) while the pixels were queued: on a virtual machine, time
+    // its host took away stalls every thread at once, whatever the system under test does.
+    out.add("machine_busy_cores", busy_cores, "cores");
+    out.add("machine_steal", steal_percent, "%");
     Ok(())
 }
