@@ -88,7 +88,12 @@ impl Report {
             }
             seen
         };
-        let peers: Vec<&String> = systems.iter().filter(|s| *s != "hub").collect();
+        // Ratios are the hub's to each peer: none when the hub did not run (e.g. `--disk-stalls`).
+        let peers: Vec<&String> = if systems.iter().any(|s| s == "hub") {
+            systems.iter().filter(|s| *s != "hub").collect()
+        } else {
+            Vec::new()
+        };
         let rows: Vec<(&str, &str, &str)> = {
             let mut seen = BTreeSet::new();
             self.measures
@@ -294,6 +299,20 @@ mod tests {
         assert!(report.json_lines().contains(
             r#"{"system":"nats","metric":"durability","note":"memory; fsync every 2 min"}"#
         ));
+    }
+
+    #[test]
+    fn without_the_hub_there_are_no_ratio_columns() {
+        let mut report = Report::default();
+        report.add("disk_stalls", "appends alone", "append_p99", 0.2, "ms");
+        report.add("disk_stalls", "every CPU busy", "append_p99", 9.0, "ms");
+        let table = report.table();
+        assert!(!table.contains("hub/"), "{table}");
+        assert!(
+            table.lines().next().unwrap().ends_with("every CPU busy"),
+            "{table}"
+        );
+        assert!(!report.json_lines().contains("ratio"));
     }
 
     #[test]
