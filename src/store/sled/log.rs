@@ -506,6 +506,8 @@ fn checkpointer(log: Weak<WriteLog>) {
         }
         #[cfg(test)]
         if log.checkpointer_paused.load(Ordering::Acquire) {
+            // Not a spin, even with a full overlay (which never waits above).
+            std::thread::sleep(CHECKPOINT_EVERY / 10);
             continue;
         }
         if let Err(e) = log.checkpoint() {
