@@ -30,11 +30,13 @@ pub(super) fn summarise_queues(data: &Tree, seq_bound: u64) -> Result<u64, Store
     let mut summaries: HashMap<PlayerKey, Summary> = HashMap::new();
     for entry in data.scan_prefix(b"q") {
         let (k, v) = entry.map_err(backend)?;
-        let (key, _) =
+        let (key, first) =
             keys::parse_queue(&k).ok_or_else(|| StoreError::corrupt("corrupt queue key"))?;
-        let pixel = entry::pixel(&v)?;
         let mut change = Change::default();
-        change.add(pixel.queued_at_ms, pixel.expires_at_ms);
+        for queued in entry::entries(first, &v) {
+            let pixel = entry::pixel(queued?.1)?;
+            change.add(pixel.queued_at_ms, pixel.expires_at_ms);
+        }
         let summary = summaries.entry(key).or_default();
         *summary = summary.after(change);
     }

@@ -8,7 +8,7 @@
 //! | key | value |
 //! |---|---|
 //! | `b` brand | [`Brand`] JSON |
-//! | `q` brand NUL player NUL seq(u64 BE) | the queue, in order: a pending [`QueuedPixel`](crate::pixel::QueuedPixel) with its [`Record`] ([`entry`]; entries written before hold the pixel's JSON alone, their record in `i`) |
+//! | `q` brand NUL player NUL seq(u64 BE) | the queue, in order, in pages: the pending [`QueuedPixel`](crate::pixel::QueuedPixel)s one transaction queued for the player, each with its own seq and its [`Record`], under the lowest seq ([`entry`]; a page of one at its own seq is the entry alone; entries written before hold the pixel's JSON alone, their record in `i`) |
 //! | `i` brand NUL player NUL pixel-id | [`Record`] JSON: the record (status, report row, idempotency entry) and queue seq of a postback, or of a pixel once it ended |
 //! | `r` brand NUL queued-at(u64 BE ms) player NUL | the report's time index: the rows of the player's records queued in that millisecond, by id ([`report::Bucket`]); a client pixel's row holds its queue seq, where its record is while it is pending (once it ends, `i` has it, and the seq stays unused). Past [`report::MAX_BUCKET_ROWS`] rows, and in data dirs written before buckets, a row has a key of its own, `r` … player NUL pixel-id, valued empty or the seq, read beside the bucket |
 //! | `x` due(u64 BE ms) brand NUL player NUL seq | record id: when a final record is forgotten |
@@ -31,7 +31,8 @@
 //!
 //! `n` is derived from `q`: every change to a queue goes through [`Changes`], which writes the player's
 //! summary in the same journal record. A pending pixel costs sled at most two keys, its queue entry
-//! (with its record) and its report row, and the report rows of pixels queued together share one key;
+//! (with its record) and its report row, and pixels queued together share their page's key and their
+//! report rows' key;
 //! what used to be three keys more per pixel (its expiry `x`, its age `p`, the count `n`) is one key
 //! per player, and the orders over it (biggest backlogs, oldest pixels, earliest expiries) live in
 //! memory ([`backlog`]),
@@ -51,6 +52,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::hash::{BuildHasher, RandomState};
+use std::ops::Bound;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -175,6 +177,23 @@ struct Inner {
     catalog_cache: DashMap<crate::store::catalog::Entry, crate::store::catalog::Value>,
 }
 
+/// Where a pending pixel's queue entry is: its position, and the page holding it (its key's position
+/// and its value as read).
+#[derive(Clone)]
+struct Held {
+    seq: u64,
+    page: u64,
+    value: IVec,
+}
+
+impl Held {
+    /// The entry's bytes.
+    fn entry(&self) -> Result<&[u8], StoreError> {
+        entry::find(self.page, &self.value, self.seq)?
+            .ok_or_else(|| StoreError::corrupt("queue entry missing from its page"))
+    }
+}
+
 /// A batch of changes and what it does to queues, applied together by [`Inner::apply`]: the pending
 /// counts and backlog ranking (`n`, `k`), the brand depth and the metrics all follow from it, so no path
 /// can change a queue and forget one of them.
@@ -203,8 +222,9 @@ impl Changes {
         self.fresh.push(false);
     }
 
-    /// Puts a key the engine does not hold: one with a sequence number [`Tx::next_seq`] just gave out,
-    /// or a summary where none is.
+    /// Puts a key the engine does not hold: one with a sequence number [`Tx::next_seq`] just gave out
+    /// (a new queue page), a position inside a page that is split off it (a page's key is its lowest
+    /// position, so no page ever had it), or a summary where none is.
     fn insert_fresh(&mut self, key: impl Into<IVec>, value: impl Into<IVec>) {
         self.insert(key, value);
         *self.fresh.last_mut().expect("just pushed") = true;
@@ -426,51 +446,89 @@ impl Inner {
         if let Some(record) = self.read(&keys::index(key, id))? {
             return Ok(Some(record));
         }
-        let value = match seq {
-            Some(seq) => self.log.get(&keys::queue(key, seq))?,
-            None if self.pending_count(key) > 0 => self.find_queued(key, id)?.map(|(_, v)| v),
+        let found = match seq {
+            Some(seq) => self.entry_at(key, seq)?,
+            None if self.pending_count(key) > 0 => self.find_queued(key, id)?,
             None => None,
         };
-        if let Some(value) = value
-            && entry::id(&value)? == Some(id.as_str().as_bytes())
-        {
-            return entry::record(&value);
+        if let Some(found) = found {
+            let entry = found.entry()?;
+            if entry::id(entry)? == Some(id.as_str().as_bytes()) {
+                return entry::record(entry);
+            }
         }
         // The pixel may have ended since `i` was read.
         self.read(&keys::index(key, id))
     }
 
-    /// Calls `visit` with the id, position and value of each of the player's queue entries that hold
-    /// their record, in queue order, until it returns false.
+    /// The page of the player's queue that would hold position `seq`: the one with the greatest key
+    /// at or before it (a page's key is its lowest position); its key's position and value.
+    fn page_of(&self, key: &PlayerKey, seq: u64) -> Result<Option<(u64, IVec)>, StoreError> {
+        // Most pages are one entry under its own position: one look-up.
+        if let Some(value) = self.log.get(&keys::queue(key, seq))? {
+            return Ok(Some((seq, value)));
+        }
+        let (low, high) = (keys::queue_prefix(key), keys::queue(key, seq));
+        let below = self
+            .log
+            .range(Bound::Included(&low), Bound::Included(&high), true)
+            .next();
+        match below {
+            Some(item) => {
+                let (k, v) = item?;
+                let (_, first) = keys::parse_queue(&k)
+                    .ok_or_else(|| StoreError::corrupt("corrupt queue key"))?;
+                Ok(Some((first, v)))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// The player's queue entry at position `seq`, if one is there.
+    fn entry_at(&self, key: &PlayerKey, seq: u64) -> Result<Option<Held>, StoreError> {
+        let Some((page, value)) = self.page_of(key, seq)? else {
+            return Ok(None);
+        };
+        let held = Held { seq, page, value };
+        Ok(entry::find(page, &held.value, seq)?
+            .is_some()
+            .then_some(held))
+    }
+
+    /// Calls `visit` with the id of each of the player's queue entries that hold their record and
+    /// where it is, in queue order, until it returns false.
     fn walk_entries(
         &self,
         key: &PlayerKey,
-        mut visit: impl FnMut(&[u8], u64, &IVec) -> bool,
+        mut visit: impl FnMut(&[u8], &Held) -> bool,
     ) -> Result<(), StoreError> {
         for item in self.log.scan_prefix(&keys::queue_prefix(key)) {
-            let (k, v) = item?;
-            if let Some(id) = entry::id(&v)? {
-                let (_, seq) = keys::parse_queue(&k)
-                    .ok_or_else(|| StoreError::corrupt("corrupt queue key"))?;
-                if !visit(id, seq, &v) {
-                    break;
+            let (k, value) = item?;
+            let (_, page) =
+                keys::parse_queue(&k).ok_or_else(|| StoreError::corrupt("corrupt queue key"))?;
+            for queued in entry::entries(page, &value) {
+                let (seq, bytes) = queued?;
+                if let Some(id) = entry::id(bytes)? {
+                    let held = Held {
+                        seq,
+                        page,
+                        value: value.clone(),
+                    };
+                    if !visit(id, &held) {
+                        return Ok(());
+                    }
                 }
             }
         }
         Ok(())
     }
 
-    /// The player's queue entry holding pixel `id` with its record, read from the queue: its position
-    /// and value.
-    fn find_queued(
-        &self,
-        key: &PlayerKey,
-        id: &PixelId,
-    ) -> Result<Option<(u64, IVec)>, StoreError> {
+    /// The player's queue entry holding pixel `id` with its record, read from the queue.
+    fn find_queued(&self, key: &PlayerKey, id: &PixelId) -> Result<Option<Held>, StoreError> {
         let mut found = None;
-        self.walk_entries(key, |queued, seq, value| {
+        self.walk_entries(key, |queued, held| {
             if queued == id.as_str().as_bytes() {
-                found = Some((seq, value.clone()));
+                found = Some(held.clone());
             }
             found.is_none()
         })?;
@@ -495,11 +553,11 @@ impl Inner {
         match self.pending_ids.find(key, bytes) {
             Lookup::At(seq) => Ok(Some(seq)),
             Lookup::Absent => Ok(None),
-            Lookup::Shared => Ok(self.find_queued(key, id)?.map(|(seq, _)| seq)),
+            Lookup::Shared => Ok(self.find_queued(key, id)?.map(|held| held.seq)),
             Lookup::Unknown => {
                 let mut queue = Vec::new();
-                self.walk_entries(key, |queued, seq, _| {
-                    queue.push((queued.to_vec(), seq));
+                self.walk_entries(key, |queued, held| {
+                    queue.push((queued.to_vec(), held.seq));
                     true
                 })?;
                 self.pending_ids.fill(
@@ -649,23 +707,26 @@ impl Inner {
             queued_floor: u64::MAX,
             expiry_floor: u64::MAX,
         };
-        for entry in self.log.scan_prefix(&prefix) {
-            let (k, v) = entry?;
-            let (_, seq) =
+        for page in self.log.scan_prefix(&prefix) {
+            let (k, v) = page?;
+            let (_, first) =
                 keys::parse_queue(&k).ok_or_else(|| StoreError::corrupt("corrupt queue key"))?;
-            let pixel = entry::pixel(&v)?;
-            exact.count += 1;
-            // Not the head's time: two writers read the clock before taking the stripe, so a lower
-            // sequence number may carry a later time.
-            exact.queued_floor = exact.queued_floor.min(pixel.queued_at_ms);
-            exact.expiry_floor = exact.expiry_floor.min(pixel.expires_at_ms);
-            if pixel.expires_at_ms <= until_ms {
-                due.push(DueEntry {
-                    due_ms: pixel.expires_at_ms,
-                    key: key.clone(),
-                    seq,
-                    id: Some(pixel.id),
-                });
+            for queued in entry::entries(first, &v) {
+                let (seq, bytes) = queued?;
+                let pixel = entry::pixel(bytes)?;
+                exact.count += 1;
+                // Not the head's time: two writers read the clock before taking the stripe, so a
+                // lower sequence number may carry a later time.
+                exact.queued_floor = exact.queued_floor.min(pixel.queued_at_ms);
+                exact.expiry_floor = exact.expiry_floor.min(pixel.expires_at_ms);
+                if pixel.expires_at_ms <= until_ms {
+                    due.push(DueEntry {
+                        due_ms: pixel.expires_at_ms,
+                        key: key.clone(),
+                        seq,
+                        id: Some(pixel.id),
+                    });
+                }
             }
         }
         let mut backlogs = self.summaries();

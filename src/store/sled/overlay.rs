@@ -39,10 +39,10 @@ pub(super) struct Overlay {
 struct Entry {
     versions: Vec<(u64, Option<IVec>)>,
     /// Known not to be in sled: the engine did not hold the key when its first version here was
-    /// written (a fresh sequence number is in it, or it is the summary of a player who had nothing
-    /// pending), or sled's last version of it was a removal. A removal of such a key need not reach
-    /// sled at all: a pixel queued and acknowledged between two checkpoints costs sled nothing for its
-    /// queue entry and its player's summary.
+    /// written (a fresh sequence number is in it: a new queue page, or one split off a page; or it is
+    /// the summary of a player who had nothing pending), or sled's last version of it was a removal. A
+    /// removal of such a key need not reach sled at all: a pixel queued and acknowledged between two
+    /// checkpoints costs sled nothing for its queue page and its player's summary.
     absent: bool,
 }
 

@@ -4,14 +4,12 @@
 //! applied by [`Inner::apply`]. Leases live in memory (a restart frees them, which is what a lease's end does).
 
 use std::any::Any;
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ops::Bound;
 
 use async_trait::async_trait;
 
-use ::sled::IVec;
-
-use super::{Changes, Inner, SledStore, entry, json, keys, lock};
+use super::{Changes, Held, Inner, SledStore, entry, json, keys, lock};
 use crate::event::{EventOutcome, PlayerContext};
 use crate::ids::{BrandId, DefinitionId, EventId, PixelId, PlayerKey};
 use crate::pixel::QueuedPixel;
@@ -32,13 +30,25 @@ struct SledTx<'a> {
     /// The stripe locks held, in ascending order: a player's pending ids may be indexed only under
     /// its own.
     stripes: Vec<usize>,
-    /// Queue entries holding their record that this transaction read, by pixel id: their player,
-    /// position and value. A lease reads a pixel's entry, then its record; and a changed record is
+    /// Queue entries holding their record that this transaction read, by pixel id: their player and
+    /// where they are. A lease reads a pixel's entry, then its record; and a changed record is
     /// written back into its entry.
-    entries: HashMap<PixelId, Vec<(PlayerKey, u64, IVec)>>,
+    entries: HashMap<PixelId, Vec<(PlayerKey, Held)>>,
+    /// Entries this transaction queues, per player, by position: paged when it ends.
+    queued: HashMap<PlayerKey, BTreeMap<u64, Vec<u8>>>,
+    /// Pages of the queue this transaction changes, by player and key: what they will hold.
+    pages: HashMap<(PlayerKey, u64), PageEdit>,
     /// The first failure of a staged write that had to read (writes cannot fail): the transaction
     /// fails with it, writing nothing.
     failed: Option<StoreError>,
+}
+
+/// A page of the queue as a transaction leaves it.
+struct PageEdit {
+    /// Its entries by position.
+    entries: BTreeMap<u64, Vec<u8>>,
+    /// The last position whose record the transaction rewrote: a lease's window ends there.
+    stamped: Option<u64>,
 }
 
 impl SledTx<'_> {
@@ -48,21 +58,21 @@ impl SledTx<'_> {
             .is_ok()
     }
 
-    /// The pending pixel's entry, if it holds its record: from what this transaction read, or from
-    /// the queue.
-    fn entry(&mut self, key: &PlayerKey, id: &PixelId) -> Result<Option<(u64, IVec)>, StoreError> {
+    /// The pending pixel's entry, if it holds its record, as the queue held it when read: from what
+    /// this transaction read, or from the queue.
+    fn entry(&mut self, key: &PlayerKey, id: &PixelId) -> Result<Option<Held>, StoreError> {
         let cached = self.entries.get(id).into_iter().flatten();
-        if let Some((_, seq, value)) = cached.into_iter().find(|(player, ..)| player == key) {
-            return Ok(Some((*seq, value.clone())));
+        if let Some((_, held)) = cached.into_iter().find(|(player, _)| player == key) {
+            return Ok(Some(held.clone()));
         }
         let found = if self.holds_stripe(key) {
             match self.inner.pending_seq(key, id)? {
-                Some(seq) => self
-                    .inner
-                    .log
-                    .get(&keys::queue(key, seq))?
-                    .filter(|v| entry::id(v).ok().flatten() == Some(id.as_str().as_bytes()))
-                    .map(|v| (seq, v)),
+                Some(seq) => match self.inner.entry_at(key, seq)? {
+                    Some(held) if entry::id(held.entry()?)? == Some(id.as_str().as_bytes()) => {
+                        Some(held)
+                    }
+                    _ => None,
+                },
                 None => None,
             }
         } else if self.inner.pending_count(key) > 0 {
@@ -70,26 +80,126 @@ impl SledTx<'_> {
         } else {
             None
         };
-        if let Some((seq, value)) = &found {
-            self.remember(key, id, *seq, value);
+        if let Some(held) = &found {
+            self.remember(key, id, held);
         }
         Ok(found)
     }
 
-    fn remember(&mut self, key: &PlayerKey, id: &PixelId, seq: u64, value: &IVec) {
+    fn remember(&mut self, key: &PlayerKey, id: &PixelId, held: &Held) {
         let read = self.entries.entry(id.clone()).or_default();
-        read.push((key.clone(), seq, value.clone()));
+        read.push((key.clone(), held.clone()));
     }
 
-    /// The queue entry a changed record of a pending pixel goes back into, if it holds its record.
-    fn updated_entry(
+    /// The page holding the player's entry at `seq`, as this transaction leaves it so far: `None` when
+    /// no page holds it.
+    fn page_edit(
         &mut self,
         key: &PlayerKey,
-        record: &Record,
-    ) -> Result<Option<Vec<u8>>, StoreError> {
-        match self.entry(key, &record.delivery.id)? {
-            Some((seq, value)) if seq == record.seq => entry::with_record(&value, record),
-            _ => Ok(None),
+        seq: u64,
+    ) -> Result<Option<&mut PageEdit>, StoreError> {
+        let edited = self
+            .pages
+            .iter()
+            .find(|((player, _), page)| player == key && page.entries.contains_key(&seq))
+            .map(|(at, _)| at.clone());
+        let at = match edited {
+            Some(at) => at,
+            None => {
+                let Some(held) = self.inner.entry_at(key, seq)? else {
+                    return Ok(None);
+                };
+                let mut entries = BTreeMap::new();
+                for queued in entry::entries(held.page, &held.value) {
+                    let (at, bytes) = queued?;
+                    entries.insert(at, bytes.to_vec());
+                }
+                let at = (key.clone(), held.page);
+                if self.pages.contains_key(&at) {
+                    // The page was read before this transaction took the entry out of it.
+                    return Ok(None);
+                }
+                let page = PageEdit {
+                    entries,
+                    stamped: None,
+                };
+                self.pages.insert(at.clone(), page);
+                at
+            }
+        };
+        Ok(self.pages.get_mut(&at))
+    }
+
+    /// Writes a pending pixel's changed record back into its entry; false for an entry of the old
+    /// kind (its record is in `i`) or one no longer queued.
+    fn restamp(&mut self, key: &PlayerKey, record: &Record) -> Result<bool, StoreError> {
+        let seq = record.seq;
+        if let Some(bytes) = self.queued.get_mut(key).and_then(|q| q.get_mut(&seq)) {
+            return match entry::with_record(bytes, record)? {
+                Some(value) => {
+                    *bytes = value;
+                    Ok(true)
+                }
+                None => Ok(false),
+            };
+        }
+        // The entry as queued: its page may have changed in this transaction, its bytes not.
+        let Some(page) = self.page_edit(key, seq)? else {
+            return Ok(false);
+        };
+        let bytes = page.entries.get_mut(&seq).expect("the page holds it");
+        match entry::with_record(bytes, record)? {
+            Some(value) => {
+                *bytes = value;
+                page.stamped = Some(page.stamped.map_or(seq, |s| s.max(seq)));
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
+    /// Takes the entry at `seq` out of the player's queue.
+    fn unqueue(&mut self, key: &PlayerKey, seq: u64) -> Result<(), StoreError> {
+        if let Some(queued) = self.queued.get_mut(key)
+            && queued.remove(&seq).is_some()
+        {
+            return Ok(());
+        }
+        if let Some(page) = self.page_edit(key, seq)? {
+            page.entries.remove(&seq);
+        }
+        Ok(())
+    }
+
+    /// Stages the pages this transaction queued and changed. New entries go in new pages (whose
+    /// keys sled has never held); a changed page is written back whole under its key, or removed
+    /// when empty; and one whose records were rewritten (a lease) up to a point before its end is
+    /// split there, the rest under a new key, so the window's acks remove a page of their own.
+    fn finish_pages(&mut self) {
+        for (key, queued) in std::mem::take(&mut self.queued) {
+            for page in entry::paginate(queued.into_iter().collect()) {
+                let first = page[0].0;
+                self.changes
+                    .insert_fresh(keys::queue(&key, first), entry::page(first, &page));
+            }
+        }
+        for ((key, first), edit) in std::mem::take(&mut self.pages) {
+            let mut entries: Vec<(u64, Vec<u8>)> = edit.entries.into_iter().collect();
+            let cut = edit.stamped.map_or(entries.len(), |last| {
+                entries.partition_point(|(seq, _)| *seq <= last)
+            });
+            let rest = entries.split_off(cut);
+            if entries.is_empty() {
+                self.changes.remove(keys::queue(&key, first));
+            } else {
+                self.changes
+                    .insert(keys::queue(&key, first), entry::page(first, &entries));
+            }
+            if let Some(&(at, _)) = rest.first() {
+                // A position inside this page: no page has ever had it for its key.
+                self.changes
+                    .insert_fresh(keys::queue(&key, at), entry::page(at, &rest));
+            }
         }
     }
 }
@@ -106,7 +216,7 @@ impl Tx for SledTx<'_> {
             return self.inner.record(key, id, None);
         }
         match self.entry(key, id)? {
-            Some((_, value)) => entry::record(&value),
+            Some(held) => entry::record(held.entry()?),
             // Final, a postback, or pending in an entry of the old kind.
             None => self.inner.read(&keys::index(key, id)),
         }
@@ -122,10 +232,12 @@ impl Tx for SledTx<'_> {
         after: Option<u64>,
         limit: usize,
     ) -> Result<Vec<(u64, QueuedPixel)>, StoreError> {
-        let start = match after {
-            Some(seq) => keys::queue(key, seq + 1),
-            None => keys::queue_prefix(key),
+        // The walk starts at the page holding the first position wanted.
+        let first = match after {
+            Some(seq) => self.inner.page_of(key, seq + 1)?.map(|(first, _)| first),
+            None => None,
         };
+        let start = keys::queue(key, first.or(after.map(|seq| seq + 1)).unwrap_or(0));
         let prefix = keys::queue_prefix(key);
         let end = keys::queue(key, u64::MAX);
         let mut out = Vec::new();
@@ -133,18 +245,32 @@ impl Tx for SledTx<'_> {
             .inner
             .log
             .range(Bound::Included(&start), Bound::Included(&end), false);
-        for entry in range {
-            let (k, v) = entry?;
-            if !k.starts_with(&prefix) || out.len() == limit {
+        'pages: for page in range {
+            let (k, value) = page?;
+            if !k.starts_with(&prefix) {
                 break;
             }
-            let (_, seq) =
+            let (_, first) =
                 keys::parse_queue(&k).ok_or_else(|| StoreError::corrupt("corrupt queue key"))?;
-            let pixel = entry::pixel(&v)?;
-            if entry::id(&v)?.is_some() {
-                self.remember(key, &pixel.id, seq, &v);
+            for queued in entry::entries(first, &value) {
+                let (seq, bytes) = queued?;
+                if after.is_some_and(|after| seq <= after) {
+                    continue;
+                }
+                if out.len() == limit {
+                    break 'pages;
+                }
+                let pixel = entry::pixel(bytes)?;
+                if entry::id(bytes)?.is_some() {
+                    let held = Held {
+                        seq,
+                        page: first,
+                        value: value.clone(),
+                    };
+                    self.remember(key, &pixel.id, &held);
+                }
+                out.push((seq, pixel));
             }
-            out.push((seq, pixel));
         }
         Ok(out)
     }
@@ -209,8 +335,8 @@ impl Tx for SledTx<'_> {
         if log.contains(&keys::expiry(entry.due_ms, &entry.key, entry.seq))? {
             return Ok(true);
         }
-        match log.get(&keys::queue(&entry.key, entry.seq))? {
-            Some(v) => Ok(entry::pixel(&v)?.expires_at_ms == entry.due_ms),
+        match self.inner.entry_at(&entry.key, entry.seq)? {
+            Some(held) => Ok(entry::pixel(held.entry()?)?.expires_at_ms == entry.due_ms),
             None => Ok(false),
         }
     }
@@ -248,26 +374,36 @@ impl Tx for SledTx<'_> {
             && record.is_client_pixel()
             && record.delivery.status.is_pending()
         {
-            match self.updated_entry(key, record) {
-                Ok(Some(value)) => {
-                    self.changes.insert(keys::queue(key, record.seq), value);
-                    return;
-                }
-                Ok(None) => {} // an entry of the old kind: the record is in `i`
+            match self.restamp(key, record) {
+                Ok(true) => return,
+                Ok(false) => {} // an entry of the old kind: the record is in `i`
                 Err(e) => {
                     self.failed.get_or_insert(e);
                     return;
                 }
             }
         }
+        match &write {
+            Write::AddPixel { key, pixel, record } => {
+                // In a new page (`finish_pages`), under a key with a new sequence number: a pixel
+                // acknowledged before the next checkpoint costs sled nothing for it. Its expiry and
+                // age are in the player's summary, its record in its entry; the report row says
+                // where that is.
+                let queued = self.queued.entry(key.clone()).or_default();
+                queued.insert(record.seq, entry::encode(pixel, record));
+            }
+            Write::Finalize { key, record, .. } if record.delivery.expires_at_ms.is_some() => {
+                if let Err(e) = self.unqueue(key, record.seq) {
+                    self.failed.get_or_insert(e);
+                    return;
+                }
+            }
+            _ => {}
+        }
         let batch = &mut self.changes;
         match write {
             Write::AddPixel { key, pixel, record } => {
                 let seq = record.seq;
-                // A key with a new sequence number: a pixel acknowledged before the next checkpoint
-                // costs sled nothing for it. Its expiry and age are in the player's summary, its record
-                // in its entry; the report row says where that is.
-                batch.insert_fresh(keys::queue(&key, seq), entry::encode(&pixel, &record));
                 batch
                     .pending
                     .entry(key.clone())
@@ -289,7 +425,6 @@ impl Tx for SledTx<'_> {
             } => {
                 let d = &record.delivery;
                 if let Some(expires_at_ms) = d.expires_at_ms {
-                    batch.remove(keys::queue(&key, record.seq));
                     batch.pending.entry(key.clone()).or_default().end();
                     batch.ids.push((key.clone(), d.id.clone(), None));
                     if record.seq < self.inner.legacy_below {
@@ -415,9 +550,12 @@ impl Queues for SledStore {
                     usage: Vec::new(),
                     stripes,
                     entries: HashMap::new(),
+                    queued: HashMap::new(),
+                    pages: HashMap::new(),
                     failed: None,
                 };
                 let out = work(&mut tx)?;
+                tx.finish_pages();
                 let SledTx {
                     changes,
                     leases,

@@ -181,7 +181,15 @@ impl Inner {
         for (pending, player) in top {
             let key = PlayerKey::new(brand.clone(), player);
             let oldest = match self.log.scan_prefix(&keys::queue_prefix(&key)).next() {
-                Some(item) => Some(entry::pixel(&item?.1)?.queued_at_ms),
+                Some(item) => {
+                    let (k, page) = item?;
+                    let (_, first) = keys::parse_queue(&k)
+                        .ok_or_else(|| StoreError::corrupt("corrupt queue key"))?;
+                    match entry::entries(first, &page).next() {
+                        Some(head) => Some(entry::pixel(head?.1)?.queued_at_ms),
+                        None => None,
+                    }
+                }
                 None => None,
             };
             out.push(Backlog {
@@ -320,8 +328,13 @@ impl Store for SledStore {
                 let key = PlayerKey::new(brand.clone(), player.clone());
                 let mut records: BTreeMap<PixelId, Delivery> = BTreeMap::new();
                 for item in inner.log.scan_prefix(&keys::queue_prefix(&key)) {
-                    if let Some(rec) = entry::record(&item?.1)? {
-                        records.insert(rec.delivery.id.clone(), rec.delivery);
+                    let (k, page) = item?;
+                    let (_, first) = keys::parse_queue(&k)
+                        .ok_or_else(|| StoreError::corrupt("corrupt queue key"))?;
+                    for queued in entry::entries(first, &page) {
+                        if let Some(rec) = entry::record(queued?.1)? {
+                            records.insert(rec.delivery.id.clone(), rec.delivery);
+                        }
                     }
                 }
                 // Read after the queue: a pixel that ended between the two reads is in `i` by now,

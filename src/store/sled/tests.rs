@@ -296,6 +296,7 @@ async fn a_data_dir_from_before_the_summaries_gets_them_at_open() {
     // Rewrite the queue's indexes as the layout before the summaries had them: an age key `p` and an
     // expiry key `x` per pending pixel, the player's count alone in `n`, no marker.
     tamper(&store, |data| {
+        one_entry_per_key(data);
         let mut count = 0u64;
         for entry in data.scan_prefix(b"q") {
             let (k, v) = entry.unwrap();
@@ -366,26 +367,35 @@ async fn a_pending_pixel_costs_sled_its_queue_entry_and_report_row_alone() {
             count(b"x"),
             count(b"p")
         ],
-        [2, 0, 1, 1, 0, 0],
-        "two queue entries holding their records; one report bucket for both, queued in one call; \
-         one summary; no per-pixel index"
+        [1, 0, 1, 1, 0, 0],
+        "one page of the queue holding both entries and their records, queued in one call; one \
+         report bucket for both; one summary; no per-pixel index"
     );
     store.close().await.unwrap();
+}
+
+/// A store whose checkpointer runs only when the test says, its ledger, and a player of its brand.
+async fn paused_with_player(harness: &SledHarness) -> (SledStore, Ledger, PlayerKey) {
+    let (store, brand, rules) = with_brand_and_rules(harness).await;
+    store.inner.log.pause_checkpointer().unwrap();
+    let key = PlayerKey::new(brand, PlayerId::parse("p").unwrap());
+    (store, rules, key)
+}
+
+/// The changes of keys under `tag` that the journal holds and sled does not yet.
+fn unwritten_under(store: &SledStore, tag: &[u8]) -> Vec<Op> {
+    let ops = store.inner.log.unwritten();
+    ops.into_iter()
+        .filter(|(k, _)| k.starts_with(tag))
+        .collect()
 }
 
 #[tokio::test]
 async fn a_pixel_delivered_between_two_checkpoints_costs_sled_no_summary() {
     let harness = SledHarness::new();
-    let (store, brand, rules) = with_brand_and_rules(&harness).await;
-    store.inner.log.pause_checkpointer().unwrap();
-    let key = PlayerKey::new(brand, PlayerId::parse("p").unwrap());
+    let (store, rules, key) = paused_with_player(&harness).await;
     let summary = keys::summary(&key);
-    let unwritten = || {
-        let ops = store.inner.log.unwritten();
-        ops.into_iter()
-            .filter(|(k, _)| k.starts_with(b"n"))
-            .collect::<Vec<_>>()
-    };
+    let unwritten = || unwritten_under(&store, b"n");
     let in_sled = || store.inner.log.sled_tree().contains_key(&summary).unwrap();
     let session = SessionId::generate();
     let deliver = |id: &'static str| {
@@ -587,6 +597,19 @@ fn tamper(store: &SledStore, change: impl FnOnce(&::sled::Tree)) {
     store.inner.log.checkpoint().unwrap();
     change(store.inner.log.sled_tree());
     store.inner.log.settle().unwrap();
+}
+
+/// Rewrites every page of the queue as an entry per key, as data dirs written before pages hold it.
+fn one_entry_per_key(data: &::sled::Tree) {
+    for item in data.scan_prefix(b"q") {
+        let (k, v) = item.unwrap();
+        let (player, first) = keys::parse_queue(&k).unwrap();
+        data.remove(&k).unwrap();
+        for queued in entry::entries(first, &v) {
+            let (seq, bytes) = queued.unwrap();
+            data.insert(keys::queue(&player, seq), bytes).unwrap();
+        }
+    }
 }
 
 /// A store whose brand has one postback to `pb.example` in its outbox; the outbox entry's key.
@@ -1124,6 +1147,7 @@ async fn queue_entries_written_before_records_moved_in_keep_working_beside_new_o
     let harness = SledHarness::new();
     let (store, key) = with_a_and_b(&harness).await;
     tamper(&store, |data| {
+        one_entry_per_key(data);
         for k in data.scan_prefix(b"r").keys() {
             data.remove(k.unwrap()).unwrap();
         }
@@ -1279,4 +1303,151 @@ fn a_report_bucket_reads_back_as_written_and_a_cut_one_is_corrupt() {
     bucket.edit(report::RowEdit::Remove(id("a")));
     bucket.edit(report::RowEdit::Remove(id("b")));
     assert!(bucket.is_empty());
+}
+
+/// The player's queue as the engine holds it: per page, its key's position, its value's length and
+/// its entries' positions.
+fn queue_pages(store: &SledStore, key: &PlayerKey) -> Vec<(u64, usize, Vec<u64>)> {
+    let pages = store.inner.log.scan_prefix(&keys::queue_prefix(key));
+    pages
+        .map(|item| {
+            let (k, value) = item.unwrap();
+            let (_, first) = keys::parse_queue(&k).unwrap();
+            let seqs = entry::entries(first, &value).map(|e| e.unwrap().0);
+            (first, value.len(), seqs.collect())
+        })
+        .collect()
+}
+
+/// Leases and acks everything the player has, `window` at a time, then lets the lease go; the ids, in
+/// the order sent.
+async fn deliver_all(rules: &Ledger, key: &PlayerKey, window: usize) -> Vec<String> {
+    let session = SessionId::generate();
+    let mut out = Vec::new();
+    loop {
+        let sent = rules.lease(key, session, window).await.unwrap();
+        if sent.is_empty() {
+            rules.release(key, session).await.unwrap();
+            return out;
+        }
+        let ids: Vec<PixelId> = sent.iter().map(|p| p.id.clone()).collect();
+        assert_eq!(rules.ack(key, &ids).await.unwrap(), ids.len());
+        out.extend(ids.iter().map(|id| id.to_string()));
+    }
+}
+
+#[tokio::test]
+async fn a_batch_for_one_player_is_paged_and_a_window_ending_inside_a_page_splits_it() {
+    let harness = SledHarness::new();
+    let (store, brand, rules) = with_brand_and_rules(&harness).await;
+    let key = PlayerKey::new(brand, PlayerId::parse("p").unwrap());
+    let ids: Vec<String> = (0..40).map(|n| format!("px-{n:02}")).collect();
+    let batch = ids.iter().map(|id| js(id, None)).collect();
+    rules.enqueue(&key, batch).await.unwrap();
+
+    let pages = queue_pages(&store, &key);
+    let seqs: Vec<u64> = pages.iter().flat_map(|p| p.2.clone()).collect();
+    assert_eq!(seqs.len(), 40);
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "in queue order");
+    assert!(
+        pages.len() <= 40 / 4,
+        "a page holds several entries: {pages:?}"
+    );
+    for (first, len, seqs) in &pages {
+        assert_eq!(*first, seqs[0], "a page's key is its first position");
+        assert!(seqs.len() <= entry::PAGE_ENTRIES && *len <= 3 + entry::PAGE_BYTES);
+    }
+    // An id inside a page is found: a retry is a duplicate.
+    let again = rules.enqueue(&key, vec![js("px-17", None)]).await.unwrap();
+    assert!(again.pixels[0].duplicate);
+    assert_eq!(pending_ids(&rules, &key).await, ids);
+
+    // A window of 3 ends inside the first page: the page is split after it, and the window's acks
+    // take out that page whole.
+    let session = SessionId::generate();
+    let sent = rules.lease(&key, session, 3).await.unwrap();
+    let split = queue_pages(&store, &key);
+    assert_eq!(split[0].2, pages[0].2[..3]);
+    assert_eq!(split[1].2, pages[0].2[3..]);
+    assert_eq!(
+        split[1].0, pages[0].2[3],
+        "the rest under its first position"
+    );
+    assert_eq!(split[2..], pages[1..]);
+    let sent: Vec<PixelId> = sent.iter().map(|p| p.id.clone()).collect();
+    assert_eq!(rules.ack(&key, &sent).await.unwrap(), 3);
+    assert_eq!(queue_pages(&store, &key), split[1..]);
+
+    // Reopened, the pages read back, and the rest goes out in order.
+    store.close().await.unwrap();
+    drop((store, rules));
+    let store = open(&harness);
+    let rules = ledger(&store);
+    assert_eq!(deliver_all(&rules, &key, 7).await, ids[3..]);
+    assert_eq!(queue_pages(&store, &key), []);
+    store.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_page_put_and_removed_between_two_checkpoints_costs_sled_nothing() {
+    let harness = SledHarness::new();
+    let (store, rules, key) = paused_with_player(&harness).await;
+    let queued_q = || unwritten_under(&store, b"q");
+    let batch = |tag: &str| (0..10).map(|n| js(&format!("{tag}-{n}"), None)).collect();
+
+    rules.enqueue(&key, batch("a")).await.unwrap();
+    assert_eq!(deliver_all(&rules, &key, 4).await.len(), 10);
+    assert_eq!(
+        queued_q(),
+        [],
+        "pages and the parts split off them, put and removed"
+    );
+
+    // Across a checkpoint, the page is in sled: its removal must reach it, and the part split off it
+    // (under a key sled never held) costs nothing.
+    rules.enqueue(&key, batch("b")).await.unwrap();
+    store.inner.log.checkpoint().unwrap();
+    let in_sled: Vec<_> = queue_pages(&store, &key)
+        .iter()
+        .map(|(first, ..)| (IVec::from(keys::queue(&key, *first)), None))
+        .collect();
+    assert_eq!(deliver_all(&rules, &key, 4).await.len(), 10);
+    assert_eq!(queued_q(), in_sled);
+    store.inner.log.checkpoint().unwrap();
+    assert_eq!(store.inner.log.sled_tree().scan_prefix(b"q").count(), 0);
+    store.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn paged_pixels_expire_and_are_reported_one_by_one() {
+    let harness = SledHarness::new();
+    let (store, brand, rules) = with_brand_and_rules(&harness).await;
+    let key = PlayerKey::new(brand, PlayerId::parse("p").unwrap());
+    // One call, one page: `short-*` expire in a minute, the others in 30 days.
+    let batch = [
+        "short-0", "long-0", "short-1", "long-1", "short-2", "long-2",
+    ]
+    .iter()
+    .map(|id| js(id, id.starts_with("short").then_some(60)))
+    .collect();
+    rules.enqueue(&key, batch).await.unwrap();
+    assert_eq!(queue_pages(&store, &key).len(), 1);
+    harness.clock.advance(Duration::from_secs(120));
+    assert_eq!(swept_depth(&store, &rules, &harness).await, 3);
+    assert_eq!(
+        pending_ids(&rules, &key).await,
+        ["long-0", "long-1", "long-2"]
+    );
+    let [by_player, by_time] = statuses(&store, &key).await;
+    let expected: Vec<(String, String)> = ["long-0", "long-1", "long-2"]
+        .iter()
+        .map(|id| (id.to_string(), "queued".to_owned()))
+        .chain(
+            ["short-0", "short-1", "short-2"]
+                .iter()
+                .map(|id| (id.to_string(), "expired".to_owned())),
+        )
+        .collect();
+    assert_eq!((by_player, by_time), (expected.clone(), expected));
+    store.close().await.unwrap();
 }
