@@ -138,21 +138,20 @@ pub(super) fn find(first: u64, value: &[u8], seq: u64) -> Result<Option<&[u8]>, 
 }
 
 /// The value of a page under position `first` holding `entries` (rising positions, at least one).
-pub(super) fn page<E: AsRef<[u8]>>(first: u64, entries: &[(u64, E)]) -> Vec<u8> {
-    if let [(seq, entry)] = entries
+pub(super) fn page(first: u64, mut entries: Vec<(u64, Vec<u8>)>) -> Vec<u8> {
+    if let [(seq, _)] = entries.as_slice()
         && *seq == first
     {
-        return entry.as_ref().to_vec();
+        return entries.pop().expect("one entry").1;
     }
     let size = entries
         .iter()
-        .map(|(_, e)| PAGE_ENTRY_HEAD + e.as_ref().len())
+        .map(|(_, e)| PAGE_ENTRY_HEAD + e.len())
         .sum::<usize>();
     let mut value = Vec::with_capacity(3 + size);
     value.push(PAGE);
     value.extend_from_slice(&(entries.len() as u16).to_be_bytes());
-    for (seq, entry) in entries {
-        let entry = entry.as_ref();
+    for (seq, entry) in &entries {
         value.extend_from_slice(&seq.to_be_bytes());
         value.extend_from_slice(&(entry.len() as u32).to_be_bytes());
         value.extend_from_slice(entry);
@@ -331,13 +330,13 @@ mod tests {
     fn a_page_gives_back_its_entries_and_one_at_its_own_position_is_the_entry_alone() {
         let (pixel, record) = sample();
         let one = encode(&pixel, &record);
-        assert_eq!(page(7, &[(7, &one)]), one, "as before pages");
-        let moved = page(7, &[(9, &one)]);
+        assert_eq!(page(7, vec![(7, one.clone())]), one, "as before pages");
+        let moved = page(7, vec![(9, one.clone())]);
         assert_eq!(
             moved[0], PAGE,
             "an entry away from its key's position says where it is"
         );
-        let value = page(7, &[(7, one.clone()), (12, one.clone()), (30, one.clone())]);
+        let value = page(7, vec![(7, one.clone()), (12, one.clone()), (30, one.clone())]);
         let read: Vec<(u64, &[u8])> = entries(7, &value).map(Result::unwrap).collect();
         assert_eq!(read, [(7, &one[..]), (12, &one[..]), (30, &one[..])]);
         assert_eq!(find(7, &value, 12).unwrap(), Some(&one[..]));
@@ -363,7 +362,7 @@ mod tests {
         assert!(
             pages
                 .iter()
-                .all(|p| page(p[0].0, p).len() <= 3 + PAGE_BYTES)
+                .all(|p| page(p[0].0, p.clone()).len() <= 3 + PAGE_BYTES)
         );
         let huge = paginate(vec![(1, vec![0u8; 3 * PAGE_BYTES]), small(2)]);
         assert_eq!(

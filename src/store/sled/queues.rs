@@ -180,7 +180,7 @@ impl SledTx<'_> {
             for page in entry::paginate(queued.into_iter().collect()) {
                 let first = page[0].0;
                 self.changes
-                    .insert_fresh(keys::queue(&key, first), entry::page(first, &page));
+                    .insert_fresh(keys::queue(&key, first), entry::page(first, page));
             }
         }
         for ((key, first), edit) in std::mem::take(&mut self.pages) {
@@ -193,12 +193,12 @@ impl SledTx<'_> {
                 self.changes.remove(keys::queue(&key, first));
             } else {
                 self.changes
-                    .insert(keys::queue(&key, first), entry::page(first, &entries));
+                    .insert(keys::queue(&key, first), entry::page(first, entries));
             }
             if let Some(&(at, _)) = rest.first() {
                 // A position inside this page: no page has ever had it for its key.
                 self.changes
-                    .insert_fresh(keys::queue(&key, at), entry::page(at, &rest));
+                    .insert_fresh(keys::queue(&key, at), entry::page(at, rest));
             }
         }
     }
