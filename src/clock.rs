@@ -39,8 +39,9 @@ pub fn system() -> SharedClock {
     Arc::new(SystemClock)
 }
 
-/// Milliseconds since the Unix epoch by the system's clock; 0 before 1970.
-fn system_now_ms() -> u64 {
+/// Milliseconds since the Unix epoch by the system's clock; 0 before 1970. Only for what orders
+/// without deciding (a generated id's millisecond); every rule reads a [`Clock`].
+pub(crate) fn system_now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)

@@ -243,15 +243,15 @@ thread_local! {
 
 /// A UUIDv7: the Unix millisecond, a 12-bit counter so the ids of one millisecond sort in the order
 /// they were made (RFC 9562, 6.2, method 1; past 4,096 in one millisecond the time part runs ahead
-/// rather than wrap), and 62 random bits. The time in an id only orders ids; no rule reads it, so it
-/// is the system's clock rather than the hub's injectable one.
+/// rather than wrap), and 62 random bits. The time in an id only orders ids and no rule reads it, so
+/// it is the system's clock, not the hub's injectable one.
 fn next_v7() -> uuid::Uuid {
-    let now_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64);
+    let now_ms = crate::clock::system_now_ms();
     let next = |last: u64| (now_ms << 12).max(last + 1);
     let last = LAST_STAMP
-        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |last| Some(next(last)))
+        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |last| {
+            Some(next(last))
+        })
         .unwrap_or_else(|last| last);
     let stamp = next(last);
     let mut bytes = [0u8; 10];
@@ -347,7 +347,8 @@ mod tests {
         all.dedup_by(|a, b| a.as_str() == b.as_str());
         assert_eq!(all.len(), count, "no two alike");
         // The random part is random: the low 62 bits of two ids of one millisecond differ.
-        let low = |id: &PixelId| uuid::Uuid::parse_str(id.as_str()).unwrap().as_u128() & ((1 << 62) - 1);
+        let low =
+            |id: &PixelId| uuid::Uuid::parse_str(id.as_str()).unwrap().as_u128() & ((1 << 62) - 1);
         assert_ne!(low(&all[0]), low(&all[1]));
     }
 

@@ -336,7 +336,10 @@ mod tests {
             moved[0], PAGE,
             "an entry away from its key's position says where it is"
         );
-        let value = page(7, vec![(7, one.clone()), (12, one.clone()), (30, one.clone())]);
+        let value = page(
+            7,
+            vec![(7, one.clone()), (12, one.clone()), (30, one.clone())],
+        );
         let read: Vec<(u64, &[u8])> = entries(7, &value).map(Result::unwrap).collect();
         assert_eq!(read, [(7, &one[..]), (12, &one[..]), (30, &one[..])]);
         assert_eq!(find(7, &value, 12).unwrap(), Some(&one[..]));
