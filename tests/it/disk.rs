@@ -145,6 +145,27 @@ impl Api {
     }
 }
 
+/// Queues batches of 8 to new players until one is refused, each answered 202 or 507 whole; keeps the
+/// ids accepted, and returns the refusal's body.
+async fn fill_to_the_floor(api: &Api, accepted: &mut Vec<(String, Vec<String>)>) -> Value {
+    loop {
+        let player = format!("p{}", accepted.len());
+        let (status, body) = api.queue(&player, 8).await;
+        match status {
+            StatusCode::ACCEPTED => {
+                let ids = body["pixels"].as_array().unwrap().iter();
+                accepted.push((
+                    player,
+                    ids.map(|p| p["id"].as_str().unwrap().to_owned()).collect(),
+                ));
+            }
+            StatusCode::INSUFFICIENT_STORAGE => return body,
+            other => panic!("{other}: {body}"),
+        }
+        assert!(accepted.len() < 400, "the floor was never reached");
+    }
+}
+
 #[tokio::test]
 async fn a_full_disk_refuses_growth_keeps_reads_and_recovers_by_itself() {
     let Some(disk) = SmallDisk::mount(64) else {
@@ -163,22 +184,7 @@ async fn a_full_disk_refuses_growth_keeps_reads_and_recovers_by_itself() {
 
     // Queue until the floor: every batch is answered 202 or 507, whole.
     let mut accepted: Vec<(String, Vec<String>)> = Vec::new();
-    let refusal = loop {
-        let player = format!("p{}", accepted.len());
-        let (status, body) = api.queue(&player, 8).await;
-        match status {
-            StatusCode::ACCEPTED => {
-                let ids = body["pixels"].as_array().unwrap().iter();
-                accepted.push((
-                    player,
-                    ids.map(|p| p["id"].as_str().unwrap().to_owned()).collect(),
-                ));
-            }
-            StatusCode::INSUFFICIENT_STORAGE => break body,
-            other => panic!("{other}: {body}"),
-        }
-        assert!(accepted.len() < 200, "the floor was never reached");
-    };
+    let refusal = fill_to_the_floor(&api, &mut accepted).await;
     assert_eq!(refusal["error"]["code"], "insufficient_storage");
     let message = refusal["error"]["message"].as_str().unwrap();
     assert!(message.contains("under the floor of 32.0 MB"), "{message}");
@@ -188,14 +194,21 @@ async fn a_full_disk_refuses_growth_keeps_reads_and_recovers_by_itself() {
         accepted.len()
     );
 
-    // Reads and deletes go on; readiness says why but keeps the hub in rotation; it is alive.
+    // Reads and deletes go on; readiness says why but keeps the hub in rotation; it is alive. (The floor
+    // counts what the journal holds and sled does not yet, so a checkpoint can give back room: then
+    // the hub takes writes again until the floor, and says so again.)
     assert_eq!(api.pending(&accepted[0].0).await, accepted[0].1);
-    let (status, body) = api.probe("/readyz").await;
-    assert_eq!(status, StatusCode::OK, "{body}");
-    assert_eq!(
-        (body["status"].as_str(), body["error"]["code"].as_str()),
-        (Some("degraded"), Some("insufficient_storage"))
-    );
+    for round in 0.. {
+        let (status, body) = api.probe("/readyz").await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        if body["status"] == "degraded" {
+            assert_eq!(body["error"]["code"], "insufficient_storage", "{body}");
+            break;
+        }
+        assert_eq!(body["status"], "ready", "{body}");
+        assert!(round < 20, "readiness never said the store was full");
+        fill_to_the_floor(&api, &mut accepted).await;
+    }
     assert_eq!(api.probe("/healthz").await.0, StatusCode::OK);
     let (status, _) = api
         .call(
