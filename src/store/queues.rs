@@ -39,6 +39,21 @@ impl Record {
     pub fn is_client_pixel(&self) -> bool {
         self.delivery.expires_at_ms.is_some()
     }
+
+    /// The record as an engine stores it: without its row's unset fields
+    /// ([`crate::delivery::as_stored`]); it reads back as a `Record`.
+    pub fn stored(&self) -> StoredRecord<'_> {
+        StoredRecord(self)
+    }
+}
+
+/// A [`Record`] as engines store it ([`Record::stored`]).
+pub struct StoredRecord<'a>(&'a Record);
+
+impl Serialize for StoredRecord<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        crate::delivery::as_stored(self.0, serializer)
+    }
 }
 
 /// Which session holds a player's queue, until when, and what it was sent and has not acknowledged.

@@ -226,7 +226,8 @@ fn start(id: &[u8], pixel_room: usize, pixel: impl FnOnce(&mut Vec<u8>)) -> Vec<
 }
 
 fn finish(mut value: Vec<u8>, record: &Record) -> Vec<u8> {
-    serde_json::to_writer(&mut value, record).expect("our stored types serialise infallibly");
+    serde_json::to_writer(&mut value, &record.stored())
+        .expect("our stored types serialise infallibly");
     value
 }
 

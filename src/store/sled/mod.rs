@@ -430,7 +430,7 @@ impl Inner {
     /// Stages a record and its report index entry.
     fn stage_record(&self, batch: &mut Changes, key: &PlayerKey, record: &Record) {
         let d = &record.delivery;
-        batch.insert(keys::index(key, &d.id), json(record));
+        batch.insert(keys::index(key, &d.id), json(&record.stored()));
         batch.add_report_row(key, d.queued_at_ms, &d.id, None);
     }
 

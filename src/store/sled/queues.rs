@@ -416,7 +416,10 @@ impl Tx for SledTx<'_> {
                 range.1 = range.1.max(seq);
             }
             Write::UpdateRecord { key, record } => {
-                batch.insert(keys::index(&key, &record.delivery.id), json(&record));
+                batch.insert(
+                    keys::index(&key, &record.delivery.id),
+                    json(&record.stored()),
+                );
             }
             Write::Finalize {
                 key,
@@ -436,7 +439,7 @@ impl Tx for SledTx<'_> {
                     keys::expiry(forget_at_ms, &key, record.seq),
                     d.id.as_str().as_bytes(),
                 );
-                batch.insert(keys::index(&key, &d.id), json(&record));
+                batch.insert(keys::index(&key, &d.id), json(&record.stored()));
             }
             Write::AddPostback {
                 key,
