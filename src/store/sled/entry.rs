@@ -18,7 +18,7 @@
 //! A queue value is a *page*: the entries one transaction queued for one player, up to
 //! [`PAGE_ENTRIES`] or [`PAGE_BYTES`], under the key of the lowest one's position. sled costs about
 //! the same per key whatever its size, so a batch of a hundred pixels for one player costs the
-//! checkpoint some fifteen keys, not a hundred. A page of one entry at its key's position is stored as
+//! checkpoint some seven keys, not a hundred. A page of one entry at its key's position is stored as
 //! that entry alone (either kind above), exactly as before pages: so a player with one pixel costs
 //! what it did, and data dirs written before pages read as pages of one. A page of more is `PAGE`,
 //! its entry count (u16 BE), then per entry its position (u64 BE), length (u32 BE)
