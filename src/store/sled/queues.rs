@@ -106,8 +106,19 @@ impl SledTx<'_> {
         let at = match edited {
             Some(at) => at,
             None => {
-                let Some(held) = self.inner.entry_at(key, seq)? else {
-                    return Ok(None);
+                // What this transaction read (an ack reads each record before it ends the pixel),
+                // else the queue.
+                let read = self.entries.values().flatten();
+                let cached = read
+                    .filter(|(player, held)| player == key && held.seq == seq)
+                    .map(|(_, held)| held.clone())
+                    .next();
+                let held = match cached {
+                    Some(held) => held,
+                    None => match self.inner.entry_at(key, seq)? {
+                        Some(held) => held,
+                        None => return Ok(None),
+                    },
                 };
                 let mut entries = BTreeMap::new();
                 for queued in entry::entries(held.page, &held.value) {
