@@ -674,9 +674,6 @@ impl Inner {
             let mut backlogs = self.summaries();
             for (key, _, after) in &summaries {
                 backlogs.set(key, *after);
-                if after.count == 0 {
-                    self.pending_ids.forget(key);
-                }
             }
         }
         Ok(Some(durable))

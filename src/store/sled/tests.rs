@@ -434,6 +434,32 @@ async fn a_pixel_delivered_between_two_checkpoints_costs_sled_no_summary() {
 }
 
 #[tokio::test]
+async fn an_online_players_next_pixel_is_found_by_its_ack_without_reading_the_queue() {
+    let harness = SledHarness::new();
+    let (store, rules, key) = paused_with_player(&harness).await;
+    let session = SessionId::generate();
+    let index = |id: &PixelId| store.inner.pending_ids.find(&key, id.as_str().as_bytes());
+    for round in 0..3 {
+        let name = format!("p{round}");
+        rules.enqueue(&key, vec![js(&name, None)]).await.unwrap();
+        let id = PixelId::parse(&name).unwrap();
+        if round > 0 {
+            // Its queue emptied by the last ack, the player is still indexed: no walk of its queue.
+            assert!(
+                matches!(index(&id), pending::Lookup::At(_)),
+                "round {round}: {:?}",
+                index(&id)
+            );
+        }
+        let sent = rules.lease(&key, session, 10).await.unwrap();
+        assert_eq!(rules.ack(&key, &[sent[0].id.clone()]).await.unwrap(), 1);
+        assert_eq!(index(&id), pending::Lookup::Absent);
+        assert_eq!(rules.ack(&key, &[id]).await.unwrap(), 0, "acked once only");
+    }
+    store.close().await.unwrap();
+}
+
+#[tokio::test]
 async fn a_stale_floor_is_made_exact_when_the_oldest_pixel_is_asked_for() {
     let harness = SledHarness::new();
     let store = open(&harness);
