@@ -265,6 +265,7 @@ pub async fn drain(run: &Run<'_>, report: &mut Report) -> Result<()> {
     let sources = Sources::new(sizes.sources);
     let system = Arc::new(system);
     let machine = MachineTimes::read()?;
+    let server = proc_cpu(system.pid())?;
     let started = Instant::now();
     let mut tasks = JoinSet::new();
     for (p, player) in players.into_iter().enumerate() {
@@ -300,6 +301,7 @@ pub async fn drain(run: &Run<'_>, report: &mut Report) -> Result<()> {
         tokio::time::sleep(Duration::from_millis(10)).await;
     };
     let (_, stolen) = MachineTimes::read()?.since(&machine, drained);
+    let server_cpu = proc_cpu(system.pid())?.saturating_sub(server);
     // Let any second copy show itself before counting.
     tokio::time::sleep(Duration::from_millis(200)).await;
     stop.send(true)?;
@@ -334,6 +336,7 @@ pub async fn drain(run: &Run<'_>, report: &mut Report) -> Result<()> {
     out.add("seconds_to_last_ack", drained.as_secs_f64(), "s");
     let rate = (n * k) as f64 / drained.as_secs_f64();
     out.add("pixels_per_second", rate, "pixels/s");
+    out.add("server_cpu_per_pixel", micros_each(server_cpu, n * k), "µs");
     out.add("machine_steal", stolen, "%");
     Ok(())
 }
@@ -361,7 +364,7 @@ async fn ingest_phase(
     sizes: &Sizes,
     batch: usize,
     seq: &Arc<AtomicU64>,
-) -> Result<(Vec<u64>, Duration, (f64, f64))> {
+) -> Result<(Vec<u64>, Duration, (f64, f64), Duration)> {
     let sources = Sources::new(sizes.sources);
     let mut publishers = Vec::with_capacity(sizes.ingest_clients);
     for client in 0..sizes.ingest_clients {
@@ -370,6 +373,7 @@ async fn ingest_phase(
     // Connected before the clock starts; calls begun before the deadline finish and count, so the rate
     // is over the time until the last one ends.
     let machine = MachineTimes::read()?;
+    let server = proc_cpu(system.pid())?;
     let started = Instant::now();
     let deadline = started + sizes.ingest_duration;
     let mut tasks = JoinSet::new();
@@ -397,8 +401,9 @@ async fn ingest_phase(
     }
     let took = started.elapsed();
     let busy_and_stolen = MachineTimes::read()?.since(&machine, took);
+    let server_cpu = proc_cpu(system.pid())?.saturating_sub(server);
     all.sort_unstable();
-    Ok((all, took, busy_and_stolen))
+    Ok((all, took, busy_and_stolen, server_cpu))
 }
 
 /// **ingest**: the durable enqueue rate, first one message per call, then batches, from
@@ -411,8 +416,9 @@ pub async fn ingest(run: &Run<'_>, report: &mut Report) -> Result<()> {
         .collect();
     register_all(&system, &players, sizes).await?;
     let seq = Arc::new(AtomicU64::new(0));
-    let (single, single_took, single_machine) = ingest_phase(&system, sizes, 1, &seq).await?;
-    let (batch, batch_took, batch_machine) =
+    let (single, single_took, single_machine, single_cpu) =
+        ingest_phase(&system, sizes, 1, &seq).await?;
+    let (batch, batch_took, batch_machine, batch_cpu) =
         ingest_phase(&system, sizes, sizes.ingest_batch, &seq).await?;
     let expected = single.len() + batch.len() * sizes.ingest_batch;
     let pending = system.pending().await?;
@@ -430,11 +436,22 @@ pub async fn ingest(run: &Run<'_>, report: &mut Report) -> Result<()> {
     out.add("single_requests_per_second", singles, "requests/s");
     out.add("single_p50", millis(quantile(&single, 0.5)), "ms");
     out.add("single_p99", millis(quantile(&single, 0.99)), "ms");
+    out.add(
+        "single_server_cpu",
+        micros_each(single_cpu, single.len()),
+        "µs",
+    );
     out.add("single_machine_steal", single_machine.1, "%");
     let batched = (batch.len() * sizes.ingest_batch) as f64 / batch_took.as_secs_f64();
     out.add("batch_pixels_per_second", batched, "pixels/s");
     out.add("batch_p50", millis(quantile(&batch, 0.5)), "ms");
     out.add("batch_p99", millis(quantile(&batch, 0.99)), "ms");
+    let batched_pixels = batch.len() * sizes.ingest_batch;
+    out.add(
+        "batch_server_cpu_per_pixel",
+        micros_each(batch_cpu, batched_pixels),
+        "µs",
+    );
     out.add("batch_machine_steal", batch_machine.1, "%");
     Ok(())
 }
@@ -556,6 +573,7 @@ pub async fn online(run: &Run<'_>, report: &mut Report) -> Result<()> {
     let mut rng = XorShift::seeded(7);
     let mut tick = tokio::time::interval(Duration::from_millis(1));
     let machine_before = MachineTimes::read()?;
+    let server_before = proc_cpu(system.pid())?;
     let generating = Instant::now();
     let generating_at = timeline.now();
     let mut next = 0usize;
@@ -583,6 +601,7 @@ pub async fn online(run: &Run<'_>, report: &mut Report) -> Result<()> {
     }
     let generated = generating.elapsed();
     let (busy_cores, steal_percent) = MachineTimes::read()?.since(&machine_before, generated);
+    let server_cpu = proc_cpu(system.pid())?.saturating_sub(server_before);
     let deadline = Instant::now() + Duration::from_secs(30);
     while !timeline.all_arrived() && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -635,9 +654,17 @@ pub async fn online(run: &Run<'_>, report: &mut Report) -> Result<()> {
     out.add("latency_p50", millis(quantile(&latencies, 0.5)), "ms");
     out.add("latency_p99", millis(quantile(&latencies, 0.99)), "ms");
     out.add("latency_p999", millis(quantile(&latencies, 0.999)), "ms");
+    out.add("server_cpu_per_pixel", micros_each(server_cpu, total), "µs");
     // The whole machine (harness included) while the pixels were queued: on a virtual machine, time
     // its host took away stalls every thread at once, whatever the system under test does.
     out.add("machine_busy_cores", busy_cores, "cores");
     out.add("machine_steal", steal_percent, "%");
     Ok(())
+}
+
+/// The server's CPU time during a phase, per message of it, in microseconds: what one message costs
+/// the server whatever the machine's other load. Work a server defers past the phase (the hub's
+/// checkpoint of its last second) is not in it.
+fn micros_each(cpu: Duration, messages: usize) -> f64 {
+    cpu.as_secs_f64() * 1e6 / messages.max(1) as f64
 }
