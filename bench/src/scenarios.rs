@@ -357,14 +357,25 @@ impl XorShift {
     }
 }
 
-/// One phase of `ingest`: each publisher loops queueing `batch` messages per call for `duration`; the
-/// latency of every call, in microseconds, sorted.
+/// What one phase of `ingest` measured.
+struct IngestPhase {
+    /// The latency of every call, in microseconds, sorted.
+    latencies: Vec<u64>,
+    /// From the first call until the last one ended.
+    took: Duration,
+    /// The machine's steal over the phase, in percent.
+    steal: f64,
+    /// The server's CPU time over the phase.
+    server_cpu: Duration,
+}
+
+/// One phase of `ingest`: each publisher loops queueing `batch` messages per call for `duration`.
 async fn ingest_phase(
     system: &System,
     sizes: &Sizes,
     batch: usize,
     seq: &Arc<AtomicU64>,
-) -> Result<(Vec<u64>, Duration, (f64, f64), Duration)> {
+) -> Result<IngestPhase> {
     let sources = Sources::new(sizes.sources);
     let mut publishers = Vec::with_capacity(sizes.ingest_clients);
     for client in 0..sizes.ingest_clients {
@@ -400,10 +411,15 @@ async fn ingest_phase(
         all.extend(done??);
     }
     let took = started.elapsed();
-    let busy_and_stolen = MachineTimes::read()?.since(&machine, took);
+    let (_, steal) = MachineTimes::read()?.since(&machine, took);
     let server_cpu = proc_cpu(system.pid())?.saturating_sub(server);
     all.sort_unstable();
-    Ok((all, took, busy_and_stolen, server_cpu))
+    Ok(IngestPhase {
+        latencies: all,
+        took,
+        steal,
+        server_cpu,
+    })
 }
 
 /// **ingest**: the durable enqueue rate, first one message per call, then batches, from
@@ -416,11 +432,11 @@ pub async fn ingest(run: &Run<'_>, report: &mut Report) -> Result<()> {
         .collect();
     register_all(&system, &players, sizes).await?;
     let seq = Arc::new(AtomicU64::new(0));
-    let (single, single_took, single_machine, single_cpu) =
-        ingest_phase(&system, sizes, 1, &seq).await?;
-    let (batch, batch_took, batch_machine, batch_cpu) =
-        ingest_phase(&system, sizes, sizes.ingest_batch, &seq).await?;
-    let expected = single.len() + batch.len() * sizes.ingest_batch;
+    let single = ingest_phase(&system, sizes, 1, &seq).await?;
+    let batch = ingest_phase(&system, sizes, sizes.ingest_batch, &seq).await?;
+    let (calls, batches) = (single.latencies.len(), batch.latencies.len());
+    let batched_pixels = batches * sizes.ingest_batch;
+    let expected = calls + batched_pixels;
     let pending = system.pending().await?;
     let name = system.name();
     system.stop()?;
@@ -432,27 +448,24 @@ pub async fn ingest(run: &Run<'_>, report: &mut Report) -> Result<()> {
     }
 
     let mut out = report.run("ingest", name);
-    let singles = single.len() as f64 / single_took.as_secs_f64();
+    let singles = calls as f64 / single.took.as_secs_f64();
     out.add("single_requests_per_second", singles, "requests/s");
-    out.add("single_p50", millis(quantile(&single, 0.5)), "ms");
-    out.add("single_p99", millis(quantile(&single, 0.99)), "ms");
+    out.add("single_p50", millis(quantile(&single.latencies, 0.5)), "ms");
     out.add(
-        "single_server_cpu",
-        micros_each(single_cpu, single.len()),
-        "µs",
+        "single_p99",
+        millis(quantile(&single.latencies, 0.99)),
+        "ms",
     );
-    out.add("single_machine_steal", single_machine.1, "%");
-    let batched = (batch.len() * sizes.ingest_batch) as f64 / batch_took.as_secs_f64();
+    let per_call = micros_each(single.server_cpu, calls);
+    out.add("single_server_cpu", per_call, "µs");
+    out.add("single_machine_steal", single.steal, "%");
+    let batched = batched_pixels as f64 / batch.took.as_secs_f64();
     out.add("batch_pixels_per_second", batched, "pixels/s");
-    out.add("batch_p50", millis(quantile(&batch, 0.5)), "ms");
-    out.add("batch_p99", millis(quantile(&batch, 0.99)), "ms");
-    let batched_pixels = batch.len() * sizes.ingest_batch;
-    out.add(
-        "batch_server_cpu_per_pixel",
-        micros_each(batch_cpu, batched_pixels),
-        "µs",
-    );
-    out.add("batch_machine_steal", batch_machine.1, "%");
+    out.add("batch_p50", millis(quantile(&batch.latencies, 0.5)), "ms");
+    out.add("batch_p99", millis(quantile(&batch.latencies, 0.99)), "ms");
+    let per_pixel = micros_each(batch.server_cpu, batched_pixels);
+    out.add("batch_server_cpu_per_pixel", per_pixel, "µs");
+    out.add("batch_machine_steal", batch.steal, "%");
     Ok(())
 }
 
