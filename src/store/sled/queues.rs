@@ -91,12 +91,13 @@ impl SledTx<'_> {
         read.push((key.clone(), held.clone()));
     }
 
-    /// The page holding the player's entry at `seq`, as this transaction leaves it so far: `None` when
-    /// no page holds it.
+    /// The page holding the player's entry at `seq` (pixel `id`), as this transaction leaves it so far:
+    /// `None` when no page holds it.
     fn page_edit(
         &mut self,
         key: &PlayerKey,
         seq: u64,
+        id: &PixelId,
     ) -> Result<Option<&mut PageEdit>, StoreError> {
         let edited = self
             .pages
@@ -108,11 +109,10 @@ impl SledTx<'_> {
             None => {
                 // What this transaction read (an ack reads each record before it ends the pixel),
                 // else the queue.
-                let read = self.entries.values().flatten();
+                let mut read = self.entries.get(id).into_iter().flatten();
                 let cached = read
-                    .filter(|(player, held)| player == key && held.seq == seq)
-                    .map(|(_, held)| held.clone())
-                    .next();
+                    .find(|(player, held)| player == key && held.seq == seq)
+                    .map(|(_, held)| held.clone());
                 let held = match cached {
                     Some(held) => held,
                     None => match self.inner.entry_at(key, seq)? {
@@ -155,7 +155,7 @@ impl SledTx<'_> {
             };
         }
         // The entry as queued: its page may have changed in this transaction, its bytes not.
-        let Some(page) = self.page_edit(key, seq)? else {
+        let Some(page) = self.page_edit(key, seq, &record.delivery.id)? else {
             return Ok(false);
         };
         let bytes = page.entries.get_mut(&seq).expect("the page holds it");
@@ -169,14 +169,14 @@ impl SledTx<'_> {
         }
     }
 
-    /// Takes the entry at `seq` out of the player's queue.
-    fn unqueue(&mut self, key: &PlayerKey, seq: u64) -> Result<(), StoreError> {
+    /// Takes the entry at `seq` (pixel `id`) out of the player's queue.
+    fn unqueue(&mut self, key: &PlayerKey, seq: u64, id: &PixelId) -> Result<(), StoreError> {
         if let Some(queued) = self.queued.get_mut(key)
             && queued.remove(&seq).is_some()
         {
             return Ok(());
         }
-        if let Some(page) = self.page_edit(key, seq)? {
+        if let Some(page) = self.page_edit(key, seq, id)? {
             page.entries.remove(&seq);
         }
         Ok(())
@@ -404,7 +404,7 @@ impl Tx for SledTx<'_> {
                 queued.insert(record.seq, entry::encode(pixel, record));
             }
             Write::Finalize { key, record, .. } if record.delivery.expires_at_ms.is_some() => {
-                if let Err(e) = self.unqueue(key, record.seq) {
+                if let Err(e) = self.unqueue(key, record.seq, &record.delivery.id) {
                     self.failed.get_or_insert(e);
                     return;
                 }
