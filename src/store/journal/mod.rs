@@ -4,7 +4,9 @@
 //! CRC, [`frame`]) into the pending group and awaits [`Durable::wait`]; one thread writes the whole group
 //! to the current segment with one `write` and one `fdatasync`, then answers every writer in it. Writers
 //! arriving while that sync runs form the next group, so under load a sync covers many writers and no
-//! timer ever delays one: an idle journal syncs a lone record at once.
+//! timer ever delays one: an idle journal syncs a lone record at once. A writer that need not wait
+//! ([`Journal::append_lazy`]: a delivery stamp) costs no sync of its own: its records go with the next
+//! group someone waits for.
 //!
 //! `fdatasync` (`File::sync_data`) is what makes a record durable: it returns once the data, and the
 //! metadata needed to read it back (the file's size), reached stable storage, through the device's write
@@ -166,6 +168,14 @@ impl Durable {
     pub async fn wait(self) -> Result<u64, StoreError> {
         self.answer.await.map_err(|_| StoreError::Closed)?
     }
+
+    /// [`Durable::wait`] for a thread outside the async runtime (the engine's checkpointer); panics
+    /// when called on one of its workers.
+    pub fn wait_blocking(self) -> Result<u64, StoreError> {
+        self.answer
+            .blocking_recv()
+            .map_err(|_| StoreError::Closed)?
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -314,6 +324,23 @@ impl Journal {
     /// journal is closed or a sync failed. Each record is 1 byte to [`frame::MAX_PAYLOAD`]; the caller
     /// keeps to that, and appends at least one (else this panics, before any lock is taken).
     pub fn append(&self, records: &[&[u8]]) -> Result<Durable, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        let position = self.push(records, Some(reply))?;
+        Ok(Durable { answer, position })
+    }
+
+    /// Adds `records` like [`Journal::append`], for a writer that does not wait for them: they are
+    /// written and synced with the next group someone waits for (every later append's sync covers
+    /// them, since the journal is one order), or by the next [`Journal::sync_point`]. So a change whose
+    /// loss in a crash costs nothing that matters (a delivery stamp) never costs a sync of its own.
+    /// Returns the position after them.
+    pub fn append_lazy(&self, records: &[&[u8]]) -> Result<u64, StoreError> {
+        self.push(records, None)
+    }
+
+    /// Frames `records` into the pending group; with a `reply`, wakes the writer if nobody in the
+    /// group waits yet (when somebody does, the writer is awake already or about to be).
+    fn push(&self, records: &[&[u8]], reply: Option<Reply>) -> Result<u64, StoreError> {
         // Framed (and checksummed) before the lock, which then covers only a copy.
         let size = records.iter().map(|r| frame::HEADER + r.len()).sum();
         let mut framed = Vec::with_capacity(size);
@@ -321,19 +348,21 @@ impl Journal {
             frame::encode(record, &mut framed);
         }
         assert!(!framed.is_empty(), "an append holds at least one record");
-        let (reply, answer) = oneshot::channel();
         let mut pending = lock(&self.shared.pending);
         pending.state.accepting()?;
-        let was_empty = pending.buf.is_empty();
         pending.buf.extend_from_slice(&framed);
         pending.next += framed.len() as u64;
         let position = pending.next;
+        let Some(reply) = reply else {
+            return Ok(position);
+        };
+        let first = pending.waiters.is_empty();
         pending.waiters.push((reply, position));
         drop(pending);
-        if was_empty {
+        if first {
             self.shared.wake.notify_one();
         }
-        Ok(Durable { answer, position })
+        Ok(position)
     }
 
     /// The position after the last record appended (durable or not yet).
@@ -347,7 +376,8 @@ impl Journal {
     }
 
     /// Says when every record appended so far is durable, without appending one: for a transaction
-    /// that wrote nothing but read what others wrote, and must not answer before that is durable.
+    /// that wrote nothing but read what others wrote, and must not answer before that is durable. It
+    /// also gets what lazy appends left pending written, whether or not its answer is awaited.
     pub fn sync_point(&self) -> Result<Durable, StoreError> {
         let (reply, answer) = oneshot::channel();
         let mut pending = lock(&self.shared.pending);
@@ -356,10 +386,10 @@ impl Journal {
         if self.durable() >= position {
             let _ = reply.send(Ok(position));
         } else {
-            let was_idle = pending.buf.is_empty() && pending.waiters.is_empty();
+            let first = pending.waiters.is_empty();
             pending.waiters.push((reply, position));
             drop(pending);
-            if was_idle {
+            if first {
                 self.shared.wake.notify_one();
             }
         }
@@ -465,10 +495,8 @@ impl Writer {
         loop {
             {
                 let mut pending = lock(&self.shared.pending);
-                while pending.buf.is_empty()
-                    && pending.waiters.is_empty()
-                    && matches!(pending.state, State::Open)
-                {
+                // Lazy appends alone wake nobody: they go with the next group someone waits for.
+                while pending.waiters.is_empty() && matches!(pending.state, State::Open) {
                     pending = self
                         .shared
                         .wake

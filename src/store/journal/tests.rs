@@ -80,6 +80,39 @@ async fn what_was_appended_replays_in_order_with_its_positions() {
     assert_eq!(seen.len(), 4);
 }
 
+#[tokio::test]
+async fn a_lazy_append_costs_no_sync_and_goes_with_the_next_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let (journal, _) = reopen(dir.path(), options()).unwrap();
+    let syncs = || journal.counters().syncs.load(Ordering::Relaxed);
+    let stamped = journal.append_lazy(&[&b"stamp a"[..]]).unwrap();
+    journal.append_lazy(&[&b"stamp b"[..]]).unwrap();
+    // Nobody waits, so the writer is not woken: given the time, it still has not synced.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(syncs(), 0, "a lazy append took a sync of its own");
+    assert!(journal.durable() < stamped);
+
+    let acked = write(&journal, &["acked a"]).await;
+    assert_eq!(
+        syncs(),
+        1,
+        "one sync for the waiting writer and the lazy ones before it"
+    );
+    assert_eq!(journal.durable(), acked);
+
+    // A sync point writes what lazy appends left, and closing does too.
+    let stamped = journal.append_lazy(&[&b"stamp c"[..]]).unwrap();
+    assert_eq!(journal.sync_point().unwrap().wait().await.unwrap(), stamped);
+    assert_eq!(syncs(), 2);
+    journal.append_lazy(&[&b"stamp d"[..]]).unwrap();
+    drop(journal);
+    let (_, seen) = reopen(dir.path(), options()).unwrap();
+    assert_eq!(
+        records(&seen),
+        ["stamp a", "stamp b", "acked a", "stamp c", "stamp d"]
+    );
+}
+
 /// A sync that takes a while, so writers pile up behind it.
 fn slow_sync(file: &File) -> std::io::Result<()> {
     std::thread::sleep(Duration::from_millis(20));

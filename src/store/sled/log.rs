@@ -217,6 +217,29 @@ impl WriteLog {
         ops: Vec<Op>,
         fresh: &[bool],
     ) -> Result<journal::Durable, StoreError> {
+        self.add(ops, fresh, |journal, record| {
+            let durable = journal.append(record)?;
+            Ok((durable.position(), durable))
+        })
+    }
+
+    /// [`WriteLog::commit`] for a writer that does not wait: the record is synced with the next one
+    /// somebody waits for, or by the checkpointer's next turn ([`Journal::append_lazy`]).
+    pub(super) fn commit_lazy(&self, ops: Vec<Op>, fresh: &[bool]) -> Result<(), StoreError> {
+        self.add(ops, fresh, |journal, record| {
+            Ok((journal.append_lazy(record)?, ()))
+        })
+    }
+
+    /// Appends `ops` as one journal record with `append` (which says the position after it), and shows
+    /// them to readers, at that position, under the overlay's write lock: journal order and overlay
+    /// order are one order.
+    fn add<T>(
+        &self,
+        ops: Vec<Op>,
+        fresh: &[bool],
+        append: impl FnOnce(&Journal, &[&[u8]]) -> Result<(u64, T), StoreError>,
+    ) -> Result<T, StoreError> {
         self.check()?;
         if self.overlay_bytes.load(Ordering::Relaxed) >= MAX_OVERLAY_BYTES {
             self.wait_for_room()?;
@@ -232,21 +255,17 @@ impl WriteLog {
             ))));
         }
         let mut overlay = self.overlay.write().unwrap_or_else(|p| p.into_inner());
-        let durable = self.journal.append(&[record.as_slice()])?;
+        let (position, appended) = append(&self.journal, &[record.as_slice()])?;
         #[cfg(test)]
         self.commits.fetch_add(1, Ordering::Relaxed);
-        overlay.add(
-            ops,
-            |i| fresh.get(i).copied().unwrap_or(false),
-            durable.position(),
-        );
+        overlay.add(ops, |i| fresh.get(i).copied().unwrap_or(false), position);
         let bytes = overlay.bytes();
         drop(overlay);
         let before = self.overlay_bytes.swap(bytes, Ordering::Relaxed);
         if before < CHECKPOINT_BYTES && bytes >= CHECKPOINT_BYTES {
             self.wake.notify_all();
         }
-        Ok(durable)
+        Ok(appended)
     }
 
     /// Says when everything appended so far is durable.
@@ -371,6 +390,19 @@ impl WriteLog {
             "checkpoint written"
         );
         Ok(())
+    }
+
+    /// One turn of the checkpointer: syncs what lazy commits left pending (so a change nobody waited
+    /// for is durable within a turn, whether or not a waiting writer came), then checkpoints.
+    pub(super) fn turn(&self) -> Result<(), StoreError> {
+        self.journal.sync_point()?.wait_blocking()?;
+        self.checkpoint()
+    }
+
+    /// The journal, for tests that watch its syncs.
+    #[cfg(test)]
+    pub(super) fn journal(&self) -> &Journal {
+        &self.journal
     }
 
     /// Runs `prune` on the overlay, then lets writers waiting for room try again.
@@ -510,7 +542,7 @@ fn checkpointer(log: Weak<WriteLog>) {
             std::thread::sleep(CHECKPOINT_EVERY / 10);
             continue;
         }
-        if let Err(e) = log.checkpoint() {
+        if let Err(e) = log.turn() {
             log.fail(e);
             return;
         }

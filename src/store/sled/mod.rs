@@ -583,9 +583,15 @@ impl Inner {
 
     /// Applies `changes` atomically, with the pending counts and backlog ranking of every player they
     /// touch, as one journal record; then adjusts the brand depths and counts the transitions. Call
-    /// under the stripe locks of those players (the counts are read, then written). The answer says
-    /// when the record is durable; `None` when there was nothing to write.
-    fn apply(&self, mut changes: Changes) -> Result<Option<journal::Durable>, StoreError> {
+    /// under the stripe locks of those players (the counts are read, then written). With `wait`, the
+    /// answer says when the record is durable; without, the record is synced with the next one somebody
+    /// waits for ([`WriteLog::commit_lazy`]) and the answer is `None`, as it is when there was nothing
+    /// to write.
+    fn apply(
+        &self,
+        mut changes: Changes,
+        wait: bool,
+    ) -> Result<Option<journal::Durable>, StoreError> {
         for (bucket_key, edits) in std::mem::take(&mut changes.report_rows) {
             let mut bucket = match self.log.get(&bucket_key)? {
                 Some(value) => report::Bucket::decode(&value)?,
@@ -641,7 +647,12 @@ impl Inner {
                 changes.insert(keys::summary(key), after.encode().as_slice());
             }
         }
-        let durable = self.log.commit(changes.ops, &changes.fresh)?;
+        let durable = if wait {
+            Some(self.log.commit(changes.ops, &changes.fresh)?)
+        } else {
+            self.log.commit_lazy(changes.ops, &changes.fresh)?;
+            None
+        };
         if !changes.outbox.is_empty() {
             let mut lanes = lock(&self.lanes);
             for (lane, due, added) in changes.outbox {
@@ -676,7 +687,7 @@ impl Inner {
                 backlogs.set(key, *after);
             }
         }
-        Ok(Some(durable))
+        Ok(durable)
     }
 
     fn summaries(&self) -> MutexGuard<'_, Backlogs> {

@@ -581,7 +581,10 @@ impl Queues for SledStore {
                 if let Some(e) = failed {
                     return Err(e);
                 }
-                let durable = inner.apply(changes)?;
+                // New pixels are a delivery barrier until durable, so a transaction that adds any
+                // waits for its sync whatever it asked; any other lazy one costs no sync of its own.
+                let wait = mode.durability == Durability::Wait || !added.is_empty();
+                let durable = inner.apply(changes, wait)?;
                 for (brand, day, events, players) in usage {
                     inner.count_usage(&brand, day, events, players);
                 }
@@ -604,11 +607,7 @@ impl Queues for SledStore {
                 Ok((out, added, durable))
             })
             .await?;
-        // New pixels are a delivery barrier until durable, so a transaction that adds any waits for
-        // its sync whatever it asked.
-        if let Some(durable) = durable
-            && (mode.durability == Durability::Wait || !added.is_empty())
-        {
+        if let Some(durable) = durable {
             let synced = durable.wait().await;
             for (key, range) in &added {
                 self.inner.flushed(key, *range);

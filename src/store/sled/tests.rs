@@ -434,6 +434,37 @@ async fn a_pixel_delivered_between_two_checkpoints_costs_sled_no_summary() {
 }
 
 #[tokio::test]
+async fn a_lease_costs_no_sync_of_its_own_and_is_durable_within_a_checkpoint_turn() {
+    let harness = SledHarness::new();
+    let (store, rules, key) = paused_with_player(&harness).await;
+    let log = Arc::clone(&store.inner.log);
+    let journal_syncs = || log.journal().counters().syncs.load(Ordering::Relaxed);
+    rules.enqueue(&key, vec![js("a", None)]).await.unwrap();
+    let before = journal_syncs();
+    let sent = rules.lease(&key, SessionId::generate(), 10).await.unwrap();
+    assert_eq!(sent.len(), 1);
+    let stamped = log.journal().position();
+    assert!(
+        stamped > log.journal().durable(),
+        "the lease wrote its stamp"
+    );
+    // Given the time, the journal still has not synced for it.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(journal_syncs(), before, "the lease took a sync of its own");
+
+    // The checkpointer's turn syncs it and writes it to sled, with nobody waiting.
+    let turn = Arc::clone(&log);
+    tokio::task::spawn_blocking(move || turn.turn())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(journal_syncs(), before + 1);
+    assert!(log.journal().durable() >= stamped);
+    assert_eq!(log.unwritten(), vec![], "the checkpoint took the stamp");
+    store.close().await.unwrap();
+}
+
+#[tokio::test]
 async fn an_online_players_next_pixel_is_found_by_its_ack_without_reading_the_queue() {
     let harness = SledHarness::new();
     let (store, rules, key) = paused_with_player(&harness).await;
