@@ -121,8 +121,9 @@ struct Args {
     online_publishers: usize,
 
     /// online: also write every message's latency to `<PREFIX>-<system>.tsv` (when it was due, in
-    /// Unix milliseconds, and how long until its ack was written, in microseconds), to line a tail up
-    /// against what the server was doing at that moment.
+    /// Unix milliseconds; how long until its ack was written, and until the call that queued it was
+    /// answered, in microseconds), to line a tail up against what the server was doing at that moment
+    /// and tell a slow queueing call from a slow delivery.
     #[arg(long, value_name = "PREFIX")]
     online_latency_log: Option<PathBuf>,
 

@@ -479,10 +479,16 @@ fn write_latency_log(
 ) -> Result<()> {
     let mut name = prefix.as_os_str().to_owned();
     name.push(format!("-{system}.tsv"));
-    let mut text = String::from("due_unix_ms\tlatency_us\n");
-    for (sent, latency) in timeline.sent.iter().zip(latencies) {
-        let due_us = timeline.start_unix_us + sent.load(Ordering::Relaxed);
-        text += &format!("{}.{:03}\t{latency}\n", due_us / 1000, due_us % 1000);
+    let mut text = String::from("due_unix_ms\tlatency_us\taccepted_us\n");
+    for ((sent, accepted), latency) in timeline.sent.iter().zip(&timeline.accepted).zip(latencies) {
+        let sent = sent.load(Ordering::Relaxed);
+        let due_us = timeline.start_unix_us + sent;
+        let accepted = accepted.load(Ordering::Relaxed).saturating_sub(sent);
+        text += &format!(
+            "{}.{:03}\t{latency}\t{accepted}\n",
+            due_us / 1000,
+            due_us % 1000
+        );
     }
     std::fs::write(&name, text)
         .map_err(|e| anyhow::anyhow!("writing {}: {e}", PathBuf::from(&name).display()))
@@ -495,6 +501,8 @@ struct Timeline {
     /// `start` on the wall clock, in Unix microseconds: what a latency log is lined up by.
     start_unix_us: u64,
     sent: Vec<AtomicU64>,
+    /// When the system answered the call that queued it (its `202`, or the broker's publish ack).
+    accepted: Vec<AtomicU64>,
     arrived: Vec<AtomicU64>,
     arrivals: Vec<AtomicUsize>,
     addressee: Vec<AtomicUsize>,
@@ -511,6 +519,7 @@ impl Timeline {
             start: Instant::now(),
             start_unix_us: since_epoch.as_micros() as u64,
             sent: (0..total).map(zeros).collect(),
+            accepted: (0..total).map(zeros).collect(),
             arrived: (0..total).map(zeros).collect(),
             arrivals: (0..total).map(|_| AtomicUsize::new(0)).collect(),
             addressee: (0..total).map(|_| AtomicUsize::new(0)).collect(),
@@ -570,6 +579,7 @@ pub async fn online(run: &Run<'_>, report: &mut Report) -> Result<()> {
     for p in 0..sizes.online_publishers {
         let mut publisher: Publisher = system.publisher(sources.pick(p), p).await?;
         let queue = Arc::clone(&queue);
+        let timeline = Arc::clone(&timeline);
         publishers.spawn(async move {
             loop {
                 let next = queue.lock().await.recv().await;
@@ -577,6 +587,7 @@ pub async fn online(run: &Run<'_>, report: &mut Report) -> Result<()> {
                 publisher
                     .publish(&format!("o-{player}"), &[format!("seq={seq}")])
                     .await?;
+                timeline.accepted[seq].store(timeline.now(), Ordering::Relaxed);
             }
             Ok::<_, anyhow::Error>(())
         });
