@@ -6,13 +6,18 @@
 //! a heartbeat is due. Several hub processes can share one store; each sees only its own sessions.
 //!
 //! To stay at a few KiB per session with ~19,000 sessions, a session owns no timer and no extra task:
-//! one hub-wide ticker raises a heartbeat flag on every session, and one task turns store announcements into
-//! pokes. A session's wake-up is an `Arc<Signal>`: a `Notify` plus flag bits, coalescing any number of
-//! wake-ups into one.
+//! one hub-wide ticker raises a heartbeat flag on the sessions whose beat is due, and one task turns store
+//! announcements into pokes. A session's wake-up is an `Arc<Signal>`: a `Notify` plus flag bits, coalescing
+//! any number of wake-ups into one.
+//!
+//! Heartbeats are spread over the interval, not raised on every session at once: each session beats in one
+//! of [`BEAT_SLOTS`] slots, and the ticker raises the slots one after the other. A heartbeat costs a ping
+//! and a look at the queue (which renews the lease); 10,000 of them in one burst held every request behind
+//! them for 150 to 450 ms (docs/benchmarks.md, "The online tail over 30 seconds").
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use dashmap::DashMap;
@@ -49,6 +54,14 @@ pub struct SessionInfo {
     pub client_ip: std::net::IpAddr,
 }
 
+/// How many heartbeat slots the sessions are spread over: one slot's sessions beat together, each slot
+/// once an interval.
+pub const BEAT_SLOTS: usize = 256;
+
+/// The ticker wakes no more often than this, however short the interval: a short interval (in tests)
+/// raises several slots a tick instead.
+const MIN_BEAT_TICK: Duration = Duration::from_millis(10);
+
 /// How the hub wakes one session.
 #[derive(Debug)]
 pub struct Signal {
@@ -56,6 +69,8 @@ pub struct Signal {
     pub session: SessionId,
     notify: Notify,
     flags: AtomicU8,
+    /// Its heartbeat slot, below [`BEAT_SLOTS`].
+    slot: usize,
     info: SessionInfo,
 }
 
@@ -91,11 +106,59 @@ pub struct Hub {
     shared: Arc<Shared>,
 }
 
-#[derive(Default)]
 struct Shared {
     /// Sessions per player. A player rarely has more than a few, so a Vec is the right size.
     players: DashMap<PlayerKey, Vec<Arc<Signal>>>,
+    /// Sessions per heartbeat slot, filled in turn so the slots stay even.
+    beats: Box<[Mutex<Vec<Arc<Signal>>>]>,
+    /// Sessions ever registered: the next one's slot, modulo [`BEAT_SLOTS`].
+    registered: AtomicUsize,
     sessions: AtomicUsize,
+}
+
+impl Default for Shared {
+    fn default() -> Self {
+        Self {
+            players: DashMap::new(),
+            beats: (0..BEAT_SLOTS).map(|_| Mutex::default()).collect(),
+            registered: AtomicUsize::new(0),
+            sessions: AtomicUsize::new(0),
+        }
+    }
+}
+
+impl Shared {
+    /// One heartbeat slot's sessions. Held only to push, remove or raise, never across an await.
+    fn beat(&self, slot: usize) -> std::sync::MutexGuard<'_, Vec<Arc<Signal>>> {
+        self.beats[slot]
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// Which heartbeat slots are due, given the time since the ticker started: slot `n % BEAT_SLOTS` is due
+/// `n / BEAT_SLOTS` intervals and `n % BEAT_SLOTS` slot widths after the start, so every slot beats once
+/// an interval, evenly apart, however the ticks fall.
+#[derive(Debug, Default)]
+struct BeatClock {
+    /// Slots raised so far, counted from the start (not wrapped).
+    raised: u64,
+}
+
+impl BeatClock {
+    /// The slots due by `elapsed` and not yet raised, oldest first. After a stall of more than an
+    /// interval, each slot is due once, not once per interval missed (a raised flag coalesces anyway).
+    fn due(
+        &mut self,
+        elapsed: Duration,
+        interval: Duration,
+    ) -> impl Iterator<Item = usize> + use<> {
+        let slots = BEAT_SLOTS as u128;
+        let due = (elapsed.as_nanos() * slots / interval.as_nanos().max(1)) as u64;
+        let from = self.raised.max(due.saturating_sub(BEAT_SLOTS as u64));
+        self.raised = self.raised.max(due);
+        (from..due).map(|n| (n % BEAT_SLOTS as u64) as usize)
+    }
 }
 
 /// A session's place in the hub; dropping it unregisters the session.
@@ -114,6 +177,10 @@ impl Registration {
 
 impl Drop for Registration {
     fn drop(&mut self) {
+        self.hub
+            .shared
+            .beat(self.signal.slot)
+            .retain(|s| !Arc::ptr_eq(s, &self.signal));
         let players = &self.hub.shared.players;
         if let dashmap::Entry::Occupied(mut entry) = players.entry(self.key.clone()) {
             entry.get_mut().retain(|s| !Arc::ptr_eq(s, &self.signal));
@@ -129,10 +196,12 @@ impl Hub {
     /// Adds a session for `key`, unless the player holds `max` sessions in this process already. The
     /// returned registration is born with a poke raised, so the session's first wake-up looks at the queue.
     pub fn register(&self, key: PlayerKey, info: SessionInfo, max: usize) -> Option<Registration> {
+        let slot = self.shared.registered.fetch_add(1, Ordering::Relaxed) % BEAT_SLOTS;
         let signal = Arc::new(Signal {
             session: info.session_id,
             notify: Notify::new(),
             flags: AtomicU8::new(0),
+            slot,
             info,
         });
         signal.raise(wake::POKE);
@@ -143,6 +212,7 @@ impl Hub {
             }
             sessions.push(Arc::clone(&signal));
         }
+        self.shared.beat(slot).push(Arc::clone(&signal));
         self.shared.sessions.fetch_add(1, Ordering::Relaxed);
         Some(Registration {
             hub: self.clone(),
@@ -161,12 +231,8 @@ impl Hub {
 
     /// Wakes every session, e.g. after missing store announcements.
     pub fn poke_all(&self) {
-        self.raise_all(wake::POKE);
-    }
-
-    fn raise_all(&self, flag: u8) {
         for entry in self.shared.players.iter() {
-            entry.value().iter().for_each(|s| s.raise(flag));
+            entry.value().iter().for_each(|s| s.raise(wake::POKE));
         }
     }
 
@@ -196,6 +262,14 @@ impl Hub {
             stats.players_online += 1;
         }
         out
+    }
+
+    /// Raises a heartbeat on the sessions of one slot.
+    fn beat(&self, slot: usize) {
+        self.shared
+            .beat(slot)
+            .iter()
+            .for_each(|s| s.raise(wake::HEARTBEAT));
     }
 
     /// Starts the hub's two background tasks: store announcements to pokes, and the heartbeat ticker.
@@ -230,15 +304,29 @@ impl Hub {
             }
         });
 
+        self.spawn_heartbeats(heartbeat, shutdown, tracker);
+    }
+
+    /// Starts the heartbeat ticker: every session beats once an `heartbeat`, its slot's turn.
+    fn spawn_heartbeats(
+        &self,
+        heartbeat: Duration,
+        shutdown: CancellationToken,
+        tracker: &TaskTracker,
+    ) {
         let hub = self.clone();
         tracker.spawn(async move {
-            let mut ticker = tokio::time::interval(heartbeat);
+            let tick = (heartbeat / BEAT_SLOTS as u32).max(MIN_BEAT_TICK);
+            let mut ticker = tokio::time::interval(tick);
             ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            ticker.tick().await; // the first tick is immediate; sessions were just greeted
+            let started = tokio::time::Instant::now();
+            let mut clock = BeatClock::default();
             loop {
                 tokio::select! {
                     _ = shutdown.cancelled() => return,
-                    _ = ticker.tick() => hub.raise_all(wake::HEARTBEAT),
+                    _ = ticker.tick() => {
+                        clock.due(started.elapsed(), heartbeat).for_each(|slot| hub.beat(slot));
+                    }
                 }
             }
         });
@@ -322,9 +410,93 @@ mod tests {
 
         hub.poke(&key("b", "a"));
         hub.poke(&key("b", "a"));
-        hub.raise_all(wake::HEARTBEAT);
+        hub.beat(a.signal().slot);
+        hub.beat(other.signal().slot);
         assert_eq!(a.signal().take(), wake::POKE | wake::HEARTBEAT);
         assert_eq!(other.signal().take(), wake::HEARTBEAT);
         assert_eq!(a.signal().take(), 0);
+    }
+
+    /// `n` sessions of distinct players, their born pokes taken.
+    fn sessions(hub: &Hub, n: usize) -> Vec<Registration> {
+        let all: Vec<Registration> = (0..n)
+            .map(|i| register(hub, key("b", &format!("p{i}"))))
+            .collect();
+        all.iter().for_each(|r| {
+            r.signal().take();
+        });
+        all
+    }
+
+    fn beating(all: &[Registration]) -> usize {
+        all.iter()
+            .filter(|r| r.signal().take() & wake::HEARTBEAT != 0)
+            .count()
+    }
+
+    #[test]
+    fn sessions_fill_the_heartbeat_slots_evenly_and_leave_theirs_when_dropped() {
+        let hub = Hub::default();
+        let mut all = sessions(&hub, 2 * BEAT_SLOTS + 1);
+        let sizes: Vec<usize> = (0..BEAT_SLOTS).map(|s| hub.shared.beat(s).len()).collect();
+        assert_eq!(sizes[0], 3);
+        assert!(sizes[1..].iter().all(|n| *n == 2), "{sizes:?}");
+
+        hub.beat(1);
+        assert_eq!(beating(&all), 2, "one slot's sessions, and only them");
+
+        let gone = all.remove(1);
+        let slot = gone.signal().slot;
+        drop(gone);
+        assert_eq!(hub.shared.beat(slot).len(), 1);
+    }
+
+    #[test]
+    fn every_slot_beats_once_an_interval_whatever_the_ticks() {
+        let interval = Duration::from_secs(25);
+        let width = interval / BEAT_SLOTS as u32;
+        let mut clock = BeatClock::default();
+        assert_eq!(clock.due(Duration::ZERO, interval).count(), 0);
+        assert_eq!(clock.due(width, interval).collect::<Vec<_>>(), [0]);
+        assert_eq!(clock.due(width * 3, interval).collect::<Vec<_>>(), [1, 2]);
+        assert_eq!(clock.due(width * 3, interval).count(), 0, "nothing twice");
+
+        // Uneven ticks over the rest of the interval: each slot once, in order.
+        let mut raised: Vec<usize> = Vec::new();
+        let mut at = width * 3;
+        while at < interval {
+            at += Duration::from_millis(37);
+            raised.extend(clock.due(at.min(interval), interval));
+        }
+        assert_eq!(raised, (3..BEAT_SLOTS).collect::<Vec<_>>());
+
+        // A stall of three intervals: each slot once, not three times.
+        let mut after_stall: Vec<usize> = clock.due(interval * 4, interval).collect();
+        after_stall.sort_unstable();
+        assert_eq!(after_stall, (0..BEAT_SLOTS).collect::<Vec<_>>());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn heartbeats_are_spread_over_the_interval_not_raised_at_once() {
+        let hub = Hub::default();
+        let all = sessions(&hub, 4 * BEAT_SLOTS);
+        let interval = Duration::from_millis(100) * BEAT_SLOTS as u32;
+        let (shutdown, tracker) = (CancellationToken::new(), TaskTracker::new());
+        hub.spawn_heartbeats(interval, shutdown.clone(), &tracker);
+
+        // Looked at halfway between two ticks.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let mut per_tick = Vec::new();
+        for _ in 0..BEAT_SLOTS {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            per_tick.push(beating(&all));
+        }
+        assert!(
+            per_tick.iter().all(|n| *n == 4),
+            "each 100 ms tick raises one slot's four sessions: {per_tick:?}"
+        );
+        shutdown.cancel();
+        tracker.close();
+        tracker.wait().await;
     }
 }
