@@ -281,7 +281,8 @@ impl Journal {
             Some(current) => current,
             None => {
                 let start = end.unwrap_or(options.start);
-                let room = segment::prepare(dir, options.segment_bytes).map_err(io)?;
+                let room = segment::prepare(dir, options.segment_bytes, options.segment_bytes)
+                    .map_err(io)?;
                 let file = segment::install(dir, room, start).map_err(io)?;
                 (start, file, segment::HEADER as u64)
             }
@@ -463,7 +464,7 @@ fn prepare_next(dir: &Path, bytes: u64) -> Option<Preparing> {
     let dir = dir.to_owned();
     std::thread::Builder::new()
         .name("pixelhub-journal-fill".into())
-        .spawn(move || segment::prepare(&dir, bytes))
+        .spawn(move || segment::prepare(&dir, bytes, segment::FILL_PIECE))
         .ok()
 }
 
@@ -558,7 +559,9 @@ impl Writer {
         let dir = &self.shared.dir;
         let room = match self.next.take().map(std::thread::JoinHandle::join) {
             Some(Ok(filled)) => filled?,
-            Some(Err(_)) | None => segment::prepare(dir, self.options.segment_bytes)?,
+            Some(Err(_)) | None => {
+                segment::prepare(dir, self.options.segment_bytes, self.options.segment_bytes)?
+            }
         };
         let file = segment::install(dir, room, end)?;
         self.next = prepare_next(dir, self.options.segment_bytes);

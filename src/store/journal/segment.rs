@@ -43,11 +43,17 @@ pub fn list(dir: &Path) -> std::io::Result<Vec<u64>> {
 /// The name a segment has while it is being zero-filled, before it has a start.
 const PREPARING: &str = "next.journal-filling";
 
-/// Zero-fills a file of `bytes` bytes for the next segment and syncs it. `fdatasync` after writing over
-/// blocks already written flushes only the data; after a write that grows a file (or fills an extent
-/// `fallocate` left unwritten) it must commit metadata too: 105 µs against 170 µs here
-/// (docs/benchmarks.md). Runs off the writer thread, while the current segment fills.
-pub fn prepare(dir: &Path, bytes: u64) -> std::io::Result<File> {
+/// How much the background fill writes between two syncs. Filled and synced in one piece, a 64 MiB
+/// segment's writeback held every journal sync behind it for 100 to 150 ms on the benchmark machine; in
+/// pieces, a sync waits at most for one piece (docs/benchmarks.md, "The online tail over 30 seconds").
+pub const FILL_PIECE: u64 = 256 << 10;
+
+/// Zero-fills a file of `bytes` bytes for the next segment, syncing it after every `sync_every` bytes
+/// and at the end. `fdatasync` after writing over blocks already written flushes only the data; after a
+/// write that grows a file (or fills an extent `fallocate` left unwritten) it must commit metadata too:
+/// 105 µs against 170 µs here (docs/benchmarks.md). Runs off the writer thread while the current
+/// segment fills, in pieces of [`FILL_PIECE`]; at open, nobody's writes wait, so in one piece.
+pub fn prepare(dir: &Path, bytes: u64, sync_every: u64) -> std::io::Result<File> {
     let path = dir.join(PREPARING);
     let mut file = std::fs::OpenOptions::new()
         .create(true)
@@ -56,11 +62,17 @@ pub fn prepare(dir: &Path, bytes: u64) -> std::io::Result<File> {
         .write(true)
         .open(&path)?;
     let zeros = vec![0u8; 1 << 20];
-    let mut left = bytes.max(HEADER as u64);
+    let piece = sync_every.clamp(1, zeros.len() as u64);
+    let (mut left, mut unsynced) = (bytes.max(HEADER as u64), 0);
     while left > 0 {
-        let n = left.min(zeros.len() as u64) as usize;
-        file.write_all(&zeros[..n])?;
-        left -= n as u64;
+        let n = left.min(piece);
+        file.write_all(&zeros[..n as usize])?;
+        left -= n;
+        unsynced += n;
+        if unsynced >= sync_every && left > 0 {
+            file.sync_data()?;
+            unsynced = 0;
+        }
     }
     file.sync_all()?;
     Ok(file)

@@ -351,3 +351,25 @@ async fn a_sync_point_answers_once_everything_appended_before_it_is_durable() {
     journal.close();
     assert!(matches!(journal.sync_point(), Err(StoreError::Closed)));
 }
+
+#[test]
+fn a_fill_in_pieces_is_the_whole_segment_in_zeros() {
+    let dir = tempfile::tempdir().unwrap();
+    for (bytes, sync_every) in [
+        (3 * segment::FILL_PIECE / 2 + 7, segment::FILL_PIECE),
+        (64 << 10, segment::FILL_PIECE),
+        (segment::FILL_PIECE * 5, 4096),
+        (1, 1 << 30),
+    ] {
+        let file = segment::prepare(dir.path(), bytes, sync_every).unwrap();
+        let len = file.metadata().unwrap().len();
+        assert_eq!(
+            len,
+            bytes.max(segment::HEADER as u64),
+            "{bytes} by {sync_every}"
+        );
+        let written = std::fs::read(dir.path().join("next.journal-filling")).unwrap();
+        assert!(written.iter().all(|b| *b == 0));
+        assert_eq!(written.len() as u64, len);
+    }
+}
