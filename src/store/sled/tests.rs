@@ -1508,3 +1508,15 @@ async fn paged_pixels_expire_and_are_reported_one_by_one() {
     assert_eq!((by_player, by_time), (expected.clone(), expected));
     store.close().await.unwrap();
 }
+
+#[test]
+fn a_checkpoint_turn_rests_as_long_as_it_worked_until_the_overlay_fills() {
+    let took = Duration::from_millis(5);
+    assert_eq!(log::rest_after(took, 0), took);
+    assert_eq!(log::rest_after(took, log::CHECKPOINT_BYTES - 1), took);
+    assert_eq!(
+        log::rest_after(took, log::CHECKPOINT_BYTES),
+        Duration::ZERO,
+        "behind: no rest"
+    );
+}
