@@ -205,7 +205,7 @@ impl Journal {
         mut replay: impl FnMut(u64, &[u8]) -> Result<(), StoreError>,
     ) -> Result<Journal, StoreError> {
         std::fs::create_dir_all(dir).map_err(io)?;
-        segment::forget_preparation(dir).map_err(io)?;
+        segment::forget_leftovers(dir).map_err(io)?;
         let starts = segment::list(dir).map_err(io)?;
         let mut sealed = Vec::new();
         let mut current: Option<(u64, File, u64)> = None;
@@ -406,10 +406,7 @@ impl Journal {
             .take_while(|(_, end)| *end <= position)
             .count();
         for (start, _) in sealed.drain(..done) {
-            std::fs::remove_file(segment::path(&self.shared.dir, start)).map_err(io)?;
-        }
-        if done > 0 {
-            segment::sync_dir(&self.shared.dir).map_err(io)?;
+            segment::delete(&self.shared.dir, start).map_err(io)?;
         }
         Ok(done)
     }

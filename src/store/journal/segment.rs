@@ -93,12 +93,41 @@ pub fn install(dir: &Path, file: File, start: u64) -> std::io::Result<File> {
     Ok(file)
 }
 
-/// Removes a file a crash left half-filled.
-pub fn forget_preparation(dir: &Path) -> std::io::Result<()> {
-    match std::fs::remove_file(dir.join(PREPARING)) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
-        _ => Ok(()),
+/// The name a released segment has while it is being deleted.
+const RELEASING: &str = "old.journal-releasing";
+
+/// How much of a released segment one truncation frees.
+const RELEASE_PIECE: u64 = 4 << 20;
+
+/// Deletes the segment starting at `start`, a piece at a time. Unlinking a 64 MiB file frees all its
+/// blocks in one filesystem transaction, and held a journal `fdatasync` running beside it for some 40
+/// ms; cut by [`RELEASE_PIECE`] from its end first, each step holds one for a few (docs/benchmarks.md,
+/// "The online tail over 30 seconds"). It is first renamed out of the segments, durably, so a crash
+/// half-way leaves no cut segment to replay, only a file the next open removes.
+pub fn delete(dir: &Path, start: u64) -> std::io::Result<()> {
+    let releasing = dir.join(RELEASING);
+    std::fs::rename(path(dir, start), &releasing)?;
+    sync_dir(dir)?;
+    let file = std::fs::OpenOptions::new().write(true).open(&releasing)?;
+    let mut len = file.metadata()?.len();
+    while len > RELEASE_PIECE {
+        len -= RELEASE_PIECE;
+        file.set_len(len)?;
     }
+    drop(file);
+    std::fs::remove_file(&releasing)
+}
+
+/// Removes what a crash left half-done: a file being filled for the next segment, a released one
+/// being deleted.
+pub fn forget_leftovers(dir: &Path) -> std::io::Result<()> {
+    for name in [PREPARING, RELEASING] {
+        match std::fs::remove_file(dir.join(name)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 /// Makes the creations, renames and removals of entries in `dir` durable.

@@ -373,3 +373,34 @@ fn a_fill_in_pieces_is_the_whole_segment_in_zeros() {
         assert_eq!(written.len() as u64, len);
     }
 }
+
+#[tokio::test]
+async fn a_released_segment_is_deleted_whole_and_one_a_crash_left_half_deleted_is_removed() {
+    let dir = tempfile::tempdir().unwrap();
+    // A segment bigger than a few pieces of a release.
+    let big = JournalOptions {
+        segment_bytes: 9 << 20,
+        ..options()
+    };
+    let (journal, _) = reopen(dir.path(), big.clone()).unwrap();
+    write(&journal, &["one"]).await;
+    drop(journal);
+    let start = segment::list(dir.path()).unwrap()[0];
+    segment::delete(dir.path(), start).unwrap();
+    let left: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|name| name != "next.journal-filling")
+        .collect();
+    assert!(left.is_empty(), "nothing left of it: {left:?}");
+
+    // A crash in the middle of a release leaves the renamed file cut short: not a segment, not damage.
+    let (journal, _) = reopen(dir.path(), big.clone()).unwrap();
+    write(&journal, &["two"]).await;
+    drop(journal);
+    let releasing = dir.path().join("old.journal-releasing");
+    std::fs::write(&releasing, b"PXHJRNL1 cut in the middle of a fr").unwrap();
+    let (_journal, seen) = reopen(dir.path(), big).unwrap();
+    assert_eq!(records(&seen), ["two"]);
+    assert!(!releasing.exists(), "removed at open");
+}
