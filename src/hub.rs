@@ -307,7 +307,7 @@ impl Hub {
         self.spawn_heartbeats(heartbeat, shutdown, tracker);
     }
 
-    /// Starts the heartbeat ticker: every session beats once an `heartbeat`, its slot's turn.
+    /// Starts the heartbeat ticker: every session beats once every `heartbeat`, at its slot's turn.
     fn spawn_heartbeats(
         &self,
         heartbeat: Duration,

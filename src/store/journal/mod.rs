@@ -400,15 +400,20 @@ impl Journal {
     /// Deletes the segments that end at or before `position`: everything in them is held elsewhere
     /// (the engine's checkpoint). Returns how many were deleted.
     pub fn release(&self, position: u64) -> Result<usize, StoreError> {
-        let mut sealed = lock(&self.shared.sealed);
-        let done = sealed
-            .iter()
-            .take_while(|(_, end)| *end <= position)
-            .count();
-        for (start, _) in sealed.drain(..done) {
-            segment::delete(&self.shared.dir, start).map_err(io)?;
+        // Taken off the list under its lock, deleted after it: the writer takes the lock to seal a
+        // segment, and a deletion takes milliseconds.
+        let done: Vec<(u64, u64)> = {
+            let mut sealed = lock(&self.shared.sealed);
+            let n = sealed
+                .iter()
+                .take_while(|(_, end)| *end <= position)
+                .count();
+            sealed.drain(..n).collect()
+        };
+        for (start, _) in &done {
+            segment::delete(&self.shared.dir, *start).map_err(io)?;
         }
-        Ok(done)
+        Ok(done.len())
     }
 
     /// How many syncs ran and how many appends they answered.
