@@ -26,6 +26,7 @@ mod guard;
 pub mod journal;
 pub mod memory;
 pub mod queues;
+pub mod redis;
 mod sled;
 
 pub use self::guard::{GuardOptions, GuardedStore, Measure, Room, StoreHealth, Unhealthy};

@@ -1,0 +1,154 @@
+//! The Redis engine's checks, each against a redis-server of its own on a free loopback port, its files
+//! in a temp dir (never a system service). `scripts/test` installs Debian's `redis-server` when missing.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::RedisStore;
+use crate::store::catalog::Catalog;
+
+/// A throwaway redis-server, durable as the engine needs it (every write in the append-only file,
+/// synced before the reply), no snapshots; killed when dropped.
+pub(super) struct RedisServer {
+    child: Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl RedisServer {
+    pub(super) fn start() -> RedisServer {
+        let binary =
+            std::env::var("PIXELHUB_REDIS_SERVER").unwrap_or_else(|_| "redis-server".into());
+        // A free port: bound, read and let go. Another process may take it in between; redis-server then
+        // exits, and the next try takes another.
+        for _ in 0..5 {
+            let port = TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .expect("a free loopback port")
+                .port();
+            let dir = tempfile::tempdir().expect("a temp dir");
+            let child = Command::new(&binary)
+                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+                .arg("--dir")
+                .arg(dir.path())
+                .args([
+                    "--appendonly",
+                    "yes",
+                    "--appendfsync",
+                    "always",
+                    "--save",
+                    "",
+                ])
+                .args(["--daemonize", "no"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap_or_else(|e| {
+                    panic!("starting {binary} (scripts/test installs Debian's redis-server): {e}")
+                });
+            let mut server = RedisServer {
+                child,
+                port,
+                _dir: dir,
+            };
+            if server.answers() {
+                return server;
+            }
+        }
+        panic!("{binary} did not start on a free loopback port in five tries");
+    }
+
+    /// Waits until the server answers `PING`; false if it exited (its port was taken) or never did.
+    fn answers(&mut self) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return false;
+            }
+            if let Ok(mut stream) = TcpStream::connect(("127.0.0.1", self.port)) {
+                let mut pong = [0u8; 7];
+                if stream.write_all(b"PING\r\n").is_ok()
+                    && stream.read_exact(&mut pong).is_ok()
+                    && &pong == b"+PONG\r\n"
+                {
+                    return true;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+
+    pub(super) fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One redis-server; each handle a connection of its own, as another hub process would hold.
+struct RedisCatalogHarness {
+    server: RedisServer,
+}
+
+impl crate::store::contract::catalog::CatalogHarness for RedisCatalogHarness {
+    async fn catalog(&self) -> Arc<dyn Catalog> {
+        Arc::new(RedisStore::connect(&self.server.url()).await.unwrap())
+    }
+}
+
+crate::catalog_contract!(RedisCatalogHarness {
+    server: RedisServer::start()
+});
+
+#[test]
+fn every_catalog_key_hashes_to_one_cluster_slot() {
+    use crate::brand::SecretKind;
+    use crate::ids::{BrandId, DefinitionId};
+    use crate::store::catalog::Entry;
+    let (a, b) = (BrandId::parse("a").unwrap(), BrandId::parse("b").unwrap());
+    let entries = [
+        Entry::Brand(a.clone()),
+        Entry::Secret(b.clone(), SecretKind::Signing),
+        Entry::Definition(b, DefinitionId::parse("ftd").unwrap()),
+        Entry::ApiKey("k1".into()),
+    ];
+    for entry in &entries {
+        let (key, _) = super::catalog::address(entry);
+        // Redis Cluster hashes only what is between the first `{` and the next `}`.
+        let tag = key
+            .split_once('{')
+            .and_then(|(_, rest)| rest.split_once('}'));
+        assert_eq!(tag.map(|(t, _)| t), Some("pxh:catalog"), "{key}");
+    }
+}
+
+#[tokio::test]
+async fn a_redis_that_is_not_there_or_a_bad_url_is_an_error_not_a_hang() {
+    let port = TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .unwrap()
+        .port();
+    for url in [
+        format!("redis://127.0.0.1:{port}/0"),
+        "redis://127.0.0.1:6379/not-a-db".into(),
+        "http://127.0.0.1/".into(),
+    ] {
+        let connecting = RedisStore::connect(&url);
+        let answer = tokio::time::timeout(Duration::from_secs(20), connecting)
+            .await
+            .unwrap_or_else(|_| panic!("{url}: no answer in 20 s"));
+        assert!(
+            matches!(answer, Err(crate::store::StoreError::Backend(_))),
+            "{url}"
+        );
+    }
+}
