@@ -1,7 +1,8 @@
 //! The Redis engine: every hub process on one Redis is one hub (docs/scaling.md).
 //!
-//! Built in pieces, each behind the same contract as the other engines. This piece is the catalog
-//! ([`crate::store::catalog::Catalog`]): brands, their secrets, pixel definitions and API keys. The
+//! Built in pieces, each behind the same contract as the other engines. So far: the catalog
+//! ([`crate::store::catalog::Catalog`]: brands, their secrets, pixel definitions and API keys), and the
+//! check of Redis's durability settings ([`RedisStore::durability`]). The
 //! queues, leases, outbox and records come next; until they do, the engine is not one `--store` can
 //! name.
 //!
@@ -11,6 +12,7 @@
 //! brand, say).
 
 mod catalog;
+mod durability;
 #[cfg(test)]
 mod tests;
 
@@ -18,6 +20,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+
+pub use durability::Durability;
 
 use super::StoreError;
 

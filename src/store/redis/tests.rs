@@ -20,6 +20,11 @@ pub(super) struct RedisServer {
 
 impl RedisServer {
     pub(super) fn start() -> RedisServer {
+        Self::start_with(&[])
+    }
+
+    /// A server given `extra` settings on its command line too.
+    pub(super) fn start_with(extra: &[&str]) -> RedisServer {
         let binary =
             std::env::var("PIXELHUB_REDIS_SERVER").unwrap_or_else(|_| "redis-server".into());
         // A free port: bound, read and let go. Another process may take it in between; redis-server then
@@ -43,6 +48,7 @@ impl RedisServer {
                     "",
                 ])
                 .args(["--daemonize", "no"])
+                .args(extra)
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .spawn()
@@ -151,4 +157,55 @@ async fn a_redis_that_is_not_there_or_a_bad_url_is_an_error_not_a_hang() {
             "{url}"
         );
     }
+}
+
+#[tokio::test]
+async fn durability_is_read_from_the_settings_and_each_lossy_one_is_named() {
+    use super::durability::Durability;
+    let server = RedisServer::start();
+    let store = RedisStore::connect(&server.url()).await.unwrap();
+    assert_eq!(store.durability().await.unwrap(), Durability::Durable);
+
+    let mut conn = store.conn();
+    for (setting, value, named) in [
+        ("appendfsync", "everysec", "appendfsync is everysec"),
+        (
+            "no-appendfsync-on-rewrite",
+            "yes",
+            "no-appendfsync-on-rewrite is yes",
+        ),
+        (
+            "maxmemory-policy",
+            "allkeys-lru",
+            "maxmemory-policy is allkeys-lru",
+        ),
+        ("appendonly", "no", "appendonly is no"),
+    ] {
+        let _: () = redis::cmd("CONFIG")
+            .arg("SET")
+            .arg(setting)
+            .arg(value)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        let Durability::Relaxed(reasons) = store.durability().await.unwrap() else {
+            panic!("{setting} {value} taken for durable");
+        };
+        assert!(
+            reasons.iter().any(|r| r.starts_with(named)),
+            "{named}: {reasons:?}"
+        );
+    }
+    let Durability::Relaxed(reasons) = store.durability().await.unwrap() else {
+        unreachable!()
+    };
+    assert_eq!(reasons.len(), 4, "every lossy setting at once: {reasons:?}");
+
+    // A Redis that will not tell: not taken for durable.
+    let hidden = RedisServer::start_with(&["--rename-command", "CONFIG", ""]);
+    let store = RedisStore::connect(&hidden.url()).await.unwrap();
+    let Durability::Relaxed(reasons) = store.durability().await.unwrap() else {
+        panic!("a Redis refusing CONFIG GET taken for durable");
+    };
+    assert!(reasons[0].contains("cannot be checked"), "{reasons:?}");
 }
