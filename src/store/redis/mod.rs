@@ -2,9 +2,8 @@
 //!
 //! Built in pieces, each behind the same contract as the other engines. So far: the catalog
 //! ([`crate::store::catalog::Catalog`]: brands, their secrets, pixel definitions and API keys), and the
-//! check of Redis's durability settings ([`RedisStore::durability`]). The
-//! queues, leases, outbox and records come next; until they do, the engine is not one `--store` can
-//! name.
+//! check of Redis's durability settings ([`RedisStore::durability`]). The queues, leases, outbox and
+//! records come next; until they do, the engine is not one `--store` can name.
 //!
 //! Each atomic step is one Lua script, so it is one round trip and all or nothing, whichever process
 //! runs it. Every key of a script hashes to one Redis Cluster slot: the catalog's keys share the hash tag
@@ -35,8 +34,8 @@ pub struct RedisStore {
 
 impl RedisStore {
     /// Connects to `url` (`redis://[user:pass@]host:port/db`). A Redis that does not answer is an
-    /// error within seconds, not a wait: a connection attempt gets [`CONNECT_TIMEOUT`], a call
-    /// [`CALL_TIMEOUT`], and a lost connection is tried again twice before a call fails.
+    /// error within seconds, not a wait: a connection attempt gets [`CONNECT_TIMEOUT`] and is made
+    /// three times at most, a call gets [`CALL_TIMEOUT`].
     pub async fn connect(url: &str) -> Result<RedisStore, StoreError> {
         let client = redis::Client::open(url).map_err(backend)?;
         let config = ConnectionManagerConfig::new()
