@@ -3,6 +3,7 @@
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
+use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -35,7 +36,19 @@ impl RedisServer {
                 .expect("a free loopback port")
                 .port();
             let dir = tempfile::tempdir().expect("a temp dir");
-            let child = Command::new(&binary)
+            let mut command = Command::new(&binary);
+            // Killed with the thread that started it, should the test process die without dropping
+            // it (a test run stopped with SIGKILL would otherwise leave servers behind). Each check
+            // starts its servers on its own thread, which outlives them.
+            // SAFETY: between fork and exec the closure makes one system call (prctl, plain integers,
+            // async-signal-safe) and allocates nothing.
+            unsafe {
+                command.pre_exec(|| {
+                    libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                    Ok(())
+                });
+            }
+            let child = command
                 .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
                 .arg("--dir")
                 .arg(dir.path())
@@ -208,4 +221,22 @@ async fn durability_is_read_from_the_settings_and_each_lossy_one_is_named() {
         panic!("a Redis refusing CONFIG GET taken for durable");
     };
     assert!(reasons[0].contains("cannot be checked"), "{reasons:?}");
+}
+
+#[test]
+fn a_server_is_killed_with_the_thread_that_started_it_even_if_never_dropped() {
+    let (port, dir) = std::thread::spawn(|| {
+        let server = RedisServer::start();
+        let (port, dir) = (server.port, server._dir.path().to_owned());
+        std::mem::forget(server);
+        (port, dir)
+    })
+    .join()
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(("127.0.0.1", port)).is_ok() {
+        assert!(Instant::now() < deadline, "the server outlived its thread");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::fs::remove_dir_all(dir).unwrap();
 }
