@@ -6,6 +6,8 @@
 //! `serde_json` writes it and read back into the same type: written again, it is the same bytes (its
 //! maps are ordered, its fields in declaration order).
 
+use std::sync::LazyLock;
+
 use async_trait::async_trait;
 use redis::{AsyncCommands, Script};
 use serde::Serialize;
@@ -107,6 +109,9 @@ end
 return 1
 "#;
 
+/// [`APPLY`], its hash taken once rather than at every change.
+static APPLY_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(APPLY));
+
 #[async_trait]
 impl Catalog for RedisStore {
     async fn read(&self, entry: &Entry) -> Result<Value, StoreError> {
@@ -144,8 +149,7 @@ impl Catalog for RedisStore {
 
     async fn apply(&self, change: Change) -> Result<Applied, StoreError> {
         change.check()?;
-        let script = Script::new(APPLY);
-        let mut invocation = script.prepare_invoke();
+        let mut invocation = APPLY_SCRIPT.prepare_invoke();
         let mut keys: Vec<String> = Vec::new();
         invocation.arg(change.expect.len());
         for (entry, value) in change.expect.iter().chain(&change.writes) {

@@ -1,7 +1,6 @@
 //! The Redis engine's checks, each against a redis-server of its own on a free loopback port, its files
 //! in a temp dir (never a system service). `scripts/test` installs Debian's `redis-server` when missing.
 
-use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
@@ -82,19 +81,17 @@ impl RedisServer {
 
     /// Waits until the server answers `PING`; false if it exited (its port was taken) or never did.
     fn answers(&mut self) -> bool {
+        let client = redis::Client::open(self.url()).expect("a valid URL");
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
             if let Ok(Some(_)) = self.child.try_wait() {
                 return false;
             }
-            if let Ok(mut stream) = TcpStream::connect(("127.0.0.1", self.port)) {
-                let mut pong = [0u8; 7];
-                if stream.write_all(b"PING\r\n").is_ok()
-                    && stream.read_exact(&mut pong).is_ok()
-                    && &pong == b"+PONG\r\n"
-                {
-                    return true;
-                }
+            let pong = client
+                .get_connection_with_timeout(Duration::from_millis(200))
+                .and_then(|mut conn| redis::cmd("PING").query::<String>(&mut conn));
+            if pong.is_ok() {
+                return true;
             }
             std::thread::sleep(Duration::from_millis(20));
         }
