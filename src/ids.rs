@@ -300,6 +300,16 @@ impl Serialize for SessionId {
     }
 }
 
+impl<'de> Deserialize<'de> for SessionId {
+    /// As written ([`SessionId`]'s `Display`): a shared engine keeps leases by it.
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
+        uuid::Uuid::parse_str(&text)
+            .map(SessionId)
+            .map_err(serde::de::Error::custom)
+    }
+}
+
 impl SessionId {
     /// A new, globally unique session id.
     pub fn generate() -> Self {

@@ -28,6 +28,26 @@ pub trait Harness {
     fn clock(&self) -> &ManualClock;
 }
 
+/// The rules over `engine`, on `clock`, with the settings the checks expect ([`QUEUE_CAP`],
+/// [`LEASE_TTL`]): what a harness's `open` returns for an engine that serves every part.
+pub fn ledger_over<E>(engine: std::sync::Arc<E>, clock: std::sync::Arc<ManualClock>) -> Ledger
+where
+    E: catalog::Catalog + queues::Queues + Store,
+{
+    let options = crate::ledger::Options {
+        default_ttl: Duration::from_secs(3600),
+        retention: Duration::from_secs(7 * 24 * 3600),
+        queue_cap: QueueCap {
+            max_per_player: QUEUE_CAP,
+            on_full: OnFull::Reject,
+        },
+        lease_ttl: LEASE_TTL,
+        quotas: Quotas::default(),
+    };
+    let metrics = std::sync::Arc::new(crate::metrics::Metrics::new());
+    Ledger::new(crate::ledger::Engines::one(engine), options, metrics, clock)
+}
+
 /// The per-player cap the harness must open engines with (policy [`OnFull::Reject`]).
 pub const QUEUE_CAP: u64 = 50;
 

@@ -86,16 +86,12 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use super::*;
     use crate::clock::ManualClock;
-    use crate::ledger::{Engines, Ledger, Options};
-    use crate::metrics::Metrics;
+    use crate::ledger::Ledger;
     use crate::store::catalog::Catalog;
     use crate::store::contract::catalog::CatalogHarness;
     use crate::store::contract::rules::{self, Harness};
-    use crate::store::{OnFull, QueueCap, Quotas};
 
     /// A new backing store; every call opens another handle on it.
     struct MemoryHarness(MemoryStore);
@@ -127,19 +123,7 @@ mod tests {
 
     impl Harness for RulesHarness {
         async fn open(&self) -> Ledger {
-            let handle = Arc::new(self.store.handle());
-            let options = Options {
-                default_ttl: Duration::from_secs(3600),
-                retention: Duration::from_secs(7 * 24 * 3600),
-                queue_cap: QueueCap {
-                    max_per_player: rules::QUEUE_CAP,
-                    on_full: OnFull::Reject,
-                },
-                lease_ttl: rules::LEASE_TTL,
-                quotas: Quotas::default(),
-            };
-            let metrics = Arc::new(Metrics::new());
-            Ledger::new(Engines::one(handle), options, metrics, self.clock.clone())
+            rules::ledger_over(Arc::new(self.store.handle()), self.clock.clone())
         }
 
         fn clock(&self) -> &ManualClock {

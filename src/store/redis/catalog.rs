@@ -22,7 +22,7 @@ use crate::store::StoreError;
 use crate::store::catalog::{Applied, Catalog, Change, Entry, Value};
 
 /// Brands, by id.
-const BRANDS: &str = "{pxh:catalog}:brands";
+pub(super) const BRANDS: &str = "{pxh:catalog}:brands";
 /// Secrets, by `<brand>:<kind>`.
 const SECRETS: &str = "{pxh:catalog}:secrets";
 /// API keys, by their public id (unique across brands).

@@ -1,56 +1,105 @@
 //! The Redis engine: every hub process on one Redis is one hub (docs/scaling.md).
 //!
-//! Built in pieces, each behind the same contract as the other engines. So far: the catalog
-//! ([`crate::store::catalog::Catalog`]: brands, their secrets, pixel definitions and API keys), and the
-//! check of Redis's durability settings ([`RedisStore::durability`]). The queues, leases, outbox and
-//! records come next; until they do, the engine is not one `--store` can name.
+//! It serves all three engine traits, behind the same contract as the other engines (two-handle checks
+//! included, each handle a connection of its own): the catalog (`catalog`: brands, secrets, definitions,
+//! API keys), the queues (`queues`: optimistic transactions, each committed by one script that checks
+//! what the work read and writes every index with it), the reads without a rule (`report`), and
+//! announcements across processes over pub/sub (`announce`). [`RedisStore::durability`] reads whether
+//! Redis's settings keep what it acknowledges.
 //!
 //! Each atomic step is one Lua script, so it is one round trip and all or nothing, whichever process
 //! runs it. Every key of a script hashes to one Redis Cluster slot: the catalog's keys share the hash tag
 //! `{pxh:catalog}` (it is small and slow-moving, and one change may touch several brands: a key and its
-//! brand, say).
+//! brand, say); a brand's hot data shares `{pxh:b:<brand>}` (`keys`).
 
+mod announce;
 mod catalog;
 mod durability;
+mod keys;
+mod queues;
+mod report;
 #[cfg(test)]
 mod tests;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use tokio::sync::{Notify, broadcast};
 
 pub use durability::Durability;
 
 use super::StoreError;
+use crate::clock::SharedClock;
+use crate::ids::PlayerKey;
 
-/// A handle on one Redis database. Cheap to clone: the connection is multiplexed, and reconnects by
-/// itself after a failure (the call that saw the failure fails; nothing is retried behind the caller's
-/// back, since a script that failed in flight may have run).
+/// Announcements buffered per subscriber before it lags (and then resynchronises).
+const ANNOUNCE_CAPACITY: usize = 16 * 1024;
+
+/// A handle on one Redis database: what one hub process holds. Cheap to clone (a clone is the same
+/// handle: closing one closes both). The connection is multiplexed, and reconnects by itself after a
+/// failure (the call that saw the failure fails; nothing is retried behind the caller's back, since a
+/// script that failed in flight may have run).
 #[derive(Clone)]
 pub struct RedisStore {
     conn: ConnectionManager,
+    shared: Arc<Shared>,
+}
+
+/// What one handle's clones share.
+struct Shared {
+    /// Players announced by any process (this one's directly, the others' through pub/sub).
+    announce: broadcast::Sender<PlayerKey>,
+    /// Raised when any process added postbacks.
+    postbacks: Notify,
+    /// This handle's name on the announcement channels, so it skips its own messages.
+    origin: String,
+    closed: AtomicBool,
+    /// What "today" is for the daily event count the stats show.
+    clock: SharedClock,
+    /// The pub/sub listener; stopped at close.
+    listener: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 impl RedisStore {
-    /// Connects to `url` (`redis://[user:pass@]host:port/db`). A Redis that does not answer is an
-    /// error within seconds, not a wait: a connection attempt gets [`CONNECT_TIMEOUT`] and is made
-    /// three times at most, a call gets [`CALL_TIMEOUT`].
-    pub async fn connect(url: &str) -> Result<RedisStore, StoreError> {
+    /// Connects to `url` (`redis://[user:pass@]host:port/db`), on `clock`, and starts listening for other
+    /// processes' announcements. A Redis that does not answer is an error within seconds, not a
+    /// wait: a connection attempt gets [`CONNECT_TIMEOUT`] and is made three times at most, a call
+    /// gets [`CALL_TIMEOUT`].
+    pub async fn connect(url: &str, clock: SharedClock) -> Result<RedisStore, StoreError> {
         let client = redis::Client::open(url).map_err(backend)?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(CONNECT_TIMEOUT))
             .set_response_timeout(Some(CALL_TIMEOUT))
             .set_number_of_retries(2);
-        let conn = ConnectionManager::new_with_config(client, config)
+        let conn = ConnectionManager::new_with_config(client.clone(), config)
             .await
             .map_err(backend)?;
-        Ok(RedisStore { conn })
+        let shared = Arc::new(Shared {
+            announce: broadcast::channel(ANNOUNCE_CAPACITY).0,
+            postbacks: Notify::new(),
+            origin: uuid::Uuid::now_v7().simple().to_string(),
+            closed: AtomicBool::new(false),
+            clock,
+            listener: std::sync::Mutex::new(None),
+        });
+        let listener = tokio::spawn(announce::listen(client, Arc::downgrade(&shared)));
+        *shared.listener.lock().unwrap_or_else(|p| p.into_inner()) = Some(listener);
+        Ok(RedisStore { conn, shared })
     }
 
     /// A connection for one call; clones share the one multiplexed connection.
     fn conn(&self) -> ConnectionManager {
         self.conn.clone()
+    }
+
+    fn check_open(&self) -> Result<(), StoreError> {
+        if self.shared.closed.load(Ordering::Acquire) {
+            Err(StoreError::Closed)
+        } else {
+            Ok(())
+        }
     }
 }
 
@@ -64,4 +113,9 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 /// A Redis failure (connection, script, server): the operation must be taken as not done.
 fn backend(e: redis::RedisError) -> StoreError {
     StoreError::Backend(Arc::new(e))
+}
+
+/// A stored value that does not parse as what the engine wrote there.
+fn corrupt(what: &'static str) -> impl FnOnce(serde_json::Error) -> StoreError {
+    move |_| StoreError::corrupt(what)
 }

@@ -8,7 +8,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::RedisStore;
+use crate::clock::ManualClock;
+use crate::ledger::Ledger;
 use crate::store::catalog::Catalog;
+use crate::store::contract::rules::{self, Harness};
 
 /// A throwaway redis-server, durable as the engine needs it (every write in the append-only file,
 /// synced before the reply), no snapshots; killed when dropped.
@@ -117,13 +120,121 @@ struct RedisCatalogHarness {
 
 impl crate::store::contract::catalog::CatalogHarness for RedisCatalogHarness {
     async fn catalog(&self) -> Arc<dyn Catalog> {
-        Arc::new(RedisStore::connect(&self.server.url()).await.unwrap())
+        Arc::new(
+            RedisStore::connect(&self.server.url(), crate::clock::system())
+                .await
+                .unwrap(),
+        )
     }
 }
 
 crate::catalog_contract!(RedisCatalogHarness {
     server: RedisServer::start()
 });
+
+/// One redis-server on a clock the checks move; every `open` is a new connection to it, as another
+/// hub process would open.
+struct RedisRulesHarness {
+    server: RedisServer,
+    clock: Arc<ManualClock>,
+}
+
+impl RedisRulesHarness {
+    fn new() -> Self {
+        RedisRulesHarness {
+            server: RedisServer::start(),
+            clock: ManualClock::starting_now(),
+        }
+    }
+}
+
+impl Harness for RedisRulesHarness {
+    async fn open(&self) -> Ledger {
+        let store = RedisStore::connect(&self.server.url(), self.clock.clone())
+            .await
+            .unwrap();
+        rules::ledger_over(Arc::new(store), self.clock.clone())
+    }
+
+    fn clock(&self) -> &ManualClock {
+        &self.clock
+    }
+}
+
+crate::rules_contract!(RedisRulesHarness::new());
+
+/// Another process's commit to the player, made while a transaction is running: before its first
+/// read (its reads see a version it did not begin with) or after its last (its commit finds one). Either
+/// way the work runs again and only the second run's writes land.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transaction_overtaken_by_another_process_runs_again() {
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    use crate::ids::{BrandId, PlayerId, PlayerKey, SessionId};
+    use crate::store::queues::{Lease, Mode, Queues, Scope, Work, Write};
+
+    let server = RedisServer::start();
+    let store = RedisStore::connect(&server.url(), crate::clock::system())
+        .await
+        .unwrap();
+    let key = PlayerKey::new(BrandId::parse("b").unwrap(), PlayerId::parse("p").unwrap());
+    for overtaken in ["before its reads", "after its reads"] {
+        let runs = Arc::new(AtomicU64::new(0));
+        let (counted, owned, url) = (runs.clone(), key.clone(), server.url());
+        let work: Work = Box::new(move |tx| {
+            let run = counted.fetch_add(1, Ordering::SeqCst);
+            // What any other process's commit to the player does: raise its version.
+            let other_process = || {
+                let mut conn = redis::Client::open(url.as_str())
+                    .and_then(|c| c.get_connection())
+                    .unwrap();
+                let _: i64 = redis::cmd("HINCRBY")
+                    .arg("{pxh:b:b}:ver")
+                    .arg("p")
+                    .arg(1)
+                    .query(&mut conn)
+                    .unwrap();
+            };
+            if run == 0 && overtaken == "before its reads" {
+                other_process();
+            }
+            tx.lease(&owned)?;
+            if run == 0 && overtaken == "after its reads" {
+                other_process();
+            }
+            tx.write(Write::PutLease {
+                key: owned.clone(),
+                lease: Some(Lease {
+                    session: SessionId::generate(),
+                    token: run,
+                    expires_at_ms: u64::MAX,
+                    in_flight: Vec::new(),
+                }),
+            });
+            Ok(Box::new(()))
+        });
+        let scope = Scope {
+            players: vec![key.clone()],
+            events: Vec::new(),
+        };
+        store.transact(scope, Mode::LAZY, work).await.unwrap();
+        assert_eq!(runs.load(Ordering::SeqCst), 2, "overtaken {overtaken}");
+        let (owned, scope) = (
+            key.clone(),
+            Scope {
+                players: vec![key.clone()],
+                events: Vec::new(),
+            },
+        );
+        let read: Work = Box::new(move |tx| Ok(Box::new(tx.lease(&owned)?.map(|l| l.token))));
+        let token = store.transact(scope, Mode::LAZY, read).await.unwrap();
+        assert_eq!(
+            *token.downcast::<Option<u64>>().unwrap(),
+            Some(1),
+            "the second run's lease, overtaken {overtaken}"
+        );
+    }
+}
 
 #[test]
 fn every_catalog_key_hashes_to_one_cluster_slot() {
@@ -158,7 +269,7 @@ async fn a_redis_that_is_not_there_or_a_bad_url_is_an_error_not_a_hang() {
         "redis://127.0.0.1:6379/not-a-db".into(),
         "http://127.0.0.1/".into(),
     ] {
-        let connecting = RedisStore::connect(&url);
+        let connecting = RedisStore::connect(&url, crate::clock::system());
         let answer = tokio::time::timeout(Duration::from_secs(20), connecting)
             .await
             .unwrap_or_else(|_| panic!("{url}: no answer in 20 s"));
@@ -173,7 +284,9 @@ async fn a_redis_that_is_not_there_or_a_bad_url_is_an_error_not_a_hang() {
 async fn durability_is_read_from_the_settings_and_each_lossy_one_is_named() {
     use super::durability::Durability;
     let server = RedisServer::start();
-    let store = RedisStore::connect(&server.url()).await.unwrap();
+    let store = RedisStore::connect(&server.url(), crate::clock::system())
+        .await
+        .unwrap();
     assert_eq!(store.durability().await.unwrap(), Durability::Durable);
 
     let mut conn = store.conn();
@@ -213,7 +326,9 @@ async fn durability_is_read_from_the_settings_and_each_lossy_one_is_named() {
 
     // A Redis that will not tell: not taken for durable.
     let hidden = RedisServer::start_with(&["--rename-command", "CONFIG", ""]);
-    let store = RedisStore::connect(&hidden.url()).await.unwrap();
+    let store = RedisStore::connect(&hidden.url(), crate::clock::system())
+        .await
+        .unwrap();
     let Durability::Relaxed(reasons) = store.durability().await.unwrap() else {
         panic!("a Redis refusing CONFIG GET taken for durable");
     };
