@@ -212,12 +212,68 @@ fn log_filter(value: &str) -> Result<String, String> {
 }
 
 /// Which engine keeps the hub's state.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, PartialEq, Eq)]
 pub enum StoreKind {
     /// The embedded database in the data dir: every `202` is fsync'd.
     Sled,
     /// This process's memory: nothing survives a restart.
     Memory,
+    /// A Redis server (`redis://` or `rediss://` URL): every hub process on it is one hub.
+    Redis(String),
+}
+
+impl StoreKind {
+    /// `sled`, `memory`, or a Redis URL (`redis://[user:pass@]host:port/db`, `rediss://` for TLS).
+    pub fn parse(value: &str) -> Result<StoreKind, String> {
+        match value {
+            "sled" => Ok(StoreKind::Sled),
+            "memory" => Ok(StoreKind::Memory),
+            url if url.starts_with("redis://") || url.starts_with("rediss://") => {
+                redis::IntoConnectionInfo::into_connection_info(url).map_err(|e| {
+                    format!("not a Redis URL ({e}); e.g. redis://127.0.0.1:6379/0")
+                })?;
+                Ok(StoreKind::Redis(url.to_owned()))
+            }
+            _ => Err(
+                "expected sled, memory, or a Redis URL (redis://[user:pass@]host:port/db, rediss:// for TLS)"
+                    .into(),
+            ),
+        }
+    }
+
+    /// The engine's name, for logs and `/api/v1/stats`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            StoreKind::Sled => "sled",
+            StoreKind::Memory => "memory",
+            StoreKind::Redis(_) => "redis",
+        }
+    }
+}
+
+impl std::fmt::Debug for StoreKind {
+    /// A Redis URL's password never shows (the config is logged at start).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StoreKind::Redis(url) => match url::Url::parse(url) {
+                Ok(mut url) if url.password().is_some() => {
+                    let _ = url.set_password(Some("***"));
+                    write!(f, "Redis({url})")
+                }
+                _ => write!(f, "Redis({url})"),
+            },
+            other => f.write_str(other.name()),
+        }
+    }
+}
+
+/// Whether the hub may run on a store that can lose what it acknowledged.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum StoreDurability {
+    /// Refuse to start on a Redis whose settings can lose an acknowledged write.
+    Strict,
+    /// Start anyway, saying so in the log and in `/api/v1/stats`.
+    Relaxed,
 }
 
 /// How the hub is configured.
@@ -235,11 +291,18 @@ pub struct Config {
     #[arg(long, env = "PIXELHUB_DATA_DIR", default_value = "./data")]
     pub data_dir: PathBuf,
 
-    /// Where the hub keeps its state: `sled`, the embedded database in `--data-dir`, durable; or
-    /// `memory`, this process's memory only, NOT durable (a restart loses every brand, pixel and event),
-    /// for development and tests.
-    #[arg(long, env = "PIXELHUB_STORE", value_enum, default_value_t = StoreKind::Sled)]
+    /// Where the hub keeps its state: `sled`, the embedded database in `--data-dir`, durable; `memory`,
+    /// this process's memory only, NOT durable (a restart loses every brand, pixel and event), for
+    /// development and tests; or a Redis URL, `redis://[user:pass@]host:port/db` (`rediss://` for TLS),
+    /// on which every hub process is one hub (docs/scaling.md).
+    #[arg(long, env = "PIXELHUB_STORE", default_value = "sled", value_parser = StoreKind::parse)]
     pub store: StoreKind,
+
+    /// On Redis, `strict` refuses to start when Redis's settings can lose an acknowledged pixel
+    /// (`appendonly no`, `appendfsync` other than `always`, an evicting `maxmemory-policy`);
+    /// `relaxed` starts anyway, and says so in the log and in /api/v1/stats.
+    #[arg(long, env = "PIXELHUB_STORE_DURABILITY", value_enum, default_value_t = StoreDurability::Strict)]
+    pub store_durability: StoreDurability,
 
     /// Bearer token for the /api/v1 admin API, at least 16 characters. When unset, a token is generated
     /// once and kept in <data-dir>/admin-token (mode 0600). Only read from the environment, so it never
@@ -589,6 +652,7 @@ impl Config {
             timeout: Duration::from_millis(self.store_timeout_ms),
             min_free_bytes: self.store_min_free_mb << 20,
             max_bytes: (self.store_max_bytes > 0).then_some(self.store_max_bytes),
+            restart_when_stuck: !matches!(self.store, StoreKind::Redis(_)),
         }
     }
 

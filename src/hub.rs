@@ -28,6 +28,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::ids::{BrandId, PlayerKey, SessionId};
 use crate::ledger::Ledger;
+use crate::store::Announcement;
 
 /// Wake-up reasons, as bits in [`Signal`]'s flags.
 pub mod wake {
@@ -291,7 +292,13 @@ impl Hub {
                     key = announcements.recv() => key,
                 };
                 match key {
-                    Ok(key) => hub.poke(&key),
+                    Ok(Announcement::Player(key)) => hub.poke(&key),
+                    Ok(Announcement::Everyone) => {
+                        tracing::info!(
+                            "the store's announcements were lost and are back; waking every session"
+                        );
+                        hub.poke_all();
+                    }
                     Err(broadcast::error::RecvError::Lagged(missed)) => {
                         tracing::warn!(
                             missed,

@@ -222,6 +222,7 @@ pub struct Metrics {
     store_size: Gauge,
     store_refused: Family<ReasonLabel, Counter>,
     store_timeouts: Counter,
+    store_unreachable: Counter,
     store_failed: Gauge,
     s2s_duration: Histogram,
     s2s_in_flight: Gauge,
@@ -310,6 +311,7 @@ impl Metrics {
             store_size: Gauge::default(),
             store_refused: Family::default(),
             store_timeouts: Counter::default(),
+            store_unreachable: Counter::default(),
             store_failed: Gauge::default(),
             s2s_duration: Histogram::new(duration_buckets()),
             s2s_in_flight: Gauge::default(),
@@ -532,6 +534,11 @@ impl Metrics {
             "store_timeouts",
             "Store calls that did not answer within --store-timeout-ms (the caller got 503 store_unavailable)",
             m.store_timeouts.clone(),
+        );
+        r.register(
+            "store_unreachable",
+            "Store calls that found a shared engine (Redis) unreachable or refusing work (the caller got 503 store_unavailable; nothing of the call was acknowledged)",
+            m.store_unreachable.clone(),
         );
         r.register(
             "store_failed",
@@ -826,6 +833,11 @@ impl Metrics {
     /// Counts a store call past its deadline.
     pub fn store_timeout(&self) {
         self.store_timeouts.inc();
+    }
+
+    /// Counts a store call that found a shared engine unreachable.
+    pub fn store_unreachable(&self) {
+        self.store_unreachable.inc();
     }
 
     /// Marks the store failed.

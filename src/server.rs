@@ -23,7 +23,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use crate::api::{self, AppState, DemoLog, History};
 use crate::brand::BrandSettings;
 use crate::clock::SharedClock;
-use crate::config::{Config, MIN_ADMIN_TOKEN_LEN, StoreKind};
+use crate::config::{Config, MIN_ADMIN_TOKEN_LEN, StoreDurability, StoreKind};
 use crate::egress::Egress;
 use crate::hub::Hub;
 use crate::ids::{BrandId, random_hex};
@@ -34,6 +34,7 @@ use crate::net::{self, Tls};
 use crate::pixel::PixelKind;
 use crate::postback::{self, Policy, SenderStats};
 use crate::store::memory::MemoryStore;
+use crate::store::redis::{Durability, RedisStore};
 use crate::store::{GuardedStore, Measure, Room, SledOptions, SledStore, StoreError};
 
 /// Why the hub could not start.
@@ -126,6 +127,46 @@ async fn open_sled(
     Ok((Engines::one(Arc::new(engine)), measure))
 }
 
+/// Room for an engine with no disk of this process's to run out of (memory; Redis, whose memory is
+/// Redis's own to bound): never short.
+fn unbounded_room() -> Measure {
+    Arc::new(|| {
+        Ok(Room {
+            free_bytes: u64::MAX,
+            store_bytes: 0,
+        })
+    })
+}
+
+/// Connects to Redis and reads its durability settings: a Redis that can lose an acknowledged write
+/// is refused unless `--store-durability relaxed` says to go on, which is logged and returned (the
+/// reasons, for `/api/v1/stats`).
+async fn open_redis(
+    url: &str,
+    config: &Config,
+    clock: &SharedClock,
+) -> Result<(Engines, Vec<String>), StartError> {
+    let shown = format!("{:?}", config.store);
+    let engine = RedisStore::connect(url, Arc::clone(clock))
+        .await
+        .map_err(|e| StartError::Config(format!("cannot reach {shown}: {e}")))?;
+    let reasons = match engine.durability().await? {
+        Durability::Durable => Vec::new(),
+        Durability::Relaxed(reasons) => {
+            let listed = reasons.join("; ");
+            if config.store_durability == StoreDurability::Strict {
+                return Err(StartError::Config(format!(
+                    "{shown} can lose pixels the hub has acknowledged: {listed}. Set appendonly yes, appendfsync always and a maxmemory-policy of noeviction (docs/scaling.md), or start with --store-durability relaxed to accept the loss"
+                )));
+            }
+            tracing::warn!(store = %shown, reasons = %listed, "--store-durability relaxed: Redis can lose acknowledged pixels");
+            reasons
+        }
+    };
+    tracing::info!(store = %shown, "store: Redis; every hub process on it is one hub");
+    Ok((Engines::one(Arc::new(engine)), reasons))
+}
+
 /// Free bytes the data dir's disk must have before the store is opened (the floor, `--store-min-free-mb`,
 /// only refuses growing writes once it is open).
 const MIN_FREE_TO_OPEN: u64 = 16 << 20;
@@ -170,21 +211,20 @@ impl Application {
             _ => None,
         };
         let metrics = Arc::new(Metrics::new());
-        let (engine, measure) = match config.store {
+        let mut relaxed = Vec::new();
+        let (engine, measure) = match &config.store {
             StoreKind::Sled => open_sled(&config, &metrics, &clock).await?,
+            StoreKind::Redis(url) => {
+                let (engines, reasons) = open_redis(url, &config, &clock).await?;
+                relaxed = reasons;
+                (engines, unbounded_room())
+            }
             StoreKind::Memory => {
                 tracing::warn!(
                     "--store memory: everything is kept in this process's memory and lost when it stops; for development and tests only"
                 );
                 let engine = Arc::new(MemoryStore::new(Arc::clone(&clock)));
-                // No disk to run out of: the room is never short.
-                let measure: Measure = Arc::new(|| {
-                    Ok(Room {
-                        free_bytes: u64::MAX,
-                        store_bytes: 0,
-                    })
-                });
-                (Engines::one(engine), measure)
+                (Engines::one(engine), unbounded_room())
             }
         };
         let guarded = Arc::new(GuardedStore::new(
@@ -260,6 +300,7 @@ impl Application {
 
         let config_max_per_ip = config.max_connections_per_ip;
         let config_proxies = config.trusted_proxies.clone();
+        let config_store_name = config.store.name();
         let state = AppState::new(api::Shared {
             ledger,
             hub,
@@ -279,6 +320,10 @@ impl Application {
             proxies: TrustedProxies::new(config_proxies),
             inbound_rates: Arc::default(),
             clock,
+            store_info: api::StoreInfo {
+                engine: config_store_name,
+                relaxed,
+            },
         });
         api::spawn_sampler(state.clone(), &background);
         Ok(Self {

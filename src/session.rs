@@ -328,6 +328,8 @@ async fn live(
     }
     // Heartbeat ticks seen since the client last said anything.
     let mut silent_ticks = 0u8;
+    // Acks the store could not take yet (it was unavailable): taken again before the next lease.
+    let mut held: Vec<Ack> = Vec::new();
     loop {
         // Each step says whether the queue may have something for this session now.
         let step = tokio::select! {
@@ -348,7 +350,7 @@ async fn live(
             message = conn.recv() => {
                 silent_ticks = 0;
                 match message {
-                    Ok(Message::Text(text)) => Box::pin(on_message(ctx, key, text.as_str())).await,
+                    Ok(Message::Text(text)) => Box::pin(on_message(ctx, key, text.as_str(), &mut held)).await,
                     Ok(_) => Ok(false),
                     Err(end) => Err(end),
                 }
@@ -361,14 +363,19 @@ async fn live(
             Ok(false) => continue,
             Ok(true) => {}
         }
-        if let Err(end) = Box::pin(pump(conn, ctx, key, signal.session)).await {
+        if let Err(end) = Box::pin(pump(conn, ctx, key, signal.session, &mut held)).await {
             return end;
         }
     }
 }
 
 /// Handles a client message; true when it may have made room for more pixels (an ack).
-async fn on_message(ctx: &SessionContext, key: &PlayerKey, text: &str) -> Result<bool, End> {
+async fn on_message(
+    ctx: &SessionContext,
+    key: &PlayerKey,
+    text: &str,
+    held: &mut Vec<Ack>,
+) -> Result<bool, End> {
     match ClientMessage::parse(text)? {
         ClientMessage::Ack { ids, results } => {
             if ids.len() > MAX_ACK_IDS || results.len() > MAX_ACK_IDS {
@@ -394,23 +401,61 @@ async fn on_message(ctx: &SessionContext, key: &PlayerKey, text: &str) -> Result
                     }),
                 }
             }
-            let removed = ctx.ledger.acknowledge(key, &acks).await?;
-            tracing::debug!(acked = acks.len(), removed, "ack");
-            Ok(true)
+            held.extend(acks);
+            settle(ctx, key, held).await
         }
         ClientMessage::Pong => Ok(false),
         ClientMessage::Hello { .. } => Err(CloseReason::UnexpectedMessage.into()),
     }
 }
 
-/// Sends the next pixels the store leases to this session, if any.
+/// Passes the held acks to the store; true once it took them. A store that is unavailable (a shared
+/// one that is down) keeps them held, to be passed again before the next lease, and the session stays
+/// open: the browser has fired those pixels, and nothing it says is lost while the store is away.
+async fn settle(ctx: &SessionContext, key: &PlayerKey, held: &mut Vec<Ack>) -> Result<bool, End> {
+    if held.is_empty() {
+        return Ok(true);
+    }
+    match ctx.ledger.acknowledge(key, held).await {
+        Ok(removed) => {
+            tracing::debug!(acked = held.len(), removed, "ack");
+            held.clear();
+            Ok(true)
+        }
+        Err(StoreError::Unavailable(why)) => {
+            // A session holds at most its window in flight, so this stays small; past the bound, the
+            // oldest go (their pixels stay in flight, and their redelivery is acked by the browser's
+            // memory without a fire).
+            if held.len() > MAX_ACK_IDS {
+                held.drain(..held.len() - MAX_ACK_IDS);
+            }
+            tracing::debug!(%why, held = held.len(), "the store is unavailable; acks held");
+            Ok(false)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Sends the next pixels the store leases to this session, if any, after passing on held acks. While
+/// the store is unavailable the session waits (it is woken, or looks again at its heartbeat).
 async fn pump(
     conn: &mut Conn,
     ctx: &SessionContext,
     key: &PlayerKey,
     session: SessionId,
+    held: &mut Vec<Ack>,
 ) -> Result<(), End> {
-    let pixels = ctx.ledger.lease(key, session, ctx.limits.window).await?;
+    if !settle(ctx, key, held).await? {
+        return Ok(());
+    }
+    let pixels = match ctx.ledger.lease(key, session, ctx.limits.window).await {
+        Ok(pixels) => pixels,
+        Err(StoreError::Unavailable(why)) => {
+            tracing::debug!(%why, "the store is unavailable; delivery waits");
+            return Ok(());
+        }
+        Err(e) => return Err(e.into()),
+    };
     if pixels.is_empty() {
         return Ok(());
     }

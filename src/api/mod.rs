@@ -70,6 +70,17 @@ impl std::ops::Deref for AppState {
     }
 }
 
+/// Which engine the hub runs on and, when the operator accepted it, why it may lose acknowledged
+/// writes: shown in `/api/v1/stats`, so nobody takes a relaxed Redis for a durable one.
+#[derive(Clone, Debug, Default)]
+pub struct StoreInfo {
+    /// `sled`, `memory` or `redis`.
+    pub engine: &'static str,
+    /// Each setting that can lose an acknowledged write (`--store-durability relaxed`); empty when
+    /// none can.
+    pub relaxed: Vec<String>,
+}
+
 /// The handles [`AppState`] gives every handler.
 pub struct Shared {
     /// The rules and the durable state behind them.
@@ -108,6 +119,8 @@ pub struct Shared {
     pub inbound_rates: Arc<dashmap::DashMap<BrandId, crate::limits::TokenBucket>>,
     /// What "now" is, for everything the API stamps or compares with a stored time.
     pub clock: crate::clock::SharedClock,
+    /// Which engine the hub runs on, and what it may lose.
+    pub store_info: StoreInfo,
 }
 
 /// The whole application's routes, shared by the binary and the tests.

@@ -148,7 +148,13 @@ pub(super) async fn stats(
         "draining": draining(&state),
         "now_ms": state.clock.now_ms(),
         "expired_total": store.expired_total,
-        "store": { "flushes": store.flushes, "flushed_writes": store.flushed_writes },
+        "store": {
+            "engine": state.store_info.engine,
+            "durable": state.store_info.engine != "memory" && state.store_info.relaxed.is_empty(),
+            "relaxed": state.store_info.relaxed,
+            "flushes": store.flushes,
+            "flushed_writes": store.flushed_writes,
+        },
         "s2s": state.postbacks.snapshot(),
         "brands": brands,
     })))

@@ -276,7 +276,7 @@ impl Ledger {
     }
 
     /// See [`Store::subscribe`].
-    pub fn subscribe(&self) -> broadcast::Receiver<PlayerKey> {
+    pub fn subscribe(&self) -> broadcast::Receiver<crate::store::Announcement> {
         self.store().subscribe()
     }
 

@@ -72,6 +72,11 @@ pub struct GuardOptions {
     pub min_free_bytes: u64,
     /// Most bytes the store may take on disk; `None` for no cap.
     pub max_bytes: Option<u64>,
+    /// Whether a store that completes no write for three deadlines makes the hub unhealthy, so an
+    /// orchestrator restarts it: yes for an embedded engine (stuck in this process, which a restart
+    /// clears), no for a shared one (Redis down is not this process's fault; restarting every hub would
+    /// close every session and fix nothing, while `/readyz` says 503 and sessions wait for it).
+    pub restart_when_stuck: bool,
 }
 
 /// How much room the store has, as last measured.
@@ -157,13 +162,15 @@ impl StoreHealth {
             });
         }
         match self.unanswered_for() {
-            Some(stuck) if stuck >= self.options.timeout * 3 => Err(Unhealthy {
-                code: "store_unavailable",
-                message: format!(
-                    "the store has not completed a write for {} s; restart the hub",
-                    stuck.as_secs()
-                ),
-            }),
+            Some(stuck) if self.options.restart_when_stuck && stuck >= self.options.timeout * 3 => {
+                Err(Unhealthy {
+                    code: "store_unavailable",
+                    message: format!(
+                        "the store has not completed a write for {} s; restart the hub",
+                        stuck.as_secs()
+                    ),
+                })
+            }
             _ => Ok(()),
         }
     }
@@ -235,6 +242,9 @@ impl StoreHealth {
 
     /// Takes what a call returned: a failure is final.
     fn answered<T>(&self, result: &Result<T, StoreError>) {
+        if let Err(StoreError::Unavailable(_)) = result {
+            self.metrics.store_unreachable();
+        }
         if let Err(StoreError::Failed(cause)) = result
             && self.failed.set(cause.to_string()).is_ok()
         {
@@ -499,7 +509,7 @@ impl Store for GuardedStore {
         self.engine.postbacks_added().await
     }
 
-    fn subscribe(&self) -> broadcast::Receiver<PlayerKey> {
+    fn subscribe(&self) -> broadcast::Receiver<super::Announcement> {
         self.engine.subscribe()
     }
 
@@ -548,6 +558,7 @@ mod tests {
             timeout: DEADLINE,
             min_free_bytes: 100 << 20,
             max_bytes: Some(2 << 20),
+            restart_when_stuck: true,
         };
         let engine = Arc::new(engine);
         let guard = GuardedStore::new(

@@ -392,6 +392,16 @@ pub struct DeliveryPage {
     pub next: Option<Cursor>,
 }
 
+/// What a store tells the hub may have work.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Announcement {
+    /// The player's queue may have something deliverable.
+    Player(PlayerKey),
+    /// Any player's may: announcements were missed (a shared engine's channel was lost and is back), so
+    /// every session looks at its queue again.
+    Everyone,
+}
+
 /// Everything that can go wrong in a store call.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -523,8 +533,9 @@ pub trait Store: Send + Sync + 'static {
     async fn postbacks_added(&self);
 
     /// Announcements of players whose queue may have something deliverable (after an enqueue or a release,
-    /// from any process). A lagging receiver must assume every player may have pending pixels.
-    fn subscribe(&self) -> broadcast::Receiver<PlayerKey>;
+    /// from any process). A lagging receiver must assume every player may have pending pixels, as it
+    /// must on [`Announcement::Everyone`].
+    fn subscribe(&self) -> broadcast::Receiver<Announcement>;
 
     /// Flushes and stops background work. Later calls fail with [`StoreError::Closed`].
     async fn close(&self) -> Result<(), StoreError>;

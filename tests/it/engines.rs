@@ -7,11 +7,9 @@ use serde_json::json;
 
 use crate::helpers::TestApp;
 
-/// On the memory engine: a queued pixel reaches its player once and leaves the queue on its ack; an
-/// event produces its definition's pixel; the report and the stats tell it.
-#[tokio::test]
-async fn the_hub_runs_on_the_memory_store() {
-    let app = TestApp::spawn_with(|c| c.store = StoreKind::Memory).await;
+/// The first half of every engine's story: a pixel queued with the caller's id, a definition, and an
+/// event that raises it. Returns the ids the player must be sent, in order.
+pub async fn queue_and_raise(app: &TestApp) -> Vec<String> {
     let ids = app
         .queue("p1", json!({"kind": "js", "code": "1", "id": "hand-1"}))
         .await;
@@ -29,10 +27,15 @@ async fn the_hub_runs_on_the_memory_store() {
         .await;
     assert_eq!(events[0]["raised"], json!(["ftd"]), "{events:?}");
     let ftd = events[0]["pixels"][0]["id"].as_str().unwrap().to_owned();
+    vec![ids[0].clone(), ftd]
+}
 
+/// The second half: the player's session gets `expected` once, its ack empties the queue, the report
+/// says fired, the caller's id is remembered, and the stats say the queue is empty.
+pub async fn deliver_once(app: &TestApp, expected: &[String]) {
     let mut ws = app.session("p1").await;
     let sent = ws.delivered().await;
-    assert_eq!(sent, [ids[0].clone(), ftd]);
+    assert_eq!(sent, expected);
     ws.ack(&sent).await;
     app.wait_until_drained("p1").await;
     ws.expect_nothing(Duration::from_millis(300)).await;
@@ -50,7 +53,7 @@ async fn the_hub_runs_on_the_memory_store() {
     let again = app
         .queue("p1", json!({"kind": "js", "code": "1", "id": "hand-1"}))
         .await;
-    assert_eq!(again, ids, "the caller's id is remembered");
+    assert_eq!(again, expected[..1], "the caller's id is remembered");
     assert_eq!(app.pending_ids("p1").await.len(), 0, "and not queued again");
     let stats = app.get_json("/api/v1/stats").await;
     assert_eq!(stats["queue_depth"], 0);
@@ -58,4 +61,13 @@ async fn the_hub_runs_on_the_memory_store() {
         !app.dir.path().join("sled").exists(),
         "nothing was written to the embedded engine's files"
     );
+}
+
+/// On the memory engine: a queued pixel reaches its player once and leaves the queue on its ack; an
+/// event produces its definition's pixel; the report and the stats tell it.
+#[tokio::test]
+async fn the_hub_runs_on_the_memory_store() {
+    let app = TestApp::spawn_with(|c| c.store = StoreKind::Memory).await;
+    let expected = queue_and_raise(&app).await;
+    deliver_once(&app, &expected).await;
 }

@@ -117,6 +117,19 @@ impl TestApp {
     /// A hub whose config the test adjusts first; brand `b1` registered, allowing every pixel kind (most
     /// tests queue small `js` pixels; the security tests use brands with the defaults).
     pub async fn spawn_with(adjust: impl FnOnce(&mut Config)) -> Self {
+        let app = Self::spawn_joining(adjust).await;
+        assert_eq!(
+            app.put_brand("b1", json!({"allowed_kinds": ALL_KINDS}))
+                .await
+                .status(),
+            StatusCode::CREATED
+        );
+        app
+    }
+
+    /// A hub whose config the test adjusts, registering nothing: another process of a hub whose
+    /// shared store (Redis) already holds its brands.
+    pub async fn spawn_joining(adjust: impl FnOnce(&mut Config)) -> Self {
         let dir = Arc::new(tempfile::tempdir().expect("a temp dir"));
         let mut config = Config::for_data_dir(dir.path());
         config.admin_token = Some(TOKEN.into());
@@ -125,14 +138,7 @@ impl TestApp {
         // tests clear this to test exactly that).
         config.s2s_allow_networks = vec!["127.0.0.0/8".parse().unwrap()];
         adjust(&mut config);
-        let app = Self::start(config, dir).await;
-        assert_eq!(
-            app.put_brand("b1", json!({"allowed_kinds": ALL_KINDS}))
-                .await
-                .status(),
-            StatusCode::CREATED
-        );
-        app
+        Self::start(config, dir).await
     }
 
     async fn start(config: Config, dir: Arc<TempDir>) -> Self {

@@ -18,6 +18,7 @@ mod ops;
 mod postbacks;
 mod process;
 mod receiver;
+mod redis;
 mod security;
 mod seeds;
 mod tls;

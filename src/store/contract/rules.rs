@@ -426,14 +426,14 @@ pub async fn sessions_hear_of_new_and_released_work(h: &impl Harness) {
     let k = key("p");
     let mut heard = store.subscribe();
     store.enqueue(&k, vec![image(1)]).await.unwrap();
-    assert_eq!(heard.recv().await.unwrap(), k);
+    assert_eq!(heard.recv().await.unwrap(), Announcement::Player(k.clone()));
 
     let s = SessionId::generate();
     store.lease(&k, s, 10).await.unwrap();
     store.release(&k, s).await.unwrap();
     assert_eq!(
         heard.recv().await.unwrap(),
-        k,
+        Announcement::Player(k),
         "released pixels are announced for another session"
     );
 }
@@ -1626,7 +1626,7 @@ pub async fn an_enqueue_on_one_process_wakes_another(h: &impl Harness) {
         .await
         .expect("announced within 5 s")
         .unwrap();
-    assert_eq!(woken, k);
+    assert_eq!(woken, Announcement::Player(k));
 }
 
 /// Instantiates every check of [`self`] as a test of the engine the harness expression opens;

@@ -16,7 +16,6 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::{Notify, broadcast};
 
 use crate::clock::SharedClock;
-use crate::ids::PlayerKey;
 use crate::store::StoreError;
 
 /// Announcements buffered per subscriber before it lags (and then resynchronises).
@@ -37,7 +36,7 @@ struct Backing {
     catalog: Mutex<catalog::Entries>,
     hot: Mutex<queues::Hot>,
     seq: AtomicU64,
-    announce: broadcast::Sender<PlayerKey>,
+    announce: broadcast::Sender<crate::store::Announcement>,
     postbacks: Notify,
 }
 

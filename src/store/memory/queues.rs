@@ -372,7 +372,10 @@ impl Queues for MemoryStore {
     }
 
     fn announce(&self, key: &PlayerKey) {
-        let _ = self.backing.announce.send(key.clone());
+        let _ = self
+            .backing
+            .announce
+            .send(crate::store::Announcement::Player(key.clone()));
     }
 
     fn announce_postbacks(&self) {

@@ -187,7 +187,7 @@ impl Store for MemoryStore {
         self.backing.postbacks.notified().await
     }
 
-    fn subscribe(&self) -> broadcast::Receiver<PlayerKey> {
+    fn subscribe(&self) -> broadcast::Receiver<crate::store::Announcement> {
         self.backing.announce.subscribe()
     }
 

@@ -11,6 +11,7 @@ use futures::StreamExt;
 use super::keys::{ANNOUNCE_CHANNEL, POSTBACKS_CHANNEL};
 use super::{RedisStore, Shared};
 use crate::ids::{BrandId, PlayerId, PlayerKey};
+use crate::store::Announcement;
 
 /// Longest wait between two attempts to reconnect the listener.
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
@@ -18,7 +19,7 @@ const MAX_BACKOFF: Duration = Duration::from_secs(2);
 impl RedisStore {
     /// Tells this process's sessions now, and every other process's through Redis.
     pub(super) fn publish_player(&self, key: &PlayerKey) {
-        let _ = self.shared.announce.send(key.clone());
+        let _ = self.shared.announce.send(Announcement::Player(key.clone()));
         let message = format!(
             "{} {} {}",
             self.shared.origin,
@@ -63,10 +64,20 @@ fn raise(shared: &Shared) {
 /// pause, at most [`MAX_BACKOFF`]).
 pub(super) async fn listen(client: redis::Client, shared: Weak<Shared>) {
     let mut backoff = Duration::from_millis(50);
+    let mut first = true;
     loop {
         match subscribed(&client).await {
             Ok(pubsub) => {
                 backoff = Duration::from_millis(50);
+                if !std::mem::take(&mut first) {
+                    // Back after a loss: what was announced meanwhile was not heard, and calls made
+                    // while Redis was away failed. Every session looks at its queue again.
+                    let Some(shared) = shared.upgrade() else {
+                        return;
+                    };
+                    let _ = shared.announce.send(Announcement::Everyone);
+                    raise(&shared);
+                }
                 let mut messages = pubsub.into_on_message();
                 while let Some(message) = messages.next().await {
                     let Some(shared) = shared.upgrade() else {
@@ -82,9 +93,6 @@ pub(super) async fn listen(client: redis::Client, shared: Weak<Shared>) {
         let Some(shared) = shared.upgrade() else {
             return;
         };
-        // What was announced meanwhile was not heard: every session looks again at its next
-        // heartbeat, and the postback sender now.
-        raise(&shared);
         drop(shared);
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(MAX_BACKOFF);
@@ -116,6 +124,8 @@ fn hear(shared: &Arc<Shared>, channel: &str, payload: &[u8]) {
         return;
     };
     if let (Ok(brand), Ok(player)) = (BrandId::parse(brand), PlayerId::parse(player)) {
-        let _ = shared.announce.send(PlayerKey::new(brand, player));
+        let _ = shared
+            .announce
+            .send(Announcement::Player(PlayerKey::new(brand, player)));
     }
 }

@@ -32,7 +32,6 @@ pub use durability::Durability;
 
 use super::StoreError;
 use crate::clock::SharedClock;
-use crate::ids::PlayerKey;
 
 /// Announcements buffered per subscriber before it lags (and then resynchronises).
 const ANNOUNCE_CAPACITY: usize = 16 * 1024;
@@ -50,7 +49,7 @@ pub struct RedisStore {
 /// What one handle's clones share.
 struct Shared {
     /// Players announced by any process (this one's directly, the others' through pub/sub).
-    announce: broadcast::Sender<PlayerKey>,
+    announce: broadcast::Sender<crate::store::Announcement>,
     /// Raised when any process added postbacks.
     postbacks: Notify,
     /// This handle's name on the announcement channels, so it skips its own messages.
@@ -72,7 +71,11 @@ impl RedisStore {
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(CONNECT_TIMEOUT))
             .set_response_timeout(Some(CALL_TIMEOUT))
-            .set_number_of_retries(2);
+            .set_number_of_retries(2)
+            // Short pauses between attempts: while Redis is down, a call is answered 503 in tens of
+            // milliseconds rather than held for half a second.
+            .set_min_delay(Duration::from_millis(20))
+            .set_max_delay(Duration::from_millis(200));
         let conn = ConnectionManager::new_with_config(client.clone(), config)
             .await
             .map_err(backend)?;
@@ -110,9 +113,36 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// append-only file, which a busy disk can hold up for a while.
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// A Redis failure (connection, script, server): the operation must be taken as not done.
+/// A Redis failure, as the hub must take it. Redis not reachable, or not taking work for now (loading
+/// its data, a cluster failing over, out of memory or unable to persist): [`StoreError::Unavailable`]
+/// (`503 store_unavailable`), which may or may not have happened, so a retry with the same ids is safe;
+/// the connection reconnects by itself. Anything else (a script's error, a value of the wrong type): a
+/// [`StoreError::Backend`] failure. Neither is [`StoreError::Failed`]: Redis, not this process, owns
+/// the durability of what it acknowledged, so the hub goes on.
 fn backend(e: redis::RedisError) -> StoreError {
-    StoreError::Backend(Arc::new(e))
+    let unreachable = e.is_io_error()
+        || e.is_timeout()
+        || e.is_connection_dropped()
+        || e.is_connection_refusal()
+        || e.is_cluster_error();
+    let busy = matches!(
+        e.code(),
+        Some(
+            "LOADING"
+                | "BUSY"
+                | "TRYAGAIN"
+                | "CLUSTERDOWN"
+                | "MASTERDOWN"
+                | "READONLY"
+                | "OOM"
+                | "MISCONF"
+        )
+    );
+    if unreachable || busy {
+        StoreError::Unavailable(format!("Redis is unavailable: {e}"))
+    } else {
+        StoreError::Backend(Arc::new(e))
+    }
 }
 
 /// A stored value that does not parse as what the engine wrote there.

@@ -76,11 +76,11 @@ impl RedisStore {
                 let pause = getrandom::u64().unwrap_or(0) % (u64::from(round.min(10)) * 500 + 1);
                 std::thread::sleep(Duration::from_micros(pause));
             }
-            let versions = self.versions(rt, &scope.players)?;
+            let snapshots = self.snapshot(rt, &scope.players)?;
             let mut tx = RedisTx {
                 store: self,
                 rt,
-                versions,
+                snapshots,
                 read: Vec::new(),
                 writes: Vec::new(),
                 seqs: 0..0,
@@ -104,39 +104,101 @@ impl RedisStore {
         )))
     }
 
-    /// The versions of `players` now (0 for a player never written).
-    fn versions(
+    /// What a transaction begins with: each scoped player's version and the state nearly every
+    /// transaction of a player reads (its lease, context, pending count and the head of its queue), in
+    /// one atomic round trip per brand.
+    fn snapshot(
         &self,
         rt: &Handle,
         players: &[PlayerKey],
-    ) -> Result<HashMap<PlayerKey, u64>, StoreError> {
+    ) -> Result<HashMap<PlayerKey, Snapshot>, StoreError> {
         let mut by_brand: HashMap<&BrandId, Vec<&PlayerKey>> = HashMap::new();
         for key in players {
-            by_brand.entry(&key.brand).or_default().push(key);
+            let keys = by_brand.entry(&key.brand).or_default();
+            if !keys.contains(&key) {
+                keys.push(key);
+            }
         }
-        let mut versions = HashMap::new();
+        let mut snapshots = HashMap::new();
         for (brand, keys) in by_brand {
-            let mut hmget = redis::cmd("HMGET");
-            hmget.arg(BrandKeys::new(brand).versions());
+            let names = BrandKeys::new(brand);
+            let mut pipe = redis::pipe();
+            pipe.atomic();
             for key in &keys {
-                hmget.arg(key.player.as_str());
+                let player = key.player.as_str();
+                pipe.hget(names.versions(), player)
+                    .hget(names.leases(), player)
+                    .hget(names.contexts(), player)
+                    .zcard(names.queue(&key.player))
+                    .cmd("ZRANGEBYSCORE")
+                    .arg(names.queue(&key.player))
+                    .arg("-inf")
+                    .arg("+inf")
+                    .arg("LIMIT")
+                    .arg(0)
+                    .arg(HEAD);
             }
-            let found: Vec<Option<u64>> = rt
-                .block_on(hmget.query_async(&mut self.conn()))
+            let found: Vec<HeadRead> = rt
+                .block_on(pipe.query_async(&mut self.conn()))
                 .map_err(backend)?;
-            for (key, version) in keys.into_iter().zip(found) {
-                versions.insert(key.clone(), version.unwrap_or(0));
+            for (key, (version, lease, context, pending, head)) in keys.into_iter().zip(found) {
+                let head = head
+                    .iter()
+                    .map(|member| parse_queue_member(member))
+                    .collect::<Result<Vec<_>, _>>()?;
+                let snapshot = Snapshot {
+                    version: version.unwrap_or(0),
+                    lease,
+                    context,
+                    whole: head.len() as u64 == pending,
+                    pending,
+                    head,
+                    records: HashMap::new(),
+                    records_read: false,
+                };
+                snapshots.insert(key.clone(), snapshot);
             }
         }
-        Ok(versions)
+        Ok(snapshots)
     }
+}
+
+/// One player's part of a snapshot, as Redis answers it: version, lease, context, pending count, the
+/// queue's head.
+type HeadRead = (
+    Option<u64>,
+    Option<Vec<u8>>,
+    Option<Vec<u8>>,
+    u64,
+    Vec<Vec<u8>>,
+);
+
+/// Entries of a player's queue read with its snapshot: a lease sends at most its window (10 by
+/// default), so the head usually answers it whole.
+const HEAD: usize = 32;
+
+/// A scoped player's state as the transaction began, read in one round trip; what it does not hold is
+/// read when asked for, checked against `version`.
+struct Snapshot {
+    version: u64,
+    lease: Option<Vec<u8>>,
+    context: Option<Vec<u8>>,
+    pending: u64,
+    /// The first entries of the queue, in order.
+    head: Vec<(u64, QueuedPixel)>,
+    /// Whether `head` is the whole queue.
+    whole: bool,
+    /// Records read so far, by id (`None`: no such record).
+    records: HashMap<PixelId, Option<Vec<u8>>>,
+    /// Whether the records of every `head` entry were read (together, at the first record asked).
+    records_read: bool,
 }
 
 /// A transaction's view of Redis: reads checked against the versions it began with, writes staged.
 struct RedisTx<'a> {
     store: &'a RedisStore,
     rt: &'a Handle,
-    versions: HashMap<PlayerKey, u64>,
+    snapshots: HashMap<PlayerKey, Snapshot>,
     /// Values read outside a player's state, as the commit must find them: hash, field, tagged value.
     read: Vec<(String, String, Vec<u8>)>,
     writes: Vec<Write>,
@@ -153,7 +215,8 @@ impl RedisTx<'_> {
         cmd: Cmd,
     ) -> Result<T, StoreError> {
         let mut conn = self.store.conn();
-        let Some((key, expected)) = key.and_then(|k| self.versions.get(k).map(|v| (k, *v))) else {
+        let Some((key, expected)) = key.and_then(|k| self.snapshots.get(k).map(|s| (k, s.version)))
+        else {
             return self
                 .rt
                 .block_on(cmd.query_async(&mut conn))
@@ -235,17 +298,41 @@ impl Tx for RedisTx<'_> {
     }
 
     fn record(&mut self, key: &PlayerKey, id: &PixelId) -> Result<Option<Record>, StoreError> {
-        let hash = BrandKeys::new(&key.brand).records(&key.player);
-        let found: Option<Vec<u8>> = self.read(Some(key), hget(hash, id.as_str()))?;
+        let found = match self.snapshots.get(key) {
+            Some(snapshot) if snapshot.records.contains_key(id) => snapshot.records[id].clone(),
+            // The first record asked of a queue's head: the records of the whole head, at once.
+            Some(snapshot)
+                if !snapshot.records_read && snapshot.head.iter().any(|(_, p)| p.id == *id) =>
+            {
+                let ids: Vec<PixelId> = snapshot.head.iter().map(|(_, p)| p.id.clone()).collect();
+                let mut hmget = redis::cmd("HMGET");
+                hmget.arg(BrandKeys::new(&key.brand).records(&key.player));
+                for head_id in &ids {
+                    hmget.arg(head_id.as_str());
+                }
+                let values: Vec<Option<Vec<u8>>> = self.read(Some(key), hmget)?;
+                let snapshot = self.snapshots.get_mut(key).expect("matched above");
+                snapshot.records.extend(ids.into_iter().zip(values));
+                snapshot.records_read = true;
+                snapshot.records.get(id).cloned().flatten()
+            }
+            _ => {
+                let hash = BrandKeys::new(&key.brand).records(&key.player);
+                self.read(Some(key), hget(hash, id.as_str()))?
+            }
+        };
         found
             .map(|bytes| parse(&bytes, "a record does not parse"))
             .transpose()
     }
 
     fn pending_count(&mut self, key: &PlayerKey) -> Result<u64, StoreError> {
+        if let Some(snapshot) = self.snapshots.get(key) {
+            return Ok(snapshot.pending);
+        }
         let mut zcard = redis::cmd("ZCARD");
         zcard.arg(BrandKeys::new(&key.brand).queue(&key.player));
-        self.read(Some(key), zcard)
+        self.read(None, zcard)
     }
 
     fn queue(
@@ -254,6 +341,18 @@ impl Tx for RedisTx<'_> {
         after: Option<u64>,
         limit: usize,
     ) -> Result<Vec<(u64, QueuedPixel)>, StoreError> {
+        if let Some(snapshot) = self.snapshots.get(key) {
+            let from_head: Vec<(u64, QueuedPixel)> = snapshot
+                .head
+                .iter()
+                .filter(|(seq, _)| after.is_none_or(|after| *seq > after))
+                .take(limit)
+                .cloned()
+                .collect();
+            if from_head.len() == limit || snapshot.whole {
+                return Ok(from_head);
+            }
+        }
         let mut range = redis::cmd("ZRANGEBYSCORE");
         range
             .arg(BrandKeys::new(&key.brand).queue(&key.player))
@@ -271,8 +370,13 @@ impl Tx for RedisTx<'_> {
     }
 
     fn lease(&mut self, key: &PlayerKey) -> Result<Option<Lease>, StoreError> {
-        let hash = BrandKeys::new(&key.brand).leases();
-        let found: Option<Vec<u8>> = self.read(Some(key), hget(hash, key.player.as_str()))?;
+        let found = match self.snapshots.get(key) {
+            Some(snapshot) => snapshot.lease.clone(),
+            None => {
+                let hash = BrandKeys::new(&key.brand).leases();
+                self.read(None, hget(hash, key.player.as_str()))?
+            }
+        };
         let Some(bytes) = found else {
             return Ok(None);
         };
@@ -286,8 +390,13 @@ impl Tx for RedisTx<'_> {
     }
 
     fn context(&mut self, key: &PlayerKey) -> Result<Option<PlayerContext>, StoreError> {
-        let hash = BrandKeys::new(&key.brand).contexts();
-        let found: Option<Vec<u8>> = self.read(Some(key), hget(hash, key.player.as_str()))?;
+        let found = match self.snapshots.get(key) {
+            Some(snapshot) => snapshot.context.clone(),
+            None => {
+                let hash = BrandKeys::new(&key.brand).contexts();
+                self.read(None, hget(hash, key.player.as_str()))?
+            }
+        };
         found
             .map(|bytes| parse(&bytes, "a player context does not parse"))
             .transpose()
@@ -408,7 +517,7 @@ impl Commit {
     /// The commit of `tx`'s staged writes, checking what it read.
     fn of(tx: &RedisTx<'_>) -> Result<Commit, StoreError> {
         let mut commit = Commit::default();
-        for (key, version) in &tx.versions {
+        for (key, version) in tx.snapshots.iter().map(|(k, s)| (k, s.version)) {
             let versions = commit.key(BrandKeys::new(&key.brand).versions());
             let check = [
                 b"VER".to_vec(),
@@ -443,7 +552,7 @@ impl Commit {
             commit.checks.extend(step);
         }
         for key in std::mem::take(&mut commit.touched) {
-            if !tx.versions.contains_key(&key) {
+            if !tx.snapshots.contains_key(&key) {
                 let versions = commit.key(BrandKeys::new(&key.brand).versions());
                 commit
                     .steps

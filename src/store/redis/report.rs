@@ -357,7 +357,7 @@ impl Store for RedisStore {
         self.shared.postbacks.notified().await
     }
 
-    fn subscribe(&self) -> broadcast::Receiver<PlayerKey> {
+    fn subscribe(&self) -> broadcast::Receiver<crate::store::Announcement> {
         self.shared.announce.subscribe()
     }
 

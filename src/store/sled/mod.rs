@@ -149,7 +149,7 @@ struct Inner {
     /// an age key `p` and an expiry key `x`: they are removed when the pixel ends (an `x` key left
     /// behind would forget the final record at the pixel's old expiry time).
     legacy_below: u64,
-    announce: broadcast::Sender<PlayerKey>,
+    announce: broadcast::Sender<crate::store::Announcement>,
     /// Woken when an ingest adds postbacks, so the sender does not wait for its next poll.
     outbox: Notify,
     /// The threads store calls run on.

@@ -13,6 +13,7 @@ use super::{Changes, Held, Inner, SledStore, entry, json, keys, lock};
 use crate::event::{EventOutcome, PlayerContext};
 use crate::ids::{BrandId, DefinitionId, EventId, PixelId, PlayerKey};
 use crate::pixel::QueuedPixel;
+use crate::store::Announcement;
 use crate::store::queues::{
     DueEntry, Durability, Lease, Mode, Queues, Record, Scope, Tx, Usage, Work, Write,
 };
@@ -619,7 +620,7 @@ impl Queues for SledStore {
 
     fn announce(&self, key: &PlayerKey) {
         // No receiver is fine: nobody online for now, the pixels wait.
-        let _ = self.inner.announce.send(key.clone());
+        let _ = self.inner.announce.send(Announcement::Player(key.clone()));
     }
 
     fn announce_postbacks(&self) {

@@ -444,7 +444,7 @@ impl Store for SledStore {
         self.inner.outbox.notified().await;
     }
 
-    fn subscribe(&self) -> broadcast::Receiver<PlayerKey> {
+    fn subscribe(&self) -> broadcast::Receiver<crate::store::Announcement> {
         self.inner.announce.subscribe()
     }
 

@@ -1,0 +1,360 @@
+//! The hub on Redis: several hub processes on one Redis are one hub. Each test starts its own
+//! redis-server on a free loopback port with its files in a temp dir (`scripts/test` installs Debian's
+//! `redis-server` when missing; the system's service is never used), durable as the hub requires
+//! (`appendonly yes`, `appendfsync always`), and stops it when done.
+
+use std::net::TcpListener;
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use pixelhub::config::{StoreDurability, StoreKind};
+use reqwest::StatusCode;
+use serde_json::json;
+
+use crate::helpers::{PATIENCE, TestApp, json_of};
+use crate::receiver::Receiver;
+
+/// A redis-server of the test's own, which the test can kill and start again on the same port and
+/// files (what a Redis restart is).
+pub struct Redis {
+    child: Option<Child>,
+    port: u16,
+    dir: tempfile::TempDir,
+    extra: Vec<String>,
+}
+
+impl Redis {
+    /// A durable server.
+    pub fn start() -> Redis {
+        Self::start_with(&[])
+    }
+
+    /// A server given `extra` settings on its command line too.
+    pub fn start_with(extra: &[&str]) -> Redis {
+        for _ in 0..5 {
+            let port = TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .expect("a free loopback port")
+                .port();
+            let mut redis = Redis {
+                child: None,
+                port,
+                dir: tempfile::tempdir().expect("a temp dir"),
+                extra: extra.iter().map(|s| s.to_string()).collect(),
+            };
+            if redis.run() {
+                return redis;
+            }
+        }
+        panic!("redis-server did not start on a free loopback port in five tries");
+    }
+
+    /// Starts the server on its port and files; false when it exited (the port was taken).
+    fn run(&mut self) -> bool {
+        let binary =
+            std::env::var("PIXELHUB_REDIS_SERVER").unwrap_or_else(|_| "redis-server".into());
+        let mut command = Command::new(&binary);
+        // SAFETY: between fork and exec the closure makes one system call (prctl, plain integers,
+        // async-signal-safe) and allocates nothing. The server dies with the thread that started it.
+        unsafe {
+            command.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        let child = command
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .args([
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+                "--save",
+                "",
+            ])
+            .args(&self.extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("starting {binary} (scripts/test installs Debian's redis-server): {e}")
+            });
+        self.child = Some(child);
+        let client = redis::Client::open(self.url()).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Some(Ok(Some(_))) = self.child.as_mut().map(|c| c.try_wait()) {
+                return false;
+            }
+            let pong = client
+                .get_connection_with_timeout(Duration::from_millis(200))
+                .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c));
+            if pong.is_ok() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    /// The hub's `--store` for this server.
+    pub fn store(&self) -> StoreKind {
+        StoreKind::Redis(self.url())
+    }
+
+    /// Kills the server at once (SIGKILL): what it acknowledged is in its append-only file.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the killed server again on the same port and files.
+    pub fn restart(&mut self) {
+        assert!(self.run(), "redis-server restarted on port {}", self.port);
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A hub process on `redis`; the first of a hub registers brand `b1`, the others join.
+async fn hub_on(redis: &Redis, first: bool) -> TestApp {
+    let store = redis.store();
+    if first {
+        TestApp::spawn_with(|c| c.store = store).await
+    } else {
+        TestApp::spawn_joining(|c| c.store = store).await
+    }
+}
+
+/// One hub process on Redis: the same story as on every engine, told across a restart (a process
+/// started after the first stopped has it all from Redis).
+#[tokio::test]
+async fn the_hub_runs_on_redis() {
+    let redis = Redis::start();
+    let mut app = hub_on(&redis, true).await;
+    let expected = crate::engines::queue_and_raise(&app).await;
+    app.stop().await;
+    let app = hub_on(&redis, false).await;
+    crate::engines::deliver_once(&app, &expected).await;
+    let stats = app.get_json("/api/v1/stats").await;
+    assert_eq!(stats["store"]["engine"], "redis");
+    assert_eq!(stats["store"]["durable"], true);
+}
+
+/// Three hub processes on one Redis are one hub: a pixel queued through A reaches the player's
+/// session on B, once; with a tab on each of three processes it fires once; an event reported to C
+/// queues B's pixel and sends its postback once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_hub_processes_on_one_redis_are_one_hub() {
+    let redis = Redis::start();
+    let a = hub_on(&redis, true).await;
+    let (b, c) = (hub_on(&redis, false).await, hub_on(&redis, false).await);
+
+    let mut on_b = b.session("p1").await;
+    let queued = a.queue("p1", json!({"kind": "js", "code": "1"})).await;
+    let started = Instant::now();
+    assert_eq!(
+        on_b.delivered().await,
+        queued,
+        "queued on A, delivered on B"
+    );
+    let woken_in = started.elapsed();
+    on_b.ack(&queued).await;
+    a.wait_until_drained("p1").await;
+
+    // A tab on each process: one of them holds the player's queue at a time.
+    let mut tabs = vec![
+        a.session("p2").await,
+        b.session("p2").await,
+        c.session("p2").await,
+    ];
+    let queued = c.queue("p2", json!({"kind": "js", "code": "2"})).await;
+    let mut fired = Vec::new();
+    let deadline = Instant::now() + PATIENCE;
+    while fired.is_empty() && Instant::now() < deadline {
+        for tab in &mut tabs {
+            if let Ok(message) = tokio::time::timeout(Duration::from_millis(100), tab.recv()).await
+            {
+                assert_eq!(message["type"], "deliver", "{message}");
+                let ids = crate::helpers::ids_of(&message["pixels"]);
+                tab.ack(&ids).await;
+                fired.extend(ids);
+            }
+        }
+    }
+    assert_eq!(fired, queued, "fired once, on one of the three tabs");
+    for tab in &mut tabs {
+        tab.expect_nothing(Duration::from_millis(300)).await;
+    }
+    a.wait_until_drained("p2").await;
+
+    // An event on C: B's session gets its pixel, the affiliate one postback.
+    let affiliate = Receiver::start().await;
+    a.define(
+        "b1",
+        json!({"id": "reg-px", "name": "Reg", "trigger": "registration", "kind": "image",
+               "audience": "all_players", "url": "https://px.example/reg?p={{player_id}}"}),
+    )
+    .await;
+    a.define(
+        "b1",
+        json!({"id": "reg-pb", "name": "Reg postback", "trigger": "registration", "kind": "s2s",
+               "audience": "all_players", "url": affiliate.url("/pb?e={{event_id}}")}),
+    )
+    .await;
+    let events = c
+        .report(
+            "b1",
+            json!({"event_id": "reg-1", "type": "registration", "player_id": "p1"}),
+        )
+        .await;
+    let produced = crate::helpers::ids_of(&events[0]["pixels"]);
+    assert_eq!(produced.len(), 2, "{events:?}");
+    let delivered = on_b.delivered().await;
+    assert_eq!(delivered.len(), 1, "the image pixel, on B");
+    on_b.ack(&delivered).await;
+    let deadline = Instant::now() + PATIENCE * 2;
+    while affiliate.hits_of("/pb").is_empty() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Three senders, one Redis: give the others time to send it again, if they were going to.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        affiliate.hits_of("/pb").len(),
+        1,
+        "one postback from three processes"
+    );
+    eprintln!("queued on A, woken on B in {woken_in:?}");
+}
+
+/// A Redis whose settings can lose acknowledged writes is refused at start, saying which and how to go
+/// on; `--store-durability relaxed` starts, and the stats say why it is not durable.
+#[tokio::test]
+async fn a_redis_that_can_lose_pixels_is_refused_unless_relaxed() {
+    let redis = Redis::start_with(&["--appendfsync", "everysec"]);
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = pixelhub::Config::for_data_dir(dir.path());
+    config.admin_token = Some(crate::helpers::TOKEN.into());
+    config.store = redis.store();
+    let refused = match pixelhub::Application::build(config).await {
+        Ok(_) => panic!("a hub started on appendfsync everysec"),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        refused.contains("appendfsync is everysec")
+            && refused.contains("--store-durability relaxed"),
+        "{refused}"
+    );
+
+    let store = redis.store();
+    let app = TestApp::spawn_with(|c| {
+        c.store = store;
+        c.store_durability = StoreDurability::Relaxed;
+    })
+    .await;
+    let stats = app.get_json("/api/v1/stats").await;
+    assert_eq!(stats["store"]["durable"], false, "{stats}");
+    let reasons = stats["store"]["relaxed"].to_string();
+    assert!(reasons.contains("appendfsync is everysec"), "{reasons}");
+}
+
+/// Redis killed under load and started again: calls while it is down are answered 503 (never a 202
+/// that was not stored), `/readyz` says so, the session stays open, nothing acknowledged is lost, and
+/// delivery resumes when Redis is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_outage_is_503_and_loses_nothing() {
+    let mut redis = Redis::start();
+    let store = redis.store();
+    // The browser acks each of the 200-odd deliveries a second as it gets them.
+    let app = TestApp::spawn_with(|c| {
+        c.store = store;
+        c.ws_max_messages_per_second = 1000;
+    })
+    .await;
+    // The browser, all along: fires (acks) whatever it is sent, and keeps every id it saw.
+    let mut ws = app.session("p1").await;
+    let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
+    let browser = tokio::spawn(async move {
+        let mut seen: Vec<String> = Vec::new();
+        loop {
+            tokio::select! {
+                _ = &mut stopped => return seen,
+                // Nothing arrives while Redis is down: a quiet second is not a failure here.
+                message = tokio::time::timeout(Duration::from_secs(1), ws.recv()) => {
+                    let Ok(message) = message else { continue };
+                    assert_eq!(message["type"], "deliver", "{message}");
+                    let ids = crate::helpers::ids_of(&message["pixels"]);
+                    ws.ack(&ids).await;
+                    seen.extend(ids);
+                }
+            }
+        }
+    });
+    let mut accepted: Vec<String> = Vec::new();
+    let mut refused = 0;
+    let mut down = Instant::now();
+    for i in 0..300 {
+        if i == 100 {
+            redis.kill();
+            down = Instant::now();
+        }
+        if i == 200 {
+            let ready = app.http.get(app.url("/readyz")).send().await.unwrap();
+            assert_eq!(
+                ready.status(),
+                StatusCode::SERVICE_UNAVAILABLE,
+                "/readyz while Redis is down"
+            );
+            let path = "/api/v1/brands/b1/players/p1/pixels";
+            let answer = app
+                .admin(reqwest::Method::POST, path)
+                .json(&json!({"kind": "js", "code": "x"}));
+            let body = json_of(answer).await;
+            assert_eq!(body["error"]["code"], "store_unavailable", "{body}");
+            eprintln!("100 calls refused in {:?}", down.elapsed());
+            redis.restart();
+        }
+        let answer = app
+            .enqueue("b1", "p1", json!({"kind": "js", "code": i.to_string()}))
+            .await;
+        match answer.status() {
+            StatusCode::ACCEPTED => {
+                let body: serde_json::Value = answer.json().await.unwrap();
+                accepted.extend(crate::helpers::ids_of(&body["pixels"]));
+            }
+            StatusCode::SERVICE_UNAVAILABLE => refused += 1,
+            other => panic!("pixel {i}: {other}"),
+        }
+    }
+    assert!(
+        refused >= 90,
+        "calls while Redis was down were refused: {refused}"
+    );
+    assert!(accepted.len() >= 190, "{} accepted", accepted.len());
+    // Every accepted pixel is delivered to the session that stayed open, and acked.
+    app.wait_until_drained("p1").await;
+    stop.send(()).unwrap();
+    let mut delivered = browser.await.expect("the session stayed open");
+    let count = delivered.len();
+    delivered.sort();
+    delivered.dedup();
+    assert_eq!(delivered.len(), count, "none delivered twice");
+    accepted.sort();
+    assert_eq!(delivered, accepted, "every 202 delivered");
+    let ready = app.http.get(app.url("/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), StatusCode::OK);
+    assert!(app.metric("pixelhub_store_unreachable_total").await >= 1);
+}
