@@ -28,7 +28,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::ids::{BrandId, PlayerKey, SessionId};
 use crate::ledger::Ledger;
-use crate::store::Announcement;
+use crate::store::{Announcement, ProcessPresence};
 
 /// Wake-up reasons, as bits in [`Signal`]'s flags.
 pub mod wake {
@@ -39,7 +39,7 @@ pub mod wake {
 }
 
 /// What ops see of a live session: enough to tell a player's tabs and devices apart.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct SessionInfo {
     /// The session id, as sent in its welcome.
     #[schema(value_type = String)]
@@ -53,6 +53,27 @@ pub struct SessionInfo {
     /// The client's address: the connection's peer, or the address a trusted proxy forwarded.
     #[schema(value_type = String)]
     pub client_ip: std::net::IpAddr,
+}
+
+/// How often a process on a shared store reports its sessions (well within
+/// [`crate::store::PRESENCE_TTL_MS`]).
+const PRESENCE_EVERY: Duration = Duration::from_secs(2);
+
+/// Reports between two renewals of the sessions' claims: every 6 s, well within
+/// [`crate::store::SESSION_CLAIM_TTL_MS`].
+const RENEW_EVERY_REPORTS: u32 = 3;
+
+/// The host's name and this process's id: how ops tell processes apart.
+fn process_name() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: the buffer is valid for its length; gethostname writes at most that many bytes.
+    let host = if unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) } == 0 {
+        let end = buf.iter().position(|b| *b == 0).unwrap_or(buf.len());
+        String::from_utf8_lossy(&buf[..end]).into_owned()
+    } else {
+        "unknown-host".into()
+    };
+    format!("{host}:{}", std::process::id())
 }
 
 /// How many heartbeat slots the sessions are spread over: one slot's sessions beat together, each slot
@@ -92,14 +113,7 @@ impl Signal {
     }
 }
 
-/// Live sessions of one brand in this process.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
-pub struct BrandSessions {
-    /// Connections.
-    pub sessions: usize,
-    /// Distinct players with at least one connection.
-    pub players_online: usize,
-}
+pub use crate::store::BrandSessions;
 
 /// Cheap-to-clone handle to the registry.
 #[derive(Clone, Default)]
@@ -115,6 +129,8 @@ struct Shared {
     /// Sessions ever registered: the next one's slot, modulo [`BEAT_SLOTS`].
     registered: AtomicUsize,
     sessions: AtomicUsize,
+    /// This process's id among a shared store's processes.
+    process: String,
 }
 
 impl Default for Shared {
@@ -124,6 +140,7 @@ impl Default for Shared {
             beats: (0..BEAT_SLOTS).map(|_| Mutex::default()).collect(),
             registered: AtomicUsize::new(0),
             sessions: AtomicUsize::new(0),
+            process: uuid::Uuid::now_v7().simple().to_string(),
         }
     }
 }
@@ -311,7 +328,71 @@ impl Hub {
             }
         });
 
+        if ledger.shared() {
+            self.spawn_presence(ledger.clone(), shutdown.clone(), tracker);
+        }
         self.spawn_heartbeats(heartbeat, shutdown, tracker);
+    }
+
+    /// This process's id among the processes of a shared store (unique to its run).
+    pub fn process_id(&self) -> &str {
+        &self.shared.process
+    }
+
+    /// This process's report, as of `now_ms`.
+    pub fn presence(&self, now_ms: u64) -> ProcessPresence {
+        let brands = self.brand_sessions();
+        ProcessPresence {
+            id: self.shared.process.clone(),
+            name: process_name(),
+            reported_at_ms: now_ms,
+            sessions: self.session_count(),
+            players_online: brands.values().map(|b| b.players_online).sum(),
+            brands,
+        }
+    }
+
+    /// Every live session, with its player.
+    fn all_sessions(&self) -> Vec<(PlayerKey, SessionId)> {
+        let mut out = Vec::with_capacity(self.session_count());
+        for entry in self.shared.players.iter() {
+            out.extend(
+                entry
+                    .value()
+                    .iter()
+                    .map(|s| (entry.key().clone(), s.session)),
+            );
+        }
+        out
+    }
+
+    /// On a shared store: reports this process's sessions every [`PRESENCE_EVERY`], and renews its
+    /// sessions' claims every [`RENEW_EVERY_REPORTS`] reports, so every process's stats show the whole
+    /// hub and the per-player limit holds across processes. A report or renewal that fails (the store
+    /// is away) is tried again at the next turn.
+    fn spawn_presence(&self, ledger: Ledger, shutdown: CancellationToken, tracker: &TaskTracker) {
+        let hub = self.clone();
+        tracker.spawn(async move {
+            let mut ticker = tokio::time::interval(PRESENCE_EVERY);
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut turn = 0u32;
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = ticker.tick() => {}
+                }
+                let presence = hub.presence(ledger.now_ms());
+                if let Err(e) = ledger.report_presence(&presence).await {
+                    tracing::debug!(error = %e, "could not report this process's sessions");
+                }
+                turn += 1;
+                if turn.is_multiple_of(RENEW_EVERY_REPORTS)
+                    && let Err(e) = ledger.renew_sessions(&hub.all_sessions()).await
+                {
+                    tracing::debug!(error = %e, "could not renew this process's session claims");
+                }
+            }
+        });
     }
 
     /// Starts the heartbeat ticker: every session beats once every `heartbeat`, at its slot's turn.

@@ -123,14 +123,13 @@ pub fn run(socket: WebSocket, mut ctx: SessionContext) -> impl Future<Output = (
                     origin: ctx.origin.take(),
                     client_ip: ctx.client_ip,
                 };
-                match ctx.hub.register(key.clone(), info, ctx.limits.sessions_per_player) {
-                    None => CloseReason::TooManySessions.into(),
-                    Some(registration) => {
+                let admitted = Box::pin(admit(&ctx, &key, info)).await;
+                match admitted {
+                    Err(end) => end,
+                    Ok(registration) => {
                         let end = live(&mut conn, &ctx, &key, welcome, &registration).await;
                         drop(registration);
-                        if let Err(e) = ctx.ledger.release(&key, id).await {
-                            tracing::error!(error = %e, "could not release the lease; it frees when the store restarts");
-                        }
+                        Box::pin(let_go(&ctx, &key, id)).await;
                         end
                     }
                 }
@@ -139,7 +138,11 @@ pub fn run(socket: WebSocket, mut ctx: SessionContext) -> impl Future<Output = (
         };
         match end {
             End::Close(reason) => {
-                tracing::debug!(code = reason.code(), reason = reason.as_str(), "closing session");
+                tracing::debug!(
+                    code = reason.code(),
+                    reason = reason.as_str(),
+                    "closing session"
+                );
                 ctx.metrics.ws_closed(reason.as_str());
                 if let Some(limit) = reason.limit() {
                     ctx.metrics.limit_hit(limit);
@@ -312,6 +315,50 @@ async fn handshake(
 pub fn origin_allowed(allowed: &[String], origin: Option<&str>) -> bool {
     allowed.is_empty()
         || origin.is_some_and(|origin| allowed.iter().any(|a| a.eq_ignore_ascii_case(origin)))
+}
+
+/// Gives up what the ended session held in the store: the player's lease (announced, so another
+/// session takes the pixels in flight) and, on a shared store, its place in the player's count.
+async fn let_go(ctx: &SessionContext, key: &PlayerKey, session: SessionId) {
+    if let Err(e) = ctx.ledger.release(key, session).await {
+        tracing::error!(error = %e, "could not release the lease; it frees when it runs out");
+    }
+    if ctx.ledger.shared()
+        && let Err(e) = ctx.ledger.release_session(key, session).await
+    {
+        tracing::debug!(error = %e, "could not release the session's claim; it runs out by itself");
+    }
+}
+
+/// Counts the session against the player's limit: in this process's hub, and on a shared store across
+/// every process too. A shared store that is away lets the session in, uncounted across processes: it
+/// can do nothing until the store is back.
+async fn admit(
+    ctx: &SessionContext,
+    key: &PlayerKey,
+    info: SessionInfo,
+) -> Result<Registration, End> {
+    let (session, max) = (info.session_id, ctx.limits.sessions_per_player);
+    let shared = match ctx.ledger.shared() {
+        true => Some(serde_json::to_string(&info).map_err(|_| CloseReason::InternalError)?),
+        false => None,
+    };
+    let registration = ctx
+        .hub
+        .register(key.clone(), info, max)
+        .ok_or(CloseReason::TooManySessions)?;
+    let Some(info) = shared else {
+        return Ok(registration);
+    };
+    match ctx.ledger.claim_session(key, session, &info, max).await {
+        Ok(true) => Ok(registration),
+        Ok(false) => Err(CloseReason::TooManySessions.into()),
+        Err(StoreError::Unavailable(why)) => {
+            tracing::debug!(%why, "the store is away; the session is not counted across processes");
+            Ok(registration)
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Live: sends what the store leases to this session, takes acks, keeps the heartbeat.

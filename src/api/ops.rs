@@ -26,7 +26,7 @@ use crate::hub::BrandSessions;
 use crate::hub::SessionInfo;
 use crate::ids::BrandId;
 use crate::metrics::{self, BrandGauges};
-use crate::store::{Backlog, BrandQueue, Purged};
+use crate::store::{Backlog, BrandQueue, ProcessPresence, Purged};
 
 /// How often the dashboard's history is sampled.
 const SAMPLE_EVERY: Duration = Duration::from_secs(2);
@@ -58,18 +58,56 @@ pub struct BrandOverview {
 pub struct Overview {
     /// Pending client pixels over all brands.
     pub queue_depth: u64,
-    /// Sessions in this process.
+    /// Sessions in this process; on a shared store, in every live process.
     pub sessions: usize,
-    /// Players with a session in this process.
+    /// Players with a session in this process; on a shared store, summed over every live process (a
+    /// player with tabs on two processes counts in each).
     pub players_online: usize,
     /// Every registered brand.
     pub brands: BTreeMap<BrandId, BrandOverview>,
+    /// On a shared store, every live process with its sessions (whose sums the figures above are);
+    /// empty otherwise.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub processes: Vec<ProcessPresence>,
 }
 
-/// Reads the overview from the store and this process.
+/// Every live process of a shared store, this one's figures as of now (its last report may be 2 s
+/// old); empty on a store of one process.
+async fn processes(state: &AppState) -> Result<Vec<ProcessPresence>, ApiError> {
+    if !state.ledger.shared() {
+        return Ok(Vec::new());
+    }
+    let mut all = state.ledger.presences().await?;
+    all.retain(|p| p.id != state.hub.process_id());
+    all.push(state.hub.presence(state.clock.now_ms()));
+    all.sort_by(|a, b| a.name.cmp(&b.name).then(a.id.cmp(&b.id)));
+    Ok(all)
+}
+
+/// Sessions per brand: this process's, or on a shared store every live process's, summed.
+fn sessions_per_brand(
+    state: &AppState,
+    processes: &[ProcessPresence],
+) -> BTreeMap<BrandId, BrandSessions> {
+    if processes.is_empty() {
+        return state.hub.brand_sessions();
+    }
+    let mut sum: BTreeMap<BrandId, BrandSessions> = BTreeMap::new();
+    for process in processes {
+        for (brand, counts) in &process.brands {
+            let total = sum.entry(brand.clone()).or_default();
+            total.sessions += counts.sessions;
+            total.players_online += counts.players_online;
+        }
+    }
+    sum
+}
+
+/// Reads the overview from the store and this process (every process, on a shared store).
 async fn overview(state: &AppState) -> Result<(Overview, crate::store::StoreStats), ApiError> {
     let mut stats = state.ledger.stats().await?;
-    let mut online = state.hub.brand_sessions();
+    let processes = processes(state).await?;
+    let mut online = sessions_per_brand(state, &processes);
     let fired = state.metrics.fired_per_brand();
     let failed = state.metrics.failed_per_brand();
     let brands: BTreeMap<BrandId, BrandOverview> = std::mem::take(&mut stats.brands)
@@ -84,11 +122,17 @@ async fn overview(state: &AppState) -> Result<(Overview, crate::store::StoreStat
             (brand, overview)
         })
         .collect();
+    let sessions = if processes.is_empty() {
+        state.hub.session_count()
+    } else {
+        processes.iter().map(|p| p.sessions).sum()
+    };
     let overview = Overview {
         queue_depth: stats.queue_depth,
-        sessions: state.hub.session_count(),
+        sessions,
         players_online: brands.values().map(|b| b.sessions.players_online).sum(),
         brands,
+        processes,
     };
     Ok((overview, stats))
 }
@@ -157,6 +201,7 @@ pub(super) async fn stats(
         },
         "s2s": state.postbacks.snapshot(),
         "brands": brands,
+        "processes": overview.processes,
     })))
 }
 
@@ -433,7 +478,19 @@ pub(super) async fn player_sessions(
     ApiPath(path): ApiPath<PlayerPath>,
 ) -> Result<Json<SessionsAnswer>, ApiError> {
     require_brand(&state, &path.brand_id).await?;
-    let sessions = state.hub.sessions_of(&path.key());
+    let key = path.key();
+    let sessions = match state.ledger.sessions_of(&key).await? {
+        // Every process's, on a shared store.
+        Some(infos) => {
+            let mut sessions: Vec<SessionInfo> = infos
+                .iter()
+                .filter_map(|info| serde_json::from_str(info).ok())
+                .collect();
+            sessions.sort_by_key(|s| s.connected_since_ms);
+            sessions
+        }
+        None => state.hub.sessions_of(&key),
+    };
     Ok(Json(SessionsAnswer { sessions }))
 }
 
@@ -484,7 +541,11 @@ pub(super) async fn purge(
 pub(super) async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
     let (overview, _) = overview(&state).await?;
     let now = state.clock.now_ms();
+    // Sessions are this process's: Prometheus sums them over the processes it scrapes. The queue's
+    // figures are the store's, the same from every process of a shared store.
+    let local = state.hub.brand_sessions();
     let gauges = overview.brands.iter().map(|(brand, b)| {
+        let here = local.get(brand).copied().unwrap_or_default();
         let oldest_age = b
             .queue
             .oldest_queued_at_ms
@@ -492,8 +553,8 @@ pub(super) async fn metrics(State(state): State<AppState>) -> Result<Response, A
         let figures = BrandGauges {
             queue_depth: b.queue.queue_depth,
             oldest_age: Duration::from_millis(oldest_age),
-            sessions: b.sessions.sessions as u64,
-            players_online: b.sessions.players_online as u64,
+            sessions: here.sessions as u64,
+            players_online: here.players_online as u64,
             players: b.queue.players,
             outbox: b.queue.outbox,
             events_today: b.queue.events_today,

@@ -27,13 +27,13 @@ use tokio::sync::broadcast;
 
 use crate::clock::SharedClock;
 use crate::event::PlayerContext;
-use crate::ids::{BrandId, DefinitionId, EventId, PlayerId, PlayerKey};
+use crate::ids::{BrandId, DefinitionId, EventId, PlayerId, PlayerKey, SessionId};
 use crate::metrics::{Metrics, PixelEvent};
 use crate::store::catalog::Catalog;
 use crate::store::queues::{Mode, Queues, Scope, Tx};
 use crate::store::{
-    Backlog, DefinitionHealth, DeliveryPage, DeliveryQuery, QueueCap, Quotas, Store, StoreError,
-    StoreStats,
+    Backlog, DefinitionHealth, DeliveryPage, DeliveryQuery, ProcessPresence, QueueCap, Quotas,
+    Store, StoreError, StoreStats,
 };
 
 /// How many times a change is decided again when another writer changed what it read. Catalog writes
@@ -211,7 +211,8 @@ impl Ledger {
         self.inner.store.as_ref()
     }
 
-    fn now_ms(&self) -> u64 {
+    /// Now, on the ledger's clock.
+    pub fn now_ms(&self) -> u64 {
         self.inner.clock.now_ms()
     }
 
@@ -283,5 +284,56 @@ impl Ledger {
     /// See [`Store::close`].
     pub async fn close(&self) -> Result<(), StoreError> {
         self.store().close().await
+    }
+
+    /// See [`Store::shared`].
+    pub fn shared(&self) -> bool {
+        self.store().shared()
+    }
+
+    /// See [`Store::report_presence`].
+    pub async fn report_presence(&self, presence: &ProcessPresence) -> Result<(), StoreError> {
+        self.store().report_presence(presence).await
+    }
+
+    /// See [`Store::presences`], as of now.
+    pub async fn presences(&self) -> Result<Vec<ProcessPresence>, StoreError> {
+        self.store().presences(self.now_ms()).await
+    }
+
+    /// See [`Store::claim_session`], as of now.
+    pub async fn claim_session(
+        &self,
+        key: &PlayerKey,
+        session: SessionId,
+        info: &str,
+        max: usize,
+    ) -> Result<bool, StoreError> {
+        let now = self.now_ms();
+        self.store()
+            .claim_session(key, session, info, max, now)
+            .await
+    }
+
+    /// See [`Store::release_session`].
+    pub async fn release_session(
+        &self,
+        key: &PlayerKey,
+        session: SessionId,
+    ) -> Result<(), StoreError> {
+        self.store().release_session(key, session).await
+    }
+
+    /// See [`Store::renew_sessions`], as of now.
+    pub async fn renew_sessions(
+        &self,
+        sessions: &[(PlayerKey, SessionId)],
+    ) -> Result<(), StoreError> {
+        self.store().renew_sessions(sessions, self.now_ms()).await
+    }
+
+    /// See [`Store::sessions_of`], as of now.
+    pub async fn sessions_of(&self, key: &PlayerKey) -> Result<Option<Vec<String>>, StoreError> {
+        self.store().sessions_of(key, self.now_ms()).await
     }
 }

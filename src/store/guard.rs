@@ -46,7 +46,7 @@ use super::{
 use crate::api_key::ApiKeyRecord;
 use crate::definition::Definition;
 use crate::event::PlayerContext;
-use crate::ids::{BrandId, DefinitionId, EventId, PlayerId, PlayerKey};
+use crate::ids::{BrandId, DefinitionId, EventId, PlayerId, PlayerKey, SessionId};
 use crate::metrics::Metrics;
 
 /// How often the room is measured.
@@ -519,6 +519,54 @@ impl Store for GuardedStore {
             return Ok(());
         }
         self.call(Call::Other, self.engine.close()).await
+    }
+
+    fn shared(&self) -> bool {
+        self.engine.shared()
+    }
+
+    async fn report_presence(&self, presence: &super::ProcessPresence) -> Result<(), StoreError> {
+        self.call(Call::Other, self.engine.report_presence(presence))
+            .await
+    }
+
+    async fn presences(&self, now_ms: u64) -> Result<Vec<super::ProcessPresence>, StoreError> {
+        self.call(Call::Other, self.engine.presences(now_ms)).await
+    }
+
+    async fn claim_session(
+        &self,
+        key: &PlayerKey,
+        session: SessionId,
+        info: &str,
+        max: usize,
+        now_ms: u64,
+    ) -> Result<bool, StoreError> {
+        let claim = self.engine.claim_session(key, session, info, max, now_ms);
+        self.call(Call::Other, claim).await
+    }
+
+    async fn release_session(&self, key: &PlayerKey, session: SessionId) -> Result<(), StoreError> {
+        self.call(Call::Other, self.engine.release_session(key, session))
+            .await
+    }
+
+    async fn renew_sessions(
+        &self,
+        sessions: &[(PlayerKey, SessionId)],
+        now_ms: u64,
+    ) -> Result<(), StoreError> {
+        self.call(Call::Other, self.engine.renew_sessions(sessions, now_ms))
+            .await
+    }
+
+    async fn sessions_of(
+        &self,
+        key: &PlayerKey,
+        now_ms: u64,
+    ) -> Result<Option<Vec<String>>, StoreError> {
+        self.call(Call::Other, self.engine.sessions_of(key, now_ms))
+            .await
     }
 }
 

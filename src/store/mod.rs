@@ -16,7 +16,7 @@ use crate::definition::PostBody;
 use crate::delivery::Delivery;
 pub use crate::delivery::PixelStatus;
 use crate::event::PlayerContext;
-use crate::ids::{BrandId, DefinitionId, PixelId, PlayerId, PlayerKey};
+use crate::ids::{BrandId, DefinitionId, PixelId, PlayerId, PlayerKey, SessionId};
 use crate::pixel::QueuedPixel;
 
 pub mod catalog;
@@ -392,6 +392,40 @@ pub struct DeliveryPage {
     pub next: Option<Cursor>,
 }
 
+/// Live sessions of one brand: connections, and distinct players with at least one.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct BrandSessions {
+    /// Connections.
+    pub sessions: usize,
+    /// Distinct players with at least one connection.
+    pub players_online: usize,
+}
+
+/// What one hub process reports of itself to a shared engine, so that every process's stats show the
+/// whole hub; a report older than [`PRESENCE_TTL_MS`] is a process that is gone.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ProcessPresence {
+    /// Unique to the process's run.
+    pub id: String,
+    /// Where it runs: host name and process id.
+    pub name: String,
+    /// When it reported, Unix milliseconds.
+    pub reported_at_ms: u64,
+    /// Its sessions.
+    pub sessions: usize,
+    /// Its players online (a player with tabs on two processes counts in each).
+    pub players_online: usize,
+    /// Per brand.
+    pub brands: BTreeMap<BrandId, BrandSessions>,
+}
+
+/// How long a process's report counts: five reports (each process reports every 2 s).
+pub const PRESENCE_TTL_MS: u64 = 10_000;
+
+/// How long a session's claim on its player's session count lasts unless its process renews it (it
+/// renews every live session's every 5 s): a process that dies frees its players' counts after it.
+pub const SESSION_CLAIM_TTL_MS: u64 = 20_000;
+
 /// What a store tells the hub may have work.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Announcement {
@@ -539,4 +573,64 @@ pub trait Store: Send + Sync + 'static {
 
     /// Flushes and stops background work. Later calls fail with [`StoreError::Closed`].
     async fn close(&self) -> Result<(), StoreError>;
+
+    /// Whether every hub process on this store shares it (Redis): then sessions, their per-player
+    /// limit and the stats' session counts are kept in the store too. An embedded engine is one
+    /// process's, which its hub counts in memory.
+    fn shared(&self) -> bool {
+        false
+    }
+
+    /// Records this process's report (a shared engine; a no-op otherwise).
+    async fn report_presence(&self, _presence: &ProcessPresence) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    /// The reports of every live process, as of `now_ms` (reports past [`PRESENCE_TTL_MS`] are gone);
+    /// empty for an engine that is not shared.
+    async fn presences(&self, _now_ms: u64) -> Result<Vec<ProcessPresence>, StoreError> {
+        Ok(Vec::new())
+    }
+
+    /// Counts a new session of the player against `max` across every process: true when it may stay
+    /// (its claim lasts [`SESSION_CLAIM_TTL_MS`] from `now_ms` unless renewed). `info` is the session as
+    /// ops list it (JSON). Always true for an engine that is not shared.
+    async fn claim_session(
+        &self,
+        _key: &PlayerKey,
+        _session: SessionId,
+        _info: &str,
+        _max: usize,
+        _now_ms: u64,
+    ) -> Result<bool, StoreError> {
+        Ok(true)
+    }
+
+    /// Ends a session's claim.
+    async fn release_session(
+        &self,
+        _key: &PlayerKey,
+        _session: SessionId,
+    ) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    /// Renews the claims of this process's live sessions, as of `now_ms`.
+    async fn renew_sessions(
+        &self,
+        _sessions: &[(PlayerKey, SessionId)],
+        _now_ms: u64,
+    ) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    /// The player's sessions on every process (their `info`, oldest claim first), as of `now_ms`; `None`
+    /// for an engine that is not shared (the hub lists its own).
+    async fn sessions_of(
+        &self,
+        _key: &PlayerKey,
+        _now_ms: u64,
+    ) -> Result<Option<Vec<String>>, StoreError> {
+        Ok(None)
+    }
 }

@@ -358,3 +358,84 @@ async fn a_redis_outage_is_503_and_loses_nothing() {
     assert_eq!(ready.status(), StatusCode::OK);
     assert!(app.metric("pixelhub_store_unreachable_total").await >= 1);
 }
+
+/// Polls `app`'s stats until `done` holds; fails with the last answer after `patience`.
+async fn stats_until(
+    app: &TestApp,
+    patience: Duration,
+    done: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = Instant::now() + patience;
+    loop {
+        let stats = app.get_json("/api/v1/stats").await;
+        if done(&stats) {
+            return stats;
+        }
+        assert!(Instant::now() < deadline, "stats never got there: {stats}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Two processes on one Redis: the stats of either count the sessions of both, and list both; the
+/// per-player session limit holds across them, and the sessions route lists a player's sessions on
+/// every process. A process that stops is forgotten within its report's lifetime.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stats_and_limits_count_every_live_process_and_forget_a_stopped_one() {
+    let redis = Redis::start();
+    let store = redis.store();
+    let a = TestApp::spawn_with(|c| {
+        c.store = store.clone();
+        c.max_sessions_per_player = 2;
+    })
+    .await;
+    let mut b = TestApp::spawn_joining(|c| {
+        c.store = store;
+        c.max_sessions_per_player = 2;
+    })
+    .await;
+    let _on_a = (a.session("p1").await, a.session("p2").await);
+    let _on_b = b.session("p3").await;
+
+    // Two tabs of p9, one on each process: a third, on either, is one too many.
+    let _tabs = (a.session("p9").await, b.session("p9").await);
+    for app in [&a, &b] {
+        let mut third = app.connect().await;
+        third
+            .send(json!({"type": "hello", "v": 1, "brand_id": "b1", "player_id": "p9"}))
+            .await;
+        assert_eq!(
+            third.closed().await.0,
+            4006,
+            "the limit holds across processes"
+        );
+    }
+    let listed = b.get_json("/api/v1/brands/b1/players/p9/sessions").await;
+    assert_eq!(
+        listed["sessions"].as_array().map(Vec::len),
+        Some(2),
+        "both of p9's sessions, whichever process is asked: {listed}"
+    );
+
+    let both = stats_until(&a, PATIENCE, |s| {
+        s["sessions"] == 5 && s["processes"].as_array().map(Vec::len) == Some(2)
+    })
+    .await;
+    assert_eq!(both["brands"]["b1"]["sessions"], 5, "{both}");
+    assert_eq!(both["players_online"], 5, "{both}");
+
+    b.stop().await;
+    let started = Instant::now();
+    let alone = stats_until(&a, PATIENCE * 3, |s| {
+        s["processes"].as_array().map(Vec::len) == Some(1)
+    })
+    .await;
+    assert_eq!(alone["sessions"], 3, "{alone}");
+    let ttl = Duration::from_millis(pixelhub::store::PRESENCE_TTL_MS);
+    assert!(
+        started.elapsed() <= ttl + Duration::from_secs(3),
+        "forgotten after {:?}",
+        started.elapsed()
+    );
+    // p9's tab on the stopped process is gone: a second one may open.
+    let _again = a.session("p9").await;
+}

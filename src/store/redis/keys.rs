@@ -126,6 +126,16 @@ impl BrandKeys {
         self.key("backlog")
     }
 
+    /// Sorted set: the player's sessions on every process, each scored by when its claim runs out.
+    pub(super) fn session_claims(&self, player: &PlayerId) -> String {
+        self.key(&format!("sess:{}", player.as_str()))
+    }
+
+    /// Hash: the player's sessions as ops list them, by session id (JSON).
+    pub(super) fn session_infos(&self, player: &PlayerId) -> String {
+        self.key(&format!("sinfo:{}", player.as_str()))
+    }
+
     /// Sorted set: player → `queued_at_ms` of the head of its queue.
     pub(super) fn oldest(&self) -> String {
         self.key("oldest")

@@ -16,6 +16,7 @@ mod announce;
 mod catalog;
 mod durability;
 mod keys;
+mod presence;
 mod queues;
 mod report;
 #[cfg(test)]

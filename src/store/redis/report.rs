@@ -12,11 +12,11 @@ use super::keys::{self, BrandKeys, CountFields, Counts};
 use super::{RedisStore, backend, corrupt};
 use crate::delivery::Delivery;
 use crate::event::PlayerContext;
-use crate::ids::{BrandId, DefinitionId, PixelId, PlayerId, PlayerKey};
+use crate::ids::{BrandId, DefinitionId, PixelId, PlayerId, PlayerKey, SessionId};
 use crate::store::queues::Record;
 use crate::store::{
-    Backlog, BrandQueue, Cursor, DefinitionHealth, DeliveryPage, DeliveryQuery, Store, StoreError,
-    StoreStats,
+    Backlog, BrandQueue, Cursor, DefinitionHealth, DeliveryPage, DeliveryQuery, ProcessPresence,
+    Store, StoreError, StoreStats,
 };
 
 /// A UTC day, for the daily event count.
@@ -359,6 +359,49 @@ impl Store for RedisStore {
 
     fn subscribe(&self) -> broadcast::Receiver<crate::store::Announcement> {
         self.shared.announce.subscribe()
+    }
+
+    fn shared(&self) -> bool {
+        true
+    }
+
+    async fn report_presence(&self, presence: &ProcessPresence) -> Result<(), StoreError> {
+        self.put_presence(presence).await
+    }
+
+    async fn presences(&self, now_ms: u64) -> Result<Vec<ProcessPresence>, StoreError> {
+        self.live_presences(now_ms).await
+    }
+
+    async fn claim_session(
+        &self,
+        key: &PlayerKey,
+        session: SessionId,
+        info: &str,
+        max: usize,
+        now_ms: u64,
+    ) -> Result<bool, StoreError> {
+        self.claim(key, session, info, max, now_ms).await
+    }
+
+    async fn release_session(&self, key: &PlayerKey, session: SessionId) -> Result<(), StoreError> {
+        self.unclaim(key, session).await
+    }
+
+    async fn renew_sessions(
+        &self,
+        sessions: &[(PlayerKey, SessionId)],
+        now_ms: u64,
+    ) -> Result<(), StoreError> {
+        self.renew(sessions, now_ms).await
+    }
+
+    async fn sessions_of(
+        &self,
+        key: &PlayerKey,
+        now_ms: u64,
+    ) -> Result<Option<Vec<String>>, StoreError> {
+        self.claimed_sessions(key, now_ms).await.map(Some)
     }
 
     async fn close(&self) -> Result<(), StoreError> {
