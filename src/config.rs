@@ -534,6 +534,13 @@ pub struct Config {
           value_parser = clap::value_parser!(u64).range(100..=600_000))]
     pub heartbeat_ms: u64,
 
+    /// Milliseconds a player's lease lasts unless its holder renews it: how long a player's pixels in
+    /// flight wait after their session's process died before another session gets them (default: three
+    /// heartbeats, at most 15 s). A holder with pixels in flight renews it every third of it.
+    #[arg(long, env = "PIXELHUB_LEASE_TTL_MS",
+          value_parser = clap::value_parser!(u64).range(300..=600_000))]
+    pub lease_ttl_ms: Option<u64>,
+
     /// Milliseconds a client may take to accept one of our frames before it is closed as slow (4003).
     #[arg(long, env = "PIXELHUB_WRITE_TIMEOUT_MS", default_value_t = 10_000,
           value_parser = clap::value_parser!(u64).range(100..=600_000))]
@@ -631,6 +638,14 @@ impl Config {
         Duration::from_millis(self.heartbeat_ms)
     }
 
+    /// See [`Config::lease_ttl_ms`].
+    pub fn lease_ttl(&self) -> Duration {
+        self.lease_ttl_ms.map_or_else(
+            || (self.heartbeat() * 3).min(Duration::from_secs(15)),
+            Duration::from_millis,
+        )
+    }
+
     /// See [`Config::write_timeout_ms`].
     pub fn write_timeout(&self) -> Duration {
         Duration::from_millis(self.write_timeout_ms)
@@ -688,7 +703,7 @@ impl Config {
             default_ttl: Duration::from_secs(self.default_ttl_seconds),
             retention: Duration::from_secs(self.report_retention_days * 24 * 3600),
             queue_cap: self.queue_cap(),
-            lease_ttl: self.heartbeat() * 3,
+            lease_ttl: self.lease_ttl(),
             quotas: self.quotas(),
         }
     }
@@ -729,6 +744,22 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("--delivery-window"), "{e}");
+    }
+
+    #[test]
+    fn a_lease_lasts_three_heartbeats_at_most_15_s_unless_set() {
+        let lease = |args: &[&str]| {
+            let mut all = vec!["pixelhub"];
+            all.extend_from_slice(args);
+            Cli::try_parse_from(all).unwrap().config.lease_ttl()
+        };
+        assert_eq!(
+            lease(&[]),
+            Duration::from_secs(15),
+            "25 s heartbeats: capped"
+        );
+        assert_eq!(lease(&["--heartbeat-ms", "1000"]), Duration::from_secs(3));
+        assert_eq!(lease(&["--lease-ttl-ms", "60000"]), Duration::from_secs(60));
     }
 
     fn with_file(toml: &str, args: &[&str]) -> Result<Config, String> {

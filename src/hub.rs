@@ -16,7 +16,7 @@
 //! them for 150 to 450 ms (docs/benchmarks.md, "The online tail over 30 seconds").
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -93,6 +93,13 @@ pub struct Signal {
     flags: AtomicU8,
     /// Its heartbeat slot, below [`BEAT_SLOTS`].
     slot: usize,
+    /// Pixels sent to the session and not acknowledged, as the session counts them: while any are, the
+    /// hub wakes it every third of the lease's lifetime so it renews the lease (a heartbeat may come too
+    /// late).
+    in_flight: AtomicU32,
+    /// Whether another session held the player's queue at the session's last ask: the hub wakes it
+    /// with the holders, so it takes the queue soon after a dead holder's lease runs out.
+    waiting: std::sync::atomic::AtomicBool,
     info: SessionInfo,
 }
 
@@ -110,6 +117,31 @@ impl Signal {
     /// Returns and clears the raised flags.
     pub fn take(&self) -> u8 {
         self.flags.swap(0, Ordering::Acquire)
+    }
+
+    /// The session sent `n` pixels.
+    pub fn sent(&self, n: usize) {
+        self.in_flight.fetch_add(n as u32, Ordering::Relaxed);
+    }
+
+    /// The session passed `n` acks to the store.
+    pub fn acked(&self, n: usize) {
+        let _ = self
+            .in_flight
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |held| {
+                Some(held.saturating_sub(n as u32))
+            });
+    }
+
+    /// Whether another session held the player's queue at this one's last ask.
+    pub fn set_waiting(&self, waiting: bool) {
+        self.waiting.store(waiting, Ordering::Relaxed);
+    }
+
+    /// Whether the session holds pixels in flight, or waits for another's lease to end: either way, it
+    /// must ask again within a lease's lifetime.
+    fn holding(&self) -> bool {
+        self.in_flight.load(Ordering::Relaxed) > 0 || self.waiting.load(Ordering::Relaxed)
     }
 }
 
@@ -220,6 +252,8 @@ impl Hub {
             notify: Notify::new(),
             flags: AtomicU8::new(0),
             slot,
+            in_flight: AtomicU32::new(0),
+            waiting: Default::default(),
             info,
         });
         signal.raise(wake::POKE);
@@ -296,6 +330,7 @@ impl Hub {
         &self,
         ledger: &Ledger,
         heartbeat: Duration,
+        lease_ttl: Duration,
         shutdown: CancellationToken,
         tracker: &TaskTracker,
     ) {
@@ -331,7 +366,38 @@ impl Hub {
         if ledger.shared() {
             self.spawn_presence(ledger.clone(), shutdown.clone(), tracker);
         }
+        self.spawn_renewals(lease_ttl / 3, shutdown.clone(), tracker);
         self.spawn_heartbeats(heartbeat, shutdown, tracker);
+    }
+
+    /// Wakes, every `every`, the sessions holding pixels in flight, so each renews its lease before it
+    /// runs out (its heartbeat may be further apart than the lease's lifetime), and those waiting for
+    /// another session's lease, so one takes the queue soon after a dead holder's lease ran out. One pass
+    /// over the sessions, with no timer of their own.
+    fn spawn_renewals(&self, every: Duration, shutdown: CancellationToken, tracker: &TaskTracker) {
+        let hub = self.clone();
+        tracker.spawn(async move {
+            let mut ticker = tokio::time::interval(every);
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            ticker.tick().await;
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = ticker.tick() => hub.wake_holders(),
+                }
+            }
+        });
+    }
+
+    /// Wakes every session holding pixels in flight or waiting for another's lease.
+    fn wake_holders(&self) {
+        for entry in self.shared.players.iter() {
+            entry
+                .value()
+                .iter()
+                .filter(|s| s.holding())
+                .for_each(|s| s.raise(wake::POKE));
+        }
     }
 
     /// This process's id among the processes of a shared store (unique to its run).
@@ -471,6 +537,38 @@ mod tests {
                 .contains_key(&BrandId::parse("b1").unwrap())
         );
         assert_eq!(hub.session_count(), 1);
+    }
+
+    /// With paused time: each renewal tick wakes the sessions holding pixels in flight, and only them,
+    /// until their acks come back; and those waiting for another session's lease.
+    #[tokio::test(start_paused = true)]
+    async fn sessions_with_pixels_in_flight_are_woken_to_renew_their_lease() {
+        let hub = Hub::default();
+        let (holder, idle) = (register(&hub, key("b", "a")), register(&hub, key("b", "z")));
+        holder.signal().take();
+        idle.signal().take();
+        let (stop, tracker) = (CancellationToken::new(), TaskTracker::new());
+        hub.spawn_renewals(Duration::from_secs(5), stop.clone(), &tracker);
+        holder.signal().sent(3);
+        for tick in 1..=2 {
+            tokio::time::sleep(Duration::from_millis(5_001)).await;
+            assert_eq!(holder.signal().take(), wake::POKE, "tick {tick}");
+            assert_eq!(idle.signal().take(), 0, "tick {tick}");
+        }
+        holder.signal().acked(2);
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        assert_eq!(holder.signal().take(), wake::POKE, "one still in flight");
+        holder.signal().acked(5);
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        assert_eq!(holder.signal().take(), 0, "all acked: no more renewals");
+        idle.signal().set_waiting(true);
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        assert_eq!(
+            idle.signal().take(),
+            wake::POKE,
+            "waiting for another's lease"
+        );
+        stop.cancel();
     }
 
     #[test]

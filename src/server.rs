@@ -269,7 +269,13 @@ impl Application {
         guarded.spawn_monitor(shutdown.clone(), &background);
         ledger.spawn_upkeep(shutdown.clone(), &background);
         crate::memory::spawn_trimmer(shutdown.clone(), &background);
-        hub.spawn_background(&ledger, config.heartbeat(), shutdown.clone(), &background);
+        hub.spawn_background(
+            &ledger,
+            config.heartbeat(),
+            config.lease_ttl(),
+            shutdown.clone(),
+            &background,
+        );
 
         if let Some(tls) = &tls {
             Arc::clone(tls).watch(Arc::clone(&metrics), shutdown.clone(), &background);

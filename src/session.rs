@@ -16,7 +16,7 @@ use tracing::{Instrument, field};
 
 use crate::clock::SharedClock;
 use crate::delivery::{Ack, BrowserReport};
-use crate::hub::{Hub, Registration, SessionInfo, wake};
+use crate::hub::{Hub, Registration, SessionInfo, Signal, wake};
 use crate::ids::{BrandId, PixelId, PlayerId, PlayerKey, SessionId};
 use crate::ledger::Ledger;
 use crate::limits::TokenBucket;
@@ -397,7 +397,7 @@ async fn live(
             message = conn.recv() => {
                 silent_ticks = 0;
                 match message {
-                    Ok(Message::Text(text)) => Box::pin(on_message(ctx, key, text.as_str(), &mut held)).await,
+                    Ok(Message::Text(text)) => Box::pin(on_message(ctx, key, signal, text.as_str(), &mut held)).await,
                     Ok(_) => Ok(false),
                     Err(end) => Err(end),
                 }
@@ -410,7 +410,7 @@ async fn live(
             Ok(false) => continue,
             Ok(true) => {}
         }
-        if let Err(end) = Box::pin(pump(conn, ctx, key, signal.session, &mut held)).await {
+        if let Err(end) = Box::pin(pump(conn, ctx, key, signal, &mut held)).await {
             return end;
         }
     }
@@ -420,6 +420,7 @@ async fn live(
 async fn on_message(
     ctx: &SessionContext,
     key: &PlayerKey,
+    signal: &Signal,
     text: &str,
     held: &mut Vec<Ack>,
 ) -> Result<bool, End> {
@@ -449,7 +450,7 @@ async fn on_message(
                 }
             }
             held.extend(acks);
-            settle(ctx, key, held).await
+            settle(ctx, key, signal, held).await
         }
         ClientMessage::Pong => Ok(false),
         ClientMessage::Hello { .. } => Err(CloseReason::UnexpectedMessage.into()),
@@ -459,13 +460,19 @@ async fn on_message(
 /// Passes the held acks to the store; true once it took them. A store that is unavailable (a shared
 /// one that is down) keeps them held, to be passed again before the next lease, and the session stays
 /// open: the browser has fired those pixels, and nothing it says is lost while the store is away.
-async fn settle(ctx: &SessionContext, key: &PlayerKey, held: &mut Vec<Ack>) -> Result<bool, End> {
+async fn settle(
+    ctx: &SessionContext,
+    key: &PlayerKey,
+    signal: &Signal,
+    held: &mut Vec<Ack>,
+) -> Result<bool, End> {
     if held.is_empty() {
         return Ok(true);
     }
     match ctx.ledger.acknowledge(key, held).await {
         Ok(removed) => {
             tracing::debug!(acked = held.len(), removed, "ack");
+            signal.acked(held.len());
             held.clear();
             Ok(true)
         }
@@ -489,14 +496,21 @@ async fn pump(
     conn: &mut Conn,
     ctx: &SessionContext,
     key: &PlayerKey,
-    session: SessionId,
+    signal: &Signal,
     held: &mut Vec<Ack>,
 ) -> Result<(), End> {
-    if !settle(ctx, key, held).await? {
+    if !settle(ctx, key, signal, held).await? {
         return Ok(());
     }
-    let pixels = match ctx.ledger.lease(key, session, ctx.limits.window).await {
-        Ok(pixels) => pixels,
+    let pixels = match ctx
+        .ledger
+        .lease_for(key, signal.session, ctx.limits.window)
+        .await
+    {
+        Ok(leased) => {
+            signal.set_waiting(leased.held_elsewhere);
+            leased.pixels
+        }
         Err(StoreError::Unavailable(why)) => {
             tracing::debug!(%why, "the store is unavailable; delivery waits");
             return Ok(());
@@ -507,6 +521,7 @@ async fn pump(
         return Ok(());
     }
     tracing::debug!(count = pixels.len(), "delivering");
+    signal.sent(pixels.len());
     let message = ServerMessage::Deliver {
         pixels: pixels.iter().map(WirePixel::from).collect(),
     };

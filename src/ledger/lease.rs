@@ -10,6 +10,16 @@ use crate::pixel::QueuedPixel;
 use crate::store::queues::{Lease, Mode, Write};
 use crate::store::{PixelStatus, StoreError};
 
+/// What a session's ask for its player's queue got.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Leased {
+    /// The next pixels to send it.
+    pub pixels: Vec<QueuedPixel>,
+    /// Another session holds the player's queue (maybe on a process that died): this one should ask
+    /// again before long, since the lease runs out by itself.
+    pub held_elsewhere: bool,
+}
+
 impl Ledger {
     /// Takes (or keeps, renewing it) the player's lease for `session` and returns the next pixels to
     /// send: those after the ones it already has in flight, in queue order, so that at most
@@ -21,19 +31,31 @@ impl Ledger {
         session: SessionId,
         max_in_flight: usize,
     ) -> Result<Vec<QueuedPixel>, StoreError> {
+        Ok(self.lease_for(key, session, max_in_flight).await?.pixels)
+    }
+
+    /// [`Ledger::lease`], saying also whether another session holds the queue.
+    pub async fn lease_for(
+        &self,
+        key: &PlayerKey,
+        session: SessionId,
+        max_in_flight: usize,
+    ) -> Result<Leased, StoreError> {
         // What an idle session's heartbeat finds, thousands of times a second on a busy hub: no work.
         if self.queues().surely_idle(key) {
-            return Ok(Vec::new());
+            return Ok(Leased::default());
         }
         let now = self.now_ms();
         let options = self.inner.options;
         let owned = key.clone();
-        let (sent, transitions) = self
+        let (sent, transitions, held_elsewhere) = self
             .transact(vec![key.clone()], Mode::LAZY, move |tx| {
                 let key = &owned;
                 let current = tx.lease(key)?.filter(|lease| lease.expires_at_ms > now);
                 let (token, held) = match current {
-                    Some(lease) if lease.session != session => return Ok((Vec::new(), Vec::new())),
+                    Some(lease) if lease.session != session => {
+                        return Ok((Vec::new(), Vec::new(), true));
+                    }
                     Some(lease) => (lease.token, lease.in_flight),
                     None => (tx.next_seq()?, Vec::new()),
                 };
@@ -94,11 +116,14 @@ impl Ledger {
                         }),
                     });
                 }
-                Ok((sent, transitions))
+                Ok((sent, transitions, false))
             })
             .await?;
         self.count(&key.brand, transitions);
-        Ok(sent)
+        Ok(Leased {
+            pixels: sent,
+            held_elsewhere,
+        })
     }
 
     /// Records that the browser fired these pixels: [`Ledger::acknowledge`] with nothing to report.

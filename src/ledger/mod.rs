@@ -18,6 +18,8 @@ mod outbox;
 mod queue;
 mod upkeep;
 
+pub use lease::Leased;
+
 use std::any::Any;
 use std::collections::BTreeMap;
 use std::sync::Arc;

@@ -12,7 +12,8 @@ use pixelhub::config::{StoreDurability, StoreKind};
 use reqwest::StatusCode;
 use serde_json::json;
 
-use crate::helpers::{PATIENCE, TestApp, json_of};
+use crate::helpers::{PATIENCE, TestApp, WsClient, json_of};
+use crate::process::{HubApi, HubProcess};
 use crate::receiver::Receiver;
 
 /// A redis-server of the test's own, which the test can kill and start again on the same port and
@@ -438,4 +439,87 @@ async fn stats_and_limits_count_every_live_process_and_forget_a_stopped_one() {
     );
     // p9's tab on the stopped process is gone: a second one may open.
     let _again = a.session("p9").await;
+}
+
+const TOKEN: &str = "redis-test-token-0123456789";
+
+/// A real hub process on `redis`, with leases of 1.5 s so a dead holder's run out quickly.
+fn hub_process(redis: &Redis, dir: &std::path::Path) -> HubProcess {
+    let url = redis.url();
+    let settings = [
+        ("PIXELHUB_STORE", url.as_str()),
+        ("PIXELHUB_LEASE_TTL_MS", "1500"),
+    ];
+    HubProcess::start_with("127.0.0.1:0", dir, Some(TOKEN), false, &settings)
+}
+
+/// A player's session on the hub process listening on `addr`.
+async fn session_at(addr: std::net::SocketAddr, player: &str) -> WsClient {
+    let (ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/websocket"))
+        .await
+        .expect("the upgrade succeeds");
+    let mut client = WsClient { ws };
+    client
+        .send(json!({"type": "hello", "v": 1, "brand_id": "b1", "player_id": player}))
+        .await;
+    let welcome = client.recv().await;
+    assert_eq!(welcome["type"], "welcome", "{welcome}");
+    client
+}
+
+/// `kill -9` of the process whose session holds a player's pixels in flight: the player's next session,
+/// on another process, gets them once the dead holder's lease runs out (1.5 s here), and acks them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_of_the_lease_holder_hands_its_pixels_in_flight_to_another_process() {
+    let redis = Redis::start();
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = hub_process(&redis, dir_a.path());
+    let b = hub_process(&redis, dir_b.path());
+    let api = HubApi::of(&b, TOKEN);
+    let brand = json!({"allowed_kinds": crate::helpers::ALL_KINDS});
+    let (status, body) = api
+        .call(reqwest::Method::PUT, "/api/v1/brands/b1", Some(brand))
+        .await;
+    assert!(status.is_success(), "{body}");
+
+    let mut on_a = session_at(a.addr, "p1").await;
+    let mut queued = Vec::new();
+    for n in 0..3 {
+        let pixel = json!({"kind": "js", "code": n.to_string()});
+        let (status, body) = api
+            .call(
+                reqwest::Method::POST,
+                "/api/v1/brands/b1/players/p1/pixels",
+                Some(pixel),
+            )
+            .await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+        queued.extend(crate::helpers::ids_of(&body["pixels"]));
+    }
+    let mut in_flight = Vec::new();
+    while in_flight.len() < queued.len() {
+        in_flight.extend(on_a.delivered().await);
+    }
+    assert_eq!(
+        in_flight, queued,
+        "sent to the session on A, not acknowledged"
+    );
+
+    a.kill_9();
+    let killed = Instant::now();
+    let mut on_b = session_at(b.addr, "p1").await;
+    let mut again = Vec::new();
+    while again.len() < queued.len() {
+        again.extend(on_b.delivered().await);
+    }
+    let took = killed.elapsed();
+    assert_eq!(again, queued, "the unacknowledged pixels, on B");
+    assert!(took < Duration::from_secs(4), "taken over in {took:?}");
+    on_b.ack(&again).await;
+    let deadline = Instant::now() + PATIENCE;
+    while !api.pending("p1").await.is_empty() {
+        assert!(Instant::now() < deadline, "the acks on B emptied the queue");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    eprintln!("pixels in flight on a killed process reached another in {took:?}");
 }
