@@ -896,3 +896,52 @@ async fn the_browser_reports_what_went_wrong_and_failed_pixels_never_fire_again(
         4
     );
 }
+
+/// Three hub processes on one Redis, a brand site in front of each (three origins, so three
+/// connections: a browser's tabs of one origin share one). A pixel queued through A fires in the page
+/// connected to B, once; with the player's page open on all three, a pixel fires once over them.
+#[tokio::test]
+async fn processes_on_one_redis_fire_a_pixel_once_in_pages_connected_to_any_of_them() {
+    let redis = crate::redis::Redis::start();
+    let store = redis.store();
+    let a = TestApp::spawn_with(|c| c.store = store.clone()).await;
+    let b = TestApp::spawn_joining(|c| c.store = store.clone()).await;
+    let c = TestApp::spawn_joining(|c| c.store = store).await;
+    let brand = json!({"name": "Casino", "allowed_kinds": ALL_KINDS});
+    assert!(a.put_brand("12345", brand).await.status().is_success());
+    let sites = [
+        Site::start(a.addr).await,
+        Site::start(b.addr).await,
+        Site::start(c.addr).await,
+    ];
+    let browser = Browser::launch().await;
+
+    let on_b = browser.tab().await;
+    on_b.goto(&sites[1].page("one")).await;
+    holder(std::slice::from_ref(&on_b)).await;
+    fire_image(&a, &sites[1], "one", "/px/from-a").await;
+    assert_eq!(
+        sites[1].count("/px/from-a"),
+        1,
+        "queued on A, fired once on B's page"
+    );
+
+    let mut tabs = Vec::new();
+    for site in &sites {
+        let tab = browser.tab().await;
+        tab.goto(&site.page("everywhere")).await;
+        tabs.push(tab);
+    }
+    for tab in &tabs {
+        holder(std::slice::from_ref(tab)).await;
+    }
+    fire_image(&c, &sites[0], "everywhere", "/px/once").await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        sites[0].count("/px/once"),
+        1,
+        "one fire over three processes' pages"
+    );
+    let stats = a.get_json("/api/v1/stats").await;
+    assert_eq!(stats["queue_depth"], 0, "{stats}");
+}
