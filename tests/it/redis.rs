@@ -6,6 +6,7 @@
 use std::net::TcpListener;
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use pixelhub::config::{StoreDurability, StoreKind};
@@ -522,4 +523,184 @@ async fn kill_9_of_the_lease_holder_hands_its_pixels_in_flight_to_another_proces
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     eprintln!("pixels in flight on a killed process reached another in {took:?}");
+}
+
+/// A player's browser for the kill rounds: connects to a live process (another when its own dies, as
+/// the client's reconnect does), fires each pixel id once (its memory of fired ids), acks everything it
+/// is sent, and notes on which connection each id came.
+async fn kill_round_browser(
+    player: String,
+    live: Arc<Mutex<Vec<std::net::SocketAddr>>>,
+    stop: tokio_util::sync::CancellationToken,
+) -> BrowserLog {
+    use futures::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let mut log = BrowserLog::default();
+    let mut connection = 0usize;
+    while !stop.is_cancelled() {
+        let addrs = live.lock().unwrap().clone();
+        let addr = addrs[connection % addrs.len()];
+        connection += 1;
+        let Ok((mut ws, _)) =
+            tokio_tungstenite::connect_async(format!("ws://{addr}/websocket")).await
+        else {
+            continue;
+        };
+        let hello = json!({"type": "hello", "v": 1, "brand_id": "b1", "player_id": player});
+        if ws.send(Message::text(hello.to_string())).await.is_err() {
+            continue;
+        }
+        loop {
+            let frame = tokio::select! {
+                _ = stop.cancelled() => return log,
+                frame = ws.next() => frame,
+            };
+            let Some(Ok(Message::Text(text))) = frame else {
+                break; // the process died (or closed us): reconnect elsewhere
+            };
+            let message: serde_json::Value = serde_json::from_str(&text).unwrap();
+            match message["type"].as_str() {
+                Some("deliver") => {
+                    let ids = crate::helpers::ids_of(&message["pixels"]);
+                    for id in &ids {
+                        log.deliveries.push((id.clone(), connection));
+                        log.fired.insert(id.clone());
+                    }
+                    let ack = json!({"type": "ack", "ids": ids});
+                    if ws.send(Message::text(ack.to_string())).await.is_err() {
+                        break;
+                    }
+                }
+                Some("ping") => {
+                    let _ = ws
+                        .send(Message::text(json!({"type": "pong"}).to_string()))
+                        .await;
+                }
+                _ => {}
+            }
+        }
+        log.broken.insert(connection);
+    }
+    log
+}
+
+/// What one browser of the kill rounds saw.
+#[derive(Default)]
+struct BrowserLog {
+    /// Every id it was sent, with the connection it came on, in order.
+    deliveries: Vec<(String, usize)>,
+    /// The ids it fired: each once.
+    fired: std::collections::HashSet<String>,
+    /// Connections that broke (their process was killed).
+    broken: std::collections::HashSet<usize>,
+}
+
+/// 20 rounds of `kill -9` of a random process of three, under 16-way ingest, with four players'
+/// browsers connected throughout: every `202` is delivered and fired, and a pixel is sent twice only
+/// when its first sending was on a connection whose process was killed (its ack may have been lost).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_kill_9_rounds_on_redis_deliver_every_202_and_none_twice() {
+    let redis = Redis::start();
+    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mut hubs: Vec<HubProcess> = dirs.iter().map(|d| hub_process(&redis, d.path())).collect();
+    let brand = json!({"allowed_kinds": crate::helpers::ALL_KINDS});
+    let (status, body) = HubApi::of(&hubs[0], TOKEN)
+        .call(reqwest::Method::PUT, "/api/v1/brands/b1", Some(brand))
+        .await;
+    assert!(status.is_success(), "{body}");
+    let live = Arc::new(Mutex::new(hubs.iter().map(|h| h.addr).collect::<Vec<_>>()));
+    let stop = tokio_util::sync::CancellationToken::new();
+    let players: Vec<String> = (0..4).map(|n| format!("p{n}")).collect();
+    let browsers: Vec<_> = players
+        .iter()
+        .map(|p| tokio::spawn(kill_round_browser(p.clone(), live.clone(), stop.clone())))
+        .collect();
+    let writers_stop = tokio_util::sync::CancellationToken::new();
+    let writers: Vec<_> = (0..16)
+        .map(|w| {
+            let (live, stop, player) = (live.clone(), writers_stop.clone(), players[w % 4].clone());
+            tokio::spawn(async move {
+                let http = reqwest::Client::builder()
+                    .timeout(Duration::from_secs(10))
+                    .build()
+                    .unwrap();
+                let mut accepted = Vec::new();
+                let mut n = 0usize;
+                while !stop.is_cancelled() {
+                    let addrs = live.lock().unwrap().clone();
+                    n += 1;
+                    let url = format!(
+                        "http://{}/api/v1/brands/b1/players/{player}/pixels",
+                        addrs[(w + n) % addrs.len()]
+                    );
+                    let pixel = json!({"kind": "js", "code": format!("{w}-{n}")});
+                    let Ok(answer) = http.post(url).bearer_auth(TOKEN).json(&pixel).send().await
+                    else {
+                        continue; // a killed process: no answer, nothing promised
+                    };
+                    if answer.status() == StatusCode::ACCEPTED {
+                        let body: serde_json::Value = answer.json().await.unwrap();
+                        accepted.extend(crate::helpers::ids_of(&body["pixels"]));
+                    }
+                }
+                accepted
+            })
+        })
+        .collect();
+
+    let mut seed = 0x9e37_79b9_u64;
+    for round in 0..20 {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let victim = (seed >> 33) as usize % hubs.len();
+        let replacement = hub_process(&redis, dirs[victim].path());
+        live.lock().unwrap()[victim] = replacement.addr;
+        std::mem::replace(&mut hubs[victim], replacement).kill_9();
+        eprintln!("round {round}: killed process {victim}");
+    }
+    writers_stop.cancel();
+    let mut accepted = std::collections::HashSet::new();
+    for writer in writers {
+        accepted.extend(writer.await.unwrap());
+    }
+    // Everything accepted is delivered and acked: every queue empties.
+    let api = HubApi::of(&hubs[0], TOKEN);
+    let deadline = Instant::now() + PATIENCE * 6;
+    for player in &players {
+        while !api.pending(player).await.is_empty() {
+            assert!(Instant::now() < deadline, "{player}'s queue never emptied");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    stop.cancel();
+    let mut fired = std::collections::HashSet::new();
+    for browser in browsers {
+        let log = browser.await.unwrap();
+        let mut first_on: std::collections::HashMap<&str, usize> = Default::default();
+        for (id, connection) in &log.deliveries {
+            match first_on.get(id.as_str()) {
+                None => {
+                    first_on.insert(id, *connection);
+                }
+                Some(first) => assert!(
+                    log.broken.contains(first),
+                    "{id} sent twice, the first time on a connection that did not break"
+                ),
+            }
+        }
+        fired.extend(log.fired);
+    }
+    assert!(accepted.len() > 200, "only {} accepted", accepted.len());
+    let lost: Vec<_> = accepted.difference(&fired).collect();
+    assert!(
+        lost.is_empty(),
+        "{} answered 202 and never fired: {lost:?}",
+        lost.len()
+    );
+    eprintln!(
+        "{} pixels accepted over 20 kill rounds, each fired once",
+        accepted.len()
+    );
 }
