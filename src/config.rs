@@ -218,7 +218,8 @@ pub enum StoreKind {
     Sled,
     /// This process's memory: nothing survives a restart.
     Memory,
-    /// A Redis server (`redis://` or `rediss://` URL): every hub process on it is one hub.
+    /// A Redis server (`redis://` or `rediss://` URL) or cluster (`redis+cluster://`): every hub
+    /// process on it is one hub.
     Redis(String),
 }
 
@@ -228,14 +229,12 @@ impl StoreKind {
         match value {
             "sled" => Ok(StoreKind::Sled),
             "memory" => Ok(StoreKind::Memory),
-            url if url.starts_with("redis://") || url.starts_with("rediss://") => {
-                redis::IntoConnectionInfo::into_connection_info(url).map_err(|e| {
-                    format!("not a Redis URL ({e}); e.g. redis://127.0.0.1:6379/0")
-                })?;
+            url if url.starts_with("redis") => {
+                crate::store::redis::Target::parse(url)?;
                 Ok(StoreKind::Redis(url.to_owned()))
             }
             _ => Err(
-                "expected sled, memory, or a Redis URL (redis://[user:pass@]host:port/db, rediss:// for TLS)"
+                "expected sled, memory, or a Redis URL (redis://[user:pass@]host:port/db, rediss:// for TLS, redis+cluster://host:port,host:port for a cluster)"
                     .into(),
             ),
         }
@@ -255,13 +254,20 @@ impl std::fmt::Debug for StoreKind {
     /// A Redis URL's password never shows (the config is logged at start).
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            StoreKind::Redis(url) => match url::Url::parse(url) {
-                Ok(mut url) if url.password().is_some() => {
-                    let _ = url.set_password(Some("***"));
-                    write!(f, "Redis({url})")
-                }
-                _ => write!(f, "Redis({url})"),
-            },
+            StoreKind::Redis(url) => {
+                // `scheme://user:pass@hosts…`: the password replaced, whatever the hosts look like.
+                let shown = match url.split_once("://") {
+                    Some((scheme, rest)) => match rest.rsplit_once('@') {
+                        Some((credentials, hosts)) => {
+                            let user = credentials.split(':').next().unwrap_or("");
+                            format!("{scheme}://{user}:***@{hosts}")
+                        }
+                        None => url.clone(),
+                    },
+                    None => url.clone(),
+                };
+                write!(f, "Redis({shown})")
+            }
             other => f.write_str(other.name()),
         }
     }
@@ -293,8 +299,9 @@ pub struct Config {
 
     /// Where the hub keeps its state: `sled`, the embedded database in `--data-dir`, durable; `memory`,
     /// this process's memory only, NOT durable (a restart loses every brand, pixel and event), for
-    /// development and tests; or a Redis URL, `redis://[user:pass@]host:port/db` (`rediss://` for TLS),
-    /// on which every hub process is one hub (docs/scaling.md).
+    /// development and tests; or a Redis URL, `redis://[user:pass@]host:port/db` (`rediss://` for TLS;
+    /// `redis+cluster://host:port,host:port` for a Redis Cluster), on which every hub process is one
+    /// hub (docs/scaling.md).
     #[arg(long, env = "PIXELHUB_STORE", default_value = "sled", value_parser = StoreKind::parse)]
     pub store: StoreKind,
 
@@ -744,6 +751,20 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("--delivery-window"), "{e}");
+    }
+
+    #[test]
+    fn a_redis_password_never_shows() {
+        for url in [
+            "redis://hub:s3cret@10.0.0.1:6379/0",
+            "redis+cluster://hub:s3cret@10.0.0.1:7000,10.0.0.2:7001",
+        ] {
+            let shown = format!("{:?}", StoreKind::parse(url).unwrap());
+            assert!(
+                !shown.contains("s3cret") && shown.contains("hub:***@"),
+                "{shown}"
+            );
+        }
     }
 
     #[test]

@@ -9,7 +9,7 @@ use std::time::Duration;
 use futures::StreamExt;
 
 use super::keys::{ANNOUNCE_CHANNEL, POSTBACKS_CHANNEL};
-use super::{RedisStore, Shared};
+use super::{RedisStore, Shared, Target};
 use crate::ids::{BrandId, PlayerId, PlayerKey};
 use crate::store::Announcement;
 
@@ -61,12 +61,24 @@ fn raise(shared: &Shared) {
 }
 
 /// Listens to both channels until the handle is gone, reconnecting after a failure (with a growing
-/// pause, at most [`MAX_BACKOFF`]).
-pub(super) async fn listen(client: redis::Client, shared: Weak<Shared>) {
+/// pause, at most [`MAX_BACKOFF`]). On a cluster it listens on one node, the next one when that one
+/// fails: a message published on any node of a cluster reaches every node's subscribers.
+pub(super) async fn listen(target: Target, shared: Weak<Shared>) {
+    let clients: Vec<redis::Client> = target
+        .nodes()
+        .iter()
+        .filter_map(|url| redis::Client::open(url.as_str()).ok())
+        .collect();
+    if clients.is_empty() {
+        return; // the URLs were checked when the engine connected
+    }
     let mut backoff = Duration::from_millis(50);
     let mut first = true;
+    let mut node = 0usize;
     loop {
-        match subscribed(&client).await {
+        let client = &clients[node % clients.len()];
+        node += 1;
+        match subscribed(client).await {
             Ok(pubsub) => {
                 backoff = Duration::from_millis(50);
                 if !std::mem::take(&mut first) {

@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 
-use super::{RedisStore, backend};
+use super::{RedisStore, Target, backend};
 use crate::store::StoreError;
 
 /// The settings that decide it, as `CONFIG GET` names them.
@@ -30,27 +30,59 @@ impl RedisStore {
     /// Reads the settings that decide durability. A Redis that refuses `CONFIG GET` (some managed
     /// services rename it) cannot be checked, which counts as relaxed.
     pub async fn durability(&self) -> Result<Durability, StoreError> {
-        let mut get = redis::cmd("CONFIG");
-        get.arg("GET").arg(&SETTINGS[..]);
-        let answer: redis::RedisResult<Vec<String>> = get.query_async(&mut self.conn()).await;
-        let pairs = match answer {
-            Ok(pairs) => pairs,
-            Err(e) if refused(&e) => {
-                return Ok(Durability::Relaxed(vec![format!(
-                    "Redis refused CONFIG GET ({e}), so its durability settings cannot be checked"
-                )]));
-            }
-            Err(e) => return Err(backend(e)),
+        let nodes = match &self.shared.target {
+            Target::Server(_) => return ask(&mut self.conn()).await,
+            Target::Cluster(nodes) => nodes,
         };
-        let settings: BTreeMap<String, String> = pairs
-            .chunks(2)
-            .filter_map(|pair| match pair {
-                [name, value] => Some((name.to_ascii_lowercase(), value.to_ascii_lowercase())),
-                _ => None,
-            })
-            .collect();
-        Ok(judge(&settings))
+        // A cluster: every node the operator named (its masters), each asked on a connection of its
+        // own, since a cluster connection would ask just one of them.
+        let mut reasons = Vec::new();
+        for url in nodes {
+            let client = redis::Client::open(url.as_str()).map_err(backend)?;
+            let config = redis::AsyncConnectionConfig::new()
+                .set_connection_timeout(Some(super::connection::CONNECT_TIMEOUT))
+                .set_response_timeout(Some(super::connection::CALL_TIMEOUT));
+            let mut conn = client
+                .get_multiplexed_async_connection_with_config(&config)
+                .await
+                .map_err(backend)?;
+            if let Durability::Relaxed(found) = ask(&mut conn).await? {
+                let node = redis::IntoConnectionInfo::into_connection_info(url.as_str())
+                    .map(|info| info.addr().to_string())
+                    .unwrap_or_default();
+                reasons.extend(found.into_iter().map(|r| format!("node {node}: {r}")));
+            }
+        }
+        Ok(if reasons.is_empty() {
+            Durability::Durable
+        } else {
+            Durability::Relaxed(reasons)
+        })
     }
+}
+
+/// Reads one server's settings.
+async fn ask(conn: &mut impl redis::aio::ConnectionLike) -> Result<Durability, StoreError> {
+    let mut get = redis::cmd("CONFIG");
+    get.arg("GET").arg(&SETTINGS[..]);
+    let answer: redis::RedisResult<Vec<String>> = get.query_async(conn).await;
+    let pairs = match answer {
+        Ok(pairs) => pairs,
+        Err(e) if refused(&e) => {
+            return Ok(Durability::Relaxed(vec![format!(
+                "Redis refused CONFIG GET ({e}), so its durability settings cannot be checked"
+            )]));
+        }
+        Err(e) => return Err(backend(e)),
+    };
+    let settings: BTreeMap<String, String> = pairs
+        .chunks(2)
+        .filter_map(|pair| match pair {
+            [name, value] => Some((name.to_ascii_lowercase(), value.to_ascii_lowercase())),
+            _ => None,
+        })
+        .collect();
+    Ok(judge(&settings))
 }
 
 /// Whether Redis answered `CONFIG GET` with a refusal (an unknown command, or one the user's ACL

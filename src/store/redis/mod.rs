@@ -14,6 +14,7 @@
 
 mod announce;
 mod catalog;
+mod connection;
 mod durability;
 mod keys;
 mod presence;
@@ -24,12 +25,13 @@ mod tests;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tokio::sync::{Notify, broadcast};
 
+pub use connection::Target;
 pub use durability::Durability;
+
+use connection::Connection;
 
 use super::StoreError;
 use crate::clock::SharedClock;
@@ -43,7 +45,7 @@ const ANNOUNCE_CAPACITY: usize = 16 * 1024;
 /// script that failed in flight may have run).
 #[derive(Clone)]
 pub struct RedisStore {
-    conn: ConnectionManager,
+    conn: Connection,
     shared: Arc<Shared>,
 }
 
@@ -60,26 +62,20 @@ struct Shared {
     clock: SharedClock,
     /// The pub/sub listener; stopped at close.
     listener: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// The server or cluster, for what is asked of each node (its durability settings).
+    target: Target,
 }
 
 impl RedisStore {
-    /// Connects to `url` (`redis://[user:pass@]host:port/db`), on `clock`, and starts listening for other
-    /// processes' announcements. A Redis that does not answer is an error within seconds, not a
-    /// wait: a connection attempt gets [`CONNECT_TIMEOUT`] and is made three times at most, a call
-    /// gets [`CALL_TIMEOUT`].
+    /// Connects to `url` (`redis://[user:pass@]host:port/db`, `rediss://` for TLS, or a cluster's
+    /// `redis+cluster://host:port,host:port`), on `clock`, and starts listening for other processes'
+    /// announcements. A Redis that does not answer is an error within seconds, not a wait: a
+    /// connection attempt gets [`connection::CONNECT_TIMEOUT`] and is made three times at most, a call
+    /// gets [`connection::CALL_TIMEOUT`].
     pub async fn connect(url: &str, clock: SharedClock) -> Result<RedisStore, StoreError> {
-        let client = redis::Client::open(url).map_err(backend)?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(CONNECT_TIMEOUT))
-            .set_response_timeout(Some(CALL_TIMEOUT))
-            .set_number_of_retries(2)
-            // Short pauses between attempts: while Redis is down, a call is answered 503 in tens of
-            // milliseconds rather than held for half a second.
-            .set_min_delay(Duration::from_millis(20))
-            .set_max_delay(Duration::from_millis(200));
-        let conn = ConnectionManager::new_with_config(client.clone(), config)
-            .await
-            .map_err(backend)?;
+        let target = Target::parse(url)
+            .map_err(|e| StoreError::Backend(Arc::new(std::io::Error::other(e))))?;
+        let conn = Connection::open(&target).await.map_err(backend)?;
         let shared = Arc::new(Shared {
             announce: broadcast::channel(ANNOUNCE_CAPACITY).0,
             postbacks: Notify::new(),
@@ -87,14 +83,15 @@ impl RedisStore {
             closed: AtomicBool::new(false),
             clock,
             listener: std::sync::Mutex::new(None),
+            target: target.clone(),
         });
-        let listener = tokio::spawn(announce::listen(client, Arc::downgrade(&shared)));
+        let listener = tokio::spawn(announce::listen(target, Arc::downgrade(&shared)));
         *shared.listener.lock().unwrap_or_else(|p| p.into_inner()) = Some(listener);
         Ok(RedisStore { conn, shared })
     }
 
     /// A connection for one call; clones share the one multiplexed connection.
-    fn conn(&self) -> ConnectionManager {
+    fn conn(&self) -> Connection {
         self.conn.clone()
     }
 
@@ -106,13 +103,6 @@ impl RedisStore {
         }
     }
 }
-
-/// How long one connection attempt may take.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
-
-/// How long one call may wait for its answer: a script's answer comes after Redis's `fsync` of its
-/// append-only file, which a busy disk can hold up for a while.
-const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A Redis failure, as the hub must take it. Redis not reachable, or not taking work for now (loading
 /// its data, a cluster failing over, out of memory or unable to persist): [`StoreError::Unavailable`]

@@ -11,7 +11,7 @@ use redis::Script;
 
 use super::keys::BrandKeys;
 use super::{RedisStore, backend, corrupt};
-use crate::ids::{PlayerKey, SessionId};
+use crate::ids::{BrandId, PlayerKey, SessionId};
 use crate::store::{PRESENCE_TTL_MS, ProcessPresence, SESSION_CLAIM_TTL_MS, StoreError};
 
 /// Every process's last report, by its id (JSON).
@@ -123,27 +123,38 @@ impl RedisStore {
         now_ms: u64,
     ) -> Result<(), StoreError> {
         let until = now_ms + SESSION_CLAIM_TTL_MS;
-        for chunk in sessions.chunks(RENEW_CHUNK) {
-            let mut pipe = redis::pipe();
-            for (key, session) in chunk {
-                let keys = BrandKeys::new(&key.brand);
-                let claims = keys.session_claims(&key.player);
-                // Only a claim still there: one that ran out was counted out, and its session stays
-                // in this process only until it ends.
-                pipe.cmd("ZADD")
-                    .arg(&claims)
-                    .arg("XX")
-                    .arg(until)
-                    .arg(session.to_string())
-                    .ignore()
-                    .pexpire(&claims, SESSION_CLAIM_TTL_MS as i64)
-                    .ignore()
-                    .pexpire(keys.session_infos(&key.player), SESSION_CLAIM_TTL_MS as i64)
-                    .ignore();
+        // One pipeline per brand and chunk: a pipeline goes to one Cluster slot.
+        let mut by_brand: std::collections::BTreeMap<&BrandId, Vec<(&PlayerKey, SessionId)>> =
+            Default::default();
+        for (key, session) in sessions {
+            by_brand
+                .entry(&key.brand)
+                .or_default()
+                .push((key, *session));
+        }
+        for (brand, sessions) in by_brand {
+            let keys = BrandKeys::new(brand);
+            for chunk in sessions.chunks(RENEW_CHUNK) {
+                let mut pipe = redis::pipe();
+                for (key, session) in chunk {
+                    let claims = keys.session_claims(&key.player);
+                    // Only a claim still there: one that ran out was counted out, and its session
+                    // stays in this process only until it ends.
+                    pipe.cmd("ZADD")
+                        .arg(&claims)
+                        .arg("XX")
+                        .arg(until)
+                        .arg(session.to_string())
+                        .ignore()
+                        .pexpire(&claims, SESSION_CLAIM_TTL_MS as i64)
+                        .ignore()
+                        .pexpire(keys.session_infos(&key.player), SESSION_CLAIM_TTL_MS as i64)
+                        .ignore();
+                }
+                pipe.query_async::<()>(&mut self.conn())
+                    .await
+                    .map_err(backend)?;
             }
-            pipe.query_async::<()>(&mut self.conn())
-                .await
-                .map_err(backend)?;
         }
         Ok(())
     }

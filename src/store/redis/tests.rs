@@ -32,11 +32,9 @@ impl RedisServer {
             std::env::var("PIXELHUB_REDIS_SERVER").unwrap_or_else(|_| "redis-server".into());
         // A free port: bound, read and let go. Another process may take it in between; redis-server then
         // exits, and the next try takes another.
+        let cluster = extra.contains(&"--cluster-enabled");
         for _ in 0..5 {
-            let port = TcpListener::bind("127.0.0.1:0")
-                .and_then(|l| l.local_addr())
-                .expect("a free loopback port")
-                .port();
+            let port = free_port(cluster);
             let dir = tempfile::tempdir().expect("a temp dir");
             let mut command = Command::new(&binary);
             // Killed with the thread that started it, should the test process die without dropping
@@ -104,6 +102,126 @@ impl RedisServer {
     pub(super) fn url(&self) -> String {
         format!("redis://127.0.0.1:{}/0", self.port)
     }
+}
+
+/// A free loopback port: bound, read and let go. For a cluster node, one whose bus port (10,000 above
+/// it) is free too.
+fn free_port(cluster: bool) -> u16 {
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free loopback port")
+            .port();
+        let bus_free = || {
+            port.checked_add(10_000)
+                .is_some_and(|bus| TcpListener::bind(("127.0.0.1", bus)).is_ok())
+        };
+        if !cluster || bus_free() {
+            return port;
+        }
+    }
+}
+
+/// A Redis Cluster of three masters on loopback, each a [`RedisServer`], its slots spread by
+/// `redis-cli --cluster create`.
+pub(super) struct RedisCluster {
+    nodes: Vec<RedisServer>,
+}
+
+impl RedisCluster {
+    pub(super) fn start() -> RedisCluster {
+        let nodes: Vec<RedisServer> = (0..3)
+            .map(|_| {
+                RedisServer::start_with(&[
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    "nodes.conf",
+                    "--cluster-node-timeout",
+                    "5000",
+                ])
+            })
+            .collect();
+        let cli = std::env::var("PIXELHUB_REDIS_CLI").unwrap_or_else(|_| "redis-cli".into());
+        let addrs: Vec<String> = nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect();
+        let created = Command::new(&cli)
+            .arg("--cluster")
+            .arg("create")
+            .args(&addrs)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .unwrap_or_else(|e| panic!("running {cli} (it comes with Debian's redis-server): {e}"));
+        assert!(created.success(), "redis-cli --cluster create failed");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        for node in &nodes {
+            let client = redis::Client::open(node.url()).unwrap();
+            loop {
+                let info: String = client
+                    .get_connection_with_timeout(Duration::from_millis(500))
+                    .and_then(|mut c| redis::cmd("CLUSTER").arg("INFO").query(&mut c))
+                    .unwrap_or_default();
+                if info.contains("cluster_state:ok") {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "the cluster never got to ok: {info}"
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        RedisCluster { nodes }
+    }
+
+    /// The cluster as `--store` names it.
+    pub(super) fn url(&self) -> String {
+        let hosts: Vec<String> = self
+            .nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect();
+        format!("redis+cluster://{}", hosts.join(","))
+    }
+}
+
+/// One cluster; each handle a cluster connection of its own.
+struct RedisClusterHarness {
+    cluster: RedisCluster,
+    clock: Arc<ManualClock>,
+}
+
+impl RedisClusterHarness {
+    fn new() -> Self {
+        RedisClusterHarness {
+            cluster: RedisCluster::start(),
+            clock: ManualClock::starting_now(),
+        }
+    }
+}
+
+impl Harness for RedisClusterHarness {
+    async fn open(&self) -> Ledger {
+        let store = RedisStore::connect(&self.cluster.url(), self.clock.clone())
+            .await
+            .unwrap();
+        rules::ledger_over(Arc::new(store), self.clock.clone())
+    }
+
+    fn clock(&self) -> &ManualClock {
+        &self.clock
+    }
+}
+
+/// The whole contract again, on a cluster: every script and pipeline keeps to one slot.
+mod on_a_cluster {
+    use super::*;
+
+    crate::rules_contract!(RedisClusterHarness::new());
 }
 
 impl Drop for RedisServer {
@@ -354,4 +472,32 @@ fn a_server_is_killed_with_the_thread_that_started_it_even_if_never_dropped() {
         std::thread::sleep(Duration::from_millis(20));
     }
     std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// On a cluster, every node named is asked for its settings, and a lossy one is named with its node.
+#[tokio::test]
+async fn a_clusters_durability_is_read_from_every_node() {
+    use super::durability::Durability;
+    let cluster = RedisCluster::start();
+    let store = RedisStore::connect(&cluster.url(), crate::clock::system())
+        .await
+        .unwrap();
+    assert_eq!(store.durability().await.unwrap(), Durability::Durable);
+    let lossy = &cluster.nodes[2];
+    let client = redis::Client::open(lossy.url()).unwrap();
+    let mut conn = client.get_connection().unwrap();
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("appendfsync")
+        .arg("everysec")
+        .query(&mut conn)
+        .unwrap();
+    let Durability::Relaxed(reasons) = store.durability().await.unwrap() else {
+        panic!("one node on everysec taken for durable");
+    };
+    let named = format!("node 127.0.0.1:{}: appendfsync is everysec", lossy.port);
+    assert!(
+        reasons.len() == 1 && reasons[0].starts_with(&named),
+        "{reasons:?}"
+    );
 }
