@@ -7,6 +7,7 @@ mod disk_stalls;
 mod hub;
 mod mqtt;
 mod nats;
+mod redis;
 mod report;
 mod scenarios;
 mod sled_keys;
@@ -252,7 +253,12 @@ async fn main() -> ExitCode {
         );
         return ExitCode::FAILURE;
     }
-    for (kind, program) in [(Kind::Mosquitto, "mosquitto"), (Kind::Nats, "nats-server")] {
+    for (kind, program) in [
+        (Kind::Mosquitto, "mosquitto"),
+        (Kind::Nats, "nats-server"),
+        (Kind::HubRedis, "redis-server"),
+        (Kind::HubRedis2, "redis-server"),
+    ] {
         if args.systems.contains(&kind) && hub::find_program(program).is_none() {
             eprintln!(
                 "pixelhub-bench: {program} is not installed (scripts/bench installs it), or leave it out with --systems"

@@ -14,7 +14,7 @@ use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::task::JoinSet;
 
 use crate::browser::Sources;
-use crate::hub::{MachineTimes, proc_cpu, proc_rss};
+use crate::hub::MachineTimes;
 use crate::report::{Report, millis, quantile};
 use crate::system::{Kind, Publisher, Session, System};
 
@@ -158,8 +158,7 @@ pub async fn sessions(run: &Run<'_>, report: &mut Report) -> Result<()> {
     let (sizes, n) = (run.sizes, run.sizes.sessions);
     let system = run.start().await?;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let pid = system.pid();
-    let rss_before = proc_rss(pid)?;
+    let rss_before = system.rss()?;
 
     let started = Instant::now();
     let sessions = open_all(&system, (0..n).map(|i| format!("s-{i}")).collect(), sizes).await?;
@@ -172,12 +171,12 @@ pub async fn sessions(run: &Run<'_>, report: &mut Report) -> Result<()> {
 
     // Let the connect burst settle, then measure the idle server over the hold.
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let cpu_before = proc_cpu(pid)?;
+    let cpu_before = system.cpu()?;
     let held_from = Instant::now();
     tokio::time::sleep(sizes.hold).await;
-    let cpu = proc_cpu(pid)? - cpu_before;
+    let cpu = system.cpu()? - cpu_before;
     let held = held_from.elapsed();
-    let rss_after = proc_rss(pid)?;
+    let rss_after = system.rss()?;
     let online = system.sessions_online().await?;
     stop.send(true)?;
     let lost = join_all(tasks).await;
@@ -265,7 +264,7 @@ pub async fn drain(run: &Run<'_>, report: &mut Report) -> Result<()> {
     let sources = Sources::new(sizes.sources);
     let system = Arc::new(system);
     let machine = MachineTimes::read()?;
-    let server = proc_cpu(system.pid())?;
+    let server = system.cpu()?;
     let started = Instant::now();
     let mut tasks = JoinSet::new();
     for (p, player) in players.into_iter().enumerate() {
@@ -301,7 +300,7 @@ pub async fn drain(run: &Run<'_>, report: &mut Report) -> Result<()> {
         tokio::time::sleep(Duration::from_millis(10)).await;
     };
     let (_, stolen) = MachineTimes::read()?.since(&machine, drained);
-    let server_cpu = proc_cpu(system.pid())?.saturating_sub(server);
+    let server_cpu = system.cpu()?.saturating_sub(server);
     // Let any second copy show itself before counting.
     tokio::time::sleep(Duration::from_millis(200)).await;
     stop.send(true)?;
@@ -384,7 +383,7 @@ async fn ingest_phase(
     // Connected before the clock starts; calls begun before the deadline finish and count, so the rate
     // is over the time until the last one ends.
     let machine = MachineTimes::read()?;
-    let server = proc_cpu(system.pid())?;
+    let server = system.cpu()?;
     let started = Instant::now();
     let deadline = started + sizes.ingest_duration;
     let mut tasks = JoinSet::new();
@@ -412,7 +411,7 @@ async fn ingest_phase(
     }
     let took = started.elapsed();
     let (_, steal) = MachineTimes::read()?.since(&machine, took);
-    let server_cpu = proc_cpu(system.pid())?.saturating_sub(server);
+    let server_cpu = system.cpu()?.saturating_sub(server);
     all.sort_unstable();
     Ok(IngestPhase {
         latencies: all,
@@ -597,7 +596,7 @@ pub async fn online(run: &Run<'_>, report: &mut Report) -> Result<()> {
     let mut rng = XorShift::seeded(7);
     let mut tick = tokio::time::interval(Duration::from_millis(1));
     let machine_before = MachineTimes::read()?;
-    let server_before = proc_cpu(system.pid())?;
+    let server_before = system.cpu()?;
     let generating = Instant::now();
     let generating_at = timeline.now();
     let mut next = 0usize;
@@ -625,7 +624,7 @@ pub async fn online(run: &Run<'_>, report: &mut Report) -> Result<()> {
     }
     let generated = generating.elapsed();
     let (busy_cores, steal_percent) = MachineTimes::read()?.since(&machine_before, generated);
-    let server_cpu = proc_cpu(system.pid())?.saturating_sub(server_before);
+    let server_cpu = system.cpu()?.saturating_sub(server_before);
     let deadline = Instant::now() + Duration::from_secs(30);
     while !timeline.all_arrived() && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;

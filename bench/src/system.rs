@@ -16,6 +16,7 @@ use crate::browser::{self, Browser};
 use crate::hub::HubProcess;
 use crate::mqtt::{self, Mosquitto, MqttConn};
 use crate::nats::{NatsPublisher, NatsServer, NatsSession};
+use crate::redis::RedisServer;
 
 /// Longest a connect, handshake or acknowledged publish may take before the run fails: a stalled server
 /// must fail the scenario, not hang it.
@@ -36,6 +37,13 @@ pub enum Kind {
     /// what the hub's HTTP, WebSocket and rules cost alone, the ceiling of any storage engine on this
     /// machine.
     HubMemory,
+    /// pixelhub on Redis (`PIXELHUB_STORE=redis://…`, a redis-server of the harness's own with
+    /// `appendfsync always`): one process.
+    HubRedis,
+    /// Two pixelhub processes on one Redis, one hub: each player's sessions on one of them, queueing
+    /// spread over both.
+    #[value(name = "hub-redis-2")]
+    HubRedis2,
     /// Eclipse Mosquitto: MQTT over WebSocket, persistent sessions, QoS 1.
     Mosquitto,
     /// NATS JetStream: a work-queue stream, a durable consumer per player, explicit acks.
@@ -48,6 +56,8 @@ impl Kind {
         match self {
             Kind::Hub => "hub",
             Kind::HubMemory => "hub-memory",
+            Kind::HubRedis => "hub-redis",
+            Kind::HubRedis2 => "hub-redis-2",
             Kind::Mosquitto => "mosquitto",
             Kind::Nats => "nats",
         }
@@ -59,6 +69,7 @@ impl Kind {
         match self {
             Kind::Hub => "fdatasync before each 202 and ack",
             Kind::HubMemory => "none: memory only, lost on exit",
+            Kind::HubRedis | Kind::HubRedis2 => "Redis AOF fsync'd before each 202 and ack",
             Kind::Mosquitto => "memory; saved every 30 min",
             Kind::Nats => "memory; fsync every 2 min",
         }
@@ -69,6 +80,8 @@ impl Kind {
 pub enum System {
     /// The hub.
     Hub(Arc<HubProcess>),
+    /// Hub processes on one Redis.
+    HubGroup(Box<HubGroup>),
     /// Mosquitto.
     Mosquitto(Mosquitto),
     /// nats-server with JetStream.
@@ -106,24 +119,63 @@ impl System {
                 hub.label = Kind::HubMemory.name();
                 System::Hub(Arc::new(hub))
             }
+            Kind::HubRedis | Kind::HubRedis2 => {
+                let count = if kind == Kind::HubRedis { 1 } else { 2 };
+                System::HubGroup(Box::new(HubGroup::start(kind, count, hub_binary).await?))
+            }
             Kind::Mosquitto => System::Mosquitto(Mosquitto::start().await?),
             Kind::Nats => System::Nats(Box::new(NatsServer::start().await?)),
         })
+    }
+
+    /// Its processes (the hub's, Redis's among them), whose CPU and memory are its figures.
+    pub fn pids(&self) -> Vec<u32> {
+        match self {
+            System::HubGroup(group) => group
+                .hubs
+                .iter()
+                .map(|h| h.pid())
+                .chain([group.redis.pid()])
+                .collect(),
+            other => vec![other.pid()],
+        }
+    }
+
+    /// User plus system CPU time of its processes.
+    pub fn cpu(&self) -> Result<Duration> {
+        self.pids().into_iter().map(crate::hub::proc_cpu).sum()
+    }
+
+    /// Resident memory of its processes, in bytes.
+    pub fn rss(&self) -> Result<u64> {
+        self.pids().into_iter().map(crate::hub::proc_rss).sum()
+    }
+
+    /// The hub process serving `player` (its sessions) or publisher `n`, for a group; the one hub
+    /// otherwise.
+    fn hub_for(&self, n: usize) -> Option<&Arc<HubProcess>> {
+        match self {
+            System::Hub(hub) => Some(hub),
+            System::HubGroup(group) => Some(&group.hubs[n % group.hubs.len()]),
+            System::Mosquitto(_) | System::Nats(_) => None,
+        }
     }
 
     /// Its name in the results.
     pub fn name(&self) -> &'static str {
         match self {
             System::Hub(hub) => hub.label,
+            System::HubGroup(group) => group.label,
             System::Mosquitto(_) => Kind::Mosquitto.name(),
             System::Nats(_) => Kind::Nats.name(),
         }
     }
 
-    /// The server's process id.
-    pub fn pid(&self) -> u32 {
+    /// The server's process id (a group's first hub's).
+    fn pid(&self) -> u32 {
         match self {
             System::Hub(hub) => hub.pid(),
+            System::HubGroup(group) => group.hubs[0].pid(),
             System::Mosquitto(broker) => broker.pid(),
             System::Nats(server) => server.pid(),
         }
@@ -132,6 +184,7 @@ impl System {
     fn addr(&self) -> SocketAddr {
         match self {
             System::Hub(hub) => hub.addr,
+            System::HubGroup(group) => group.hubs[0].addr,
             System::Mosquitto(broker) => broker.addr,
             System::Nats(server) => server.addr,
         }
@@ -145,7 +198,10 @@ impl System {
 
     async fn open_now(&self, source: IpAddr, player: &str) -> Result<Session> {
         Ok(match self {
-            System::Hub(hub) => Session::Hub(browser::open(hub.addr, source, player).await?),
+            System::Hub(_) | System::HubGroup(_) => {
+                let hub = self.hub_for(spread(player)).expect("a hub");
+                Session::Hub(browser::open(hub.addr, source, player).await?)
+            }
             System::Mosquitto(_) => {
                 let mut conn = MqttConn::connect(self.addr(), source, player, false).await?;
                 conn.subscribe(&mqtt::topic(player)).await?;
@@ -160,7 +216,10 @@ impl System {
     pub async fn resume(&self, source: IpAddr, player: &str) -> Result<Session> {
         in_time("resuming a session", async {
             Ok(match self {
-                System::Hub(hub) => Session::Hub(browser::open(hub.addr, source, player).await?),
+                System::Hub(_) | System::HubGroup(_) => {
+                    let hub = self.hub_for(spread(player)).expect("a hub");
+                    Session::Hub(browser::open(hub.addr, source, player).await?)
+                }
                 System::Mosquitto(_) => {
                     Session::Mqtt(MqttConn::connect(self.addr(), source, player, false).await?)
                 }
@@ -177,7 +236,7 @@ impl System {
         match self {
             // The hub keeps a queue for any player, and the stream keeps every message until a
             // consumer takes it.
-            System::Hub(_) | System::Nats(_) => Ok(()),
+            System::Hub(_) | System::HubGroup(_) | System::Nats(_) => Ok(()),
             System::Mosquitto(_) => match self.open(source, player).await? {
                 Session::Mqtt(conn) => in_time("disconnecting", conn.disconnect()).await,
                 _ => unreachable!("a Mosquitto session is MQTT"),
@@ -188,7 +247,9 @@ impl System {
     /// A publisher of its own (one connection, for the peers), connecting from `source`.
     pub async fn publisher(&self, source: IpAddr, n: usize) -> Result<Publisher> {
         Ok(match self {
-            System::Hub(hub) => Publisher::Hub(Arc::clone(hub)),
+            System::Hub(_) | System::HubGroup(_) => {
+                Publisher::Hub(Arc::clone(self.hub_for(n).expect("a hub")))
+            }
             System::Mosquitto(_) => {
                 let id = format!("publisher-{n}");
                 let conn = MqttConn::connect(self.addr(), source, &id, true);
@@ -209,6 +270,8 @@ impl System {
     pub async fn pending(&self) -> Result<Option<u64>> {
         match self {
             System::Hub(hub) => Ok(Some(hub.stats().await?.0)),
+            // Any process of the group answers for the whole hub.
+            System::HubGroup(group) => Ok(Some(group.hubs[0].stats().await?.0)),
             System::Nats(server) => Ok(Some(server.pending().await?)),
             System::Mosquitto(_) => Ok(None),
         }
@@ -218,6 +281,7 @@ impl System {
     pub async fn sessions_online(&self) -> Result<Option<u64>> {
         match self {
             System::Hub(hub) => Ok(Some(hub.stats().await?.1)),
+            System::HubGroup(group) => Ok(Some(group.hubs[0].stats().await?.1)),
             System::Mosquitto(_) | System::Nats(_) => Ok(None),
         }
     }
@@ -229,10 +293,49 @@ impl System {
                 .ok()
                 .context("a publisher still holds the hub")?
                 .stop(),
+            System::HubGroup(group) => {
+                let HubGroup { hubs, redis, .. } = *group;
+                for hub in hubs {
+                    Arc::try_unwrap(hub)
+                        .ok()
+                        .context("a publisher still holds a hub")?
+                        .stop()?;
+                }
+                redis.stop()
+            }
             System::Mosquitto(broker) => broker.stop(),
             System::Nats(server) => server.stop(),
         }
     }
+}
+
+/// Hub processes on one Redis of the harness's own.
+pub struct HubGroup {
+    hubs: Vec<Arc<HubProcess>>,
+    redis: RedisServer,
+    label: &'static str,
+}
+
+impl HubGroup {
+    async fn start(kind: Kind, count: usize, hub_binary: &Path) -> Result<Self> {
+        let redis = RedisServer::start().await?;
+        let url = redis.url();
+        let mut hubs = Vec::with_capacity(count);
+        for _ in 0..count {
+            let hub = HubProcess::start_with(hub_binary, &[("PIXELHUB_STORE", url.as_str())]).await?;
+            hubs.push(Arc::new(hub));
+        }
+        Ok(HubGroup {
+            hubs,
+            redis,
+            label: kind.name(),
+        })
+    }
+}
+
+/// Which of a group's processes a player's sessions go to: a stable spread, as a load balancer's.
+fn spread(player: &str) -> usize {
+    player.bytes().fold(0usize, |h, b| h.wrapping_mul(31).wrapping_add(b as usize))
 }
 
 impl Session {
