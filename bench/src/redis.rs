@@ -30,7 +30,14 @@ impl RedisServer {
                 .args(["--port", &addr.port().to_string(), "--bind", "127.0.0.1"])
                 .arg("--dir")
                 .arg(dir.path())
-                .args(["--appendonly", "yes", "--appendfsync", "always", "--save", ""])
+                .args([
+                    "--appendonly",
+                    "yes",
+                    "--appendfsync",
+                    "always",
+                    "--save",
+                    "",
+                ])
                 .args(["--maxmemory-policy", "noeviction"])
                 .stdout(Stdio::null())
                 .stderr(Stdio::null()),

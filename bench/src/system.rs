@@ -322,7 +322,8 @@ impl HubGroup {
         let url = redis.url();
         let mut hubs = Vec::with_capacity(count);
         for _ in 0..count {
-            let hub = HubProcess::start_with(hub_binary, &[("PIXELHUB_STORE", url.as_str())]).await?;
+            let hub =
+                HubProcess::start_with(hub_binary, &[("PIXELHUB_STORE", url.as_str())]).await?;
             hubs.push(Arc::new(hub));
         }
         Ok(HubGroup {
@@ -335,7 +336,9 @@ impl HubGroup {
 
 /// Which of a group's processes a player's sessions go to: a stable spread, as a load balancer's.
 fn spread(player: &str) -> usize {
-    player.bytes().fold(0usize, |h, b| h.wrapping_mul(31).wrapping_add(b as usize))
+    player
+        .bytes()
+        .fold(0usize, |h, b| h.wrapping_mul(31).wrapping_add(b as usize))
 }
 
 impl Session {

@@ -454,6 +454,24 @@ fn hub_process(redis: &Redis, dir: &std::path::Path) -> HubProcess {
     HubProcess::start_with("127.0.0.1:0", dir, Some(TOKEN), false, &settings)
 }
 
+/// Registers brand `b1` (every pixel kind) through a hub process.
+async fn put_brand(api: &HubApi) {
+    let brand = json!({"allowed_kinds": crate::helpers::ALL_KINDS});
+    let (status, body) = api
+        .call(reqwest::Method::PUT, "/api/v1/brands/b1", Some(brand))
+        .await;
+    assert!(status.is_success(), "{body}");
+}
+
+/// Queues a `js` pixel for `player` of `b1` through a hub process; its ids.
+async fn queue_js(api: &HubApi, player: &str, code: &str) -> Vec<String> {
+    let pixel = json!({"kind": "js", "code": code});
+    let path = format!("/api/v1/brands/b1/players/{player}/pixels");
+    let (status, body) = api.call(reqwest::Method::POST, &path, Some(pixel)).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    crate::helpers::ids_of(&body["pixels"])
+}
+
 /// A player's session on the hub process listening on `addr`.
 async fn session_at(addr: std::net::SocketAddr, player: &str) -> WsClient {
     let (ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/websocket"))
@@ -477,25 +495,12 @@ async fn kill_9_of_the_lease_holder_hands_its_pixels_in_flight_to_another_proces
     let a = hub_process(&redis, dir_a.path());
     let b = hub_process(&redis, dir_b.path());
     let api = HubApi::of(&b, TOKEN);
-    let brand = json!({"allowed_kinds": crate::helpers::ALL_KINDS});
-    let (status, body) = api
-        .call(reqwest::Method::PUT, "/api/v1/brands/b1", Some(brand))
-        .await;
-    assert!(status.is_success(), "{body}");
+    put_brand(&api).await;
 
     let mut on_a = session_at(a.addr, "p1").await;
     let mut queued = Vec::new();
     for n in 0..3 {
-        let pixel = json!({"kind": "js", "code": n.to_string()});
-        let (status, body) = api
-            .call(
-                reqwest::Method::POST,
-                "/api/v1/brands/b1/players/p1/pixels",
-                Some(pixel),
-            )
-            .await;
-        assert_eq!(status, StatusCode::ACCEPTED, "{body}");
-        queued.extend(crate::helpers::ids_of(&body["pixels"]));
+        queued.extend(queue_js(&api, "p1", &n.to_string()).await);
     }
     let mut in_flight = Vec::new();
     while in_flight.len() < queued.len() {
@@ -603,11 +608,7 @@ async fn twenty_kill_9_rounds_on_redis_deliver_every_202_and_none_twice() {
     let redis = Redis::start();
     let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
     let mut hubs: Vec<HubProcess> = dirs.iter().map(|d| hub_process(&redis, d.path())).collect();
-    let brand = json!({"allowed_kinds": crate::helpers::ALL_KINDS});
-    let (status, body) = HubApi::of(&hubs[0], TOKEN)
-        .call(reqwest::Method::PUT, "/api/v1/brands/b1", Some(brand))
-        .await;
-    assert!(status.is_success(), "{body}");
+    put_brand(&HubApi::of(&hubs[0], TOKEN)).await;
     let live = Arc::new(Mutex::new(hubs.iter().map(|h| h.addr).collect::<Vec<_>>()));
     let stop = tokio_util::sync::CancellationToken::new();
     let players: Vec<String> = (0..4).map(|n| format!("p{n}")).collect();
@@ -703,4 +704,64 @@ async fn twenty_kill_9_rounds_on_redis_deliver_every_202_and_none_twice() {
         "{} pixels accepted over 20 kill rounds, each fired once",
         accepted.len()
     );
+}
+
+/// `rediss://`: the hub speaks TLS to a Redis whose certificate it trusts (here through
+/// `SSL_CERT_FILE`, the system's trust store as an operator would extend it), and refuses to start on
+/// one whose certificate it does not.
+#[tokio::test]
+async fn rediss_connects_to_a_trusted_redis_and_refuses_an_untrusted_one() {
+    let certs = tempfile::tempdir().unwrap();
+    crate::tls::issue(certs.path(), "redis");
+    let tls_port = TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .unwrap()
+        .port();
+    let file = |name: &str| certs.path().join(name).to_str().unwrap().to_owned();
+    let (leaf, key, ca) = (file("redis.leaf"), file("redis.key"), file("ca.pem"));
+    let tls_port_arg = tls_port.to_string();
+    let redis = Redis::start_with(&[
+        "--tls-port",
+        &tls_port_arg,
+        "--tls-cert-file",
+        &leaf,
+        "--tls-key-file",
+        &key,
+        "--tls-ca-cert-file",
+        &ca,
+        "--tls-auth-clients",
+        "no",
+    ]);
+    let url = format!("rediss://127.0.0.1:{tls_port}/0");
+
+    let dir = tempfile::tempdir().unwrap();
+    let trusted = [
+        ("PIXELHUB_STORE", url.as_str()),
+        ("SSL_CERT_FILE", ca.as_str()),
+    ];
+    let hub = HubProcess::start_with("127.0.0.1:0", dir.path(), Some(TOKEN), false, &trusted);
+    let api = HubApi::of(&hub, TOKEN);
+    put_brand(&api).await;
+    queue_js(&api, "p1", "1").await;
+    // Through the TLS port, into the one Redis: its plain port sees the pixel queued.
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut conn = client.get_connection().unwrap();
+    let queued: u64 = redis::cmd("ZCARD")
+        .arg("{pxh:b:b1}:q:p1")
+        .query(&mut conn)
+        .unwrap();
+    assert_eq!(queued, 1);
+
+    let untrusted = [("PIXELHUB_STORE", url.as_str())];
+    let other = tempfile::tempdir().unwrap();
+    let mut refused = HubProcess::spawn_raw(
+        other.path(),
+        &[untrusted[0], ("PIXELHUB_ADMIN_TOKEN", TOKEN)],
+    );
+    let status = refused
+        .wait_exit(Duration::from_secs(30))
+        .expect("a hub that cannot trust Redis's certificate stops");
+    assert!(!status.success());
+    let said = refused.lines().join("\n");
+    assert!(said.contains("cannot reach"), "{said}");
 }

@@ -14,7 +14,7 @@ use crate::process::HubProcess;
 
 /// A test CA (made once per directory) and a certificate it signs for localhost and 127.0.0.1, written
 /// as `<name>.pem` (the certificate, then the CA: a full chain, as certbot writes it) and `<name>.key`.
-fn issue(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
+pub fn issue(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
     let script = format!(
         r#"set -e
 [ -f ca.pem ] || openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
