@@ -49,6 +49,12 @@ impl BrandKeys {
         format!("{}:{name}", self.tag)
     }
 
+    /// The counter the brand's queue positions and record numbers are drawn from (a player's are all
+    /// its brand's, so each player's are in the order its transactions committed).
+    pub(super) fn seq(&self) -> String {
+        self.key("seq")
+    }
+
     /// Hash: player → version, raised by every commit that writes the player's state.
     pub(super) fn versions(&self) -> String {
         self.key("ver")

@@ -1,31 +1,33 @@
-//! The queues on Redis: optimistic transactions, committed by one script.
+//! The queues on Redis: optimistic transactions, committed by one script, with no thread of their own.
 //!
-//! A transaction first reads the versions of the players in its scope (one per player, raised by every
-//! commit that writes the player's state). Its work then runs on a blocking thread, each read a call to
-//! Redis made atomically with a look at the player's version: a read that finds another version means
-//! another process committed in between, and the work is run again from the start on what is there
-//! now (the work is a pure function of its reads, [`Queues::transact`] says so). The staged writes
-//! become one commit script ([`COMMIT`]) that first checks that every version, and every value read
-//! outside a player's state (an event's record, a definition's health, an outbox entry the work takes
-//! out) is still as read; only then does it write, with every index the writes imply. A commit that
-//! finds a change writes nothing, and the work runs again.
+//! A transaction first reads a snapshot of the players in its scope: each one's version (raised by
+//! every commit that writes the player's state) with what nearly every transaction of a player reads
+//! (lease, context, pending count, the head of the queue), in one atomic round trip; a transaction
+//! that grows the store draws a block of numbers with it. The work (a pure function of its reads,
+//! [`Queues::transact`] says so) then runs on the caller's task over that cache. A read the cache does
+//! not hold is noted and answered with nothing; after the run, everything it missed is read in one
+//! atomic round trip, with the versions of the players it concerns, and the work runs again. A version
+//! that moved means another process committed in between: the transaction starts over from a new
+//! snapshot. A run that missed nothing has read a consistent state; its staged writes become one commit
+//! script ([`COMMIT`]) that first checks that every version, and every value read outside a player's
+//! state (an event's record, a definition's health, an outbox entry the work takes out) is still as
+//! read; only then does it write, with every index the writes imply. A commit that finds a change
+//! writes nothing, and the transaction starts over.
 //!
 //! Redis answers a script after its append-only file is synced (`appendfsync always`, which the hub
 //! checks at start), so a commit is durable when it returns, in every [`Mode`]. Queue positions and
-//! record numbers come from one counter, drawn in blocks after the versions are read: any commit of the
-//! player before this transaction began used lower numbers, and any after it makes this one run again,
-//! so a player's queue is in the order its pixels were committed.
+//! record numbers come from the brand's counter, drawn after the snapshot: any commit of the player
+//! before this transaction began used lower numbers, and any after it makes this one start over, so a
+//! player's queue is in the order its pixels were committed.
 
 use std::any::Any;
 use std::collections::{BTreeSet, HashMap};
-use std::ops::Range;
 use std::sync::LazyLock;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use redis::{Cmd, FromRedisValue, Script};
+use redis::{FromRedisValue, Script};
 use serde::{Deserialize, Serialize};
-use tokio::runtime::Handle;
 
 use super::keys::{self, BrandKeys, Counts, SEP, pad};
 use super::{RedisStore, backend, corrupt};
@@ -58,60 +60,177 @@ struct StoredLease {
     in_flight: Vec<u64>,
 }
 
-/// What a read found changed: the work's answer is thrown away and it runs again.
-#[derive(Debug, thiserror::Error)]
-#[error("another process changed what this transaction read")]
-struct Changed;
+/// Entries of a player's queue read with its snapshot: a lease sends at most its window (10 by
+/// default), so the head usually answers it whole.
+const HEAD: usize = 32;
+
+/// One player's part of a snapshot, as Redis answers it: version, lease, context, pending count, the
+/// queue's head.
+type HeadRead = (
+    Option<u64>,
+    Option<Vec<u8>>,
+    Option<Vec<u8>>,
+    u64,
+    Vec<Vec<u8>>,
+);
+
+/// A scoped player's state as the transaction began, read in one round trip.
+struct Snapshot {
+    version: u64,
+    lease: Option<Vec<u8>>,
+    context: Option<Vec<u8>>,
+    pending: u64,
+    /// The first entries of the queue, in order.
+    head: Vec<(u64, QueuedPixel)>,
+    /// Whether `head` is the whole queue.
+    whole: bool,
+    /// Whether the records of every `head` entry were read (together, at the first one asked).
+    head_records: bool,
+}
+
+/// Entries of a player's queue: position and pixel.
+type Page = Vec<(u64, QueuedPixel)>;
+
+/// A due outbox entry: when, whose, which postback.
+type DueOutbox = (u64, PlayerKey, PixelId);
+
+/// Everything one transaction has read, as of its snapshot. The work runs on it; what it does not
+/// hold yet is noted as a [`Miss`], fetched, and the work runs again, until a run finds everything
+/// it reads here.
+#[derive(Default)]
+struct Cache {
+    snapshots: HashMap<PlayerKey, Snapshot>,
+    /// Records by player and id (`None`: no such record).
+    records: HashMap<(PlayerKey, PixelId), Option<Vec<u8>>>,
+    /// Pages of queues beyond their heads: player, after, limit.
+    pages: HashMap<(PlayerKey, Option<u64>, usize), Page>,
+    /// Hash fields read outside a player's state, checked again at commit (events, health), and the
+    /// lease or context of a player outside the scope (not checked).
+    values: HashMap<(String, String), Option<Vec<u8>>>,
+    /// Pending counts of players outside the scope.
+    pending: HashMap<PlayerKey, u64>,
+    usage: HashMap<(BrandId, u64), Usage>,
+    /// Whether an outbox entry (lane key, member) is there.
+    scheduled: HashMap<(String, String), bool>,
+    /// Listings of due outbox entries: lane, until, limit.
+    due: HashMap<(Lane, u64, usize), Vec<DueOutbox>>,
+    /// Whether an expiry entry (key, prefix) is there.
+    holds: HashMap<(String, String), bool>,
+    /// Numbers drawn for [`Tx::next_seq`], in order.
+    seqs: Vec<u64>,
+    /// The counter they are drawn from: the first scoped player's brand's, so it is in the same slot
+    /// as what the transaction writes.
+    seq_key: String,
+    /// A read after the snapshot found a player's version moved: the transaction starts over.
+    stale: bool,
+}
+
+/// Something a run of the work read that the cache did not hold.
+#[derive(Clone, Debug, PartialEq)]
+enum Miss {
+    /// The records of the player's queue head (`head`) or one record.
+    Record(PlayerKey, PixelId, bool),
+    Page(PlayerKey, Option<u64>, usize),
+    Value(String, String),
+    Pending(PlayerKey),
+    Usage(BrandId, u64),
+    Scheduled(PlayerKey, String, String),
+    Due(Lane, u64, usize),
+    Holds(PlayerKey, String, String),
+    /// This many more numbers.
+    Seqs(usize),
+}
+
+impl Miss {
+    /// The player whose version the read must be made with, when it is of a scoped player's state.
+    fn player<'a>(&'a self, cache: &Cache) -> Option<&'a PlayerKey> {
+        match self {
+            Miss::Record(key, ..)
+            | Miss::Page(key, ..)
+            | Miss::Scheduled(key, ..)
+            | Miss::Holds(key, ..) => Some(key).filter(|k| cache.snapshots.contains_key(*k)),
+            _ => None,
+        }
+    }
+
+    /// The hash tag its keys are under: a brand's, or the global counter's.
+    fn slot(&self, cache: &Cache) -> String {
+        match self {
+            Miss::Record(key, ..) | Miss::Page(key, ..) | Miss::Pending(key) => {
+                key.brand.as_str().to_owned()
+            }
+            Miss::Scheduled(key, ..) | Miss::Holds(key, ..) => key.brand.as_str().to_owned(),
+            Miss::Usage(brand, _) => brand.as_str().to_owned(),
+            Miss::Due(lane, ..) => lane.brand.as_str().to_owned(),
+            Miss::Value(hash, _) => hash.clone(),
+            Miss::Seqs(_) => cache.seq_key.clone(),
+        }
+    }
+}
 
 impl RedisStore {
-    /// One transaction, run to its commit on this (blocking) thread; `rt` runs the calls to Redis.
-    fn run(
+    /// One transaction: a snapshot, the work run on the cache until it misses nothing, then the
+    /// commit; all of it on the caller's task, each round trip awaited.
+    async fn run(
         &self,
-        rt: &Handle,
         scope: &Scope,
+        mode: Mode,
         work: &mut Work,
     ) -> Result<Box<dyn Any + Send>, StoreError> {
-        for round in 0..MAX_ROUNDS {
-            if round > 0 {
-                let pause = getrandom::u64().unwrap_or(0) % (u64::from(round.min(10)) * 500 + 1);
-                std::thread::sleep(Duration::from_micros(pause));
-            }
-            let snapshots = self.snapshot(rt, &scope.players)?;
+        let mut conflicts = 0u32;
+        let mut cache = self.snapshot(&scope.players, mode).await?;
+        let mut fills = 0u32;
+        loop {
             let mut tx = RedisTx {
-                store: self,
-                rt,
-                snapshots,
+                cache: &cache,
+                misses: Vec::new(),
                 read: Vec::new(),
                 writes: Vec::new(),
-                seqs: 0..0,
-                changed: false,
+                next_seq: 0,
             };
             let out = work(&mut tx);
-            if tx.changed {
-                continue;
+            let (misses, read, writes) = (tx.misses, tx.read, tx.writes);
+            if misses.is_empty() && !cache.stale {
+                let out = out?;
+                if writes.is_empty() {
+                    return Ok(out);
+                }
+                if Commit::of(&cache, &read, &writes)?.run(self).await? {
+                    return Ok(out);
+                }
+            } else if !cache.stale {
+                // The run read stand-ins for what the cache lacked: its answer is thrown away.
+                fills += 1;
+                if fills > MAX_FILLS {
+                    return Err(StoreError::Unavailable(
+                        "a transaction kept reading more than the store could answer at once; try again".into(),
+                    ));
+                }
+                self.fill(&mut cache, misses).await?;
+                if !cache.stale {
+                    continue;
+                }
             }
-            let out = out?;
-            if tx.writes.is_empty() {
-                return Ok(out);
+            // Another process committed to a player the transaction read: from the start.
+            conflicts += 1;
+            if conflicts >= MAX_ROUNDS {
+                return Err(StoreError::Unavailable(format!(
+                    "a transaction found its players changed by other processes {MAX_ROUNDS} times in a row; try again"
+                )));
             }
-            let commit = Commit::of(&tx)?;
-            if commit.run(self, rt)? {
-                return Ok(out);
-            }
+            // Each round waits a little longer, at random, so two processes that keep colliding on
+            // one player drift apart.
+            let pause = getrandom::u64().unwrap_or(0) % (u64::from(conflicts.min(10)) * 500 + 1);
+            tokio::time::sleep(Duration::from_micros(pause)).await;
+            cache = self.snapshot(&scope.players, mode).await?;
+            fills = 0;
         }
-        Err(StoreError::Unavailable(format!(
-            "a transaction found its players changed by other processes {MAX_ROUNDS} times in a row; try again"
-        )))
     }
 
     /// What a transaction begins with: each scoped player's version and the state nearly every
     /// transaction of a player reads (its lease, context, pending count and the head of its queue), in
-    /// one atomic round trip per brand.
-    fn snapshot(
-        &self,
-        rt: &Handle,
-        players: &[PlayerKey],
-    ) -> Result<HashMap<PlayerKey, Snapshot>, StoreError> {
+    /// one atomic round trip per brand; for one that grows the store, a block of numbers with them.
+    async fn snapshot(&self, players: &[PlayerKey], mode: Mode) -> Result<Cache, StoreError> {
         let mut by_brand: HashMap<&BrandId, Vec<&PlayerKey>> = HashMap::new();
         for key in players {
             let keys = by_brand.entry(&key.brand).or_default();
@@ -119,11 +238,24 @@ impl RedisStore {
                 keys.push(key);
             }
         }
-        let mut snapshots = HashMap::new();
+        let mut cache = Cache {
+            seq_key: players.first().map_or_else(
+                || keys::SEQ.to_owned(),
+                |key| BrandKeys::new(&key.brand).seq(),
+            ),
+            ..Cache::default()
+        };
+        let mut draw = mode.grows;
         for (brand, keys) in by_brand {
             let names = BrandKeys::new(brand);
             let mut pipe = redis::pipe();
             pipe.atomic();
+            // The numbers come from the first player's brand's counter, in this brand's slot.
+            let drawing = draw && names.seq() == cache.seq_key;
+            if drawing {
+                draw = false;
+                pipe.cmd("INCRBY").arg(&cache.seq_key).arg(SEQ_BLOCK);
+            }
             for key in &keys {
                 let player = key.player.as_str();
                 pipe.hget(names.versions(), player)
@@ -138,9 +270,17 @@ impl RedisStore {
                     .arg(0)
                     .arg(HEAD);
             }
-            let found: Vec<HeadRead> = rt
-                .block_on(pipe.query_async(&mut self.conn()))
-                .map_err(backend)?;
+            let mut answers: Vec<redis::Value> =
+                pipe.query_async(&mut self.conn()).await.map_err(backend)?;
+            if drawing {
+                let last: u64 = from_value(Some(answers.remove(0)))?;
+                cache.seqs.extend(last + 1 - SEQ_BLOCK..=last);
+            }
+            // Five answers a player.
+            let found: Vec<HeadRead> = answers
+                .chunks(5)
+                .map(|answer| from_value(Some(redis::Value::Array(answer.to_vec()))))
+                .collect::<Result<_, _>>()?;
             for (key, (version, lease, context, pending, head)) in keys.into_iter().zip(found) {
                 let head = head
                     .iter()
@@ -153,110 +293,285 @@ impl RedisStore {
                     whole: head.len() as u64 == pending,
                     pending,
                     head,
-                    records: HashMap::new(),
-                    records_read: false,
+                    head_records: false,
                 };
-                snapshots.insert(key.clone(), snapshot);
+                cache.snapshots.insert(key.clone(), snapshot);
             }
         }
-        Ok(snapshots)
+        Ok(cache)
+    }
+
+    /// Reads what a run missed: one atomic round trip per slot, each with the versions of the scoped
+    /// players whose state it reads; a version that moved makes the cache stale.
+    async fn fill(&self, cache: &mut Cache, misses: Vec<Miss>) -> Result<(), StoreError> {
+        let mut by_slot: HashMap<String, Vec<Miss>> = HashMap::new();
+        for miss in misses {
+            let group = by_slot.entry(miss.slot(cache)).or_default();
+            if !group.contains(&miss) {
+                group.push(miss);
+            }
+        }
+        for (_, misses) in by_slot {
+            let mut players: Vec<PlayerKey> = Vec::new();
+            for miss in &misses {
+                if let Some(key) = miss.player(cache)
+                    && !players.contains(key)
+                {
+                    players.push(key.clone());
+                }
+            }
+            let mut pipe = redis::pipe();
+            pipe.atomic();
+            for key in &players {
+                pipe.hget(BrandKeys::new(&key.brand).versions(), key.player.as_str());
+            }
+            let seqs_wanted: usize = misses
+                .iter()
+                .map(|m| if let Miss::Seqs(n) = m { *n } else { 0 })
+                .sum();
+            let mut asked = Vec::new();
+            for miss in &misses {
+                match miss {
+                    Miss::Seqs(_) => continue, // one draw for all below
+                    _ => asked.push(miss.clone()),
+                }
+                add_read(&mut pipe, miss, cache);
+            }
+            if seqs_wanted > 0 {
+                pipe.cmd("INCRBY")
+                    .arg(&cache.seq_key)
+                    .arg(seqs_wanted.max(SEQ_BLOCK as usize));
+            }
+            let answers: Vec<redis::Value> =
+                pipe.query_async(&mut self.conn()).await.map_err(backend)?;
+            let mut answers = answers.into_iter();
+            for key in &players {
+                let version: Option<u64> = from_value(answers.next())?;
+                if version.unwrap_or(0) != cache.snapshots[key].version {
+                    cache.stale = true;
+                }
+            }
+            for miss in asked {
+                take_read(cache, miss, answers.next())?;
+            }
+            if seqs_wanted > 0 {
+                let last: u64 = from_value(answers.next())?;
+                let drawn = seqs_wanted.max(SEQ_BLOCK as usize) as u64;
+                cache.seqs.extend(last + 1 - drawn..=last);
+            }
+        }
+        Ok(())
     }
 }
 
-/// One player's part of a snapshot, as Redis answers it: version, lease, context, pending count, the
-/// queue's head.
-type HeadRead = (
-    Option<u64>,
-    Option<Vec<u8>>,
-    Option<Vec<u8>>,
-    u64,
-    Vec<Vec<u8>>,
-);
+/// How many times a run may miss and be run again before a transaction gives up: each pass of the
+/// ledger's reads is a few dependent steps (a lease, then its queue, then the records).
+const MAX_FILLS: u32 = 64;
 
-/// Entries of a player's queue read with its snapshot: a lease sends at most its window (10 by
-/// default), so the head usually answers it whole.
-const HEAD: usize = 32;
-
-/// A scoped player's state as the transaction began, read in one round trip; what it does not hold is
-/// read when asked for, checked against `version`.
-struct Snapshot {
-    version: u64,
-    lease: Option<Vec<u8>>,
-    context: Option<Vec<u8>>,
-    pending: u64,
-    /// The first entries of the queue, in order.
-    head: Vec<(u64, QueuedPixel)>,
-    /// Whether `head` is the whole queue.
-    whole: bool,
-    /// Records read so far, by id (`None`: no such record).
-    records: HashMap<PixelId, Option<Vec<u8>>>,
-    /// Whether the records of every `head` entry were read (together, at the first record asked).
-    records_read: bool,
+/// One answer of a fill, as `T`.
+fn from_value<T: FromRedisValue>(value: Option<redis::Value>) -> Result<T, StoreError> {
+    let value = value.ok_or_else(|| StoreError::corrupt("a read's answer is missing"))?;
+    redis::from_redis_value(value).map_err(|e| StoreError::Backend(std::sync::Arc::new(e)))
 }
 
-/// A transaction's view of Redis: reads checked against the versions it began with, writes staged.
+/// Adds the command answering `miss` to `pipe`.
+fn add_read(pipe: &mut redis::Pipeline, miss: &Miss, cache: &Cache) {
+    match miss {
+        Miss::Record(key, id, head) => {
+            let hash = BrandKeys::new(&key.brand).records(&key.player);
+            let snapshot = cache.snapshots.get(key);
+            match snapshot.filter(|_| *head) {
+                Some(snapshot) => {
+                    let mut hmget = redis::cmd("HMGET");
+                    hmget.arg(&hash);
+                    for (_, pixel) in &snapshot.head {
+                        hmget.arg(pixel.id.as_str());
+                    }
+                    pipe.add_command(hmget);
+                }
+                None => {
+                    pipe.hget(hash, id.as_str());
+                }
+            }
+        }
+        Miss::Page(key, after, limit) => {
+            pipe.cmd("ZRANGEBYSCORE")
+                .arg(BrandKeys::new(&key.brand).queue(&key.player))
+                .arg(after.map_or_else(|| "-inf".to_owned(), |seq| format!("({seq}")))
+                .arg("+inf")
+                .arg("LIMIT")
+                .arg(0)
+                .arg(*limit);
+        }
+        Miss::Value(hash, field) => {
+            pipe.hget(hash, field);
+        }
+        Miss::Pending(key) => {
+            pipe.zcard(BrandKeys::new(&key.brand).queue(&key.player));
+        }
+        Miss::Usage(brand, _) => {
+            // One answer for both reads: a nested pipeline is not a thing, so a tiny script.
+            pipe.cmd("EVAL")
+                .arg(USAGE)
+                .arg(2)
+                .arg(BrandKeys::new(brand).counts())
+                .arg(BrandKeys::new(brand).contexts());
+        }
+        Miss::Scheduled(_, lane, member) => {
+            pipe.zscore(lane, member);
+        }
+        Miss::Due(lane, until, limit) => {
+            pipe.cmd("ZRANGEBYLEX")
+                .arg(BrandKeys::new(&lane.brand).lane(&lane.host))
+                .arg("-")
+                .arg(keys::up_to(*until))
+                .arg("LIMIT")
+                .arg(0)
+                .arg(*limit);
+        }
+        Miss::Holds(_, expiry, prefix) => {
+            let (low, high) = keys::prefix_range(prefix);
+            pipe.cmd("ZRANGEBYLEX")
+                .arg(expiry)
+                .arg(low)
+                .arg(high)
+                .arg("LIMIT")
+                .arg(0)
+                .arg(1);
+        }
+        Miss::Seqs(_) => {}
+    }
+}
+
+/// A brand's counters and players in one answer: `depth`, `outbox`, `day`, `events`, players.
+const USAGE: &str = "local c = redis.call('HMGET', KEYS[1], 'depth', 'outbox', 'day', 'events') \
+                     c[5] = redis.call('HLEN', KEYS[2]) return c";
+
+/// Puts the answer to `miss` in the cache.
+fn take_read(
+    cache: &mut Cache,
+    miss: Miss,
+    answer: Option<redis::Value>,
+) -> Result<(), StoreError> {
+    match miss {
+        Miss::Record(key, id, head) => match cache.snapshots.get_mut(&key).filter(|_| head) {
+            Some(snapshot) => {
+                let values: Vec<Option<Vec<u8>>> = from_value(answer)?;
+                snapshot.head_records = true;
+                let ids: Vec<PixelId> = snapshot.head.iter().map(|(_, p)| p.id.clone()).collect();
+                for (id, value) in ids.into_iter().zip(values) {
+                    cache.records.insert((key.clone(), id), value);
+                }
+            }
+            None => {
+                cache.records.insert((key, id), from_value(answer)?);
+            }
+        },
+        Miss::Page(key, after, limit) => {
+            let members: Vec<Vec<u8>> = from_value(answer)?;
+            let page = members
+                .iter()
+                .map(|m| parse_queue_member(m))
+                .collect::<Result<_, _>>()?;
+            cache.pages.insert((key, after, limit), page);
+        }
+        Miss::Value(hash, field) => {
+            cache.values.insert((hash, field), from_value(answer)?);
+        }
+        Miss::Pending(key) => {
+            cache.pending.insert(key, from_value(answer)?);
+        }
+        Miss::Usage(brand, day) => {
+            let (depth, outbox, counted, events, players): (
+                Option<u64>,
+                Option<u64>,
+                Option<u64>,
+                Option<u64>,
+                u64,
+            ) = from_value(answer)?;
+            let counts = Counts::new((depth, outbox, counted, events), players);
+            let usage = Usage {
+                events_today: counts.events_on(day),
+                players: counts.players,
+                outbox: counts.outbox,
+            };
+            cache.usage.insert((brand, day), usage);
+        }
+        Miss::Scheduled(_, lane, member) => {
+            let score: Option<f64> = from_value(answer)?;
+            cache.scheduled.insert((lane, member), score.is_some());
+        }
+        Miss::Due(lane, until, limit) => {
+            let members: Vec<String> = from_value(answer)?;
+            let due = members
+                .iter()
+                .map(|member| parse_lane_member(&lane, member))
+                .collect::<Result<_, _>>()?;
+            cache.due.insert((lane, until, limit), due);
+        }
+        Miss::Holds(_, expiry, prefix) => {
+            let found: Vec<Vec<u8>> = from_value(answer)?;
+            cache.holds.insert((expiry, prefix), !found.is_empty());
+        }
+        Miss::Seqs(_) => {}
+    }
+    Ok(())
+}
+
+/// An outbox entry of `lane` read back: due time, player, postback id.
+fn parse_lane_member(lane: &Lane, member: &str) -> Result<(u64, PlayerKey, PixelId), StoreError> {
+    let bad = || StoreError::corrupt("an outbox entry does not parse");
+    let [due, player, id] = keys::fields::<3>(member).ok_or_else(bad)?;
+    let due = due.parse().map_err(|_| bad())?;
+    let player = PlayerId::parse_stored(player).map_err(|_| bad())?;
+    let id = PixelId::parse_stored(id).map_err(|_| bad())?;
+    Ok((due, PlayerKey::new(lane.brand.clone(), player), id))
+}
+
+/// One run of the work over the cache: reads it holds are answered; reads it does not are noted as
+/// misses and answered with nothing (the run's answer is then thrown away); writes are staged.
 struct RedisTx<'a> {
-    store: &'a RedisStore,
-    rt: &'a Handle,
-    snapshots: HashMap<PlayerKey, Snapshot>,
+    cache: &'a Cache,
+    misses: Vec<Miss>,
     /// Values read outside a player's state, as the commit must find them: hash, field, tagged value.
     read: Vec<(String, String, Vec<u8>)>,
     writes: Vec<Write>,
-    seqs: Range<u64>,
-    changed: bool,
+    /// The next of the cache's numbers to hand out.
+    next_seq: usize,
 }
 
 impl RedisTx<'_> {
-    /// Runs `cmd`; when it reads the state of a player in scope, atomically with a look at the
-    /// player's version, which must be the one the transaction began with.
-    fn read<T: FromRedisValue>(
-        &mut self,
-        key: Option<&PlayerKey>,
-        cmd: Cmd,
-    ) -> Result<T, StoreError> {
-        let mut conn = self.store.conn();
-        let Some((key, expected)) = key.and_then(|k| self.snapshots.get(k).map(|s| (k, s.version)))
-        else {
-            return self
-                .rt
-                .block_on(cmd.query_async(&mut conn))
-                .map_err(backend);
-        };
-        let mut pipe = redis::pipe();
-        pipe.atomic()
-            .hget(BrandKeys::new(&key.brand).versions(), key.player.as_str())
-            .add_command(cmd);
-        let (version, value): (Option<u64>, T) = self
-            .rt
-            .block_on(pipe.query_async(&mut conn))
-            .map_err(backend)?;
-        if version.unwrap_or(0) != expected {
-            self.changed = true;
-            return Err(StoreError::Backend(std::sync::Arc::new(Changed)));
+    /// A hash field outside a player's state, noted for the commit's check.
+    fn noted(&mut self, hash: String, field: &str) -> Option<Vec<u8>> {
+        let at = (hash, field.to_owned());
+        match self.cache.values.get(&at) {
+            Some(value) => {
+                self.read.push((at.0, at.1, tagged(value.as_deref())));
+                value.clone()
+            }
+            None => {
+                self.misses.push(Miss::Value(at.0, at.1));
+                None
+            }
         }
-        Ok(value)
     }
 
-    /// Reads a hash field outside a player's state and notes it for the commit's check.
-    fn read_noted(&mut self, hash: String, field: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        let mut hget = redis::cmd("HGET");
-        hget.arg(&hash).arg(field);
-        let value: Option<Vec<u8>> = self.read(None, hget)?;
-        self.read
-            .push((hash, field.to_owned(), tagged(value.as_deref())));
-        Ok(value)
+    /// A hash field of a player outside the scope (not checked: nothing is written for them).
+    fn plain(&mut self, hash: String, field: &str) -> Option<Vec<u8>> {
+        let at = (hash, field.to_owned());
+        match self.cache.values.get(&at) {
+            Some(value) => value.clone(),
+            None => {
+                self.misses.push(Miss::Value(at.0, at.1));
+                None
+            }
+        }
     }
 }
 
 /// A value as the commit script compares it: empty for absent, `=` and the value otherwise.
 fn tagged(value: Option<&[u8]>) -> Vec<u8> {
     value.map_or_else(Vec::new, |v| [b"=".as_slice(), v].concat())
-}
-
-fn hget(hash: String, field: &str) -> Cmd {
-    let mut cmd = redis::cmd("HGET");
-    cmd.arg(hash).arg(field);
-    cmd
 }
 
 fn parse<T: serde::de::DeserializeOwned>(
@@ -288,37 +603,36 @@ fn parse_queue_member(member: &[u8]) -> Result<(u64, QueuedPixel), StoreError> {
 
 impl Tx for RedisTx<'_> {
     fn next_seq(&mut self) -> Result<u64, StoreError> {
-        if self.seqs.is_empty() {
-            let mut incr = redis::cmd("INCRBY");
-            incr.arg(keys::SEQ).arg(SEQ_BLOCK);
-            let last: u64 = self.read(None, incr)?;
-            self.seqs = last + 1 - SEQ_BLOCK..last + 1;
+        match self.cache.seqs.get(self.next_seq) {
+            Some(seq) => {
+                self.next_seq += 1;
+                Ok(*seq)
+            }
+            None => {
+                // Counted, so one draw covers all this run wants; a stand-in meanwhile.
+                match self.misses.iter_mut().find_map(|m| match m {
+                    Miss::Seqs(n) => Some(n),
+                    _ => None,
+                }) {
+                    Some(n) => *n += 1,
+                    None => self.misses.push(Miss::Seqs(1)),
+                }
+                Ok(0)
+            }
         }
-        Ok(self.seqs.next().expect("refilled just above"))
     }
 
     fn record(&mut self, key: &PlayerKey, id: &PixelId) -> Result<Option<Record>, StoreError> {
-        let found = match self.snapshots.get(key) {
-            Some(snapshot) if snapshot.records.contains_key(id) => snapshot.records[id].clone(),
-            // The first record asked of a queue's head: the records of the whole head, at once.
-            Some(snapshot)
-                if !snapshot.records_read && snapshot.head.iter().any(|(_, p)| p.id == *id) =>
-            {
-                let ids: Vec<PixelId> = snapshot.head.iter().map(|(_, p)| p.id.clone()).collect();
-                let mut hmget = redis::cmd("HMGET");
-                hmget.arg(BrandKeys::new(&key.brand).records(&key.player));
-                for head_id in &ids {
-                    hmget.arg(head_id.as_str());
-                }
-                let values: Vec<Option<Vec<u8>>> = self.read(Some(key), hmget)?;
-                let snapshot = self.snapshots.get_mut(key).expect("matched above");
-                snapshot.records.extend(ids.into_iter().zip(values));
-                snapshot.records_read = true;
-                snapshot.records.get(id).cloned().flatten()
-            }
-            _ => {
-                let hash = BrandKeys::new(&key.brand).records(&key.player);
-                self.read(Some(key), hget(hash, id.as_str()))?
+        let found = match self.cache.records.get(&(key.clone(), id.clone())) {
+            Some(found) => found.clone(),
+            None => {
+                // The first record asked of a queue's head: the records of the whole head, at once.
+                let head = self.cache.snapshots.get(key).is_some_and(|snapshot| {
+                    !snapshot.head_records && snapshot.head.iter().any(|(_, p)| p.id == *id)
+                });
+                self.misses
+                    .push(Miss::Record(key.clone(), id.clone(), head));
+                None
             }
         };
         found
@@ -327,12 +641,16 @@ impl Tx for RedisTx<'_> {
     }
 
     fn pending_count(&mut self, key: &PlayerKey) -> Result<u64, StoreError> {
-        if let Some(snapshot) = self.snapshots.get(key) {
+        if let Some(snapshot) = self.cache.snapshots.get(key) {
             return Ok(snapshot.pending);
         }
-        let mut zcard = redis::cmd("ZCARD");
-        zcard.arg(BrandKeys::new(&key.brand).queue(&key.player));
-        self.read(None, zcard)
+        match self.cache.pending.get(key) {
+            Some(n) => Ok(*n),
+            None => {
+                self.misses.push(Miss::Pending(key.clone()));
+                Ok(0)
+            }
+        }
     }
 
     fn queue(
@@ -341,7 +659,7 @@ impl Tx for RedisTx<'_> {
         after: Option<u64>,
         limit: usize,
     ) -> Result<Vec<(u64, QueuedPixel)>, StoreError> {
-        if let Some(snapshot) = self.snapshots.get(key) {
+        if let Some(snapshot) = self.cache.snapshots.get(key) {
             let from_head: Vec<(u64, QueuedPixel)> = snapshot
                 .head
                 .iter()
@@ -353,16 +671,13 @@ impl Tx for RedisTx<'_> {
                 return Ok(from_head);
             }
         }
-        let mut range = redis::cmd("ZRANGEBYSCORE");
-        range
-            .arg(BrandKeys::new(&key.brand).queue(&key.player))
-            .arg(after.map_or_else(|| "-inf".to_owned(), |seq| format!("({seq}")))
-            .arg("+inf")
-            .arg("LIMIT")
-            .arg(0)
-            .arg(limit);
-        let members: Vec<Vec<u8>> = self.read(Some(key), range)?;
-        members.iter().map(|m| parse_queue_member(m)).collect()
+        match self.cache.pages.get(&(key.clone(), after, limit)) {
+            Some(page) => Ok(page.clone()),
+            None => {
+                self.misses.push(Miss::Page(key.clone(), after, limit));
+                Ok(Vec::new())
+            }
+        }
     }
 
     fn undurable_from(&mut self, _key: &PlayerKey) -> Option<u64> {
@@ -370,12 +685,9 @@ impl Tx for RedisTx<'_> {
     }
 
     fn lease(&mut self, key: &PlayerKey) -> Result<Option<Lease>, StoreError> {
-        let found = match self.snapshots.get(key) {
+        let found = match self.cache.snapshots.get(key) {
             Some(snapshot) => snapshot.lease.clone(),
-            None => {
-                let hash = BrandKeys::new(&key.brand).leases();
-                self.read(None, hget(hash, key.player.as_str()))?
-            }
+            None => self.plain(BrandKeys::new(&key.brand).leases(), key.player.as_str()),
         };
         let Some(bytes) = found else {
             return Ok(None);
@@ -390,12 +702,9 @@ impl Tx for RedisTx<'_> {
     }
 
     fn context(&mut self, key: &PlayerKey) -> Result<Option<PlayerContext>, StoreError> {
-        let found = match self.snapshots.get(key) {
+        let found = match self.cache.snapshots.get(key) {
             Some(snapshot) => snapshot.context.clone(),
-            None => {
-                let hash = BrandKeys::new(&key.brand).contexts();
-                self.read(None, hget(hash, key.player.as_str()))?
-            }
+            None => self.plain(BrandKeys::new(&key.brand).contexts(), key.player.as_str()),
         };
         found
             .map(|bytes| parse(&bytes, "a player context does not parse"))
@@ -403,7 +712,7 @@ impl Tx for RedisTx<'_> {
     }
 
     fn event(&mut self, brand: &BrandId, id: &EventId) -> Result<Option<EventOutcome>, StoreError> {
-        self.read_noted(BrandKeys::new(brand).events(), id.as_str())?
+        self.noted(BrandKeys::new(brand).events(), id.as_str())
             .map(|bytes| parse(&bytes, "an event record does not parse"))
             .transpose()
     }
@@ -411,17 +720,13 @@ impl Tx for RedisTx<'_> {
     fn usage(&mut self, brand: &BrandId, day: u64) -> Result<Usage, StoreError> {
         // Not checked at commit: concurrent batches of one brand on several processes may each pass a
         // quota the sum of them goes over (docs/scaling.md).
-        let mut pipe = redis::pipe();
-        Counts::ask(&mut pipe, &BrandKeys::new(brand));
-        let counts: Counts = self
-            .rt
-            .block_on(pipe.query_async(&mut self.store.conn()))
-            .map_err(backend)?;
-        Ok(Usage {
-            events_today: counts.events_on(day),
-            players: counts.players,
-            outbox: counts.outbox,
-        })
+        match self.cache.usage.get(&(brand.clone(), day)) {
+            Some(usage) => Ok(*usage),
+            None => {
+                self.misses.push(Miss::Usage(brand.clone(), day));
+                Ok(Usage::default())
+            }
+        }
     }
 
     fn scheduled(
@@ -431,12 +736,17 @@ impl Tx for RedisTx<'_> {
         key: &PlayerKey,
         id: &PixelId,
     ) -> Result<bool, StoreError> {
-        let mut zscore = redis::cmd("ZSCORE");
-        zscore
-            .arg(BrandKeys::new(&lane.brand).lane(&lane.host))
-            .arg(keys::lane_member(due_ms, &key.player, id.as_str()));
-        let score: Option<f64> = self.read(Some(key), zscore)?;
-        Ok(score.is_some())
+        let at = (
+            BrandKeys::new(&lane.brand).lane(&lane.host),
+            keys::lane_member(due_ms, &key.player, id.as_str()),
+        );
+        match self.cache.scheduled.get(&at) {
+            Some(there) => Ok(*there),
+            None => {
+                self.misses.push(Miss::Scheduled(key.clone(), at.0, at.1));
+                Ok(false)
+            }
+        }
     }
 
     fn due(
@@ -445,45 +755,27 @@ impl Tx for RedisTx<'_> {
         until_ms: u64,
         limit: usize,
     ) -> Result<Vec<(u64, PlayerKey, PixelId)>, StoreError> {
-        let mut range = redis::cmd("ZRANGEBYLEX");
-        range
-            .arg(BrandKeys::new(&lane.brand).lane(&lane.host))
-            .arg("-")
-            .arg(keys::up_to(until_ms))
-            .arg("LIMIT")
-            .arg(0)
-            .arg(limit);
-        let members: Vec<String> = self.read(None, range)?;
-        members
-            .iter()
-            .map(|member| {
-                let [due, player, id] = keys::fields::<3>(member)
-                    .ok_or_else(|| StoreError::corrupt("an outbox entry does not parse"))?;
-                let due = due
-                    .parse()
-                    .map_err(|_| StoreError::corrupt("an outbox entry's time"))?;
-                let player = PlayerId::parse_stored(player)
-                    .map_err(|_| StoreError::corrupt("an outbox entry's player"))?;
-                let id = PixelId::parse_stored(id)
-                    .map_err(|_| StoreError::corrupt("an outbox entry's id"))?;
-                Ok((due, PlayerKey::new(lane.brand.clone(), player), id))
-            })
-            .collect()
+        match self.cache.due.get(&(lane.clone(), until_ms, limit)) {
+            Some(due) => Ok(due.clone()),
+            None => {
+                self.misses.push(Miss::Due(lane.clone(), until_ms, limit));
+                Ok(Vec::new())
+            }
+        }
     }
 
     fn holds_due(&mut self, entry: &DueEntry) -> Result<bool, StoreError> {
-        let prefix = keys::expiry_prefix(entry.due_ms, &entry.key.player, entry.seq);
-        let (low, high) = keys::prefix_range(&prefix);
-        let mut range = redis::cmd("ZRANGEBYLEX");
-        range
-            .arg(BrandKeys::new(&entry.key.brand).expiry())
-            .arg(low)
-            .arg(high)
-            .arg("LIMIT")
-            .arg(0)
-            .arg(1);
-        let found: Vec<Vec<u8>> = self.read(Some(&entry.key), range)?;
-        Ok(!found.is_empty())
+        let at = (
+            BrandKeys::new(&entry.key.brand).expiry(),
+            keys::expiry_prefix(entry.due_ms, &entry.key.player, entry.seq),
+        );
+        match self.cache.holds.get(&at) {
+            Some(there) => Ok(*there),
+            None => {
+                self.misses.push(Miss::Holds(entry.key.clone(), at.0, at.1));
+                Ok(false)
+            }
+        }
     }
 
     fn health(
@@ -491,7 +783,7 @@ impl Tx for RedisTx<'_> {
         brand: &BrandId,
         definition: &DefinitionId,
     ) -> Result<Option<DefinitionHealth>, StoreError> {
-        self.read_noted(BrandKeys::new(brand).health(), definition.as_str())?
+        self.noted(BrandKeys::new(brand).health(), definition.as_str())
             .map(|bytes| parse(&bytes, "a definition's health does not parse"))
             .transpose()
     }
@@ -514,10 +806,15 @@ struct Commit {
 }
 
 impl Commit {
-    /// The commit of `tx`'s staged writes, checking what it read.
-    fn of(tx: &RedisTx<'_>) -> Result<Commit, StoreError> {
+    /// The commit of a run's staged `writes`, checking every scoped player's version and what it
+    /// `read` outside them.
+    fn of(
+        cache: &Cache,
+        read: &[(String, String, Vec<u8>)],
+        writes: &[Write],
+    ) -> Result<Commit, StoreError> {
         let mut commit = Commit::default();
-        for (key, version) in tx.snapshots.iter().map(|(k, s)| (k, s.version)) {
+        for (key, version) in cache.snapshots.iter().map(|(k, s)| (k, s.version)) {
             let versions = commit.key(BrandKeys::new(&key.brand).versions());
             let check = [
                 b"VER".to_vec(),
@@ -527,7 +824,7 @@ impl Commit {
             ];
             commit.checks.extend(check);
         }
-        for (hash, field, value) in &tx.read {
+        for (hash, field, value) in read {
             let hash = commit.key(hash.clone());
             commit.checks.extend([
                 b"VAL".to_vec(),
@@ -536,7 +833,7 @@ impl Commit {
                 value.clone(),
             ]);
         }
-        for write in &tx.writes {
+        for write in writes {
             commit.write(write)?;
         }
         for key in std::mem::take(&mut commit.queues) {
@@ -552,7 +849,7 @@ impl Commit {
             commit.checks.extend(step);
         }
         for key in std::mem::take(&mut commit.touched) {
-            if !tx.snapshots.contains_key(&key) {
+            if !cache.snapshots.contains_key(&key) {
                 let versions = commit.key(BrandKeys::new(&key.brand).versions());
                 commit
                     .steps
@@ -803,7 +1100,7 @@ impl Commit {
     }
 
     /// Runs the script: true when it wrote, false when what the transaction read had changed.
-    fn run(self, store: &RedisStore, rt: &Handle) -> Result<bool, StoreError> {
+    async fn run(self, store: &RedisStore) -> Result<bool, StoreError> {
         let mut invocation = COMMIT_SCRIPT.prepare_invoke();
         for key in &self.keys {
             invocation.key(key);
@@ -811,8 +1108,9 @@ impl Commit {
         for arg in self.checks.iter().chain(&self.steps) {
             invocation.arg(arg.as_slice());
         }
-        let written: i64 = rt
-            .block_on(invocation.invoke_async(&mut store.conn()))
+        let written: i64 = invocation
+            .invoke_async(&mut store.conn())
+            .await
             .map_err(backend)?;
         Ok(written == 1)
     }
@@ -823,14 +1121,11 @@ impl Queues for RedisStore {
     async fn transact(
         &self,
         scope: Scope,
-        _mode: Mode,
+        mode: Mode,
         mut work: Work,
     ) -> Result<Box<dyn Any + Send>, StoreError> {
         self.check_open()?;
-        let (store, rt) = (self.clone(), Handle::current());
-        tokio::task::spawn_blocking(move || store.run(&rt, &scope, &mut work))
-            .await
-            .map_err(|e| StoreError::Unavailable(format!("a store call did not finish: {e}")))?
+        self.run(&scope, mode, &mut work).await
     }
 
     fn announce(&self, key: &PlayerKey) {
