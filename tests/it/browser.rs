@@ -945,3 +945,98 @@ async fn processes_on_one_redis_fire_a_pixel_once_in_pages_connected_to_any_of_t
     let stats = a.get_json("/api/v1/stats").await;
     assert_eq!(stats["queue_depth"], 0, "{stats}");
 }
+
+/// The simplest load balancer: each connection goes to the first backend that accepts it, so when one
+/// process dies its browsers' reconnects land on the next.
+struct Balancer {
+    addr: SocketAddr,
+}
+
+impl Balancer {
+    async fn start(backends: Vec<SocketAddr>) -> Balancer {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut down, _)) = listener.accept().await {
+                let backends = backends.clone();
+                tokio::spawn(async move {
+                    for backend in backends {
+                        if let Ok(mut up) = tokio::net::TcpStream::connect(backend).await {
+                            let _ = tokio::io::copy_bidirectional(&mut down, &mut up).await;
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        Balancer { addr }
+    }
+}
+
+/// `kill -9` of the hub process whose session holds a pixel the page fired but whose ack was lost: the
+/// page reconnects through the load balancer to the other process on the same Redis, the pixel's ack
+/// gets there, and the pixel never fires again.
+#[tokio::test]
+async fn kill_9_of_a_process_on_redis_fires_nothing_twice_in_the_page() {
+    let redis = crate::redis::Redis::start();
+    let url = redis.url();
+    let settings = [
+        ("PIXELHUB_STORE", url.as_str()),
+        ("PIXELHUB_LEASE_TTL_MS", "1500"),
+    ];
+    let token = "kill-nine-redis-0123456789";
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = HubProcess::start_with("127.0.0.1:0", dir_a.path(), Some(token), false, &settings);
+    let b = HubProcess::start_with("127.0.0.1:0", dir_b.path(), Some(token), false, &settings);
+    let api = crate::process::HubApi::of(&b, token);
+    let (status, _) = api
+        .call(
+            reqwest::Method::PUT,
+            "/api/v1/brands/12345",
+            Some(json!({})),
+        )
+        .await;
+    assert!(status.is_success());
+    let balancer = Balancer::start(vec![a.addr, b.addr]).await;
+    let site = Site::start(balancer.addr).await;
+    let browser = Browser::launch().await;
+    let tab = browser.tab().await;
+    tab.goto(&format!("{}&drop_acks=true", site.page("k9r")))
+        .await;
+    holder(std::slice::from_ref(&tab)).await;
+
+    let pixel = json!({"kind": "image", "url": site.url("/px/k9r")});
+    let path = "/api/v1/brands/12345/players/k9r/pixels";
+    let (status, _) = api.call(reqwest::Method::POST, path, Some(pixel)).await;
+    assert_eq!(status, 202);
+    site.wait_for_hit("/px/k9r").await;
+
+    // The page's connection went through the balancer to A: A dies with the pixel fired, un-acked.
+    // The page's acks go out again from now on; B's lease wait (1.5 s) leaves time to say so.
+    a.kill_9();
+    tab.eval("window.__dropAcks = false").await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, listed) = api.call(reqwest::Method::GET, path, None).await;
+        if listed["pixels"].as_array().is_some_and(Vec::is_empty) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the page's ack never reached B: {listed}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The page's lost ack reaches B (sent again on the new connection, or for B's redelivery of the
+    // pixel, which the page skips): either way it never fires twice.
+    assert_eq!(
+        events(&tab, "fire").await,
+        json!(1),
+        "fired once, on A's connection"
+    );
+    assert_eq!(
+        site.count("/px/k9r"),
+        1,
+        "fired once across kill -9 and two processes"
+    );
+}
