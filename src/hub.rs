@@ -444,7 +444,13 @@ impl Hub {
             let mut turn = 0u32;
             loop {
                 tokio::select! {
-                    _ = shutdown.cancelled() => return,
+                    _ = shutdown.cancelled() => {
+                        // Stopping: the others' stats lose this process now, not when its report ages out.
+                        if let Err(e) = ledger.forget_presence(hub.process_id()).await {
+                            tracing::debug!(error = %e, "could not take this process's report away");
+                        }
+                        return;
+                    }
                     _ = ticker.tick() => {}
                 }
                 let presence = hub.presence(ledger.now_ms());

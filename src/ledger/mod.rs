@@ -298,6 +298,11 @@ impl Ledger {
         self.store().report_presence(presence).await
     }
 
+    /// See [`Store::forget_presence`].
+    pub async fn forget_presence(&self, id: &str) -> Result<(), StoreError> {
+        self.store().forget_presence(id).await
+    }
+
     /// See [`Store::presences`], as of now.
     pub async fn presences(&self) -> Result<Vec<ProcessPresence>, StoreError> {
         self.store().presences(self.now_ms()).await

@@ -530,6 +530,11 @@ impl Store for GuardedStore {
             .await
     }
 
+    async fn forget_presence(&self, id: &str) -> Result<(), StoreError> {
+        self.call(Call::Other, self.engine.forget_presence(id))
+            .await
+    }
+
     async fn presences(&self, now_ms: u64) -> Result<Vec<super::ProcessPresence>, StoreError> {
         self.call(Call::Other, self.engine.presences(now_ms)).await
     }

@@ -586,6 +586,11 @@ pub trait Store: Send + Sync + 'static {
         Ok(())
     }
 
+    /// Takes a stopping process's report away at once (a dead one's ages out).
+    async fn forget_presence(&self, _id: &str) -> Result<(), StoreError> {
+        Ok(())
+    }
+
     /// The reports of every live process, as of `now_ms` (reports past [`PRESENCE_TTL_MS`] are gone);
     /// empty for an engine that is not shared.
     async fn presences(&self, _now_ms: u64) -> Result<Vec<ProcessPresence>, StoreError> {

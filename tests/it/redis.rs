@@ -426,17 +426,13 @@ async fn stats_and_limits_count_every_live_process_and_forget_a_stopped_one() {
     assert_eq!(both["players_online"], 5, "{both}");
 
     b.stop().await;
-    let started = Instant::now();
-    let alone = stats_until(&a, PATIENCE * 3, |s| {
+    let alone = stats_until(&a, Duration::from_secs(1), |s| {
         s["processes"].as_array().map(Vec::len) == Some(1)
     })
     .await;
-    assert_eq!(alone["sessions"], 3, "{alone}");
-    let ttl = Duration::from_millis(pixelhub::store::PRESENCE_TTL_MS);
-    assert!(
-        started.elapsed() <= ttl + Duration::from_secs(3),
-        "forgotten after {:?}",
-        started.elapsed()
+    assert_eq!(
+        alone["sessions"], 3,
+        "a stopped process leaves the stats at once: {alone}"
     );
     // p9's tab on the stopped process is gone: a second one may open.
     let _again = a.session("p9").await;
@@ -521,6 +517,19 @@ async fn kill_9_of_the_lease_holder_hands_its_pixels_in_flight_to_another_proces
     let took = killed.elapsed();
     assert_eq!(again, queued, "the unacknowledged pixels, on B");
     assert!(took < Duration::from_secs(4), "taken over in {took:?}");
+    // The dead process's report ages out of B's stats within its lifetime.
+    let ttl = Duration::from_millis(pixelhub::store::PRESENCE_TTL_MS);
+    loop {
+        let (_, stats) = api.call(reqwest::Method::GET, "/api/v1/stats", None).await;
+        if stats["processes"].as_array().map(Vec::len) == Some(1) {
+            break;
+        }
+        assert!(
+            killed.elapsed() < ttl + Duration::from_secs(3),
+            "a killed process still in the stats: {stats}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     on_b.ack(&again).await;
     let deadline = Instant::now() + PATIENCE;
     while !api.pending("p1").await.is_empty() {

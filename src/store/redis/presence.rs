@@ -54,6 +54,11 @@ impl RedisStore {
         .await
     }
 
+    pub(super) async fn drop_presence(&self, id: &str) -> Result<(), StoreError> {
+        self.query::<()>(redis::cmd("HDEL").arg(PROCESSES).arg(id))
+            .await
+    }
+
     pub(super) async fn live_presences(
         &self,
         now_ms: u64,

@@ -369,6 +369,10 @@ impl Store for RedisStore {
         self.put_presence(presence).await
     }
 
+    async fn forget_presence(&self, id: &str) -> Result<(), StoreError> {
+        self.drop_presence(id).await
+    }
+
     async fn presences(&self, now_ms: u64) -> Result<Vec<ProcessPresence>, StoreError> {
         self.live_presences(now_ms).await
     }
