@@ -4,6 +4,7 @@
 
 mod browser;
 mod disk_stalls;
+mod holder;
 mod hub;
 mod mqtt;
 mod nats;
@@ -155,6 +156,19 @@ struct Args {
     /// Connections opened at once.
     #[arg(long, default_value_t = 256)]
     connect_concurrency: usize,
+
+    /// (Internal: the harness starts itself so to hold sessions of one hub process beyond the files one
+    /// process may open.) Holds `--hold-count` sessions to this hub address until standard input closes.
+    #[arg(long, hide = true)]
+    hold_sessions: Option<std::net::SocketAddr>,
+
+    /// (Internal) How many sessions `--hold-sessions` holds.
+    #[arg(long, hide = true, default_value_t = 0)]
+    hold_count: usize,
+
+    /// (Internal) The players' prefix for `--hold-sessions`.
+    #[arg(long, hide = true, default_value = "h")]
+    hold_prefix: String,
 }
 
 impl Args {
@@ -220,6 +234,22 @@ impl Args {
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
+    if let Some(addr) = args.hold_sessions {
+        let hold = holder::Hold {
+            addr,
+            count: args.hold_count,
+            prefix: args.hold_prefix.clone(),
+            sources: args.sources,
+            concurrency: args.connect_concurrency,
+        };
+        return match holder::serve(hold).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("pixelhub-bench: holding sessions FAILED: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     if args.sled_keys {
         return match sled_keys::run() {
             Ok(()) => ExitCode::SUCCESS,

@@ -14,6 +14,7 @@ use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::task::JoinSet;
 
 use crate::browser::Sources;
+use crate::holder::{Helper, Hold};
 use crate::hub::MachineTimes;
 use crate::report::{Report, millis, quantile};
 use crate::system::{Kind, Publisher, Session, System};
@@ -72,12 +73,28 @@ impl Run<'_> {
 /// Opens a session for each of `players`, `connect_concurrency` at a time; the sessions come back in
 /// the players' order.
 async fn open_all(system: &System, players: Vec<String>, sizes: &Sizes) -> Result<Vec<Session>> {
+    open_all_with(system, players, sizes, false).await
+}
+
+/// [`open_all`]; with `first`, all on a group's first process.
+async fn open_all_with(
+    system: &System,
+    players: Vec<String>,
+    sizes: &Sizes,
+    first: bool,
+) -> Result<Vec<Session>> {
     let sources = Sources::new(sizes.sources);
     let count = players.len();
     let opened: Vec<Result<Session>> = stream::iter(players.into_iter().enumerate())
         .map(|(i, player)| {
             let source = sources.pick(i);
-            async move { system.open(source, &player).await }
+            async move {
+                if first {
+                    system.open_first(source, &player).await
+                } else {
+                    system.open(source, &player).await
+                }
+            }
         })
         .buffered(sizes.connect_concurrency)
         .collect()
@@ -155,13 +172,33 @@ impl Arrivals {
 /// **sessions**: N idle sessions held with heartbeats on. Reports the connect rate, the server's
 /// resident memory per session (VmRSS after minus before, over N) and its CPU use while they idle.
 pub async fn sessions(run: &Run<'_>, report: &mut Report) -> Result<()> {
-    let (sizes, n) = (run.sizes, run.sizes.sessions);
+    let (sizes, per_process) = (run.sizes, run.sizes.sessions);
     let system = run.start().await?;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let rss_before = system.rss()?;
 
+    // A group of hub processes: the harness holds the first one's sessions, a helper process each
+    // other one's (one process may not open that many files).
+    let others = system.other_hubs();
+    let n = per_process * (1 + others.len());
     let started = Instant::now();
-    let sessions = open_all(&system, (0..n).map(|i| format!("s-{i}")).collect(), sizes).await?;
+    let holds: Vec<Hold> = others
+        .into_iter()
+        .enumerate()
+        .map(|(k, addr)| Hold {
+            addr,
+            count: per_process,
+            prefix: format!("s{}", k + 1),
+            sources: sizes.sources,
+            concurrency: sizes.connect_concurrency,
+        })
+        .collect();
+    let helpers = tokio::task::spawn_blocking(move || {
+        holds.iter().map(Helper::start).collect::<Result<Vec<_>>>()
+    });
+    let players = (0..per_process).map(|i| format!("s-{i}")).collect();
+    let sessions = open_all_with(&system, players, sizes, true).await?;
+    let helpers = helpers.await??;
     let connecting = started.elapsed();
     let (stop, stopped) = watch::channel(false);
     let mut tasks = JoinSet::new();
@@ -169,8 +206,16 @@ pub async fn sessions(run: &Run<'_>, report: &mut Report) -> Result<()> {
         tasks.spawn(session.run(stopped.clone(), |_| {}));
     }
 
-    // Let the connect burst settle, then measure the idle server over the hold.
+    // Let the connect burst settle (and a group's processes report their sessions to each other),
+    // then measure the idle server over the hold.
     tokio::time::sleep(Duration::from_secs(1)).await;
+    let settled = Instant::now() + Duration::from_secs(10);
+    while !helpers.is_empty()
+        && system.sessions_online().await? != Some(n as u64)
+        && Instant::now() < settled
+    {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     let cpu_before = system.cpu()?;
     let held_from = Instant::now();
     tokio::time::sleep(sizes.hold).await;
@@ -179,7 +224,10 @@ pub async fn sessions(run: &Run<'_>, report: &mut Report) -> Result<()> {
     let rss_after = system.rss()?;
     let online = system.sessions_online().await?;
     stop.send(true)?;
-    let lost = join_all(tasks).await;
+    let mut lost = join_all(tasks).await;
+    for helper in helpers {
+        lost += tokio::task::spawn_blocking(move || helper.finish()).await??;
+    }
     let name = system.name();
     system.stop()?;
 

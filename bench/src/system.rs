@@ -151,6 +151,30 @@ impl System {
         self.pids().into_iter().map(crate::hub::proc_rss).sum()
     }
 
+    /// A group's hub processes beyond the first, whose share of the `sessions` scenario helper
+    /// processes hold (none for any other system).
+    pub fn other_hubs(&self) -> Vec<SocketAddr> {
+        match self {
+            System::HubGroup(group) => group.hubs[1..].iter().map(|h| h.addr).collect(),
+            _ => Vec::new(),
+        }
+    }
+
+    /// Opens `player`'s session on the group's first process (the one the harness holds sessions of
+    /// itself), or as [`System::open`] does.
+    pub async fn open_first(&self, source: IpAddr, player: &str) -> Result<Session> {
+        match self {
+            System::HubGroup(group) => {
+                let addr = group.hubs[0].addr;
+                in_time("opening a session", async {
+                    Ok(Session::Hub(browser::open(addr, source, player).await?))
+                })
+                .await
+            }
+            _ => self.open(source, player).await,
+        }
+    }
+
     /// The hub process serving `player` (its sessions) or publisher `n`, for a group; the one hub
     /// otherwise.
     fn hub_for(&self, n: usize) -> Option<&Arc<HubProcess>> {
