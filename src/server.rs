@@ -307,6 +307,7 @@ impl Application {
         let config_max_per_ip = config.max_connections_per_ip;
         let config_proxies = config.trusted_proxies.clone();
         let config_store_name = config.store.name();
+        let durable = config.store != StoreKind::Memory && relaxed.is_empty();
         let state = AppState::new(api::Shared {
             ledger,
             hub,
@@ -328,6 +329,7 @@ impl Application {
             clock,
             store_info: api::StoreInfo {
                 engine: config_store_name,
+                durable,
                 relaxed,
             },
         });

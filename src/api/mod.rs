@@ -76,6 +76,9 @@ impl std::ops::Deref for AppState {
 pub struct StoreInfo {
     /// `sled`, `memory` or `redis`.
     pub engine: &'static str,
+    /// Whether what the hub acknowledges survives a crash: not on the memory engine, nor on a Redis
+    /// whose settings were accepted as relaxed.
+    pub durable: bool,
     /// Each setting that can lose an acknowledged write (`--store-durability relaxed`); empty when
     /// none can.
     pub relaxed: Vec<String>,

@@ -194,7 +194,7 @@ pub(super) async fn stats(
         "expired_total": store.expired_total,
         "store": {
             "engine": state.store_info.engine,
-            "durable": state.store_info.engine != "memory" && state.store_info.relaxed.is_empty(),
+            "durable": state.store_info.durable,
             "relaxed": state.store_info.relaxed,
             "flushes": store.flushes,
             "flushed_writes": store.flushed_writes,

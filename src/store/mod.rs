@@ -358,6 +358,58 @@ pub struct Cursor {
     pub id: PixelId,
 }
 
+impl Cursor {
+    /// Where `row` is in the report's order.
+    pub fn of(row: &Delivery) -> Cursor {
+        Cursor {
+            queued_at_ms: row.queued_at_ms,
+            player: row.player_id.clone(),
+            id: row.id.clone(),
+        }
+    }
+}
+
+impl DeliveryQuery {
+    /// A page of one player's rows, from all of them (a player's records are few, so engines read
+    /// them whole): those the query wants, after its cursor, newest first, at most `limit`.
+    pub fn page_of(&self, rows: impl IntoIterator<Item = Delivery>) -> DeliveryPage {
+        let mut rows: Vec<Delivery> = rows
+            .into_iter()
+            .filter(|d| {
+                self.matches(d)
+                    && self
+                        .after
+                        .as_ref()
+                        .is_none_or(|after| Cursor::of(d) < *after)
+            })
+            .collect();
+        rows.sort_by_key(|d| std::cmp::Reverse(Cursor::of(d)));
+        let mut page = DeliveryPage::default();
+        if rows.len() > self.limit {
+            rows.truncate(self.limit);
+            page.next = rows.last().map(Cursor::of);
+        }
+        page.rows = rows;
+        page
+    }
+}
+
+impl Backlog {
+    /// The `limit` biggest of `all`, biggest first (ties by brand, then player): what
+    /// [`Store::backlogs`] answers, from each brand's candidates.
+    pub fn biggest(mut all: Vec<Backlog>, limit: usize) -> Vec<Backlog> {
+        all.sort_by_key(|b| {
+            (
+                std::cmp::Reverse(b.pending),
+                b.brand_id.clone(),
+                b.player_id.clone(),
+            )
+        });
+        all.truncate(limit);
+        all
+    }
+}
+
 impl std::fmt::Display for Cursor {
     /// `<ms>~<player>~<id>`: ids never contain `~`, so it reads back unambiguously.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

@@ -1,7 +1,6 @@
 //! The memory engine's reads without a rule: contexts, the click index, the report, stats, backlogs,
 //! definitions' health; its probe, wake-ups and close.
 
-use std::cmp::Reverse;
 use std::collections::BTreeMap;
 
 use async_trait::async_trait;
@@ -163,7 +162,7 @@ impl Store for MemoryStore {
         brand: Option<&BrandId>,
         limit: usize,
     ) -> Result<Vec<Backlog>, StoreError> {
-        let mut all = match brand {
+        let all = match brand {
             Some(brand) => {
                 self.brand_exists(brand)?;
                 self.backlogs_of(brand)
@@ -174,9 +173,7 @@ impl Store for MemoryStore {
                 .flat_map(|b| self.backlogs_of(b))
                 .collect(),
         };
-        all.sort_by_key(|b| (Reverse(b.pending), b.brand_id.clone(), b.player_id.clone()));
-        all.truncate(limit);
-        Ok(all)
+        Ok(Backlog::biggest(all, limit))
     }
 
     async fn check_writable(&self) -> Result<(), StoreError> {

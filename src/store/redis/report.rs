@@ -10,7 +10,6 @@ use tokio::sync::broadcast;
 use super::catalog::BRANDS;
 use super::keys::{self, BrandKeys, CountFields, Counts};
 use super::{RedisStore, backend, corrupt};
-use crate::delivery::Delivery;
 use crate::event::PlayerContext;
 use crate::ids::{BrandId, DefinitionId, PixelId, PlayerId, PlayerKey, SessionId};
 use crate::store::queues::Record;
@@ -121,33 +120,15 @@ impl RedisStore {
         let stored: Vec<Vec<u8>> = self
             .query(redis::cmd("HVALS").arg(BrandKeys::new(&key.brand).records(&key.player)))
             .await?;
-        let mut rows = Vec::new();
-        for bytes in &stored {
-            let record: Record =
-                serde_json::from_slice(bytes).map_err(corrupt("a record does not parse"))?;
-            let cursor = cursor_of(&record.delivery);
-            if query.matches(&record.delivery)
-                && query.after.as_ref().is_none_or(|after| cursor < *after)
-            {
-                rows.push(record.delivery);
-            }
-        }
-        rows.sort_by_key(|d| std::cmp::Reverse(cursor_of(d)));
-        let mut page = DeliveryPage::default();
-        if rows.len() > query.limit {
-            rows.truncate(query.limit);
-            page.next = rows.last().map(cursor_of);
-        }
-        page.rows = rows;
-        Ok(page)
-    }
-}
-
-fn cursor_of(d: &Delivery) -> Cursor {
-    Cursor {
-        queued_at_ms: d.queued_at_ms,
-        player: d.player_id.clone(),
-        id: d.id.clone(),
+        let rows = stored
+            .iter()
+            .map(|bytes| {
+                serde_json::from_slice::<Record>(bytes)
+                    .map(|record| record.delivery)
+                    .map_err(corrupt("a record does not parse"))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(query.page_of(rows))
     }
 }
 
@@ -321,7 +302,7 @@ impl Store for RedisStore {
         brand: Option<&BrandId>,
         limit: usize,
     ) -> Result<Vec<Backlog>, StoreError> {
-        let mut all = match brand {
+        let all = match brand {
             Some(brand) => {
                 self.brand_exists(brand).await?;
                 self.backlogs_of(brand, limit).await?
@@ -334,15 +315,7 @@ impl Store for RedisStore {
                 all
             }
         };
-        all.sort_by_key(|b| {
-            (
-                std::cmp::Reverse(b.pending),
-                b.brand_id.clone(),
-                b.player_id.clone(),
-            )
-        });
-        all.truncate(limit);
-        Ok(all)
+        Ok(Backlog::biggest(all, limit))
     }
 
     async fn check_writable(&self) -> Result<(), StoreError> {

@@ -315,11 +315,7 @@ impl Store for SledStore {
             let (brand, query) = (&brand, &query);
             inner.brand_exists(brand)?;
             let wanted = |d: &Delivery| query.matches(d);
-            let cursor_of = |d: &Delivery| Cursor {
-                queued_at_ms: d.queued_at_ms,
-                player: d.player_id.clone(),
-                id: d.id.clone(),
-            };
+            let cursor_of = Cursor::of;
             let before_cursor = |c: &Cursor| query.after.as_ref().is_none_or(|after| c < after);
             let mut page = DeliveryPage::default();
             if let Some(player) = &query.player {
@@ -343,17 +339,7 @@ impl Store for SledStore {
                     let rec: Record = serde_json::from_slice(&item?.1).map_err(backend)?;
                     records.insert(rec.delivery.id.clone(), rec.delivery);
                 }
-                let mut rows: Vec<Delivery> = records
-                    .into_values()
-                    .filter(|d| wanted(d) && before_cursor(&cursor_of(d)))
-                    .collect();
-                rows.sort_by_key(|d| std::cmp::Reverse(cursor_of(d)));
-                if rows.len() > query.limit {
-                    rows.truncate(query.limit);
-                    page.next = rows.last().map(cursor_of);
-                }
-                page.rows = rows;
-                return Ok(page);
+                return Ok(query.page_of(records.into_values()));
             }
             let prefix = keys::report_prefix(brand);
             let low = [prefix.as_slice(), &query.from_ms.unwrap_or(0).to_be_bytes()].concat();
