@@ -2,8 +2,9 @@
  *
  * Start it with the snippet from the README (it queues init() calls until this file has loaded):
  *   _sm_aff_client_pixel.init({ server: 'wss://hub.example/websocket', brandId: 12345, playerId: 'p-42' });
- * Options (README): server, brandId, playerId; token (string, or function giving one or its Promise);
- * nonce (CSP); onEvent(type, detail).
+ * Options (README): server, brandId, playerId (absent on pages where no player is logged in: the
+ * client then only captures); token (string, or function giving one or its Promise); nonce (CSP);
+ * onEvent(type, detail).
  *
  * Guarantees, with the server's help (protocol: docs/protocol.md):
  * - one tab per browser and player holds the connection (Web Locks); another takes over when it closes;
@@ -11,7 +12,9 @@
  *   so a redelivery after a lost ack, a reload or a server restart is acknowledged without firing twice;
  * - reconnects back off exponentially with full jitter (capped at 30 s), so a restart causes no herd;
  * - a connection silent for 2.5 heartbeats is treated as dead and replaced;
- * - acks say which pixels failed and why; a failed pixel is never fired again.
+ * - acks say which pixels failed and why; a failed pixel is never fired again;
+ * - on a landing page, the URL params the brand names (its capture_params) are kept in localStorage for
+ *   the brand's window and sent once with the hello of each player then known (docs/protocol.md).
  */
 (function (window, document) {
   'use strict';
@@ -27,7 +30,14 @@
   var FB_SCRIPT = 'https://connect.facebook.net/en_US/fbevents.js';
   var FB_IMAGE = 'https://www.facebook.com/tr';
 
+  var CAPTURE_WAIT = 2000;         // ms a landing page's hello waits for the brand's capture settings
+  var CAPTURE_MAX = 32;            // params kept from one landing
+  var CAPTURE_VALUE_MAX = 512;     // characters of one value
+  var CAPTURE_SENT_MAX = 20;       // players a capture was sent for, remembered
+  var DAY = 86400000;
+
   var current = null;             // the running client, if any
+  var capturing = null;           // the landing page's capture in progress: a Promise, settled either way
 
   function Client(opts) {
     this.opts = opts;
@@ -42,11 +52,7 @@
     this.referrer = 'strict-origin-when-cross-origin';
   }
 
-  Client.prototype.emit = function (type, detail) {
-    if (typeof this.opts.onEvent === 'function') {
-      try { this.opts.onEvent(type, detail); } catch (e) { /* an observer must not break delivery */ }
-    }
-  };
+  Client.prototype.emit = function (type, detail) { emit(this.opts, type, detail); };
 
   // --- which pixels this browser already fired -------------------------------------------------------
   // Stored ids plus this page's own: storage may be readable but full, or absent (private modes).
@@ -113,10 +119,13 @@
       ws = new WebSocket(url.href);
     } catch (e) { return this.retry(); }
     this.ws = ws;
+    var click = null;
     ws.onopen = function () {
       self.emit('open');
       var hello = { type: 'hello', v: PROTOCOL, brand_id: self.opts.brandId, player_id: String(self.opts.playerId) };
       if (typeof token === 'string' && token) hello.token = token;
+      click = unsentClick(self.opts.brandId, String(self.opts.playerId));
+      if (click) hello.attribution = { params: click.params, captured_at_ms: click.captured_at_ms };
       ws.send(JSON.stringify(hello));
       self.watch();
     };
@@ -126,6 +135,7 @@
       var msg;
       try { msg = JSON.parse(event.data); } catch (e) { return; }
       if (msg.type === 'welcome') {
+        if (click) markSent(self.opts.brandId, String(self.opts.playerId), click);  // the hub has it
         self.heartbeat = msg.heartbeat_ms || self.heartbeat;
         if (typeof msg.iframe_sandbox === 'string') self.sandbox = msg.iframe_sandbox;
         if (typeof msg.referrer_policy === 'string') self.referrer = msg.referrer_policy;
@@ -360,10 +370,95 @@
     }
   };
 
+  // --- capture: the affiliate click on a landing page -------------------------------------------------
+  // Kept per brand in localStorage: { params, captured_at_ms, window_days, sent: [player ids] }.
+  function clickKey(brandId) { return '_sm_aff_px_click:' + brandId; }
+  var clickMemory = {};           // per brand, when localStorage cannot keep it
+
+  function readClick(brandId) {
+    var click = clickMemory[brandId];
+    try { click = JSON.parse(window.localStorage.getItem(clickKey(brandId))) || click; } catch (e) { /* memory */ }
+    if (!click || !click.params || !(click.captured_at_ms + click.window_days * DAY > Date.now())) return null;
+    return click;
+  }
+  function writeClick(brandId, click) {
+    clickMemory[brandId] = click;
+    try { window.localStorage.setItem(clickKey(brandId), JSON.stringify(click)); } catch (e) { /* memory keeps it */ }
+  }
+  function unsentClick(brandId, playerId) {
+    var click = readClick(brandId);
+    return click && (click.sent || []).indexOf(playerId) === -1 ? click : null;
+  }
+  function markSent(brandId, playerId, sentClick) {
+    var click = readClick(brandId);
+    if (!click || click.captured_at_ms !== sentClick.captured_at_ms) return;  // a newer landing since
+    click.sent = (click.sent || []).concat([playerId]).slice(-CAPTURE_SENT_MAX);
+    writeClick(brandId, click);
+  }
+
+  function captures(patterns, name) {
+    for (var i = 0; i < patterns.length; i++) {
+      var p = patterns[i];
+      if (p.charAt(p.length - 1) === '*' ? name.length > p.length - 1 && name.indexOf(p.slice(0, -1)) === 0 : p === name) return true;
+    }
+    return false;
+  }
+
+  // The URL params the brand captures, as the hub bounds them: lower-case names, values without
+  // control characters, at most CAPTURE_MAX.
+  function pick(search, patterns) {
+    var params = {}, count = 0;
+    search.forEach(function (value, name) {
+      name = name.toLowerCase();
+      if (count >= CAPTURE_MAX || params[name] !== undefined || !/^[a-z][a-z0-9_]{0,63}$/.test(name) || !captures(patterns, name)) return;
+      if (!value || value.length > CAPTURE_VALUE_MAX || /[\u0000-\u001f\u007f-\u009f]/.test(value)) return;
+      params[name] = value;
+      count++;
+    });
+    return count ? params : null;
+  }
+
+  // Asks the hub what the brand captures, then keeps this landing's click (first or last touch).
+  function capture(opts) {
+    var search;
+    try { search = new URLSearchParams(window.location.search); } catch (e) { return null; }
+    if (!search.toString() || typeof window.fetch !== 'function') return null;
+    var url;
+    try {
+      url = new URL(opts.server, window.location.href);
+      url.protocol = url.protocol === 'wss:' ? 'https:' : url.protocol === 'ws:' ? 'http:' : url.protocol;
+      url = new URL('client/v1/brands/' + encodeURIComponent(String(opts.brandId)) + '/capture', url);
+    } catch (e) { return null; }
+    return window.fetch(url.href, { credentials: 'omit', mode: 'cors' }).then(function (res) {
+      if (!res.ok) throw new Error('capture settings: HTTP ' + res.status);
+      return res.json();
+    }).then(function (settings) {
+      var params = pick(search, settings.params || []);
+      if (!params) return;
+      var kept = readClick(opts.brandId);
+      if (kept && settings.touch === 'first') return;
+      writeClick(opts.brandId, { params: params, captured_at_ms: Date.now(), window_days: settings.window_days || 30, sent: [] });
+      emit(opts, 'capture', params);
+    })['catch'](function (e) {
+      if (window.console) console.warn('aff-client-pixel: nothing captured (' + e.message + ')');
+    });
+  }
+
+  function emit(opts, type, detail) {
+    if (typeof opts.onEvent === 'function') {
+      try { opts.onEvent(type, detail); } catch (e) { /* an observer must not break anything */ }
+    }
+  }
+
   // --- public API ------------------------------------------------------------------------------------
   function init(opts) {
-    if (!opts || !opts.server || opts.brandId == null || opts.playerId == null || opts.playerId === '') {
-      if (window.console) console.error('aff-client-pixel: init needs server, brandId and playerId');
+    if (!opts || !opts.server || opts.brandId == null) {
+      if (window.console) console.error('aff-client-pixel: init needs server and brandId (and playerId once known)');
+      return;
+    }
+    if (!capturing) capturing = capture(opts) || true;
+    if (opts.playerId == null || opts.playerId === '') {
+      if (current) { current.stop(); current = null; }  // no player on this page: capture only
       return;
     }
     if (current) {
@@ -372,15 +467,22 @@
           (o.token === opts.token || (typeof o.token === 'function' && typeof opts.token === 'function'))) return;
       current.stop();
     }
-    current = new Client(opts);
-    current.start();
+    var client = current = new Client(opts);
+    // A landing page that also knows the player says hello once its click is kept (or after a short wait).
+    if (capturing === true) return client.start();
+    var started = false, start = function () { if (!started) { started = true; client.start(); } };
+    capturing.then(start);
+    setTimeout(start, CAPTURE_WAIT);
   }
 
   var queued = (window._sm_aff_client_pixel && window._sm_aff_client_pixel.q) || [];
   window._sm_aff_client_pixel = {
     init: init,
     stop: function () { if (current) { current.stop(); current = null; } },
-    version: '1.0.0'
+    // The click kept for a brand ({ name: value }), or null: for a brand that reports it in its own
+    // registration event.
+    captured: function (brandId) { var c = readClick(brandId); return c ? c.params : null; },
+    version: '1.1.0'
   };
   for (var i = 0; i < queued.length; i++) init(queued[i]);
 })(window, document);

@@ -49,6 +49,14 @@ pub struct BrandSettings {
     /// Event params that carry an affiliate's click id, in the order they are looked for: a player with
     /// one was brought by an affiliate, and inbound calls that name no player find theirs by it.
     pub click_id_params: Vec<String>,
+    /// URL query params the client script captures on landing pages (names, or `prefix*`), kept in the
+    /// player's browser until the player is known: the affiliate's click id and sub ids, for brands that
+    /// do not pass them in their registration events themselves. Empty captures nothing.
+    pub capture_params: Vec<String>,
+    /// Which click the browser keeps when a player lands more than once.
+    pub capture_touch: crate::attribution::Touch,
+    /// Days a captured click counts.
+    pub capture_window_days: u32,
     /// Rules by which the hub raises `qftd` and `qualified_registration` itself; none by default.
     #[serde(skip_serializing_if = "is_unset")]
     pub qualification: crate::event::Qualification,
@@ -66,6 +74,10 @@ pub fn default_click_id_params() -> Vec<String> {
         .map(|(name, _)| (*name).to_owned())
         .collect()
 }
+
+/// How long a captured click counts when the brand says nothing: the usual cookie window of affiliate
+/// programs.
+pub const DEFAULT_CAPTURE_WINDOW_DAYS: u32 = 30;
 
 /// The iframe sandbox of a new brand: the pixel's scripts run (most iframe pixels need them) in the pixel's
 /// own origin, but it cannot navigate the brand's page, open windows or submit forms.
@@ -85,6 +97,9 @@ impl Default for BrandSettings {
             iframe_sandbox: DEFAULT_IFRAME_SANDBOX.into(),
             referrer_policy: DEFAULT_REFERRER_POLICY.into(),
             click_id_params: default_click_id_params(),
+            capture_params: crate::attribution::default_capture_params(),
+            capture_touch: crate::attribution::Touch::Last,
+            capture_window_days: DEFAULT_CAPTURE_WINDOW_DAYS,
             qualification: Default::default(),
         }
     }
@@ -96,6 +111,15 @@ impl BrandSettings {
         PixelPolicy {
             allowed_kinds: &self.allowed_kinds,
             https_only: self.https_only,
+        }
+    }
+
+    /// What decides what the browser's captures keep.
+    pub fn capture_rules(&self) -> crate::attribution::CaptureRules<'_> {
+        crate::attribution::CaptureRules {
+            params: &self.capture_params,
+            touch: self.capture_touch,
+            window_days: self.capture_window_days,
         }
     }
 

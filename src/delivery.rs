@@ -175,6 +175,9 @@ pub struct Delivery {
     /// See [`Origin::click_id`].
     #[serde(default, skip_serializing_if = "unset_when_stored")]
     pub click_id: Option<String>,
+    /// See [`Origin::click_source`].
+    #[serde(default, skip_serializing_if = "unset_when_stored")]
+    pub click_source: Option<crate::attribution::Source>,
     /// See [`Origin::affiliate_id`].
     #[serde(default, skip_serializing_if = "unset_when_stored")]
     pub affiliate_id: Option<String>,
@@ -270,6 +273,7 @@ impl Delivery {
             final_url,
             code_digest,
             click_id: origin.click_id,
+            click_source: origin.click_source,
             affiliate_id: origin.affiliate_id,
             missing: origin.missing,
             method,

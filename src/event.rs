@@ -142,6 +142,27 @@ pub struct PlayerContext {
     /// The event that raised or reported the qualified registration; once per player.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub qualified_event_id: Option<EventId>,
+    /// What filled the attribution: the brand's events, or the client script's capture on a landing page
+    /// (see [`crate::attribution`]). Contexts written before it was kept read `None`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<crate::attribution::Source>,
+    /// When the browser captured the click whose params are kept (Unix milliseconds, the browser's clock).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub captured_at_ms: Option<u64>,
+    /// Params that came from the browser's capture and no event of the brand has replaced.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub from_browser: Vec<String>,
+}
+
+impl PlayerContext {
+    /// Where the attribution came from, if there is one: a context kept before sources were recorded
+    /// holds the brand's events' params.
+    pub fn attribution_source(&self) -> Option<crate::attribution::Source> {
+        let reported =
+            !self.params.is_empty() || self.affiliate_id.is_some() || self.deal_id.is_some();
+        self.source
+            .or_else(|| reported.then_some(crate::attribution::Source::Event))
+    }
 }
 
 fn is_zero(n: &f64) -> bool {
@@ -474,6 +495,14 @@ pub fn plan(
         if event.deal_id.is_some() {
             new_context.deal_id.clone_from(&event.deal_id);
         }
+        // The brand reported an attribution: its own data wins over a browser's capture from now on,
+        // which keeps only the params the brand did not send.
+        if !event.params.is_empty() || event.affiliate_id.is_some() || event.deal_id.is_some() {
+            new_context.source = Some(crate::attribution::Source::Event);
+            new_context
+                .from_browser
+                .retain(|name| !event.params.contains_key(name));
+        }
     }
 
     let mut outcome = EventOutcome {
@@ -554,6 +583,9 @@ pub fn plan(
     for &trigger in &triggers {
         let mut values = macro_values(brand, event, context, trigger, now_ms);
         let click = fill_click_id(&mut values, rules.click_id_params);
+        let click_source = click
+            .as_ref()
+            .map(|_| click_source(event, context, rules.click_id_params));
         for definition in definitions {
             if !definition.listens_to(trigger) {
                 continue;
@@ -583,6 +615,7 @@ pub fn plan(
                 definition_name: Some(definition.name.clone()),
                 template: Some(definition.action.template_text()),
                 click_id: click.clone(),
+                click_source,
                 affiliate_id: affiliate_id.cloned(),
                 missing: Vec::new(),
             };
@@ -741,6 +774,29 @@ pub fn fill_click_id(values: &mut BTreeMap<String, Value>, params: &[String]) ->
             .or_insert_with(|| Value::String(click.clone()));
     }
     Some(click)
+}
+
+/// Where the click id an event's pixels carry came from: the event itself, or the player's context (the
+/// brand's registration, or the browser's capture for a param no event of the brand replaced).
+fn click_source(
+    event: &Event,
+    context: &PlayerContext,
+    params: &[String],
+) -> crate::attribution::Source {
+    use crate::attribution::Source;
+    let has = |values: &BTreeMap<String, Value>, name: &String| {
+        click_id(values, std::slice::from_ref(name)).is_some()
+    };
+    // The name the click id was found under (the event's values over the context's), as `click_id` looks.
+    let found = params
+        .iter()
+        .find(|name| has(&event.params, name) || has(&context.params, name));
+    match found {
+        Some(name) if !has(&event.params, name) && context.from_browser.contains(name) => {
+            Source::Browser
+        }
+        _ => Source::Event,
+    }
 }
 
 /// The affiliate's click id among the values, under the first of `params` that has one.

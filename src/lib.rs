@@ -10,6 +10,8 @@
 //! - [`api_key`]: brand API keys, which act for one brand only; stored as hashes.
 //! - [`clock`]: the wall clock as one injectable handle: what "now" is for expiry, retention and retries.
 //! - [`config`]: every setting, from flags and environment, with its default.
+//! - [`attribution`]: clicks the browser captured on landing pages, whether they become a player's
+//!   attribution (the brand's own report wins), and the parameter names a brand has seen.
 //! - [`brand`]: a brand's settings (kinds, origins, click-id params, qualification) and rotating secrets.
 //! - [`ids`]: validated brand, player, pixel and session ids.
 //! - [`input`]: the field reader and error shared by every JSON body the API validates.
@@ -44,6 +46,7 @@
 
 pub mod api;
 pub mod api_key;
+pub mod attribution;
 pub mod brand;
 pub mod cli;
 pub mod clock;

@@ -384,6 +384,10 @@ pub struct Origin {
     pub template: Option<String>,
     /// The affiliate's click id, when the event or the registration carried one.
     pub click_id: Option<String>,
+    /// Where the click id came from: the event or the brand's reported registration (`event`), or the
+    /// client script's capture on the player's landing page (`browser`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub click_source: Option<crate::attribution::Source>,
     /// The affiliate credited: the event's, else the registration's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub affiliate_id: Option<String>,

@@ -30,6 +30,10 @@ pub enum ClientMessage {
         /// The brand's signed player token (see [`crate::player_token`]); required when the brand says so.
         #[serde(default)]
         token: Option<String>,
+        /// The affiliate click the client captured on a landing page, sent once the player is known
+        /// (see [`crate::attribution`]).
+        #[serde(default)]
+        attribution: Option<crate::attribution::CapturedClick>,
     },
     /// Pixels that fired in the browser, or that it had already fired before (redelivery).
     Ack {

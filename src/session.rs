@@ -251,6 +251,7 @@ async fn handshake(
         brand_id,
         player_id,
         token,
+        attribution,
     } = message
     else {
         return Err(CloseReason::UnexpectedMessage.into());
@@ -301,6 +302,27 @@ async fn handshake(
             );
         }
     }
+    let key = PlayerKey::new(brand, player);
+    if let Some(click) = attribution {
+        let rules = settings.settings.capture_rules();
+        let checked = crate::attribution::check(click, rules, ctx.clock.now_ms());
+        let click = checked.map_err(|e| {
+            tracing::info!(error = %e, "hello refused: a malformed capture");
+            CloseReason::InvalidHello
+        })?;
+        if let Some(click) = click {
+            // Stored before the welcome: a client forgets what it captured once welcomed. A store
+            // that cannot take it now closes the session so the client comes back with it; a store
+            // that refuses to grow (its disk at the floor) does not keep the player's pixels from them.
+            match ctx.ledger.capture(&key, click, rules.touch).await {
+                Ok(captured) => tracing::debug!(?captured, "browser capture offered"),
+                Err(StoreError::Full(why)) => {
+                    tracing::warn!(why, "browser capture not kept: the store is full");
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
     let welcome = ServerMessage::Welcome {
         v: PROTOCOL_VERSION,
         session_id: session,
@@ -308,7 +330,7 @@ async fn handshake(
         iframe_sandbox: &settings.settings.iframe_sandbox,
         referrer_policy: &settings.settings.referrer_policy,
     };
-    Ok((PlayerKey::new(brand, player), welcome.to_json()))
+    Ok((key, welcome.to_json()))
 }
 
 /// Whether a page from `origin` may open sessions for a brand with this allowlist (empty allows any).

@@ -86,6 +86,18 @@ pub(super) struct BrandBody {
     /// that name no player find theirs by it.
     #[serde(default)]
     click_id_params: Option<Vec<String>>,
+    /// URL query params the client script captures on landing pages, names or `prefix*` patterns, at
+    /// most 64 (default: the click-id params, affiliate, campaign and sub-id names, `utm_*`); `[]`
+    /// captures nothing.
+    #[serde(default)]
+    capture_params: Option<Vec<String>>,
+    /// Which click a browser keeps when a player lands more than once: `first` or `last` (default).
+    #[serde(default)]
+    #[schema(value_type = Option<crate::attribution::Touch>)]
+    capture_touch: Option<String>,
+    /// Days a captured click counts, 1 to 365 (default 30).
+    #[serde(default)]
+    capture_window_days: Option<u32>,
     /// Rules by which the hub raises `qftd` and `qualified_registration` itself (none by default):
     /// `{"qftd": {"min_deposits": 100, "within_days": 30}, "qualified_registration": {"on_event":
     /// "kyc_passed"}, "deals": {"cpa-7": {…}}}`. A deal's rules replace the brand's for its players.
@@ -205,34 +217,38 @@ fn brand_settings(body: Value) -> Result<BrandSettings, ApiError> {
             )));
         }
     };
-    let click_id_params = match fields
-        .optional_strings("click_id_params")
-        .map_err(field_error)?
-    {
-        None => defaults.click_id_params,
-        Some(names) => {
-            let mut params: Vec<String> = Vec::new();
-            for name in names {
-                let name = name.trim().to_ascii_lowercase();
-                let valid = !name.is_empty()
-                    && name.len() <= 64
-                    && name.starts_with(|c: char| c.is_ascii_alphabetic())
-                    && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
-                if !valid {
-                    return Err(invalid(format!(
-                        "click_id_params: {name:?} is not a param name (a letter, then letters, digits or _)"
-                    )));
-                }
-                if !params.contains(&name) {
-                    params.push(name);
-                }
+    let click_id_params = param_names(
+        &mut fields,
+        "click_id_params",
+        crate::attribution::is_param_name,
+        "a param name (a letter, then letters, digits or _)",
+        1..=32,
+    )?
+    .unwrap_or(defaults.click_id_params);
+    let capture_params = param_names(
+        &mut fields,
+        "capture_params",
+        crate::attribution::is_capture_pattern,
+        "a param name (a letter, then letters, digits or _), or one followed by *",
+        0..=crate::attribution::MAX_CAPTURE_PATTERNS,
+    )?
+    .unwrap_or(defaults.capture_params);
+    let capture_touch = match fields.optional_str("capture_touch").map_err(field_error)? {
+        None => defaults.capture_touch,
+        Some(touch) => match touch.as_str() {
+            "first" => crate::attribution::Touch::First,
+            "last" => crate::attribution::Touch::Last,
+            _ => {
+                return Err(invalid(format!(
+                    "capture_touch: {touch:?} is not a touch; use first or last"
+                )));
             }
-            if params.is_empty() || params.len() > 32 {
-                return Err(invalid("click_id_params: name 1 to 32 params".into()));
-            }
-            params
-        }
+        },
     };
+    let capture_window_days = fields
+        .optional_u64("capture_window_days", 1..=365, "days")
+        .map_err(field_error)?
+        .map_or(defaults.capture_window_days, |days| days as u32);
     let qualification = match fields.obj.remove("qualification") {
         None | Some(Value::Null) => Default::default(),
         Some(value) => {
@@ -258,9 +274,51 @@ fn brand_settings(body: Value) -> Result<BrandSettings, ApiError> {
         iframe_sandbox,
         referrer_policy,
         click_id_params,
+        capture_params,
+        capture_touch,
+        capture_window_days,
     };
     fields.finish("a brand's settings").map_err(field_error)?;
     Ok(settings)
+}
+
+/// A brand setting that lists param names (or patterns): each trimmed, lower-cased and `valid`, repeats
+/// dropped, `count` of them; `None` when the body does not name the field.
+fn param_names(
+    fields: &mut Fields,
+    field: &str,
+    valid: fn(&str) -> bool,
+    what: &str,
+    count: std::ops::RangeInclusive<usize>,
+) -> Result<Option<Vec<String>>, ApiError> {
+    let invalid = |message: String| ApiError::Invalid {
+        code: "invalid_brand",
+        message,
+    };
+    let Some(names) = fields
+        .optional_strings(field)
+        .map_err(|e| invalid(e.to_string()))?
+    else {
+        return Ok(None);
+    };
+    let mut kept: Vec<String> = Vec::new();
+    for name in names {
+        let name = name.trim().to_ascii_lowercase();
+        if !valid(&name) {
+            return Err(invalid(format!("{field}: {name:?} is not {what}")));
+        }
+        if !kept.contains(&name) {
+            kept.push(name);
+        }
+    }
+    if !count.contains(&kept.len()) {
+        return Err(invalid(format!(
+            "{field}: name {} to {} params",
+            count.start(),
+            count.end()
+        )));
+    }
+    Ok(Some(kept))
 }
 
 /// `https://Casino.example:443/` → `https://casino.example`, the form browsers send in `Origin`.

@@ -635,9 +635,58 @@ pub(super) async fn attribution(
     let context = state.ledger.player_context(&key).await?;
     Ok(Json(json!({
         "player_id": key.player,
+        "source": context.attribution_source(),
         "affiliate_id": context.affiliate_id,
         "deal_id": context.deal_id,
         "params": context.params,
+        "from_browser": context.from_browser,
+        "captured_at_ms": context.captured_at_ms,
         "ftd_event_id": context.ftd_event_id,
     })))
+}
+
+/// Parameter names the brand has seen
+///
+/// Every param name the brand's events carried and the client script captured from its landing pages,
+/// with how often and when last: what the pixel editor offers as macros. Most seen first; at most 500
+/// names a brand are counted.
+#[utoipa::path(
+    get,
+    path = "/brands/{brand_id}/params",
+    operation_id = "listSeenParams",
+    tag = "events",
+    params(BrandPath),
+    responses(
+        (status = 200, description = "`{\"brand_id\", \"params\": [{\"name\", \"events\", \"browsers\", \"last_seen_ms\", \"click_id\", \"captured\"}]}`.", body = Object),
+        (status = 400, description = "A bad id (`invalid_id`).", body = ErrorBody),
+        (status = 404, description = "No such brand (`brand_not_found`).", body = ErrorBody),
+    )
+)]
+pub(super) async fn params_seen(
+    State(state): State<AppState>,
+    ApiPath(path): ApiPath<BrandPath>,
+) -> Result<Json<Value>, ApiError> {
+    let brand = state.ledger.require_brand(&path.brand_id).await?;
+    let seen = state.ledger.params_seen(&path.brand_id).await?;
+    let mut rows: Vec<_> = seen.params.into_iter().collect();
+    rows.sort_by(|(a, x), (b, y)| {
+        (y.events + y.browsers)
+            .cmp(&(x.events + x.browsers))
+            .then_with(|| a.cmp(b))
+    });
+    let settings = &brand.settings;
+    let params: Vec<Value> = rows
+        .into_iter()
+        .map(|(name, seen)| {
+            json!({
+                "name": name,
+                "events": seen.events,
+                "browsers": seen.browsers,
+                "last_seen_ms": seen.last_seen_ms,
+                "click_id": settings.click_id_params.contains(&name),
+                "captured": crate::attribution::captures(&settings.capture_params, &name),
+            })
+        })
+        .collect();
+    Ok(Json(json!({ "brand_id": path.brand_id, "params": params })))
 }

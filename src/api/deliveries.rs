@@ -33,7 +33,7 @@ const MAX_LIMIT: usize = 1000;
 const CSV_PAGE: usize = 1000;
 
 /// The report's columns, in CSV order; each is a field of the JSON row.
-pub const COLUMNS: [&str; 26] = [
+pub const COLUMNS: [&str; 27] = [
     "id",
     "player_id",
     "kind",
@@ -46,6 +46,7 @@ pub const COLUMNS: [&str; 26] = [
     "final_url",
     "code_digest",
     "click_id",
+    "click_source",
     "affiliate_id",
     "missing",
     "method",

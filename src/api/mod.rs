@@ -203,6 +203,7 @@ fn documented_routes(state: &AppState) -> OpenApiRouter<AppState> {
         .routes(routes!(ops::stats))
         .routes(routes!(ops::history))
         .routes(routes!(definitions::attribution))
+        .routes(routes!(definitions::params_seen))
         .routes(routes!(definitions::list, definitions::create))
         .routes(routes!(
             definitions::get,
@@ -240,6 +241,7 @@ fn documented_routes(state: &AppState) -> OpenApiRouter<AppState> {
         .routes(routes!(inbound::receive))
         .routes(routes!(inbound::receive_typed))
         .routes(routes!(public::client_script))
+        .routes(routes!(public::capture_settings))
         .routes(routes!(public::websocket));
     with_store_answers(routes)
 }

@@ -8,8 +8,8 @@ use axum::Json;
 use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{ConnectInfo, State};
 use axum::http::header::{
-    ACCEPT_ENCODING, CACHE_CONTROL, CONTENT_ENCODING, CONTENT_TYPE, ETAG, IF_NONE_MATCH, ORIGIN,
-    USER_AGENT, VARY,
+    ACCEPT_ENCODING, ACCESS_CONTROL_ALLOW_ORIGIN, CACHE_CONTROL, CONTENT_ENCODING, CONTENT_TYPE,
+    ETAG, IF_NONE_MATCH, ORIGIN, USER_AGENT, VARY,
 };
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
@@ -107,6 +107,53 @@ pub(super) async fn client_script(headers: HeaderMap) -> Response {
         return (cache, gzip, CLIENT_JS_GZIP.as_slice()).into_response();
     }
     (cache, [javascript], CLIENT_JS).into_response()
+}
+
+/// What the client script captures on a brand's landing pages
+///
+/// The brand's `capture_params`, `capture_touch` and `capture_window_days`, for the client script on a
+/// page where no player is known yet. Readable from the brand's own pages only when it lists
+/// `allowed_origins` (CORS); a page from another origin is refused, so it captures nothing.
+#[utoipa::path(
+    get,
+    path = "/client/v1/brands/{brand_id}/capture",
+    operation_id = "getCaptureSettings",
+    tag = "browser",
+    params(super::admin::BrandPath),
+    responses(
+        (status = 200, description = "`{\"params\": [\"clickid\", \"utm_*\", …], \"touch\": \"last\", \"window_days\": 30}`.", body = Object),
+        (status = 400, description = "A bad id (`invalid_id`).", body = ErrorBody),
+        (status = 403, description = "The page's Origin is not in the brand's `allowed_origins` (`origin_not_allowed`).", body = ErrorBody),
+        (status = 404, description = "No such brand (`brand_not_found`).", body = ErrorBody),
+    )
+)]
+pub(super) async fn capture_settings(
+    State(state): State<AppState>,
+    super::extract::ApiPath(path): super::extract::ApiPath<super::admin::BrandPath>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let brand = state.ledger.require_brand(&path.brand_id).await?;
+    let settings = &brand.settings;
+    let origin = headers.get(ORIGIN).and_then(|v| v.to_str().ok());
+    if !session::origin_allowed(&settings.allowed_origins, origin) {
+        return Err(ApiError::OriginNotAllowed);
+    }
+    // A brand open to any origin answers any page; one with a list answers its own pages by name.
+    let allow = match (settings.allowed_origins.is_empty(), origin) {
+        (false, Some(origin)) => origin.to_owned(),
+        _ => "*".to_owned(),
+    };
+    let body = Json(json!({
+        "params": settings.capture_params,
+        "touch": settings.capture_touch,
+        "window_days": settings.capture_window_days,
+    }));
+    let headers = [
+        (CACHE_CONTROL, "public, max-age=300".to_owned()),
+        (VARY, "origin".to_owned()),
+        (ACCESS_CONTROL_ALLOW_ORIGIN, allow),
+    ];
+    Ok((headers, body).into_response())
 }
 
 /// Longest `User-Agent` kept with a session.

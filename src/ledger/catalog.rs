@@ -16,7 +16,7 @@ use crate::store::catalog::{Applied, Change, Entry, Value};
 const SECRET_KINDS: [SecretKind; 2] = [SecretKind::Inbound, SecretKind::Signing];
 
 /// The answer when a change lost every round to other writers.
-fn contended(what: &str) -> StoreError {
+pub(super) fn contended(what: &str) -> StoreError {
     StoreError::Unavailable(format!(
         "{what} kept changing under this request ({MAX_ROUNDS} tries); retry"
     ))

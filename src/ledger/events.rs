@@ -2,10 +2,12 @@
 //! brand's definitions ([`crate::event::plan`], pure), and everything it produces written in one
 //! transaction: pixels, postbacks, failed rows, the new context and the event's record.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
+use super::attribution::Seen;
 use super::queue::new_pixel;
 use super::{Ledger, Transition};
+use crate::attribution::Source;
 use crate::delivery::{Delivery, Target};
 use crate::event::{self, Event, EventOutcome, NewPostback, PlayerContext};
 use crate::ids::{BrandId, EventId, PlayerId, PlayerKey};
@@ -18,7 +20,7 @@ use crate::store::{Lane, Quota, Quotas, StoreError};
 /// a retried report of it is still recognised.
 const POSTBACK_LIFETIME_MS: u64 = 50 * 24 * 3600 * 1000;
 /// A UTC day, for the daily event quota.
-const DAY_MS: u64 = 24 * 3600 * 1000;
+pub(super) const DAY_MS: u64 = 24 * 3600 * 1000;
 
 /// What one ingest did, besides its answers, for the counters.
 #[derive(Default)]
@@ -59,6 +61,13 @@ impl Ledger {
             .iter()
             .map(|e| PlayerKey::new(brand.clone(), e.player_id.clone()))
             .collect();
+        // For the brand's tally of names seen (its pixel editor's macros), counted once the batch lands.
+        let mut names: BTreeMap<String, u64> = BTreeMap::new();
+        for event in &events {
+            for name in event.params.keys() {
+                *names.entry(name.clone()).or_default() += 1;
+            }
+        }
         let owned = brand.clone();
         let scope_events: Vec<(BrandId, EventId)> = events
             .iter()
@@ -148,8 +157,12 @@ impl Ledger {
                             *fresh = false;
                             new_players += 1;
                         }
+                        // Only a click id the brand reported finds its player for inbound calls:
+                        // a browser's capture does once a registration of the brand confirms it.
                         let click = |c: &PlayerContext| {
-                            event::click_id(&c.params, &settings.click_id_params)
+                            (c.attribution_source() == Some(Source::Event))
+                                .then(|| event::click_id(&c.params, &settings.click_id_params))
+                                .flatten()
                         };
                         let new_click =
                             click(&changed).filter(|new| Some(new) != click(context).as_ref());
@@ -190,6 +203,7 @@ impl Ledger {
             })
             .await?;
         let new_events = ingested.outcomes.len() as u64 - ingested.duplicates;
+        self.note_params(brand, names.iter().map(|(n, c)| (n, *c)), Seen::Event, now);
         self.inner
             .metrics
             .events(brand, new_events, ingested.duplicates);
@@ -278,7 +292,7 @@ fn new_postback(
 }
 
 /// Refuses a batch that would take the brand over one of its quotas.
-fn check_quotas(
+pub(super) fn check_quotas(
     tx: &mut dyn Tx,
     brand: &BrandId,
     quotas: Quotas,

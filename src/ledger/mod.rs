@@ -11,6 +11,7 @@
 //! click lookup) is reached through [`Store`] by methods of the same names, so callers speak to the
 //! ledger alone.
 
+mod attribution;
 mod catalog;
 mod events;
 mod lease;
@@ -18,6 +19,7 @@ mod outbox;
 mod queue;
 mod upkeep;
 
+pub use attribution::Captured;
 pub use lease::Leased;
 
 use std::any::Any;
@@ -61,6 +63,8 @@ struct Inner {
     /// Brands seen to exist. A brand is never deleted, so once seen it is known for good, and the hot
     /// paths (queueing) skip the catalog read.
     known_brands: dashmap::DashSet<BrandId>,
+    /// Parameter names seen by this process and not yet merged into the catalog.
+    params_tally: attribution::Tally,
 }
 
 /// The settings the rules follow.
@@ -153,6 +157,7 @@ impl Ledger {
                 metrics,
                 clock,
                 known_brands: dashmap::DashSet::new(),
+                params_tally: Default::default(),
                 expired: Default::default(),
             }),
         }

@@ -35,8 +35,17 @@ impl Ledger {
         tracker.spawn(async move {
             loop {
                 tokio::select! {
-                    _ = stop.cancelled() => return,
+                    _ = stop.cancelled() => {
+                        // What this process counted is merged before it goes.
+                        if let Err(e) = ledger.flush_params(None).await {
+                            tracing::warn!(error = %e, "the parameter names seen since the last pass are lost");
+                        }
+                        return;
+                    }
                     _ = tokio::time::sleep(EVERY) => {}
+                }
+                if let Err(e) = ledger.flush_params(None).await {
+                    tracing::warn!(error = %e, "merging the parameter names seen failed; the next pass retries");
                 }
                 let started = Instant::now();
                 let result = ledger.sweep(ledger.now_ms(), &stop).await;

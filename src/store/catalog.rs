@@ -12,6 +12,7 @@ use async_trait::async_trait;
 
 use super::StoreError;
 use crate::api_key::ApiKeyRecord;
+use crate::attribution::ParamsSeen;
 use crate::brand::{Brand, BrandSecret, SecretKind};
 use crate::definition::Definition;
 use crate::ids::{BrandId, DefinitionId};
@@ -27,6 +28,8 @@ pub enum Entry {
     Definition(BrandId, DefinitionId),
     /// A brand API key, by its public id (unique across brands).
     ApiKey(String),
+    /// The parameter names a brand has seen ([`crate::attribution::ParamsSeen`]).
+    ParamsSeen(BrandId),
 }
 
 /// One entry's value, or its absence.
@@ -42,6 +45,8 @@ pub enum Value {
     Definition(Box<Definition>),
     /// An API key record.
     ApiKey(ApiKeyRecord),
+    /// A brand's parameter tally.
+    ParamsSeen(ParamsSeen),
 }
 
 /// A guarded change: `writes` apply, all together, only if every entry of `expect` still holds the value
@@ -122,6 +127,7 @@ impl Entry {
                 | (Entry::Secret(..), Value::Secret(_))
                 | (Entry::Definition(..), Value::Definition(_))
                 | (Entry::ApiKey(_), Value::ApiKey(_))
+                | (Entry::ParamsSeen(_), Value::ParamsSeen(_))
         )
     }
 }

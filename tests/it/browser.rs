@@ -45,7 +45,12 @@ struct SiteState {
 
 #[derive(Deserialize)]
 struct PageQuery {
-    player: String,
+    /// The logged-in player; none on a landing page, where the client only captures.
+    #[serde(default)]
+    player: Option<String>,
+    /// The page's clock runs this many days ahead: the player comes back days later.
+    #[serde(default)]
+    days_later: u64,
     /// Drop acks on their way out, as a lost ack would.
     #[serde(default)]
     drop_acks: bool,
@@ -68,8 +73,19 @@ async fn brand_page(State(site): State<SiteState>, Query(q): Query<PageQuery>) -
     let mut snippet = readme_snippet()
         .replace("https://hub.example", &format!("http://{hub}"))
         .replace("wss://hub.example", &format!("ws://{hub}"));
-    let player = format!("playerId: '{}'", q.player);
-    snippet = if q.plain {
+    let player = match &q.player {
+        Some(player) => format!("playerId: '{player}'"),
+        None => {
+            snippet = snippet.replace(", playerId: 'p-42'", "");
+            String::new()
+        }
+    };
+    snippet = if q.player.is_none() {
+        snippet.replace(
+            "brandId: 12345",
+            "brandId: 12345, onEvent: function (t, d) { window.__events.push([t, d && (d.id || d.code)]); }",
+        )
+    } else if q.plain {
         snippet.replace("playerId: 'p-42'", &player)
     } else {
         snippet.replace("playerId: 'p-42'", &format!("{player}, onEvent: function (t, d) {{ window.__events.push([t, d && (d.id || d.code)]); }}"))
@@ -88,12 +104,15 @@ async fn brand_page(State(site): State<SiteState>, Query(q): Query<PageQuery>) -
         r#"<!doctype html><html><head><meta charset="utf-8"><title>Casino</title>{head}
 <script nonce="{NONCE}">
   window.__events = [];
+  window.__sent = [];
   window.__dropAcks = {drop};
+  if ({days_later}) {{ var realNow = Date.now; Date.now = function () {{ return realNow() + {days_later} * 86400000; }}; }}
   if ({storage_full}) Storage.prototype.setItem = function () {{ throw new DOMException('full', 'QuotaExceededError'); }};
   (function () {{
     var send = WebSocket.prototype.send;
     WebSocket.prototype.send = function (data) {{
       window.__ws = this;
+      window.__sent.push(String(data));
       if (window.__dropAcks && String(data).indexOf('"ack"') !== -1) return;
       return send.call(this, data);
     }};
@@ -103,6 +122,7 @@ async fn brand_page(State(site): State<SiteState>, Query(q): Query<PageQuery>) -
 </head><body><h1>Casino</h1></body></html>"#,
         drop = q.drop_acks,
         storage_full = q.storage_full,
+        days_later = q.days_later,
     ))
 }
 
@@ -449,6 +469,168 @@ async fn the_readme_snippet_works_as_pasted() {
 }
 
 /// Which of the tabs holds the connection (got a welcome).
+/// The landing page of a player brought by an affiliate: no player yet, the click in the URL.
+fn landing(site: &Site, query: &str) -> String {
+    format!("http://{}/page?{query}", site.addr)
+}
+
+/// Waits until the tab's client was welcomed.
+async fn welcomed(tab: &crate::cdp::Tab) {
+    tab.wait_for(
+        "window.__events.some(function (e) { return e[0] === 'welcome'; })",
+        "the welcome",
+    )
+    .await;
+}
+
+/// The hellos the tab's client sent, parsed.
+async fn hellos(tab: &crate::cdp::Tab) -> Vec<Value> {
+    let sent = tab.eval("window.__sent").await;
+    sent.as_array()
+        .unwrap()
+        .iter()
+        .map(|f| serde_json::from_str::<Value>(f.as_str().unwrap()).unwrap())
+        .filter(|f| f["type"] == "hello")
+        .collect()
+}
+
+/// The issue's story: a player lands from an affiliate's link (click id, sub id, utm), browses, leaves;
+/// three days later registers. The brand's registration event carries no click id, yet the affiliate's
+/// registration pixel fires with it, because the browser kept it and sent it with its first hello.
+#[tokio::test]
+async fn a_click_captured_on_the_landing_page_reaches_the_registration_pixel_days_later() {
+    let (app, site, browser) = setup().await;
+    app.define(
+        "12345",
+        json!({"name": "Reg pixel", "trigger": "registration", "kind": "image",
+               "url": site.url("/px/reg?c={clickid}&s={sub1}&u={utm_source}")}),
+    )
+    .await;
+
+    let tab = browser.tab().await;
+    tab.goto(&landing(
+        &site,
+        "clickId=c-77&sub1=s-1&utm_source=news&email=x%40y.example",
+    ))
+    .await;
+    let kept = tab
+        .wait_for("window._sm_aff_client_pixel.captured(12345)", "the capture")
+        .await;
+    assert_eq!(
+        kept,
+        json!({"clickid": "c-77", "sub1": "s-1", "utm_source": "news"}),
+        "the brand's names only, lower-cased"
+    );
+    assert!(hellos(&tab).await.is_empty(), "no player, no session");
+    tab.close().await;
+
+    // Days later, in the same browser: the player registers and the page knows them.
+    let tab = browser.tab().await;
+    tab.goto(&format!("{}&days_later=3", site.page("p-reg")))
+        .await;
+    welcomed(&tab).await;
+    let sent = hellos(&tab).await;
+    assert_eq!(sent[0]["attribution"]["params"]["clickid"], "c-77");
+    app.report(
+        "12345",
+        json!({"event_id": "reg-1", "type": "registration", "player_id": "p-reg"}),
+    )
+    .await;
+    site.wait_for_hit("/px/reg").await;
+    wait_drained(&app, "p-reg").await;
+    assert_eq!(site.count("/px/reg?c=c-77&s=s-1&u=news"), 1);
+    let attribution = app
+        .get_json("/api/v1/brands/12345/players/p-reg/attribution")
+        .await;
+    assert_eq!(attribution["source"], "browser");
+    let report = app
+        .get_json("/api/v1/brands/12345/deliveries?player_id=p-reg")
+        .await;
+    assert_eq!(report["deliveries"][0]["click_id"], "c-77");
+    assert_eq!(report["deliveries"][0]["click_source"], "browser");
+
+    // Sent once per player: the next page's hello carries nothing.
+    tab.goto(&format!("{}&days_later=3", site.page("p-reg")))
+        .await;
+    welcomed(&tab).await;
+    assert_eq!(hellos(&tab).await[0].get("attribution"), None);
+
+    // A click older than the brand's window is not sent.
+    let tab = browser.tab().await;
+    tab.goto(&format!("{}&days_later=31", site.page("p-late")))
+        .await;
+    welcomed(&tab).await;
+    assert_eq!(hellos(&tab).await[0].get("attribution"), None);
+
+    // A brand that names its origins: a page of another origin (here `localhost`, which the brand does
+    // not list) captures nothing.
+    app.put_brand(
+        "12345",
+        json!({"allowed_kinds": ALL_KINDS, "allowed_origins": [format!("http://{}", site.addr)]}),
+    )
+    .await;
+    let elsewhere = format!(
+        "http://localhost:{}/page?clickid=c-elsewhere",
+        site.addr.port()
+    );
+    let tab = browser.tab().await;
+    tab.goto(&elsewhere).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        tab.eval("window._sm_aff_client_pixel.captured(12345)")
+            .await,
+        Value::Null,
+        "refused by the hub, the page kept nothing"
+    );
+    // The brand's own origin still captures.
+    tab.goto(&landing(&site, "clickid=c-88")).await;
+    tab.wait_for(
+        "(window._sm_aff_client_pixel.captured(12345) || {}).clickid === 'c-88'",
+        "the capture on the brand's own origin",
+    )
+    .await;
+}
+
+/// A player the brand reported with its own click id lands again from another affiliate's link: the
+/// browser sends its capture, and the hub keeps the brand's.
+#[tokio::test]
+async fn a_brand_reported_attribution_is_never_overwritten_by_the_browsers() {
+    let (app, site, browser) = setup().await;
+    app.define(
+        "12345",
+        json!({"name": "FTD pixel", "trigger": "ftd", "kind": "image", "url": site.url("/px/ftd?c={clickid}")}),
+    )
+    .await;
+    app.report(
+        "12345",
+        json!({"event_id": "reg-b", "type": "registration", "player_id": "p-b", "params": {"clickid": "c-brand"}}),
+    )
+    .await;
+    let tab = browser.tab().await;
+    tab.goto(&format!("{}&clickid=c-browser", site.page("p-b")))
+        .await;
+    welcomed(&tab).await;
+    assert_eq!(
+        hellos(&tab).await[0]["attribution"]["params"]["clickid"],
+        "c-browser",
+        "the browser offered its capture"
+    );
+    app.report(
+        "12345",
+        json!({"event_id": "ftd-b", "type": "ftd", "player_id": "p-b", "params": {"amount": 10}}),
+    )
+    .await;
+    site.wait_for_hit("/px/ftd").await;
+    wait_drained(&app, "p-b").await;
+    assert_eq!(site.count("/px/ftd?c=c-brand"), 1);
+    assert_eq!(site.count("c-browser"), 0);
+    let attribution = app
+        .get_json("/api/v1/brands/12345/players/p-b/attribution")
+        .await;
+    assert_eq!(attribution["source"], "event");
+    assert_eq!(attribution["params"]["clickid"], "c-brand");
+}
+
 async fn holder(tabs: &[crate::cdp::Tab]) -> usize {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
     loop {

@@ -1,6 +1,7 @@
 //! The one integration-test binary: the real hub over real HTTP and WebSocket, and real headless Chromium.
 
 mod api;
+mod attribution;
 mod browser;
 mod cdp;
 mod crash;

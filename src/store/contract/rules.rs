@@ -714,6 +714,117 @@ pub async fn a_click_id_finds_the_player_who_registered_with_it(h: &impl Harness
     assert_eq!(player.map(|p| p.to_string()).as_deref(), Some("p2"));
 }
 
+/// A browser's capture becomes the attribution of a player the brand reported none for; a registration
+/// event then keeps it where it sends nothing of its own, and renders the click into its pixels; the
+/// brand's reported attribution is never replaced by a later capture.
+pub async fn a_browsers_capture_never_replaces_the_brands_attribution(h: &impl Harness) {
+    use crate::attribution::{CapturedClick, Source, Touch};
+    use crate::ledger::Captured;
+    let store = store_with_brand(h).await;
+    let brand = key("x").brand;
+    define(&store, serde_json::json!({"id": "reg", "name": "Reg", "trigger": "registration", "kind": "image", "url": "https://px.example/r?c={clickid}&s={sub1}&a={afp}"})).await;
+    let now = h.clock().now_ms();
+    let click = |value: &str, at: u64| CapturedClick {
+        params: [("clickid", value), ("sub1", "s-1")]
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect(),
+        captured_at_ms: at,
+    };
+    let p = key("p");
+    assert_eq!(
+        store
+            .capture(&p, click("c-browser", now - 1000), Touch::Last)
+            .await
+            .unwrap(),
+        Captured::Adopted
+    );
+    let context = store.player_context(&p).await.unwrap();
+    assert_eq!(context.attribution_source(), Some(Source::Browser));
+    assert_eq!(context.captured_at_ms, Some(now - 1000));
+    assert_eq!(
+        store.player_by_click_id(&brand, "c-browser").await.unwrap(),
+        None,
+        "a browser's click id finds no player until the brand reports the registration"
+    );
+
+    let reg = serde_json::json!([{"event_id": "r1", "type": "registration", "player_id": "p", "params": {"afp": "aff-7", "sub1": "s-brand"}}]);
+    store.ingest(&brand, events(reg)).await.unwrap();
+    let pixels = store.lease(&p, SessionId::generate(), 10).await.unwrap();
+    assert_eq!(
+        urls(&pixels),
+        ["https://px.example/r?c=c-browser&s=s-brand&a=aff-7"],
+        "the browser's click id fills what the brand's event did not send; the brand's sub1 wins"
+    );
+    let all = DeliveryQuery {
+        limit: 10,
+        ..Default::default()
+    };
+    let page = store.deliveries(&brand, &all).await.unwrap();
+    assert_eq!(page.rows[0].click_source, Some(Source::Browser));
+    let context = store.player_context(&p).await.unwrap();
+    assert_eq!(context.attribution_source(), Some(Source::Event));
+    assert_eq!(context.from_browser, ["clickid"]);
+    assert_eq!(
+        store
+            .player_by_click_id(&brand, "c-browser")
+            .await
+            .unwrap()
+            .map(|p| p.to_string())
+            .as_deref(),
+        Some("p"),
+        "the brand's registration confirmed the click"
+    );
+    assert_eq!(
+        store
+            .capture(&p, click("c-later", now), Touch::Last)
+            .await
+            .unwrap(),
+        Captured::Kept,
+        "the brand reported an attribution: a later capture changes nothing"
+    );
+    assert_eq!(store.player_context(&p).await.unwrap(), context);
+
+    // A player the brand reported first is never touched by a capture.
+    let reg = serde_json::json!([{"event_id": "r2", "type": "registration", "player_id": "q", "params": {"clickid": "c-brand"}}]);
+    store.ingest(&brand, events(reg)).await.unwrap();
+    let q = key("q");
+    let before = store.player_context(&q).await.unwrap();
+    assert_eq!(
+        store
+            .capture(&q, click("c-browser", now), Touch::Last)
+            .await
+            .unwrap(),
+        Captured::Kept
+    );
+    assert_eq!(store.player_context(&q).await.unwrap(), before);
+}
+
+/// The parameter names seen in events and captures add up over every process, and survive a reopen.
+pub async fn parameter_names_seen_add_up_over_processes(h: &impl Harness) {
+    use crate::attribution::{CapturedClick, Touch};
+    let one = store_with_brand(h).await;
+    let two = h.open().await;
+    let brand = key("x").brand;
+    let reg = serde_json::json!([
+        {"event_id": "r1", "type": "registration", "player_id": "p1", "params": {"afp": "a", "sub1": "s"}},
+        {"event_id": "r2", "type": "registration", "player_id": "p2", "params": {"afp": "b"}},
+    ]);
+    one.ingest(&brand, events(reg)).await.unwrap();
+    let click = CapturedClick {
+        params: [("afp".to_owned(), "c".to_owned())].into_iter().collect(),
+        captured_at_ms: h.clock().now_ms(),
+    };
+    two.capture(&key("p3"), click, Touch::Last).await.unwrap();
+    two.flush_params(None).await.unwrap();
+    let seen = one.params_seen(&brand).await.unwrap();
+    let afp = seen.params["afp"];
+    assert_eq!((afp.events, afp.browsers), (2, 1));
+    assert_eq!(seen.params["sub1"].events, 1);
+    assert_eq!(afp.last_seen_ms, h.clock().now_ms());
+    assert_eq!(two.params_seen(&brand).await.unwrap(), seen);
+}
+
 pub async fn events_queue_pixels_once_even_after_a_reopen(h: &impl Harness) {
     let store = store_with_brand(h).await;
     let brand = key("x").brand;
@@ -1660,6 +1771,11 @@ macro_rules! rules_contract {
             async fn an_enqueue_on_one_process_wakes_another() {
                 contract::an_enqueue_on_one_process_wakes_another(&$harness).await
             }
+
+            #[tokio::test]
+            async fn parameter_names_seen_add_up_over_processes() {
+                contract::parameter_names_seen_add_up_over_processes(&$harness).await
+            }
         }
     };
     ($harness:expr, single_handle) => {
@@ -1685,6 +1801,11 @@ macro_rules! rules_contract {
             #[tokio::test]
             async fn a_click_id_finds_the_player_who_registered_with_it() {
                 contract::a_click_id_finds_the_player_who_registered_with_it(&$harness).await
+            }
+
+            #[tokio::test]
+            async fn a_browsers_capture_never_replaces_the_brands_attribution() {
+                contract::a_browsers_capture_never_replaces_the_brands_attribution(&$harness).await
             }
 
             #[tokio::test]

@@ -27,6 +27,8 @@ pub(super) const BRANDS: &str = "{pxh:catalog}:brands";
 const SECRETS: &str = "{pxh:catalog}:secrets";
 /// API keys, by their public id (unique across brands).
 const API_KEYS: &str = "{pxh:catalog}:api-keys";
+/// Brands' tallies of parameter names seen, by brand id.
+const PARAMS_SEEN: &str = "{pxh:catalog}:params-seen";
 
 /// The hash holding a brand's definitions, by definition id.
 fn definitions_key(brand: &BrandId) -> String {
@@ -46,6 +48,7 @@ pub(super) fn address(entry: &Entry) -> (String, String) {
         }
         Entry::Definition(brand, id) => (definitions_key(brand), id.as_str().into()),
         Entry::ApiKey(id) => (API_KEYS.into(), id.clone()),
+        Entry::ParamsSeen(brand) => (PARAMS_SEEN.into(), brand.as_str().into()),
     }
 }
 
@@ -64,6 +67,7 @@ fn tagged(value: &Value) -> Result<Vec<u8>, StoreError> {
         Value::Secret(secret) => json(secret),
         Value::Definition(definition) => json(definition),
         Value::ApiKey(key) => json(key),
+        Value::ParamsSeen(seen) => json(seen),
     }
 }
 
@@ -77,6 +81,7 @@ fn decode(entry: &Entry, stored: Option<Vec<u8>>) -> Result<Value, StoreError> {
         Entry::Secret(..) => Value::Secret(parse(&bytes)?),
         Entry::Definition(..) => Value::Definition(Box::new(parse(&bytes)?)),
         Entry::ApiKey(_) => Value::ApiKey(parse(&bytes)?),
+        Entry::ParamsSeen(_) => Value::ParamsSeen(parse(&bytes)?),
     })
 }
 

@@ -23,6 +23,7 @@ impl Inner {
             Entry::Secret(brand, kind) => keys::secret(*kind, brand),
             Entry::Definition(brand, id) => keys::definition(brand, id),
             Entry::ApiKey(id) => keys::api_key(id),
+            Entry::ParamsSeen(brand) => keys::params_seen(brand),
         }
     }
 
@@ -33,6 +34,7 @@ impl Inner {
             Entry::Secret(..) => self.read(&key)?.map(Value::Secret),
             Entry::Definition(..) => self.read(&key)?.map(|d| Value::Definition(Box::new(d))),
             Entry::ApiKey(_) => self.read(&key)?.map(Value::ApiKey),
+            Entry::ParamsSeen(_) => self.read(&key)?.map(Value::ParamsSeen),
         }
         .unwrap_or(Value::Absent))
     }
@@ -46,6 +48,7 @@ impl Inner {
             Value::Secret(secret) => batch.insert(key, json(secret)),
             Value::Definition(definition) => batch.insert(key, json(definition)),
             Value::ApiKey(record) => batch.insert(key, json(record)),
+            Value::ParamsSeen(seen) => batch.insert(key, json(seen)),
         }
         if let (Entry::ApiKey(id), Value::ApiKey(record)) = (entry, value) {
             // The brand's index of its keys (a deleted key's index entry goes in `apply`, which reads

@@ -74,6 +74,11 @@ pub fn secret(kind: SecretKind, brand: &BrandId) -> Vec<u8> {
     [tag, brand.as_str().as_bytes()].concat()
 }
 
+/// A brand's tally of parameter names seen.
+pub fn params_seen(brand: &BrandId) -> Vec<u8> {
+    [b"f".as_slice(), brand.as_str().as_bytes()].concat()
+}
+
 pub fn api_key(id: &str) -> Vec<u8> {
     [b"a".as_slice(), id.as_bytes()].concat()
 }

@@ -22,6 +22,7 @@
 //! | `g` brand | [`BrandSecret`] JSON: the key the brand signs player tokens with |
 //! | `a` key-id | [`ApiKeyRecord`] JSON: a brand API key's hash, found by the id the key carries |
 //! | `o` brand NUL key-id | empty: the brand's API keys |
+//! | `f` brand | [`ParamsSeen`](crate::attribution::ParamsSeen) JSON: the parameter names the brand has seen |
 //! | `n` brand NUL player NUL | the player's pending summary ([`backlog::Summary`]): count, queued floor, expiry floor (3 × u64 BE) |
 //! | `m` name | engine metadata, e.g. which derived tables have been built |
 //!
