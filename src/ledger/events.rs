@@ -158,10 +158,17 @@ impl Ledger {
                             new_players += 1;
                         }
                         // Only a click id the brand reported finds its player for inbound calls:
-                        // a browser's capture does once a registration of the brand confirms it.
+                        // one a browser captured came from a URL anyone can write, and would take
+                        // the click id over from the player it belongs to.
                         let click = |c: &PlayerContext| {
+                            let reported: Vec<String> = settings
+                                .click_id_params
+                                .iter()
+                                .filter(|name| !c.from_browser.contains(name))
+                                .cloned()
+                                .collect();
                             (c.attribution_source() == Some(Source::Event))
-                                .then(|| event::click_id(&c.params, &settings.click_id_params))
+                                .then(|| event::click_id(&c.params, &reported))
                                 .flatten()
                         };
                         let new_click =
