@@ -14,7 +14,10 @@
  * - a connection silent for 2.5 heartbeats is treated as dead and replaced;
  * - acks say which pixels failed and why; a failed pixel is never fired again;
  * - on a landing page, the URL params the brand names (its capture_params) are kept in localStorage for
- *   the brand's window and sent once with the hello of each player then known (docs/protocol.md).
+ *   the brand's window and sent once with the hello of each player then known (docs/protocol.md);
+ * - for a brand with a consent setting, nothing fires and nothing is acked until the page's CMP (TCF,
+ *   Google consent mode) or the page's consent function says yes; the hub keeps the pixels meanwhile
+ *   (docs/consent.md).
  */
 (function (window, document) {
   'use strict';
@@ -41,6 +44,11 @@
 
   function Client(opts) {
     this.opts = opts;
+    this.ask = null;              // the brand's consent question, from the welcome (null: none asked)
+    this.granted = null;          // the page's answer: true, false, or null until it gives one
+    this.tcData = null;           // the TCF CMP's last answer, for vendor consent
+    this.told = null;             // the answer this connection's hub was told
+    this.withheld = [];           // pixels held back for want of their vendor's consent, to tell the hub
     this.key = '_sm_aff_px:' + opts.brandId + ':' + opts.playerId;
     this.memory = [];             // ids fired by this page, in case localStorage cannot keep them
     this.acks = [];
@@ -140,7 +148,10 @@
         if (typeof msg.iframe_sandbox === 'string') self.sandbox = msg.iframe_sandbox;
         if (typeof msg.referrer_policy === 'string') self.referrer = msg.referrer_policy;
         self.emit('welcome', msg);
+        self.told = null;
         self.flushAcks();          // acks that could not be sent on the previous connection
+        self.ask = msg.consent || null;
+        if (self.ask) self.checkConsent();
       } else if (msg.type === 'ping') {
         self.attempt = 0;          // a connection that lived a heartbeat is healthy: back off from scratch
         ws.send('{"type":"pong"}');
@@ -181,6 +192,11 @@
 
   Client.prototype.stop = function () {
     this.stopped = true;
+    clearTimeout(this.consentTimer);
+    clearInterval(this.consentPoll);
+    if (this.tcfListener != null && typeof window.__tcfapi === 'function') {
+      try { window.__tcfapi('removeEventListener', 2, function () {}, this.tcfListener); } catch (e) { /* the CMP's */ }
+    }
     clearTimeout(this.timer);
     clearTimeout(this.watchdog);
     var ws = this.ws;
@@ -189,12 +205,119 @@
     if (this.releaseLock) this.releaseLock();
   };
 
+  // --- consent ---------------------------------------------------------------------------------------
+  // The page's answer, asked the brand's way; no answer within the brand's timeout is no consent (a later
+  // answer still counts). The hub is told each change and sends nothing until it hears yes.
+  Client.prototype.checkConsent = function () {
+    var self = this, ask = this.ask, answered = false;
+    if (!ask) return;
+    var answer = function (granted, tcData) {
+      answered = true;
+      clearTimeout(self.consentTimer);
+      if (tcData) self.tcData = tcData;
+      self.setConsent(granted === true);
+    };
+    clearTimeout(this.consentTimer);
+    this.consentTimer = setTimeout(function () { if (!answered) self.setConsent(false); }, ask.timeout_ms || 3000);
+    try {
+      if (ask.mode === 'tcf') this.askTcf(answer);
+      else if (ask.mode === 'google') this.askGoogle(answer);
+      else if (ask.mode === 'callback' && typeof this.opts.consent === 'function') {
+        Promise.resolve(this.opts.consent()).then(function (yes) { answer(yes === true); }, function () { answer(false); });
+      }
+    } catch (e) { answer(false); }
+  };
+
+  Client.prototype.setConsent = function (granted) {
+    this.granted = granted;
+    this.emit('consent', granted);
+    // Yes is said again on a change (a vendor may be fine now); no, once.
+    if (this.ws && this.ws.readyState === 1 && (granted || this.told !== false)) {
+      this.told = granted;
+      this.ws.send(JSON.stringify({ type: 'consent', granted: granted }));
+    }
+  };
+
+  // IAB TCF v2.2: the CMP calls back now and at each change; tcloaded and useractioncomplete are answers
+  // (cmpuishown is a question still open). Consent to every purpose the brand lists, unless the GDPR does
+  // not apply to this player.
+  Client.prototype.askTcf = function (answer) {
+    var self = this, waited = 0;
+    this.tcfAnswer = answer;      // the listener answers the latest ask, with the latest purposes
+    if (this.tcf) return this.tcData && answer(tcfGranted(this.tcData, this.ask.purposes || []));
+    this.tcf = 'waiting';         // one listener per client, however often it asks
+    var listen = function () {
+      if (self.stopped) return;
+      if (typeof window.__tcfapi !== 'function') {
+        // The CMP's stub may come later than this script, within the timeout.
+        if ((waited += 100) < (self.ask.timeout_ms || 3000)) setTimeout(listen, 100);
+        else self.tcf = null;     // asked again at the next welcome or consentChanged()
+        return;
+      }
+      self.tcf = 'listening';
+      window.__tcfapi('addEventListener', 2, function (tcData, ok) {
+        if (!ok || !tcData) return;
+        self.tcfListener = tcData.listenerId;
+        if (self.stopped || (tcData.eventStatus !== 'tcloaded' && tcData.eventStatus !== 'useractioncomplete')) return;
+        self.tcData = tcData;
+        self.tcfAnswer(tcfGranted(tcData, (self.ask && self.ask.purposes) || []), tcData);
+      });
+    };
+    listen();
+  };
+
+  function tcfGranted(tcData, purposes) {
+    if (tcData.gdprApplies === false) return true;
+    var consents = (tcData.purpose && tcData.purpose.consents) || {};
+    for (var i = 0; i < purposes.length; i++) if (consents[purposes[i]] !== true) return false;
+    return true;
+  }
+
+  // A pixel naming its TCF vendor needs that vendor's consent too (where the GDPR applies).
+  Client.prototype.vendorAllowed = function (pixel) {
+    var t = this.tcData;
+    if (!this.ask || this.ask.mode !== 'tcf' || !pixel.tcf_vendor_id || (t && t.gdprApplies === false)) return true;
+    return !!(t && t.vendor && t.vendor.consents && t.vendor.consents[pixel.tcf_vendor_id] === true);
+  };
+
+  // Google consent mode v2: the latest `consent` default or update the page pushed to dataLayer, looked at
+  // again twice a second (a CMP may answer at any time; GTM replaces dataLayer.push, so it is not hooked).
+  Client.prototype.askGoogle = function (answer) {
+    var self = this, seen = -1, asked = true;
+    var look = function () {
+      var layer = window.dataLayer, state = null;
+      if (!layer || layer.length === seen) return;
+      seen = layer.length;
+      for (var i = 0; i < layer.length; i++) {
+        var e = layer[i];
+        if (e && e[0] === 'consent' && (e[1] === 'default' || e[1] === 'update') && e[2] && typeof e[2] === 'object') {
+          state = state || {};
+          for (var k in e[2]) if (Object.prototype.hasOwnProperty.call(e[2], k)) state[k] = e[2][k];
+        }
+      }
+      if (state) {
+        var granted = state.ad_storage === 'granted' && state.ad_user_data === 'granted';
+        if (asked || granted !== self.granted) answer(granted);
+        asked = false;
+      }
+    };
+    clearInterval(this.consentPoll);
+    this.consentPoll = setInterval(look, 500);
+    look();
+  };
+
   // --- delivery --------------------------------------------------------------------------------------
   Client.prototype.handle = function (pixel) {
     var self = this;
+    if (this.ask && this.granted !== true) return;  // no consent: not fired, not acked; the hub keeps it
     if (this.fired(pixel.id)) {
       this.emit('skip', pixel);
       return this.ack(pixel.id);
+    }
+    if (!this.vendorAllowed(pixel)) {
+      this.emit('withheld', pixel);
+      this.withheld.push(pixel.id);
+      return this.flushAcks();
     }
     this.remember(pixel.id);     // before firing: a crash now loses this pixel rather than doubling it
     var fire = FIRE[pixel.kind];
@@ -224,14 +347,18 @@
   };
   Client.prototype.flushAcks = function () {
     var self = this;
-    if (this.ackTimer || (!this.acks.length && !this.results.length)) return;
+    if (this.ackTimer || (!this.acks.length && !this.results.length && !this.withheld.length)) return;
     this.ackTimer = setTimeout(function () {
       self.ackTimer = null;
-      while ((self.acks.length || self.results.length) && self.ws && self.ws.readyState === 1) {
+      var open = function () { return self.ws && self.ws.readyState === 1; };
+      while ((self.acks.length || self.results.length) && open()) {
         var ids = self.acks.splice(0, 256), results = self.results.splice(0, 256);
         self.ws.send(JSON.stringify(results.length ? { type: 'ack', ids: ids, results: results } : { type: 'ack', ids: ids }));
         self.emit('ack', ids.concat(results.map(function (r) { return r.id; })));
       }
+      // Held back pixels are this connection's to tell: a new one is sent them again, and asks again.
+      while (self.withheld.length && open()) self.ws.send(JSON.stringify({ type: 'withheld', ids: self.withheld.splice(0, 256) }));
+      self.withheld = [];
     }, ACK_DELAY);
   };
 
@@ -479,10 +606,12 @@
   window._sm_aff_client_pixel = {
     init: init,
     stop: function () { if (current) { current.stop(); current = null; } },
+    // The page's consent may have changed (its CMP answered, the player changed their choice): ask again.
+    consentChanged: function () { if (current) current.checkConsent(); },
     // The click kept for a brand ({ name: value }), or null: for a brand that reports it in its own
     // registration event.
     captured: function (brandId) { var c = readClick(brandId); return c ? c.params : null; },
-    version: '1.1.0'
+    version: '1.2.0'
   };
   for (var i = 0; i < queued.length; i++) init(queued[i]);
 })(window, document);

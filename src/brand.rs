@@ -57,6 +57,14 @@ pub struct BrandSettings {
     pub capture_touch: crate::attribution::Touch,
     /// Days a captured click counts.
     pub capture_window_days: u32,
+    /// Whose consent the client script asks before it fires anything: none (the brand handles consent
+    /// itself), the page's IAB TCF CMP, Google consent mode, or a function the page gives `init`.
+    pub consent: ConsentMode,
+    /// TCF purposes the player must have consented to (`tcf`): by default 1 (store or access
+    /// information on a device) and 7 (measure advertising performance).
+    pub consent_tcf_purposes: Vec<u8>,
+    /// How long the client waits for the page's answer about consent; no answer means no consent.
+    pub consent_timeout_ms: u32,
     /// Rules by which the hub raises `qftd` and `qualified_registration` itself; none by default.
     #[serde(skip_serializing_if = "is_unset")]
     pub qualification: crate::event::Qualification,
@@ -74,6 +82,38 @@ pub fn default_click_id_params() -> Vec<String> {
         .map(|(name, _)| (*name).to_owned())
         .collect()
 }
+
+/// Where the client script reads the player's consent to marketing pixels.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ConsentMode {
+    /// The client fires without asking: the brand loads the client only with consent, or needs none.
+    #[default]
+    None,
+    /// IAB TCF v2.2: the page's `__tcfapi`, the brand's purposes, and the vendor of a pixel that names
+    /// its `tcf_vendor_id`.
+    Tcf,
+    /// Google consent mode v2: `ad_storage` and `ad_user_data` granted in the page's `dataLayer`.
+    Google,
+    /// The page's own answer: `init({consent: () => boolean | Promise<boolean>})`.
+    Callback,
+}
+
+impl ConsentMode {
+    /// Every mode, by the name settings use.
+    pub const ALL: [(&'static str, ConsentMode); 4] = [
+        ("none", ConsentMode::None),
+        ("tcf", ConsentMode::Tcf),
+        ("google", ConsentMode::Google),
+        ("callback", ConsentMode::Callback),
+    ];
+}
+
+/// The TCF purposes a brand's pixels need when it names none: 1, store or access information on a
+/// device (cookies), and 7, measure advertising performance (a conversion pixel's purpose).
+pub const DEFAULT_TCF_PURPOSES: [u8; 2] = [1, 7];
+/// How long the client waits for a page's consent answer when the brand says nothing.
+pub const DEFAULT_CONSENT_TIMEOUT_MS: u32 = 3000;
 
 /// How long a captured click counts when the brand says nothing: the usual cookie window of affiliate
 /// programs.
@@ -100,6 +140,9 @@ impl Default for BrandSettings {
             capture_params: crate::attribution::default_capture_params(),
             capture_touch: crate::attribution::Touch::Last,
             capture_window_days: DEFAULT_CAPTURE_WINDOW_DAYS,
+            consent: ConsentMode::None,
+            consent_tcf_purposes: DEFAULT_TCF_PURPOSES.to_vec(),
+            consent_timeout_ms: DEFAULT_CONSENT_TIMEOUT_MS,
             qualification: Default::default(),
         }
     }

@@ -55,6 +55,10 @@ pub struct Definition {
     /// TTL of the pixels it queues; the hub's default when absent. Client kinds only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ttl_seconds: Option<u64>,
+    /// The IAB TCF vendor its pixels report to (see [`crate::pixel::NewPixel::tcf_vendor_id`]). Client
+    /// kinds only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tcf_vendor_id: Option<u32>,
     /// Unix milliseconds of creation.
     pub created_at_ms: u64,
     /// Unix milliseconds of the last change.
@@ -533,6 +537,8 @@ pub struct DefinitionInput {
     pub enabled: bool,
     /// See [`Definition::ttl_seconds`].
     pub ttl_seconds: Option<u64>,
+    /// See [`Definition::tcf_vendor_id`].
+    pub tcf_vendor_id: Option<u32>,
 }
 
 impl DefinitionInput {
@@ -550,6 +556,7 @@ impl DefinitionInput {
             enabled: self.enabled,
             disabled_reason: None,
             ttl_seconds: self.ttl_seconds,
+            tcf_vendor_id: self.tcf_vendor_id,
             created_at_ms,
             updated_at_ms: now,
         }
@@ -608,6 +615,13 @@ pub fn parse_definition(body: Value, allow_id: bool) -> Result<DefinitionInput, 
     };
     let enabled = fields.optional_bool("enabled")?.unwrap_or(true);
     let ttl_seconds = fields.optional_u64("ttl_seconds", 1..=MAX_TTL_SECONDS, "seconds")?;
+    let tcf_vendor_id = fields
+        .optional_u64(
+            "tcf_vendor_id",
+            1..=crate::pixel::MAX_TCF_VENDOR_ID,
+            "a TCF vendor id",
+        )?
+        .map(|id| id as u32);
     let conditions = match fields.obj.remove("conditions") {
         None | Some(Value::Null) => Vec::new(),
         Some(Value::Array(items)) if items.len() <= MAX_CONDITIONS => items
@@ -707,12 +721,17 @@ pub fn parse_definition(body: Value, allow_id: bool) -> Result<DefinitionInput, 
             ));
         }
     };
-    if ttl_seconds.is_some() && matches!(action, Action::S2s { .. }) {
-        return Err(fields.error(
-            "invalid_field",
-            "ttl_seconds",
-            "applies to pixels queued for browsers, not to s2s postbacks",
-        ));
+    for (field, set) in [
+        ("ttl_seconds", ttl_seconds.is_some()),
+        ("tcf_vendor_id", tcf_vendor_id.is_some()),
+    ] {
+        if set && matches!(action, Action::S2s { .. }) {
+            return Err(fields.error(
+                "invalid_field",
+                field,
+                "applies to pixels queued for browsers, not to s2s postbacks",
+            ));
+        }
     }
     fields.finish(&format!("a {kind} definition"))?;
 
@@ -727,6 +746,7 @@ pub fn parse_definition(body: Value, allow_id: bool) -> Result<DefinitionInput, 
         conditions,
         enabled,
         ttl_seconds,
+        tcf_vendor_id,
     };
     // Rendered once with every macro set, through the checks a queued pixel meets: a template whose
     // literal parts can never make a valid pixel is refused now, not at each event.

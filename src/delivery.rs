@@ -20,9 +20,11 @@ pub const RESPONSE_EXCERPT_BYTES: usize = 256;
 /// Where a pixel or postback is in its life.
 ///
 /// Client pixels go `queued` → `delivered` (sent to a browser, not yet acknowledged) → `fired`, or end
-/// `cancelled`, `expired` or `dropped` (the queue cap). Postbacks go `queued` → `pending_retry` (an attempt failed and another is
-/// scheduled) → `fired` (the endpoint answered 2xx) or `failed` (no attempt left, or an answer that retrying
-/// cannot change). Only `queued`, `delivered` and `pending_retry` can still change.
+/// `cancelled`, `expired` or `dropped` (the queue cap); a browser without the player's consent turns a
+/// `queued` or `delivered` pixel `waiting_consent` until a browser with it takes the pixel. Postbacks go
+/// `queued` → `pending_retry` (an attempt failed and another is scheduled) → `fired` (the endpoint
+/// answered 2xx) or `failed` (no attempt left, or an answer that retrying cannot change). Only `queued`,
+/// `delivered`, `waiting_consent` and `pending_retry` can still change.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum PixelStatus {
@@ -30,6 +32,9 @@ pub enum PixelStatus {
     Queued,
     /// Sent to a browser of the player at least once and not yet acknowledged; still in the queue.
     Delivered,
+    /// Held in the queue: a browser of the player had no consent to fire it (the brand's `consent`
+    /// setting). Sent again to the next browser that has consent; expires at its TTL like any other.
+    WaitingConsent,
     /// The browser acknowledged firing it, or the postback endpoint answered 2xx.
     Fired,
     /// The postback ran out of attempts, or was refused with a status retrying cannot change.
@@ -46,9 +51,10 @@ pub enum PixelStatus {
 
 impl PixelStatus {
     /// Every status, in the order of the docs.
-    pub const ALL: [PixelStatus; 8] = [
+    pub const ALL: [PixelStatus; 9] = [
         PixelStatus::Queued,
         PixelStatus::Delivered,
+        PixelStatus::WaitingConsent,
         PixelStatus::Fired,
         PixelStatus::Failed,
         PixelStatus::Expired,
@@ -62,6 +68,7 @@ impl PixelStatus {
         match self {
             PixelStatus::Queued => "queued",
             PixelStatus::Delivered => "delivered",
+            PixelStatus::WaitingConsent => "waiting_consent",
             PixelStatus::Fired => "fired",
             PixelStatus::Failed => "failed",
             PixelStatus::Expired => "expired",
@@ -80,7 +87,10 @@ impl PixelStatus {
     pub fn is_pending(self) -> bool {
         matches!(
             self,
-            PixelStatus::Queued | PixelStatus::Delivered | PixelStatus::PendingRetry
+            PixelStatus::Queued
+                | PixelStatus::Delivered
+                | PixelStatus::WaitingConsent
+                | PixelStatus::PendingRetry
         )
     }
 }
@@ -332,7 +342,10 @@ impl Delivery {
         self.sent_at_ms.get_or_insert(now);
         self.attempts += 1;
         self.updated_at_ms = now;
-        if self.status == PixelStatus::Queued {
+        if matches!(
+            self.status,
+            PixelStatus::Queued | PixelStatus::WaitingConsent
+        ) {
             self.status = PixelStatus::Delivered;
         }
     }

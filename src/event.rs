@@ -649,6 +649,7 @@ pub fn plan(
                         id: Some(id.clone()),
                         trigger: Some(trigger.into()),
                         ttl_seconds: definition.ttl_seconds,
+                        tcf_vendor_id: definition.tcf_vendor_id,
                         body: body.clone(),
                         origin: Some(origin),
                     });

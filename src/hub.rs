@@ -133,6 +133,12 @@ impl Signal {
             });
     }
 
+    /// The session gave its whole lease up (its page has no consent): nothing is in flight.
+    pub fn released(&self) {
+        self.in_flight.store(0, Ordering::Relaxed);
+        self.waiting.store(false, Ordering::Relaxed);
+    }
+
     /// Whether another session held the player's queue at this one's last ask.
     pub fn set_waiting(&self, waiting: bool) {
         self.waiting.store(waiting, Ordering::Relaxed);

@@ -141,6 +141,8 @@ pub enum PixelEvent {
     Dropped,
     /// A postback that ran out of attempts or was refused for good.
     Failed,
+    /// Held back by a browser without the player's consent: it waits in the queue.
+    Withheld,
 }
 
 /// How a postback attempt ended, for `pixelhub_s2s_attempts_total`.
@@ -182,6 +184,8 @@ pub struct BrandGauges {
     pub outbox: u64,
     /// New events today, in this process.
     pub events_today: u64,
+    /// Pending client pixels waiting for consent, exact.
+    pub waiting_consent: u64,
 }
 
 /// The process's metrics. One per [`crate::Application`], so tests running several hubs in one process
@@ -202,6 +206,7 @@ pub struct Metrics {
     pixels_cancelled: Family<PixelLabels, Counter>,
     pixels_dropped: Family<PixelLabels, Counter>,
     pixels_failed: Family<PixelLabels, Counter>,
+    pixels_withheld: Family<PixelLabels, Counter>,
     fire_latency: Family<KindLabel, Histogram>,
     events: Family<EventLabels, Counter>,
     ws_connects: Counter,
@@ -218,6 +223,7 @@ pub struct Metrics {
     brand_players: Family<BrandLabel, Gauge>,
     brand_outbox: Family<BrandLabel, Gauge>,
     brand_events_today: Family<BrandLabel, Gauge>,
+    brand_waiting_consent: Family<BrandLabel, Gauge>,
     store_free: Gauge,
     store_size: Gauge,
     store_refused: Family<ReasonLabel, Counter>,
@@ -289,6 +295,7 @@ impl Metrics {
             pixels_cancelled: Family::default(),
             pixels_dropped: Family::default(),
             pixels_failed: Family::default(),
+            pixels_withheld: Family::default(),
             fire_latency: Family::new_with_constructor(|| {
                 Histogram::new(FIRE_LATENCY_BUCKETS.iter().copied())
             }),
@@ -307,6 +314,7 @@ impl Metrics {
             brand_players: Family::default(),
             brand_outbox: Family::default(),
             brand_events_today: Family::default(),
+            brand_waiting_consent: Family::default(),
             store_free: Gauge::default(),
             store_size: Gauge::default(),
             store_refused: Family::default(),
@@ -394,6 +402,11 @@ impl Metrics {
                 "pixels_failed",
                 "Postbacks that ran out of attempts or were refused for good",
                 &m.pixels_failed,
+            ),
+            (
+                "pixels_withheld",
+                "Client pixels a browser held back for want of the player's consent (brand setting consent); each waits in the queue",
+                &m.pixels_withheld,
             ),
         ];
         for (name, help, family) in pixel_counters {
@@ -509,6 +522,11 @@ impl Metrics {
             m.brand_outbox.clone(),
         );
         r.register(
+            "brand_waiting_consent",
+            "Pending client pixels waiting for the player's consent, per brand (brand setting consent)",
+            m.brand_waiting_consent.clone(),
+        );
+        r.register(
             "brand_events_today",
             "New events reported today (UTC) per brand, counted by this process since it started (against --quota-events-per-day)",
             m.brand_events_today.clone(),
@@ -598,6 +616,7 @@ impl Metrics {
         self.brand_players.clear();
         self.brand_outbox.clear();
         self.brand_events_today.clear();
+        self.brand_waiting_consent.clear();
         for (brand, g) in brands {
             let label = BrandLabel {
                 brand: brand.to_string(),
@@ -621,6 +640,9 @@ impl Metrics {
             self.brand_events_today
                 .get_or_create(&label)
                 .set(g.events_today as i64);
+            self.brand_waiting_consent
+                .get_or_create(&label)
+                .set(g.waiting_consent as i64);
         }
         self.s2s_in_flight.set(s2s_in_flight as i64);
         self.draining.set(i64::from(draining));
@@ -680,6 +702,7 @@ impl Metrics {
             PixelEvent::Cancelled => &self.pixels_cancelled,
             PixelEvent::Dropped => &self.pixels_dropped,
             PixelEvent::Failed => &self.pixels_failed,
+            PixelEvent::Withheld => &self.pixels_withheld,
         }
     }
 
@@ -920,6 +943,7 @@ mod tests {
             PixelEvent::Cancelled,
             PixelEvent::Dropped,
             PixelEvent::Failed,
+            PixelEvent::Withheld,
         ];
         m.pixels(&brand, &events.map(|e| ("image".to_owned(), e)));
         m.events(&brand, 1, 1);

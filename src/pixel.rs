@@ -242,6 +242,9 @@ pub struct NewPixel {
     pub trigger: Option<String>,
     /// Time to live; `None` takes the configured default.
     pub ttl_seconds: Option<u64>,
+    /// The IAB TCF vendor the pixel reports to: under the brand's `tcf` consent, it fires only with the
+    /// player's consent for that vendor too.
+    pub tcf_vendor_id: Option<u32>,
     /// What to fire.
     pub body: PixelBody,
     /// Event and definition it came from, for the delivery report; `None` when queued by hand.
@@ -259,11 +262,17 @@ pub struct QueuedPixel {
     /// The caller's label, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trigger: Option<String>,
+    /// See [`NewPixel::tcf_vendor_id`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tcf_vendor_id: Option<u32>,
     /// Unix milliseconds when the pixel became durable.
     pub queued_at_ms: u64,
     /// Unix milliseconds after which the pixel is dropped instead of fired.
     pub expires_at_ms: u64,
 }
+
+/// The highest IAB TCF vendor id a pixel may name.
+pub const MAX_TCF_VENDOR_ID: u64 = 65_535;
 
 /// Parses a request body: one pixel object, or an array of 1 to `max` of them.
 pub fn parse_batch(body: Value, max: usize) -> Result<Vec<NewPixel>, InputError> {
@@ -292,6 +301,9 @@ pub fn parse_pixel(value: Value, path: &str) -> Result<NewPixel, InputError> {
         fields.check_label("trigger", trigger, 64)?;
     }
     let ttl_seconds = fields.optional_u64("ttl_seconds", 1..=MAX_TTL_SECONDS, "seconds")?;
+    let tcf_vendor_id = fields
+        .optional_u64("tcf_vendor_id", 1..=MAX_TCF_VENDOR_ID, "a TCF vendor id")?
+        .map(|id| id as u32);
 
     let body = match kind.as_str() {
         "image" => PixelBody::Image {
@@ -367,6 +379,7 @@ pub fn parse_pixel(value: Value, path: &str) -> Result<NewPixel, InputError> {
         id,
         trigger,
         ttl_seconds,
+        tcf_vendor_id,
         body,
     })
 }

@@ -46,6 +46,19 @@ pub enum ClientMessage {
     },
     /// Answer to a server [`ServerMessage::Ping`].
     Pong,
+    /// Whether the page has the player's consent to fire pixels (brands with a `consent` setting): the
+    /// hub sends nothing before `true`; `false` makes the player's pending pixels wait for consent.
+    /// Sent again whenever the page's answer changes.
+    Consent {
+        /// The page's answer.
+        granted: bool,
+    },
+    /// Pixels the page was sent but may not fire (no consent for the vendor a pixel names): they wait
+    /// for consent, and this session is not sent them again.
+    Withheld {
+        /// Pixel ids, at most [`MAX_ACK_IDS`].
+        ids: Vec<String>,
+    },
 }
 
 /// What the browser saw when it fired one pixel.
@@ -121,6 +134,10 @@ pub enum ServerMessage<'a> {
         iframe_sandbox: &'a str,
         /// The `referrerpolicy` the brand gives its image, iframe and script pixels.
         referrer_policy: &'a str,
+        /// Where the page must find the player's consent before it fires anything; absent when the
+        /// brand asks for none.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        consent: Option<ConsentAsk<'a>>,
     },
     /// Pixels to fire, in queue order.
     Deliver {
@@ -138,6 +155,18 @@ impl ServerMessage<'_> {
     }
 }
 
+/// What the welcome tells the page to ask about consent (the brand's settings).
+#[derive(Debug, Serialize)]
+pub struct ConsentAsk<'a> {
+    /// `tcf`, `google` or `callback`.
+    pub mode: crate::brand::ConsentMode,
+    /// TCF purposes the player must have consented to (`tcf`).
+    #[serde(skip_serializing_if = "<[u8]>::is_empty")]
+    pub purposes: &'a [u8],
+    /// How long to wait for the page's answer; none by then means no consent.
+    pub timeout_ms: u32,
+}
+
 /// A pixel as the browser sees it: its id and what to fire, nothing of the queue's bookkeeping.
 #[derive(Debug, Serialize)]
 pub struct WirePixel<'a> {
@@ -146,6 +175,9 @@ pub struct WirePixel<'a> {
     /// What to fire.
     #[serde(flatten)]
     pub body: &'a PixelBody,
+    /// The IAB TCF vendor whose consent it also needs, when it names one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tcf_vendor_id: Option<u32>,
 }
 
 impl<'a> From<&'a QueuedPixel> for WirePixel<'a> {
@@ -153,6 +185,7 @@ impl<'a> From<&'a QueuedPixel> for WirePixel<'a> {
         Self {
             id: &p.id,
             body: &p.body,
+            tcf_vendor_id: p.tcf_vendor_id,
         }
     }
 }
@@ -361,6 +394,7 @@ mod tests {
             pixels: vec![WirePixel {
                 id: &id,
                 body: &body,
+                tcf_vendor_id: None,
             }],
         }
         .to_json();

@@ -14,6 +14,7 @@ use tokio_tungstenite::tungstenite;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, field};
 
+use crate::brand::ConsentMode;
 use crate::clock::SharedClock;
 use crate::delivery::{Ack, BrowserReport};
 use crate::hub::{Hub, Registration, SessionInfo, Signal, wake};
@@ -23,7 +24,8 @@ use crate::limits::TokenBucket;
 use crate::metrics::Metrics;
 use crate::player_token::{self, TokenError};
 use crate::protocol::{
-    AckResult, ClientMessage, CloseReason, MAX_ACK_IDS, PROTOCOL_VERSION, ServerMessage, WirePixel,
+    AckResult, ClientMessage, CloseReason, ConsentAsk, MAX_ACK_IDS, PROTOCOL_VERSION,
+    ServerMessage, WirePixel,
 };
 use crate::store::StoreError;
 
@@ -111,7 +113,7 @@ pub fn run(socket: WebSocket, mut ctx: SessionContext) -> impl Future<Output = (
             rate: TokenBucket::messages(ctx.limits.messages_per_second, Instant::now()),
         };
         let end = match Box::pin(handshake(&mut conn, &ctx, id)).await {
-            Ok((key, welcome)) => {
+            Ok((key, welcome, consent_needed)) => {
                 let span = tracing::Span::current();
                 span.record("brand", key.brand.as_str());
                 span.record("player", key.player.as_str());
@@ -127,7 +129,9 @@ pub fn run(socket: WebSocket, mut ctx: SessionContext) -> impl Future<Output = (
                 match admitted {
                     Err(end) => end,
                     Ok(registration) => {
-                        let end = live(&mut conn, &ctx, &key, welcome, &registration).await;
+                        let consent = Consent::new(consent_needed);
+                        let end =
+                            live(&mut conn, &ctx, &key, welcome, &registration, consent).await;
                         drop(registration);
                         Box::pin(let_go(&ctx, &key, id)).await;
                         end
@@ -226,13 +230,13 @@ impl Conn {
 }
 
 /// Connecting: waits for a valid hello for an existing brand, from an allowed origin, with the player
-/// token the brand requires. Returns the player and the welcome to send, so that the brand's settings
-/// are not kept for the session's life.
+/// token the brand requires. Returns the player, the welcome to send and whether the brand asks for
+/// consent, so that the brand's settings are not kept for the session's life.
 async fn handshake(
     conn: &mut Conn,
     ctx: &SessionContext,
     session: SessionId,
-) -> Result<(PlayerKey, String), End> {
+) -> Result<(PlayerKey, String, bool), End> {
     let deadline = tokio::time::sleep(ctx.limits.hello_timeout);
     tokio::pin!(deadline);
     let message = loop {
@@ -323,14 +327,23 @@ async fn handshake(
             }
         }
     }
+    let consent_needed = settings.settings.consent != ConsentMode::None;
     let welcome = ServerMessage::Welcome {
         v: PROTOCOL_VERSION,
         session_id: session,
         heartbeat_ms: ctx.limits.heartbeat.as_millis() as u64,
         iframe_sandbox: &settings.settings.iframe_sandbox,
         referrer_policy: &settings.settings.referrer_policy,
+        consent: consent_needed.then(|| ConsentAsk {
+            mode: settings.settings.consent,
+            purposes: match settings.settings.consent {
+                ConsentMode::Tcf => &settings.settings.consent_tcf_purposes,
+                _ => &[],
+            },
+            timeout_ms: settings.settings.consent_timeout_ms,
+        }),
     };
-    Ok((key, welcome.to_json()))
+    Ok((key, welcome.to_json(), consent_needed))
 }
 
 /// Whether a page from `origin` may open sessions for a brand with this allowlist (empty allows any).
@@ -383,6 +396,35 @@ async fn admit(
     }
 }
 
+/// What a session knows of its page's consent, for brands with a `consent` setting.
+struct Consent {
+    /// The brand asks for consent: nothing is sent before the page says it has it.
+    needed: bool,
+    /// What the page last said: it has consent, or not; `None` until it says.
+    granted: Option<bool>,
+    /// Pixels the page held back (no consent for their vendor): not sent to it again.
+    withheld: Vec<PixelId>,
+}
+
+/// Most pixel ids a session remembers as held back by its page; older ones may be sent again (and
+/// held back again).
+const MAX_WITHHELD: usize = 1024;
+
+impl Consent {
+    fn new(needed: bool) -> Self {
+        Consent {
+            needed,
+            granted: None,
+            withheld: Vec::new(),
+        }
+    }
+
+    /// Whether the page may be sent pixels.
+    fn may_deliver(&self) -> bool {
+        !self.needed || self.granted == Some(true)
+    }
+}
+
 /// Live: sends what the store leases to this session, takes acks, keeps the heartbeat.
 async fn live(
     conn: &mut Conn,
@@ -390,6 +432,7 @@ async fn live(
     key: &PlayerKey,
     welcome: String,
     registration: &Registration,
+    mut consent: Consent,
 ) -> End {
     let signal = registration.signal();
     if let Err(end) = conn.send(welcome).await {
@@ -419,7 +462,7 @@ async fn live(
             message = conn.recv() => {
                 silent_ticks = 0;
                 match message {
-                    Ok(Message::Text(text)) => Box::pin(on_message(ctx, key, signal, text.as_str(), &mut held)).await,
+                    Ok(Message::Text(text)) => Box::pin(on_message(ctx, key, signal, text.as_str(), &mut held, &mut consent)).await,
                     Ok(_) => Ok(false),
                     Err(end) => Err(end),
                 }
@@ -432,19 +475,20 @@ async fn live(
             Ok(false) => continue,
             Ok(true) => {}
         }
-        if let Err(end) = Box::pin(pump(conn, ctx, key, signal, &mut held)).await {
+        if let Err(end) = Box::pin(pump(conn, ctx, key, signal, &mut held, &consent)).await {
             return end;
         }
     }
 }
 
-/// Handles a client message; true when it may have made room for more pixels (an ack).
+/// Handles a client message; true when it may have made room for more pixels (an ack, consent given).
 async fn on_message(
     ctx: &SessionContext,
     key: &PlayerKey,
     signal: &Signal,
     text: &str,
     held: &mut Vec<Ack>,
+    consent: &mut Consent,
 ) -> Result<bool, End> {
     match ClientMessage::parse(text)? {
         ClientMessage::Ack { ids, results } => {
@@ -476,6 +520,67 @@ async fn on_message(
         }
         ClientMessage::Pong => Ok(false),
         ClientMessage::Hello { .. } => Err(CloseReason::UnexpectedMessage.into()),
+        ClientMessage::Consent { granted } => {
+            if !consent.needed || (!granted && consent.granted == Some(false)) {
+                return Ok(false);
+            }
+            consent.granted = Some(granted);
+            if granted {
+                // Said again when the page's answer changed (a vendor's consent, say): what it held
+                // back may now be fine to fire.
+                consent.withheld.clear();
+                return Ok(true);
+            }
+            // Acks the page sent first are for pixels it fired while it had consent.
+            settle(ctx, key, signal, held).await?;
+            withhold(ctx, key, signal, None).await?;
+            signal.released();
+            Ok(false)
+        }
+        ClientMessage::Withheld { ids } => {
+            if ids.len() > MAX_ACK_IDS {
+                return Err(CloseReason::UnexpectedMessage.into());
+            }
+            let ids: Vec<PixelId> = ids
+                .iter()
+                .map(|id| PixelId::parse(id).map_err(|_| CloseReason::BadMessage))
+                .collect::<Result<_, _>>()?;
+            if !consent.needed {
+                // A brand that asks for no consent has nothing to wait for.
+                return Ok(false);
+            }
+            consent.withheld.extend(ids.iter().cloned());
+            if consent.withheld.len() > MAX_WITHHELD {
+                consent
+                    .withheld
+                    .drain(..consent.withheld.len() - MAX_WITHHELD);
+            }
+            let waiting = withhold(ctx, key, signal, Some(ids)).await?;
+            signal.acked(waiting);
+            Ok(true)
+        }
+    }
+}
+
+/// Tells the store the page may not fire these pixels (`None`: any of the player's); returns how many
+/// began waiting. A store that is unavailable leaves them as they are: the session sends nothing the
+/// page refused, and a lease it holds runs out by itself.
+async fn withhold(
+    ctx: &SessionContext,
+    key: &PlayerKey,
+    signal: &Signal,
+    only: Option<Vec<PixelId>>,
+) -> Result<usize, End> {
+    match ctx.ledger.withhold(key, signal.session, only).await {
+        Ok(waiting) => {
+            tracing::debug!(waiting, "pixels wait for consent");
+            Ok(waiting)
+        }
+        Err(StoreError::Unavailable(why)) => {
+            tracing::debug!(%why, "the store is unavailable; pixels held back stay as they are");
+            Ok(0)
+        }
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -512,21 +617,23 @@ async fn settle(
     }
 }
 
-/// Sends the next pixels the store leases to this session, if any, after passing on held acks. While
-/// the store is unavailable the session waits (it is woken, or looks again at its heartbeat).
+/// Sends the next pixels the store leases to this session, if any, after passing on held acks; nothing
+/// while the page has not said it has the consent the brand asks for. While the store is unavailable the
+/// session waits (it is woken, or looks again at its heartbeat).
 async fn pump(
     conn: &mut Conn,
     ctx: &SessionContext,
     key: &PlayerKey,
     signal: &Signal,
     held: &mut Vec<Ack>,
+    consent: &Consent,
 ) -> Result<(), End> {
-    if !settle(ctx, key, signal, held).await? {
+    if !settle(ctx, key, signal, held).await? || !consent.may_deliver() {
         return Ok(());
     }
     let pixels = match ctx
         .ledger
-        .lease_for(key, signal.session, ctx.limits.window)
+        .lease_for(key, signal.session, ctx.limits.window, &consent.withheld)
         .await
     {
         Ok(leased) => {

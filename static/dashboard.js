@@ -337,6 +337,7 @@ const BRAND_COLS = [
     setAttr(td.lastChild, 'aria-pressed', b.id === S.brand);
   } },
   { field: 'queue_depth', num: 1, text: (b) => num(b.queue_depth) },
+  { field: 'waiting_consent', num: 1, text: (b) => num(b.waiting_consent) },
   { field: 'oldest_pending', num: 1, render: (td, b) => ageCell(td, b.oldest_queued_at_ms) },
   { field: 'sessions', num: 1, text: (b) => num(b.sessions) },
   { field: 'players_online', num: 1, text: (b) => num(b.players_online) },

@@ -98,6 +98,19 @@ pub(super) struct BrandBody {
     /// Days a captured click counts, 1 to 365 (default 30).
     #[serde(default)]
     capture_window_days: Option<u32>,
+    /// Whose consent the client asks before it fires or acknowledges anything: `none` (default),
+    /// `tcf` (the page's IAB TCF v2.2 CMP), `google` (Google consent mode v2) or `callback` (the
+    /// page's `consent` function).
+    #[serde(default)]
+    #[schema(value_type = Option<crate::brand::ConsentMode>)]
+    consent: Option<String>,
+    /// TCF purposes (1 to 11) the player must have consented to under `tcf` (default `[1, 7]`).
+    #[serde(default)]
+    consent_tcf_purposes: Option<Vec<u8>>,
+    /// Milliseconds the client waits for the page's consent answer, 100 to 30000 (default 3000); no
+    /// answer is no consent.
+    #[serde(default)]
+    consent_timeout_ms: Option<u32>,
     /// Rules by which the hub raises `qftd` and `qualified_registration` itself (none by default):
     /// `{"qftd": {"min_deposits": 100, "within_days": 30}, "qualified_registration": {"on_event":
     /// "kyc_passed"}, "deals": {"cpa-7": {…}}}`. A deal's rules replace the brand's for its players.
@@ -249,6 +262,39 @@ fn brand_settings(body: Value) -> Result<BrandSettings, ApiError> {
         .optional_u64("capture_window_days", 1..=365, "days")
         .map_err(field_error)?
         .map_or(defaults.capture_window_days, |days| days as u32);
+    let consent = match fields.optional_str("consent").map_err(field_error)? {
+        None => defaults.consent,
+        Some(mode) => crate::brand::ConsentMode::ALL
+            .iter()
+            .find(|(name, _)| *name == mode)
+            .map(|(_, mode)| *mode)
+            .ok_or_else(|| {
+                invalid(format!(
+                    "consent: {mode:?} is not a consent mode; use none, tcf, google or callback"
+                ))
+            })?,
+    };
+    let consent_tcf_purposes = match fields.obj.remove("consent_tcf_purposes") {
+        None | Some(Value::Null) => defaults.consent_tcf_purposes,
+        Some(value) => {
+            let mut purposes: Vec<u8> = serde_json::from_value::<Vec<u8>>(value)
+                .ok()
+                .filter(|p| !p.is_empty() && p.iter().all(|n| (1..=11).contains(n)))
+                .ok_or_else(|| {
+                    invalid(
+                        "consent_tcf_purposes: a non-empty list of TCF purposes, each 1 to 11"
+                            .into(),
+                    )
+                })?;
+            purposes.sort_unstable();
+            purposes.dedup();
+            purposes
+        }
+    };
+    let consent_timeout_ms = fields
+        .optional_u64("consent_timeout_ms", 100..=30_000, "milliseconds")
+        .map_err(field_error)?
+        .map_or(defaults.consent_timeout_ms, |ms| ms as u32);
     let qualification = match fields.obj.remove("qualification") {
         None | Some(Value::Null) => Default::default(),
         Some(value) => {
@@ -277,6 +323,9 @@ fn brand_settings(body: Value) -> Result<BrandSettings, ApiError> {
         capture_params,
         capture_touch,
         capture_window_days,
+        consent,
+        consent_tcf_purposes,
+        consent_timeout_ms,
     };
     fields.finish("a brand's settings").map_err(field_error)?;
     Ok(settings)
@@ -453,7 +502,7 @@ pub(super) async fn require_brand(state: &AppState, brand: &BrandId) -> Result<B
     params(PlayerPath),
     request_body(
         content = Object,
-        description = "A pixel (`kind`: `image`, `iframe` or `script` with `url`; `js` with `code`; `facebook` with `pixel_id`, `event` and optional `params`), plus optional `id`, `trigger` and `ttl_seconds`; or an array of them. See the README.",
+        description = "A pixel (`kind`: `image`, `iframe` or `script` with `url`; `js` with `code`; `facebook` with `pixel_id`, `event` and optional `params`), plus optional `id`, `trigger`, `ttl_seconds` and `tcf_vendor_id` (the IAB TCF vendor it reports to, for brands whose `consent` is `tcf`); or an array of them. See the README.",
         example = json!({"id": "ftd-p-42", "kind": "image", "url": "https://affiliate.example/px?click=abc", "trigger": "ftd", "ttl_seconds": 604800})
     ),
     responses(

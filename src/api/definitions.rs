@@ -428,6 +428,7 @@ pub(super) async fn test(
         id: Some(id.clone()),
         trigger: Some(definition.trigger.clone()),
         ttl_seconds: definition.ttl_seconds,
+        tcf_vendor_id: definition.tcf_vendor_id,
         body: body.with_defaults(&id),
         origin: Some(Origin {
             definition_id: Some(definition.id.clone()),

@@ -145,6 +145,7 @@ async fn queue_demo_pixel(
         id: None,
         trigger: Some("demo".into()),
         ttl_seconds: Some(24 * 3600),
+        tcf_vendor_id: None,
         body,
         origin: None,
     };

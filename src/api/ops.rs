@@ -558,6 +558,7 @@ pub(super) async fn metrics(State(state): State<AppState>) -> Result<Response, A
             players: b.queue.players,
             outbox: b.queue.outbox,
             events_today: b.queue.events_today,
+            waiting_consent: b.queue.waiting_consent,
         };
         (brand, figures)
     });

@@ -26,7 +26,7 @@ impl Ledger {
     /// A brand, if it exists.
     pub async fn brand(&self, id: &BrandId) -> Result<Option<Brand>, StoreError> {
         match self.catalog().read(&Entry::Brand(id.clone())).await? {
-            Value::Brand(brand) => Ok(Some(brand)),
+            Value::Brand(brand) => Ok(Some(*brand)),
             _ => Ok(None),
         }
     }
@@ -68,9 +68,13 @@ impl Ledger {
             let mut change = Change::default()
                 .expect(
                     Entry::Brand(id.clone()),
-                    old.clone().map_or(Value::Absent, Value::Brand),
+                    old.clone()
+                        .map_or(Value::Absent, |b| Value::Brand(Box::new(b))),
                 )
-                .write(Entry::Brand(id.clone()), Value::Brand(brand.clone()));
+                .write(
+                    Entry::Brand(id.clone()),
+                    Value::Brand(Box::new(brand.clone())),
+                );
             for kind in SECRET_KINDS {
                 let entry = Entry::Secret(id.clone(), kind);
                 if self.catalog().read(&entry).await? == Value::Absent {
@@ -103,8 +107,11 @@ impl Ledger {
                 ..old.clone()
             };
             let change = Change::default()
-                .expect(Entry::Brand(id.clone()), Value::Brand(old))
-                .write(Entry::Brand(id.clone()), Value::Brand(brand.clone()));
+                .expect(Entry::Brand(id.clone()), Value::Brand(Box::new(old)))
+                .write(
+                    Entry::Brand(id.clone()),
+                    Value::Brand(Box::new(brand.clone())),
+                );
             if self.catalog().apply(change).await? == Applied::Done {
                 return Ok(brand);
             }
@@ -174,7 +181,7 @@ impl Ledger {
             let now = self.now_ms();
             let definition = input.clone().into_definition(id.clone(), now, now);
             let change = Change::default()
-                .expect(Entry::Brand(brand.clone()), Value::Brand(owner))
+                .expect(Entry::Brand(brand.clone()), Value::Brand(Box::new(owner)))
                 .expect(entry.clone(), Value::Absent)
                 .write(
                     entry.clone(),
@@ -224,7 +231,7 @@ impl Ledger {
             let owner = self.allowing(brand, &input).await?;
             let definition = input.into_definition(id.clone(), old.created_at_ms, self.now_ms());
             let change = Change::default()
-                .expect(Entry::Brand(brand.clone()), Value::Brand(owner))
+                .expect(Entry::Brand(brand.clone()), Value::Brand(Box::new(owner)))
                 .expect(entry.clone(), Value::Definition(Box::new(old)))
                 .write(
                     entry.clone(),

@@ -31,15 +31,22 @@ impl Ledger {
         session: SessionId,
         max_in_flight: usize,
     ) -> Result<Vec<QueuedPixel>, StoreError> {
-        Ok(self.lease_for(key, session, max_in_flight).await?.pixels)
+        Ok(self
+            .lease_for(key, session, max_in_flight, &[])
+            .await?
+            .pixels)
     }
 
-    /// [`Ledger::lease`], saying also whether another session holds the queue.
+    /// [`Ledger::lease`], passing over the pixels `withheld` names (those this session's page held back
+    /// for want of consent: [`Ledger::withhold`]), and saying also whether another session holds the
+    /// queue. A pixel waiting for consent is sent like any other: only a session whose page has consent
+    /// asks for pixels.
     pub async fn lease_for(
         &self,
         key: &PlayerKey,
         session: SessionId,
         max_in_flight: usize,
+        withheld: &[PixelId],
     ) -> Result<Leased, StoreError> {
         // What an idle session's heartbeat finds, thousands of times a second on a busy hub: no work.
         if self.queues().surely_idle(key) {
@@ -48,6 +55,7 @@ impl Ledger {
         let now = self.now_ms();
         let options = self.inner.options;
         let owned = key.clone();
+        let withheld = withheld.to_vec();
         let (sent, transitions, held_elsewhere) = self
             .transact(vec![key.clone()], Mode::LAZY, move |tx| {
                 let key = &owned;
@@ -72,7 +80,7 @@ impl Ledger {
                         if barrier.is_some_and(|first_undurable| seq >= first_undurable) {
                             return Ok(false); // its enqueue announces it once it is durable
                         }
-                        if seqs.contains(&seq) {
+                        if seqs.contains(&seq) || withheld.contains(&pixel.id) {
                             return Ok(true);
                         }
                         let mut record = queued_record(tx, key, &pixel)?;
@@ -95,6 +103,12 @@ impl Ledger {
                             PixelEvent::Delivered
                         };
                         transitions.push((record.delivery.kind.clone(), event));
+                        if record.delivery.status == PixelStatus::WaitingConsent {
+                            tx.write(Write::CountWaiting {
+                                key: key.clone(),
+                                delta: -1,
+                            });
+                        }
                         record.delivery.note_sent(now);
                         tx.write(Write::UpdateRecord {
                             key: key.clone(),
@@ -183,6 +197,92 @@ impl Ledger {
             self.inner.metrics.browser_report(&key.brand, kind, report);
         }
         Ok(removed)
+    }
+
+    /// The player's page in `session` has no consent to fire pixels: of `only` these (a vendor the page
+    /// has no consent for), or of all of them (`None`: no consent at all). They wait in the queue,
+    /// recorded [`PixelStatus::WaitingConsent`], until a session whose page has consent takes them or
+    /// their TTL runs out. `only` names pixels the session has in flight (others are ignored); without
+    /// it every pending pixel not in flight elsewhere waits and the session gives up its lease. Durable
+    /// when it returns; returns how many pixels began waiting.
+    pub async fn withhold(
+        &self,
+        key: &PlayerKey,
+        session: SessionId,
+        only: Option<Vec<PixelId>>,
+    ) -> Result<usize, StoreError> {
+        let now = self.now_ms();
+        let owned = key.clone();
+        let (waiting, transitions) = self
+            .transact(vec![key.clone()], Mode::SETTLE, move |tx| {
+                let key = &owned;
+                let lease = tx.lease(key)?.filter(|lease| lease.expires_at_ms > now);
+                let (mut mine, elsewhere) = match lease {
+                    Some(lease) if lease.session == session => (Some(lease), Vec::new()),
+                    Some(lease) => (None, lease.in_flight),
+                    None => (None, Vec::new()),
+                };
+                let mut records = Vec::new();
+                match &only {
+                    Some(ids) => {
+                        let held = mine.as_ref().map_or(&[][..], |l| &l.in_flight[..]);
+                        for id in ids {
+                            if let Some(record) = tx.record(key, id)?
+                                && held.contains(&record.seq)
+                            {
+                                records.push(record);
+                            }
+                        }
+                    }
+                    // Every record is asked for before any is needed: an engine that reads ahead
+                    // (Redis) then fetches all the walk met in one round trip, not one per run.
+                    None => walk(tx, key, None, 256, |tx, seq, pixel| {
+                        if !elsewhere.contains(&seq)
+                            && let Some(record) = tx.record(key, &pixel.id)?
+                        {
+                            records.push(record);
+                        }
+                        Ok(true)
+                    })?,
+                }
+                let mut transitions = Vec::new();
+                let mut seqs = Vec::new();
+                for mut record in records {
+                    let status = record.delivery.status;
+                    if !record.is_client_pixel()
+                        || !matches!(status, PixelStatus::Queued | PixelStatus::Delivered)
+                    {
+                        continue;
+                    }
+                    seqs.push(record.seq);
+                    transitions.push((record.delivery.kind.clone(), PixelEvent::Withheld));
+                    record.delivery.set_status(PixelStatus::WaitingConsent, now);
+                    tx.write(Write::UpdateRecord {
+                        key: key.clone(),
+                        record,
+                    });
+                    tx.write(Write::CountWaiting {
+                        key: key.clone(),
+                        delta: 1,
+                    });
+                }
+                if let Some(lease) = &mut mine {
+                    lease.in_flight.retain(|seq| !seqs.contains(seq));
+                    let keep = only.is_some() && !lease.in_flight.is_empty();
+                    tx.write(Write::PutLease {
+                        key: key.clone(),
+                        lease: keep.then(|| lease.clone()),
+                    });
+                }
+                Ok((seqs.len(), transitions))
+            })
+            .await?;
+        self.count(&key.brand, transitions);
+        if waiting > 0 {
+            // A session of the player elsewhere, whose page has consent, may fire them now.
+            self.queues().announce(key);
+        }
+        Ok(waiting)
     }
 
     /// Gives up `session`'s lease on the player's queue, if it holds it. What it had in flight becomes

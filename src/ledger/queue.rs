@@ -106,8 +106,8 @@ impl Ledger {
         Ok(outcome)
     }
 
-    /// The player's pending pixels in queue order, each saying whether a browser holds it; expired ones
-    /// are left out.
+    /// The player's pending pixels in queue order, each saying whether a browser holds it and its status
+    /// (waiting for consent, among others); expired ones are left out.
     pub async fn pending(&self, key: &PlayerKey) -> Result<Vec<PendingPixel>, StoreError> {
         let now = self.now_ms();
         let owned = key.clone();
@@ -115,10 +115,16 @@ impl Ledger {
             let key = &owned;
             let in_flight = in_flight(tx, key, now)?;
             let mut out = Vec::new();
-            walk(tx, key, None, PAGE, |_, seq, pixel| {
+            walk(tx, key, None, PAGE, |tx, seq, pixel| {
                 if pixel.expires_at_ms > now {
+                    // Read without stopping at a record the engine must fetch first (an engine that
+                    // reads ahead, Redis, then fetches every one the walk met in one round trip).
+                    let status = tx
+                        .record(key, &pixel.id)?
+                        .map_or(PixelStatus::Queued, |r| r.delivery.status);
                     out.push(PendingPixel {
                         in_flight: in_flight.contains(&seq),
+                        status,
                         pixel,
                     });
                 }
@@ -226,6 +232,7 @@ pub(super) fn new_pixel(
         body: pixel.body.with_defaults(id),
         id: id.clone(),
         trigger: pixel.trigger,
+        tcf_vendor_id: pixel.tcf_vendor_id,
         queued_at_ms: now,
         expires_at_ms: now + ttl_ms,
     };
@@ -272,8 +279,17 @@ pub(super) fn finalize(
         PixelStatus::Cancelled => Some(PixelEvent::Cancelled),
         PixelStatus::Dropped => Some(PixelEvent::Dropped),
         PixelStatus::Failed => Some(PixelEvent::Failed),
-        PixelStatus::Queued | PixelStatus::Delivered | PixelStatus::PendingRetry => None,
+        PixelStatus::Queued
+        | PixelStatus::Delivered
+        | PixelStatus::WaitingConsent
+        | PixelStatus::PendingRetry => None,
     };
+    if record.delivery.status == PixelStatus::WaitingConsent {
+        tx.write(Write::CountWaiting {
+            key: key.clone(),
+            delta: -1,
+        });
+    }
     let kind = record.delivery.kind.clone();
     let forget_at_ms = (now + retention_ms).max(record.delivery.expires_at_ms.unwrap_or(0));
     record.delivery.set_status(status, now);

@@ -37,8 +37,8 @@ pub enum Entry {
 pub enum Value {
     /// No such entry.
     Absent,
-    /// A brand.
-    Brand(Brand),
+    /// A brand (boxed: it is by far the largest value).
+    Brand(Box<Brand>),
     /// A secret.
     Secret(BrandSecret),
     /// A definition.

@@ -157,6 +157,8 @@ pub struct BrandQueue {
     pub outbox: u64,
     /// New events reported today (UTC), counted by this process since it started.
     pub events_today: u64,
+    /// Pending pixels a browser of their player had no consent to fire, exact.
+    pub waiting_consent: u64,
 }
 
 /// A queued pixel as the API lists it.
@@ -167,6 +169,9 @@ pub struct PendingPixel {
     pub pixel: QueuedPixel,
     /// Sent to a live connection and awaiting its acknowledgement.
     pub in_flight: bool,
+    /// `queued`, `delivered` (sent before, not acknowledged), or `waiting_consent` (a browser of the
+    /// player had no consent to fire it).
+    pub status: PixelStatus,
 }
 
 /// Result of a cancel request.

@@ -203,6 +203,14 @@ pub enum Write {
         /// When it was due to be forgotten.
         due_ms: u64,
     },
+    /// The player's pixels waiting for consent ([`crate::delivery::PixelStatus::WaitingConsent`]) grew or
+    /// shrank by `delta`: the engine keeps the brand's count for ops.
+    CountWaiting {
+        /// Whose.
+        key: PlayerKey,
+        /// Pixels that began (positive) or stopped (negative) waiting.
+        delta: i64,
+    },
     /// The player's lease, or none.
     PutLease {
         /// Whose queue.

@@ -32,8 +32,8 @@ fn readme_snippet() -> &'static str {
 }
 
 /// The brand site and the affiliate's pixel server, on one loopback port.
-struct Site {
-    addr: SocketAddr,
+pub(crate) struct Site {
+    pub(crate) addr: SocketAddr,
     hits: Arc<Mutex<Vec<String>>>,
 }
 
@@ -64,7 +64,44 @@ struct PageQuery {
     /// localStorage reads work but every write throws, as when its quota is used up.
     #[serde(default)]
     storage_full: bool,
+    /// A stand-in consent manager on the page ([`CMP_STUBS`]): `tcf` (consent to nothing yet),
+    /// `tcf-open` (its question still open: it never answers), `tcf-granted`, `google` (consent mode
+    /// defaults denied) or `callback` (the page's function says no). `window.__grant(purposes,
+    /// vendors)` gives consent as the player would.
+    #[serde(default)]
+    cmp: Option<String>,
 }
+
+/// The stand-in consent managers the consent tests put on the brand page, by `cmp`: each answers as a
+/// real one does (IAB TCF's `__tcfapi` listener events, Google consent mode's `dataLayer` entries, or
+/// the page's own function), with `window.__grant` for the player's click on "accept".
+const CMP_STUBS: &str = r#"
+  var cmp = '{cmp}';
+  if (cmp.indexOf('tcf') === 0) {
+    var state = cmp === 'tcf-granted' ? { purposes: { 1: true, 7: true }, vendors: {} } : { purposes: {}, vendors: {} };
+    var listeners = [];
+    var tcData = function (status) {
+      return { eventStatus: status, gdprApplies: true, tcString: 'stub', purpose: { consents: state.purposes }, vendor: { consents: state.vendors } };
+    };
+    window.__tcfapi = function (command, version, callback) {
+      if (command !== 'addEventListener' || version !== 2) return;
+      listeners.push(callback);
+      callback(tcData(cmp === 'tcf-open' ? 'cmpuishown' : 'tcloaded'), true);
+    };
+    window.__grant = function (purposes, vendors) {
+      state = { purposes: purposes, vendors: vendors || {} };
+      listeners.forEach(function (l) { l(tcData('useractioncomplete'), true); });
+    };
+  } else if (cmp === 'google') {
+    window.dataLayer = window.dataLayer || [];
+    window.gtag = function () { window.dataLayer.push(arguments); };
+    gtag('consent', 'default', { ad_storage: 'denied', ad_user_data: 'denied', analytics_storage: 'denied' });
+    window.__grant = function () { gtag('consent', 'update', { ad_storage: 'granted', ad_user_data: 'granted' }); };
+  } else if (cmp === 'callback') {
+    window.__consent = false;
+    window.__grant = function () { window.__consent = true; _sm_aff_client_pixel.consentChanged(); };
+  }
+"#;
 
 const NONCE: &str = "n0nce-7f3a";
 
@@ -90,10 +127,22 @@ async fn brand_page(State(site): State<SiteState>, Query(q): Query<PageQuery>) -
     } else {
         snippet.replace("playerId: 'p-42'", &format!("{player}, onEvent: function (t, d) {{ window.__events.push([t, d && (d.id || d.code)]); }}"))
     };
+    if q.cmp.as_deref() == Some("callback") {
+        snippet = snippet.replace(
+            "onEvent:",
+            "consent: function () { return new Promise(function (ok) { setTimeout(function () { ok(window.__consent); }, 50); }); }, onEvent:",
+        );
+    }
     let mut head = String::new();
+    if let Some(cmp) = &q.cmp {
+        head.push_str(&format!(
+            "<script>{}</script>",
+            CMP_STUBS.replace("{cmp}", cmp)
+        ));
+    }
     if let Some(csp) = &q.csp {
         head = format!(
-            r#"<meta http-equiv="Content-Security-Policy" content="script-src 'nonce-{NONCE}' http://{hub}">"#
+            r#"<meta http-equiv="Content-Security-Policy" content="script-src 'nonce-{NONCE}' http://{hub}">{head}"#
         );
         snippet = snippet.replace("<script>", &format!(r#"<script nonce="{NONCE}">"#));
         if csp == "pass" {
@@ -174,15 +223,15 @@ impl Site {
         Site { addr, hits }
     }
 
-    fn page(&self, player: &str) -> String {
+    pub(crate) fn page(&self, player: &str) -> String {
         format!("http://{}/page?player={player}", self.addr)
     }
 
-    fn url(&self, path: &str) -> String {
+    pub(crate) fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
     }
 
-    fn count(&self, needle: &str) -> usize {
+    pub(crate) fn count(&self, needle: &str) -> usize {
         self.hits
             .lock()
             .unwrap()
@@ -191,7 +240,7 @@ impl Site {
             .count()
     }
 
-    async fn wait_for_hit(&self, needle: &str) {
+    pub(crate) async fn wait_for_hit(&self, needle: &str) {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
         while self.count(needle) == 0 {
             assert!(
@@ -205,7 +254,7 @@ impl Site {
 }
 
 /// A hub with the README's brand `12345` (every pixel kind allowed), a site, and a browser.
-async fn setup() -> (TestApp, Site, Browser) {
+pub(crate) async fn setup() -> (TestApp, Site, Browser) {
     let app = TestApp::spawn().await;
     assert!(
         app.put_brand(
@@ -475,7 +524,7 @@ fn landing(site: &Site, query: &str) -> String {
 }
 
 /// Waits until the tab's client was welcomed.
-async fn welcomed(tab: &crate::cdp::Tab) {
+pub(crate) async fn welcomed(tab: &crate::cdp::Tab) {
     tab.wait_for(
         "window.__events.some(function (e) { return e[0] === 'welcome'; })",
         "the welcome",
@@ -484,7 +533,7 @@ async fn welcomed(tab: &crate::cdp::Tab) {
 }
 
 /// The hellos the tab's client sent, parsed.
-async fn hellos(tab: &crate::cdp::Tab) -> Vec<Value> {
+pub(crate) async fn hellos(tab: &crate::cdp::Tab) -> Vec<Value> {
     let sent = tab.eval("window.__sent").await;
     sent.as_array()
         .unwrap()

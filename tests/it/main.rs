@@ -4,6 +4,7 @@ mod api;
 mod attribution;
 mod browser;
 mod cdp;
+mod consent;
 mod crash;
 mod delivery;
 mod disk;

@@ -223,9 +223,11 @@ async fn ops_see_backlogs_live_sessions_and_can_purge_a_queue() {
     assert_eq!(queue["biggest_backlogs"].as_array().unwrap().len(), 1);
 
     // Two tabs of one player; the first holds the queue and has the first pixels in flight.
+    // The second opens once the first has its pixels: on a busy machine it could otherwise take the
+    // lease first.
     let mut first = session_from(&app, "big", "Mozilla/5.0 (tab one)").await;
-    let _second = session_from(&app, "big", "Mozilla/5.0 (tab two)").await;
     let held = first.delivered().await;
+    let _second = session_from(&app, "big", "Mozilla/5.0 (tab two)").await;
     let sessions = app.get_json("/api/v1/brands/b1/players/big/sessions").await;
     let sessions = sessions["sessions"].as_array().unwrap();
     assert_eq!(sessions.len(), 2);

@@ -21,8 +21,8 @@ fn brand_id(id: &str) -> BrandId {
     BrandId::parse(id).unwrap()
 }
 
-fn brand(id: &str, name: &str) -> Brand {
-    Brand {
+fn brand(id: &str, name: &str) -> Box<Brand> {
+    Box::new(Brand {
         id: brand_id(id),
         settings: BrandSettings {
             name: Some(name.into()),
@@ -30,7 +30,7 @@ fn brand(id: &str, name: &str) -> Brand {
         },
         created_at_ms: 1,
         updated_at_ms: 1,
-    }
+    })
 }
 
 fn definition(id: &str) -> Definition {

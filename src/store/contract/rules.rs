@@ -66,6 +66,7 @@ fn image(n: u32) -> NewPixel {
         id: None,
         trigger: None,
         ttl_seconds: None,
+        tcf_vendor_id: None,
         body: PixelBody::Image {
             url: format!("https://px.example/{n}"),
         },
@@ -385,6 +386,117 @@ pub async fn upkeep_expires_nothing_a_browser_holds(h: &impl Harness) {
         "and its ack counts"
     );
     assert_eq!(store.stats().await.unwrap().queue_depth, 0);
+}
+
+/// Pixels a page had no consent to fire wait in the queue, counted per brand, until a session whose page
+/// has consent takes them (each fires once) or their TTL runs out; the count survives a reopen.
+pub async fn pixels_wait_for_consent_until_a_page_has_it(h: &impl Harness) {
+    let store = store_with_brand(h).await;
+    let brand = key("x").brand;
+    let k = key("p");
+    let waiting = |store: &Ledger| {
+        let store = store.clone();
+        let brand = brand.clone();
+        async move { store.stats().await.unwrap().brands[&brand].waiting_consent }
+    };
+    let statuses = |store: &Ledger| {
+        let store = store.clone();
+        async move {
+            store
+                .pending(&key("p"))
+                .await
+                .unwrap()
+                .iter()
+                .map(|p| p.status)
+                .collect::<Vec<_>>()
+        }
+    };
+    store
+        .enqueue(&k, vec![with_id("a", 1), with_id("b", 2), with_id("c", 3)])
+        .await
+        .unwrap();
+    let page = SessionId::generate();
+    assert_eq!(store.lease(&k, page, 10).await.unwrap().len(), 3);
+
+    // A vendor without consent: that pixel waits, out of the session's window.
+    let b = PixelId::parse("b").unwrap();
+    assert_eq!(
+        store
+            .withhold(&k, page, Some(vec![b.clone()]))
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(waiting(&store).await, 1);
+    let more = store
+        .lease_for(&k, page, 10, std::slice::from_ref(&b))
+        .await
+        .unwrap();
+    assert!(
+        more.pixels.is_empty(),
+        "the page is not sent what it held back"
+    );
+    use PixelStatus::{Delivered, WaitingConsent};
+    assert_eq!(
+        statuses(&store).await,
+        [Delivered, WaitingConsent, Delivered]
+    );
+
+    // Consent refused: everything waits and the lease is given up.
+    assert_eq!(store.withhold(&k, page, None).await.unwrap(), 2);
+    assert_eq!(waiting(&store).await, 3);
+    assert_eq!(
+        statuses(&store).await,
+        [WaitingConsent, WaitingConsent, WaitingConsent]
+    );
+    assert_eq!(store.withhold(&k, page, None).await.unwrap(), 0, "once");
+    let report = store
+        .deliveries(
+            &brand,
+            &DeliveryQuery {
+                limit: 10,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert!(report.rows.iter().all(|r| r.status == WaitingConsent));
+
+    // Kept across a reopen.
+    store.close().await.unwrap();
+    drop(store);
+    let store = h.open().await;
+    assert_eq!(waiting(&store).await, 3);
+
+    // A page with consent takes them, each once.
+    let consented = SessionId::generate();
+    let sent = store.lease(&k, consented, 10).await.unwrap();
+    assert_eq!(urls(&sent).len(), 3);
+    assert_eq!(waiting(&store).await, 0);
+    assert_eq!(store.ack(&k, &ids(&sent)).await.unwrap(), 3);
+    assert_eq!(store.stats().await.unwrap().queue_depth, 0);
+
+    // Refused until the TTL: the pixel expires like any other, and stops being counted.
+    let short = NewPixel {
+        ttl_seconds: Some(1),
+        ..with_id("d", 4)
+    };
+    store.enqueue(&k, vec![short]).await.unwrap();
+    assert_eq!(
+        store
+            .withhold(&k, SessionId::generate(), None)
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(waiting(&store).await, 1);
+    store.enqueue(&k, vec![with_id("e", 5)]).await.unwrap();
+    h.clock().advance(Duration::from_secs(2));
+    let stop = tokio_util::sync::CancellationToken::new();
+    store.sweep(h.clock().now_ms(), &stop).await.unwrap();
+    assert_eq!(waiting(&store).await, 0);
+    assert_eq!(statuses(&store).await, [PixelStatus::Queued]);
+    assert_eq!(store.stats().await.unwrap().queue_depth, 1);
 }
 
 pub async fn expired_pixels_are_dropped_and_counted(h: &impl Harness) {
@@ -1791,6 +1903,11 @@ macro_rules! rules_contract {
             #[tokio::test]
             async fn the_brand_pixel_policy_holds_for_every_write() {
                 contract::the_brand_pixel_policy_holds_for_every_write(&$harness).await
+            }
+
+            #[tokio::test]
+            async fn pixels_wait_for_consent_until_a_page_has_it() {
+                contract::pixels_wait_for_consent_until_a_page_has_it(&$harness).await
             }
 
             #[tokio::test]

@@ -49,6 +49,16 @@ impl Hot {
             .sum()
     }
 
+    /// Pending pixels of the brand waiting for consent, counted from the records themselves.
+    pub(super) fn waiting_consent(&self, brand: &BrandId) -> u64 {
+        self.records
+            .iter()
+            .filter(|(key, _)| key.brand == *brand)
+            .flat_map(|(_, records)| records.values())
+            .filter(|r| r.delivery.status == crate::delivery::PixelStatus::WaitingConsent)
+            .count() as u64
+    }
+
     /// New events of the brand on UTC day `day`.
     pub(super) fn events_on(&self, brand: &BrandId, day: u64) -> u64 {
         self.events_today
@@ -158,6 +168,8 @@ impl Hot {
                     .insert((forget_at_ms, brand.clone(), id.clone()));
                 self.events.insert((brand, id), outcome);
             }
+            // Counted from the records themselves.
+            Write::CountWaiting { .. } => {}
             Write::CountUsage {
                 brand, day, events, ..
             } => {

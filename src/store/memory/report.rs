@@ -151,6 +151,7 @@ impl Store for MemoryStore {
                 players: hot.players(&brand),
                 outbox: hot.outbox_size(&brand),
                 events_today: hot.events_on(&brand, day),
+                waiting_consent: hot.waiting_consent(&brand),
             };
             stats.brands.insert(brand, queue);
         }

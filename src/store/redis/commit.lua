@@ -16,10 +16,11 @@
 --          LADD l s h m c   member m into lane l, host h into lane set s, counts c
 --          LREM l s h m c   member m out of lane l (h out of s once the lane is empty)
 --          DAY c d n   n new events on UTC day d
+--          WAIT c n    n more (or fewer, negative) pixels waiting for consent
 local arity = {
   VER = 3, VAL = 3, HAS = 2, QUEUE = 5, BUMP = 2,
   HSET = 3, HDEL = 2, ZADD = 3, ZREM = 2, ZREMSCORE = 2, ZREMPREFIX = 3,
-  LADD = 5, LREM = 5, DAY = 3,
+  LADD = 5, LREM = 5, DAY = 3, WAIT = 2,
 }
 
 local function key(i) return KEYS[tonumber(i)] end
@@ -79,6 +80,8 @@ while i <= #ARGV do
       redis.call('HSET', key(a), 'day', b, 'events', 0)
     end
     redis.call('HINCRBY', key(a), 'events', c)
+  elseif op == 'WAIT' then
+    redis.call('HINCRBY', key(a), 'waiting', b)
   end
   i = i + 1 + arity[op]
 end

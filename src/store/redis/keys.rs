@@ -122,7 +122,7 @@ impl BrandKeys {
     }
 
     /// Hash of the brand's counters: `depth` (pending client pixels), `outbox` (postbacks in it),
-    /// `day` and `events` (new events on that UTC day).
+    /// `day` and `events` (new events on that UTC day), `waiting` (pending pixels waiting for consent).
     pub(super) fn counts(&self) -> String {
         self.key("counts")
     }

@@ -1019,6 +1019,10 @@ impl Commit {
                     ],
                 );
             }
+            Write::CountWaiting { key, delta } => {
+                let counts = self.key(BrandKeys::new(&key.brand).counts());
+                self.step("WAIT", [counts, delta.to_string().into_bytes()]);
+            }
             Write::Schedule {
                 key,
                 id,

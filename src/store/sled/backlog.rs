@@ -21,7 +21,7 @@ use crate::ids::{BrandId, PlayerId, PlayerKey};
 use crate::store::StoreError;
 
 /// A player's pending client pixels, as far as the engine needs to know them without reading the
-/// queue. Stored in `n` (24 bytes); a player with none has no summary.
+/// queue. Stored in `n` (24 bytes, 32 while some wait for consent); a player with none has no summary.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(super) struct Summary {
     /// Pending client pixels: the queue cap's count.
@@ -30,6 +30,9 @@ pub(super) struct Summary {
     pub queued_floor: u64,
     /// No pending pixel of the player expires before this (Unix ms).
     pub expiry_floor: u64,
+    /// Of the pending pixels, those waiting for consent (the ledger says which, with
+    /// [`crate::store::queues::Write::CountWaiting`]).
+    pub waiting: u64,
 }
 
 /// What one transaction does to a player's pending pixels.
@@ -41,6 +44,8 @@ pub(super) struct Change {
     pub queued_min: u64,
     /// The earliest expiry among the pixels added (`u64::MAX`: none).
     pub expiry_min: u64,
+    /// Pixels that began (positive) or stopped (negative) waiting for consent.
+    pub waiting: i64,
 }
 
 impl Default for Change {
@@ -49,6 +54,7 @@ impl Default for Change {
             delta: 0,
             queued_min: u64::MAX,
             expiry_min: u64::MAX,
+            waiting: 0,
         }
     }
 }
@@ -76,27 +82,36 @@ impl Summary {
         if count == 0 {
             return Summary::default();
         }
+        let waiting = self
+            .waiting
+            .saturating_add_signed(change.waiting)
+            .min(count);
         if self.count == 0 {
             return Summary {
                 count,
                 queued_floor: change.queued_min,
                 expiry_floor: change.expiry_min,
+                waiting,
             };
         }
         Summary {
             count,
             queued_floor: self.queued_floor.min(change.queued_min),
             expiry_floor: self.expiry_floor.min(change.expiry_min),
+            waiting,
         }
     }
 
-    /// The value of `n`: count, queued floor, expiry floor, each u64 big-endian.
-    pub fn encode(&self) -> [u8; 24] {
-        let mut out = [0; 24];
-        out[..8].copy_from_slice(&self.count.to_be_bytes());
-        out[8..16].copy_from_slice(&self.queued_floor.to_be_bytes());
-        out[16..].copy_from_slice(&self.expiry_floor.to_be_bytes());
-        out
+    /// The value of `n`: count, queued floor, expiry floor, and (when some wait for consent) the
+    /// waiting count, each u64 big-endian.
+    pub fn encode(&self) -> Encoded {
+        let mut bytes = [0; 32];
+        bytes[..8].copy_from_slice(&self.count.to_be_bytes());
+        bytes[8..16].copy_from_slice(&self.queued_floor.to_be_bytes());
+        bytes[16..24].copy_from_slice(&self.expiry_floor.to_be_bytes());
+        bytes[24..].copy_from_slice(&self.waiting.to_be_bytes());
+        let len = if self.waiting > 0 { 32 } else { 24 };
+        Encoded { bytes, len }
     }
 
     /// Reads a value of `n`. A data dir written before the floors holds the count alone (8 bytes): its
@@ -109,13 +124,27 @@ impl Summary {
                 .map(u64::from_be_bytes)
         };
         match value.len() {
-            8 | 24 => Ok(Summary {
+            8 | 24 | 32 => Ok(Summary {
                 count: word(0).unwrap_or(0),
                 queued_floor: word(1).unwrap_or(0),
                 expiry_floor: word(2).unwrap_or(0),
+                waiting: word(3).unwrap_or(0),
             }),
             _ => Err(StoreError::corrupt("corrupt pending summary")),
         }
+    }
+}
+
+/// A [`Summary`] as stored: its first `len` bytes.
+pub(super) struct Encoded {
+    bytes: [u8; 32],
+    len: usize,
+}
+
+impl Encoded {
+    /// The stored bytes.
+    pub fn as_slice(&self) -> &[u8] {
+        &self.bytes[..self.len]
     }
 }
 
@@ -128,6 +157,8 @@ struct BrandBacklog {
     players: HashMap<PlayerId, Summary>,
     /// Pending client pixels of all its players.
     depth: u64,
+    /// Of them, those waiting for consent.
+    waiting: u64,
     /// Its players with pending pixels, biggest backlog first.
     ranking: BTreeSet<(Reverse<u64>, PlayerId)>,
     /// Its players with pending pixels by queued floor: the first holds the brand's oldest pixel once
@@ -141,6 +172,7 @@ impl BrandBacklog {
             id,
             players: HashMap::new(),
             depth: 0,
+            waiting: 0,
             ranking: BTreeSet::new(),
             oldest: BTreeSet::new(),
         }
@@ -179,6 +211,7 @@ impl Backlogs {
             .entry(key.brand.clone())
             .or_insert_with(|| BrandBacklog::new(key.brand.clone()));
         brand.depth = brand.depth - before.count + after.count;
+        brand.waiting = brand.waiting - before.waiting + after.waiting;
         if before.count > 0 && after.count > 0 {
             // Still pending (a pixel added or ended): only the orders whose key moved change, most
             // often the ranking alone (a pixel queued later lowers neither floor).
@@ -229,6 +262,11 @@ impl Backlogs {
     /// The brand's pending client pixels.
     pub fn depth(&self, brand: &BrandId) -> u64 {
         self.brands.get(brand).map_or(0, |b| b.depth)
+    }
+
+    /// The brand's pending pixels waiting for consent.
+    pub fn waiting(&self, brand: &BrandId) -> u64 {
+        self.brands.get(brand).map_or(0, |b| b.waiting)
     }
 
     /// The brand's `limit` biggest backlogs.
@@ -298,7 +336,8 @@ mod tests {
             Summary {
                 count: 2,
                 queued_floor: 10,
-                expiry_floor: 400
+                expiry_floor: 400,
+                waiting: 0,
             }
         );
         // Later pixels never raise a floor; one that ends leaves the floors as they were.
@@ -331,8 +370,16 @@ mod tests {
             count: 7,
             queued_floor: 1_700_000_000_000,
             expiry_floor: 1_800_000_000_000,
+            waiting: 0,
         };
-        assert_eq!(Summary::decode(&s.encode()).unwrap(), s);
+        assert_eq!(Summary::decode(s.encode().as_slice()).unwrap(), s);
+        assert_eq!(s.encode().as_slice().len(), 24, "no waiting count stored");
+        let waiting = Summary { waiting: 3, ..s };
+        assert_eq!(waiting.encode().as_slice().len(), 32);
+        assert_eq!(
+            Summary::decode(waiting.encode().as_slice()).unwrap(),
+            waiting
+        );
         let old = Summary::decode(&7u64.to_be_bytes()).unwrap();
         assert_eq!((old.count, old.queued_floor, old.expiry_floor), (7, 0, 0));
         assert!(Summary::decode(b"short").is_err());
@@ -387,6 +434,7 @@ mod tests {
             count: 2,
             queued_floor: 9,
             expiry_floor: 60,
+            waiting: 0,
         };
         backlogs.set(&a, exact);
         assert_eq!(backlogs.summary(&a), exact);

@@ -283,6 +283,7 @@ mod tests {
             id: id.clone(),
             body,
             trigger: Some("ftd".into()),
+            tcf_vendor_id: None,
             queued_at_ms: 5,
             expires_at_ms: 9,
         };

@@ -52,7 +52,7 @@ pub(super) fn summarise_queues(data: &Tree, seq_bound: u64) -> Result<u64, Store
         }
     }
     for (key, summary) in summaries.drain() {
-        batches.insert(keys::summary(&key), &summary.encode())?;
+        batches.insert(keys::summary(&key), summary.encode().as_slice())?;
     }
     batches.insert(DONE.to_vec(), &bound.to_be_bytes())?;
     batches.finish()?;

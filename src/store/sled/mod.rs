@@ -23,7 +23,7 @@
 //! | `a` key-id | [`ApiKeyRecord`] JSON: a brand API key's hash, found by the id the key carries |
 //! | `o` brand NUL key-id | empty: the brand's API keys |
 //! | `f` brand | [`ParamsSeen`](crate::attribution::ParamsSeen) JSON: the parameter names the brand has seen |
-//! | `n` brand NUL player NUL | the player's pending summary ([`backlog::Summary`]): count, queued floor, expiry floor (3 × u64 BE) |
+//! | `n` brand NUL player NUL | the player's pending summary ([`backlog::Summary`]): count, queued floor, expiry floor (3 × u64 BE), and while some wait for consent their count (a 4th) |
 //! | `m` name | engine metadata, e.g. which derived tables have been built |
 //!
 //! The lanes of the outbox and their due times are also kept in memory (rebuilt at open), so the sender
@@ -715,6 +715,7 @@ impl Inner {
             count: 0,
             queued_floor: u64::MAX,
             expiry_floor: u64::MAX,
+            waiting: 0,
         };
         for page in self.log.scan_prefix(&prefix) {
             let (k, v) = page?;
@@ -741,8 +742,10 @@ impl Inner {
         let mut backlogs = self.summaries();
         let held = backlogs.summary(key);
         if held.count > 0 && exact.count > 0 {
-            // The count stays the one `n` holds: the queue cap's, kept in step by every transaction.
+            // The counts stay the ones `n` holds: the queue cap's and the waiting one, kept in step by
+            // every transaction.
             exact.count = held.count;
+            exact.waiting = held.waiting;
             backlogs.set(key, exact);
         } else {
             exact = held;

@@ -503,6 +503,9 @@ impl Tx for SledTx<'_> {
                 events,
                 players,
             } => self.usage.push((brand, day, events, players)),
+            Write::CountWaiting { key, delta } => {
+                self.changes.pending.entry(key).or_default().waiting += delta;
+            }
             Write::Schedule {
                 key,
                 id,

@@ -254,6 +254,7 @@ impl Store for SledStore {
                     players: inner.players.get(&brand).map_or(0, |n| *n),
                     outbox: inner.outbox_size.get(&brand).map_or(0, |n| *n),
                     events_today: inner.events_on(&brand, inner.clock.now_ms() / DAY_MS),
+                    waiting_consent: inner.summaries().waiting(&brand),
                 };
                 stats.brands.insert(brand, queue);
             }

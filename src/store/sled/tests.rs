@@ -170,6 +170,7 @@ fn js(id: &str, ttl_seconds: Option<u64>) -> NewPixel {
         id: Some(PixelId::parse(id).unwrap()),
         trigger: None,
         ttl_seconds,
+        tcf_vendor_id: None,
         body: crate::pixel::PixelBody::Js { code: "1".into() },
         origin: None,
     }
@@ -990,6 +991,7 @@ async fn concurrent_writers_share_one_flush() {
                 id: None,
                 trigger: None,
                 ttl_seconds: None,
+                tcf_vendor_id: None,
                 body: crate::pixel::PixelBody::Js { code: "1".into() },
                 origin: None,
             };
