@@ -640,6 +640,49 @@ async fn a_click_captured_on_the_landing_page_reaches_the_registration_pixel_day
     .await;
 }
 
+/// A brand that credits the first click: a second landing within the window keeps the first click id;
+/// a brand on last touch (the default) keeps the latest.
+#[tokio::test]
+async fn the_brands_touch_decides_which_landing_the_browser_keeps() {
+    let (app, site, browser) = setup().await;
+    let first_touch = json!({"allowed_kinds": ALL_KINDS, "capture_touch": "first"});
+    assert!(
+        app.put_brand("12345", first_touch)
+            .await
+            .status()
+            .is_success()
+    );
+    let tab = browser.tab().await;
+    let kept = "(window._sm_aff_client_pixel.captured(12345) || {}).clickid";
+    tab.goto(&landing(&site, "clickid=c-first")).await;
+    tab.wait_for(&format!("{kept} === 'c-first'"), "the first click")
+        .await;
+    tab.goto(&landing(&site, "clickid=c-second")).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        tab.eval(kept).await,
+        "c-first",
+        "first touch keeps the first"
+    );
+
+    let last_touch = json!({"allowed_kinds": ALL_KINDS, "capture_touch": "last"});
+    assert!(
+        app.put_brand("12345", last_touch)
+            .await
+            .status()
+            .is_success()
+    );
+    // A fresh profile: the capture settings a browser read are cached for five minutes.
+    let browser = crate::cdp::Browser::launch().await;
+    let tab = browser.tab().await;
+    tab.goto(&landing(&site, "clickid=c-first")).await;
+    tab.wait_for(&format!("{kept} === 'c-first'"), "the first click")
+        .await;
+    tab.goto(&landing(&site, "clickid=c-second")).await;
+    tab.wait_for(&format!("{kept} === 'c-second'"), "the latest click")
+        .await;
+}
+
 /// A player the brand reported with its own click id lands again from another affiliate's link: the
 /// browser sends its capture, and the hub keeps the brand's.
 #[tokio::test]
