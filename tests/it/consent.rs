@@ -301,3 +301,38 @@ async fn a_brand_without_consent_asks_nothing() {
     assert_eq!(welcome.get("consent"), None);
     assert_eq!(ws.delivered().await, ids);
 }
+
+/// A definition names its TCF vendor: the pixels its events queue carry it to the page; a postback,
+/// which no page fires, cannot name one.
+#[tokio::test]
+async fn a_definitions_tcf_vendor_reaches_the_page_with_its_pixels() {
+    let app = TestApp::spawn().await;
+    let brand = json!({"allowed_kinds": ALL_KINDS, "consent": "tcf"});
+    assert!(app.put_brand("b1", brand).await.status().is_success());
+    app.define(
+        "b1",
+        json!({"name": "Reg", "trigger": "registration", "kind": "image", "audience": "all_players",
+               "url": "https://px.example/r?p={{player_id}}", "tcf_vendor_id": 755}),
+    )
+    .await;
+    let s2s = json!({"name": "PB", "trigger": "registration", "kind": "s2s",
+                     "url": "https://pb.example/?p={{player_id}}", "tcf_vendor_id": 755});
+    let refused = app
+        .post_expecting(
+            "/api/v1/brands/b1/pixel-definitions",
+            s2s,
+            reqwest::StatusCode::UNPROCESSABLE_ENTITY,
+        )
+        .await;
+    assert_eq!(refused["error"]["code"], "invalid_field", "{refused}");
+    app.report(
+        "b1",
+        json!({"event_id": "r1", "type": "registration", "player_id": "p1"}),
+    )
+    .await;
+
+    let mut ws = app.session("p1").await;
+    ws.send(json!({"type": "consent", "granted": true})).await;
+    let deliver = ws.recv().await;
+    assert_eq!(deliver["pixels"][0]["tcf_vendor_id"], 755, "{deliver}");
+}
