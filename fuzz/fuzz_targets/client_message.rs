@@ -1,5 +1,6 @@
 //! Whatever a browser (or anyone) sends on the WebSocket: the parser must answer with a message or a
-//! close reason, never panic, and a hello it accepts must carry ids the hub can validate without panicking.
+//! close reason, never panic, and a hello it accepts must carry ids (and a capture) the hub can validate
+//! without panicking.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -13,11 +14,30 @@ fuzz_target!(|data: &[u8]| {
         Ok(ClientMessage::Hello {
             brand_id,
             player_id,
+            attribution,
             ..
         }) => {
             let _ = brand_id.to_brand_id();
             let _ = pixelhub::ids::PlayerId::parse(&player_id);
+            if let Some(click) = attribution {
+                // Whatever a page captured is bounded or refused, never a panic.
+                let params = pixelhub::attribution::default_capture_params();
+                let rules = pixelhub::attribution::CaptureRules {
+                    params: &params,
+                    touch: pixelhub::attribution::Touch::Last,
+                    window_days: 30,
+                };
+                if let Ok(Some(kept)) = pixelhub::attribution::check(click, rules, 1 << 40) {
+                    assert!(kept.params.len() <= pixelhub::attribution::MAX_CAPTURED_PARAMS);
+                }
+            }
         }
+        Ok(ClientMessage::Withheld { ids }) => {
+            for id in &ids {
+                let _ = pixelhub::ids::PixelId::parse(id);
+            }
+        }
+        Ok(ClientMessage::Consent { .. }) => {}
         Ok(ClientMessage::Ack { ids, results }) => {
             for id in &ids {
                 let _ = pixelhub::ids::PixelId::parse(id);
