@@ -110,11 +110,14 @@ impl Ledger {
         }
         let mut counts = self.inner.params_tally.entry(brand.clone()).or_default();
         for (name, times) in names {
-            // Bounded here too: the catalog keeps at most so many names, and so does the tally.
-            if !counts.contains_key(name) && counts.len() >= attribution::MAX_SEEN_NAMES {
-                continue;
+            // A name is copied only when it is new to the tally; bounded here too, as the catalog is.
+            if !counts.contains_key(name) {
+                if counts.len() >= attribution::MAX_SEEN_NAMES {
+                    continue;
+                }
+                counts.insert(name.clone(), SeenParam::default());
             }
-            let count = counts.entry(name.clone()).or_default();
+            let count = counts.get_mut(name).expect("inserted just above");
             match seen {
                 Seen::Event => count.events += times,
                 Seen::Browser => count.browsers += times,

@@ -148,8 +148,8 @@ impl BrandKeys {
     }
 }
 
-/// A brand's counters and players, read together (queue depth, outbox, the day's events: what the
-/// stats show and the quotas weigh).
+/// A brand's counters and players, read together (queue depth, outbox, the day's events, pixels waiting
+/// for consent: what the stats show and the quotas weigh).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(super) struct Counts {
     /// Pending client pixels.
@@ -161,13 +161,18 @@ pub(super) struct Counts {
     events: u64,
     /// Players with an attribution context.
     pub(super) players: u64,
+    /// Pending pixels waiting for consent.
+    pub(super) waiting: u64,
 }
 
 impl Counts {
     /// Adds the two reads to `pipe`; their answers read back as one [`Counts`].
     pub(super) fn ask(pipe: &mut redis::Pipeline, keys: &BrandKeys) {
-        pipe.hmget(keys.counts(), &["depth", "outbox", "day", "events"])
-            .hlen(keys.contexts());
+        pipe.hmget(
+            keys.counts(),
+            &["depth", "outbox", "day", "events", "waiting"],
+        )
+        .hlen(keys.contexts());
     }
 
     /// New events on UTC day `day`.
@@ -180,18 +185,26 @@ impl Counts {
     }
 }
 
-/// The counters' fields as [`Counts::ask`] reads them: depth, outbox, day, events.
-pub(super) type CountFields = (Option<u64>, Option<u64>, Option<u64>, Option<u64>);
+/// The counters' fields as [`Counts::ask`] reads them: depth, outbox, day, events, waiting (a sum of
+/// signed steps, so signed).
+pub(super) type CountFields = (
+    Option<u64>,
+    Option<u64>,
+    Option<u64>,
+    Option<u64>,
+    Option<i64>,
+);
 
 impl Counts {
     /// The answers to [`Counts::ask`]'s two reads.
-    pub(super) fn new((depth, outbox, day, events): CountFields, players: u64) -> Self {
+    pub(super) fn new((depth, outbox, day, events, waiting): CountFields, players: u64) -> Self {
         Counts {
             depth: depth.unwrap_or(0),
             outbox: outbox.unwrap_or(0),
             day,
             events: events.unwrap_or(0),
             players,
+            waiting: waiting.unwrap_or(0).max(0) as u64,
         }
     }
 }

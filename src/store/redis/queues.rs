@@ -489,7 +489,7 @@ fn take_read(
                 Option<u64>,
                 u64,
             ) = from_value(answer)?;
-            let counts = Counts::new((depth, outbox, counted, events), players);
+            let counts = Counts::new((depth, outbox, counted, events, None), players);
             let usage = Usage {
                 events_today: counts.events_on(day),
                 players: counts.players,

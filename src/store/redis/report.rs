@@ -280,14 +280,9 @@ impl Store for RedisStore {
             let keys = BrandKeys::new(&brand);
             let mut pipe = redis::pipe();
             Counts::ask(&mut pipe, &keys);
-            pipe.zrange_withscores(keys.oldest(), 0, 0)
-                .hget(keys.counts(), "waiting");
-            let (fields, players, oldest, waiting): (
-                CountFields,
-                u64,
-                Vec<(String, u64)>,
-                Option<i64>,
-            ) = pipe.query_async(&mut self.conn()).await.map_err(backend)?;
+            pipe.zrange_withscores(keys.oldest(), 0, 0);
+            let (fields, players, oldest): (CountFields, u64, Vec<(String, u64)>) =
+                pipe.query_async(&mut self.conn()).await.map_err(backend)?;
             let counts = Counts::new(fields, players);
             let queue = BrandQueue {
                 queue_depth: counts.depth,
@@ -295,7 +290,7 @@ impl Store for RedisStore {
                 players: counts.players,
                 outbox: counts.outbox,
                 events_today: counts.events_on(day),
-                waiting_consent: waiting.unwrap_or(0).max(0) as u64,
+                waiting_consent: counts.waiting,
             };
             stats.queue_depth += queue.queue_depth;
             stats.brands.insert(brand, queue);
